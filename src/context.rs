@@ -1,0 +1,611 @@
+//! The GPU context: which adapter we run on, what it can do, and the compiled pipelines.
+//!
+//! A [`Context`] either opens its own device (following wgpu's environment conventions) or
+//! wraps a `Device` and `Queue` an application already has. It holds no global state:
+//! every cache lives in the context, and two contexts never share anything.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How to pick an adapter and open a device. `Default` follows wgpu's environment variables.
+#[derive(Clone, Debug)]
+pub struct ContextOptions {
+    /// Backends to consider. `None`: `WGPU_BACKEND` if set, else every backend built in.
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring of the adapter's name. `None`: `WGPU_ADAPTER_NAME` if set.
+    pub adapter_name: Option<String>,
+    /// `None`: `WGPU_POWER_PREF` if set, else high performance.
+    pub power_preference: Option<wgpu::PowerPreference>,
+    /// Ask for wgpu's experimental cooperative-matrix feature when the adapter offers it.
+    pub cooperative_matrix: bool,
+    /// Longest a blocking wait (a read-back, `Context::wait`) may take before it fails.
+    pub wait_timeout: Option<Duration>,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        ContextOptions {
+            backends: None,
+            adapter_name: None,
+            power_preference: None,
+            cooperative_matrix: true,
+            wait_timeout: Some(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// What the adapter and device offer, as far as our kernels care.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    pub backend: wgpu::Backend,
+    pub adapter_name: String,
+    pub device_type: wgpu::DeviceType,
+    pub driver: String,
+    /// Subgroup size range, when subgroup operations are enabled on the device.
+    pub subgroup_sizes: Option<(u32, u32)>,
+    pub shader_f16: bool,
+    /// Timestamp queries at pass boundaries.
+    pub timestamp_query: bool,
+    /// Timestamp queries between dispatches inside a pass.
+    pub timestamp_inside_passes: bool,
+    /// Cooperative-matrix shapes the device can run (empty when the feature is off).
+    pub cooperative_matrices: Vec<wgpu::CooperativeMatrixProperties>,
+    pub max_storage_binding: u64,
+    pub max_buffer_size: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations_per_workgroup: u32,
+    pub max_workgroups_per_dimension: u32,
+    pub max_storage_buffers_per_stage: u32,
+    pub storage_offset_alignment: u32,
+}
+
+impl Capabilities {
+    /// True for software adapters (llvmpipe, WARP, SwiftShader): pick small defaults there.
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == wgpu::DeviceType::Cpu
+    }
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        writeln!(
+            f,
+            "adapter            {} ({:?}, {:?})",
+            self.adapter_name, self.backend, self.device_type
+        )?;
+        writeln!(f, "driver             {}", self.driver)?;
+        match self.subgroup_sizes {
+            Some((lo, hi)) => writeln!(f, "subgroups          {lo}..={hi}")?,
+            None => writeln!(f, "subgroups          no")?,
+        }
+        writeln!(f, "shader-f16         {}", yes(self.shader_f16))?;
+        writeln!(
+            f,
+            "timestamp queries  {} (inside passes: {})",
+            yes(self.timestamp_query),
+            yes(self.timestamp_inside_passes)
+        )?;
+        if self.cooperative_matrices.is_empty() {
+            writeln!(f, "cooperative matrix no")?;
+        } else {
+            let shapes: Vec<String> = self
+                .cooperative_matrices
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}x{}x{} {:?}->{:?}",
+                        c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type
+                    )
+                })
+                .collect();
+            writeln!(f, "cooperative matrix {}", shapes.join(", "))?;
+        }
+        writeln!(
+            f,
+            "storage binding    {} MiB (buffer {} MiB)",
+            self.max_storage_binding >> 20,
+            self.max_buffer_size >> 20
+        )?;
+        write!(
+            f,
+            "workgroup memory   {} KiB, {} invocations",
+            self.max_workgroup_storage >> 10,
+            self.max_invocations_per_workgroup
+        )
+    }
+}
+
+/// A WGSL shader source: one kernel family, one file in `shaders/`.
+#[derive(Debug)]
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// How a storage binding is used by a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Access {
+    Read,
+    ReadWrite,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    shader: &'static str,
+    entry: &'static str,
+    /// Text substitutions applied to the source (variant selection), in order.
+    variant: Vec<(&'static str, String)>,
+    bindings: Vec<Access>,
+}
+
+/// Errors the device reported outside any scope of ours (only for devices we opened).
+type ErrorLog = Arc<Mutex<Vec<String>>>;
+
+/// The GPU context. Cheap to share by reference across threads.
+pub struct Context {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    caps: Capabilities,
+    wait_timeout: Option<Duration>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    layouts: Mutex<HashMap<Vec<Access>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
+    lost: Arc<Mutex<Option<String>>>,
+    uncaptured: Option<ErrorLog>,
+    /// Bound in place of an optional input that is absent (never read by the kernel).
+    pub(crate) dummy: wgpu::Buffer,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("adapter", &self.caps.adapter_name)
+            .field("backend", &self.caps.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+fn no_adapter_hint() -> String {
+    "Install a Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers` gives the \
+     software llvmpipe device; or your GPU vendor's driver), or try WGPU_BACKEND=gl."
+        .to_string()
+}
+
+fn backends_from_env() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
+}
+
+/// Rank adapters: the wanted kind of device first, then native backends before GL.
+fn adapter_rank(info: &wgpu::AdapterInfo, pref: wgpu::PowerPreference) -> (u8, u8) {
+    use wgpu::DeviceType::*;
+    let kind = match (pref, info.device_type) {
+        (wgpu::PowerPreference::LowPower, IntegratedGpu) => 0,
+        (wgpu::PowerPreference::LowPower, DiscreteGpu) => 1,
+        (_, DiscreteGpu) => 0,
+        (_, IntegratedGpu) => 1,
+        (_, VirtualGpu) => 2,
+        (_, Cpu) => 3,
+        (_, Other) => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (kind, backend)
+}
+
+impl Context {
+    /// Opens a device on the best adapter, following `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`
+    /// and `WGPU_POWER_PREF`. Blocks until the device is ready.
+    pub fn new() -> Result<Context> {
+        Self::with_options(ContextOptions::default())
+    }
+
+    /// Like [`Context::new`], with explicit options (unset ones still follow the environment).
+    pub fn with_options(options: ContextOptions) -> Result<Context> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    /// Asynchronous form of [`Context::with_options`].
+    pub async fn new_async(options: ContextOptions) -> Result<Context> {
+        let backends = options.backends.unwrap_or_else(backends_from_env);
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        desc.flags = wgpu::InstanceFlags::from_env_or_default();
+        let instance = wgpu::Instance::new(desc);
+        let adapters = instance.enumerate_adapters(backends).await;
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter {
+                backends: format!("{backends:?}"),
+                hint: no_adapter_hint(),
+            });
+        }
+        let wanted_name = options
+            .adapter_name
+            .clone()
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+            .map(|s| s.to_lowercase());
+        let pref = options
+            .power_preference
+            .or_else(wgpu::PowerPreference::from_env)
+            .unwrap_or(wgpu::PowerPreference::HighPerformance);
+        let available: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            })
+            .collect();
+        let adapter = adapters
+            .into_iter()
+            .filter(|a| {
+                let info = a.get_info();
+                let name_ok = wanted_name
+                    .as_ref()
+                    .is_none_or(|w| info.name.to_lowercase().contains(w.as_str()));
+                let compute_ok = a
+                    .get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+                name_ok && compute_ok
+            })
+            .min_by_key(|a| adapter_rank(&a.get_info(), pref));
+        let adapter = match adapter {
+            Some(a) => a,
+            None => {
+                return Err(match wanted_name {
+                    Some(w) => Error::AdapterNotFound {
+                        wanted: w,
+                        available: available.join(", "),
+                    },
+                    None => Error::NoAdapter {
+                        backends: format!("{backends:?} (none with compute shaders)"),
+                        hint: no_adapter_hint(),
+                    },
+                })
+            }
+        };
+        Self::open(&adapter, options).await
+    }
+
+    async fn open(adapter: &wgpu::Adapter, options: ContextOptions) -> Result<Context> {
+        let offered = adapter.features();
+        let mut wanted = wgpu::Features::SUBGROUP
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let coop = options.cooperative_matrix
+            && offered.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+        if coop {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
+        let info = adapter.get_info();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("roformer-wgpu"),
+            required_features: offered & wanted,
+            // The adapter's real limits: wgpu's defaults cap storage bindings at 128 MiB
+            // and workgroup memory at 16 KiB.
+            required_limits: adapter.limits(),
+            experimental_features: if coop {
+                // SAFETY: cooperative matrices are only used by kernels written for them,
+                // and only with the shapes the adapter reports.
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) =
+            adapter
+                .request_device(&desc)
+                .await
+                .map_err(|e| Error::RequestDevice {
+                    adapter: info.name.clone(),
+                    message: e.to_string(),
+                })?;
+        // Our own device: errors outside our scopes are recorded, never a panic.
+        let log: ErrorLog = Arc::default();
+        let sink = log.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap().push(e.to_string());
+        }));
+        let mut ctx = Self::build(adapter, device, queue, options.wait_timeout);
+        ctx.uncaptured = Some(log);
+        Ok(ctx)
+    }
+
+    /// Wraps a device an application already has. The adapter is only asked what it offers;
+    /// the device's own features and limits decide which kernels run. Errors are caught with
+    /// error scopes; the application's uncaptured-error handler is left alone.
+    pub fn from_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::build(
+            adapter,
+            device,
+            queue,
+            ContextOptions::default().wait_timeout,
+        )
+    }
+
+    fn build(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        wait_timeout: Option<Duration>,
+    ) -> Context {
+        let info = adapter.get_info();
+        let features = device.features();
+        let limits = device.limits();
+        let caps = Capabilities {
+            backend: info.backend,
+            adapter_name: info.name.clone(),
+            device_type: info.device_type,
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
+            subgroup_sizes: features
+                .contains(wgpu::Features::SUBGROUP)
+                .then_some((info.subgroup_min_size, info.subgroup_max_size)),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamp_inside_passes: features
+                .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+            cooperative_matrices: if features
+                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            {
+                adapter.cooperative_matrix_properties()
+            } else {
+                Vec::new()
+            },
+            max_storage_binding: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+            storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
+        };
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *lost_sink.lock().unwrap() = Some(format!("{reason:?}: {message}"));
+        });
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused optional input"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Context {
+            device,
+            queue,
+            caps,
+            wait_timeout,
+            pipelines: Mutex::default(),
+            layouts: Mutex::default(),
+            lost,
+            uncaptured: None,
+            dummy,
+        }
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// What the adapter offers (backend, name, subgroups, f16, timestamps, limits, ...).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Runs `f` inside validation, out-of-memory and internal error scopes, so a GPU error
+    /// comes back as `Err` instead of reaching the uncaptured-error handler.
+    pub(crate) fn scoped<T>(&self, during: &'static str, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let out = f();
+        let errors = [
+            pollster::block_on(internal.pop()),
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+        ];
+        if let Some(e) = errors.into_iter().flatten().next() {
+            return Err(Error::Gpu {
+                during,
+                message: e.to_string(),
+            });
+        }
+        self.check_health(during)?;
+        Ok(out)
+    }
+
+    /// Reports device loss, or an error the device raised outside our scopes.
+    pub fn check_health(&self, during: &'static str) -> Result<()> {
+        if let Some(reason) = self.lost.lock().unwrap().clone() {
+            return Err(Error::Gpu {
+                during,
+                message: format!("device lost ({reason})"),
+            });
+        }
+        if let Some(log) = &self.uncaptured {
+            let mut log = log.lock().unwrap();
+            if !log.is_empty() {
+                let message = log.join("; ");
+                log.clear();
+                return Err(Error::Gpu { during, message });
+            }
+        }
+        Ok(())
+    }
+
+    fn layout(&self, bindings: &[Access]) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        let mut layouts = self.layouts.lock().unwrap();
+        layouts
+            .entry(bindings.to_vec())
+            .or_insert_with(|| {
+                // Binding 0 is always the kernel's uniform parameters.
+                let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                }];
+                for (i, access) in bindings.iter().enumerate() {
+                    entries.push(wgpu::BindGroupLayoutEntry {
+                        binding: i as u32 + 1,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage {
+                                read_only: *access == Access::Read,
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    });
+                }
+                let bgl = self
+                    .device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: None,
+                        entries: &entries,
+                    });
+                let pl = self
+                    .device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: None,
+                        bind_group_layouts: &[Some(&bgl)],
+                        immediate_size: 0,
+                    });
+                (bgl, pl)
+            })
+            .clone()
+    }
+
+    /// The pipeline for `shader`'s `entry`, compiled once per context and variant.
+    /// `variant` lists text substitutions (e.g. a `const` array size) applied to the source.
+    pub(crate) fn pipeline(
+        &self,
+        shader: &'static Shader,
+        entry: &'static str,
+        variant: &[(&'static str, String)],
+        bindings: &[Access],
+    ) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
+        let key = PipelineKey {
+            shader: shader.name,
+            entry,
+            variant: variant.to_vec(),
+            bindings: bindings.to_vec(),
+        };
+        let (bgl, pl) = self.layout(bindings);
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok((p.clone(), bgl));
+        }
+        let source = apply_variant(shader.source, variant);
+        let pipeline = self.scoped("shader compilation", || {
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.name),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions::default(),
+                    cache: None,
+                })
+        })?;
+        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        Ok((pipeline, bgl))
+    }
+
+    /// Encodes `dispatches` into one compute pass and submits it. Does not wait.
+    pub fn submit(&self, dispatches: &[crate::Dispatch]) -> Result<wgpu::SubmissionIndex> {
+        self.scoped("submit", || {
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                for d in dispatches {
+                    d.encode(&mut pass);
+                }
+            }
+            self.queue.submit([encoder.finish()])
+        })
+    }
+
+    /// Blocks until `index` (or all work, with `None`) has finished on the GPU,
+    /// at most the context's wait timeout.
+    pub fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        let r = self.device.poll(wgpu::PollType::Wait {
+            submission_index: index,
+            timeout: self.wait_timeout,
+        });
+        match r {
+            Ok(_) => self.check_health("wait"),
+            Err(wgpu::PollError::Timeout) => {
+                Err(Error::Timeout(self.wait_timeout.unwrap_or(Duration::MAX)))
+            }
+            Err(e) => Err(Error::Gpu {
+                during: "wait",
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Submits `dispatches` and waits for them.
+    pub fn run(&self, dispatches: &[crate::Dispatch]) -> Result<()> {
+        let index = self.submit(dispatches)?;
+        self.wait(Some(index))
+    }
+
+    /// Splits a count of workgroups over x and y so neither exceeds the per-dimension limit.
+    /// Kernels recover the flat index as `wid.x + wid.y * num_workgroups.x`.
+    pub(crate) fn grid_1d(&self, groups: u64) -> Result<[u32; 3]> {
+        let max = self.caps.max_workgroups_per_dimension as u64;
+        let groups = groups.max(1);
+        let x = groups.min(max);
+        let y = groups.div_ceil(x);
+        if y > max {
+            return Err(Error::OverLimit {
+                what: format!("a dispatch of {groups} workgroups"),
+                needed: groups,
+                limit: max * max,
+                limit_name: "max_compute_workgroups_per_dimension squared",
+            });
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+}
+
+/// Applies `(needle, replacement)` substitutions; each needle must occur in the source.
+pub(crate) fn apply_variant(source: &str, variant: &[(&'static str, String)]) -> String {
+    let mut s = source.to_string();
+    for (needle, replacement) in variant {
+        debug_assert!(
+            s.contains(needle),
+            "variant needle {needle:?} not in shader"
+        );
+        s = s.replace(needle, replacement);
+    }
+    s
+}

@@ -1,0 +1,286 @@
+//! GPU tensors: a storage buffer (or a range of one) with a shape and an element type.
+
+use std::sync::mpsc;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    /// Token ids and other indices.
+    U32,
+    /// Labels (where -100 means "ignore").
+    I32,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        4
+    }
+}
+
+/// Host element types that map to a [`DType`].
+pub trait Element: bytemuck::Pod {
+    const DTYPE: DType;
+}
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+}
+impl Element for u32 {
+    const DTYPE: DType = DType::U32;
+}
+impl Element for i32 {
+    const DTYPE: DType = DType::I32;
+}
+
+/// A tensor on the GPU. Cloning is cheap and shares the data.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    buffer: wgpu::Buffer,
+    /// Byte offset of element 0 in `buffer` (a multiple of the storage offset alignment).
+    offset: u64,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+pub(crate) fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    /// A zero-filled tensor.
+    pub fn zeros(ctx: &Context, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let n = numel(shape);
+        if n == 0 {
+            return Err(Error::invalid(format!(
+                "empty tensor (shape {shape:?}): every dimension must be at least 1"
+            )));
+        }
+        let bytes = (n as u64) * dtype.size() as u64;
+        let caps = ctx.capabilities();
+        if bytes > caps.max_buffer_size {
+            return Err(Error::OverLimit {
+                what: format!("a tensor of shape {shape:?}"),
+                needed: bytes,
+                limit: caps.max_buffer_size,
+                limit_name: "max_buffer_size",
+            });
+        }
+        let buffer = ctx.scoped("buffer allocation", || {
+            ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        Ok(Tensor {
+            buffer,
+            offset: 0,
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// Uploads host data (`data.len()` must equal the shape's element count).
+    pub fn from_slice<T: Element>(ctx: &Context, data: &[T], shape: &[usize]) -> Result<Tensor> {
+        if data.len() != numel(shape) {
+            return Err(Error::DataLength {
+                what: "Tensor::from_slice",
+                len: data.len(),
+                shape: shape.to_vec(),
+                expected: numel(shape),
+            });
+        }
+        let t = Tensor::zeros(ctx, shape, T::DTYPE)?;
+        t.write(ctx, data)?;
+        Ok(t)
+    }
+
+    /// A tensor filled with `value`.
+    pub fn full(ctx: &Context, shape: &[usize], value: f32) -> Result<Tensor> {
+        Tensor::from_slice(ctx, &vec![value; numel(shape)], shape)
+    }
+
+    /// Overwrites the whole tensor with host data (queued; visible to later submissions).
+    pub fn write<T: Element>(&self, ctx: &Context, data: &[T]) -> Result<()> {
+        self.expect_dtype("Tensor::write", "tensor", T::DTYPE)?;
+        if data.len() != self.numel() {
+            return Err(Error::DataLength {
+                what: "Tensor::write",
+                len: data.len(),
+                shape: self.shape.clone(),
+                expected: self.numel(),
+            });
+        }
+        ctx.queue()
+            .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Copies the tensor back to the host, waiting for all work queued before.
+    pub fn to_vec<T: Element>(&self, ctx: &Context) -> Result<Vec<T>> {
+        self.expect_dtype("Tensor::to_vec", "tensor", T::DTYPE)?;
+        let bytes = self.byte_size();
+        let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let index = ctx.scoped("read-back", || {
+            let mut encoder = ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            encoder.copy_buffer_to_buffer(&self.buffer, self.offset, &staging, 0, bytes);
+            ctx.queue().submit([encoder.finish()])
+        })?;
+        let (tx, rx) = mpsc::channel();
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+        ctx.wait(Some(index))?;
+        let mapped = loop {
+            match rx.try_recv() {
+                Ok(r) => break r,
+                Err(mpsc::TryRecvError::Empty) => ctx.wait(None)?,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(Error::Gpu {
+                        during: "read-back",
+                        message: "buffer mapping was dropped".into(),
+                    })
+                }
+            }
+        };
+        mapped.map_err(|e| Error::Gpu {
+            during: "read-back",
+            message: e.to_string(),
+        })?;
+        let view = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu {
+                during: "read-back",
+                message: e.to_string(),
+            })?;
+        let out = bytemuck::cast_slice::<u8, T>(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Same data, another shape with the same number of elements.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.numel() {
+            return Err(Error::shape(
+                "reshape",
+                "tensor",
+                format!("{} elements for shape {shape:?}", numel(shape)),
+                &self.shape,
+            ));
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..self.clone()
+        })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    pub fn byte_size(&self) -> u64 {
+        self.numel() as u64 * self.dtype.size() as u64
+    }
+
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Byte offset of the first element in [`Tensor::buffer`].
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Wraps a range of an existing storage buffer (e.g. one owned by an application).
+    /// `offset` must be a multiple of the adapter's storage offset alignment.
+    pub fn from_buffer(
+        ctx: &Context,
+        buffer: wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let n = numel(shape);
+        let align = ctx.capabilities().storage_offset_alignment as u64;
+        let end = offset + (n * dtype.size()) as u64;
+        if n == 0 || offset % align != 0 || end > buffer.size() {
+            return Err(Error::invalid(format!(
+                "Tensor::from_buffer: shape {shape:?} at offset {offset} does not fit a buffer of \
+                 {} bytes (offset must be a multiple of {align}, shape non-empty)",
+                buffer.size()
+            )));
+        }
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::invalid(
+                "Tensor::from_buffer: the buffer lacks STORAGE usage",
+            ));
+        }
+        Ok(Tensor {
+            buffer,
+            offset,
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    pub(crate) fn expect_dtype(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        dtype: DType,
+    ) -> Result<()> {
+        if self.dtype != dtype {
+            return Err(Error::DType {
+                op,
+                what,
+                expected: dtype,
+                found: self.dtype,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the exact shape.
+    pub(crate) fn expect_shape(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        shape: &[usize],
+    ) -> Result<()> {
+        if self.shape != shape {
+            return Err(Error::shape(op, what, format!("{shape:?}"), &self.shape));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.byte_size()),
+        })
+    }
+}

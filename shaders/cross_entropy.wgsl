@@ -1,0 +1,137 @@
+// Softmax cross-entropy over rows of logits, with an ignore index; the loss is the mean over
+// the rows that are not ignored (torch.nn.CrossEntropyLoss, reduction "mean").
+//
+// rows:     lse[r] = log sum_c exp(x[r, c]) (max subtracted first);
+//           loss_r = lse[r] - x[r, label[r]], or 0 when label[r] == ignore_index.
+//           row_stats[r] = (lse, loss_r)
+// finish:   one workgroup: loss[0] = sum_r loss_r / count, loss[1] = count
+//           (count = rows not ignored; loss is NaN when it is 0, as torch gives).
+// backward: dx[r, c] = grad_scale / count * (exp(x[r, c] - lse[r]) - [c == label[r]]),
+//           0 on ignored rows.
+// The sums over rows run in a fixed order, so the loss is the same every run.
+
+struct Params {
+    rows: u32,
+    classes: u32,
+    ignore_index: i32,
+    grad_scale: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> labels: array<i32>;
+@group(0) @binding(3) var<storage, read_write> row_stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+
+const WG: u32 = 256u;
+const F32_MAX: f32 = 3.40282347e38;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> red_count: array<f32, 256>;
+
+fn workgroup_max(v: f32, li: u32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red[li] = max(red[li], red[li + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn workgroup_sum(v: f32, li: u32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red[li] += red[li + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(256)
+fn rows(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.classes;
+    var m = -F32_MAX;
+    for (var c = li; c < p.classes; c += WG) {
+        m = max(m, x[base + c]);
+    }
+    m = workgroup_max(m, li);
+    var s = 0.0;
+    for (var c = li; c < p.classes; c += WG) {
+        s += exp(x[base + c] - m);
+    }
+    let lse = m + log(workgroup_sum(s, li));
+    if (li == 0u) {
+        let label = labels[row];
+        var l = 0.0;
+        if (label != p.ignore_index) {
+            l = lse - x[base + u32(label)];
+        }
+        row_stats[2u * row] = lse;
+        row_stats[2u * row + 1u] = l;
+    }
+}
+
+@compute @workgroup_size(256)
+fn finish(@builtin(local_invocation_index) li: u32) {
+    var s = 0.0;
+    var n = 0.0;
+    for (var r = li; r < p.rows; r += WG) {
+        s += row_stats[2u * r + 1u];
+        n += select(0.0, 1.0, labels[r] != p.ignore_index);
+    }
+    red_count[li] = n;
+    let total = workgroup_sum(s, li);
+    // red_count is summed with the same tree, after workgroup_sum's barriers.
+    for (var st = WG / 2u; st > 0u; st >>= 1u) {
+        if (li < st) {
+            red_count[li] += red_count[li + st];
+        }
+        workgroupBarrier();
+    }
+    if (li == 0u) {
+        let count = red_count[0];
+        loss[0] = select(bitcast<f32>(0x7fc00000u), total / count, count > 0.0);
+        loss[1] = count;
+    }
+}
+
+@compute @workgroup_size(256)
+fn backward(@builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.classes;
+    let label = labels[row];
+    let count = loss[1];
+    let lse = row_stats[2u * row];
+    var scale = 0.0;
+    if (label != p.ignore_index && count > 0.0) {
+        scale = p.grad_scale / count;
+    }
+    for (var c = li; c < p.classes; c += WG) {
+        var g = exp(x[base + c] - lse);
+        if (i32(c) == label) {
+            g -= 1.0;
+        }
+        dx[base + c] = scale * g;
+    }
+}

@@ -1,0 +1,133 @@
+// LayerNorm over the last dimension (rows of n), as torch.nn.LayerNorm:
+//   forward:         mean, rstd = 1 / sqrt(var + eps) (biased variance, two passes);
+//                    y = (x - mean) * rstd * gamma + beta; stats[r] = (mean, rstd)
+//   backward:        g = dy * gamma, xhat = (x - mean) * rstd,
+//                    dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat))
+//   backward_params: dgamma[j] = sum_r dy[r, j] xhat[r, j],  dbeta[j] = sum_r dy[r, j]
+// forward and backward run one workgroup per row; backward_params one per 64 columns.
+
+struct Params {
+    rows: u32,
+    n: u32,
+    eps: f32,
+    accumulate: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+// forward: beta; backward and backward_params: dy.
+@group(0) @binding(3) var<storage, read> in3: array<f32>;
+// forward: y; backward: dx; backward_params: dgamma.
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
+// backward_params: dbeta.
+@group(0) @binding(6) var<storage, read_write> out2: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> red: array<f32, 256>;
+
+fn workgroup_sum(v: f32, li: u32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red[li] += red[li + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(256)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.n;
+    let nf = f32(p.n);
+    var s = 0.0;
+    for (var j = li; j < p.n; j += WG) {
+        s += x[base + j];
+    }
+    let mean = workgroup_sum(s, li) / nf;
+    var v = 0.0;
+    for (var j = li; j < p.n; j += WG) {
+        let d = x[base + j] - mean;
+        v += d * d;
+    }
+    let rstd = inverseSqrt(workgroup_sum(v, li) / nf + p.eps);
+    for (var j = li; j < p.n; j += WG) {
+        out[base + j] = (x[base + j] - mean) * rstd * gamma[j] + in3[j];
+    }
+    if (li == 0u) {
+        stats[2u * row] = mean;
+        stats[2u * row + 1u] = rstd;
+    }
+}
+
+@compute @workgroup_size(256)
+fn backward(@builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.n;
+    let mean = stats[2u * row];
+    let rstd = stats[2u * row + 1u];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var j = li; j < p.n; j += WG) {
+        let g = in3[base + j] * gamma[j];
+        sg += g;
+        sgx += g * (x[base + j] - mean) * rstd;
+    }
+    let nf = f32(p.n);
+    let mg = workgroup_sum(sg, li) / nf;
+    let mgx = workgroup_sum(sgx, li) / nf;
+    for (var j = li; j < p.n; j += WG) {
+        let g = in3[base + j] * gamma[j];
+        let xhat = (x[base + j] - mean) * rstd;
+        out[base + j] = rstd * (g - mg - xhat * mgx);
+    }
+}
+
+var<workgroup> red_gamma: array<f32, 256>;
+var<workgroup> red_beta: array<f32, 256>;
+
+@compute @workgroup_size(64, 4, 1)
+fn backward_params(@builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    let col = (wid.x + wid.y * nwg.x) * 64u + lid.x;
+    var sg = 0.0;
+    var sb = 0.0;
+    if (col < p.n) {
+        for (var r = lid.y; r < p.rows; r += 4u) {
+            let dy = in3[r * p.n + col];
+            let xhat = (x[r * p.n + col] - stats[2u * r]) * stats[2u * r + 1u];
+            sg += dy * xhat;
+            sb += dy;
+        }
+    }
+    red_gamma[lid.y * 64u + lid.x] = sg;
+    red_beta[lid.y * 64u + lid.x] = sb;
+    workgroupBarrier();
+    if (lid.y == 0u && col < p.n) {
+        var g = (red_gamma[lid.x] + red_gamma[64u + lid.x]) + (red_gamma[128u + lid.x] + red_gamma[192u + lid.x]);
+        var b = (red_beta[lid.x] + red_beta[64u + lid.x]) + (red_beta[128u + lid.x] + red_beta[192u + lid.x]);
+        if (p.accumulate != 0u) {
+            g += out[col];
+            b += out2[col];
+        }
+        out[col] = g;
+        out2[col] = b;
+    }
+}

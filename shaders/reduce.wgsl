@@ -1,0 +1,40 @@
+// Column sums of a row-major [rows, cols] matrix:
+//     out[c] = beta * out[c] + sum_r x[r, c]
+// The bias gradient of a linear layer is the column sum of its output gradient over all
+// tokens; matmul's backward also uses it to sum per-batch weight gradients.
+// A workgroup owns 64 columns; its 4 rows of threads stride through the rows, then add up.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    beta: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(64, 4, 1)
+fn sum_rows(@builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let col = (wid.x + wid.y * nwg.x) * 64u + lid.x;
+    var s = 0.0;
+    if (col < p.cols) {
+        for (var r = lid.y; r < p.rows; r += 4u) {
+            s += x[r * p.cols + col];
+        }
+    }
+    partial[lid.y * 64u + lid.x] = s;
+    workgroupBarrier();
+    if (lid.y == 0u && col < p.cols) {
+        var t = (partial[lid.x] + partial[64u + lid.x]) + (partial[128u + lid.x] + partial[192u + lid.x]);
+        if (p.beta != 0.0) {
+            t += p.beta * out[col];
+        }
+        out[col] = t;
+    }
+}

@@ -1,0 +1,125 @@
+// Row softmax with a scale, an additive mask and a causal option, and its backward.
+//
+// forward:  y[r, j] = softmax_j(scale * x[r, j] + mask[r / rows_per_mask, j])
+//   With `causal`, row r is query q = r % tq of tq queries that are the last tq of the n
+//   keys; key j is allowed when j <= q + (n - tq). Disallowed keys get probability 0.
+//   The row maximum is subtracted before exp (numerically stable). A row whose every
+//   score is -inf gives zeros; a row masked with a large finite negative value (as
+//   HuggingFace does, -3.4e38) gives the same uniform row as PyTorch.
+// backward: dx[r, j] = scale * y[r, j] * (dy[r, j] - sum_k dy[r, k] * y[r, k])
+//
+// One workgroup per row; 256 threads stride through the row and reduce in workgroup memory.
+
+struct Params {
+    rows: u32,
+    n: u32,
+    rows_per_mask: u32,
+    has_mask: u32,
+    causal: u32,
+    tq: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// forward: x and mask; backward: y and dy.
+@group(0) @binding(1) var<storage, read> in0: array<f32>;
+@group(0) @binding(2) var<storage, read> in1: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+const F32_MAX: f32 = 3.40282347e38;
+
+var<workgroup> red: array<f32, 256>;
+
+fn workgroup_max(v: f32, li: u32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red[li] = max(red[li], red[li + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn workgroup_sum(v: f32, li: u32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red[li] += red[li + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn score(base: u32, mask_base: u32, j: u32) -> f32 {
+    var v = p.scale * in0[base + j];
+    if (p.has_mask != 0u) {
+        v += in1[mask_base + j];
+    }
+    return v;
+}
+
+@compute @workgroup_size(256)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.n;
+    let mask_base = (row / p.rows_per_mask) * p.n;
+    var allowed = p.n;
+    if (p.causal != 0u) {
+        allowed = min(p.n, row % p.tq + (p.n - p.tq) + 1u);
+    }
+
+    var m = -F32_MAX;
+    for (var j = li; j < allowed; j += WG) {
+        m = max(m, score(base, mask_base, j));
+    }
+    m = workgroup_max(m, li);
+
+    var s = 0.0;
+    for (var j = li; j < allowed; j += WG) {
+        s += exp(score(base, mask_base, j) - m);
+    }
+    s = workgroup_sum(s, li);
+    let inv = select(0.0, 1.0 / s, s > 0.0);
+
+    for (var j = li; j < p.n; j += WG) {
+        var y = 0.0;
+        if (j < allowed) {
+            y = exp(score(base, mask_base, j) - m) * inv;
+        }
+        out[base + j] = y;
+    }
+}
+
+@compute @workgroup_size(256)
+fn backward(@builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.n;
+    var d = 0.0;
+    for (var j = li; j < p.n; j += WG) {
+        d += in0[base + j] * in1[base + j];
+    }
+    d = workgroup_sum(d, li);
+    for (var j = li; j < p.n; j += WG) {
+        out[base + j] = p.scale * in0[base + j] * (in1[base + j] - d);
+    }
+}

@@ -1,0 +1,303 @@
+//! Softmax cross-entropy with an ignore index (torch's `CrossEntropyLoss`, mean over the rows
+//! that are not ignored), forward and backward.
+//!
+//! Labels arrive as [`Labels`], checked on upload: each is a class or the ignore index.
+//! The loss stays on the GPU (`[mean, count]`) until somebody reads it.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::context::{Context, Shader};
+use crate::dispatch::{Dispatch, DispatchBuilder};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+pub static SHADER: Shader = Shader {
+    name: "cross_entropy",
+    source: include_str!("../../shaders/cross_entropy.wgsl"),
+};
+
+/// HuggingFace's (and torch's) default ignore index.
+pub const IGNORE_INDEX: i32 = -100;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    classes: u32,
+    ignore_index: i32,
+    grad_scale: f32,
+}
+
+/// Class labels on the GPU, each in `0..classes` or equal to the ignore index.
+#[derive(Clone, Debug)]
+pub struct Labels {
+    labels: Tensor,
+    classes: usize,
+    ignore_index: i32,
+}
+
+impl Labels {
+    pub fn new(
+        ctx: &Context,
+        labels: &[i32],
+        shape: &[usize],
+        classes: usize,
+        ignore_index: i32,
+    ) -> Result<Labels> {
+        Self::check(labels, classes, ignore_index)?;
+        Ok(Labels {
+            labels: Tensor::from_slice(ctx, labels, shape)?,
+            classes,
+            ignore_index,
+        })
+    }
+
+    fn check(labels: &[i32], classes: usize, ignore_index: i32) -> Result<()> {
+        let bad = labels
+            .iter()
+            .position(|&l| l != ignore_index && (l < 0 || l as usize >= classes));
+        match bad {
+            Some(position) => Err(Error::LabelOutOfRange {
+                label: labels[position],
+                position,
+                classes,
+                ignore_index,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Replaces the labels (same count) in place, keeping dispatches built on them valid.
+    pub fn write(&self, ctx: &Context, labels: &[i32]) -> Result<()> {
+        Self::check(labels, self.classes, self.ignore_index)?;
+        self.labels.write(ctx, labels)
+    }
+
+    pub fn tensor(&self) -> &Tensor {
+        &self.labels
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.numel()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Buffers the forward pass fills and the backward pass reads.
+#[derive(Clone, Debug)]
+pub struct LossState {
+    /// `[rows, 2]`: log-sum-exp and loss of each row.
+    pub row_stats: Tensor,
+    /// `[2]`: the mean loss and the number of rows that count.
+    pub loss: Tensor,
+}
+
+impl LossState {
+    pub fn new(ctx: &Context, rows: usize) -> Result<LossState> {
+        Ok(LossState {
+            row_stats: Tensor::zeros(ctx, &[rows, 2], DType::F32)?,
+            loss: Tensor::zeros(ctx, &[2], DType::F32)?,
+        })
+    }
+}
+
+fn rows_classes(
+    op: &'static str,
+    logits: &Tensor,
+    labels: &Labels,
+    state: &LossState,
+) -> Result<(usize, usize)> {
+    logits.expect_dtype(op, "logits", DType::F32)?;
+    let classes = *logits.shape().last().unwrap();
+    let rows = logits.numel() / classes;
+    if classes != labels.classes || rows != labels.len() {
+        return Err(Error::shape(
+            op,
+            "logits",
+            format!("[{} labels..., {} classes]", labels.len(), labels.classes),
+            logits.shape(),
+        ));
+    }
+    state.row_stats.expect_shape(op, "row_stats", &[rows, 2])?;
+    state.loss.expect_shape(op, "loss", &[2])?;
+    Ok((rows, classes))
+}
+
+fn params(rows: usize, classes: usize, labels: &Labels, grad_scale: f32) -> Params {
+    Params {
+        rows: rows as u32,
+        classes: classes as u32,
+        ignore_index: labels.ignore_index,
+        grad_scale,
+    }
+}
+
+/// Loss of `logits` (`[..., classes]`) against `labels` into `state.loss[0]`.
+pub fn plan_forward(
+    ctx: &Context,
+    logits: &Tensor,
+    labels: &Labels,
+    state: &LossState,
+) -> Result<Vec<Dispatch>> {
+    let (rows, classes) = rows_classes("cross_entropy", logits, labels, state)?;
+    let p = params(rows, classes, labels, 1.0);
+    let build = |entry: &'static str| {
+        DispatchBuilder::new(ctx, &SHADER, entry)
+            .params(&p)
+            .read(logits)
+            .read(&labels.labels)
+            .write(&state.row_stats)
+            .write(&state.loss)
+            .read_opt(None)
+    };
+    Ok(vec![
+        build("rows").build(ctx.grid_1d(rows as u64)?)?,
+        build("finish").build([1, 1, 1])?,
+    ])
+}
+
+/// `dlogits = grad_scale · d loss / d logits` (grad_scale is d(objective)/d(loss), usually 1).
+pub fn plan_backward(
+    ctx: &Context,
+    logits: &Tensor,
+    labels: &Labels,
+    state: &LossState,
+    grad_scale: f32,
+    dlogits: &Tensor,
+) -> Result<Dispatch> {
+    let (rows, classes) = rows_classes("cross_entropy backward", logits, labels, state)?;
+    dlogits.expect_shape("cross_entropy backward", "dlogits", logits.shape())?;
+    DispatchBuilder::new(ctx, &SHADER, "backward")
+        .params(&params(rows, classes, labels, grad_scale))
+        .read(logits)
+        .read(&labels.labels)
+        .write(&state.row_stats)
+        .write(&state.loss)
+        .write(dlogits)
+        .build(ctx.grid_1d(rows as u64)?)
+}
+
+/// Forward pass in new buffers; read the loss with `state.loss.to_vec::<f32>(ctx)?[0]`.
+pub fn forward(ctx: &Context, logits: &Tensor, labels: &Labels) -> Result<LossState> {
+    let state = LossState::new(ctx, labels.len())?;
+    ctx.submit(&plan_forward(ctx, logits, labels, &state)?)?;
+    Ok(state)
+}
+
+pub fn backward(
+    ctx: &Context,
+    logits: &Tensor,
+    labels: &Labels,
+    state: &LossState,
+) -> Result<Tensor> {
+    let d = Tensor::zeros(ctx, logits.shape(), DType::F32)?;
+    ctx.submit(&[plan_backward(ctx, logits, labels, state, 1.0, &d)?])?;
+    Ok(d)
+}
+
+/// CPU reference, in f64.
+pub mod reference {
+    /// `(mean loss, d loss / d logits)`.
+    pub fn forward_backward(
+        x: &[f64],
+        classes: usize,
+        labels: &[i32],
+        ignore: i32,
+    ) -> (f64, Vec<f64>) {
+        let count = labels.iter().filter(|&&l| l != ignore).count() as f64;
+        let mut loss = 0.0;
+        let mut dx = vec![0.0; x.len()];
+        for ((row, &l), d) in x.chunks(classes).zip(labels).zip(dx.chunks_mut(classes)) {
+            if l == ignore {
+                continue;
+            }
+            let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            loss += lse - row[l as usize];
+            for c in 0..classes {
+                d[c] = ((row[c] - lse).exp() - if c == l as usize { 1.0 } else { 0.0 }) / count;
+            }
+        }
+        (loss / count, dx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+    use rand::Rng;
+
+    #[test]
+    fn loss_and_gradient_match_reference_with_ignored_rows() {
+        let ctx = ctx();
+        let mut rng = rng(13);
+        for &(rows, classes) in &[(1, 1), (1, 7), (7, 33), (33, 2), (300, 129), (5, 1000)] {
+            let x: Vec<f32> = randn(&mut rng, rows * classes)
+                .iter()
+                .map(|v| v * 4.0)
+                .collect();
+            let labels: Vec<i32> = (0..rows)
+                .map(|r| {
+                    if r % 3 == 1 {
+                        IGNORE_INDEX
+                    } else {
+                        rng.random_range(0..classes as i32)
+                    }
+                })
+                .collect();
+            let tl = Labels::new(ctx, &labels, &[rows], classes, IGNORE_INDEX).unwrap();
+            let tx = upload(ctx, &x, &[rows, classes]);
+            let state = LossState::new(ctx, rows).unwrap();
+            crate::ops::elementwise::fill(ctx, &state.loss, f32::NAN).unwrap();
+            ctx.run(&plan_forward(ctx, &tx, &tl, &state).unwrap())
+                .unwrap();
+            let dx = poisoned(ctx, &[rows, classes]);
+            ctx.run(&[plan_backward(ctx, &tx, &tl, &state, 1.0, &dx).unwrap()])
+                .unwrap();
+            let (want_loss, want_dx) =
+                reference::forward_backward(&to_f64(&x), classes, &labels, IGNORE_INDEX);
+            let loss = download(ctx, &state.loss);
+            let what = format!("cross entropy {rows}x{classes}");
+            assert_close(&what, &loss[..1], &[want_loss], 1e-5);
+            assert_eq!(
+                loss[1],
+                labels.iter().filter(|&&l| l != IGNORE_INDEX).count() as f32
+            );
+            assert_close(&format!("{what} grad"), &download(ctx, &dx), &want_dx, 1e-5);
+        }
+    }
+
+    #[test]
+    fn all_ignored_gives_nan_loss_and_zero_gradient() {
+        let ctx = ctx();
+        let tl = Labels::new(ctx, &[IGNORE_INDEX; 2], &[2], 3, IGNORE_INDEX).unwrap();
+        let x = upload(ctx, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
+        let state = forward(ctx, &x, &tl).unwrap();
+        assert!(download(ctx, &state.loss)[0].is_nan());
+        assert!(download(ctx, &backward(ctx, &x, &tl, &state).unwrap())
+            .iter()
+            .all(|&g| g == 0.0));
+    }
+
+    #[test]
+    fn bad_labels_are_errors() {
+        let ctx = ctx();
+        let err = Labels::new(ctx, &[0, 3], &[2], 3, IGNORE_INDEX).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::LabelOutOfRange {
+                    label: 3,
+                    position: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(Labels::new(ctx, &[-1], &[1], 3, IGNORE_INDEX).is_err());
+    }
+}

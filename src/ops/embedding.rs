@@ -1,0 +1,331 @@
+//! Embedding lookup (`out[r] = table[ids[r]]`) and its scatter-add backward.
+//!
+//! Token ids arrive as [`TokenIds`], checked against the vocabulary when they are uploaded,
+//! so a bad id is an error on the host, never a wrong read on the GPU. The upload also groups
+//! positions by token, which makes the backward a deterministic gather instead of float
+//! atomics (WGSL has none, and their order would change results run to run).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::context::{Context, Shader};
+use crate::dispatch::{Dispatch, DispatchBuilder};
+use crate::error::{Error, Result};
+use crate::ops::elementwise;
+use crate::tensor::{DType, Tensor};
+
+pub static SHADER: Shader = Shader {
+    name: "embedding",
+    source: include_str!("../../shaders/embedding.wgsl"),
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    vocab: u32,
+    accumulate: u32,
+}
+
+/// Token ids on the GPU, checked to be below `vocab`, with positions grouped by token.
+#[derive(Clone, Debug)]
+pub struct TokenIds {
+    ids: Tensor,
+    groups: Tensor,
+    positions: Tensor,
+    vocab: usize,
+}
+
+/// `[count, tok_0, start_0, ..., tok_{count-1}, start_{count-1}, 0, end]` and the positions
+/// sorted by token (stable, so each group sums in position order).
+fn group_by_token(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let mut positions: Vec<u32> = (0..ids.len() as u32).collect();
+    positions.sort_by_key(|&p| ids[p as usize]);
+    let mut groups = vec![0u32];
+    for (i, &p) in positions.iter().enumerate() {
+        let tok = ids[p as usize];
+        if i == 0 || ids[positions[i - 1] as usize] != tok {
+            groups.extend([tok, i as u32]);
+        }
+    }
+    let count = (groups.len() - 1) / 2;
+    groups[0] = count as u32;
+    groups.extend([0, ids.len() as u32]);
+    groups.resize(3 + 2 * ids.len(), 0);
+    (groups, positions)
+}
+
+fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().position(|&t| t as usize >= vocab) {
+        Some(position) => Err(Error::TokenOutOfRange {
+            id: ids[position],
+            position,
+            vocab,
+        }),
+        None => Ok(()),
+    }
+}
+
+impl TokenIds {
+    /// Uploads `ids` (row-major `shape`), failing on any id `>= vocab`.
+    pub fn new(ctx: &Context, ids: &[u32], shape: &[usize], vocab: usize) -> Result<TokenIds> {
+        check_ids(ids, vocab)?;
+        let (groups, positions) = group_by_token(ids);
+        Ok(TokenIds {
+            ids: Tensor::from_slice(ctx, ids, shape)?,
+            groups: Tensor::from_slice(ctx, &groups, &[groups.len()])?,
+            positions: Tensor::from_slice(ctx, &positions, &[positions.len()])?,
+            vocab,
+        })
+    }
+
+    /// Replaces the ids (same count) in place, so dispatches built on them stay valid.
+    pub fn write(&self, ctx: &Context, ids: &[u32]) -> Result<()> {
+        check_ids(ids, self.vocab)?;
+        let (groups, positions) = group_by_token(ids);
+        self.ids.write(ctx, ids)?;
+        self.groups.write(ctx, &groups)?;
+        self.positions.write(ctx, &positions)
+    }
+
+    /// The ids as a `U32` tensor.
+    pub fn tensor(&self) -> &Tensor {
+        &self.ids
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        self.ids.shape()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.numel()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+}
+
+fn check_table(
+    op: &'static str,
+    what: &'static str,
+    table: &Tensor,
+    ids: &TokenIds,
+) -> Result<usize> {
+    table.expect_dtype(op, what, DType::F32)?;
+    let s = table.shape();
+    if s.len() != 2 || s[0] != ids.vocab {
+        return Err(Error::shape(
+            op,
+            what,
+            format!("[{}, dim] (the ids' vocabulary)", ids.vocab),
+            s,
+        ));
+    }
+    Ok(s[1])
+}
+
+/// `out[r] = (accumulate ? out[r] : 0) + table[ids[r]]`; out is `[ids.shape..., dim]`.
+pub fn plan_forward(
+    ctx: &Context,
+    table: &Tensor,
+    ids: &TokenIds,
+    out: &Tensor,
+    accumulate: bool,
+) -> Result<Dispatch> {
+    let dim = check_table("embedding", "table", table, ids)?;
+    let mut shape = ids.shape().to_vec();
+    shape.push(dim);
+    out.expect_shape("embedding", "out", &shape)?;
+    let n = (ids.len() * dim) as u64;
+    DispatchBuilder::new(ctx, &SHADER, "forward")
+        .params(&Params {
+            rows: ids.len() as u32,
+            cols: dim as u32,
+            vocab: ids.vocab as u32,
+            accumulate: accumulate as u32,
+        })
+        .read(&ids.ids)
+        .read_opt(None)
+        .read(table)
+        .write(out)
+        .build(ctx.grid_1d(n.div_ceil(256))?)
+}
+
+/// `dtable[tok] += Σ_{r: ids[r] = tok} dout[r]`; without `accumulate`, dtable is zeroed first.
+pub fn plan_backward(
+    ctx: &Context,
+    dout: &Tensor,
+    ids: &TokenIds,
+    dtable: &Tensor,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    let dim = check_table("embedding backward", "dtable", dtable, ids)?;
+    let mut shape = ids.shape().to_vec();
+    shape.push(dim);
+    dout.expect_shape("embedding backward", "dout", &shape)?;
+    let mut out = Vec::new();
+    if !accumulate {
+        out.push(elementwise::plan_fill(ctx, dtable, 0.0)?);
+    }
+    let max_groups = ids.len().min(ids.vocab) as u64;
+    out.push(
+        DispatchBuilder::new(ctx, &SHADER, "backward")
+            .params(&Params {
+                rows: ids.len() as u32,
+                cols: dim as u32,
+                vocab: ids.vocab as u32,
+                accumulate: 1,
+            })
+            .read(&ids.groups)
+            .read(&ids.positions)
+            .read(dout)
+            .write(dtable)
+            .build(ctx.grid_1d(max_groups)?)?,
+    );
+    Ok(out)
+}
+
+pub fn forward(ctx: &Context, table: &Tensor, ids: &TokenIds) -> Result<Tensor> {
+    let mut shape = ids.shape().to_vec();
+    shape.push(*table.shape().last().unwrap_or(&1));
+    let out = Tensor::zeros(ctx, &shape, DType::F32)?;
+    ctx.submit(&[plan_forward(ctx, table, ids, &out, false)?])?;
+    Ok(out)
+}
+
+pub fn backward(ctx: &Context, dout: &Tensor, ids: &TokenIds, dim: usize) -> Result<Tensor> {
+    let dtable = Tensor::zeros(ctx, &[ids.vocab, dim], DType::F32)?;
+    ctx.submit(&plan_backward(ctx, dout, ids, &dtable, false)?)?;
+    Ok(dtable)
+}
+
+/// CPU reference, in f64.
+pub mod reference {
+    pub fn forward(table: &[f64], dim: usize, ids: &[u32]) -> Vec<f64> {
+        ids.iter()
+            .flat_map(|&t| table[t as usize * dim..(t as usize + 1) * dim].to_vec())
+            .collect()
+    }
+
+    pub fn backward(dout: &[f64], dim: usize, ids: &[u32], vocab: usize) -> Vec<f64> {
+        let mut d = vec![0.0; vocab * dim];
+        for (r, &t) in ids.iter().enumerate() {
+            for c in 0..dim {
+                d[t as usize * dim + c] += dout[r * dim + c];
+            }
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+    use rand::Rng;
+
+    #[test]
+    fn lookup_and_scatter_add_match_reference() {
+        let ctx = ctx();
+        let mut rng = rng(12);
+        for &(vocab, dim, b, t) in &[
+            (1, 1, 1, 1),
+            (5, 7, 2, 33),
+            (99, 32, 3, 7),
+            (1000, 129, 1, 40),
+        ] {
+            let ids: Vec<u32> = (0..b * t)
+                .map(|_| rng.random_range(0..vocab as u32))
+                .collect();
+            let table = randn(&mut rng, vocab * dim);
+            let tids = TokenIds::new(ctx, &ids, &[b, t], vocab).unwrap();
+            let ttable = upload(ctx, &table, &[vocab, dim]);
+            let out = poisoned(ctx, &[b, t, dim]);
+            ctx.run(&[plan_forward(ctx, &ttable, &tids, &out, false).unwrap()])
+                .unwrap();
+            let want = reference::forward(&to_f64(&table), dim, &ids);
+            assert_close(
+                &format!("embedding {vocab}x{dim} [{b},{t}]"),
+                &download(ctx, &out),
+                &want,
+                1e-7,
+            );
+
+            let dout = randn(&mut rng, b * t * dim);
+            let dtable = poisoned(ctx, &[vocab, dim]);
+            ctx.run(
+                &plan_backward(
+                    ctx,
+                    &upload(ctx, &dout, &[b, t, dim]),
+                    &tids,
+                    &dtable,
+                    false,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            let want = reference::backward(&to_f64(&dout), dim, &ids, vocab);
+            assert_close(
+                &format!("embedding backward {vocab}x{dim} [{b},{t}]"),
+                &download(ctx, &dtable),
+                &want,
+                1e-6,
+            );
+        }
+    }
+
+    #[test]
+    fn accumulate_adds_a_second_table_and_rewritten_ids_are_used() {
+        let ctx = ctx();
+        let words = upload(ctx, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[3, 2]);
+        let types = upload(ctx, &[10.0, 20.0, 30.0, 40.0], &[2, 2]);
+        let w = TokenIds::new(ctx, &[2, 0], &[1, 2], 3).unwrap();
+        let ty = TokenIds::new(ctx, &[1, 1], &[1, 2], 2).unwrap();
+        let out = poisoned(ctx, &[1, 2, 2]);
+        ctx.run(&[
+            plan_forward(ctx, &words, &w, &out, false).unwrap(),
+            plan_forward(ctx, &types, &ty, &out, true).unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(download(ctx, &out), vec![35.0, 46.0, 31.0, 42.0]);
+
+        let grad = upload(ctx, &[1.0, 1.0, 2.0, 2.0], &[1, 2, 2]);
+        let dtable = upload(ctx, &[100.0; 6], &[3, 2]);
+        let backward = plan_backward(ctx, &grad, &w, &dtable, true).unwrap();
+        w.write(ctx, &[1, 1]).unwrap();
+        ctx.run(&backward).unwrap();
+        assert_eq!(
+            download(ctx, &dtable),
+            vec![100.0, 100.0, 103.0, 103.0, 100.0, 100.0]
+        );
+    }
+
+    #[test]
+    fn out_of_range_ids_are_errors() {
+        let ctx = ctx();
+        let err = TokenIds::new(ctx, &[0, 5, 99], &[3], 99).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TokenOutOfRange {
+                    id: 99,
+                    position: 2,
+                    vocab: 99
+                }
+            ),
+            "{err}"
+        );
+        let ids = TokenIds::new(ctx, &[0, 1], &[2], 2).unwrap();
+        assert!(ids.write(ctx, &[2, 0]).is_err());
+        let table = upload(ctx, &[0.0; 6], &[3, 2]);
+        assert!(
+            matches!(forward(ctx, &table, &ids), Err(Error::Shape { .. })),
+            "table rows must equal vocab"
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! LayerNorm over the last dimension (torch.nn.LayerNorm, eps from the config), forward and
+//! backward. The forward pass saves each row's mean and 1/std for the backward pass.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::context::{Context, Shader};
+use crate::dispatch::{Dispatch, DispatchBuilder};
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
+
+pub static SHADER: Shader = Shader {
+    name: "layernorm",
+    source: include_str!("../../shaders/layernorm.wgsl"),
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    n: u32,
+    eps: f32,
+    accumulate: u32,
+}
+
+/// Row count and width of x (`[..., n]`), checking gamma is `[n]`.
+fn rows_n(op: &'static str, x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
+    x.expect_dtype(op, "x", DType::F32)?;
+    let n = *x.shape().last().unwrap();
+    gamma.expect_shape(op, "gamma", &[n])?;
+    Ok((x.numel() / n, n))
+}
+
+/// Shape of the saved statistics for x: `[rows, 2]` (mean, 1/std).
+pub fn stats_shape(x: &Tensor) -> [usize; 2] {
+    let n = *x.shape().last().unwrap();
+    [x.numel() / n, 2]
+}
+
+/// `y = layernorm(x) · gamma + beta`; writes `stats` (`[rows, 2]`) for the backward pass.
+pub fn plan_forward(
+    ctx: &Context,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    y: &Tensor,
+    stats: &Tensor,
+) -> Result<Dispatch> {
+    let (rows, n) = rows_n("layernorm", x, gamma)?;
+    beta.expect_shape("layernorm", "beta", &[n])?;
+    y.expect_shape("layernorm", "y", x.shape())?;
+    stats.expect_shape("layernorm", "stats", &[rows, 2])?;
+    DispatchBuilder::new(ctx, &SHADER, "forward")
+        .params(&Params {
+            rows: rows as u32,
+            n: n as u32,
+            eps,
+            accumulate: 0,
+        })
+        .read(x)
+        .read(gamma)
+        .read(beta)
+        .write(y)
+        .write(stats)
+        .read_opt(None)
+        .build(ctx.grid_1d(rows as u64)?)
+}
+
+/// `dx` from the forward input, gamma and saved stats.
+pub fn plan_backward(
+    ctx: &Context,
+    x: &Tensor,
+    gamma: &Tensor,
+    stats: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+) -> Result<Dispatch> {
+    let (rows, n) = rows_n("layernorm backward", x, gamma)?;
+    stats.expect_shape("layernorm backward", "stats", &[rows, 2])?;
+    dy.expect_shape("layernorm backward", "dy", x.shape())?;
+    dx.expect_shape("layernorm backward", "dx", x.shape())?;
+    DispatchBuilder::new(ctx, &SHADER, "backward")
+        .params(&Params {
+            rows: rows as u32,
+            n: n as u32,
+            eps: 0.0,
+            accumulate: 0,
+        })
+        .read(x)
+        .read(gamma)
+        .read(dy)
+        .write(dx)
+        .write(stats)
+        .read_opt(None)
+        .build(ctx.grid_1d(rows as u64)?)
+}
+
+/// `dgamma = Σ_rows dy ⊙ x̂`, `dbeta = Σ_rows dy` (added to the targets with `accumulate`).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_backward_params(
+    ctx: &Context,
+    x: &Tensor,
+    stats: &Tensor,
+    dy: &Tensor,
+    dgamma: &Tensor,
+    dbeta: &Tensor,
+    accumulate: bool,
+) -> Result<Dispatch> {
+    x.expect_dtype("layernorm backward", "x", DType::F32)?;
+    let n = *x.shape().last().unwrap();
+    let rows = x.numel() / n;
+    stats.expect_shape("layernorm backward", "stats", &[rows, 2])?;
+    dy.expect_shape("layernorm backward", "dy", x.shape())?;
+    dgamma.expect_shape("layernorm backward", "dgamma", &[n])?;
+    dbeta.expect_shape("layernorm backward", "dbeta", &[n])?;
+    DispatchBuilder::new(ctx, &SHADER, "backward_params")
+        .params(&Params {
+            rows: rows as u32,
+            n: n as u32,
+            eps: 0.0,
+            accumulate: accumulate as u32,
+        })
+        .read(x)
+        .read_opt(None)
+        .read(dy)
+        .write(dgamma)
+        .write(stats)
+        .write(dbeta)
+        .build(ctx.grid_1d((n as u64).div_ceil(64))?)
+}
+
+/// Forward pass in new tensors: `(y, stats)`.
+pub fn forward(
+    ctx: &Context,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    let y = Tensor::zeros(ctx, x.shape(), DType::F32)?;
+    let stats = Tensor::zeros(ctx, &stats_shape(x), DType::F32)?;
+    ctx.submit(&[plan_forward(ctx, x, gamma, beta, eps, &y, &stats)?])?;
+    Ok((y, stats))
+}
+
+/// Backward pass in new tensors: `(dx, dgamma, dbeta)`.
+pub fn backward(
+    ctx: &Context,
+    x: &Tensor,
+    gamma: &Tensor,
+    stats: &Tensor,
+    dy: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dx = Tensor::zeros(ctx, x.shape(), DType::F32)?;
+    let dgamma = Tensor::zeros(ctx, gamma.shape(), DType::F32)?;
+    let dbeta = Tensor::zeros(ctx, gamma.shape(), DType::F32)?;
+    ctx.submit(&[
+        plan_backward(ctx, x, gamma, stats, dy, &dx)?,
+        plan_backward_params(ctx, x, stats, dy, &dgamma, &dbeta, false)?,
+    ])?;
+    Ok((dx, dgamma, dbeta))
+}
+
+/// CPU reference, in f64.
+pub mod reference {
+    pub fn forward(x: &[f64], gamma: &[f64], beta: &[f64], eps: f64) -> Vec<f64> {
+        let n = gamma.len();
+        x.chunks(n)
+            .flat_map(|r| {
+                let mean = r.iter().sum::<f64>() / n as f64;
+                let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+                let rstd = 1.0 / (var + eps).sqrt();
+                r.iter()
+                    .zip(gamma.iter().zip(beta))
+                    .map(move |(v, (g, b))| (v - mean) * rstd * g + b)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// `(dx, dgamma, dbeta)`.
+    pub fn backward(
+        x: &[f64],
+        gamma: &[f64],
+        dy: &[f64],
+        eps: f64,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let n = gamma.len();
+        let mut dx = vec![0.0; x.len()];
+        let mut dgamma = vec![0.0; n];
+        let mut dbeta = vec![0.0; n];
+        for ((r, g), out) in x.chunks(n).zip(dy.chunks(n)).zip(dx.chunks_mut(n)) {
+            let mean = r.iter().sum::<f64>() / n as f64;
+            let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            let xhat: Vec<f64> = r.iter().map(|v| (v - mean) * rstd).collect();
+            let gg: Vec<f64> = g.iter().zip(gamma).map(|(a, b)| a * b).collect();
+            let mg = gg.iter().sum::<f64>() / n as f64;
+            let mgx = gg.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / n as f64;
+            for j in 0..n {
+                out[j] = rstd * (gg[j] - mg - xhat[j] * mgx);
+                dgamma[j] += g[j] * xhat[j];
+                dbeta[j] += g[j];
+            }
+        }
+        (dx, dgamma, dbeta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    #[test]
+    fn forward_and_backward_match_reference() {
+        let ctx = ctx();
+        let mut rng = rng(11);
+        for &(rows, n) in &[(1, 1), (7, 33), (33, 7), (3, 129), (129, 300), (2, 1000)] {
+            for eps in [1e-12f32, 1e-5] {
+                let x: Vec<f32> = randn(&mut rng, rows * n)
+                    .iter()
+                    .map(|v| v * 3.0 + 1.5)
+                    .collect();
+                let gamma = randn(&mut rng, n);
+                let beta = randn(&mut rng, n);
+                let dy = randn(&mut rng, rows * n);
+                let tx = upload(ctx, &x, &[rows, n]);
+                let tg = upload(ctx, &gamma, &[n]);
+                let y = poisoned(ctx, &[rows, n]);
+                let stats = poisoned(ctx, &[rows, 2]);
+                ctx.run(&[
+                    plan_forward(ctx, &tx, &tg, &upload(ctx, &beta, &[n]), eps, &y, &stats)
+                        .unwrap(),
+                ])
+                .unwrap();
+                let (x64, g64) = (to_f64(&x), to_f64(&gamma));
+                let want = reference::forward(&x64, &g64, &to_f64(&beta), eps as f64);
+                let what = format!("layernorm {rows}x{n} eps={eps}");
+                assert_close(&what, &download(ctx, &y), &want, 1e-5);
+
+                let tdy = upload(ctx, &dy, &[rows, n]);
+                let (dx, dg, db) = (
+                    poisoned(ctx, &[rows, n]),
+                    poisoned(ctx, &[n]),
+                    poisoned(ctx, &[n]),
+                );
+                ctx.run(&[
+                    plan_backward(ctx, &tx, &tg, &stats, &tdy, &dx).unwrap(),
+                    plan_backward_params(ctx, &tx, &stats, &tdy, &dg, &db, false).unwrap(),
+                ])
+                .unwrap();
+                let (wdx, wdg, wdb) = reference::backward(&x64, &g64, &to_f64(&dy), eps as f64);
+                // n = 1 makes dx exactly zero (x̂ is constant): compare absolutely there.
+                assert_close(&format!("{what} dx"), &download(ctx, &dx), &wdx, 1e-4);
+                assert_close(&format!("{what} dgamma"), &download(ctx, &dg), &wdg, 1e-4);
+                assert_close(&format!("{what} dbeta"), &download(ctx, &db), &wdb, 1e-5);
+            }
+        }
+    }
+}

@@ -140,11 +140,14 @@ struct PipelineKey {
     entry: &'static str,
     /// Text substitutions applied to the source (variant selection), in order.
     variant: Vec<(&'static str, String)>,
-    bindings: Vec<Access>,
+    bindings: Vec<Option<Access>>,
 }
 
 /// Errors the device reported outside any scope of ours (only for devices we opened).
 type ErrorLog = Arc<Mutex<Vec<String>>>;
+
+/// Bind group layout and pipeline layout for one list of storage bindings.
+type Layouts = (wgpu::BindGroupLayout, wgpu::PipelineLayout);
 
 /// The GPU context. Cheap to share by reference across threads.
 pub struct Context {
@@ -153,7 +156,7 @@ pub struct Context {
     caps: Capabilities,
     wait_timeout: Option<Duration>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
-    layouts: Mutex<HashMap<Vec<Access>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
+    layouts: Mutex<HashMap<Vec<Option<Access>>, Layouts>>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Option<ErrorLog>,
     /// Bound in place of an optional input that is absent (never read by the kernel).
@@ -448,7 +451,9 @@ impl Context {
         Ok(())
     }
 
-    fn layout(&self, bindings: &[Access]) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    /// Layout for binding 0 (uniform) and storage bindings 1, 2, ...; a `None` slot is left
+    /// out (its binding number is not referenced by the entry point).
+    fn layout(&self, bindings: &[Option<Access>]) -> Layouts {
         let mut layouts = self.layouts.lock().unwrap();
         layouts
             .entry(bindings.to_vec())
@@ -465,12 +470,13 @@ impl Context {
                     count: None,
                 }];
                 for (i, access) in bindings.iter().enumerate() {
+                    let Some(access) = access else { continue };
                     entries.push(wgpu::BindGroupLayoutEntry {
                         binding: i as u32 + 1,
                         visibility: wgpu::ShaderStages::COMPUTE,
                         ty: wgpu::BindingType::Buffer {
                             ty: wgpu::BufferBindingType::Storage {
-                                read_only: *access == Access::Read,
+                                read_only: access == &Access::Read,
                             },
                             has_dynamic_offset: false,
                             min_binding_size: None,
@@ -503,7 +509,7 @@ impl Context {
         shader: &'static Shader,
         entry: &'static str,
         variant: &[(&'static str, String)],
-        bindings: &[Access],
+        bindings: &[Option<Access>],
     ) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
         let key = PipelineKey {
             shader: shader.name,
@@ -529,7 +535,13 @@ impl Context {
                     layout: Some(&pl),
                     module: &module,
                     entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions::default(),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &[],
+                        // Every kernel writes workgroup memory before reading it. Zeroing it
+                        // costs time on every launch, and naga's GL backend emits it as huge
+                        // array initialisers that Mesa takes minutes to compile.
+                        zero_initialize_workgroup_memory: false,
+                    },
                     cache: None,
                 })
         })?;

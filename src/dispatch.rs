@@ -45,8 +45,11 @@ impl Dispatch {
 
 enum Binding<'a> {
     Tensor(&'a Tensor),
-    /// An absent optional input; the kernel is told not to read it.
+    /// An absent optional input the shader refers to but is told not to read: a dummy
+    /// buffer is bound.
     Unused,
+    /// A binding number this entry point never refers to: left out of the layout.
+    Skipped,
 }
 
 /// Builds a [`Dispatch`]: binding 0 is the uniform parameter block, then storage
@@ -57,7 +60,7 @@ pub(crate) struct DispatchBuilder<'a> {
     entry: &'static str,
     variant: Vec<(&'static str, String)>,
     params: Vec<u8>,
-    bindings: Vec<(Access, Binding<'a>)>,
+    bindings: Vec<(Option<Access>, Binding<'a>)>,
 }
 
 impl<'a> DispatchBuilder<'a> {
@@ -88,18 +91,26 @@ impl<'a> DispatchBuilder<'a> {
     }
 
     pub fn read(mut self, t: &'a Tensor) -> Self {
-        self.bindings.push((Access::Read, Binding::Tensor(t)));
+        self.bindings.push((Some(Access::Read), Binding::Tensor(t)));
         self
     }
 
     pub fn read_opt(mut self, t: Option<&'a Tensor>) -> Self {
         let b = t.map_or(Binding::Unused, Binding::Tensor);
-        self.bindings.push((Access::Read, b));
+        self.bindings.push((Some(Access::Read), b));
         self
     }
 
     pub fn write(mut self, t: &'a Tensor) -> Self {
-        self.bindings.push((Access::ReadWrite, Binding::Tensor(t)));
+        self.bindings
+            .push((Some(Access::ReadWrite), Binding::Tensor(t)));
+        self
+    }
+
+    /// Passes over a binding number the entry point does not use, keeping it out of the
+    /// layout (which counts against the adapter's storage buffers per stage).
+    pub fn skip(mut self) -> Self {
+        self.bindings.push((None, Binding::Skipped));
         self
     }
 
@@ -131,7 +142,7 @@ impl<'a> DispatchBuilder<'a> {
                 limit_name: "max_compute_workgroups_per_dimension",
             });
         }
-        let access: Vec<Access> = self.bindings.iter().map(|(a, _)| *a).collect();
+        let access: Vec<Option<Access>> = self.bindings.iter().map(|(a, _)| *a).collect();
         let (pipeline, layout) = ctx.pipeline(self.shader, self.entry, &self.variant, &access)?;
         let params = if self.params.is_empty() {
             vec![0u8; 16]
@@ -154,6 +165,7 @@ impl<'a> DispatchBuilder<'a> {
                 let resource = match b {
                     Binding::Tensor(t) => t.binding(),
                     Binding::Unused => ctx.dummy.as_entire_binding(),
+                    Binding::Skipped => continue,
                 };
                 entries.push(wgpu::BindGroupEntry {
                     binding: i as u32 + 1,

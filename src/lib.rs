@@ -1,9 +1,5 @@
-//! # roformer-wgpu
-//!
-//! Train and run RoFormer transformers on any GPU through WebGPU. WGSL compute shaders
-//! implement every op forward and backward; a [`Context`] owns the device and the compiled
-//! pipelines, [`Tensor`]s hold the data, and each op builds [`Dispatch`]es that can be run
-//! once (the eager functions) or recorded and replayed.
+// The README is the crate documentation, so its example is compiled and run as a doctest.
+#![doc = include_str!("../README.md")]
 
 pub mod check;
 mod context;

@@ -1,19 +1,38 @@
 //! Helpers shared by the kernel tests: one context per test binary, seeded random inputs,
 //! NaN-poisoned outputs and the relative-L2 assertion.
 
-use std::sync::OnceLock;
+use std::ops::Deref;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use rand::{Rng, SeedableRng};
 
 use crate::{check::rel_l2, Context, DType, Tensor};
 
-pub fn ctx() -> &'static Context {
+/// The test binary's context, held exclusively for the guard's lifetime: wgpu's GL backend
+/// panics when one thread waits on its context lock for more than a second while another
+/// runs a long llvmpipe submission, so tests take turns. Use as `let ctx = &ctx();`.
+pub struct GpuGuard {
+    ctx: &'static Context,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Deref for GpuGuard {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        self.ctx
+    }
+}
+
+pub fn ctx() -> GpuGuard {
     static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| {
+    static TURN: Mutex<()> = Mutex::new(());
+    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let ctx = CTX.get_or_init(|| {
         let ctx = Context::new().expect("tests need a GPU adapter");
         eprintln!("{}", ctx.capabilities());
         ctx
-    })
+    });
+    GpuGuard { ctx, _turn: turn }
 }
 
 pub fn rng(seed: u64) -> rand::rngs::StdRng {

@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn ten_steps_match_reference() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(14);
         for n in [1usize, 7, 33, 129, 4097] {
             let config = AdamWConfig {

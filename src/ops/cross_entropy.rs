@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn loss_and_gradient_match_reference_with_ignored_rows() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(13);
         for &(rows, classes) in &[(1, 1), (1, 7), (7, 33), (33, 2), (300, 129), (5, 1000)] {
             let x: Vec<f32> = randn(&mut rng, rows * classes)
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn all_ignored_gives_nan_loss_and_zero_gradient() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let tl = Labels::new(ctx, &[IGNORE_INDEX; 2], &[2], 3, IGNORE_INDEX).unwrap();
         let x = upload(ctx, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
         let state = forward(ctx, &x, &tl).unwrap();
@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn bad_labels_are_errors() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let err = Labels::new(ctx, &[0, 3], &[2], 3, IGNORE_INDEX).unwrap_err();
         assert!(
             matches!(

@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn axpby_matches_reference_at_awkward_sizes() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(1);
         for n in [1usize, 7, 33, 129, 1000, 65537] {
             let a = randn(&mut rng, n);
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn fill_writes_every_element_and_b_is_optional() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let out = poisoned(ctx, &[3, 67]);
         fill(ctx, &out, 2.5).unwrap();
         assert!(download(ctx, &out).iter().all(|&v| v == 2.5));
@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn mismatched_sizes_are_errors() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let a = upload(ctx, &[1.0, 2.0], &[2]);
         let b = upload(ctx, &[1.0, 2.0, 3.0], &[3]);
         assert!(matches!(add(ctx, &a, &b), Err(Error::Shape { .. })));

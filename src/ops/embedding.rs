@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn lookup_and_scatter_add_match_reference() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(12);
         for &(vocab, dim, b, t) in &[
             (1, 1, 1, 1),
@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn accumulate_adds_a_second_table_and_rewritten_ids_are_used() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let words = upload(ctx, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[3, 2]);
         let types = upload(ctx, &[10.0, 20.0, 30.0, 40.0], &[2, 2]);
         let w = TokenIds::new(ctx, &[2, 0], &[1, 2], 3).unwrap();
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn out_of_range_ids_are_errors() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let err = TokenIds::new(ctx, &[0, 5, 99], &[3], 99).unwrap_err();
         assert!(
             matches!(

@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn forward_and_backward_match_reference() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(10);
         for n in [1usize, 7, 33, 129, 5000] {
             let mut x = randn(&mut rng, n);
@@ -123,7 +123,7 @@ mod tests {
     fn erf_is_accurate_over_its_range() {
         // Through gelu: dense grid on [-6, 6], checked elementwise against libm. For x < -3,
         // 1 + erf(x/√2) cancels in f32 (as in torch's f32 GELU): the error is absolute, ~1e-7.
-        let ctx = ctx();
+        let ctx = &ctx();
         let x: Vec<f32> = (0..4801).map(|i| -6.0 + i as f32 * 0.0025).collect();
         let y = forward(ctx, &upload(ctx, &x, &[x.len()])).unwrap();
         for (v, g) in x.iter().zip(download(ctx, &y)) {

@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn forward_and_backward_match_reference() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(11);
         for &(rows, n) in &[(1, 1), (7, 33), (33, 7), (3, 129), (129, 300), (2, 1000)] {
             for eps in [1e-12f32, 1e-5] {

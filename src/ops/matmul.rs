@@ -654,7 +654,7 @@ mod tests {
 
     #[test]
     fn forward_matches_reference_for_every_transpose_and_broadcast() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(3);
         let shapes = [
             (1, 1, 1),
@@ -708,7 +708,7 @@ mod tests {
 
     #[test]
     fn accumulate_adds_to_c() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(4);
         let (m, n, k) = (33, 7, 17);
         let a = randn(&mut rng, m * k);
@@ -736,7 +736,7 @@ mod tests {
 
     #[test]
     fn backward_matches_reference_including_broadcast_sums() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(5);
         for &(m, n, k) in &[(1, 1, 1), (7, 33, 13), (33, 7, 65)] {
             for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -824,7 +824,7 @@ mod tests {
     #[test]
     fn strided_views_compute_per_head_products() {
         // Q Kᵀ per head straight from [B, T, H, d] tensors: batch (B, H), rows strided by H·d.
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(6);
         let (bsz, t, h, d) = (2, 7, 3, 5);
         let q = randn(&mut rng, bsz * t * h * d);
@@ -877,7 +877,7 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_errors() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let a = upload(ctx, &[0.0; 6], &[2, 3]);
         let b = upload(ctx, &[0.0; 8], &[4, 2]);
         assert!(matches!(

@@ -3,13 +3,54 @@
 //! tests that hold the GPU to that reference.
 
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod gelu;
 pub mod heads;
 pub mod layernorm;
+pub mod linear_attention;
 pub mod matmul;
 pub mod reduce;
 pub mod rope;
 pub mod softmax;
+
+use crate::context::{apply_variant, Shader};
+
+/// Every shader with the full source of each variant the library compiles (the file as
+/// it is first). The cross-translation test validates all of them.
+pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<String>)> {
+    let plain = |s: &'static Shader| (s, vec![s.source.to_string()]);
+    let la = &linear_attention::SHADER;
+    let la_variants = [32usize, 64]
+        .iter()
+        .map(|d| {
+            apply_variant(
+                la.source,
+                &[(
+                    "const MAX_D: u32 = 128u;",
+                    format!("const MAX_D: u32 = {d}u;"),
+                )],
+            )
+        })
+        .collect::<Vec<_>>();
+    vec![
+        plain(&adamw::SHADER),
+        plain(&cross_entropy::SHADER),
+        plain(&elementwise::SHADER),
+        plain(&embedding::SHADER),
+        plain(&gelu::SHADER),
+        plain(&layernorm::SHADER),
+        (
+            la,
+            std::iter::once(la.source.to_string())
+                .chain(la_variants)
+                .collect(),
+        ),
+        plain(&matmul::SHADER),
+        plain(&reduce::SHADER),
+        plain(&rope::SHADER),
+        plain(&softmax::SHADER),
+    ]
+}

@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn sum_rows_matches_reference() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(2);
         for (rows, cols) in [(1, 1), (7, 33), (129, 7), (33, 129), (300, 65)] {
             let x = randn(&mut rng, rows * cols);
@@ -104,7 +104,7 @@ mod tests {
 
     #[test]
     fn sum_rows_accumulates() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let x = upload(ctx, &[1.0, 2.0, 3.0, 4.0], &[2, 2]);
         let out = upload(ctx, &[10.0, 20.0], &[2]);
         ctx.run(&[plan_sum_rows(ctx, &x, &out, true).unwrap()])

@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn forward_and_inverse_match_reference_in_both_layouts() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(8);
         for &(b, h, t, d) in &[(1, 1, 1, 2), (2, 3, 7, 8), (1, 2, 33, 6), (2, 1, 129, 64)] {
             let table = table(ctx, t + 3, d).unwrap();
@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn layout_change_is_a_transpose() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(9);
         let (b, h, t, d) = (2, 3, 5, 4);
         let x = randn(&mut rng, b * h * t * d);
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn short_table_and_odd_dim_are_errors() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let x = upload(ctx, &[0.0; 2 * 4], &[1, 1, 2, 4]);
         let short = table(ctx, 1, 4).unwrap();
         assert!(matches!(

@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn forward_and_backward_match_reference_with_mask_and_causal() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let mut rng = rng(7);
         // [B, H, Tq, Tk]
         for &(b, h, tq, tk) in &[
@@ -254,7 +254,7 @@ mod tests {
 
     #[test]
     fn large_scores_do_not_overflow() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let x = upload(ctx, &[1000.0, 1001.0, -1000.0, 999.0], &[1, 4]);
         let y = forward(ctx, &x, &SoftmaxOptions::default()).unwrap();
         let want = reference::forward(&[1000.0, 1001.0, -1000.0, 999.0], 4, 1.0, None, None);
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn bad_mask_shape_is_an_error() {
-        let ctx = ctx();
+        let ctx = &ctx();
         let x = upload(ctx, &[0.0; 12], &[2, 2, 3]);
         let m = upload(ctx, &[0.0; 3], &[1, 3]);
         let opts = SoftmaxOptions {

@@ -1,0 +1,31 @@
+//! Prints the adapter this library picks and what it offers, then checks one matmul against
+//! the CPU. `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF` choose the adapter.
+//!
+//!     cargo run --release --example info
+
+use roformer_wgpu::check::rel_l2;
+use roformer_wgpu::ops::matmul::{self, MatmulOptions};
+use roformer_wgpu::{Context, Tensor};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let ctx = Context::new()?;
+    println!("{}", ctx.capabilities());
+    let (m, n, k) = (33, 65, 129);
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    let b: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 104729) % 89) as f32 / 89.0 - 0.5)
+        .collect();
+    let ta = Tensor::from_slice(&ctx, &a, &[m, k])?;
+    let tb = Tensor::from_slice(&ctx, &b, &[k, n])?;
+    let c = matmul::matmul(&ctx, &ta, &tb, None, &MatmulOptions::default())?.to_vec::<f32>(&ctx)?;
+    let a64: Vec<f64> = a.iter().map(|&x| x as f64).collect();
+    let b64: Vec<f64> = b.iter().map(|&x| x as f64).collect();
+    let want = matmul::reference::matmul(&a64, &b64, (m, n, k), false, false);
+    println!(
+        "self-check         {m}x{n}x{k} matmul, relative L2 error {:.1e}",
+        rel_l2(&c, &want)
+    );
+    Ok(())
+}

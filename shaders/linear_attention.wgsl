@@ -1,0 +1,531 @@
+// Linear attention (Katharopoulos et al. 2020) with the feature map phi(x) = elu(x) + 1,
+// plain or with rotary position embedding as in RoFormer eq. (19), causal or not.
+// Per batch b and head h, with fq_m = phi(q_m), fk_n = w_n phi(k_n) (w_n: key mask, 0 on
+// padding), a_m = R_m fq_m and b_n = R_n fk_n (a = fq, b = fk without RoPE):
+//
+//     out_m = a_m^T S_m / (fq_m . z_m + eps),   S_m = sum_n b_n v_n^T,  z_m = sum_n fk_n
+//
+// with the sums over every n, or over n <= m when causal. The numerator uses the rotated
+// features, the normaliser the unrotated ones (eq. 19). Nothing T x T is ever formed: the
+// state S is d x dv.
+//
+// Gradients, with g_m = dL/dout_m, dnum_m = g_m / den_m, dden_m = -(g_m . out_m) / den_m:
+//     dq_m = phi'(q_m) (R_m^T S_m dnum_m + dden_m z_m)
+//     dk_n = w_n phi'(k_n) (R_n^T U_n v_n + y_n),   U_n = sum_m a_m dnum_m^T,  y_n = sum_m dden_m fq_m
+//     dv_n = U_n^T b_n
+// with U and y summed over every m, or over m >= n when causal (a reverse scan).
+//
+// This is the simple form: one workgroup per (b, h), one thread per output feature, which
+// keeps its row or column of the state in registers (as vec4s: 4-wide arithmetic, and a
+// quarter of the dynamically indexed elements, which Mesa's GL path compiles very slowly),
+// tokens staged BT at a time through workgroup memory, zero-padded to a multiple of 4. Each entry point is a scan over the tokens; non-causal ones make two
+// passes (sum everything, then emit). The chunked form for long sequences is tested
+// against this one.
+
+struct Params {
+    batch: u32, heads: u32, seq: u32, dim: u32,
+    dim_v: u32, qb: u32, qh: u32, qt: u32,
+    vb: u32, vh: u32, vt: u32, causal: u32,
+    has_mask: u32, has_rope: u32, eps: f32, _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+// [positions, dim]: sin(theta_i) in column i, cos(theta_i) in column dim/2 + i.
+@group(0) @binding(4) var<storage, read> table: array<f32>;
+// [batch, seq] key weights (1 = token, 0 = padding).
+@group(0) @binding(5) var<storage, read> mask: array<f32>;
+@group(0) @binding(6) var<storage, read> grad_out: array<f32>;
+@group(0) @binding(7) var<storage, read> fwd_out: array<f32>;
+// [batch, heads, seq, 2]: den (written by forward), dden (written by backward_prep).
+@group(0) @binding(8) var<storage, read_write> tok: array<f32>;
+// forward: out; backward_q: dq; backward_k: dk; backward_v: dv.
+@group(0) @binding(9) var<storage, read_write> res: array<f32>;
+
+// Largest head dimension of this variant (32, 64 or 128), also the workgroup size.
+const MAX_D: u32 = 128u;
+const MAX_D4: u32 = MAX_D / 4u;
+// Tokens staged per block.
+const BT: u32 = 8u;
+
+var<workgroup> sh_a: array<f32, BT * MAX_D>;
+var<workgroup> sh_b: array<f32, BT * MAX_D>;
+var<workgroup> sh_fq: array<f32, BT * MAX_D>;
+var<workgroup> sh_fk: array<f32, BT * MAX_D>;
+var<workgroup> sh_v: array<f32, BT * MAX_D>;
+var<workgroup> sh_dnum: array<f32, BT * MAX_D>;
+var<workgroup> sh_tok: array<f32, BT>;
+
+fn phi(x: f32) -> f32 {
+    return select(exp(x), x + 1.0, x > 0.0);
+}
+
+fn dphi(x: f32) -> f32 {
+    return select(exp(x), 1.0, x > 0.0);
+}
+
+fn qk_at(b: u32, h: u32, t: u32, i: u32) -> u32 {
+    return b * p.qb + h * p.qh + t * p.qt + i;
+}
+
+fn v_at(b: u32, h: u32, t: u32, e: u32) -> u32 {
+    return b * p.vb + h * p.vh + t * p.vt + e;
+}
+
+// Widths rounded up to a multiple of 4, and in vec4s.
+fn w4(n: u32) -> u32 {
+    return (n + 3u) / 4u;
+}
+
+fn a4(j: u32, i4: u32) -> vec4<f32> {
+    let o = j * MAX_D + 4u * i4;
+    return vec4<f32>(sh_a[o], sh_a[o + 1u], sh_a[o + 2u], sh_a[o + 3u]);
+}
+
+fn b4(j: u32, i4: u32) -> vec4<f32> {
+    let o = j * MAX_D + 4u * i4;
+    return vec4<f32>(sh_b[o], sh_b[o + 1u], sh_b[o + 2u], sh_b[o + 3u]);
+}
+
+fn fq4(j: u32, i4: u32) -> vec4<f32> {
+    let o = j * MAX_D + 4u * i4;
+    return vec4<f32>(sh_fq[o], sh_fq[o + 1u], sh_fq[o + 2u], sh_fq[o + 3u]);
+}
+
+fn fk4(j: u32, i4: u32) -> vec4<f32> {
+    let o = j * MAX_D + 4u * i4;
+    return vec4<f32>(sh_fk[o], sh_fk[o + 1u], sh_fk[o + 2u], sh_fk[o + 3u]);
+}
+
+fn v4(j: u32, c4: u32) -> vec4<f32> {
+    let o = j * MAX_D + 4u * c4;
+    return vec4<f32>(sh_v[o], sh_v[o + 1u], sh_v[o + 2u], sh_v[o + 3u]);
+}
+
+fn dnum4(j: u32, c4: u32) -> vec4<f32> {
+    let o = j * MAX_D + 4u * c4;
+    return vec4<f32>(sh_dnum[o], sh_dnum[o + 1u], sh_dnum[o + 2u], sh_dnum[o + 3u]);
+}
+
+fn tok_at(b: u32, h: u32, t: u32) -> u32 {
+    return ((b * p.heads + h) * p.seq + t) * 2u;
+}
+
+fn key_weight(b: u32, t: u32) -> f32 {
+    if (p.has_mask != 0u) {
+        return mask[b * p.seq + t];
+    }
+    return 1.0;
+}
+
+fn sin_cos(t: u32, i: u32) -> vec2<f32> {
+    let pair = i / 2u;
+    return vec2<f32>(table[t * p.dim + pair], table[t * p.dim + p.dim / 2u + pair]);
+}
+
+// Rotation R_t of feature i, given the feature and its pair partner (i ^ 1).
+fn rotate(t: u32, i: u32, f: f32, partner: f32) -> f32 {
+    if (p.has_rope == 0u) {
+        return f;
+    }
+    let sc = sin_cos(t, i);
+    if ((i & 1u) == 0u) {
+        return f * sc.y - partner * sc.x;
+    }
+    return f * sc.y + partner * sc.x;
+}
+
+// Transposed rotation R_t^T (rotation by -theta).
+fn rotate_back(t: u32, i: u32, f: f32, partner: f32) -> f32 {
+    if (p.has_rope == 0u) {
+        return f;
+    }
+    let sc = sin_cos(t, i);
+    if ((i & 1u) == 0u) {
+        return f * sc.y + partner * sc.x;
+    }
+    return f * sc.y - partner * sc.x;
+}
+
+// Staging: tokens t0 .. t0 + cnt of head (b, h) into workgroup memory, row j = t - t0,
+// columns past the width up to the next multiple of 4 set to 0.
+
+fn stage_q(b: u32, h: u32, t0: u32, cnt: u32, li: u32) {
+    let w = 4u * w4(p.dim);
+    for (var e = li; e < cnt * w; e += MAX_D) {
+        let j = e / w;
+        let i = e % w;
+        if (i >= p.dim) {
+            sh_fq[j * MAX_D + i] = 0.0;
+            sh_a[j * MAX_D + i] = 0.0;
+            continue;
+        }
+        let f = phi(q[qk_at(b, h, t0 + j, i)]);
+        var partner = 0.0;
+        if (p.has_rope != 0u) {
+            partner = phi(q[qk_at(b, h, t0 + j, i ^ 1u)]);
+        }
+        sh_fq[j * MAX_D + i] = f;
+        sh_a[j * MAX_D + i] = rotate(t0 + j, i, f, partner);
+    }
+}
+
+fn stage_k(b: u32, h: u32, t0: u32, cnt: u32, li: u32) {
+    let width = 4u * w4(p.dim);
+    for (var e = li; e < cnt * width; e += MAX_D) {
+        let j = e / width;
+        let i = e % width;
+        if (i >= p.dim) {
+            sh_fk[j * MAX_D + i] = 0.0;
+            sh_b[j * MAX_D + i] = 0.0;
+            continue;
+        }
+        let w = key_weight(b, t0 + j);
+        let f = w * phi(k[qk_at(b, h, t0 + j, i)]);
+        var partner = 0.0;
+        if (p.has_rope != 0u) {
+            partner = w * phi(k[qk_at(b, h, t0 + j, i ^ 1u)]);
+        }
+        sh_fk[j * MAX_D + i] = f;
+        sh_b[j * MAX_D + i] = rotate(t0 + j, i, f, partner);
+    }
+}
+
+fn stage_v(b: u32, h: u32, t0: u32, cnt: u32, li: u32) {
+    let w = 4u * w4(p.dim_v);
+    for (var e = li; e < cnt * w; e += MAX_D) {
+        let j = e / w;
+        let c = e % w;
+        var x = 0.0;
+        if (c < p.dim_v) {
+            x = v[v_at(b, h, t0 + j, c)];
+        }
+        sh_v[j * MAX_D + c] = x;
+    }
+}
+
+// dnum = g / den, and (with `dden`) the per-token dden into sh_tok.
+fn stage_grad(b: u32, h: u32, t0: u32, cnt: u32, li: u32, dden: bool) {
+    let w = 4u * w4(p.dim_v);
+    for (var e = li; e < cnt * w; e += MAX_D) {
+        let j = e / w;
+        let c = e % w;
+        var x = 0.0;
+        if (c < p.dim_v) {
+            x = grad_out[v_at(b, h, t0 + j, c)] / tok[tok_at(b, h, t0 + j)];
+        }
+        sh_dnum[j * MAX_D + c] = x;
+    }
+    if (dden && li < cnt) {
+        sh_tok[li] = tok[tok_at(b, h, t0 + li) + 1u];
+    }
+}
+
+fn head_of(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+    let bh = wid.x + wid.y * nwg.x;
+    return vec2<u32>(bh / p.heads, bh % p.heads);
+}
+
+// Thread e < dim_v owns column e of S; every thread keeps its own copy of z.
+@compute @workgroup_size(MAX_D)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32) {
+    let bh = head_of(wid, nwg);
+    let b = bh.x;
+    let h = bh.y;
+    if (b >= p.batch) {
+        return;
+    }
+    let causal = p.causal != 0u;
+    var s_col: array<vec4<f32>, MAX_D4>;
+    var z: array<vec4<f32>, MAX_D4>;
+    let d4 = w4(p.dim);
+    if (!causal) {
+        for (var t0 = 0u; t0 < p.seq; t0 += BT) {
+            let cnt = min(BT, p.seq - t0);
+            stage_k(b, h, t0, cnt, li);
+            stage_v(b, h, t0, cnt, li);
+            workgroupBarrier();
+            if (li < p.dim_v) {
+                for (var j = 0u; j < cnt; j++) {
+                    let ve = sh_v[j * MAX_D + li];
+                    for (var i4 = 0u; i4 < d4; i4++) {
+                        s_col[i4] += b4(j, i4) * ve;
+                        z[i4] += fk4(j, i4);
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    for (var t0 = 0u; t0 < p.seq; t0 += BT) {
+        let cnt = min(BT, p.seq - t0);
+        stage_q(b, h, t0, cnt, li);
+        if (causal) {
+            stage_k(b, h, t0, cnt, li);
+            stage_v(b, h, t0, cnt, li);
+        }
+        workgroupBarrier();
+        if (li < p.dim_v) {
+            for (var j = 0u; j < cnt; j++) {
+                if (causal) {
+                    let ve = sh_v[j * MAX_D + li];
+                    for (var i4 = 0u; i4 < d4; i4++) {
+                        s_col[i4] += b4(j, i4) * ve;
+                        z[i4] += fk4(j, i4);
+                    }
+                }
+                var num = 0.0;
+                var den = p.eps;
+                for (var i4 = 0u; i4 < d4; i4++) {
+                    num += dot(a4(j, i4), s_col[i4]);
+                    den += dot(fq4(j, i4), z[i4]);
+                }
+                res[v_at(b, h, t0 + j, li)] = num / den;
+                if (li == 0u) {
+                    tok[tok_at(b, h, t0 + j)] = den;
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+// dden_m = -(g_m . out_m) / den_m, one thread per token.
+@compute @workgroup_size(256)
+fn backward_prep(@builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let idx = (wid.x + wid.y * nwg.x) * 256u + lid.x;
+    if (idx >= p.batch * p.heads * p.seq) {
+        return;
+    }
+    let t = idx % p.seq;
+    let h = (idx / p.seq) % p.heads;
+    let b = idx / (p.seq * p.heads);
+    var s = 0.0;
+    for (var c = 0u; c < p.dim_v; c++) {
+        s += grad_out[v_at(b, h, t, c)] * fwd_out[v_at(b, h, t, c)];
+    }
+    let at = tok_at(b, h, t);
+    tok[at + 1u] = -s / tok[at];
+}
+
+// dq. Thread i < dim owns row i of S and z_i.
+@compute @workgroup_size(MAX_D)
+fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) li: u32) {
+    let bh = head_of(wid, nwg);
+    let b = bh.x;
+    let h = bh.y;
+    if (b >= p.batch) {
+        return;
+    }
+    let causal = p.causal != 0u;
+    var s_row: array<vec4<f32>, MAX_D4>;
+    var zi = 0.0;
+    let dv4 = w4(p.dim_v);
+    if (!causal) {
+        for (var t0 = 0u; t0 < p.seq; t0 += BT) {
+            let cnt = min(BT, p.seq - t0);
+            stage_k(b, h, t0, cnt, li);
+            stage_v(b, h, t0, cnt, li);
+            workgroupBarrier();
+            if (li < p.dim) {
+                for (var j = 0u; j < cnt; j++) {
+                    let bi = sh_b[j * MAX_D + li];
+                    for (var c4 = 0u; c4 < dv4; c4++) {
+                        s_row[c4] += bi * v4(j, c4);
+                    }
+                    zi += sh_fk[j * MAX_D + li];
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    for (var t0 = 0u; t0 < p.seq; t0 += BT) {
+        let cnt = min(BT, p.seq - t0);
+        stage_grad(b, h, t0, cnt, li, true);
+        if (causal) {
+            stage_k(b, h, t0, cnt, li);
+            stage_v(b, h, t0, cnt, li);
+        }
+        workgroupBarrier();
+        var dfq: array<f32, BT>;
+        if (li < p.dim) {
+            for (var j = 0u; j < cnt; j++) {
+                if (causal) {
+                    let bi = sh_b[j * MAX_D + li];
+                    for (var c4 = 0u; c4 < dv4; c4++) {
+                        s_row[c4] += bi * v4(j, c4);
+                    }
+                    zi += sh_fk[j * MAX_D + li];
+                }
+                var da = 0.0;
+                for (var c4 = 0u; c4 < dv4; c4++) {
+                    da += dot(s_row[c4], dnum4(j, c4));
+                }
+                sh_a[j * MAX_D + li] = da;
+                dfq[j] = sh_tok[j] * zi;
+            }
+        }
+        workgroupBarrier();
+        if (li < p.dim) {
+            for (var j = 0u; j < cnt; j++) {
+                let t = t0 + j;
+                var partner = 0.0;
+                if (p.has_rope != 0u) {
+                    partner = sh_a[j * MAX_D + (li ^ 1u)];
+                }
+                let back = rotate_back(t, li, sh_a[j * MAX_D + li], partner);
+                let at = qk_at(b, h, t, li);
+                res[at] = dphi(q[at]) * (back + dfq[j]);
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+// dk. Thread i < dim owns row i of U and y_i; tokens run from the last to the first.
+@compute @workgroup_size(MAX_D)
+fn backward_k(@builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) li: u32) {
+    let bh = head_of(wid, nwg);
+    let b = bh.x;
+    let h = bh.y;
+    if (b >= p.batch) {
+        return;
+    }
+    let causal = p.causal != 0u;
+    var u_row: array<vec4<f32>, MAX_D4>;
+    var yi = 0.0;
+    let dv4 = w4(p.dim_v);
+    if (!causal) {
+        for (var t0 = 0u; t0 < p.seq; t0 += BT) {
+            let cnt = min(BT, p.seq - t0);
+            stage_q(b, h, t0, cnt, li);
+            stage_grad(b, h, t0, cnt, li, true);
+            workgroupBarrier();
+            if (li < p.dim) {
+                for (var j = 0u; j < cnt; j++) {
+                    let ai = sh_a[j * MAX_D + li];
+                    for (var c4 = 0u; c4 < dv4; c4++) {
+                        u_row[c4] += ai * dnum4(j, c4);
+                    }
+                    yi += sh_tok[j] * sh_fq[j * MAX_D + li];
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    let blocks = (p.seq + BT - 1u) / BT;
+    for (var blk = blocks; blk > 0u; blk--) {
+        let t0 = (blk - 1u) * BT;
+        let cnt = min(BT, p.seq - t0);
+        stage_v(b, h, t0, cnt, li);
+        if (causal) {
+            stage_q(b, h, t0, cnt, li);
+            stage_grad(b, h, t0, cnt, li, true);
+        }
+        workgroupBarrier();
+        var dfk: array<f32, BT>;
+        if (li < p.dim) {
+            for (var jj = 0u; jj < cnt; jj++) {
+                let j = cnt - 1u - jj;
+                if (causal) {
+                    let ai = sh_a[j * MAX_D + li];
+                    for (var c4 = 0u; c4 < dv4; c4++) {
+                        u_row[c4] += ai * dnum4(j, c4);
+                    }
+                    yi += sh_tok[j] * sh_fq[j * MAX_D + li];
+                }
+                var db = 0.0;
+                for (var c4 = 0u; c4 < dv4; c4++) {
+                    db += dot(u_row[c4], v4(j, c4));
+                }
+                sh_b[j * MAX_D + li] = db;
+                dfk[j] = yi;
+            }
+        }
+        workgroupBarrier();
+        if (li < p.dim) {
+            for (var j = 0u; j < cnt; j++) {
+                let t = t0 + j;
+                var partner = 0.0;
+                if (p.has_rope != 0u) {
+                    partner = sh_b[j * MAX_D + (li ^ 1u)];
+                }
+                let back = rotate_back(t, li, sh_b[j * MAX_D + li], partner);
+                let at = qk_at(b, h, t, li);
+                res[at] = key_weight(b, t) * dphi(k[at]) * (back + dfk[j]);
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+// dv. Thread e < dim_v owns column e of U; tokens run from the last to the first.
+@compute @workgroup_size(MAX_D)
+fn backward_v(@builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) li: u32) {
+    let bh = head_of(wid, nwg);
+    let b = bh.x;
+    let h = bh.y;
+    if (b >= p.batch) {
+        return;
+    }
+    let causal = p.causal != 0u;
+    var u_col: array<vec4<f32>, MAX_D4>;
+    let d4 = w4(p.dim);
+    if (!causal) {
+        for (var t0 = 0u; t0 < p.seq; t0 += BT) {
+            let cnt = min(BT, p.seq - t0);
+            stage_q(b, h, t0, cnt, li);
+            stage_grad(b, h, t0, cnt, li, false);
+            workgroupBarrier();
+            if (li < p.dim_v) {
+                for (var j = 0u; j < cnt; j++) {
+                    let dn = sh_dnum[j * MAX_D + li];
+                    for (var i4 = 0u; i4 < d4; i4++) {
+                        u_col[i4] += a4(j, i4) * dn;
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    let blocks = (p.seq + BT - 1u) / BT;
+    for (var blk = blocks; blk > 0u; blk--) {
+        let t0 = (blk - 1u) * BT;
+        let cnt = min(BT, p.seq - t0);
+        stage_k(b, h, t0, cnt, li);
+        if (causal) {
+            stage_q(b, h, t0, cnt, li);
+            stage_grad(b, h, t0, cnt, li, false);
+        }
+        workgroupBarrier();
+        if (li < p.dim_v) {
+            for (var jj = 0u; jj < cnt; jj++) {
+                let j = cnt - 1u - jj;
+                if (causal) {
+                    let dn = sh_dnum[j * MAX_D + li];
+                    for (var i4 = 0u; i4 < d4; i4++) {
+                        u_col[i4] += a4(j, i4) * dn;
+                    }
+                }
+                var dv = 0.0;
+                for (var i4 = 0u; i4 < d4; i4++) {
+                    dv += dot(u_col[i4], b4(j, i4));
+                }
+                res[v_at(b, h, t0 + j, li)] = dv;
+            }
+        }
+        workgroupBarrier();
+    }
+}

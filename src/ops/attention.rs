@@ -1,0 +1,540 @@
+//! Softmax attention as HuggingFace RoFormer computes it, composed from the kernels:
+//! RoPE on q and k (and v with `rotary_value`), `scores = q kᵀ` per head (strided matmul),
+//! `probs = softmax(scale · scores + mask)` (causal optional), `out = probs · v`.
+//! It materialises the `[B, H, T, T]` probabilities; it has no shader of its own.
+
+use crate::context::Context;
+use crate::dispatch::Dispatch;
+use crate::error::Result;
+use crate::ops::heads::{HeadLayout, Heads};
+use crate::ops::matmul::{self, MatrixView, StridedMatmul};
+use crate::ops::{rope, softmax};
+use crate::tensor::{DType, Tensor};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttentionOptions<'a> {
+    pub causal: bool,
+    /// Additive mask `[B, T]` (HF: 0 for tokens, a large negative value for padding).
+    pub mask: Option<&'a Tensor>,
+    /// RoPE sin/cos table `[positions >= T, d]`, applied to q and k.
+    pub rope: Option<&'a Tensor>,
+    /// Also rotate v (HF `rotary_value`).
+    pub rotary_value: bool,
+    /// Score scale; `None` is `1/√d`.
+    pub scale: Option<f32>,
+}
+
+/// Intermediate tensors of one attention call, kept for the backward pass.
+#[derive(Clone, Debug)]
+pub struct AttentionBuffers {
+    heads: Heads,
+    dim_v: usize,
+    /// Rotated q, k (and v), in the input layout, when RoPE is on.
+    q_rot: Option<Tensor>,
+    k_rot: Option<Tensor>,
+    v_rot: Option<Tensor>,
+    /// Gradients of the rotated q, k, v before they are rotated back (backward only).
+    dq_rot: Option<Tensor>,
+    dk_rot: Option<Tensor>,
+    dv_rot: Option<Tensor>,
+    /// `[B, H, T, T]` scores; reused for d probs in the backward pass.
+    scores: Tensor,
+    /// `[B, H, T, T]` softmax output.
+    pub probs: Tensor,
+    /// `[B, H, T, T]` gradient of the scores (backward only).
+    dscores: Tensor,
+}
+
+impl AttentionBuffers {
+    pub fn new(
+        ctx: &Context,
+        q: &Tensor,
+        v: &Tensor,
+        layout: HeadLayout,
+        opts: &AttentionOptions<'_>,
+    ) -> Result<Self> {
+        let heads = Heads::of("attention", "q", q, layout)?;
+        let hv = Heads::of("attention", "v", v, layout)?;
+        heads.expect_same_bht("attention", "v", &hv)?;
+        let square = [heads.batch, heads.heads, heads.seq, heads.seq];
+        let like = |t: &Tensor| Tensor::zeros(ctx, t.shape(), DType::F32);
+        Ok(AttentionBuffers {
+            heads,
+            dim_v: hv.dim,
+            q_rot: opts.rope.map(|_| like(q)).transpose()?,
+            k_rot: opts.rope.map(|_| like(q)).transpose()?,
+            v_rot: (opts.rope.is_some() && opts.rotary_value)
+                .then(|| like(v))
+                .transpose()?,
+            dq_rot: opts.rope.map(|_| like(q)).transpose()?,
+            dk_rot: opts.rope.map(|_| like(q)).transpose()?,
+            dv_rot: (opts.rope.is_some() && opts.rotary_value)
+                .then(|| like(v))
+                .transpose()?,
+            scores: Tensor::zeros(ctx, &square, DType::F32)?,
+            probs: Tensor::zeros(ctx, &square, DType::F32)?,
+            dscores: Tensor::zeros(ctx, &square, DType::F32)?,
+        })
+    }
+}
+
+/// Per-head `[T, d]` matrices of a heads tensor.
+fn head_view(h: &Heads) -> MatrixView {
+    let [sb, sh, st] = h.strides();
+    MatrixView {
+        offset: 0,
+        row_stride: st,
+        col_stride: 1,
+        batch_strides: [sb, sh],
+    }
+}
+
+/// Per-head `[T, T]` matrices of a `[B, H, T, T]` tensor.
+fn square_view(h: &Heads) -> MatrixView {
+    let t = h.seq;
+    MatrixView {
+        offset: 0,
+        row_stride: t,
+        col_stride: 1,
+        batch_strides: [h.heads * t * t, t * t],
+    }
+}
+
+fn product(
+    h: &Heads,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatrixView,
+    b: MatrixView,
+    c: MatrixView,
+) -> StridedMatmul {
+    StridedMatmul {
+        m,
+        n,
+        k,
+        batch: [h.batch, h.heads],
+        a,
+        b,
+        c,
+        alpha: 1.0,
+        beta: 0.0,
+        bias_offset: 0,
+    }
+}
+
+fn scale(h: &Heads, opts: &AttentionOptions<'_>) -> f32 {
+    opts.scale.unwrap_or(1.0 / (h.dim as f32).sqrt())
+}
+
+/// `out` (shaped like v) from q, k, v in `layout`.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_forward(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &AttentionOptions<'_>,
+    bufs: &AttentionBuffers,
+    out: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let h = bufs.heads;
+    k.expect_shape("attention", "k", q.shape())?;
+    out.expect_shape("attention", "out", v.shape())?;
+    let hv = h.with_dim(bufs.dim_v);
+    let mut plan = Vec::new();
+    let mut rotated = |x: &Tensor, slot: &Option<Tensor>| -> Result<Tensor> {
+        match (opts.rope, slot) {
+            (Some(table), Some(r)) => {
+                plan.push(rope::plan(ctx, x, layout, table, r, layout, false)?);
+                Ok(r.clone())
+            }
+            _ => Ok(x.clone()),
+        }
+    };
+    let (qr, kr, vr) = (
+        rotated(q, &bufs.q_rot)?,
+        rotated(k, &bufs.k_rot)?,
+        rotated(v, &bufs.v_rot)?,
+    );
+    let (t, d) = (h.seq, h.dim);
+    plan.push(matmul::plan_strided(
+        ctx,
+        &product(
+            &h,
+            t,
+            t,
+            d,
+            head_view(&h),
+            head_view(&h).transposed(),
+            square_view(&h),
+        ),
+        &qr,
+        &kr,
+        None,
+        &bufs.scores,
+    )?);
+    let sm = softmax::SoftmaxOptions {
+        scale: scale(&h, opts),
+        mask: opts.mask,
+        causal: opts.causal,
+    };
+    plan.push(softmax::plan_forward(ctx, &bufs.scores, &sm, &bufs.probs)?);
+    plan.push(matmul::plan_strided(
+        ctx,
+        &product(
+            &h,
+            t,
+            hv.dim,
+            t,
+            square_view(&h),
+            head_view(&hv),
+            head_view(&hv),
+        ),
+        &bufs.probs,
+        &vr,
+        None,
+        out,
+    )?);
+    Ok(plan)
+}
+
+/// Gradients of q, k and v from `grad_out`, using the buffers of the forward pass.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_backward(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &AttentionOptions<'_>,
+    bufs: &AttentionBuffers,
+    grad_out: &Tensor,
+    dq: &Tensor,
+    dk: &Tensor,
+    dv: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let h = bufs.heads;
+    let hv = h.with_dim(bufs.dim_v);
+    grad_out.expect_shape("attention backward", "grad_out", v.shape())?;
+    dq.expect_shape("attention backward", "dq", q.shape())?;
+    dk.expect_shape("attention backward", "dk", k.shape())?;
+    dv.expect_shape("attention backward", "dv", v.shape())?;
+    let (t, d) = (h.seq, h.dim);
+    let qr = bufs.q_rot.as_ref().unwrap_or(q);
+    let kr = bufs.k_rot.as_ref().unwrap_or(k);
+    let vr = bufs.v_rot.as_ref().unwrap_or(v);
+    // Gradients of rotated tensors go to their own buffers, then are rotated back.
+    let dqr = bufs.dq_rot.as_ref().unwrap_or(dq);
+    let dkr = bufs.dk_rot.as_ref().unwrap_or(dk);
+    let dvr = bufs.dv_rot.as_ref().unwrap_or(dv);
+    let dprobs = &bufs.scores;
+    let mut plan = vec![
+        // d probs = dO · v'ᵀ
+        matmul::plan_strided(
+            ctx,
+            &product(
+                &h,
+                t,
+                t,
+                hv.dim,
+                head_view(&hv),
+                head_view(&hv).transposed(),
+                square_view(&h),
+            ),
+            grad_out,
+            vr,
+            None,
+            dprobs,
+        )?,
+        // d v' = probsᵀ · dO
+        matmul::plan_strided(
+            ctx,
+            &product(
+                &h,
+                t,
+                hv.dim,
+                t,
+                square_view(&h).transposed(),
+                head_view(&hv),
+                head_view(&hv),
+            ),
+            &bufs.probs,
+            grad_out,
+            None,
+            dvr,
+        )?,
+        softmax::plan_backward(ctx, &bufs.probs, dprobs, scale(&h, opts), &bufs.dscores)?,
+        // d q' = d scores · k'
+        matmul::plan_strided(
+            ctx,
+            &product(&h, t, d, t, square_view(&h), head_view(&h), head_view(&h)),
+            &bufs.dscores,
+            kr,
+            None,
+            dqr,
+        )?,
+        // d k' = d scoresᵀ · q'
+        matmul::plan_strided(
+            ctx,
+            &product(
+                &h,
+                t,
+                d,
+                t,
+                square_view(&h).transposed(),
+                head_view(&h),
+                head_view(&h),
+            ),
+            &bufs.dscores,
+            qr,
+            None,
+            dkr,
+        )?,
+    ];
+    if let Some(table) = opts.rope {
+        plan.push(rope::plan(ctx, dqr, layout, table, dq, layout, true)?);
+        plan.push(rope::plan(ctx, dkr, layout, table, dk, layout, true)?);
+        if bufs.dv_rot.is_some() {
+            plan.push(rope::plan(ctx, dvr, layout, table, dv, layout, true)?);
+        }
+    }
+    Ok(plan)
+}
+
+/// Forward pass in new tensors: `(out, buffers for the backward pass)`.
+pub fn forward(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &AttentionOptions<'_>,
+) -> Result<(Tensor, AttentionBuffers)> {
+    let bufs = AttentionBuffers::new(ctx, q, v, layout, opts)?;
+    let out = Tensor::zeros(ctx, v.shape(), DType::F32)?;
+    ctx.submit(&plan_forward(ctx, q, k, v, layout, opts, &bufs, &out)?)?;
+    Ok((out, bufs))
+}
+
+/// Backward pass in new tensors: `(dq, dk, dv)`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &AttentionOptions<'_>,
+    bufs: &AttentionBuffers,
+    grad_out: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dq = Tensor::zeros(ctx, q.shape(), DType::F32)?;
+    let dk = Tensor::zeros(ctx, k.shape(), DType::F32)?;
+    let dv = Tensor::zeros(ctx, v.shape(), DType::F32)?;
+    ctx.submit(&plan_backward(
+        ctx, q, k, v, layout, opts, bufs, grad_out, &dq, &dk, &dv,
+    )?)?;
+    Ok((dq, dk, dv))
+}
+
+/// CPU reference in f64 on `[B, H, T, d]` arrays: `(out, dq, dk, dv)`.
+pub mod reference {
+    use crate::ops::{rope, softmax};
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward(
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        grad_out: &[f64],
+        (bsz, heads, t, d): (usize, usize, usize, usize),
+        causal: bool,
+        use_rope: bool,
+        mask: Option<&[f64]>,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let scale = 1.0 / (d as f64).sqrt();
+        let rot = |x: &[f64], sign: f64| {
+            if use_rope {
+                rope::reference::rotate(x, d, |i| i % t, sign)
+            } else {
+                x.to_vec()
+            }
+        };
+        let (qr, kr) = (rot(q, 1.0), rot(k, 1.0));
+        let mut out = vec![0.0; v.len()];
+        let (mut dqr, mut dkr, mut dv) =
+            (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        for bh in 0..bsz * heads {
+            let o = bh * t * d;
+            let mut s = vec![0.0; t * t];
+            for i in 0..t {
+                for j in 0..t {
+                    s[i * t + j] = (0..d).map(|l| qr[o + i * d + l] * kr[o + j * d + l]).sum();
+                }
+            }
+            let m = mask.map(|m| (&m[(bh / heads) * t..(bh / heads + 1) * t], t));
+            let p = softmax::reference::forward(&s, t, scale, m, causal.then_some(t));
+            let g = &grad_out[o..o + t * d];
+            let mut dp = vec![0.0; t * t];
+            for i in 0..t {
+                for j in 0..t {
+                    for l in 0..d {
+                        out[o + i * d + l] += p[i * t + j] * v[o + j * d + l];
+                        dv[o + j * d + l] += p[i * t + j] * g[i * d + l];
+                        dp[i * t + j] += g[i * d + l] * v[o + j * d + l];
+                    }
+                }
+            }
+            let ds = softmax::reference::backward(&p, &dp, t, scale);
+            for i in 0..t {
+                for j in 0..t {
+                    for l in 0..d {
+                        dqr[o + i * d + l] += ds[i * t + j] * kr[o + j * d + l];
+                        dkr[o + j * d + l] += ds[i * t + j] * qr[o + i * d + l];
+                    }
+                }
+            }
+        }
+        (out, rot(&dqr, -1.0), rot(&dkr, -1.0), dv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    #[test]
+    fn matches_reference_with_rope_mask_and_causal_in_both_layouts() {
+        let ctx = &ctx();
+        let mut rng = rng(17);
+        for &(b, h, t, d) in &[(1, 1, 1, 2), (2, 3, 7, 8), (1, 2, 33, 16), (2, 1, 70, 6)] {
+            let n = b * h * t * d;
+            let (q, k, v, g) = (
+                randn(&mut rng, n),
+                randn(&mut rng, n),
+                randn(&mut rng, n),
+                randn(&mut rng, n),
+            );
+            let mask: Vec<f32> = (0..b * t)
+                .map(|i| {
+                    if i / t == 1 && i % t >= t - 2 {
+                        -f32::MAX
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let table = rope::table(ctx, t, d).unwrap();
+            let tmask = upload(ctx, &mask, &[b, t]);
+            for layout in [HeadLayout::Bhtd, HeadLayout::Bthd] {
+                let hd = Heads::new(b, h, t, d, layout);
+                let perm = |x: &[f32]| {
+                    let src = Heads::new(b, h, t, d, HeadLayout::Bhtd);
+                    let mut y = vec![0.0; n];
+                    for bb in 0..b {
+                        for hh in 0..h {
+                            for tt in 0..t {
+                                for i in 0..d {
+                                    y[hd.index(bb, hh, tt, i)] = x[src.index(bb, hh, tt, i)];
+                                }
+                            }
+                        }
+                    }
+                    y
+                };
+                let unperm = |y: &[f32]| {
+                    let dst = Heads::new(b, h, t, d, HeadLayout::Bhtd);
+                    let mut x = vec![0.0; n];
+                    for bb in 0..b {
+                        for hh in 0..h {
+                            for tt in 0..t {
+                                for i in 0..d {
+                                    x[dst.index(bb, hh, tt, i)] = y[hd.index(bb, hh, tt, i)];
+                                }
+                            }
+                        }
+                    }
+                    x
+                };
+                let shape = hd.shape();
+                let (tq, tk, tv, tg) = (
+                    upload(ctx, &perm(&q), &shape),
+                    upload(ctx, &perm(&k), &shape),
+                    upload(ctx, &perm(&v), &shape),
+                    upload(ctx, &perm(&g), &shape),
+                );
+                for (causal, use_rope, masked) in [
+                    (false, false, false),
+                    (true, true, false),
+                    (false, true, true),
+                    (true, false, true),
+                ] {
+                    let opts = AttentionOptions {
+                        causal,
+                        mask: masked.then_some(&tmask),
+                        rope: use_rope.then_some(&table),
+                        ..Default::default()
+                    };
+                    let bufs = AttentionBuffers::new(ctx, &tq, &tv, layout, &opts).unwrap();
+                    let (out, dq, dk, dv) = (
+                        poisoned(ctx, &shape),
+                        poisoned(ctx, &shape),
+                        poisoned(ctx, &shape),
+                        poisoned(ctx, &shape),
+                    );
+                    ctx.run(&plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &bufs, &out).unwrap())
+                        .unwrap();
+                    ctx.run(
+                        &plan_backward(
+                            ctx, &tq, &tk, &tv, layout, &opts, &bufs, &tg, &dq, &dk, &dv,
+                        )
+                        .unwrap(),
+                    )
+                    .unwrap();
+                    let m64 = to_f64(&mask);
+                    let (wo, wq, wk, wv) = reference::forward_backward(
+                        &to_f64(&q),
+                        &to_f64(&k),
+                        &to_f64(&v),
+                        &to_f64(&g),
+                        (b, h, t, d),
+                        causal,
+                        use_rope,
+                        masked.then_some(&m64[..]),
+                    );
+                    let what = format!("attention [{b},{h},{t},{d}] {layout:?} causal={causal} rope={use_rope} mask={masked}");
+                    assert_close(
+                        &format!("{what} out"),
+                        &unperm(&download(ctx, &out)),
+                        &wo,
+                        1e-5,
+                    );
+                    if t > 1 {
+                        // One token: out = v exactly, and dq, dk are 0.
+                        assert_close(
+                            &format!("{what} dq"),
+                            &unperm(&download(ctx, &dq)),
+                            &wq,
+                            1e-4,
+                        );
+                        assert_close(
+                            &format!("{what} dk"),
+                            &unperm(&download(ctx, &dk)),
+                            &wk,
+                            1e-4,
+                        );
+                    }
+                    assert_close(
+                        &format!("{what} dv"),
+                        &unperm(&download(ctx, &dv)),
+                        &wv,
+                        1e-4,
+                    );
+                }
+            }
+        }
+    }
+}

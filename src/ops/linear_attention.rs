@@ -1,0 +1,662 @@
+//! Linear attention (Katharopoulos et al. 2020, feature map `elu(x) + 1`), plain or with
+//! RoPE as in RoFormer eq. (19) (rotated features in the numerator, unrotated normaliser),
+//! causal or not, forward and backward. Memory is linear in the sequence length: the only
+//! per-token state saved for the backward pass is the denominator.
+//!
+//! This is the simple scan form (see `shaders/linear_attention.wgsl`); it is the reference
+//! any faster form is tested against.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::context::{Context, Shader};
+use crate::dispatch::{Dispatch, DispatchBuilder};
+use crate::error::{Error, Result};
+use crate::ops::heads::{HeadLayout, Heads};
+use crate::tensor::{DType, Tensor};
+
+pub static SHADER: Shader = Shader {
+    name: "linear_attention",
+    source: include_str!("../../shaders/linear_attention.wgsl"),
+};
+
+/// Largest head dimension the kernels take (one thread per feature).
+pub const MAX_HEAD_DIM: usize = 128;
+const BT: usize = 8;
+/// Workgroup arrays of `BT · MAX_D` floats an entry point uses at most.
+const STAGED_ARRAYS: usize = 6;
+
+/// The normaliser's epsilon in RoFormer eq. (19) and the fixtures.
+pub const EPS: f32 = 1e-6;
+
+#[derive(Clone, Copy, Debug)]
+pub struct LinearAttentionOptions<'a> {
+    pub causal: bool,
+    /// RoPE sin/cos table `[positions >= T, d]` (see `rope::table`); `None`: plain.
+    pub rope: Option<&'a Tensor>,
+    /// Key weights `[B, T]`: 1 for tokens, 0 for padding (which then adds nothing).
+    pub key_mask: Option<&'a Tensor>,
+    pub eps: f32,
+}
+
+impl Default for LinearAttentionOptions<'_> {
+    fn default() -> Self {
+        LinearAttentionOptions {
+            causal: false,
+            rope: None,
+            key_mask: None,
+            eps: EPS,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    heads: u32,
+    seq: u32,
+    dim: u32,
+    dim_v: u32,
+    qb: u32,
+    qh: u32,
+    qt: u32,
+    vb: u32,
+    vh: u32,
+    vt: u32,
+    causal: u32,
+    has_mask: u32,
+    has_rope: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+/// Shapes of one call, checked: q and k `[.., d]`, v `[.., dv]`, same batch, heads and length.
+struct Shapes {
+    qk: Heads,
+    v: Heads,
+    max_d: usize,
+}
+
+fn shapes(
+    ctx: &Context,
+    op: &'static str,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &LinearAttentionOptions<'_>,
+) -> Result<Shapes> {
+    for (what, t) in [("q", q), ("k", k), ("v", v)] {
+        t.expect_dtype(op, what, DType::F32)?;
+    }
+    let qk = Heads::of(op, "q", q, layout)?;
+    k.expect_shape(op, "k", q.shape())?;
+    let hv = Heads::of(op, "v", v, layout)?;
+    qk.expect_same_bht(op, "v", &hv)?;
+    let widest = qk.dim.max(hv.dim);
+    if widest > MAX_HEAD_DIM {
+        return Err(Error::invalid(format!(
+            "{op}: head dimension {widest} is over the {MAX_HEAD_DIM} this kernel supports"
+        )));
+    }
+    let max_d = [32, 64, MAX_HEAD_DIM]
+        .into_iter()
+        .find(|&m| widest <= m)
+        .unwrap();
+    let caps = ctx.capabilities();
+    let shared = (STAGED_ARRAYS * BT * max_d + BT) * 4;
+    if shared > caps.max_workgroup_storage as usize
+        || max_d > caps.max_invocations_per_workgroup as usize
+    {
+        return Err(Error::OverLimit {
+            what: format!("{op}: linear attention with head dimension {widest}"),
+            needed: shared as u64,
+            limit: caps.max_workgroup_storage as u64,
+            limit_name: "max_compute_workgroup_storage_size",
+        });
+    }
+    if let Some(table) = opts.rope {
+        table.expect_dtype(op, "rope table", DType::F32)?;
+        if qk.dim % 2 != 0 {
+            return Err(Error::invalid(format!(
+                "{op}: RoPE needs an even head dimension, got {}",
+                qk.dim
+            )));
+        }
+        let s = table.shape();
+        if s.len() != 2 || s[1] != qk.dim || s[0] < qk.seq {
+            return Err(Error::shape(
+                op,
+                "rope table",
+                format!("[positions >= {}, {}]", qk.seq, qk.dim),
+                s,
+            ));
+        }
+    }
+    if let Some(mask) = opts.key_mask {
+        mask.expect_dtype(op, "key_mask", DType::F32)?;
+        mask.expect_shape(op, "key_mask", &[qk.batch, qk.seq])?;
+    }
+    Ok(Shapes { qk, v: hv, max_d })
+}
+
+/// Shape of the per-token state the forward pass saves: `[B, H, T, 2]`.
+pub fn saved_shape(q: &Tensor, layout: HeadLayout) -> Result<[usize; 4]> {
+    let h = Heads::of("linear attention", "q", q, layout)?;
+    Ok([h.batch, h.heads, h.seq, 2])
+}
+
+fn params(s: &Shapes, opts: &LinearAttentionOptions<'_>) -> Params {
+    let [qb, qh, qt] = s.qk.strides();
+    let [vb, vh, vt] = s.v.strides();
+    let u = |x: usize| x as u32;
+    Params {
+        batch: u(s.qk.batch),
+        heads: u(s.qk.heads),
+        seq: u(s.qk.seq),
+        dim: u(s.qk.dim),
+        dim_v: u(s.v.dim),
+        qb: u(qb),
+        qh: u(qh),
+        qt: u(qt),
+        vb: u(vb),
+        vh: u(vh),
+        vt: u(vt),
+        causal: opts.causal as u32,
+        has_mask: opts.key_mask.is_some() as u32,
+        has_rope: opts.rope.is_some() as u32,
+        eps: opts.eps,
+        _pad: 0,
+    }
+}
+
+fn builder<'a>(
+    ctx: &'a Context,
+    s: &Shapes,
+    opts: &LinearAttentionOptions<'_>,
+    entry: &'static str,
+) -> DispatchBuilder<'a> {
+    DispatchBuilder::new(ctx, &SHADER, entry)
+        .variant(
+            "const MAX_D: u32 = 128u;",
+            format!("const MAX_D: u32 = {}u;", s.max_d),
+        )
+        .params(&params(s, opts))
+}
+
+/// `out` (shaped like v) and `saved` (`[B, H, T, 2]`, the denominators) from q, k, v.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_forward(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &LinearAttentionOptions<'_>,
+    out: &Tensor,
+    saved: &Tensor,
+) -> Result<Dispatch> {
+    let s = shapes(ctx, "linear attention", q, k, v, layout, opts)?;
+    out.expect_shape("linear attention", "out", v.shape())?;
+    saved.expect_shape("linear attention", "saved", &saved_shape(q, layout)?)?;
+    builder(ctx, &s, opts, "forward")
+        .read(q)
+        .read(k)
+        .read(v)
+        .read_opt(opts.rope)
+        .read_opt(opts.key_mask)
+        .skip()
+        .skip()
+        .write(saved)
+        .write(out)
+        .build(ctx.grid_1d((s.qk.batch * s.qk.heads) as u64)?)
+}
+
+/// Gradients of q, k and v given the forward's inputs, output, saved state and `grad_out`.
+/// `saved` is updated in place (it gains the per-token gradient of the denominator).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_backward(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &LinearAttentionOptions<'_>,
+    out: &Tensor,
+    saved: &Tensor,
+    grad_out: &Tensor,
+    dq: &Tensor,
+    dk: &Tensor,
+    dv: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let op = "linear attention backward";
+    let s = shapes(ctx, op, q, k, v, layout, opts)?;
+    out.expect_shape(op, "out", v.shape())?;
+    grad_out.expect_shape(op, "grad_out", v.shape())?;
+    saved.expect_shape(op, "saved", &saved_shape(q, layout)?)?;
+    dq.expect_shape(op, "dq", q.shape())?;
+    dk.expect_shape(op, "dk", k.shape())?;
+    dv.expect_shape(op, "dv", v.shape())?;
+    let heads = ctx.grid_1d((s.qk.batch * s.qk.heads) as u64)?;
+    let tokens = (s.qk.batch * s.qk.heads * s.qk.seq) as u64;
+    let prep = builder(ctx, &s, opts, "backward_prep")
+        .skip()
+        .skip()
+        .skip()
+        .skip()
+        .skip()
+        .read(grad_out)
+        .read(out)
+        .write(saved)
+        .build(ctx.grid_1d(tokens.div_ceil(256))?)?;
+    let scan = |entry: &'static str, reads_v: bool, res: &Tensor| {
+        let b = builder(ctx, &s, opts, entry).read(q).read(k);
+        let b = if reads_v { b.read(v) } else { b.skip() };
+        b.read_opt(opts.rope)
+            .read_opt(opts.key_mask)
+            .read(grad_out)
+            .skip()
+            .write(saved)
+            .write(res)
+            .build(heads)
+    };
+    Ok(vec![
+        prep,
+        scan("backward_q", true, dq)?,
+        scan("backward_k", true, dk)?,
+        scan("backward_v", false, dv)?,
+    ])
+}
+
+/// Forward pass in new tensors: `(out, saved)`.
+pub fn forward(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &LinearAttentionOptions<'_>,
+) -> Result<(Tensor, Tensor)> {
+    let out = Tensor::zeros(ctx, v.shape(), DType::F32)?;
+    let saved = Tensor::zeros(ctx, &saved_shape(q, layout)?, DType::F32)?;
+    ctx.submit(&[plan_forward(ctx, q, k, v, layout, opts, &out, &saved)?])?;
+    Ok((out, saved))
+}
+
+/// Backward pass in new tensors: `(dq, dk, dv)`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &LinearAttentionOptions<'_>,
+    out: &Tensor,
+    saved: &Tensor,
+    grad_out: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dq = Tensor::zeros(ctx, q.shape(), DType::F32)?;
+    let dk = Tensor::zeros(ctx, k.shape(), DType::F32)?;
+    let dv = Tensor::zeros(ctx, v.shape(), DType::F32)?;
+    ctx.submit(&plan_backward(
+        ctx, q, k, v, layout, opts, out, saved, grad_out, &dq, &dk, &dv,
+    )?)?;
+    Ok((dq, dk, dv))
+}
+
+/// CPU reference in f64, in the quadratic form `out_m = Σ_n (a_m·b_n) v_n / D_m`
+/// (an independent derivation from the kernels' scans). Tensors are `[B, H, T, d]`.
+pub mod reference {
+    fn phi(x: f64) -> f64 {
+        if x > 0.0 {
+            x + 1.0
+        } else {
+            x.exp()
+        }
+    }
+
+    fn dphi(x: f64) -> f64 {
+        if x > 0.0 {
+            1.0
+        } else {
+            x.exp()
+        }
+    }
+
+    /// Rotation of one d-vector at position t by `sign · θ` (RoPE pairs (2i, 2i+1)).
+    fn rotate(x: &[f64], t: usize, sign: f64) -> Vec<f64> {
+        let d = x.len();
+        let mut y = x.to_vec();
+        for i in 0..d / 2 {
+            let theta = t as f64 / 10000f64.powf(2.0 * i as f64 / d as f64);
+            let (s, c) = ((sign * theta).sin(), theta.cos());
+            y[2 * i] = x[2 * i] * c - x[2 * i + 1] * s;
+            y[2 * i + 1] = x[2 * i + 1] * c + x[2 * i] * s;
+        }
+        y
+    }
+
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    pub struct Problem<'a> {
+        pub q: &'a [f64],
+        pub k: &'a [f64],
+        pub v: &'a [f64],
+        /// `(batch, heads, seq, d, dv)`.
+        pub dims: (usize, usize, usize, usize, usize),
+        pub causal: bool,
+        pub rope: bool,
+        /// `[B, T]` key weights.
+        pub mask: Option<&'a [f64]>,
+        pub eps: f64,
+    }
+
+    /// `(out, dq, dk, dv)` for the gradient `grad_out` of the output.
+    pub fn forward_backward(
+        p: &Problem<'_>,
+        grad_out: &[f64],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (bsz, heads, t_len, d, dv) = p.dims;
+        let mut out = vec![0.0; bsz * heads * t_len * dv];
+        let mut dq = vec![0.0; p.q.len()];
+        let mut dk = vec![0.0; p.k.len()];
+        let mut dvv = vec![0.0; p.v.len()];
+        for b in 0..bsz {
+            for h in 0..heads {
+                let base = (b * heads + h) * t_len;
+                let qv = |t: usize| &p.q[(base + t) * d..(base + t + 1) * d];
+                let kv = |t: usize| &p.k[(base + t) * d..(base + t + 1) * d];
+                let vv = |t: usize| &p.v[(base + t) * dv..(base + t + 1) * dv];
+                let gv = |t: usize| &grad_out[(base + t) * dv..(base + t + 1) * dv];
+                let w = |t: usize| p.mask.map_or(1.0, |m| m[b * t_len + t]);
+                let fq: Vec<Vec<f64>> = (0..t_len)
+                    .map(|t| qv(t).iter().map(|&x| phi(x)).collect())
+                    .collect();
+                let fk: Vec<Vec<f64>> = (0..t_len)
+                    .map(|t| kv(t).iter().map(|&x| w(t) * phi(x)).collect())
+                    .collect();
+                let rot =
+                    |f: &Vec<f64>, t: usize| if p.rope { rotate(f, t, 1.0) } else { f.clone() };
+                let a: Vec<Vec<f64>> = (0..t_len).map(|t| rot(&fq[t], t)).collect();
+                let bb: Vec<Vec<f64>> = (0..t_len).map(|t| rot(&fk[t], t)).collect();
+                let pairs = |m: usize| if p.causal { 0..m + 1 } else { 0..t_len };
+                // Forward.
+                let den: Vec<f64> = (0..t_len)
+                    .map(|m| pairs(m).map(|n| dot(&fq[m], &fk[n])).sum::<f64>() + p.eps)
+                    .collect();
+                let mut o = vec![vec![0.0; dv]; t_len];
+                for m in 0..t_len {
+                    for n in pairs(m) {
+                        let s = dot(&a[m], &bb[n]) / den[m];
+                        for (o, v) in o[m].iter_mut().zip(vv(n)) {
+                            *o += s * v;
+                        }
+                    }
+                    out[(base + m) * dv..(base + m + 1) * dv].copy_from_slice(&o[m]);
+                }
+                // Backward of out_m = Σ_n A_mn v_n / D_m.
+                let mut da = vec![vec![0.0; d]; t_len];
+                let mut db = vec![vec![0.0; d]; t_len];
+                let mut dfq = vec![vec![0.0; d]; t_len];
+                let mut dfk = vec![vec![0.0; d]; t_len];
+                for m in 0..t_len {
+                    let g = gv(m);
+                    let dden = -dot(g, &o[m]) / den[m];
+                    for n in pairs(m) {
+                        let da_mn = dot(g, vv(n)) / den[m];
+                        let a_mn = dot(&a[m], &bb[n]);
+                        for i in 0..d {
+                            da[m][i] += da_mn * bb[n][i];
+                            db[n][i] += da_mn * a[m][i];
+                            dfq[m][i] += dden * fk[n][i];
+                            dfk[n][i] += dden * fq[m][i];
+                        }
+                        for e in 0..dv {
+                            dvv[(base + n) * dv + e] += a_mn / den[m] * g[e];
+                        }
+                    }
+                }
+                for t in 0..t_len {
+                    let back = |x: &Vec<f64>| {
+                        if p.rope {
+                            rotate(x, t, -1.0)
+                        } else {
+                            x.clone()
+                        }
+                    };
+                    let (ra, rb) = (back(&da[t]), back(&db[t]));
+                    for i in 0..d {
+                        dq[(base + t) * d + i] = dphi(qv(t)[i]) * (ra[i] + dfq[t][i]);
+                        dk[(base + t) * d + i] = w(t) * dphi(kv(t)[i]) * (rb[i] + dfk[t][i]);
+                    }
+                }
+            }
+        }
+        (out, dq, dk, dvv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::rope;
+    use crate::testing::*;
+
+    /// Permutes a `[B, H, T, d]` array into `layout`.
+    fn to_layout(
+        x: &[f32],
+        b: usize,
+        h: usize,
+        t: usize,
+        d: usize,
+        layout: HeadLayout,
+    ) -> Vec<f32> {
+        let src = Heads::new(b, h, t, d, HeadLayout::Bhtd);
+        let dst = Heads::new(b, h, t, d, layout);
+        let mut y = vec![0.0; x.len()];
+        for bb in 0..b {
+            for hh in 0..h {
+                for tt in 0..t {
+                    for i in 0..d {
+                        y[dst.index(bb, hh, tt, i)] = x[src.index(bb, hh, tt, i)];
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn all_variants_match_the_quadratic_reference() {
+        let ctx = &ctx();
+        let mut rng = rng(15);
+        let cases = [
+            (1, 1, 1, 2, 2, HeadLayout::Bhtd),
+            (2, 3, 7, 8, 8, HeadLayout::Bhtd),
+            (1, 2, 33, 6, 5, HeadLayout::Bthd),
+            (2, 1, 19, 40, 40, HeadLayout::Bthd),
+            (1, 1, 9, 128, 70, HeadLayout::Bhtd),
+        ];
+        for &(b, h, t, d, dv, layout) in &cases {
+            let q = randn(&mut rng, b * h * t * d);
+            let k = randn(&mut rng, b * h * t * d);
+            let v = randn(&mut rng, b * h * t * dv);
+            let g = randn(&mut rng, b * h * t * dv);
+            let mask: Vec<f32> = (0..b * t)
+                .map(|i| {
+                    if i / t == 1 && i % t >= t.saturating_sub(3) {
+                        0.0
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            let table = rope::table(ctx, t, d).unwrap();
+            let tmask = upload(ctx, &mask, &[b, t]);
+            let qk_shape = Heads::new(b, h, t, d, layout).shape();
+            let v_shape = Heads::new(b, h, t, dv, layout).shape();
+            let tq = upload(ctx, &to_layout(&q, b, h, t, d, layout), &qk_shape);
+            let tk = upload(ctx, &to_layout(&k, b, h, t, d, layout), &qk_shape);
+            let tv = upload(ctx, &to_layout(&v, b, h, t, dv, layout), &v_shape);
+            let tg = upload(ctx, &to_layout(&g, b, h, t, dv, layout), &v_shape);
+            for causal in [false, true] {
+                for use_rope in [false, true] {
+                    for masked in [false, true] {
+                        let opts = LinearAttentionOptions {
+                            causal,
+                            rope: use_rope.then_some(&table),
+                            key_mask: masked.then_some(&tmask),
+                            eps: EPS,
+                        };
+                        let out = poisoned(ctx, &v_shape);
+                        let saved = poisoned(ctx, &[b, h, t, 2]);
+                        let (dq, dk, dvt) = (
+                            poisoned(ctx, &qk_shape),
+                            poisoned(ctx, &qk_shape),
+                            poisoned(ctx, &v_shape),
+                        );
+                        ctx.run(&[
+                            plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &out, &saved).unwrap(),
+                        ])
+                        .unwrap();
+                        ctx.run(
+                            &plan_backward(
+                                ctx, &tq, &tk, &tv, layout, &opts, &out, &saved, &tg, &dq, &dk,
+                                &dvt,
+                            )
+                            .unwrap(),
+                        )
+                        .unwrap();
+
+                        let m64 = to_f64(&mask);
+                        let problem = reference::Problem {
+                            q: &to_f64(&q),
+                            k: &to_f64(&k),
+                            v: &to_f64(&v),
+                            dims: (b, h, t, d, dv),
+                            causal,
+                            rope: use_rope,
+                            mask: masked.then_some(&m64[..]),
+                            eps: EPS as f64,
+                        };
+                        let (wo, wq, wk, wv) = reference::forward_backward(&problem, &to_f64(&g));
+                        let what = format!("linear attention [{b},{h},{t},{d}/{dv}] {layout:?} causal={causal} rope={use_rope} mask={masked}");
+                        let back = |x: &Tensor, dim| {
+                            let y = download(ctx, x);
+                            // Back to [B, H, T, d] for comparison.
+                            let l = Heads::new(b, h, t, dim, layout);
+                            let c = Heads::new(b, h, t, dim, HeadLayout::Bhtd);
+                            let mut z = vec![0.0f32; y.len()];
+                            for bb in 0..b {
+                                for hh in 0..h {
+                                    for tt in 0..t {
+                                        for i in 0..dim {
+                                            z[c.index(bb, hh, tt, i)] = y[l.index(bb, hh, tt, i)];
+                                        }
+                                    }
+                                }
+                            }
+                            z
+                        };
+                        assert_close(&format!("{what} out"), &back(&out, dv), &wo, 1e-5);
+                        if t == 1 {
+                            // One token: out = v·A/(A+ε), so dq and dk are O(ε) = 1e-6, the
+                            // difference of two O(1) terms; in f32 that is rounding noise.
+                            // Check they are that small (a wrong kernel gives O(1)).
+                            for (name, x) in [("dq", &dq), ("dk", &dk)] {
+                                let m = download(ctx, x).iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                                assert!(
+                                    m < 1e-3,
+                                    "{what} {name}: max |{name}| {m} for a single token"
+                                );
+                            }
+                        } else {
+                            assert_close(&format!("{what} dq"), &back(&dq, d), &wq, 1e-4);
+                            assert_close(&format!("{what} dk"), &back(&dk, d), &wk, 1e-4);
+                        }
+                        assert_close(&format!("{what} dv"), &back(&dvt, dv), &wv, 1e-4);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reference_gradients_match_finite_differences() {
+        // Keeps the reference honest: d(Σ out·g)/dq by central differences.
+        let mut rng = rng(16);
+        let (b, h, t, d, dv) = (1, 1, 5, 4, 3);
+        let q = to_f64(&randn(&mut rng, t * d));
+        let k = to_f64(&randn(&mut rng, t * d));
+        let v = to_f64(&randn(&mut rng, t * dv));
+        let g = to_f64(&randn(&mut rng, t * dv));
+        for (causal, use_rope) in [(false, false), (true, true), (false, true)] {
+            let run = |q: &[f64], k: &[f64], v: &[f64]| {
+                let p = reference::Problem {
+                    q,
+                    k,
+                    v,
+                    dims: (b, h, t, d, dv),
+                    causal,
+                    rope: use_rope,
+                    mask: None,
+                    eps: 1e-6,
+                };
+                reference::forward_backward(&p, &g)
+            };
+            let (_, dq, dk, dvv) = run(&q, &k, &v);
+            let objective = |q: &[f64], k: &[f64], v: &[f64]| -> f64 {
+                run(q, k, v).0.iter().zip(&g).map(|(o, g)| o * g).sum()
+            };
+            for (which, grad) in [(0, &dq), (1, &dk), (2, &dvv)] {
+                let base = [&q, &k, &v][which];
+                for i in 0..base.len() {
+                    let eps = 1e-6;
+                    let mut plus = [q.clone(), k.clone(), v.clone()];
+                    let mut minus = plus.clone();
+                    plus[which][i] += eps;
+                    minus[which][i] -= eps;
+                    let fd = (objective(&plus[0], &plus[1], &plus[2])
+                        - objective(&minus[0], &minus[1], &minus[2]))
+                        / (2.0 * eps);
+                    assert!(
+                        (fd - grad[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                        "tensor {which} [{i}]: fd {fd} vs {}",
+                        grad[i]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let ctx = &ctx();
+        let q = upload(ctx, &[0.0; 2 * 3 * 4], &[1, 2, 3, 4]);
+        let v_wrong_t = upload(ctx, &[0.0; 2 * 2 * 4], &[1, 2, 2, 4]);
+        let opts = LinearAttentionOptions::default();
+        assert!(matches!(
+            forward(ctx, &q, &q, &v_wrong_t, HeadLayout::Bhtd, &opts),
+            Err(Error::Shape { .. })
+        ));
+        let short = rope::table(ctx, 2, 4).unwrap();
+        let opts = LinearAttentionOptions {
+            rope: Some(&short),
+            ..Default::default()
+        };
+        assert!(forward(ctx, &q, &q, &q, HeadLayout::Bhtd, &opts).is_err());
+        let wide = upload(ctx, &vec![0.0; 130], &[1, 1, 1, 130]);
+        assert!(forward(
+            ctx,
+            &wide,
+            &wide,
+            &wide,
+            HeadLayout::Bhtd,
+            &LinearAttentionOptions::default()
+        )
+        .is_err());
+    }
+}

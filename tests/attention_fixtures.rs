@@ -1,0 +1,131 @@
+//! The attention kernels against `../shared/fixtures/attention_small.safetensors`
+//! (torch float64): softmax attention composed from matmul + softmax + RoPE, linear
+//! attention in all four variants, and RoPE alone. Outputs and grad_q/k/v, relative L2 < 1e-4.
+
+mod common;
+
+use common::*;
+use roformer_wgpu::check::rel_l2;
+use roformer_wgpu::ops::attention::{self, AttentionBuffers, AttentionOptions};
+use roformer_wgpu::ops::heads::HeadLayout;
+use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
+use roformer_wgpu::ops::rope;
+
+const TOL: f64 = 1e-4;
+
+fn check(what: &str, ours: &[f32], reference: &[f32]) -> String {
+    let err = rel_l2(ours, reference);
+    assert!(
+        err < TOL,
+        "{what}: relative L2 error {err:.3e} (tolerance {TOL:.0e})"
+    );
+    format!("{what:40} {err:.2e}")
+}
+
+#[test]
+fn attention_matches_torch_fixtures() {
+    let ctx = &ctx();
+    let fx = load_fixture("attention_small.safetensors");
+    let get = |k: &str| fx.get(k).unwrap_or_else(|| panic!("fixture has no {k}"));
+    let (shape, q) = get("input.q");
+    let [_, _, t, d] = shape[..] else {
+        panic!("q is not 4-D")
+    };
+    let layout = HeadLayout::Bhtd;
+    let tq = upload(ctx, q, shape);
+    let tk = upload(ctx, &get("input.k").1, shape);
+    let tv = upload(ctx, &get("input.v").1, shape);
+    let tg = upload(ctx, &get("input.grad_out").1, shape);
+    let table = rope::table(ctx, t, d).unwrap();
+    let mut report = Vec::new();
+
+    let rotated = poisoned(ctx, shape);
+    ctx.run(&[rope::plan(ctx, &tq, layout, &table, &rotated, layout, false).unwrap()])
+        .unwrap();
+    report.push(check(
+        "rope.out",
+        &download(ctx, &rotated),
+        &get("rope.out").1,
+    ));
+
+    for causal in [false, true] {
+        for use_rope in [false, true] {
+            let name = format!(
+                "{}.{}",
+                if causal { "causal" } else { "full" },
+                if use_rope { "rope" } else { "plain" }
+            );
+            let (out, dq, dk, dv) = (
+                poisoned(ctx, shape),
+                poisoned(ctx, shape),
+                poisoned(ctx, shape),
+                poisoned(ctx, shape),
+            );
+
+            let opts = AttentionOptions {
+                causal,
+                rope: use_rope.then_some(&table),
+                ..Default::default()
+            };
+            let bufs = AttentionBuffers::new(ctx, &tq, &tv, layout, &opts).unwrap();
+            ctx.run(
+                &attention::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &bufs, &out).unwrap(),
+            )
+            .unwrap();
+            ctx.run(
+                &attention::plan_backward(
+                    ctx, &tq, &tk, &tv, layout, &opts, &bufs, &tg, &dq, &dk, &dv,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            for (suffix, tensor) in [
+                ("out", &out),
+                ("grad_q", &dq),
+                ("grad_k", &dk),
+                ("grad_v", &dv),
+            ] {
+                let key = format!("softmax.{name}.{suffix}");
+                report.push(check(&key, &download(ctx, tensor), &get(&key).1));
+            }
+
+            let (out, dq, dk, dv) = (
+                poisoned(ctx, shape),
+                poisoned(ctx, shape),
+                poisoned(ctx, shape),
+                poisoned(ctx, shape),
+            );
+            let saved = poisoned(ctx, &linear_attention::saved_shape(&tq, layout).unwrap());
+            let opts = LinearAttentionOptions {
+                causal,
+                rope: use_rope.then_some(&table),
+                ..Default::default()
+            };
+            ctx.run(&[linear_attention::plan_forward(
+                ctx, &tq, &tk, &tv, layout, &opts, &out, &saved,
+            )
+            .unwrap()])
+                .unwrap();
+            ctx.run(
+                &linear_attention::plan_backward(
+                    ctx, &tq, &tk, &tv, layout, &opts, &out, &saved, &tg, &dq, &dk, &dv,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            for (suffix, tensor) in [
+                ("out", &out),
+                ("grad_q", &dq),
+                ("grad_k", &dk),
+                ("grad_v", &dv),
+            ] {
+                let key = format!("linear.{name}.{suffix}");
+                report.push(check(&key, &download(ctx, tensor), &get(&key).1));
+            }
+        }
+    }
+    eprintln!(
+        "relative L2 errors against the torch float64 fixtures:\n{}",
+        report.join("\n")
+    );
+}

@@ -1,0 +1,82 @@
+//! Shared by the integration tests: one GPU context per test binary, the reference
+//! fixtures, NaN-poisoned outputs.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use roformer_wgpu::{ops::elementwise, Context, DType, Tensor};
+
+/// The test binary's context, held exclusively for the guard's lifetime (wgpu's GL backend
+/// cannot share a device between threads that wait on long submissions). Use as
+/// `let ctx = &ctx();`.
+pub struct GpuGuard {
+    ctx: &'static Context,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Deref for GpuGuard {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        self.ctx
+    }
+}
+
+pub fn ctx() -> GpuGuard {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    static TURN: Mutex<()> = Mutex::new(());
+    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let ctx = CTX.get_or_init(|| Context::new().expect("tests need a GPU adapter"));
+    GpuGuard { ctx, _turn: turn }
+}
+
+/// `../shared/fixtures` beside the crate, or `$ROFORMER_FIXTURES`.
+pub fn fixtures_dir() -> PathBuf {
+    let dir = std::env::var_os("ROFORMER_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
+    assert!(
+        dir.join("README.md").exists(),
+        "reference fixtures not found at {} (set ROFORMER_FIXTURES)",
+        dir.display()
+    );
+    dir
+}
+
+/// Every tensor of a safetensors file as f32 (integers converted), with its shape.
+pub fn load_fixture(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let path = fixtures_dir().join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data: Vec<f32> = match view.dtype() {
+                safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec(view.data()),
+                safetensors::Dtype::I64 => bytemuck::pod_collect_to_vec::<u8, i64>(view.data())
+                    .into_iter()
+                    .map(|v| v as f32)
+                    .collect(),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            (name, (view.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+pub fn upload(ctx: &Context, data: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(ctx, data, shape).unwrap()
+}
+
+pub fn poisoned(ctx: &Context, shape: &[usize]) -> Tensor {
+    let t = Tensor::zeros(ctx, shape, DType::F32).unwrap();
+    elementwise::fill(ctx, &t, f32::NAN).unwrap();
+    t
+}
+
+pub fn download(ctx: &Context, t: &Tensor) -> Vec<f32> {
+    t.to_vec::<f32>(ctx).unwrap()
+}

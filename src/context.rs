@@ -621,3 +621,49 @@ pub(crate) fn apply_variant(source: &str, variant: &[(&'static str, String)]) ->
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_adapter_is_a_clear_error() {
+        let opts = ContextOptions {
+            backends: Some(wgpu::Backends::empty()),
+            ..Default::default()
+        };
+        let err = Context::with_options(opts).unwrap_err();
+        assert!(matches!(err, Error::NoAdapter { .. }), "{err}");
+        assert!(err.to_string().contains("mesa-vulkan-drivers"), "{err}");
+    }
+
+    #[test]
+    fn unknown_adapter_name_lists_the_available_ones() {
+        let opts = ContextOptions {
+            adapter_name: Some("no such gpu 9000".into()),
+            ..Default::default()
+        };
+        let err = Context::with_options(opts).unwrap_err();
+        match &err {
+            Error::AdapterNotFound { wanted, available } => {
+                assert_eq!(wanted, "no such gpu 9000");
+                assert!(!available.is_empty(), "{err}");
+            }
+            other => panic!("expected AdapterNotFound, got {other}"),
+        }
+    }
+
+    #[test]
+    fn pipelines_are_compiled_once_per_context() {
+        let ctx = crate::testing::ctx();
+        let shader = &crate::ops::elementwise::SHADER;
+        let bindings = [
+            Some(Access::Read),
+            Some(Access::Read),
+            Some(Access::ReadWrite),
+        ];
+        let (a, _) = ctx.pipeline(shader, "axpby", &[], &bindings).unwrap();
+        let (b, _) = ctx.pipeline(shader, "axpby", &[], &bindings).unwrap();
+        assert_eq!(a, b, "the second request must come from the cache");
+    }
+}

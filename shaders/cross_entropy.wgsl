@@ -2,10 +2,11 @@
 // the rows that are not ignored (torch.nn.CrossEntropyLoss, reduction "mean").
 //
 // rows:     lse[r] = log sum_c exp(x[r, c]) (max subtracted first);
-//           loss_r = lse[r] - x[r, label[r]], or 0 when label[r] == ignore_index.
-//           row_stats[r] = (lse, loss_r)
-// finish:   one workgroup: loss[0] = sum_r loss_r / count, loss[1] = count
-//           (count = rows not ignored; loss is NaN when it is 0, as torch gives).
+//           loss_r = lse[r] - x[r, label[r]], or 0 when label[r] == ignore_index;
+//           correct_r = 1 when argmax_c x[r, c] == label[r] (first maximum, as torch.argmax).
+//           row_stats[r] = (lse, loss_r, correct_r)
+// finish:   one workgroup: loss = (sum_r loss_r / count, count, sum_r correct_r, 0)
+//           (count = rows not ignored; the mean is NaN when it is 0, as torch gives).
 // backward: dx[r, c] = grad_scale / count * (exp(x[r, c] - lse[r]) - [c == label[r]]),
 //           0 on ignored rows.
 // The sums over rows run in a fixed order, so the loss is the same every run.
@@ -28,6 +29,28 @@ const WG: u32 = 256u;
 const F32_MAX: f32 = 3.40282347e38;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> red_count: array<f32, 256>;
+var<workgroup> red_index: array<u32, 256>;
+
+// Index of the first maximum of x over the workgroup's (value, index) pairs.
+fn workgroup_argmax(v: f32, idx: u32, li: u32) -> u32 {
+    red[li] = v;
+    red_index[li] = idx;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            let ov = red[li + s];
+            let oi = red_index[li + s];
+            if (ov > red[li] || (ov == red[li] && oi < red_index[li])) {
+                red[li] = ov;
+                red_index[li] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+    let r = red_index[0];
+    workgroupBarrier();
+    return r;
+}
 
 fn workgroup_max(v: f32, li: u32) -> f32 {
     red[li] = v;
@@ -67,9 +90,15 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let base = row * p.classes;
     var m = -F32_MAX;
+    var arg = 0xffffffffu;
     for (var c = li; c < p.classes; c += WG) {
-        m = max(m, x[base + c]);
+        let v = x[base + c];
+        if (v > m || arg == 0xffffffffu) {
+            m = v;
+            arg = c;
+        }
     }
+    arg = workgroup_argmax(m, arg, li);
     m = workgroup_max(m, li);
     var s = 0.0;
     for (var c = li; c < p.classes; c += WG) {
@@ -79,11 +108,14 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
     if (li == 0u) {
         let label = labels[row];
         var l = 0.0;
+        var correct = 0.0;
         if (label != p.ignore_index) {
             l = lse - x[base + u32(label)];
+            correct = select(0.0, 1.0, arg == u32(label));
         }
-        row_stats[2u * row] = lse;
-        row_stats[2u * row + 1u] = l;
+        row_stats[3u * row] = lse;
+        row_stats[3u * row + 1u] = l;
+        row_stats[3u * row + 2u] = correct;
     }
 }
 
@@ -91,12 +123,15 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
 fn finish(@builtin(local_invocation_index) li: u32) {
     var s = 0.0;
     var n = 0.0;
+    var hits = 0.0;
     for (var r = li; r < p.rows; r += WG) {
-        s += row_stats[2u * r + 1u];
+        s += row_stats[3u * r + 1u];
         n += select(0.0, 1.0, labels[r] != p.ignore_index);
+        hits += row_stats[3u * r + 2u];
     }
     red_count[li] = n;
     let total = workgroup_sum(s, li);
+    let correct = workgroup_sum(hits, li);
     // red_count is summed with the same tree, after workgroup_sum's barriers.
     for (var st = WG / 2u; st > 0u; st >>= 1u) {
         if (li < st) {
@@ -108,6 +143,8 @@ fn finish(@builtin(local_invocation_index) li: u32) {
         let count = red_count[0];
         loss[0] = select(bitcast<f32>(0x7fc00000u), total / count, count > 0.0);
         loss[1] = count;
+        loss[2] = correct;
+        loss[3] = 0.0;
     }
 }
 
@@ -122,7 +159,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let base = row * p.classes;
     let label = labels[row];
     let count = loss[1];
-    let lse = row_stats[2u * row];
+    let lse = row_stats[3u * row];
     var scale = 0.0;
     if (label != p.ignore_index && count > 0.0) {
         scale = p.grad_scale / count;

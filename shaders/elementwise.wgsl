@@ -1,13 +1,22 @@
 // Elementwise kernels over flat f32 arrays:
-//   fill:  out[i] = value
-//   axpby: out[i] = alpha * a[i] + beta * b[i]   (b is not read when beta == 0)
-// Residual adds, copies and scaled accumulation in the model are all axpby.
+//   fill:       out[i] = value
+//   axpby:      out[i] = alpha * a[i] + beta * b[i]   (b is not read when beta == 0)
+//   accumulate: out[i] += alpha * a[i]
+//               (in place: a buffer cannot be bound read-only and read-write at once)
+//   gather_rows:  out[r, c] = a[r * stride + c]            (r < n / cols, c < cols)
+//   scatter_rows: out[r * stride + c] = beta * out[..] + a[r, c]
+// Residual adds, copies and gradient accumulation are axpby and accumulate; the rows pair
+// picks the first token of each sequence for the classifier, and puts its gradient back.
 
 struct Params {
     n: u32,
     alpha: f32,
     beta: f32,
     value: f32,
+    cols: u32,
+    stride: u32,
+    _p0: u32,
+    _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -43,5 +52,40 @@ fn axpby(@builtin(workgroup_id) wid: vec3<u32>,
             v += p.beta * b[i];
         }
         out[i] = v;
+    }
+}
+
+@compute @workgroup_size(256)
+fn accumulate(@builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = element(wid, nwg, lid);
+    if (i < p.n) {
+        out[i] += p.alpha * a[i];
+    }
+}
+
+@compute @workgroup_size(256)
+fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = element(wid, nwg, lid);
+    if (i < p.n) {
+        out[i] = a[(i / p.cols) * p.stride + i % p.cols];
+    }
+}
+
+@compute @workgroup_size(256)
+fn scatter_rows(@builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = element(wid, nwg, lid);
+    if (i < p.n) {
+        let o = (i / p.cols) * p.stride + i % p.cols;
+        var v = a[i];
+        if (p.beta != 0.0) {
+            v += p.beta * out[o];
+        }
+        out[o] = v;
     }
 }

@@ -6,7 +6,9 @@ mod common;
 
 use common::*;
 use roformer_wgpu::check::rel_l2;
-use roformer_wgpu::ops::attention::{self, AttentionBuffers, AttentionOptions};
+use roformer_wgpu::ops::attention::{
+    self, AttentionOptions, BackwardBuffers, BufferShapes, ForwardBuffers,
+};
 use roformer_wgpu::ops::heads::HeadLayout;
 use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
 use roformer_wgpu::ops::rope;
@@ -67,14 +69,16 @@ fn attention_matches_torch_fixtures() {
                 rope: use_rope.then_some(&table),
                 ..Default::default()
             };
-            let bufs = AttentionBuffers::new(ctx, &tq, &tv, layout, &opts).unwrap();
+            let shapes = BufferShapes::new(shape, shape, layout, &opts).unwrap();
+            let fwd = ForwardBuffers::new(ctx, &shapes).unwrap();
+            let bwd = BackwardBuffers::new(ctx, &shapes).unwrap();
             ctx.run(
-                &attention::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &bufs, &out).unwrap(),
+                &attention::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &fwd, &out).unwrap(),
             )
             .unwrap();
             ctx.run(
                 &attention::plan_backward(
-                    ctx, &tq, &tk, &tv, layout, &opts, &bufs, &tg, &dq, &dk, &dv,
+                    ctx, &tq, &tk, &tv, layout, &opts, &fwd, &bwd, &tg, &dq, &dk, &dv,
                 )
                 .unwrap(),
             )

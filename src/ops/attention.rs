@@ -24,58 +24,142 @@ pub struct AttentionOptions<'a> {
     pub scale: Option<f32>,
 }
 
-/// Intermediate tensors of one attention call, kept for the backward pass.
+/// Which intermediate tensors a call needs, with their shapes: what the forward pass writes
+/// and the backward pass reads (`q_rot`, `k_rot`, `v_rot`, `probs`), forward scratch
+/// (`scores`) and backward scratch (`dprobs`, `dscores`, `dq_rot`, `dk_rot`, `dv_rot`).
+/// The rotation tensors exist only with RoPE (`v_rot`, `dv_rot` only with `rotary_value`).
 #[derive(Clone, Debug)]
-pub struct AttentionBuffers {
-    heads: Heads,
-    dim_v: usize,
-    /// Rotated q, k (and v), in the input layout, when RoPE is on.
-    q_rot: Option<Tensor>,
-    k_rot: Option<Tensor>,
-    v_rot: Option<Tensor>,
-    /// Gradients of the rotated q, k, v before they are rotated back (backward only).
-    dq_rot: Option<Tensor>,
-    dk_rot: Option<Tensor>,
-    dv_rot: Option<Tensor>,
-    /// `[B, H, T, T]` scores; reused for d probs in the backward pass.
-    scores: Tensor,
-    /// `[B, H, T, T]` softmax output.
-    pub probs: Tensor,
-    /// `[B, H, T, T]` gradient of the scores (backward only).
-    dscores: Tensor,
+pub struct BufferShapes {
+    pub qk: Vec<usize>,
+    pub v: Vec<usize>,
+    /// `[B, H, T, T]`.
+    pub square: Vec<usize>,
+    pub rotate_qk: bool,
+    pub rotate_v: bool,
 }
 
-impl AttentionBuffers {
+impl BufferShapes {
     pub fn new(
-        ctx: &Context,
-        q: &Tensor,
-        v: &Tensor,
+        q: &[usize],
+        v: &[usize],
         layout: HeadLayout,
         opts: &AttentionOptions<'_>,
     ) -> Result<Self> {
-        let heads = Heads::of("attention", "q", q, layout)?;
-        let hv = Heads::of("attention", "v", v, layout)?;
-        heads.expect_same_bht("attention", "v", &hv)?;
-        let square = [heads.batch, heads.heads, heads.seq, heads.seq];
-        let like = |t: &Tensor| Tensor::zeros(ctx, t.shape(), DType::F32);
-        Ok(AttentionBuffers {
-            heads,
-            dim_v: hv.dim,
-            q_rot: opts.rope.map(|_| like(q)).transpose()?,
-            k_rot: opts.rope.map(|_| like(q)).transpose()?,
-            v_rot: (opts.rope.is_some() && opts.rotary_value)
-                .then(|| like(v))
-                .transpose()?,
-            dq_rot: opts.rope.map(|_| like(q)).transpose()?,
-            dk_rot: opts.rope.map(|_| like(q)).transpose()?,
-            dv_rot: (opts.rope.is_some() && opts.rotary_value)
-                .then(|| like(v))
-                .transpose()?,
-            scores: Tensor::zeros(ctx, &square, DType::F32)?,
-            probs: Tensor::zeros(ctx, &square, DType::F32)?,
-            dscores: Tensor::zeros(ctx, &square, DType::F32)?,
+        let probe = |what, shape: &[usize]| {
+            let s = shape.to_vec();
+            let h = match layout {
+                HeadLayout::Bhtd => Heads::new(s[0], s[1], s[2], s[3], layout),
+                HeadLayout::Bthd => Heads::new(s[0], s[2], s[1], s[3], layout),
+            };
+            if s.len() != 4 || s.contains(&0) {
+                return Err(crate::Error::shape(
+                    "attention",
+                    what,
+                    "4 non-zero dimensions",
+                    shape,
+                ));
+            }
+            Ok(h)
+        };
+        let (hq, hv) = (probe("q", q)?, probe("v", v)?);
+        hq.expect_same_bht("attention", "v", &hv)?;
+        Ok(BufferShapes {
+            qk: q.to_vec(),
+            v: v.to_vec(),
+            square: vec![hq.batch, hq.heads, hq.seq, hq.seq],
+            rotate_qk: opts.rope.is_some(),
+            rotate_v: opts.rope.is_some() && opts.rotary_value,
         })
     }
+}
+
+/// Tensors the forward pass writes; all but `scores` are read again by the backward pass.
+#[derive(Clone, Debug)]
+pub struct ForwardBuffers {
+    /// Rotated q, k (and v), in the input layout, when RoPE is on.
+    pub q_rot: Option<Tensor>,
+    pub k_rot: Option<Tensor>,
+    pub v_rot: Option<Tensor>,
+    /// `[B, H, T, T]` scores (scratch).
+    pub scores: Tensor,
+    /// `[B, H, T, T]` softmax output.
+    pub probs: Tensor,
+}
+
+/// Scratch of the backward pass.
+#[derive(Clone, Debug)]
+pub struct BackwardBuffers {
+    /// `[B, H, T, T]` gradients of the probabilities and of the scores.
+    pub dprobs: Tensor,
+    pub dscores: Tensor,
+    /// Gradients of the rotated q, k, v before they are rotated back.
+    pub dq_rot: Option<Tensor>,
+    pub dk_rot: Option<Tensor>,
+    pub dv_rot: Option<Tensor>,
+}
+
+fn zeros_if(ctx: &Context, on: bool, shape: &[usize]) -> Result<Option<Tensor>> {
+    on.then(|| Tensor::zeros(ctx, shape, DType::F32))
+        .transpose()
+}
+
+impl ForwardBuffers {
+    pub fn new(ctx: &Context, s: &BufferShapes) -> Result<Self> {
+        Ok(ForwardBuffers {
+            q_rot: zeros_if(ctx, s.rotate_qk, &s.qk)?,
+            k_rot: zeros_if(ctx, s.rotate_qk, &s.qk)?,
+            v_rot: zeros_if(ctx, s.rotate_v, &s.v)?,
+            scores: Tensor::zeros(ctx, &s.square, DType::F32)?,
+            probs: Tensor::zeros(ctx, &s.square, DType::F32)?,
+        })
+    }
+}
+
+impl BackwardBuffers {
+    pub fn new(ctx: &Context, s: &BufferShapes) -> Result<Self> {
+        Ok(BackwardBuffers {
+            dprobs: Tensor::zeros(ctx, &s.square, DType::F32)?,
+            dscores: Tensor::zeros(ctx, &s.square, DType::F32)?,
+            dq_rot: zeros_if(ctx, s.rotate_qk, &s.qk)?,
+            dk_rot: zeros_if(ctx, s.rotate_qk, &s.qk)?,
+            dv_rot: zeros_if(ctx, s.rotate_v, &s.v)?,
+        })
+    }
+}
+
+/// Checks q, k, v, out and the buffers against each other; returns (heads of q, of v).
+fn check(
+    op: &'static str,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &AttentionOptions<'_>,
+    fwd: &ForwardBuffers,
+) -> Result<(Heads, Heads)> {
+    let h = Heads::of(op, "q", q, layout)?;
+    let hv = Heads::of(op, "v", v, layout)?;
+    h.expect_same_bht(op, "v", &hv)?;
+    k.expect_shape(op, "k", q.shape())?;
+    let s = BufferShapes::new(q.shape(), v.shape(), layout, opts)?;
+    fwd.scores.expect_shape(op, "scores", &s.square)?;
+    fwd.probs.expect_shape(op, "probs", &s.square)?;
+    for (what, t, on, shape) in [
+        ("q_rot", &fwd.q_rot, s.rotate_qk, &s.qk),
+        ("k_rot", &fwd.k_rot, s.rotate_qk, &s.qk),
+        ("v_rot", &fwd.v_rot, s.rotate_v, &s.v),
+    ] {
+        match t {
+            Some(t) => t.expect_shape(op, what, shape)?,
+            None if on => {
+                return Err(crate::Error::invalid(format!(
+                    "{op}: {what} is needed with RoPE"
+                )))
+            }
+            None => {}
+        }
+    }
+    Ok((h, hv))
 }
 
 /// Per-head `[T, d]` matrices of a heads tensor.
@@ -136,13 +220,11 @@ pub fn plan_forward(
     v: &Tensor,
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
-    bufs: &AttentionBuffers,
+    fwd: &ForwardBuffers,
     out: &Tensor,
 ) -> Result<Vec<Dispatch>> {
-    let h = bufs.heads;
-    k.expect_shape("attention", "k", q.shape())?;
+    let (h, hv) = check("attention", q, k, v, layout, opts, fwd)?;
     out.expect_shape("attention", "out", v.shape())?;
-    let hv = h.with_dim(bufs.dim_v);
     let mut plan = Vec::new();
     let mut rotated = |x: &Tensor, slot: &Option<Tensor>| -> Result<Tensor> {
         match (opts.rope, slot) {
@@ -154,9 +236,9 @@ pub fn plan_forward(
         }
     };
     let (qr, kr, vr) = (
-        rotated(q, &bufs.q_rot)?,
-        rotated(k, &bufs.k_rot)?,
-        rotated(v, &bufs.v_rot)?,
+        rotated(q, &fwd.q_rot)?,
+        rotated(k, &fwd.k_rot)?,
+        rotated(v, &fwd.v_rot)?,
     );
     let (t, d) = (h.seq, h.dim);
     plan.push(matmul::plan_strided(
@@ -173,14 +255,14 @@ pub fn plan_forward(
         &qr,
         &kr,
         None,
-        &bufs.scores,
+        &fwd.scores,
     )?);
     let sm = softmax::SoftmaxOptions {
         scale: scale(&h, opts),
         mask: opts.mask,
         causal: opts.causal,
     };
-    plan.push(softmax::plan_forward(ctx, &bufs.scores, &sm, &bufs.probs)?);
+    plan.push(softmax::plan_forward(ctx, &fwd.scores, &sm, &fwd.probs)?);
     plan.push(matmul::plan_strided(
         ctx,
         &product(
@@ -192,7 +274,7 @@ pub fn plan_forward(
             head_view(&hv),
             head_view(&hv),
         ),
-        &bufs.probs,
+        &fwd.probs,
         &vr,
         None,
         out,
@@ -209,27 +291,31 @@ pub fn plan_backward(
     v: &Tensor,
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
-    bufs: &AttentionBuffers,
+    fwd: &ForwardBuffers,
+    bwd: &BackwardBuffers,
     grad_out: &Tensor,
     dq: &Tensor,
     dk: &Tensor,
     dv: &Tensor,
 ) -> Result<Vec<Dispatch>> {
-    let h = bufs.heads;
-    let hv = h.with_dim(bufs.dim_v);
+    let (h, hv) = check("attention backward", q, k, v, layout, opts, fwd)?;
+    bwd.dprobs
+        .expect_shape("attention backward", "dprobs", fwd.probs.shape())?;
+    bwd.dscores
+        .expect_shape("attention backward", "dscores", fwd.probs.shape())?;
     grad_out.expect_shape("attention backward", "grad_out", v.shape())?;
     dq.expect_shape("attention backward", "dq", q.shape())?;
     dk.expect_shape("attention backward", "dk", k.shape())?;
     dv.expect_shape("attention backward", "dv", v.shape())?;
     let (t, d) = (h.seq, h.dim);
-    let qr = bufs.q_rot.as_ref().unwrap_or(q);
-    let kr = bufs.k_rot.as_ref().unwrap_or(k);
-    let vr = bufs.v_rot.as_ref().unwrap_or(v);
+    let qr = fwd.q_rot.as_ref().unwrap_or(q);
+    let kr = fwd.k_rot.as_ref().unwrap_or(k);
+    let vr = fwd.v_rot.as_ref().unwrap_or(v);
     // Gradients of rotated tensors go to their own buffers, then are rotated back.
-    let dqr = bufs.dq_rot.as_ref().unwrap_or(dq);
-    let dkr = bufs.dk_rot.as_ref().unwrap_or(dk);
-    let dvr = bufs.dv_rot.as_ref().unwrap_or(dv);
-    let dprobs = &bufs.scores;
+    let dqr = bwd.dq_rot.as_ref().unwrap_or(dq);
+    let dkr = bwd.dk_rot.as_ref().unwrap_or(dk);
+    let dvr = bwd.dv_rot.as_ref().unwrap_or(dv);
+    let dprobs = &bwd.dprobs;
     let mut plan = vec![
         // d probs = dO · v'ᵀ
         matmul::plan_strided(
@@ -260,17 +346,17 @@ pub fn plan_backward(
                 head_view(&hv),
                 head_view(&hv),
             ),
-            &bufs.probs,
+            &fwd.probs,
             grad_out,
             None,
             dvr,
         )?,
-        softmax::plan_backward(ctx, &bufs.probs, dprobs, scale(&h, opts), &bufs.dscores)?,
+        softmax::plan_backward(ctx, &fwd.probs, dprobs, scale(&h, opts), &bwd.dscores)?,
         // d q' = d scores · k'
         matmul::plan_strided(
             ctx,
             &product(&h, t, d, t, square_view(&h), head_view(&h), head_view(&h)),
-            &bufs.dscores,
+            &bwd.dscores,
             kr,
             None,
             dqr,
@@ -287,7 +373,7 @@ pub fn plan_backward(
                 head_view(&h),
                 head_view(&h),
             ),
-            &bufs.dscores,
+            &bwd.dscores,
             qr,
             None,
             dkr,
@@ -296,7 +382,7 @@ pub fn plan_backward(
     if let Some(table) = opts.rope {
         plan.push(rope::plan(ctx, dqr, layout, table, dq, layout, true)?);
         plan.push(rope::plan(ctx, dkr, layout, table, dk, layout, true)?);
-        if bufs.dv_rot.is_some() {
+        if bwd.dv_rot.is_some() {
             plan.push(rope::plan(ctx, dvr, layout, table, dv, layout, true)?);
         }
     }
@@ -311,11 +397,12 @@ pub fn forward(
     v: &Tensor,
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
-) -> Result<(Tensor, AttentionBuffers)> {
-    let bufs = AttentionBuffers::new(ctx, q, v, layout, opts)?;
+) -> Result<(Tensor, ForwardBuffers)> {
+    let shapes = BufferShapes::new(q.shape(), v.shape(), layout, opts)?;
+    let fwd = ForwardBuffers::new(ctx, &shapes)?;
     let out = Tensor::zeros(ctx, v.shape(), DType::F32)?;
-    ctx.submit(&plan_forward(ctx, q, k, v, layout, opts, &bufs, &out)?)?;
-    Ok((out, bufs))
+    ctx.submit(&plan_forward(ctx, q, k, v, layout, opts, &fwd, &out)?)?;
+    Ok((out, fwd))
 }
 
 /// Backward pass in new tensors: `(dq, dk, dv)`.
@@ -327,14 +414,16 @@ pub fn backward(
     v: &Tensor,
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
-    bufs: &AttentionBuffers,
+    fwd: &ForwardBuffers,
     grad_out: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let shapes = BufferShapes::new(q.shape(), v.shape(), layout, opts)?;
+    let bwd = BackwardBuffers::new(ctx, &shapes)?;
     let dq = Tensor::zeros(ctx, q.shape(), DType::F32)?;
     let dk = Tensor::zeros(ctx, k.shape(), DType::F32)?;
     let dv = Tensor::zeros(ctx, v.shape(), DType::F32)?;
     ctx.submit(&plan_backward(
-        ctx, q, k, v, layout, opts, bufs, grad_out, &dq, &dk, &dv,
+        ctx, q, k, v, layout, opts, fwd, &bwd, grad_out, &dq, &dk, &dv,
     )?)?;
     Ok((dq, dk, dv))
 }
@@ -478,18 +567,20 @@ mod tests {
                         rope: use_rope.then_some(&table),
                         ..Default::default()
                     };
-                    let bufs = AttentionBuffers::new(ctx, &tq, &tv, layout, &opts).unwrap();
+                    let shapes = BufferShapes::new(tq.shape(), tv.shape(), layout, &opts).unwrap();
+                    let fwd = ForwardBuffers::new(ctx, &shapes).unwrap();
+                    let bwd = BackwardBuffers::new(ctx, &shapes).unwrap();
                     let (out, dq, dk, dv) = (
                         poisoned(ctx, &shape),
                         poisoned(ctx, &shape),
                         poisoned(ctx, &shape),
                         poisoned(ctx, &shape),
                     );
-                    ctx.run(&plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &bufs, &out).unwrap())
+                    ctx.run(&plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &fwd, &out).unwrap())
                         .unwrap();
                     ctx.run(
                         &plan_backward(
-                            ctx, &tq, &tk, &tv, layout, &opts, &bufs, &tg, &dq, &dk, &dv,
+                            ctx, &tq, &tk, &tv, layout, &opts, &fwd, &bwd, &tg, &dq, &dk, &dv,
                         )
                         .unwrap(),
                     )

@@ -89,17 +89,18 @@ impl Labels {
 /// Buffers the forward pass fills and the backward pass reads.
 #[derive(Clone, Debug)]
 pub struct LossState {
-    /// `[rows, 2]`: log-sum-exp and loss of each row.
+    /// `[rows, 3]`: log-sum-exp, loss and correctness (argmax == label) of each row.
     pub row_stats: Tensor,
-    /// `[2]`: the mean loss and the number of rows that count.
+    /// `[4]`: the mean loss, the number of rows that count, how many of them the argmax
+    /// gets right, and 0.
     pub loss: Tensor,
 }
 
 impl LossState {
     pub fn new(ctx: &Context, rows: usize) -> Result<LossState> {
         Ok(LossState {
-            row_stats: Tensor::zeros(ctx, &[rows, 2], DType::F32)?,
-            loss: Tensor::zeros(ctx, &[2], DType::F32)?,
+            row_stats: Tensor::zeros(ctx, &[rows, 3], DType::F32)?,
+            loss: Tensor::zeros(ctx, &[4], DType::F32)?,
         })
     }
 }
@@ -121,8 +122,8 @@ fn rows_classes(
             logits.shape(),
         ));
     }
-    state.row_stats.expect_shape(op, "row_stats", &[rows, 2])?;
-    state.loss.expect_shape(op, "loss", &[2])?;
+    state.row_stats.expect_shape(op, "row_stats", &[rows, 3])?;
+    state.loss.expect_shape(op, "loss", &[4])?;
     Ok((rows, classes))
 }
 
@@ -249,6 +250,17 @@ mod tests {
                     }
                 })
                 .collect();
+            // Make every other row's label the argmax (just), so the correct count is not ~0
+            // and the loss stays well away from 0 (where f32 cancels).
+            let mut x = x;
+            for (r, &l) in labels
+                .iter()
+                .enumerate()
+                .filter(|(r, &l)| r % 2 == 0 && l >= 0)
+            {
+                let row = &mut x[r * classes..(r + 1) * classes];
+                row[l as usize] = row.iter().cloned().fold(f32::MIN, f32::max) + 0.5;
+            }
             let tl = Labels::new(ctx, &labels, &[rows], classes, IGNORE_INDEX).unwrap();
             let tx = upload(ctx, &x, &[rows, classes]);
             let state = LossState::new(ctx, rows).unwrap();

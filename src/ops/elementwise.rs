@@ -1,5 +1,6 @@
-//! Elementwise kernels: fill, and `out = alpha * a + beta * b` (residual adds, copies,
-//! scaled accumulation). The backward of an add is the identity, so there is no kernel for it.
+//! Elementwise kernels: fill, `out = alpha · a + beta · b` (residual adds, copies),
+//! in-place accumulation (gradient sums), and gathering/scattering strided rows (the first
+//! token of each sequence). The backward of an add is the identity: no kernel of its own.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -22,6 +23,23 @@ struct Params {
     alpha: f32,
     beta: f32,
     value: f32,
+    cols: u32,
+    stride: u32,
+    _pad: [u32; 2],
+}
+
+impl Params {
+    fn n(n: usize) -> Params {
+        Params {
+            n: n as u32,
+            alpha: 1.0,
+            beta: 0.0,
+            value: 0.0,
+            cols: 1,
+            stride: 1,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// `out[i] = value` for every element.
@@ -30,10 +48,8 @@ pub fn plan_fill(ctx: &Context, out: &Tensor, value: f32) -> Result<Dispatch> {
     let n = out.numel();
     DispatchBuilder::new(ctx, &SHADER, "fill")
         .params(&Params {
-            n: n as u32,
-            alpha: 0.0,
-            beta: 0.0,
             value,
+            ..Params::n(n)
         })
         .read_opt(None)
         .read_opt(None)
@@ -82,15 +98,95 @@ pub fn plan_axpby(
     let n = a.numel();
     DispatchBuilder::new(ctx, &SHADER, "axpby")
         .params(&Params {
-            n: n as u32,
             alpha,
             beta,
-            value: 0.0,
+            ..Params::n(n)
         })
         .read(a)
         .read_opt(b.filter(|_| beta != 0.0))
         .write(out)
         .build(ctx.grid_1d((n as u64).div_ceil(WG))?)
+}
+
+/// `out += alpha · a`, in place.
+pub fn plan_accumulate(ctx: &Context, alpha: f32, a: &Tensor, out: &Tensor) -> Result<Dispatch> {
+    a.expect_dtype("accumulate", "a", DType::F32)?;
+    out.expect_dtype("accumulate", "out", DType::F32)?;
+    if out.numel() != a.numel() {
+        return Err(Error::shape(
+            "accumulate",
+            "out",
+            format!("{} elements like a {:?}", a.numel(), a.shape()),
+            out.shape(),
+        ));
+    }
+    let n = a.numel();
+    DispatchBuilder::new(ctx, &SHADER, "accumulate")
+        .params(&Params {
+            alpha,
+            ..Params::n(n)
+        })
+        .read(a)
+        .skip()
+        .write(out)
+        .build(ctx.grid_1d((n as u64).div_ceil(WG))?)
+}
+
+/// Checks `rows` is `[R, C]` and `full` is `[R, S, C]`; returns (R, C, S).
+fn rows_of(op: &'static str, full: &Tensor, rows: &Tensor) -> Result<(usize, usize, usize)> {
+    full.expect_dtype(op, "full", DType::F32)?;
+    rows.expect_dtype(op, "rows", DType::F32)?;
+    let (f, r) = (full.shape(), rows.shape());
+    if f.len() != 3 || r.len() != 2 || f[0] != r[0] || f[2] != r[1] {
+        return Err(Error::shape(
+            op,
+            "rows",
+            format!(
+                "[{}, {}] for full {f:?}",
+                f.first().unwrap_or(&0),
+                f.last().unwrap_or(&0)
+            ),
+            r,
+        ));
+    }
+    Ok((f[0], f[2], f[1]))
+}
+
+/// `rows[b] = full[b, 0]` for `full` `[B, T, C]` and `rows` `[B, C]`.
+pub fn plan_gather_first(ctx: &Context, full: &Tensor, rows: &Tensor) -> Result<Dispatch> {
+    let (r, c, t) = rows_of("gather_first", full, rows)?;
+    DispatchBuilder::new(ctx, &SHADER, "gather_rows")
+        .params(&Params {
+            cols: c as u32,
+            stride: (t * c) as u32,
+            ..Params::n(r * c)
+        })
+        .read(full)
+        .skip()
+        .write(rows)
+        .build(ctx.grid_1d(((r * c) as u64).div_ceil(WG))?)
+}
+
+/// `full[b, 0] = rows[b]` (or `+=` with `accumulate`); the other positions are untouched.
+pub fn plan_scatter_first(
+    ctx: &Context,
+    rows: &Tensor,
+    full: &Tensor,
+    accumulate: bool,
+) -> Result<Dispatch> {
+    let (r, c, t) = rows_of("scatter_first", full, rows)?;
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    DispatchBuilder::new(ctx, &SHADER, "scatter_rows")
+        .params(&Params {
+            beta,
+            cols: c as u32,
+            stride: (t * c) as u32,
+            ..Params::n(r * c)
+        })
+        .read(rows)
+        .skip()
+        .write(full)
+        .build(ctx.grid_1d(((r * c) as u64).div_ceil(WG))?)
 }
 
 /// `a + b` in a new tensor of a's shape.
@@ -140,6 +236,37 @@ mod tests {
         ctx.run(&[plan_axpby(ctx, 2.0, &a, 1.0, None, &copy).unwrap()])
             .unwrap();
         assert_eq!(download(ctx, &copy), vec![2.0, -4.0, 6.0]);
+    }
+
+    #[test]
+    fn accumulate_and_first_token_rows() {
+        let ctx = &ctx();
+        let mut rng = rng(18);
+        let (b, t, c) = (3, 5, 7);
+        let full = randn(&mut rng, b * t * c);
+        let tfull = upload(ctx, &full, &[b, t, c]);
+        let rows = poisoned(ctx, &[b, c]);
+        ctx.run(&[plan_gather_first(ctx, &tfull, &rows).unwrap()])
+            .unwrap();
+        let want: Vec<f64> = (0..b * c)
+            .map(|i| full[(i / c) * t * c + i % c] as f64)
+            .collect();
+        assert_close("gather first", &download(ctx, &rows), &want, 1e-7);
+
+        // Scatter back into a copy with accumulate: position 0 doubles, the rest stay.
+        let copy = upload(ctx, &full, &[b, t, c]);
+        ctx.run(&[plan_scatter_first(ctx, &rows, &copy, true).unwrap()])
+            .unwrap();
+        let want: Vec<f64> = (0..full.len())
+            .map(|i| if (i / c) % t == 0 { 2.0 } else { 1.0 } * full[i] as f64)
+            .collect();
+        assert_close("scatter first", &download(ctx, &copy), &want, 1e-7);
+
+        let acc = upload(ctx, &full, &[b, t, c]);
+        ctx.run(&[plan_accumulate(ctx, -0.5, &tfull, &acc).unwrap()])
+            .unwrap();
+        let want: Vec<f64> = full.iter().map(|&v| 0.5 * v as f64).collect();
+        assert_close("accumulate", &download(ctx, &acc), &want, 1e-7);
     }
 
     #[test]

@@ -361,17 +361,40 @@ pub fn matmul(
     Ok(c)
 }
 
-/// Where [`plan_backward`] writes each gradient (each `None` is skipped).
+/// A tensor a gradient goes to, overwritten or added to (gradient accumulation).
+#[derive(Clone, Copy, Debug)]
+pub struct GradTarget<'a> {
+    pub tensor: &'a Tensor,
+    pub accumulate: bool,
+}
+
+impl<'a> GradTarget<'a> {
+    /// Overwrite `tensor` with the gradient.
+    pub fn write(tensor: &'a Tensor) -> Self {
+        GradTarget {
+            tensor,
+            accumulate: false,
+        }
+    }
+
+    /// Add the gradient to `tensor`.
+    pub fn add(tensor: &'a Tensor) -> Self {
+        GradTarget {
+            tensor,
+            accumulate: true,
+        }
+    }
+}
+
+/// Where [`plan_backward`] puts each gradient (each `None` is skipped).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GradTargets<'a> {
     /// Shaped like a.
-    pub a: Option<&'a Tensor>,
+    pub a: Option<GradTarget<'a>>,
     /// Shaped like b.
-    pub b: Option<&'a Tensor>,
+    pub b: Option<GradTarget<'a>>,
     /// Shaped `[N]`.
-    pub bias: Option<&'a Tensor>,
-    /// Add to the targets instead of overwriting them (gradient accumulation).
-    pub accumulate: bool,
+    pub bias: Option<GradTarget<'a>>,
 }
 
 /// Gradients of a product, as returned by [`backward`].
@@ -394,14 +417,19 @@ pub fn plan_backward(
 ) -> Result<Vec<Dispatch>> {
     let d = dims(a.shape(), b.shape(), opts)?;
     grad_c.expect_shape("matmul backward", "grad_c", &d.out_shape())?;
-    let inner = MatmulOptions {
+    let base = MatmulOptions {
         trans_a: false,
         trans_b: false,
         alpha: opts.alpha,
-        accumulate: targets.accumulate,
+        accumulate: false,
     };
     let mut out = Vec::new();
-    if let Some(ga) = targets.a {
+    if let Some(GradTarget {
+        tensor: ga,
+        accumulate,
+    }) = targets.a
+    {
+        let inner = MatmulOptions { accumulate, ..base };
         ga.expect_shape("matmul backward", "grad_a", a.shape())?;
         // dA = dC · op(B)ᵀ, or stored transposed: op(B) · dCᵀ.
         let (x, y, o) = if opts.trans_a {
@@ -426,7 +454,12 @@ pub fn plan_backward(
         };
         out.extend(plan_batched_grad(ctx, x, y, ga, &o, &d, d.a_batched)?);
     }
-    if let Some(gb) = targets.b {
+    if let Some(GradTarget {
+        tensor: gb,
+        accumulate,
+    }) = targets.b
+    {
+        let inner = MatmulOptions { accumulate, ..base };
         gb.expect_shape("matmul backward", "grad_b", b.shape())?;
         if !d.b_batched && d.count() > 1 && !opts.trans_a {
             // A shared weight: fold the batch into the rows, one product sums over it.
@@ -478,14 +511,13 @@ pub fn plan_backward(
             out.extend(plan_batched_grad(ctx, x, y, gb, &o, &d, d.b_batched)?);
         }
     }
-    if let Some(gbias) = targets.bias {
+    if let Some(GradTarget {
+        tensor: gbias,
+        accumulate,
+    }) = targets.bias
+    {
         gbias.expect_shape("matmul backward", "grad_bias", &[d.n])?;
-        out.push(reduce::plan_sum_rows(
-            ctx,
-            grad_c,
-            gbias,
-            targets.accumulate,
-        )?);
+        out.push(reduce::plan_sum_rows(ctx, grad_c, gbias, accumulate)?);
     }
     Ok(out)
 }
@@ -540,10 +572,9 @@ pub fn backward(
         None
     };
     let targets = GradTargets {
-        a: Some(&ga),
-        b: Some(&gb),
-        bias: gbias.as_ref(),
-        accumulate: false,
+        a: Some(GradTarget::write(&ga)),
+        b: Some(GradTarget::write(&gb)),
+        bias: gbias.as_ref().map(GradTarget::write),
     };
     ctx.submit(&plan_backward(ctx, a, b, grad_c, opts, targets)?)?;
     Ok(MatmulGrads {
@@ -761,23 +792,25 @@ mod tests {
                     let tb = upload(ctx, &b, &shape_of(batch, b_batched, k, n, trans_b));
                     let out_shape = output_shape(ta.shape(), tb.shape(), &o).unwrap();
                     let tg = upload(ctx, &g, &out_shape);
+                    // grad a and bias are written (poisoned first); grad b is added to
+                    // existing values, as for a weight used twice.
+                    let gb0 = randn(&mut rng, b.len());
                     let (ga, gb, gbias) = (
                         poisoned(ctx, ta.shape()),
-                        poisoned(ctx, tb.shape()),
+                        upload(ctx, &gb0, tb.shape()),
                         poisoned(ctx, &[n]),
                     );
                     let targets = GradTargets {
-                        a: Some(&ga),
-                        b: Some(&gb),
-                        bias: Some(&gbias),
-                        accumulate: false,
+                        a: Some(GradTarget::write(&ga)),
+                        b: Some(GradTarget::add(&gb)),
+                        bias: Some(GradTarget::write(&gbias)),
                     };
                     ctx.run(&plan_backward(ctx, &ta, &tb, &tg, &o, targets).unwrap())
                         .unwrap();
 
                     let (a64, b64, g64) = (to_f64(&a), to_f64(&b), to_f64(&g));
                     let mut want_a = vec![0.0; a.len()];
-                    let mut want_b = vec![0.0; b.len()];
+                    let mut want_b = to_f64(&gb0);
                     for z in 0..batch {
                         let za = if a_batched { z } else { 0 };
                         let zb = if b_batched { z } else { 0 };

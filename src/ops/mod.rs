@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod clip;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
@@ -37,6 +38,7 @@ pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<String>)> {
         .collect::<Vec<_>>();
     vec![
         plain(&adamw::SHADER),
+        plain(&clip::SHADER),
         plain(&cross_entropy::SHADER),
         plain(&elementwise::SHADER),
         plain(&embedding::SHADER),

@@ -1,0 +1,71 @@
+// Gradient clipping by global norm, as torch.nn.utils.clip_grad_norm_:
+//     norm = sqrt(sum of g^2 over every gradient)
+//     scale = min(1, max_norm / (norm + 1e-6))        (1 when clipping is off)
+// The optimizer multiplies each gradient by scale as it reads it, so the gradients are not
+// rewritten. Two levels, in a fixed order so the result is the same every run:
+//   sum_squares: GROUPS workgroups stride through one chunk of the gradients, each writes
+//                its partial sum to partial[offset + workgroup]
+//   finish:      one workgroup adds the partials; out = (scale, norm)
+
+struct Params {
+    n: u32,
+    offset: u32,
+    partials: u32,
+    clip: u32,
+    max_norm: f32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+const GROUPS: u32 = 256u;
+var<workgroup> red: array<f32, 256>;
+
+fn workgroup_sum(v: f32, li: u32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red[li] += red[li + s];
+        }
+        workgroupBarrier();
+    }
+    return red[0];
+}
+
+@compute @workgroup_size(256)
+fn sum_squares(@builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(local_invocation_index) li: u32) {
+    var s = 0.0;
+    for (var i = wid.x * WG + li; i < p.n; i += GROUPS * WG) {
+        let g = x[i];
+        s += g * g;
+    }
+    let total = workgroup_sum(s, li);
+    if (li == 0u) {
+        partial[p.offset + wid.x] = total;
+    }
+}
+
+@compute @workgroup_size(256)
+fn finish(@builtin(local_invocation_index) li: u32) {
+    var s = 0.0;
+    for (var i = li; i < p.partials; i += WG) {
+        s += partial[i];
+    }
+    let norm = sqrt(workgroup_sum(s, li));
+    if (li == 0u) {
+        var scale = 1.0;
+        if (p.clip != 0u) {
+            scale = min(1.0, p.max_norm / (norm + 1e-6));
+        }
+        out[0] = scale;
+        out[1] = norm;
+    }
+}

@@ -1,0 +1,115 @@
+//! Global gradient norm and the clipping factor of `torch.nn.utils.clip_grad_norm_`.
+//! The factor lands in a `[2]` tensor `(scale, norm)` that AdamW reads as its gradient scale.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::context::{Context, Shader};
+use crate::dispatch::{Dispatch, DispatchBuilder};
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
+
+pub static SHADER: Shader = Shader {
+    name: "clip",
+    source: include_str!("../../shaders/clip.wgsl"),
+};
+
+/// Workgroups per chunk in `sum_squares` (the shader's `GROUPS`).
+const GROUPS: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    offset: u32,
+    partials: u32,
+    clip: u32,
+    max_norm: f32,
+    _pad: [u32; 3],
+}
+
+/// Scratch for the partial sums of `chunks` gradient chunks.
+pub fn partials(ctx: &Context, chunks: usize) -> Result<Tensor> {
+    Tensor::zeros(ctx, &[chunks.max(1) * GROUPS], DType::F32)
+}
+
+/// `out = (scale, norm)` over every tensor in `grads` (each bound whole, so each must fit
+/// a storage binding). `max_norm = None`: no clipping, scale 1; the norm is still computed.
+pub fn plan(
+    ctx: &Context,
+    grads: &[Tensor],
+    max_norm: Option<f32>,
+    partial: &Tensor,
+    out: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    out.expect_shape("clip", "out", &[2])?;
+    partial.expect_shape("clip", "partial", &[grads.len().max(1) * GROUPS])?;
+    let mut plan = Vec::new();
+    let params = |n: usize, offset: usize| Params {
+        n: n as u32,
+        offset: offset as u32,
+        partials: (grads.len() * GROUPS) as u32,
+        clip: max_norm.is_some() as u32,
+        max_norm: max_norm.unwrap_or(0.0),
+        _pad: [0; 3],
+    };
+    for (i, g) in grads.iter().enumerate() {
+        g.expect_dtype("clip", "gradient", DType::F32)?;
+        plan.push(
+            DispatchBuilder::new(ctx, &SHADER, "sum_squares")
+                .params(&params(g.numel(), i * GROUPS))
+                .read(g)
+                .write(partial)
+                .skip()
+                .build([GROUPS as u32, 1, 1])?,
+        );
+    }
+    plan.push(
+        DispatchBuilder::new(ctx, &SHADER, "finish")
+            .params(&params(0, 0))
+            .skip()
+            .write(partial)
+            .write(out)
+            .build([1, 1, 1])?,
+    );
+    Ok(plan)
+}
+
+/// CPU reference, in f64: `(scale, norm)`.
+pub mod reference {
+    pub fn clip(grads: &[f64], max_norm: Option<f64>) -> (f64, f64) {
+        let norm = grads.iter().map(|g| g * g).sum::<f64>().sqrt();
+        let scale = max_norm.map_or(1.0, |m| (m / (norm + 1e-6)).min(1.0));
+        (scale, norm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    #[test]
+    fn norm_and_scale_match_reference_over_several_chunks() {
+        let ctx = &ctx();
+        let mut rng = rng(19);
+        let sizes = [1usize, 7, 129, 70_001];
+        let data: Vec<Vec<f32>> = sizes.iter().map(|&n| randn(&mut rng, n)).collect();
+        let grads: Vec<Tensor> = data.iter().map(|d| upload(ctx, d, &[d.len()])).collect();
+        let all: Vec<f64> = data.iter().flatten().map(|&v| v as f64).collect();
+        let scratch = partials(ctx, grads.len()).unwrap();
+        for max_norm in [None, Some(1.0f32), Some(1e6)] {
+            let out = poisoned(ctx, &[2]);
+            ctx.run(&plan(ctx, &grads, max_norm, &scratch, &out).unwrap())
+                .unwrap();
+            let (scale, norm) = reference::clip(&all, max_norm.map(|m| m as f64));
+            let got = download(ctx, &out);
+            assert_close(&format!("grad norm {max_norm:?}"), &got[1..], &[norm], 1e-5);
+            assert_close(
+                &format!("clip scale {max_norm:?}"),
+                &got[..1],
+                &[scale],
+                1e-5,
+            );
+        }
+    }
+}

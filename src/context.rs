@@ -584,6 +584,33 @@ impl Context {
         }
     }
 
+    /// Maps a `MAP_READ` buffer once submission `index` is done and returns its bytes.
+    pub(crate) fn read_mapped(&self, buffer: &wgpu::Buffer, index: wgpu::SubmissionIndex) -> Result<Vec<u8>> {
+        let gpu = |message: String| Error::Gpu { during: "read-back", message };
+        let (tx, rx) = std::sync::mpsc::channel();
+        buffer
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+        self.wait(Some(index))?;
+        let mapped = loop {
+            match rx.try_recv() {
+                Ok(r) => break r,
+                Err(std::sync::mpsc::TryRecvError::Empty) => self.wait(None)?,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    return Err(gpu("buffer mapping was dropped".into()))
+                }
+            }
+        };
+        mapped.map_err(|e| gpu(e.to_string()))?;
+        let bytes = buffer
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| gpu(e.to_string()))?
+            .to_vec();
+        buffer.unmap();
+        Ok(bytes)
+    }
+
     /// Submits `dispatches` and waits for them.
     pub fn run(&self, dispatches: &[crate::Dispatch]) -> Result<()> {
         let index = self.submit(dispatches)?;

@@ -5,7 +5,13 @@ pub mod check;
 mod context;
 mod dispatch;
 mod error;
+pub mod graph;
+pub mod io;
+pub mod model;
 pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod verify;
 mod tensor;
 
 #[cfg(test)]

@@ -1,7 +1,5 @@
 //! GPU tensors: a storage buffer (or a range of one) with a shape and an element type.
 
-use std::sync::mpsc;
-
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -139,38 +137,8 @@ impl Tensor {
             encoder.copy_buffer_to_buffer(&self.buffer, self.offset, &staging, 0, bytes);
             ctx.queue().submit([encoder.finish()])
         })?;
-        let (tx, rx) = mpsc::channel();
-        staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
-        ctx.wait(Some(index))?;
-        let mapped = loop {
-            match rx.try_recv() {
-                Ok(r) => break r,
-                Err(mpsc::TryRecvError::Empty) => ctx.wait(None)?,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    return Err(Error::Gpu {
-                        during: "read-back",
-                        message: "buffer mapping was dropped".into(),
-                    })
-                }
-            }
-        };
-        mapped.map_err(|e| Error::Gpu {
-            during: "read-back",
-            message: e.to_string(),
-        })?;
-        let view = staging
-            .slice(..)
-            .get_mapped_range()
-            .map_err(|e| Error::Gpu {
-                during: "read-back",
-                message: e.to_string(),
-            })?;
-        let out = bytemuck::cast_slice::<u8, T>(&view).to_vec();
-        drop(view);
-        staging.unmap();
-        Ok(out)
+        let bytes = ctx.read_mapped(&staging, index)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     /// Same data, another shape with the same number of elements.
@@ -244,6 +212,24 @@ impl Tensor {
             shape: shape.to_vec(),
             dtype,
         })
+    }
+
+    /// A view of `numel(shape)` elements starting `offset` elements into this tensor.
+    /// The byte offset must keep the adapter's storage offset alignment.
+    pub fn view(&self, ctx: &Context, offset: usize, shape: &[usize]) -> Result<Tensor> {
+        if offset + numel(shape) > self.numel() {
+            return Err(Error::invalid(format!(
+                "view of {shape:?} at element {offset} runs past a tensor of {} elements",
+                self.numel()
+            )));
+        }
+        Tensor::from_buffer(
+            ctx,
+            self.buffer.clone(),
+            self.offset + (offset * self.dtype.size()) as u64,
+            shape,
+            self.dtype,
+        )
     }
 
     pub(crate) fn expect_dtype(

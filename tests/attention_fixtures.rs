@@ -6,9 +6,7 @@ mod common;
 
 use common::*;
 use roformer_wgpu::check::rel_l2;
-use roformer_wgpu::ops::attention::{
-    self, AttentionOptions, BackwardBuffers, BufferShapes, ForwardBuffers,
-};
+use roformer_wgpu::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
 use roformer_wgpu::ops::heads::HeadLayout;
 use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
 use roformer_wgpu::ops::rope;
@@ -70,15 +68,17 @@ fn attention_matches_torch_fixtures() {
                 ..Default::default()
             };
             let shapes = BufferShapes::new(shape, shape, layout, &opts).unwrap();
-            let fwd = ForwardBuffers::new(ctx, &shapes).unwrap();
+            let saved = Saved::new(ctx, &shapes).unwrap();
+            let scores = poisoned(ctx, &shapes.square);
             let bwd = BackwardBuffers::new(ctx, &shapes).unwrap();
             ctx.run(
-                &attention::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &fwd, &out).unwrap(),
+                &attention::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &saved, &scores, &out)
+                    .unwrap(),
             )
             .unwrap();
             ctx.run(
                 &attention::plan_backward(
-                    ctx, &tq, &tk, &tv, layout, &opts, &fwd, &bwd, &tg, &dq, &dk, &dv,
+                    ctx, &tq, &tk, &tv, layout, &opts, &saved, &bwd, &tg, &dq, &dk, &dv,
                 )
                 .unwrap(),
             )

@@ -73,15 +73,13 @@ impl BufferShapes {
     }
 }
 
-/// Tensors the forward pass writes; all but `scores` are read again by the backward pass.
+/// Tensors the forward pass writes and the backward pass reads.
 #[derive(Clone, Debug)]
-pub struct ForwardBuffers {
+pub struct Saved {
     /// Rotated q, k (and v), in the input layout, when RoPE is on.
     pub q_rot: Option<Tensor>,
     pub k_rot: Option<Tensor>,
     pub v_rot: Option<Tensor>,
-    /// `[B, H, T, T]` scores (scratch).
-    pub scores: Tensor,
     /// `[B, H, T, T]` softmax output.
     pub probs: Tensor,
 }
@@ -103,13 +101,12 @@ fn zeros_if(ctx: &Context, on: bool, shape: &[usize]) -> Result<Option<Tensor>> 
         .transpose()
 }
 
-impl ForwardBuffers {
+impl Saved {
     pub fn new(ctx: &Context, s: &BufferShapes) -> Result<Self> {
-        Ok(ForwardBuffers {
+        Ok(Saved {
             q_rot: zeros_if(ctx, s.rotate_qk, &s.qk)?,
             k_rot: zeros_if(ctx, s.rotate_qk, &s.qk)?,
             v_rot: zeros_if(ctx, s.rotate_v, &s.v)?,
-            scores: Tensor::zeros(ctx, &s.square, DType::F32)?,
             probs: Tensor::zeros(ctx, &s.square, DType::F32)?,
         })
     }
@@ -135,19 +132,18 @@ fn check(
     v: &Tensor,
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
-    fwd: &ForwardBuffers,
+    saved: &Saved,
 ) -> Result<(Heads, Heads)> {
     let h = Heads::of(op, "q", q, layout)?;
     let hv = Heads::of(op, "v", v, layout)?;
     h.expect_same_bht(op, "v", &hv)?;
     k.expect_shape(op, "k", q.shape())?;
     let s = BufferShapes::new(q.shape(), v.shape(), layout, opts)?;
-    fwd.scores.expect_shape(op, "scores", &s.square)?;
-    fwd.probs.expect_shape(op, "probs", &s.square)?;
+    saved.probs.expect_shape(op, "probs", &s.square)?;
     for (what, t, on, shape) in [
-        ("q_rot", &fwd.q_rot, s.rotate_qk, &s.qk),
-        ("k_rot", &fwd.k_rot, s.rotate_qk, &s.qk),
-        ("v_rot", &fwd.v_rot, s.rotate_v, &s.v),
+        ("q_rot", &saved.q_rot, s.rotate_qk, &s.qk),
+        ("k_rot", &saved.k_rot, s.rotate_qk, &s.qk),
+        ("v_rot", &saved.v_rot, s.rotate_v, &s.v),
     ] {
         match t {
             Some(t) => t.expect_shape(op, what, shape)?,
@@ -211,7 +207,7 @@ fn scale(h: &Heads, opts: &AttentionOptions<'_>) -> f32 {
     opts.scale.unwrap_or(1.0 / (h.dim as f32).sqrt())
 }
 
-/// `out` (shaped like v) from q, k, v in `layout`.
+/// `out` (shaped like v) from q, k, v in `layout`; `scores` (`[B, H, T, T]`) is scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn plan_forward(
     ctx: &Context,
@@ -220,10 +216,12 @@ pub fn plan_forward(
     v: &Tensor,
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
-    fwd: &ForwardBuffers,
+    saved: &Saved,
+    scores: &Tensor,
     out: &Tensor,
 ) -> Result<Vec<Dispatch>> {
-    let (h, hv) = check("attention", q, k, v, layout, opts, fwd)?;
+    let (h, hv) = check("attention", q, k, v, layout, opts, saved)?;
+    scores.expect_shape("attention", "scores", saved.probs.shape())?;
     out.expect_shape("attention", "out", v.shape())?;
     let mut plan = Vec::new();
     let mut rotated = |x: &Tensor, slot: &Option<Tensor>| -> Result<Tensor> {
@@ -236,9 +234,9 @@ pub fn plan_forward(
         }
     };
     let (qr, kr, vr) = (
-        rotated(q, &fwd.q_rot)?,
-        rotated(k, &fwd.k_rot)?,
-        rotated(v, &fwd.v_rot)?,
+        rotated(q, &saved.q_rot)?,
+        rotated(k, &saved.k_rot)?,
+        rotated(v, &saved.v_rot)?,
     );
     let (t, d) = (h.seq, h.dim);
     plan.push(matmul::plan_strided(
@@ -255,14 +253,14 @@ pub fn plan_forward(
         &qr,
         &kr,
         None,
-        &fwd.scores,
+        scores,
     )?);
     let sm = softmax::SoftmaxOptions {
         scale: scale(&h, opts),
         mask: opts.mask,
         causal: opts.causal,
     };
-    plan.push(softmax::plan_forward(ctx, &fwd.scores, &sm, &fwd.probs)?);
+    plan.push(softmax::plan_forward(ctx, scores, &sm, &saved.probs)?);
     plan.push(matmul::plan_strided(
         ctx,
         &product(
@@ -274,7 +272,7 @@ pub fn plan_forward(
             head_view(&hv),
             head_view(&hv),
         ),
-        &fwd.probs,
+        &saved.probs,
         &vr,
         None,
         out,
@@ -291,26 +289,26 @@ pub fn plan_backward(
     v: &Tensor,
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
-    fwd: &ForwardBuffers,
+    saved: &Saved,
     bwd: &BackwardBuffers,
     grad_out: &Tensor,
     dq: &Tensor,
     dk: &Tensor,
     dv: &Tensor,
 ) -> Result<Vec<Dispatch>> {
-    let (h, hv) = check("attention backward", q, k, v, layout, opts, fwd)?;
+    let (h, hv) = check("attention backward", q, k, v, layout, opts, saved)?;
     bwd.dprobs
-        .expect_shape("attention backward", "dprobs", fwd.probs.shape())?;
+        .expect_shape("attention backward", "dprobs", saved.probs.shape())?;
     bwd.dscores
-        .expect_shape("attention backward", "dscores", fwd.probs.shape())?;
+        .expect_shape("attention backward", "dscores", saved.probs.shape())?;
     grad_out.expect_shape("attention backward", "grad_out", v.shape())?;
     dq.expect_shape("attention backward", "dq", q.shape())?;
     dk.expect_shape("attention backward", "dk", k.shape())?;
     dv.expect_shape("attention backward", "dv", v.shape())?;
     let (t, d) = (h.seq, h.dim);
-    let qr = fwd.q_rot.as_ref().unwrap_or(q);
-    let kr = fwd.k_rot.as_ref().unwrap_or(k);
-    let vr = fwd.v_rot.as_ref().unwrap_or(v);
+    let qr = saved.q_rot.as_ref().unwrap_or(q);
+    let kr = saved.k_rot.as_ref().unwrap_or(k);
+    let vr = saved.v_rot.as_ref().unwrap_or(v);
     // Gradients of rotated tensors go to their own buffers, then are rotated back.
     let dqr = bwd.dq_rot.as_ref().unwrap_or(dq);
     let dkr = bwd.dk_rot.as_ref().unwrap_or(dk);
@@ -346,12 +344,12 @@ pub fn plan_backward(
                 head_view(&hv),
                 head_view(&hv),
             ),
-            &fwd.probs,
+            &saved.probs,
             grad_out,
             None,
             dvr,
         )?,
-        softmax::plan_backward(ctx, &fwd.probs, dprobs, scale(&h, opts), &bwd.dscores)?,
+        softmax::plan_backward(ctx, &saved.probs, dprobs, scale(&h, opts), &bwd.dscores)?,
         // d q' = d scores · k'
         matmul::plan_strided(
             ctx,
@@ -397,12 +395,15 @@ pub fn forward(
     v: &Tensor,
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
-) -> Result<(Tensor, ForwardBuffers)> {
+) -> Result<(Tensor, Saved)> {
     let shapes = BufferShapes::new(q.shape(), v.shape(), layout, opts)?;
-    let fwd = ForwardBuffers::new(ctx, &shapes)?;
+    let saved = Saved::new(ctx, &shapes)?;
+    let scores = Tensor::zeros(ctx, &shapes.square, DType::F32)?;
     let out = Tensor::zeros(ctx, v.shape(), DType::F32)?;
-    ctx.submit(&plan_forward(ctx, q, k, v, layout, opts, &fwd, &out)?)?;
-    Ok((out, fwd))
+    ctx.submit(&plan_forward(
+        ctx, q, k, v, layout, opts, &saved, &scores, &out,
+    )?)?;
+    Ok((out, saved))
 }
 
 /// Backward pass in new tensors: `(dq, dk, dv)`.
@@ -414,7 +415,7 @@ pub fn backward(
     v: &Tensor,
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
-    fwd: &ForwardBuffers,
+    saved: &Saved,
     grad_out: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let shapes = BufferShapes::new(q.shape(), v.shape(), layout, opts)?;
@@ -423,7 +424,7 @@ pub fn backward(
     let dk = Tensor::zeros(ctx, k.shape(), DType::F32)?;
     let dv = Tensor::zeros(ctx, v.shape(), DType::F32)?;
     ctx.submit(&plan_backward(
-        ctx, q, k, v, layout, opts, fwd, &bwd, grad_out, &dq, &dk, &dv,
+        ctx, q, k, v, layout, opts, saved, &bwd, grad_out, &dq, &dk, &dv,
     )?)?;
     Ok((dq, dk, dv))
 }
@@ -568,7 +569,8 @@ mod tests {
                         ..Default::default()
                     };
                     let shapes = BufferShapes::new(tq.shape(), tv.shape(), layout, &opts).unwrap();
-                    let fwd = ForwardBuffers::new(ctx, &shapes).unwrap();
+                    let saved = Saved::new(ctx, &shapes).unwrap();
+                    let scores = poisoned(ctx, &shapes.square);
                     let bwd = BackwardBuffers::new(ctx, &shapes).unwrap();
                     let (out, dq, dk, dv) = (
                         poisoned(ctx, &shape),
@@ -576,11 +578,14 @@ mod tests {
                         poisoned(ctx, &shape),
                         poisoned(ctx, &shape),
                     );
-                    ctx.run(&plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &fwd, &out).unwrap())
-                        .unwrap();
+                    ctx.run(
+                        &plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &saved, &scores, &out)
+                            .unwrap(),
+                    )
+                    .unwrap();
                     ctx.run(
                         &plan_backward(
-                            ctx, &tq, &tk, &tv, layout, &opts, &fwd, &bwd, &tg, &dq, &dk, &dv,
+                            ctx, &tq, &tk, &tv, layout, &opts, &saved, &bwd, &tg, &dq, &dk, &dv,
                         )
                         .unwrap(),
                     )

@@ -1,0 +1,226 @@
+//! HuggingFace `RoFormerConfig` (`config.json`), with this library's two options.
+//! Fields HF has and we do not use are kept, so a config round-trips unchanged.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How attention is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKind {
+    /// `softmax(QKᵀ/√d) V`, as HuggingFace RoFormer.
+    #[default]
+    Softmax,
+    /// Linear attention with RoPE as in RoFormer eq. (19): linear memory in the length.
+    Linear,
+}
+
+mod defaults {
+    pub fn vocab_size() -> usize {
+        50000
+    }
+    pub fn hidden_size() -> usize {
+        768
+    }
+    pub fn num_hidden_layers() -> usize {
+        12
+    }
+    pub fn num_attention_heads() -> usize {
+        12
+    }
+    pub fn intermediate_size() -> usize {
+        3072
+    }
+    pub fn hidden_act() -> String {
+        "gelu".into()
+    }
+    pub fn max_position_embeddings() -> usize {
+        1536
+    }
+    pub fn type_vocab_size() -> usize {
+        2
+    }
+    pub fn layer_norm_eps() -> f64 {
+        1e-12
+    }
+    pub fn pad_token_id() -> Option<u32> {
+        Some(0)
+    }
+    pub fn initializer_range() -> f64 {
+        0.02
+    }
+}
+
+/// A RoFormer configuration; missing fields take `RoFormerConfig`'s defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoFormerConfig {
+    #[serde(default = "defaults::vocab_size")]
+    pub vocab_size: usize,
+    /// Width of the embeddings; `None` means `hidden_size`. When it differs, a linear
+    /// `embeddings_project` maps embeddings to the hidden size.
+    #[serde(default)]
+    pub embedding_size: Option<usize>,
+    #[serde(default = "defaults::hidden_size")]
+    pub hidden_size: usize,
+    #[serde(default = "defaults::num_hidden_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "defaults::num_attention_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "defaults::intermediate_size")]
+    pub intermediate_size: usize,
+    #[serde(default = "defaults::hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "defaults::max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "defaults::type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "defaults::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub rotary_value: bool,
+    #[serde(default = "defaults::pad_token_id")]
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "defaults::initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_labels: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    /// This library's option: softmax (HF) or linear attention.
+    #[serde(default, rename = "attention_kind")]
+    pub attention: AttentionKind,
+    /// This library's option: causal attention (each token sees itself and earlier ones).
+    #[serde(default)]
+    pub causal: bool,
+    /// Every other field, kept as it was.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RoFormerConfig {
+    /// HF's defaults (a base-sized model).
+    pub fn base() -> RoFormerConfig {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+
+    /// Parses and validates a `config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<RoFormerConfig> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config JSON; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<RoFormerConfig> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let config: RoFormerConfig = serde_path_to_error::deserialize(de).map_err(|e| Error::Format {
+            path: origin.to_string(),
+            message: match e.path().to_string().as_str() {
+                "." => e.inner().to_string(),
+                field => format!("{field}: {}", e.inner()),
+            },
+        })?;
+        config.validate().map_err(|message| Error::Format { path: origin.to_string(), message })?;
+        Ok(config)
+    }
+
+    /// Checks the sizes are usable; the message says which field is wrong and why.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+            ("embedding_size", self.embedding_size()),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if self.vocab_size > u32::MAX as usize || self.type_vocab_size > u32::MAX as usize {
+            return Err("vocab_size and type_vocab_size must fit in 32 bits".into());
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size ({}) is not a multiple of num_attention_heads ({})",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(format!(
+                "the head dimension hidden_size / num_attention_heads = {} must be even for rotary embeddings",
+                self.head_dim()
+            ));
+        }
+        if self.hidden_act != "gelu" {
+            return Err(format!("hidden_act {:?} is not supported (only \"gelu\", the exact erf form)", self.hidden_act));
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return Err(format!("layer_norm_eps must be positive, got {}", self.layer_norm_eps));
+        }
+        if self.labels() == 0 {
+            return Err("num_labels must be at least 1".into());
+        }
+        if self.attention == AttentionKind::Linear && self.rotary_value {
+            return Err("rotary_value is not defined for linear attention (eq. 19 rotates q and k only)".into());
+        }
+        if self.pad_token_id.is_some_and(|p| p as usize >= self.vocab_size) {
+            return Err(format!("pad_token_id {:?} is not below vocab_size {}", self.pad_token_id, self.vocab_size));
+        }
+        Ok(())
+    }
+
+    pub fn embedding_size(&self) -> usize {
+        self.embedding_size.unwrap_or(self.hidden_size)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Classes of the classification head: `num_labels`, else `id2label`'s size, else 2.
+    pub fn labels(&self) -> usize {
+        self.num_labels
+            .or(self.id2label.as_ref().map(|m| m.len()))
+            .unwrap_or(2)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a config always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_and_extra_fields_survive() {
+        let c = RoFormerConfig::from_json(r#"{"hidden_size": 64, "num_attention_heads": 4, "dropout_thing": [1, 2]}"#, "t").unwrap();
+        assert_eq!(c.vocab_size, 50000);
+        assert_eq!(c.embedding_size(), 64);
+        assert_eq!(c.extra["dropout_thing"], serde_json::json!([1, 2]));
+        let again = RoFormerConfig::from_json(&c.to_json(), "t").unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let err = |j: &str| RoFormerConfig::from_json(j, "c.json").unwrap_err().to_string();
+        assert!(err(r#"{"hidden_size": "big"}"#).contains("hidden_size"));
+        assert!(err(r#"{"hidden_size": 30, "num_attention_heads": 4}"#).contains("not a multiple"));
+        assert!(err(r#"{"vocab_size": 0}"#).contains("vocab_size must be at least 1"));
+        assert!(err(r#"{"hidden_act": "relu"}"#).contains("hidden_act"));
+        assert!(err(r#"{"hidden_size": 36, "num_attention_heads": 4}"#).contains("even"));
+        assert!(err("[1, 2").contains("c.json"));
+    }
+}

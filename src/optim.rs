@@ -1,0 +1,149 @@
+//! The optimizer step of a training graph: gradient clipping by global norm, then AdamW
+//! (`torch.optim.AdamW`) over the flat parameter buffers, at the learning rate a schedule
+//! gives for the step (linear warm-up, then constant, linear or cosine decay).
+
+use crate::context::Context;
+use crate::dispatch::Dispatch;
+use crate::error::{Error, Result};
+use crate::ops::adamw::{self, AdamWConfig, AdamWState, AdamWStep};
+use crate::ops::clip;
+use crate::params::ParamStore;
+use crate::tensor::{DType, Tensor};
+
+/// How the learning rate moves after warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decay {
+    Constant,
+    /// Linearly to 0 at `total_steps` (HF `get_linear_schedule_with_warmup`).
+    Linear,
+    /// Half a cosine to 0 at `total_steps` (HF `get_cosine_schedule_with_warmup`).
+    Cosine,
+}
+
+/// Learning rate per step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Schedule {
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+    pub decay: Decay,
+}
+
+impl Schedule {
+    pub fn constant() -> Schedule {
+        Schedule { warmup_steps: 0, total_steps: 0, decay: Decay::Constant }
+    }
+
+    /// The rate at step `t` (1-based) for a peak rate `lr`: `lr · t / warmup` during
+    /// warm-up, then the decay over the remaining steps, never below 0.
+    pub fn lr(&self, lr: f64, t: u64) -> f64 {
+        if t <= self.warmup_steps {
+            return lr * t as f64 / self.warmup_steps as f64;
+        }
+        let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((t - self.warmup_steps) as f64 / span).min(1.0);
+        match self.decay {
+            Decay::Constant => lr,
+            Decay::Linear => lr * (1.0 - progress),
+            Decay::Cosine => lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        }
+    }
+}
+
+/// Everything an optimizer step needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainOptions {
+    pub adamw: AdamWConfig,
+    pub schedule: Schedule,
+    /// Clip gradients to this global norm (`None`: no clipping).
+    pub clip_norm: Option<f32>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions { adamw: AdamWConfig::default(), schedule: Schedule::constant(), clip_norm: None }
+    }
+}
+
+/// Planned clip + AdamW dispatches over a parameter store.
+pub struct Optimizer {
+    options: TrainOptions,
+    clip: Vec<Dispatch>,
+    steps: Vec<AdamWStep>,
+    /// `(scale, norm)`: the clipping factor and the global gradient norm of the last step.
+    stats: Tensor,
+    step: u64,
+}
+
+impl Optimizer {
+    pub fn new(ctx: &Context, store: &ParamStore, options: TrainOptions) -> Result<Optimizer> {
+        if options.clip_norm.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+            return Err(Error::invalid(format!("clip norm must be positive, got {:?}", options.clip_norm)));
+        }
+        let chunks = store.chunk_views(ctx)?;
+        let grads: Vec<Tensor> = chunks.iter().map(|c| c[1].clone()).collect();
+        let stats = Tensor::zeros(ctx, &[2], DType::F32)?;
+        let partial = clip::partials(ctx, grads.len())?;
+        let clip = clip::plan(ctx, &grads, options.clip_norm, &partial, &stats)?;
+        let scale = stats.view(ctx, 0, &[1])?;
+        let steps = chunks
+            .iter()
+            .map(|[p, g, m, v]| {
+                let state = AdamWState { m: m.clone(), v: v.clone() };
+                adamw::plan_step(ctx, &options.adamw, p, g, &state, Some(&scale))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Optimizer { options, clip, steps, stats, step: 0 })
+    }
+
+    /// Steps taken so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Continues from step `t` (after loading a checkpoint).
+    pub fn set_step(&mut self, t: u64) {
+        self.step = t;
+    }
+
+    /// Advances to the next step and writes its learning rate; returns it.
+    pub fn prepare(&mut self, ctx: &Context) -> Result<f64> {
+        self.step += 1;
+        let lr = self.options.schedule.lr(self.options.adamw.lr, self.step);
+        for s in &self.steps {
+            s.set_step(ctx, self.step, lr)?;
+        }
+        Ok(lr)
+    }
+
+    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
+        self.clip.iter().chain(self.steps.iter().map(|s| &s.dispatch))
+    }
+
+    /// `[2]`: the clipping factor and the gradient norm of the last step.
+    pub fn stats(&self) -> &Tensor {
+        &self.stats
+    }
+
+    pub fn options(&self) -> &TrainOptions {
+        &self.options
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_warm_up_then_decay() {
+        let s = Schedule { warmup_steps: 10, total_steps: 110, decay: Decay::Linear };
+        assert_eq!(s.lr(1.0, 5), 0.5);
+        assert_eq!(s.lr(1.0, 10), 1.0);
+        assert!((s.lr(1.0, 60) - 0.5).abs() < 1e-12);
+        assert_eq!(s.lr(1.0, 110), 0.0);
+        assert_eq!(s.lr(1.0, 500), 0.0);
+        let c = Schedule { decay: Decay::Cosine, ..s };
+        assert!((c.lr(2.0, 60) - 1.0).abs() < 1e-12);
+        assert!(c.lr(2.0, 110).abs() < 1e-12);
+        assert_eq!(Schedule::constant().lr(3e-4, 1000), 3e-4);
+    }
+}

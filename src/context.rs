@@ -585,8 +585,15 @@ impl Context {
     }
 
     /// Maps a `MAP_READ` buffer once submission `index` is done and returns its bytes.
-    pub(crate) fn read_mapped(&self, buffer: &wgpu::Buffer, index: wgpu::SubmissionIndex) -> Result<Vec<u8>> {
-        let gpu = |message: String| Error::Gpu { during: "read-back", message };
+    pub(crate) fn read_mapped(
+        &self,
+        buffer: &wgpu::Buffer,
+        index: wgpu::SubmissionIndex,
+    ) -> Result<Vec<u8>> {
+        let gpu = |message: String| Error::Gpu {
+            during: "read-back",
+            message,
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         buffer
             .slice(..)

@@ -375,11 +375,7 @@ impl Graph {
                 )?])
             }),
         );
-        self.stage(
-            StageKind::LayerNorm { stats },
-            vec![x, gamma, beta],
-            out,
-        );
+        self.stage(StageKind::LayerNorm { stats }, vec![x, gamma, beta], out);
         Ok(out)
     }
 
@@ -852,9 +848,11 @@ impl Graph {
                         );
                     }
                     (None, None) => {}
-                    _ => return Err(Error::invalid(format!(
+                    _ => {
+                        return Err(Error::invalid(format!(
                         "{label}: LayerNorm weight and bias must be trained (and shared) together"
-                    ))),
+                    )))
+                    }
                 }
             }
             StageKind::Gelu => {

@@ -11,8 +11,8 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
-pub mod verify;
 mod tensor;
+pub mod verify;
 
 #[cfg(test)]
 mod testing;

@@ -30,7 +30,11 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn constant() -> Schedule {
-        Schedule { warmup_steps: 0, total_steps: 0, decay: Decay::Constant }
+        Schedule {
+            warmup_steps: 0,
+            total_steps: 0,
+            decay: Decay::Constant,
+        }
     }
 
     /// The rate at step `t` (1-based) for a peak rate `lr`: `lr · t / warmup` during
@@ -60,7 +64,11 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { adamw: AdamWConfig::default(), schedule: Schedule::constant(), clip_norm: None }
+        TrainOptions {
+            adamw: AdamWConfig::default(),
+            schedule: Schedule::constant(),
+            clip_norm: None,
+        }
     }
 }
 
@@ -76,8 +84,14 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(ctx: &Context, store: &ParamStore, options: TrainOptions) -> Result<Optimizer> {
-        if options.clip_norm.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
-            return Err(Error::invalid(format!("clip norm must be positive, got {:?}", options.clip_norm)));
+        if options
+            .clip_norm
+            .is_some_and(|c| !(c > 0.0 && c.is_finite()))
+        {
+            return Err(Error::invalid(format!(
+                "clip norm must be positive, got {:?}",
+                options.clip_norm
+            )));
         }
         let chunks = store.chunk_views(ctx)?;
         let grads: Vec<Tensor> = chunks.iter().map(|c| c[1].clone()).collect();
@@ -88,11 +102,20 @@ impl Optimizer {
         let steps = chunks
             .iter()
             .map(|[p, g, m, v]| {
-                let state = AdamWState { m: m.clone(), v: v.clone() };
+                let state = AdamWState {
+                    m: m.clone(),
+                    v: v.clone(),
+                };
                 adamw::plan_step(ctx, &options.adamw, p, g, &state, Some(&scale))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Optimizer { options, clip, steps, stats, step: 0 })
+        Ok(Optimizer {
+            options,
+            clip,
+            steps,
+            stats,
+            step: 0,
+        })
     }
 
     /// Steps taken so far.
@@ -116,7 +139,9 @@ impl Optimizer {
     }
 
     pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
-        self.clip.iter().chain(self.steps.iter().map(|s| &s.dispatch))
+        self.clip
+            .iter()
+            .chain(self.steps.iter().map(|s| &s.dispatch))
     }
 
     /// `[2]`: the clipping factor and the gradient norm of the last step.
@@ -135,13 +160,20 @@ mod tests {
 
     #[test]
     fn schedules_warm_up_then_decay() {
-        let s = Schedule { warmup_steps: 10, total_steps: 110, decay: Decay::Linear };
+        let s = Schedule {
+            warmup_steps: 10,
+            total_steps: 110,
+            decay: Decay::Linear,
+        };
         assert_eq!(s.lr(1.0, 5), 0.5);
         assert_eq!(s.lr(1.0, 10), 1.0);
         assert!((s.lr(1.0, 60) - 0.5).abs() < 1e-12);
         assert_eq!(s.lr(1.0, 110), 0.0);
         assert_eq!(s.lr(1.0, 500), 0.0);
-        let c = Schedule { decay: Decay::Cosine, ..s };
+        let c = Schedule {
+            decay: Decay::Cosine,
+            ..s
+        };
         assert!((c.lr(2.0, 60) - 1.0).abs() < 1e-12);
         assert!(c.lr(2.0, 110).abs() < 1e-12);
         assert_eq!(Schedule::constant().lr(3e-4, 1000), 3e-4);

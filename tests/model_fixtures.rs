@@ -1,5 +1,7 @@
 //! The whole RoFormer against HuggingFace transformers (float64 fixtures): loss, logits,
 //! every hidden state and every gradient to relative L2 < 1e-4, and ten AdamW steps.
+//! The shared fixtures, and more made by `tools/make_more_fixtures.py` with the same script
+//! (embedding projection, rotary_value, more heads, odd lengths, padding).
 
 mod common;
 
@@ -8,31 +10,60 @@ use roformer_wgpu::verify::verify;
 
 const TOL: f64 = 1e-4;
 
-fn check_fixture(name: &str) {
+fn check_fixture(dir: &std::path::Path, name: &str) {
     let ctx = &ctx();
-    let dir = fixtures_dir();
-    let report = verify(ctx, dir.join(format!("{name}.config.json")), dir.join(format!("{name}.safetensors"))).unwrap();
+    let report = verify(
+        ctx,
+        dir.join(format!("{name}.config.json")),
+        dir.join(format!("{name}.safetensors")),
+    )
+    .unwrap();
     let mut lines = Vec::new();
     for c in &report.checks {
         lines.push(format!("{:<70} {:.2e}", c.name, c.error));
     }
     eprintln!("{name}:\n{}", lines.join("\n"));
     let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
-    for must in ["output.loss", "output.logits", "output.hidden_states.0", "output.hidden_states.2", "train.adamw_losses"] {
+    for must in [
+        "output.loss",
+        "output.logits",
+        "output.hidden_states.0",
+        "output.last_hidden_state",
+        "train.adamw_losses",
+    ] {
         assert!(names.contains(&must), "{name}: {must} was not compared");
     }
     let grads = names.iter().filter(|n| n.starts_with("grad.")).count();
-    assert!(grads >= 30, "{name}: only {grads} gradients compared");
+    assert!(grads >= 20, "{name}: only {grads} gradients compared");
     let failures = report.failures(TOL);
     assert!(failures.is_empty(), "{name}: over tolerance: {failures:#?}");
 }
 
 #[test]
 fn masked_lm_matches_transformers() {
-    check_fixture("roformer_tiny_mlm");
+    check_fixture(&fixtures_dir(), "roformer_tiny_mlm");
 }
 
 #[test]
 fn sequence_classification_matches_transformers() {
-    check_fixture("roformer_tiny_cls");
+    check_fixture(&fixtures_dir(), "roformer_tiny_cls");
+}
+
+fn ours() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+#[test]
+fn embedding_projection_rotary_value_six_heads_odd_length() {
+    check_fixture(&ours(), "roformer_proj_rotv_mlm");
+}
+
+#[test]
+fn eight_heads_three_layers_five_labels_heavy_padding() {
+    check_fixture(&ours(), "roformer_8heads_cls");
+}
+
+#[test]
+fn single_layer_single_sequence() {
+    check_fixture(&ours(), "roformer_single_mlm");
 }

@@ -120,14 +120,18 @@ impl RoFormerConfig {
     /// Parses and validates config JSON; `origin` names it in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<RoFormerConfig> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let config: RoFormerConfig = serde_path_to_error::deserialize(de).map_err(|e| Error::Format {
+        let config: RoFormerConfig =
+            serde_path_to_error::deserialize(de).map_err(|e| Error::Format {
+                path: origin.to_string(),
+                message: match e.path().to_string().as_str() {
+                    "." => e.inner().to_string(),
+                    field => format!("{field}: {}", e.inner()),
+                },
+            })?;
+        config.validate().map_err(|message| Error::Format {
             path: origin.to_string(),
-            message: match e.path().to_string().as_str() {
-                "." => e.inner().to_string(),
-                field => format!("{field}: {}", e.inner()),
-            },
+            message,
         })?;
-        config.validate().map_err(|message| Error::Format { path: origin.to_string(), message })?;
         Ok(config)
     }
 
@@ -162,19 +166,34 @@ impl RoFormerConfig {
             ));
         }
         if self.hidden_act != "gelu" {
-            return Err(format!("hidden_act {:?} is not supported (only \"gelu\", the exact erf form)", self.hidden_act));
+            return Err(format!(
+                "hidden_act {:?} is not supported (only \"gelu\", the exact erf form)",
+                self.hidden_act
+            ));
         }
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
-            return Err(format!("layer_norm_eps must be positive, got {}", self.layer_norm_eps));
+            return Err(format!(
+                "layer_norm_eps must be positive, got {}",
+                self.layer_norm_eps
+            ));
         }
         if self.labels() == 0 {
             return Err("num_labels must be at least 1".into());
         }
         if self.attention == AttentionKind::Linear && self.rotary_value {
-            return Err("rotary_value is not defined for linear attention (eq. 19 rotates q and k only)".into());
+            return Err(
+                "rotary_value is not defined for linear attention (eq. 19 rotates q and k only)"
+                    .into(),
+            );
         }
-        if self.pad_token_id.is_some_and(|p| p as usize >= self.vocab_size) {
-            return Err(format!("pad_token_id {:?} is not below vocab_size {}", self.pad_token_id, self.vocab_size));
+        if self
+            .pad_token_id
+            .is_some_and(|p| p as usize >= self.vocab_size)
+        {
+            return Err(format!(
+                "pad_token_id {:?} is not below vocab_size {}",
+                self.pad_token_id, self.vocab_size
+            ));
         }
         Ok(())
     }
@@ -205,7 +224,11 @@ mod tests {
 
     #[test]
     fn defaults_round_trip_and_extra_fields_survive() {
-        let c = RoFormerConfig::from_json(r#"{"hidden_size": 64, "num_attention_heads": 4, "dropout_thing": [1, 2]}"#, "t").unwrap();
+        let c = RoFormerConfig::from_json(
+            r#"{"hidden_size": 64, "num_attention_heads": 4, "dropout_thing": [1, 2]}"#,
+            "t",
+        )
+        .unwrap();
         assert_eq!(c.vocab_size, 50000);
         assert_eq!(c.embedding_size(), 64);
         assert_eq!(c.extra["dropout_thing"], serde_json::json!([1, 2]));
@@ -215,7 +238,11 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_field() {
-        let err = |j: &str| RoFormerConfig::from_json(j, "c.json").unwrap_err().to_string();
+        let err = |j: &str| {
+            RoFormerConfig::from_json(j, "c.json")
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err(r#"{"hidden_size": "big"}"#).contains("hidden_size"));
         assert!(err(r#"{"hidden_size": 30, "num_attention_heads": 4}"#).contains("not a multiple"));
         assert!(err(r#"{"vocab_size": 0}"#).contains("vocab_size must be at least 1"));

@@ -61,7 +61,10 @@ pub fn param_shapes(c: &RoFormerConfig, head: Head) -> Vec<(String, Vec<usize>)>
         p.push((format!("{name}.bias"), vec![n]));
     };
     p.push((WORDS.into(), vec![c.vocab_size, e]));
-    p.push(("roformer.embeddings.token_type_embeddings.weight".into(), vec![c.type_vocab_size, e]));
+    p.push((
+        "roformer.embeddings.token_type_embeddings.weight".into(),
+        vec![c.type_vocab_size, e],
+    ));
     norm(&mut p, "roformer.embeddings.LayerNorm", e);
     if e != h {
         linear(&mut p, "roformer.embeddings_project", h, e);
@@ -103,15 +106,27 @@ pub struct RoFormer {
 impl RoFormer {
     /// A model with zeroed parameters (see [`RoFormer::init_random`] and [`RoFormer::load_tensors`]).
     pub fn new(ctx: &Context, config: RoFormerConfig, head: Head) -> Result<RoFormer> {
-        config.validate().map_err(|message| Error::Format { path: "config".into(), message })?;
+        config.validate().map_err(|message| Error::Format {
+            path: "config".into(),
+            message,
+        })?;
         let store = ParamStore::new(ctx, &param_shapes(&config, head))?;
         let table = rope::table(ctx, config.max_position_embeddings, config.head_dim())?;
-        Ok(RoFormer { config, head, store, table })
+        Ok(RoFormer {
+            config,
+            head,
+            store,
+            table,
+        })
     }
 
     /// Loads `config.json` and a `.safetensors` checkpoint (HF names). The head comes from
     /// the config's `architectures`, else from the tensor names.
-    pub fn from_pretrained(ctx: &Context, config: impl AsRef<Path>, weights: impl AsRef<Path>) -> Result<RoFormer> {
+    pub fn from_pretrained(
+        ctx: &Context,
+        config: impl AsRef<Path>,
+        weights: impl AsRef<Path>,
+    ) -> Result<RoFormer> {
         let cfg = RoFormerConfig::from_file(config)?;
         let tensors = io::read_safetensors(&weights)?;
         let head = detect_head(&cfg, &tensors).ok_or_else(|| Error::Format {
@@ -122,7 +137,10 @@ impl RoFormer {
         })?;
         let model = RoFormer::new(ctx, cfg, head)?;
         model.load_tensors(ctx, &tensors).map_err(|e| match e {
-            Error::Format { message, .. } => Error::Format { path: weights.as_ref().display().to_string(), message },
+            Error::Format { message, .. } => Error::Format {
+                path: weights.as_ref().display().to_string(),
+                message,
+            },
             other => other,
         })?;
         Ok(model)
@@ -136,7 +154,10 @@ impl RoFormer {
             if t.shape != want {
                 return Err(Error::Format {
                     path: "checkpoint".into(),
-                    message: format!("tensor {POSITION_TABLE:?} has shape {:?}, but the config expects {want:?}", t.shape),
+                    message: format!(
+                        "tensor {POSITION_TABLE:?} has shape {:?}, but the config expects {want:?}",
+                        t.shape
+                    ),
                 });
             }
         }
@@ -174,7 +195,10 @@ impl RoFormer {
     /// into `dir`, each atomically.
     pub fn save(&self, ctx: &Context, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let mut tensors = self.store.download(ctx)?;
         tensors.push((
             POSITION_TABLE.into(),
@@ -183,9 +207,17 @@ impl RoFormer {
         ));
         io::write_safetensors(dir.join("model.safetensors"), &tensors, &[("format", "pt")])?;
         let mut config = self.config.clone();
-        config.extra.insert("architectures".into(), serde_json::json!([self.head.architecture()]));
-        config.extra.insert("model_type".into(), serde_json::json!("roformer"));
-        if self.head == Head::Classification && config.num_labels.is_none() && config.id2label.is_none() {
+        config.extra.insert(
+            "architectures".into(),
+            serde_json::json!([self.head.architecture()]),
+        );
+        config
+            .extra
+            .insert("model_type".into(), serde_json::json!("roformer"));
+        if self.head == Head::Classification
+            && config.num_labels.is_none()
+            && config.id2label.is_none()
+        {
             config.num_labels = Some(config.labels());
         }
         io::write_atomic(dir.join("config.json"), config.to_json().as_bytes())
@@ -212,7 +244,13 @@ impl RoFormer {
     }
 
     /// Plans a step for batches of `batch` sequences of `seq` tokens. See [`Mode`].
-    pub fn session(&self, ctx: &Context, batch: usize, seq: usize, mode: Mode) -> Result<Session<'_>> {
+    pub fn session(
+        &self,
+        ctx: &Context,
+        batch: usize,
+        seq: usize,
+        mode: Mode,
+    ) -> Result<Session<'_>> {
         Session::new(ctx, self, batch, seq, mode)
     }
 
@@ -227,12 +265,22 @@ impl RoFormer {
         let words = g.param(s, WORDS)?;
         let w = g.embedding("roformer.embeddings.word_embeddings", words, &inputs.ids)?;
         let types = p(g, "roformer.embeddings.token_type_embeddings.weight")?;
-        let t = g.embedding("roformer.embeddings.token_type_embeddings", types, &inputs.types)?;
+        let t = g.embedding(
+            "roformer.embeddings.token_type_embeddings",
+            types,
+            &inputs.types,
+        )?;
         let sum = g.add("roformer.embeddings.sum", w, t)?;
-        let (lw, lb) = (p(g, "roformer.embeddings.LayerNorm.weight")?, p(g, "roformer.embeddings.LayerNorm.bias")?);
+        let (lw, lb) = (
+            p(g, "roformer.embeddings.LayerNorm.weight")?,
+            p(g, "roformer.embeddings.LayerNorm.bias")?,
+        );
         let mut h = g.layer_norm("roformer.embeddings.LayerNorm", sum, lw, lb, eps)?;
         if c.embedding_size() != c.hidden_size {
-            let (w, b) = (p(g, "roformer.embeddings_project.weight")?, p(g, "roformer.embeddings_project.bias")?);
+            let (w, b) = (
+                p(g, "roformer.embeddings_project.weight")?,
+                p(g, "roformer.embeddings_project.bias")?,
+            );
             h = g.linear("roformer.embeddings_project", h, w, Some(b))?;
         }
         hidden.push(h);
@@ -252,7 +300,10 @@ impl RoFormer {
             let pre = format!("roformer.encoder.layer.{l}");
             let linear = |g: &mut Graph, name: &str, x: TensorId| -> Result<TensorId> {
                 let name = format!("{pre}.{name}");
-                let (w, b) = (p(g, &format!("{name}.weight"))?, p(g, &format!("{name}.bias"))?);
+                let (w, b) = (
+                    p(g, &format!("{name}.weight"))?,
+                    p(g, &format!("{name}.bias"))?,
+                );
                 g.linear(&name, x, w, Some(b))
             };
             let q = linear(g, "attention.self.query", h)?;
@@ -267,7 +318,10 @@ impl RoFormer {
             let r = g.add(&format!("{pre}.attention.output.residual"), o, h)?;
             let norm = |g: &mut Graph, name: &str, x: TensorId| -> Result<TensorId> {
                 let name = format!("{pre}.{name}");
-                let (w, b) = (g.param(s, &format!("{name}.weight"))?, g.param(s, &format!("{name}.bias"))?);
+                let (w, b) = (
+                    g.param(s, &format!("{name}.weight"))?,
+                    g.param(s, &format!("{name}.bias"))?,
+                );
                 g.layer_norm(&name, x, w, b, eps)
             };
             let h1 = norm(g, "attention.output.LayerNorm", r)?;
@@ -281,14 +335,20 @@ impl RoFormer {
 
         // head
         let linear = |g: &mut Graph, name: &str, x: TensorId| -> Result<TensorId> {
-            let (w, b) = (g.param(s, &format!("{name}.weight"))?, g.param(s, &format!("{name}.bias"))?);
+            let (w, b) = (
+                g.param(s, &format!("{name}.weight"))?,
+                g.param(s, &format!("{name}.bias"))?,
+            );
             g.linear(name, x, w, Some(b))
         };
         let logits = match self.head {
             Head::MaskedLm => {
                 let x = linear(g, "cls.predictions.transform.dense", h)?;
                 let x = g.gelu("cls.predictions.transform.gelu", x)?;
-                let (w, b) = (g.param(s, "cls.predictions.transform.LayerNorm.weight")?, g.param(s, "cls.predictions.transform.LayerNorm.bias")?);
+                let (w, b) = (
+                    g.param(s, "cls.predictions.transform.LayerNorm.weight")?,
+                    g.param(s, "cls.predictions.transform.LayerNorm.bias")?,
+                );
                 let x = g.layer_norm("cls.predictions.transform.LayerNorm", x, w, b, eps)?;
                 // The decoder is tied to the word embeddings: the same graph tensor.
                 let bias = g.param(s, "cls.predictions.bias")?;
@@ -304,12 +364,20 @@ impl RoFormer {
 
         // loss
         let loss = g.cross_entropy("loss", logits, &inputs.labels)?;
-        Ok(Outputs { hidden, logits, loss })
+        Ok(Outputs {
+            hidden,
+            logits,
+            loss,
+        })
     }
 }
 
 fn detect_head(c: &RoFormerConfig, tensors: &HostTensors) -> Option<Head> {
-    let arch = c.extra.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str());
+    let arch = c
+        .extra
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.as_str());
     match arch {
         Some("RoFormerForMaskedLM") => return Some(Head::MaskedLm),
         Some("RoFormerForSequenceClassification") => return Some(Head::Classification),
@@ -402,10 +470,18 @@ pub struct Session<'m> {
 }
 
 impl<'m> Session<'m> {
-    fn new(ctx: &Context, model: &'m RoFormer, batch: usize, seq: usize, mode: Mode) -> Result<Session<'m>> {
+    fn new(
+        ctx: &Context,
+        model: &'m RoFormer,
+        batch: usize,
+        seq: usize,
+        mode: Mode,
+    ) -> Result<Session<'m>> {
         let c = &model.config;
         if batch == 0 || seq == 0 {
-            return Err(Error::invalid(format!("empty batch shape [{batch}, {seq}]")));
+            return Err(Error::invalid(format!(
+                "empty batch shape [{batch}, {seq}]"
+            )));
         }
         if seq > c.max_position_embeddings {
             return Err(Error::invalid(format!(
@@ -422,7 +498,13 @@ impl<'m> Session<'m> {
             types: TokenIds::new(ctx, &vec![0; batch * seq], &[batch, seq], c.type_vocab_size)?,
             additive_mask: Tensor::zeros(ctx, &[batch, seq], crate::DType::F32)?,
             key_mask: Tensor::full(ctx, &[batch, seq], 1.0)?,
-            labels: Labels::new(ctx, &vec![IGNORE_INDEX; labels_len], &[labels_len], model.classes(), IGNORE_INDEX)?,
+            labels: Labels::new(
+                ctx,
+                &vec![IGNORE_INDEX; labels_len],
+                &[labels_len],
+                model.classes(),
+                IGNORE_INDEX,
+            )?,
         };
         let mut g = Graph::new();
         let outputs = model.build(&mut g, &inputs)?;
@@ -449,7 +531,17 @@ impl<'m> Session<'m> {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Session { model, batch, seq, inputs, plan, outputs, optimizer, calls: g.call_counts(), readback })
+        Ok(Session {
+            model,
+            batch,
+            seq,
+            inputs,
+            plan,
+            outputs,
+            optimizer,
+            calls: g.call_counts(),
+            readback,
+        })
     }
 
     /// Checks and uploads a batch (token ids below the vocabulary, labels in range).
@@ -457,23 +549,42 @@ impl<'m> Session<'m> {
         let n = self.batch * self.seq;
         let check = |what: &'static str, len: usize, want: usize| {
             if len != want {
-                return Err(Error::DataLength { what, len, shape: vec![self.batch, self.seq], expected: want });
+                return Err(Error::DataLength {
+                    what,
+                    len,
+                    shape: vec![self.batch, self.seq],
+                    expected: want,
+                });
             }
             Ok(())
         };
         check("input_ids", b.input_ids.len(), n)?;
-        let mask: Vec<u32> = if b.attention_mask.is_empty() { vec![1; n] } else { b.attention_mask.clone() };
+        let mask: Vec<u32> = if b.attention_mask.is_empty() {
+            vec![1; n]
+        } else {
+            b.attention_mask.clone()
+        };
         check("attention_mask", mask.len(), n)?;
-        let types: Vec<u32> = if b.token_type_ids.is_empty() { vec![0; n] } else { b.token_type_ids.clone() };
+        let types: Vec<u32> = if b.token_type_ids.is_empty() {
+            vec![0; n]
+        } else {
+            b.token_type_ids.clone()
+        };
         check("token_type_ids", types.len(), n)?;
         check("labels", b.labels.len(), self.inputs.labels.len())?;
         if let Some(bad) = mask.iter().position(|&m| m > 1) {
-            return Err(Error::invalid(format!("attention_mask[{bad}] is {}, not 0 or 1", mask[bad])));
+            return Err(Error::invalid(format!(
+                "attention_mask[{bad}] is {}, not 0 or 1",
+                mask[bad]
+            )));
         }
         self.inputs.ids.write(ctx, &b.input_ids)?;
         self.inputs.types.write(ctx, &types)?;
         self.inputs.labels.write(ctx, &b.labels)?;
-        let additive: Vec<f32> = mask.iter().map(|&m| if m == 1 { 0.0 } else { f32::MIN }).collect();
+        let additive: Vec<f32> = mask
+            .iter()
+            .map(|&m| if m == 1 { 0.0 } else { f32::MIN })
+            .collect();
         self.inputs.additive_mask.write(ctx, &additive)?;
         let keys: Vec<f32> = mask.iter().map(|&m| m as f32).collect();
         self.inputs.key_mask.write(ctx, &keys)
@@ -481,11 +592,19 @@ impl<'m> Session<'m> {
 
     /// Runs one step on the last batch set: one submission, then the metrics are read back.
     pub fn run(&mut self, ctx: &Context) -> Result<StepMetrics> {
-        let lr = self.optimizer.as_mut().map(|o| o.prepare(ctx)).transpose()?;
+        let lr = self
+            .optimizer
+            .as_mut()
+            .map(|o| o.prepare(ctx))
+            .transpose()?;
         let start = Instant::now();
         let loss = self.plan.tensor(self.outputs.loss)?;
         let index = ctx.scoped("training step", || {
-            let mut encoder = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+            let mut encoder =
+                ctx.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("step"),
+                    });
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
                 self.plan.encode(&mut pass);
@@ -497,7 +616,13 @@ impl<'m> Session<'m> {
             }
             encoder.copy_buffer_to_buffer(loss.buffer(), loss.offset(), &self.readback, 0, 16);
             if let Some(o) = &self.optimizer {
-                encoder.copy_buffer_to_buffer(o.stats().buffer(), o.stats().offset(), &self.readback, 16, 8);
+                encoder.copy_buffer_to_buffer(
+                    o.stats().buffer(),
+                    o.stats().offset(),
+                    &self.readback,
+                    16,
+                    8,
+                );
             }
             ctx.queue().submit([encoder.finish()])
         })?;
@@ -524,7 +649,11 @@ impl<'m> Session<'m> {
 
     /// Hidden state `i` of the last run (0: embeddings, L: last layer; `Gradients` sessions).
     pub fn hidden_state(&self, ctx: &Context, i: usize) -> Result<Vec<f32>> {
-        let id = *self.outputs.hidden.get(i).ok_or_else(|| Error::invalid(format!("no hidden state {i}")))?;
+        let id = *self
+            .outputs
+            .hidden
+            .get(i)
+            .ok_or_else(|| Error::invalid(format!("no hidden state {i}")))?;
         self.plan.tensor(id)?.to_vec(ctx)
     }
 
@@ -534,7 +663,11 @@ impl<'m> Session<'m> {
 
     /// Dispatches per step (graph + optimizer).
     pub fn dispatch_count(&self) -> usize {
-        self.plan.dispatches().len() + self.optimizer.as_ref().map_or(0, |o| o.dispatches().count())
+        self.plan.dispatches().len()
+            + self
+                .optimizer
+                .as_ref()
+                .map_or(0, |o| o.dispatches().count())
     }
 
     /// Calls (stage kernels) of the forward and backward passes.
@@ -560,7 +693,11 @@ impl<'m> Session<'m> {
 }
 
 /// The 32-byte metrics buffer, once submission `index` is done.
-fn read_back(ctx: &Context, buffer: &wgpu::Buffer, index: wgpu::SubmissionIndex) -> Result<[f32; 8]> {
+fn read_back(
+    ctx: &Context,
+    buffer: &wgpu::Buffer,
+    index: wgpu::SubmissionIndex,
+) -> Result<[f32; 8]> {
     let bytes = ctx.read_mapped(buffer, index)?;
     let mut v = [0f32; 8];
     v.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));

@@ -1207,6 +1207,15 @@ impl Graph {
             });
         }
         let resolved = Resolved(resolved);
+        let assignments = order
+            .iter()
+            .map(|&i| Assignment {
+                tensor: TensorId(i),
+                first: first[i],
+                last: last[i],
+                buffer: assigned[i],
+            })
+            .collect();
         let mut dispatches = Vec::new();
         let mut spans = Vec::new();
         for call in &calls {
@@ -1221,6 +1230,7 @@ impl Graph {
             dispatches,
             spans,
             resolved,
+            assignments,
             memory: MemoryReport {
                 params: store.memory(),
                 pooled: sizes.iter().sum(),
@@ -1282,11 +1292,21 @@ fn heads_views(
     ))
 }
 
+/// Where the planner put a pooled tensor: the calls it is live for (inclusive) and its buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub tensor: TensorId,
+    pub first: usize,
+    pub last: usize,
+    pub buffer: usize,
+}
+
 /// A planned graph: every dispatch built, every buffer allocated.
 pub struct Plan {
     dispatches: Vec<Dispatch>,
     spans: Vec<(String, usize)>,
     resolved: Resolved,
+    assignments: Vec<Assignment>,
     memory: MemoryReport,
 }
 
@@ -1302,6 +1322,11 @@ impl Plan {
 
     pub fn memory(&self) -> &MemoryReport {
         &self.memory
+    }
+
+    /// Every pooled tensor's lifetime and buffer, in order of first use.
+    pub fn assignments(&self) -> &[Assignment] {
+        &self.assignments
     }
 
     /// The GPU tensor of a graph tensor (meaningful after a run for kept tensors).

@@ -57,6 +57,9 @@ impl HostTensor {
 /// Named tensors, sorted by name.
 pub type HostTensors = BTreeMap<String, HostTensor>;
 
+/// An f32 tensor to write: `(name, shape, data)`.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 fn format_error(path: &Path, message: impl std::fmt::Display) -> Error {
     Error::Format {
         path: path.display().to_string(),
@@ -126,7 +129,7 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<HostTensors> {
 /// Writes f32 tensors as a `.safetensors` file, atomically.
 pub fn write_safetensors(
     path: impl AsRef<Path>,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    tensors: &[NamedTensor],
     metadata: &[(&str, &str)],
 ) -> Result<()> {
     let path = path.as_ref();

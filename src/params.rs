@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::io::HostTensors;
+use crate::io::{HostTensors, NamedTensor};
 use crate::tensor::{numel, DType, Tensor};
 
 /// A named parameter and where it sits in the flat buffers (in elements).
@@ -174,11 +174,7 @@ impl ParamStore {
         self.v.write(ctx, &zeros)
     }
 
-    fn download_flat(
-        &self,
-        ctx: &Context,
-        flat: &Tensor,
-    ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    fn download_flat(&self, ctx: &Context, flat: &Tensor) -> Result<Vec<NamedTensor>> {
         let all = flat.to_vec::<f32>(ctx)?;
         Ok(self
             .specs
@@ -194,12 +190,12 @@ impl ParamStore {
     }
 
     /// Every parameter's value: `(name, shape, data)`.
-    pub fn download(&self, ctx: &Context) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn download(&self, ctx: &Context) -> Result<Vec<NamedTensor>> {
         self.download_flat(ctx, &self.values)
     }
 
     /// Every parameter's gradient from the last backward pass.
-    pub fn download_grads(&self, ctx: &Context) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn download_grads(&self, ctx: &Context) -> Result<Vec<NamedTensor>> {
         self.download_flat(ctx, &self.grads)
     }
 

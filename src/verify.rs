@@ -34,7 +34,7 @@ impl Report {
     pub fn failures(&self, tolerance: f64) -> Vec<&Check> {
         self.checks
             .iter()
-            .filter(|c| !(c.error < tolerance))
+            .filter(|c| c.error.is_nan() || c.error >= tolerance)
             .collect()
     }
 }

@@ -5,6 +5,7 @@
 //! transformers load as they are, and what [`RoFormer::save`] writes loads back into it.
 
 mod config;
+pub mod reference;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

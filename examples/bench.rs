@@ -1,0 +1,128 @@
+//! Benchmarks. For now: a whole RoFormer training step (forward, backward, clipping, AdamW).
+//!
+//!     cargo run --release --example bench -- step [--layers 12] [--hidden 768] [--heads 12]
+//!         [--intermediate 3072] [--vocab 32000] [--batch 8] [--seq 512] [--steps 5]
+//!         [--attention softmax|linear]
+//!
+//! Prints the plan (dispatches and submissions per step, peak memory), the time to build
+//! it, the first step (pipelines compile lazily on some drivers), the host time to encode
+//! and submit a step, the wall time per step and tokens per second.
+
+use std::time::Instant;
+
+use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
+use roformer_wgpu::optim::TrainOptions;
+use roformer_wgpu::Context;
+
+fn arg(args: &[String], name: &str, default: &str) -> String {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn num(args: &[String], name: &str, default: usize) -> usize {
+    arg(args, name, &default.to_string())
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} takes a number"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("step") {
+        eprintln!("usage: bench step [--layers N] [--hidden N] [--heads N] [--batch N] [--seq N] [--steps N] [--attention softmax|linear]");
+        std::process::exit(2);
+    }
+    let (layers, hidden, heads) = (
+        num(&args, "--layers", 12),
+        num(&args, "--hidden", 768),
+        num(&args, "--heads", 12),
+    );
+    let intermediate = num(&args, "--intermediate", 4 * hidden);
+    let vocab = num(&args, "--vocab", 32000);
+    let (batch, seq, steps) = (
+        num(&args, "--batch", 8),
+        num(&args, "--seq", 512),
+        num(&args, "--steps", 5).max(1),
+    );
+    let attention = arg(&args, "--attention", "softmax");
+
+    let ctx = Context::new()?;
+    let caps = ctx.capabilities();
+    println!("adapter   {} ({:?})", caps.adapter_name, caps.backend);
+    let config = RoFormerConfig::from_json(
+        &format!(
+            r#"{{"vocab_size": {vocab}, "hidden_size": {hidden}, "num_hidden_layers": {layers},
+                "num_attention_heads": {heads}, "intermediate_size": {intermediate},
+                "max_position_embeddings": {}, "attention_kind": "{attention}"}}"#,
+            seq.max(512)
+        ),
+        "bench",
+    )?;
+    let model = RoFormer::new(&ctx, config, Head::MaskedLm)?;
+    model.init_random(&ctx, 0)?;
+    println!("model     {layers} layers, hidden {hidden}, {heads} heads, {attention} attention, {} parameters", model.params().count());
+
+    let t0 = Instant::now();
+    let mut session = model.session(&ctx, batch, seq, Mode::Train(TrainOptions::default()))?;
+    let plan_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (fwd, bwd) = session.call_counts();
+    let m = session.memory();
+    println!(
+        "plan      {fwd} forward + {bwd} backward calls, {} dispatches in 1 submission per step; built in {plan_ms:.0} ms",
+        session.dispatch_count()
+    );
+    println!(
+        "memory    peak {:.1} MiB (parameters+grads+AdamW {:.1}, pooled {:.1} in {} buffers, {:.1} without reuse)",
+        m.peak() as f64 / 1048576.0,
+        m.params as f64 / 1048576.0,
+        m.pooled as f64 / 1048576.0,
+        m.buffers,
+        m.unpooled as f64 / 1048576.0
+    );
+
+    let n = batch * seq;
+    let b = Batch {
+        input_ids: (0..n).map(|i| ((i * 7919) % vocab) as u32).collect(),
+        labels: (0..n)
+            .map(|i| {
+                if i % 7 == 0 {
+                    ((i * 31) % vocab) as i32
+                } else {
+                    -100
+                }
+            })
+            .collect(),
+        ..Default::default()
+    };
+    session.set_batch(&ctx, &b)?;
+    let t0 = Instant::now();
+    let first = session.run(&ctx)?;
+    println!(
+        "step 1    {:.0} ms (loss {:.4})",
+        t0.elapsed().as_secs_f64() * 1e3,
+        first.loss
+    );
+    let (mut encode, mut wall) = (Vec::new(), Vec::new());
+    for _ in 1..steps {
+        let t0 = Instant::now();
+        let s = session.run(&ctx)?;
+        wall.push(t0.elapsed().as_secs_f64() * 1e3);
+        encode.push(s.encode.as_secs_f64() * 1e3);
+    }
+    if !wall.is_empty() {
+        let w = median(wall);
+        println!(
+            "steady    {w:.1} ms per step (median of {}), host encode+submit {:.3} ms, {:.0} tokens/s",
+            steps - 1,
+            median(encode),
+            n as f64 / w * 1e3
+        );
+    }
+    Ok(())
+}

@@ -32,6 +32,35 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Runs every dispatch of the step on its own and adds up the wall time per kernel. Coarse
+/// (each launch pays a submission and a wait), but it shows where a step goes.
+fn profile(
+    ctx: &Context,
+    session: &roformer_wgpu::model::Session<'_>,
+) -> roformer_wgpu::Result<()> {
+    use std::collections::BTreeMap;
+    let mut per: BTreeMap<(&str, &str), (usize, f64)> = BTreeMap::new();
+    for d in session.plan().dispatches() {
+        let t0 = Instant::now();
+        ctx.run(std::slice::from_ref(d))?;
+        let e = per.entry(d.kernel()).or_default();
+        e.0 += 1;
+        e.1 += t0.elapsed().as_secs_f64() * 1e3;
+    }
+    let total: f64 = per.values().map(|v| v.1).sum();
+    let mut rows: Vec<_> = per.into_iter().collect();
+    rows.sort_by(|a, b| b.1 .1.partial_cmp(&a.1 .1).unwrap());
+    println!("profile   (graph dispatches one by one: {total:.0} ms)");
+    for ((shader, entry), (n, ms)) in rows {
+        println!(
+            "  {:<36} {n:>5} launches {ms:>9.1} ms {:>5.1}%",
+            format!("{shader}::{entry}"),
+            100.0 * ms / total
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some("step") {
@@ -114,6 +143,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let s = session.run(&ctx)?;
         wall.push(t0.elapsed().as_secs_f64() * 1e3);
         encode.push(s.encode.as_secs_f64() * 1e3);
+    }
+    if args.iter().any(|a| a == "--profile") {
+        profile(&ctx, &session)?;
     }
     if !wall.is_empty() {
         let w = median(wall);

@@ -25,6 +25,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;
 
+// Threads per row: a power of two from 32 to 256 matched to the row length (a compiled
+// variant), so short rows do not pay for idle threads at every barrier.
 const WG: u32 = 256u;
 const F32_MAX: f32 = 3.40282347e38;
 var<workgroup> red: array<f32, 256>;
@@ -80,7 +82,7 @@ fn workgroup_sum(v: f32, li: u32) -> f32 {
     return r;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rows(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
@@ -119,7 +121,7 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn finish(@builtin(local_invocation_index) li: u32) {
     var s = 0.0;
     var n = 0.0;
@@ -148,7 +150,7 @@ fn finish(@builtin(local_invocation_index) li: u32) {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) li: u32) {

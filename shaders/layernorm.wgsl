@@ -24,6 +24,8 @@ struct Params {
 // backward_params: dbeta.
 @group(0) @binding(6) var<storage, read_write> out2: array<f32>;
 
+// Threads per row: a power of two from 32 to 256 matched to the row length (a compiled
+// variant), so short rows do not pay for idle threads at every barrier.
 const WG: u32 = 256u;
 var<workgroup> red: array<f32, 256>;
 
@@ -41,7 +43,7 @@ fn workgroup_sum(v: f32, li: u32) -> f32 {
     return r;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) li: u32) {
@@ -71,7 +73,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) li: u32) {

@@ -12,7 +12,8 @@ use crate::tensor::Tensor;
 /// One kernel launch, ready to encode into a compute pass.
 #[derive(Clone, Debug)]
 pub struct Dispatch {
-    label: &'static str,
+    shader: &'static str,
+    entry: &'static str,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
@@ -28,8 +29,9 @@ impl Dispatch {
         pass.dispatch_workgroups(x, y, z);
     }
 
-    pub fn label(&self) -> &'static str {
-        self.label
+    /// The kernel: shader (family) name and entry point.
+    pub fn kernel(&self) -> (&'static str, &'static str) {
+        (self.shader, self.entry)
     }
 
     pub fn workgroups(&self) -> [u32; 3] {
@@ -41,6 +43,14 @@ impl Dispatch {
         ctx.queue()
             .write_buffer(&self.params, 0, bytemuck::bytes_of(params));
     }
+}
+
+/// The line of a row kernel's source that sets its threads per row.
+pub(crate) const ROW_WG: &str = "const WG: u32 = 256u;";
+
+/// Threads per row for rows of `n`: the next power of two, from 32 to 256.
+pub(crate) fn row_workgroup(n: usize) -> u32 {
+    n.next_power_of_two().clamp(32, 256) as u32
 }
 
 enum Binding<'a> {
@@ -79,6 +89,12 @@ impl<'a> DispatchBuilder<'a> {
     pub fn variant(mut self, needle: &'static str, replacement: String) -> Self {
         self.variant.push((needle, replacement));
         self
+    }
+
+    /// For one-workgroup-per-row kernels: threads per row matched to the row length.
+    pub fn row_threads(self, row_len: usize) -> Self {
+        let wg = row_workgroup(row_len);
+        self.variant(ROW_WG, format!("const WG: u32 = {wg}u;"))
     }
 
     pub fn params<P: bytemuck::Pod>(mut self, params: &P) -> Self {
@@ -178,7 +194,8 @@ impl<'a> DispatchBuilder<'a> {
                 entries: &entries,
             });
             Dispatch {
-                label: self.entry,
+                shader: self.shader.name,
+                entry: self.entry,
                 pipeline,
                 bind_group,
                 workgroups,

@@ -7,6 +7,7 @@ mod dispatch;
 mod error;
 pub mod graph;
 pub mod io;
+pub mod listops;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -147,6 +147,7 @@ pub fn plan_forward(
     let p = params(rows, classes, labels, 1.0);
     let build = |entry: &'static str| {
         DispatchBuilder::new(ctx, &SHADER, entry)
+            .row_threads(classes)
             .params(&p)
             .read(logits)
             .read(&labels.labels)
@@ -172,6 +173,7 @@ pub fn plan_backward(
     let (rows, classes) = rows_classes("cross_entropy backward", logits, labels, state)?;
     dlogits.expect_shape("cross_entropy backward", "dlogits", logits.shape())?;
     DispatchBuilder::new(ctx, &SHADER, "backward")
+        .row_threads(classes)
         .params(&params(rows, classes, labels, grad_scale))
         .read(logits)
         .read(&labels.labels)

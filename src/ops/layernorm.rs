@@ -51,6 +51,7 @@ pub fn plan_forward(
     y.expect_shape("layernorm", "y", x.shape())?;
     stats.expect_shape("layernorm", "stats", &[rows, 2])?;
     DispatchBuilder::new(ctx, &SHADER, "forward")
+        .row_threads(n)
         .params(&Params {
             rows: rows as u32,
             n: n as u32,
@@ -80,6 +81,7 @@ pub fn plan_backward(
     dy.expect_shape("layernorm backward", "dy", x.shape())?;
     dx.expect_shape("layernorm backward", "dx", x.shape())?;
     DispatchBuilder::new(ctx, &SHADER, "backward")
+        .row_threads(n)
         .params(&Params {
             rows: rows as u32,
             n: n as u32,

@@ -23,6 +23,19 @@ use crate::context::{apply_variant, Shader};
 /// it is first). The cross-translation test validates all of them.
 pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<String>)> {
     let plain = |s: &'static Shader| (s, vec![s.source.to_string()]);
+    // Row kernels, at every threads-per-row variant.
+    let rows = |s: &'static Shader| {
+        let v = [32u32, 64, 128, 256]
+            .iter()
+            .map(|wg| {
+                apply_variant(
+                    s.source,
+                    &[(crate::dispatch::ROW_WG, format!("const WG: u32 = {wg}u;"))],
+                )
+            })
+            .collect();
+        (s, v)
+    };
     let la = &linear_attention::SHADER;
     let la_variants = [32usize, 64]
         .iter()
@@ -39,11 +52,11 @@ pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<String>)> {
     vec![
         plain(&adamw::SHADER),
         plain(&clip::SHADER),
-        plain(&cross_entropy::SHADER),
+        rows(&cross_entropy::SHADER),
         plain(&elementwise::SHADER),
         plain(&embedding::SHADER),
         plain(&gelu::SHADER),
-        plain(&layernorm::SHADER),
+        rows(&layernorm::SHADER),
         (
             la,
             std::iter::once(la.source.to_string())
@@ -53,6 +66,6 @@ pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<String>)> {
         plain(&matmul::SHADER),
         plain(&reduce::SHADER),
         plain(&rope::SHADER),
-        plain(&softmax::SHADER),
+        rows(&softmax::SHADER),
     ]
 }

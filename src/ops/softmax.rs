@@ -87,6 +87,7 @@ pub fn plan_forward(
         ));
     }
     DispatchBuilder::new(ctx, &SHADER, "forward")
+        .row_threads(n)
         .params(&Params {
             rows: rows as u32,
             n: n as u32,
@@ -123,6 +124,7 @@ pub fn plan_backward(
     let n = *y.shape().last().unwrap();
     let rows = y.numel() / n;
     DispatchBuilder::new(ctx, &SHADER, "backward")
+        .row_threads(n)
         .params(&Params {
             rows: rows as u32,
             n: n as u32,

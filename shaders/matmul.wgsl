@@ -45,7 +45,12 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
 
-    var acc: array<array<f32, 4>, 4>;
+    // The 4x4 register block as four vec4 rows, updated with explicit vector FMAs: naga
+    // does not unroll loops, and an array indexed by loop counters can end up in memory.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var r = 0u; r < 4u; r++) {
             let e = li + r * 256u;
@@ -68,28 +73,25 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var ar: array<f32, 4>;
-            var br: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                ar[i] = tile_a[kk * BM + lid.y + 16u * i];
-                br[i] = tile_b[kk * BN + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(ar[i], br[j], acc[i][j]);
-                }
-            }
+            let ta = kk * BM + lid.y;
+            let tb = kk * BN + lid.x;
+            let bv = vec4<f32>(tile_b[tb], tile_b[tb + 16u], tile_b[tb + 32u], tile_b[tb + 48u]);
+            acc0 = fma(vec4<f32>(tile_a[ta]), bv, acc0);
+            acc1 = fma(vec4<f32>(tile_a[ta + 16u]), bv, acc1);
+            acc2 = fma(vec4<f32>(tile_a[ta + 32u]), bv, acc2);
+            acc3 = fma(vec4<f32>(tile_a[ta + 48u]), bv, acc3);
         }
         workgroupBarrier();
     }
 
+    let rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
         let gm = row0 + lid.y + 16u * i;
         for (var j = 0u; j < 4u; j++) {
             let gn = col0 + lid.x + 16u * j;
             if (gm < p.m && gn < p.n) {
                 let idx = c_base + gm * p.c_rs + gn * p.c_cs;
-                var v = p.alpha * acc[i][j];
+                var v = p.alpha * rows[i][j];
                 // beta == 0 must not read C: it may hold anything, NaN included.
                 if (p.beta != 0.0) {
                     v += p.beta * c[idx];

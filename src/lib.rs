@@ -13,6 +13,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 mod tensor;
+pub mod train;
 pub mod verify;
 
 #[cfg(test)]

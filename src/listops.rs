@@ -177,7 +177,7 @@ pub fn evaluate_tokens(tokens: &[u32]) -> Result<u32, String> {
 
 /// Generation settings. `Default` is LRA's: depth 10, 10 arguments, 500 < length < 2000,
 /// 96 000 / 2 000 / 2 000 examples.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListOpsConfig {
     pub max_depth: usize,
     pub max_args: usize,

@@ -11,7 +11,8 @@ use crate::params::ParamStore;
 use crate::tensor::{DType, Tensor};
 
 /// How the learning rate moves after warm-up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Decay {
     Constant,
     /// Linearly to 0 at `total_steps` (HF `get_linear_schedule_with_warmup`).

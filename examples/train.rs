@@ -1,0 +1,511 @@
+//! The main job: train a RoFormer classifier on ListOps (Long Range Arena) and show it learns.
+//!
+//!     cargo run --release --example train                      # defaults picked from the adapter
+//!     cargo run --release --example train -- --preset lra      # LRA's setting (lengths 500-2000)
+//!     cargo run --release --example train -- --resume          # continue the last run in --out
+//!
+//! On a CPU adapter (llvmpipe) the default is a small, fast setting; on a GPU it is LRA's
+//! ListOps. `--help` lists every option. Writes checkpoints (HF layout), `curves.png` and
+//! `summary.json` to `--out` (default `runs/listops`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use roformer_wgpu::listops::{self, ListOps, ListOpsConfig};
+use roformer_wgpu::model::{AttentionKind, Head, RoFormer};
+use roformer_wgpu::optim::Decay;
+use roformer_wgpu::train::{self, EvalRecord, Event, ModelSize, TrainConfig, TrainState, Trainer};
+use roformer_wgpu::Context;
+
+const HELP: &str = "\
+Train a RoFormer on ListOps.
+
+  --preset cpu|lra        starting point (default: cpu on a CPU adapter, lra on a GPU)
+  --out DIR               output folder (default runs/listops)
+  --resume                continue from DIR's latest checkpoint (its saved settings win)
+  --seed N
+data:   --depth N  --args N  --min-len N  --max-len N   (kept: min-len < length < max-len)
+        --train N  --valid N  --test N
+model:  --layers N  --hidden N  --heads N  --intermediate N  --attention softmax|linear
+train:  --batch N  --steps N  --lr X  --warmup N  --decay linear|cosine|constant
+        --weight-decay X  --clip X (0: off)  --bucket N  --eval-every N  --checkpoint-every N
+";
+
+fn preset(name: &str) -> Result<TrainConfig, String> {
+    let model = |layers, hidden, heads, intermediate| ModelSize {
+        layers,
+        hidden,
+        heads,
+        intermediate,
+        attention: AttentionKind::Softmax,
+    };
+    match name {
+        // Minutes on a 2-core machine with llvmpipe: short, shallow trees and a small model.
+        "cpu" => Ok(TrainConfig {
+            seed: 1,
+            listops: ListOpsConfig {
+                max_depth: 4,
+                max_args: 5,
+                min_length: 8,
+                max_length: 40,
+                train: 6000,
+                valid: 500,
+                test: 500,
+            },
+            model: model(2, 64, 4, 128),
+            batch: 32,
+            steps: 400,
+            lr: 2e-3,
+            warmup: 40,
+            decay: Decay::Linear,
+            weight_decay: 0.01,
+            clip_norm: Some(1.0),
+            bucket: 16,
+            eval_every: 100,
+            checkpoint_every: 100,
+        }),
+        // LRA's ListOps: depth 10, up to 10 arguments, 500 < length < 2000, 96K/2K/2K.
+        "lra" => Ok(TrainConfig {
+            seed: 1,
+            listops: ListOpsConfig::default(),
+            model: model(4, 256, 4, 1024),
+            batch: 32,
+            steps: 10_000,
+            lr: 5e-4,
+            warmup: 1000,
+            decay: Decay::Cosine,
+            weight_decay: 0.01,
+            clip_norm: Some(1.0),
+            bucket: 128,
+            eval_every: 500,
+            checkpoint_every: 500,
+        }),
+        other => Err(format!("unknown preset {other:?} (cpu or lra)")),
+    }
+}
+
+/// `--key value` pairs and flags.
+struct Args(HashMap<String, String>);
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut m = HashMap::new();
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            let key = a
+                .strip_prefix("--")
+                .ok_or_else(|| format!("unexpected argument {a:?}"))?
+                .to_string();
+            if matches!(key.as_str(), "resume" | "help") {
+                m.insert(key, String::new());
+            } else {
+                let v = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
+                m.insert(key, v);
+            }
+        }
+        Ok(Args(m))
+    }
+
+    fn take<T: std::str::FromStr>(&mut self, key: &str, into: &mut T) -> Result<(), String> {
+        if let Some(v) = self.0.remove(key) {
+            *into = v
+                .parse()
+                .map_err(|_| format!("--{key}: cannot read {v:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn configure(args: &mut Args, cpu: bool) -> Result<TrainConfig, String> {
+    let mut name = if cpu {
+        "cpu".to_string()
+    } else {
+        "lra".to_string()
+    };
+    args.take("preset", &mut name)?;
+    let mut c = preset(&name)?;
+    let l = &mut c.listops;
+    args.take("seed", &mut c.seed)?;
+    args.take("depth", &mut l.max_depth)?;
+    args.take("args", &mut l.max_args)?;
+    args.take("min-len", &mut l.min_length)?;
+    args.take("max-len", &mut l.max_length)?;
+    args.take("train", &mut l.train)?;
+    args.take("valid", &mut l.valid)?;
+    args.take("test", &mut l.test)?;
+    let m = &mut c.model;
+    args.take("layers", &mut m.layers)?;
+    args.take("hidden", &mut m.hidden)?;
+    args.take("heads", &mut m.heads)?;
+    args.take("intermediate", &mut m.intermediate)?;
+    let mut attention = String::new();
+    args.take("attention", &mut attention)?;
+    match attention.as_str() {
+        "" => {}
+        "softmax" => m.attention = AttentionKind::Softmax,
+        "linear" => m.attention = AttentionKind::Linear,
+        other => return Err(format!("--attention: {other:?} is not softmax or linear")),
+    }
+    args.take("batch", &mut c.batch)?;
+    args.take("steps", &mut c.steps)?;
+    args.take("lr", &mut c.lr)?;
+    args.take("warmup", &mut c.warmup)?;
+    let mut decay = String::new();
+    args.take("decay", &mut decay)?;
+    match decay.as_str() {
+        "" => {}
+        "linear" => c.decay = Decay::Linear,
+        "cosine" => c.decay = Decay::Cosine,
+        "constant" => c.decay = Decay::Constant,
+        other => {
+            return Err(format!(
+                "--decay: {other:?} is not linear, cosine or constant"
+            ))
+        }
+    }
+    args.take("weight-decay", &mut c.weight_decay)?;
+    let mut clip = c.clip_norm.unwrap_or(0.0);
+    args.take("clip", &mut clip)?;
+    c.clip_norm = (clip > 0.0).then_some(clip);
+    args.take("bucket", &mut c.bucket)?;
+    args.take("eval-every", &mut c.eval_every)?;
+    args.take("checkpoint-every", &mut c.checkpoint_every)?;
+    Ok(c)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = Args::parse()?;
+    if args.0.contains_key("help") {
+        print!("{HELP}");
+        return Ok(());
+    }
+    let resume = args.0.remove("resume").is_some();
+    let mut out = "runs/listops".to_string();
+    args.take("out", &mut out)?;
+    let out = PathBuf::from(out);
+
+    let ctx = Context::new()?;
+    let caps = ctx.capabilities();
+    let mut config = configure(&mut args, caps.is_cpu())?;
+    if let Some(k) = args.0.keys().next() {
+        return Err(format!("unknown option --{k} (see --help)").into());
+    }
+    println!(
+        "adapter   {} ({:?}{})",
+        caps.adapter_name,
+        caps.backend,
+        if caps.is_cpu() {
+            ", CPU: small setting"
+        } else {
+            ""
+        }
+    );
+
+    let checkpoint = if resume {
+        train::latest_checkpoint(&out)?
+    } else {
+        None
+    };
+    if resume && checkpoint.is_none() {
+        println!(
+            "resume    no checkpoint in {}: starting a new run",
+            out.display()
+        );
+    }
+    if let Some(dir) = &checkpoint {
+        let state = train::read_state(dir)?;
+        if state.config != config {
+            println!("resume    using the run's saved settings (command-line settings ignored)");
+        }
+        config = state.config;
+    } else if out.join("checkpoints").exists() {
+        std::fs::remove_dir_all(out.join("checkpoints"))?;
+    }
+
+    let t0 = Instant::now();
+    let data = ListOps::generate(config.listops, config.seed)?;
+    let (majority_label, _) = listops::majority(&data.train);
+    let baseline = data
+        .test
+        .iter()
+        .filter(|e| e.label == majority_label)
+        .count() as f64
+        / data.test.len() as f64;
+    let mean_len =
+        data.train.iter().map(|e| e.tokens.len()).sum::<usize>() as f64 / data.train.len() as f64;
+    println!(
+        "data      ListOps depth {}, {}-{} args, {} < length < {} (mean {mean_len:.0}): {} train / {} valid / {} test, made in {:.1} s",
+        config.listops.max_depth,
+        2,
+        config.listops.max_args,
+        config.listops.min_length,
+        config.listops.max_length,
+        data.train.len(),
+        data.valid.len(),
+        data.test.len(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    let model = match &checkpoint {
+        Some(dir) => {
+            RoFormer::from_pretrained(&ctx, dir.join("config.json"), dir.join("model.safetensors"))?
+        }
+        None => {
+            let m = RoFormer::new(&ctx, config.model_config()?, Head::Classification)?;
+            m.init_random(&ctx, config.seed)?;
+            m
+        }
+    };
+    let m = config.model;
+    println!(
+        "model     RoFormer {} layers, hidden {}, {} heads, ffn {}, {:?} attention: {} parameters",
+        m.layers,
+        m.hidden,
+        m.heads,
+        m.intermediate,
+        m.attention,
+        model.params().count()
+    );
+    println!(
+        "training  {} steps of {} sequences, AdamW lr {} ({} warm-up, {:?} decay), weight decay {}, clip {:?}",
+        config.steps, config.batch, config.lr, config.warmup, config.decay, config.weight_decay, config.clip_norm
+    );
+    let mut trainer = match &checkpoint {
+        Some(dir) => Trainer::resume(&ctx, &model, data, dir, &out)?,
+        None => Trainer::new(&ctx, &model, data, config.clone(), &out)?,
+    };
+    if let Some(dir) = &checkpoint {
+        println!(
+            "resume    from {} (step {})",
+            dir.display(),
+            trainer.state().step
+        );
+    }
+
+    let bar = ProgressBar::new(config.steps);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta}]",
+    )?);
+    bar.set_position(trainer.state().step);
+    let (mut loss_ema, mut acc_ema) = (None::<f64>, None::<f64>);
+    let mut last_line = Instant::now();
+    trainer.run(|event| match event {
+        Event::Step(r) => {
+            let ema = |e: &mut Option<f64>, x: f64| *e.get_or_insert(x) * 0.95 + x * 0.05;
+            let l = ema(&mut loss_ema, r.loss as f64);
+            loss_ema = Some(l);
+            let a = ema(&mut acc_ema, r.accuracy as f64);
+            acc_ema = Some(a);
+            bar.set_position(r.step);
+            let msg = format!(
+                "loss {l:.3} acc {:.1}% {:.0} tok/s",
+                100.0 * a,
+                r.tokens_per_s
+            );
+            if bar.is_hidden() && last_line.elapsed().as_secs() >= 10 {
+                println!("step {:>6}/{}  {msg}", r.step, config.steps);
+                last_line = Instant::now();
+            }
+            bar.set_message(msg);
+        }
+        Event::Eval(e) => bar.suspend(|| {
+            println!(
+                "eval      step {:>6} {:<5} loss {:.4} accuracy {:.2}%",
+                e.step,
+                e.split,
+                e.loss,
+                100.0 * e.accuracy
+            )
+        }),
+        Event::Checkpoint { step, path } => {
+            bar.suspend(|| println!("saved     step {step:>6} {}", path.display()))
+        }
+    })?;
+    bar.finish_and_clear();
+
+    let state = trainer.state();
+    let last = |split: &str| state.evals.iter().rev().find(|e| e.split == split).cloned();
+    let (valid, test) = (
+        last("valid").expect("evaluated"),
+        last("test").expect("evaluated"),
+    );
+    let tokens_per_s =
+        state.steps.iter().map(|s| s.tokens_per_s).sum::<f64>() / state.steps.len().max(1) as f64;
+    println!(
+        "\nsummary   {} steps in {:.0} s of training, {tokens_per_s:.0} tokens/s",
+        state.step, state.seconds
+    );
+    println!(
+        "          validation accuracy {:.2}%, test accuracy {:.2}%",
+        100.0 * valid.accuracy,
+        100.0 * test.accuracy
+    );
+    println!(
+        "          majority-class baseline (always {majority_label}) {:.2}% on test: {:+.2} points, {:.1}x",
+        100.0 * baseline,
+        100.0 * (test.accuracy - baseline),
+        test.accuracy / baseline
+    );
+    let summary = serde_json::json!({
+        "adapter": caps.adapter_name,
+        "config": state.config,
+        "steps": state.step,
+        "train_seconds": state.seconds,
+        "tokens_per_s": tokens_per_s,
+        "valid_accuracy": valid.accuracy,
+        "test_accuracy": test.accuracy,
+        "majority_label": majority_label,
+        "majority_baseline": baseline,
+    });
+    roformer_wgpu::io::write_atomic(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    match plot(&out.join("curves.png"), state, baseline) {
+        Ok(()) => println!(
+            "          curves in {}, checkpoints in {}",
+            out.join("curves.png").display(),
+            out.join("checkpoints").display()
+        ),
+        Err(e) => println!("          (no plot: {e})"),
+    }
+    Ok(())
+}
+
+/// Registers a system sans-serif font for the plot's text; without one the plot has no labels.
+fn register_font() -> bool {
+    let candidates = [
+        std::env::var("ROFORMER_FONT").unwrap_or_default(),
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into(),
+        "/usr/share/fonts/TTF/DejaVuSans.ttf".into(),
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf".into(),
+        "/System/Library/Fonts/Supplemental/Arial.ttf".into(),
+        "C:\\Windows\\Fonts\\arial.ttf".into(),
+    ];
+    candidates
+        .iter()
+        .filter(|p| !p.is_empty())
+        .any(|p| match std::fs::read(p) {
+            Ok(bytes) => plotters::style::register_font(
+                "sans-serif",
+                plotters::style::FontStyle::Normal,
+                Box::leak(bytes.into_boxed_slice()),
+            )
+            .is_ok(),
+            Err(_) => false,
+        })
+}
+
+/// Loss and accuracy against the step: training (smoothed) and validation, and the
+/// majority-class baseline.
+fn plot(path: &Path, state: &TrainState, baseline: f64) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let text = register_font();
+    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(600);
+    let steps = state.config.steps.max(1) as f64;
+    let smooth = |f: &dyn Fn(&train::StepRecord) -> f64| -> Vec<(f64, f64)> {
+        let mut e = None::<f64>;
+        state
+            .steps
+            .iter()
+            .map(|s| {
+                let v = e.map_or(f(s), |p| 0.95 * p + 0.05 * f(s));
+                e = Some(v);
+                (s.step as f64, v)
+            })
+            .collect()
+    };
+    let valid = |f: &dyn Fn(&EvalRecord) -> f64| -> Vec<(f64, f64)> {
+        state
+            .evals
+            .iter()
+            .filter(|e| e.split == "valid")
+            .map(|e| (e.step as f64, f(e)))
+            .collect()
+    };
+    let train_loss = smooth(&|s| s.loss as f64);
+    let max_loss = train_loss.iter().map(|p| p.1).fold(2.5f64, f64::max);
+    for (area, title, train_series, valid_series, y_max, base) in [
+        (
+            &left,
+            "loss",
+            train_loss,
+            valid(&|e| e.loss),
+            max_loss * 1.05,
+            None,
+        ),
+        (
+            &right,
+            "accuracy",
+            smooth(&|s| s.accuracy as f64),
+            valid(&|e| e.accuracy),
+            1.0,
+            Some(baseline),
+        ),
+    ] {
+        let mut b = ChartBuilder::on(area);
+        b.margin(15);
+        if text {
+            b.caption(format!("ListOps {title}"), ("sans-serif", 22))
+                .x_label_area_size(35)
+                .y_label_area_size(50);
+        }
+        let mut chart = b.build_cartesian_2d(0f64..steps, 0f64..y_max)?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("step");
+        } else {
+            mesh.disable_x_axis().disable_y_axis();
+        }
+        mesh.draw()?;
+        let legend = |c: Option<&str>| c.filter(|_| text).map(str::to_string);
+        let train_line = chart.draw_series(LineSeries::new(train_series, BLUE.stroke_width(2)))?;
+        if let Some(l) = legend(Some("train (smoothed)")) {
+            train_line
+                .label(l)
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        }
+        let valid_line =
+            chart.draw_series(LineSeries::new(valid_series.clone(), RED.stroke_width(2)))?;
+        if let Some(l) = legend(Some("validation")) {
+            valid_line
+                .label(l)
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        }
+        chart.draw_series(
+            valid_series
+                .iter()
+                .map(|&p| Circle::new(p, 4, RED.filled())),
+        )?;
+        if let Some(base) = base {
+            let l = chart.draw_series(LineSeries::new(
+                vec![(0.0, base), (steps, base)],
+                BLACK.stroke_width(1),
+            ))?;
+            if text {
+                l.label("majority class")
+                    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+            }
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}

@@ -413,6 +413,13 @@ impl Context {
     /// Runs `f` inside validation, out-of-memory and internal error scopes, so a GPU error
     /// comes back as `Err` instead of reaching the uncaptured-error handler.
     pub(crate) fn scoped<T>(&self, during: &'static str, f: impl FnOnce() -> T) -> Result<T> {
+        // A lost device stays lost: refuse the work instead of handing it to wgpu.
+        if let Some(reason) = self.lost.lock().unwrap().clone() {
+            return Err(Error::Gpu {
+                during,
+                message: format!("device lost ({reason})"),
+            });
+        }
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);

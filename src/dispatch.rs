@@ -3,8 +3,6 @@
 //! only the encoding. The eager functions of each op build and run in one go; a planned
 //! graph keeps them and replays them every step.
 
-use wgpu::util::DeviceExt;
-
 use crate::context::{Access, Context, Shader};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -166,13 +164,15 @@ impl<'a> DispatchBuilder<'a> {
             self.params
         };
         ctx.scoped("bind group creation", || {
-            let params = ctx
-                .device()
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(self.entry),
-                    contents: &params,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                });
+            // Not create_buffer_init: it panics when the device is lost.
+            let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(self.entry),
+                size: params.len() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            ctx.queue().write_buffer(&buffer, 0, &params);
+            let params = buffer;
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
                 resource: params.as_entire_binding(),

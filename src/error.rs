@@ -86,6 +86,15 @@ pub enum Error {
         message: String,
     },
 
+    /// Training produced an infinity or NaN. The optimizer skipped the step, so the model
+    /// holds the weights from before it and no checkpoint was written for it.
+    #[error("step {step}: non-finite values, first in {tensor} ({during}); the update was skipped and the last checkpoint is intact")]
+    NonFinite {
+        step: u64,
+        tensor: String,
+        during: String,
+    },
+
     /// Waiting for the GPU took longer than the context's timeout.
     #[error("GPU work did not finish within {0:?}")]
     Timeout(std::time::Duration),

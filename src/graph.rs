@@ -1217,18 +1217,24 @@ impl Graph {
             })
             .collect();
         let mut dispatches = Vec::new();
-        let mut spans = Vec::new();
+        let mut planned = Vec::new();
         for call in &calls {
             let d = (call.build)(ctx, &resolved).map_err(|e| match e {
                 Error::InvalidArgument(m) => Error::InvalidArgument(format!("{}: {m}", call.label)),
                 other => other,
             })?;
-            spans.push((call.label.clone(), d.len()));
+            let start = dispatches.len();
             dispatches.extend(d);
+            planned.push(PlannedCall {
+                label: call.label.clone(),
+                dispatches: start..dispatches.len(),
+                writes: call.writes.clone(),
+            });
         }
         Ok(Plan {
             dispatches,
-            spans,
+            calls: planned,
+            names: self.tensors.iter().map(|t| t.name.clone()).collect(),
             resolved,
             assignments,
             memory: MemoryReport {
@@ -1301,10 +1307,19 @@ pub struct Assignment {
     pub buffer: usize,
 }
 
+/// One call of a plan: its dispatches and the graph tensors it writes.
+#[derive(Clone, Debug)]
+pub struct PlannedCall {
+    pub label: String,
+    pub dispatches: std::ops::Range<usize>,
+    pub writes: Vec<TensorId>,
+}
+
 /// A planned graph: every dispatch built, every buffer allocated.
 pub struct Plan {
     dispatches: Vec<Dispatch>,
-    spans: Vec<(String, usize)>,
+    calls: Vec<PlannedCall>,
+    names: Vec<String>,
     resolved: Resolved,
     assignments: Vec<Assignment>,
     memory: MemoryReport,
@@ -1315,9 +1330,30 @@ impl Plan {
         &self.dispatches
     }
 
-    /// Each call's label and its number of dispatches, in order.
-    pub fn spans(&self) -> &[(String, usize)] {
-        &self.spans
+    /// The calls in order, each with its dispatches and the tensors it writes.
+    pub fn calls(&self) -> &[PlannedCall] {
+        &self.calls
+    }
+
+    /// Name of a graph tensor.
+    pub fn name(&self, id: TensorId) -> &str {
+        &self.names[id.0]
+    }
+
+    /// Runs the plan again one call at a time, reading back what each call writes, and
+    /// returns the first call (and tensor) holding an infinity or NaN. For diagnosing a step
+    /// that went non-finite: slow, and only meaningful with the same inputs.
+    pub fn first_non_finite(&self, ctx: &Context) -> Result<Option<(String, String)>> {
+        for call in &self.calls {
+            ctx.run(&self.dispatches[call.dispatches.clone()])?;
+            for &id in &call.writes {
+                let t = self.resolved.get(id)?;
+                if t.dtype() == DType::F32 && t.to_vec::<f32>(ctx)?.iter().any(|v| !v.is_finite()) {
+                    return Ok(Some((call.label.clone(), self.names[id.0].clone())));
+                }
+            }
+        }
+        Ok(None)
     }
 
     pub fn memory(&self) -> &MemoryReport {

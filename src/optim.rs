@@ -99,7 +99,6 @@ impl Optimizer {
         let stats = Tensor::zeros(ctx, &[2], DType::F32)?;
         let partial = clip::partials(ctx, grads.len())?;
         let clip = clip::plan(ctx, &grads, options.clip_norm, &partial, &stats)?;
-        let scale = stats.view(ctx, 0, &[1])?;
         let steps = chunks
             .iter()
             .map(|[p, g, m, v]| {
@@ -107,7 +106,7 @@ impl Optimizer {
                     m: m.clone(),
                     v: v.clone(),
                 };
-                adamw::plan_step(ctx, &options.adamw, p, g, &state, Some(&scale))
+                adamw::plan_step(ctx, &options.adamw, p, g, &state, Some(&stats))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Optimizer {

@@ -60,7 +60,7 @@ impl ParamStore {
                 shape: shape.clone(),
                 offset: len,
             });
-            len = (len + numel(shape)).next_multiple_of(align);
+            len = len.saturating_add(numel(shape)).saturating_add(align - 1) / align * align;
         }
         let len = len.max(align);
         // Chunks for the whole-buffer passes, cut at parameter boundaries.

@@ -43,8 +43,10 @@ pub struct Tensor {
     dtype: DType,
 }
 
+/// Element count of a shape, saturating: an absurd shape gives `usize::MAX`, which then
+/// fails every size check instead of wrapping around.
 pub(crate) fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
 }
 
 impl Tensor {
@@ -56,7 +58,7 @@ impl Tensor {
                 "empty tensor (shape {shape:?}): every dimension must be at least 1"
             )));
         }
-        let bytes = (n as u64) * dtype.size() as u64;
+        let bytes = (n as u64).saturating_mul(dtype.size() as u64);
         let caps = ctx.capabilities();
         if bytes > caps.max_buffer_size {
             return Err(Error::OverLimit {
@@ -101,7 +103,10 @@ impl Tensor {
 
     /// A tensor filled with `value`.
     pub fn full(ctx: &Context, shape: &[usize], value: f32) -> Result<Tensor> {
-        Tensor::from_slice(ctx, &vec![value; numel(shape)], shape)
+        // Allocate (and check the size against the adapter) before building host data.
+        let t = Tensor::zeros(ctx, shape, DType::F32)?;
+        t.write(ctx, &vec![value; t.numel()])?;
+        Ok(t)
     }
 
     /// Overwrites the whole tensor with host data (queued; visible to later submissions).
@@ -217,7 +222,7 @@ impl Tensor {
     /// A view of `numel(shape)` elements starting `offset` elements into this tensor.
     /// The byte offset must keep the adapter's storage offset alignment.
     pub fn view(&self, ctx: &Context, offset: usize, shape: &[usize]) -> Result<Tensor> {
-        if offset + numel(shape) > self.numel() {
+        if offset.saturating_add(numel(shape)) > self.numel() {
             return Err(Error::invalid(format!(
                 "view of {shape:?} at element {offset} runs past a tensor of {} elements",
                 self.numel()

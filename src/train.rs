@@ -335,11 +335,17 @@ impl<'m> Trainer<'m> {
             .set_step(step - 1);
         let m: StepMetrics = session.run(ctx)?;
         let seconds = start.elapsed().as_secs_f64();
-        if !m.loss.is_finite() {
-            return Err(Error::invalid(format!(
-                "step {step}: the loss is {} (non-finite)",
-                m.loss
-            )));
+        if !m.loss.is_finite() || !m.grad_norm.is_some_and(f32::is_finite) {
+            // AdamW skipped the update: replay the step call by call to name the culprit.
+            let (during, tensor) = session
+                .plan()
+                .first_non_finite(ctx)?
+                .unwrap_or_else(|| ("the optimizer".into(), "the gradient norm".into()));
+            return Err(Error::NonFinite {
+                step,
+                tensor,
+                during,
+            });
         }
         self.state.step = step;
         self.state.seconds += seconds;
@@ -405,7 +411,20 @@ impl<'m> Trainer<'m> {
             path: p.display().to_string(),
             source,
         };
-        let _ = std::fs::remove_dir_all(&tmp);
+        // Temporaries left by a process killed while writing (ours or an earlier one's).
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with('.') && n.contains(".tmp-") {
+                    let p = e.path();
+                    let _ = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                }
+            }
+        }
         std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
         self.model.save(self.ctx, &tmp)?;
         let (m, v) = self.model.params().download_moments(self.ctx)?;

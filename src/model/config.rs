@@ -124,7 +124,7 @@ impl RoFormerConfig {
             serde_path_to_error::deserialize(de).map_err(|e| Error::Format {
                 path: origin.to_string(),
                 message: match e.path().to_string().as_str() {
-                    "." => e.inner().to_string(),
+                    "." | "?" => e.inner().to_string(),
                     field => format!("{field}: {}", e.inner()),
                 },
             })?;

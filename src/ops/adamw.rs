@@ -102,29 +102,31 @@ impl AdamWStep {
     }
 }
 
-/// Plans `param ← AdamW(param, grad · grad_scale[0])`. `grad_scale` (`[1]`) is the gradient
-/// clipping factor; `None` means 1. Step 1 at `config.lr` until [`AdamWStep::set_step`].
+/// Plans `param ← AdamW(param, grad · scale[0])`. `scale` (`[2]`) is what gradient clipping
+/// writes: the factor and the global gradient norm; a non-finite norm skips the update (the
+/// parameters and moments stay as they were). `None` means `(1, 0)`. Step 1 at `config.lr`
+/// until [`AdamWStep::set_step`].
 pub fn plan_step(
     ctx: &Context,
     config: &AdamWConfig,
     param: &Tensor,
     grad: &Tensor,
     state: &AdamWState,
-    grad_scale: Option<&Tensor>,
+    scale: Option<&Tensor>,
 ) -> Result<AdamWStep> {
     param.expect_dtype("adamw", "param", DType::F32)?;
     grad.expect_shape("adamw", "grad", param.shape())?;
     state.m.expect_shape("adamw", "m", param.shape())?;
     state.v.expect_shape("adamw", "v", param.shape())?;
-    let one;
-    let scale = match grad_scale {
+    let unit;
+    let scale = match scale {
         Some(s) => {
-            s.expect_shape("adamw", "grad_scale", &[1])?;
+            s.expect_shape("adamw", "scale", &[2])?;
             s
         }
         None => {
-            one = Tensor::from_slice(ctx, &[1.0f32], &[1])?;
-            &one
+            unit = Tensor::from_slice(ctx, &[1.0f32, 0.0], &[2])?;
+            &unit
         }
     };
     let n = param.numel();
@@ -179,7 +181,7 @@ mod tests {
             let tp = upload(ctx, &p.iter().map(|&x| x as f32).collect::<Vec<_>>(), &[n]);
             let tg = upload(ctx, &vec![0.0; n], &[n]);
             let state = AdamWState::zeros(ctx, &[n]).unwrap();
-            let scale = upload(ctx, &[0.5], &[1]);
+            let scale = upload(ctx, &[0.5, 1.0], &[2]);
             let step = plan_step(ctx, &config, &tp, &tg, &state, Some(&scale)).unwrap();
             for t in 1..=10u64 {
                 let g = randn(&mut rng, n);
@@ -206,6 +208,27 @@ mod tests {
                 &download(ctx, &state.v),
                 &v,
                 1e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn a_non_finite_gradient_norm_skips_the_step() {
+        let ctx = &ctx();
+        let p0 = [1.0f32, -2.0, 3.0];
+        let tp = upload(ctx, &p0, &[3]);
+        let tg = upload(ctx, &[0.1, 0.2, f32::NAN], &[3]);
+        let state = AdamWState::zeros(ctx, &[3]).unwrap();
+        for norm in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let scale = upload(ctx, &[1.0, norm], &[2]);
+            let step =
+                plan_step(ctx, &AdamWConfig::default(), &tp, &tg, &state, Some(&scale)).unwrap();
+            ctx.run(std::slice::from_ref(&step.dispatch)).unwrap();
+            assert_eq!(download(ctx, &tp), p0, "norm {norm}: parameters must stay");
+            assert_eq!(
+                download(ctx, &state.m),
+                vec![0.0; 3],
+                "norm {norm}: moments must stay"
             );
         }
     }

@@ -49,7 +49,10 @@ pub fn sinusoidal_table(positions: usize, dim: usize) -> Vec<f32> {
 
 /// [`sinusoidal_table`] on the GPU.
 pub fn table(ctx: &Context, positions: usize, dim: usize) -> Result<Tensor> {
-    Tensor::from_slice(ctx, &sinusoidal_table(positions, dim), &[positions, dim])
+    // Allocate first: the adapter's limits bound the host table built next.
+    let t = Tensor::zeros(ctx, &[positions, dim], DType::F32)?;
+    t.write(ctx, &sinusoidal_table(positions, dim))?;
+    Ok(t)
 }
 
 fn check_table(op: &'static str, table: &Tensor, heads: &Heads) -> Result<()> {

@@ -54,7 +54,7 @@ fn config() -> TrainConfig {
 }
 
 /// Trains into `out`, continuing from its latest checkpoint when there is one.
-fn train_into(ctx: &Context, out: &Path) -> (TrainState, Vec<(String, Vec<usize>, Vec<f32>)>) {
+fn train_into(ctx: &Context, out: &Path) -> (TrainState, Vec<io::NamedTensor>) {
     let c = config();
     let data = ListOps::generate(c.listops, c.seed).unwrap();
     let (model, checkpoint) = match train::latest_checkpoint(out).unwrap() {

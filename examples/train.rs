@@ -28,7 +28,7 @@ Train a RoFormer on ListOps.
   --seed N
 data:   --depth N  --args N  --min-len N  --max-len N   (kept: min-len < length < max-len)
         --train N  --valid N  --test N
-model:  --layers N  --hidden N  --heads N  --intermediate N  --attention softmax|linear
+model:  --layers N  --hidden N  --heads N  --intermediate N  --attention softmax|fused|linear
 train:  --batch N  --steps N  --lr X  --warmup N  --decay linear|cosine|constant
         --weight-decay X  --clip X (0: off)  --bucket N  --eval-every N  --checkpoint-every N
 ";
@@ -145,8 +145,13 @@ fn configure(args: &mut Args, cpu: bool) -> Result<TrainConfig, String> {
     match attention.as_str() {
         "" => {}
         "softmax" => m.attention = AttentionKind::Softmax,
+        "fused" | "fused_softmax" => m.attention = AttentionKind::FusedSoftmax,
         "linear" => m.attention = AttentionKind::Linear,
-        other => return Err(format!("--attention: {other:?} is not softmax or linear")),
+        other => {
+            return Err(format!(
+                "--attention: {other:?} is not softmax, fused or linear"
+            ))
+        }
     }
     args.take("batch", &mut c.batch)?;
     args.take("steps", &mut c.steps)?;

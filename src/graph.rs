@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
 use crate::ops::cross_entropy::{self, Labels, LossState};
 use crate::ops::embedding::{self, TokenIds};
+use crate::ops::flash_attention::{self, FlashSaved, FlashScratch};
 use crate::ops::heads::HeadLayout;
 use crate::ops::linear_attention::{self, LinearAttentionOptions};
 use crate::ops::matmul::{self, GradTarget, GradTargets, MatmulOptions};
@@ -103,6 +104,11 @@ enum StageKind {
         k_rot: Option<TensorId>,
         v_rot: Option<TensorId>,
         probs: TensorId,
+    },
+    FusedAttention {
+        spec: AttentionSpec,
+        rot: [Option<TensorId>; 3],
+        stats: TensorId,
     },
     LinearAttention {
         spec: AttentionSpec,
@@ -515,6 +521,66 @@ impl Graph {
                 v_rot,
                 probs,
             },
+            vec![q, k, v],
+            out,
+        );
+        Ok(out)
+    }
+
+    /// Softmax attention like [`Graph::attention`], fused (no `[B, H, T, T]` tensor).
+    pub fn fused_attention(
+        &mut self,
+        name: &str,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        spec: AttentionSpec,
+    ) -> Result<TensorId> {
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        if qh != vh {
+            return Err(Error::shape(
+                "fused attention",
+                "v",
+                format!("{:?} (like q)", self.shape(q)),
+                self.shape(v),
+            ));
+        }
+        let vshape = self.shape(v).to_vec();
+        let out = self.output(name, &vshape, &[q, k, v]);
+        let rope = spec.rope.is_some();
+        let rot = [
+            rope.then(|| self.pooled(format!("{name}.q_rot"), &qh, false)),
+            rope.then(|| self.pooled(format!("{name}.k_rot"), &qh, false)),
+            (rope && spec.rotary_value).then(|| self.pooled(format!("{name}.v_rot"), &qh, false)),
+        ];
+        let stats = self.pooled(format!("{name}.stats"), &[qh[0], qh[2], qh[1], 2], false);
+        let mut writes = vec![out, stats];
+        writes.extend(rot.iter().flatten());
+        self.input_bytes += spec.mask.as_ref().map_or(0, Tensor::byte_size)
+            + spec.rope.as_ref().map_or(0, Tensor::byte_size);
+        let sp = spec.clone();
+        self.call(
+            false,
+            format!("{name}: fused attention"),
+            vec![q, k, v],
+            writes,
+            Box::new(move |ctx, t| {
+                let saved = flash_saved(t, rot, stats)?;
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
+                flash_attention::plan_forward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &attention_options(&sp),
+                    &saved,
+                    &t.get(out)?.reshape(&qh)?,
+                )
+            }),
+        );
+        self.stage(
+            StageKind::FusedAttention { spec, rot, stats },
             vec![q, k, v],
             out,
         );
@@ -947,6 +1013,9 @@ impl Graph {
                     *probs,
                 )?;
             }
+            StageKind::FusedAttention { spec, rot, stats } => {
+                self.fused_attention_backward(&label, &inputs, y, dy, spec, *rot, *stats)?;
+            }
             StageKind::LinearAttention { spec, saved } => {
                 self.linear_attention_backward(&label, &inputs, y, dy, spec, *saved)?;
             }
@@ -1039,6 +1108,70 @@ impl Graph {
                     &saved,
                     &bwd,
                     &g,
+                    &dqv,
+                    &dkv,
+                    &dvv,
+                )
+            }),
+        );
+        for (part, g) in adds {
+            self.add_into(label, part, g);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fused_attention_backward(
+        &mut self,
+        label: &str,
+        inputs: &[TensorId],
+        y: TensorId,
+        dy: TensorId,
+        spec: &AttentionSpec,
+        rot: [Option<TensorId>; 3],
+        stats: TensorId,
+    ) -> Result<()> {
+        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+        let (qh, _) = self.head_shapes(q, k, v, spec.heads)?;
+        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
+        let rope = spec.rope.is_some();
+        let scratch = [
+            rope.then(|| self.pooled(format!("{label}.dq_rot"), &qh, false)),
+            rope.then(|| self.pooled(format!("{label}.dk_rot"), &qh, false)),
+            (rope && spec.rotary_value).then(|| self.pooled(format!("{label}.dv_rot"), &qh, false)),
+        ];
+        let mut reads = vec![q, k, v, y, stats, dy];
+        reads.extend(rot.iter().flatten());
+        let mut writes = vec![stats, dq, dk, dv];
+        writes.extend(scratch.iter().flatten());
+        let sp = spec.clone();
+        self.call(
+            true,
+            format!("{label}: fused attention backward"),
+            reads,
+            writes,
+            Box::new(move |ctx, t| {
+                let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
+                let saved = flash_saved(t, rot, stats)?;
+                let scr = FlashScratch {
+                    dq_rot: opt(scratch[0])?,
+                    dk_rot: opt(scratch[1])?,
+                    dv_rot: opt(scratch[2])?,
+                };
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
+                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &qh)?;
+                let (out, g) = (t.get(y)?.reshape(&qh)?, t.get(dy)?.reshape(&qh)?);
+                flash_attention::plan_backward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &attention_options(&sp),
+                    &saved,
+                    &out,
+                    &g,
+                    &scr,
                     &dqv,
                     &dkv,
                     &dvv,
@@ -1279,6 +1412,21 @@ fn saved_of(
         k_rot: opt(k_rot)?,
         v_rot: opt(v_rot)?,
         probs: t.get(probs)?.clone(),
+    })
+}
+
+/// The saved tensors of a fused attention stage.
+fn flash_saved(
+    t: &Resolved,
+    [q_rot, k_rot, v_rot]: [Option<TensorId>; 3],
+    stats: TensorId,
+) -> Result<FlashSaved> {
+    let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
+    Ok(FlashSaved {
+        q_rot: opt(q_rot)?,
+        k_rot: opt(k_rot)?,
+        v_rot: opt(v_rot)?,
+        stats: t.get(stats)?.clone(),
     })
 }
 

@@ -72,6 +72,7 @@ impl TrainConfig {
         let m = &self.model;
         let attention = match m.attention {
             AttentionKind::Softmax => "softmax",
+            AttentionKind::FusedSoftmax => "fused_softmax",
             AttentionKind::Linear => "linear",
         };
         let json = format!(

@@ -9,7 +9,7 @@ use crate::check::rel_l2;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::io::{self, HostTensor, HostTensors};
-use crate::model::{Batch, Mode, RoFormer, RoFormerConfig};
+use crate::model::{Batch, Mode, RoFormer};
 use crate::ops::adamw::AdamWConfig;
 use crate::optim::{Schedule, TrainOptions};
 
@@ -99,10 +99,15 @@ pub fn verify(
     config: impl AsRef<Path>,
     weights: impl AsRef<Path>,
 ) -> Result<Report> {
-    let cfg = RoFormerConfig::from_file(config.as_ref())?;
     let tensors = io::read_safetensors(weights.as_ref())?;
     let model = RoFormer::from_pretrained(ctx, config.as_ref(), weights.as_ref())?;
-    let (b, t, batch) = batch_from(&tensors)?;
+    verify_model(ctx, &model, &tensors)
+}
+
+/// [`verify`] for a model already built (with any attention implementation) from `tensors`.
+pub fn verify_model(ctx: &Context, model: &RoFormer, tensors: &HostTensors) -> Result<Report> {
+    let cfg = model.config().clone();
+    let (b, t, batch) = batch_from(tensors)?;
     let mut checks = Vec::new();
     let mut computed = HostTensors::new();
     let mut compare = |name: &str, shape: &[usize], ours: Vec<f32>, checks: &mut Vec<Check>| {
@@ -190,7 +195,7 @@ pub fn verify(
             HostTensor::f32(&[steps], losses),
         );
         // Restore the checkpoint's weights: training changed them.
-        model.load_tensors(ctx, &tensors)?;
+        model.load_tensors(ctx, tensors)?;
     }
     Ok(Report { checks, computed })
 }

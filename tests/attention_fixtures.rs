@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use roformer_wgpu::check::rel_l2;
 use roformer_wgpu::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
+use roformer_wgpu::ops::flash_attention::{self, FlashSaved, FlashScratch};
 use roformer_wgpu::ops::heads::HeadLayout;
 use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
 use roformer_wgpu::ops::rope;
@@ -91,6 +92,41 @@ fn attention_matches_torch_fixtures() {
             ] {
                 let key = format!("softmax.{name}.{suffix}");
                 report.push(check(&key, &download(ctx, tensor), &get(&key).1));
+            }
+
+            // The fused (FlashAttention-2 style) kernels against the same references.
+            let (out, dq, dk, dv) = (
+                poisoned(ctx, shape),
+                poisoned(ctx, shape),
+                poisoned(ctx, shape),
+                poisoned(ctx, shape),
+            );
+            let flash = FlashSaved::new(ctx, &tq, layout, &opts).unwrap();
+            let scratch = FlashScratch::new(ctx, &tq, &opts).unwrap();
+            ctx.run(
+                &flash_attention::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &flash, &out)
+                    .unwrap(),
+            )
+            .unwrap();
+            ctx.run(
+                &flash_attention::plan_backward(
+                    ctx, &tq, &tk, &tv, layout, &opts, &flash, &out, &tg, &scratch, &dq, &dk, &dv,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            for (suffix, tensor) in [
+                ("out", &out),
+                ("grad_q", &dq),
+                ("grad_k", &dk),
+                ("grad_v", &dv),
+            ] {
+                let key = format!("softmax.{name}.{suffix}");
+                report.push(check(
+                    &format!("{key} (fused)"),
+                    &download(ctx, tensor),
+                    &get(&key).1,
+                ));
             }
 
             let (out, dq, dk, dv) = (

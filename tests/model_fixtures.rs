@@ -67,3 +67,37 @@ fn eight_heads_three_layers_five_labels_heavy_padding() {
 fn single_layer_single_sequence() {
     check_fixture(&ours(), "roformer_single_mlm");
 }
+
+/// The fused softmax attention inside the whole model, against the same transformers fixtures.
+#[test]
+fn fused_attention_model_matches_transformers() {
+    use roformer_wgpu::model::{AttentionKind, RoFormer, RoFormerConfig};
+    let ctx = &ctx();
+    for (dir, name) in [
+        (fixtures_dir(), "roformer_tiny_mlm"),
+        (fixtures_dir(), "roformer_tiny_cls"),
+        (ours(), "roformer_proj_rotv_mlm"),
+    ] {
+        let tensors =
+            roformer_wgpu::io::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap();
+        let mut config =
+            RoFormerConfig::from_file(dir.join(format!("{name}.config.json"))).unwrap();
+        config.attention = AttentionKind::FusedSoftmax;
+        let head = if name.contains("cls") {
+            roformer_wgpu::model::Head::Classification
+        } else {
+            roformer_wgpu::model::Head::MaskedLm
+        };
+        let model = RoFormer::new(ctx, config, head).unwrap();
+        model.load_tensors(ctx, &tensors).unwrap();
+        let report = roformer_wgpu::verify::verify_model(ctx, &model, &tensors).unwrap();
+        let worst = report.checks.iter().map(|c| c.error).fold(0.0, f64::max);
+        eprintln!(
+            "{name} (fused attention): {} tensors, largest error {worst:.2e}",
+            report.checks.len()
+        );
+        assert!(report.checks.len() > 20);
+        let failures = report.failures(TOL);
+        assert!(failures.is_empty(), "{name} fused: {failures:#?}");
+    }
+}

@@ -10,11 +10,14 @@ use crate::error::{Error, Result};
 
 /// How attention is computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum AttentionKind {
-    /// `softmax(QKᵀ/√d) V`, as HuggingFace RoFormer.
+    /// `softmax(QKᵀ/√d) V`, as HuggingFace RoFormer, with the `[B, H, T, T]` probabilities
+    /// materialised (matmul + softmax kernels).
     #[default]
     Softmax,
+    /// The same function, fused FlashAttention-2 style: memory linear in the length.
+    FusedSoftmax,
     /// Linear attention with RoPE as in RoFormer eq. (19): linear memory in the length.
     Linear,
 }

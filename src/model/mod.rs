@@ -292,7 +292,9 @@ impl RoFormer {
             causal: c.causal,
             rotary_value: c.rotary_value,
             mask: Some(match c.attention {
-                AttentionKind::Softmax => inputs.additive_mask.clone(),
+                AttentionKind::Softmax | AttentionKind::FusedSoftmax => {
+                    inputs.additive_mask.clone()
+                }
                 AttentionKind::Linear => inputs.key_mask.clone(),
             }),
             rope: Some(self.table.clone()),
@@ -313,6 +315,9 @@ impl RoFormer {
             let att_name = format!("{pre}.attention.self");
             let a = match c.attention {
                 AttentionKind::Softmax => g.attention(&att_name, q, k, v, spec.clone())?,
+                AttentionKind::FusedSoftmax => {
+                    g.fused_attention(&att_name, q, k, v, spec.clone())?
+                }
                 AttentionKind::Linear => g.linear_attention(&att_name, q, k, v, spec.clone())?,
             };
             let o = linear(g, "attention.output.dense", a)?;

@@ -136,7 +136,7 @@ pub fn loss(
         );
         let zeros = vec![0.0; v.len()];
         let a = match c.attention {
-            AttentionKind::Softmax => {
+            AttentionKind::Softmax | AttentionKind::FusedSoftmax => {
                 if c.rotary_value {
                     v = rope::reference::rotate(&v, d, |i| i % t, 1.0);
                 }

@@ -8,6 +8,7 @@ pub mod clip;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod flash_attention;
 pub mod gelu;
 pub mod heads;
 pub mod layernorm;
@@ -49,6 +50,23 @@ pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<String>)> {
             )
         })
         .collect::<Vec<_>>();
+    let fa = &flash_attention::SHADER;
+    let fa_variants = flash_attention::VARIANTS
+        .iter()
+        .flat_map(|&(d, fwd, bwd)| [fwd, bwd].map(move |blk| (d, blk)))
+        .map(|(d, blk)| {
+            apply_variant(
+                fa.source,
+                &[
+                    (
+                        "const MAX_D: u32 = 64u;",
+                        format!("const MAX_D: u32 = {d}u;"),
+                    ),
+                    ("const BLK: u32 = 32u;", format!("const BLK: u32 = {blk}u;")),
+                ],
+            )
+        })
+        .collect::<Vec<_>>();
     vec![
         plain(&adamw::SHADER),
         plain(&clip::SHADER),
@@ -56,6 +74,7 @@ pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<String>)> {
         plain(&elementwise::SHADER),
         plain(&embedding::SHADER),
         plain(&gelu::SHADER),
+        (fa, fa_variants),
         rows(&layernorm::SHADER),
         (
             la,

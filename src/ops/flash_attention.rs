@@ -1,0 +1,481 @@
+//! Softmax attention without the `[B, H, T, T]` matrix (FlashAttention-2's scheme), forward
+//! and backward: the same function as [`crate::ops::attention`] (RoPE, padding mask, causal
+//! option, `rotary_value`), in memory linear in the sequence length. The forward pass keeps
+//! one log-sum-exp per query; the backward pass recomputes the probabilities from it.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::context::{Context, Shader};
+use crate::dispatch::{Dispatch, DispatchBuilder};
+use crate::error::{Error, Result};
+use crate::ops::attention::AttentionOptions;
+use crate::ops::heads::{HeadLayout, Heads};
+use crate::ops::rope;
+use crate::tensor::{DType, Tensor};
+
+pub static SHADER: Shader = Shader {
+    name: "flash_attention",
+    source: include_str!("../../shaders/flash_attention.wgsl"),
+};
+
+/// Head-dimension variants: (largest head dimension, rows per block in the forward pass,
+/// rows per block in the backward passes), sized so the staged blocks fit 32 KiB.
+pub const VARIANTS: [(usize, usize, usize); 3] = [(32, 32, 32), (64, 32, 16), (128, 16, 8)];
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    heads: u32,
+    seq: u32,
+    dim: u32,
+    sb: u32,
+    sh: u32,
+    st: u32,
+    causal: u32,
+    has_mask: u32,
+    scale: f32,
+    _pad: [u32; 2],
+}
+
+/// What the forward pass writes and the backward pass reads.
+#[derive(Clone, Debug)]
+pub struct FlashSaved {
+    /// Rotated q and k (and v with `rotary_value`), in the input layout, when RoPE is on.
+    pub q_rot: Option<Tensor>,
+    pub k_rot: Option<Tensor>,
+    pub v_rot: Option<Tensor>,
+    /// `[B, H, T, 2]`: log-sum-exp of each query's scores; the backward pass adds its D.
+    pub stats: Tensor,
+}
+
+/// Scratch of the backward pass: gradients of the rotated tensors before rotating back.
+#[derive(Clone, Debug, Default)]
+pub struct FlashScratch {
+    pub dq_rot: Option<Tensor>,
+    pub dk_rot: Option<Tensor>,
+    pub dv_rot: Option<Tensor>,
+}
+
+fn zeros_if(ctx: &Context, on: bool, shape: &[usize]) -> Result<Option<Tensor>> {
+    on.then(|| Tensor::zeros(ctx, shape, DType::F32))
+        .transpose()
+}
+
+impl FlashSaved {
+    pub fn new(
+        ctx: &Context,
+        q: &Tensor,
+        layout: HeadLayout,
+        opts: &AttentionOptions<'_>,
+    ) -> Result<Self> {
+        let rope = opts.rope.is_some();
+        Ok(FlashSaved {
+            q_rot: zeros_if(ctx, rope, q.shape())?,
+            k_rot: zeros_if(ctx, rope, q.shape())?,
+            v_rot: zeros_if(ctx, rope && opts.rotary_value, q.shape())?,
+            stats: Tensor::zeros(ctx, &stats_shape(q, layout)?, DType::F32)?,
+        })
+    }
+}
+
+impl FlashScratch {
+    pub fn new(ctx: &Context, q: &Tensor, opts: &AttentionOptions<'_>) -> Result<Self> {
+        let rope = opts.rope.is_some();
+        Ok(FlashScratch {
+            dq_rot: zeros_if(ctx, rope, q.shape())?,
+            dk_rot: zeros_if(ctx, rope, q.shape())?,
+            dv_rot: zeros_if(ctx, rope && opts.rotary_value, q.shape())?,
+        })
+    }
+}
+
+/// `[B, H, T, 2]` for q.
+pub fn stats_shape(q: &Tensor, layout: HeadLayout) -> Result<[usize; 4]> {
+    let h = Heads::of("flash attention", "q", q, layout)?;
+    Ok([h.batch, h.heads, h.seq, 2])
+}
+
+/// Checks shapes and picks the variant: (heads, max_d, forward block, backward block).
+fn setup(
+    ctx: &Context,
+    op: &'static str,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &AttentionOptions<'_>,
+) -> Result<(Heads, usize, usize, usize)> {
+    for (what, t) in [("q", q), ("k", k), ("v", v)] {
+        t.expect_dtype(op, what, DType::F32)?;
+    }
+    let h = Heads::of(op, "q", q, layout)?;
+    k.expect_shape(op, "k", q.shape())?;
+    v.expect_shape(op, "v (the fused kernel needs v shaped like q)", q.shape())?;
+    let &(max_d, fwd, bwd) = VARIANTS.iter().find(|v| h.dim <= v.0).ok_or_else(|| {
+        Error::invalid(format!(
+            "{op}: head dimension {} is over the {} this kernel supports",
+            h.dim, VARIANTS[2].0
+        ))
+    })?;
+    let caps = ctx.capabilities();
+    let shared =
+        4 * (4 * bwd * max_d + 2 * bwd * bwd + 6 * bwd).max(3 * fwd * max_d + fwd * fwd + 4 * fwd);
+    if shared > caps.max_workgroup_storage as usize
+        || 4 * fwd.max(bwd) > caps.max_invocations_per_workgroup as usize
+    {
+        return Err(Error::OverLimit {
+            what: format!("{op} with head dimension {}", h.dim),
+            needed: shared as u64,
+            limit: caps.max_workgroup_storage as u64,
+            limit_name: "max_compute_workgroup_storage_size",
+        });
+    }
+    if let Some(mask) = opts.mask {
+        mask.expect_shape(op, "mask", &[h.batch, h.seq])?;
+    }
+    Ok((h, max_d, fwd, bwd))
+}
+
+fn builder<'a>(
+    ctx: &'a Context,
+    entry: &'static str,
+    h: &Heads,
+    max_d: usize,
+    blk: usize,
+    opts: &AttentionOptions<'_>,
+) -> DispatchBuilder<'a> {
+    let [sb, sh, st] = h.strides();
+    let u = |x: usize| x as u32;
+    DispatchBuilder::new(ctx, &SHADER, entry)
+        .variant(
+            "const MAX_D: u32 = 64u;",
+            format!("const MAX_D: u32 = {max_d}u;"),
+        )
+        .variant("const BLK: u32 = 32u;", format!("const BLK: u32 = {blk}u;"))
+        .params(&Params {
+            batch: u(h.batch),
+            heads: u(h.heads),
+            seq: u(h.seq),
+            dim: u(h.dim),
+            sb: u(sb),
+            sh: u(sh),
+            st: u(st),
+            causal: opts.causal as u32,
+            has_mask: opts.mask.is_some() as u32,
+            scale: opts.scale.unwrap_or(1.0 / (h.dim as f32).sqrt()),
+            _pad: [0; 2],
+        })
+}
+
+fn blocks(ctx: &Context, h: &Heads, blk: usize) -> Result<[u32; 3]> {
+    ctx.grid_1d((h.batch * h.heads * h.seq.div_ceil(blk)) as u64)
+}
+
+/// `out` from q, k, v; fills `saved` for the backward pass.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_forward(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &AttentionOptions<'_>,
+    saved: &FlashSaved,
+    out: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let op = "flash attention";
+    let (h, max_d, fwd, _) = setup(ctx, op, q, k, v, layout, opts)?;
+    out.expect_shape(op, "out", q.shape())?;
+    saved
+        .stats
+        .expect_shape(op, "stats", &stats_shape(q, layout)?)?;
+    let mut plan = Vec::new();
+    let mut rotated = |x: &Tensor, slot: &Option<Tensor>, on: bool| -> Result<Tensor> {
+        match (opts.rope, slot, on) {
+            (Some(table), Some(r), true) => {
+                plan.push(rope::plan(ctx, x, layout, table, r, layout, false)?);
+                Ok(r.clone())
+            }
+            (Some(_), None, true) => Err(Error::invalid(format!(
+                "{op}: RoPE needs the rotation buffers"
+            ))),
+            _ => Ok(x.clone()),
+        }
+    };
+    let qr = rotated(q, &saved.q_rot, true)?;
+    let kr = rotated(k, &saved.k_rot, true)?;
+    let vr = rotated(v, &saved.v_rot, opts.rotary_value)?;
+    plan.push(
+        builder(ctx, "forward", &h, max_d, fwd, opts)
+            .read(&qr)
+            .read(&kr)
+            .read(&vr)
+            .read_opt(opts.mask)
+            .skip()
+            .skip()
+            .write(&saved.stats)
+            .write(out)
+            .skip()
+            .build(blocks(ctx, &h, fwd)?)?,
+    );
+    Ok(plan)
+}
+
+/// Gradients of q, k and v from `grad_out`, the forward output and `saved`.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_backward(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &AttentionOptions<'_>,
+    saved: &FlashSaved,
+    out: &Tensor,
+    grad_out: &Tensor,
+    scratch: &FlashScratch,
+    dq: &Tensor,
+    dk: &Tensor,
+    dv: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let op = "flash attention backward";
+    let (h, max_d, _, bwd) = setup(ctx, op, q, k, v, layout, opts)?;
+    for (what, t) in [
+        ("out", out),
+        ("grad_out", grad_out),
+        ("dq", dq),
+        ("dk", dk),
+        ("dv", dv),
+    ] {
+        t.expect_shape(op, what, q.shape())?;
+    }
+    let rot = opts.rope.is_some();
+    let pick = |saved: &Option<Tensor>, plain: &Tensor, on: bool| -> Result<Tensor> {
+        match (saved, on) {
+            (Some(t), true) => Ok(t.clone()),
+            (None, true) => Err(Error::invalid(format!(
+                "{op}: RoPE needs the rotation buffers"
+            ))),
+            _ => Ok(plain.clone()),
+        }
+    };
+    let qr = pick(&saved.q_rot, q, rot)?;
+    let kr = pick(&saved.k_rot, k, rot)?;
+    let vr = pick(&saved.v_rot, v, rot && opts.rotary_value)?;
+    let dqr = pick(&scratch.dq_rot, dq, rot)?;
+    let dkr = pick(&scratch.dk_rot, dk, rot)?;
+    let dvr = pick(&scratch.dv_rot, dv, rot && opts.rotary_value)?;
+    let tokens = (h.batch * h.heads * h.seq) as u64;
+    let mut plan = vec![
+        builder(ctx, "bwd_prep", &h, max_d, bwd, opts)
+            .skip()
+            .skip()
+            .skip()
+            .skip()
+            .read(grad_out)
+            .read(out)
+            .write(&saved.stats)
+            .skip()
+            .skip()
+            .build(ctx.grid_1d(tokens.div_ceil(4 * bwd as u64))?)?,
+        builder(ctx, "bwd_dq", &h, max_d, bwd, opts)
+            .read(&qr)
+            .read(&kr)
+            .read(&vr)
+            .read_opt(opts.mask)
+            .read(grad_out)
+            .skip()
+            .write(&saved.stats)
+            .write(&dqr)
+            .skip()
+            .build(blocks(ctx, &h, bwd)?)?,
+        builder(ctx, "bwd_dkdv", &h, max_d, bwd, opts)
+            .read(&qr)
+            .read(&kr)
+            .read(&vr)
+            .read_opt(opts.mask)
+            .read(grad_out)
+            .skip()
+            .write(&saved.stats)
+            .write(&dkr)
+            .write(&dvr)
+            .build(blocks(ctx, &h, bwd)?)?,
+    ];
+    if let Some(table) = opts.rope {
+        plan.push(rope::plan(ctx, &dqr, layout, table, dq, layout, true)?);
+        plan.push(rope::plan(ctx, &dkr, layout, table, dk, layout, true)?);
+        if opts.rotary_value {
+            plan.push(rope::plan(ctx, &dvr, layout, table, dv, layout, true)?);
+        }
+    }
+    Ok(plan)
+}
+
+/// Forward pass in new tensors: `(out, saved)`.
+pub fn forward(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+    opts: &AttentionOptions<'_>,
+) -> Result<(Tensor, FlashSaved)> {
+    let saved = FlashSaved::new(ctx, q, layout, opts)?;
+    let out = Tensor::zeros(ctx, q.shape(), DType::F32)?;
+    ctx.submit(&plan_forward(ctx, q, k, v, layout, opts, &saved, &out)?)?;
+    Ok((out, saved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::attention::{self, BackwardBuffers, BufferShapes, Saved};
+    use crate::testing::*;
+
+    /// The fused kernels against the materialised attention, which the fixtures check.
+    #[test]
+    fn matches_the_materialised_attention() {
+        let ctx = &ctx();
+        let mut rng = rng(31);
+        let cases = [
+            (1, 1, 1, 2, HeadLayout::Bhtd),
+            (2, 3, 7, 8, HeadLayout::Bthd),
+            (1, 2, 33, 16, HeadLayout::Bhtd),
+            (2, 1, 70, 40, HeadLayout::Bthd),
+            (1, 2, 19, 100, HeadLayout::Bhtd),
+        ];
+        for &(b, h, t, d, layout) in &cases {
+            let shape = Heads::new(b, h, t, d, layout).shape();
+            let n = b * h * t * d;
+            let (q, k, v, g) = (
+                randn(&mut rng, n),
+                randn(&mut rng, n),
+                randn(&mut rng, n),
+                randn(&mut rng, n),
+            );
+            let (tq, tk, tv, tg) = (
+                upload(ctx, &q, &shape),
+                upload(ctx, &k, &shape),
+                upload(ctx, &v, &shape),
+                upload(ctx, &g, &shape),
+            );
+            let mask: Vec<f32> = (0..b * t)
+                .map(|i| {
+                    if i / t == 1 && i % t >= t.saturating_sub(3) {
+                        -f32::MAX
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let tmask = upload(ctx, &mask, &[b, t]);
+            let table = rope::table(ctx, t, d).unwrap();
+            for (causal, use_rope, masked, rotary_value) in [
+                (false, false, false, false),
+                (true, true, false, false),
+                (false, true, true, true),
+                (true, false, true, false),
+            ] {
+                let opts = AttentionOptions {
+                    causal,
+                    mask: masked.then_some(&tmask),
+                    rope: use_rope.then_some(&table),
+                    rotary_value,
+                    scale: None,
+                };
+                // Reference: materialised.
+                let shapes = BufferShapes::new(&shape, &shape, layout, &opts).unwrap();
+                let (rs, rb) = (
+                    Saved::new(ctx, &shapes).unwrap(),
+                    BackwardBuffers::new(ctx, &shapes).unwrap(),
+                );
+                let scores = Tensor::zeros(ctx, &shapes.square, DType::F32).unwrap();
+                let (ro, rq, rk, rv) = (
+                    poisoned(ctx, &shape),
+                    poisoned(ctx, &shape),
+                    poisoned(ctx, &shape),
+                    poisoned(ctx, &shape),
+                );
+                ctx.run(
+                    &attention::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &rs, &scores, &ro)
+                        .unwrap(),
+                )
+                .unwrap();
+                ctx.run(
+                    &attention::plan_backward(
+                        ctx, &tq, &tk, &tv, layout, &opts, &rs, &rb, &tg, &rq, &rk, &rv,
+                    )
+                    .unwrap(),
+                )
+                .unwrap();
+                // Fused.
+                let saved = FlashSaved::new(ctx, &tq, layout, &opts).unwrap();
+                crate::ops::elementwise::fill(ctx, &saved.stats, f32::NAN).unwrap();
+                let scratch = FlashScratch::new(ctx, &tq, &opts).unwrap();
+                let (fo, fq, fk, fv) = (
+                    poisoned(ctx, &shape),
+                    poisoned(ctx, &shape),
+                    poisoned(ctx, &shape),
+                    poisoned(ctx, &shape),
+                );
+                ctx.run(&plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &saved, &fo).unwrap())
+                    .unwrap();
+                ctx.run(
+                    &plan_backward(
+                        ctx, &tq, &tk, &tv, layout, &opts, &saved, &fo, &tg, &scratch, &fq, &fk,
+                        &fv,
+                    )
+                    .unwrap(),
+                )
+                .unwrap();
+                let what = format!("flash [{b},{h},{t},{d}] {layout:?} causal={causal} rope={use_rope} mask={masked} rotv={rotary_value}");
+                for (name, ours, reference, tol) in [
+                    ("out", &fo, &ro, 1e-5),
+                    ("dq", &fq, &rq, 1e-4),
+                    ("dk", &fk, &rk, 1e-4),
+                    ("dv", &fv, &rv, 1e-4),
+                ] {
+                    if t == 1 && (name == "dq" || name == "dk") {
+                        // One key: the output is v, and dq, dk are 0 up to rounding.
+                        let m = download(ctx, ours)
+                            .iter()
+                            .fold(0.0f32, |a, x| a.max(x.abs()));
+                        assert!(m < 1e-5, "{what} {name}: {m}");
+                        continue;
+                    }
+                    let want = to_f64(&download(ctx, reference));
+                    assert_close(&format!("{what} {name}"), &download(ctx, ours), &want, tol);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wide_heads_and_odd_shapes_are_errors() {
+        let ctx = &ctx();
+        let q = upload(ctx, &vec![0.0; 130], &[1, 1, 1, 130]);
+        assert!(forward(
+            ctx,
+            &q,
+            &q,
+            &q,
+            HeadLayout::Bhtd,
+            &AttentionOptions::default()
+        )
+        .is_err());
+        let q = upload(ctx, &[0.0; 8], &[1, 1, 2, 4]);
+        let v = upload(ctx, &[0.0; 4], &[1, 1, 2, 2]);
+        assert!(matches!(
+            forward(
+                ctx,
+                &q,
+                &q,
+                &v,
+                HeadLayout::Bhtd,
+                &AttentionOptions::default()
+            ),
+            Err(Error::Shape { .. })
+        ));
+    }
+}

@@ -21,6 +21,7 @@ use crate::context::Context;
 use crate::dispatch::Dispatch;
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
+use crate::ops::chunked_linear_attention::{self as chunked, ChunkedSaved};
 use crate::ops::cross_entropy::{self, Labels, LossState};
 use crate::ops::embedding::{self, TokenIds};
 use crate::ops::flash_attention::{self, FlashSaved, FlashScratch};
@@ -113,6 +114,11 @@ enum StageKind {
     LinearAttention {
         spec: AttentionSpec,
         saved: TensorId,
+    },
+    ChunkedLinearAttention {
+        spec: AttentionSpec,
+        /// Features, chunk states, per-token denominators.
+        saved: [TensorId; 3],
     },
     FirstToken,
     CrossEntropy {
@@ -587,7 +593,8 @@ impl Graph {
         Ok(out)
     }
 
-    /// Linear attention (RoFormer eq. 19 with RoPE, causal per `spec`) on `[B, T, H]` projections.
+    /// Linear attention (RoFormer eq. 19 with RoPE, causal per `spec`) on `[B, T, H]`
+    /// projections: the chunked form when causal, the scan otherwise.
     pub fn linear_attention(
         &mut self,
         name: &str,
@@ -599,10 +606,56 @@ impl Graph {
         let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
         let vshape = self.shape(v).to_vec();
         let out = self.output(name, &vshape, &[q, k, v]);
-        let saved = self.pooled(format!("{name}.saved"), &[qh[0], qh[2], qh[1], 2], false);
         self.input_bytes += spec.mask.as_ref().map_or(0, Tensor::byte_size)
             + spec.rope.as_ref().map_or(0, Tensor::byte_size);
         let sp = spec.clone();
+        if spec.causal {
+            // Sizes only: the chunk length depends on the head dimension's variant.
+            let (b, t, h) = (qh[0], qh[1], qh[2]);
+            let (d, dv) = (qh[3], vh[3]);
+            let chunk = chunked::VARIANTS
+                .iter()
+                .find(|v| d.max(dv) <= v.0)
+                .map_or(8, |v| v.1);
+            let saved = [
+                self.pooled(format!("{name}.features"), &[b, h, t, 6, d], false),
+                self.pooled(
+                    format!("{name}.states"),
+                    &[b, h, t.div_ceil(chunk), d * dv + d],
+                    false,
+                ),
+                self.pooled(format!("{name}.tokens"), &[b, h, t, 2], false),
+            ];
+            let mut writes = vec![out];
+            writes.extend(saved);
+            self.call(
+                false,
+                format!("{name}: chunked linear attention"),
+                vec![q, k, v],
+                writes,
+                Box::new(move |ctx, t| {
+                    let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
+                    let s = chunked_saved(t, saved)?;
+                    chunked::plan_forward(
+                        ctx,
+                        &qv,
+                        &kv,
+                        &vv,
+                        HeadLayout::Bthd,
+                        &linear_options(&sp),
+                        &s,
+                        &t.get(out)?.reshape(&vh)?,
+                    )
+                }),
+            );
+            self.stage(
+                StageKind::ChunkedLinearAttention { spec, saved },
+                vec![q, k, v],
+                out,
+            );
+            return Ok(out);
+        }
+        let saved = self.pooled(format!("{name}.saved"), &[qh[0], qh[2], qh[1], 2], false);
         self.call(
             false,
             format!("{name}: linear attention"),
@@ -1019,6 +1072,9 @@ impl Graph {
             StageKind::LinearAttention { spec, saved } => {
                 self.linear_attention_backward(&label, &inputs, y, dy, spec, *saved)?;
             }
+            StageKind::ChunkedLinearAttention { spec, saved } => {
+                self.chunked_attention_backward(&label, &inputs, y, dy, spec, *saved)?;
+            }
         }
         Ok(())
     }
@@ -1230,6 +1286,58 @@ impl Graph {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn chunked_attention_backward(
+        &mut self,
+        label: &str,
+        inputs: &[TensorId],
+        y: TensorId,
+        dy: TensorId,
+        spec: &AttentionSpec,
+        saved: [TensorId; 3],
+    ) -> Result<()> {
+        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
+        let states_shape = self.shape(saved[1]).to_vec();
+        let reverse = self.pooled(format!("{label}.reverse_states"), &states_shape, false);
+        let mut reads = vec![q, k, v, y, dy];
+        reads.extend(saved);
+        let writes = vec![saved[0], saved[1], saved[2], reverse, dq, dk, dv];
+        let sp = spec.clone();
+        self.call(
+            true,
+            format!("{label}: chunked linear attention backward"),
+            reads,
+            writes,
+            Box::new(move |ctx, t| {
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
+                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &vh)?;
+                let (out, g) = (t.get(y)?.reshape(&vh)?, t.get(dy)?.reshape(&vh)?);
+                let s = chunked_saved(t, saved)?;
+                chunked::plan_backward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &linear_options(&sp),
+                    &s,
+                    &out,
+                    &g,
+                    t.get(reverse)?,
+                    &dqv,
+                    &dkv,
+                    &dvv,
+                )
+            }),
+        );
+        for (part, g) in adds {
+            self.add_into(label, part, g);
+        }
+        Ok(())
+    }
+
     /// The gradient tensor of `x`, once [`Graph::backward`] has run.
     pub fn grad(&self, x: TensorId) -> Option<TensorId> {
         self.grads.get(&x).copied()
@@ -1412,6 +1520,15 @@ fn saved_of(
         k_rot: opt(k_rot)?,
         v_rot: opt(v_rot)?,
         probs: t.get(probs)?.clone(),
+    })
+}
+
+/// The saved tensors of a chunked linear attention stage.
+fn chunked_saved(t: &Resolved, [features, states, tokens]: [TensorId; 3]) -> Result<ChunkedSaved> {
+    Ok(ChunkedSaved {
+        features: t.get(features)?.clone(),
+        states: t.get(states)?.clone(),
+        tokens: t.get(tokens)?.clone(),
     })
 }
 

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use roformer_wgpu::check::rel_l2;
 use roformer_wgpu::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
+use roformer_wgpu::ops::chunked_linear_attention::{self as chunked, ChunkedSaved};
 use roformer_wgpu::ops::flash_attention::{self, FlashSaved, FlashScratch};
 use roformer_wgpu::ops::heads::HeadLayout;
 use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
@@ -162,6 +163,46 @@ fn attention_matches_torch_fixtures() {
                 let key = format!("linear.{name}.{suffix}");
                 report.push(check(&key, &download(ctx, tensor), &get(&key).1));
             }
+        }
+    }
+    // The chunked form of causal linear attention against the same references.
+    for use_rope in [false, true] {
+        let name = format!("causal.{}", if use_rope { "rope" } else { "plain" });
+        let opts = LinearAttentionOptions {
+            causal: true,
+            rope: use_rope.then_some(&table),
+            ..Default::default()
+        };
+        let s = chunked::shapes(ctx, &tq, &tk, &tv, layout, &opts).unwrap();
+        let saved = ChunkedSaved::new(ctx, &s).unwrap();
+        let reverse = poisoned(ctx, &s.states());
+        let (out, dq, dk, dv) = (
+            poisoned(ctx, shape),
+            poisoned(ctx, shape),
+            poisoned(ctx, shape),
+            poisoned(ctx, shape),
+        );
+        ctx.run(&chunked::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &saved, &out).unwrap())
+            .unwrap();
+        ctx.run(
+            &chunked::plan_backward(
+                ctx, &tq, &tk, &tv, layout, &opts, &saved, &out, &tg, &reverse, &dq, &dk, &dv,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for (suffix, tensor) in [
+            ("out", &out),
+            ("grad_q", &dq),
+            ("grad_k", &dk),
+            ("grad_v", &dv),
+        ] {
+            let key = format!("linear.{name}.{suffix}");
+            report.push(check(
+                &format!("{key} (chunked)"),
+                &download(ctx, tensor),
+                &get(&key).1,
+            ));
         }
     }
     eprintln!(

@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod chunked_linear_attention;
 pub mod clip;
 pub mod cross_entropy;
 pub mod elementwise;
@@ -67,8 +68,25 @@ pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<String>)> {
             )
         })
         .collect::<Vec<_>>();
+    let cla = &chunked_linear_attention::SHADER;
+    let cla_variants = chunked_linear_attention::VARIANTS
+        .iter()
+        .map(|&(d, c)| {
+            apply_variant(
+                cla.source,
+                &[
+                    (
+                        "const MAX_D: u32 = 64u;",
+                        format!("const MAX_D: u32 = {d}u;"),
+                    ),
+                    ("const C: u32 = 16u;", format!("const C: u32 = {c}u;")),
+                ],
+            )
+        })
+        .collect::<Vec<_>>();
     vec![
         plain(&adamw::SHADER),
+        (cla, cla_variants),
         plain(&clip::SHADER),
         rows(&cross_entropy::SHADER),
         plain(&elementwise::SHADER),

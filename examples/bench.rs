@@ -137,23 +137,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t0.elapsed().as_secs_f64() * 1e3,
         first.loss
     );
-    let (mut encode, mut wall) = (Vec::new(), Vec::new());
+    let (mut encode, mut wall, mut gpu) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 1..steps {
         let t0 = Instant::now();
         let s = session.run(&ctx)?;
         wall.push(t0.elapsed().as_secs_f64() * 1e3);
         encode.push(s.encode.as_secs_f64() * 1e3);
+        gpu.extend(s.gpu.map(|g| g.as_secs_f64() * 1e3));
     }
     if args.iter().any(|a| a == "--profile") {
         profile(&ctx, &session)?;
     }
     if !wall.is_empty() {
         let w = median(wall);
+        let g = (!gpu.is_empty()).then(|| median(gpu));
         println!(
-            "steady    {w:.1} ms per step (median of {}), host encode+submit {:.3} ms, {:.0} tokens/s",
+            "steady    {w:.1} ms per step wall, {} GPU (median of {}), host encode+submit {:.3} ms, {:.0} tokens/s",
+            g.map_or("no timestamps".to_string(), |g| format!("{g:.1} ms")),
             steps - 1,
             median(encode),
-            n as f64 / w * 1e3
+            n as f64 / g.unwrap_or(w) * 1e3
         );
     }
     Ok(())

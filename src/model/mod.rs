@@ -460,6 +460,8 @@ pub struct StepMetrics {
     pub lr: Option<f64>,
     /// Host time to encode and submit the step.
     pub encode: Duration,
+    /// GPU time of the step's compute pass, from timestamp queries (when the device has them).
+    pub gpu: Option<Duration>,
 }
 
 /// A planned step for one batch shape: buffers, bind groups and dispatches built once.
@@ -473,6 +475,8 @@ pub struct Session<'m> {
     optimizer: Option<Optimizer>,
     calls: (usize, usize),
     readback: wgpu::Buffer,
+    /// Timestamps at the start and end of the step's pass, when the device offers them.
+    timestamps: Option<(wgpu::QuerySet, wgpu::Buffer)>,
 }
 
 impl<'m> Session<'m> {
@@ -533,9 +537,23 @@ impl<'m> Session<'m> {
         };
         let readback = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("step metrics"),
-            size: 32,
+            size: 48,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
+        });
+        let timestamps = ctx.capabilities().timestamp_query.then(|| {
+            let set = ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("step time"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let resolve = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("step time"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            (set, resolve)
         });
         Ok(Session {
             model,
@@ -547,6 +565,7 @@ impl<'m> Session<'m> {
             optimizer,
             calls: g.call_counts(),
             readback,
+            timestamps,
         })
     }
 
@@ -612,7 +631,18 @@ impl<'m> Session<'m> {
                         label: Some("step"),
                     });
             {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                let timestamp_writes =
+                    self.timestamps
+                        .as_ref()
+                        .map(|(set, _)| wgpu::ComputePassTimestampWrites {
+                            query_set: set,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        });
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("step"),
+                    timestamp_writes,
+                });
                 self.plan.encode(&mut pass);
                 if let Some(o) = &self.optimizer {
                     for d in o.dispatches() {
@@ -630,10 +660,19 @@ impl<'m> Session<'m> {
                     8,
                 );
             }
+            if let Some((set, resolve)) = &self.timestamps {
+                encoder.resolve_query_set(set, 0..2, resolve, 0);
+                encoder.copy_buffer_to_buffer(resolve, 0, &self.readback, 32, 16);
+            }
             ctx.queue().submit([encoder.finish()])
         })?;
         let encode = start.elapsed();
-        let values = read_back(ctx, &self.readback, index)?;
+        let (values, ticks) = read_back(ctx, &self.readback, index)?;
+        let gpu = self.timestamps.as_ref().map(|_| {
+            let ns = ticks[1].saturating_sub(ticks[0]) as f64
+                * ctx.queue().get_timestamp_period() as f64;
+            Duration::from_nanos(ns as u64)
+        });
         Ok(StepMetrics {
             loss: values[0],
             counted: values[1] as u32,
@@ -641,6 +680,7 @@ impl<'m> Session<'m> {
             grad_norm: self.optimizer.as_ref().map(|_| values[5]),
             lr,
             encode,
+            gpu,
         })
     }
 
@@ -698,14 +738,16 @@ impl<'m> Session<'m> {
     }
 }
 
-/// The 32-byte metrics buffer, once submission `index` is done.
+/// The metrics buffer once submission `index` is done: 8 floats, then 2 timestamps.
 fn read_back(
     ctx: &Context,
     buffer: &wgpu::Buffer,
     index: wgpu::SubmissionIndex,
-) -> Result<[f32; 8]> {
+) -> Result<([f32; 8], [u64; 2])> {
     let bytes = ctx.read_mapped(buffer, index)?;
     let mut v = [0f32; 8];
-    v.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
-    Ok(v)
+    v.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&bytes[..32]));
+    let mut t = [0u64; 2];
+    t.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, u64>(&bytes[32..48]));
+    Ok((v, t))
 }

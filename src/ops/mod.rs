@@ -101,6 +101,7 @@ pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<String>)> {
                 .collect(),
         ),
         plain(&matmul::SHADER),
+        plain(&crate::profile::SHADER),
         plain(&reduce::SHADER),
         plain(&rope::SHADER),
         rows(&softmax::SHADER),

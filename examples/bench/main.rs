@@ -1,18 +1,27 @@
-//! Benchmarks. For now: a whole RoFormer training step (forward, backward, clipping, AdamW).
+//! Benchmarks.
 //!
+//!     cargo run --release --example bench [-- kernels] [--out runs/bench]
 //!     cargo run --release --example bench -- step [--layers 12] [--hidden 768] [--heads 12]
 //!         [--intermediate 3072] [--vocab 32000] [--batch 8] [--seq 512] [--steps 5]
-//!         [--attention softmax|linear]
+//!         [--attention softmax|fused|linear] [--profile]
 //!
-//! Prints the plan (dispatches and submissions per step, peak memory), the time to build
-//! it, the first step (pipelines compile lazily on some drivers), the host time to encode
-//! and submit a step, the wall time per step and tokens per second.
+//! `kernels` (the default) measures the adapter's FP32 rate and copy bandwidth, then every
+//! kernel family at a representative shape (large on a GPU, small on a CPU adapter), and
+//! prints a table: kernel, shape, GPU time, GFLOP/s or GB/s, and the fraction of the measured
+//! ceiling; it writes `bench.json` and `bench.png`. Then it times a training step (on a GPU
+//! the named shape of issue 6: 12 layers, hidden 768, T 512, batch 8).
+//!
+//! `step` prints a training step's plan (dispatches and submissions per step, peak memory),
+//! the time to build it, the first step (pipelines compile lazily on some drivers), the host
+//! time to encode and submit a step, the GPU time per step and tokens per second.
 
 use std::time::Instant;
 
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::optim::TrainOptions;
 use roformer_wgpu::Context;
+
+mod kernels;
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()
@@ -63,10 +72,18 @@ fn profile(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("step") {
-        eprintln!("usage: bench step [--layers N] [--hidden N] [--heads N] [--batch N] [--seq N] [--steps N] [--attention softmax|linear]");
-        std::process::exit(2);
+    match args.first().map(String::as_str) {
+        Some("step") => step(&args),
+        None | Some("kernels") | Some("--out") => kernels::run(&args),
+        _ => {
+            eprintln!("usage: bench [kernels] [--out DIR] | bench step [--layers N] [--hidden N] [--heads N] [--batch N] [--seq N] [--steps N] [--attention softmax|fused|linear] [--profile]");
+            std::process::exit(2);
+        }
     }
+}
+
+fn step(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let args = args.to_vec();
     let (layers, hidden, heads) = (
         num(&args, "--layers", 12),
         num(&args, "--hidden", 768),
@@ -79,7 +96,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         num(&args, "--seq", 512),
         num(&args, "--steps", 5).max(1),
     );
-    let attention = arg(&args, "--attention", "softmax");
+    let attention = match arg(&args, "--attention", "softmax").as_str() {
+        "fused" => "fused_softmax".to_string(),
+        other => other.to_string(),
+    };
 
     let ctx = Context::new()?;
     let caps = ctx.capabilities();

@@ -1,0 +1,437 @@
+//! The kernel table: every family at a representative shape, against the adapter's ceilings.
+
+use std::time::Instant;
+
+use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
+use roformer_wgpu::ops::attention::AttentionOptions;
+use roformer_wgpu::ops::cross_entropy::{self, Labels, LossState};
+use roformer_wgpu::ops::embedding::{self, TokenIds};
+use roformer_wgpu::ops::heads::HeadLayout;
+use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
+use roformer_wgpu::ops::matmul::{self, MatmulOptions};
+use roformer_wgpu::ops::{
+    adamw, chunked_linear_attention as chunked, flash_attention, gelu, layernorm, rope, softmax,
+};
+use roformer_wgpu::optim::TrainOptions;
+use roformer_wgpu::{profile, Context, DType, Dispatch, Tensor};
+
+#[derive(Clone, Debug, serde::Serialize)]
+struct Row {
+    kernel: String,
+    shape: String,
+    ms: f64,
+    /// GFLOP/s for compute-bound kernels, GB/s for memory-bound ones.
+    rate: f64,
+    unit: &'static str,
+    fraction: f64,
+}
+
+fn filled(ctx: &Context, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    Tensor::from_slice(ctx, &data, shape).unwrap()
+}
+
+fn zeros(ctx: &Context, shape: &[usize]) -> Tensor {
+    Tensor::zeros(ctx, shape, DType::F32).unwrap()
+}
+
+pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::path::PathBuf::from(
+        args.iter()
+            .position(|a| a == "--out")
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| "runs/bench".into()),
+    );
+    std::fs::create_dir_all(&out)?;
+    let ctx = Context::new()?;
+    let caps = ctx.capabilities().clone();
+    let cpu = caps.is_cpu();
+    println!(
+        "adapter {} ({:?}), {}",
+        caps.adapter_name,
+        caps.backend,
+        if caps.timestamp_query {
+            "GPU time from timestamp queries"
+        } else {
+            "wall time"
+        }
+    );
+    let (flops_groups, copy_bytes) = if cpu {
+        (64, 64 << 20)
+    } else {
+        (65536, 1 << 30)
+    };
+    let peak_gflops = profile::fp32_rate(&ctx, flops_groups, if cpu { 256 } else { 4096 })?;
+    let peak_gbs = profile::copy_bandwidth(&ctx, copy_bytes)?;
+    println!("ceilings: FP32 {peak_gflops:.0} GFLOP/s (vec4 FMA chains), copy {peak_gbs:.0} GB/s (read + write)\n");
+
+    let s = |x: usize, y: usize| if cpu { x } else { y };
+    let reps = s(3, 20) as u32;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut add = |kernel: &str,
+                   shape: String,
+                   dispatches: Vec<Dispatch>,
+                   flops: f64,
+                   bytes: f64|
+     -> Result<(), Box<dyn std::error::Error>> {
+        profile::time_dispatches(&ctx, &dispatches, 1)?;
+        let t = profile::time_dispatches(&ctx, &dispatches, reps)?.as_secs_f64();
+        let (rate, unit, fraction) = if flops > 0.0 {
+            (flops / t / 1e9, "GFLOP/s", flops / t / 1e9 / peak_gflops)
+        } else {
+            (bytes / t / 1e9, "GB/s", bytes / t / 1e9 / peak_gbs)
+        };
+        println!(
+            "{kernel:<34} {shape:<22} {:>9.3} ms {rate:>9.1} {unit:<7} {:>6.1}%",
+            t * 1e3,
+            100.0 * fraction
+        );
+        rows.push(Row {
+            kernel: kernel.into(),
+            shape,
+            ms: t * 1e3,
+            rate,
+            unit,
+            fraction,
+        });
+        Ok(())
+    };
+    println!(
+        "{:<34} {:<22} {:>12} {:>17} {:>7}",
+        "kernel", "shape", "GPU time", "rate", "ceiling"
+    );
+
+    // matmul, each operand layout
+    let n = s(256, 4096);
+    let (a, b) = (filled(&ctx, &[n, n]), filled(&ctx, &[n, n]));
+    let c = zeros(&ctx, &[n, n]);
+    for (name, ta, tb) in [
+        ("matmul A B", false, false),
+        ("matmul A Bᵀ (forward)", false, true),
+        ("matmul Aᵀ B (weight grad)", true, false),
+    ] {
+        let o = MatmulOptions {
+            trans_a: ta,
+            trans_b: tb,
+            ..Default::default()
+        };
+        let d = matmul::plan(&ctx, &a, &b, None, &c, &o)?;
+        add(
+            name,
+            format!("{n}³"),
+            vec![d],
+            2.0 * (n as f64).powi(3),
+            0.0,
+        )?;
+    }
+    // softmax rows
+    let (rows_n, cols) = (s(1024, 65536), s(256, 1024));
+    let x = filled(&ctx, &[rows_n, cols]);
+    let y = zeros(&ctx, &[rows_n, cols]);
+    let d = softmax::plan_forward(&ctx, &x, &softmax::SoftmaxOptions::default(), &y)?;
+    add(
+        "softmax forward",
+        format!("{rows_n}×{cols}"),
+        vec![d],
+        0.0,
+        8.0 * (rows_n * cols) as f64,
+    )?;
+    let d = softmax::plan_backward(&ctx, &y, &x, 1.0, &zeros(&ctx, &[rows_n, cols]))?;
+    add(
+        "softmax backward",
+        format!("{rows_n}×{cols}"),
+        vec![d],
+        0.0,
+        12.0 * (rows_n * cols) as f64,
+    )?;
+    // layernorm
+    let (r, h) = (s(1024, 4096), s(256, 768));
+    let x = filled(&ctx, &[r, h]);
+    let (g, bt) = (filled(&ctx, &[h]), filled(&ctx, &[h]));
+    let stats = zeros(&ctx, &[r, 2]);
+    let y = zeros(&ctx, &[r, h]);
+    let d = layernorm::plan_forward(&ctx, &x, &g, &bt, 1e-12, &y, &stats)?;
+    add(
+        "layernorm forward",
+        format!("{r}×{h}"),
+        vec![d],
+        0.0,
+        8.0 * (r * h) as f64,
+    )?;
+    let d = layernorm::plan_backward(&ctx, &x, &g, &stats, &y, &zeros(&ctx, &[r, h]))?;
+    add(
+        "layernorm backward (dx)",
+        format!("{r}×{h}"),
+        vec![d],
+        0.0,
+        12.0 * (r * h) as f64,
+    )?;
+    // gelu
+    let n = s(1 << 18, 1 << 24);
+    let x = filled(&ctx, &[n]);
+    let d = gelu::plan_forward(&ctx, &x, &zeros(&ctx, &[n]))?;
+    add("gelu forward", format!("{n}"), vec![d], 0.0, 8.0 * n as f64)?;
+    // rope [B, T, H, d]
+    let (bb, t, hh, dd) = (s(2, 8), s(128, 512), s(4, 12), 64);
+    let x = filled(&ctx, &[bb, t, hh, dd]);
+    let table = rope::table(&ctx, t, dd)?;
+    let d = rope::plan(
+        &ctx,
+        &x,
+        HeadLayout::Bthd,
+        &table,
+        &zeros(&ctx, &[bb, t, hh, dd]),
+        HeadLayout::Bthd,
+        false,
+    )?;
+    add(
+        "rope",
+        format!("[{bb},{t},{hh},{dd}]"),
+        vec![d],
+        0.0,
+        8.0 * (bb * t * hh * dd) as f64,
+    )?;
+    // embedding lookup
+    let (vocab, dim, tokens) = (s(1000, 32000), s(128, 768), s(1024, 4096));
+    let table = filled(&ctx, &[vocab, dim]);
+    let ids: Vec<u32> = (0..tokens).map(|i| ((i * 7919) % vocab) as u32).collect();
+    let ids = TokenIds::new(&ctx, &ids, &[tokens], vocab)?;
+    let d = embedding::plan_forward(&ctx, &table, &ids, &zeros(&ctx, &[tokens, dim]), false)?;
+    add(
+        "embedding lookup",
+        format!("{tokens} of {vocab}×{dim}"),
+        vec![d],
+        0.0,
+        8.0 * (tokens * dim) as f64,
+    )?;
+    // cross-entropy
+    let (rows_n, classes) = (s(256, 4096), s(1000, 32000));
+    let logits = filled(&ctx, &[rows_n, classes]);
+    let labels: Vec<i32> = (0..rows_n).map(|i| (i % classes) as i32).collect();
+    let labels = Labels::new(
+        &ctx,
+        &labels,
+        &[rows_n],
+        classes,
+        cross_entropy::IGNORE_INDEX,
+    )?;
+    let state = LossState::new(&ctx, rows_n)?;
+    let mut d = cross_entropy::plan_forward(&ctx, &logits, &labels, &state)?;
+    d.push(cross_entropy::plan_backward(
+        &ctx,
+        &logits,
+        &labels,
+        &state,
+        1.0,
+        &zeros(&ctx, &[rows_n, classes]),
+    )?);
+    add(
+        "cross-entropy forward+backward",
+        format!("{rows_n}×{classes}"),
+        d,
+        0.0,
+        12.0 * (rows_n * classes) as f64,
+    )?;
+    // AdamW over a parameter vector
+    let n = s(1 << 20, 110_000_000);
+    let (p, gr) = (filled(&ctx, &[n]), filled(&ctx, &[n]));
+    let st = adamw::AdamWState::zeros(&ctx, &[n])?;
+    let step = adamw::plan_step(&ctx, &adamw::AdamWConfig::default(), &p, &gr, &st, None)?;
+    add(
+        "adamw",
+        format!("{n}"),
+        vec![step.dispatch],
+        0.0,
+        28.0 * n as f64,
+    )?;
+    // attention, B1 H8 d64
+    let t = s(256, 4096);
+    let shape = [1, 8, t, 64];
+    let (q, k, v) = (
+        filled(&ctx, &shape),
+        filled(&ctx, &shape),
+        filled(&ctx, &shape),
+    );
+    let opts = AttentionOptions::default();
+    let saved = flash_attention::FlashSaved::new(&ctx, &q, HeadLayout::Bhtd, &opts)?;
+    let d = flash_attention::plan_forward(
+        &ctx,
+        &q,
+        &k,
+        &v,
+        HeadLayout::Bhtd,
+        &opts,
+        &saved,
+        &zeros(&ctx, &shape),
+    )?;
+    add(
+        "fused softmax attention forward",
+        format!("B1 H8 T{t} d64"),
+        d,
+        4.0 * 8.0 * (t * t * 64) as f64,
+        0.0,
+    )?;
+    let lopts = LinearAttentionOptions::default();
+    let lsaved = zeros(&ctx, &linear_attention::saved_shape(&q, HeadLayout::Bhtd)?);
+    let d = linear_attention::plan_forward(
+        &ctx,
+        &q,
+        &k,
+        &v,
+        HeadLayout::Bhtd,
+        &lopts,
+        &zeros(&ctx, &shape),
+        &lsaved,
+    )?;
+    add(
+        "linear attention forward (scan)",
+        format!("B1 H8 T{t} d64"),
+        vec![d],
+        4.0 * 8.0 * (t * 64 * 64) as f64,
+        0.0,
+    )?;
+    let copts = LinearAttentionOptions {
+        causal: true,
+        ..Default::default()
+    };
+    let cs = chunked::shapes(&ctx, &q, &k, &v, HeadLayout::Bhtd, &copts)?;
+    let csaved = chunked::ChunkedSaved::new(&ctx, &cs)?;
+    let d = chunked::plan_forward(
+        &ctx,
+        &q,
+        &k,
+        &v,
+        HeadLayout::Bhtd,
+        &copts,
+        &csaved,
+        &zeros(&ctx, &shape),
+    )?;
+    add(
+        "causal linear attention (chunked)",
+        format!("B1 H8 T{t} d64"),
+        d,
+        4.0 * 8.0 * (t * 64 * 64) as f64,
+        0.0,
+    )?;
+
+    std::fs::write(
+        out.join("bench.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "adapter": caps.adapter_name, "backend": format!("{:?}", caps.backend),
+            "fp32_gflops": peak_gflops, "copy_gbs": peak_gbs, "kernels": rows,
+        }))?,
+    )?;
+    chart(&out.join("bench.png"), &rows)?;
+    println!(
+        "\nwrote {} and {}",
+        out.join("bench.json").display(),
+        out.join("bench.png").display()
+    );
+
+    // A whole training step.
+    let (layers, hidden, heads, tt, batch) = if cpu {
+        (2, 128, 4, 128, 4)
+    } else {
+        (12, 768, 12, 512, 8)
+    };
+    let config = RoFormerConfig::from_json(
+        &format!(
+            r#"{{"vocab_size": 32000, "hidden_size": {hidden}, "num_hidden_layers": {layers}, "num_attention_heads": {heads},
+            "intermediate_size": {}, "max_position_embeddings": {tt}}}"#,
+            4 * hidden
+        ),
+        "bench",
+    )?;
+    let t0 = Instant::now();
+    let model = RoFormer::new(&ctx, config, Head::MaskedLm)?;
+    model.init_random(&ctx, 0)?;
+    let mut session = model.session(&ctx, batch, tt, Mode::Train(TrainOptions::default()))?;
+    session.set_batch(
+        &ctx,
+        &Batch {
+            input_ids: (0..batch * tt)
+                .map(|i| ((i * 7919) % 32000) as u32)
+                .collect(),
+            labels: (0..batch * tt)
+                .map(|i| {
+                    if i % 7 == 0 {
+                        ((i * 31) % 32000) as i32
+                    } else {
+                        -100
+                    }
+                })
+                .collect(),
+            ..Default::default()
+        },
+    )?;
+    session.run(&ctx)?;
+    let first = t0.elapsed().as_secs_f64();
+    let mut gpu = Vec::new();
+    for _ in 0..s(2, 10) {
+        let m = session.run(&ctx)?;
+        gpu.push(m.gpu.map_or(0.0, |g| g.as_secs_f64()));
+    }
+    gpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let g = gpu[gpu.len() / 2];
+    println!(
+        "training step, MLM {layers} layers, hidden {hidden}, T {tt}, batch {batch}: {:.1} ms GPU, {:.0} tokens/s; first step (model, plan, compile) {first:.2} s",
+        g * 1e3,
+        (batch * tt) as f64 / g
+    );
+    Ok(())
+}
+
+fn chart(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let text = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    ]
+    .iter()
+    .any(|p| {
+        std::fs::read(p).is_ok_and(|b| {
+            plotters::style::register_font(
+                "sans-serif",
+                FontStyle::Normal,
+                Box::leak(b.into_boxed_slice()),
+            )
+            .is_ok()
+        })
+    });
+    let root = BitMapBackend::new(path, (1000, 40 + 28 * rows.len() as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (label_area, bars) = root.split_horizontally(330);
+    let top = 30;
+    for (i, r) in rows.iter().enumerate() {
+        let y = top + 28 * i as i32;
+        if text {
+            label_area.draw(&Text::new(r.kernel.clone(), (8, y + 4), ("sans-serif", 15)))?;
+        }
+        let w = (r.fraction.clamp(0.0, 1.0) * 600.0) as i32;
+        let colour = if r.unit == "GB/s" { BLUE } else { RED };
+        bars.draw(&Rectangle::new(
+            [(0, y), (w.max(1), y + 20)],
+            colour.filled(),
+        ))?;
+        if text {
+            bars.draw(&Text::new(
+                format!("{:.1}% ({:.1} {})", 100.0 * r.fraction, r.rate, r.unit),
+                (w + 6, y + 4),
+                ("sans-serif", 14),
+            ))?;
+        }
+    }
+    if text {
+        root.draw(&Text::new(
+            "fraction of the adapter's measured ceiling (red: FP32 rate, blue: copy bandwidth)",
+            (8, 6),
+            ("sans-serif", 16),
+        ))?;
+    }
+    root.present()?;
+    Ok(())
+}

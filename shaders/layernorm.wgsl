@@ -1,6 +1,8 @@
 // LayerNorm over the last dimension (rows of n), as torch.nn.LayerNorm:
 //   forward:         mean, rstd = 1 / sqrt(var + eps) (biased variance, two passes);
 //                    y = (x - mean) * rstd * gamma + beta; stats[r] = (mean, rstd)
+//   forward_residual: the same on s = x + residual, also writing s (a post-LN block's
+//                    residual add and LayerNorm in one pass over memory)
 //   backward:        g = dy * gamma, xhat = (x - mean) * rstd,
 //                    dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat))
 //   backward_params: dgamma[j] = sum_r dy[r, j] xhat[r, j],  dbeta[j] = sum_r dy[r, j]
@@ -21,8 +23,10 @@ struct Params {
 // forward: y; backward: dx; backward_params: dgamma.
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
-// backward_params: dbeta.
+// backward_params: dbeta; forward_residual: the sum s.
 @group(0) @binding(6) var<storage, read_write> out2: array<f32>;
+// forward_residual: the residual added to x.
+@group(0) @binding(7) var<storage, read> residual: array<f32>;
 
 // Threads per row: a power of two from 32 to 256 matched to the row length (a compiled
 // variant), so short rows do not pay for idle threads at every barrier.
@@ -66,6 +70,39 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     let rstd = inverseSqrt(workgroup_sum(v, li) / nf + p.eps);
     for (var j = li; j < p.n; j += WG) {
         out[base + j] = (x[base + j] - mean) * rstd * gamma[j] + in3[j];
+    }
+    if (li == 0u) {
+        stats[2u * row] = mean;
+        stats[2u * row + 1u] = rstd;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn forward_residual(@builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) li: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.n;
+    let nf = f32(p.n);
+    var s = 0.0;
+    for (var j = li; j < p.n; j += WG) {
+        let v = x[base + j] + residual[base + j];
+        out2[base + j] = v;
+        s += v;
+    }
+    let mean = workgroup_sum(s, li) / nf;
+    var var_sum = 0.0;
+    for (var j = li; j < p.n; j += WG) {
+        // Each thread reads back only the sums it wrote itself.
+        let d = out2[base + j] - mean;
+        var_sum += d * d;
+    }
+    let rstd = inverseSqrt(workgroup_sum(var_sum, li) / nf + p.eps);
+    for (var j = li; j < p.n; j += WG) {
+        out[base + j] = (out2[base + j] - mean) * rstd * gamma[j] + in3[j];
     }
     if (li == 0u) {
         stats[2u * row] = mean;

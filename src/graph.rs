@@ -391,6 +391,55 @@ impl Graph {
         Ok(out)
     }
 
+    /// `layer_norm(a + b)` with the add and the normalisation in one kernel (a post-LN
+    /// block's residual). For the backward pass it is the Add stage then the LayerNorm stage.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_layer_norm(
+        &mut self,
+        name: &str,
+        a: TensorId,
+        b: TensorId,
+        gamma: TensorId,
+        beta: TensorId,
+        eps: f32,
+    ) -> Result<TensorId> {
+        if a == b {
+            return Err(Error::invalid(format!(
+                "{name}: adding a tensor to itself is not supported"
+            )));
+        }
+        let shape = self.shape(a).to_vec();
+        layout_check("add_layer_norm", "b", self.shape(b), &shape)?;
+        let n = *shape.last().unwrap();
+        layout_check("add_layer_norm", "gamma", self.shape(gamma), &[n])?;
+        layout_check("add_layer_norm", "beta", self.shape(beta), &[n])?;
+        let sum = self.output(&format!("{name}.sum"), &shape, &[a, b]);
+        let out = self.output(name, &shape, &[sum, gamma, beta]);
+        let stats = self.pooled(format!("{name}.stats"), &[numel(&shape) / n, 2], false);
+        self.call(
+            false,
+            format!("{name}: add + layernorm"),
+            vec![a, b, gamma, beta],
+            vec![sum, out, stats],
+            Box::new(move |ctx, t| {
+                Ok(vec![layernorm::plan_forward_residual(
+                    ctx,
+                    t.get(a)?,
+                    t.get(b)?,
+                    t.get(gamma)?,
+                    t.get(beta)?,
+                    eps,
+                    t.get(sum)?,
+                    t.get(out)?,
+                    t.get(stats)?,
+                )?])
+            }),
+        );
+        self.stage(StageKind::Add, vec![a, b], sum);
+        self.stage(StageKind::LayerNorm { stats }, vec![sum, gamma, beta], out);
+        Ok(out)
+    }
+
     pub fn gelu(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
         let shape = self.shape(x).to_vec();
         let out = self.output(name, &shape, &[x]);

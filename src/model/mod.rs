@@ -321,21 +321,21 @@ impl RoFormer {
                 AttentionKind::Linear => g.linear_attention(&att_name, q, k, v, spec.clone())?,
             };
             let o = linear(g, "attention.output.dense", a)?;
-            let r = g.add(&format!("{pre}.attention.output.residual"), o, h)?;
-            let norm = |g: &mut Graph, name: &str, x: TensorId| -> Result<TensorId> {
+            // Residual add and LayerNorm run as one kernel; the graph keeps them as two
+            // stages so the backward pass is unchanged.
+            let add_norm = |g: &mut Graph, name: &str, x: TensorId, skip: TensorId| {
                 let name = format!("{pre}.{name}");
                 let (w, b) = (
                     g.param(s, &format!("{name}.weight"))?,
                     g.param(s, &format!("{name}.bias"))?,
                 );
-                g.layer_norm(&name, x, w, b, eps)
+                g.add_layer_norm(&name, x, skip, w, b, eps)
             };
-            let h1 = norm(g, "attention.output.LayerNorm", r)?;
+            let h1 = add_norm(g, "attention.output.LayerNorm", o, h)?;
             let i = linear(g, "intermediate.dense", h1)?;
             let i = g.gelu(&format!("{pre}.intermediate.gelu"), i)?;
             let o2 = linear(g, "output.dense", i)?;
-            let r2 = g.add(&format!("{pre}.output.residual"), o2, h1)?;
-            h = norm(g, "output.LayerNorm", r2)?;
+            h = add_norm(g, "output.LayerNorm", o2, h1)?;
             hidden.push(h);
         }
 

@@ -63,7 +63,46 @@ pub fn plan_forward(
         .read(beta)
         .write(y)
         .write(stats)
-        .read_opt(None)
+        .skip()
+        .skip()
+        .build(ctx.grid_1d(rows as u64)?)
+}
+
+/// Residual add and LayerNorm in one pass: `sum = x + residual`, `y = layernorm(sum) · gamma
+/// + beta`; writes `sum` (the backward pass needs it) and `stats`.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_forward_residual(
+    ctx: &Context,
+    x: &Tensor,
+    residual: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    sum: &Tensor,
+    y: &Tensor,
+    stats: &Tensor,
+) -> Result<Dispatch> {
+    let (rows, n) = rows_n("layernorm", x, gamma)?;
+    beta.expect_shape("layernorm", "beta", &[n])?;
+    residual.expect_shape("layernorm", "residual", x.shape())?;
+    sum.expect_shape("layernorm", "sum", x.shape())?;
+    y.expect_shape("layernorm", "y", x.shape())?;
+    stats.expect_shape("layernorm", "stats", &[rows, 2])?;
+    DispatchBuilder::new(ctx, &SHADER, "forward_residual")
+        .row_threads(n)
+        .params(&Params {
+            rows: rows as u32,
+            n: n as u32,
+            eps,
+            accumulate: 0,
+        })
+        .read(x)
+        .read(gamma)
+        .read(beta)
+        .write(y)
+        .write(stats)
+        .write(sum)
+        .read(residual)
         .build(ctx.grid_1d(rows as u64)?)
 }
 
@@ -93,7 +132,8 @@ pub fn plan_backward(
         .read(dy)
         .write(dx)
         .write(stats)
-        .read_opt(None)
+        .skip()
+        .skip()
         .build(ctx.grid_1d(rows as u64)?)
 }
 
@@ -128,6 +168,7 @@ pub fn plan_backward_params(
         .write(dgamma)
         .write(stats)
         .write(dbeta)
+        .skip()
         .build(ctx.grid_1d((n as u64).div_ceil(64))?)
 }
 
@@ -213,6 +254,41 @@ pub mod reference {
 mod tests {
     use super::*;
     use crate::testing::*;
+
+    #[test]
+    fn residual_forward_matches_add_then_layernorm() {
+        let ctx = &ctx();
+        let mut rng = rng(12);
+        for &(rows, n) in &[(1, 1), (7, 33), (129, 300)] {
+            let (x, r) = (randn(&mut rng, rows * n), randn(&mut rng, rows * n));
+            let (gamma, beta) = (randn(&mut rng, n), randn(&mut rng, n));
+            let (tx, tr) = (upload(ctx, &x, &[rows, n]), upload(ctx, &r, &[rows, n]));
+            let (sum, y, stats) = (
+                poisoned(ctx, &[rows, n]),
+                poisoned(ctx, &[rows, n]),
+                poisoned(ctx, &[rows, 2]),
+            );
+            let (tg, tb) = (upload(ctx, &gamma, &[n]), upload(ctx, &beta, &[n]));
+            ctx.run(&[
+                plan_forward_residual(ctx, &tx, &tr, &tg, &tb, 1e-5, &sum, &y, &stats).unwrap(),
+            ])
+            .unwrap();
+            let s64: Vec<f64> = x.iter().zip(&r).map(|(a, b)| (a + b) as f64).collect();
+            let want = reference::forward(&s64, &to_f64(&gamma), &to_f64(&beta), 1e-5);
+            assert_close(
+                &format!("add+layernorm {rows}x{n} sum"),
+                &download(ctx, &sum),
+                &s64,
+                1e-6,
+            );
+            assert_close(
+                &format!("add+layernorm {rows}x{n}"),
+                &download(ctx, &y),
+                &want,
+                1e-5,
+            );
+        }
+    }
 
     #[test]
     fn forward_and_backward_match_reference() {

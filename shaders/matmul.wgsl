@@ -5,10 +5,19 @@
 // so transposed operands (swap rs and cs), broadcast operands (stride 0) and per-head
 // views of a [B, T, H, d] tensor are all plain parameter changes, never copies.
 //
-// Tiling: a 16x16 workgroup computes a 64x64 block of C, each thread a 4x4 register block
-// (rows ty + 16 i, columns tx + 16 j), stepping through K in slices of 16 staged in
-// workgroup memory. Edges are handled when staging (out-of-range elements load as 0) and
-// when storing, so any M, N, K works.
+// Tiling (the override constants below, chosen per adapter by src/ops/matmul.rs):
+// a workgroup computes a BM x BN block of C, each of its (BM/TM)(BN/TN) threads a TM x TN
+// register block, stepping through K in slices of BK staged in workgroup memory.
+// - Staging reads 4 elements along each operand's contiguous axis (k or m for A, k or n
+//   for B), so neighbouring threads read neighbouring memory whether or not an operand is
+//   transposed: the backward pass's A^T B and A B^T products load as well as the forward.
+//   Where the layout allows (contiguous axis stride 1, everything else a multiple of 4), the
+//   four come in one vec4 load through the a4/b4 bindings, which alias a and b.
+// - Tiles are stored k-major, [BK][BM] and [BK][BN], so the inner loop reads a thread's
+//   rows and columns as vec4s. A thread's rows (and columns) are interleaved in groups of
+//   4, so neighbouring threads read neighbouring vec4s (no bank conflicts).
+// - Edges: bounds are checked only while staging a slice that crosses an edge (a uniform
+//   branch per slice); interior tiles and the inner product never check anything.
 
 struct Params {
     m: u32, n: u32, k: u32, batch_inner: u32,
@@ -24,18 +33,112 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
+override BM: u32 = 64u;
+override BN: u32 = 64u;
+override BK: u32 = 16u;
+override TM: u32 = 4u;  // multiple of 4
+override TN: u32 = 4u;  // 4 or 8
+// A's adjacent elements run along k (row-major A) rather than m (A stored transposed).
+override A_K_CONTIG: bool = true;
+// B's adjacent elements run along n (row-major B) rather than k (B stored transposed).
+override B_N_CONTIG: bool = true;
+override A_VEC4: bool = false;
+override B_VEC4: bool = false;
+override WG: u32 = (BM / TM) * (BN / TN);
 
-// k-major tiles: at a given k a thread reads its 4 rows (or columns) with stride 16.
-var<workgroup> tile_a: array<f32, 1024>; // [BK][BM]
-var<workgroup> tile_b: array<f32, 1024>; // [BK][BN]
+var<workgroup> tile_a: array<vec4<f32>, BK * BM / 4u>;  // [BK][BM / 4]
+var<workgroup> tile_b: array<vec4<f32>, BK * BN / 4u>;  // [BK][BN / 4]
 
-@compute @workgroup_size(16, 16, 1)
+// Four elements of A starting at (gm, gk), along the contiguous axis; zero outside A.
+fn load_a(a_base: u32, gm: u32, gk: u32, checked: bool) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (A_VEC4) {
+        // Whole vec4s are in or out: the contiguous extent is a multiple of 4.
+        if (!checked || (gm < p.m && gk < p.k)) {
+            v = a4[(a_base + gm * p.a_rs + gk * p.a_cs) / 4u];
+        }
+        return v;
+    }
+    for (var i = 0u; i < 4u; i++) {
+        var r = gm;
+        var kk = gk;
+        if (A_K_CONTIG) { kk += i; } else { r += i; }
+        if (!checked || (r < p.m && kk < p.k)) {
+            v[i] = a[a_base + r * p.a_rs + kk * p.a_cs];
+        }
+    }
+    return v;
+}
+
+// Four elements of B starting at (gk, gn), along the contiguous axis; zero outside B.
+fn load_b(b_base: u32, gk: u32, gn: u32, checked: bool) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (B_VEC4) {
+        if (!checked || (gk < p.k && gn < p.n)) {
+            v = b4[(b_base + gk * p.b_rs + gn * p.b_cs) / 4u];
+        }
+        return v;
+    }
+    for (var i = 0u; i < 4u; i++) {
+        var kk = gk;
+        var col = gn;
+        if (B_N_CONTIG) { col += i; } else { kk += i; }
+        if (!checked || (kk < p.k && col < p.n)) {
+            v[i] = b[b_base + kk * p.b_rs + col * p.b_cs];
+        }
+    }
+    return v;
+}
+
+fn stage_a(a_base: u32, row0: u32, k0: u32, li: u32, checked: bool) {
+    for (var r = 0u; r < BM * BK / 4u / WG; r++) {
+        let e = li + r * WG;
+        if (A_K_CONTIG) {
+            // Thread e reads k0 + 4 kq .. +3 of row mr and scatters them down the k axis.
+            let kq = e % (BK / 4u);
+            let mr = e / (BK / 4u);
+            let v = load_a(a_base, row0 + mr, k0 + kq * 4u, checked);
+            let t = kq * BM + mr / 4u;  // (4 kq) * (BM / 4) + mr / 4
+            let comp = mr % 4u;
+            tile_a[t][comp] = v.x;
+            tile_a[t + BM / 4u][comp] = v.y;
+            tile_a[t + BM / 2u][comp] = v.z;
+            tile_a[t + 3u * BM / 4u][comp] = v.w;
+        } else {
+            // Thread e reads rows 4 mq .. +3 at k0 + kr: already a row of the k-major tile.
+            let mq = e % (BM / 4u);
+            let kr = e / (BM / 4u);
+            tile_a[kr * (BM / 4u) + mq] = load_a(a_base, row0 + mq * 4u, k0 + kr, checked);
+        }
+    }
+}
+
+fn stage_b(b_base: u32, col0: u32, k0: u32, li: u32, checked: bool) {
+    for (var r = 0u; r < BN * BK / 4u / WG; r++) {
+        let e = li + r * WG;
+        if (B_N_CONTIG) {
+            let nq = e % (BN / 4u);
+            let kr = e / (BN / 4u);
+            tile_b[kr * (BN / 4u) + nq] = load_b(b_base, k0 + kr, col0 + nq * 4u, checked);
+        } else {
+            let kq = e % (BK / 4u);
+            let nc = e / (BK / 4u);
+            let v = load_b(b_base, k0 + kq * 4u, col0 + nc, checked);
+            let t = kq * BN + nc / 4u;
+            let comp = nc % 4u;
+            tile_b[t][comp] = v.x;
+            tile_b[t + BN / 4u][comp] = v.y;
+            tile_b[t + BN / 2u][comp] = v.z;
+            tile_b[t + 3u * BN / 4u][comp] = v.w;
+        }
+    }
+}
+
+@compute @workgroup_size(WG, 1, 1)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
-          @builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
     let zo = wid.z / p.batch_inner;
     let zi = wid.z % p.batch_inner;
@@ -44,62 +147,61 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
     let c_base = p.c_off + zo * p.c_so + zi * p.c_si;
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
+    let tx = li % (BN / TN);
+    let ty = li / (BN / TN);
 
-    // The 4x4 register block as four vec4 rows, updated with explicit vector FMAs: naga
-    // does not unroll loops, and an array indexed by loop counters can end up in memory.
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    // TM rows x TN/4 vec4 columns, at most 8 x 2. Loop bounds are constants once the
+    // overrides are set, so drivers unroll them and keep the block in registers.
+    var acc: array<vec4<f32>, 16>;
+    // Slices below k_full lie wholly inside A and B for an interior tile.
+    let interior = row0 + BM <= p.m && col0 + BN <= p.n;
+    let k_full = select(0u, p.k / BK * BK, interior);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        for (var r = 0u; r < 4u; r++) {
-            let e = li + r * 256u;
-            // A: neighbouring threads take neighbouring k (contiguous when A is row-major).
-            let ka = e % BK;
-            let ma = e / BK;
-            var va = 0.0;
-            if (row0 + ma < p.m && k0 + ka < p.k) {
-                va = a[a_base + (row0 + ma) * p.a_rs + (k0 + ka) * p.a_cs];
-            }
-            tile_a[ka * BM + ma] = va;
-            // B: neighbouring threads take neighbouring n (contiguous when B is row-major).
-            let nb = e % BN;
-            let kb = e / BN;
-            var vb = 0.0;
-            if (col0 + nb < p.n && k0 + kb < p.k) {
-                vb = b[b_base + (k0 + kb) * p.b_rs + (col0 + nb) * p.b_cs];
-            }
-            tile_b[kb * BN + nb] = vb;
-        }
+        let checked = k0 >= k_full;
+        stage_a(a_base, row0, k0, li, checked);
+        stage_b(b_base, col0, k0, li, checked);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let ta = kk * BM + lid.y;
-            let tb = kk * BN + lid.x;
-            let bv = vec4<f32>(tile_b[tb], tile_b[tb + 16u], tile_b[tb + 32u], tile_b[tb + 48u]);
-            acc0 = fma(vec4<f32>(tile_a[ta]), bv, acc0);
-            acc1 = fma(vec4<f32>(tile_a[ta + 16u]), bv, acc1);
-            acc2 = fma(vec4<f32>(tile_a[ta + 32u]), bv, acc2);
-            acc3 = fma(vec4<f32>(tile_a[ta + 48u]), bv, acc3);
+            var bv: array<vec4<f32>, 2>;
+            for (var j = 0u; j < TN / 4u; j++) {
+                bv[j] = tile_b[kk * (BN / 4u) + j * (BN / TN) + tx];
+            }
+            for (var i4 = 0u; i4 < TM / 4u; i4++) {
+                let av = tile_a[kk * (BM / 4u) + i4 * (BM / TM) + ty];
+                for (var j = 0u; j < TN / 4u; j++) {
+                    let q = i4 * TN + j;  // accumulator of row 4 i4, column group j
+                    acc[q] = fma(vec4<f32>(av.x), bv[j], acc[q]);
+                    acc[q + TN / 4u] = fma(vec4<f32>(av.y), bv[j], acc[q + TN / 4u]);
+                    acc[q + TN / 2u] = fma(vec4<f32>(av.z), bv[j], acc[q + TN / 2u]);
+                    acc[q + 3u * TN / 4u] = fma(vec4<f32>(av.w), bv[j], acc[q + 3u * TN / 4u]);
+                }
+            }
         }
         workgroupBarrier();
     }
 
-    let rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-    for (var i = 0u; i < 4u; i++) {
-        let gm = row0 + lid.y + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let gn = col0 + lid.x + 16u * j;
-            if (gm < p.m && gn < p.n) {
-                let idx = c_base + gm * p.c_rs + gn * p.c_cs;
-                var v = p.alpha * rows[i][j];
-                // beta == 0 must not read C: it may hold anything, NaN included.
-                if (p.beta != 0.0) {
-                    v += p.beta * c[idx];
+    for (var i = 0u; i < TM; i++) {
+        let gm = row0 + ((i / 4u) * (BM / TM) + ty) * 4u + i % 4u;
+        if (gm >= p.m) {
+            continue;
+        }
+        for (var j = 0u; j < TN / 4u; j++) {
+            let gn0 = col0 + (j * (BN / TN) + tx) * 4u;
+            let v = acc[i * (TN / 4u) + j];
+            for (var e = 0u; e < 4u; e++) {
+                let gn = gn0 + e;
+                if (gn < p.n) {
+                    let idx = c_base + gm * p.c_rs + gn * p.c_cs;
+                    var out = p.alpha * v[e];
+                    // beta == 0 must not read C: it may hold anything, NaN included.
+                    if (p.beta != 0.0) {
+                        out += p.beta * c[idx];
+                    }
+                    if (p.has_bias != 0u) {
+                        out += bias[p.bias_off + gn];
+                    }
+                    c[idx] = out;
                 }
-                if (p.has_bias != 0u) {
-                    v += bias[p.bias_off + gn];
-                }
-                c[idx] = v;
             }
         }
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::ops::matmul::{ShapeClass, Tiling, TilingChoice};
 
 /// How to pick an adapter and open a device. `Default` follows wgpu's environment variables.
 #[derive(Clone, Debug)]
@@ -24,6 +25,8 @@ pub struct ContextOptions {
     pub cooperative_matrix: bool,
     /// Longest a blocking wait (a read-back, `Context::wait`) may take before it fails.
     pub wait_timeout: Option<Duration>,
+    /// How matmul tile sizes are chosen (timed per adapter by default).
+    pub matmul_tiling: TilingChoice,
 }
 
 impl Default for ContextOptions {
@@ -34,6 +37,7 @@ impl Default for ContextOptions {
             power_preference: None,
             cooperative_matrix: true,
             wait_timeout: Some(Duration::from_secs(600)),
+            matmul_tiling: TilingChoice::Auto,
         }
     }
 }
@@ -140,6 +144,8 @@ struct PipelineKey {
     entry: &'static str,
     /// Text substitutions applied to the source (variant selection), in order.
     variant: Vec<(&'static str, String)>,
+    /// WGSL `override` constants, as (name, value bits).
+    constants: Vec<(&'static str, u64)>,
     bindings: Vec<Option<Access>>,
 }
 
@@ -159,6 +165,9 @@ pub struct Context {
     layouts: Mutex<HashMap<Vec<Option<Access>>, Layouts>>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Option<ErrorLog>,
+    matmul_tiling: TilingChoice,
+    /// Matmul tilings timed on this device, by kind of shape.
+    tuned_tilings: Mutex<HashMap<ShapeClass, Tiling>>,
     /// Bound in place of an optional input that is absent (never read by the kernel).
     pub(crate) dummy: wgpu::Buffer,
 }
@@ -320,6 +329,7 @@ impl Context {
         }));
         let mut ctx = Self::build(adapter, device, queue, options.wait_timeout);
         ctx.uncaptured = Some(log);
+        ctx.matmul_tiling = options.matmul_tiling;
         Ok(ctx)
     }
 
@@ -393,8 +403,39 @@ impl Context {
             layouts: Mutex::default(),
             lost,
             uncaptured: None,
+            matmul_tiling: TilingChoice::Auto,
+            tuned_tilings: Mutex::default(),
             dummy,
         }
+    }
+
+    /// Sets how matmul tile sizes are chosen (for a context made with [`Context::from_device`];
+    /// see [`ContextOptions::matmul_tiling`]).
+    pub fn with_matmul_tiling(mut self, choice: TilingChoice) -> Self {
+        self.matmul_tiling = choice;
+        self
+    }
+
+    pub(crate) fn tiling_choice(&self) -> TilingChoice {
+        self.matmul_tiling
+    }
+
+    pub(crate) fn tuned_tiling(&self, class: &ShapeClass) -> Option<Tiling> {
+        self.tuned_tilings.lock().unwrap().get(class).copied()
+    }
+
+    pub(crate) fn remember_tiling(&self, class: ShapeClass, tiling: Tiling) {
+        self.tuned_tilings.lock().unwrap().insert(class, tiling);
+    }
+
+    /// The matmul tilings chosen by timing so far, one per kind of shape.
+    pub fn tuned_tilings(&self) -> Vec<Tiling> {
+        self.tuned_tilings
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .collect()
     }
 
     pub fn device(&self) -> &wgpu::Device {
@@ -510,18 +551,21 @@ impl Context {
     }
 
     /// The pipeline for `shader`'s `entry`, compiled once per context and variant.
-    /// `variant` lists text substitutions (e.g. a `const` array size) applied to the source.
+    /// `variant` lists text substitutions (e.g. a `const` array size) applied to the source;
+    /// `constants` sets the shader's `override` constants.
     pub(crate) fn pipeline(
         &self,
         shader: &'static Shader,
         entry: &'static str,
         variant: &[(&'static str, String)],
+        constants: &[(&'static str, f64)],
         bindings: &[Option<Access>],
     ) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
         let key = PipelineKey {
             shader: shader.name,
             entry,
             variant: variant.to_vec(),
+            constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
             bindings: bindings.to_vec(),
         };
         let (bgl, pl) = self.layout(bindings);
@@ -543,7 +587,7 @@ impl Context {
                     module: &module,
                     entry_point: Some(entry),
                     compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &[],
+                        constants,
                         // Every kernel writes workgroup memory before reading it. Zeroing it
                         // costs time on every launch, and naga's GL backend emits it as huge
                         // array initialisers that Mesa takes minutes to compile.
@@ -703,8 +747,8 @@ mod tests {
             Some(Access::Read),
             Some(Access::ReadWrite),
         ];
-        let (a, _) = ctx.pipeline(shader, "axpby", &[], &bindings).unwrap();
-        let (b, _) = ctx.pipeline(shader, "axpby", &[], &bindings).unwrap();
+        let (a, _) = ctx.pipeline(shader, "axpby", &[], &[], &bindings).unwrap();
+        let (b, _) = ctx.pipeline(shader, "axpby", &[], &[], &bindings).unwrap();
         assert_eq!(a, b, "the second request must come from the cache");
     }
 }

@@ -67,6 +67,7 @@ pub(crate) struct DispatchBuilder<'a> {
     shader: &'static Shader,
     entry: &'static str,
     variant: Vec<(&'static str, String)>,
+    constants: Vec<(&'static str, f64)>,
     params: Vec<u8>,
     bindings: Vec<(Option<Access>, Binding<'a>)>,
 }
@@ -78,6 +79,7 @@ impl<'a> DispatchBuilder<'a> {
             shader,
             entry,
             variant: Vec::new(),
+            constants: Vec::new(),
             params: Vec::new(),
             bindings: Vec::new(),
         }
@@ -86,6 +88,12 @@ impl<'a> DispatchBuilder<'a> {
     /// Replaces `needle` in the shader source (selects a compiled variant).
     pub fn variant(mut self, needle: &'static str, replacement: String) -> Self {
         self.variant.push((needle, replacement));
+        self
+    }
+
+    /// Sets a WGSL `override` constant (booleans as 0 or 1).
+    pub fn constant(mut self, name: &'static str, value: f64) -> Self {
+        self.constants.push((name, value));
         self
     }
 
@@ -157,7 +165,13 @@ impl<'a> DispatchBuilder<'a> {
             });
         }
         let access: Vec<Option<Access>> = self.bindings.iter().map(|(a, _)| *a).collect();
-        let (pipeline, layout) = ctx.pipeline(self.shader, self.entry, &self.variant, &access)?;
+        let (pipeline, layout) = ctx.pipeline(
+            self.shader,
+            self.entry,
+            &self.variant,
+            &self.constants,
+            &access,
+        )?;
         let params = if self.params.is_empty() {
             vec![0u8; 16]
         } else {

@@ -4,18 +4,30 @@
 
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
+use roformer_wgpu::ops::ShaderVariant;
 
-fn translate(name: &str, source: &str) -> Result<(), String> {
+fn translate(name: &str, variant: &ShaderVariant) -> Result<(), String> {
+    let source = &variant.source;
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
     // No optional capabilities: the shaders must run on any WebGPU adapter.
     let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
         .validate(&module)
         .map_err(|e| e.emit_to_string(source))?;
-    spv::write_vec(&module, &info, &spv::Options::default(), None)
+    // Override constants are set as wgpu sets them before handing the module to a backend.
+    let constants: naga::back::PipelineConstants = variant
+        .constants
+        .iter()
+        .map(|&(name, value)| (name.to_string(), value))
+        .collect();
+    let (module, info) =
+        naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+            .map_err(|e| format!("overrides {:?}: {e}", variant.constants))?;
+    let (module, info) = (&*module, &*info);
+    spv::write_vec(module, info, &spv::Options::default(), None)
         .map_err(|e| format!("SPIR-V: {e}"))?;
     msl::write_string(
-        &module,
-        &info,
+        module,
+        info,
         &msl::Options::default(),
         &msl::PipelineOptions::default(),
     )
@@ -26,7 +38,7 @@ fn translate(name: &str, source: &str) -> Result<(), String> {
         &hlsl::Options::default(),
         &hlsl::PipelineOptions::default(),
     )
-    .write(&module, &info, None)
+    .write(module, info, None)
     .map_err(|e| format!("HLSL: {e}"))?;
     assert!(!module.entry_points.is_empty(), "{name} has no entry point");
     for ep in &module.entry_points {
@@ -38,8 +50,8 @@ fn translate(name: &str, source: &str) -> Result<(), String> {
         };
         glsl::Writer::new(
             &mut glsl_out,
-            &module,
-            &info,
+            module,
+            info,
             &glsl::Options::default(),
             &pipeline,
             Default::default(),
@@ -55,9 +67,9 @@ fn every_shader_translates_to_spirv_msl_hlsl_and_glsl() {
     let mut failures = Vec::new();
     let mut count = 0;
     for (shader, sources) in roformer_wgpu::ops::all_shader_sources() {
-        for (i, source) in sources.iter().enumerate() {
+        for (i, variant) in sources.iter().enumerate() {
             count += 1;
-            if let Err(e) = translate(shader.name, source) {
+            if let Err(e) = translate(shader.name, variant) {
                 failures.push(format!("{} (variant {i}): {e}", shader.name));
             }
         }

@@ -128,6 +128,24 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             0.0,
         )?;
     }
+    // What tuning sees: every tiling on the same products.
+    for (name, ta, tb) in [
+        ("A B", false, false),
+        ("A Bᵀ", false, true),
+        ("Aᵀ B", true, false),
+    ] {
+        let times = matmul::time_tilings(&ctx, (n, n, n), ta, tb)?;
+        let line: Vec<String> = times
+            .iter()
+            .map(|(t, d)| {
+                format!(
+                    "{t} {:.0}",
+                    2.0 * (n as f64).powi(3) / d.as_secs_f64() / 1e9
+                )
+            })
+            .collect();
+        println!("  tilings, {name} {n}³ (GFLOP/s): {}", line.join(", "));
+    }
     // softmax rows
     let (rows_n, cols) = (s(1024, 65536), s(256, 1024));
     let x = filled(&ctx, &[rows_n, cols]);

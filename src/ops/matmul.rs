@@ -19,8 +19,6 @@ pub static SHADER: Shader = Shader {
     source: include_str!("../../shaders/matmul.wgsl"),
 };
 
-const TILE: usize = 64;
-
 /// Where the elements of a (batched) matrix sit in a tensor: element `(z0, z1, row, col)`
 /// is at `offset + z0 * batch_strides[0] + z1 * batch_strides[1] + row * row_stride +
 /// col * col_stride`. A stride of 0 broadcasts.
@@ -106,6 +104,36 @@ struct Params {
     _pad: u32,
 }
 
+fn params_of(s: &StridedMatmul, has_bias: bool) -> Params {
+    let u = |x: usize| x as u32;
+    Params {
+        m: u(s.m),
+        n: u(s.n),
+        k: u(s.k),
+        batch_inner: u(s.batch[1]),
+        a_off: u(s.a.offset),
+        a_rs: u(s.a.row_stride),
+        a_cs: u(s.a.col_stride),
+        a_so: u(s.a.batch_strides[0]),
+        a_si: u(s.a.batch_strides[1]),
+        b_off: u(s.b.offset),
+        b_rs: u(s.b.row_stride),
+        b_cs: u(s.b.col_stride),
+        b_so: u(s.b.batch_strides[0]),
+        b_si: u(s.b.batch_strides[1]),
+        c_off: u(s.c.offset),
+        c_rs: u(s.c.row_stride),
+        c_cs: u(s.c.col_stride),
+        c_so: u(s.c.batch_strides[0]),
+        c_si: u(s.c.batch_strides[1]),
+        bias_off: u(s.bias_offset),
+        alpha: s.alpha,
+        beta: s.beta,
+        has_bias: has_bias as u32,
+        _pad: 0,
+    }
+}
+
 fn check_view(
     what: &'static str,
     t: &Tensor,
@@ -160,45 +188,383 @@ pub fn plan_strided(
             ));
         }
     }
-    let batch = s.batch[0] * s.batch[1];
-    let u = |x: usize| x as u32;
-    let params = Params {
-        m: u(s.m),
-        n: u(s.n),
-        k: u(s.k),
-        batch_inner: u(s.batch[1]),
-        a_off: u(s.a.offset),
-        a_rs: u(s.a.row_stride),
-        a_cs: u(s.a.col_stride),
-        a_so: u(s.a.batch_strides[0]),
-        a_si: u(s.a.batch_strides[1]),
-        b_off: u(s.b.offset),
-        b_rs: u(s.b.row_stride),
-        b_cs: u(s.b.col_stride),
-        b_so: u(s.b.batch_strides[0]),
-        b_si: u(s.b.batch_strides[1]),
-        c_off: u(s.c.offset),
-        c_rs: u(s.c.row_stride),
-        c_cs: u(s.c.col_stride),
-        c_so: u(s.c.batch_strides[0]),
-        c_si: u(s.c.batch_strides[1]),
-        bias_off: u(s.bias_offset),
-        alpha: s.alpha,
-        beta: s.beta,
-        has_bias: bias.is_some() as u32,
-        _pad: 0,
-    };
-    DispatchBuilder::new(ctx, &SHADER, "matmul")
-        .params(&params)
+    let params = params_of(s, bias.is_some());
+    let layout = Layout::of(s, a, b);
+    let tiling = choose_tiling(ctx, s, &layout)?;
+    dispatch(ctx, s, &params, &layout, tiling, a, b, bias, c)
+}
+
+/// The dispatch for one tiling; `plan_strided` has checked everything.
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    ctx: &Context,
+    s: &StridedMatmul,
+    params: &Params,
+    layout: &Layout,
+    tiling: Tiling,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+) -> Result<Dispatch> {
+    // The vec4 bindings alias a and b (read-only aliasing is allowed); where a kernel reads
+    // scalars they get the dummy buffer, which may be smaller than a vec4 array needs.
+    let a4 = layout.a_vec4.then_some(a);
+    let b4 = layout.b_vec4.then_some(b);
+    let mut builder = DispatchBuilder::new(ctx, &SHADER, "matmul");
+    for (name, value) in override_constants(tiling, layout) {
+        builder = builder.constant(name, value);
+    }
+    builder
+        .params(params)
         .read(a)
         .read(b)
         .read_opt(bias)
         .write(c)
+        .read_opt(a4)
+        .read_opt(b4)
         .build([
-            s.n.div_ceil(TILE) as u32,
-            s.m.div_ceil(TILE) as u32,
-            batch as u32,
+            s.n.div_ceil(tiling.bn as usize) as u32,
+            s.m.div_ceil(tiling.bm as usize) as u32,
+            (s.batch[0] * s.batch[1]) as u32,
         ])
+}
+
+/// The shader's override constants for one tiling and operand layout.
+fn override_constants(t: Tiling, l: &Layout) -> [(&'static str, f64); 9] {
+    let flag = |x: bool| if x { 1.0 } else { 0.0 };
+    [
+        ("BM", t.bm as f64),
+        ("BN", t.bn as f64),
+        ("BK", t.bk as f64),
+        ("TM", t.tm as f64),
+        ("TN", t.tn as f64),
+        ("A_K_CONTIG", flag(l.a_k_contig)),
+        ("B_N_CONTIG", flag(l.b_n_contig)),
+        ("A_VEC4", flag(l.a_vec4)),
+        ("B_VEC4", flag(l.b_vec4)),
+    ]
+}
+
+/// Every set of override constants the library may compile: each tiling with each
+/// operand layout (for the cross-translation test).
+pub fn all_override_constants() -> Vec<Vec<(&'static str, f64)>> {
+    let mut sets = Vec::new();
+    for t in TILINGS {
+        for bits in 0..16u32 {
+            let l = Layout {
+                a_k_contig: bits & 1 != 0,
+                b_n_contig: bits & 2 != 0,
+                a_vec4: bits & 4 != 0,
+                b_vec4: bits & 8 != 0,
+            };
+            sets.push(override_constants(t, &l).to_vec());
+        }
+    }
+    sets
+}
+
+/// How the operands lie in memory, as far as the kernel's loads care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Layout {
+    /// A's adjacent elements run along k (else along m).
+    a_k_contig: bool,
+    /// B's adjacent elements run along n (else along k).
+    b_n_contig: bool,
+    /// A can be read as aligned vec4s along its contiguous axis.
+    a_vec4: bool,
+    b_vec4: bool,
+}
+
+impl Layout {
+    fn of(s: &StridedMatmul, a: &Tensor, b: &Tensor) -> Layout {
+        // Contiguous along k unless the other axis has the unit stride.
+        let a_k_contig = !(s.a.row_stride == 1 && s.a.col_stride != 1);
+        let b_n_contig = !(s.b.row_stride == 1 && s.b.col_stride != 1);
+        // A vec4 along the contiguous axis needs unit stride there, a multiple-of-4 extent
+        // (so a vec4 never straddles an edge), and every other offset and stride a multiple
+        // of 4; the binding needs a whole number of vec4s.
+        let vec4 = |v: &MatrixView, contig_is_col: bool, extent: usize, t: &Tensor| {
+            let (unit, other) = if contig_is_col {
+                (v.col_stride, v.row_stride)
+            } else {
+                (v.row_stride, v.col_stride)
+            };
+            unit == 1
+                && extent % 4 == 0
+                && [other, v.offset, v.batch_strides[0], v.batch_strides[1]]
+                    .iter()
+                    .all(|x| x % 4 == 0)
+                && t.numel() % 4 == 0
+        };
+        Layout {
+            a_k_contig,
+            b_n_contig,
+            a_vec4: vec4(&s.a, a_k_contig, if a_k_contig { s.k } else { s.m }, a),
+            b_vec4: vec4(&s.b, b_n_contig, if b_n_contig { s.n } else { s.k }, b),
+        }
+    }
+}
+
+/// A tiling of the kernel, set through its override constants: a workgroup computes a
+/// `bm × bn` block of C with `(bm/tm)·(bn/tn)` threads of `tm × tn` each, through K in
+/// slices of `bk`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tiling {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
+
+impl Tiling {
+    pub const fn new(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> Tiling {
+        Tiling { bm, bn, bk, tm, tn }
+    }
+
+    pub fn threads(&self) -> u32 {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+
+    /// Bytes of workgroup memory (the two k-major tiles).
+    pub fn workgroup_bytes(&self) -> u32 {
+        (self.bm + self.bn) * self.bk * 4
+    }
+
+    /// Whether the kernel supports this tiling (its register block holds at most 8 × 8,
+    /// in vec4s; every thread stages whole vec4s) and the adapter can run it.
+    pub fn fits(&self, caps: &crate::context::Capabilities) -> bool {
+        let Tiling { bm, bn, bk, tm, tn } = *self;
+        let wg = self.threads();
+        tm % 4 == 0
+            && tm <= 8
+            && (tn == 4 || tn == 8)
+            && bk % 4 == 0
+            && bm % tm == 0
+            && bn % tn == 0
+            && (bm * bk / 4) % wg == 0
+            && (bn * bk / 4) % wg == 0
+            && wg <= caps.max_invocations_per_workgroup
+            && self.workgroup_bytes() <= caps.max_workgroup_storage
+    }
+}
+
+impl std::fmt::Display for Tiling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{}x{}/{}x{}",
+            self.bm, self.bn, self.bk, self.tm, self.tn
+        )
+    }
+}
+
+/// The tilings the library chooses from, small to large.
+pub const TILINGS: [Tiling; 6] = [
+    Tiling::new(32, 32, 16, 4, 4),
+    Tiling::new(64, 64, 16, 4, 4),
+    Tiling::new(128, 64, 16, 8, 4),
+    Tiling::new(64, 128, 16, 4, 8),
+    Tiling::new(128, 128, 8, 8, 8),
+    Tiling::new(128, 128, 16, 8, 8),
+];
+
+/// How a context picks the matmul tiling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TilingChoice {
+    /// On a GPU, the first large product of each kind of shape times every tiling that
+    /// fits on scratch buffers and the context remembers the fastest; everything else
+    /// (small products, CPU adapters) uses [`TilingChoice::Heuristic`].
+    #[default]
+    Auto,
+    /// By the shape alone: large tiles for large products, small for small.
+    Heuristic,
+    /// Always this one (it must fit the adapter).
+    Fixed(Tiling),
+}
+
+/// Products below this many multiply-adds are not worth timing: launch overhead dominates.
+const TUNE_MIN_MACS: u64 = 1 << 28;
+
+/// What tuning results are remembered by: shapes within a factor of two, same layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ShapeClass {
+    log2_m: u32,
+    log2_n: u32,
+    log2_k: u32,
+    log2_batch: u32,
+    layout: Layout,
+}
+
+impl ShapeClass {
+    fn of(s: &StridedMatmul, layout: &Layout) -> ShapeClass {
+        let l = |x: usize| x.next_power_of_two().trailing_zeros();
+        ShapeClass {
+            log2_m: l(s.m),
+            log2_n: l(s.n),
+            log2_k: l(s.k),
+            log2_batch: l(s.batch[0] * s.batch[1]),
+            layout: *layout,
+        }
+    }
+}
+
+/// The tiling by shape: the largest whose tiles are mostly filled and which still gives
+/// the GPU enough workgroups; on a CPU adapter, 64 × 64 (measured fastest on llvmpipe).
+pub fn heuristic_tiling(
+    caps: &crate::context::Capabilities,
+    m: usize,
+    n: usize,
+    batch: usize,
+) -> Tiling {
+    let fits = |t: &Tiling| t.fits(caps);
+    let pick = |t: Tiling| if fits(&t) { Some(t) } else { None };
+    let small = TILINGS[0];
+    let medium = TILINGS[1];
+    if caps.is_cpu() {
+        return pick(medium).unwrap_or(small);
+    }
+    let groups =
+        |t: &Tiling| (m.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize) * batch) as u64;
+    // Fraction of a tile grid's area that is real output.
+    let filled = |t: &Tiling| {
+        (m * n) as f64
+            / (m.next_multiple_of(t.bm as usize) * n.next_multiple_of(t.bn as usize)) as f64
+    };
+    let candidates = [TILINGS[4], TILINGS[2], TILINGS[3], medium];
+    candidates
+        .into_iter()
+        .filter(fits)
+        .find(|t| filled(t) >= 0.75 && groups(t) >= 128)
+        .or_else(|| pick(medium).filter(|t| filled(t) >= 0.5))
+        .unwrap_or(small)
+}
+
+fn choose_tiling(ctx: &Context, s: &StridedMatmul, layout: &Layout) -> Result<Tiling> {
+    let caps = ctx.capabilities();
+    let batch = s.batch[0] * s.batch[1];
+    match ctx.tiling_choice() {
+        TilingChoice::Fixed(t) => {
+            if t.fits(caps) {
+                Ok(t)
+            } else {
+                Err(Error::invalid(format!(
+                    "matmul tiling {t} is not supported here (register block up to 8x8, \
+                     at most {} threads and {} bytes of workgroup memory)",
+                    caps.max_invocations_per_workgroup, caps.max_workgroup_storage
+                )))
+            }
+        }
+        TilingChoice::Heuristic => Ok(heuristic_tiling(caps, s.m, s.n, batch)),
+        TilingChoice::Auto => {
+            let macs = (s.m * s.n * s.k) as u64 * batch as u64;
+            if caps.is_cpu() || macs < TUNE_MIN_MACS {
+                return Ok(heuristic_tiling(caps, s.m, s.n, batch));
+            }
+            let class = ShapeClass::of(s, layout);
+            if let Some(t) = ctx.tuned_tiling(&class) {
+                return Ok(t);
+            }
+            let t = tune(ctx, s, layout)?.0;
+            ctx.remember_tiling(class, t);
+            Ok(t)
+        }
+    }
+}
+
+/// Times every tiling that fits on a `[m, k] · [k, n]` product (operands stored transposed
+/// as asked) on scratch buffers, fastest first: what [`TilingChoice::Auto`] does for a
+/// large product, shown (by `bench`) for any.
+pub fn time_tilings(
+    ctx: &Context,
+    (m, n, k): (usize, usize, usize),
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<Vec<(Tiling, std::time::Duration)>> {
+    let view = |rows, cols, trans| {
+        if trans {
+            MatrixView::row_major(cols, rows).transposed()
+        } else {
+            MatrixView::row_major(rows, cols)
+        }
+    };
+    let s = StridedMatmul {
+        m,
+        n,
+        k,
+        batch: [1, 1],
+        a: view(m, k, trans_a),
+        b: view(k, n, trans_b),
+        c: MatrixView::row_major(m, n),
+        alpha: 1.0,
+        beta: 0.0,
+        bias_offset: 0,
+    };
+    let ta = Tensor::zeros(ctx, &[m, k], DType::F32)?;
+    let tb = Tensor::zeros(ctx, &[k, n], DType::F32)?;
+    Ok(tune(ctx, &s, &Layout::of(&s, &ta, &tb))?.1)
+}
+
+/// Times every tiling that fits on scratch operands laid out like `s`'s (contiguity and
+/// vec4 eligibility), capped in size, and returns them fastest first.
+pub(crate) fn tune(
+    ctx: &Context,
+    s: &StridedMatmul,
+    layout: &Layout,
+) -> Result<(Tiling, Vec<(Tiling, std::time::Duration)>)> {
+    // At most 2^24 elements (64 MiB) per scratch operand: fewer batches, then fewer rows.
+    const CAP: usize = 1 << 24;
+    let (mut m, n, k) = (s.m, s.n, s.k);
+    let per = (m * k).max(k * n).max(m * n);
+    let batch = (s.batch[0] * s.batch[1]).clamp(1, (CAP / per).max(1));
+    if batch * per > CAP {
+        m = (CAP / k.max(n)).max(256).min(m).next_multiple_of(4);
+    }
+    let view = |rows: usize, cols: usize, contig_is_col: bool| {
+        let v = MatrixView::row_major(rows, cols);
+        if contig_is_col {
+            v
+        } else {
+            MatrixView::row_major(cols, rows).transposed()
+        }
+    };
+    let spec = StridedMatmul {
+        m,
+        n,
+        k,
+        batch: [batch, 1],
+        a: view(m, k, layout.a_k_contig),
+        b: view(k, n, layout.b_n_contig),
+        c: MatrixView::row_major(m, n),
+        alpha: 1.0,
+        beta: 0.0,
+        bias_offset: 0,
+    };
+    let ta = Tensor::zeros(ctx, &[batch, m, k], DType::F32)?;
+    let tb = Tensor::zeros(ctx, &[batch, k, n], DType::F32)?;
+    let tc = Tensor::zeros(ctx, &[batch, m, n], DType::F32)?;
+    let scratch_layout = Layout::of(&spec, &ta, &tb);
+    let params = params_of(&spec, false);
+    let mut times = Vec::new();
+    for t in TILINGS.iter().filter(|t| t.fits(ctx.capabilities())) {
+        let d = dispatch(
+            ctx,
+            &spec,
+            &params,
+            &scratch_layout,
+            *t,
+            &ta,
+            &tb,
+            None,
+            &tc,
+        )?;
+        crate::profile::time_dispatches(ctx, std::slice::from_ref(&d), 1)?; // compile, warm
+        let time = crate::profile::time_dispatches(ctx, std::slice::from_ref(&d), 3)?;
+        times.push((*t, time));
+    }
+    times.sort_by_key(|&(_, d)| d);
+    Ok((times[0].0, times))
 }
 
 /// Options of a tensor-level product.
@@ -906,6 +1272,137 @@ mod tests {
             }
         }
         assert_close("per-head QKᵀ", &download(ctx, &s), &want, 1e-5);
+    }
+
+    #[test]
+    fn every_tiling_and_operand_layout_matches_reference() {
+        // Each tiling the library may choose, with A and B each contiguous along either axis,
+        // read as scalars (extents not multiples of 4) and as vec4s (multiples of 4), on
+        // shapes with edge tiles, interior tiles and a partial last K slice.
+        let ctx = &ctx();
+        let mut rng = rng(7);
+        let batch = 2;
+        for &(m, n, k, vec4) in &[(7, 33, 129, false), (132, 136, 36, true)] {
+            for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a = randn(&mut rng, batch * m * k);
+                let b = randn(&mut rng, k * n);
+                let bias = randn(&mut rng, n);
+                let c0 = randn(&mut rng, batch * m * n);
+                let ta = upload(ctx, &a, &shape_of(batch, true, m, k, trans_a));
+                let tb = upload(ctx, &b, &shape_of(batch, false, k, n, trans_b));
+                let tbias = upload(ctx, &bias, &[n]);
+                let operand = |rows, cols, trans, batched: bool| {
+                    let v = if trans {
+                        MatrixView::row_major(cols, rows).transposed()
+                    } else {
+                        MatrixView::row_major(rows, cols)
+                    };
+                    MatrixView {
+                        batch_strides: [if batched { rows * cols } else { 0 }, 0],
+                        ..v
+                    }
+                };
+                let spec = StridedMatmul {
+                    m,
+                    n,
+                    k,
+                    batch: [batch, 1],
+                    a: operand(m, k, trans_a, true),
+                    b: operand(k, n, trans_b, false),
+                    c: operand(m, n, false, true),
+                    alpha: 0.5,
+                    beta: 2.0,
+                    bias_offset: 0,
+                };
+                let layout = Layout::of(&spec, &ta, &tb);
+                assert_eq!((layout.a_vec4, layout.b_vec4), (vec4, vec4), "{layout:?}");
+                assert_eq!((layout.a_k_contig, layout.b_n_contig), (!trans_a, !trans_b));
+                let mut want = cpu_forward(
+                    &to_f64(&a),
+                    &to_f64(&b),
+                    batch,
+                    (m, n, k),
+                    &MatmulOptions {
+                        trans_a,
+                        trans_b,
+                        alpha: 0.5,
+                        accumulate: false,
+                    },
+                    true,
+                    false,
+                );
+                for (i, w) in want.iter_mut().enumerate() {
+                    *w += 2.0 * c0[i] as f64 + bias[i % n] as f64;
+                }
+                for tiling in TILINGS.iter().filter(|t| t.fits(ctx.capabilities())) {
+                    let c = upload(ctx, &c0, &[batch, m, n]);
+                    let params = params_of(&spec, true);
+                    let d = dispatch(
+                        ctx,
+                        &spec,
+                        &params,
+                        &layout,
+                        *tiling,
+                        &ta,
+                        &tb,
+                        Some(&tbias),
+                        &c,
+                    )
+                    .unwrap();
+                    ctx.run(&[d]).unwrap();
+                    let what = format!("tiling {tiling}, {m}x{n}x{k} ta={trans_a} tb={trans_b}");
+                    assert_close(&what, &download(ctx, &c), &want, 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tuning_times_every_tiling_that_fits() {
+        let ctx = &ctx();
+        let spec = StridedMatmul {
+            m: 64,
+            n: 64,
+            k: 32,
+            batch: [1, 1],
+            a: MatrixView::row_major(64, 32),
+            b: MatrixView::row_major(32, 64),
+            c: MatrixView::row_major(64, 64),
+            alpha: 1.0,
+            beta: 0.0,
+            bias_offset: 0,
+        };
+        let layout = Layout {
+            a_k_contig: true,
+            b_n_contig: true,
+            a_vec4: true,
+            b_vec4: true,
+        };
+        let (best, times) = tune(ctx, &spec, &layout).unwrap();
+        let fitting: Vec<Tiling> = TILINGS
+            .iter()
+            .copied()
+            .filter(|t| t.fits(ctx.capabilities()))
+            .collect();
+        assert_eq!(times.len(), fitting.len());
+        assert!(fitting.iter().all(|t| times.iter().any(|(u, _)| u == t)));
+        assert_eq!(best, times[0].0);
+        assert!(times.windows(2).all(|w| w[0].1 <= w[1].1), "{times:?}");
+    }
+
+    #[test]
+    fn a_fixed_tiling_the_kernel_cannot_run_is_an_error() {
+        let shared = ctx(); // taking the turn: a second device must not race the first
+        let bad = Tiling::new(64, 64, 16, 16, 4); // register block taller than 8
+        assert!(!bad.fits(shared.capabilities()));
+        let ctx = Context::with_options(crate::ContextOptions {
+            matmul_tiling: TilingChoice::Fixed(bad),
+            ..Default::default()
+        })
+        .unwrap();
+        let a = upload(&ctx, &[1.0; 4], &[2, 2]);
+        let r = matmul(&ctx, &a, &a, None, &MatmulOptions::default());
+        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
     }
 
     #[test]

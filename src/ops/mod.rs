@@ -21,9 +21,48 @@ pub mod softmax;
 
 use crate::context::{apply_variant, Shader};
 
-/// Every shader with the full source of each variant the library compiles (the file as
-/// it is first). The cross-translation test validates all of them.
-pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<String>)> {
+/// One compiled form of a shader: its source after text substitutions, and the values of
+/// its `override` constants (empty: the defaults).
+#[derive(Clone, Debug)]
+pub struct ShaderVariant {
+    pub source: String,
+    pub constants: Vec<(&'static str, f64)>,
+}
+
+/// Every shader with each variant the library compiles (the file as it is first). The
+/// cross-translation test validates all of them.
+pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<ShaderVariant>)> {
+    let text = |sources: Vec<String>| {
+        sources
+            .into_iter()
+            .map(|source| ShaderVariant {
+                source,
+                constants: Vec::new(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let matmul_variants = matmul::all_override_constants()
+        .into_iter()
+        .map(|constants| ShaderVariant {
+            source: matmul::SHADER.source.to_string(),
+            constants,
+        })
+        .collect::<Vec<_>>();
+    let sources = all_sources();
+    sources
+        .into_iter()
+        .map(|(shader, v)| {
+            if shader.name == matmul::SHADER.name {
+                (shader, matmul_variants.clone())
+            } else {
+                (shader, text(v))
+            }
+        })
+        .collect()
+}
+
+/// Every shader with the full source of each text variant.
+fn all_sources() -> Vec<(&'static Shader, Vec<String>)> {
     let plain = |s: &'static Shader| (s, vec![s.source.to_string()]);
     // Row kernels, at every threads-per-row variant.
     let rows = |s: &'static Shader| {

@@ -5,11 +5,26 @@
 
 use roformer_wgpu::check::rel_l2;
 use roformer_wgpu::ops::matmul::{self, MatmulOptions};
+use roformer_wgpu::ops::matmul_coop;
 use roformer_wgpu::{Context, Tensor};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = Context::new()?;
-    println!("{}", ctx.capabilities());
+    let caps = ctx.capabilities();
+    println!("{caps}");
+    let heuristic = |m, n| matmul::heuristic_tiling(caps, m, n, 1);
+    println!(
+        "matmul tiling      {} at 4096², {} at 512x64 (timed per shape on a GPU; see `bench`)",
+        heuristic(4096, 4096),
+        heuristic(512, 64)
+    );
+    match matmul_coop::fragment_for(caps) {
+        Some(f) => println!(
+            "tensor-core matmul {f:?} fragments, with MatmulPrecision::Fast (relative error ~{:.0e})",
+            f.tolerance()
+        ),
+        None => println!("tensor-core matmul not available here (f32 kernel only)"),
+    }
     let (m, n, k) = (33, 65, 129);
     let a: Vec<f32> = (0..m * k)
         .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)

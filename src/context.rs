@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::ops::matmul::{ShapeClass, Tiling, TilingChoice};
+use crate::ops::matmul_coop::MatmulPrecision;
 
 /// How to pick an adapter and open a device. `Default` follows wgpu's environment variables.
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ pub struct ContextOptions {
     pub wait_timeout: Option<Duration>,
     /// How matmul tile sizes are chosen (timed per adapter by default).
     pub matmul_tiling: TilingChoice,
+    /// Whether matrix products may use cooperative matrices (f16 inputs on Vulkan).
+    pub matmul_precision: MatmulPrecision,
 }
 
 impl Default for ContextOptions {
@@ -38,6 +41,7 @@ impl Default for ContextOptions {
             cooperative_matrix: true,
             wait_timeout: Some(Duration::from_secs(600)),
             matmul_tiling: TilingChoice::Auto,
+            matmul_precision: MatmulPrecision::F32,
         }
     }
 }
@@ -166,6 +170,7 @@ pub struct Context {
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Option<ErrorLog>,
     matmul_tiling: TilingChoice,
+    matmul_precision: MatmulPrecision,
     /// Matmul tilings timed on this device, by kind of shape.
     tuned_tilings: Mutex<HashMap<ShapeClass, Tiling>>,
     /// Bound in place of an optional input that is absent (never read by the kernel).
@@ -330,6 +335,7 @@ impl Context {
         let mut ctx = Self::build(adapter, device, queue, options.wait_timeout);
         ctx.uncaptured = Some(log);
         ctx.matmul_tiling = options.matmul_tiling;
+        ctx.matmul_precision = options.matmul_precision;
         Ok(ctx)
     }
 
@@ -404,6 +410,7 @@ impl Context {
             lost,
             uncaptured: None,
             matmul_tiling: TilingChoice::Auto,
+            matmul_precision: MatmulPrecision::F32,
             tuned_tilings: Mutex::default(),
             dummy,
         }
@@ -414,6 +421,17 @@ impl Context {
     pub fn with_matmul_tiling(mut self, choice: TilingChoice) -> Self {
         self.matmul_tiling = choice;
         self
+    }
+
+    /// Sets whether matrix products may use cooperative matrices (see
+    /// [`ContextOptions::matmul_precision`]).
+    pub fn with_matmul_precision(mut self, precision: MatmulPrecision) -> Self {
+        self.matmul_precision = precision;
+        self
+    }
+
+    pub fn matmul_precision(&self) -> MatmulPrecision {
+        self.matmul_precision
     }
 
     pub(crate) fn tiling_choice(&self) -> TilingChoice {

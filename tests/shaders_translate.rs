@@ -9,8 +9,14 @@ use roformer_wgpu::ops::ShaderVariant;
 fn translate(name: &str, variant: &ShaderVariant) -> Result<(), String> {
     let source = &variant.source;
     let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
-    // No optional capabilities: the shaders must run on any WebGPU adapter.
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    // No optional capabilities: the shaders must run on any WebGPU adapter. The exceptions
+    // (cooperative-matrix kernels) are compiled only where the device has what they use.
+    let capabilities = if variant.native_only {
+        Capabilities::COOPERATIVE_MATRIX | Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP
+    } else {
+        Capabilities::empty()
+    };
+    let info = Validator::new(ValidationFlags::all(), capabilities)
         .validate(&module)
         .map_err(|e| e.emit_to_string(source))?;
     // Override constants are set as wgpu sets them before handing the module to a backend.
@@ -25,13 +31,17 @@ fn translate(name: &str, variant: &ShaderVariant) -> Result<(), String> {
     let (module, info) = (&*module, &*info);
     spv::write_vec(module, info, &spv::Options::default(), None)
         .map_err(|e| format!("SPIR-V: {e}"))?;
-    msl::write_string(
-        module,
-        info,
-        &msl::Options::default(),
-        &msl::PipelineOptions::default(),
-    )
-    .map_err(|e| format!("MSL: {e}"))?;
+    // wgpu asks naga for MSL 2.3 or newer where cooperative matrices are available.
+    let msl_options = msl::Options {
+        lang_version: if variant.native_only { (2, 3) } else { (1, 0) },
+        ..Default::default()
+    };
+    msl::write_string(module, info, &msl_options, &msl::PipelineOptions::default())
+        .map_err(|e| format!("MSL: {e}"))?;
+    if variant.native_only {
+        // Neither DX12 nor GL has cooperative matrices in wgpu.
+        return Ok(());
+    }
     let mut hlsl_out = String::new();
     hlsl::Writer::new(
         &mut hlsl_out,

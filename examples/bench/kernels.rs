@@ -9,6 +9,7 @@ use roformer_wgpu::ops::embedding::{self, TokenIds};
 use roformer_wgpu::ops::heads::HeadLayout;
 use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
 use roformer_wgpu::ops::matmul::{self, MatmulOptions};
+use roformer_wgpu::ops::matmul_coop::{self, MatmulPrecision};
 use roformer_wgpu::ops::{
     adamw, chunked_linear_attention as chunked, flash_attention, gelu, layernorm, rope, softmax,
 };
@@ -122,6 +123,25 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         let d = matmul::plan(&ctx, &a, &b, None, &c, &o)?;
         add(
             name,
+            format!("{n}³"),
+            vec![d],
+            2.0 * (n as f64).powi(3),
+            0.0,
+        )?;
+    }
+    // Tensor cores, where the device has them.
+    if let Some(fragment) = matmul_coop::fragment_for(&caps) {
+        let d = matmul::plan_with(
+            &ctx,
+            MatmulPrecision::Fast,
+            &a,
+            &b,
+            None,
+            &c,
+            &MatmulOptions::default(),
+        )?;
+        add(
+            &format!("matmul A B, coop {fragment:?}"),
             format!("{n}³"),
             vec![d],
             2.0 * (n as f64).powi(3),

@@ -3,7 +3,7 @@
 //!     cargo run --release --example bench [-- kernels] [--out runs/bench]
 //!     cargo run --release --example bench -- step [--layers 12] [--hidden 768] [--heads 12]
 //!         [--intermediate 3072] [--vocab 32000] [--batch 8] [--seq 512] [--steps 5]
-//!         [--attention softmax|fused|linear] [--profile]
+//!         [--attention softmax|fused|linear] [--precision f32|fast] [--profile]
 //!
 //! `kernels` (the default) measures the adapter's FP32 rate and copy bandwidth, then every
 //! kernel family at a representative shape (large on a GPU, small on a CPU adapter), and
@@ -18,8 +18,9 @@
 use std::time::Instant;
 
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
+use roformer_wgpu::ops::matmul_coop::{self, MatmulPrecision};
 use roformer_wgpu::optim::TrainOptions;
-use roformer_wgpu::Context;
+use roformer_wgpu::{Context, ContextOptions};
 
 mod kernels;
 
@@ -76,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("step") => step(&args),
         None | Some("kernels") | Some("--out") => kernels::run(&args),
         _ => {
-            eprintln!("usage: bench [kernels] [--out DIR] | bench step [--layers N] [--hidden N] [--heads N] [--batch N] [--seq N] [--steps N] [--attention softmax|fused|linear] [--profile]");
+            eprintln!("usage: bench [kernels] [--out DIR] | bench step [--layers N] [--hidden N] [--heads N] [--batch N] [--seq N] [--steps N] [--attention softmax|fused|linear] [--precision f32|fast] [--profile]");
             std::process::exit(2);
         }
     }
@@ -101,9 +102,24 @@ fn step(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         other => other.to_string(),
     };
 
-    let ctx = Context::new()?;
+    let precision = match arg(&args, "--precision", "f32").as_str() {
+        "fast" => MatmulPrecision::Fast,
+        _ => MatmulPrecision::F32,
+    };
+    let ctx = Context::with_options(ContextOptions {
+        matmul_precision: precision,
+        ..Default::default()
+    })?;
     let caps = ctx.capabilities();
-    println!("adapter   {} ({:?})", caps.adapter_name, caps.backend);
+    println!(
+        "adapter   {} ({:?}), matmul {}",
+        caps.adapter_name,
+        caps.backend,
+        match (precision, matmul_coop::fragment_for(caps)) {
+            (MatmulPrecision::Fast, Some(f)) => format!("on cooperative matrices ({f:?})"),
+            _ => "f32".to_string(),
+        }
+    );
     let config = RoFormerConfig::from_json(
         &format!(
             r#"{{"vocab_size": {vocab}, "hidden_size": {hidden}, "num_hidden_layers": {layers},

@@ -11,6 +11,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::{Context, Shader};
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::ops::matmul_coop::{self, MatmulPrecision};
 use crate::ops::reduce;
 use crate::tensor::{DType, Tensor};
 
@@ -77,7 +78,7 @@ pub struct StridedMatmul {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
+pub(crate) struct Params {
     m: u32,
     n: u32,
     k: u32,
@@ -104,7 +105,7 @@ struct Params {
     _pad: u32,
 }
 
-fn params_of(s: &StridedMatmul, has_bias: bool) -> Params {
+pub(crate) fn params_of(s: &StridedMatmul, has_bias: bool) -> Params {
     let u = |x: usize| x as u32;
     Params {
         m: u(s.m),
@@ -168,6 +169,19 @@ pub fn plan_strided(
     bias: Option<&Tensor>,
     c: &Tensor,
 ) -> Result<Dispatch> {
+    plan_strided_with(ctx, ctx.matmul_precision(), s, a, b, bias, c)
+}
+
+/// [`plan_strided`] at a given precision rather than the context's.
+pub fn plan_strided_with(
+    ctx: &Context,
+    precision: MatmulPrecision,
+    s: &StridedMatmul,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+) -> Result<Dispatch> {
     if s.m == 0 || s.n == 0 || s.k == 0 || s.batch[0] == 0 || s.batch[1] == 0 {
         return Err(Error::invalid(format!(
             "matmul: empty product (m {}, n {}, k {}, batch {:?})",
@@ -186,6 +200,11 @@ pub fn plan_strided(
                 format!("at least {} elements", s.bias_offset + s.n),
                 bias.shape(),
             ));
+        }
+    }
+    if precision == MatmulPrecision::Fast {
+        if let Some(fragment) = matmul_coop::fragment_for(ctx.capabilities()) {
+            return matmul_coop::plan(ctx, fragment, s, a, b, bias, c);
         }
     }
     let params = params_of(s, bias.is_some());
@@ -690,12 +709,36 @@ pub fn plan(
     c: &Tensor,
     opts: &MatmulOptions,
 ) -> Result<Dispatch> {
+    plan_with(ctx, ctx.matmul_precision(), a, b, bias, c, opts)
+}
+
+/// [`plan`] at a given precision rather than the context's.
+pub fn plan_with(
+    ctx: &Context,
+    precision: MatmulPrecision,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+    opts: &MatmulOptions,
+) -> Result<Dispatch> {
     let d = dims(a.shape(), b.shape(), opts)?;
     c.expect_shape("matmul", "c", &d.out_shape())?;
     if let Some(bias) = bias {
         bias.expect_shape("matmul", "bias", &[d.n])?;
     }
-    let spec = StridedMatmul {
+    let spec = strided_spec(a.shape(), b.shape(), opts)?;
+    plan_strided_with(ctx, precision, &spec, a, b, bias, c)
+}
+
+/// The product on views that a tensor-level product of these shapes is.
+pub(crate) fn strided_spec(
+    a: &[usize],
+    b: &[usize],
+    opts: &MatmulOptions,
+) -> Result<StridedMatmul> {
+    let d = dims(a, b, opts)?;
+    Ok(StridedMatmul {
         m: d.m,
         n: d.n,
         k: d.k,
@@ -706,8 +749,7 @@ pub fn plan(
         alpha: opts.alpha,
         beta: if opts.accumulate { 1.0 } else { 0.0 },
         bias_offset: 0,
-    };
-    plan_strided(ctx, &spec, a, b, bias, c)
+    })
 }
 
 /// `alpha · op(a) · op(b) (+ bias)` in a new tensor.

@@ -15,6 +15,7 @@ pub mod heads;
 pub mod layernorm;
 pub mod linear_attention;
 pub mod matmul;
+pub mod matmul_coop;
 pub mod reduce;
 pub mod rope;
 pub mod softmax;
@@ -27,6 +28,9 @@ use crate::context::{apply_variant, Shader};
 pub struct ShaderVariant {
     pub source: String,
     pub constants: Vec<(&'static str, f64)>,
+    /// Uses native-only features (cooperative matrices, f16, subgroups): compiled only on
+    /// devices that have them, and only for backends that can express them.
+    pub native_only: bool,
 }
 
 /// Every shader with each variant the library compiles (the file as it is first). The
@@ -38,6 +42,7 @@ pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<ShaderVariant>)> {
             .map(|source| ShaderVariant {
                 source,
                 constants: Vec::new(),
+                native_only: false,
             })
             .collect::<Vec<_>>()
     };
@@ -46,10 +51,10 @@ pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<ShaderVariant>)> {
         .map(|constants| ShaderVariant {
             source: matmul::SHADER.source.to_string(),
             constants,
+            native_only: false,
         })
         .collect::<Vec<_>>();
-    let sources = all_sources();
-    sources
+    let mut all: Vec<_> = all_sources()
         .into_iter()
         .map(|(shader, v)| {
             if shader.name == matmul::SHADER.name {
@@ -58,7 +63,9 @@ pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<ShaderVariant>)> {
                 (shader, text(v))
             }
         })
-        .collect()
+        .collect();
+    all.push((&matmul_coop::SHADER, matmul_coop::all_variants()));
+    all
 }
 
 /// Every shader with the full source of each text variant.

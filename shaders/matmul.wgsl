@@ -18,6 +18,9 @@
 //   4, so neighbouring threads read neighbouring vec4s (no bank conflicts).
 // - Edges: bounds are checked only while staging a slice that crosses an edge (a uniform
 //   branch per slice); interior tiles and the inner product never check anything.
+// - Epilogue: with GELU set, each finished element is also written as gelu(element) to
+//   `act` (same view as C), so a Linear + GELU pair is one pass (gelu_f32 comes from
+//   shaders/lib/gelu.wgsl, appended to this file).
 
 struct Params {
     m: u32, n: u32, k: u32, batch_inner: u32,
@@ -35,6 +38,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 @group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> act: array<f32>;
 
 override BM: u32 = 64u;
 override BN: u32 = 64u;
@@ -47,6 +51,7 @@ override A_K_CONTIG: bool = true;
 override B_N_CONTIG: bool = true;
 override A_VEC4: bool = false;
 override B_VEC4: bool = false;
+override GELU: bool = false;
 override WG: u32 = (BM / TM) * (BN / TN);
 
 var<workgroup> tile_a: array<vec4<f32>, BK * BM / 4u>;  // [BK][BM / 4]
@@ -201,6 +206,9 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
                         out += bias[p.bias_off + gn];
                     }
                     c[idx] = out;
+                    if (GELU) {
+                        act[idx] = gelu_f32(out);
+                    }
                 }
             }
         }

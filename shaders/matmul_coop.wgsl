@@ -13,8 +13,9 @@
 // through workgroup memory in slices of BK = 2S, converted to the input type on the way.
 // The workgroup is sized for exactly 4 subgroups, so this kernel is only used where the
 // adapter's subgroup size is fixed (coop ops must run in workgroup-uniform control flow,
-// so no subgroup may sit out). The epilogue passes each fragment through workgroup memory so alpha, beta, bias
-// and the edges are handled per element.
+// so no subgroup may sit out). The epilogue passes each fragment through workgroup memory
+// so alpha, beta, bias, the edges and the optional GELU output (as in matmul.wgsl, with
+// shaders/lib/gelu.wgsl appended) are handled per element.
 
 enable f16; // VARIANT: inputs
 enable wgpu_cooperative_matrix;
@@ -39,11 +40,13 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(7) var<storage, read_write> act: array<f32>;
 
 // Threads per subgroup (the adapter's one subgroup size).
 override SG: u32 = 32u;
 override A_K_CONTIG: bool = true;
 override B_N_CONTIG: bool = true;
+override GELU: bool = false;
 
 const FM: u32 = 4u;
 const FN: u32 = 4u;
@@ -140,6 +143,9 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
                     out += bias[p.bias_off + gn];
                 }
                 c[idx] = out;
+                if (GELU) {
+                    act[idx] = gelu_f32(out);
+                }
             }
         }
         workgroupBarrier();

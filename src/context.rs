@@ -175,6 +175,9 @@ pub struct Context {
     tuned_tilings: Mutex<HashMap<ShapeClass, Tiling>>,
     /// Bound in place of an optional input that is absent (never read by the kernel).
     pub(crate) dummy: wgpu::Buffer,
+    /// The same for an absent optional output: a buffer may not be bound both read-only and
+    /// writable in one dispatch, so it cannot share `dummy`.
+    pub(crate) dummy_writable: wgpu::Buffer,
 }
 
 impl fmt::Debug for Context {
@@ -400,6 +403,12 @@ impl Context {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let dummy_writable = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused optional output"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         Context {
             device,
             queue,
@@ -413,6 +422,7 @@ impl Context {
             matmul_precision: MatmulPrecision::F32,
             tuned_tilings: Mutex::default(),
             dummy,
+            dummy_writable,
         }
     }
 

@@ -129,6 +129,14 @@ impl<'a> DispatchBuilder<'a> {
         self
     }
 
+    /// A writable binding that may be absent: the dummy buffer is bound, and the kernel is
+    /// told not to write it.
+    pub fn write_opt(mut self, t: Option<&'a Tensor>) -> Self {
+        let b = t.map_or(Binding::Unused, Binding::Tensor);
+        self.bindings.push((Some(Access::ReadWrite), b));
+        self
+    }
+
     /// Passes over a binding number the entry point does not use, keeping it out of the
     /// layout (which counts against the adapter's storage buffers per stage).
     pub fn skip(mut self) -> Self {
@@ -191,9 +199,12 @@ impl<'a> DispatchBuilder<'a> {
                 binding: 0,
                 resource: params.as_entire_binding(),
             }];
-            for (i, (_, b)) in self.bindings.iter().enumerate() {
+            for (i, (access, b)) in self.bindings.iter().enumerate() {
                 let resource = match b {
                     Binding::Tensor(t) => t.binding(),
+                    Binding::Unused if *access == Some(Access::ReadWrite) => {
+                        ctx.dummy_writable.as_entire_binding()
+                    }
                     Binding::Unused => ctx.dummy.as_entire_binding(),
                     Binding::Skipped => continue,
                 };

@@ -355,6 +355,52 @@ impl Graph {
         Ok(out)
     }
 
+    /// `gelu(x · wᵀ + b)` as one kernel (the matmul's epilogue applies GELU). Returns the
+    /// activation; the pre-activation, named `name`, is kept for the backward pass, which
+    /// sees a Linear stage then a GELU stage named `act_name`.
+    pub fn linear_gelu(
+        &mut self,
+        name: &str,
+        act_name: &str,
+        x: TensorId,
+        w: TensorId,
+        b: Option<TensorId>,
+    ) -> Result<TensorId> {
+        let opts = MatmulOptions {
+            trans_b: true,
+            ..Default::default()
+        };
+        let shape = matmul::output_shape(self.shape(x), self.shape(w), &opts)?;
+        if let Some(b) = b {
+            layout_check("linear", "bias", self.shape(b), &[*shape.last().unwrap()])?;
+        }
+        let mut inputs = vec![x, w];
+        inputs.extend(b);
+        let pre = self.output(name, &shape, &inputs);
+        let act = self.output(act_name, &shape, &[pre]);
+        self.call(
+            false,
+            format!("{name}: linear + gelu"),
+            inputs.clone(),
+            vec![pre, act],
+            Box::new(move |ctx, t| {
+                let bias = b.map(|b| t.get(b)).transpose()?;
+                Ok(vec![matmul::plan_gelu(
+                    ctx,
+                    t.get(x)?,
+                    t.get(w)?,
+                    bias,
+                    t.get(pre)?,
+                    t.get(act)?,
+                    &opts,
+                )?])
+            }),
+        );
+        self.stage(StageKind::Linear, inputs, pre);
+        self.stage(StageKind::Gelu, vec![pre], act);
+        Ok(act)
+    }
+
     /// LayerNorm over the last dimension.
     pub fn layer_norm(
         &mut self,

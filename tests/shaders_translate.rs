@@ -113,10 +113,22 @@ fn every_wgsl_file_is_known_to_the_library() {
                 .into_iter()
                 .find(|(s, _)| s.name == stem)
                 .unwrap();
-            assert_eq!(
-                shader.source, on_disk,
+            // The file, then any snippets from shaders/lib appended to it.
+            assert!(
+                shader.source.starts_with(&on_disk),
                 "{stem}: compiled-in source differs from the file"
             );
         }
+    }
+    for entry in std::fs::read_dir(dir.join("lib")).unwrap() {
+        let path = entry.unwrap().path();
+        let snippet = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            roformer_wgpu::ops::all_shader_sources()
+                .iter()
+                .any(|(s, _)| s.source.ends_with(&snippet)),
+            "{} is appended to no shader",
+            path.display()
+        );
     }
 }

@@ -332,8 +332,14 @@ impl RoFormer {
                 g.add_layer_norm(&name, x, skip, w, b, eps)
             };
             let h1 = add_norm(g, "attention.output.LayerNorm", o, h)?;
-            let i = linear(g, "intermediate.dense", h1)?;
-            let i = g.gelu(&format!("{pre}.intermediate.gelu"), i)?;
+            let i = {
+                let name = format!("{pre}.intermediate.dense");
+                let (w, b) = (
+                    p(g, &format!("{name}.weight"))?,
+                    p(g, &format!("{name}.bias"))?,
+                );
+                g.linear_gelu(&name, &format!("{pre}.intermediate.gelu"), h1, w, Some(b))?
+            };
             let o2 = linear(g, "output.dense", i)?;
             h = add_norm(g, "output.LayerNorm", o2, h1)?;
             hidden.push(h);
@@ -349,8 +355,17 @@ impl RoFormer {
         };
         let logits = match self.head {
             Head::MaskedLm => {
-                let x = linear(g, "cls.predictions.transform.dense", h)?;
-                let x = g.gelu("cls.predictions.transform.gelu", x)?;
+                let (w, b) = (
+                    g.param(s, "cls.predictions.transform.dense.weight")?,
+                    g.param(s, "cls.predictions.transform.dense.bias")?,
+                );
+                let x = g.linear_gelu(
+                    "cls.predictions.transform.dense",
+                    "cls.predictions.transform.gelu",
+                    h,
+                    w,
+                    Some(b),
+                )?;
                 let (w, b) = (
                     g.param(s, "cls.predictions.transform.LayerNorm.weight")?,
                     g.param(s, "cls.predictions.transform.LayerNorm.bias")?,

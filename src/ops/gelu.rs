@@ -9,7 +9,10 @@ use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
     name: "gelu",
-    source: include_str!("../../shaders/gelu.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/gelu.wgsl"),
+        include_str!("../../shaders/lib/gelu.wgsl")
+    ),
 };
 
 #[repr(C)]

@@ -17,7 +17,10 @@ use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
     name: "matmul",
-    source: include_str!("../../shaders/matmul.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/matmul.wgsl"),
+        include_str!("../../shaders/lib/gelu.wgsl")
+    ),
 };
 
 /// Where the elements of a (batched) matrix sit in a tensor: element `(z0, z1, row, col)`
@@ -182,16 +185,46 @@ pub fn plan_strided_with(
     bias: Option<&Tensor>,
     c: &Tensor,
 ) -> Result<Dispatch> {
+    let ops = Operands {
+        a,
+        b,
+        bias,
+        c,
+        gelu: None,
+    };
+    plan_views(ctx, precision, s, &ops)
+}
+
+/// The tensors of one product.
+#[derive(Clone, Copy)]
+pub(crate) struct Operands<'a> {
+    pub a: &'a Tensor,
+    pub b: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub c: &'a Tensor,
+    /// Also written, through the same view as C: gelu of each element of C.
+    pub gelu: Option<&'a Tensor>,
+}
+
+fn plan_views(
+    ctx: &Context,
+    precision: MatmulPrecision,
+    s: &StridedMatmul,
+    ops: &Operands,
+) -> Result<Dispatch> {
     if s.m == 0 || s.n == 0 || s.k == 0 || s.batch[0] == 0 || s.batch[1] == 0 {
         return Err(Error::invalid(format!(
             "matmul: empty product (m {}, n {}, k {}, batch {:?})",
             s.m, s.n, s.k, s.batch
         )));
     }
-    check_view("a", a, &s.a, s.m, s.k, s.batch)?;
-    check_view("b", b, &s.b, s.k, s.n, s.batch)?;
-    check_view("c", c, &s.c, s.m, s.n, s.batch)?;
-    if let Some(bias) = bias {
+    check_view("a", ops.a, &s.a, s.m, s.k, s.batch)?;
+    check_view("b", ops.b, &s.b, s.k, s.n, s.batch)?;
+    check_view("c", ops.c, &s.c, s.m, s.n, s.batch)?;
+    if let Some(act) = ops.gelu {
+        check_view("gelu output", act, &s.c, s.m, s.n, s.batch)?;
+    }
+    if let Some(bias) = ops.bias {
         bias.expect_dtype("matmul", "bias", DType::F32)?;
         if s.bias_offset + s.n > bias.numel() {
             return Err(Error::shape(
@@ -204,44 +237,39 @@ pub fn plan_strided_with(
     }
     if precision == MatmulPrecision::Fast {
         if let Some(fragment) = matmul_coop::fragment_for(ctx.capabilities()) {
-            return matmul_coop::plan(ctx, fragment, s, a, b, bias, c);
+            return matmul_coop::plan(ctx, fragment, s, ops);
         }
     }
-    let params = params_of(s, bias.is_some());
-    let layout = Layout::of(s, a, b);
+    let layout = Layout::of(s, ops.a, ops.b);
     let tiling = choose_tiling(ctx, s, &layout)?;
-    dispatch(ctx, s, &params, &layout, tiling, a, b, bias, c)
+    dispatch(ctx, s, &layout, tiling, ops)
 }
 
-/// The dispatch for one tiling; `plan_strided` has checked everything.
-#[allow(clippy::too_many_arguments)]
+/// The dispatch for one tiling; `plan_views` has checked everything.
 fn dispatch(
     ctx: &Context,
     s: &StridedMatmul,
-    params: &Params,
     layout: &Layout,
     tiling: Tiling,
-    a: &Tensor,
-    b: &Tensor,
-    bias: Option<&Tensor>,
-    c: &Tensor,
+    ops: &Operands,
 ) -> Result<Dispatch> {
     // The vec4 bindings alias a and b (read-only aliasing is allowed); where a kernel reads
     // scalars they get the dummy buffer, which may be smaller than a vec4 array needs.
-    let a4 = layout.a_vec4.then_some(a);
-    let b4 = layout.b_vec4.then_some(b);
+    let a4 = layout.a_vec4.then_some(ops.a);
+    let b4 = layout.b_vec4.then_some(ops.b);
     let mut builder = DispatchBuilder::new(ctx, &SHADER, "matmul");
-    for (name, value) in override_constants(tiling, layout) {
+    for (name, value) in override_constants(tiling, layout, ops.gelu.is_some()) {
         builder = builder.constant(name, value);
     }
     builder
-        .params(params)
-        .read(a)
-        .read(b)
-        .read_opt(bias)
-        .write(c)
+        .params(&params_of(s, ops.bias.is_some()))
+        .read(ops.a)
+        .read(ops.b)
+        .read_opt(ops.bias)
+        .write(ops.c)
         .read_opt(a4)
         .read_opt(b4)
+        .write_opt(ops.gelu)
         .build([
             s.n.div_ceil(tiling.bn as usize) as u32,
             s.m.div_ceil(tiling.bm as usize) as u32,
@@ -249,8 +277,8 @@ fn dispatch(
         ])
 }
 
-/// The shader's override constants for one tiling and operand layout.
-fn override_constants(t: Tiling, l: &Layout) -> [(&'static str, f64); 9] {
+/// The shader's override constants for one tiling, operand layout and epilogue.
+fn override_constants(t: Tiling, l: &Layout, gelu: bool) -> [(&'static str, f64); 10] {
     let flag = |x: bool| if x { 1.0 } else { 0.0 };
     [
         ("BM", t.bm as f64),
@@ -262,22 +290,23 @@ fn override_constants(t: Tiling, l: &Layout) -> [(&'static str, f64); 9] {
         ("B_N_CONTIG", flag(l.b_n_contig)),
         ("A_VEC4", flag(l.a_vec4)),
         ("B_VEC4", flag(l.b_vec4)),
+        ("GELU", flag(gelu)),
     ]
 }
 
 /// Every set of override constants the library may compile: each tiling with each
-/// operand layout (for the cross-translation test).
+/// operand layout and epilogue (for the cross-translation test).
 pub fn all_override_constants() -> Vec<Vec<(&'static str, f64)>> {
     let mut sets = Vec::new();
     for t in TILINGS {
-        for bits in 0..16u32 {
+        for bits in 0..32u32 {
             let l = Layout {
                 a_k_contig: bits & 1 != 0,
                 b_n_contig: bits & 2 != 0,
                 a_vec4: bits & 4 != 0,
                 b_vec4: bits & 8 != 0,
             };
-            sets.push(override_constants(t, &l).to_vec());
+            sets.push(override_constants(t, &l, bits & 16 != 0).to_vec());
         }
     }
     sets
@@ -564,20 +593,16 @@ pub(crate) fn tune(
     let tb = Tensor::zeros(ctx, &[batch, k, n], DType::F32)?;
     let tc = Tensor::zeros(ctx, &[batch, m, n], DType::F32)?;
     let scratch_layout = Layout::of(&spec, &ta, &tb);
-    let params = params_of(&spec, false);
+    let ops = Operands {
+        a: &ta,
+        b: &tb,
+        bias: None,
+        c: &tc,
+        gelu: None,
+    };
     let mut times = Vec::new();
     for t in TILINGS.iter().filter(|t| t.fits(ctx.capabilities())) {
-        let d = dispatch(
-            ctx,
-            &spec,
-            &params,
-            &scratch_layout,
-            *t,
-            &ta,
-            &tb,
-            None,
-            &tc,
-        )?;
+        let d = dispatch(ctx, &spec, &scratch_layout, *t, &ops)?;
         crate::profile::time_dispatches(ctx, std::slice::from_ref(&d), 1)?; // compile, warm
         let time = crate::profile::time_dispatches(ctx, std::slice::from_ref(&d), 3)?;
         times.push((*t, time));
@@ -729,6 +754,39 @@ pub fn plan_with(
     }
     let spec = strided_spec(a.shape(), b.shape(), opts)?;
     plan_strided_with(ctx, precision, &spec, a, b, bias, c)
+}
+
+/// `c = alpha · op(a) · op(b) + bias` and, in the same pass, `act = gelu(c)` (a Linear
+/// layer and its activation; `c` is kept for the backward pass). `act` has c's shape.
+pub fn plan_gelu(
+    ctx: &Context,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+    act: &Tensor,
+    opts: &MatmulOptions,
+) -> Result<Dispatch> {
+    let d = dims(a.shape(), b.shape(), opts)?;
+    c.expect_shape("matmul", "c", &d.out_shape())?;
+    act.expect_shape("matmul", "gelu output", &d.out_shape())?;
+    if let Some(bias) = bias {
+        bias.expect_shape("matmul", "bias", &[d.n])?;
+    }
+    if opts.accumulate {
+        return Err(Error::invalid(
+            "matmul with a GELU epilogue: accumulating into c is not supported",
+        ));
+    }
+    let spec = strided_spec(a.shape(), b.shape(), opts)?;
+    let ops = Operands {
+        a,
+        b,
+        bias,
+        c,
+        gelu: Some(act),
+    };
+    plan_views(ctx, ctx.matmul_precision(), &spec, &ops)
 }
 
 /// The product on views that a tensor-level product of these shapes is.
@@ -1051,6 +1109,7 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::gelu;
     use crate::testing::*;
 
     /// Batched CPU reference: a is `[batch?, ...]`, b likewise; returns `[batch, m, n]`.
@@ -1376,24 +1435,36 @@ mod tests {
                 for (i, w) in want.iter_mut().enumerate() {
                     *w += 2.0 * c0[i] as f64 + bias[i % n] as f64;
                 }
+                let want_gelu: Vec<f64> =
+                    want.iter().map(|&x| gelu::reference::forward(x)).collect();
                 for tiling in TILINGS.iter().filter(|t| t.fits(ctx.capabilities())) {
-                    let c = upload(ctx, &c0, &[batch, m, n]);
-                    let params = params_of(&spec, true);
-                    let d = dispatch(
-                        ctx,
-                        &spec,
-                        &params,
-                        &layout,
-                        *tiling,
-                        &ta,
-                        &tb,
-                        Some(&tbias),
-                        &c,
-                    )
-                    .unwrap();
-                    ctx.run(&[d]).unwrap();
-                    let what = format!("tiling {tiling}, {m}x{n}x{k} ta={trans_a} tb={trans_b}");
-                    assert_close(&what, &download(ctx, &c), &want, 1e-5);
+                    // With and without the GELU epilogue (which does not depend on the
+                    // operand layout: tried on the Linear layer's, A Bᵀ).
+                    let epilogues: &[bool] = if !trans_a && trans_b {
+                        &[false, true]
+                    } else {
+                        &[false]
+                    };
+                    for &with_gelu in epilogues {
+                        let c = upload(ctx, &c0, &[batch, m, n]);
+                        let act = poisoned(ctx, &[batch, m, n]);
+                        let ops = Operands {
+                            a: &ta,
+                            b: &tb,
+                            bias: Some(&tbias),
+                            c: &c,
+                            gelu: with_gelu.then_some(&act),
+                        };
+                        ctx.run(&[dispatch(ctx, &spec, &layout, *tiling, &ops).unwrap()])
+                            .unwrap();
+                        let what = format!(
+                            "tiling {tiling}, {m}x{n}x{k} ta={trans_a} tb={trans_b} gelu={with_gelu}"
+                        );
+                        assert_close(&what, &download(ctx, &c), &want, 1e-5);
+                        if with_gelu {
+                            assert_close(&what, &download(ctx, &act), &want_gelu, 1e-5);
+                        }
+                    }
                 }
             }
         }

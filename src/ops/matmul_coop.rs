@@ -10,13 +10,15 @@
 use crate::context::{apply_variant, Capabilities, Context, Shader};
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::Result;
-use crate::ops::matmul::{params_of, StridedMatmul};
+use crate::ops::matmul::{params_of, Operands, StridedMatmul};
 use crate::ops::ShaderVariant;
-use crate::tensor::Tensor;
 
 pub static SHADER: Shader = Shader {
     name: "matmul_coop",
-    source: include_str!("../../shaders/matmul_coop.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/matmul_coop.wgsl"),
+        include_str!("../../shaders/lib/gelu.wgsl")
+    ),
 };
 
 /// Which products a context sends to cooperative matrices.
@@ -118,15 +120,12 @@ pub fn fragment_for(caps: &Capabilities) -> Option<Fragment> {
     .map(|(f, _)| f)
 }
 
-/// The dispatch of `s` on cooperative matrices; `plan_strided` has checked the views.
+/// The dispatch of `s` on cooperative matrices; `plan_views` has checked the views.
 pub(crate) fn plan(
     ctx: &Context,
     fragment: Fragment,
     s: &StridedMatmul,
-    a: &Tensor,
-    b: &Tensor,
-    bias: Option<&Tensor>,
-    c: &Tensor,
+    ops: &Operands,
 ) -> Result<Dispatch> {
     let caps = ctx.capabilities();
     let sg = caps.subgroup_sizes.map_or(32, |(_, max)| max);
@@ -136,15 +135,20 @@ pub(crate) fn plan(
         builder = builder.variant(needle, replacement);
     }
     let block = fragment.block();
+    let flag = |x: bool| if x { 1.0 } else { 0.0 };
     builder
         .constant("SG", sg as f64)
-        .constant("A_K_CONTIG", a_k_contig as u32 as f64)
-        .constant("B_N_CONTIG", b_n_contig as u32 as f64)
-        .params(&params_of(s, bias.is_some()))
-        .read(a)
-        .read(b)
-        .read_opt(bias)
-        .write(c)
+        .constant("A_K_CONTIG", flag(a_k_contig))
+        .constant("B_N_CONTIG", flag(b_n_contig))
+        .constant("GELU", flag(ops.gelu.is_some()))
+        .params(&params_of(s, ops.bias.is_some()))
+        .read(ops.a)
+        .read(ops.b)
+        .read_opt(ops.bias)
+        .write(ops.c)
+        .skip()
+        .skip()
+        .write_opt(ops.gelu)
         .build([
             s.n.div_ceil(block) as u32,
             s.m.div_ceil(block) as u32,
@@ -164,13 +168,14 @@ fn contiguity(s: &StridedMatmul) -> (bool, bool) {
 pub fn all_variants() -> Vec<ShaderVariant> {
     let mut out = Vec::new();
     for f in [Fragment::F16x16, Fragment::F32x8] {
-        for bits in 0..4u32 {
+        for bits in 0..8u32 {
             out.push(ShaderVariant {
                 source: apply_variant(SHADER.source, &f.variant()),
                 constants: vec![
                     ("SG", 32.0),
                     ("A_K_CONTIG", (bits & 1) as f64),
                     ("B_N_CONTIG", ((bits >> 1) & 1) as f64),
+                    ("GELU", ((bits >> 2) & 1) as f64),
                 ],
                 native_only: true,
             });
@@ -182,6 +187,7 @@ pub fn all_variants() -> Vec<ShaderVariant> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::gelu;
     use crate::ops::matmul::{self, reference, MatmulOptions};
     use crate::testing::*;
 
@@ -272,24 +278,32 @@ mod tests {
                     accumulate: false,
                 };
                 let spec = matmul::strided_spec(ta.shape(), tb.shape(), &o).unwrap();
-                let d = plan(
-                    ctx,
-                    fragment,
-                    &spec,
-                    &ta,
-                    &tb,
-                    Some(&upload(ctx, &bias, &[n])),
-                    &c,
-                )
-                .unwrap();
-                ctx.run(&[d]).unwrap();
+                let tbias = upload(ctx, &bias, &[n]);
+                let act = poisoned(ctx, &[m, n]);
+                let ops = Operands {
+                    a: &ta,
+                    b: &tb,
+                    bias: Some(&tbias),
+                    c: &c,
+                    gelu: Some(&act),
+                };
+                ctx.run(&[plan(ctx, fragment, &spec, &ops).unwrap()])
+                    .unwrap();
                 let mut want =
                     reference::matmul(&to_f64(&a), &to_f64(&b), (m, n, k), trans_a, trans_b);
                 for (i, w) in want.iter_mut().enumerate() {
                     *w = 0.5 * *w + bias[i % n] as f64;
                 }
+                let want_gelu: Vec<f64> =
+                    want.iter().map(|&x| gelu::reference::forward(x)).collect();
                 let what = format!("{fragment:?} {m}x{n}x{k} ta={trans_a} tb={trans_b}");
                 assert_close(&what, &download(ctx, &c), &want, fragment.tolerance());
+                assert_close(
+                    &what,
+                    &download(ctx, &act),
+                    &want_gelu,
+                    fragment.tolerance(),
+                );
             }
         }
     }

@@ -25,6 +25,29 @@ struct Row {
     rate: f64,
     unit: &'static str,
     fraction: f64,
+    /// PyTorch's time at the same shape (from `--torch`), and ours as a fraction of its speed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    torch_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    of_torch: Option<f64>,
+}
+
+/// `{"kernel", "shape", "ms"}` lines from `tools/bench_torch_kernels.py`, by (kernel, shape).
+fn read_torch_times(
+    path: &str,
+) -> Result<std::collections::HashMap<(String, String), f64>, Box<dyn std::error::Error>> {
+    let mut times = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(path)?.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue; // anything else the script's run printed
+        };
+        if let (Some(k), Some(s), Some(ms)) =
+            (v["kernel"].as_str(), v["shape"].as_str(), v["ms"].as_f64())
+        {
+            times.insert((k.to_string(), s.to_string()), ms);
+        }
+    }
+    Ok(times)
 }
 
 fn filled(ctx: &Context, shape: &[usize]) -> Tensor {
@@ -48,6 +71,10 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_else(|| "runs/bench".into()),
     );
     std::fs::create_dir_all(&out)?;
+    let torch = match args.iter().position(|a| a == "--torch") {
+        Some(i) => read_torch_times(args.get(i + 1).ok_or("--torch takes a file")?)?,
+        None => Default::default(),
+    };
     let ctx = Context::new()?;
     let caps = ctx.capabilities().clone();
     let cpu = caps.is_cpu();
@@ -86,10 +113,13 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             (bytes / t / 1e9, "GB/s", bytes / t / 1e9 / peak_gbs)
         };
+        let torch_ms = torch.get(&(kernel.to_string(), shape.clone())).copied();
+        let of_torch = torch_ms.map(|tm| tm / (t * 1e3));
         println!(
-            "{kernel:<34} {shape:<22} {:>9.3} ms {rate:>9.1} {unit:<7} {:>6.1}%",
+            "{kernel:<40} {shape:<22} {:>9.3} ms {rate:>9.1} {unit:<7} {:>6.1}% {}",
             t * 1e3,
-            100.0 * fraction
+            100.0 * fraction,
+            of_torch.map_or(String::new(), |r| format!("{r:>8.3}x"))
         );
         rows.push(Row {
             kernel: kernel.into(),
@@ -98,12 +128,19 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             rate,
             unit,
             fraction,
+            torch_ms,
+            of_torch,
         });
         Ok(())
     };
     println!(
-        "{:<34} {:<22} {:>12} {:>17} {:>7}",
-        "kernel", "shape", "GPU time", "rate", "ceiling"
+        "{:<40} {:<22} {:>12} {:>17} {:>7} {}",
+        "kernel",
+        "shape",
+        "GPU time",
+        "rate",
+        "ceiling",
+        if torch.is_empty() { "" } else { "of torch" }
     );
 
     // matmul, each operand layout
@@ -309,8 +346,35 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     add(
         "fused softmax attention forward",
         format!("B1 H8 T{t} d64"),
-        d,
+        d.clone(),
         4.0 * 8.0 * (t * t * 64) as f64,
+        0.0,
+    )?;
+    // Forward and backward, as a training step runs them (what PyTorch's SDPA is timed on).
+    let o = zeros(&ctx, &shape);
+    let mut fb =
+        flash_attention::plan_forward(&ctx, &q, &k, &v, HeadLayout::Bhtd, &opts, &saved, &o)?;
+    fb.extend(flash_attention::plan_backward(
+        &ctx,
+        &q,
+        &k,
+        &v,
+        HeadLayout::Bhtd,
+        &opts,
+        &saved,
+        &o,
+        &filled(&ctx, &shape),
+        &flash_attention::FlashScratch::new(&ctx, &q, &opts)?,
+        &zeros(&ctx, &shape),
+        &zeros(&ctx, &shape),
+        &zeros(&ctx, &shape),
+    )?);
+    add(
+        "fused softmax attention forward+backward",
+        format!("B1 H8 T{t} d64"),
+        fb,
+        // forward 2 products, backward 5 (QKᵀ recomputed, dV, dP, dQ, dK): 2 T² d each
+        14.0 * 8.0 * (t * t * 64) as f64,
         0.0,
     )?;
     let lopts = LinearAttentionOptions::default();

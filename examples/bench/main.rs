@@ -1,6 +1,6 @@
 //! Benchmarks.
 //!
-//!     cargo run --release --example bench [-- kernels] [--out runs/bench]
+//!     cargo run --release --example bench [-- kernels] [--out runs/bench] [--torch FILE]
 //!     cargo run --release --example bench -- step [--layers 12] [--hidden 768] [--heads 12]
 //!         [--intermediate 3072] [--vocab 32000] [--batch 8] [--seq 512] [--steps 5]
 //!         [--attention softmax|fused|linear] [--precision f32|fast] [--profile]
@@ -8,7 +8,9 @@
 //! `kernels` (the default) measures the adapter's FP32 rate and copy bandwidth, then every
 //! kernel family at a representative shape (large on a GPU, small on a CPU adapter), and
 //! prints a table: kernel, shape, GPU time, GFLOP/s or GB/s, and the fraction of the measured
-//! ceiling; it writes `bench.json` and `bench.png`. Then it times a training step (on a GPU
+//! ceiling; it writes `bench.json` and `bench.png`. With `--torch FILE` (the output of
+//! `tools/bench_torch_kernels.py`, run on the same device) it adds each kernel's speed as a
+//! fraction of PyTorch's at the same shape. Then it times a training step (on a GPU
 //! the named shape of issue 6: 12 layers, hidden 768, T 512, batch 8).
 //!
 //! `step` prints a training step's plan (dispatches and submissions per step, peak memory),
@@ -75,9 +77,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("step") => step(&args),
-        None | Some("kernels") | Some("--out") => kernels::run(&args),
+        None | Some("kernels") | Some("--out") | Some("--torch") => kernels::run(&args),
         _ => {
-            eprintln!("usage: bench [kernels] [--out DIR] | bench step [--layers N] [--hidden N] [--heads N] [--batch N] [--seq N] [--steps N] [--attention softmax|fused|linear] [--precision f32|fast] [--profile]");
+            eprintln!("usage: bench [kernels] [--out DIR] [--torch FILE] | bench step [--layers N] [--hidden N] [--heads N] [--batch N] [--seq N] [--steps N] [--attention softmax|fused|linear] [--precision f32|fast] [--profile]");
             std::process::exit(2);
         }
     }

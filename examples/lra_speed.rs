@@ -12,6 +12,9 @@
 //! column's ratio to materialised softmax, and writes `results.json` and `speed_memory.png`.
 //! On a CPU adapter the default lengths and model are small.
 
+#[path = "common/fonts.rs"]
+mod fonts;
+
 use std::time::Instant;
 
 use roformer_wgpu::model::{AttentionKind, Batch, Head, Mode, RoFormer, RoFormerConfig};
@@ -273,21 +276,7 @@ fn plot(
     lengths: &[usize],
 ) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
-    let text = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    ]
-    .iter()
-    .any(|p| {
-        std::fs::read(p).is_ok_and(|b| {
-            plotters::style::register_font(
-                "sans-serif",
-                FontStyle::Normal,
-                Box::leak(b.into_boxed_slice()),
-            )
-            .is_ok()
-        })
-    });
+    let text = crate::fonts::register_sans_serif();
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);

@@ -8,6 +8,9 @@
 //! ListOps. `--help` lists every option. Writes checkpoints (HF layout), `curves.png` and
 //! `summary.json` to `--out` (default `runs/listops`).
 
+#[path = "common/fonts.rs"]
+mod fonts;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -386,35 +389,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Registers a system sans-serif font for the plot's text; without one the plot has no labels.
-fn register_font() -> bool {
-    let candidates = [
-        std::env::var("ROFORMER_FONT").unwrap_or_default(),
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into(),
-        "/usr/share/fonts/TTF/DejaVuSans.ttf".into(),
-        "/usr/share/fonts/dejavu/DejaVuSans.ttf".into(),
-        "/System/Library/Fonts/Supplemental/Arial.ttf".into(),
-        "C:\\Windows\\Fonts\\arial.ttf".into(),
-    ];
-    candidates
-        .iter()
-        .filter(|p| !p.is_empty())
-        .any(|p| match std::fs::read(p) {
-            Ok(bytes) => plotters::style::register_font(
-                "sans-serif",
-                plotters::style::FontStyle::Normal,
-                Box::leak(bytes.into_boxed_slice()),
-            )
-            .is_ok(),
-            Err(_) => false,
-        })
-}
-
 /// Loss and accuracy against the step: training (smoothed) and validation, and the
 /// majority-class baseline.
 fn plot(path: &Path, state: &TrainState, baseline: f64) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
-    let text = register_font();
+    let text = fonts::register_sans_serif();
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);

@@ -315,14 +315,13 @@ impl Graph {
         Ok(out)
     }
 
-    /// `x · wᵀ (+ b)` for x `[..., in]`, w `[out, in]` (PyTorch `Linear`).
-    pub fn linear(
-        &mut self,
-        name: &str,
+    /// A Linear's product options, output shape and inputs, shapes checked.
+    fn linear_operands(
+        &self,
         x: TensorId,
         w: TensorId,
         b: Option<TensorId>,
-    ) -> Result<TensorId> {
+    ) -> Result<(MatmulOptions, Vec<usize>, Vec<TensorId>)> {
         let opts = MatmulOptions {
             trans_b: true,
             ..Default::default()
@@ -333,6 +332,18 @@ impl Graph {
         }
         let mut inputs = vec![x, w];
         inputs.extend(b);
+        Ok((opts, shape, inputs))
+    }
+
+    /// `x · wᵀ (+ b)` for x `[..., in]`, w `[out, in]` (PyTorch `Linear`).
+    pub fn linear(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        w: TensorId,
+        b: Option<TensorId>,
+    ) -> Result<TensorId> {
+        let (opts, shape, inputs) = self.linear_operands(x, w, b)?;
         let out = self.output(name, &shape, &inputs);
         self.call(
             false,
@@ -366,16 +377,7 @@ impl Graph {
         w: TensorId,
         b: Option<TensorId>,
     ) -> Result<TensorId> {
-        let opts = MatmulOptions {
-            trans_b: true,
-            ..Default::default()
-        };
-        let shape = matmul::output_shape(self.shape(x), self.shape(w), &opts)?;
-        if let Some(b) = b {
-            layout_check("linear", "bias", self.shape(b), &[*shape.last().unwrap()])?;
-        }
-        let mut inputs = vec![x, w];
-        inputs.extend(b);
+        let (opts, shape, inputs) = self.linear_operands(x, w, b)?;
         let pre = self.output(name, &shape, &inputs);
         let act = self.output(act_name, &shape, &[pre]);
         self.call(

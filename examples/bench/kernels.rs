@@ -489,21 +489,7 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
 
 fn chart(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
-    let text = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    ]
-    .iter()
-    .any(|p| {
-        std::fs::read(p).is_ok_and(|b| {
-            plotters::style::register_font(
-                "sans-serif",
-                FontStyle::Normal,
-                Box::leak(b.into_boxed_slice()),
-            )
-            .is_ok()
-        })
-    });
+    let text = crate::fonts::register_sans_serif();
     let root = BitMapBackend::new(path, (1000, 40 + 28 * rows.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let (label_area, bars) = root.split_horizontally(330);

@@ -17,6 +17,9 @@
 //! the time to build it, the first step (pipelines compile lazily on some drivers), the host
 //! time to encode and submit a step, the GPU time per step and tokens per second.
 
+#[path = "../common/fonts.rs"]
+mod fonts;
+
 use std::time::Instant;
 
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};

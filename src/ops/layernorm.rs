@@ -46,26 +46,7 @@ pub fn plan_forward(
     y: &Tensor,
     stats: &Tensor,
 ) -> Result<Dispatch> {
-    let (rows, n) = rows_n("layernorm", x, gamma)?;
-    beta.expect_shape("layernorm", "beta", &[n])?;
-    y.expect_shape("layernorm", "y", x.shape())?;
-    stats.expect_shape("layernorm", "stats", &[rows, 2])?;
-    DispatchBuilder::new(ctx, &SHADER, "forward")
-        .row_threads(n)
-        .params(&Params {
-            rows: rows as u32,
-            n: n as u32,
-            eps,
-            accumulate: 0,
-        })
-        .read(x)
-        .read(gamma)
-        .read(beta)
-        .write(y)
-        .write(stats)
-        .skip()
-        .skip()
-        .build(ctx.grid_1d(rows as u64)?)
+    plan_forward_any(ctx, x, None, gamma, beta, eps, y, stats)
 }
 
 /// Residual add and LayerNorm in one pass: `sum = x + residual`, `y = layernorm(sum) · gamma
@@ -82,13 +63,33 @@ pub fn plan_forward_residual(
     y: &Tensor,
     stats: &Tensor,
 ) -> Result<Dispatch> {
-    let (rows, n) = rows_n("layernorm", x, gamma)?;
-    beta.expect_shape("layernorm", "beta", &[n])?;
     residual.expect_shape("layernorm", "residual", x.shape())?;
     sum.expect_shape("layernorm", "sum", x.shape())?;
+    plan_forward_any(ctx, x, Some((residual, sum)), gamma, beta, eps, y, stats)
+}
+
+/// Both forward entry points: `residual_sum` is the residual to add and where the sum goes.
+#[allow(clippy::too_many_arguments)]
+fn plan_forward_any(
+    ctx: &Context,
+    x: &Tensor,
+    residual_sum: Option<(&Tensor, &Tensor)>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    y: &Tensor,
+    stats: &Tensor,
+) -> Result<Dispatch> {
+    let (rows, n) = rows_n("layernorm", x, gamma)?;
+    beta.expect_shape("layernorm", "beta", &[n])?;
     y.expect_shape("layernorm", "y", x.shape())?;
     stats.expect_shape("layernorm", "stats", &[rows, 2])?;
-    DispatchBuilder::new(ctx, &SHADER, "forward_residual")
+    let entry = if residual_sum.is_some() {
+        "forward_residual"
+    } else {
+        "forward"
+    };
+    let builder = DispatchBuilder::new(ctx, &SHADER, entry)
         .row_threads(n)
         .params(&Params {
             rows: rows as u32,
@@ -100,10 +101,12 @@ pub fn plan_forward_residual(
         .read(gamma)
         .read(beta)
         .write(y)
-        .write(stats)
-        .write(sum)
-        .read(residual)
-        .build(ctx.grid_1d(rows as u64)?)
+        .write(stats);
+    match residual_sum {
+        Some((residual, sum)) => builder.write(sum).read(residual),
+        None => builder.skip().skip(),
+    }
+    .build(ctx.grid_1d(rows as u64)?)
 }
 
 /// `dx` from the forward input, gamma and saved stats.

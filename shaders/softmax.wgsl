@@ -3,7 +3,9 @@
 // forward:  y[r, j] = softmax_j(scale * x[r, j] + mask[r / rows_per_mask, j])
 //   With `causal`, row r is query q = r % tq of tq queries that are the last tq of the n
 //   keys; key j is allowed when j <= q + (n - tq). Disallowed keys get probability 0.
-//   The row maximum is subtracted before exp (numerically stable). A row whose every
+//   The row maximum is subtracted before exp (numerically stable); maximum and sum come
+//   from one pass and one reduction (the online softmax: a running sum is rescaled when
+//   the running maximum grows), so x is read twice, not three times. A row whose every
 //   score is -inf gives zeros; a row masked with a large finite negative value (as
 //   HuggingFace does, -3.4e38) gives the same uniform row as PyTorch.
 // backward: dx[r, j] = scale * y[r, j] * (dy[r, j] - sum_k dy[r, k] * y[r, k])
@@ -33,17 +35,25 @@ const WG: u32 = 256u;
 const F32_MAX: f32 = 3.40282347e38;
 
 var<workgroup> red: array<f32, 256>;
+var<workgroup> red_ms: array<vec2<f32>, 256>;
 
-fn workgroup_max(v: f32, li: u32) -> f32 {
-    red[li] = v;
+// (max, sum of exp(v - max)) of two parts of a row. A part with nothing in it is
+// (-F32_MAX, 0), and exp(-F32_MAX - m) * 0 is 0 whatever m is.
+fn combine(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let m = max(a.x, b.x);
+    return vec2<f32>(m, a.y * exp(a.x - m) + b.y * exp(b.x - m));
+}
+
+fn workgroup_max_sum(v: vec2<f32>, li: u32) -> vec2<f32> {
+    red_ms[li] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (li < s) {
-            red[li] = max(red[li], red[li + s]);
+            red_ms[li] = combine(red_ms[li], red_ms[li + s]);
         }
         workgroupBarrier();
     }
-    let r = red[0];
+    let r = red_ms[0];
     workgroupBarrier();
     return r;
 }
@@ -85,18 +95,18 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         allowed = min(p.n, row % p.tq + (p.n - p.tq) + 1u);
     }
 
-    var m = -F32_MAX;
+    var ms = vec2<f32>(-F32_MAX, 0.0);
     for (var j = li; j < allowed; j += WG) {
-        m = max(m, score(base, mask_base, j));
+        let v = score(base, mask_base, j);
+        if (v > ms.x) {
+            ms = vec2<f32>(v, ms.y * exp(ms.x - v) + 1.0);
+        } else {
+            ms.y += exp(v - ms.x);
+        }
     }
-    m = workgroup_max(m, li);
-
-    var s = 0.0;
-    for (var j = li; j < allowed; j += WG) {
-        s += exp(score(base, mask_base, j) - m);
-    }
-    s = workgroup_sum(s, li);
-    let inv = select(0.0, 1.0 / s, s > 0.0);
+    ms = workgroup_max_sum(ms, li);
+    let m = ms.x;
+    let inv = select(0.0, 1.0 / ms.y, ms.y > 0.0);
 
     for (var j = li; j < p.n; j += WG) {
         var y = 0.0;

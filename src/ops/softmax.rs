@@ -263,6 +263,31 @@ mod tests {
         assert_close("large scores", &download(ctx, &y), &want, 1e-6);
     }
 
+    /// A row masked everywhere: with -inf it is all zeros (our rule: nothing to attend to),
+    /// with HF's finite -3.4e38 it is uniform, as in PyTorch (the scores tie after rounding).
+    #[test]
+    fn fully_masked_rows_are_zeros_or_uniform() {
+        let ctx = &ctx();
+        let n = 300; // over one thread's share of the row, so partial results are combined
+        let x = randn(&mut rng(3), 2 * n);
+        let mut mask = vec![f32::NEG_INFINITY; n];
+        mask.extend(vec![-f32::MAX; n]);
+        let tx = upload(ctx, &x, &[2, 1, 1, n]);
+        let tm = upload(ctx, &mask, &[2, n]);
+        let opts = SoftmaxOptions {
+            scale: 0.37,
+            mask: Some(&tm),
+            causal: false,
+        };
+        let y = poisoned(ctx, &[2, 1, 1, n]);
+        ctx.run(&[plan_forward(ctx, &tx, &opts, &y).unwrap()])
+            .unwrap();
+        let got = download(ctx, &y);
+        let mut want = vec![0.0; n];
+        want.extend(vec![1.0 / n as f64; n]);
+        assert_close("fully masked rows", &got, &want, 1e-6);
+    }
+
     #[test]
     fn bad_mask_shape_is_an_error() {
         let ctx = &ctx();

@@ -1,5 +1,6 @@
 // LayerNorm over the last dimension (rows of n), as torch.nn.LayerNorm:
-//   forward:         mean, rstd = 1 / sqrt(var + eps) (biased variance, two passes);
+//   forward:         mean, rstd = 1 / sqrt(var + eps) (biased variance, from one pass:
+//                    Welford per thread, Chan et al.'s pairwise combine across threads);
 //                    y = (x - mean) * rstd * gamma + beta; stats[r] = (mean, rstd)
 //   forward_residual: the same on s = x + residual, also writing s (a post-LN block's
 //                    residual add and LayerNorm in one pass over memory)
@@ -31,18 +32,54 @@ struct Params {
 // Threads per row: a power of two from 32 to 256 matched to the row length (a compiled
 // variant), so short rows do not pay for idle threads at every barrier.
 const WG: u32 = 256u;
-var<workgroup> red: array<f32, 256>;
+var<workgroup> red2: array<vec2<f32>, 256>;
+var<workgroup> red_moments: array<vec3<f32>, 256>;
 
-fn workgroup_sum(v: f32, li: u32) -> f32 {
-    red[li] = v;
+// (count, mean, sum of squared deviations) of a part of a row, extended by one value.
+fn welford(a: vec3<f32>, v: f32) -> vec3<f32> {
+    let count = a.x + 1.0;
+    let d = v - a.y;
+    let mean = a.y + d / count;
+    return vec3<f32>(count, mean, a.z + d * (v - mean));
+}
+
+// Two parts combined (Chan, Golub and LeVeque); an empty part changes nothing.
+fn combine_moments(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
+    let count = a.x + b.x;
+    if (count == 0.0) {
+        return a;
+    }
+    let d = b.y - a.y;
+    let fb = b.x / count;
+    return vec3<f32>(count, a.y + d * fb, a.z + b.z + d * d * a.x * fb);
+}
+
+// (n, mean, biased variance) of the whole row.
+fn workgroup_moments(v: vec3<f32>, li: u32) -> vec3<f32> {
+    red_moments[li] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (li < s) {
-            red[li] += red[li + s];
+            red_moments[li] = combine_moments(red_moments[li], red_moments[li + s]);
         }
         workgroupBarrier();
     }
-    let r = red[0];
+    let r = red_moments[0];
+    workgroupBarrier();
+    return vec3<f32>(r.x, r.y, r.z / r.x);
+}
+
+// Two sums at once: one set of barriers instead of two.
+fn workgroup_sum2(v: vec2<f32>, li: u32) -> vec2<f32> {
+    red2[li] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red2[li] += red2[li + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red2[0];
     workgroupBarrier();
     return r;
 }
@@ -56,18 +93,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let base = row * p.n;
-    let nf = f32(p.n);
-    var s = 0.0;
+    var part = vec3<f32>(0.0);
     for (var j = li; j < p.n; j += WG) {
-        s += x[base + j];
+        part = welford(part, x[base + j]);
     }
-    let mean = workgroup_sum(s, li) / nf;
-    var v = 0.0;
-    for (var j = li; j < p.n; j += WG) {
-        let d = x[base + j] - mean;
-        v += d * d;
-    }
-    let rstd = inverseSqrt(workgroup_sum(v, li) / nf + p.eps);
+    let moments = workgroup_moments(part, li);
+    let mean = moments.y;
+    let rstd = inverseSqrt(moments.z + p.eps);
     for (var j = li; j < p.n; j += WG) {
         out[base + j] = (x[base + j] - mean) * rstd * gamma[j] + in3[j];
     }
@@ -86,22 +118,17 @@ fn forward_residual(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let base = row * p.n;
-    let nf = f32(p.n);
-    var s = 0.0;
+    var part = vec3<f32>(0.0);
     for (var j = li; j < p.n; j += WG) {
         let v = x[base + j] + residual[base + j];
         out2[base + j] = v;
-        s += v;
+        part = welford(part, v);
     }
-    let mean = workgroup_sum(s, li) / nf;
-    var var_sum = 0.0;
+    let moments = workgroup_moments(part, li);
+    let mean = moments.y;
+    let rstd = inverseSqrt(moments.z + p.eps);
     for (var j = li; j < p.n; j += WG) {
         // Each thread reads back only the sums it wrote itself.
-        let d = out2[base + j] - mean;
-        var_sum += d * d;
-    }
-    let rstd = inverseSqrt(workgroup_sum(var_sum, li) / nf + p.eps);
-    for (var j = li; j < p.n; j += WG) {
         out[base + j] = (out2[base + j] - mean) * rstd * gamma[j] + in3[j];
     }
     if (li == 0u) {
@@ -128,9 +155,9 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
         sg += g;
         sgx += g * (x[base + j] - mean) * rstd;
     }
-    let nf = f32(p.n);
-    let mg = workgroup_sum(sg, li) / nf;
-    let mgx = workgroup_sum(sgx, li) / nf;
+    let means = workgroup_sum2(vec2<f32>(sg, sgx), li) / f32(p.n);
+    let mg = means.x;
+    let mgx = means.y;
     for (var j = li; j < p.n; j += WG) {
         let g = in3[base + j] * gamma[j];
         let xhat = (x[base + j] - mean) * rstd;

@@ -1,7 +1,9 @@
 // Softmax cross-entropy over rows of logits, with an ignore index; the loss is the mean over
 // the rows that are not ignored (torch.nn.CrossEntropyLoss, reduction "mean").
 //
-// rows:     lse[r] = log sum_c exp(x[r, c]) (max subtracted first);
+// rows:     lse[r] = log sum_c exp(x[r, c]) (max subtracted first; maximum, first argmax
+//           and sum come from one pass and one reduction, the sum rescaled whenever the
+//           running maximum grows, as in an online softmax);
 //           loss_r = lse[r] - x[r, label[r]], or 0 when label[r] == ignore_index;
 //           correct_r = 1 when argmax_c x[r, c] == label[r] (first maximum, as torch.argmax).
 //           row_stats[r] = (lse, loss_r, correct_r)
@@ -31,39 +33,51 @@ const WG: u32 = 256u;
 const F32_MAX: f32 = 3.40282347e38;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> red_count: array<f32, 256>;
-var<workgroup> red_index: array<u32, 256>;
 
 // Index of the first maximum of x over the workgroup's (value, index) pairs.
-fn workgroup_argmax(v: f32, idx: u32, li: u32) -> u32 {
-    red[li] = v;
-    red_index[li] = idx;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            let ov = red[li + s];
-            let oi = red_index[li + s];
-            if (ov > red[li] || (ov == red[li] && oi < red_index[li])) {
-                red[li] = ov;
-                red_index[li] = oi;
-            }
-        }
-        workgroupBarrier();
-    }
-    let r = red_index[0];
-    workgroupBarrier();
-    return r;
+// A part of a row: its maximum, sum of exp(v - max), and first index of the maximum.
+struct RowPart {
+    m: f32,
+    s: f32,
+    arg: u32,
 }
 
-fn workgroup_max(v: f32, li: u32) -> f32 {
-    red[li] = v;
+const NONE: u32 = 0xffffffffu;
+var<workgroup> red_part: array<RowPart, 256>;
+
+// s * exp(d), where an empty sum stays 0 even if d is +inf.
+fn rescaled(s: f32, d: f32) -> f32 {
+    return select(s * exp(d), 0.0, s == 0.0);
+}
+
+// The part extended by element `c` of value v.
+fn extend(a: RowPart, v: f32, c: u32) -> RowPart {
+    if (v > a.m || a.arg == NONE) {
+        return RowPart(v, rescaled(a.s, a.m - v) + 1.0, c);
+    }
+    return RowPart(a.m, a.s + exp(v - a.m), a.arg);
+}
+
+fn combine(a: RowPart, b: RowPart) -> RowPart {
+    let m = max(a.m, b.m);
+    let s = rescaled(a.s, a.m - m) + rescaled(b.s, b.m - m);
+    var arg = a.arg;
+    if (a.arg == NONE || (b.arg != NONE && (b.m > a.m || (b.m == a.m && b.arg < a.arg)))) {
+        arg = b.arg;
+    }
+    return RowPart(m, s, arg);
+}
+
+fn workgroup_row(v: RowPart, li: u32) -> RowPart {
+    red_part[li] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (li < s) {
-            red[li] = max(red[li], red[li + s]);
+            red_part[li] = combine(red_part[li], red_part[li + s]);
         }
         workgroupBarrier();
     }
-    let r = red[0];
+    let r = red_part[0];
     workgroupBarrier();
     return r;
 }
@@ -91,22 +105,13 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let base = row * p.classes;
-    var m = -F32_MAX;
-    var arg = 0xffffffffu;
+    var part = RowPart(-F32_MAX, 0.0, NONE);
     for (var c = li; c < p.classes; c += WG) {
-        let v = x[base + c];
-        if (v > m || arg == 0xffffffffu) {
-            m = v;
-            arg = c;
-        }
+        part = extend(part, x[base + c], c);
     }
-    arg = workgroup_argmax(m, arg, li);
-    m = workgroup_max(m, li);
-    var s = 0.0;
-    for (var c = li; c < p.classes; c += WG) {
-        s += exp(x[base + c] - m);
-    }
-    let lse = m + log(workgroup_sum(s, li));
+    part = workgroup_row(part, li);
+    let arg = part.arg;
+    let lse = part.m + log(part.s);
     if (li == 0u) {
         let label = labels[row];
         var l = 0.0;

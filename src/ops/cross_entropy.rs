@@ -282,7 +282,58 @@ mod tests {
                 labels.iter().filter(|&&l| l != IGNORE_INDEX).count() as f32
             );
             assert_close(&format!("{what} grad"), &download(ctx, &dx), &want_dx, 1e-5);
+            assert_eq!(
+                loss[2],
+                correct_count(&x, classes, &labels),
+                "{what} correct"
+            );
         }
+    }
+
+    /// Rows whose label is the first maximum, as torch.argmax picks it.
+    fn correct_count(x: &[f32], classes: usize, labels: &[i32]) -> f32 {
+        let first_argmax = |row: &[f32]| {
+            (0..row.len()).fold(0, |best, c| if row[c] > row[best] { c } else { best })
+        };
+        labels
+            .iter()
+            .enumerate()
+            .filter(|&(r, &l)| {
+                l != IGNORE_INDEX && first_argmax(&x[r * classes..(r + 1) * classes]) == l as usize
+            })
+            .count() as f32
+    }
+
+    /// Ties everywhere (logits from {0, 1, 2}): the accuracy counts only labels that are the
+    /// first maximum, wherever in the row (and in which thread's share) the ties fall.
+    #[test]
+    fn ties_count_the_first_maximum_only() {
+        let ctx = &ctx();
+        let mut rng = rng(14);
+        let (rows, classes) = (64, 600);
+        let x: Vec<f32> = (0..rows * classes)
+            .map(|_| rng.random_range(0..3) as f32)
+            .collect();
+        // Labels: the first maximum, a later tied maximum, or anything.
+        let labels: Vec<i32> = (0..rows)
+            .map(|r| {
+                let row = &x[r * classes..(r + 1) * classes];
+                let maxima: Vec<usize> = (0..classes).filter(|&c| row[c] == 2.0).collect();
+                match r % 3 {
+                    0 => maxima[0] as i32,
+                    1 => maxima[rng.random_range(1..maxima.len())] as i32,
+                    _ => rng.random_range(0..classes as i32),
+                }
+            })
+            .collect();
+        let tl = Labels::new(ctx, &labels, &[rows], classes, IGNORE_INDEX).unwrap();
+        let state = forward(ctx, &upload(ctx, &x, &[rows, classes]), &tl).unwrap();
+        let want = correct_count(&x, classes, &labels);
+        assert!(
+            want >= (rows / 3) as f32,
+            "the test needs correct rows: {want}"
+        );
+        assert_eq!(download(ctx, &state.loss)[2], want);
     }
 
     #[test]

@@ -18,6 +18,10 @@
 //   4, so neighbouring threads read neighbouring vec4s (no bank conflicts).
 // - Edges: bounds are checked only while staging a slice that crosses an edge (a uniform
 //   branch per slice); interior tiles and the inner product never check anything.
+// - Prefetch (PREFETCH set): each thread loads its share of the next K-slice into
+//   registers before the inner product of the current one, and stores it to workgroup
+//   memory after, so global-memory latency overlaps arithmetic. One more tiling for the
+//   tuner to time: it costs registers, and whether it pays depends on the GPU.
 // - Epilogue: with GELU set, each finished element is also written as gelu(element) to
 //   `act` (same view as C), so a Linear + GELU pair is one pass (gelu_f32 comes from
 //   shaders/lib/gelu.wgsl, appended to this file).
@@ -52,7 +56,11 @@ override B_N_CONTIG: bool = true;
 override A_VEC4: bool = false;
 override B_VEC4: bool = false;
 override GELU: bool = false;
+override PREFETCH: bool = false;
 override WG: u32 = (BM / TM) * (BN / TN);
+// vec4 loads per thread per slice (at most 4; src/ops/matmul.rs checks every tiling).
+override A_LOADS: u32 = BM * BK / 4u / WG;
+override B_LOADS: u32 = BN * BK / 4u / WG;
 
 var<workgroup> tile_a: array<vec4<f32>, BK * BM / 4u>;  // [BK][BM / 4]
 var<workgroup> tile_b: array<vec4<f32>, BK * BN / 4u>;  // [BK][BN / 4]
@@ -98,46 +106,69 @@ fn load_b(b_base: u32, gk: u32, gn: u32, checked: bool) -> vec4<f32> {
     return v;
 }
 
-fn stage_a(a_base: u32, row0: u32, k0: u32, li: u32, checked: bool) {
-    for (var r = 0u; r < BM * BK / 4u / WG; r++) {
+// Thread li's share of a K-slice of A: A_LOADS vec4s along A's contiguous axis.
+fn fetch_a(a_base: u32, row0: u32, k0: u32, li: u32, checked: bool) -> array<vec4<f32>, 4> {
+    var v: array<vec4<f32>, 4>;
+    for (var r = 0u; r < A_LOADS; r++) {
         let e = li + r * WG;
         if (A_K_CONTIG) {
-            // Thread e reads k0 + 4 kq .. +3 of row mr and scatters them down the k axis.
+            // Thread e reads k0 + 4 kq .. +3 of row mr.
+            v[r] = load_a(a_base, row0 + e / (BK / 4u), k0 + (e % (BK / 4u)) * 4u, checked);
+        } else {
+            // Thread e reads rows 4 mq .. +3 at k0 + kr.
+            v[r] = load_a(a_base, row0 + (e % (BM / 4u)) * 4u, k0 + e / (BM / 4u), checked);
+        }
+    }
+    return v;
+}
+
+// ... into the k-major tile: a k-contiguous vec4 is scattered down the k axis, an
+// m-contiguous one is already a row of the tile.
+fn store_a(v: array<vec4<f32>, 4>, li: u32) {
+    for (var r = 0u; r < A_LOADS; r++) {
+        let e = li + r * WG;
+        if (A_K_CONTIG) {
             let kq = e % (BK / 4u);
             let mr = e / (BK / 4u);
-            let v = load_a(a_base, row0 + mr, k0 + kq * 4u, checked);
             let t = kq * BM + mr / 4u;  // (4 kq) * (BM / 4) + mr / 4
             let comp = mr % 4u;
-            tile_a[t][comp] = v.x;
-            tile_a[t + BM / 4u][comp] = v.y;
-            tile_a[t + BM / 2u][comp] = v.z;
-            tile_a[t + 3u * BM / 4u][comp] = v.w;
+            tile_a[t][comp] = v[r].x;
+            tile_a[t + BM / 4u][comp] = v[r].y;
+            tile_a[t + BM / 2u][comp] = v[r].z;
+            tile_a[t + 3u * BM / 4u][comp] = v[r].w;
         } else {
-            // Thread e reads rows 4 mq .. +3 at k0 + kr: already a row of the k-major tile.
-            let mq = e % (BM / 4u);
-            let kr = e / (BM / 4u);
-            tile_a[kr * (BM / 4u) + mq] = load_a(a_base, row0 + mq * 4u, k0 + kr, checked);
+            tile_a[e] = v[r];  // kr * (BM / 4) + mq
         }
     }
 }
 
-fn stage_b(b_base: u32, col0: u32, k0: u32, li: u32, checked: bool) {
-    for (var r = 0u; r < BN * BK / 4u / WG; r++) {
+fn fetch_b(b_base: u32, col0: u32, k0: u32, li: u32, checked: bool) -> array<vec4<f32>, 4> {
+    var v: array<vec4<f32>, 4>;
+    for (var r = 0u; r < B_LOADS; r++) {
         let e = li + r * WG;
         if (B_N_CONTIG) {
-            let nq = e % (BN / 4u);
-            let kr = e / (BN / 4u);
-            tile_b[kr * (BN / 4u) + nq] = load_b(b_base, k0 + kr, col0 + nq * 4u, checked);
+            v[r] = load_b(b_base, k0 + e / (BN / 4u), col0 + (e % (BN / 4u)) * 4u, checked);
+        } else {
+            v[r] = load_b(b_base, k0 + (e % (BK / 4u)) * 4u, col0 + e / (BK / 4u), checked);
+        }
+    }
+    return v;
+}
+
+fn store_b(v: array<vec4<f32>, 4>, li: u32) {
+    for (var r = 0u; r < B_LOADS; r++) {
+        let e = li + r * WG;
+        if (B_N_CONTIG) {
+            tile_b[e] = v[r];  // kr * (BN / 4) + nq
         } else {
             let kq = e % (BK / 4u);
             let nc = e / (BK / 4u);
-            let v = load_b(b_base, k0 + kq * 4u, col0 + nc, checked);
             let t = kq * BN + nc / 4u;
             let comp = nc % 4u;
-            tile_b[t][comp] = v.x;
-            tile_b[t + BN / 4u][comp] = v.y;
-            tile_b[t + BN / 2u][comp] = v.z;
-            tile_b[t + 3u * BN / 4u][comp] = v.w;
+            tile_b[t][comp] = v[r].x;
+            tile_b[t + BN / 4u][comp] = v[r].y;
+            tile_b[t + BN / 2u][comp] = v[r].z;
+            tile_b[t + 3u * BN / 4u][comp] = v[r].w;
         }
     }
 }
@@ -161,10 +192,26 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
     // Slices below k_full lie wholly inside A and B for an interior tile.
     let interior = row0 + BM <= p.m && col0 + BN <= p.n;
     let k_full = select(0u, p.k / BK * BK, interior);
+    var next_a: array<vec4<f32>, 4>;
+    var next_b: array<vec4<f32>, 4>;
+    if (PREFETCH) {
+        next_a = fetch_a(a_base, row0, 0u, li, 0u >= k_full);
+        next_b = fetch_b(b_base, col0, 0u, li, 0u >= k_full);
+    }
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        let checked = k0 >= k_full;
-        stage_a(a_base, row0, k0, li, checked);
-        stage_b(b_base, col0, k0, li, checked);
+        if (PREFETCH) {
+            store_a(next_a, li);
+            store_b(next_b, li);
+            let k1 = k0 + BK;
+            if (k1 < p.k) {
+                next_a = fetch_a(a_base, row0, k1, li, k1 >= k_full);
+                next_b = fetch_b(b_base, col0, k1, li, k1 >= k_full);
+            }
+        } else {
+            let checked = k0 >= k_full;
+            store_a(fetch_a(a_base, row0, k0, li, checked), li);
+            store_b(fetch_b(b_base, col0, k0, li, checked), li);
+        }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
             var bv: array<vec4<f32>, 2>;

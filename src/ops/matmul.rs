@@ -278,7 +278,7 @@ fn dispatch(
 }
 
 /// The shader's override constants for one tiling, operand layout and epilogue.
-fn override_constants(t: Tiling, l: &Layout, gelu: bool) -> [(&'static str, f64); 10] {
+fn override_constants(t: Tiling, l: &Layout, gelu: bool) -> [(&'static str, f64); 11] {
     let flag = |x: bool| if x { 1.0 } else { 0.0 };
     [
         ("BM", t.bm as f64),
@@ -291,6 +291,7 @@ fn override_constants(t: Tiling, l: &Layout, gelu: bool) -> [(&'static str, f64)
         ("A_VEC4", flag(l.a_vec4)),
         ("B_VEC4", flag(l.b_vec4)),
         ("GELU", flag(gelu)),
+        ("PREFETCH", flag(t.prefetch)),
     ]
 }
 
@@ -356,7 +357,7 @@ impl Layout {
 
 /// A tiling of the kernel, set through its override constants: a workgroup computes a
 /// `bm × bn` block of C with `(bm/tm)·(bn/tn)` threads of `tm × tn` each, through K in
-/// slices of `bk`.
+/// slices of `bk`; with `prefetch`, the next slice is loaded while the current one is used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tiling {
     pub bm: u32,
@@ -364,11 +365,27 @@ pub struct Tiling {
     pub bk: u32,
     pub tm: u32,
     pub tn: u32,
+    pub prefetch: bool,
 }
 
 impl Tiling {
     pub const fn new(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> Tiling {
-        Tiling { bm, bn, bk, tm, tn }
+        Tiling {
+            bm,
+            bn,
+            bk,
+            tm,
+            tn,
+            prefetch: false,
+        }
+    }
+
+    /// The same tiling, loading the next K-slice into registers during the current one.
+    pub const fn prefetched(self) -> Tiling {
+        Tiling {
+            prefetch: true,
+            ..self
+        }
     }
 
     pub fn threads(&self) -> u32 {
@@ -381,9 +398,12 @@ impl Tiling {
     }
 
     /// Whether the kernel supports this tiling (its register block holds at most 8 × 8,
-    /// in vec4s; every thread stages whole vec4s) and the adapter can run it.
+    /// in vec4s; every thread stages whole vec4s, at most 4 per operand and slice) and the
+    /// adapter can run it.
     pub fn fits(&self, caps: &crate::context::Capabilities) -> bool {
-        let Tiling { bm, bn, bk, tm, tn } = *self;
+        let Tiling {
+            bm, bn, bk, tm, tn, ..
+        } = *self;
         let wg = self.threads();
         tm % 4 == 0
             && tm <= 8
@@ -393,6 +413,8 @@ impl Tiling {
             && bn % tn == 0
             && (bm * bk / 4) % wg == 0
             && (bn * bk / 4) % wg == 0
+            && bm * bk / 4 / wg <= 4
+            && bn * bk / 4 / wg <= 4
             && wg <= caps.max_invocations_per_workgroup
             && self.workgroup_bytes() <= caps.max_workgroup_storage
     }
@@ -402,20 +424,28 @@ impl std::fmt::Display for Tiling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}x{}x{}/{}x{}",
-            self.bm, self.bn, self.bk, self.tm, self.tn
+            "{}x{}x{}/{}x{}{}",
+            self.bm,
+            self.bn,
+            self.bk,
+            self.tm,
+            self.tn,
+            if self.prefetch { "+prefetch" } else { "" }
         )
     }
 }
 
-/// The tilings the library chooses from, small to large.
-pub const TILINGS: [Tiling; 6] = [
+/// The tilings the library chooses from, small to large; the large ones also prefetched
+/// (only timing tells whether that pays on a given GPU, so only the tuner picks them).
+pub const TILINGS: [Tiling; 8] = [
     Tiling::new(32, 32, 16, 4, 4),
     Tiling::new(64, 64, 16, 4, 4),
     Tiling::new(128, 64, 16, 8, 4),
     Tiling::new(64, 128, 16, 4, 8),
     Tiling::new(128, 128, 8, 8, 8),
     Tiling::new(128, 128, 16, 8, 8),
+    Tiling::new(128, 128, 8, 8, 8).prefetched(),
+    Tiling::new(128, 128, 16, 8, 8).prefetched(),
 ];
 
 /// How a context picks the matmul tiling.

@@ -159,6 +159,19 @@ type ErrorLog = Arc<Mutex<Vec<String>>>;
 /// Bind group layout and pipeline layout for one list of storage bindings.
 type Layouts = (wgpu::BindGroupLayout, wgpu::PipelineLayout);
 
+/// One-time costs a context has paid so far (see [`Context::setup_costs`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetupCosts {
+    /// Pipelines compiled (each shader variant and entry point once per context).
+    pub pipelines: usize,
+    /// Time spent creating them (shader translation and the driver's compiler).
+    pub compiling: Duration,
+    /// Kinds of matmul shape whose tilings were timed.
+    pub tuned_shape_classes: usize,
+    /// Time spent timing them, the compilation of the tilings tried included.
+    pub tuning: Duration,
+}
+
 /// The GPU context. Cheap to share by reference across threads.
 pub struct Context {
     device: wgpu::Device,
@@ -173,6 +186,7 @@ pub struct Context {
     matmul_precision: MatmulPrecision,
     /// Matmul tilings timed on this device, by kind of shape.
     tuned_tilings: Mutex<HashMap<ShapeClass, Tiling>>,
+    setup: Mutex<SetupCosts>,
     /// Bound in place of an optional input that is absent (never read by the kernel).
     pub(crate) dummy: wgpu::Buffer,
     /// The same for an absent optional output: a buffer may not be bound both read-only and
@@ -421,6 +435,7 @@ impl Context {
             matmul_tiling: TilingChoice::Auto,
             matmul_precision: MatmulPrecision::F32,
             tuned_tilings: Mutex::default(),
+            setup: Mutex::default(),
             dummy,
             dummy_writable,
         }
@@ -452,8 +467,17 @@ impl Context {
         self.tuned_tilings.lock().unwrap().get(class).copied()
     }
 
-    pub(crate) fn remember_tiling(&self, class: ShapeClass, tiling: Tiling) {
+    pub(crate) fn remember_tiling(&self, class: ShapeClass, tiling: Tiling, took: Duration) {
         self.tuned_tilings.lock().unwrap().insert(class, tiling);
+        let mut setup = self.setup.lock().unwrap();
+        setup.tuned_shape_classes += 1;
+        setup.tuning += took;
+    }
+
+    /// What this context has spent so far on one-time work: compiling pipelines and timing
+    /// matmul tilings (the cost of a first step, beyond the step itself).
+    pub fn setup_costs(&self) -> SetupCosts {
+        *self.setup.lock().unwrap()
     }
 
     /// The matmul tilings chosen by timing so far, one per kind of shape.
@@ -601,6 +625,7 @@ impl Context {
             return Ok((p.clone(), bgl));
         }
         let source = apply_variant(shader.source, variant);
+        let started = std::time::Instant::now();
         let pipeline = self.scoped("shader compilation", || {
             let module = self
                 .device
@@ -624,6 +649,11 @@ impl Context {
                     cache: None,
                 })
         })?;
+        {
+            let mut setup = self.setup.lock().unwrap();
+            setup.pipelines += 1;
+            setup.compiling += started.elapsed();
+        }
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         Ok((pipeline, bgl))
     }

@@ -20,7 +20,7 @@ pub mod verify;
 #[cfg(test)]
 mod testing;
 
-pub use context::{Capabilities, Context, ContextOptions, Shader};
+pub use context::{Capabilities, Context, ContextOptions, SetupCosts, Shader};
 pub use dispatch::Dispatch;
 pub use error::{Error, Result};
 pub use tensor::{DType, Element, Tensor};

@@ -134,6 +134,8 @@ fn step(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         ),
         "bench",
     )?;
+    // The first step is timed from here: model, plan (compilation, tuning), step 1.
+    let first_from = Instant::now();
     let model = RoFormer::new(&ctx, config, Head::MaskedLm)?;
     model.init_random(&ctx, 0)?;
     println!("model     {layers} layers, hidden {hidden}, {heads} heads, {attention} attention, {} parameters", model.params().count());
@@ -177,6 +179,16 @@ fn step(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         "step 1    {:.0} ms (loss {:.4})",
         t0.elapsed().as_secs_f64() * 1e3,
         first.loss
+    );
+    let setup = ctx.setup_costs();
+    println!(
+        "first     {:.2} s from model creation to the first step's end; in it {} pipelines \
+         compiled in {:.2} s, {} kinds of matmul shape tuned in {:.2} s (their compilation included)",
+        first_from.elapsed().as_secs_f64(),
+        setup.pipelines,
+        setup.compiling.as_secs_f64(),
+        setup.tuned_shape_classes,
+        setup.tuning.as_secs_f64()
     );
     let (mut encode, mut wall, mut gpu) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 1..steps {

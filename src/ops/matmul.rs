@@ -544,8 +544,9 @@ fn choose_tiling(ctx: &Context, s: &StridedMatmul, layout: &Layout) -> Result<Ti
             if let Some(t) = ctx.tuned_tiling(&class) {
                 return Ok(t);
             }
+            let started = std::time::Instant::now();
             let t = tune(ctx, s, layout)?.0;
-            ctx.remember_tiling(class, t);
+            ctx.remember_tiling(class, t, started.elapsed());
             Ok(t)
         }
     }

@@ -1517,9 +1517,15 @@ impl Graph {
         for &size in &sizes {
             let elems = (size / 4) as usize;
             if size > caps.max_storage_binding {
-                let who: Vec<&str> = (0..n)
-                    .filter(|&i| assigned[i] < sizes.len() && sizes[assigned[i]] == size)
-                    .map(|i| self.tensors[i].name.as_str())
+                // Name the tensors too large by themselves, not the small ones sharing
+                // their buffers.
+                let who: Vec<&str> = order
+                    .iter()
+                    .filter(|&&i| {
+                        (4 * numel(&self.tensors[i].shape) as u64).next_multiple_of(256)
+                            > caps.max_storage_binding
+                    })
+                    .map(|&i| self.tensors[i].name.as_str())
                     .collect();
                 return Err(Error::OverLimit {
                     what: format!(

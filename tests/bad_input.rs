@@ -226,6 +226,28 @@ fn tensors_over_the_adapter_limits_are_errors_not_panics() {
         "{e}"
     );
 
+    // Training with materialised attention scores too large for a binding: the error names
+    // the score tensors, not the small tensors that share their pooled buffers.
+    let heads = 4;
+    let seq = ((caps.max_storage_binding / (4 * heads as u64)) as f64).sqrt() as usize + 1;
+    let config = RoFormerConfig::from_json(
+        &format!(r#"{{"vocab_size": 8, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": {heads}, "intermediate_size": 8, "max_position_embeddings": {seq}}}"#),
+        "c",
+    )
+    .unwrap();
+    let model = RoFormer::new(ctx, config, Head::MaskedLm).unwrap();
+    let e = model
+        .session(ctx, 1, seq, Mode::Train(Default::default()))
+        .err()
+        .expect("scores over the binding limit");
+    let message = e.to_string();
+    assert!(matches!(e, Error::OverLimit { .. }), "{e}");
+    assert!(message.contains("attention.self.scores"), "{e}");
+    assert!(
+        !message.contains("LayerNorm") && !message.contains("dense"),
+        "{e}"
+    );
+
     // A configuration whose parameters alone exceed the limits: refused before allocating.
     let huge = RoFormerConfig::from_json(
         r#"{"vocab_size": 4000000000, "hidden_size": 4096, "num_attention_heads": 32}"#,

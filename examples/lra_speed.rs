@@ -239,8 +239,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let rm = base
                         .and_then(|b| b.peak_bytes)
                         .map_or("-".to_string(), |b| format!("{:.2}x", p as f64 / b as f64));
-                    speed.push_str(&format!(" {e:.1} ({rs}){note} |"));
-                    memory.push_str(&format!(" {:.1} ({rm}){note} |", p as f64 / 1048576.0));
+                    speed.push_str(&format!(" {} ({rs}){note} |", three_digits(e)));
+                    memory.push_str(&format!(
+                        " {} ({rm}){note} |",
+                        three_digits(p as f64 / 1048576.0)
+                    ));
                 }
                 _ => {
                     speed.push_str(" does not fit |");
@@ -344,4 +347,14 @@ fn plot(
     }
     root.present()?;
     Ok(())
+}
+
+/// 3 significant digits (at least one decimal): 0.0412, 4.41, 338.2.
+fn three_digits(x: f64) -> String {
+    let decimals = if x > 0.0 {
+        (2 - x.log10().floor() as i32).clamp(1, 6)
+    } else {
+        1
+    };
+    format!("{x:.*}", decimals as usize)
 }

@@ -30,58 +30,10 @@ struct Params {
 // Threads per row: a power of two from 32 to 256 matched to the row length (a compiled
 // variant), so short rows do not pay for idle threads at every barrier.
 const WG: u32 = 256u;
-const F32_MAX: f32 = 3.40282347e38;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> red_count: array<f32, 256>;
 
 // Index of the first maximum of x over the workgroup's (value, index) pairs.
-// A part of a row: its maximum, sum of exp(v - max), and first index of the maximum.
-struct RowPart {
-    m: f32,
-    s: f32,
-    arg: u32,
-}
-
-const NONE: u32 = 0xffffffffu;
-var<workgroup> red_part: array<RowPart, 256>;
-
-// s * exp(d), where an empty sum stays 0 even if d is +inf.
-fn rescaled(s: f32, d: f32) -> f32 {
-    return select(s * exp(d), 0.0, s == 0.0);
-}
-
-// The part extended by element `c` of value v.
-fn extend(a: RowPart, v: f32, c: u32) -> RowPart {
-    if (v > a.m || a.arg == NONE) {
-        return RowPart(v, rescaled(a.s, a.m - v) + 1.0, c);
-    }
-    return RowPart(a.m, a.s + exp(v - a.m), a.arg);
-}
-
-fn combine(a: RowPart, b: RowPart) -> RowPart {
-    let m = max(a.m, b.m);
-    let s = rescaled(a.s, a.m - m) + rescaled(b.s, b.m - m);
-    var arg = a.arg;
-    if (a.arg == NONE || (b.arg != NONE && (b.m > a.m || (b.m == a.m && b.arg < a.arg)))) {
-        arg = b.arg;
-    }
-    return RowPart(m, s, arg);
-}
-
-fn workgroup_row(v: RowPart, li: u32) -> RowPart {
-    red_part[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red_part[li] = combine(red_part[li], red_part[li + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red_part[0];
-    workgroupBarrier();
-    return r;
-}
-
 fn workgroup_sum(v: f32, li: u32) -> f32 {
     red[li] = v;
     workgroupBarrier();
@@ -105,13 +57,13 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let base = row * p.classes;
-    var part = RowPart(-F32_MAX, 0.0, NONE);
+    var part = ROW_EMPTY_MAX_SUM;
     for (var c = li; c < p.classes; c += WG) {
-        part = extend(part, x[base + c], c);
+        part = row_max_sum_extend(part, x[base + c], c);
     }
-    part = workgroup_row(part, li);
-    let arg = part.arg;
-    let lse = part.m + log(part.s);
+    part = row_reduce(ROW_MAX_SUM, part, li);
+    let arg = u32(part.z);
+    let lse = part.x + log(part.y);
     if (li == 0u) {
         let label = labels[row];
         var l = 0.0;

@@ -7,7 +7,8 @@
 //   backward:        g = dy * gamma, xhat = (x - mean) * rstd,
 //                    dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat))
 //   backward_params: dgamma[j] = sum_r dy[r, j] xhat[r, j],  dbeta[j] = sum_r dy[r, j]
-// forward and backward run one workgroup per row; backward_params one per 64 columns.
+// forward and backward run one workgroup per row (reducing with lib/rows.wgsl's
+// row_reduce); backward_params one per 64 columns.
 
 struct Params {
     rows: u32,
@@ -32,57 +33,6 @@ struct Params {
 // Threads per row: a power of two from 32 to 256 matched to the row length (a compiled
 // variant), so short rows do not pay for idle threads at every barrier.
 const WG: u32 = 256u;
-var<workgroup> red2: array<vec2<f32>, 256>;
-var<workgroup> red_moments: array<vec3<f32>, 256>;
-
-// (count, mean, sum of squared deviations) of a part of a row, extended by one value.
-fn welford(a: vec3<f32>, v: f32) -> vec3<f32> {
-    let count = a.x + 1.0;
-    let d = v - a.y;
-    let mean = a.y + d / count;
-    return vec3<f32>(count, mean, a.z + d * (v - mean));
-}
-
-// Two parts combined (Chan, Golub and LeVeque); an empty part changes nothing.
-fn combine_moments(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
-    let count = a.x + b.x;
-    if (count == 0.0) {
-        return a;
-    }
-    let d = b.y - a.y;
-    let fb = b.x / count;
-    return vec3<f32>(count, a.y + d * fb, a.z + b.z + d * d * a.x * fb);
-}
-
-// (n, mean, biased variance) of the whole row.
-fn workgroup_moments(v: vec3<f32>, li: u32) -> vec3<f32> {
-    red_moments[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red_moments[li] = combine_moments(red_moments[li], red_moments[li + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red_moments[0];
-    workgroupBarrier();
-    return vec3<f32>(r.x, r.y, r.z / r.x);
-}
-
-// Two sums at once: one set of barriers instead of two.
-fn workgroup_sum2(v: vec2<f32>, li: u32) -> vec2<f32> {
-    red2[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red2[li] += red2[li + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red2[0];
-    workgroupBarrier();
-    return r;
-}
 
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
@@ -93,13 +43,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let base = row * p.n;
-    var part = vec3<f32>(0.0);
+    var part = vec4<f32>(0.0);
     for (var j = li; j < p.n; j += WG) {
-        part = welford(part, x[base + j]);
+        part = row_moments_extend(part, x[base + j]);
     }
-    let moments = workgroup_moments(part, li);
+    let moments = row_reduce(ROW_MOMENTS, part, li);
     let mean = moments.y;
-    let rstd = inverseSqrt(moments.z + p.eps);
+    let rstd = inverseSqrt(moments.z / moments.x + p.eps);
     for (var j = li; j < p.n; j += WG) {
         out[base + j] = (x[base + j] - mean) * rstd * gamma[j] + in3[j];
     }
@@ -118,15 +68,15 @@ fn forward_residual(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let base = row * p.n;
-    var part = vec3<f32>(0.0);
+    var part = vec4<f32>(0.0);
     for (var j = li; j < p.n; j += WG) {
         let v = x[base + j] + residual[base + j];
         out2[base + j] = v;
-        part = welford(part, v);
+        part = row_moments_extend(part, v);
     }
-    let moments = workgroup_moments(part, li);
+    let moments = row_reduce(ROW_MOMENTS, part, li);
     let mean = moments.y;
-    let rstd = inverseSqrt(moments.z + p.eps);
+    let rstd = inverseSqrt(moments.z / moments.x + p.eps);
     for (var j = li; j < p.n; j += WG) {
         // Each thread reads back only the sums it wrote itself.
         out[base + j] = (out2[base + j] - mean) * rstd * gamma[j] + in3[j];
@@ -155,7 +105,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
         sg += g;
         sgx += g * (x[base + j] - mean) * rstd;
     }
-    let means = workgroup_sum2(vec2<f32>(sg, sgx), li) / f32(p.n);
+    let means = row_reduce(ROW_SUM, vec4<f32>(sg, sgx, 0.0, 0.0), li).xy / f32(p.n);
     let mg = means.x;
     let mgx = means.y;
     for (var j = li; j < p.n; j += WG) {

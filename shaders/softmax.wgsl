@@ -10,7 +10,8 @@
 //   HuggingFace does, -3.4e38) gives the same uniform row as PyTorch.
 // backward: dx[r, j] = scale * y[r, j] * (dy[r, j] - sum_k dy[r, k] * y[r, k])
 //
-// One workgroup per row; 256 threads stride through the row and reduce in workgroup memory.
+// One workgroup per row; its threads stride through the row, and reduce with
+// lib/rows.wgsl's row_reduce.
 
 struct Params {
     rows: u32,
@@ -32,45 +33,6 @@ struct Params {
 // Threads per row: a power of two from 32 to 256 matched to the row length (a compiled
 // variant), so short rows do not pay for idle threads at every barrier.
 const WG: u32 = 256u;
-const F32_MAX: f32 = 3.40282347e38;
-
-var<workgroup> red: array<f32, 256>;
-var<workgroup> red_ms: array<vec2<f32>, 256>;
-
-// (max, sum of exp(v - max)) of two parts of a row. A part with nothing in it is
-// (-F32_MAX, 0), and exp(-F32_MAX - m) * 0 is 0 whatever m is.
-fn combine(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    let m = max(a.x, b.x);
-    return vec2<f32>(m, a.y * exp(a.x - m) + b.y * exp(b.x - m));
-}
-
-fn workgroup_max_sum(v: vec2<f32>, li: u32) -> vec2<f32> {
-    red_ms[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red_ms[li] = combine(red_ms[li], red_ms[li + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red_ms[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn workgroup_sum(v: f32, li: u32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
 
 fn score(base: u32, mask_base: u32, j: u32) -> f32 {
     var v = p.scale * in0[base + j];
@@ -95,16 +57,11 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         allowed = min(p.n, row % p.tq + (p.n - p.tq) + 1u);
     }
 
-    var ms = vec2<f32>(-F32_MAX, 0.0);
+    var part = ROW_EMPTY_MAX_SUM;
     for (var j = li; j < allowed; j += WG) {
-        let v = score(base, mask_base, j);
-        if (v > ms.x) {
-            ms = vec2<f32>(v, ms.y * exp(ms.x - v) + 1.0);
-        } else {
-            ms.y += exp(v - ms.x);
-        }
+        part = row_max_sum_extend(part, score(base, mask_base, j), j);
     }
-    ms = workgroup_max_sum(ms, li);
+    let ms = row_reduce(ROW_MAX_SUM, part, li);
     let m = ms.x;
     let inv = select(0.0, 1.0 / ms.y, ms.y > 0.0);
 
@@ -130,7 +87,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     for (var j = li; j < p.n; j += WG) {
         d += in0[base + j] * in1[base + j];
     }
-    d = workgroup_sum(d, li);
+    d = row_reduce(ROW_SUM, vec4<f32>(d, 0.0, 0.0, 0.0), li).x;
     for (var j = li; j < p.n; j += WG) {
         out[base + j] = p.scale * in0[base + j] * (in1[base + j] - d);
     }

@@ -13,7 +13,10 @@ use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
     name: "cross_entropy",
-    source: include_str!("../../shaders/cross_entropy.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/cross_entropy.wgsl"),
+        include_str!("../../shaders/lib/rows.wgsl")
+    ),
 };
 
 /// HuggingFace's (and torch's) default ignore index.
@@ -124,6 +127,13 @@ fn rows_classes(
     }
     state.row_stats.expect_shape(op, "row_stats", &[rows, 3])?;
     state.loss.expect_shape(op, "loss", &[4])?;
+    // The kernel carries the argmax as an f32, exact below 2^24.
+    if classes >= 1 << 24 {
+        return Err(Error::invalid(format!(
+            "{op}: {classes} classes; at most {} are supported",
+            (1 << 24) - 1
+        )));
+    }
     Ok((rows, classes))
 }
 

@@ -10,7 +10,10 @@ use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
     name: "layernorm",
-    source: include_str!("../../shaders/layernorm.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/layernorm.wgsl"),
+        include_str!("../../shaders/lib/rows.wgsl")
+    ),
 };
 
 #[repr(C)]

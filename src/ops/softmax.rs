@@ -10,7 +10,10 @@ use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
     name: "softmax",
-    source: include_str!("../../shaders/softmax.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/softmax.wgsl"),
+        include_str!("../../shaders/lib/rows.wgsl")
+    ),
 };
 
 #[repr(C)]

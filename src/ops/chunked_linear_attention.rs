@@ -10,7 +10,7 @@ use crate::context::{Context, Shader};
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::ops::heads::{HeadLayout, Heads};
-use crate::ops::linear_attention::LinearAttentionOptions;
+use crate::ops::linear_attention::{self, LinearAttentionOptions};
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
@@ -116,26 +116,7 @@ pub fn shapes(
             limit_name: "max_compute_workgroup_storage_size",
         });
     }
-    if let Some(table) = opts.rope {
-        if qk.dim % 2 != 0 {
-            return Err(Error::invalid(format!(
-                "{op}: RoPE needs an even head dimension, got {}",
-                qk.dim
-            )));
-        }
-        let s = table.shape();
-        if s.len() != 2 || s[1] != qk.dim || s[0] < qk.seq {
-            return Err(Error::shape(
-                op,
-                "rope table",
-                format!("[positions >= {}, {}]", qk.seq, qk.dim),
-                s,
-            ));
-        }
-    }
-    if let Some(mask) = opts.key_mask {
-        mask.expect_shape(op, "key_mask", &[qk.batch, qk.seq])?;
-    }
+    linear_attention::check_options(op, opts, &qk)?;
     Ok(ChunkShapes {
         qk,
         v: hv,

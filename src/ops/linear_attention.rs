@@ -115,29 +115,25 @@ fn shapes(
             limit_name: "max_compute_workgroup_storage_size",
         });
     }
+    check_options(op, opts, &qk)?;
+    Ok(Shapes { qk, v: hv, max_d })
+}
+
+/// The options fit q's heads: the RoPE table (as `rope` checks it) and the key mask
+/// (f32 `[B, T]`). Shared with the chunked form.
+pub(crate) fn check_options(
+    op: &'static str,
+    opts: &LinearAttentionOptions<'_>,
+    qk: &Heads,
+) -> Result<()> {
     if let Some(table) = opts.rope {
-        table.expect_dtype(op, "rope table", DType::F32)?;
-        if qk.dim % 2 != 0 {
-            return Err(Error::invalid(format!(
-                "{op}: RoPE needs an even head dimension, got {}",
-                qk.dim
-            )));
-        }
-        let s = table.shape();
-        if s.len() != 2 || s[1] != qk.dim || s[0] < qk.seq {
-            return Err(Error::shape(
-                op,
-                "rope table",
-                format!("[positions >= {}, {}]", qk.seq, qk.dim),
-                s,
-            ));
-        }
+        crate::ops::rope::check_table(op, table, qk)?;
     }
     if let Some(mask) = opts.key_mask {
         mask.expect_dtype(op, "key_mask", DType::F32)?;
         mask.expect_shape(op, "key_mask", &[qk.batch, qk.seq])?;
     }
-    Ok(Shapes { qk, v: hv, max_d })
+    Ok(())
 }
 
 /// Shape of the per-token state the forward pass saves: `[B, H, T, 2]`.

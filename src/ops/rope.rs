@@ -55,7 +55,8 @@ pub fn table(ctx: &Context, positions: usize, dim: usize) -> Result<Tensor> {
     Ok(t)
 }
 
-fn check_table(op: &'static str, table: &Tensor, heads: &Heads) -> Result<()> {
+/// The sin/cos table fits heads of this shape: f32, `[positions >= T, d]`, d even.
+pub(crate) fn check_table(op: &'static str, table: &Tensor, heads: &Heads) -> Result<()> {
     table.expect_dtype(op, "table", DType::F32)?;
     let s = table.shape();
     if heads.dim % 2 != 0 {

@@ -564,6 +564,27 @@ impl Graph {
         ))
     }
 
+    /// Buffers for the RoPE-rotated q, k and (with `rotary_value`) v of attention `name`, or
+    /// for their gradients (`prefix` "d"); `None` where `spec` does not rotate.
+    fn rotated(
+        &mut self,
+        name: &str,
+        prefix: &str,
+        spec: &AttentionSpec,
+        qh: &[usize],
+        vh: &[usize],
+    ) -> [Option<TensorId>; 3] {
+        let rope = spec.rope.is_some();
+        let mut buffer = |on: bool, x: &str, shape: &[usize]| {
+            on.then(|| self.pooled(format!("{name}.{prefix}{x}_rot"), shape, false))
+        };
+        [
+            buffer(rope, "q", qh),
+            buffer(rope, "k", qh),
+            buffer(rope && spec.rotary_value, "v", vh),
+        ]
+    }
+
     /// Softmax attention (RoPE, mask, causal per `spec`) on `[B, T, H]` projections.
     pub fn attention(
         &mut self,
@@ -578,15 +599,7 @@ impl Graph {
         let shapes = BufferShapes::new(&qh, &vh, HeadLayout::Bthd, &opts)?;
         let vshape = self.shape(v).to_vec();
         let out = self.output(name, &vshape, &[q, k, v]);
-        let q_rot = shapes
-            .rotate_qk
-            .then(|| self.pooled(format!("{name}.q_rot"), &qh, false));
-        let k_rot = shapes
-            .rotate_qk
-            .then(|| self.pooled(format!("{name}.k_rot"), &qh, false));
-        let v_rot = shapes
-            .rotate_v
-            .then(|| self.pooled(format!("{name}.v_rot"), &vh, false));
+        let [q_rot, k_rot, v_rot] = self.rotated(name, "", &spec, &qh, &vh);
         let scores = self.pooled(format!("{name}.scores"), &shapes.square, false);
         let probs = self.pooled(format!("{name}.probs"), &shapes.square, false);
         let mut writes = vec![out, scores, probs];
@@ -650,12 +663,7 @@ impl Graph {
         }
         let vshape = self.shape(v).to_vec();
         let out = self.output(name, &vshape, &[q, k, v]);
-        let rope = spec.rope.is_some();
-        let rot = [
-            rope.then(|| self.pooled(format!("{name}.q_rot"), &qh, false)),
-            rope.then(|| self.pooled(format!("{name}.k_rot"), &qh, false)),
-            (rope && spec.rotary_value).then(|| self.pooled(format!("{name}.v_rot"), &qh, false)),
-        ];
+        let rot = self.rotated(name, "", &spec, &qh, &qh);
         let stats = self.pooled(format!("{name}.stats"), &[qh[0], qh[2], qh[1], 2], false);
         let mut writes = vec![out, stats];
         writes.extend(rot.iter().flatten());
@@ -1219,15 +1227,7 @@ impl Graph {
         let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
         let dprobs = self.pooled(format!("{label}.dprobs"), &shapes.square, false);
         let dscores = self.pooled(format!("{label}.dscores"), &shapes.square, false);
-        let dq_rot = shapes
-            .rotate_qk
-            .then(|| self.pooled(format!("{label}.dq_rot"), &qh, false));
-        let dk_rot = shapes
-            .rotate_qk
-            .then(|| self.pooled(format!("{label}.dk_rot"), &qh, false));
-        let dv_rot = shapes
-            .rotate_v
-            .then(|| self.pooled(format!("{label}.dv_rot"), &vh, false));
+        let [dq_rot, dk_rot, dv_rot] = self.rotated(label, "d", spec, &qh, &vh);
         let mut reads = vec![q, k, v, probs, dy];
         reads.extend(q_rot.iter().chain(&k_rot).chain(&v_rot));
         let mut writes = vec![dq, dk, dv, dprobs, dscores];
@@ -1287,12 +1287,7 @@ impl Graph {
         let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
         let (qh, _) = self.head_shapes(q, k, v, spec.heads)?;
         let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
-        let rope = spec.rope.is_some();
-        let scratch = [
-            rope.then(|| self.pooled(format!("{label}.dq_rot"), &qh, false)),
-            rope.then(|| self.pooled(format!("{label}.dk_rot"), &qh, false)),
-            (rope && spec.rotary_value).then(|| self.pooled(format!("{label}.dv_rot"), &qh, false)),
-        ];
+        let scratch = self.rotated(label, "d", spec, &qh, &qh);
         let mut reads = vec![q, k, v, y, stats, dy];
         reads.extend(rot.iter().flatten());
         let mut writes = vec![stats, dq, dk, dv];

@@ -17,24 +17,58 @@ pub static SHADER: Shader = Shader {
     source: include_str!("../shaders/profile.wgsl"),
 };
 
+/// Two timestamp queries around one compute pass (where the adapter has them), for the
+/// pass's GPU time.
+pub(crate) struct PassTimer {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+}
+
+impl PassTimer {
+    /// `None` when the adapter has no timestamp queries.
+    pub fn new(ctx: &Context, label: &str) -> Option<PassTimer> {
+        ctx.capabilities().timestamp_query.then(|| PassTimer {
+            set: ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some(label),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+        })
+    }
+
+    /// For the pass descriptor: a timestamp at its beginning and one at its end.
+    pub fn writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.set,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        }
+    }
+
+    /// After the pass: copies the two timestamps (16 bytes) to `into` at `offset`.
+    pub fn copy_to(&self, encoder: &mut wgpu::CommandEncoder, into: &wgpu::Buffer, offset: u64) {
+        encoder.resolve_query_set(&self.set, 0..2, &self.resolve, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve, 0, into, offset, 16);
+    }
+
+    /// The time between the two timestamps, as read back.
+    pub fn elapsed(ctx: &Context, ticks: [u64; 2]) -> Duration {
+        let ns =
+            ticks[1].saturating_sub(ticks[0]) as f64 * ctx.queue().get_timestamp_period() as f64;
+        Duration::from_nanos(ns as u64)
+    }
+}
+
 /// Time of `reps` back-to-back runs of `dispatches` in one compute pass, divided by `reps`.
 pub fn time_dispatches(ctx: &Context, dispatches: &[Dispatch], reps: u32) -> Result<Duration> {
     let reps = reps.max(1);
-    let timed = ctx.capabilities().timestamp_query;
-    let queries = timed.then(|| {
-        let set = ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("timing"),
-            ty: wgpu::QueryType::Timestamp,
-            count: 2,
-        });
-        let resolve = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("timing"),
-            size: 16,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        (set, resolve)
-    });
+    let timer = PassTimer::new(ctx, "timing");
     let read = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("timing"),
         size: 16,
@@ -49,17 +83,9 @@ pub fn time_dispatches(ctx: &Context, dispatches: &[Dispatch], reps: u32) -> Res
                 label: Some("timing"),
             });
         {
-            let timestamp_writes =
-                queries
-                    .as_ref()
-                    .map(|(set, _)| wgpu::ComputePassTimestampWrites {
-                        query_set: set,
-                        beginning_of_pass_write_index: Some(0),
-                        end_of_pass_write_index: Some(1),
-                    });
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("timing"),
-                timestamp_writes,
+                timestamp_writes: timer.as_ref().map(PassTimer::writes),
             });
             for _ in 0..reps {
                 for d in dispatches {
@@ -67,19 +93,16 @@ pub fn time_dispatches(ctx: &Context, dispatches: &[Dispatch], reps: u32) -> Res
                 }
             }
         }
-        if let Some((set, resolve)) = &queries {
-            encoder.resolve_query_set(set, 0..2, resolve, 0);
-            encoder.copy_buffer_to_buffer(resolve, 0, &read, 0, 16);
+        if let Some(timer) = &timer {
+            timer.copy_to(&mut encoder, &read, 0);
         }
         ctx.queue().submit([encoder.finish()])
     })?;
     let bytes = ctx.read_mapped(&read, index)?;
     let wall = start.elapsed();
-    let total = if timed {
+    let total = if timer.is_some() {
         let t: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
-        Duration::from_nanos(
-            (t[1].saturating_sub(t[0]) as f64 * ctx.queue().get_timestamp_period() as f64) as u64,
-        )
+        PassTimer::elapsed(ctx, [t[0], t[1]])
     } else {
         wall
     };

@@ -23,6 +23,7 @@ use crate::ops::embedding::TokenIds;
 use crate::ops::rope;
 use crate::optim::{Optimizer, TrainOptions};
 use crate::params::ParamStore;
+use crate::profile::PassTimer;
 use crate::tensor::Tensor;
 
 /// The task head on top of the encoder.
@@ -491,7 +492,7 @@ pub struct Session<'m> {
     calls: (usize, usize),
     readback: wgpu::Buffer,
     /// Timestamps at the start and end of the step's pass, when the device offers them.
-    timestamps: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+    timer: Option<PassTimer>,
 }
 
 impl<'m> Session<'m> {
@@ -556,20 +557,7 @@ impl<'m> Session<'m> {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let timestamps = ctx.capabilities().timestamp_query.then(|| {
-            let set = ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("step time"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2,
-            });
-            let resolve = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("step time"),
-                size: 16,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
-            (set, resolve)
-        });
+        let timer = PassTimer::new(ctx, "step time");
         Ok(Session {
             model,
             batch,
@@ -580,7 +568,7 @@ impl<'m> Session<'m> {
             optimizer,
             calls: g.call_counts(),
             readback,
-            timestamps,
+            timer,
         })
     }
 
@@ -646,17 +634,9 @@ impl<'m> Session<'m> {
                         label: Some("step"),
                     });
             {
-                let timestamp_writes =
-                    self.timestamps
-                        .as_ref()
-                        .map(|(set, _)| wgpu::ComputePassTimestampWrites {
-                            query_set: set,
-                            beginning_of_pass_write_index: Some(0),
-                            end_of_pass_write_index: Some(1),
-                        });
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("step"),
-                    timestamp_writes,
+                    timestamp_writes: self.timer.as_ref().map(PassTimer::writes),
                 });
                 self.plan.encode(&mut pass);
                 if let Some(o) = &self.optimizer {
@@ -675,19 +655,17 @@ impl<'m> Session<'m> {
                     8,
                 );
             }
-            if let Some((set, resolve)) = &self.timestamps {
-                encoder.resolve_query_set(set, 0..2, resolve, 0);
-                encoder.copy_buffer_to_buffer(resolve, 0, &self.readback, 32, 16);
+            if let Some(timer) = &self.timer {
+                timer.copy_to(&mut encoder, &self.readback, 32);
             }
             ctx.queue().submit([encoder.finish()])
         })?;
         let encode = start.elapsed();
         let (values, ticks) = read_back(ctx, &self.readback, index)?;
-        let gpu = self.timestamps.as_ref().map(|_| {
-            let ns = ticks[1].saturating_sub(ticks[0]) as f64
-                * ctx.queue().get_timestamp_period() as f64;
-            Duration::from_nanos(ns as u64)
-        });
+        let gpu = self
+            .timer
+            .as_ref()
+            .map(|_| PassTimer::elapsed(ctx, [ticks[0], ticks[1]]));
         Ok(StepMetrics {
             loss: values[0],
             counted: values[1] as u32,

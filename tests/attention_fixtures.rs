@@ -12,6 +12,7 @@ use roformer_wgpu::ops::flash_attention::{self, FlashSaved, FlashScratch};
 use roformer_wgpu::ops::heads::HeadLayout;
 use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
 use roformer_wgpu::ops::rope;
+use roformer_wgpu::Tensor;
 
 const TOL: f64 = 1e-4;
 
@@ -40,6 +41,26 @@ fn attention_matches_torch_fixtures() {
     let tg = upload(ctx, &get("input.grad_out").1, shape);
     let table = rope::table(ctx, t, d).unwrap();
     let mut report = Vec::new();
+    // out, dq, dk, dv of one variant, poisoned.
+    let outputs = || {
+        (
+            poisoned(ctx, shape),
+            poisoned(ctx, shape),
+            poisoned(ctx, shape),
+            poisoned(ctx, shape),
+        )
+    };
+    // Checks them against `{prefix}.out` and `.grad_q/k/v`, reported with `tag`.
+    let compare = |report: &mut Vec<String>, prefix: &str, tag: &str, ours: [&Tensor; 4]| {
+        for (suffix, tensor) in ["out", "grad_q", "grad_k", "grad_v"].into_iter().zip(ours) {
+            let key = format!("{prefix}.{suffix}");
+            report.push(check(
+                &format!("{key}{tag}"),
+                &download(ctx, tensor),
+                &get(&key).1,
+            ));
+        }
+    };
 
     let rotated = poisoned(ctx, shape);
     ctx.run(&[rope::plan(ctx, &tq, layout, &table, &rotated, layout, false).unwrap()])
@@ -57,12 +78,7 @@ fn attention_matches_torch_fixtures() {
                 if causal { "causal" } else { "full" },
                 if use_rope { "rope" } else { "plain" }
             );
-            let (out, dq, dk, dv) = (
-                poisoned(ctx, shape),
-                poisoned(ctx, shape),
-                poisoned(ctx, shape),
-                poisoned(ctx, shape),
-            );
+            let (out, dq, dk, dv) = outputs();
 
             let opts = AttentionOptions {
                 causal,
@@ -85,23 +101,15 @@ fn attention_matches_torch_fixtures() {
                 .unwrap(),
             )
             .unwrap();
-            for (suffix, tensor) in [
-                ("out", &out),
-                ("grad_q", &dq),
-                ("grad_k", &dk),
-                ("grad_v", &dv),
-            ] {
-                let key = format!("softmax.{name}.{suffix}");
-                report.push(check(&key, &download(ctx, tensor), &get(&key).1));
-            }
+            compare(
+                &mut report,
+                &format!("softmax.{name}"),
+                "",
+                [&out, &dq, &dk, &dv],
+            );
 
             // The fused (FlashAttention-2 style) kernels against the same references.
-            let (out, dq, dk, dv) = (
-                poisoned(ctx, shape),
-                poisoned(ctx, shape),
-                poisoned(ctx, shape),
-                poisoned(ctx, shape),
-            );
+            let (out, dq, dk, dv) = outputs();
             let flash = FlashSaved::new(ctx, &tq, layout, &opts).unwrap();
             let scratch = FlashScratch::new(ctx, &tq, &opts).unwrap();
             ctx.run(
@@ -116,26 +124,14 @@ fn attention_matches_torch_fixtures() {
                 .unwrap(),
             )
             .unwrap();
-            for (suffix, tensor) in [
-                ("out", &out),
-                ("grad_q", &dq),
-                ("grad_k", &dk),
-                ("grad_v", &dv),
-            ] {
-                let key = format!("softmax.{name}.{suffix}");
-                report.push(check(
-                    &format!("{key} (fused)"),
-                    &download(ctx, tensor),
-                    &get(&key).1,
-                ));
-            }
-
-            let (out, dq, dk, dv) = (
-                poisoned(ctx, shape),
-                poisoned(ctx, shape),
-                poisoned(ctx, shape),
-                poisoned(ctx, shape),
+            compare(
+                &mut report,
+                &format!("softmax.{name}"),
+                " (fused)",
+                [&out, &dq, &dk, &dv],
             );
+
+            let (out, dq, dk, dv) = outputs();
             let saved = poisoned(ctx, &linear_attention::saved_shape(&tq, layout).unwrap());
             let opts = LinearAttentionOptions {
                 causal,
@@ -154,15 +150,12 @@ fn attention_matches_torch_fixtures() {
                 .unwrap(),
             )
             .unwrap();
-            for (suffix, tensor) in [
-                ("out", &out),
-                ("grad_q", &dq),
-                ("grad_k", &dk),
-                ("grad_v", &dv),
-            ] {
-                let key = format!("linear.{name}.{suffix}");
-                report.push(check(&key, &download(ctx, tensor), &get(&key).1));
-            }
+            compare(
+                &mut report,
+                &format!("linear.{name}"),
+                "",
+                [&out, &dq, &dk, &dv],
+            );
         }
     }
     // The chunked form of causal linear attention against the same references.
@@ -176,12 +169,7 @@ fn attention_matches_torch_fixtures() {
         let s = chunked::shapes(ctx, &tq, &tk, &tv, layout, &opts).unwrap();
         let saved = ChunkedSaved::new(ctx, &s).unwrap();
         let reverse = poisoned(ctx, &s.states());
-        let (out, dq, dk, dv) = (
-            poisoned(ctx, shape),
-            poisoned(ctx, shape),
-            poisoned(ctx, shape),
-            poisoned(ctx, shape),
-        );
+        let (out, dq, dk, dv) = outputs();
         ctx.run(&chunked::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &saved, &out).unwrap())
             .unwrap();
         ctx.run(
@@ -191,19 +179,12 @@ fn attention_matches_torch_fixtures() {
             .unwrap(),
         )
         .unwrap();
-        for (suffix, tensor) in [
-            ("out", &out),
-            ("grad_q", &dq),
-            ("grad_k", &dk),
-            ("grad_v", &dv),
-        ] {
-            let key = format!("linear.{name}.{suffix}");
-            report.push(check(
-                &format!("{key} (chunked)"),
-                &download(ctx, tensor),
-                &get(&key).1,
-            ));
-        }
+        compare(
+            &mut report,
+            &format!("linear.{name}"),
+            " (chunked)",
+            [&out, &dq, &dk, &dv],
+        );
     }
     eprintln!(
         "relative L2 errors against the torch float64 fixtures:\n{}",

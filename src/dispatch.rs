@@ -91,6 +91,15 @@ impl<'a> DispatchBuilder<'a> {
         self
     }
 
+    /// Several substitutions at once (a kernel family's sizing constants).
+    pub fn variants(
+        mut self,
+        substitutions: impl IntoIterator<Item = (&'static str, String)>,
+    ) -> Self {
+        self.variant.extend(substitutions);
+        self
+    }
+
     /// Sets a WGSL `override` constant (booleans as 0 or 1).
     pub fn constant(mut self, name: &'static str, value: f64) -> Self {
         self.constants.push((name, value));

@@ -144,6 +144,18 @@ impl ChunkedSaved {
     }
 }
 
+/// The text substitutions that size the kernel: head dimension up to `max_d`, chunks of
+/// `chunk` tokens (also used to list every compiled variant for the translation test).
+pub(crate) fn substitutions(max_d: usize, chunk: usize) -> [(&'static str, String); 2] {
+    [
+        (
+            "const MAX_D: u32 = 64u;",
+            format!("const MAX_D: u32 = {max_d}u;"),
+        ),
+        ("const C: u32 = 16u;", format!("const C: u32 = {chunk}u;")),
+    ]
+}
+
 fn builder<'a>(
     ctx: &'a Context,
     s: &ChunkShapes,
@@ -154,14 +166,7 @@ fn builder<'a>(
     let [vb, vh, vt] = s.v.strides();
     let u = |x: usize| x as u32;
     DispatchBuilder::new(ctx, &SHADER, entry)
-        .variant(
-            "const MAX_D: u32 = 64u;",
-            format!("const MAX_D: u32 = {}u;", s.max_d),
-        )
-        .variant(
-            "const C: u32 = 16u;",
-            format!("const C: u32 = {}u;", s.chunk),
-        )
+        .variants(substitutions(s.max_d, s.chunk))
         .params(&Params {
             batch: u(s.qk.batch),
             heads: u(s.qk.heads),

@@ -137,6 +137,18 @@ fn setup(
     Ok((h, max_d, fwd, bwd))
 }
 
+/// The text substitutions that size the kernel: head dimension up to `max_d`, `blk` rows per
+/// block (also used to list every compiled variant for the translation test).
+pub(crate) fn substitutions(max_d: usize, blk: usize) -> [(&'static str, String); 2] {
+    [
+        (
+            "const MAX_D: u32 = 64u;",
+            format!("const MAX_D: u32 = {max_d}u;"),
+        ),
+        ("const BLK: u32 = 32u;", format!("const BLK: u32 = {blk}u;")),
+    ]
+}
+
 fn builder<'a>(
     ctx: &'a Context,
     entry: &'static str,
@@ -148,11 +160,7 @@ fn builder<'a>(
     let [sb, sh, st] = h.strides();
     let u = |x: usize| x as u32;
     DispatchBuilder::new(ctx, &SHADER, entry)
-        .variant(
-            "const MAX_D: u32 = 64u;",
-            format!("const MAX_D: u32 = {max_d}u;"),
-        )
-        .variant("const BLK: u32 = 32u;", format!("const BLK: u32 = {blk}u;"))
+        .variants(substitutions(max_d, blk))
         .params(&Params {
             batch: u(h.batch),
             heads: u(h.heads),

@@ -99,7 +99,7 @@ fn shapes(
             "{op}: head dimension {widest} is over the {MAX_HEAD_DIM} this kernel supports"
         )));
     }
-    let max_d = [32, 64, MAX_HEAD_DIM]
+    let max_d = HEAD_DIM_VARIANTS
         .into_iter()
         .find(|&m| widest <= m)
         .unwrap();
@@ -166,6 +166,18 @@ fn params(s: &Shapes, opts: &LinearAttentionOptions<'_>) -> Params {
     }
 }
 
+/// The head-dimension variants the kernel is compiled in.
+pub(crate) const HEAD_DIM_VARIANTS: [usize; 3] = [32, 64, MAX_HEAD_DIM];
+
+/// The text substitution that sizes the kernel for heads up to `max_d` wide (also used to
+/// list every compiled variant for the translation test).
+pub(crate) fn substitutions(max_d: usize) -> [(&'static str, String); 1] {
+    [(
+        "const MAX_D: u32 = 128u;",
+        format!("const MAX_D: u32 = {max_d}u;"),
+    )]
+}
+
 fn builder<'a>(
     ctx: &'a Context,
     s: &Shapes,
@@ -173,10 +185,7 @@ fn builder<'a>(
     entry: &'static str,
 ) -> DispatchBuilder<'a> {
     DispatchBuilder::new(ctx, &SHADER, entry)
-        .variant(
-            "const MAX_D: u32 = 128u;",
-            format!("const MAX_D: u32 = {}u;", s.max_d),
-        )
+        .variants(substitutions(s.max_d))
         .params(&params(s, opts))
 }
 

@@ -33,8 +33,8 @@ pub struct ShaderVariant {
     pub native_only: bool,
 }
 
-/// Every shader with each variant the library compiles (the file as it is first). The
-/// cross-translation test validates all of them.
+/// Every shader with each variant the library compiles; the cross-translation test
+/// validates all of them.
 pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<ShaderVariant>)> {
     let text = |sources: Vec<String>| {
         sources
@@ -85,50 +85,20 @@ fn all_sources() -> Vec<(&'static Shader, Vec<String>)> {
         (s, v)
     };
     let la = &linear_attention::SHADER;
-    let la_variants = [32usize, 64]
+    let la_variants = linear_attention::HEAD_DIM_VARIANTS
         .iter()
-        .map(|d| {
-            apply_variant(
-                la.source,
-                &[(
-                    "const MAX_D: u32 = 128u;",
-                    format!("const MAX_D: u32 = {d}u;"),
-                )],
-            )
-        })
+        .map(|&d| apply_variant(la.source, &linear_attention::substitutions(d)))
         .collect::<Vec<_>>();
     let fa = &flash_attention::SHADER;
     let fa_variants = flash_attention::VARIANTS
         .iter()
         .flat_map(|&(d, fwd, bwd)| [fwd, bwd].map(move |blk| (d, blk)))
-        .map(|(d, blk)| {
-            apply_variant(
-                fa.source,
-                &[
-                    (
-                        "const MAX_D: u32 = 64u;",
-                        format!("const MAX_D: u32 = {d}u;"),
-                    ),
-                    ("const BLK: u32 = 32u;", format!("const BLK: u32 = {blk}u;")),
-                ],
-            )
-        })
+        .map(|(d, blk)| apply_variant(fa.source, &flash_attention::substitutions(d, blk)))
         .collect::<Vec<_>>();
     let cla = &chunked_linear_attention::SHADER;
     let cla_variants = chunked_linear_attention::VARIANTS
         .iter()
-        .map(|&(d, c)| {
-            apply_variant(
-                cla.source,
-                &[
-                    (
-                        "const MAX_D: u32 = 64u;",
-                        format!("const MAX_D: u32 = {d}u;"),
-                    ),
-                    ("const C: u32 = 16u;", format!("const C: u32 = {c}u;")),
-                ],
-            )
-        })
+        .map(|&(d, c)| apply_variant(cla.source, &chunked_linear_attention::substitutions(d, c)))
         .collect::<Vec<_>>();
     vec![
         plain(&adamw::SHADER),
@@ -140,12 +110,7 @@ fn all_sources() -> Vec<(&'static Shader, Vec<String>)> {
         plain(&gelu::SHADER),
         (fa, fa_variants),
         rows(&layernorm::SHADER),
-        (
-            la,
-            std::iter::once(la.source.to_string())
-                .chain(la_variants)
-                .collect(),
-        ),
+        (la, la_variants),
         plain(&matmul::SHADER),
         plain(&crate::profile::SHADER),
         plain(&reduce::SHADER),

@@ -19,19 +19,11 @@ use roformer_wgpu::ops::{
     reduce, rope, softmax,
 };
 use roformer_wgpu::optim::TrainOptions;
-use roformer_wgpu::{profile, Context, DType, Dispatch, Tensor};
+use roformer_wgpu::{profile, Context, Dispatch};
 
-fn filled(ctx: &Context, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n)
-        .map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
-    Tensor::from_slice(ctx, &data, shape).unwrap()
-}
-
-fn zeros(ctx: &Context, shape: &[usize]) -> Tensor {
-    Tensor::zeros(ctx, shape, DType::F32).unwrap()
-}
+#[path = "../examples/common/inputs.rs"]
+mod inputs;
+use inputs::{filled, zeros};
 
 /// Benches `dispatches` as one unit, `bytes` or `flops` of work each.
 fn bench(

@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use crate::inputs::{filled, zeros};
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::ops::attention::AttentionOptions;
 use roformer_wgpu::ops::cross_entropy::{self, Labels, LossState};
@@ -14,7 +15,7 @@ use roformer_wgpu::ops::{
     adamw, chunked_linear_attention as chunked, flash_attention, gelu, layernorm, rope, softmax,
 };
 use roformer_wgpu::optim::TrainOptions;
-use roformer_wgpu::{profile, Context, DType, Dispatch, Tensor};
+use roformer_wgpu::{profile, Context, Dispatch};
 
 #[derive(Clone, Debug, serde::Serialize)]
 struct Row {
@@ -48,18 +49,6 @@ fn read_torch_times(
         }
     }
     Ok(times)
-}
-
-fn filled(ctx: &Context, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n)
-        .map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
-    Tensor::from_slice(ctx, &data, shape).unwrap()
-}
-
-fn zeros(ctx: &Context, shape: &[usize]) -> Tensor {
-    Tensor::zeros(ctx, shape, DType::F32).unwrap()
 }
 
 pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {

@@ -19,6 +19,8 @@
 
 #[path = "../common/fonts.rs"]
 mod fonts;
+#[path = "../common/inputs.rs"]
+mod inputs;
 
 use std::time::Instant;
 

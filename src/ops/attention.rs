@@ -521,34 +521,8 @@ mod tests {
             let tmask = upload(ctx, &mask, &[b, t]);
             for layout in [HeadLayout::Bhtd, HeadLayout::Bthd] {
                 let hd = Heads::new(b, h, t, d, layout);
-                let perm = |x: &[f32]| {
-                    let src = Heads::new(b, h, t, d, HeadLayout::Bhtd);
-                    let mut y = vec![0.0; n];
-                    for bb in 0..b {
-                        for hh in 0..h {
-                            for tt in 0..t {
-                                for i in 0..d {
-                                    y[hd.index(bb, hh, tt, i)] = x[src.index(bb, hh, tt, i)];
-                                }
-                            }
-                        }
-                    }
-                    y
-                };
-                let unperm = |y: &[f32]| {
-                    let dst = Heads::new(b, h, t, d, HeadLayout::Bhtd);
-                    let mut x = vec![0.0; n];
-                    for bb in 0..b {
-                        for hh in 0..h {
-                            for tt in 0..t {
-                                for i in 0..d {
-                                    x[dst.index(bb, hh, tt, i)] = y[hd.index(bb, hh, tt, i)];
-                                }
-                            }
-                        }
-                    }
-                    x
-                };
+                let perm = |x: &[f32]| Heads::new(b, h, t, d, HeadLayout::Bhtd).relayout(x, layout);
+                let unperm = |y: &[f32]| hd.relayout(y, HeadLayout::Bhtd);
                 let shape = hd.shape();
                 let (tq, tk, tv, tg) = (
                     upload(ctx, &perm(&q), &shape),

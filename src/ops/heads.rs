@@ -79,6 +79,24 @@ impl Heads {
         b * sb + h * sh + t * st + i
     }
 
+    /// `x`, stored in this layout, rearranged into `layout` (for tests, whose references
+    /// are `[B, H, T, d]`).
+    #[cfg(test)]
+    pub(crate) fn relayout(&self, x: &[f32], layout: HeadLayout) -> Vec<f32> {
+        let to = Heads { layout, ..*self };
+        let mut y = vec![0.0; x.len()];
+        for b in 0..self.batch {
+            for h in 0..self.heads {
+                for t in 0..self.seq {
+                    for i in 0..self.dim {
+                        y[to.index(b, h, t, i)] = x[self.index(b, h, t, i)];
+                    }
+                }
+            }
+        }
+        y
+    }
+
     /// Same sizes and layout, another feature width (values may differ from keys).
     pub fn with_dim(&self, dim: usize) -> Heads {
         Heads { dim, ..*self }

@@ -459,19 +459,7 @@ mod tests {
         d: usize,
         layout: HeadLayout,
     ) -> Vec<f32> {
-        let src = Heads::new(b, h, t, d, HeadLayout::Bhtd);
-        let dst = Heads::new(b, h, t, d, layout);
-        let mut y = vec![0.0; x.len()];
-        for bb in 0..b {
-            for hh in 0..h {
-                for tt in 0..t {
-                    for i in 0..d {
-                        y[dst.index(bb, hh, tt, i)] = x[src.index(bb, hh, tt, i)];
-                    }
-                }
-            }
-        }
-        y
+        Heads::new(b, h, t, d, HeadLayout::Bhtd).relayout(x, layout)
     }
 
     #[test]
@@ -549,22 +537,10 @@ mod tests {
                         };
                         let (wo, wq, wk, wv) = reference::forward_backward(&problem, &to_f64(&g));
                         let what = format!("linear attention [{b},{h},{t},{d}/{dv}] {layout:?} causal={causal} rope={use_rope} mask={masked}");
+                        // Back to [B, H, T, d] for comparison.
                         let back = |x: &Tensor, dim| {
-                            let y = download(ctx, x);
-                            // Back to [B, H, T, d] for comparison.
-                            let l = Heads::new(b, h, t, dim, layout);
-                            let c = Heads::new(b, h, t, dim, HeadLayout::Bhtd);
-                            let mut z = vec![0.0f32; y.len()];
-                            for bb in 0..b {
-                                for hh in 0..h {
-                                    for tt in 0..t {
-                                        for i in 0..dim {
-                                            z[c.index(bb, hh, tt, i)] = y[l.index(bb, hh, tt, i)];
-                                        }
-                                    }
-                                }
-                            }
-                            z
+                            Heads::new(b, h, t, dim, layout)
+                                .relayout(&download(ctx, x), HeadLayout::Bhtd)
                         };
                         assert_close(&format!("{what} out"), &back(&out, dv), &wo, 1e-5);
                         if t == 1 {

@@ -33,17 +33,10 @@ pub fn ctx() -> GpuGuard {
     GpuGuard { ctx, _turn: turn }
 }
 
-/// `../shared/fixtures` beside the crate, or `$ROFORMER_FIXTURES`.
+/// The crate's fixtures, `tests/fixtures/` (made by `tools/make_fixtures.py`; see the README
+/// there).
 pub fn fixtures_dir() -> PathBuf {
-    let dir = std::env::var_os("ROFORMER_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(
-        dir.join("README.md").exists(),
-        "reference fixtures not found at {} (set ROFORMER_FIXTURES)",
-        dir.display()
-    );
-    dir
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// Every tensor of a safetensors file as f32 (integers converted), with its shape.

@@ -1,0 +1,156 @@
+"""The crate's test fixtures: golden RoFormer outputs and gradients from HuggingFace transformers
+(float64 on the CPU, stored as float32), and the attention kernels' torch references.
+
+Usage, with torch, transformers and safetensors installed (pip install torch transformers safetensors):
+
+    python3 tools/make_fixtures.py tests/fixtures
+
+Deterministic: transformers 5.17 / torch 2.11 and transformers 5.24 / torch 2.15 wrote the same bytes
+for every tensor (only the config's transformers_version differs). tests/fixtures/README.md
+describes what each file holds.
+
+Each fixture is one safetensors file holding:
+  weights:  the model's own state_dict names (HF layout), e.g. roformer.encoder.layer.0.attention.self.query.weight
+  inputs:   input.input_ids, input.attention_mask, input.token_type_ids, input.labels (int64 stored as int64)
+  outputs:  output.last_hidden_state, output.logits, output.loss, output.hidden_states.N
+  grads:    grad.<parameter name> (d loss / d parameter; tied parameters appear once)
+and a JSON config beside it (HF config.json).
+"""
+import json, os, sys, torch
+from safetensors.torch import save_file
+from transformers import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
+
+def make(name, cfg_kwargs, head, B, T, pad_tail, seed, outdir):
+    torch.manual_seed(seed)
+    cfg = RoFormerConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **cfg_kwargs)
+    cfg._attn_implementation = "eager"
+    model = (RoFormerForMaskedLM if head == "mlm" else RoFormerForSequenceClassification)(cfg).double()
+    # non-trivial LayerNorm and bias values, so that a wrong bias path shows
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "LayerNorm" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    model.train()  # dropout is 0, so train == eval; keeps grads
+    ids = torch.randint(1, cfg.vocab_size, (B, T))
+    mask = torch.ones(B, T, dtype=torch.long)
+    if pad_tail:
+        for b in range(B):
+            n = pad_tail[b]
+            if n: mask[b, -n:] = 0; ids[b, -n:] = cfg.pad_token_id
+    tt = torch.randint(0, cfg.type_vocab_size, (B, T))
+    if head == "mlm":
+        labels = torch.full((B, T), -100)
+        sel = torch.rand(B, T) < 0.3
+        sel &= mask.bool()
+        sel[0, 0] = True
+        labels[sel] = torch.randint(0, cfg.vocab_size, (int(sel.sum()),))
+    else:
+        labels = torch.randint(0, cfg.num_labels, (B,))
+    out = model(input_ids=ids, attention_mask=mask, token_type_ids=tt, labels=labels, output_hidden_states=True)
+    out.loss.backward()
+    t = {}
+    for k, v in model.state_dict().items():
+        t[k] = v.detach().float().contiguous().clone()
+    t["input.input_ids"] = ids.contiguous(); t["input.attention_mask"] = mask.contiguous()
+    t["input.token_type_ids"] = tt.contiguous(); t["input.labels"] = labels.contiguous()
+    t["output.loss"] = out.loss.detach().float().reshape(1)
+    t["output.logits"] = out.logits.detach().float().contiguous()
+    hs = out.hidden_states
+    t["output.last_hidden_state"] = hs[-1].detach().float().contiguous()
+    for i, h in enumerate(hs): t[f"output.hidden_states.{i}"] = h.detach().float().contiguous()
+    for n, p in model.named_parameters():
+        if p.grad is not None: t["grad." + n] = p.grad.detach().float().contiguous()
+    # ten AdamW steps on the same batch: the loss before each step
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        l = model(input_ids=ids, attention_mask=mask, token_type_ids=tt, labels=labels).loss
+        losses.append(float(l)); l.backward(); opt.step()
+    t["train.adamw_losses"] = torch.tensor(losses, dtype=torch.float32)
+    os.makedirs(outdir, exist_ok=True)
+    save_file(t, os.path.join(outdir, name + ".safetensors"), metadata={"head": head, "source": "transformers RoFormer, float64 reference"})
+    d = cfg.to_dict(); d["architectures"] = [type(model).__name__]
+    with open(os.path.join(outdir, name + ".config.json"), "w") as f: json.dump(d, f, indent=2, sort_keys=True)
+    print(name, "loss", float(out.loss), "params", sum(p.numel() for p in model.parameters()))
+
+def rope(x, base=10000.0):
+    """HF RoFormer rotation: pairs (2i, 2i+1), angle pos * base^(-2i/d). x: [B, H, T, d]."""
+    T, d = x.shape[-2], x.shape[-1]
+    inv = base ** (-torch.arange(0, d, 2, dtype=x.dtype) / d)
+    ang = torch.arange(T, dtype=x.dtype)[:, None] * inv[None, :]
+    sin, cos = ang.sin().repeat_interleave(2, -1), ang.cos().repeat_interleave(2, -1)
+    rot = torch.stack([-x[..., 1::2], x[..., 0::2]], -1).reshape(x.shape)
+    return x * cos + rot * sin
+
+def linear_attention(q, k, v, causal, rotary, eps=1e-6):
+    """elu+1 feature map (Katharopoulos et al.); with rotary, RoFormer eq. (19): rotate phi(q), phi(k)
+    in the numerator only, the normaliser stays unrotated."""
+    fq, fk = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+    nq, nk = (rope(fq), rope(fk)) if rotary else (fq, fk)
+    scores = nq @ nk.transpose(-1, -2)          # [B,H,T,T]
+    norm = fq @ fk.transpose(-1, -2)
+    if causal:
+        m = torch.ones(q.shape[-2], q.shape[-2], dtype=torch.bool).tril()
+        scores, norm = scores * m, norm * m
+    return (scores @ v) / (norm.sum(-1, keepdim=True) + eps)
+
+def softmax_attention(q, k, v, causal, rotary):
+    if rotary: q, k = rope(q), rope(k)
+    s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if causal:
+        s = s.masked_fill(~torch.ones(s.shape[-2], s.shape[-1], dtype=torch.bool).tril(), float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+def make_attention(name, B, H, T, d, seed, outdir):
+    torch.manual_seed(seed)
+    q, k, v = (torch.randn(B, H, T, d, dtype=torch.float64) for _ in range(3))
+    g = torch.randn(B, H, T, d, dtype=torch.float64)
+    t = {"input.q": q.float(), "input.k": k.float(), "input.v": v.float(), "input.grad_out": g.float()}
+    for kind, fn in (("linear", linear_attention), ("softmax", softmax_attention)):
+        for causal in (False, True):
+            for rotary in (False, True):
+                qq, kk, vv = (x.clone().requires_grad_() for x in (q, k, v))
+                o = fn(qq, kk, vv, causal, rotary); o.backward(g)
+                tag = f"{kind}.{'causal' if causal else 'full'}.{'rope' if rotary else 'plain'}"
+                t[f"{tag}.out"] = o.detach().float()
+                for nm, x in (("q", qq), ("k", kk), ("v", vv)): t[f"{tag}.grad_{nm}"] = x.grad.float()
+    t["rope.out"] = rope(q).float()
+    os.makedirs(outdir, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in t.items()}, os.path.join(outdir, name + ".safetensors"),
+              metadata={"source": "torch float64 reference", "eps": "1e-6", "feature_map": "elu(x)+1",
+                        "rope": "HF RoFormer pairs (2i,2i+1), base 10000"})
+    print(name, "ok")
+
+if __name__ == "__main__":
+    import transformers; print("transformers", transformers.__version__, "torch", torch.__version__)
+    out = sys.argv[1]
+    # the rope() above must agree with transformers' own rotation
+    from transformers.models.roformer import modeling_roformer as mr
+    x = torch.randn(1, 2, 11, 8, dtype=torch.float64)
+    cfg = RoFormerConfig(vocab_size=10, hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8, max_position_embeddings=64)
+    table = RoFormerForMaskedLM(cfg).roformer.encoder.embed_positions.weight.detach().to(torch.float64)
+    th = torch.arange(64, dtype=torch.float64)[:, None] * 10000.0 ** (-torch.arange(0, 8, 2, dtype=torch.float64) / 8)
+    formula = torch.cat([th.sin(), th.cos()], -1)
+    print("HF position table vs formula max abs diff", (table - formula).abs().max().item())
+    pos = formula[:11][None, None]
+    hq, hk = mr.RoFormerSelfAttention.apply_rotary_position_embeddings(pos, x, x)
+    err = (hq - rope(x)).abs().max().item()
+    print("rope vs transformers max abs diff", err); assert err < 1e-5
+    # the HF test suite's tiny shape
+    make("roformer_tiny_mlm", dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+         intermediate_size=37, max_position_embeddings=64, type_vocab_size=2), "mlm", 2, 16, [0, 5], 0, out)
+    make("roformer_tiny_cls", dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+         intermediate_size=37, max_position_embeddings=64, num_labels=3), "cls", 3, 12, [0, 4, 7], 1, out)
+    make_attention("attention_small", 2, 3, 19, 8, 2, out)
+    # embedding_size != hidden_size (embeddings_project), rotary_value, 6 heads, odd length, padding
+    make("roformer_proj_rotv_mlm", dict(vocab_size=120, embedding_size=24, hidden_size=48, num_hidden_layers=2,
+         num_attention_heads=6, intermediate_size=53, max_position_embeddings=80, type_vocab_size=2,
+         rotary_value=True), "mlm", 3, 13, [0, 3, 6], 11, out)
+    # 8 heads, 3 layers, 5 labels, 3 token types, longer odd length with heavy padding
+    make("roformer_8heads_cls", dict(vocab_size=77, hidden_size=64, num_hidden_layers=3, num_attention_heads=8,
+         intermediate_size=96, max_position_embeddings=40, type_vocab_size=3, num_labels=5),
+         "cls", 2, 21, [0, 9], 12, out)
+    # one layer, one sequence, no padding, layer_norm_eps 1e-5
+    make("roformer_single_mlm", dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+         intermediate_size=20, max_position_embeddings=16, layer_norm_eps=1e-5), "mlm", 1, 7, [0], 13, out)

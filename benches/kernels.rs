@@ -1,6 +1,6 @@
 //! Criterion benchmarks, one group per kernel family, at small shapes (they run on llvmpipe
 //! too; `cargo run --release --example bench` has the large-shape table). Each measurement is
-//! GPU time from timestamp queries when the adapter has them (`profile::time_dispatches`).
+//! GPU time from timestamp queries when the adapter has them (`timing::time_dispatches`).
 //!
 //!     cargo bench --bench kernels [-- FILTER]
 
@@ -19,7 +19,8 @@ use roformer_wgpu::ops::{
     reduce, rope, softmax,
 };
 use roformer_wgpu::optim::TrainOptions;
-use roformer_wgpu::{profile, Context, Dispatch};
+use roformer_wgpu::timing::time_dispatches;
+use roformer_wgpu::{Context, Dispatch};
 
 #[path = "../examples/common/inputs.rs"]
 mod inputs;
@@ -41,7 +42,7 @@ fn bench(
     g.throughput(work);
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
-            profile::time_dispatches(ctx, &dispatches, iters as u32).unwrap() * iters as u32
+            time_dispatches(ctx, &dispatches, iters as u32).unwrap() * iters as u32
         })
     });
     g.finish();

@@ -3,9 +3,8 @@
 //!
 //!     cargo run --release --example info
 
-use roformer_wgpu::check::rel_l2;
-use roformer_wgpu::ops::matmul::{self, MatmulOptions};
-use roformer_wgpu::ops::matmul_coop;
+use roformer_wgpu::apps::check::rel_l2;
+use roformer_wgpu::ops::matmul::{self, coop, MatmulOptions};
 use roformer_wgpu::{Context, Tensor};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,12 +17,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         heuristic(4096, 4096),
         heuristic(512, 64)
     );
-    match matmul_coop::fragment_for(caps) {
+    match coop::fragment_for(caps) {
         Some(f) => println!(
             "tensor-core matmul {f:?} fragments, with MatmulPrecision::Fast (relative error ~{:.0e})",
             f.tolerance()
         ),
-        None => println!("tensor-core matmul not available here (f32 kernel only)"),
+        None => println!(
+            "tensor-core matmul not available here (f32 kernel only; the kernel needs NVIDIA on Vulkan)"
+        ),
     }
     let (m, n, k) = (33, 65, 129);
     let a: Vec<f32> = (0..m * k)

@@ -16,10 +16,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use roformer_wgpu::listops::{self, ListOps, ListOpsConfig};
+use roformer_wgpu::apps::listops::{self, ListOps, ListOpsConfig};
+use roformer_wgpu::apps::train::{
+    self, EvalRecord, Event, ModelSize, TrainConfig, TrainState, Trainer,
+};
 use roformer_wgpu::model::{AttentionKind, Head, RoFormer};
 use roformer_wgpu::optim::Decay;
-use roformer_wgpu::train::{self, EvalRecord, Event, ModelSize, TrainConfig, TrainState, Trainer};
 use roformer_wgpu::Context;
 
 const HELP: &str = "\

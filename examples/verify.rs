@@ -1,5 +1,5 @@
 //! Checks a RoFormer checkpoint against reference outputs stored in its safetensors file
-//! (`input.*`, `output.*`, `grad.*`, `train.adamw_losses`; see ../shared/fixtures/README.md).
+//! (`input.*`, `output.*`, `grad.*`, `train.adamw_losses`; see tests/fixtures/README.md).
 //!
 //!     cargo run --release --example verify -- CONFIG.json WEIGHTS.safetensors [--dump OUT.safetensors] [--tolerance 1e-4]
 //!
@@ -9,8 +9,8 @@
 
 use std::process::ExitCode;
 
+use roformer_wgpu::apps::verify::verify;
 use roformer_wgpu::io::{write_safetensors, HostData};
-use roformer_wgpu::verify::verify;
 use roformer_wgpu::Context;
 
 fn usage() -> ExitCode {

@@ -17,14 +17,15 @@
 //
 // Passes: `features` (per token: fq, fk, a, b, dphi(q), w dphi(k)); `states` and
 // `reverse_states` (sequential over chunks, one workgroup per head: the only sequential
-// work); `output`, `grad_q`, `grad_k`, `grad_v` (one workgroup per chunk, all in parallel).
+// work); `output`, `backward_q`, `backward_k`, `backward_v` (one workgroup per chunk, all in
+// parallel).
 // Memory per head: the features (6 T d), one state per chunk (T/C (d dv + d)), no T x T.
 
 struct Params {
     batch: u32, heads: u32, seq: u32, dim: u32,
     dim_v: u32, qb: u32, qh: u32, qt: u32,
     vb: u32, vh: u32, vt: u32, chunks: u32,
-    has_mask: u32, has_rope: u32, eps: f32, _p0: u32,
+    has_mask: u32, has_rope: u32, eps: f32, _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,15 +34,20 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 @group(0) @binding(4) var<storage, read> table: array<f32>;
 @group(0) @binding(5) var<storage, read> mask: array<f32>;
-@group(0) @binding(6) var<storage, read> grad_out: array<f32>;
 // [batch, heads, seq, 6, dim]: fq, fk, a, b, dphi(q), w dphi(k).
-@group(0) @binding(7) var<storage, read_write> feat: array<f32>;
+@group(0) @binding(6) var<storage, read_write> feat: array<f32>;
 // [batch, heads, chunks, dim * dim_v + dim]: S_c (row-major) then z_c; or U_c then y_c.
-@group(0) @binding(8) var<storage, read_write> state: array<f32>;
+@group(0) @binding(7) var<storage, read_write> state: array<f32>;
 // [batch, heads, seq, 2]: den (output), dden (prep).
-@group(0) @binding(9) var<storage, read_write> tok: array<f32>;
-// output: out; prep: the forward output (read); grad_q: dq; grad_k: dk; grad_v: dv.
-@group(0) @binding(10) var<storage, read_write> res: array<f32>;
+@group(0) @binding(8) var<storage, read_write> tok: array<f32>;
+// output's result; prep reads it back.
+@group(0) @binding(9) var<storage, read_write> out: array<f32>;
+@group(0) @binding(10) var<storage, read> out_saved: array<f32>;
+// The loss's gradient with respect to out, and the gradients the backward passes write.
+@group(0) @binding(11) var<storage, read> grad_out: array<f32>;
+@group(0) @binding(12) var<storage, read_write> grad_q: array<f32>;
+@group(0) @binding(13) var<storage, read_write> grad_k: array<f32>;
+@group(0) @binding(14) var<storage, read_write> grad_v: array<f32>;
 
 // Variant constants: largest head dimension (also the workgroup size) and chunk length.
 const MAX_D: u32 = 64u;
@@ -348,7 +354,7 @@ fn output(@builtin(workgroup_id) wid: vec3<u32>,
             for (var n = 0u; n <= m; n++) {
                 num += sh_p[m * C + n] * sh_4[n * MAX_D + li];
             }
-            res[v_at(b, h, t0 + m, li)] = num / sh_t[m];
+            out[v_at(b, h, t0 + m, li)] = num / sh_t[m];
         }
     }
 }
@@ -367,7 +373,7 @@ fn prep(@builtin(workgroup_id) wid: vec3<u32>,
     let b = idx / (p.seq * p.heads);
     var s = 0.0;
     for (var c = 0u; c < p.dim_v; c++) {
-        s += grad_out[v_at(b, h, t, c)] * res[v_at(b, h, t, c)];
+        s += grad_out[v_at(b, h, t, c)] * out_saved[v_at(b, h, t, c)];
     }
     let at = tok_at(b, h, t);
     tok[at + 1u] = -s / tok[at];
@@ -419,7 +425,7 @@ fn reverse_states(@builtin(workgroup_id) wid: vec3<u32>,
 
 // dq for one chunk. Thread i < dim owns feature i.
 @compute @workgroup_size(MAX_D)
-fn grad_q(@builtin(workgroup_id) wid: vec3<u32>,
+fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
     let bhc = chunk_of(wid, nwg);
@@ -475,14 +481,14 @@ fn grad_q(@builtin(workgroup_id) wid: vec3<u32>,
                 partner = sh_2[m * MAX_D + (li ^ 1u)];
             }
             let back = rotate_back(t, li, sh_2[m * MAX_D + li], partner);
-            res[qk_at(b, h, t, li)] = feat[feat_at(b, h, t, F_DQ, li)] * (back + dfq[m]);
+            grad_q[qk_at(b, h, t, li)] = feat[feat_at(b, h, t, F_DQ, li)] * (back + dfq[m]);
         }
     }
 }
 
 // dk for one chunk. Thread i < dim owns feature i.
 @compute @workgroup_size(MAX_D)
-fn grad_k(@builtin(workgroup_id) wid: vec3<u32>,
+fn backward_k(@builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
     let bhc = chunk_of(wid, nwg);
@@ -539,14 +545,14 @@ fn grad_k(@builtin(workgroup_id) wid: vec3<u32>,
                 partner = sh_1[n * MAX_D + (li ^ 1u)];
             }
             let back = rotate_back(t, li, sh_1[n * MAX_D + li], partner);
-            res[qk_at(b, h, t, li)] = feat[feat_at(b, h, t, F_DK, li)] * (back + dfk[n]);
+            grad_k[qk_at(b, h, t, li)] = feat[feat_at(b, h, t, F_DK, li)] * (back + dfk[n]);
         }
     }
 }
 
 // dv for one chunk. Thread e < dim_v owns column e.
 @compute @workgroup_size(MAX_D)
-fn grad_v(@builtin(workgroup_id) wid: vec3<u32>,
+fn backward_v(@builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
     let bhc = chunk_of(wid, nwg);
@@ -585,7 +591,7 @@ fn grad_v(@builtin(workgroup_id) wid: vec3<u32>,
             for (var m = n; m < C; m++) {
                 dv += sh_p[m * C + n] * sh_3[m * MAX_D + li];
             }
-            res[v_at(b, h, t, li)] = dv;
+            grad_v[v_at(b, h, t, li)] = dv;
         }
     }
 }

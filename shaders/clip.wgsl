@@ -5,7 +5,8 @@
 // rewritten. Two levels, in a fixed order so the result is the same every run:
 //   sum_squares: GROUPS workgroups stride through one chunk of the gradients, each writes
 //                its partial sum to partial[offset + workgroup]
-//   finish:      one workgroup adds the partials; out = (scale, norm)
+//   finish:      one workgroup adds the partials; stats = (scale, norm)
+// Both reduce across the workgroup with lib/rows.wgsl's row_reduce.
 
 struct Params {
     n: u32,
@@ -19,24 +20,18 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+// sum_squares: one chunk of the gradients, and where the workgroups' partial sums go.
+@group(0) @binding(1) var<storage, read> grads: array<f32>;
 @group(0) @binding(2) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// finish: every chunk's partial sums, and (scale, norm).
+@group(0) @binding(3) var<storage, read> partial_sums: array<f32>;
+@group(0) @binding(4) var<storage, read_write> stats: array<f32>;
 
 const WG: u32 = 256u;
 const GROUPS: u32 = 256u;
-var<workgroup> red: array<f32, 256>;
 
 fn workgroup_sum(v: f32, li: u32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
-    return red[0];
+    return row_reduce(ROW_SUM, vec4<f32>(v, 0.0, 0.0, 0.0), li).x;
 }
 
 @compute @workgroup_size(256)
@@ -44,7 +39,7 @@ fn sum_squares(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
     var s = 0.0;
     for (var i = wid.x * WG + li; i < p.n; i += GROUPS * WG) {
-        let g = x[i];
+        let g = grads[i];
         s += g * g;
     }
     let total = workgroup_sum(s, li);
@@ -57,7 +52,7 @@ fn sum_squares(@builtin(workgroup_id) wid: vec3<u32>,
 fn finish(@builtin(local_invocation_index) li: u32) {
     var s = 0.0;
     for (var i = li; i < p.partials; i += WG) {
-        s += partial[i];
+        s += partial_sums[i];
     }
     let norm = sqrt(workgroup_sum(s, li));
     if (li == 0u) {
@@ -65,7 +60,7 @@ fn finish(@builtin(local_invocation_index) li: u32) {
         if (p.clip != 0u) {
             scale = min(1.0, p.max_norm / (norm + 1e-6));
         }
-        out[0] = scale;
-        out[1] = norm;
+        stats[0] = scale;
+        stats[1] = norm;
     }
 }

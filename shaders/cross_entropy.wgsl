@@ -1,15 +1,16 @@
 // Softmax cross-entropy over rows of logits, with an ignore index; the loss is the mean over
 // the rows that are not ignored (torch.nn.CrossEntropyLoss, reduction "mean").
 //
-// rows:     lse[r] = log sum_c exp(x[r, c]) (max subtracted first; maximum, first argmax
+// rows:     lse[r] = log sum_c exp(logits[r, c]) (max subtracted first; maximum, first argmax
 //           and sum come from one pass and one reduction, the sum rescaled whenever the
 //           running maximum grows, as in an online softmax);
-//           loss_r = lse[r] - x[r, label[r]], or 0 when label[r] == ignore_index;
-//           correct_r = 1 when argmax_c x[r, c] == label[r] (first maximum, as torch.argmax).
+//           loss_r = lse[r] - logits[r, label[r]], or 0 when label[r] == ignore_index;
+//           correct_r = 1 when argmax_c logits[r, c] == label[r] (first maximum, as torch.argmax).
 //           row_stats[r] = (lse, loss_r, correct_r)
-// finish:   one workgroup: loss = (sum_r loss_r / count, count, sum_r correct_r, 0)
+// finish:   one workgroup, the three sums in one reduction:
+//           loss = (sum_r loss_r / count, count, sum_r correct_r, 0)
 //           (count = rows not ignored; the mean is NaN when it is 0, as torch gives).
-// backward: dx[r, c] = grad_scale / count * (exp(x[r, c] - lse[r]) - [c == label[r]]),
+// backward: dlogits[r, c] = grad_scale / count * (exp(logits[r, c] - lse[r]) - [c == label[r]]),
 //           0 on ignored rows.
 // The sums over rows run in a fixed order, so the loss is the same every run.
 
@@ -21,32 +22,15 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<i32>;
 @group(0) @binding(3) var<storage, read_write> row_stats: array<f32>;
 @group(0) @binding(4) var<storage, read_write> loss: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dlogits: array<f32>;
 
-// Threads per row: a power of two from 32 to 256 matched to the row length (a compiled
-// variant), so short rows do not pay for idle threads at every barrier.
-const WG: u32 = 256u;
-var<workgroup> red: array<f32, 256>;
-var<workgroup> red_count: array<f32, 256>;
-
-// Index of the first maximum of x over the workgroup's (value, index) pairs.
-fn workgroup_sum(v: f32, li: u32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
+// Threads per row: a power of two from 32 to 256 matched to the row length (set by the
+// host), so short rows do not pay for idle threads at every barrier.
+override WG: u32 = 256u;
 
 @compute @workgroup_size(WG)
 fn rows(@builtin(workgroup_id) wid: vec3<u32>,
@@ -59,7 +43,7 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
     let base = row * p.classes;
     var part = ROW_EMPTY_MAX_SUM;
     for (var c = li; c < p.classes; c += WG) {
-        part = row_max_sum_extend(part, x[base + c], c);
+        part = row_max_sum_extend(part, logits[base + c], c);
     }
     part = row_reduce(ROW_MAX_SUM, part, li);
     let arg = u32(part.z);
@@ -69,7 +53,7 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
         var l = 0.0;
         var correct = 0.0;
         if (label != p.ignore_index) {
-            l = lse - x[base + u32(label)];
+            l = lse - logits[base + u32(label)];
             correct = select(0.0, 1.0, arg == u32(label));
         }
         row_stats[3u * row] = lse;
@@ -88,18 +72,11 @@ fn finish(@builtin(local_invocation_index) li: u32) {
         n += select(0.0, 1.0, labels[r] != p.ignore_index);
         hits += row_stats[3u * r + 2u];
     }
-    red_count[li] = n;
-    let total = workgroup_sum(s, li);
-    let correct = workgroup_sum(hits, li);
-    // red_count is summed with the same tree, after workgroup_sum's barriers.
-    for (var st = WG / 2u; st > 0u; st >>= 1u) {
-        if (li < st) {
-            red_count[li] += red_count[li + st];
-        }
-        workgroupBarrier();
-    }
+    let sums = row_reduce(ROW_SUM, vec4<f32>(s, n, hits, 0.0), li);
     if (li == 0u) {
-        let count = red_count[0];
+        let total = sums.x;
+        let count = sums.y;
+        let correct = sums.z;
         loss[0] = select(bitcast<f32>(0x7fc00000u), total / count, count > 0.0);
         loss[1] = count;
         loss[2] = correct;
@@ -124,10 +101,10 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
         scale = p.grad_scale / count;
     }
     for (var c = li; c < p.classes; c += WG) {
-        var g = exp(x[base + c] - lse);
+        var g = exp(logits[base + c] - lse);
         if (i32(c) == label) {
             g -= 1.0;
         }
-        dx[base + c] = scale * g;
+        dlogits[base + c] = scale * g;
     }
 }

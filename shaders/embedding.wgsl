@@ -19,14 +19,15 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-// forward: ids; backward: groups.
-@group(0) @binding(1) var<storage, read> idx0: array<u32>;
-// backward: positions.
-@group(0) @binding(2) var<storage, read> idx1: array<u32>;
-// forward: table; backward: dout.
-@group(0) @binding(3) var<storage, read> src: array<f32>;
-// forward: out; backward: dtable.
-@group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+// forward: out from ids and table.
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> table: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// backward: dtable from dout, the positions grouped by token (see above).
+@group(0) @binding(4) var<storage, read> groups: array<u32>;
+@group(0) @binding(5) var<storage, read> positions: array<u32>;
+@group(0) @binding(6) var<storage, read> dout: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dtable: array<f32>;
 
 @compute @workgroup_size(256)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
@@ -38,15 +39,15 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let r = i / p.cols;
     let c = i % p.cols;
-    let tok = idx0[r];
+    let tok = ids[r];
     var v = 0.0;
     if (tok < p.vocab) {
-        v = src[tok * p.cols + c];
+        v = table[tok * p.cols + c];
     }
     if (p.accumulate != 0u) {
-        v += dst[i];
+        v += out[i];
     }
-    dst[i] = v;
+    out[i] = v;
 }
 
 @compute @workgroup_size(64)
@@ -54,20 +55,20 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_id) lid: vec3<u32>) {
     let g = wid.x + wid.y * nwg.x;
-    if (g >= idx0[0]) {
+    if (g >= groups[0]) {
         return;
     }
-    let tok = idx0[1u + 2u * g];
-    let start = idx0[2u + 2u * g];
-    let end = idx0[4u + 2u * g];
+    let tok = groups[1u + 2u * g];
+    let start = groups[2u + 2u * g];
+    let end = groups[4u + 2u * g];
     if (tok >= p.vocab) {
         return;
     }
     for (var c = lid.x; c < p.cols; c += 64u) {
         var s = 0.0;
         for (var q = start; q < end; q++) {
-            s += src[idx1[q] * p.cols + c];
+            s += dout[positions[q] * p.cols + c];
         }
-        dst[tok * p.cols + c] += s;
+        dtable[tok * p.cols + c] += s;
     }
 }

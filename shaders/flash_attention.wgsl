@@ -28,15 +28,16 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 // [batch, seq] additive mask.
 @group(0) @binding(4) var<storage, read> mask: array<f32>;
-@group(0) @binding(5) var<storage, read> dout: array<f32>;
-// The forward output (read by bwd_prep).
-@group(0) @binding(6) var<storage, read> out_in: array<f32>;
-// [batch, heads, seq, 2]: lse (forward), D (bwd_prep).
-@group(0) @binding(7) var<storage, read_write> stats: array<f32>;
-// forward: out; bwd_dq: dq; bwd_dkdv: dk.
-@group(0) @binding(8) var<storage, read_write> res: array<f32>;
-// bwd_dkdv: dv.
-@group(0) @binding(9) var<storage, read_write> res2: array<f32>;
+// [batch, heads, seq, 2]: lse (written by forward), D (written by bwd_prep).
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
+// forward's result; bwd_prep reads it back.
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read> out_saved: array<f32>;
+// The loss's gradient with respect to out, and the gradients the backward passes write.
+@group(0) @binding(8) var<storage, read> grad_out: array<f32>;
+@group(0) @binding(9) var<storage, read_write> grad_q: array<f32>;
+@group(0) @binding(10) var<storage, read_write> grad_k: array<f32>;
+@group(0) @binding(11) var<storage, read_write> grad_v: array<f32>;
 
 // Variant constants: the largest head dimension, and rows per block (so the staged blocks
 // fit 32 KiB of workgroup memory).
@@ -124,7 +125,7 @@ fn stage_dout(b: u32, h: u32, t0: u32, li: u32) {
         let c = e % MAX_D;
         var x = 0.0;
         if (in_range(t0 + r, c)) {
-            x = dout[at(b, h, t0 + r, c)];
+            x = grad_out[at(b, h, t0 + r, c)];
         }
         sh_d[e] = x;
     }
@@ -222,7 +223,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         for (var cc = 0u; cc < COLS; cc++) {
             let c = part + 4u * cc;
             if (c < p.dim) {
-                res[at(b, h, i, c)] = acc[cc] * inv;
+                out[at(b, h, i, c)] = acc[cc] * inv;
             }
         }
         if (part == 0u) {
@@ -245,7 +246,7 @@ fn bwd_prep(@builtin(workgroup_id) wid: vec3<u32>,
     let b = idx / (p.seq * p.heads);
     var s = 0.0;
     for (var c = 0u; c < p.dim; c++) {
-        s += dout[at(b, h, t, c)] * out_in[at(b, h, t, c)];
+        s += grad_out[at(b, h, t, c)] * out_saved[at(b, h, t, c)];
     }
     stats[stat_at(b, h, t) + 1u] = s;
 }
@@ -310,7 +311,7 @@ fn bwd_dq(@builtin(workgroup_id) wid: vec3<u32>,
         for (var cc = 0u; cc < COLS; cc++) {
             let c = part + 4u * cc;
             if (c < p.dim) {
-                res[at(b, h, i, c)] = p.scale * acc[cc];
+                grad_q[at(b, h, i, c)] = p.scale * acc[cc];
             }
         }
     }
@@ -387,8 +388,8 @@ fn bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>,
         for (var cc = 0u; cc < COLS; cc++) {
             let c = part + 4u * cc;
             if (c < p.dim) {
-                res[at(b, h, j, c)] = p.scale * dk[cc];
-                res2[at(b, h, j, c)] = dv[cc];
+                grad_k[at(b, h, j, c)] = p.scale * dk[cc];
+                grad_v[at(b, h, j, c)] = dv[cc];
             }
         }
     }

@@ -11,9 +11,13 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+// The forward's input (both passes read it).
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// forward: y.
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+// backward: dx from dy.
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x) * 256u + lid.x;
@@ -26,7 +30,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     let i = index(wid, nwg, lid);
     if (i < p.n) {
         let v = x[i];
-        out[i] = gelu_f32(v);
+        y[i] = gelu_f32(v);
     }
 }
 
@@ -39,6 +43,6 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
         let v = x[i];
         let cdf = 0.5 * (1.0 + erf_f32(v * FRAC_1_SQRT_2));
         let pdf = exp(-0.5 * v * v) * FRAC_1_SQRT_2PI;
-        out[i] = dy[i] * (cdf + v * pdf);
+        dx[i] = dy[i] * (cdf + v * pdf);
     }
 }

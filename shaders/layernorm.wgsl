@@ -8,7 +8,7 @@
 //                    dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat))
 //   backward_params: dgamma[j] = sum_r dy[r, j] xhat[r, j],  dbeta[j] = sum_r dy[r, j]
 // forward and backward run one workgroup per row (reducing with lib/rows.wgsl's
-// row_reduce); backward_params one per 64 columns.
+// row_reduce); backward_params one per 64 columns (lib/columns.wgsl's column_reduce).
 
 struct Params {
     rows: u32,
@@ -18,21 +18,27 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+// The forward's input (for forward_residual, the first term of the sum), and the weight.
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
-// forward: beta; backward and backward_params: dy.
-@group(0) @binding(3) var<storage, read> in3: array<f32>;
-// forward: y; backward: dx; backward_params: dgamma.
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+// forward: y and the row statistics from x, gamma, beta.
+@group(0) @binding(3) var<storage, read> beta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
-// backward_params: dbeta; forward_residual: the sum s.
-@group(0) @binding(6) var<storage, read_write> out2: array<f32>;
-// forward_residual: the residual added to x.
-@group(0) @binding(7) var<storage, read> residual: array<f32>;
+// forward_residual also adds the residual to x, and keeps the sum.
+@group(0) @binding(6) var<storage, read> residual: array<f32>;
+@group(0) @binding(7) var<storage, read_write> sum: array<f32>;
+// backward: dx from x, gamma, the saved statistics and dy.
+@group(0) @binding(8) var<storage, read> stats_saved: array<f32>;
+@group(0) @binding(9) var<storage, read> dy: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dx: array<f32>;
+// backward_params: the parameter gradients from x, the statistics and dy.
+@group(0) @binding(11) var<storage, read_write> dgamma: array<f32>;
+@group(0) @binding(12) var<storage, read_write> dbeta: array<f32>;
 
-// Threads per row: a power of two from 32 to 256 matched to the row length (a compiled
-// variant), so short rows do not pay for idle threads at every barrier.
-const WG: u32 = 256u;
+// Threads per row: a power of two from 32 to 256 matched to the row length (set by the
+// host), so short rows do not pay for idle threads at every barrier.
+override WG: u32 = 256u;
 
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
@@ -51,7 +57,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     let mean = moments.y;
     let rstd = inverseSqrt(moments.z / moments.x + p.eps);
     for (var j = li; j < p.n; j += WG) {
-        out[base + j] = (x[base + j] - mean) * rstd * gamma[j] + in3[j];
+        y[base + j] = (x[base + j] - mean) * rstd * gamma[j] + beta[j];
     }
     if (li == 0u) {
         stats[2u * row] = mean;
@@ -71,7 +77,7 @@ fn forward_residual(@builtin(workgroup_id) wid: vec3<u32>,
     var part = vec4<f32>(0.0);
     for (var j = li; j < p.n; j += WG) {
         let v = x[base + j] + residual[base + j];
-        out2[base + j] = v;
+        sum[base + j] = v;
         part = row_moments_extend(part, v);
     }
     let moments = row_reduce(ROW_MOMENTS, part, li);
@@ -79,7 +85,7 @@ fn forward_residual(@builtin(workgroup_id) wid: vec3<u32>,
     let rstd = inverseSqrt(moments.z / moments.x + p.eps);
     for (var j = li; j < p.n; j += WG) {
         // Each thread reads back only the sums it wrote itself.
-        out[base + j] = (out2[base + j] - mean) * rstd * gamma[j] + in3[j];
+        y[base + j] = (sum[base + j] - mean) * rstd * gamma[j] + beta[j];
     }
     if (li == 0u) {
         stats[2u * row] = mean;
@@ -96,12 +102,12 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let base = row * p.n;
-    let mean = stats[2u * row];
-    let rstd = stats[2u * row + 1u];
+    let mean = stats_saved[2u * row];
+    let rstd = stats_saved[2u * row + 1u];
     var sg = 0.0;
     var sgx = 0.0;
     for (var j = li; j < p.n; j += WG) {
-        let g = in3[base + j] * gamma[j];
+        let g = dy[base + j] * gamma[j];
         sg += g;
         sgx += g * (x[base + j] - mean) * rstd;
     }
@@ -109,14 +115,11 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let mg = means.x;
     let mgx = means.y;
     for (var j = li; j < p.n; j += WG) {
-        let g = in3[base + j] * gamma[j];
+        let g = dy[base + j] * gamma[j];
         let xhat = (x[base + j] - mean) * rstd;
-        out[base + j] = rstd * (g - mg - xhat * mgx);
+        dx[base + j] = rstd * (g - mg - xhat * mgx);
     }
 }
-
-var<workgroup> red_gamma: array<f32, 256>;
-var<workgroup> red_beta: array<f32, 256>;
 
 @compute @workgroup_size(64, 4, 1)
 fn backward_params(@builtin(workgroup_id) wid: vec3<u32>,
@@ -127,23 +130,18 @@ fn backward_params(@builtin(workgroup_id) wid: vec3<u32>,
     var sb = 0.0;
     if (col < p.n) {
         for (var r = lid.y; r < p.rows; r += 4u) {
-            let dy = in3[r * p.n + col];
-            let xhat = (x[r * p.n + col] - stats[2u * r]) * stats[2u * r + 1u];
-            sg += dy * xhat;
-            sb += dy;
+            let g = dy[r * p.n + col];
+            let xhat = (x[r * p.n + col] - stats_saved[2u * r]) * stats_saved[2u * r + 1u];
+            sg += g * xhat;
+            sb += g;
         }
     }
-    red_gamma[lid.y * 64u + lid.x] = sg;
-    red_beta[lid.y * 64u + lid.x] = sb;
-    workgroupBarrier();
+    var sums = column_reduce(vec2<f32>(sg, sb), lid);
     if (lid.y == 0u && col < p.n) {
-        var g = (red_gamma[lid.x] + red_gamma[64u + lid.x]) + (red_gamma[128u + lid.x] + red_gamma[192u + lid.x]);
-        var b = (red_beta[lid.x] + red_beta[64u + lid.x]) + (red_beta[128u + lid.x] + red_beta[192u + lid.x]);
         if (p.accumulate != 0u) {
-            g += out[col];
-            b += out2[col];
+            sums += vec2<f32>(dgamma[col], dbeta[col]);
         }
-        out[col] = g;
-        out2[col] = b;
+        dgamma[col] = sums.x;
+        dbeta[col] = sums.y;
     }
 }

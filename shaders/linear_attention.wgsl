@@ -37,12 +37,16 @@ struct Params {
 @group(0) @binding(4) var<storage, read> table: array<f32>;
 // [batch, seq] key weights (1 = token, 0 = padding).
 @group(0) @binding(5) var<storage, read> mask: array<f32>;
-@group(0) @binding(6) var<storage, read> grad_out: array<f32>;
-@group(0) @binding(7) var<storage, read> fwd_out: array<f32>;
 // [batch, heads, seq, 2]: den (written by forward), dden (written by backward_prep).
-@group(0) @binding(8) var<storage, read_write> tok: array<f32>;
-// forward: out; backward_q: dq; backward_k: dk; backward_v: dv.
-@group(0) @binding(9) var<storage, read_write> res: array<f32>;
+@group(0) @binding(6) var<storage, read_write> tok: array<f32>;
+// forward's result; backward_prep reads it back.
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(8) var<storage, read> out_saved: array<f32>;
+// The loss's gradient with respect to out, and the gradients the backward passes write.
+@group(0) @binding(9) var<storage, read> grad_out: array<f32>;
+@group(0) @binding(10) var<storage, read_write> grad_q: array<f32>;
+@group(0) @binding(11) var<storage, read_write> grad_k: array<f32>;
+@group(0) @binding(12) var<storage, read_write> grad_v: array<f32>;
 
 // Largest head dimension of this variant (32, 64 or 128), also the workgroup size.
 const MAX_D: u32 = 128u;
@@ -284,7 +288,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
                     num += dot(a4(j, i4), s_col[i4]);
                     den += dot(fq4(j, i4), z[i4]);
                 }
-                res[v_at(b, h, t0 + j, li)] = num / den;
+                out[v_at(b, h, t0 + j, li)] = num / den;
                 if (li == 0u) {
                     tok[tok_at(b, h, t0 + j)] = den;
                 }
@@ -308,7 +312,7 @@ fn backward_prep(@builtin(workgroup_id) wid: vec3<u32>,
     let b = idx / (p.seq * p.heads);
     var s = 0.0;
     for (var c = 0u; c < p.dim_v; c++) {
-        s += grad_out[v_at(b, h, t, c)] * fwd_out[v_at(b, h, t, c)];
+        s += grad_out[v_at(b, h, t, c)] * out_saved[v_at(b, h, t, c)];
     }
     let at = tok_at(b, h, t);
     tok[at + 1u] = -s / tok[at];
@@ -383,7 +387,7 @@ fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
                 }
                 let back = rotate_back(t, li, sh_a[j * MAX_D + li], partner);
                 let at = qk_at(b, h, t, li);
-                res[at] = dphi(q[at]) * (back + dfq[j]);
+                grad_q[at] = dphi(q[at]) * (back + dfq[j]);
             }
         }
         workgroupBarrier();
@@ -462,7 +466,7 @@ fn backward_k(@builtin(workgroup_id) wid: vec3<u32>,
                 }
                 let back = rotate_back(t, li, sh_b[j * MAX_D + li], partner);
                 let at = qk_at(b, h, t, li);
-                res[at] = key_weight(b, t) * dphi(k[at]) * (back + dfk[j]);
+                grad_k[at] = key_weight(b, t) * dphi(k[at]) * (back + dfk[j]);
             }
         }
         workgroupBarrier();
@@ -523,7 +527,7 @@ fn backward_v(@builtin(workgroup_id) wid: vec3<u32>,
                 for (var i4 = 0u; i4 < d4; i4++) {
                     dv += dot(u_col[i4], b4(j, i4));
                 }
-                res[v_at(b, h, t0 + j, li)] = dv;
+                grad_v[v_at(b, h, t0 + j, li)] = dv;
             }
         }
         workgroupBarrier();

@@ -1,12 +1,10 @@
-// Batched matrix product on cooperative matrices (tensor cores, simdgroup matrices):
+// Batched matrix product on cooperative matrices (tensor cores):
 //     C = alpha * A B + beta * C + bias
 // on the same strided views and parameters as matmul.wgsl. Only compiled where the device
-// has wgpu's cooperative-matrix feature and subgroups; src/ops/matmul_coop.rs picks the
-// fragment type the adapter offers and rewrites the lines marked VARIANT:
-//   16x16 fragments, f16 inputs, f32 accumulation (Vulkan: NVIDIA, AMD), or
-//   8x8 fragments, f32 inputs and accumulation (Metal simdgroup matrices).
-// With f16 inputs each element of A and B is rounded to f16 (11 significant bits) while
-// staging; products are summed in f32. Values beyond f16's range (65504) become infinite.
+// has wgpu's cooperative-matrix feature with 16x16x16 f16 -> f32 fragments, shader-f16 and
+// one fixed subgroup size (src/ops/matmul/coop.rs says which adapters that is).
+// Each element of A and B is rounded to f16 (11 significant bits) while staging; products
+// are summed in f32. Values beyond f16's range (65504) become infinite.
 //
 // Tiling: a workgroup of 4 subgroups computes a BM x BN = 8S x 8S block of C, each subgroup
 // (2 x 2 grid) a 4S x 4S block held in FM x FN = 4 x 4 accumulator fragments. K is staged
@@ -17,14 +15,14 @@
 // so alpha, beta, bias, the edges and the optional GELU output (as in matmul.wgsl, with
 // shaders/lib/gelu.wgsl appended) are handled per element.
 
-enable f16; // VARIANT: inputs
+enable f16;
 enable wgpu_cooperative_matrix;
 
-alias Elem = f16; // VARIANT: inputs
-alias FragA = coop_mat16x16<f16, A>; // VARIANT: fragment
-alias FragB = coop_mat16x16<f16, B>; // VARIANT: fragment
-alias FragC = coop_mat16x16<f32, C>; // VARIANT: fragment
-const S: u32 = 16u; // VARIANT: fragment size
+alias Elem = f16;
+alias FragA = coop_mat16x16<f16, A>;
+alias FragB = coop_mat16x16<f16, B>;
+alias FragC = coop_mat16x16<f32, C>;
+const S: u32 = 16u;
 
 struct Params {
     m: u32, n: u32, k: u32, batch_inner: u32,
@@ -40,7 +38,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
-@group(0) @binding(7) var<storage, read_write> act: array<f32>;
+// GELU(C), when the GELU override is set.
+@group(0) @binding(5) var<storage, read_write> act: array<f32>;
 
 // Threads per subgroup (the adapter's one subgroup size).
 override SG: u32 = 32u;

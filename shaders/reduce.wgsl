@@ -2,7 +2,8 @@
 //     out[c] = beta * out[c] + sum_r x[r, c]
 // The bias gradient of a linear layer is the column sum of its output gradient over all
 // tokens; matmul's backward also uses it to sum per-batch weight gradients.
-// A workgroup owns 64 columns; its 4 rows of threads stride through the rows, then add up.
+// A workgroup owns 64 columns; its 4 rows of threads stride through the rows, then add up
+// (lib/columns.wgsl).
 
 struct Params {
     rows: u32,
@@ -15,8 +16,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-var<workgroup> partial: array<f32, 256>;
-
 @compute @workgroup_size(64, 4, 1)
 fn sum_rows(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
@@ -28,10 +27,8 @@ fn sum_rows(@builtin(workgroup_id) wid: vec3<u32>,
             s += x[r * p.cols + col];
         }
     }
-    partial[lid.y * 64u + lid.x] = s;
-    workgroupBarrier();
+    var t = column_reduce(vec2<f32>(s, 0.0), lid).x;
     if (lid.y == 0u && col < p.cols) {
-        var t = (partial[lid.x] + partial[64u + lid.x]) + (partial[128u + lid.x] + partial[192u + lid.x]);
         if (p.beta != 0.0) {
             t += p.beta * out[col];
         }

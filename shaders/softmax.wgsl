@@ -25,19 +25,23 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-// forward: x and mask; backward: y and dy.
-@group(0) @binding(1) var<storage, read> in0: array<f32>;
-@group(0) @binding(2) var<storage, read> in1: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// forward: y from x (and mask).
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> mask: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+// backward: dx from the forward's y and dy.
+@group(0) @binding(4) var<storage, read> y_saved: array<f32>;
+@group(0) @binding(5) var<storage, read> dy: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 
-// Threads per row: a power of two from 32 to 256 matched to the row length (a compiled
-// variant), so short rows do not pay for idle threads at every barrier.
-const WG: u32 = 256u;
+// Threads per row: a power of two from 32 to 256 matched to the row length (set by the
+// host), so short rows do not pay for idle threads at every barrier.
+override WG: u32 = 256u;
 
 fn score(base: u32, mask_base: u32, j: u32) -> f32 {
-    var v = p.scale * in0[base + j];
+    var v = p.scale * x[base + j];
     if (p.has_mask != 0u) {
-        v += in1[mask_base + j];
+        v += mask[mask_base + j];
     }
     return v;
 }
@@ -66,11 +70,11 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     let inv = select(0.0, 1.0 / ms.y, ms.y > 0.0);
 
     for (var j = li; j < p.n; j += WG) {
-        var y = 0.0;
+        var prob = 0.0;
         if (j < allowed) {
-            y = exp(score(base, mask_base, j) - m) * inv;
+            prob = exp(score(base, mask_base, j) - m) * inv;
         }
-        out[base + j] = y;
+        y[base + j] = prob;
     }
 }
 
@@ -85,10 +89,10 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let base = row * p.n;
     var d = 0.0;
     for (var j = li; j < p.n; j += WG) {
-        d += in0[base + j] * in1[base + j];
+        d += y_saved[base + j] * dy[base + j];
     }
     d = row_reduce(ROW_SUM, vec4<f32>(d, 0.0, 0.0, 0.0), li).x;
     for (var j = li; j < p.n; j += WG) {
-        out[base + j] = p.scale * in0[base + j] * (in1[base + j] - d);
+        dx[base + j] = p.scale * y_saved[base + j] * (dy[base + j] - d);
     }
 }

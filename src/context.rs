@@ -4,14 +4,14 @@
 //! wraps a `Device` and `Queue` an application already has. It holds no global state:
 //! every cache lives in the context, and two contexts never share anything.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::ops::matmul::{ShapeClass, Tiling, TilingChoice};
-use crate::ops::matmul_coop::MatmulPrecision;
+use crate::shader::{self, Access, BindingKind, EntryInterface, Shader};
 
 /// How to pick an adapter and open a device. `Default` follows wgpu's environment variables.
 #[derive(Clone, Debug)]
@@ -26,10 +26,6 @@ pub struct ContextOptions {
     pub cooperative_matrix: bool,
     /// Longest a blocking wait (a read-back, `Context::wait`) may take before it fails.
     pub wait_timeout: Option<Duration>,
-    /// How matmul tile sizes are chosen (timed per adapter by default).
-    pub matmul_tiling: TilingChoice,
-    /// Whether matrix products may use cooperative matrices (f16 inputs on Vulkan).
-    pub matmul_precision: MatmulPrecision,
 }
 
 impl Default for ContextOptions {
@@ -40,8 +36,6 @@ impl Default for ContextOptions {
             power_preference: None,
             cooperative_matrix: true,
             wait_timeout: Some(Duration::from_secs(600)),
-            matmul_tiling: TilingChoice::Auto,
-            matmul_precision: MatmulPrecision::F32,
         }
     }
 }
@@ -49,12 +43,17 @@ impl Default for ContextOptions {
 /// What the adapter and device offer, as far as our kernels care.
 #[derive(Clone, Debug)]
 pub struct Capabilities {
+    /// Vulkan, Metal, DX12, GL or the browser's WebGPU.
     pub backend: wgpu::Backend,
+    /// The adapter's name as the driver reports it.
     pub adapter_name: String,
+    /// Discrete, integrated, virtual, CPU (software) or other.
     pub device_type: wgpu::DeviceType,
+    /// Driver name and version information.
     pub driver: String,
     /// Subgroup size range, when subgroup operations are enabled on the device.
     pub subgroup_sizes: Option<(u32, u32)>,
+    /// WGSL `f16` in shaders.
     pub shader_f16: bool,
     /// Timestamp queries at pass boundaries.
     pub timestamp_query: bool,
@@ -62,12 +61,19 @@ pub struct Capabilities {
     pub timestamp_inside_passes: bool,
     /// Cooperative-matrix shapes the device can run (empty when the feature is off).
     pub cooperative_matrices: Vec<wgpu::CooperativeMatrixProperties>,
+    /// Largest storage buffer binding, in bytes: the largest tensor one kernel can see.
     pub max_storage_binding: u64,
+    /// Largest buffer, in bytes.
     pub max_buffer_size: u64,
+    /// Workgroup memory per workgroup, in bytes.
     pub max_workgroup_storage: u32,
+    /// Threads per workgroup.
     pub max_invocations_per_workgroup: u32,
+    /// Workgroups per dispatch dimension.
     pub max_workgroups_per_dimension: u32,
+    /// Storage buffers one kernel may bind.
     pub max_storage_buffers_per_stage: u32,
+    /// Alignment of a storage binding's offset, in bytes (views of a buffer start on it).
     pub storage_offset_alignment: u32,
 }
 
@@ -128,35 +134,45 @@ impl fmt::Display for Capabilities {
     }
 }
 
-/// A WGSL shader source: one kernel family, one file in `shaders/`.
-#[derive(Debug)]
-pub struct Shader {
-    pub name: &'static str,
-    pub source: &'static str,
-}
-
-/// How a storage binding is used by a kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Access {
-    Read,
-    ReadWrite,
-}
-
+/// Identifies a compiled pipeline: shader, entry point, text variant and `override` values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PipelineKey {
-    shader: &'static str,
+    shader: (&'static str, usize),
     entry: &'static str,
     /// Text substitutions applied to the source (variant selection), in order.
     variant: Vec<(&'static str, String)>,
     /// WGSL `override` constants, as (name, value bits).
     constants: Vec<(&'static str, u64)>,
-    bindings: Vec<Option<Access>>,
+}
+
+/// Identifies a parsed shader source: the shader and its text variant.
+type ModuleKey = ((&'static str, usize), Vec<(&'static str, String)>);
+
+/// A shader variant parsed by naga, for reading its entry points' bindings.
+type ParsedModule = Arc<(naga::Module, naga::valid::ModuleInfo)>;
+
+/// What a bind group layout is made from: each binding's number and kind.
+type LayoutKey = Vec<(u32, LayoutSlot)>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum LayoutSlot {
+    Uniform,
+    Storage(Access),
+}
+
+/// A compiled kernel: its pipeline, the layout of its bind group and the bindings its entry
+/// point uses (read from the WGSL).
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledKernel {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub interface: Arc<EntryInterface>,
 }
 
 /// Errors the device reported outside any scope of ours (only for devices we opened).
 type ErrorLog = Arc<Mutex<Vec<String>>>;
 
-/// Bind group layout and pipeline layout for one list of storage bindings.
+/// Bind group layout and pipeline layout for one list of bindings.
 type Layouts = (wgpu::BindGroupLayout, wgpu::PipelineLayout);
 
 /// One-time costs a context has paid so far (see [`Context::setup_costs`]).
@@ -166,9 +182,10 @@ pub struct SetupCosts {
     pub pipelines: usize,
     /// Time spent creating them (shader translation and the driver's compiler).
     pub compiling: Duration,
-    /// Kinds of matmul shape whose tilings were timed.
-    pub tuned_shape_classes: usize,
-    /// Time spent timing them, the compilation of the tilings tried included.
+    /// Choices made by timing kernel variants on this device (matmul: one per kind of
+    /// product shape, see `ops::matmul::TilingChoice`).
+    pub tunings: usize,
+    /// Time spent on that timing, the compilation of the variants tried included.
     pub tuning: Duration,
 }
 
@@ -178,14 +195,14 @@ pub struct Context {
     queue: wgpu::Queue,
     caps: Capabilities,
     wait_timeout: Option<Duration>,
-    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
-    layouts: Mutex<HashMap<Vec<Option<Access>>, Layouts>>,
+    pipelines: Mutex<HashMap<PipelineKey, CompiledKernel>>,
+    modules: Mutex<HashMap<ModuleKey, ParsedModule>>,
+    layouts: Mutex<HashMap<LayoutKey, Layouts>>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Option<ErrorLog>,
-    matmul_tiling: TilingChoice,
-    matmul_precision: MatmulPrecision,
-    /// Matmul tilings timed on this device, by kind of shape.
-    tuned_tilings: Mutex<HashMap<ShapeClass, Tiling>>,
+    /// What ops keep for the context's life (matmul's settings and tuned tilings), one value
+    /// per type: the op owns its state, the context only holds it.
+    op_state: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     setup: Mutex<SetupCosts>,
     /// Bound in place of an optional input that is absent (never read by the kernel).
     pub(crate) dummy: wgpu::Buffer,
@@ -351,8 +368,6 @@ impl Context {
         }));
         let mut ctx = Self::build(adapter, device, queue, options.wait_timeout);
         ctx.uncaptured = Some(log);
-        ctx.matmul_tiling = options.matmul_tiling;
-        ctx.matmul_precision = options.matmul_precision;
         Ok(ctx)
     }
 
@@ -429,48 +444,35 @@ impl Context {
             caps,
             wait_timeout,
             pipelines: Mutex::default(),
+            modules: Mutex::default(),
             layouts: Mutex::default(),
             lost,
             uncaptured: None,
-            matmul_tiling: TilingChoice::Auto,
-            matmul_precision: MatmulPrecision::F32,
-            tuned_tilings: Mutex::default(),
+            op_state: Mutex::default(),
             setup: Mutex::default(),
             dummy,
             dummy_writable,
         }
     }
 
-    /// Sets how matmul tile sizes are chosen (for a context made with [`Context::from_device`];
-    /// see [`ContextOptions::matmul_tiling`]).
-    pub fn with_matmul_tiling(mut self, choice: TilingChoice) -> Self {
-        self.matmul_tiling = choice;
-        self
+    /// The state an op keeps in this context, created with `T::default()` on first use:
+    /// one value per type, shared by every caller (matmul keeps its settings and tuned
+    /// tilings this way; a custom op may keep its own).
+    pub fn op_state<T: Any + Send + Sync + Default>(&self) -> Arc<T> {
+        let mut states = self.op_state.lock().unwrap();
+        let state = states
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()))
+            .clone();
+        state
+            .downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("op states are keyed by their type"))
     }
 
-    /// Sets whether matrix products may use cooperative matrices (see
-    /// [`ContextOptions::matmul_precision`]).
-    pub fn with_matmul_precision(mut self, precision: MatmulPrecision) -> Self {
-        self.matmul_precision = precision;
-        self
-    }
-
-    pub fn matmul_precision(&self) -> MatmulPrecision {
-        self.matmul_precision
-    }
-
-    pub(crate) fn tiling_choice(&self) -> TilingChoice {
-        self.matmul_tiling
-    }
-
-    pub(crate) fn tuned_tiling(&self, class: &ShapeClass) -> Option<Tiling> {
-        self.tuned_tilings.lock().unwrap().get(class).copied()
-    }
-
-    pub(crate) fn remember_tiling(&self, class: ShapeClass, tiling: Tiling, took: Duration) {
-        self.tuned_tilings.lock().unwrap().insert(class, tiling);
+    /// Records time an op spent timing kernel variants to choose one (see [`SetupCosts`]).
+    pub(crate) fn record_tuning(&self, took: Duration) {
         let mut setup = self.setup.lock().unwrap();
-        setup.tuned_shape_classes += 1;
+        setup.tunings += 1;
         setup.tuning += took;
     }
 
@@ -480,20 +482,12 @@ impl Context {
         *self.setup.lock().unwrap()
     }
 
-    /// The matmul tilings chosen by timing so far, one per kind of shape.
-    pub fn tuned_tilings(&self) -> Vec<Tiling> {
-        self.tuned_tilings
-            .lock()
-            .unwrap()
-            .values()
-            .copied()
-            .collect()
-    }
-
+    /// The device (the application's, for a context made with [`Context::from_device`]).
     pub fn device(&self) -> &wgpu::Device {
         &self.device
     }
 
+    /// The device's queue.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
     }
@@ -551,39 +545,41 @@ impl Context {
         Ok(())
     }
 
-    /// Layout for binding 0 (uniform) and storage bindings 1, 2, ...; a `None` slot is left
-    /// out (its binding number is not referenced by the entry point).
-    fn layout(&self, bindings: &[Option<Access>]) -> Layouts {
+    /// The bind group layout (and pipeline layout) for these bindings, made once.
+    fn layout(&self, interface: &EntryInterface) -> Layouts {
+        let key: LayoutKey = interface
+            .bindings
+            .iter()
+            .map(|b| {
+                let slot = match b.kind {
+                    BindingKind::Uniform { .. } => LayoutSlot::Uniform,
+                    BindingKind::Storage(access) => LayoutSlot::Storage(access),
+                };
+                (b.binding, slot)
+            })
+            .collect();
         let mut layouts = self.layouts.lock().unwrap();
         layouts
-            .entry(bindings.to_vec())
+            .entry(key.clone())
             .or_insert_with(|| {
-                // Binding 0 is always the kernel's uniform parameters.
-                let mut entries = vec![wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                }];
-                for (i, access) in bindings.iter().enumerate() {
-                    let Some(access) = access else { continue };
-                    entries.push(wgpu::BindGroupLayoutEntry {
-                        binding: i as u32 + 1,
+                let entries: Vec<wgpu::BindGroupLayoutEntry> = key
+                    .iter()
+                    .map(|&(binding, slot)| wgpu::BindGroupLayoutEntry {
+                        binding,
                         visibility: wgpu::ShaderStages::COMPUTE,
                         ty: wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Storage {
-                                read_only: access == &Access::Read,
+                            ty: match slot {
+                                LayoutSlot::Uniform => wgpu::BufferBindingType::Uniform,
+                                LayoutSlot::Storage(access) => wgpu::BufferBindingType::Storage {
+                                    read_only: access == Access::Read,
+                                },
                             },
                             has_dynamic_offset: false,
                             min_binding_size: None,
                         },
                         count: None,
-                    });
-                }
+                    })
+                    .collect();
                 let bgl = self
                     .device
                     .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -602,29 +598,50 @@ impl Context {
             .clone()
     }
 
-    /// The pipeline for `shader`'s `entry`, compiled once per context and variant.
-    /// `variant` lists text substitutions (e.g. a `const` array size) applied to the source;
-    /// `constants` sets the shader's `override` constants.
-    pub(crate) fn pipeline(
+    /// `shader` after the text substitutions of `variant`, parsed by naga (once per context).
+    fn module(
+        &self,
+        shader: &'static Shader,
+        variant: &[(&'static str, String)],
+    ) -> Result<(String, ParsedModule)> {
+        let source = shader::apply_variant(shader, variant)?;
+        let key = (shader.key(), variant.to_vec());
+        if let Some(m) = self.modules.lock().unwrap().get(&key) {
+            return Ok((source, m.clone()));
+        }
+        let parsed: ParsedModule = Arc::new(shader::parse(shader.name, &source)?);
+        self.modules.lock().unwrap().insert(key, parsed.clone());
+        Ok((source, parsed))
+    }
+
+    /// The pipeline for `shader`'s `entry` (compiled once per context, variant and constant
+    /// values), with the bindings the entry point uses. `variant` lists text substitutions
+    /// (e.g. the `const` that sizes a per-thread array) applied to the source; `constants`
+    /// sets the shader's `override` constants.
+    pub(crate) fn kernel(
         &self,
         shader: &'static Shader,
         entry: &'static str,
         variant: &[(&'static str, String)],
         constants: &[(&'static str, f64)],
-        bindings: &[Option<Access>],
-    ) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
+    ) -> Result<CompiledKernel> {
         let key = PipelineKey {
-            shader: shader.name,
+            shader: shader.key(),
             entry,
             variant: variant.to_vec(),
             constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
-            bindings: bindings.to_vec(),
         };
-        let (bgl, pl) = self.layout(bindings);
-        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
-            return Ok((p.clone(), bgl));
+        if let Some(k) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(k.clone());
         }
-        let source = apply_variant(shader.source, variant);
+        let (source, parsed) = self.module(shader, variant)?;
+        let interface = Arc::new(shader::entry_interface(
+            shader.name,
+            &parsed.0,
+            &parsed.1,
+            entry,
+        )?);
+        let (bgl, pl) = self.layout(&interface);
         let started = std::time::Instant::now();
         let pipeline = self.scoped("shader compilation", || {
             let module = self
@@ -654,24 +671,13 @@ impl Context {
             setup.pipelines += 1;
             setup.compiling += started.elapsed();
         }
-        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
-        Ok((pipeline, bgl))
-    }
-
-    /// Encodes `dispatches` into one compute pass and submits it. Does not wait.
-    pub fn submit(&self, dispatches: &[crate::Dispatch]) -> Result<wgpu::SubmissionIndex> {
-        self.scoped("submit", || {
-            let mut encoder = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                for d in dispatches {
-                    d.encode(&mut pass);
-                }
-            }
-            self.queue.submit([encoder.finish()])
-        })
+        let kernel = CompiledKernel {
+            pipeline,
+            layout: bgl,
+            interface,
+        };
+        self.pipelines.lock().unwrap().insert(key, kernel.clone());
+        Ok(kernel)
     }
 
     /// Blocks until `index` (or all work, with `None`) has finished on the GPU,
@@ -727,15 +733,10 @@ impl Context {
         Ok(bytes)
     }
 
-    /// Submits `dispatches` and waits for them.
-    pub fn run(&self, dispatches: &[crate::Dispatch]) -> Result<()> {
-        let index = self.submit(dispatches)?;
-        self.wait(Some(index))
-    }
-
-    /// Splits a count of workgroups over x and y so neither exceeds the per-dimension limit.
-    /// Kernels recover the flat index as `wid.x + wid.y * num_workgroups.x`.
-    pub(crate) fn grid_1d(&self, groups: u64) -> Result<[u32; 3]> {
+    /// Splits a count of workgroups over x and y so neither exceeds the per-dimension limit
+    /// (65535 on many adapters). Kernels recover the flat index as
+    /// `wid.x + wid.y * num_workgroups.x`.
+    pub fn grid_1d(&self, groups: u64) -> Result<[u32; 3]> {
         let max = self.caps.max_workgroups_per_dimension as u64;
         let groups = groups.max(1);
         let x = groups.min(max);
@@ -750,19 +751,6 @@ impl Context {
         }
         Ok([x as u32, y as u32, 1])
     }
-}
-
-/// Applies `(needle, replacement)` substitutions; each needle must occur in the source.
-pub(crate) fn apply_variant(source: &str, variant: &[(&'static str, String)]) -> String {
-    let mut s = source.to_string();
-    for (needle, replacement) in variant {
-        debug_assert!(
-            s.contains(needle),
-            "variant needle {needle:?} not in shader"
-        );
-        s = s.replace(needle, replacement);
-    }
-    s
 }
 
 #[cfg(test)]
@@ -800,13 +788,23 @@ mod tests {
     fn pipelines_are_compiled_once_per_context() {
         let ctx = crate::testing::ctx();
         let shader = &crate::ops::elementwise::SHADER;
-        let bindings = [
-            Some(Access::Read),
-            Some(Access::Read),
-            Some(Access::ReadWrite),
-        ];
-        let (a, _) = ctx.pipeline(shader, "axpby", &[], &[], &bindings).unwrap();
-        let (b, _) = ctx.pipeline(shader, "axpby", &[], &[], &bindings).unwrap();
-        assert_eq!(a, b, "the second request must come from the cache");
+        let before = ctx.setup_costs().pipelines;
+        let a = ctx.kernel(shader, "axpby", &[], &[]).unwrap();
+        let b = ctx.kernel(shader, "axpby", &[], &[]).unwrap();
+        assert_eq!(
+            a.pipeline, b.pipeline,
+            "the second request must come from the cache"
+        );
+        assert!(ctx.setup_costs().pipelines <= before + 1);
+    }
+
+    #[test]
+    fn op_state_is_one_value_per_type() {
+        #[derive(Default)]
+        struct Counter(Mutex<u32>);
+        let ctx = crate::testing::ctx();
+        *ctx.op_state::<Counter>().0.lock().unwrap() += 2;
+        *ctx.op_state::<Counter>().0.lock().unwrap() += 3;
+        assert_eq!(*ctx.op_state::<Counter>().0.lock().unwrap(), 5);
     }
 }

@@ -1,10 +1,43 @@
 //! A [`Dispatch`] is one kernel launch with everything bound: pipeline, bind group (uniform
-//! parameters + tensors) and workgroup count. Ops build them once; running them again costs
-//! only the encoding. The eager functions of each op build and run in one go; a planned
-//! graph keeps them and replays them every step.
+//! parameters + tensors) and workgroup count. Ops build them once with a [`DispatchBuilder`];
+//! running them again costs only the encoding. The eager functions of each op build and run
+//! in one go; a planned graph keeps them and replays them every step.
+//!
+//! The builder is public, so a kernel of your own runs the same way as ours, eagerly or as a
+//! stage of a [`crate::graph::Graph`] (`Graph::custom`):
+//!
+//! ```
+//! use roformer_wgpu::{Context, DispatchBuilder, Shader, Tensor};
+//!
+//! static SQUARE: Shader = Shader {
+//!     name: "square",
+//!     source: "
+//!         struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }
+//!         @group(0) @binding(0) var<uniform> p: Params;
+//!         @group(0) @binding(1) var<storage, read> x: array<f32>;
+//!         @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+//!         @compute @workgroup_size(64)
+//!         fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+//!             if (id.x < p.n) { y[id.x] = x[id.x] * x[id.x]; }
+//!         }",
+//! };
+//!
+//! let ctx = Context::new()?;
+//! let x = Tensor::from_slice(&ctx, &[1.0f32, 2.0, 3.0], &[3])?;
+//! let y = Tensor::zeros(&ctx, &[3], roformer_wgpu::DType::F32)?;
+//! let square = DispatchBuilder::new(&ctx, &SQUARE, "main")
+//!     .params(&[3u32, 0, 0, 0])          // the bytes of `Params`
+//!     .read("x", &x)                     // bound by the names the WGSL gives them
+//!     .write("y", &y)
+//!     .build([1, 1, 1])?;                // workgroups
+//! ctx.run(&[square])?;
+//! assert_eq!(y.to_vec::<f32>(&ctx)?, [1.0, 4.0, 9.0]);
+//! # Ok::<(), roformer_wgpu::Error>(())
+//! ```
 
-use crate::context::{Access, Context, Shader};
+use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::shader::{Access, BindingKind, Shader};
 use crate::tensor::Tensor;
 
 /// One kernel launch, ready to encode into a compute pass.
@@ -16,10 +49,11 @@ pub struct Dispatch {
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
     /// Kept so a graph can rewrite per-step parameters (learning rate, step) in place.
-    params: wgpu::Buffer,
+    params: Option<wgpu::Buffer>,
 }
 
 impl Dispatch {
+    /// Records the launch into a compute pass.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
@@ -32,47 +66,73 @@ impl Dispatch {
         (self.shader, self.entry)
     }
 
+    /// The workgroup counts it launches.
     pub fn workgroups(&self) -> [u32; 3] {
         self.workgroups
     }
 
     /// Overwrites the uniform parameters (same layout as at build time).
     pub(crate) fn write_params<P: bytemuck::Pod>(&self, ctx: &Context, params: &P) {
-        ctx.queue()
-            .write_buffer(&self.params, 0, bytemuck::bytes_of(params));
+        if let Some(buffer) = &self.params {
+            ctx.queue()
+                .write_buffer(buffer, 0, bytemuck::bytes_of(params));
+        }
     }
 }
 
-/// The line of a row kernel's source that sets its threads per row.
-pub(crate) const ROW_WG: &str = "const WG: u32 = 256u;";
+impl Context {
+    /// Encodes `dispatches` into one compute pass and submits it. Does not wait.
+    pub fn submit(&self, dispatches: &[Dispatch]) -> Result<wgpu::SubmissionIndex> {
+        self.scoped("submit", || {
+            let mut encoder = self
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                for d in dispatches {
+                    d.encode(&mut pass);
+                }
+            }
+            self.queue().submit([encoder.finish()])
+        })
+    }
 
-/// Threads per row for rows of `n`: the next power of two, from 32 to 256.
+    /// Submits `dispatches` and waits for them.
+    pub fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
+        let index = self.submit(dispatches)?;
+        self.wait(Some(index))
+    }
+}
+
+/// Threads per row for rows of `n`: the next power of two, from 32 to 256 (the row kernels'
+/// `WG` override).
 pub(crate) fn row_workgroup(n: usize) -> u32 {
     n.next_power_of_two().clamp(32, 256) as u32
 }
 
-enum Binding<'a> {
-    Tensor(&'a Tensor),
-    /// An absent optional input the shader refers to but is told not to read: a dummy
-    /// buffer is bound.
-    Unused,
-    /// A binding number this entry point never refers to: left out of the layout.
-    Skipped,
+/// A tensor bound to a name of the shader, or `None` for an absent optional one.
+struct Bound<'a> {
+    name: &'a str,
+    access: Access,
+    tensor: Option<&'a Tensor>,
 }
 
-/// Builds a [`Dispatch`]: binding 0 is the uniform parameter block, then storage
-/// bindings 1, 2, ... in the order they are added.
-pub(crate) struct DispatchBuilder<'a> {
+/// Builds a [`Dispatch`]: a shader's entry point, its `override` constants and text variant,
+/// its parameter block, and a tensor for each storage buffer the entry point uses, bound by
+/// the name the WGSL gives it. What the entry point uses is read from the WGSL, and
+/// [`DispatchBuilder::build`] checks the two agree (see [`Error::Kernel`]).
+pub struct DispatchBuilder<'a> {
     ctx: &'a Context,
     shader: &'static Shader,
     entry: &'static str,
     variant: Vec<(&'static str, String)>,
     constants: Vec<(&'static str, f64)>,
     params: Vec<u8>,
-    bindings: Vec<(Option<Access>, Binding<'a>)>,
+    bindings: Vec<Bound<'a>>,
 }
 
 impl<'a> DispatchBuilder<'a> {
+    /// A launch of `entry` from `shader`.
     pub fn new(ctx: &'a Context, shader: &'static Shader, entry: &'static str) -> Self {
         DispatchBuilder {
             ctx,
@@ -85,7 +145,9 @@ impl<'a> DispatchBuilder<'a> {
         }
     }
 
-    /// Replaces `needle` in the shader source (selects a compiled variant).
+    /// Replaces the text `needle`, which must occur exactly once, in the shader source: a
+    /// compiled variant (for what `override` constants cannot do, e.g. sizing a per-thread
+    /// array).
     pub fn variant(mut self, needle: &'static str, replacement: String) -> Self {
         self.variant.push((needle, replacement));
         self
@@ -106,70 +168,76 @@ impl<'a> DispatchBuilder<'a> {
         self
     }
 
-    /// For one-workgroup-per-row kernels: threads per row matched to the row length.
-    pub fn row_threads(self, row_len: usize) -> Self {
-        let wg = row_workgroup(row_len);
-        self.variant(ROW_WG, format!("const WG: u32 = {wg}u;"))
+    /// For the one-workgroup-per-row kernels: threads per row (their `WG` override) matched
+    /// to the row length.
+    pub(crate) fn row_threads(self, row_len: usize) -> Self {
+        self.constant("WG", row_workgroup(row_len) as f64)
     }
 
+    /// The uniform parameter block: a `#[repr(C)]` mirror of the WGSL struct, whose size
+    /// must be the WGSL struct's.
     pub fn params<P: bytemuck::Pod>(mut self, params: &P) -> Self {
-        debug_assert!(
-            std::mem::size_of::<P>() % 16 == 0,
-            "uniform blocks are padded to 16 bytes"
-        );
         self.params = bytemuck::bytes_of(params).to_vec();
         self
     }
 
-    pub fn read(mut self, t: &'a Tensor) -> Self {
-        self.bindings.push((Some(Access::Read), Binding::Tensor(t)));
+    fn bind(mut self, name: &'a str, access: Access, tensor: Option<&'a Tensor>) -> Self {
+        self.bindings.push(Bound {
+            name,
+            access,
+            tensor,
+        });
         self
     }
 
-    pub fn read_opt(mut self, t: Option<&'a Tensor>) -> Self {
-        let b = t.map_or(Binding::Unused, Binding::Tensor);
-        self.bindings.push((Some(Access::Read), b));
-        self
+    /// Binds `t` to the shader's `var<storage, read>` named `name`.
+    pub fn read(self, name: &'a str, t: &'a Tensor) -> Self {
+        self.bind(name, Access::Read, Some(t))
     }
 
-    pub fn write(mut self, t: &'a Tensor) -> Self {
-        self.bindings
-            .push((Some(Access::ReadWrite), Binding::Tensor(t)));
-        self
+    /// An optional input: with `None` a small placeholder buffer is bound, which the kernel
+    /// must be told (through its parameters) not to read.
+    pub fn read_opt(self, name: &'a str, t: Option<&'a Tensor>) -> Self {
+        self.bind(name, Access::Read, t)
     }
 
-    /// A writable binding that may be absent: the dummy buffer is bound, and the kernel is
-    /// told not to write it.
-    pub fn write_opt(mut self, t: Option<&'a Tensor>) -> Self {
-        let b = t.map_or(Binding::Unused, Binding::Tensor);
-        self.bindings.push((Some(Access::ReadWrite), b));
-        self
+    /// Binds `t` to the shader's `var<storage, read_write>` named `name`.
+    pub fn write(self, name: &'a str, t: &'a Tensor) -> Self {
+        self.bind(name, Access::ReadWrite, Some(t))
     }
 
-    /// Passes over a binding number the entry point does not use, keeping it out of the
-    /// layout (which counts against the adapter's storage buffers per stage).
-    pub fn skip(mut self) -> Self {
-        self.bindings.push((None, Binding::Skipped));
-        self
+    /// An optional output: with `None` a placeholder is bound, which the kernel must be told
+    /// not to write.
+    pub fn write_opt(self, name: &'a str, t: Option<&'a Tensor>) -> Self {
+        self.bind(name, Access::ReadWrite, t)
     }
 
+    fn kernel_error(&self, message: String) -> Error {
+        Error::Kernel {
+            kernel: format!("{}::{}", self.shader.name, self.entry),
+            message,
+        }
+    }
+
+    /// Compiles the pipeline (once per context), checks the bindings against the entry
+    /// point's, and creates the bind group for a launch of `workgroups`.
     pub fn build(self, workgroups: [u32; 3]) -> Result<Dispatch> {
         let ctx = self.ctx;
         let caps = ctx.capabilities();
-        for (_, b) in &self.bindings {
-            if let Binding::Tensor(t) = b {
-                if t.byte_size() > caps.max_storage_binding {
-                    return Err(Error::OverLimit {
-                        what: format!(
-                            "{}: a tensor of shape {:?} bound to one kernel",
-                            self.entry,
-                            t.shape()
-                        ),
-                        needed: t.byte_size(),
-                        limit: caps.max_storage_binding,
-                        limit_name: "max_storage_buffer_binding_size",
-                    });
-                }
+        for b in &self.bindings {
+            let Some(t) = b.tensor else { continue };
+            if t.byte_size() > caps.max_storage_binding {
+                return Err(Error::OverLimit {
+                    what: format!(
+                        "{}: {} of shape {:?} bound to one kernel",
+                        self.entry,
+                        b.name,
+                        t.shape()
+                    ),
+                    needed: t.byte_size(),
+                    limit: caps.max_storage_binding,
+                    limit_name: "max_storage_buffer_binding_size",
+                });
             }
         }
         let max_dim = caps.max_workgroups_per_dimension;
@@ -181,60 +249,175 @@ impl<'a> DispatchBuilder<'a> {
                 limit_name: "max_compute_workgroups_per_dimension",
             });
         }
-        let access: Vec<Option<Access>> = self.bindings.iter().map(|(a, _)| *a).collect();
-        let (pipeline, layout) = ctx.pipeline(
-            self.shader,
-            self.entry,
-            &self.variant,
-            &self.constants,
-            &access,
-        )?;
-        let params = if self.params.is_empty() {
-            vec![0u8; 16]
-        } else {
-            self.params
-        };
+        let kernel = ctx.kernel(self.shader, self.entry, &self.variant, &self.constants)?;
+        let interface = &kernel.interface;
+        // Every name bound must be one the entry point uses, once.
+        for (i, b) in self.bindings.iter().enumerate() {
+            if self.bindings[..i].iter().any(|o| o.name == b.name) {
+                return Err(self.kernel_error(format!("{} is bound twice", b.name)));
+            }
+            if !interface.bindings.iter().any(|d| d.name == b.name) {
+                let known: Vec<&str> = interface.bindings.iter().map(|d| d.name.as_str()).collect();
+                return Err(self.kernel_error(format!(
+                    "the entry point uses no binding named {} (it uses: {})",
+                    b.name,
+                    known.join(", ")
+                )));
+            }
+        }
+        // ... and every binding the entry point uses must be given, as the shader declares it.
+        let mut params_buffer = None;
+        let mut resources = Vec::with_capacity(interface.bindings.len());
+        for decl in &interface.bindings {
+            match decl.kind {
+                BindingKind::Uniform { size } => {
+                    if self.params.len() as u64 != size {
+                        return Err(self.kernel_error(format!(
+                            "its parameter block {} is {size} bytes in the WGSL, but {} bytes \
+                             were given",
+                            decl.name,
+                            self.params.len()
+                        )));
+                    }
+                    params_buffer = Some(decl.binding);
+                }
+                BindingKind::Storage(access) => {
+                    let Some(b) = self.bindings.iter().find(|b| b.name == decl.name) else {
+                        return Err(self.kernel_error(format!(
+                            "binding {} (@binding({})) was not given a tensor",
+                            decl.name, decl.binding
+                        )));
+                    };
+                    if b.access != access {
+                        return Err(self.kernel_error(format!(
+                            "{} is declared {:?} in the WGSL but bound as {:?}",
+                            decl.name, access, b.access
+                        )));
+                    }
+                    resources.push((decl.binding, access, b.tensor));
+                }
+            }
+        }
+        if params_buffer.is_none() && !self.params.is_empty() {
+            return Err(self.kernel_error(
+                "parameters were given, but the entry point uses no uniform block".into(),
+            ));
+        }
         ctx.scoped("bind group creation", || {
             // Not create_buffer_init: it panics when the device is lost.
-            let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some(self.entry),
-                size: params.len() as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            ctx.queue().write_buffer(&buffer, 0, &params);
-            let params = buffer;
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: params.as_entire_binding(),
-            }];
-            for (i, (access, b)) in self.bindings.iter().enumerate() {
-                let resource = match b {
-                    Binding::Tensor(t) => t.binding(),
-                    Binding::Unused if *access == Some(Access::ReadWrite) => {
-                        ctx.dummy_writable.as_entire_binding()
-                    }
-                    Binding::Unused => ctx.dummy.as_entire_binding(),
-                    Binding::Skipped => continue,
-                };
-                entries.push(wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
-                    resource,
+            let params = params_buffer.map(|_| {
+                let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(self.entry),
+                    size: self.params.len() as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
                 });
+                ctx.queue().write_buffer(&buffer, 0, &self.params);
+                buffer
+            });
+            let mut entries = Vec::with_capacity(resources.len() + 1);
+            if let (Some(binding), Some(buffer)) = (params_buffer, &params) {
+                entries.push(wgpu::BindGroupEntry {
+                    binding,
+                    resource: buffer.as_entire_binding(),
+                });
+            }
+            for &(binding, access, tensor) in &resources {
+                let resource = match (tensor, access) {
+                    (Some(t), _) => t.binding(),
+                    // A buffer may not be bound both read-only and writable in one
+                    // dispatch, so absent outputs get their own placeholder.
+                    (None, Access::ReadWrite) => ctx.dummy_writable.as_entire_binding(),
+                    (None, Access::Read) => ctx.dummy.as_entire_binding(),
+                };
+                entries.push(wgpu::BindGroupEntry { binding, resource });
             }
             let bind_group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(self.entry),
-                layout: &layout,
+                layout: &kernel.layout,
                 entries: &entries,
             });
             Dispatch {
                 shader: self.shader.name,
                 entry: self.entry,
-                pipeline,
+                pipeline: kernel.pipeline.clone(),
                 bind_group,
                 workgroups,
                 params,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    static DOUBLE: Shader = Shader {
+        name: "double",
+        source: "
+struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    if (id.x < p.n) { y[id.x] = 2.0 * x[id.x]; }
+}",
+    };
+
+    #[test]
+    fn a_kernel_of_ones_own_runs_with_its_tensors_bound_by_name() {
+        let ctx = &ctx();
+        let data = randn(&mut rng(1), 129);
+        let x = upload(ctx, &data, &[129]);
+        let y = poisoned(ctx, &[129]);
+        // Bound in another order than the WGSL declares them: names decide.
+        let d = DispatchBuilder::new(ctx, &DOUBLE, "main")
+            .write("y", &y)
+            .read("x", &x)
+            .params(&[129u32, 0, 0, 0])
+            .build([3, 1, 1])
+            .unwrap();
+        ctx.run(&[d]).unwrap();
+        let want: Vec<f64> = data.iter().map(|&v| 2.0 * v as f64).collect();
+        assert_close("double", &download(ctx, &y), &want, 1e-7);
+    }
+
+    #[test]
+    fn bindings_that_disagree_with_the_wgsl_are_errors_naming_them() {
+        let ctx = &ctx();
+        let x = upload(ctx, &[1.0; 4], &[4]);
+        let y = poisoned(ctx, &[4]);
+        let p = [4u32, 0, 0, 0];
+        let err = |b: DispatchBuilder<'_>| match b.build([1, 1, 1]) {
+            Err(Error::Kernel { kernel, message }) => {
+                assert_eq!(kernel, "double::main");
+                message
+            }
+            other => panic!("expected a kernel error, got {other:?}"),
+        };
+        let base = || DispatchBuilder::new(ctx, &DOUBLE, "main").params(&p);
+        let typo = err(base().read("xs", &x).write("y", &y));
+        assert!(typo.contains("no binding named xs"), "{typo}");
+        let missing = err(base().write("y", &y));
+        assert!(
+            missing.contains("binding x (@binding(1)) was not given"),
+            "{missing}"
+        );
+        let access = err(base().read("x", &x).read("y", &y));
+        assert!(access.contains("y is declared ReadWrite"), "{access}");
+        let twice = err(base().read("x", &x).read("x", &x).write("y", &y));
+        assert!(twice.contains("x is bound twice"), "{twice}");
+        let size = err(DispatchBuilder::new(ctx, &DOUBLE, "main")
+            .params(&[4u32, 0])
+            .read("x", &x)
+            .write("y", &y));
+        assert!(size.contains("16 bytes in the WGSL, but 8"), "{size}");
+        let entry = DispatchBuilder::new(ctx, &DOUBLE, "nope")
+            .build([1, 1, 1])
+            .unwrap_err();
+        assert!(matches!(entry, Error::Kernel { .. }), "{entry}");
     }
 }

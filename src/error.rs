@@ -75,6 +75,13 @@ pub enum Error {
         ignore_index: i32,
     },
 
+    /// A kernel and the host code launching it disagree: a binding that is missing, unknown
+    /// or of the wrong kind, a parameter block of the wrong size, a variant whose text is
+    /// not in the source, WGSL that does not parse. A bug in the kernel or its launcher
+    /// (yours, for a custom kernel), reported instead of compiling something else.
+    #[error("kernel {kernel}: {message}")]
+    Kernel { kernel: String, message: String },
+
     /// Any other invalid argument.
     #[error("{0}")]
     InvalidArgument(String),

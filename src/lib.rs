@@ -1,28 +1,30 @@
-// The README is the crate documentation, so its example is compiled and run as a doctest.
+// The README is the crate documentation, so its examples are compiled and run as doctests.
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
-pub mod check;
 mod context;
 mod dispatch;
 mod error;
 pub mod graph;
 pub mod io;
-pub mod listops;
 pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
-pub mod profile;
+pub mod shader;
 mod tensor;
-pub mod train;
-pub mod verify;
+pub mod timing;
+
+#[doc(hidden)]
+pub mod apps;
 
 #[cfg(test)]
 mod testing;
 
-pub use context::{Capabilities, Context, ContextOptions, SetupCosts, Shader};
-pub use dispatch::Dispatch;
+pub use context::{Capabilities, Context, ContextOptions, SetupCosts};
+pub use dispatch::{Dispatch, DispatchBuilder};
 pub use error::{Error, Result};
+pub use shader::Shader;
 pub use tensor::{DType, Element, Tensor};
 
 // Re-exported so applications can hand us their own device without a version mismatch.

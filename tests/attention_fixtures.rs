@@ -1,11 +1,11 @@
-//! The attention kernels against `../shared/fixtures/attention_small.safetensors`
+//! The attention kernels against `tests/fixtures/attention_small.safetensors`
 //! (torch float64): softmax attention composed from matmul + softmax + RoPE, linear
 //! attention in all four variants, and RoPE alone. Outputs and grad_q/k/v, relative L2 < 1e-4.
 
 mod common;
 
 use common::*;
-use roformer_wgpu::check::rel_l2;
+use roformer_wgpu::apps::check::rel_l2;
 use roformer_wgpu::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
 use roformer_wgpu::ops::chunked_linear_attention::{self as chunked, ChunkedSaved};
 use roformer_wgpu::ops::flash_attention::{self, FlashSaved, FlashScratch};

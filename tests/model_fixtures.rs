@@ -1,12 +1,12 @@
 //! The whole RoFormer against HuggingFace transformers (float64 fixtures): loss, logits,
 //! every hidden state and every gradient to relative L2 < 1e-4, and ten AdamW steps.
-//! The shared fixtures, and more made by `tools/make_more_fixtures.py` with the same script
-//! (embedding projection, rotary_value, more heads, odd lengths, padding).
+//! Every model fixture in `tests/fixtures/` (made by `tools/make_fixtures.py`): the HF test
+//! suite's tiny shape, and embedding projection, rotary_value, more heads, odd lengths, padding.
 
 mod common;
 
 use common::*;
-use roformer_wgpu::verify::verify;
+use roformer_wgpu::apps::verify::verify;
 
 const TOL: f64 = 1e-4;
 
@@ -49,23 +49,19 @@ fn sequence_classification_matches_transformers() {
     check_fixture(&fixtures_dir(), "roformer_tiny_cls");
 }
 
-fn ours() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 #[test]
 fn embedding_projection_rotary_value_six_heads_odd_length() {
-    check_fixture(&ours(), "roformer_proj_rotv_mlm");
+    check_fixture(&fixtures_dir(), "roformer_proj_rotv_mlm");
 }
 
 #[test]
 fn eight_heads_three_layers_five_labels_heavy_padding() {
-    check_fixture(&ours(), "roformer_8heads_cls");
+    check_fixture(&fixtures_dir(), "roformer_8heads_cls");
 }
 
 #[test]
 fn single_layer_single_sequence() {
-    check_fixture(&ours(), "roformer_single_mlm");
+    check_fixture(&fixtures_dir(), "roformer_single_mlm");
 }
 
 /// The fused softmax attention inside the whole model, against the same transformers fixtures.
@@ -76,7 +72,7 @@ fn fused_attention_model_matches_transformers() {
     for (dir, name) in [
         (fixtures_dir(), "roformer_tiny_mlm"),
         (fixtures_dir(), "roformer_tiny_cls"),
-        (ours(), "roformer_proj_rotv_mlm"),
+        (fixtures_dir(), "roformer_proj_rotv_mlm"),
     ] {
         let tensors =
             roformer_wgpu::io::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap();
@@ -90,7 +86,7 @@ fn fused_attention_model_matches_transformers() {
         };
         let model = RoFormer::new(ctx, config, head).unwrap();
         model.load_tensors(ctx, &tensors).unwrap();
-        let report = roformer_wgpu::verify::verify_model(ctx, &model, &tensors).unwrap();
+        let report = roformer_wgpu::apps::verify::verify_model(ctx, &model, &tensors).unwrap();
         let worst = report.checks.iter().map(|c| c.error).fold(0.0, f64::max);
         eprintln!(
             "{name} (fused attention): {} tensors, largest error {worst:.2e}",

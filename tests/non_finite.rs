@@ -5,11 +5,11 @@
 mod common;
 
 use common::*;
+use roformer_wgpu::apps::listops::{ListOps, ListOpsConfig};
+use roformer_wgpu::apps::train::{self, ModelSize, TrainConfig, Trainer};
 use roformer_wgpu::io::HostTensor;
-use roformer_wgpu::listops::{ListOps, ListOpsConfig};
 use roformer_wgpu::model::{AttentionKind, Head, RoFormer};
 use roformer_wgpu::optim::Decay;
-use roformer_wgpu::train::{self, ModelSize, TrainConfig, Trainer};
 use roformer_wgpu::Error;
 
 #[test]

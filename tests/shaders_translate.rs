@@ -76,7 +76,7 @@ fn translate(name: &str, variant: &ShaderVariant) -> Result<(), String> {
 fn every_shader_translates_to_spirv_msl_hlsl_and_glsl() {
     let mut failures = Vec::new();
     let mut count = 0;
-    for (shader, sources) in roformer_wgpu::ops::all_shader_sources() {
+    for (shader, sources) in roformer_wgpu::ops::all_shader_sources().unwrap() {
         for (i, variant) in sources.iter().enumerate() {
             count += 1;
             if let Err(e) = translate(shader.name, variant) {
@@ -96,6 +96,7 @@ fn every_shader_translates_to_spirv_msl_hlsl_and_glsl() {
 fn every_wgsl_file_is_known_to_the_library() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     let known: Vec<&str> = roformer_wgpu::ops::all_shader_sources()
+        .unwrap()
         .iter()
         .map(|(s, _)| s.name)
         .collect();
@@ -110,6 +111,7 @@ fn every_wgsl_file_is_known_to_the_library() {
             );
             let on_disk = std::fs::read_to_string(&path).unwrap();
             let (shader, _) = roformer_wgpu::ops::all_shader_sources()
+                .unwrap()
                 .into_iter()
                 .find(|(s, _)| s.name == stem)
                 .unwrap();
@@ -125,6 +127,7 @@ fn every_wgsl_file_is_known_to_the_library() {
         let snippet = std::fs::read_to_string(&path).unwrap();
         assert!(
             roformer_wgpu::ops::all_shader_sources()
+                .unwrap()
                 .iter()
                 .any(|(s, _)| s.source.ends_with(&snippet)),
             "{} is appended to no shader",

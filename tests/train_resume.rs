@@ -4,10 +4,10 @@
 mod common;
 
 use common::*;
-use roformer_wgpu::listops::{ListOps, ListOpsConfig};
+use roformer_wgpu::apps::listops::{ListOps, ListOpsConfig};
+use roformer_wgpu::apps::train::{self, ModelSize, TrainConfig, Trainer};
 use roformer_wgpu::model::{AttentionKind, Head, RoFormer};
 use roformer_wgpu::optim::Decay;
-use roformer_wgpu::train::{self, ModelSize, TrainConfig, Trainer};
 
 fn config(attention: AttentionKind) -> TrainConfig {
     TrainConfig {

@@ -5,12 +5,12 @@
 mod common;
 
 use common::*;
-use roformer_wgpu::check::rel_l2;
+use roformer_wgpu::apps::check::rel_l2;
+use roformer_wgpu::apps::verify::batch_from;
 use roformer_wgpu::model::{Mode, RoFormer};
 use roformer_wgpu::ops::adamw::{self, AdamWConfig};
 use roformer_wgpu::ops::clip;
 use roformer_wgpu::optim::{Decay, Schedule, TrainOptions};
-use roformer_wgpu::verify::batch_from;
 
 #[test]
 fn clipped_adamw_step_matches_the_cpu_recipe() {

@@ -3,19 +3,20 @@
 use std::time::Instant;
 
 use crate::inputs::{filled, zeros};
+use roformer_wgpu::apps::profile;
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::ops::attention::AttentionOptions;
 use roformer_wgpu::ops::cross_entropy::{self, Labels, LossState};
 use roformer_wgpu::ops::embedding::{self, TokenIds};
 use roformer_wgpu::ops::heads::HeadLayout;
 use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
-use roformer_wgpu::ops::matmul::{self, MatmulOptions};
-use roformer_wgpu::ops::matmul_coop::{self, MatmulPrecision};
+use roformer_wgpu::ops::matmul::{self, coop, MatmulOptions, MatmulPrecision};
 use roformer_wgpu::ops::{
     adamw, chunked_linear_attention as chunked, flash_attention, gelu, layernorm, rope, softmax,
 };
 use roformer_wgpu::optim::TrainOptions;
-use roformer_wgpu::{profile, Context, Dispatch};
+use roformer_wgpu::timing::{self, time_dispatches};
+use roformer_wgpu::{Context, Dispatch};
 
 #[derive(Clone, Debug, serde::Serialize)]
 struct Row {
@@ -68,14 +69,10 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let caps = ctx.capabilities().clone();
     let cpu = caps.is_cpu();
     println!(
-        "adapter {} ({:?}), {}",
+        "adapter {} ({:?}), kernels and ceilings timed by {}",
         caps.adapter_name,
         caps.backend,
-        if caps.timestamp_query {
-            "GPU time from timestamp queries"
-        } else {
-            "wall time"
-        }
+        timing::method(&ctx)
     );
     let (flops_groups, copy_bytes) = if cpu {
         (64, 64 << 20)
@@ -84,7 +81,7 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     };
     let peak_gflops = profile::fp32_rate(&ctx, flops_groups, if cpu { 256 } else { 4096 })?;
     let peak_gbs = profile::copy_bandwidth(&ctx, copy_bytes)?;
-    println!("ceilings: FP32 {peak_gflops:.0} GFLOP/s (vec4 FMA chains), copy {peak_gbs:.0} GB/s (read + write)\n");
+    println!("ceilings: FP32 {peak_gflops:.0} GFLOP/s (vec4 FMA chains), copy {peak_gbs:.0} GB/s (a vec4 copy kernel, read + write)\n");
 
     let s = |x: usize, y: usize| if cpu { x } else { y };
     let reps = s(3, 20) as u32;
@@ -95,8 +92,8 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
                    flops: f64,
                    bytes: f64|
      -> Result<(), Box<dyn std::error::Error>> {
-        profile::time_dispatches(&ctx, &dispatches, 1)?;
-        let t = profile::time_dispatches(&ctx, &dispatches, reps)?.as_secs_f64();
+        time_dispatches(&ctx, &dispatches, 1)?;
+        let t = time_dispatches(&ctx, &dispatches, reps)?.as_secs_f64();
         let (rate, unit, fraction) = if flops > 0.0 {
             (flops / t / 1e9, "GFLOP/s", flops / t / 1e9 / peak_gflops)
         } else {
@@ -156,7 +153,7 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         )?;
     }
     // Tensor cores, where the device has them.
-    if let Some(fragment) = matmul_coop::fragment_for(&caps) {
+    if let Some(fragment) = coop::fragment_for(&caps) {
         let d = matmul::plan_with(
             &ctx,
             MatmulPrecision::Fast,
@@ -480,7 +477,7 @@ pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         "this context: {} pipelines compiled in {:.2} s, {} kinds of matmul shape tuned in {:.2} s",
         setup.pipelines,
         setup.compiling.as_secs_f64(),
-        setup.tuned_shape_classes,
+        setup.tunings,
         setup.tuning.as_secs_f64()
     );
     Ok(())

@@ -25,9 +25,10 @@ mod inputs;
 use std::time::Instant;
 
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
-use roformer_wgpu::ops::matmul_coop::{self, MatmulPrecision};
+use roformer_wgpu::ops::matmul::{self, coop, MatmulPrecision};
 use roformer_wgpu::optim::TrainOptions;
-use roformer_wgpu::{Context, ContextOptions};
+use roformer_wgpu::timing;
+use roformer_wgpu::Context;
 
 mod kernels;
 
@@ -49,25 +50,34 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs every dispatch of the step on its own and adds up the wall time per kernel. Coarse
-/// (each launch pays a submission and a wait), but it shows where a step goes.
+/// Times every dispatch of the step (graph and optimizer) on its own and adds up the time per
+/// kernel: GPU time from timestamp queries around each dispatch where the adapter has them
+/// (each in its own compute pass), else the wall clock around each submission and wait,
+/// which on a GPU is mostly submission latency. The header says which.
 fn profile(
     ctx: &Context,
-    session: &roformer_wgpu::model::Session<'_>,
+    session: &mut roformer_wgpu::model::Session<'_>,
 ) -> roformer_wgpu::Result<()> {
     use std::collections::BTreeMap;
+    let mut dispatches: Vec<roformer_wgpu::Dispatch> = session.plan().dispatches().to_vec();
+    if let Some(o) = session.optimizer() {
+        dispatches.extend(o.dispatches().cloned());
+    }
+    let times = timing::time_each(ctx, &dispatches)?;
     let mut per: BTreeMap<(&str, &str), (usize, f64)> = BTreeMap::new();
-    for d in session.plan().dispatches() {
-        let t0 = Instant::now();
-        ctx.run(std::slice::from_ref(d))?;
+    for (d, t) in dispatches.iter().zip(&times) {
         let e = per.entry(d.kernel()).or_default();
         e.0 += 1;
-        e.1 += t0.elapsed().as_secs_f64() * 1e3;
+        e.1 += t.as_secs_f64() * 1e3;
     }
     let total: f64 = per.values().map(|v| v.1).sum();
     let mut rows: Vec<_> = per.into_iter().collect();
-    rows.sort_by(|a, b| b.1 .1.partial_cmp(&a.1 .1).unwrap());
-    println!("profile   (graph dispatches one by one: {total:.0} ms)");
+    rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    println!(
+        "profile   ({} dispatches one by one, timed by {}: {total:.1} ms)",
+        dispatches.len(),
+        timing::method(ctx)
+    );
     for ((shader, entry), (n, ms)) in rows {
         println!(
             "  {:<36} {n:>5} launches {ms:>9.1} ms {:>5.1}%",
@@ -113,16 +123,14 @@ fn step(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         "fast" => MatmulPrecision::Fast,
         _ => MatmulPrecision::F32,
     };
-    let ctx = Context::with_options(ContextOptions {
-        matmul_precision: precision,
-        ..Default::default()
-    })?;
+    let ctx = Context::new()?;
+    matmul::set_precision(&ctx, precision);
     let caps = ctx.capabilities();
     println!(
         "adapter   {} ({:?}), matmul {}",
         caps.adapter_name,
         caps.backend,
-        match (precision, matmul_coop::fragment_for(caps)) {
+        match (precision, coop::fragment_for(caps)) {
             (MatmulPrecision::Fast, Some(f)) => format!("on cooperative matrices ({f:?})"),
             _ => "f32".to_string(),
         }
@@ -189,7 +197,7 @@ fn step(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         first_from.elapsed().as_secs_f64(),
         setup.pipelines,
         setup.compiling.as_secs_f64(),
-        setup.tuned_shape_classes,
+        setup.tunings,
         setup.tuning.as_secs_f64()
     );
     let (mut encode, mut wall, mut gpu) = (Vec::new(), Vec::new(), Vec::new());
@@ -201,7 +209,7 @@ fn step(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         gpu.extend(s.gpu.map(|g| g.as_secs_f64() * 1e3));
     }
     if args.iter().any(|a| a == "--profile") {
-        profile(&ctx, &session)?;
+        profile(&ctx, &mut session)?;
     }
     if !wall.is_empty() {
         let w = median(wall);

@@ -16,15 +16,15 @@ pub use config::{AttentionKind, RoFormerConfig};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::graph::{AttentionSpec, Graph, MemoryReport, Plan, TensorId};
+use crate::graph::{AttentionSpec, Graph, MemoryReport, Plan, PlanOptions, TensorId};
 use crate::io::{self, HostTensors};
 use crate::ops::cross_entropy::{Labels, IGNORE_INDEX};
 use crate::ops::embedding::TokenIds;
 use crate::ops::rope;
 use crate::optim::{Optimizer, TrainOptions};
 use crate::params::ParamStore;
-use crate::profile::PassTimer;
 use crate::tensor::Tensor;
+use crate::timing::PassTimer;
 
 /// The task head on top of the encoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,7 +253,7 @@ impl RoFormer {
         seq: usize,
         mode: Mode,
     ) -> Result<Session<'_>> {
-        Session::new(ctx, self, batch, seq, mode)
+        Session::new(ctx, self, batch, seq, mode, PlanOptions::default())
     }
 
     /// Builds the graph: the whole model in data-flow order.
@@ -502,6 +502,7 @@ impl<'m> Session<'m> {
         batch: usize,
         seq: usize,
         mode: Mode,
+        plan_options: PlanOptions,
     ) -> Result<Session<'m>> {
         let c = &model.config;
         if batch == 0 || seq == 0 {
@@ -546,7 +547,7 @@ impl<'m> Session<'m> {
                 g.keep(h);
             }
         }
-        let plan = g.plan(ctx, &model.store, mode != Mode::Inference)?;
+        let plan = g.plan_with(ctx, &model.store, mode != Mode::Inference, plan_options)?;
         let optimizer = match mode {
             Mode::Train(options) => Some(Optimizer::new(ctx, &model.store, options)?),
             _ => None,
@@ -557,7 +558,7 @@ impl<'m> Session<'m> {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let timer = PassTimer::new(ctx, "step time");
+        let timer = PassTimer::new(ctx, "step time", 1);
         Ok(Session {
             model,
             batch,
@@ -636,7 +637,7 @@ impl<'m> Session<'m> {
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("step"),
-                    timestamp_writes: self.timer.as_ref().map(PassTimer::writes),
+                    timestamp_writes: self.timer.as_ref().map(|t| t.writes(0)),
                 });
                 self.plan.encode(&mut pass);
                 if let Some(o) = &self.optimizer {

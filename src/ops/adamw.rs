@@ -4,9 +4,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
@@ -132,11 +133,11 @@ pub fn plan_step(
     let n = param.numel();
     let dispatch = DispatchBuilder::new(ctx, &SHADER, "step")
         .params(&params(n, config, config.lr, 1))
-        .read(grad)
-        .read(scale)
-        .write(param)
-        .write(&state.m)
-        .write(&state.v)
+        .read("grad", grad)
+        .read("scale", scale)
+        .write("param", param)
+        .write("m", &state.m)
+        .write("v", &state.v)
         .build(ctx.grid_1d((n as u64).div_ceil(256))?)?;
     Ok(AdamWStep {
         dispatch,
@@ -159,6 +160,26 @@ pub mod reference {
             p[i] -= c.lr / bc1 * m[i] / (v[i].sqrt() / bc2.sqrt() + c.eps);
         }
     }
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            n,
+            decay,
+            beta2,
+            w1,
+            w2,
+            eps,
+            step_size,
+            bc2_sqrt
+        }),
+    )]
 }
 
 #[cfg(test)]

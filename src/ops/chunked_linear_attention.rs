@@ -6,11 +6,12 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::ops::heads::{HeadLayout, Heads};
 use crate::ops::linear_attention::{self, LinearAttentionOptions};
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
@@ -212,40 +213,23 @@ pub fn plan_forward(
     let (b, h, t, d) = (s.qk.batch, s.qk.heads, s.qk.seq, s.qk.dim);
     Ok(vec![
         builder(ctx, &s, opts, "features")
-            .read(q)
-            .read(k)
-            .skip()
-            .read_opt(opts.rope)
-            .read_opt(opts.key_mask)
-            .skip()
-            .write(&saved.features)
-            .skip()
-            .skip()
-            .skip()
+            .read("q", q)
+            .read("k", k)
+            .read_opt("table", opts.rope)
+            .read_opt("mask", opts.key_mask)
+            .write("feat", &saved.features)
             .build(ctx.grid_1d(((b * h * t * d) as u64).div_ceil(256))?)?,
         builder(ctx, &s, opts, "states")
-            .skip()
-            .skip()
-            .read(v)
-            .skip()
-            .skip()
-            .skip()
-            .write(&saved.features)
-            .write(&saved.states)
-            .skip()
-            .skip()
+            .read("v", v)
+            .write("feat", &saved.features)
+            .write("state", &saved.states)
             .build(ctx.grid_1d((b * h) as u64)?)?,
         builder(ctx, &s, opts, "output")
-            .skip()
-            .skip()
-            .read(v)
-            .skip()
-            .skip()
-            .skip()
-            .write(&saved.features)
-            .write(&saved.states)
-            .write(&saved.tokens)
-            .write(out)
+            .read("v", v)
+            .write("feat", &saved.features)
+            .write("state", &saved.states)
+            .write("tok", &saved.tokens)
+            .write("out", out)
             .build(ctx.grid_1d((b * h * s.chunks) as u64)?)?,
     ])
 }
@@ -283,49 +267,66 @@ pub fn plan_backward(
     }
     let (b, h, t) = (s.qk.batch, s.qk.heads, s.qk.seq);
     let chunks = ctx.grid_1d((b * h * s.chunks) as u64)?;
-    let grad = |entry: &'static str, states: &Tensor, table: bool, res: &Tensor| {
-        builder(ctx, &s, opts, entry)
-            .skip()
-            .skip()
-            .read(v)
-            .read_opt(opts.rope.filter(|_| table))
-            .skip()
-            .read(grad_out)
-            .write(&saved.features)
-            .write(states)
-            .write(&saved.tokens)
-            .write(res)
-            .build(chunks)
+    // Each pass writes one gradient; the q and k passes also read v and rotate their
+    // gradient back with the table.
+    let grad = |entry: &'static str, states: &Tensor, grad: &'static str, target: &Tensor| {
+        let b = builder(ctx, &s, opts, entry)
+            .read("grad_out", grad_out)
+            .write("feat", &saved.features)
+            .write("state", states)
+            .write("tok", &saved.tokens)
+            .write(grad, target);
+        if grad == "grad_v" {
+            b
+        } else {
+            b.read("v", v).read_opt("table", opts.rope)
+        }
+        .build(chunks)
     };
     Ok(vec![
         builder(ctx, &s, opts, "prep")
-            .skip()
-            .skip()
-            .skip()
-            .skip()
-            .skip()
-            .read(grad_out)
-            .skip()
-            .skip()
-            .write(&saved.tokens)
-            .write(out)
+            .read("grad_out", grad_out)
+            .write("tok", &saved.tokens)
+            .read("out_saved", out)
             .build(ctx.grid_1d(((b * h * t) as u64).div_ceil(256))?)?,
         builder(ctx, &s, opts, "reverse_states")
-            .skip()
-            .skip()
-            .skip()
-            .skip()
-            .skip()
-            .read(grad_out)
-            .write(&saved.features)
-            .write(reverse)
-            .write(&saved.tokens)
-            .skip()
+            .read("grad_out", grad_out)
+            .write("feat", &saved.features)
+            .write("state", reverse)
+            .write("tok", &saved.tokens)
             .build(ctx.grid_1d((b * h) as u64)?)?,
-        grad("grad_q", &saved.states, true, dq)?,
-        grad("grad_k", reverse, true, dk)?,
-        grad("grad_v", reverse, false, dv)?,
+        grad("backward_q", &saved.states, "grad_q", dq)?,
+        grad("backward_k", reverse, "grad_k", dk)?,
+        grad("backward_v", reverse, "grad_v", dv)?,
     ])
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            batch,
+            heads,
+            seq,
+            dim,
+            dim_v,
+            qb,
+            qh,
+            qt,
+            vb,
+            vh,
+            vt,
+            chunks,
+            has_mask,
+            has_rope,
+            eps,
+            _pad
+        }),
+    )]
 }
 
 #[cfg(test)]

@@ -3,14 +3,18 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::Result;
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
     name: "clip",
-    source: include_str!("../../shaders/clip.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/clip.wgsl"),
+        include_str!("../../shaders/lib/rows.wgsl")
+    ),
 };
 
 /// Workgroups per chunk in `sum_squares` (the shader's `GROUPS`).
@@ -24,7 +28,9 @@ struct Params {
     partials: u32,
     clip: u32,
     max_norm: f32,
-    _pad: [u32; 3],
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 /// Scratch for the partial sums of `chunks` gradient chunks.
@@ -50,25 +56,25 @@ pub fn plan(
         partials: (grads.len() * GROUPS) as u32,
         clip: max_norm.is_some() as u32,
         max_norm: max_norm.unwrap_or(0.0),
-        _pad: [0; 3],
+        _p0: 0,
+        _p1: 0,
+        _p2: 0,
     };
     for (i, g) in grads.iter().enumerate() {
         g.expect_dtype("clip", "gradient", DType::F32)?;
         plan.push(
             DispatchBuilder::new(ctx, &SHADER, "sum_squares")
                 .params(&params(g.numel(), i * GROUPS))
-                .read(g)
-                .write(partial)
-                .skip()
+                .read("grads", g)
+                .write("partial", partial)
                 .build([GROUPS as u32, 1, 1])?,
         );
     }
     plan.push(
         DispatchBuilder::new(ctx, &SHADER, "finish")
             .params(&params(0, 0))
-            .skip()
-            .write(partial)
-            .write(out)
+            .read("partial_sums", partial)
+            .write("stats", out)
             .build([1, 1, 1])?,
     );
     Ok(plan)
@@ -81,6 +87,26 @@ pub mod reference {
         let scale = max_norm.map_or(1.0, |m| (m / (norm + 1e-6)).min(1.0));
         (scale, norm)
     }
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            n,
+            offset,
+            partials,
+            clip,
+            max_norm,
+            _p0,
+            _p1,
+            _p2
+        }),
+    )]
 }
 
 #[cfg(test)]

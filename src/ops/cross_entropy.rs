@@ -6,9 +6,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
@@ -159,15 +160,16 @@ pub fn plan_forward(
         DispatchBuilder::new(ctx, &SHADER, entry)
             .row_threads(classes)
             .params(&p)
-            .read(logits)
-            .read(&labels.labels)
-            .write(&state.row_stats)
-            .write(&state.loss)
-            .read_opt(None)
+            .read("labels", &labels.labels)
+            .write("row_stats", &state.row_stats)
     };
     Ok(vec![
-        build("rows").build(ctx.grid_1d(rows as u64)?)?,
-        build("finish").build([1, 1, 1])?,
+        build("rows")
+            .read("logits", logits)
+            .build(ctx.grid_1d(rows as u64)?)?,
+        build("finish")
+            .write("loss", &state.loss)
+            .build([1, 1, 1])?,
     ])
 }
 
@@ -185,11 +187,11 @@ pub fn plan_backward(
     DispatchBuilder::new(ctx, &SHADER, "backward")
         .row_threads(classes)
         .params(&params(rows, classes, labels, grad_scale))
-        .read(logits)
-        .read(&labels.labels)
-        .write(&state.row_stats)
-        .write(&state.loss)
-        .write(dlogits)
+        .read("logits", logits)
+        .read("labels", &labels.labels)
+        .write("row_stats", &state.row_stats)
+        .write("loss", &state.loss)
+        .write("dlogits", dlogits)
         .build(ctx.grid_1d(rows as u64)?)
 }
 
@@ -236,6 +238,22 @@ pub mod reference {
         }
         (loss / count, dx)
     }
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            rows,
+            classes,
+            ignore_index,
+            grad_scale
+        }),
+    )]
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
@@ -25,7 +26,8 @@ struct Params {
     value: f32,
     cols: u32,
     stride: u32,
-    _pad: [u32; 2],
+    _p0: u32,
+    _p1: u32,
 }
 
 impl Params {
@@ -37,7 +39,8 @@ impl Params {
             value: 0.0,
             cols: 1,
             stride: 1,
-            _pad: [0; 2],
+            _p0: 0,
+            _p1: 0,
         }
     }
 }
@@ -51,9 +54,7 @@ pub fn plan_fill(ctx: &Context, out: &Tensor, value: f32) -> Result<Dispatch> {
             value,
             ..Params::n(n)
         })
-        .read_opt(None)
-        .read_opt(None)
-        .write(out)
+        .write("out", out)
         .build(ctx.grid_1d((n as u64).div_ceil(WG))?)
 }
 
@@ -102,9 +103,9 @@ pub fn plan_axpby(
             beta,
             ..Params::n(n)
         })
-        .read(a)
-        .read_opt(b.filter(|_| beta != 0.0))
-        .write(out)
+        .read("a", a)
+        .read_opt("b", b.filter(|_| beta != 0.0))
+        .write("out", out)
         .build(ctx.grid_1d((n as u64).div_ceil(WG))?)
 }
 
@@ -126,9 +127,8 @@ pub fn plan_accumulate(ctx: &Context, alpha: f32, a: &Tensor, out: &Tensor) -> R
             alpha,
             ..Params::n(n)
         })
-        .read(a)
-        .skip()
-        .write(out)
+        .read("a", a)
+        .write("out", out)
         .build(ctx.grid_1d((n as u64).div_ceil(WG))?)
 }
 
@@ -161,9 +161,8 @@ pub fn plan_gather_first(ctx: &Context, full: &Tensor, rows: &Tensor) -> Result<
             stride: (t * c) as u32,
             ..Params::n(r * c)
         })
-        .read(full)
-        .skip()
-        .write(rows)
+        .read("a", full)
+        .write("out", rows)
         .build(ctx.grid_1d(((r * c) as u64).div_ceil(WG))?)
 }
 
@@ -183,9 +182,8 @@ pub fn plan_scatter_first(
             stride: (t * c) as u32,
             ..Params::n(r * c)
         })
-        .read(rows)
-        .skip()
-        .write(full)
+        .read("a", rows)
+        .write("out", full)
         .build(ctx.grid_1d(((r * c) as u64).div_ceil(WG))?)
 }
 
@@ -201,6 +199,26 @@ pub mod reference {
     pub fn axpby(alpha: f64, a: &[f64], beta: f64, b: &[f64]) -> Vec<f64> {
         a.iter().zip(b).map(|(x, y)| alpha * x + beta * y).collect()
     }
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            n,
+            alpha,
+            beta,
+            value,
+            cols,
+            stride,
+            _p0,
+            _p1
+        }),
+    )]
 }
 
 #[cfg(test)]

@@ -7,10 +7,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::ops::elementwise;
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
@@ -149,10 +150,9 @@ pub fn plan_forward(
             vocab: ids.vocab as u32,
             accumulate: accumulate as u32,
         })
-        .read(&ids.ids)
-        .read_opt(None)
-        .read(table)
-        .write(out)
+        .read("ids", &ids.ids)
+        .read("table", table)
+        .write("out", out)
         .build(ctx.grid_1d(n.div_ceil(256))?)
 }
 
@@ -181,10 +181,10 @@ pub fn plan_backward(
                 vocab: ids.vocab as u32,
                 accumulate: 1,
             })
-            .read(&ids.groups)
-            .read(&ids.positions)
-            .read(dout)
-            .write(dtable)
+            .read("groups", &ids.groups)
+            .read("positions", &ids.positions)
+            .read("dout", dout)
+            .write("dtable", dtable)
             .build(ctx.grid_1d(max_groups)?)?,
     );
     Ok(out)
@@ -221,6 +221,22 @@ pub mod reference {
         }
         d
     }
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            rows,
+            cols,
+            vocab,
+            accumulate
+        }),
+    )]
 }
 
 #[cfg(test)]

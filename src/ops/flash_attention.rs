@@ -5,12 +5,13 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::ops::attention::AttentionOptions;
 use crate::ops::heads::{HeadLayout, Heads};
 use crate::ops::rope;
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
@@ -35,7 +36,8 @@ struct Params {
     causal: u32,
     has_mask: u32,
     scale: f32,
-    _pad: [u32; 2],
+    _p0: u32,
+    _p1: u32,
 }
 
 /// What the forward pass writes and the backward pass reads.
@@ -172,7 +174,8 @@ fn builder<'a>(
             causal: opts.causal as u32,
             has_mask: opts.mask.is_some() as u32,
             scale: opts.scale.unwrap_or(1.0 / (h.dim as f32).sqrt()),
-            _pad: [0; 2],
+            _p0: 0,
+            _p1: 0,
         })
 }
 
@@ -216,15 +219,12 @@ pub fn plan_forward(
     let vr = rotated(v, &saved.v_rot, opts.rotary_value)?;
     plan.push(
         builder(ctx, "forward", &h, max_d, fwd, opts)
-            .read(&qr)
-            .read(&kr)
-            .read(&vr)
-            .read_opt(opts.mask)
-            .skip()
-            .skip()
-            .write(&saved.stats)
-            .write(out)
-            .skip()
+            .read("q", &qr)
+            .read("k", &kr)
+            .read("v", &vr)
+            .read_opt("mask", opts.mask)
+            .write("stats", &saved.stats)
+            .write("out", out)
             .build(blocks(ctx, &h, fwd)?)?,
     );
     Ok(plan)
@@ -277,37 +277,28 @@ pub fn plan_backward(
     let tokens = (h.batch * h.heads * h.seq) as u64;
     let mut plan = vec![
         builder(ctx, "bwd_prep", &h, max_d, bwd, opts)
-            .skip()
-            .skip()
-            .skip()
-            .skip()
-            .read(grad_out)
-            .read(out)
-            .write(&saved.stats)
-            .skip()
-            .skip()
+            .read("grad_out", grad_out)
+            .read("out_saved", out)
+            .write("stats", &saved.stats)
             .build(ctx.grid_1d(tokens.div_ceil(4 * bwd as u64))?)?,
         builder(ctx, "bwd_dq", &h, max_d, bwd, opts)
-            .read(&qr)
-            .read(&kr)
-            .read(&vr)
-            .read_opt(opts.mask)
-            .read(grad_out)
-            .skip()
-            .write(&saved.stats)
-            .write(&dqr)
-            .skip()
+            .read("q", &qr)
+            .read("k", &kr)
+            .read("v", &vr)
+            .read_opt("mask", opts.mask)
+            .read("grad_out", grad_out)
+            .write("stats", &saved.stats)
+            .write("grad_q", &dqr)
             .build(blocks(ctx, &h, bwd)?)?,
         builder(ctx, "bwd_dkdv", &h, max_d, bwd, opts)
-            .read(&qr)
-            .read(&kr)
-            .read(&vr)
-            .read_opt(opts.mask)
-            .read(grad_out)
-            .skip()
-            .write(&saved.stats)
-            .write(&dkr)
-            .write(&dvr)
+            .read("q", &qr)
+            .read("k", &kr)
+            .read("v", &vr)
+            .read_opt("mask", opts.mask)
+            .read("grad_out", grad_out)
+            .write("stats", &saved.stats)
+            .write("grad_k", &dkr)
+            .write("grad_v", &dvr)
             .build(blocks(ctx, &h, bwd)?)?,
     ];
     if let Some(table) = opts.rope {
@@ -333,6 +324,30 @@ pub fn forward(
     let out = Tensor::zeros(ctx, q.shape(), DType::F32)?;
     ctx.submit(&plan_forward(ctx, q, k, v, layout, opts, &saved, &out)?)?;
     Ok((out, saved))
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            batch,
+            heads,
+            seq,
+            dim,
+            sb,
+            sh,
+            st,
+            causal,
+            has_mask,
+            scale,
+            _p0,
+            _p1
+        }),
+    )]
 }
 
 #[cfg(test)]

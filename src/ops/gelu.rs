@@ -2,9 +2,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::Result;
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
@@ -19,13 +20,17 @@ pub static SHADER: Shader = Shader {
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     n: u32,
-    _pad: [u32; 3],
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 fn params(n: usize) -> Params {
     Params {
         n: n as u32,
-        _pad: [0; 3],
+        _p0: 0,
+        _p1: 0,
+        _p2: 0,
     }
 }
 
@@ -35,9 +40,8 @@ pub fn plan_forward(ctx: &Context, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
     y.expect_shape("gelu", "y", x.shape())?;
     DispatchBuilder::new(ctx, &SHADER, "forward")
         .params(&params(x.numel()))
-        .read(x)
-        .read_opt(None)
-        .write(y)
+        .read("x", x)
+        .write("y", y)
         .build(ctx.grid_1d((x.numel() as u64).div_ceil(256))?)
 }
 
@@ -48,9 +52,9 @@ pub fn plan_backward(ctx: &Context, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Res
     dx.expect_shape("gelu backward", "dx", x.shape())?;
     DispatchBuilder::new(ctx, &SHADER, "backward")
         .params(&params(x.numel()))
-        .read(x)
-        .read(dy)
-        .write(dx)
+        .read("x", x)
+        .read("dy", dy)
+        .write("dx", dx)
         .build(ctx.grid_1d((x.numel() as u64).div_ceil(256))?)
 }
 
@@ -81,6 +85,17 @@ pub mod reference {
         let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
         dy * (cdf + x * pdf)
     }
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params { n, _p0, _p1, _p2 }),
+    )]
 }
 
 #[cfg(test)]

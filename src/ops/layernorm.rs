@@ -3,16 +3,18 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::Result;
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
     name: "layernorm",
     source: concat!(
         include_str!("../../shaders/layernorm.wgsl"),
-        include_str!("../../shaders/lib/rows.wgsl")
+        include_str!("../../shaders/lib/rows.wgsl"),
+        include_str!("../../shaders/lib/columns.wgsl")
     ),
 };
 
@@ -100,14 +102,14 @@ fn plan_forward_any(
             eps,
             accumulate: 0,
         })
-        .read(x)
-        .read(gamma)
-        .read(beta)
-        .write(y)
-        .write(stats);
+        .read("x", x)
+        .read("gamma", gamma)
+        .read("beta", beta)
+        .write("y", y)
+        .write("stats", stats);
     match residual_sum {
-        Some((residual, sum)) => builder.write(sum).read(residual),
-        None => builder.skip().skip(),
+        Some((residual, sum)) => builder.read("residual", residual).write("sum", sum),
+        None => builder,
     }
     .build(ctx.grid_1d(rows as u64)?)
 }
@@ -133,13 +135,11 @@ pub fn plan_backward(
             eps: 0.0,
             accumulate: 0,
         })
-        .read(x)
-        .read(gamma)
-        .read(dy)
-        .write(dx)
-        .write(stats)
-        .skip()
-        .skip()
+        .read("x", x)
+        .read("gamma", gamma)
+        .read("stats_saved", stats)
+        .read("dy", dy)
+        .write("dx", dx)
         .build(ctx.grid_1d(rows as u64)?)
 }
 
@@ -168,13 +168,11 @@ pub fn plan_backward_params(
             eps: 0.0,
             accumulate: accumulate as u32,
         })
-        .read(x)
-        .read_opt(None)
-        .read(dy)
-        .write(dgamma)
-        .write(stats)
-        .write(dbeta)
-        .skip()
+        .read("x", x)
+        .read("stats_saved", stats)
+        .read("dy", dy)
+        .write("dgamma", dgamma)
+        .write("dbeta", dbeta)
         .build(ctx.grid_1d((n as u64).div_ceil(64))?)
 }
 
@@ -254,6 +252,22 @@ pub mod reference {
         }
         (dx, dgamma, dbeta)
     }
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            rows,
+            n,
+            eps,
+            accumulate
+        }),
+    )]
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::ops::heads::{HeadLayout, Heads};
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
@@ -205,15 +206,13 @@ pub fn plan_forward(
     out.expect_shape("linear attention", "out", v.shape())?;
     saved.expect_shape("linear attention", "saved", &saved_shape(q, layout)?)?;
     builder(ctx, &s, opts, "forward")
-        .read(q)
-        .read(k)
-        .read(v)
-        .read_opt(opts.rope)
-        .read_opt(opts.key_mask)
-        .skip()
-        .skip()
-        .write(saved)
-        .write(out)
+        .read("q", q)
+        .read("k", k)
+        .read("v", v)
+        .read_opt("table", opts.rope)
+        .read_opt("mask", opts.key_mask)
+        .write("tok", saved)
+        .write("out", out)
         .build(ctx.grid_1d((s.qk.batch * s.qk.heads) as u64)?)
 }
 
@@ -245,31 +244,27 @@ pub fn plan_backward(
     let heads = ctx.grid_1d((s.qk.batch * s.qk.heads) as u64)?;
     let tokens = (s.qk.batch * s.qk.heads * s.qk.seq) as u64;
     let prep = builder(ctx, &s, opts, "backward_prep")
-        .skip()
-        .skip()
-        .skip()
-        .skip()
-        .skip()
-        .read(grad_out)
-        .read(out)
-        .write(saved)
+        .read("grad_out", grad_out)
+        .read("out_saved", out)
+        .write("tok", saved)
         .build(ctx.grid_1d(tokens.div_ceil(256))?)?;
-    let scan = |entry: &'static str, reads_v: bool, res: &Tensor| {
-        let b = builder(ctx, &s, opts, entry).read(q).read(k);
-        let b = if reads_v { b.read(v) } else { b.skip() };
-        b.read_opt(opts.rope)
-            .read_opt(opts.key_mask)
-            .read(grad_out)
-            .skip()
-            .write(saved)
-            .write(res)
-            .build(heads)
+    // Each pass writes one gradient; only the q and k passes read v.
+    let scan = |entry: &'static str, grad: &'static str, reads_v: bool, target: &Tensor| {
+        let b = builder(ctx, &s, opts, entry)
+            .read("q", q)
+            .read("k", k)
+            .read_opt("table", opts.rope)
+            .read_opt("mask", opts.key_mask)
+            .read("grad_out", grad_out)
+            .write("tok", saved)
+            .write(grad, target);
+        if reads_v { b.read("v", v) } else { b }.build(heads)
     };
     Ok(vec![
         prep,
-        scan("backward_q", true, dq)?,
-        scan("backward_k", true, dk)?,
-        scan("backward_v", false, dv)?,
+        scan("backward_q", "grad_q", true, dq)?,
+        scan("backward_k", "grad_k", true, dk)?,
+        scan("backward_v", "grad_v", false, dv)?,
     ])
 }
 
@@ -442,6 +437,34 @@ pub mod reference {
         }
         (out, dq, dk, dvv)
     }
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            batch,
+            heads,
+            seq,
+            dim,
+            dim_v,
+            qb,
+            qh,
+            qt,
+            vb,
+            vh,
+            vt,
+            causal,
+            has_mask,
+            has_rope,
+            eps,
+            _pad
+        }),
+    )]
 }
 
 #[cfg(test)]

@@ -15,18 +15,20 @@ pub mod heads;
 pub mod layernorm;
 pub mod linear_attention;
 pub mod matmul;
-pub mod matmul_coop;
 pub mod reduce;
 pub mod rope;
 pub mod softmax;
 
-use crate::context::{apply_variant, Shader};
+use crate::error::Result;
+use crate::shader::{apply_variant, Shader};
 
 /// One compiled form of a shader: its source after text substitutions, and the values of
 /// its `override` constants (empty: the defaults).
 #[derive(Clone, Debug)]
 pub struct ShaderVariant {
+    /// The WGSL, text substitutions applied.
     pub source: String,
+    /// `override` constants, by name.
     pub constants: Vec<(&'static str, f64)>,
     /// Uses native-only features (cooperative matrices, f16, subgroups): compiled only on
     /// devices that have them, and only for backends that can express them.
@@ -34,17 +36,44 @@ pub struct ShaderVariant {
 }
 
 /// Every shader with each variant the library compiles; the cross-translation test
-/// validates all of them.
-pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<ShaderVariant>)> {
-    let text = |sources: Vec<String>| {
-        sources
-            .into_iter()
-            .map(|source| ShaderVariant {
-                source,
+/// validates all of them. An error means a variant's text substitution no longer matches
+/// its shader.
+pub fn all_shader_sources() -> Result<Vec<(&'static Shader, Vec<ShaderVariant>)>> {
+    let plain = |s: &'static Shader| {
+        (
+            s,
+            vec![ShaderVariant {
+                source: s.source.to_string(),
                 constants: Vec::new(),
                 native_only: false,
+            }],
+        )
+    };
+    // Text variants: sizes that fix per-thread arrays (what overrides cannot do).
+    let text = |s: &'static Shader, subs: Vec<Vec<(&'static str, String)>>| -> Result<_> {
+        let variants = subs
+            .iter()
+            .map(|sub| {
+                Ok(ShaderVariant {
+                    source: apply_variant(s, sub)?,
+                    constants: Vec::new(),
+                    native_only: false,
+                })
             })
-            .collect::<Vec<_>>()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((s, variants))
+    };
+    // Row kernels, at every threads-per-row override.
+    let rows = |s: &'static Shader| {
+        let variants = [32u32, 64, 128, 256]
+            .iter()
+            .map(|&wg| ShaderVariant {
+                source: s.source.to_string(),
+                constants: vec![("WG", wg as f64)],
+                native_only: false,
+            })
+            .collect();
+        (s, variants)
     };
     let matmul_variants = matmul::all_override_constants()
         .into_iter()
@@ -54,67 +83,96 @@ pub fn all_shader_sources() -> Vec<(&'static Shader, Vec<ShaderVariant>)> {
             native_only: false,
         })
         .collect::<Vec<_>>();
-    let mut all: Vec<_> = all_sources()
-        .into_iter()
-        .map(|(shader, v)| {
-            if shader.name == matmul::SHADER.name {
-                (shader, matmul_variants.clone())
-            } else {
-                (shader, text(v))
-            }
-        })
-        .collect();
-    all.push((&matmul_coop::SHADER, matmul_coop::all_variants()));
-    all
-}
-
-/// Every shader with the full source of each text variant.
-fn all_sources() -> Vec<(&'static Shader, Vec<String>)> {
-    let plain = |s: &'static Shader| (s, vec![s.source.to_string()]);
-    // Row kernels, at every threads-per-row variant.
-    let rows = |s: &'static Shader| {
-        let v = [32u32, 64, 128, 256]
-            .iter()
-            .map(|wg| {
-                apply_variant(
-                    s.source,
-                    &[(crate::dispatch::ROW_WG, format!("const WG: u32 = {wg}u;"))],
-                )
-            })
-            .collect();
-        (s, v)
-    };
-    let la = &linear_attention::SHADER;
-    let la_variants = linear_attention::HEAD_DIM_VARIANTS
-        .iter()
-        .map(|&d| apply_variant(la.source, &linear_attention::substitutions(d)))
-        .collect::<Vec<_>>();
-    let fa = &flash_attention::SHADER;
-    let fa_variants = flash_attention::VARIANTS
-        .iter()
-        .flat_map(|&(d, fwd, bwd)| [fwd, bwd].map(move |blk| (d, blk)))
-        .map(|(d, blk)| apply_variant(fa.source, &flash_attention::substitutions(d, blk)))
-        .collect::<Vec<_>>();
-    let cla = &chunked_linear_attention::SHADER;
-    let cla_variants = chunked_linear_attention::VARIANTS
-        .iter()
-        .map(|&(d, c)| apply_variant(cla.source, &chunked_linear_attention::substitutions(d, c)))
-        .collect::<Vec<_>>();
-    vec![
+    Ok(vec![
         plain(&adamw::SHADER),
-        (cla, cla_variants),
+        text(
+            &chunked_linear_attention::SHADER,
+            chunked_linear_attention::VARIANTS
+                .iter()
+                .map(|&(d, c)| chunked_linear_attention::substitutions(d, c).to_vec())
+                .collect(),
+        )?,
         plain(&clip::SHADER),
         rows(&cross_entropy::SHADER),
         plain(&elementwise::SHADER),
         plain(&embedding::SHADER),
         plain(&gelu::SHADER),
-        (fa, fa_variants),
+        text(
+            &flash_attention::SHADER,
+            flash_attention::VARIANTS
+                .iter()
+                .flat_map(|&(d, fwd, bwd)| [(d, fwd), (d, bwd)])
+                .map(|(d, blk)| flash_attention::substitutions(d, blk).to_vec())
+                .collect(),
+        )?,
         rows(&layernorm::SHADER),
-        (la, la_variants),
-        plain(&matmul::SHADER),
-        plain(&crate::profile::SHADER),
+        text(
+            &linear_attention::SHADER,
+            linear_attention::HEAD_DIM_VARIANTS
+                .iter()
+                .map(|&d| linear_attention::substitutions(d).to_vec())
+                .collect(),
+        )?,
+        (&matmul::SHADER, matmul_variants),
+        (&matmul::coop::SHADER, matmul::coop::all_variants()),
+        plain(&crate::apps::profile::SHADER),
         plain(&reduce::SHADER),
         plain(&rope::SHADER),
         rows(&softmax::SHADER),
-    ]
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::shader::{struct_layout, Shader, StructLayout};
+
+    /// Every `#[repr(C)]` parameter block, with the shader and WGSL struct it mirrors.
+    fn host_params() -> Vec<(&'static Shader, &'static str, StructLayout)> {
+        let mut all = Vec::new();
+        all.extend(super::adamw::params_layouts());
+        all.extend(super::chunked_linear_attention::params_layouts());
+        all.extend(super::clip::params_layouts());
+        all.extend(super::cross_entropy::params_layouts());
+        all.extend(super::elementwise::params_layouts());
+        all.extend(super::embedding::params_layouts());
+        all.extend(super::flash_attention::params_layouts());
+        all.extend(super::gelu::params_layouts());
+        all.extend(super::layernorm::params_layouts());
+        all.extend(super::linear_attention::params_layouts());
+        all.extend(super::matmul::params_layouts());
+        all.extend(super::reduce::params_layouts());
+        all.extend(super::rope::params_layouts());
+        all.extend(super::softmax::params_layouts());
+        all.extend(crate::apps::profile::params_layouts());
+        all
+    }
+
+    /// The host's mirrors of the WGSL parameter structs have the WGSL's size and the same
+    /// fields at the same offsets (as naga lays the WGSL out), so no field is read from the
+    /// wrong place after either side changes.
+    #[test]
+    fn parameter_blocks_match_the_wgsl_layout() {
+        let mut mismatches = Vec::new();
+        let all = host_params();
+        for (shader, wgsl_struct, host) in &all {
+            let wgsl = struct_layout(shader, wgsl_struct).unwrap();
+            if &wgsl != host {
+                mismatches.push(format!(
+                    "{}'s {wgsl_struct}:\n  WGSL {wgsl:?}\n  host {host:?}",
+                    shader.name
+                ));
+            }
+        }
+        assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+        // Every shader with a uniform block is covered.
+        for (shader, _) in super::all_shader_sources().unwrap() {
+            if shader.source.contains("var<uniform>") {
+                assert!(
+                    all.iter().any(|(s, _, _)| s.name == shader.name),
+                    "{} has no host layout in the test",
+                    shader.name
+                );
+            }
+        }
+    }
 }

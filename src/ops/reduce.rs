@@ -2,14 +2,18 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
     name: "reduce",
-    source: include_str!("../../shaders/reduce.wgsl"),
+    source: concat!(
+        include_str!("../../shaders/reduce.wgsl"),
+        include_str!("../../shaders/lib/columns.wgsl")
+    ),
 };
 
 #[repr(C)]
@@ -51,8 +55,8 @@ pub fn plan_sum_rows(
             beta: if accumulate { 1.0 } else { 0.0 },
             _pad: 0,
         })
-        .read(x)
-        .write(out)
+        .read("x", x)
+        .write("out", out)
         .build(ctx.grid_1d((cols as u64).div_ceil(64))?)
 }
 
@@ -75,6 +79,22 @@ pub mod reference {
         }
         out
     }
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            rows,
+            cols,
+            beta,
+            _pad
+        }),
+    )]
 }
 
 #[cfg(test)]

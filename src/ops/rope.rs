@@ -3,10 +3,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::ops::heads::{HeadLayout, Heads};
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
@@ -123,9 +124,9 @@ pub fn plan(
             ot: u(ot),
             _pad: 0,
         })
-        .read(x)
-        .read(table)
-        .write(out)
+        .read("x", x)
+        .read("table", table)
+        .write("out", out)
         .build(ctx.grid_1d(pairs.div_ceil(256))?)
 }
 
@@ -166,6 +167,30 @@ pub mod reference {
         }
         y
     }
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            batch,
+            heads,
+            seq,
+            dim,
+            xb,
+            xh,
+            xt,
+            sign,
+            ob,
+            oh,
+            ot,
+            _pad
+        }),
+    )]
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::{Context, Shader};
+use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 pub static SHADER: Shader = Shader {
@@ -101,9 +102,9 @@ pub fn plan_forward(
             scale: opts.scale,
             _pad: 0,
         })
-        .read(x)
-        .read_opt(opts.mask)
-        .write(y)
+        .read("x", x)
+        .read_opt("mask", opts.mask)
+        .write("y", y)
         .build(ctx.grid_1d(rows as u64)?)
 }
 
@@ -138,9 +139,9 @@ pub fn plan_backward(
             scale,
             _pad: 0,
         })
-        .read(y)
-        .read(dy)
-        .write(dx)
+        .read("y_saved", y)
+        .read("dy", dy)
+        .write("dx", dx)
         .build(ctx.grid_1d(rows as u64)?)
 }
 
@@ -185,6 +186,26 @@ pub mod reference {
         }
         dx
     }
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            rows,
+            n,
+            rows_per_mask,
+            has_mask,
+            causal,
+            tq,
+            scale,
+            _pad
+        }),
+    )]
 }
 
 #[cfg(test)]

@@ -21,10 +21,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use crate::apps::listops::{self, Example, ListOpsConfig, CLS, PAD};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::io::{self, HostTensor};
-use crate::listops::{self, Example, ListOpsConfig, CLS, PAD};
 use crate::model::{
     AttentionKind, Batch, Head, Mode, RoFormer, RoFormerConfig, Session, StepMetrics,
 };

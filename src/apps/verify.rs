@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::check::rel_l2;
+use crate::apps::check::rel_l2;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::io::{self, HostTensor, HostTensors};

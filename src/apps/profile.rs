@@ -1,0 +1,98 @@
+//! The adapter's own ceilings (FP32 FMA rate, copy bandwidth), so benchmark figures can be
+//! stated as a fraction of what the hardware does. Both are kernels timed like every other
+//! (see [`crate::timing`]), so a kernel's fraction of a ceiling compares like with like.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::context::Context;
+use crate::dispatch::DispatchBuilder;
+use crate::error::Result;
+use crate::shader::Shader;
+use crate::tensor::{DType, Tensor};
+use crate::timing::time_dispatches;
+
+/// The microbenchmark kernels.
+pub static SHADER: Shader = Shader {
+    name: "profile",
+    source: include_str!("../../shaders/profile.wgsl"),
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct Params {
+    iters: u32,
+    vec4s: u32,
+    _p0: u32,
+    _p1: u32,
+}
+
+/// The adapter's FP32 rate in GFLOP/s, from long chains of vec4 FMAs on `groups` × 256
+/// threads (16 FLOPs per round).
+pub fn fp32_rate(ctx: &Context, groups: u32, iters: u32) -> Result<f64> {
+    let out = Tensor::zeros(ctx, &[groups as usize * 256], DType::F32)?;
+    let d = DispatchBuilder::new(ctx, &SHADER, "fma_rate")
+        .params(&Params {
+            iters,
+            vec4s: 0,
+            _p0: 0,
+            _p1: 0,
+        })
+        .write("out", &out)
+        .build(ctx.grid_1d(groups as u64)?)?;
+    time_dispatches(ctx, std::slice::from_ref(&d), 1)?; // warm-up
+    let t = time_dispatches(ctx, std::slice::from_ref(&d), 3)?;
+    Ok(groups as f64 * 256.0 * iters as f64 * 16.0 / t.as_secs_f64() / 1e9)
+}
+
+/// Copy bandwidth in GB/s (bytes read plus bytes written) of a kernel copying `bytes`
+/// (rounded down to whole vec4s) from one buffer to another.
+pub fn copy_bandwidth(ctx: &Context, bytes: u64) -> Result<f64> {
+    let vec4s = (bytes / 16).max(1) as usize;
+    let (src, dst) = (
+        Tensor::zeros(ctx, &[vec4s * 4], DType::F32)?,
+        Tensor::zeros(ctx, &[vec4s * 4], DType::F32)?,
+    );
+    let d = DispatchBuilder::new(ctx, &SHADER, "copy")
+        .params(&Params {
+            iters: 0,
+            vec4s: vec4s as u32,
+            _p0: 0,
+            _p1: 0,
+        })
+        .read("src", &src)
+        .write("dst", &dst)
+        .build(ctx.grid_1d((vec4s as u64).div_ceil(256))?)?;
+    time_dispatches(ctx, std::slice::from_ref(&d), 1)?; // warm-up
+    let t = time_dispatches(ctx, std::slice::from_ref(&d), 5)?;
+    Ok(2.0 * src.byte_size() as f64 / t.as_secs_f64() / 1e9)
+}
+
+/// The host mirror of the shader's parameter block, field by field (for the layout test).
+#[cfg(test)]
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+{
+    vec![(
+        &SHADER,
+        "Params",
+        crate::host_layout!(Params {
+            iters,
+            vec4s,
+            _p0,
+            _p1
+        }),
+    )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceilings_are_measured_and_positive() {
+        let ctx = &crate::testing::ctx();
+        let flops = fp32_rate(ctx, 16, 64).unwrap();
+        let bw = copy_bandwidth(ctx, 1 << 20).unwrap();
+        assert!(flops.is_finite() && flops > 0.0, "{flops}");
+        assert!(bw.is_finite() && bw > 0.0, "{bw}");
+    }
+}

@@ -1,0 +1,608 @@
+//! Attention in its four forms (softmax with the `[B, H, T, T]` probabilities, fused
+//! softmax, linear attention as a scan, causal linear attention in chunks), each with RoPE:
+//! forward builders and backward rules.
+
+use crate::error::{Error, Result};
+use crate::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
+use crate::ops::chunked_linear_attention::{self as chunked, ChunkedSaved};
+use crate::ops::flash_attention::{self, FlashSaved, FlashScratch};
+use crate::ops::heads::HeadLayout;
+use crate::ops::linear_attention::{self, LinearAttentionOptions};
+use crate::tensor::Tensor;
+
+use super::{layout_check, Graph, Resolved, StageKind, TensorId};
+
+/// Settings of a softmax or linear attention stage.
+#[derive(Clone, Debug)]
+pub struct AttentionSpec {
+    /// Number of heads the projections split into.
+    pub heads: usize,
+    /// Position t attends to positions up to t only.
+    pub causal: bool,
+    /// Rotate v as well as q and k (HF `rotary_value`; softmax attention only).
+    pub rotary_value: bool,
+    /// Softmax: additive `[B, T]` mask. Linear: `[B, T]` key weights (1 token, 0 padding).
+    pub mask: Option<Tensor>,
+    /// RoPE sin/cos table `[positions, head_dim]`.
+    pub rope: Option<Tensor>,
+}
+
+impl Graph {
+    /// Checks q, k, v are `[B, T, H]` with H a multiple of `heads`; returns the per-head
+    /// shape `[B, T, heads, H / heads]` of each.
+    fn head_shapes(
+        &self,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        heads: usize,
+    ) -> Result<(Vec<usize>, Vec<usize>)> {
+        let (qs, ks, vs) = (self.shape(q), self.shape(k), self.shape(v));
+        if qs.len() != 3 || heads == 0 || qs[2] % heads != 0 {
+            return Err(Error::shape(
+                "attention",
+                "q",
+                format!("[batch, seq, heads·dim] with {heads} heads"),
+                qs,
+            ));
+        }
+        layout_check("attention", "k", ks, qs)?;
+        if vs.len() != 3 || vs[..2] != qs[..2] || vs[2] % heads != 0 {
+            return Err(Error::shape(
+                "attention",
+                "v",
+                format!("[{}, {}, heads·dim]", qs[0], qs[1]),
+                vs,
+            ));
+        }
+        Ok((
+            vec![qs[0], qs[1], heads, qs[2] / heads],
+            vec![vs[0], vs[1], heads, vs[2] / heads],
+        ))
+    }
+
+    /// Buffers for the RoPE-rotated q, k and (with `rotary_value`) v of attention `name`, or
+    /// for their gradients (`prefix` "d"); `None` where `spec` does not rotate.
+    fn rotated(
+        &mut self,
+        name: &str,
+        prefix: &str,
+        spec: &AttentionSpec,
+        qh: &[usize],
+        vh: &[usize],
+    ) -> [Option<TensorId>; 3] {
+        let rope = spec.rope.is_some();
+        let mut buffer = |on: bool, x: &str, shape: &[usize]| {
+            on.then(|| self.pooled(format!("{name}.{prefix}{x}_rot"), shape, false))
+        };
+        [
+            buffer(rope, "q", qh),
+            buffer(rope, "k", qh),
+            buffer(rope && spec.rotary_value, "v", vh),
+        ]
+    }
+
+    /// Softmax attention (RoPE, mask, causal per `spec`) on `[B, T, H]` projections.
+    pub fn attention(
+        &mut self,
+        name: &str,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        spec: AttentionSpec,
+    ) -> Result<TensorId> {
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        let opts = attention_options(&spec);
+        let shapes = BufferShapes::new(&qh, &vh, HeadLayout::Bthd, &opts)?;
+        let vshape = self.shape(v).to_vec();
+        let out = self.output(name, &vshape, &[q, k, v]);
+        let [q_rot, k_rot, v_rot] = self.rotated(name, "", &spec, &qh, &vh);
+        let scores = self.pooled(format!("{name}.scores"), &shapes.square, false);
+        let probs = self.pooled(format!("{name}.probs"), &shapes.square, false);
+        let mut writes = vec![out, scores, probs];
+        writes.extend(q_rot.iter().chain(&k_rot).chain(&v_rot));
+        self.input_bytes += spec.mask.as_ref().map_or(0, Tensor::byte_size)
+            + spec.rope.as_ref().map_or(0, Tensor::byte_size);
+        let sp = spec.clone();
+        self.call(
+            false,
+            format!("{name}: softmax attention"),
+            vec![q, k, v],
+            writes,
+            Box::new(move |ctx, t| {
+                let opts = attention_options(&sp);
+                let saved = saved_of(t, [q_rot, k_rot, v_rot], probs)?;
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
+                attention::plan_forward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &opts,
+                    &saved,
+                    t.get(scores)?,
+                    &t.get(out)?.reshape(&vh)?,
+                )
+            }),
+        );
+        self.stage(
+            StageKind::Attention {
+                spec,
+                q_rot,
+                k_rot,
+                v_rot,
+                probs,
+            },
+            vec![q, k, v],
+            out,
+        );
+        Ok(out)
+    }
+
+    /// Softmax attention like [`Graph::attention`], fused (no `[B, H, T, T]` tensor).
+    pub fn fused_attention(
+        &mut self,
+        name: &str,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        spec: AttentionSpec,
+    ) -> Result<TensorId> {
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        if qh != vh {
+            return Err(Error::shape(
+                "fused attention",
+                "v",
+                format!("{:?} (like q)", self.shape(q)),
+                self.shape(v),
+            ));
+        }
+        let vshape = self.shape(v).to_vec();
+        let out = self.output(name, &vshape, &[q, k, v]);
+        let rot = self.rotated(name, "", &spec, &qh, &qh);
+        let stats = self.pooled(format!("{name}.stats"), &[qh[0], qh[2], qh[1], 2], false);
+        let mut writes = vec![out, stats];
+        writes.extend(rot.iter().flatten());
+        self.input_bytes += spec.mask.as_ref().map_or(0, Tensor::byte_size)
+            + spec.rope.as_ref().map_or(0, Tensor::byte_size);
+        let sp = spec.clone();
+        self.call(
+            false,
+            format!("{name}: fused attention"),
+            vec![q, k, v],
+            writes,
+            Box::new(move |ctx, t| {
+                let saved = flash_saved(t, rot, stats)?;
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
+                flash_attention::plan_forward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &attention_options(&sp),
+                    &saved,
+                    &t.get(out)?.reshape(&qh)?,
+                )
+            }),
+        );
+        self.stage(
+            StageKind::FusedAttention { spec, rot, stats },
+            vec![q, k, v],
+            out,
+        );
+        Ok(out)
+    }
+
+    /// Linear attention (RoFormer eq. 19 with RoPE, causal per `spec`) on `[B, T, H]`
+    /// projections: the chunked form when causal, the scan otherwise.
+    pub fn linear_attention(
+        &mut self,
+        name: &str,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        spec: AttentionSpec,
+    ) -> Result<TensorId> {
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        let vshape = self.shape(v).to_vec();
+        let out = self.output(name, &vshape, &[q, k, v]);
+        self.input_bytes += spec.mask.as_ref().map_or(0, Tensor::byte_size)
+            + spec.rope.as_ref().map_or(0, Tensor::byte_size);
+        let sp = spec.clone();
+        if spec.causal {
+            // Sizes only: the chunk length depends on the head dimension's variant.
+            let (b, t, h) = (qh[0], qh[1], qh[2]);
+            let (d, dv) = (qh[3], vh[3]);
+            let chunk = chunked::VARIANTS
+                .iter()
+                .find(|v| d.max(dv) <= v.0)
+                .map_or(8, |v| v.1);
+            let saved = [
+                self.pooled(format!("{name}.features"), &[b, h, t, 6, d], false),
+                self.pooled(
+                    format!("{name}.states"),
+                    &[b, h, t.div_ceil(chunk), d * dv + d],
+                    false,
+                ),
+                self.pooled(format!("{name}.tokens"), &[b, h, t, 2], false),
+            ];
+            let mut writes = vec![out];
+            writes.extend(saved);
+            self.call(
+                false,
+                format!("{name}: chunked linear attention"),
+                vec![q, k, v],
+                writes,
+                Box::new(move |ctx, t| {
+                    let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
+                    let s = chunked_saved(t, saved)?;
+                    chunked::plan_forward(
+                        ctx,
+                        &qv,
+                        &kv,
+                        &vv,
+                        HeadLayout::Bthd,
+                        &linear_options(&sp),
+                        &s,
+                        &t.get(out)?.reshape(&vh)?,
+                    )
+                }),
+            );
+            self.stage(
+                StageKind::ChunkedLinearAttention { spec, saved },
+                vec![q, k, v],
+                out,
+            );
+            return Ok(out);
+        }
+        let saved = self.pooled(format!("{name}.saved"), &[qh[0], qh[2], qh[1], 2], false);
+        self.call(
+            false,
+            format!("{name}: linear attention"),
+            vec![q, k, v],
+            vec![out, saved],
+            Box::new(move |ctx, t| {
+                let opts = linear_options(&sp);
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
+                Ok(vec![linear_attention::plan_forward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &opts,
+                    &t.get(out)?.reshape(&vh)?,
+                    t.get(saved)?,
+                )?])
+            }),
+        );
+        self.stage(
+            StageKind::LinearAttention { spec, saved },
+            vec![q, k, v],
+            out,
+        );
+        Ok(out)
+    }
+
+    /// Destinations for dq, dk, dv, and the gradients to add them to afterwards.
+    #[allow(clippy::type_complexity)]
+    fn qkv_targets(
+        &mut self,
+        inputs: &[TensorId],
+    ) -> Result<([TensorId; 3], Vec<(TensorId, TensorId)>)> {
+        let mut dst = [inputs[0]; 3];
+        let mut adds = Vec::new();
+        for (i, &x) in inputs[..3].iter().enumerate() {
+            match self.overwrite_target(x) {
+                Some((d, add_to)) => {
+                    dst[i] = d;
+                    adds.extend(add_to.map(|g| (d, g)));
+                }
+                // The kernel writes all three: give an unused one a scratch tensor.
+                None => {
+                    dst[i] = self.pooled(
+                        format!("{}.unused_grad", self.tensors[x.0].name),
+                        &self.tensors[x.0].shape.clone(),
+                        false,
+                    )
+                }
+            }
+        }
+        Ok((dst, adds))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention_backward(
+        &mut self,
+        label: &str,
+        inputs: &[TensorId],
+        dy: TensorId,
+        spec: &AttentionSpec,
+        [q_rot, k_rot, v_rot]: [Option<TensorId>; 3],
+        probs: TensorId,
+    ) -> Result<()> {
+        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        let shapes = BufferShapes::new(&qh, &vh, HeadLayout::Bthd, &attention_options(spec))?;
+        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
+        let dprobs = self.pooled(format!("{label}.dprobs"), &shapes.square, false);
+        let dscores = self.pooled(format!("{label}.dscores"), &shapes.square, false);
+        let [dq_rot, dk_rot, dv_rot] = self.rotated(label, "d", spec, &qh, &vh);
+        let mut reads = vec![q, k, v, probs, dy];
+        reads.extend(q_rot.iter().chain(&k_rot).chain(&v_rot));
+        let mut writes = vec![dq, dk, dv, dprobs, dscores];
+        writes.extend(dq_rot.iter().chain(&dk_rot).chain(&dv_rot));
+        let sp = spec.clone();
+        self.call(
+            true,
+            format!("{label}: softmax attention backward"),
+            reads,
+            writes,
+            Box::new(move |ctx, t| {
+                let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
+                let saved = saved_of(t, [q_rot, k_rot, v_rot], probs)?;
+                let bwd = BackwardBuffers {
+                    dprobs: t.get(dprobs)?.clone(),
+                    dscores: t.get(dscores)?.clone(),
+                    dq_rot: opt(dq_rot)?,
+                    dk_rot: opt(dk_rot)?,
+                    dv_rot: opt(dv_rot)?,
+                };
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
+                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &vh)?;
+                let g = t.get(dy)?.reshape(&vh)?;
+                attention::plan_backward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &attention_options(&sp),
+                    &saved,
+                    &bwd,
+                    &g,
+                    &dqv,
+                    &dkv,
+                    &dvv,
+                )
+            }),
+        );
+        for (part, g) in adds {
+            self.add_into(label, part, g);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fused_attention_backward(
+        &mut self,
+        label: &str,
+        inputs: &[TensorId],
+        y: TensorId,
+        dy: TensorId,
+        spec: &AttentionSpec,
+        rot: [Option<TensorId>; 3],
+        stats: TensorId,
+    ) -> Result<()> {
+        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+        let (qh, _) = self.head_shapes(q, k, v, spec.heads)?;
+        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
+        let scratch = self.rotated(label, "d", spec, &qh, &qh);
+        let mut reads = vec![q, k, v, y, stats, dy];
+        reads.extend(rot.iter().flatten());
+        let mut writes = vec![stats, dq, dk, dv];
+        writes.extend(scratch.iter().flatten());
+        let sp = spec.clone();
+        self.call(
+            true,
+            format!("{label}: fused attention backward"),
+            reads,
+            writes,
+            Box::new(move |ctx, t| {
+                let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
+                let saved = flash_saved(t, rot, stats)?;
+                let scr = FlashScratch {
+                    dq_rot: opt(scratch[0])?,
+                    dk_rot: opt(scratch[1])?,
+                    dv_rot: opt(scratch[2])?,
+                };
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
+                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &qh)?;
+                let (out, g) = (t.get(y)?.reshape(&qh)?, t.get(dy)?.reshape(&qh)?);
+                flash_attention::plan_backward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &attention_options(&sp),
+                    &saved,
+                    &out,
+                    &g,
+                    &scr,
+                    &dqv,
+                    &dkv,
+                    &dvv,
+                )
+            }),
+        );
+        for (part, g) in adds {
+            self.add_into(label, part, g);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn linear_attention_backward(
+        &mut self,
+        label: &str,
+        inputs: &[TensorId],
+        y: TensorId,
+        dy: TensorId,
+        spec: &AttentionSpec,
+        saved: TensorId,
+    ) -> Result<()> {
+        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        let (d, adds) = self.qkv_targets(inputs)?;
+        let [dq, dk, dv] = d;
+        let sp = spec.clone();
+        self.call(
+            true,
+            format!("{label}: linear attention backward"),
+            vec![q, k, v, y, saved, dy],
+            vec![saved, dq, dk, dv],
+            Box::new(move |ctx, t| {
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
+                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &vh)?;
+                let (out, g) = (t.get(y)?.reshape(&vh)?, t.get(dy)?.reshape(&vh)?);
+                linear_attention::plan_backward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &linear_options(&sp),
+                    &out,
+                    t.get(saved)?,
+                    &g,
+                    &dqv,
+                    &dkv,
+                    &dvv,
+                )
+            }),
+        );
+        for (part, g) in adds {
+            self.add_into(label, part, g);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn chunked_attention_backward(
+        &mut self,
+        label: &str,
+        inputs: &[TensorId],
+        y: TensorId,
+        dy: TensorId,
+        spec: &AttentionSpec,
+        saved: [TensorId; 3],
+    ) -> Result<()> {
+        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
+        let states_shape = self.shape(saved[1]).to_vec();
+        let reverse = self.pooled(format!("{label}.reverse_states"), &states_shape, false);
+        let mut reads = vec![q, k, v, y, dy];
+        reads.extend(saved);
+        let writes = vec![saved[0], saved[1], saved[2], reverse, dq, dk, dv];
+        let sp = spec.clone();
+        self.call(
+            true,
+            format!("{label}: chunked linear attention backward"),
+            reads,
+            writes,
+            Box::new(move |ctx, t| {
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
+                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &vh)?;
+                let (out, g) = (t.get(y)?.reshape(&vh)?, t.get(dy)?.reshape(&vh)?);
+                let s = chunked_saved(t, saved)?;
+                chunked::plan_backward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &linear_options(&sp),
+                    &s,
+                    &out,
+                    &g,
+                    t.get(reverse)?,
+                    &dqv,
+                    &dkv,
+                    &dvv,
+                )
+            }),
+        );
+        for (part, g) in adds {
+            self.add_into(label, part, g);
+        }
+        Ok(())
+    }
+}
+
+fn attention_options(spec: &AttentionSpec) -> AttentionOptions<'_> {
+    AttentionOptions {
+        causal: spec.causal,
+        mask: spec.mask.as_ref(),
+        rope: spec.rope.as_ref(),
+        rotary_value: spec.rotary_value,
+        scale: None,
+    }
+}
+
+fn linear_options(spec: &AttentionSpec) -> LinearAttentionOptions<'_> {
+    LinearAttentionOptions {
+        causal: spec.causal,
+        rope: spec.rope.as_ref(),
+        key_mask: spec.mask.as_ref(),
+        eps: linear_attention::EPS,
+    }
+}
+
+/// The saved tensors of a softmax attention stage.
+fn saved_of(
+    t: &Resolved,
+    [q_rot, k_rot, v_rot]: [Option<TensorId>; 3],
+    probs: TensorId,
+) -> Result<Saved> {
+    let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
+    Ok(Saved {
+        q_rot: opt(q_rot)?,
+        k_rot: opt(k_rot)?,
+        v_rot: opt(v_rot)?,
+        probs: t.get(probs)?.clone(),
+    })
+}
+
+/// The saved tensors of a chunked linear attention stage.
+fn chunked_saved(t: &Resolved, [features, states, tokens]: [TensorId; 3]) -> Result<ChunkedSaved> {
+    Ok(ChunkedSaved {
+        features: t.get(features)?.clone(),
+        states: t.get(states)?.clone(),
+        tokens: t.get(tokens)?.clone(),
+    })
+}
+
+/// The saved tensors of a fused attention stage.
+fn flash_saved(
+    t: &Resolved,
+    [q_rot, k_rot, v_rot]: [Option<TensorId>; 3],
+    stats: TensorId,
+) -> Result<FlashSaved> {
+    let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
+    Ok(FlashSaved {
+        q_rot: opt(q_rot)?,
+        k_rot: opt(k_rot)?,
+        v_rot: opt(v_rot)?,
+        stats: t.get(stats)?.clone(),
+    })
+}
+
+/// q, k, v as `[B, T, heads, d]` views.
+fn heads_views(
+    t: &Resolved,
+    q: TensorId,
+    k: TensorId,
+    v: TensorId,
+    qh: &[usize],
+    vh: &[usize],
+) -> Result<(Tensor, Tensor, Tensor)> {
+    Ok((
+        t.get(q)?.reshape(qh)?,
+        t.get(k)?.reshape(qh)?,
+        t.get(v)?.reshape(vh)?,
+    ))
+}

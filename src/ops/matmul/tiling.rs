@@ -1,0 +1,369 @@
+//! Tilings of the f32 kernel and how one is chosen: by shape, fixed, or timed once per kind
+//! of product shape on the device and remembered in the context ([`TilingChoice`]).
+
+use crate::context::{Capabilities, Context};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+use crate::timing::time_dispatches;
+
+use super::views::{Layout, MatrixView, Operands, StridedMatmul};
+use super::{dispatch, state};
+
+/// A tiling of the kernel, set through its override constants: a workgroup computes a
+/// `bm × bn` block of C with `(bm/tm)·(bn/tn)` threads of `tm × tn` each, through K in
+/// slices of `bk`; with `prefetch`, the next slice is loaded while the current one is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tiling {
+    /// Rows of C per workgroup.
+    pub bm: u32,
+    /// Columns of C per workgroup.
+    pub bn: u32,
+    /// K per slice staged through workgroup memory.
+    pub bk: u32,
+    /// Rows of C per thread.
+    pub tm: u32,
+    /// Columns of C per thread.
+    pub tn: u32,
+    /// Loads the next K-slice into registers while the current one is used.
+    pub prefetch: bool,
+}
+
+impl Tiling {
+    /// A tiling without prefetching.
+    pub const fn new(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> Tiling {
+        Tiling {
+            bm,
+            bn,
+            bk,
+            tm,
+            tn,
+            prefetch: false,
+        }
+    }
+
+    /// The same tiling, loading the next K-slice into registers during the current one.
+    pub const fn prefetched(self) -> Tiling {
+        Tiling {
+            prefetch: true,
+            ..self
+        }
+    }
+
+    /// Threads per workgroup.
+    pub fn threads(&self) -> u32 {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+
+    /// Bytes of workgroup memory (the two k-major tiles).
+    pub fn workgroup_bytes(&self) -> u32 {
+        (self.bm + self.bn) * self.bk * 4
+    }
+
+    /// Whether the kernel supports this tiling (its register block holds at most 8 × 8,
+    /// in vec4s; every thread stages whole vec4s, at most 4 per operand and slice) and the
+    /// adapter can run it.
+    pub fn fits(&self, caps: &Capabilities) -> bool {
+        let Tiling {
+            bm, bn, bk, tm, tn, ..
+        } = *self;
+        let wg = self.threads();
+        tm % 4 == 0
+            && tm <= 8
+            && (tn == 4 || tn == 8)
+            && bk % 4 == 0
+            && bm % tm == 0
+            && bn % tn == 0
+            && (bm * bk / 4) % wg == 0
+            && (bn * bk / 4) % wg == 0
+            && bm * bk / 4 / wg <= 4
+            && bn * bk / 4 / wg <= 4
+            && wg <= caps.max_invocations_per_workgroup
+            && self.workgroup_bytes() <= caps.max_workgroup_storage
+    }
+}
+
+impl std::fmt::Display for Tiling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{}x{}/{}x{}{}",
+            self.bm,
+            self.bn,
+            self.bk,
+            self.tm,
+            self.tn,
+            if self.prefetch { "+prefetch" } else { "" }
+        )
+    }
+}
+
+/// The tilings the library chooses from, small to large; the large ones also prefetched
+/// (only timing tells whether that pays on a given GPU, so only the tuner picks them).
+pub const TILINGS: [Tiling; 8] = [
+    Tiling::new(32, 32, 16, 4, 4),
+    Tiling::new(64, 64, 16, 4, 4),
+    Tiling::new(128, 64, 16, 8, 4),
+    Tiling::new(64, 128, 16, 4, 8),
+    Tiling::new(128, 128, 8, 8, 8),
+    Tiling::new(128, 128, 16, 8, 8),
+    Tiling::new(128, 128, 8, 8, 8).prefetched(),
+    Tiling::new(128, 128, 16, 8, 8).prefetched(),
+];
+
+/// How a context picks the matmul tiling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TilingChoice {
+    /// On a GPU, the first large product of each kind of shape times every tiling that
+    /// fits on scratch buffers and the context remembers the fastest; everything else
+    /// (small products, CPU adapters) uses [`TilingChoice::Heuristic`].
+    #[default]
+    Auto,
+    /// Like `Auto`, but every product's kind of shape is timed, however small and on any
+    /// adapter (CPU adapters included).
+    Timed,
+    /// By the shape alone: large tiles for large products, small for small.
+    Heuristic,
+    /// Always this one (it must fit the adapter).
+    Fixed(Tiling),
+}
+
+/// Products below this many multiply-adds are not worth timing: launch overhead dominates.
+const TUNE_MIN_MACS: u64 = 1 << 28;
+
+/// What tuning results are remembered by: shapes within a factor of two, same layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ShapeClass {
+    log2_m: u32,
+    log2_n: u32,
+    log2_k: u32,
+    log2_batch: u32,
+    layout: Layout,
+}
+
+impl ShapeClass {
+    fn of(s: &StridedMatmul, layout: &Layout) -> ShapeClass {
+        let l = |x: usize| x.next_power_of_two().trailing_zeros();
+        ShapeClass {
+            log2_m: l(s.m),
+            log2_n: l(s.n),
+            log2_k: l(s.k),
+            log2_batch: l(s.batch[0] * s.batch[1]),
+            layout: *layout,
+        }
+    }
+}
+
+/// The tiling by shape: the largest whose tiles are mostly filled and which still gives
+/// the GPU enough workgroups; on a CPU adapter, 64 × 64 (measured fastest on llvmpipe).
+pub fn heuristic_tiling(caps: &Capabilities, m: usize, n: usize, batch: usize) -> Tiling {
+    let fits = |t: &Tiling| t.fits(caps);
+    let pick = |t: Tiling| if fits(&t) { Some(t) } else { None };
+    let small = TILINGS[0];
+    let medium = TILINGS[1];
+    if caps.is_cpu() {
+        return pick(medium).unwrap_or(small);
+    }
+    let groups =
+        |t: &Tiling| (m.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize) * batch) as u64;
+    // Fraction of a tile grid's area that is real output.
+    let filled = |t: &Tiling| {
+        (m * n) as f64
+            / (m.next_multiple_of(t.bm as usize) * n.next_multiple_of(t.bn as usize)) as f64
+    };
+    let candidates = [TILINGS[4], TILINGS[2], TILINGS[3], medium];
+    candidates
+        .into_iter()
+        .filter(fits)
+        .find(|t| filled(t) >= 0.75 && groups(t) >= 128)
+        .or_else(|| pick(medium).filter(|t| filled(t) >= 0.5))
+        .unwrap_or(small)
+}
+
+/// The tiling for a product, as the context's [`TilingChoice`] says.
+pub(crate) fn choose(ctx: &Context, s: &StridedMatmul, layout: &Layout) -> Result<Tiling> {
+    let caps = ctx.capabilities();
+    let batch = s.batch[0] * s.batch[1];
+    match super::tiling_choice(ctx) {
+        TilingChoice::Fixed(t) => {
+            if t.fits(caps) {
+                Ok(t)
+            } else {
+                Err(Error::invalid(format!(
+                    "matmul tiling {t} is not supported here (register block up to 8x8, \
+                     at most {} threads and {} bytes of workgroup memory)",
+                    caps.max_invocations_per_workgroup, caps.max_workgroup_storage
+                )))
+            }
+        }
+        TilingChoice::Heuristic => Ok(heuristic_tiling(caps, s.m, s.n, batch)),
+        choice @ (TilingChoice::Auto | TilingChoice::Timed) => {
+            let macs = (s.m * s.n * s.k) as u64 * batch as u64;
+            let worth_timing = !caps.is_cpu() && macs >= TUNE_MIN_MACS;
+            if !worth_timing && choice == TilingChoice::Auto {
+                return Ok(heuristic_tiling(caps, s.m, s.n, batch));
+            }
+            let class = ShapeClass::of(s, layout);
+            let state = state(ctx);
+            if let Some(&t) = state.tuned.lock().unwrap().get(&class) {
+                return Ok(t);
+            }
+            let started = std::time::Instant::now();
+            let t = tune(ctx, s, layout)?.0;
+            state.tuned.lock().unwrap().insert(class, t);
+            ctx.record_tuning(started.elapsed());
+            Ok(t)
+        }
+    }
+}
+
+/// Times every tiling that fits on a `[m, k] · [k, n]` product (operands stored transposed
+/// as asked) on scratch buffers, fastest first: what [`TilingChoice::Auto`] does for a
+/// large product, shown (by `bench`) for any.
+pub fn time_tilings(
+    ctx: &Context,
+    (m, n, k): (usize, usize, usize),
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<Vec<(Tiling, std::time::Duration)>> {
+    let view = |rows, cols, trans| {
+        if trans {
+            MatrixView::row_major(cols, rows).transposed()
+        } else {
+            MatrixView::row_major(rows, cols)
+        }
+    };
+    let s = StridedMatmul {
+        m,
+        n,
+        k,
+        batch: [1, 1],
+        a: view(m, k, trans_a),
+        b: view(k, n, trans_b),
+        c: MatrixView::row_major(m, n),
+        alpha: 1.0,
+        beta: 0.0,
+        bias_offset: 0,
+    };
+    let ta = Tensor::zeros(ctx, &[m, k], DType::F32)?;
+    let tb = Tensor::zeros(ctx, &[k, n], DType::F32)?;
+    Ok(tune(ctx, &s, &Layout::of(&s, &ta, &tb))?.1)
+}
+
+/// Times every tiling that fits on scratch operands laid out like `s`'s (contiguity and
+/// vec4 eligibility), capped in size, and returns them fastest first.
+pub(crate) fn tune(
+    ctx: &Context,
+    s: &StridedMatmul,
+    layout: &Layout,
+) -> Result<(Tiling, Vec<(Tiling, std::time::Duration)>)> {
+    // At most 2^24 elements (64 MiB) per scratch operand: fewer batches, then fewer rows.
+    const CAP: usize = 1 << 24;
+    let (mut m, n, k) = (s.m, s.n, s.k);
+    let per = (m * k).max(k * n).max(m * n);
+    let batch = (s.batch[0] * s.batch[1]).clamp(1, (CAP / per).max(1));
+    if batch * per > CAP {
+        m = (CAP / k.max(n)).max(256).min(m).next_multiple_of(4);
+    }
+    let view = |rows: usize, cols: usize, contig_is_col: bool| {
+        let v = MatrixView::row_major(rows, cols);
+        if contig_is_col {
+            v
+        } else {
+            MatrixView::row_major(cols, rows).transposed()
+        }
+    };
+    let spec = StridedMatmul {
+        m,
+        n,
+        k,
+        batch: [batch, 1],
+        a: view(m, k, layout.a_k_contig),
+        b: view(k, n, layout.b_n_contig),
+        c: MatrixView::row_major(m, n),
+        alpha: 1.0,
+        beta: 0.0,
+        bias_offset: 0,
+    };
+    let ta = Tensor::zeros(ctx, &[batch, m, k], DType::F32)?;
+    let tb = Tensor::zeros(ctx, &[batch, k, n], DType::F32)?;
+    let tc = Tensor::zeros(ctx, &[batch, m, n], DType::F32)?;
+    let scratch_layout = Layout::of(&spec, &ta, &tb);
+    let ops = Operands {
+        a: &ta,
+        b: &tb,
+        bias: None,
+        c: &tc,
+        gelu: None,
+    };
+    let mut times = Vec::new();
+    for t in TILINGS.iter().filter(|t| t.fits(ctx.capabilities())) {
+        let d = dispatch(ctx, &spec, &scratch_layout, *t, &ops)?;
+        time_dispatches(ctx, std::slice::from_ref(&d), 1)?; // compile, warm
+        let time = time_dispatches(ctx, std::slice::from_ref(&d), 3)?;
+        times.push((*t, time));
+    }
+    times.sort_by_key(|&(_, d)| d);
+    Ok((times[0].0, times))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{matmul, reference, set_tiling, tuned_tilings, MatmulOptions};
+    use super::*;
+    use crate::testing::*;
+
+    /// `TilingChoice::Timed` times each kind of shape once: the first product of a kind
+    /// tunes (every tiling that fits, once), later ones of the same kind reuse the choice,
+    /// another kind tunes again; every product is right whatever was chosen.
+    #[test]
+    fn tuning_times_each_kind_of_shape_once_and_products_stay_right() {
+        let _turn = ctx(); // a second device must not race the shared one
+        let ctx = &Context::new().unwrap();
+        set_tiling(ctx, TilingChoice::Timed);
+        let mut rng = rng(8);
+        // (m, n, k): the first two are one kind (within a factor of two, neither read as
+        // vec4s), the third another.
+        let shapes = [(33, 65, 17), (41, 67, 19), (130, 7, 17)];
+        let expected_tunings = [1, 1, 2];
+        for (&(m, n, k), &tunings) in shapes.iter().zip(&expected_tunings) {
+            let a = randn(&mut rng, m * k);
+            let b = randn(&mut rng, k * n);
+            let c = matmul(
+                ctx,
+                &upload(ctx, &a, &[m, k]),
+                &upload(ctx, &b, &[k, n]),
+                None,
+                &MatmulOptions::default(),
+            )
+            .unwrap();
+            let want = reference::matmul(&to_f64(&a), &to_f64(&b), (m, n, k), false, false);
+            assert_close(&format!("{m}x{n}x{k}"), &download(ctx, &c), &want, 1e-5);
+            assert_eq!(ctx.setup_costs().tunings, tunings, "after {m}x{n}x{k}");
+            assert_eq!(tuned_tilings(ctx).len(), tunings);
+        }
+        let fitting: Vec<Tiling> = TILINGS
+            .iter()
+            .copied()
+            .filter(|t| t.fits(ctx.capabilities()))
+            .collect();
+        assert!(tuned_tilings(ctx).iter().all(|t| fitting.contains(t)));
+        // The timing itself: one time per fitting tiling, each tiling once.
+        let times = time_tilings(ctx, (64, 64, 32), false, true).unwrap();
+        assert_eq!(times.len(), fitting.len());
+        assert!(fitting
+            .iter()
+            .all(|t| times.iter().filter(|(u, _)| u == t).count() == 1));
+    }
+
+    #[test]
+    fn a_fixed_tiling_the_kernel_cannot_run_is_an_error() {
+        let shared = ctx(); // taking the turn: a second device must not race the first
+        let bad = Tiling::new(64, 64, 16, 16, 4); // register block taller than 8
+        assert!(!bad.fits(shared.capabilities()));
+        let ctx = Context::new().unwrap();
+        set_tiling(&ctx, TilingChoice::Fixed(bad));
+        let a = upload(&ctx, &[1.0; 4], &[2, 2]);
+        let r = matmul(&ctx, &a, &a, None, &MatmulOptions::default());
+        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    }
+}

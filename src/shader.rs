@@ -1,0 +1,305 @@
+//! WGSL shaders: a kernel family's source, the variants compiled from it, and what each entry
+//! point binds, read from the source itself (with naga) so host code binds tensors by name.
+//!
+//! A kernel's bindings are never listed twice: the WGSL declares them
+//! (`@group(0) @binding(3) var<storage, read> gamma: array<f32>;`), the host names the tensor
+//! for each (`.read("gamma", &g)`), and the bind group layout is made from the declarations
+//! the entry point uses. A name the entry point does not use, a binding left out, or a tensor
+//! bound read-only where the shader writes is an [`Error::Kernel`] in every build.
+
+use crate::error::{Error, Result};
+
+/// A WGSL shader: one kernel family (a file in `shaders/`, with any shared snippets from
+/// `shaders/lib/` appended), or a kernel of your own (see [`crate::DispatchBuilder`]).
+#[derive(Debug)]
+pub struct Shader {
+    /// A short name, for errors and profiles (the file's stem for the library's kernels).
+    pub name: &'static str,
+    /// The WGSL source.
+    pub source: &'static str,
+}
+
+impl Shader {
+    /// Identifies the shader in caches: its name and where its source lives, so a kernel of
+    /// an application's that happens to share a name with one of ours never shares its
+    /// pipelines.
+    pub(crate) fn key(&self) -> (&'static str, usize) {
+        (self.name, self.source.as_ptr() as usize)
+    }
+}
+
+/// Text substitutions that select a compiled variant of a shader: each `(needle,
+/// replacement)` replaces a line of the source, e.g. the `const` that sizes a per-thread array
+/// (what WGSL `override` constants cannot do). Each needle must occur exactly once; otherwise
+/// the source drifted from the code that selects its variants, and that is an error.
+pub(crate) fn apply_variant(shader: &Shader, variant: &[(&'static str, String)]) -> Result<String> {
+    let mut source = shader.source.to_string();
+    for (needle, replacement) in variant {
+        let found = source.matches(needle).count();
+        if found != 1 {
+            return Err(Error::Kernel {
+                kernel: shader.name.to_string(),
+                message: format!(
+                    "variant substitution expects the text {needle:?} exactly once in the \
+                     source, found it {found} times"
+                ),
+            });
+        }
+        source = source.replacen(needle, replacement, 1);
+    }
+    Ok(source)
+}
+
+/// How a kernel uses a storage buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// `var<storage, read>`.
+    Read,
+    /// `var<storage, read_write>`.
+    ReadWrite,
+}
+
+/// What a binding of an entry point is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BindingKind {
+    /// `var<uniform>`: the kernel's parameter block, of this many bytes.
+    Uniform {
+        /// The struct's size as WGSL lays it out.
+        size: u64,
+    },
+    /// `var<storage>`: a tensor.
+    Storage(Access),
+}
+
+/// One resource an entry point uses, as the shader declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingInfo {
+    /// The variable's name in the WGSL.
+    pub name: String,
+    /// Its `@binding` number (every binding is in `@group(0)`).
+    pub binding: u32,
+    /// Uniform block or storage buffer.
+    pub kind: BindingKind,
+}
+
+/// The resources one entry point uses, in binding order: exactly what its bind group holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryInterface {
+    /// Every used binding, sorted by number.
+    pub bindings: Vec<BindingInfo>,
+}
+
+/// Parses and validates `source` with naga: the module and its analysis.
+pub(crate) fn parse(name: &str, source: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let kernel_error = |message: String| Error::Kernel {
+        kernel: name.to_string(),
+        message,
+    };
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| kernel_error(format!("WGSL does not parse: {}", e.emit_to_string(source))))?;
+    // Every capability: the device, not this analysis, decides what may run.
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| {
+        kernel_error(format!(
+            "WGSL does not validate: {}",
+            e.emit_to_string(source)
+        ))
+    })?;
+    Ok((module, info))
+}
+
+/// The bindings entry point `entry` of the parsed module uses.
+pub(crate) fn entry_interface(
+    name: &str,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: &str,
+) -> Result<EntryInterface> {
+    let kernel_error = |message: String| Error::Kernel {
+        kernel: format!("{name}::{entry}"),
+        message,
+    };
+    let index = module
+        .entry_points
+        .iter()
+        .position(|ep| ep.name == entry)
+        .ok_or_else(|| kernel_error("the shader has no entry point of this name".into()))?;
+    let uses = info.get_entry_point(index);
+    let mut bindings = Vec::new();
+    for (handle, var) in module.global_variables.iter() {
+        let Some(rb) = &var.binding else { continue };
+        if uses[handle].is_empty() {
+            continue;
+        }
+        let var_name = var.name.clone().unwrap_or_default();
+        if rb.group != 0 {
+            return Err(kernel_error(format!(
+                "binding {var_name} is in group {}; kernels use group 0 only",
+                rb.group
+            )));
+        }
+        let kind = match var.space {
+            naga::AddressSpace::Uniform => BindingKind::Uniform {
+                size: module.types[var.ty].inner.size(module.to_ctx()) as u64,
+            },
+            naga::AddressSpace::Storage { access } => {
+                BindingKind::Storage(if access.contains(naga::StorageAccess::STORE) {
+                    Access::ReadWrite
+                } else {
+                    Access::Read
+                })
+            }
+            other => {
+                return Err(kernel_error(format!(
+                    "binding {var_name} is in address space {other:?}; kernels bind uniform \
+                     and storage buffers only"
+                )))
+            }
+        };
+        bindings.push(BindingInfo {
+            name: var_name,
+            binding: rb.binding,
+            kind,
+        });
+    }
+    bindings.sort_by_key(|b| b.binding);
+    if bindings
+        .iter()
+        .filter(|b| matches!(b.kind, BindingKind::Uniform { .. }))
+        .count()
+        > 1
+    {
+        return Err(kernel_error(
+            "more than one uniform block; kernels take one parameter block".into(),
+        ));
+    }
+    Ok(EntryInterface { bindings })
+}
+
+/// The bindings `entry` of `source` uses (parsing the source: for tests and tools; the
+/// context caches what it parses).
+pub fn reflect(shader: &Shader, entry: &str) -> Result<EntryInterface> {
+    let (module, info) = parse(shader.name, shader.source)?;
+    entry_interface(shader.name, &module, &info, entry)
+}
+
+/// A uniform struct as WGSL lays it out: its size and each member's name and byte offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StructLayout {
+    /// Size in bytes.
+    pub size: usize,
+    /// `(name, offset)` of each member, in order.
+    pub fields: Vec<(String, usize)>,
+}
+
+/// The layout of the struct named `type_name` in `shader` (for the tests that hold the
+/// host's `#[repr(C)]` mirrors of the parameter blocks to the WGSL).
+pub fn struct_layout(shader: &Shader, type_name: &str) -> Result<StructLayout> {
+    let (module, _) = parse(shader.name, shader.source)?;
+    for (_, ty) in module.types.iter() {
+        if ty.name.as_deref() != Some(type_name) {
+            continue;
+        }
+        if let naga::TypeInner::Struct { members, span } = &ty.inner {
+            return Ok(StructLayout {
+                size: *span as usize,
+                fields: members
+                    .iter()
+                    .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+                    .collect(),
+            });
+        }
+    }
+    Err(Error::Kernel {
+        kernel: shader.name.to_string(),
+        message: format!("no struct named {type_name}"),
+    })
+}
+
+/// The layout of a `#[repr(C)]` Rust struct, field by field, for comparing with
+/// [`struct_layout`]: `host_layout!(Params { rows, n, eps })`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! host_layout {
+    ($ty:ident { $($field:ident),* $(,)? }) => {
+        $crate::shader::StructLayout {
+            size: ::std::mem::size_of::<$ty>(),
+            fields: vec![$((stringify!($field).to_string(), ::std::mem::offset_of!($ty, $field))),*],
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static TOY: Shader = Shader {
+        name: "toy",
+        source: "
+struct Params { n: u32, scale: f32, _p0: u32, _p1: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> unused_here: array<f32>;
+const WG: u32 = 64u;
+
+@compute @workgroup_size(WG)
+fn scale(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x < p.n) { y[gid.x] = p.scale * x[gid.x]; }
+}
+
+@compute @workgroup_size(WG)
+fn clear(@builtin(global_invocation_id) gid: vec3<u32>) {
+    unused_here[gid.x] = 0.0;
+}
+",
+    };
+
+    #[test]
+    fn an_entry_point_binds_what_it_uses() {
+        let scale = reflect(&TOY, "scale").unwrap();
+        let names: Vec<(&str, u32, BindingKind)> = scale
+            .bindings
+            .iter()
+            .map(|b| (b.name.as_str(), b.binding, b.kind))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("p", 0, BindingKind::Uniform { size: 16 }),
+                ("x", 1, BindingKind::Storage(Access::Read)),
+                ("y", 2, BindingKind::Storage(Access::ReadWrite)),
+            ]
+        );
+        let clear = reflect(&TOY, "clear").unwrap();
+        assert_eq!(clear.bindings.len(), 1);
+        assert_eq!(clear.bindings[0].name, "unused_here");
+        assert!(matches!(reflect(&TOY, "nope"), Err(Error::Kernel { .. })));
+    }
+
+    #[test]
+    fn variant_substitution_fails_loudly_when_the_text_drifted() {
+        let ok = apply_variant(
+            &TOY,
+            &[("const WG: u32 = 64u;", "const WG: u32 = 32u;".into())],
+        );
+        assert!(ok.unwrap().contains("const WG: u32 = 32u;"));
+        let missing = apply_variant(&TOY, &[("const WG: u32 = 128u;", String::new())]);
+        assert!(matches!(missing, Err(Error::Kernel { .. })), "{missing:?}");
+        // Twice in the source is as wrong as never.
+        let twice = apply_variant(&TOY, &[("@compute", String::new())]);
+        assert!(matches!(twice, Err(Error::Kernel { .. })), "{twice:?}");
+    }
+
+    #[test]
+    fn struct_layouts_come_from_the_wgsl() {
+        let l = struct_layout(&TOY, "Params").unwrap();
+        assert_eq!(l.size, 16);
+        let fields: Vec<(&str, usize)> = l.fields.iter().map(|(n, o)| (n.as_str(), *o)).collect();
+        assert_eq!(fields, [("n", 0), ("scale", 4), ("_p0", 8), ("_p1", 12)]);
+    }
+}

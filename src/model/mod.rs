@@ -256,6 +256,19 @@ impl RoFormer {
         Session::new(ctx, self, batch, seq, mode, PlanOptions::default())
     }
 
+    /// [`RoFormer::session`] with explicit planner options (e.g. a buffer for every tensor,
+    /// to rule out the planner when a step looks wrong).
+    pub fn session_with(
+        &self,
+        ctx: &Context,
+        batch: usize,
+        seq: usize,
+        mode: Mode,
+        options: PlanOptions,
+    ) -> Result<Session<'_>> {
+        Session::new(ctx, self, batch, seq, mode, options)
+    }
+
     /// Builds the graph: the whole model in data-flow order.
     fn build(&self, g: &mut Graph, inputs: &Inputs) -> Result<Outputs> {
         let (c, s) = (&self.config, &self.store);

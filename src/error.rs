@@ -12,66 +12,104 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// No adapter could be found on the backends that were tried.
     #[error("no GPU adapter found (backends tried: {backends}). {hint}")]
-    NoAdapter { backends: String, hint: String },
+    NoAdapter {
+        /// The backends that were searched.
+        backends: String,
+        /// How to install one.
+        hint: String,
+    },
 
     /// `WGPU_ADAPTER_NAME` (or the option) named an adapter that does not exist.
     #[error("no adapter name contains {wanted:?}; available adapters: {available}")]
-    AdapterNotFound { wanted: String, available: String },
+    AdapterNotFound {
+        /// The name asked for.
+        wanted: String,
+        /// The adapters there are.
+        available: String,
+    },
 
     /// The adapter refused to create a device.
     #[error("could not open a device on {adapter}: {message}")]
-    RequestDevice { adapter: String, message: String },
+    RequestDevice {
+        /// The adapter's name.
+        adapter: String,
+        /// wgpu's reason.
+        message: String,
+    },
 
     /// A tensor has the wrong shape for an operation.
     #[error("{op}: {what} has shape {found:?}, expected {expected}")]
     Shape {
+        /// The operation.
         op: &'static str,
+        /// Which of its tensors.
         what: &'static str,
+        /// What it needs.
         expected: String,
+        /// The shape given.
         found: Vec<usize>,
     },
 
     /// A tensor has the wrong element type.
     #[error("{op}: {what} has dtype {found:?}, expected {expected:?}")]
     DType {
+        /// The operation.
         op: &'static str,
+        /// Which of its tensors.
         what: &'static str,
+        /// The type it needs.
         expected: crate::DType,
+        /// The type given.
         found: crate::DType,
     },
 
     /// Host data and the declared shape disagree.
     #[error("{what}: {len} values given for shape {shape:?} ({expected} values)")]
     DataLength {
+        /// What was being filled.
         what: &'static str,
+        /// Values given.
         len: usize,
+        /// The shape they were for.
         shape: Vec<usize>,
+        /// Values that shape holds.
         expected: usize,
     },
 
     /// A tensor or dispatch is larger than the adapter allows.
     #[error("{what} needs {needed} but the adapter's limit is {limit} ({limit_name})")]
     OverLimit {
+        /// What was too large.
         what: String,
+        /// What it needs.
         needed: u64,
+        /// What the adapter allows.
         limit: u64,
+        /// The limit's name in wgpu (and what to do about it).
         limit_name: &'static str,
     },
 
     /// A token id is not below the vocabulary size.
     #[error("token id {id} at position {position} is out of range (vocabulary size {vocab})")]
     TokenOutOfRange {
+        /// The id.
         id: u32,
+        /// Its position in the ids given.
         position: usize,
+        /// The vocabulary size.
         vocab: usize,
     },
 
     /// A class label is neither a valid class nor the ignore index.
     #[error("label {label} at position {position} is out of range (classes 0..{classes}, ignore index {ignore_index})")]
     LabelOutOfRange {
+        /// The label.
         label: i32,
+        /// Its position in the labels given.
         position: usize,
+        /// The number of classes.
         classes: usize,
+        /// The label that means "no label".
         ignore_index: i32,
     },
 
@@ -80,7 +118,12 @@ pub enum Error {
     /// not in the source, WGSL that does not parse. A bug in the kernel or its launcher
     /// (yours, for a custom kernel), reported instead of compiling something else.
     #[error("kernel {kernel}: {message}")]
-    Kernel { kernel: String, message: String },
+    Kernel {
+        /// `shader::entry`.
+        kernel: String,
+        /// What disagrees.
+        message: String,
+    },
 
     /// Any other invalid argument.
     #[error("{0}")]
@@ -89,7 +132,9 @@ pub enum Error {
     /// The GPU reported an error (validation, out of memory, internal) or the device was lost.
     #[error("GPU error during {during}: {message}")]
     Gpu {
+        /// What the library was doing.
         during: &'static str,
+        /// wgpu's message.
         message: String,
     },
 
@@ -97,8 +142,11 @@ pub enum Error {
     /// holds the weights from before it and no checkpoint was written for it.
     #[error("step {step}: non-finite values, first in {tensor} ({during}); the update was skipped and the last checkpoint is intact")]
     NonFinite {
+        /// The training step.
         step: u64,
+        /// The first tensor that held an infinity or NaN.
         tensor: String,
+        /// The call that wrote it.
         during: String,
     },
 
@@ -109,14 +157,21 @@ pub enum Error {
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
 
     /// A file's contents are not what they claim to be.
     #[error("{path}: {message}")]
-    Format { path: String, message: String },
+    Format {
+        /// The file (and tensor, where one is at fault).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl Error {

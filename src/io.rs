@@ -14,18 +14,23 @@ use crate::error::{Error, Result};
 /// Host-side tensor data: floats (any float dtype is converted to f32) or integers.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HostData {
+    /// 32-bit floats (f16, bf16 and f64 checkpoints are converted to these).
     F32(Vec<f32>),
+    /// 64-bit integers (token ids and labels in the fixtures).
     I64(Vec<i64>),
 }
 
 /// A tensor read from (or to be written to) a file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// The elements, row-major.
     pub data: HostData,
 }
 
 impl HostTensor {
+    /// An f32 tensor.
     pub fn f32(shape: &[usize], data: Vec<f32>) -> Self {
         HostTensor {
             shape: shape.to_vec(),
@@ -49,6 +54,7 @@ impl HostTensor {
         }
     }
 
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

@@ -14,6 +14,7 @@ use crate::tensor::{DType, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decay {
+    /// The peak rate throughout.
     Constant,
     /// Linearly to 0 at `total_steps` (HF `get_linear_schedule_with_warmup`).
     Linear,
@@ -24,12 +25,16 @@ pub enum Decay {
 /// Learning rate per step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
+    /// Steps of linear warm-up from 0 to the peak.
     pub warmup_steps: u64,
+    /// Where the decay reaches 0.
     pub total_steps: u64,
+    /// The shape of the decay.
     pub decay: Decay,
 }
 
 impl Schedule {
+    /// The peak rate at every step.
     pub fn constant() -> Schedule {
         Schedule {
             warmup_steps: 0,
@@ -57,7 +62,9 @@ impl Schedule {
 /// Everything an optimizer step needs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrainOptions {
+    /// AdamW's settings; `lr` is the schedule's peak.
     pub adamw: AdamWConfig,
+    /// The learning rate over the steps.
     pub schedule: Schedule,
     /// Clip gradients to this global norm (`None`: no clipping).
     pub clip_norm: Option<f32>,
@@ -84,6 +91,7 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// Plans clipping and AdamW over every parameter of `store`.
     pub fn new(ctx: &Context, store: &ParamStore, options: TrainOptions) -> Result<Optimizer> {
         if options
             .clip_norm
@@ -138,6 +146,7 @@ impl Optimizer {
         Ok(lr)
     }
 
+    /// Clipping then the AdamW updates, in order.
     pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
         self.clip
             .iter()
@@ -149,6 +158,7 @@ impl Optimizer {
         &self.stats
     }
 
+    /// Its settings.
     pub fn options(&self) -> &TrainOptions {
         &self.options
     }

@@ -13,12 +13,16 @@ use crate::tensor::{numel, DType, Tensor};
 /// A named parameter and where it sits in the flat buffers (in elements).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamSpec {
+    /// HF's name, e.g. `roformer.encoder.layer.0.attention.self.query.weight`.
     pub name: String,
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// Its first element in the flat buffers.
     pub offset: usize,
 }
 
 impl ParamSpec {
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         numel(&self.shape)
     }
@@ -96,10 +100,12 @@ impl ParamStore {
         })
     }
 
+    /// Every parameter, in HF's order.
     pub fn specs(&self) -> &[ParamSpec] {
         &self.specs
     }
 
+    /// The index of the parameter `name`.
     pub fn index(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
     }
@@ -119,10 +125,12 @@ impl ParamStore {
         flat.view(ctx, s.offset, &s.shape)
     }
 
+    /// Parameter i, as a view of the flat buffer.
     pub fn value(&self, ctx: &Context, i: usize) -> Result<Tensor> {
         self.view(ctx, &self.values, i)
     }
 
+    /// The gradient of parameter i, as a view of the flat gradient buffer.
     pub fn grad(&self, ctx: &Context, i: usize) -> Result<Tensor> {
         self.view(ctx, &self.grads, i)
     }

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit float.
     F32,
     /// Token ids and other indices.
     U32,
@@ -14,6 +15,7 @@ pub enum DType {
 }
 
 impl DType {
+    /// Bytes per element.
     pub fn size(self) -> usize {
         4
     }
@@ -21,6 +23,7 @@ impl DType {
 
 /// Host element types that map to a [`DType`].
 pub trait Element: bytemuck::Pod {
+    /// The element type.
     const DTYPE: DType;
 }
 impl Element for f32 {
@@ -162,22 +165,27 @@ impl Tensor {
         })
     }
 
+    /// Dimensions, outermost first.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// Element type.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         numel(&self.shape)
     }
 
+    /// Size in bytes.
     pub fn byte_size(&self) -> u64 {
         self.numel() as u64 * self.dtype.size() as u64
     }
 
+    /// The buffer holding it (shared with other views).
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }

@@ -61,36 +61,50 @@ mod defaults {
 /// A RoFormer configuration; missing fields take `RoFormerConfig`'s defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoFormerConfig {
+    /// Token vocabulary.
     #[serde(default = "defaults::vocab_size")]
     pub vocab_size: usize,
     /// Width of the embeddings; `None` means `hidden_size`. When it differs, a linear
     /// `embeddings_project` maps embeddings to the hidden size.
     #[serde(default)]
     pub embedding_size: Option<usize>,
+    /// Width of the encoder layers.
     #[serde(default = "defaults::hidden_size")]
     pub hidden_size: usize,
+    /// Encoder layers.
     #[serde(default = "defaults::num_hidden_layers")]
     pub num_hidden_layers: usize,
+    /// Attention heads per layer (`hidden_size` is a multiple of it).
     #[serde(default = "defaults::num_attention_heads")]
     pub num_attention_heads: usize,
+    /// Width of the feed-forward block.
     #[serde(default = "defaults::intermediate_size")]
     pub intermediate_size: usize,
+    /// Activation of the feed-forward block (`gelu`, the erf form).
     #[serde(default = "defaults::hidden_act")]
     pub hidden_act: String,
+    /// Longest sequence: the size of the RoPE table.
     #[serde(default = "defaults::max_position_embeddings")]
     pub max_position_embeddings: usize,
+    /// Token types (segments).
     #[serde(default = "defaults::type_vocab_size")]
     pub type_vocab_size: usize,
+    /// LayerNorm's epsilon.
     #[serde(default = "defaults::layer_norm_eps")]
     pub layer_norm_eps: f64,
+    /// Rotate the values too (HF `rotary_value`).
     #[serde(default)]
     pub rotary_value: bool,
+    /// The padding token, whose embedding starts at zero.
     #[serde(default = "defaults::pad_token_id")]
     pub pad_token_id: Option<u32>,
+    /// Standard deviation of the initial weights.
     #[serde(default = "defaults::initializer_range")]
     pub initializer_range: f64,
+    /// Classes of the classification head (else from `id2label`, else 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_labels: Option<usize>,
+    /// Class names by index, as HF writes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id2label: Option<BTreeMap<String, String>>,
     /// This library's option: softmax (HF) or linear attention.
@@ -201,10 +215,12 @@ impl RoFormerConfig {
         Ok(())
     }
 
+    /// Width of the embeddings (`embedding_size`, else `hidden_size`).
     pub fn embedding_size(&self) -> usize {
         self.embedding_size.unwrap_or(self.hidden_size)
     }
 
+    /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads.max(1)
     }
@@ -216,6 +232,7 @@ impl RoFormerConfig {
             .unwrap_or(2)
     }
 
+    /// The config as HF's `config.json`.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a config always serialises")
     }

@@ -225,14 +225,17 @@ impl RoFormer {
         io::write_atomic(dir.join("config.json"), config.to_json().as_bytes())
     }
 
+    /// The configuration it was built from.
     pub fn config(&self) -> &RoFormerConfig {
         &self.config
     }
 
+    /// The task head.
     pub fn head(&self) -> Head {
         self.head
     }
 
+    /// Its parameters (with their gradients and AdamW moments).
     pub fn params(&self) -> &ParamStore {
         &self.store
     }
@@ -449,11 +452,13 @@ pub enum Mode {
 /// for classification; −100 marks a position without a label).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {
+    /// Token ids, each below the vocabulary size.
     pub input_ids: Vec<u32>,
     /// 1 for tokens, 0 for padding. Empty means all ones.
     pub attention_mask: Vec<u32>,
     /// Empty means all zeros.
     pub token_type_ids: Vec<u32>,
+    /// Class labels (−100: no label).
     pub labels: Vec<i32>,
 }
 
@@ -696,6 +701,7 @@ impl<'m> Session<'m> {
         self.plan.tensor(self.outputs.logits)?.to_vec(ctx)
     }
 
+    /// Shape of [`Session::logits`].
     pub fn logits_shape(&self) -> Result<Vec<usize>> {
         Ok(self.plan.tensor(self.outputs.logits)?.shape().to_vec())
     }
@@ -710,6 +716,7 @@ impl<'m> Session<'m> {
         self.plan.tensor(id)?.to_vec(ctx)
     }
 
+    /// The GPU memory the planned step holds.
     pub fn memory(&self) -> &MemoryReport {
         self.plan.memory()
     }
@@ -728,18 +735,22 @@ impl<'m> Session<'m> {
         self.calls
     }
 
+    /// The optimizer (`Train` sessions).
     pub fn optimizer(&mut self) -> Option<&mut Optimizer> {
         self.optimizer.as_mut()
     }
 
+    /// `(batch, sequence length)` the session was planned for.
     pub fn shape(&self) -> (usize, usize) {
         (self.batch, self.seq)
     }
 
+    /// The model it runs.
     pub fn model(&self) -> &RoFormer {
         self.model
     }
 
+    /// The planned graph.
     pub fn plan(&self) -> &Plan {
         &self.plan
     }

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The AdamW kernel.
 pub static SHADER: Shader = Shader {
     name: "adamw",
     source: include_str!("../../shaders/adamw.wgsl"),
@@ -18,10 +19,15 @@ pub static SHADER: Shader = Shader {
 /// Hyper-parameters, with torch's defaults.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
+    /// Learning rate (the schedule's peak).
     pub lr: f64,
+    /// First-moment decay.
     pub beta1: f64,
+    /// Second-moment decay.
     pub beta2: f64,
+    /// Added to the root of the second moment.
     pub eps: f64,
+    /// Decoupled weight decay, applied to every parameter as torch does.
     pub weight_decay: f64,
 }
 
@@ -69,11 +75,14 @@ fn params(n: usize, c: &AdamWConfig, lr: f64, t: u64) -> Params {
 /// Optimizer state of one flat range of parameters.
 #[derive(Clone, Debug)]
 pub struct AdamWState {
+    /// First moments.
     pub m: Tensor,
+    /// Second moments.
     pub v: Tensor,
 }
 
 impl AdamWState {
+    /// Zero moments for a parameter of `shape`.
     pub fn zeros(ctx: &Context, shape: &[usize]) -> Result<AdamWState> {
         Ok(AdamWState {
             m: Tensor::zeros(ctx, shape, DType::F32)?,
@@ -86,6 +95,7 @@ impl AdamWState {
 /// before each replay.
 #[derive(Clone, Debug)]
 pub struct AdamWStep {
+    /// The update's dispatch.
     pub dispatch: Dispatch,
     n: usize,
     config: AdamWConfig,
@@ -150,6 +160,7 @@ pub fn plan_step(
 pub mod reference {
     use super::AdamWConfig;
 
+    /// Step `t` (1-based) of AdamW on `p` with gradient `g`.
     pub fn step(c: &AdamWConfig, t: u64, p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64]) {
         let bc1 = 1.0 - c.beta1.powf(t as f64);
         let bc2 = 1.0 - c.beta2.powf(t as f64);

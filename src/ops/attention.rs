@@ -11,8 +11,10 @@ use crate::ops::matmul::{self, MatrixView, StridedMatmul};
 use crate::ops::{rope, softmax};
 use crate::tensor::{DType, Tensor};
 
+/// What a softmax attention computes besides `softmax(q kᵀ / √d) v`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttentionOptions<'a> {
+    /// Position t attends to positions up to t only.
     pub causal: bool,
     /// Additive mask `[B, T]` (HF: 0 for tokens, a large negative value for padding).
     pub mask: Option<&'a Tensor>,
@@ -30,15 +32,21 @@ pub struct AttentionOptions<'a> {
 /// The rotation tensors exist only with RoPE (`v_rot`, `dv_rot` only with `rotary_value`).
 #[derive(Clone, Debug)]
 pub struct BufferShapes {
+    /// Shape of q and k.
     pub qk: Vec<usize>,
+    /// Shape of v.
     pub v: Vec<usize>,
     /// `[B, H, T, T]`.
     pub square: Vec<usize>,
+    /// RoPE rotates q and k.
     pub rotate_qk: bool,
+    /// RoPE rotates v too.
     pub rotate_v: bool,
 }
 
 impl BufferShapes {
+    /// The buffer shapes for q and v of these shapes in `layout`; errors unless both have
+    /// four non-zero dimensions and the same batch, heads and length.
     pub fn new(
         q: &[usize],
         v: &[usize],
@@ -46,12 +54,15 @@ impl BufferShapes {
         opts: &AttentionOptions<'_>,
     ) -> Result<Self> {
         let probe = |what, shape: &[usize]| {
-            let s = shape.to_vec();
-            let h = match layout {
-                HeadLayout::Bhtd => Heads::new(s[0], s[1], s[2], s[3], layout),
-                HeadLayout::Bthd => Heads::new(s[0], s[2], s[1], s[3], layout),
+            let &[a, b, c, d] = shape else {
+                return Err(crate::Error::shape(
+                    "attention",
+                    what,
+                    "4 non-zero dimensions",
+                    shape,
+                ));
             };
-            if s.len() != 4 || s.contains(&0) {
+            if shape.contains(&0) {
                 return Err(crate::Error::shape(
                     "attention",
                     what,
@@ -59,7 +70,10 @@ impl BufferShapes {
                     shape,
                 ));
             }
-            Ok(h)
+            Ok(match layout {
+                HeadLayout::Bhtd => Heads::new(a, b, c, d, layout),
+                HeadLayout::Bthd => Heads::new(a, c, b, d, layout),
+            })
         };
         let (hq, hv) = (probe("q", q)?, probe("v", v)?);
         hq.expect_same_bht("attention", "v", &hv)?;
@@ -78,7 +92,9 @@ impl BufferShapes {
 pub struct Saved {
     /// Rotated q, k (and v), in the input layout, when RoPE is on.
     pub q_rot: Option<Tensor>,
+    /// Rotated k.
     pub k_rot: Option<Tensor>,
+    /// Rotated v (with `rotary_value`).
     pub v_rot: Option<Tensor>,
     /// `[B, H, T, T]` softmax output.
     pub probs: Tensor,
@@ -87,12 +103,15 @@ pub struct Saved {
 /// Scratch of the backward pass.
 #[derive(Clone, Debug)]
 pub struct BackwardBuffers {
-    /// `[B, H, T, T]` gradients of the probabilities and of the scores.
+    /// `[B, H, T, T]` gradient of the probabilities.
     pub dprobs: Tensor,
+    /// `[B, H, T, T]` gradient of the scores.
     pub dscores: Tensor,
     /// Gradients of the rotated q, k, v before they are rotated back.
     pub dq_rot: Option<Tensor>,
+    /// Gradient of the rotated k.
     pub dk_rot: Option<Tensor>,
+    /// Gradient of the rotated v.
     pub dv_rot: Option<Tensor>,
 }
 
@@ -102,6 +121,7 @@ fn zeros_if(ctx: &Context, on: bool, shape: &[usize]) -> Result<Option<Tensor>> 
 }
 
 impl Saved {
+    /// Zeroed tensors of these shapes.
     pub fn new(ctx: &Context, s: &BufferShapes) -> Result<Self> {
         Ok(Saved {
             q_rot: zeros_if(ctx, s.rotate_qk, &s.qk)?,
@@ -113,6 +133,7 @@ impl Saved {
 }
 
 impl BackwardBuffers {
+    /// Zeroed tensors of these shapes.
     pub fn new(ctx: &Context, s: &BufferShapes) -> Result<Self> {
         Ok(BackwardBuffers {
             dprobs: Tensor::zeros(ctx, &s.square, DType::F32)?,
@@ -433,6 +454,7 @@ pub fn backward(
 pub mod reference {
     use crate::ops::{rope, softmax};
 
+    /// Attention and its gradients for `grad_out`, `[B, H, T, d]` each: `(out, dq, dk, dv)`.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
         q: &[f64],

@@ -14,6 +14,7 @@ use crate::ops::linear_attention::{self, LinearAttentionOptions};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "chunked_linear_attention",
     source: include_str!("../../shaders/chunked_linear_attention.wgsl"),
@@ -130,12 +131,16 @@ pub fn shapes(
 /// What the forward pass writes and the backward pass reads.
 #[derive(Clone, Debug)]
 pub struct ChunkedSaved {
+    /// `[B, H, T, 6, d]`: each token's features (see the shader).
     pub features: Tensor,
+    /// `[B, H, chunks, d·dv + d]`: the state before each chunk.
     pub states: Tensor,
+    /// `[B, H, T, 2]`: each token's denominator (and, in the backward pass, its gradient).
     pub tokens: Tensor,
 }
 
 impl ChunkedSaved {
+    /// Zeroed tensors for these shapes.
     pub fn new(ctx: &Context, s: &ChunkShapes) -> Result<Self> {
         Ok(ChunkedSaved {
             features: Tensor::zeros(ctx, &s.features(), DType::F32)?,

@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "clip",
     source: concat!(
@@ -82,6 +83,7 @@ pub fn plan(
 
 /// CPU reference, in f64: `(scale, norm)`.
 pub mod reference {
+    /// `(scale, norm)` of torch's `clip_grad_norm_` over all gradients.
     pub fn clip(grads: &[f64], max_norm: Option<f64>) -> (f64, f64) {
         let norm = grads.iter().map(|g| g * g).sum::<f64>().sqrt();
         let scale = max_norm.map_or(1.0, |m| (m / (norm + 1e-6)).min(1.0));

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "cross_entropy",
     source: concat!(
@@ -41,6 +42,7 @@ pub struct Labels {
 }
 
 impl Labels {
+    /// Uploads and checks labels (each a class below `classes`, or `ignore_index`).
     pub fn new(
         ctx: &Context,
         labels: &[i32],
@@ -77,14 +79,17 @@ impl Labels {
         self.labels.write(ctx, labels)
     }
 
+    /// The labels on the GPU.
     pub fn tensor(&self) -> &Tensor {
         &self.labels
     }
 
+    /// Number of labels (rows).
     pub fn len(&self) -> usize {
         self.labels.numel()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -101,6 +106,7 @@ pub struct LossState {
 }
 
 impl LossState {
+    /// Uploads and checks labels (each a class below `classes`, or `ignore_index`).
     pub fn new(ctx: &Context, rows: usize) -> Result<LossState> {
         Ok(LossState {
             row_stats: Tensor::zeros(ctx, &[rows, 3], DType::F32)?,
@@ -202,6 +208,7 @@ pub fn forward(ctx: &Context, logits: &Tensor, labels: &Labels) -> Result<LossSt
     Ok(state)
 }
 
+/// `d loss / d logits` in a new tensor, from the forward's state.
 pub fn backward(
     ctx: &Context,
     logits: &Tensor,

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "elementwise",
     source: include_str!("../../shaders/elementwise.wgsl"),
@@ -58,6 +59,7 @@ pub fn plan_fill(ctx: &Context, out: &Tensor, value: f32) -> Result<Dispatch> {
         .build(ctx.grid_1d((n as u64).div_ceil(WG))?)
 }
 
+/// Fills `out` with `value` (queued).
 pub fn fill(ctx: &Context, out: &Tensor, value: f32) -> Result<()> {
     ctx.submit(&[plan_fill(ctx, out, value)?]).map(drop)
 }
@@ -196,6 +198,7 @@ pub fn add(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// CPU reference, in f64.
 pub mod reference {
+    /// `alpha · a + beta · b`.
     pub fn axpby(alpha: f64, a: &[f64], beta: f64, b: &[f64]) -> Vec<f64> {
         a.iter().zip(b).map(|(x, y)| alpha * x + beta * y).collect()
     }

@@ -14,6 +14,7 @@ use crate::ops::elementwise;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "embedding",
     source: include_str!("../../shaders/embedding.wgsl"),
@@ -94,18 +95,22 @@ impl TokenIds {
         &self.ids
     }
 
+    /// Shape of the ids.
     pub fn shape(&self) -> &[usize] {
         self.ids.shape()
     }
 
+    /// Number of ids.
     pub fn len(&self) -> usize {
         self.ids.numel()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The vocabulary they index.
     pub fn vocab(&self) -> usize {
         self.vocab
     }
@@ -190,6 +195,7 @@ pub fn plan_backward(
     Ok(out)
 }
 
+/// `table[ids]` in a new tensor.
 pub fn forward(ctx: &Context, table: &Tensor, ids: &TokenIds) -> Result<Tensor> {
     let mut shape = ids.shape().to_vec();
     shape.push(*table.shape().last().unwrap_or(&1));
@@ -198,6 +204,7 @@ pub fn forward(ctx: &Context, table: &Tensor, ids: &TokenIds) -> Result<Tensor> 
     Ok(out)
 }
 
+/// The table's gradient in a new tensor.
 pub fn backward(ctx: &Context, dout: &Tensor, ids: &TokenIds, dim: usize) -> Result<Tensor> {
     let dtable = Tensor::zeros(ctx, &[ids.vocab, dim], DType::F32)?;
     ctx.submit(&plan_backward(ctx, dout, ids, &dtable, false)?)?;
@@ -206,12 +213,14 @@ pub fn backward(ctx: &Context, dout: &Tensor, ids: &TokenIds, dim: usize) -> Res
 
 /// CPU reference, in f64.
 pub mod reference {
+    /// `table[ids]`.
     pub fn forward(table: &[f64], dim: usize, ids: &[u32]) -> Vec<f64> {
         ids.iter()
             .flat_map(|&t| table[t as usize * dim..(t as usize + 1) * dim].to_vec())
             .collect()
     }
 
+    /// The table's gradient: each row of `dout` added to its id's row.
     pub fn backward(dout: &[f64], dim: usize, ids: &[u32], vocab: usize) -> Vec<f64> {
         let mut d = vec![0.0; vocab * dim];
         for (r, &t) in ids.iter().enumerate() {

@@ -14,6 +14,7 @@ use crate::ops::rope;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "flash_attention",
     source: include_str!("../../shaders/flash_attention.wgsl"),
@@ -45,7 +46,9 @@ struct Params {
 pub struct FlashSaved {
     /// Rotated q and k (and v with `rotary_value`), in the input layout, when RoPE is on.
     pub q_rot: Option<Tensor>,
+    /// Rotated k.
     pub k_rot: Option<Tensor>,
+    /// Rotated v (with `rotary_value`).
     pub v_rot: Option<Tensor>,
     /// `[B, H, T, 2]`: log-sum-exp of each query's scores; the backward pass adds its D.
     pub stats: Tensor,
@@ -54,8 +57,11 @@ pub struct FlashSaved {
 /// Scratch of the backward pass: gradients of the rotated tensors before rotating back.
 #[derive(Clone, Debug, Default)]
 pub struct FlashScratch {
+    /// Gradient of the rotated q.
     pub dq_rot: Option<Tensor>,
+    /// Gradient of the rotated k.
     pub dk_rot: Option<Tensor>,
+    /// Gradient of the rotated v.
     pub dv_rot: Option<Tensor>,
 }
 
@@ -65,6 +71,7 @@ fn zeros_if(ctx: &Context, on: bool, shape: &[usize]) -> Result<Option<Tensor>> 
 }
 
 impl FlashSaved {
+    /// Zeroed tensors for q of this shape and these options.
     pub fn new(
         ctx: &Context,
         q: &Tensor,
@@ -82,6 +89,7 @@ impl FlashSaved {
 }
 
 impl FlashScratch {
+    /// Zeroed tensors for q of this shape and these options.
     pub fn new(ctx: &Context, q: &Tensor, opts: &AttentionOptions<'_>) -> Result<Self> {
         let rope = opts.rope.is_some();
         Ok(FlashScratch {

@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "gelu",
     source: concat!(
@@ -58,12 +59,14 @@ pub fn plan_backward(ctx: &Context, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Res
         .build(ctx.grid_1d((x.numel() as u64).div_ceil(256))?)
 }
 
+/// `gelu(x)` in a new tensor.
 pub fn forward(ctx: &Context, x: &Tensor) -> Result<Tensor> {
     let y = Tensor::zeros(ctx, x.shape(), DType::F32)?;
     ctx.submit(&[plan_forward(ctx, x, &y)?])?;
     Ok(y)
 }
 
+/// `dx` in a new tensor.
 pub fn backward(ctx: &Context, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let dx = Tensor::zeros(ctx, x.shape(), DType::F32)?;
     ctx.submit(&[plan_backward(ctx, x, dy, &dx)?])?;
@@ -72,14 +75,17 @@ pub fn backward(ctx: &Context, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
 
 /// CPU reference, in f64 (libm's erf).
 pub mod reference {
+    /// The error function (libm).
     pub fn erf(x: f64) -> f64 {
         libm::erf(x)
     }
 
+    /// `0.5 x (1 + erf(x / √2))`.
     pub fn forward(x: f64) -> f64 {
         0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
     }
 
+    /// `dy · gelu'(x)`.
     pub fn backward(x: f64, dy: f64) -> f64 {
         let cdf = 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
         let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// How a per-head tensor `[batch, heads, seq, dim]` is laid out in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadLayout {
     /// `[batch, heads, seq, dim]`, as HF's `transpose_for_scores` leaves it.
@@ -16,14 +17,20 @@ pub enum HeadLayout {
 /// Sizes and layout of an attention tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heads {
+    /// Sequences.
     pub batch: usize,
+    /// Heads.
     pub heads: usize,
+    /// Positions.
     pub seq: usize,
+    /// Features per head.
     pub dim: usize,
+    /// Memory order.
     pub layout: HeadLayout,
 }
 
 impl Heads {
+    /// Sizes in a layout.
     pub fn new(batch: usize, heads: usize, seq: usize, dim: usize, layout: HeadLayout) -> Self {
         Heads {
             batch,

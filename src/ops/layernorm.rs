@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "layernorm",
     source: concat!(
@@ -210,6 +211,7 @@ pub fn backward(
 
 /// CPU reference, in f64.
 pub mod reference {
+    /// LayerNorm of each row of `x` (rows of `gamma.len()`).
     pub fn forward(x: &[f64], gamma: &[f64], beta: &[f64], eps: f64) -> Vec<f64> {
         let n = gamma.len();
         x.chunks(n)

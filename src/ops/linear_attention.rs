@@ -15,6 +15,7 @@ use crate::ops::heads::{HeadLayout, Heads};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "linear_attention",
     source: include_str!("../../shaders/linear_attention.wgsl"),
@@ -29,13 +30,16 @@ const STAGED_ARRAYS: usize = 6;
 /// The normaliser's epsilon in RoFormer eq. (19) and the fixtures.
 pub const EPS: f32 = 1e-6;
 
+/// What a linear attention computes besides the plain `elu+1` form.
 #[derive(Clone, Copy, Debug)]
 pub struct LinearAttentionOptions<'a> {
+    /// Position t attends to positions up to t only.
     pub causal: bool,
     /// RoPE sin/cos table `[positions >= T, d]` (see `rope::table`); `None`: plain.
     pub rope: Option<&'a Tensor>,
     /// Key weights `[B, T]`: 1 for tokens, 0 for padding (which then adds nothing).
     pub key_mask: Option<&'a Tensor>,
+    /// Added to the normaliser ([`EPS`] in RoFormer and the fixtures).
     pub eps: f32,
 }
 
@@ -341,16 +345,23 @@ pub mod reference {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 
+    /// One linear attention for the reference, `[B, H, T, d]` tensors.
     pub struct Problem<'a> {
+        /// Queries.
         pub q: &'a [f64],
+        /// Keys.
         pub k: &'a [f64],
+        /// Values, `[B, H, T, dv]`.
         pub v: &'a [f64],
         /// `(batch, heads, seq, d, dv)`.
         pub dims: (usize, usize, usize, usize, usize),
+        /// Position t attends to positions up to t only.
         pub causal: bool,
+        /// RoPE per RoFormer eq. (19).
         pub rope: bool,
         /// `[B, T]` key weights.
         pub mask: Option<&'a [f64]>,
+        /// The normaliser's epsilon.
         pub eps: f64,
     }
 

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "reduce",
     source: concat!(
@@ -70,6 +71,7 @@ pub fn sum_rows(ctx: &Context, x: &Tensor) -> Result<Tensor> {
 
 /// CPU reference, in f64.
 pub mod reference {
+    /// Column sums of a row-major `[rows, cols]` matrix.
     pub fn sum_rows(x: &[f64], cols: usize) -> Vec<f64> {
         let mut out = vec![0.0; cols];
         for row in x.chunks(cols) {

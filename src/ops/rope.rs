@@ -10,6 +10,7 @@ use crate::ops::heads::{HeadLayout, Heads};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "rope",
     source: include_str!("../../shaders/rope.wgsl"),

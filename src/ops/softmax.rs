@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
+/// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "softmax",
     source: concat!(
@@ -33,6 +34,7 @@ struct Params {
 /// What the softmax is taken of: `softmax(scale · x + mask)`.
 #[derive(Clone, Copy, Debug)]
 pub struct SoftmaxOptions<'a> {
+    /// Multiplies x before the mask is added.
     pub scale: f32,
     /// Additive mask `[x.shape[0], n]`, broadcast over every middle dimension
     /// (in attention: `[B, T_k]` for scores `[B, H, T_q, T_k]`).
@@ -108,6 +110,7 @@ pub fn plan_forward(
         .build(ctx.grid_1d(rows as u64)?)
 }
 
+/// The softmax in a new tensor.
 pub fn forward(ctx: &Context, x: &Tensor, opts: &SoftmaxOptions<'_>) -> Result<Tensor> {
     let y = Tensor::zeros(ctx, x.shape(), DType::F32)?;
     ctx.submit(&[plan_forward(ctx, x, opts, &y)?])?;
@@ -145,6 +148,7 @@ pub fn plan_backward(
         .build(ctx.grid_1d(rows as u64)?)
 }
 
+/// `dx` in a new tensor, from the forward's output.
 pub fn backward(ctx: &Context, y: &Tensor, dy: &Tensor, scale: f32) -> Result<Tensor> {
     let dx = Tensor::zeros(ctx, y.shape(), DType::F32)?;
     ctx.submit(&[plan_backward(ctx, y, dy, scale, &dx)?])?;
@@ -176,6 +180,7 @@ pub mod reference {
         y
     }
 
+    /// `dx` of rows of `n`, from the output y.
     pub fn backward(y: &[f64], dy: &[f64], n: usize, scale: f64) -> Vec<f64> {
         let mut dx = vec![0.0; y.len()];
         for ((yr, dyr), dxr) in y.chunks(n).zip(dy.chunks(n)).zip(dx.chunks_mut(n)) {

@@ -12,7 +12,9 @@ use super::{dims, output_shape, plan, Dims, MatmulOptions};
 /// A tensor a gradient goes to, overwritten or added to (gradient accumulation).
 #[derive(Clone, Copy, Debug)]
 pub struct GradTarget<'a> {
+    /// The gradient tensor.
     pub tensor: &'a Tensor,
+    /// Add to it instead of overwriting it.
     pub accumulate: bool,
 }
 
@@ -48,8 +50,11 @@ pub struct GradTargets<'a> {
 /// Gradients of a product, as returned by [`backward`].
 #[derive(Clone, Debug, Default)]
 pub struct MatmulGrads {
+    /// Gradient of a.
     pub a: Option<Tensor>,
+    /// Gradient of b.
     pub b: Option<Tensor>,
+    /// Gradient of the bias.
     pub bias: Option<Tensor>,
 }
 

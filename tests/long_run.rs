@@ -1,6 +1,7 @@
 //! Long runs keep memory flat: after warm-up, the device's live resources (buffers, bind
-//! groups, pipelines, GPU buffer memory) do not change from step to step, and the process's
-//! resident memory (which holds llvmpipe's "GPU" memory too) stays within a small margin.
+//! groups, pipelines, GPU buffer memory where the backend counts it: not on GL) do not change
+//! from step to step, and the process's resident memory (which holds llvmpipe's "GPU"
+//! memory too) stays within a small margin.
 //! `ROFORMER_LONG_STEPS=5000 cargo test --release --test long_run -- --nocapture` for the
 //! figures in NOTES.md.
 
@@ -82,7 +83,7 @@ fn live_gpu_resources_stay_flat_over_many_steps() {
     );
     // A backend that does not count would pass the comparisons below without measuring.
     assert!(
-        before.buffers.read() > 0 && before.buffer_memory.read() > 0,
+        before.buffers.read() > 0,
         "this backend reports no live-resource counters"
     );
     assert_eq!(before.buffers.read(), after.buffers.read(), "live buffers");
@@ -96,11 +97,21 @@ fn live_gpu_resources_stay_flat_over_many_steps() {
         after.compute_pipelines.read(),
         "pipelines"
     );
-    assert_eq!(
-        before.buffer_memory.read(),
-        after.buffer_memory.read(),
-        "GPU buffer memory"
-    );
+    // wgpu's GL backend counts buffers but not their bytes; there, the bytes are left to
+    // the resident-memory test below (llvmpipe's buffers live in the process), which must
+    // then be able to measure.
+    if before.buffer_memory.read() > 0 {
+        assert_eq!(
+            before.buffer_memory.read(),
+            after.buffer_memory.read(),
+            "GPU buffer memory"
+        );
+    } else {
+        assert!(
+            resident_bytes().is_some(),
+            "neither the backend's buffer-memory counter nor resident memory can be measured"
+        );
+    }
 }
 
 #[test]

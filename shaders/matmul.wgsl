@@ -5,7 +5,7 @@
 // so transposed operands (swap rs and cs), broadcast operands (stride 0) and per-head
 // views of a [B, T, H, d] tensor are all plain parameter changes, never copies.
 //
-// Tiling (the override constants below, chosen per adapter by src/ops/matmul.rs):
+// Tiling (the override constants below, chosen per adapter by src/ops/matmul/tiling.rs):
 // a workgroup computes a BM x BN block of C, each of its (BM/TM)(BN/TN) threads a TM x TN
 // register block, stepping through K in slices of BK staged in workgroup memory.
 // - Staging reads 4 elements along each operand's contiguous axis (k or m for A, k or n
@@ -58,7 +58,7 @@ override B_VEC4: bool = false;
 override GELU: bool = false;
 override PREFETCH: bool = false;
 override WG: u32 = (BM / TM) * (BN / TN);
-// vec4 loads per thread per slice (at most 4; src/ops/matmul.rs checks every tiling).
+// vec4 loads per thread per slice (at most 4; src/ops/matmul/tiling.rs checks every tiling).
 override A_LOADS: u32 = BM * BK / 4u / WG;
 override B_LOADS: u32 = BN * BK / 4u / WG;
 

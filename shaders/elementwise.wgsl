@@ -5,8 +5,12 @@
 //               (in place: a buffer cannot be bound read-only and read-write at once)
 //   gather_rows:  out[r, c] = a[r * stride + c]            (r < n / cols, c < cols)
 //   scatter_rows: out[r * stride + c] = beta * out[..] + a[r, c]
+//   gather_positions: out[r, c] = a[r * stride + positions[r] * cols + c]
+//                 (positions clamped to the rows' length, stride / cols)
 // Residual adds, copies and gradient accumulation are axpby and accumulate; the rows pair
-// picks the first token of each sequence for the classifier, and puts its gradient back.
+// picks the first token of each sequence for the classifier, and puts its gradient back;
+// gather_positions picks one token per sequence at a position given per run (the multiple
+// choice head's summary token).
 
 struct Params {
     n: u32,
@@ -23,6 +27,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> positions: array<u32>;
 
 const WG: u32 = 256u;
 
@@ -87,5 +92,17 @@ fn scatter_rows(@builtin(workgroup_id) wid: vec3<u32>,
             v += p.beta * out[o];
         }
         out[o] = v;
+    }
+}
+
+@compute @workgroup_size(256)
+fn gather_positions(@builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = element(wid, nwg, lid);
+    if (i < p.n) {
+        let r = i / p.cols;
+        let position = min(positions[r], p.stride / p.cols - 1u);
+        out[i] = a[r * p.stride + position * p.cols + i % p.cols];
     }
 }

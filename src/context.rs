@@ -169,6 +169,14 @@ pub(crate) struct CompiledKernel {
     pub interface: Arc<EntryInterface>,
 }
 
+/// What [`Context::scoped_async`]'s error scopes caught, when the device says.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) type ScopeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>>;
+/// What [`Context::scoped_async`]'s error scopes caught, when the device says.
+#[cfg(target_arch = "wasm32")]
+pub(crate) type ScopeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>>>>;
+
 /// Errors the device reported outside any scope of ours (only for devices we opened).
 type ErrorLog = Arc<Mutex<Vec<String>>>;
 
@@ -524,6 +532,32 @@ impl Context {
         }
         self.check_health(during)?;
         Ok(out)
+    }
+
+    /// [`Context::scoped`] without blocking: `f` runs inside the same error scopes, and the
+    /// returned future resolves to the first error they caught (at once on native wgpu; in a
+    /// browser when the device answers). For work whose results are read back
+    /// asynchronously, which awaits it first.
+    pub(crate) fn scoped_async<T>(
+        &self,
+        during: &'static str,
+        f: impl FnOnce() -> T,
+    ) -> Result<(T, ScopeFuture)> {
+        self.check_health(during)?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let out = f();
+        let (internal, validation, oom) = (internal.pop(), validation.pop(), oom.pop());
+        let caught: ScopeFuture = Box::pin(async move {
+            let errors = [internal.await, validation.await, oom.await];
+            errors
+                .into_iter()
+                .flatten()
+                .next()
+                .map(|e| format!("{during}: {e}"))
+        });
+        Ok((out, caught))
     }
 
     /// Reports device loss, or an error the device raised outside our scopes.

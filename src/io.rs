@@ -132,6 +132,61 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<HostTensors> {
     parse_safetensors(path, &bytes)
 }
 
+/// Reads a checkpoint: a `.safetensors` file; a sharded checkpoint's index
+/// (`model.safetensors.index.json`, whose `weight_map` names each tensor's shard, read from
+/// the index's folder); or a folder holding either (`model.safetensors` first). A shard that
+/// is missing or corrupt, or a tensor the index names that its shard does not hold, is an
+/// error naming the file.
+pub fn read_checkpoint(path: impl AsRef<Path>) -> Result<HostTensors> {
+    let path = path.as_ref();
+    if path.is_dir() {
+        let single = path.join("model.safetensors");
+        if single.exists() {
+            return read_safetensors(single);
+        }
+        return read_checkpoint(path.join("model.safetensors.index.json"));
+    }
+    if !path.to_string_lossy().ends_with(".json") {
+        return read_safetensors(path);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
+    let index: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format_error(path, e))?;
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| format_error(path, "no \"weight_map\" object in the index"))?;
+    let mut shards: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (tensor, shard) in map {
+        let shard = shard.as_str().ok_or_else(|| {
+            format_error(path, format!("the shard of {tensor:?} is not a file name"))
+        })?;
+        if shard.contains(['/', '\\']) {
+            return Err(format_error(
+                path,
+                format!("shard {shard:?} of {tensor:?} is not a file name in the index's folder"),
+            ));
+        }
+        shards.entry(shard).or_default().push(tensor);
+    }
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let mut out = HostTensors::new();
+    for (shard, names) in shards {
+        let shard_path = folder.join(shard);
+        let tensors = read_safetensors(&shard_path)?;
+        for name in names {
+            let t = tensors.get(name).ok_or_else(|| {
+                format_error(
+                    &shard_path,
+                    format!("the index puts {name:?} here, but it is not"),
+                )
+            })?;
+            out.insert(name.to_string(), t.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Writes f32 tensors as a `.safetensors` file, atomically.
 pub fn write_safetensors(
     path: impl AsRef<Path>,

@@ -11,6 +11,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod readback;
 pub mod shader;
 mod tensor;
 pub mod timing;

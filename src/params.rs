@@ -1,13 +1,13 @@
 //! Model parameters in flat GPU buffers: values, gradients and the two AdamW moments are one
 //! buffer each, every parameter at the same aligned offset in all four. Kernels see one
 //! parameter as a view; gradient clipping and the optimizer see everything at once, in a few
-//! dispatches instead of one per parameter.
+//! dispatches instead of one per parameter. An inference model holds the values only.
 
 use std::collections::HashMap;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::io::{HostTensors, NamedTensor};
+use crate::io::{HostTensor, HostTensors, NamedTensor};
 use crate::tensor::{numel, DType, Tensor};
 
 /// A named parameter and where it sits in the flat buffers (in elements).
@@ -35,16 +35,37 @@ pub struct ParamStore {
     by_name: HashMap<String, usize>,
     len: usize,
     values: Tensor,
+    /// Gradients and moments; `None` for a store of weights only.
+    training: Option<TrainingBuffers>,
+    /// Sub-ranges `(offset, len)` that each fit one storage binding.
+    chunks: Vec<(usize, usize)>,
+}
+
+/// What training adds to the weights: their gradients and both AdamW moments.
+#[derive(Debug)]
+struct TrainingBuffers {
     grads: Tensor,
     m: Tensor,
     v: Tensor,
-    /// Sub-ranges `(offset, len)` that each fit one storage binding.
-    chunks: Vec<(usize, usize)>,
 }
 
 impl ParamStore {
     /// Lays out `params` (name, shape) and allocates the four flat buffers, zeroed.
     pub fn new(ctx: &Context, params: &[(String, Vec<usize>)]) -> Result<ParamStore> {
+        Self::allocate(ctx, params, true)
+    }
+
+    /// Lays out `params` and allocates their values only: a quarter of [`ParamStore::new`]'s
+    /// memory, for inference (no gradients, no optimizer).
+    pub fn weights_only(ctx: &Context, params: &[(String, Vec<usize>)]) -> Result<ParamStore> {
+        Self::allocate(ctx, params, false)
+    }
+
+    fn allocate(
+        ctx: &Context,
+        params: &[(String, Vec<usize>)],
+        training: bool,
+    ) -> Result<ParamStore> {
         let caps = ctx.capabilities();
         let align = (caps.storage_offset_alignment as usize / 4).max(1);
         let mut specs = Vec::with_capacity(params.len());
@@ -88,14 +109,21 @@ impl ParamStore {
         }
         chunks.push((start, len - start));
         let flat = || Tensor::zeros(ctx, &[len], DType::F32);
+        let training = if training {
+            Some(TrainingBuffers {
+                grads: flat()?,
+                m: flat()?,
+                v: flat()?,
+            })
+        } else {
+            None
+        };
         Ok(ParamStore {
             specs,
             by_name,
             len,
             values: flat()?,
-            grads: flat()?,
-            m: flat()?,
-            v: flat()?,
+            training,
             chunks,
         })
     }
@@ -115,9 +143,21 @@ impl ParamStore {
         self.specs.iter().map(ParamSpec::numel).sum()
     }
 
-    /// Bytes of GPU memory held: values, gradients and both moments.
+    /// Bytes of GPU memory held: values, and for training gradients and both moments.
     pub fn memory(&self) -> u64 {
-        4 * 4 * self.len as u64
+        let buffers = if self.training.is_some() { 4 } else { 1 };
+        buffers * 4 * self.len as u64
+    }
+
+    /// Whether it holds gradients and moments (see [`ParamStore::weights_only`]).
+    pub fn trainable(&self) -> bool {
+        self.training.is_some()
+    }
+
+    fn training(&self) -> Result<&TrainingBuffers> {
+        self.training.as_ref().ok_or_else(|| {
+            Error::invalid("this model holds weights only (an inference model): no gradients or optimizer state")
+        })
     }
 
     fn view(&self, ctx: &Context, flat: &Tensor, i: usize) -> Result<Tensor> {
@@ -132,54 +172,76 @@ impl ParamStore {
 
     /// The gradient of parameter i, as a view of the flat gradient buffer.
     pub fn grad(&self, ctx: &Context, i: usize) -> Result<Tensor> {
-        self.view(ctx, &self.grads, i)
+        self.view(ctx, &self.training()?.grads, i)
     }
 
     /// The flat buffers cut into ranges that each fit a storage binding:
     /// `(values, grads, m, v)` per range.
     pub fn chunk_views(&self, ctx: &Context) -> Result<Vec<[Tensor; 4]>> {
+        let t = self.training()?;
         self.chunks
             .iter()
             .map(|&(off, n)| {
                 Ok([
                     self.values.view(ctx, off, &[n])?,
-                    self.grads.view(ctx, off, &[n])?,
-                    self.m.view(ctx, off, &[n])?,
-                    self.v.view(ctx, off, &[n])?,
+                    t.grads.view(ctx, off, &[n])?,
+                    t.m.view(ctx, off, &[n])?,
+                    t.v.view(ctx, off, &[n])?,
                 ])
             })
             .collect()
     }
 
     /// Uploads every parameter from `tensors` (by name): each must be present with its
-    /// exact shape. Extra tensors are ignored. Resets the optimizer moments.
+    /// exact shape and finite values. Extra tensors are ignored. Resets the optimizer moments.
     pub fn load(&self, ctx: &Context, tensors: &HostTensors) -> Result<()> {
+        self.load_by(ctx, |name| tensors.get(name))
+    }
+
+    /// [`ParamStore::load`] with the tensor of each parameter name found by `lookup` (a
+    /// checkpoint that names them differently, e.g. without a prefix).
+    pub fn load_by<'t>(
+        &self,
+        ctx: &Context,
+        lookup: impl Fn(&str) -> Option<&'t HostTensor>,
+    ) -> Result<()> {
+        let format = |message: String| Error::Format {
+            path: "checkpoint".into(),
+            message,
+        };
         let mut flat = vec![0.0f32; self.len];
         for s in &self.specs {
-            let t = tensors.get(&s.name).ok_or_else(|| Error::Format {
-                path: "checkpoint".into(),
-                message: format!("missing tensor {:?} (shape {:?})", s.name, s.shape),
+            let t = lookup(&s.name).ok_or_else(|| {
+                format(format!("missing tensor {:?} (shape {:?})", s.name, s.shape))
             })?;
             if t.shape != s.shape {
-                return Err(Error::Format {
-                    path: "checkpoint".into(),
-                    message: format!(
-                        "tensor {:?} has shape {:?}, but the config expects {:?}",
-                        s.name, t.shape, s.shape
-                    ),
-                });
+                return Err(format(format!(
+                    "tensor {:?} has shape {:?}, but the config expects {:?}",
+                    s.name, t.shape, s.shape
+                )));
             }
-            flat[s.offset..s.offset + s.numel()].copy_from_slice(&t.to_f32());
+            let values = t.to_f32();
+            if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+                return Err(format(format!(
+                    "tensor {:?} holds {} at element {bad}: every weight must be finite",
+                    s.name, values[bad]
+                )));
+            }
+            flat[s.offset..s.offset + s.numel()].copy_from_slice(&values);
         }
         self.values.write(ctx, &flat)?;
-        self.reset_optimizer(ctx)
+        if self.training.is_some() {
+            self.reset_optimizer(ctx)?;
+        }
+        Ok(())
     }
 
     /// Zeroes both AdamW moments.
     pub fn reset_optimizer(&self, ctx: &Context) -> Result<()> {
+        let t = self.training()?;
         let zeros = vec![0.0f32; self.len];
-        self.m.write(ctx, &zeros)?;
-        self.v.write(ctx, &zeros)
+        t.m.write(ctx, &zeros)?;
+        t.v.write(ctx, &zeros)
     }
 
     fn download_flat(&self, ctx: &Context, flat: &Tensor) -> Result<Vec<NamedTensor>> {
@@ -204,12 +266,13 @@ impl ParamStore {
 
     /// Every parameter's gradient from the last backward pass.
     pub fn download_grads(&self, ctx: &Context) -> Result<Vec<NamedTensor>> {
-        self.download_flat(ctx, &self.grads)
+        self.download_flat(ctx, &self.training()?.grads)
     }
 
     /// Both moments (for checkpoints that resume training exactly).
     pub fn download_moments(&self, ctx: &Context) -> Result<(Vec<f32>, Vec<f32>)> {
-        Ok((self.m.to_vec(ctx)?, self.v.to_vec(ctx)?))
+        let t = self.training()?;
+        Ok((t.m.to_vec(ctx)?, t.v.to_vec(ctx)?))
     }
 
     /// Restores both moments (flat, as [`ParamStore::download_moments`] gives them).
@@ -222,7 +285,8 @@ impl ParamStore {
                 self.len
             )));
         }
-        self.m.write(ctx, m)?;
-        self.v.write(ctx, v)
+        let t = self.training()?;
+        t.m.write(ctx, m)?;
+        t.v.write(ctx, v)
     }
 }

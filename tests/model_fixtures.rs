@@ -1,7 +1,10 @@
-//! The whole RoFormer against HuggingFace transformers (float64 fixtures): loss, logits,
-//! every hidden state and every gradient to relative L2 < 1e-4, and ten AdamW steps.
-//! Every model fixture in `tests/fixtures/` (made by `tools/make_fixtures.py`): the HF test
-//! suite's tiny shape, and embedding projection, rotary_value, more heads, odd lengths, padding.
+//! The whole RoFormer against HuggingFace transformers (float64 fixtures): outputs (through
+//! the inference encoder), and for the heads this library trains the loss, every gradient
+//! and ten AdamW steps, to relative L2 < 1e-4. Every model fixture in `tests/fixtures/`
+//! (made by `tools/make_fixtures.py`): the HF test suite's tiny shape, embedding projection,
+//! rotary_value, more heads, odd lengths, padding; and every other RoFormer class
+//! transformers has, a bare encoder saved without the `roformer.` prefix, a causal LM, an
+//! f16 checkpoint.
 
 mod common;
 
@@ -10,7 +13,27 @@ use roformer_wgpu::apps::verify::verify;
 
 const TOL: f64 = 1e-4;
 
+/// A trained head: outputs, the training graph's forward pass, loss, gradients, AdamW.
 fn check_fixture(dir: &std::path::Path, name: &str) {
+    check(
+        dir,
+        name,
+        &[
+            "output.loss",
+            "output.logits",
+            "training.output.logits",
+            "output.hidden_states.0",
+            "training.output.hidden_states.0",
+            "output.last_hidden_state",
+            "train.adamw_losses",
+        ],
+        20,
+    );
+}
+
+/// Compares everything the fixture stores; `must` are compared, and at least `grads`
+/// gradients.
+fn check(dir: &std::path::Path, name: &str, must: &[&str], grads: usize) {
     let ctx = &ctx();
     let report = verify(
         ctx,
@@ -24,19 +47,60 @@ fn check_fixture(dir: &std::path::Path, name: &str) {
     }
     eprintln!("{name}:\n{}", lines.join("\n"));
     let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
-    for must in [
-        "output.loss",
-        "output.logits",
-        "output.hidden_states.0",
-        "output.last_hidden_state",
-        "train.adamw_losses",
-    ] {
-        assert!(names.contains(&must), "{name}: {must} was not compared");
+    for must in must {
+        assert!(names.contains(must), "{name}: {must} was not compared");
     }
-    let grads = names.iter().filter(|n| n.starts_with("grad.")).count();
-    assert!(grads >= 20, "{name}: only {grads} gradients compared");
+    let compared = names.iter().filter(|n| n.starts_with("grad.")).count();
+    assert!(
+        compared >= grads,
+        "{name}: only {compared} gradients compared"
+    );
     let failures = report.failures(TOL);
     assert!(failures.is_empty(), "{name}: over tolerance: {failures:#?}");
+}
+
+/// An inference-only head: its outputs and every hidden state.
+fn check_outputs(name: &str, outputs: &[&str]) {
+    let mut must = vec!["output.hidden_states.0", "output.last_hidden_state"];
+    must.extend(outputs);
+    check(&fixtures_dir(), name, &must, 0);
+}
+
+#[test]
+fn bare_encoder_saved_without_the_prefix_matches_transformers() {
+    check_outputs("roformer_base_model", &[]);
+}
+
+#[test]
+fn causal_lm_trains_like_transformers() {
+    check_fixture(&fixtures_dir(), "roformer_causal_lm");
+}
+
+#[test]
+fn token_classification_trains_like_transformers() {
+    check_fixture(&fixtures_dir(), "roformer_token_cls");
+}
+
+#[test]
+fn question_answering_matches_transformers() {
+    check_outputs("roformer_qa", &["output.start_logits", "output.end_logits"]);
+}
+
+#[test]
+fn multiple_choice_matches_transformers() {
+    check_outputs("roformer_multiple_choice", &["output.logits"]);
+}
+
+#[test]
+fn multi_label_and_regression_classifiers_match_transformers() {
+    check_outputs("roformer_multi_label", &["output.logits"]);
+    check_outputs("roformer_regression", &["output.logits"]);
+}
+
+#[test]
+fn an_f16_checkpoint_matches_transformers() {
+    // Weights stored in float16 (the reference ran on the same values, upcast).
+    check_outputs("roformer_f16_mlm", &["output.logits"]);
 }
 
 #[test]

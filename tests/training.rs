@@ -19,7 +19,7 @@ fn clipped_adamw_step_matches_the_cpu_recipe() {
     let weights = d.join("roformer_tiny_mlm.safetensors");
     let model =
         RoFormer::from_pretrained(ctx, d.join("roformer_tiny_mlm.config.json"), &weights).unwrap();
-    let (b, t, batch) =
+    let (b, t, batch, _) =
         batch_from(&roformer_wgpu::io::read_safetensors(&weights).unwrap()).unwrap();
 
     // The gradients of this batch, and the parameters before the step.

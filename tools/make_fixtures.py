@@ -11,14 +11,20 @@ describes what each file holds.
 
 Each fixture is one safetensors file holding:
   weights:  the model's own state_dict names (HF layout), e.g. roformer.encoder.layer.0.attention.self.query.weight
-  inputs:   input.input_ids, input.attention_mask, input.token_type_ids, input.labels (int64 stored as int64)
-  outputs:  output.last_hidden_state, output.logits, output.loss, output.hidden_states.N
-  grads:    grad.<parameter name> (d loss / d parameter; tied parameters appear once)
+            (a RoFormerModel's without the roformer. prefix, as it saves them)
+  inputs:   input.input_ids, input.attention_mask, input.token_type_ids, input.labels (int64 stored as int64;
+            [B, C, T] for multiple choice)
+  outputs:  output.last_hidden_state, output.hidden_states.N, and the head's: output.logits, or
+            output.start_logits and output.end_logits; output.loss where there are labels
+  grads:    grad.<parameter name> (d loss / d parameter; tied parameters appear once), for the heads this
+            library trains (masked LM, sequence classification, token classification, causal LM)
 and a JSON config beside it (HF config.json).
 """
 import json, os, sys, torch
 from safetensors.torch import save_file
-from transformers import RoFormerConfig, RoFormerForMaskedLM, RoFormerForSequenceClassification
+from transformers import (RoFormerConfig, RoFormerModel, RoFormerForMaskedLM, RoFormerForCausalLM,
+                          RoFormerForSequenceClassification, RoFormerForTokenClassification,
+                          RoFormerForQuestionAnswering, RoFormerForMultipleChoice)
 
 def make(name, cfg_kwargs, head, B, T, pad_tail, seed, outdir):
     torch.manual_seed(seed)
@@ -73,6 +79,72 @@ def make(name, cfg_kwargs, head, B, T, pad_tail, seed, outdir):
     d = cfg.to_dict(); d["architectures"] = [type(model).__name__]
     with open(os.path.join(outdir, name + ".config.json"), "w") as f: json.dump(d, f, indent=2, sort_keys=True)
     print(name, "loss", float(out.loss), "params", sum(p.numel() for p in model.parameters()))
+
+HEADS = {
+    "base": RoFormerModel, "causal_lm": RoFormerForCausalLM, "token_cls": RoFormerForTokenClassification,
+    "qa": RoFormerForQuestionAnswering, "multiple_choice": RoFormerForMultipleChoice,
+    "multi_label": RoFormerForSequenceClassification, "regression": RoFormerForSequenceClassification,
+    "mlm": RoFormerForMaskedLM,
+}
+TRAINED = {"causal_lm", "token_cls"}
+
+def make_head(name, cfg_kwargs, head, B, T, pad_tail, seed, outdir, choices=0, f16=False):
+    """The heads beyond make()'s two: every other RoFormer class transformers has, and (f16=True) a
+    checkpoint whose weights are stored in float16 (the reference runs on those values upcast)."""
+    torch.manual_seed(seed)
+    cfg = RoFormerConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **cfg_kwargs)
+    cfg._attn_implementation = "eager"
+    model = HEADS[head](cfg).double()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "LayerNorm" in n:
+                p.add_(0.05 * torch.randn_like(p))
+            if f16:
+                p.copy_(p.half().double())
+    model.train()
+    lead = (B, choices) if choices else (B,)
+    ids = torch.randint(1, cfg.vocab_size, lead + (T,))
+    mask = torch.ones(lead + (T,), dtype=torch.long)
+    flat_ids, flat_mask = ids.view(-1, T), mask.view(-1, T)
+    for b, n in enumerate(pad_tail):
+        if n: flat_mask[b, -n:] = 0; flat_ids[b, -n:] = cfg.pad_token_id
+    tt = torch.randint(0, cfg.type_vocab_size, lead + (T,))
+    labels = None
+    if head == "token_cls":
+        labels = torch.randint(0, cfg.num_labels, (B, T)).masked_fill(mask == 0, -100)
+    elif head == "causal_lm":
+        labels = ids.masked_fill(mask == 0, -100)
+    kwargs = dict(input_ids=ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
+    if labels is not None: kwargs["labels"] = labels
+    out = model(**kwargs)
+    t = {}
+    for k, v in model.state_dict().items():
+        t[k] = (v.detach().half() if f16 else v.detach().float()).contiguous().clone()
+    t["input.input_ids"] = ids.contiguous(); t["input.attention_mask"] = mask.contiguous()
+    t["input.token_type_ids"] = tt.contiguous()
+    if labels is not None: t["input.labels"] = labels.contiguous()
+    for field in ("logits", "start_logits", "end_logits"):
+        if getattr(out, field, None) is not None: t["output." + field] = getattr(out, field).detach().float().contiguous()
+    hs = out.hidden_states
+    t["output.last_hidden_state"] = hs[-1].detach().float().contiguous()
+    for i, h in enumerate(hs): t[f"output.hidden_states.{i}"] = h.detach().float().contiguous()
+    if head in TRAINED:
+        out.loss.backward()
+        t["output.loss"] = out.loss.detach().float().reshape(1)
+        for n, p in model.named_parameters():
+            if p.grad is not None: t["grad." + n] = p.grad.detach().float().contiguous()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+        losses = []
+        for _ in range(10):
+            opt.zero_grad()
+            l = model(input_ids=ids, attention_mask=mask, token_type_ids=tt, labels=labels).loss
+            losses.append(float(l)); l.backward(); opt.step()
+        t["train.adamw_losses"] = torch.tensor(losses, dtype=torch.float32)
+    os.makedirs(outdir, exist_ok=True)
+    save_file(t, os.path.join(outdir, name + ".safetensors"), metadata={"head": head, "source": "transformers RoFormer, float64 reference"})
+    d = cfg.to_dict(); d["architectures"] = [type(model).__name__]
+    with open(os.path.join(outdir, name + ".config.json"), "w") as f: json.dump(d, f, indent=2, sort_keys=True)
+    print(name, head, "params", sum(p.numel() for p in model.parameters()))
 
 def rope(x, base=10000.0):
     """HF RoFormer rotation: pairs (2i, 2i+1), angle pos * base^(-2i/d). x: [B, H, T, d]."""
@@ -154,3 +226,13 @@ if __name__ == "__main__":
     # one layer, one sequence, no padding, layer_norm_eps 1e-5
     make("roformer_single_mlm", dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
          intermediate_size=20, max_position_embeddings=16, layer_norm_eps=1e-5), "mlm", 1, 7, [0], 13, out)
+    # every other head transformers has, on one small shape
+    small = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=64)
+    make_head("roformer_base_model", dict(small), "base", 2, 11, [0, 4], 21, out)
+    make_head("roformer_causal_lm", dict(small, is_decoder=True), "causal_lm", 2, 13, [0, 5], 22, out)
+    make_head("roformer_token_cls", dict(small, num_labels=4), "token_cls", 2, 12, [0, 3], 23, out)
+    make_head("roformer_qa", dict(small), "qa", 2, 14, [0, 6], 24, out)
+    make_head("roformer_multiple_choice", dict(small), "multiple_choice", 2, 9, [0, 2, 0, 3, 1, 0], 25, out, choices=3)
+    make_head("roformer_multi_label", dict(small, num_labels=3, problem_type="multi_label_classification"), "multi_label", 3, 10, [0, 2, 5], 26, out)
+    make_head("roformer_regression", dict(small, num_labels=1), "regression", 2, 10, [0, 4], 27, out)
+    make_head("roformer_f16_mlm", dict(small), "mlm", 2, 12, [0, 3], 28, out, f16=True)

@@ -1,6 +1,7 @@
 //! Checks a checkpoint against reference outputs stored beside its weights, in the layout of
-//! the shared fixtures: `input.*` (ids, attention mask, token types, labels), `output.*`
-//! (loss, logits, hidden states), `grad.<param>` and `train.adamw_losses`. This is how a
+//! the test fixtures: `input.*` (ids, attention mask, token types, labels), `output.*`
+//! (loss, logits, start/end logits, hidden states), `grad.<param>` and
+//! `train.adamw_losses`. This is how a
 //! converted checkpoint is shown to behave like the original; the `verify` example prints it.
 
 use std::path::Path;
@@ -9,14 +10,19 @@ use crate::apps::check::rel_l2;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::io::{self, HostTensor, HostTensors};
-use crate::model::{Batch, Mode, RoFormer};
+use crate::model::{
+    detect_head, Batch, Encoder, EncoderOptions, Head, Mode, Request, RoFormer, RoFormerConfig,
+    Sequence, Want,
+};
 use crate::ops::adamw::AdamWConfig;
 use crate::optim::{Schedule, TrainOptions};
 
 /// One compared tensor.
 #[derive(Clone, Debug)]
 pub struct Check {
+    /// The reference's name.
     pub name: String,
+    /// Its shape.
     pub shape: Vec<usize>,
     /// Relative L2 error (for `train.adamw_losses`, the largest relative error of a step).
     pub error: f64,
@@ -25,7 +31,9 @@ pub struct Check {
 /// Every comparison made, and what was computed (under the reference's names).
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// Every comparison.
     pub checks: Vec<Check>,
+    /// What was computed, under the references' names (`--dump` writes it).
     pub computed: HostTensors,
 }
 
@@ -58,14 +66,18 @@ fn to_u32(name: &str, v: &[i64]) -> Result<Vec<u32>> {
         .collect()
 }
 
-/// The batch stored as `input.*`.
-pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch)> {
+/// The batch stored as `input.*`: `(rows, seq, batch, choices)`, multiple-choice inputs
+/// (`[examples, choices, T]`) flattened to one row per choice (`choices` 0 otherwise).
+/// Labels are optional (inference-only heads have none).
+pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch, usize)> {
     let (shape, ids) = ints(tensors, "input.input_ids")?
         .ok_or_else(|| Error::invalid("no input.input_ids tensor"))?;
-    let [b, t] = shape[..] else {
-        return Err(Error::invalid(format!(
-            "input.input_ids has shape {shape:?}, expected [batch, seq]"
-        )));
+    let (rows, t, choices) = match shape[..] {
+        [b, t] => (b, t, 0),
+        [b, c, t] => (b * c, t, c),
+        _ => return Err(Error::invalid(format!(
+            "input.input_ids has shape {shape:?}, expected [batch, seq] or [batch, choices, seq]"
+        ))),
     };
     let mask = ints(tensors, "input.attention_mask")?
         .map(|(_, v)| to_u32("input.attention_mask", &v))
@@ -73,14 +85,17 @@ pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch)> {
     let types = ints(tensors, "input.token_type_ids")?
         .map(|(_, v)| to_u32("input.token_type_ids", &v))
         .transpose()?;
-    let (_, labels) =
-        ints(tensors, "input.labels")?.ok_or_else(|| Error::invalid("no input.labels tensor"))?;
-    let labels = labels
-        .iter()
-        .map(|&l| i32::try_from(l).map_err(|_| Error::invalid(format!("input.labels holds {l}"))))
-        .collect::<Result<Vec<_>>>()?;
+    let labels = match ints(tensors, "input.labels")? {
+        None => Vec::new(),
+        Some((_, labels)) => labels
+            .iter()
+            .map(|&l| {
+                i32::try_from(l).map_err(|_| Error::invalid(format!("input.labels holds {l}")))
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
     Ok((
-        b,
+        rows,
         t,
         Batch {
             input_ids: to_u32("input.input_ids", &ids)?,
@@ -88,72 +103,218 @@ pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch)> {
             token_type_ids: types.unwrap_or_default(),
             labels,
         },
+        choices,
     ))
 }
 
-/// Runs the stored inputs through the model and compares every stored output and gradient;
-/// with `train.adamw_losses`, also that many AdamW steps (lr 1e-3, weight decay 0.01, as the
-/// fixtures were made).
+/// Runs the stored inputs through the model and compares every stored output (as
+/// transformers names them: `output.last_hidden_state`, `output.hidden_states.N`,
+/// `output.logits`, `output.start_logits`, `output.end_logits`) and, for the heads this
+/// library trains, the loss and every gradient; with `train.adamw_losses`, also that many
+/// AdamW steps (lr 1e-3, weight decay 0.01, as the fixtures were made). Any head
+/// transformers writes; `weights` may be a sharded checkpoint's index.
 pub fn verify(
     ctx: &Context,
     config: impl AsRef<Path>,
     weights: impl AsRef<Path>,
 ) -> Result<Report> {
-    let tensors = io::read_safetensors(weights.as_ref())?;
-    let model = RoFormer::from_pretrained(ctx, config.as_ref(), weights.as_ref())?;
-    verify_model(ctx, &model, &tensors)
+    let tensors = io::read_checkpoint(weights.as_ref())?;
+    let cfg = RoFormerConfig::from_file(config.as_ref())?;
+    let head = detect_head(&cfg, &tensors)?;
+    if head.check_trainable(&cfg).is_ok() {
+        let model = RoFormer::from_pretrained(ctx, config.as_ref(), weights.as_ref())?;
+        return verify_model(ctx, &model, &tensors);
+    }
+    let encoder = Encoder::new(ctx, cfg, head, options_for(&tensors)?)?;
+    encoder.load_tensors(ctx, &tensors)?;
+    let mut report = Report {
+        checks: Vec::new(),
+        computed: HostTensors::new(),
+    };
+    compare_outputs(ctx, &encoder, &tensors, &mut report)?;
+    Ok(report)
 }
 
-/// [`verify`] for a model already built (with any attention implementation) from `tensors`.
-pub fn verify_model(ctx: &Context, model: &RoFormer, tensors: &HostTensors) -> Result<Report> {
-    let cfg = model.config().clone();
-    let (b, t, batch) = batch_from(tensors)?;
-    let mut checks = Vec::new();
-    let mut computed = HostTensors::new();
-    let mut compare = |name: &str, shape: &[usize], ours: Vec<f32>, checks: &mut Vec<Check>| {
-        if let Some(reference) = tensors.get(name) {
-            let error = if reference.numel() == ours.len() {
-                rel_l2(&ours, &reference.to_f32())
-            } else {
-                f64::INFINITY
-            };
-            checks.push(Check {
-                name: name.to_string(),
-                shape: reference.shape.clone(),
-                error,
-            });
-        }
-        computed.insert(name.to_string(), HostTensor::f32(shape, ours));
-    };
+/// An encoder that takes the whole stored batch in one request.
+fn options_for(tensors: &HostTensors) -> Result<EncoderOptions> {
+    let (rows, ..) = batch_from(tensors)?;
+    Ok(EncoderOptions {
+        max_batch: rows,
+        ..EncoderOptions::default()
+    })
+}
 
+/// Adds one comparison (when the reference has the tensor) and what was computed.
+fn compare(
+    tensors: &HostTensors,
+    report: &mut Report,
+    name: &str,
+    shape: &[usize],
+    ours: Vec<f32>,
+) {
+    if let Some(reference) = tensors.get(name) {
+        let error = if reference.numel() == ours.len() {
+            rel_l2(&ours, &reference.to_f32())
+        } else {
+            f64::INFINITY
+        };
+        report.checks.push(Check {
+            name: name.to_string(),
+            shape: reference.shape.clone(),
+            error,
+        });
+    }
+    report
+        .computed
+        .insert(name.to_string(), HostTensor::f32(shape, ours));
+}
+
+/// The inference outputs, through an [`Encoder`] on the stored batch.
+fn compare_outputs(
+    ctx: &Context,
+    encoder: &Encoder,
+    tensors: &HostTensors,
+    report: &mut Report,
+) -> Result<()> {
+    let (rows, t, batch, choices) = batch_from(tensors)?;
+    let cfg = encoder.config();
+    let row = |v: &[u32], r: usize| {
+        if v.is_empty() {
+            Vec::new()
+        } else {
+            v[r * t..(r + 1) * t].to_vec()
+        }
+    };
+    let sequences = (0..rows)
+        .map(|r| Sequence {
+            input_ids: row(&batch.input_ids, r),
+            token_type_ids: row(&batch.token_type_ids, r),
+            attention_mask: row(&batch.attention_mask, r),
+        })
+        .collect();
+    let head = encoder.head();
+    let request = Request {
+        sequences,
+        choices,
+        want: Want {
+            hidden_states: true,
+            logits: head != Head::Encoder,
+            ..Want::default()
+        },
+    };
+    let results = encoder.run_blocking(ctx, &request)?;
+    let concat = |f: &dyn Fn(usize) -> Result<Vec<f32>>| -> Result<Vec<f32>> {
+        let mut all = Vec::new();
+        for r in 0..rows {
+            all.extend(f(r)?);
+        }
+        Ok(all)
+    };
+    let layers = cfg.num_hidden_layers;
+    let hidden_shape = [rows, t, cfg.hidden_size];
+    for i in 0..=layers {
+        let h = concat(&|r| Ok(results.hidden_states(r)?[i].data.clone()))?;
+        if i == layers {
+            compare(
+                tensors,
+                report,
+                "output.last_hidden_state",
+                &hidden_shape,
+                h.clone(),
+            );
+        }
+        compare(
+            tensors,
+            report,
+            &format!("output.hidden_states.{i}"),
+            &hidden_shape,
+            h,
+        );
+    }
+    match head {
+        Head::Encoder => {}
+        Head::QuestionAnswering => {
+            let start = concat(&|r| results.start_logits(r))?;
+            let end = concat(&|r| results.end_logits(r))?;
+            compare(tensors, report, "output.start_logits", &[rows, t], start);
+            compare(tensors, report, "output.end_logits", &[rows, t], end);
+        }
+        Head::MultipleChoice => {
+            let examples = rows / choices.max(1);
+            let mut all = Vec::new();
+            for e in 0..examples {
+                all.extend(results.choice_logits(e)?);
+            }
+            compare(tensors, report, "output.logits", &[examples, choices], all);
+        }
+        _ => {
+            let first = results.logits(0)?.shape.clone();
+            let mut shape = vec![rows];
+            shape.extend(first);
+            let logits = concat(&|r| Ok(results.logits(r)?.data.clone()))?;
+            compare(tensors, report, "output.logits", &shape, logits);
+        }
+    }
+    Ok(())
+}
+
+/// [`verify`] for a model already built (with any attention implementation) from `tensors`:
+/// its outputs through an [`Encoder`] holding its weights, and (for the heads this library
+/// trains) the training graph's loss, logits, hidden states (named `training.output.*`)
+/// and gradients.
+pub fn verify_model(ctx: &Context, model: &RoFormer, tensors: &HostTensors) -> Result<Report> {
+    let mut report = Report {
+        checks: Vec::new(),
+        computed: HostTensors::new(),
+    };
+    let encoder = model.to_encoder(ctx, options_for(tensors)?)?;
+    compare_outputs(ctx, &encoder, tensors, &mut report)?;
+    drop(encoder);
+    let (b, t, batch, _) = batch_from(tensors)?;
+    if model.head().check_trainable(model.config()).is_err() || batch.labels.is_empty() {
+        return Ok(report);
+    }
+    let cfg = model.config().clone();
     let mut session = model.session(ctx, b, t, Mode::Gradients)?;
     session.set_batch(ctx, &batch)?;
     let metrics = session.run(ctx)?;
-    compare("output.loss", &[1], vec![metrics.loss], &mut checks);
     compare(
+        tensors,
+        &mut report,
+        "output.loss",
+        &[1],
+        vec![metrics.loss],
+    );
+    // The training graph's forward pass, under the same references.
+    let mut training = |name: &str, shape: &[usize], ours: Vec<f32>| {
+        if let Some(reference) = tensors.get(name) {
+            let mut renamed = HostTensors::new();
+            renamed.insert(format!("training.{name}"), reference.clone());
+            compare(
+                &renamed,
+                &mut report,
+                &format!("training.{name}"),
+                shape,
+                ours,
+            );
+        }
+    };
+    training(
         "output.logits",
         &session.logits_shape()?,
         session.logits(ctx)?,
-        &mut checks,
     );
     let layers = cfg.num_hidden_layers;
     let hidden_shape = [b, t, cfg.hidden_size];
     for i in 0..=layers {
-        compare(
+        training(
             &format!("output.hidden_states.{i}"),
             &hidden_shape,
             session.hidden_state(ctx, i)?,
-            &mut checks,
         );
     }
-    compare(
-        "output.last_hidden_state",
-        &hidden_shape,
-        session.hidden_state(ctx, layers)?,
-        &mut checks,
-    );
     for (name, shape, grad) in model.params().download_grads(ctx)? {
-        compare(&format!("grad.{name}"), &shape, grad, &mut checks);
+        compare(tensors, &mut report, &format!("grad.{name}"), &shape, grad);
     }
     drop(session);
 
@@ -185,17 +346,17 @@ pub fn verify_model(ctx: &Context, model: &RoFormer, tensors: &HostTensors) -> R
                 0.0,
                 |a: f64, e| if e.is_nan() { f64::INFINITY } else { a.max(e) },
             );
-        checks.push(Check {
+        report.checks.push(Check {
             name: "train.adamw_losses".into(),
             shape: vec![steps],
             error,
         });
-        computed.insert(
+        report.computed.insert(
             "train.adamw_losses".into(),
             HostTensor::f32(&[steps], losses),
         );
         // Restore the checkpoint's weights: training changed them.
         model.load_tensors(ctx, tensors)?;
     }
-    Ok(Report { checks, computed })
+    Ok(report)
 }

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::params::ParamStore;
 use crate::tensor::{numel, DType, Tensor};
 
-use super::planner::{assign_buffers, pooled_bytes, Assignment};
+use super::planner::{assign_buffers, pooled_bytes, Assignment, BufferLayout};
 use super::{Call, Graph, Resolved, Storage, TensorId};
 
 /// Memory a planned step holds on the GPU, in bytes.
@@ -86,6 +86,59 @@ impl Graph {
         with_backward: bool,
         options: PlanOptions,
     ) -> Result<Plan> {
+        let (calls, bytes, layout) = self.layout(with_backward, options.reuse_buffers);
+        self.check_buffer_sizes(ctx, &bytes, &layout)?;
+        let pool = layout
+            .sizes
+            .iter()
+            .map(|&size| Tensor::zeros(ctx, &[(size / 4) as usize], DType::F32))
+            .collect::<Result<Vec<_>>>()?;
+        self.build(ctx, store, &calls, layout, pool)
+    }
+
+    /// The size in bytes of each buffer the planner lays out: what [`Graph::plan_in`] needs
+    /// of a pool.
+    pub fn pool_sizes(&self, with_backward: bool) -> Vec<u64> {
+        self.layout(with_backward, true).2.sizes
+    }
+
+    /// Plans into buffers the caller owns instead of buffers of its own: buffer i of the
+    /// layout is `pool[i]` (at least [`Graph::pool_sizes`]'s size). Plans that never run at
+    /// the same time can share one pool: GPU work runs in submission order, so one plan's
+    /// intermediates are dead before the next plan writes them. (One buffer cut into
+    /// ranges would not do: a kernel may not read one range of a buffer while writing
+    /// another.)
+    pub fn plan_in(
+        &self,
+        ctx: &Context,
+        store: &ParamStore,
+        with_backward: bool,
+        pool: &[Tensor],
+    ) -> Result<Plan> {
+        let (calls, bytes, layout) = self.layout(with_backward, true);
+        self.check_buffer_sizes(ctx, &bytes, &layout)?;
+        let mut views = Vec::with_capacity(layout.sizes.len());
+        for (i, &size) in layout.sizes.iter().enumerate() {
+            let buffer = pool
+                .get(i)
+                .filter(|b| b.byte_size() >= size)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "the plan's buffer {i} needs {size} bytes; the pool given has {}",
+                        pool.get(i).map_or(0, Tensor::byte_size)
+                    ))
+                })?;
+            views.push(buffer.view(ctx, 0, &[(size / 4) as usize])?);
+        }
+        self.build(ctx, store, &calls, layout, views)
+    }
+
+    /// The calls to plan, each pooled tensor's size, and the planner's buffers.
+    fn layout(
+        &self,
+        with_backward: bool,
+        reuse: bool,
+    ) -> (Vec<&Call>, Vec<Option<u64>>, BufferLayout) {
         let calls: Vec<&Call> = self
             .forward
             .iter()
@@ -100,9 +153,18 @@ impl Graph {
             .iter()
             .map(|c| c.reads.iter().chain(&c.writes).copied().collect())
             .collect();
-        let layout = assign_buffers(&bytes, &touched, &self.keep, options.reuse_buffers);
+        let layout = assign_buffers(&bytes, &touched, &self.keep, reuse);
+        (calls, bytes, layout)
+    }
+
+    /// Every buffer must fit one storage binding.
+    fn check_buffer_sizes(
+        &self,
+        ctx: &Context,
+        bytes: &[Option<u64>],
+        layout: &BufferLayout,
+    ) -> Result<()> {
         let caps = ctx.capabilities();
-        let mut pool = Vec::with_capacity(layout.sizes.len());
         for &size in &layout.sizes {
             if size > caps.max_storage_binding {
                 // Name the tensors too large by themselves, not the small ones sharing
@@ -123,8 +185,19 @@ impl Graph {
                     limit_name: "max_storage_buffer_binding_size (use a smaller batch or sequence)",
                 });
             }
-            pool.push(Tensor::zeros(ctx, &[(size / 4) as usize], DType::F32)?);
         }
+        Ok(())
+    }
+
+    /// Resolves every graph tensor to its buffer and builds every call's dispatches.
+    fn build(
+        &self,
+        ctx: &Context,
+        store: &ParamStore,
+        calls: &[&Call],
+        layout: BufferLayout,
+        pool: Vec<Tensor>,
+    ) -> Result<Plan> {
         let mut buffer_of = vec![None; self.tensors.len()];
         for a in &layout.assignments {
             buffer_of[a.tensor.0] = Some(a.buffer);
@@ -141,7 +214,7 @@ impl Graph {
         let resolved = Resolved(resolved);
         let mut dispatches = Vec::new();
         let mut planned = Vec::new();
-        for call in &calls {
+        for call in calls {
             let d = (call.build)(ctx, &resolved).map_err(|e| match e {
                 Error::InvalidArgument(m) => Error::InvalidArgument(format!("{}: {m}", call.label)),
                 other => other,

@@ -56,6 +56,9 @@ mod defaults {
     pub fn initializer_range() -> f64 {
         0.02
     }
+    pub fn yes() -> bool {
+        true
+    }
 }
 
 /// A RoFormer configuration; missing fields take `RoFormerConfig`'s defaults.
@@ -107,10 +110,26 @@ pub struct RoFormerConfig {
     /// Class names by index, as HF writes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id2label: Option<BTreeMap<String, String>>,
+    /// HF's decoder switch: causal self-attention (each token sees itself and earlier ones),
+    /// whatever the head; `RoFormerForCausalLM` checkpoints set it.
+    #[serde(default)]
+    pub is_decoder: bool,
+    /// The masked and causal LM heads' decoder is the word embedding matrix (HF's default);
+    /// when false the checkpoint has its own `cls.predictions.decoder.weight`.
+    #[serde(default = "defaults::yes")]
+    pub tie_word_embeddings: bool,
+    /// Cross-attention layers for an encoder-decoder model: not implemented, an error.
+    #[serde(default)]
+    pub add_cross_attention: bool,
+    /// The sequence classifier's loss: `single_label_classification` (cross-entropy),
+    /// `multi_label_classification` (BCE) or `regression` (MSE); `None` lets transformers
+    /// decide from the labels (regression when `num_labels` is 1).
+    #[serde(default)]
+    pub problem_type: Option<String>,
     /// This library's option: softmax (HF) or linear attention.
     #[serde(default, rename = "attention_kind")]
     pub attention: AttentionKind,
-    /// This library's option: causal attention (each token sees itself and earlier ones).
+    /// This library's option: causal attention, as `is_decoder` (either turns it on).
     #[serde(default)]
     pub causal: bool,
     /// Every other field, kept as it was.
@@ -203,6 +222,34 @@ impl RoFormerConfig {
                     .into(),
             );
         }
+        if self.add_cross_attention {
+            return Err(
+                "add_cross_attention: cross-attention layers (an encoder-decoder RoFormer) are not implemented"
+                    .into(),
+            );
+        }
+        if let Some(pruned) = self.extra.get("pruned_heads") {
+            if pruned.as_object().is_some_and(|o| !o.is_empty()) {
+                return Err(
+                    "pruned_heads: checkpoints with pruned attention heads are not supported"
+                        .into(),
+                );
+            }
+        }
+        if let Some(p) = &self.problem_type {
+            if ![
+                "single_label_classification",
+                "multi_label_classification",
+                "regression",
+            ]
+            .contains(&p.as_str())
+            {
+                return Err(format!(
+                    "problem_type {p:?} is not one of single_label_classification, \
+                     multi_label_classification, regression"
+                ));
+            }
+        }
         if self
             .pad_token_id
             .is_some_and(|p| p as usize >= self.vocab_size)
@@ -213,6 +260,21 @@ impl RoFormerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Whether attention is causal: HF's `is_decoder` or this library's `causal`.
+    pub fn is_causal(&self) -> bool {
+        self.causal || self.is_decoder
+    }
+
+    /// The sequence classifier's problem, as transformers decides it: `problem_type` when
+    /// set, else regression for one label and single-label classification otherwise.
+    pub fn classification_problem(&self) -> &str {
+        match &self.problem_type {
+            Some(p) => p,
+            None if self.labels() == 1 => "regression",
+            None => "single_label_classification",
+        }
     }
 
     /// Width of the embeddings (`embedding_size`, else `hidden_size`).

@@ -146,7 +146,7 @@ pub fn loss(
                     &v,
                     &zeros,
                     (b, nh, t, d),
-                    c.causal,
+                    c.is_causal(),
                     true,
                     Some(&additive),
                 )
@@ -158,7 +158,7 @@ pub fn loss(
                     k: &k,
                     v: &v,
                     dims: (b, nh, t, d, d),
-                    causal: c.causal,
+                    causal: c.is_causal(),
                     rope: true,
                     mask: Some(&keys),
                     eps: linear_attention::EPS as f64,
@@ -214,6 +214,12 @@ pub fn loss(
                 linear(w, "classifier.out_proj", &x, b, hsz, c.labels())?,
                 c.labels(),
             )
+        }
+        other => {
+            return Err(Error::invalid(format!(
+                "reference: the {} head is not implemented",
+                other.architecture()
+            )))
         }
     };
     Ok(cross_entropy::reference::forward_backward(

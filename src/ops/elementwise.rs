@@ -189,6 +189,30 @@ pub fn plan_scatter_first(
         .build(ctx.grid_1d(((r * c) as u64).div_ceil(WG))?)
 }
 
+/// `rows[b] = full[b, positions[b]]` for `full` `[B, T, C]`, `positions` `[B]` (u32, each
+/// below T: a larger one reads position T − 1) and `rows` `[B, C]`. The positions are read
+/// when the dispatch runs, so they can change from run to run.
+pub fn plan_gather_positions(
+    ctx: &Context,
+    full: &Tensor,
+    positions: &Tensor,
+    rows: &Tensor,
+) -> Result<Dispatch> {
+    let (r, c, t) = rows_of("gather_positions", full, rows)?;
+    positions.expect_dtype("gather_positions", "positions", DType::U32)?;
+    positions.expect_shape("gather_positions", "positions", &[r])?;
+    DispatchBuilder::new(ctx, &SHADER, "gather_positions")
+        .params(&Params {
+            cols: c as u32,
+            stride: (t * c) as u32,
+            ..Params::n(r * c)
+        })
+        .read("a", full)
+        .read("positions", positions)
+        .write("out", rows)
+        .build(ctx.grid_1d(((r * c) as u64).div_ceil(WG))?)
+}
+
 /// `a + b` in a new tensor of a's shape.
 pub fn add(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let out = Tensor::zeros(ctx, a.shape(), DType::F32)?;
@@ -288,6 +312,39 @@ mod tests {
             .unwrap();
         let want: Vec<f64> = full.iter().map(|&v| 0.5 * v as f64).collect();
         assert_close("accumulate", &download(ctx, &acc), &want, 1e-7);
+    }
+
+    #[test]
+    fn gather_positions_reads_one_token_per_row_chosen_at_run_time() {
+        let ctx = &ctx();
+        let mut rng = rng(19);
+        let (b, t, c) = (4, 7, 33);
+        let full = randn(&mut rng, b * t * c);
+        let tfull = upload(ctx, &full, &[b, t, c]);
+        let positions = Tensor::from_slice(ctx, &[6u32, 0, 3, 6], &[b]).unwrap();
+        let rows = poisoned(ctx, &[b, c]);
+        let d = plan_gather_positions(ctx, &tfull, &positions, &rows).unwrap();
+        ctx.run(std::slice::from_ref(&d)).unwrap();
+        let want = |pos: [usize; 4]| -> Vec<f64> {
+            (0..b * c)
+                .map(|i| full[((i / c) * t + pos[i / c]) * c + i % c] as f64)
+                .collect()
+        };
+        assert_close(
+            "positions",
+            &download(ctx, &rows),
+            &want([6, 0, 3, 6]),
+            1e-7,
+        );
+        // The same dispatch with new positions (one past the end reads the last token).
+        positions.write(ctx, &[1u32, 2, 9, 5]).unwrap();
+        ctx.run(&[d]).unwrap();
+        assert_close(
+            "new positions",
+            &download(ctx, &rows),
+            &want([1, 2, 6, 5]),
+            1e-7,
+        );
     }
 
     #[test]

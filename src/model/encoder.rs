@@ -1,0 +1,736 @@
+//! Inference: a RoFormer with its weights only (no gradients, no optimizer state), on any
+//! head, run on requests of up to `max_batch` sequences of any lengths up to the model's,
+//! asynchronously.
+//!
+//! A request's sequences are padded to a bucket: the batch to the next power of two (up to
+//! `max_batch`) and the length to the next power of two (at least 8, at most
+//! `max_position_embeddings`). Each bucket is planned once, when first used, and kept in a
+//! small least-recently-used cache; every plan lays its activations in one shared pool of
+//! buffers (buffer i as large as the largest plan's buffer i), since requests run on the
+//! GPU one after another.
+//! Padding sits after each sequence's tokens and is masked out of attention, so a
+//! sequence's results do not depend on what it was batched with (to rounding: a longer
+//! bucket sums a softmax row in another order).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::graph::{self, GraphInputs, GraphOutputs};
+use super::{
+    load_weights, param_shapes, prepare, read_pretrained, with_path, Head, RoFormerConfig,
+};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, MemoryReport, Plan, TensorId};
+use crate::io::HostTensors;
+use crate::params::ParamStore;
+use crate::readback::Pending;
+use crate::tensor::{DType, Tensor};
+
+/// Limits of an [`Encoder`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncoderOptions {
+    /// Most sequences one request may hold (multiple choice: counting every choice).
+    pub max_batch: usize,
+    /// Most planned buckets kept at once; the least recently used is dropped beyond it.
+    pub max_plans: usize,
+}
+
+impl Default for EncoderOptions {
+    fn default() -> Self {
+        EncoderOptions {
+            max_batch: 32,
+            max_plans: 8,
+        }
+    }
+}
+
+/// What a request wants back. Asking [`Results`] for anything else is an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Want {
+    /// The last layer's output, `[T, hidden]` per sequence.
+    pub last_hidden_state: bool,
+    /// Every hidden state (the embeddings' output, then each layer's), `[T, hidden]` each.
+    pub hidden_states: bool,
+    /// The first token's (CLS) last hidden state, `[hidden]` per sequence.
+    pub first_token: bool,
+    /// The head's output: see [`Results::logits`], [`Results::start_logits`] and
+    /// [`Results::choice_logits`].
+    pub logits: bool,
+}
+
+impl Want {
+    /// The head's output only.
+    pub fn logits() -> Want {
+        Want {
+            logits: true,
+            ..Want::default()
+        }
+    }
+
+    /// The last hidden state only.
+    pub fn last_hidden_state() -> Want {
+        Want {
+            last_hidden_state: true,
+            ..Want::default()
+        }
+    }
+}
+
+/// One sequence of a request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sequence {
+    /// Token ids, each below the vocabulary size; at least one.
+    pub input_ids: Vec<u32>,
+    /// Token types, as many as ids; empty means all 0.
+    pub token_type_ids: Vec<u32>,
+    /// 1 for tokens, 0 for padding the caller added, as many as ids; empty means all 1.
+    pub attention_mask: Vec<u32>,
+}
+
+impl Sequence {
+    /// A sequence of these ids, token types 0, no padding.
+    pub fn new(input_ids: Vec<u32>) -> Sequence {
+        Sequence {
+            input_ids,
+            ..Sequence::default()
+        }
+    }
+}
+
+/// A batch to run: sequences of any lengths (a ragged batch), and what to return.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    /// The sequences. For a multiple-choice model: the choices of each example, one example
+    /// after another, the choices of one example all of one length (as transformers takes
+    /// them, `[examples, choices, T]`).
+    pub sequences: Vec<Sequence>,
+    /// Choices per example (multiple-choice models only; 0 otherwise).
+    pub choices: usize,
+    /// What to return.
+    pub want: Want,
+}
+
+impl Request {
+    /// A request for `want` of each sequence.
+    pub fn new(sequences: Vec<Sequence>, want: Want) -> Request {
+        Request {
+            sequences,
+            choices: 0,
+            want,
+        }
+    }
+}
+
+/// A plain host array: a shape and its elements, row-major.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Array {
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// The elements.
+    pub data: Vec<f32>,
+}
+
+/// What one sequence got back.
+#[derive(Clone, Debug, Default)]
+struct SequenceOutputs {
+    last_hidden_state: Option<Array>,
+    hidden_states: Option<Vec<Array>>,
+    first_token: Option<Array>,
+    logits: Option<Array>,
+}
+
+/// The results of a request, per sequence (in the request's order).
+#[derive(Clone, Debug)]
+pub struct Results {
+    head: Head,
+    choices: usize,
+    sequences: Vec<SequenceOutputs>,
+}
+
+impl Results {
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.sequences.len()
+    }
+
+    /// Whether there are none (never: a request holds at least one sequence).
+    pub fn is_empty(&self) -> bool {
+        self.sequences.is_empty()
+    }
+
+    fn sequence(&self, i: usize) -> Result<&SequenceOutputs> {
+        self.sequences.get(i).ok_or_else(|| {
+            Error::invalid(format!(
+                "sequence {i} of a request of {}",
+                self.sequences.len()
+            ))
+        })
+    }
+
+    fn not_requested(what: &str, field: &str) -> Error {
+        Error::invalid(format!(
+            "{what} was not requested (set Want::{field} in the request)"
+        ))
+    }
+
+    /// The last hidden state of sequence `i`, `[T, hidden]`.
+    pub fn last_hidden_state(&self, i: usize) -> Result<&Array> {
+        self.sequence(i)?
+            .last_hidden_state
+            .as_ref()
+            .ok_or_else(|| Self::not_requested("the last hidden state", "last_hidden_state"))
+    }
+
+    /// Every hidden state of sequence `i`: the embeddings' output, then each layer's.
+    pub fn hidden_states(&self, i: usize) -> Result<&[Array]> {
+        self.sequence(i)?
+            .hidden_states
+            .as_deref()
+            .ok_or_else(|| Self::not_requested("every hidden state", "hidden_states"))
+    }
+
+    /// The first token's last hidden state for sequence `i`, `[hidden]`.
+    pub fn first_token(&self, i: usize) -> Result<&Array> {
+        self.sequence(i)?
+            .first_token
+            .as_ref()
+            .ok_or_else(|| Self::not_requested("the first token's state", "first_token"))
+    }
+
+    /// The head's output for sequence `i`: `[T, vocab]` (masked and causal LM), `[labels]`
+    /// (sequence classification), `[T, labels]` (token classification), `[T, 2]` (question
+    /// answering: start and end, see also [`Results::start_logits`]), `[1]` (multiple
+    /// choice: this choice's score, see [`Results::choice_logits`]).
+    pub fn logits(&self, i: usize) -> Result<&Array> {
+        if self.head == Head::Encoder {
+            return Err(Error::invalid("a RoFormerModel has no head, so no logits"));
+        }
+        self.sequence(i)?
+            .logits
+            .as_ref()
+            .ok_or_else(|| Self::not_requested("the logits", "logits"))
+    }
+
+    fn qa_column(&self, i: usize, column: usize) -> Result<Vec<f32>> {
+        if self.head != Head::QuestionAnswering {
+            return Err(Error::invalid(format!(
+                "start and end logits come from a question-answering model, not {}",
+                self.head.architecture()
+            )));
+        }
+        Ok(self.logits(i)?.data.chunks(2).map(|p| p[column]).collect())
+    }
+
+    /// Question answering: the start logits of sequence `i`, `[T]`.
+    pub fn start_logits(&self, i: usize) -> Result<Vec<f32>> {
+        self.qa_column(i, 0)
+    }
+
+    /// Question answering: the end logits of sequence `i`, `[T]`.
+    pub fn end_logits(&self, i: usize) -> Result<Vec<f32>> {
+        self.qa_column(i, 1)
+    }
+
+    /// Multiple choice: the scores of example `e`'s choices.
+    pub fn choice_logits(&self, e: usize) -> Result<Vec<f32>> {
+        if self.head != Head::MultipleChoice {
+            return Err(Error::invalid(format!(
+                "choice logits come from a multiple-choice model, not {}",
+                self.head.architecture()
+            )));
+        }
+        (e * self.choices..(e + 1) * self.choices)
+            .map(|i| Ok(self.logits(i)?.data[0]))
+            .collect()
+    }
+}
+
+/// A batch shape and what it keeps: one plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BucketKey {
+    rows: usize,
+    seq: usize,
+    want: Want,
+}
+
+/// One planned bucket: its inputs, its plan and the tensors it keeps.
+struct Bucket {
+    inputs: GraphInputs,
+    plan: Plan,
+    outputs: GraphOutputs,
+}
+
+/// What the encoder keeps between requests.
+#[derive(Default)]
+struct Plans {
+    /// Least recently used first.
+    buckets: Vec<(BucketKey, Arc<Bucket>)>,
+    /// Where every plan's activations live.
+    pool: Vec<Tensor>,
+}
+
+/// A RoFormer for inference. See the module documentation.
+pub struct Encoder {
+    config: RoFormerConfig,
+    head: Head,
+    store: ParamStore,
+    table: Tensor,
+    options: EncoderOptions,
+    /// Held from planning through submission, so two threads never interleave their
+    /// inputs.
+    plans: Mutex<Plans>,
+}
+
+impl Encoder {
+    /// An inference model with zeroed weights (see [`Encoder::load_tensors`]).
+    pub fn new(
+        ctx: &Context,
+        config: RoFormerConfig,
+        head: Head,
+        options: EncoderOptions,
+    ) -> Result<Encoder> {
+        if options.max_batch == 0 || options.max_plans == 0 {
+            return Err(Error::invalid(format!(
+                "EncoderOptions need max_batch and max_plans of at least 1, got {options:?}"
+            )));
+        }
+        let table = prepare(ctx, &config, head)?;
+        let store = ParamStore::weights_only(ctx, &param_shapes(&config, head))?;
+        Ok(Encoder {
+            config,
+            head,
+            store,
+            table,
+            options,
+            plans: Mutex::default(),
+        })
+    }
+
+    /// Loads `config.json` and a checkpoint (`.safetensors`, a sharded checkpoint's
+    /// `model.safetensors.index.json`, or a folder holding either; f16, bf16 and f32). The
+    /// head comes from the config's `architectures`, else from the tensor names.
+    pub fn from_pretrained(
+        ctx: &Context,
+        config: impl AsRef<Path>,
+        weights: impl AsRef<Path>,
+        options: EncoderOptions,
+    ) -> Result<Encoder> {
+        let weights = weights.as_ref();
+        let (cfg, head, tensors) = read_pretrained(config.as_ref(), weights)?;
+        let encoder = Encoder::new(ctx, cfg, head, options).map_err(|e| with_path(e, weights))?;
+        encoder
+            .load_tensors(ctx, &tensors)
+            .map_err(|e| with_path(e, weights))?;
+        Ok(encoder)
+    }
+
+    /// Uploads every weight from HF-named tensors (see [`super::RoFormer::load_tensors`]).
+    pub fn load_tensors(&self, ctx: &Context, tensors: &HostTensors) -> Result<()> {
+        load_weights(ctx, &self.store, &self.config, tensors)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RoFormerConfig {
+        &self.config
+    }
+
+    /// The head.
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// GPU memory held: the weights; the pool all plans share for activations (buffer i as
+    /// large as the largest plan's buffer i, for the buckets planned so far); the inputs of
+    /// every cached plan. Transient read-back buffers are not counted.
+    pub fn memory(&self) -> MemoryReport {
+        let plans = self.plans.lock().unwrap();
+        MemoryReport {
+            params: self.store.memory(),
+            pooled: plans.pool.iter().map(Tensor::byte_size).sum(),
+            buffers: plans.pool.len(),
+            unpooled: plans
+                .buckets
+                .iter()
+                .map(|(_, b)| b.plan.memory().unpooled)
+                .max()
+                .unwrap_or(0),
+            inputs: plans
+                .buckets
+                .iter()
+                .map(|(_, b)| b.plan.memory().inputs)
+                .sum(),
+        }
+    }
+
+    /// Buckets planned and cached now.
+    pub fn cached_plans(&self) -> usize {
+        self.plans.lock().unwrap().buckets.len()
+    }
+
+    /// Runs a request and returns its results as they come back (see
+    /// [`crate::readback::Pending`]). Submits the work before returning; never waits for
+    /// the GPU (planning a new bucket compiles its pipelines).
+    pub fn run(&self, ctx: &Context, request: &Request) -> Result<Pending<Results>> {
+        let lengths = self.check(request)?;
+        let rows = request.sequences.len();
+        let longest = *lengths.iter().max().unwrap_or(&1);
+        let key = BucketKey {
+            rows: bucket(rows, 1, self.options.max_batch),
+            seq: bucket(longest, 8, self.config.max_position_embeddings),
+            want: request.want,
+        };
+        let mut plans = self.plans.lock().unwrap();
+        let b = self.bucket(ctx, &mut plans, key)?;
+        self.write_inputs(ctx, &b, request, &lengths)?;
+        // The kept outputs, one after another in the read-back buffer.
+        let mut copies: Vec<(TensorId, u64, u64)> = Vec::new();
+        let mut size = 0;
+        let mut keep = |id: Option<TensorId>| -> Result<()> {
+            if let Some(id) = id {
+                let t = b.plan.tensor(id)?;
+                copies.push((id, size, t.byte_size()));
+                size += t.byte_size();
+            }
+            Ok(())
+        };
+        let want = request.want;
+        if want.hidden_states {
+            for &h in &b.outputs.hidden {
+                keep(Some(h))?;
+            }
+        } else if want.last_hidden_state || want.first_token {
+            keep(b.outputs.hidden.last().copied())?;
+        }
+        if want.logits {
+            keep(b.outputs.logits)?;
+        }
+        let readback = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("encoder results"),
+            size: size.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let (index, scopes) = ctx.scoped_async("inference", || {
+            let mut encoder =
+                ctx.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("inference"),
+                    });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("inference"),
+                    timestamp_writes: None,
+                });
+                b.plan.encode(&mut pass);
+            }
+            for &(id, offset, bytes) in &copies {
+                if let Ok(t) = b.plan.tensor(id) {
+                    encoder.copy_buffer_to_buffer(t.buffer(), t.offset(), &readback, offset, bytes);
+                }
+            }
+            ctx.queue().submit([encoder.finish()])
+        })?;
+        drop(plans);
+        let layout = ResultLayout {
+            head: self.head,
+            hidden: self.config.hidden_size,
+            layers: self.config.num_hidden_layers,
+            head_width: self.head.classes(&self.config),
+            rows: key.rows,
+            seq: key.seq,
+            want,
+            lengths,
+            choices: request.choices,
+        };
+        Ok(Pending::new(ctx, readback, index, scopes, move |bytes| {
+            Ok(layout.split(&bytemuck::pod_collect_to_vec(bytes)))
+        }))
+    }
+
+    /// [`Encoder::run`], waiting for the results (for scripts).
+    pub fn run_blocking(&self, ctx: &Context, request: &Request) -> Result<Results> {
+        self.run(ctx, request)?.wait(ctx)
+    }
+
+    /// Checks a request and returns each sequence's length.
+    fn check(&self, r: &Request) -> Result<Vec<usize>> {
+        let c = &self.config;
+        if r.sequences.is_empty() {
+            return Err(Error::invalid("a request needs at least one sequence"));
+        }
+        if r.sequences.len() > self.options.max_batch {
+            return Err(Error::invalid(format!(
+                "a request of {} sequences is over this encoder's max_batch ({})",
+                r.sequences.len(),
+                self.options.max_batch
+            )));
+        }
+        if r.want == Want::default() {
+            return Err(Error::invalid("the request wants nothing back (see Want)"));
+        }
+        if r.want.logits && self.head == Head::Encoder {
+            return Err(Error::invalid(
+                "a RoFormerModel has no head, so no logits: ask for hidden states",
+            ));
+        }
+        match (self.head == Head::MultipleChoice, r.choices) {
+            (true, 0) => {
+                return Err(Error::invalid(
+                    "a multiple-choice request needs its number of choices per example",
+                ))
+            }
+            (false, c) if c != 0 => {
+                return Err(Error::invalid(format!(
+                    "choices are for multiple-choice models, not {}",
+                    self.head.architecture()
+                )))
+            }
+            _ => {}
+        }
+        let mut lengths = Vec::with_capacity(r.sequences.len());
+        for (i, s) in r.sequences.iter().enumerate() {
+            let n = s.input_ids.len();
+            if n == 0 {
+                return Err(Error::invalid(format!("sequence {i} is empty")));
+            }
+            if n > c.max_position_embeddings {
+                return Err(Error::invalid(format!(
+                    "sequence {i} has {n} tokens, more than max_position_embeddings ({})",
+                    c.max_position_embeddings
+                )));
+            }
+            for (what, len) in [
+                ("token_type_ids", s.token_type_ids.len()),
+                ("attention_mask", s.attention_mask.len()),
+            ] {
+                if len != 0 && len != n {
+                    return Err(Error::DataLength {
+                        what,
+                        len,
+                        shape: vec![n],
+                        expected: n,
+                    });
+                }
+            }
+            if let Some(bad) = s.attention_mask.iter().position(|&m| m > 1) {
+                return Err(Error::invalid(format!(
+                    "sequence {i}: attention_mask[{bad}] is {}, not 0 or 1",
+                    s.attention_mask[bad]
+                )));
+            }
+            lengths.push(n);
+        }
+        if r.choices > 0 {
+            if r.sequences.len() % r.choices != 0 {
+                return Err(Error::invalid(format!(
+                    "{} sequences are not whole examples of {} choices",
+                    r.sequences.len(),
+                    r.choices
+                )));
+            }
+            for (e, ls) in lengths.chunks(r.choices).enumerate() {
+                if ls.iter().any(|&l| l != ls[0]) {
+                    return Err(Error::invalid(format!(
+                        "example {e}'s choices have lengths {ls:?}: pad them to one length, as \
+                         transformers takes them"
+                    )));
+                }
+            }
+        }
+        Ok(lengths)
+    }
+
+    /// The planned bucket for `key`, planning it (and growing the arena) when needed.
+    fn bucket(&self, ctx: &Context, plans: &mut Plans, key: BucketKey) -> Result<Arc<Bucket>> {
+        if let Some(i) = plans.buckets.iter().position(|(k, _)| *k == key) {
+            let entry = plans.buckets.remove(i);
+            let b = entry.1.clone();
+            plans.buckets.push(entry);
+            return Ok(b);
+        }
+        let c = &self.config;
+        let inputs = GraphInputs::new(ctx, c, self.head, key.rows, key.seq, None)?;
+        let mut g = Graph::new();
+        let outputs = graph::build(c, self.head, &self.store, &self.table, &mut g, &inputs)?;
+        if key.want.hidden_states {
+            for &h in &outputs.hidden {
+                g.keep(h);
+            }
+        } else if key.want.last_hidden_state || key.want.first_token {
+            g.keep(outputs.hidden[outputs.hidden.len() - 1]);
+        }
+        if key.want.logits {
+            if let Some(l) = outputs.logits {
+                g.keep(l);
+            }
+        }
+        let sizes = g.pool_sizes(false);
+        let short =
+            |pool: &[Tensor], i: usize, size: u64| pool.get(i).is_none_or(|b| b.byte_size() < size);
+        if sizes
+            .iter()
+            .enumerate()
+            .any(|(i, &size)| short(&plans.pool, i, size))
+        {
+            // Plans bound to a buffer that is replaced go with it (work in flight keeps the
+            // old one alive until it is done).
+            plans.buckets.clear();
+            for (i, &size) in sizes.iter().enumerate() {
+                if short(&plans.pool, i, size) {
+                    let grown = Tensor::zeros(ctx, &[(size / 4) as usize], DType::F32)?;
+                    match plans.pool.get_mut(i) {
+                        Some(b) => *b = grown,
+                        None => plans.pool.push(grown),
+                    }
+                }
+            }
+        }
+        let plan = g.plan_in(ctx, &self.store, false, &plans.pool)?;
+        let b = Arc::new(Bucket {
+            inputs,
+            plan,
+            outputs,
+        });
+        if plans.buckets.len() >= self.options.max_plans {
+            plans.buckets.remove(0);
+        }
+        plans.buckets.push((key, b.clone()));
+        Ok(b)
+    }
+
+    /// Writes a request's sequences into the bucket's inputs, each padded after its tokens.
+    fn write_inputs(
+        &self,
+        ctx: &Context,
+        b: &Bucket,
+        r: &Request,
+        lengths: &[usize],
+    ) -> Result<()> {
+        let (rows, seq) = (b.inputs.batch, b.inputs.seq);
+        let pad = self.config.pad_token_id.unwrap_or(0);
+        let mut ids = vec![pad; rows * seq];
+        let mut types = vec![0u32; rows * seq];
+        let mut mask = vec![0u32; rows * seq];
+        for (row, s) in r.sequences.iter().enumerate() {
+            let at = row * seq;
+            let n = s.input_ids.len();
+            ids[at..at + n].copy_from_slice(&s.input_ids);
+            if !s.token_type_ids.is_empty() {
+                types[at..at + n].copy_from_slice(&s.token_type_ids);
+            }
+            if s.attention_mask.is_empty() {
+                mask[at..at + n].fill(1);
+            } else {
+                mask[at..at + n].copy_from_slice(&s.attention_mask);
+            }
+        }
+        b.inputs.ids.write(ctx, &ids)?;
+        b.inputs.types.write(ctx, &types)?;
+        b.inputs.write_mask(ctx, &mask)?;
+        if let Some(positions) = &b.inputs.summary_positions {
+            let last = Head::summary_is_last(&self.config);
+            let mut p: Vec<u32> = lengths
+                .iter()
+                .map(|&n| if last { (n - 1) as u32 } else { 0 })
+                .collect();
+            p.resize(rows, 0);
+            positions.write(ctx, &p)?;
+        }
+        Ok(())
+    }
+}
+
+/// The smallest power of two at least `n` and `min`, capped at `max`.
+fn bucket(n: usize, min: usize, max: usize) -> usize {
+    n.max(min).next_power_of_two().min(max)
+}
+
+/// Where a request's results sit in its read-back buffer, to cut them per sequence.
+struct ResultLayout {
+    head: Head,
+    hidden: usize,
+    layers: usize,
+    head_width: usize,
+    rows: usize,
+    seq: usize,
+    want: Want,
+    lengths: Vec<usize>,
+    choices: usize,
+}
+
+impl ResultLayout {
+    fn split(&self, all: &[f32]) -> Results {
+        let (rows, seq, hidden) = (self.rows, self.seq, self.hidden);
+        let state = rows * seq * hidden;
+        let mut at = 0;
+        let mut take = |n: usize| {
+            let part = &all[at..at + n];
+            at += n;
+            part
+        };
+        // Per sequence i of length n: rows [i, 0..n) of a [rows, seq, width] tensor.
+        let tokens = |t: &[f32], i: usize, n: usize, width: usize| Array {
+            shape: vec![n, width],
+            data: t[i * seq * width..(i * seq + n) * width].to_vec(),
+        };
+        let states: Vec<&[f32]> = if self.want.hidden_states {
+            (0..=self.layers).map(|_| take(state)).collect()
+        } else if self.want.last_hidden_state || self.want.first_token {
+            vec![take(state)]
+        } else {
+            Vec::new()
+        };
+        let logits = if self.want.logits {
+            let per_token = matches!(
+                self.head,
+                Head::MaskedLm
+                    | Head::CausalLm
+                    | Head::TokenClassification
+                    | Head::QuestionAnswering
+            );
+            Some((
+                take(rows * if per_token { seq } else { 1 } * self.head_width),
+                per_token,
+            ))
+        } else {
+            None
+        };
+        let sequences = self
+            .lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let last = states.last().map(|s| tokens(s, i, n, hidden));
+                SequenceOutputs {
+                    hidden_states: self
+                        .want
+                        .hidden_states
+                        .then(|| states.iter().map(|s| tokens(s, i, n, hidden)).collect()),
+                    first_token: self.want.first_token.then(|| Array {
+                        shape: vec![hidden],
+                        data: last
+                            .as_ref()
+                            .map_or(Vec::new(), |l| l.data[..hidden].to_vec()),
+                    }),
+                    last_hidden_state: last.filter(|_| self.want.last_hidden_state),
+                    logits: logits.map(|(l, per_token)| {
+                        if per_token {
+                            tokens(l, i, n, self.head_width)
+                        } else {
+                            Array {
+                                shape: vec![self.head_width],
+                                data: l[i * self.head_width..(i + 1) * self.head_width].to_vec(),
+                            }
+                        }
+                    }),
+                }
+            })
+            .collect();
+        Results {
+            head: self.head,
+            choices: self.choices,
+            sequences,
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The RoFormer as a graph, in data-flow order: token ids → embeddings → layers → head →
+//! loss. Training sessions and the inference encoder build the same graph; they differ in
+//! what they keep, whether there is a loss, and where the weights and activations live.
+
+use super::{Head, RoFormerConfig, WORDS};
+use crate::context::Context;
+use crate::error::Result;
+use crate::graph::{AttentionSpec, Graph, TensorId};
+use crate::model::AttentionKind;
+use crate::ops::cross_entropy::{Labels, IGNORE_INDEX};
+use crate::ops::elementwise;
+use crate::ops::embedding::TokenIds;
+use crate::params::ParamStore;
+use crate::tensor::{DType, Tensor};
+
+/// Per-run inputs of a planned graph for batches of `batch` sequences of `seq` tokens,
+/// written before each run.
+pub(crate) struct GraphInputs {
+    pub batch: usize,
+    pub seq: usize,
+    pub ids: TokenIds,
+    pub types: TokenIds,
+    /// `[B, T]`: 0 for tokens, −f32::MAX for padding (softmax attention).
+    pub additive_mask: Tensor,
+    /// `[B, T]`: 1 for tokens, 0 for padding (linear attention).
+    pub key_mask: Tensor,
+    /// `[B]` (u32): the position the multiple-choice head summarises, per sequence.
+    pub summary_positions: Option<Tensor>,
+    /// The labels of the loss (training sessions).
+    pub labels: Option<Labels>,
+}
+
+impl GraphInputs {
+    /// Zeroed inputs (all tokens 0, no padding); `labels` is how many labels the loss takes,
+    /// `None` for a graph without a loss.
+    pub fn new(
+        ctx: &Context,
+        config: &RoFormerConfig,
+        head: Head,
+        batch: usize,
+        seq: usize,
+        labels: Option<usize>,
+    ) -> Result<GraphInputs> {
+        let n = batch * seq;
+        Ok(GraphInputs {
+            batch,
+            seq,
+            ids: TokenIds::new(ctx, &vec![0; n], &[batch, seq], config.vocab_size)?,
+            types: TokenIds::new(ctx, &vec![0; n], &[batch, seq], config.type_vocab_size)?,
+            additive_mask: Tensor::zeros(ctx, &[batch, seq], DType::F32)?,
+            key_mask: Tensor::full(ctx, &[batch, seq], 1.0)?,
+            summary_positions: (head == Head::MultipleChoice)
+                .then(|| Tensor::from_slice(ctx, &vec![(seq - 1) as u32; batch], &[batch]))
+                .transpose()?,
+            labels: labels
+                .map(|len| {
+                    Labels::new(
+                        ctx,
+                        &vec![IGNORE_INDEX; len],
+                        &[len],
+                        head.classes(config),
+                        IGNORE_INDEX,
+                    )
+                })
+                .transpose()?,
+        })
+    }
+
+    /// Writes the masks from `mask` (1 token, 0 padding; `[B, T]`, checked by the caller).
+    pub fn write_mask(&self, ctx: &Context, mask: &[u32]) -> Result<()> {
+        let additive: Vec<f32> = mask
+            .iter()
+            .map(|&m| if m == 1 { 0.0 } else { f32::MIN })
+            .collect();
+        self.additive_mask.write(ctx, &additive)?;
+        let keys: Vec<f32> = mask.iter().map(|&m| m as f32).collect();
+        self.key_mask.write(ctx, &keys)
+    }
+}
+
+/// The graph tensors a caller may keep and read.
+pub(crate) struct GraphOutputs {
+    /// Hidden states: 0 the embeddings' output, L the last layer's.
+    pub hidden: Vec<TensorId>,
+    /// The head's output (`None` for the bare encoder): `[B, T, vocab]` for the LM heads,
+    /// `[B, labels]` for sequence classification, `[B, T, labels]` for token
+    /// classification, `[B, T, 2]` (start, end) for question answering, `[B, 1]` for
+    /// multiple choice (B counting every choice).
+    pub logits: Option<TensorId>,
+    /// `(loss, counted, correct, 0)` when the inputs have labels.
+    pub loss: Option<TensorId>,
+}
+
+/// Builds the whole model on `g`: encoder, head, and the loss when `inputs` has labels.
+pub(crate) fn build(
+    c: &RoFormerConfig,
+    head: Head,
+    store: &ParamStore,
+    table: &Tensor,
+    g: &mut Graph,
+    inputs: &GraphInputs,
+) -> Result<GraphOutputs> {
+    let hidden = encoder(c, store, table, g, inputs)?;
+    let last = hidden[hidden.len() - 1]; // the embeddings' output at least
+    let logits = head_logits(c, head, store, g, inputs, last)?;
+    let loss = match (&inputs.labels, logits) {
+        (Some(labels), Some(logits)) => Some(g.cross_entropy("loss", logits, labels)?),
+        _ => None,
+    };
+    Ok(GraphOutputs {
+        hidden,
+        logits,
+        loss,
+    })
+}
+
+/// Embeddings and layers: every hidden state.
+fn encoder(
+    c: &RoFormerConfig,
+    s: &ParamStore,
+    table: &Tensor,
+    g: &mut Graph,
+    inputs: &GraphInputs,
+) -> Result<Vec<TensorId>> {
+    let eps = c.layer_norm_eps as f32;
+    let p = |g: &mut Graph, name: &str| g.param(s, name);
+    let mut hidden = Vec::new();
+
+    // token ids → embeddings
+    let words = g.param(s, WORDS)?;
+    let w = g.embedding("roformer.embeddings.word_embeddings", words, &inputs.ids)?;
+    let types = p(g, "roformer.embeddings.token_type_embeddings.weight")?;
+    let t = g.embedding(
+        "roformer.embeddings.token_type_embeddings",
+        types,
+        &inputs.types,
+    )?;
+    let sum = g.add("roformer.embeddings.sum", w, t)?;
+    let (lw, lb) = (
+        p(g, "roformer.embeddings.LayerNorm.weight")?,
+        p(g, "roformer.embeddings.LayerNorm.bias")?,
+    );
+    let mut h = g.layer_norm("roformer.embeddings.LayerNorm", sum, lw, lb, eps)?;
+    if c.embedding_size() != c.hidden_size {
+        let (w, b) = (
+            p(g, "roformer.embeddings_project.weight")?,
+            p(g, "roformer.embeddings_project.bias")?,
+        );
+        h = g.linear("roformer.embeddings_project", h, w, Some(b))?;
+    }
+    hidden.push(h);
+
+    // layers
+    let spec = AttentionSpec {
+        heads: c.num_attention_heads,
+        causal: c.is_causal(),
+        rotary_value: c.rotary_value,
+        mask: Some(match c.attention {
+            AttentionKind::Softmax | AttentionKind::FusedSoftmax => inputs.additive_mask.clone(),
+            AttentionKind::Linear => inputs.key_mask.clone(),
+        }),
+        rope: Some(table.clone()),
+    };
+    for l in 0..c.num_hidden_layers {
+        let pre = format!("roformer.encoder.layer.{l}");
+        let linear = |g: &mut Graph, name: &str, x: TensorId| -> Result<TensorId> {
+            let name = format!("{pre}.{name}");
+            let (w, b) = (
+                p(g, &format!("{name}.weight"))?,
+                p(g, &format!("{name}.bias"))?,
+            );
+            g.linear(&name, x, w, Some(b))
+        };
+        let q = linear(g, "attention.self.query", h)?;
+        let k = linear(g, "attention.self.key", h)?;
+        let v = linear(g, "attention.self.value", h)?;
+        let att_name = format!("{pre}.attention.self");
+        let a = match c.attention {
+            AttentionKind::Softmax => g.attention(&att_name, q, k, v, spec.clone())?,
+            AttentionKind::FusedSoftmax => g.fused_attention(&att_name, q, k, v, spec.clone())?,
+            AttentionKind::Linear => g.linear_attention(&att_name, q, k, v, spec.clone())?,
+        };
+        let o = linear(g, "attention.output.dense", a)?;
+        // Residual add and LayerNorm run as one kernel; the graph keeps them as two stages
+        // so the backward pass is unchanged.
+        let add_norm = |g: &mut Graph, name: &str, x: TensorId, skip: TensorId| {
+            let name = format!("{pre}.{name}");
+            let (w, b) = (
+                p(g, &format!("{name}.weight"))?,
+                p(g, &format!("{name}.bias"))?,
+            );
+            g.add_layer_norm(&name, x, skip, w, b, eps)
+        };
+        let h1 = add_norm(g, "attention.output.LayerNorm", o, h)?;
+        let i = {
+            let name = format!("{pre}.intermediate.dense");
+            let (w, b) = (
+                p(g, &format!("{name}.weight"))?,
+                p(g, &format!("{name}.bias"))?,
+            );
+            g.linear_gelu(&name, &format!("{pre}.intermediate.gelu"), h1, w, Some(b))?
+        };
+        let o2 = linear(g, "output.dense", i)?;
+        h = add_norm(g, "output.LayerNorm", o2, h1)?;
+        hidden.push(h);
+    }
+    Ok(hidden)
+}
+
+/// The head on the last hidden state `h` (`[B, T, hidden]`): its logits, or `None` for the
+/// bare encoder.
+fn head_logits(
+    c: &RoFormerConfig,
+    head: Head,
+    s: &ParamStore,
+    g: &mut Graph,
+    inputs: &GraphInputs,
+    h: TensorId,
+) -> Result<Option<TensorId>> {
+    let eps = c.layer_norm_eps as f32;
+    let linear = |g: &mut Graph, name: &str, x: TensorId| -> Result<TensorId> {
+        let (w, b) = (
+            g.param(s, &format!("{name}.weight"))?,
+            g.param(s, &format!("{name}.bias"))?,
+        );
+        g.linear(name, x, w, Some(b))
+    };
+    Ok(Some(match head {
+        Head::Encoder => return Ok(None),
+        Head::MaskedLm | Head::CausalLm => {
+            let (w, b) = (
+                g.param(s, "cls.predictions.transform.dense.weight")?,
+                g.param(s, "cls.predictions.transform.dense.bias")?,
+            );
+            let x = g.linear_gelu(
+                "cls.predictions.transform.dense",
+                "cls.predictions.transform.gelu",
+                h,
+                w,
+                Some(b),
+            )?;
+            let (w, b) = (
+                g.param(s, "cls.predictions.transform.LayerNorm.weight")?,
+                g.param(s, "cls.predictions.transform.LayerNorm.bias")?,
+            );
+            let x = g.layer_norm("cls.predictions.transform.LayerNorm", x, w, b, eps)?;
+            // The decoder is the word embeddings (the same graph tensor, so training sums
+            // both uses' gradients), unless the checkpoint unties them.
+            let decoder = if c.tie_word_embeddings {
+                g.param(s, WORDS)?
+            } else {
+                g.param(s, "cls.predictions.decoder.weight")?
+            };
+            let bias = g.param(s, "cls.predictions.bias")?;
+            g.linear("cls.predictions.decoder", x, decoder, Some(bias))?
+        }
+        Head::Classification => {
+            let x = g.first_token("classifier.first_token", h)?;
+            let x = linear(g, "classifier.dense", x)?;
+            let x = g.gelu("classifier.gelu", x)?;
+            linear(g, "classifier.out_proj", x)?
+        }
+        Head::TokenClassification => linear(g, "classifier", h)?,
+        Head::QuestionAnswering => linear(g, "qa_outputs", h)?,
+        Head::MultipleChoice => {
+            // transformers' sequence summary: one token per sequence, at a position the
+            // caller's lengths decide (the last by default), then a Linear to one score.
+            let positions = inputs.summary_positions.clone().ok_or_else(|| {
+                crate::Error::invalid("multiple-choice inputs need summary positions")
+            })?;
+            let shape = [inputs.batch, c.hidden_size];
+            let x = g.custom("sequence_summary", &[h], &shape, move |ctx, ins, out| {
+                Ok(vec![elementwise::plan_gather_positions(
+                    ctx, ins[0], &positions, out,
+                )?])
+            })?;
+            linear(g, "classifier", x)?
+        }
+    }))
+}

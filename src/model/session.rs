@@ -1,0 +1,381 @@
+//! Training sessions: a step planned once for one batch shape (forward, loss, backward,
+//! clipping, AdamW in one submission), for the heads this library trains. Inference on any
+//! head is [`super::Encoder`]'s job.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use super::graph::{self, GraphInputs, GraphOutputs};
+use super::{Head, RoFormer};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, MemoryReport, Plan, PlanOptions, TensorId};
+use crate::ops::cross_entropy::IGNORE_INDEX;
+use crate::optim::{Optimizer, TrainOptions};
+use crate::timing::PassTimer;
+
+/// What a session computes per step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    /// Forward pass and loss; logits are kept for reading (for inference alone, without
+    /// labels, see [`super::Encoder`]).
+    Inference,
+    /// Forward and backward; logits, hidden states and parameter gradients can be read.
+    Gradients,
+    /// Forward, backward, gradient clipping and AdamW: one training step.
+    Train(TrainOptions),
+}
+
+/// One batch of inputs, row-major `[batch, seq]`. Labels are `[batch, seq]` for the masked
+/// LM, token classification and causal LM (the token each position should predict as the
+/// next: the session shifts them, as transformers does), `[batch]` for sequence
+/// classification; −100 marks a position without a label.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    /// Token ids, each below the vocabulary size.
+    pub input_ids: Vec<u32>,
+    /// 1 for tokens, 0 for padding. Empty means all ones.
+    pub attention_mask: Vec<u32>,
+    /// Empty means all zeros.
+    pub token_type_ids: Vec<u32>,
+    /// Class labels (−100: no label).
+    pub labels: Vec<i32>,
+}
+
+/// What one step reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepMetrics {
+    /// Mean cross-entropy over the labelled positions.
+    pub loss: f32,
+    /// Labelled positions (rows that count in the loss).
+    pub counted: u32,
+    /// Labelled positions whose argmax is the label.
+    pub correct: u32,
+    /// Global gradient norm before clipping (training only).
+    pub grad_norm: Option<f32>,
+    /// Learning rate of this step (training only).
+    pub lr: Option<f64>,
+    /// Host time to encode and submit the step.
+    pub encode: Duration,
+    /// GPU time of the step's compute pass, from timestamp queries (when the device has them).
+    pub gpu: Option<Duration>,
+}
+
+/// A planned step for one batch shape: buffers, bind groups and dispatches built once.
+pub struct Session<'m> {
+    model: &'m RoFormer,
+    batch: usize,
+    seq: usize,
+    inputs: GraphInputs,
+    plan: Plan,
+    outputs: GraphOutputs,
+    /// The loss tensor (every session has one).
+    loss: TensorId,
+    /// What the plan keeps alive to the end of the step, so it can be read.
+    kept: HashSet<TensorId>,
+    optimizer: Option<Optimizer>,
+    calls: (usize, usize),
+    readback: wgpu::Buffer,
+    /// Timestamps at the start and end of the step's pass, when the device offers them.
+    timer: Option<PassTimer>,
+}
+
+impl<'m> Session<'m> {
+    pub(super) fn new(
+        ctx: &Context,
+        model: &'m RoFormer,
+        batch: usize,
+        seq: usize,
+        mode: Mode,
+        plan_options: PlanOptions,
+    ) -> Result<Session<'m>> {
+        let c = &model.config;
+        if batch == 0 || seq == 0 {
+            return Err(Error::invalid(format!(
+                "empty batch shape [{batch}, {seq}]"
+            )));
+        }
+        if seq > c.max_position_embeddings {
+            return Err(Error::invalid(format!(
+                "sequences of {seq} tokens are longer than max_position_embeddings ({}), the size of the position table",
+                c.max_position_embeddings
+            )));
+        }
+        model.head.check_trainable(c)?;
+        if mode != Mode::Inference && !model.store.trainable() {
+            return Err(Error::invalid(
+                "this model holds weights only: it can run inference, not gradients or training",
+            ));
+        }
+        let labels_len = match model.head {
+            Head::Classification => batch,
+            _ => batch * seq,
+        };
+        let inputs = GraphInputs::new(ctx, c, model.head, batch, seq, Some(labels_len))?;
+        let mut g = Graph::new();
+        let outputs = graph::build(c, model.head, &model.store, &model.table, &mut g, &inputs)?;
+        let loss = outputs
+            .loss
+            .ok_or_else(|| Error::invalid("a training session needs a loss"))?;
+        let mut kept = HashSet::from([loss]);
+        if mode != Mode::Inference {
+            g.backward(loss)?;
+        }
+        if matches!(mode, Mode::Inference | Mode::Gradients) {
+            kept.extend(outputs.logits);
+        }
+        if mode == Mode::Gradients {
+            kept.extend(outputs.hidden.iter().copied());
+        }
+        for &id in &kept {
+            g.keep(id);
+        }
+        let plan = g.plan_with(ctx, &model.store, mode != Mode::Inference, plan_options)?;
+        let optimizer = match mode {
+            Mode::Train(options) => Some(Optimizer::new(ctx, &model.store, options)?),
+            _ => None,
+        };
+        let readback = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step metrics"),
+            size: 48,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let timer = PassTimer::new(ctx, "step time", 1);
+        Ok(Session {
+            model,
+            batch,
+            seq,
+            inputs,
+            plan,
+            outputs,
+            loss,
+            kept,
+            optimizer,
+            calls: g.call_counts(),
+            readback,
+            timer,
+        })
+    }
+
+    /// Checks and uploads a batch (token ids below the vocabulary, labels in range).
+    pub fn set_batch(&self, ctx: &Context, b: &Batch) -> Result<()> {
+        let n = self.batch * self.seq;
+        let check = |what: &'static str, len: usize, want: usize| {
+            if len != want {
+                return Err(Error::DataLength {
+                    what,
+                    len,
+                    shape: vec![self.batch, self.seq],
+                    expected: want,
+                });
+            }
+            Ok(())
+        };
+        check("input_ids", b.input_ids.len(), n)?;
+        let mask: Vec<u32> = if b.attention_mask.is_empty() {
+            vec![1; n]
+        } else {
+            b.attention_mask.clone()
+        };
+        check("attention_mask", mask.len(), n)?;
+        let types: Vec<u32> = if b.token_type_ids.is_empty() {
+            vec![0; n]
+        } else {
+            b.token_type_ids.clone()
+        };
+        check("token_type_ids", types.len(), n)?;
+        let labels = self
+            .inputs
+            .labels
+            .as_ref()
+            .ok_or_else(|| Error::invalid("this session has no loss"))?;
+        check("labels", b.labels.len(), labels.len())?;
+        if let Some(bad) = mask.iter().position(|&m| m > 1) {
+            return Err(Error::invalid(format!(
+                "attention_mask[{bad}] is {}, not 0 or 1",
+                mask[bad]
+            )));
+        }
+        self.inputs.ids.write(ctx, &b.input_ids)?;
+        self.inputs.types.write(ctx, &types)?;
+        if self.model.head == Head::CausalLm {
+            // Position t predicts token t + 1 (transformers shifts the same way); the last
+            // position of each sequence predicts nothing.
+            labels.write(ctx, &shift_labels(&b.labels, self.seq))?;
+        } else {
+            labels.write(ctx, &b.labels)?;
+        }
+        self.inputs.write_mask(ctx, &mask)
+    }
+
+    /// Runs one step on the last batch set: one submission, then the metrics are read back.
+    pub fn run(&mut self, ctx: &Context) -> Result<StepMetrics> {
+        let lr = self
+            .optimizer
+            .as_mut()
+            .map(|o| o.prepare(ctx))
+            .transpose()?;
+        let start = Instant::now();
+        let loss = self.plan.tensor(self.loss)?;
+        let index = ctx.scoped("training step", || {
+            let mut encoder =
+                ctx.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("step"),
+                    });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("step"),
+                    timestamp_writes: self.timer.as_ref().map(|t| t.writes(0)),
+                });
+                self.plan.encode(&mut pass);
+                if let Some(o) = &self.optimizer {
+                    for d in o.dispatches() {
+                        d.encode(&mut pass);
+                    }
+                }
+            }
+            encoder.copy_buffer_to_buffer(loss.buffer(), loss.offset(), &self.readback, 0, 16);
+            if let Some(o) = &self.optimizer {
+                encoder.copy_buffer_to_buffer(
+                    o.stats().buffer(),
+                    o.stats().offset(),
+                    &self.readback,
+                    16,
+                    8,
+                );
+            }
+            if let Some(timer) = &self.timer {
+                timer.copy_to(&mut encoder, &self.readback, 32);
+            }
+            ctx.queue().submit([encoder.finish()])
+        })?;
+        let encode = start.elapsed();
+        let (values, ticks) = read_back(ctx, &self.readback, index)?;
+        let gpu = self
+            .timer
+            .as_ref()
+            .map(|_| PassTimer::elapsed(ctx, [ticks[0], ticks[1]]));
+        Ok(StepMetrics {
+            loss: values[0],
+            counted: values[1] as u32,
+            correct: values[2] as u32,
+            grad_norm: self.optimizer.as_ref().map(|_| values[5]),
+            lr,
+            encode,
+            gpu,
+        })
+    }
+
+    /// A tensor the plan kept to the end of the step; anything else may have been
+    /// overwritten by a later kernel sharing its buffer, so asking for it is an error.
+    fn kept(&self, id: Option<TensorId>, what: &str, kept_by: &str) -> Result<TensorId> {
+        id.filter(|id| self.kept.contains(id)).ok_or_else(|| {
+            Error::invalid(format!(
+                "{what} is not kept by this session (only {kept_by} sessions keep it)"
+            ))
+        })
+    }
+
+    /// Logits of the last run (`Inference` and `Gradients` sessions).
+    pub fn logits(&self, ctx: &Context) -> Result<Vec<f32>> {
+        let id = self.kept(self.outputs.logits, "the logits", "Inference and Gradients")?;
+        self.plan.tensor(id)?.to_vec(ctx)
+    }
+
+    /// Shape of [`Session::logits`].
+    pub fn logits_shape(&self) -> Result<Vec<usize>> {
+        let id = self.kept(self.outputs.logits, "the logits", "Inference and Gradients")?;
+        Ok(self.plan.tensor(id)?.shape().to_vec())
+    }
+
+    /// Hidden state `i` of the last run (0: embeddings, L: last layer; `Gradients` sessions).
+    pub fn hidden_state(&self, ctx: &Context, i: usize) -> Result<Vec<f32>> {
+        let id = *self
+            .outputs
+            .hidden
+            .get(i)
+            .ok_or_else(|| Error::invalid(format!("no hidden state {i}")))?;
+        let id = self.kept(Some(id), &format!("hidden state {i}"), "Gradients")?;
+        self.plan.tensor(id)?.to_vec(ctx)
+    }
+
+    /// The GPU memory the planned step holds.
+    pub fn memory(&self) -> &MemoryReport {
+        self.plan.memory()
+    }
+
+    /// Dispatches per step (graph + optimizer).
+    pub fn dispatch_count(&self) -> usize {
+        self.plan.dispatches().len()
+            + self
+                .optimizer
+                .as_ref()
+                .map_or(0, |o| o.dispatches().count())
+    }
+
+    /// Calls (stage kernels) of the forward and backward passes.
+    pub fn call_counts(&self) -> (usize, usize) {
+        self.calls
+    }
+
+    /// The optimizer (`Train` sessions).
+    pub fn optimizer(&mut self) -> Option<&mut Optimizer> {
+        self.optimizer.as_mut()
+    }
+
+    /// `(batch, sequence length)` the session was planned for.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.batch, self.seq)
+    }
+
+    /// The model it runs.
+    pub fn model(&self) -> &RoFormer {
+        self.model
+    }
+
+    /// The planned graph.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+}
+
+/// The metrics buffer once submission `index` is done: 8 floats, then 2 timestamps.
+fn read_back(
+    ctx: &Context,
+    buffer: &wgpu::Buffer,
+    index: wgpu::SubmissionIndex,
+) -> Result<([f32; 8], [u64; 2])> {
+    let bytes = ctx.read_mapped(buffer, index)?;
+    let mut v = [0f32; 8];
+    v.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&bytes[..32]));
+    let mut t = [0u64; 2];
+    t.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, u64>(&bytes[32..48]));
+    Ok((v, t))
+}
+
+/// Causal LM labels `[batch, seq]` shifted left by one within each sequence, the last
+/// position of each ignored: what position t predicts is the token at t + 1.
+pub(crate) fn shift_labels(labels: &[i32], seq: usize) -> Vec<i32> {
+    labels
+        .chunks(seq)
+        .flat_map(|row| {
+            row.iter()
+                .skip(1)
+                .copied()
+                .chain(std::iter::once(IGNORE_INDEX))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causal_labels_shift_within_each_sequence() {
+        assert_eq!(
+            super::shift_labels(&[1, 2, 3, 4, 5, -100], 3),
+            [2, 3, -100, 5, -100, -100]
+        );
+    }
+}

@@ -208,6 +208,8 @@ pub struct Context {
     layouts: Mutex<HashMap<LayoutKey, Layouts>>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Option<ErrorLog>,
+    /// Opened by this context (else an application's, borrowed: see `from_device`).
+    owns_device: bool,
     /// What ops keep for the context's life (matmul's settings and tuned tilings), one value
     /// per type: the op owns its state, the context only holds it.
     op_state: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
@@ -374,21 +376,52 @@ impl Context {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             sink.lock().unwrap().push(e.to_string());
         }));
-        let mut ctx = Self::build(adapter, device, queue, options.wait_timeout);
+        // wgpu keeps one device-lost callback: ours, on our own device.
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *lost_sink.lock().unwrap() = Some(format!("{reason:?}: {message}"));
+        });
+        let mut ctx = Self::build(adapter, device, queue, options.wait_timeout, lost);
         ctx.uncaptured = Some(log);
+        ctx.owns_device = true;
         Ok(ctx)
     }
 
-    /// Wraps a device an application already has. The adapter is only asked what it offers;
-    /// the device's own features and limits decide which kernels run. Errors are caught with
-    /// error scopes; the application's uncaptured-error handler is left alone.
+    /// Wraps a device an application already has, as a guest: the adapter is only asked
+    /// what it offers, and the device's own features and limits decide which kernels run.
+    ///
+    /// What the library leaves alone on a borrowed device: its uncaptured-error handler
+    /// (errors in the library's work are caught with error scopes) and its device-lost
+    /// callback (wgpu keeps only one: call [`Context::device_lost_hook`]'s function from
+    /// yours, and the library's calls fail with the reason from then on instead of handing
+    /// work to a lost device). It submits nothing until asked to run something, and matmul
+    /// tilings are chosen by shape rather than timed on the device
+    /// (`TilingChoice::Heuristic`) unless the application sets otherwise. Waits are for the
+    /// library's own submissions, never the whole device.
     pub fn from_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Self {
         Self::build(
             adapter,
             device,
             queue,
             ContextOptions::default().wait_timeout,
+            Arc::default(),
         )
+    }
+
+    /// For an application's own device-lost callback: a function to call with the reason
+    /// when its device is lost, after which the library reports the loss instead of using
+    /// the device. (A context that opened its device registers this itself.)
+    pub fn device_lost_hook(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let lost = self.lost.clone();
+        move |reason: &str| {
+            *lost.lock().unwrap() = Some(reason.to_string());
+        }
+    }
+
+    /// Whether this context opened its device (rather than borrowing an application's).
+    pub fn owns_device(&self) -> bool {
+        self.owns_device
     }
 
     fn build(
@@ -396,6 +429,7 @@ impl Context {
         device: wgpu::Device,
         queue: wgpu::Queue,
         wait_timeout: Option<Duration>,
+        lost: Arc<Mutex<Option<String>>>,
     ) -> Context {
         let info = adapter.get_info();
         let features = device.features();
@@ -429,11 +463,6 @@ impl Context {
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
         };
-        let lost: Arc<Mutex<Option<String>>> = Arc::default();
-        let lost_sink = lost.clone();
-        device.set_device_lost_callback(move |reason, message| {
-            *lost_sink.lock().unwrap() = Some(format!("{reason:?}: {message}"));
-        });
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("unused optional input"),
             size: 16,
@@ -456,6 +485,7 @@ impl Context {
             layouts: Mutex::default(),
             lost,
             uncaptured: None,
+            owns_device: false,
             op_state: Mutex::default(),
             setup: Mutex::default(),
             dummy,
@@ -747,11 +777,12 @@ impl Context {
         buffer
             .slice(..)
             .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
-        self.wait(Some(index))?;
+        self.wait(Some(index.clone()))?;
         let mapped = loop {
             match rx.try_recv() {
                 Ok(r) => break r,
-                Err(std::sync::mpsc::TryRecvError::Empty) => self.wait(None)?,
+                // This submission only: a borrowed device may be busy with the app's work.
+                Err(std::sync::mpsc::TryRecvError::Empty) => self.wait(Some(index.clone()))?,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     return Err(gpu("buffer mapping was dropped".into()))
                 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use roformer_wgpu::io::{read_safetensors, write_safetensors, HostData};
-use roformer_wgpu::model::{Batch, Mode, RoFormer};
+use roformer_wgpu::model::{
+    Batch, Encoder, EncoderOptions, Mode, Request, RoFormer, Sequence, Want,
+};
 use roformer_wgpu::Error;
 
 fn tiny() -> (PathBuf, PathBuf) {
@@ -184,4 +186,184 @@ fn save_and_load_round_trip() {
             "{name} differs from the checkpoint it was loaded from"
         );
     }
+}
+
+#[test]
+fn weights_that_are_not_finite_are_an_error_naming_the_tensor() {
+    let (config, _) = tiny();
+    let nan = edited("nan", |t| {
+        let w = t
+            .iter_mut()
+            .find(|(n, _, _)| n == "roformer.encoder.layer.1.attention.self.key.weight")
+            .unwrap();
+        w.2[17] = f32::NAN;
+    });
+    let e = load_err(&config, &nan);
+    assert!(
+        e.contains("attention.self.key.weight") && e.contains("NaN"),
+        "{e}"
+    );
+    let inf = edited("inf", |t| {
+        t.iter_mut()
+            .find(|(n, _, _)| n == "cls.predictions.bias")
+            .unwrap()
+            .2[0] = f32::INFINITY;
+    });
+    let e = load_err(&config, &inf);
+    assert!(
+        e.contains("cls.predictions.bias") && e.contains("inf"),
+        "{e}"
+    );
+}
+
+/// A config with `key: value` replaced or added.
+fn config_with(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny().0).unwrap()).unwrap();
+    edit(&mut json);
+    let path = scratch(name).join("config.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn config_keys_that_change_the_function_are_honoured_or_refused() {
+    let (_, weights) = tiny();
+    let unknown = config_with("arch", |j| {
+        j["architectures"] = serde_json::json!(["RoFormerForPony"])
+    });
+    let e = load_err(&unknown, &weights);
+    assert!(
+        e.contains("RoFormerForPony") && e.contains("RoFormerForMaskedLM"),
+        "{e}"
+    );
+    let cross = config_with("cross", |j| {
+        j["add_cross_attention"] = serde_json::json!(true)
+    });
+    assert!(load_err(&cross, &weights).contains("add_cross_attention"));
+    let problem = config_with("problem", |j| {
+        j["problem_type"] = serde_json::json!("ranking")
+    });
+    assert!(load_err(&problem, &weights).contains("ranking"));
+
+    // is_decoder makes attention causal, whatever the head: changing a later token leaves
+    // the earlier positions' logits alone, as it does not without it.
+    let ctx = &ctx();
+    let decoder = config_with("decoder", |j| j["is_decoder"] = serde_json::json!(true));
+    let run = |config: &Path, last: u32| {
+        let e = Encoder::from_pretrained(ctx, config, &weights, EncoderOptions::default()).unwrap();
+        let r = e
+            .run_blocking(
+                ctx,
+                &Request::new(
+                    vec![Sequence::new(vec![4, 8, 15, 16, last])],
+                    Want::logits(),
+                ),
+            )
+            .unwrap();
+        r.logits(0).unwrap().data[..4 * 99].to_vec()
+    };
+    assert_eq!(run(&decoder, 23), run(&decoder, 42));
+    assert_ne!(run(&tiny().0, 23), run(&tiny().0, 42));
+}
+
+#[test]
+fn training_a_head_this_library_does_not_train_is_an_error() {
+    let ctx = &ctx();
+    let d = fixtures_dir();
+    let qa = RoFormer::from_pretrained(
+        ctx,
+        d.join("roformer_qa.config.json"),
+        d.join("roformer_qa.safetensors"),
+    )
+    .unwrap();
+    let e = qa
+        .session(ctx, 1, 4, Mode::Gradients)
+        .err()
+        .expect("no loss for QA");
+    assert!(
+        e.to_string().contains("RoFormerForQuestionAnswering"),
+        "{e}"
+    );
+    // An output a session did not keep is an error, not whatever its buffer holds now.
+    let (config, weights) = tiny();
+    let model = RoFormer::from_pretrained(ctx, &config, &weights).unwrap();
+    let train = model
+        .session(ctx, 1, 4, Mode::Train(Default::default()))
+        .unwrap();
+    assert!(train
+        .logits(ctx)
+        .unwrap_err()
+        .to_string()
+        .contains("not kept"));
+    assert!(train.hidden_state(ctx, 1).is_err());
+    let inference = model.session(ctx, 1, 4, Mode::Inference).unwrap();
+    assert!(inference.hidden_state(ctx, 0).is_err());
+}
+
+#[test]
+fn sharded_checkpoints_load_as_one() {
+    let (config, weights) = tiny();
+    let all = read_safetensors(&weights).unwrap();
+    let dir = scratch("sharded");
+    let mut map = serde_json::Map::new();
+    let mut shards: [Vec<roformer_wgpu::io::NamedTensor>; 2] = [Vec::new(), Vec::new()];
+    for (i, (name, t)) in all.iter().enumerate() {
+        if let HostData::F32(v) = &t.data {
+            let shard = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
+            map.insert(name.clone(), serde_json::json!(shard));
+            shards[i % 2].push((name.clone(), t.shape.clone(), v.clone()));
+        }
+    }
+    for (i, tensors) in shards.iter().enumerate() {
+        let path = dir.join(format!("model-0000{}-of-00002.safetensors", i + 1));
+        write_safetensors(path, tensors, &[]).unwrap();
+    }
+    let index = dir.join("model.safetensors.index.json");
+    std::fs::write(
+        &index,
+        serde_json::json!({ "metadata": {}, "weight_map": map }).to_string(),
+    )
+    .unwrap();
+    let request = Request::new(vec![Sequence::new(vec![3, 1, 4, 1, 5])], Want::logits());
+    {
+        let ctx = &ctx(); // released before load_err takes its own turn
+        let whole =
+            Encoder::from_pretrained(ctx, &config, &weights, EncoderOptions::default()).unwrap();
+        let want = whole.run_blocking(ctx, &request).unwrap();
+        for source in [index.clone(), dir.clone()] {
+            let sharded =
+                Encoder::from_pretrained(ctx, &config, &source, EncoderOptions::default()).unwrap();
+            let got = sharded.run_blocking(ctx, &request).unwrap();
+            assert_eq!(got.logits(0).unwrap(), want.logits(0).unwrap());
+        }
+    }
+    // A shard the index names but that is not there.
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = load_err(&config, &index);
+    assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
+}
+
+#[test]
+fn a_bare_encoder_saves_as_roformer_model_does() {
+    let ctx = &ctx();
+    let d = fixtures_dir();
+    let weights = d.join("roformer_base_model.safetensors");
+    let model = RoFormer::from_pretrained(ctx, d.join("roformer_base_model.config.json"), &weights)
+        .unwrap();
+    assert_eq!(model.head(), roformer_wgpu::model::Head::Encoder);
+    let dir = scratch("bare");
+    model.save(ctx, &dir).unwrap();
+    let saved = read_safetensors(dir.join("model.safetensors")).unwrap();
+    let original = read_safetensors(&weights).unwrap();
+    for (name, t) in &saved {
+        assert!(!name.starts_with("roformer."), "{name}");
+        assert_eq!(Some(t), original.get(name), "{name}");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["architectures"],
+        serde_json::json!(["RoFormerModel"])
+    );
 }

@@ -75,9 +75,11 @@ pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch, usize)>
     let (rows, t, choices) = match shape[..] {
         [b, t] => (b, t, 0),
         [b, c, t] => (b * c, t, c),
-        _ => return Err(Error::invalid(format!(
+        _ => {
+            return Err(Error::invalid(format!(
             "input.input_ids has shape {shape:?}, expected [batch, seq] or [batch, choices, seq]"
-        ))),
+        )))
+        }
     };
     let mask = ints(tensors, "input.attention_mask")?
         .map(|(_, v)| to_u32("input.attention_mask", &v))

@@ -176,3 +176,42 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod binding_limits {
+    use crate::shader::{entry_interface, parse, BindingKind};
+
+    /// WebGPU's default limit of storage buffers per shader stage: every entry point of
+    /// every variant stays within it, so no kernel needs a device with raised limits for
+    /// its bindings (README, "What the library needs of a device").
+    #[test]
+    fn every_entry_point_binds_at_most_eight_storage_buffers() {
+        let mut worst = (0, String::new());
+        for (shader, variants) in super::all_shader_sources().unwrap() {
+            for v in variants {
+                let (module, info) = parse(shader.name, &v.source).unwrap();
+                for ep in &module.entry_points {
+                    let i = entry_interface(shader.name, &module, &info, &ep.name).unwrap();
+                    let storage = i
+                        .bindings
+                        .iter()
+                        .filter(|b| matches!(b.kind, BindingKind::Storage(_)))
+                        .count();
+                    if storage > worst.0 {
+                        worst = (storage, format!("{}::{}", shader.name, ep.name));
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "most storage buffers in one entry point: {} ({})",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 <= 8,
+            "{} binds {} storage buffers",
+            worst.1,
+            worst.0
+        );
+    }
+}

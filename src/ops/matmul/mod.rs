@@ -59,7 +59,9 @@ pub enum MatmulPrecision {
 /// timed, by kind of shape.
 #[derive(Default)]
 pub(crate) struct MatmulState {
-    pub tiling: Mutex<TilingChoice>,
+    /// `None` until set: `Auto` on a device the context opened, `Heuristic` on a borrowed
+    /// one (timing would submit work on the application's queue).
+    pub tiling: Mutex<Option<TilingChoice>>,
     pub precision: Mutex<MatmulPrecision>,
     pub tuned: Mutex<std::collections::HashMap<ShapeClass, Tiling>>,
 }
@@ -68,15 +70,24 @@ pub(crate) fn state(ctx: &Context) -> std::sync::Arc<MatmulState> {
     ctx.op_state::<MatmulState>()
 }
 
-/// Sets how this context's products choose their tiling (default [`TilingChoice::Auto`]).
-/// Products planned before keep theirs.
+/// Sets how this context's products choose their tiling (default [`TilingChoice::Auto`] on
+/// a device the context opened, [`TilingChoice::Heuristic`] on a borrowed one). Products
+/// planned before keep theirs.
 pub fn set_tiling(ctx: &Context, choice: TilingChoice) {
-    *state(ctx).tiling.lock().unwrap() = choice;
+    *state(ctx).tiling.lock().unwrap() = Some(choice);
 }
 
 /// How this context's products choose their tiling.
 pub fn tiling_choice(ctx: &Context) -> TilingChoice {
-    *state(ctx).tiling.lock().unwrap()
+    state(ctx)
+        .tiling
+        .lock()
+        .unwrap()
+        .unwrap_or(if ctx.owns_device() {
+            TilingChoice::Auto
+        } else {
+            TilingChoice::Heuristic
+        })
 }
 
 /// Sets whether this context's products may use cooperative matrices (default

@@ -1,11 +1,14 @@
-//! Checks a RoFormer checkpoint against reference outputs stored in its safetensors file
-//! (`input.*`, `output.*`, `grad.*`, `train.adamw_losses`; see tests/fixtures/README.md).
+//! Checks a RoFormer checkpoint, of any of transformers' RoFormer classes, against
+//! reference outputs stored in its safetensors file (`input.*`, `output.*`, `grad.*`,
+//! `train.adamw_losses`; see tests/fixtures/README.md).
 //!
-//!     cargo run --release --example verify -- CONFIG.json WEIGHTS.safetensors [--dump OUT.safetensors] [--tolerance 1e-4]
+//!     cargo run --release --example verify -- CONFIG.json WEIGHTS [--dump OUT.safetensors] [--tolerance 1e-4]
 //!
-//! Prints a table of relative errors and exits with status 1 when any is over tolerance.
-//! `--dump` writes what was computed (loss, logits, hidden states, gradients) under the
-//! same names.
+//! WEIGHTS is a `.safetensors` file, a sharded checkpoint's `model.safetensors.index.json`,
+//! or a folder holding either. Prints a table of relative errors and exits with status 1
+//! when any is over tolerance. `--dump` writes what was computed under transformers' output
+//! names (`output.last_hidden_state`, `output.hidden_states.N`, `output.logits`,
+//! `output.start_logits`, `output.end_logits`, `output.loss`) and the gradients' (`grad.*`).
 
 use std::process::ExitCode;
 
@@ -14,9 +17,7 @@ use roformer_wgpu::io::{write_safetensors, HostData};
 use roformer_wgpu::Context;
 
 fn usage() -> ExitCode {
-    eprintln!(
-        "usage: verify CONFIG.json WEIGHTS.safetensors [--dump OUT.safetensors] [--tolerance 1e-4]"
-    );
+    eprintln!("usage: verify CONFIG.json WEIGHTS [--dump OUT.safetensors] [--tolerance 1e-4]");
     ExitCode::from(2)
 }
 

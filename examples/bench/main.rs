@@ -16,6 +16,12 @@
 //! `step` prints a training step's plan (dispatches and submissions per step, peak memory),
 //! the time to build it, the first step (pipelines compile lazily on some drivers), the host
 //! time to encode and submit a step, the GPU time per step and tokens per second.
+//!
+//!     cargo run --release --example bench -- infer [the model options of step] [--batch 8] [--seq 512]
+//!
+//! `infer` runs the inference encoder (weights only, masked-LM head) on one request of that
+//! shape: its memory report beside the device's own count of buffer memory, and the time of
+//! a request from submission to results on the host.
 
 #[path = "../common/fonts.rs"]
 mod fonts;
@@ -92,9 +98,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("step") => step(&args),
+        Some("infer") => infer(&args),
         None | Some("kernels") | Some("--out") | Some("--torch") => kernels::run(&args),
         _ => {
-            eprintln!("usage: bench [kernels] [--out DIR] [--torch FILE] | bench step [--layers N] [--hidden N] [--heads N] [--batch N] [--seq N] [--steps N] [--attention softmax|fused|linear] [--precision f32|fast] [--profile]");
+            eprintln!("usage: bench [kernels] [--out DIR] [--torch FILE] | bench step|infer [--layers N] [--hidden N] [--heads N] [--batch N] [--seq N] [--steps N] [--attention softmax|fused|linear] [--precision f32|fast] [--profile]");
             std::process::exit(2);
         }
     }
@@ -222,5 +229,100 @@ fn step(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             n as f64 / g.unwrap_or(w) * 1e3
         );
     }
+    Ok(())
+}
+
+/// The model options `step` and `infer` share, as a config.
+fn model_config(args: &[String]) -> Result<RoFormerConfig, Box<dyn std::error::Error>> {
+    let hidden = num(args, "--hidden", 768);
+    let attention = match arg(args, "--attention", "softmax").as_str() {
+        "fused" => "fused_softmax".to_string(),
+        other => other.to_string(),
+    };
+    Ok(RoFormerConfig::from_json(
+        &format!(
+            r#"{{"vocab_size": {}, "hidden_size": {hidden}, "num_hidden_layers": {},
+                "num_attention_heads": {}, "intermediate_size": {},
+                "max_position_embeddings": {}, "attention_kind": "{attention}"}}"#,
+            num(args, "--vocab", 32000),
+            num(args, "--layers", 12),
+            num(args, "--heads", 12),
+            num(args, "--intermediate", 4 * hidden),
+            num(args, "--seq", 512).max(512)
+        ),
+        "bench",
+    )?)
+}
+
+fn infer(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    use roformer_wgpu::model::{Encoder, EncoderOptions, Request, Sequence, Want};
+    let (batch, seq) = (num(args, "--batch", 8), num(args, "--seq", 512));
+    let config = model_config(args)?;
+    let vocab = config.vocab_size as u32;
+    let ctx = Context::new()?;
+    let caps = ctx.capabilities();
+    println!("adapter   {} ({:?})", caps.adapter_name, caps.backend);
+    let counted = || {
+        ctx.device()
+            .get_internal_counters()
+            .hal
+            .buffer_memory
+            .read() as f64
+    };
+    let before = counted();
+    let encoder = Encoder::new(
+        &ctx,
+        config,
+        Head::MaskedLm,
+        EncoderOptions {
+            max_batch: batch,
+            ..Default::default()
+        },
+    )?;
+    encoder.init_random(&ctx, 0)?;
+    let sequences = (0..batch)
+        .map(|b| {
+            Sequence::new(
+                (0..seq)
+                    .map(|i| ((b * 131 + i * 7919) as u32) % vocab)
+                    .collect(),
+            )
+        })
+        .collect();
+    let request = Request::new(sequences, Want::logits());
+    let t0 = Instant::now();
+    encoder.run_blocking(&ctx, &request)?;
+    let first = t0.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    for _ in 0..num(args, "--steps", 3).max(1) {
+        let t0 = Instant::now();
+        encoder.run_blocking(&ctx, &request)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let m = encoder.memory();
+    let mib = |b: f64| b / 1048576.0;
+    let reported = m.peak() as f64;
+    let device = counted() - before;
+    println!(
+        "memory    reported {:.1} MiB: weights {:.1}, activations {:.1} in {} pooled buffers, inputs {:.2}",
+        mib(reported),
+        mib(m.params as f64),
+        mib(m.pooled as f64),
+        m.buffers,
+        mib(m.inputs as f64)
+    );
+    println!(
+        "          the device counts {:.1} MiB of buffers made since the encoder was created ({:+.1}%: \
+         the RoPE table, parameter blocks, read-back)",
+        mib(device),
+        100.0 * (device - reported) / reported
+    );
+    println!(
+        "request   batch {batch} x {seq} tokens, logits back on the host: first {:.2} s (planning, \
+         compilation), then {:.1} ms (median of {})",
+        first,
+        median(times.clone()),
+        times.len()
+    );
     Ok(())
 }

@@ -325,6 +325,12 @@ impl Encoder {
         Ok(encoder)
     }
 
+    /// HF's random initialisation (see [`super::RoFormer::init_random`]): the same weights
+    /// as a [`super::RoFormer`] initialised with the same seed.
+    pub fn init_random(&self, ctx: &Context, seed: u64) -> Result<()> {
+        super::init_random(ctx, &self.store, &self.config, seed)
+    }
+
     /// Uploads every weight from HF-named tensors (see [`super::RoFormer::load_tensors`]).
     pub fn load_tensors(&self, ctx: &Context, tensors: &HostTensors) -> Result<()> {
         load_weights(ctx, &self.store, &self.config, tensors)

@@ -385,28 +385,7 @@ impl RoFormer {
     /// HF's initialisation: weights ~ N(0, initializer_range), biases 0, LayerNorm (1, 0),
     /// the padding token's embedding row 0. Deterministic from `seed`.
     pub fn init_random(&self, ctx: &Context, seed: u64) -> Result<()> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let std = self.config.initializer_range;
-        let mut tensors = HostTensors::new();
-        for s in self.store.specs() {
-            let n = s.numel();
-            let data: Vec<f32> = if s.name.contains("LayerNorm.weight") {
-                vec![1.0; n]
-            } else if s.name.ends_with(".bias") {
-                vec![0.0; n]
-            } else {
-                let mut v: Vec<f32> = (0..n).map(|_| (normal(&mut rng) * std) as f32).collect();
-                if s.name == WORDS {
-                    if let Some(pad) = self.config.pad_token_id {
-                        let e = s.shape[1];
-                        v[pad as usize * e..(pad as usize + 1) * e].fill(0.0);
-                    }
-                }
-                v
-            };
-            tensors.insert(s.name.clone(), HostTensor::f32(&s.shape, data));
-        }
-        self.store.load(ctx, &tensors)
+        init_random(ctx, &self.store, &self.config, seed)
     }
 
     /// Writes `config.json` and `model.safetensors` (HF names, position table included)
@@ -505,6 +484,37 @@ impl RoFormer {
         encoder.load_tensors(ctx, &tensors)?;
         Ok(encoder)
     }
+}
+
+/// HF's initialisation of every parameter of `store` (see [`RoFormer::init_random`]).
+fn init_random(
+    ctx: &Context,
+    store: &ParamStore,
+    config: &RoFormerConfig,
+    seed: u64,
+) -> Result<()> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let std = config.initializer_range;
+    let mut tensors = HostTensors::new();
+    for s in store.specs() {
+        let n = s.numel();
+        let data: Vec<f32> = if s.name.contains("LayerNorm.weight") {
+            vec![1.0; n]
+        } else if s.name.ends_with(".bias") {
+            vec![0.0; n]
+        } else {
+            let mut v: Vec<f32> = (0..n).map(|_| (normal(&mut rng) * std) as f32).collect();
+            if s.name == WORDS {
+                if let Some(pad) = config.pad_token_id {
+                    let e = s.shape[1];
+                    v[pad as usize * e..(pad as usize + 1) * e].fill(0.0);
+                }
+            }
+            v
+        };
+        tensors.insert(s.name.clone(), HostTensor::f32(&s.shape, data));
+    }
+    store.load(ctx, &tensors)
 }
 
 /// Standard normal by Box–Muller.

@@ -169,6 +169,20 @@ pub(crate) struct CompiledKernel {
     pub interface: Arc<EntryInterface>,
 }
 
+/// An error scope's answer, without blocking: native wgpu answers at once; a browser
+/// answers later, and then the error reaches the device's uncaptured-error handler instead
+/// (work that must know awaits [`Context::scoped_async`]'s future).
+fn answered(pop: impl std::future::Future<Output = Option<wgpu::Error>>) -> Option<wgpu::Error> {
+    let mut pop = std::pin::pin!(pop);
+    match pop
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(e) => e,
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// What [`Context::scoped_async`]'s error scopes caught, when the device says.
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) type ScopeFuture =
@@ -536,7 +550,7 @@ impl Context {
     }
 
     /// Runs `f` inside validation, out-of-memory and internal error scopes, so a GPU error
-    /// comes back as `Err` instead of reaching the uncaptured-error handler.
+    /// comes back as `Err` instead of reaching the uncaptured-error handler. Never blocks.
     pub(crate) fn scoped<T>(&self, during: &'static str, f: impl FnOnce() -> T) -> Result<T> {
         // A lost device stays lost: refuse the work instead of handing it to wgpu.
         if let Some(reason) = self.lost.lock().unwrap().clone() {
@@ -550,9 +564,9 @@ impl Context {
         let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
         let out = f();
         let errors = [
-            pollster::block_on(internal.pop()),
-            pollster::block_on(validation.pop()),
-            pollster::block_on(oom.pop()),
+            answered(internal.pop()),
+            answered(validation.pop()),
+            answered(oom.pop()),
         ];
         if let Some(e) = errors.into_iter().flatten().next() {
             return Err(Error::Gpu {

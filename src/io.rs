@@ -254,6 +254,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn half_precision_tensors_are_converted() {
+        use safetensors::tensor::{Dtype, TensorView};
+        let values = [1.5f32, -2.25, 0.099975586, 65504.0];
+        let f16: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        let bf16: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        let bytes = safetensors::serialize(
+            [
+                ("h", TensorView::new(Dtype::F16, vec![2, 2], &f16).unwrap()),
+                ("b", TensorView::new(Dtype::BF16, vec![4], &bf16).unwrap()),
+            ],
+            None,
+        )
+        .unwrap();
+        let t = parse_safetensors(Path::new("half.safetensors"), &bytes).unwrap();
+        assert_eq!(t["h"].shape, [2, 2]);
+        assert_eq!(t["h"].to_f32(), values);
+        let want: Vec<f32> = values
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(t["b"].to_f32(), want);
+    }
+
+    #[test]
     fn round_trip_and_atomic_replace() {
         let dir = std::env::temp_dir().join(format!("roformer-io-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -96,41 +96,38 @@ impl Graph {
         self.build(ctx, store, &calls, layout, pool)
     }
 
-    /// The size in bytes of each buffer the planner lays out: what [`Graph::plan_in`] needs
-    /// of a pool.
-    pub fn pool_sizes(&self, with_backward: bool) -> Vec<u64> {
-        self.layout(with_backward, true).2.sizes
-    }
-
     /// Plans into buffers the caller owns instead of buffers of its own: buffer i of the
-    /// layout is `pool[i]` (at least [`Graph::pool_sizes`]'s size). Plans that never run at
-    /// the same time can share one pool: GPU work runs in submission order, so one plan's
-    /// intermediates are dead before the next plan writes them. (One buffer cut into
-    /// ranges would not do: a kernel may not read one range of a buffer while writing
-    /// another.)
+    /// layout is `pool[i]`, and a buffer too small or missing is replaced or added (so the
+    /// pool grows to the largest plan's buffer i). Plans that never run at the same time can
+    /// share one pool: GPU work runs in submission order, so one plan's intermediates are
+    /// dead before the next plan writes them. (One buffer cut into ranges would not do: a
+    /// kernel may not read one range of a buffer while writing another.) Returns the plan
+    /// and whether a buffer was replaced, which leaves plans made before bound to the old
+    /// one (work in flight keeps it alive until it is done).
     pub fn plan_in(
         &self,
         ctx: &Context,
         store: &ParamStore,
         with_backward: bool,
-        pool: &[Tensor],
-    ) -> Result<Plan> {
+        pool: &mut Vec<Tensor>,
+    ) -> Result<(Plan, bool)> {
         let (calls, bytes, layout) = self.layout(with_backward, true);
         self.check_buffer_sizes(ctx, &bytes, &layout)?;
+        let mut replaced = false;
         let mut views = Vec::with_capacity(layout.sizes.len());
         for (i, &size) in layout.sizes.iter().enumerate() {
-            let buffer = pool
-                .get(i)
-                .filter(|b| b.byte_size() >= size)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "the plan's buffer {i} needs {size} bytes; the pool given has {}",
-                        pool.get(i).map_or(0, Tensor::byte_size)
-                    ))
-                })?;
-            views.push(buffer.view(ctx, 0, &[(size / 4) as usize])?);
+            let elems = (size / 4) as usize;
+            match pool.get_mut(i) {
+                Some(b) if b.byte_size() >= size => {}
+                Some(b) => {
+                    *b = Tensor::zeros(ctx, &[elems], DType::F32)?;
+                    replaced = true;
+                }
+                None => pool.push(Tensor::zeros(ctx, &[elems], DType::F32)?),
+            }
+            views.push(pool[i].view(ctx, 0, &[elems])?);
         }
-        self.build(ctx, store, &calls, layout, views)
+        Ok((self.build(ctx, store, &calls, layout, views)?, replaced))
     }
 
     /// The calls to plan, each pooled tensor's size, and the planner's buffers.

@@ -25,7 +25,7 @@ use crate::graph::{Graph, MemoryReport, Plan, TensorId};
 use crate::io::HostTensors;
 use crate::params::ParamStore;
 use crate::readback::Pending;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// Limits of an [`Encoder`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,7 +258,23 @@ struct BucketKey {
 struct Bucket {
     inputs: GraphInputs,
     plan: Plan,
-    outputs: GraphOutputs,
+    /// What the request wants, in the order [`ResultLayout::split`] reads it back.
+    kept: Vec<TensorId>,
+}
+
+/// The graph tensors `want` asks for, in read-back order: the hidden states (every one, or
+/// the last for the last hidden state and the first token's), then the head's output.
+fn wanted(outputs: &GraphOutputs, want: Want) -> Vec<TensorId> {
+    let mut kept = Vec::new();
+    if want.hidden_states {
+        kept.extend(&outputs.hidden);
+    } else if want.last_hidden_state || want.first_token {
+        kept.extend(outputs.hidden.last());
+    }
+    if want.logits {
+        kept.extend(outputs.logits);
+    }
+    kept
 }
 
 /// What the encoder keeps between requests.
@@ -390,26 +406,12 @@ impl Encoder {
         let b = self.bucket(ctx, &mut plans, key)?;
         self.write_inputs(ctx, &b, request, &lengths)?;
         // The kept outputs, one after another in the read-back buffer.
-        let mut copies: Vec<(TensorId, u64, u64)> = Vec::new();
+        let mut copies = Vec::with_capacity(b.kept.len());
         let mut size = 0;
-        let mut keep = |id: Option<TensorId>| -> Result<()> {
-            if let Some(id) = id {
-                let t = b.plan.tensor(id)?;
-                copies.push((id, size, t.byte_size()));
-                size += t.byte_size();
-            }
-            Ok(())
-        };
-        let want = request.want;
-        if want.hidden_states {
-            for &h in &b.outputs.hidden {
-                keep(Some(h))?;
-            }
-        } else if want.last_hidden_state || want.first_token {
-            keep(b.outputs.hidden.last().copied())?;
-        }
-        if want.logits {
-            keep(b.outputs.logits)?;
+        for &id in &b.kept {
+            let t = b.plan.tensor(id)?;
+            copies.push((t.clone(), size));
+            size += t.byte_size();
         }
         let readback = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("encoder results"),
@@ -430,10 +432,14 @@ impl Encoder {
                 });
                 b.plan.encode(&mut pass);
             }
-            for &(id, offset, bytes) in &copies {
-                if let Ok(t) = b.plan.tensor(id) {
-                    encoder.copy_buffer_to_buffer(t.buffer(), t.offset(), &readback, offset, bytes);
-                }
+            for (t, offset) in &copies {
+                encoder.copy_buffer_to_buffer(
+                    t.buffer(),
+                    t.offset(),
+                    &readback,
+                    *offset,
+                    t.byte_size(),
+                );
             }
             ctx.queue().submit([encoder.finish()])
         })?;
@@ -445,7 +451,7 @@ impl Encoder {
             head_width: self.head.classes(&self.config),
             rows: key.rows,
             seq: key.seq,
-            want,
+            want: request.want,
             lengths,
             choices: request.choices,
         };
@@ -559,45 +565,16 @@ impl Encoder {
         let inputs = GraphInputs::new(ctx, c, self.head, key.rows, key.seq, None)?;
         let mut g = Graph::new();
         let outputs = graph::build(c, self.head, &self.store, &self.table, &mut g, &inputs)?;
-        if key.want.hidden_states {
-            for &h in &outputs.hidden {
-                g.keep(h);
-            }
-        } else if key.want.last_hidden_state || key.want.first_token {
-            g.keep(outputs.hidden[outputs.hidden.len() - 1]);
+        let kept = wanted(&outputs, key.want);
+        for &id in &kept {
+            g.keep(id);
         }
-        if key.want.logits {
-            if let Some(l) = outputs.logits {
-                g.keep(l);
-            }
-        }
-        let sizes = g.pool_sizes(false);
-        let short =
-            |pool: &[Tensor], i: usize, size: u64| pool.get(i).is_none_or(|b| b.byte_size() < size);
-        if sizes
-            .iter()
-            .enumerate()
-            .any(|(i, &size)| short(&plans.pool, i, size))
-        {
-            // Plans bound to a buffer that is replaced go with it (work in flight keeps the
-            // old one alive until it is done).
+        let (plan, replaced) = g.plan_in(ctx, &self.store, false, &mut plans.pool)?;
+        if replaced {
+            // The cached plans are bound to a buffer the pool no longer holds.
             plans.buckets.clear();
-            for (i, &size) in sizes.iter().enumerate() {
-                if short(&plans.pool, i, size) {
-                    let grown = Tensor::zeros(ctx, &[(size / 4) as usize], DType::F32)?;
-                    match plans.pool.get_mut(i) {
-                        Some(b) => *b = grown,
-                        None => plans.pool.push(grown),
-                    }
-                }
-            }
         }
-        let plan = g.plan_in(ctx, &self.store, false, &plans.pool)?;
-        let b = Arc::new(Bucket {
-            inputs,
-            plan,
-            outputs,
-        });
+        let b = Arc::new(Bucket { inputs, plan, kept });
         if plans.buckets.len() >= self.options.max_plans {
             plans.buckets.remove(0);
         }

@@ -390,13 +390,12 @@ impl Context {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             sink.lock().unwrap().push(e.to_string());
         }));
-        // wgpu keeps one device-lost callback: ours, on our own device.
-        let lost = Arc::new(Mutex::new(None));
-        let lost_sink = lost.clone();
-        device.set_device_lost_callback(move |reason, message| {
-            *lost_sink.lock().unwrap() = Some(format!("{reason:?}: {message}"));
+        let mut ctx = Self::build(adapter, device, queue, options.wait_timeout);
+        // wgpu keeps one device-lost callback: on our own device, ours.
+        let lost = ctx.device_lost_hook();
+        ctx.device.set_device_lost_callback(move |reason, message| {
+            lost(&format!("{reason:?}: {message}"))
         });
-        let mut ctx = Self::build(adapter, device, queue, options.wait_timeout, lost);
         ctx.uncaptured = Some(log);
         ctx.owns_device = true;
         Ok(ctx)
@@ -419,7 +418,6 @@ impl Context {
             device,
             queue,
             ContextOptions::default().wait_timeout,
-            Arc::default(),
         )
     }
 
@@ -443,7 +441,6 @@ impl Context {
         device: wgpu::Device,
         queue: wgpu::Queue,
         wait_timeout: Option<Duration>,
-        lost: Arc<Mutex<Option<String>>>,
     ) -> Context {
         let info = adapter.get_info();
         let features = device.features();
@@ -497,7 +494,7 @@ impl Context {
             pipelines: Mutex::default(),
             modules: Mutex::default(),
             layouts: Mutex::default(),
-            lost,
+            lost: Arc::default(),
             uncaptured: None,
             owns_device: false,
             op_state: Mutex::default(),
@@ -553,22 +550,9 @@ impl Context {
     /// comes back as `Err` instead of reaching the uncaptured-error handler. Never blocks.
     pub(crate) fn scoped<T>(&self, during: &'static str, f: impl FnOnce() -> T) -> Result<T> {
         // A lost device stays lost: refuse the work instead of handing it to wgpu.
-        if let Some(reason) = self.lost.lock().unwrap().clone() {
-            return Err(Error::Gpu {
-                during,
-                message: format!("device lost ({reason})"),
-            });
-        }
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
-        let out = f();
-        let errors = [
-            answered(internal.pop()),
-            answered(validation.pop()),
-            answered(oom.pop()),
-        ];
-        if let Some(e) = errors.into_iter().flatten().next() {
+        self.refuse_if_lost(during)?;
+        let (out, caught) = self.in_error_scopes(f);
+        if let Some(e) = answered(caught) {
             return Err(Error::Gpu {
                 during,
                 message: e.to_string(),
@@ -576,6 +560,24 @@ impl Context {
         }
         self.check_health(during)?;
         Ok(out)
+    }
+
+    /// Runs `f` inside out-of-memory, validation and internal error scopes; the future
+    /// resolves to the first error they caught.
+    fn in_error_scopes<T>(
+        &self,
+        f: impl FnOnce() -> T,
+    ) -> (
+        T,
+        impl std::future::Future<Output = Option<wgpu::Error>> + 'static,
+    ) {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let out = f();
+        let (internal, validation, oom) = (internal.pop(), validation.pop(), oom.pop());
+        let caught = async move { internal.await.or(validation.await).or(oom.await) };
+        (out, caught)
     }
 
     /// [`Context::scoped`] without blocking: `f` runs inside the same error scopes, and the
@@ -588,30 +590,26 @@ impl Context {
         f: impl FnOnce() -> T,
     ) -> Result<(T, ScopeFuture)> {
         self.check_health(during)?;
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
-        let out = f();
-        let (internal, validation, oom) = (internal.pop(), validation.pop(), oom.pop());
-        let caught: ScopeFuture = Box::pin(async move {
-            let errors = [internal.await, validation.await, oom.await];
-            errors
-                .into_iter()
-                .flatten()
-                .next()
-                .map(|e| format!("{during}: {e}"))
-        });
+        let (out, caught) = self.in_error_scopes(f);
+        let caught: ScopeFuture =
+            Box::pin(async move { caught.await.map(|e| format!("{during}: {e}")) });
         Ok((out, caught))
+    }
+
+    /// `Err` once the device is lost.
+    fn refuse_if_lost(&self, during: &'static str) -> Result<()> {
+        match self.lost.lock().unwrap().clone() {
+            Some(reason) => Err(Error::Gpu {
+                during,
+                message: format!("device lost ({reason})"),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Reports device loss, or an error the device raised outside our scopes.
     pub fn check_health(&self, during: &'static str) -> Result<()> {
-        if let Some(reason) = self.lost.lock().unwrap().clone() {
-            return Err(Error::Gpu {
-                during,
-                message: format!("device lost ({reason})"),
-            });
-        }
+        self.refuse_if_lost(during)?;
         if let Some(log) = &self.uncaptured {
             let mut log = log.lock().unwrap();
             if !log.is_empty() {

@@ -96,12 +96,13 @@ fn readback(ctx: &Context, bytes: u64) -> wgpu::Buffer {
     })
 }
 
-/// Time of `reps` back-to-back runs of `dispatches` in one compute pass, divided by `reps`
-/// (by [`method`]).
-pub fn time_dispatches(ctx: &Context, dispatches: &[Dispatch], reps: u32) -> Result<Duration> {
-    let reps = reps.max(1);
-    let timer = PassTimer::new(ctx, "timing", 1);
-    let read = readback(ctx, 16);
+/// Runs `passes` (each a list of dispatches encoded into one compute pass) in one
+/// submission and returns each pass's GPU time from timestamp queries; without them, one
+/// figure: the wall clock around the submission and its read-back.
+fn timed_passes(ctx: &Context, passes: &[Vec<&Dispatch>]) -> Result<Vec<Duration>> {
+    let n = passes.len() as u32;
+    let timer = PassTimer::new(ctx, "timing", n);
+    let read = readback(ctx, 16 * n as u64);
     let start = Instant::now();
     let index = ctx.scoped("timing", || {
         let mut encoder = ctx
@@ -109,15 +110,13 @@ pub fn time_dispatches(ctx: &Context, dispatches: &[Dispatch], reps: u32) -> Res
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("timing"),
             });
-        {
+        for (i, dispatches) in passes.iter().enumerate() {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("timing"),
-                timestamp_writes: timer.as_ref().map(|t| t.writes(0)),
+                timestamp_writes: timer.as_ref().map(|t| t.writes(i as u32)),
             });
-            for _ in 0..reps {
-                for d in dispatches {
-                    d.encode(&mut pass);
-                }
+            for d in dispatches {
+                d.encode(&mut pass);
             }
         }
         if let Some(timer) = &timer {
@@ -127,13 +126,22 @@ pub fn time_dispatches(ctx: &Context, dispatches: &[Dispatch], reps: u32) -> Res
     })?;
     let bytes = ctx.read_mapped(&read, index)?;
     let wall = start.elapsed();
-    let total = if timer.is_some() {
-        let t: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
-        PassTimer::elapsed(ctx, [t[0], t[1]])
-    } else {
-        wall
-    };
-    Ok(total / reps)
+    Ok(match timer {
+        Some(_) => bytemuck::pod_collect_to_vec::<u8, u64>(&bytes)
+            .chunks(2)
+            .take(passes.len())
+            .map(|t| PassTimer::elapsed(ctx, [t[0], t[1]]))
+            .collect(),
+        None => vec![wall],
+    })
+}
+
+/// Time of `reps` back-to-back runs of `dispatches` in one compute pass, divided by `reps`
+/// (by [`method`]).
+pub fn time_dispatches(ctx: &Context, dispatches: &[Dispatch], reps: u32) -> Result<Duration> {
+    let reps = reps.max(1);
+    let pass: Vec<&Dispatch> = (0..reps).flat_map(|_| dispatches).collect();
+    Ok(timed_passes(ctx, &[pass])?[0] / reps)
 }
 
 /// Dispatches per submission when timing each: two queries per dispatch, within wgpu's
@@ -155,34 +163,8 @@ pub fn time_each(ctx: &Context, dispatches: &[Dispatch]) -> Result<Vec<Duration>
         return Ok(times);
     }
     for chunk in dispatches.chunks(EACH_PER_SUBMIT) {
-        let n = chunk.len() as u32;
-        let Some(timer) = PassTimer::new(ctx, "per-dispatch timing", n) else {
-            unreachable!("method() said timestamps")
-        };
-        let read = readback(ctx, 16 * n as u64);
-        let index = ctx.scoped("timing", || {
-            let mut encoder =
-                ctx.device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("per-dispatch timing"),
-                    });
-            for (i, d) in chunk.iter().enumerate() {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: None,
-                    timestamp_writes: Some(timer.writes(i as u32)),
-                });
-                d.encode(&mut pass);
-            }
-            timer.copy_to(&mut encoder, &read, 0);
-            ctx.queue().submit([encoder.finish()])
-        })?;
-        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&ctx.read_mapped(&read, index)?);
-        times.extend(
-            ticks
-                .chunks(2)
-                .take(chunk.len())
-                .map(|t| PassTimer::elapsed(ctx, [t[0], t[1]])),
-        );
+        let passes: Vec<Vec<&Dispatch>> = chunk.iter().map(|d| vec![d]).collect();
+        times.extend(timed_passes(ctx, &passes)?);
     }
     Ok(times)
 }

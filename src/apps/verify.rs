@@ -154,7 +154,18 @@ fn compare(
     shape: &[usize],
     ours: Vec<f32>,
 ) {
-    if let Some(reference) = tensors.get(name) {
+    record(tensors.get(name), report, name, shape, ours);
+}
+
+/// Adds `ours`, named `name`, and its comparison with `reference` when there is one.
+fn record(
+    reference: Option<&HostTensor>,
+    report: &mut Report,
+    name: &str,
+    shape: &[usize],
+    ours: Vec<f32>,
+) {
+    if let Some(reference) = reference {
         let error = if reference.numel() == ours.len() {
             rel_l2(&ours, &reference.to_f32())
         } else {
@@ -290,10 +301,8 @@ pub fn verify_model(ctx: &Context, model: &RoFormer, tensors: &HostTensors) -> R
     // The training graph's forward pass, under the same references.
     let mut training = |name: &str, shape: &[usize], ours: Vec<f32>| {
         if let Some(reference) = tensors.get(name) {
-            let mut renamed = HostTensors::new();
-            renamed.insert(format!("training.{name}"), reference.clone());
-            compare(
-                &renamed,
+            record(
+                Some(reference),
                 &mut report,
                 &format!("training.{name}"),
                 shape,

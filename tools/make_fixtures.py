@@ -26,6 +26,23 @@ from transformers import (RoFormerConfig, RoFormerModel, RoFormerForMaskedLM, Ro
                           RoFormerForSequenceClassification, RoFormerForTokenClassification,
                           RoFormerForQuestionAnswering, RoFormerForMultipleChoice)
 
+def adamw_losses(model, ids, mask, tt, labels):
+    """Ten AdamW steps on the same batch: the loss before each step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        l = model(input_ids=ids, attention_mask=mask, token_type_ids=tt, labels=labels).loss
+        losses.append(float(l)); l.backward(); opt.step()
+    return torch.tensor(losses, dtype=torch.float32)
+
+def save(t, name, head, cfg, model, outdir):
+    """The tensors as OUTDIR/name.safetensors and the config (with its architecture) beside them."""
+    os.makedirs(outdir, exist_ok=True)
+    save_file(t, os.path.join(outdir, name + ".safetensors"), metadata={"head": head, "source": "transformers RoFormer, float64 reference"})
+    d = cfg.to_dict(); d["architectures"] = [type(model).__name__]
+    with open(os.path.join(outdir, name + ".config.json"), "w") as f: json.dump(d, f, indent=2, sort_keys=True)
+
 def make(name, cfg_kwargs, head, B, T, pad_tail, seed, outdir):
     torch.manual_seed(seed)
     cfg = RoFormerConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **cfg_kwargs)
@@ -66,18 +83,8 @@ def make(name, cfg_kwargs, head, B, T, pad_tail, seed, outdir):
     for i, h in enumerate(hs): t[f"output.hidden_states.{i}"] = h.detach().float().contiguous()
     for n, p in model.named_parameters():
         if p.grad is not None: t["grad." + n] = p.grad.detach().float().contiguous()
-    # ten AdamW steps on the same batch: the loss before each step
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
-    losses = []
-    for _ in range(10):
-        opt.zero_grad()
-        l = model(input_ids=ids, attention_mask=mask, token_type_ids=tt, labels=labels).loss
-        losses.append(float(l)); l.backward(); opt.step()
-    t["train.adamw_losses"] = torch.tensor(losses, dtype=torch.float32)
-    os.makedirs(outdir, exist_ok=True)
-    save_file(t, os.path.join(outdir, name + ".safetensors"), metadata={"head": head, "source": "transformers RoFormer, float64 reference"})
-    d = cfg.to_dict(); d["architectures"] = [type(model).__name__]
-    with open(os.path.join(outdir, name + ".config.json"), "w") as f: json.dump(d, f, indent=2, sort_keys=True)
+    t["train.adamw_losses"] = adamw_losses(model, ids, mask, tt, labels)
+    save(t, name, head, cfg, model, outdir)
     print(name, "loss", float(out.loss), "params", sum(p.numel() for p in model.parameters()))
 
 HEADS = {
@@ -133,17 +140,8 @@ def make_head(name, cfg_kwargs, head, B, T, pad_tail, seed, outdir, choices=0, f
         t["output.loss"] = out.loss.detach().float().reshape(1)
         for n, p in model.named_parameters():
             if p.grad is not None: t["grad." + n] = p.grad.detach().float().contiguous()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
-        losses = []
-        for _ in range(10):
-            opt.zero_grad()
-            l = model(input_ids=ids, attention_mask=mask, token_type_ids=tt, labels=labels).loss
-            losses.append(float(l)); l.backward(); opt.step()
-        t["train.adamw_losses"] = torch.tensor(losses, dtype=torch.float32)
-    os.makedirs(outdir, exist_ok=True)
-    save_file(t, os.path.join(outdir, name + ".safetensors"), metadata={"head": head, "source": "transformers RoFormer, float64 reference"})
-    d = cfg.to_dict(); d["architectures"] = [type(model).__name__]
-    with open(os.path.join(outdir, name + ".config.json"), "w") as f: json.dump(d, f, indent=2, sort_keys=True)
+        t["train.adamw_losses"] = adamw_losses(model, ids, mask, tt, labels)
+    save(t, name, head, cfg, model, outdir)
     print(name, head, "params", sum(p.numel() for p in model.parameters()))
 
 def rope(x, base=10000.0):

@@ -19,14 +19,51 @@ fn tiny() -> (PathBuf, PathBuf) {
     )
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("roformer-errors-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A folder of one test's own under the temp dir, or a file in it, removed with the folder
+/// when this is dropped (a failing test's too: its assertion message says what went wrong).
+struct Scratch {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// The same folder, pointing at its file `name`.
+    fn with_file(mut self, name: &str) -> Scratch {
+        self.path = self.dir.join(name);
+        self
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
+    let dir = std::env::temp_dir().join(format!("roformer-errors-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    Scratch {
+        path: dir.clone(),
+        dir,
+    }
 }
 
 /// The tiny checkpoint's float tensors, edited by `f`, written to a new file.
-fn edited(name: &str, f: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> PathBuf {
+fn edited(name: &str, f: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> Scratch {
     let mut t: Vec<_> = read_safetensors(tiny().1)
         .unwrap()
         .into_iter()
@@ -36,7 +73,7 @@ fn edited(name: &str, f: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) 
         })
         .collect();
     f(&mut t);
-    let path = scratch(name).join("w.safetensors");
+    let path = scratch(name).with_file("w.safetensors");
     write_safetensors(&path, &t, &[]).unwrap();
     path
 }
@@ -217,11 +254,11 @@ fn weights_that_are_not_finite_are_an_error_naming_the_tensor() {
 }
 
 /// A config with `key: value` replaced or added.
-fn config_with(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+fn config_with(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Scratch {
     let mut json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tiny().0).unwrap()).unwrap();
     edit(&mut json);
-    let path = scratch(name).join("config.json");
+    let path = scratch(name).with_file("config.json");
     std::fs::write(&path, json.to_string()).unwrap();
     path
 }
@@ -331,7 +368,7 @@ fn sharded_checkpoints_load_as_one() {
         let whole =
             Encoder::from_pretrained(ctx, &config, &weights, EncoderOptions::default()).unwrap();
         let want = whole.run_blocking(ctx, &request).unwrap();
-        for source in [index.clone(), dir.clone()] {
+        for source in [index.clone(), dir.to_path_buf()] {
             let sharded =
                 Encoder::from_pretrained(ctx, &config, &source, EncoderOptions::default()).unwrap();
             let got = sharded.run_blocking(ctx, &request).unwrap();

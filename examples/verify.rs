@@ -2,34 +2,43 @@
 //! reference outputs stored in its safetensors file (`input.*`, `output.*`, `grad.*`,
 //! `train.adamw_losses`; see tests/fixtures/README.md).
 //!
-//!     cargo run --release --example verify -- CONFIG.json WEIGHTS [--dump OUT.safetensors] [--tolerance 1e-4]
+//!     cargo run --release --example verify -- CONFIG.json WEIGHTS [--dump OUT.safetensors] [--save DIR] [--tolerance 1e-4]
 //!
 //! WEIGHTS is a `.safetensors` file, a sharded checkpoint's `model.safetensors.index.json`,
 //! or a folder holding either. Prints a table of relative errors and exits with status 1
 //! when any is over tolerance. `--dump` writes what was computed under transformers' output
 //! names (`output.last_hidden_state`, `output.hidden_states.N`, `output.logits`,
 //! `output.start_logits`, `output.end_logits`, `output.loss`) and the gradients' (`grad.*`).
+//! `--save DIR` writes the checkpoint as loaded here back out with `RoFormer::save`, for
+//! `tools/check_saved_in_transformers.py` to load in transformers' own classes.
 
 use std::process::ExitCode;
 
 use roformer_wgpu::apps::verify::verify;
 use roformer_wgpu::io::{write_safetensors, HostData};
+use roformer_wgpu::model::RoFormer;
 use roformer_wgpu::Context;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: verify CONFIG.json WEIGHTS [--dump OUT.safetensors] [--tolerance 1e-4]");
+    eprintln!(
+        "usage: verify CONFIG.json WEIGHTS [--dump OUT.safetensors] [--save DIR] [--tolerance 1e-4]"
+    );
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut positional = Vec::new();
-    let (mut dump, mut tolerance) = (None, 1e-4);
+    let (mut dump, mut save, mut tolerance) = (None, None, 1e-4);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--dump" => match it.next() {
                 Some(p) => dump = Some(p.clone()),
+                None => return usage(),
+            },
+            "--save" => match it.next() {
+                Some(p) => save = Some(p.clone()),
                 None => return usage(),
             },
             "--tolerance" => match it.next().and_then(|t| t.parse().ok()) {
@@ -43,7 +52,7 @@ fn main() -> ExitCode {
     let [config, weights] = &positional[..] else {
         return usage();
     };
-    match run(config, weights, dump.as_deref(), tolerance) {
+    match run(config, weights, dump.as_deref(), save.as_deref(), tolerance) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -57,6 +66,7 @@ fn run(
     config: &str,
     weights: &str,
     dump: Option<&str>,
+    save: Option<&str>,
     tolerance: f64,
 ) -> roformer_wgpu::Result<bool> {
     let ctx = Context::new()?;
@@ -93,6 +103,10 @@ fn run(
             .collect();
         write_safetensors(path, &tensors, &[("source", "roformer-wgpu verify")])?;
         println!("wrote {} tensors to {path}", tensors.len());
+    }
+    if let Some(dir) = save {
+        RoFormer::from_pretrained(&ctx, config, weights)?.save(&ctx, dir)?;
+        println!("saved the checkpoint as loaded to {dir}");
     }
     Ok(failures.is_empty())
 }

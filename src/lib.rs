@@ -14,6 +14,8 @@ pub mod params;
 pub mod readback;
 pub mod shader;
 mod tensor;
+#[cfg(feature = "text")]
+pub mod text;
 pub mod timing;
 
 #[doc(hidden)]

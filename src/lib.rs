@@ -11,6 +11,8 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
+#[cfg(feature = "text")]
+pub mod pipelines;
 pub mod readback;
 pub mod shader;
 mod tensor;

@@ -25,7 +25,7 @@ use tokenizers::tokenizer::{
 };
 use tokenizers::utils::padding::{pad_encodings, PaddingParams, PaddingStrategy};
 use tokenizers::utils::truncation::{truncate_encodings, TruncationParams, TruncationStrategy};
-use tokenizers::Model;
+use tokenizers::{Decoder, Model};
 
 use super::jieba::JiebaPreTokenizer;
 use crate::error::{Error, Result};
@@ -412,6 +412,17 @@ impl Tokenizer {
         self.inner
             .decode(ids, skip_special_tokens)
             .map_err(|e| Error::invalid(format!("decoding {} ids: {e}", ids.len())))
+    }
+
+    /// Token strings joined as text (the decoder's rule, e.g. WordPiece's `##`): transformers'
+    /// `convert_tokens_to_string`.
+    pub fn tokens_to_string(&self, tokens: &[String]) -> Result<String> {
+        match self.inner.get_decoder() {
+            Some(d) => d
+                .decode(tokens.to_vec())
+                .map_err(|e| Error::invalid(format!("decoding {} tokens: {e}", tokens.len()))),
+            None => Ok(tokens.join(" ")),
+        }
     }
 
     fn encode_hf(

@@ -1,0 +1,98 @@
+//! `fill-mask`: the most likely tokens for each mask token of a text, as transformers'
+//! `FillMaskPipeline` returns them.
+
+use serde::Serialize;
+
+use super::{block_on, gather, locate, softmax, TextModel};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::model::{Head, Want};
+
+/// One guess for a mask.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FillMaskGuess {
+    /// The token's probability at the mask.
+    pub score: f64,
+    /// The token's id.
+    pub token: u32,
+    /// The token, decoded.
+    pub token_str: String,
+    /// The text with the mask filled by this token (decoded, special tokens dropped when the
+    /// text has one mask; kept, the other masks with them, when it has several).
+    pub sequence: String,
+}
+
+/// The guesses for each text: per mask token in it (in order), the `top_k` most likely
+/// tokens, most likely first.
+pub async fn run(
+    ctx: &Context,
+    model: &TextModel,
+    texts: &[&str],
+    top_k: usize,
+) -> Result<Vec<Vec<Vec<FillMaskGuess>>>> {
+    model.need("fill-mask", &[Head::MaskedLm])?;
+    if top_k == 0 {
+        return Err(Error::invalid("top_k must be at least 1"));
+    }
+    let tok = model.tokenizer();
+    let mask = tok.special_tokens().mask.ok_or_else(|| {
+        Error::invalid("fill-mask needs a mask token, and this tokenizer has none")
+    })?;
+    let mask_str = tok.special_tokens().mask_token.clone().unwrap_or_default();
+    let encodings = model.encode(texts, None)?;
+    for (i, e) in encodings.iter().enumerate() {
+        if !e.input_ids.contains(&mask) {
+            return Err(Error::invalid(format!(
+                "input {i} has no mask token ({mask_str}): {:?}",
+                texts[i]
+            )));
+        }
+    }
+    let results = gather(model.submit(ctx, &encodings, Want::logits())?).await?;
+    let vocab = model.config().vocab_size;
+    let pad = tok.special_tokens().pad;
+    let mut out = Vec::with_capacity(texts.len());
+    for (i, e) in encodings.iter().enumerate() {
+        let (r, j) = locate(&results, i);
+        let logits = r.logits(j)?;
+        let masks: Vec<usize> = (0..e.len()).filter(|&t| e.input_ids[t] == mask).collect();
+        let single = masks.len() == 1;
+        let mut per_mask = Vec::with_capacity(masks.len());
+        for &t in &masks {
+            let probs = softmax(&logits.data[t * vocab..(t + 1) * vocab]);
+            let mut order: Vec<usize> = (0..vocab).collect();
+            // Stable: equal scores keep the lower id first, as torch.topk does on the CPU.
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+            let mut guesses = Vec::with_capacity(top_k);
+            for &id in order.iter().take(top_k) {
+                let id32 = id as u32;
+                let filled: Vec<u32> = e
+                    .input_ids
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &x)| if p == t { id32 } else { x })
+                    .filter(|&x| Some(x) != pad)
+                    .collect();
+                guesses.push(FillMaskGuess {
+                    score: probs[id],
+                    token: id32,
+                    token_str: tok.decode(&[id32], false)?,
+                    sequence: tok.decode(&filled, single)?,
+                });
+            }
+            per_mask.push(guesses);
+        }
+        out.push(per_mask);
+    }
+    Ok(out)
+}
+
+/// [`run`], blocking until the answers are back.
+pub fn run_blocking(
+    ctx: &Context,
+    model: &TextModel,
+    texts: &[&str],
+    top_k: usize,
+) -> Result<Vec<Vec<Vec<FillMaskGuess>>>> {
+    block_on(ctx, run(ctx, model, texts, top_k))
+}

@@ -1,0 +1,175 @@
+//! `text-generation` with a causal RoFormer (`RoFormerForCausalLM`): greedy decoding, or
+//! sampling with temperature, top-k and top-p from a seeded generator. The result is the
+//! prompt followed by the new tokens decoded, as transformers' pipeline returns it
+//! (`generated_text`); the prompt is tokenized with its special tokens, as there.
+//!
+//! Each step runs the whole sequence again (no key/value cache): simple, and cheap at the
+//! lengths a RoFormer takes. Every prompt of a call steps together in one request.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::{block_on, gather, locate, softmax, TextModel};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::model::{Head, Want};
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decoding {
+    /// The most likely token (the first of equals).
+    Greedy,
+    /// A draw from the distribution at `temperature`, kept to the `top_k` most likely tokens
+    /// (0: all) and to the smallest set whose probability reaches `top_p` (1: all).
+    Sample {
+        /// Divides the logits (must be above 0).
+        temperature: f32,
+        /// Keep only this many most likely tokens (0 keeps all).
+        top_k: usize,
+        /// Keep the most likely tokens up to this total probability (1 keeps all).
+        top_p: f32,
+        /// The generator's seed: the same seed, model and prompts give the same text.
+        seed: u64,
+    },
+}
+
+/// Options of [`run`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GenerateOptions {
+    /// New tokens at most (fewer if the end-of-sequence token comes).
+    pub max_new_tokens: usize,
+    /// How to pick them.
+    pub decoding: Decoding,
+}
+
+/// A generated text.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Generated {
+    /// The prompt and its continuation.
+    pub generated_text: String,
+}
+
+/// Continues each prompt.
+pub async fn run(
+    ctx: &Context,
+    model: &TextModel,
+    prompts: &[&str],
+    options: GenerateOptions,
+) -> Result<Vec<Generated>> {
+    model.need("text generation", &[Head::CausalLm])?;
+    if let Decoding::Sample {
+        temperature, top_p, ..
+    } = options.decoding
+    {
+        if !(temperature > 0.0 && temperature.is_finite() && top_p > 0.0 && top_p <= 1.0) {
+            return Err(Error::invalid(format!(
+                "sampling needs temperature > 0 and 0 < top_p <= 1 (got {temperature}, {top_p})"
+            )));
+        }
+    }
+    let mut sequences = model.encode(prompts, None)?;
+    let prompt_lens: Vec<usize> = sequences.iter().map(|e| e.len()).collect();
+    let max = model.max_tokens();
+    if let Some(i) = prompt_lens
+        .iter()
+        .position(|&n| n + options.max_new_tokens > max)
+    {
+        return Err(Error::invalid(format!(
+            "prompt {i} has {} tokens: with {} new ones it would pass the model's maximum of {max}",
+            prompt_lens[i], options.max_new_tokens
+        )));
+    }
+    let vocab = model.config().vocab_size;
+    let mut rng = match options.decoding {
+        Decoding::Sample { seed, .. } => Some(StdRng::seed_from_u64(seed)),
+        Decoding::Greedy => None,
+    };
+    let mut done = vec![false; prompts.len()];
+    for _ in 0..options.max_new_tokens {
+        let live: Vec<usize> = (0..prompts.len()).filter(|&i| !done[i]).collect();
+        if live.is_empty() {
+            break;
+        }
+        let batch: Vec<_> = live.iter().map(|&i| sequences[i].clone()).collect();
+        let results = gather(model.submit(ctx, &batch, Want::logits())?).await?;
+        for (k, &i) in live.iter().enumerate() {
+            let (r, j) = locate(&results, k);
+            let logits = &r.logits(j)?.data;
+            let last = sequences[i].len() - 1;
+            let row = &logits[last * vocab..(last + 1) * vocab];
+            let next = match (options.decoding, rng.as_mut()) {
+                (
+                    Decoding::Sample {
+                        temperature,
+                        top_k,
+                        top_p,
+                        ..
+                    },
+                    Some(rng),
+                ) => sample(row, temperature, top_k, top_p, rng),
+                _ => argmax(row),
+            } as u32;
+            let s = &mut sequences[i];
+            s.input_ids.push(next);
+            s.token_type_ids.push(0);
+            s.attention_mask.push(1);
+            if Some(next) == model.eos_token_id {
+                done[i] = true;
+            }
+        }
+    }
+    let tok = model.tokenizer();
+    prompts
+        .iter()
+        .zip(&sequences)
+        .zip(&prompt_lens)
+        .map(|((prompt, s), &n)| {
+            Ok(Generated {
+                generated_text: format!("{prompt}{}", tok.decode(&s.input_ids[n..], true)?),
+            })
+        })
+        .collect()
+}
+
+/// [`run`], blocking until the answers are back.
+pub fn run_blocking(
+    ctx: &Context,
+    model: &TextModel,
+    prompts: &[&str],
+    options: GenerateOptions,
+) -> Result<Vec<Generated>> {
+    block_on(ctx, run(ctx, model, prompts, options))
+}
+
+fn argmax(row: &[f32]) -> usize {
+    (0..row.len()).fold(0, |b, k| if row[k] > row[b] { k } else { b })
+}
+
+/// A draw from `softmax(row / temperature)` kept to the top-k, then the top-p nucleus.
+fn sample(row: &[f32], temperature: f32, top_k: usize, top_p: f32, rng: &mut StdRng) -> usize {
+    let scaled: Vec<f32> = row.iter().map(|&x| x / temperature).collect();
+    let probs = softmax(&scaled);
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    if top_k > 0 {
+        order.truncate(top_k);
+    }
+    let mut kept = Vec::with_capacity(order.len());
+    let mut total = 0.0;
+    for id in order {
+        kept.push(id);
+        total += probs[id];
+        if total >= top_p as f64 {
+            break;
+        }
+    }
+    let mut draw = rng.random::<f64>() * total;
+    for &id in &kept {
+        draw -= probs[id];
+        if draw <= 0.0 {
+            return id;
+        }
+    }
+    kept[kept.len() - 1]
+}

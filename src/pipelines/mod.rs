@@ -1,0 +1,324 @@
+//! Text in, answers out: transformers' `pipeline(...)` tasks on a RoFormer model folder as
+//! `save_pretrained` writes it (`config.json`, `model.safetensors` or its sharded index,
+//! `tokenizer.json` and/or `vocab.txt` + `tokenizer_config.json`).
+//!
+//! [`TextModel::load`] reads the folder; each task is a module with an `async fn` doing the
+//! work (submitting every batch before awaiting the first) and a `_blocking` twin for scripts:
+//! [`fill_mask`], [`classify`] (text classification), [`token_classify`] (token classification,
+//! `simple` aggregation), [`answer`] (extractive question answering, as transformers 4's
+//! pipeline), [`embed`] (feature extraction and pooled sentence embeddings) and [`generate`]
+//! (greedy or sampled text generation with a causal RoFormer). Outputs have the fields and
+//! values of transformers' pipelines of the same names (`serde` serializes them with its
+//! field names).
+//!
+//! ```no_run
+//! use roformer_wgpu::pipelines::{fill_mask, TextModel, TextOptions};
+//! use roformer_wgpu::Context;
+//!
+//! let ctx = Context::new()?;
+//! let model = TextModel::load(&ctx, "my-roformer-mlm", TextOptions::default())?;
+//! let texts = ["今天天气[MASK]好。"];
+//! // per text, per mask in it: the 5 best guesses
+//! for guess in &fill_mask::run_blocking(&ctx, &model, &texts, 5)?[0][0] {
+//!     println!("{:.3} {}", guess.score, guess.sequence);
+//! }
+//! # Ok::<(), roformer_wgpu::Error>(())
+//! ```
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::model::{
+    Encoder, EncoderOptions, Head, Request, Results, RoFormerConfig, Sequence, Want,
+};
+use crate::readback::Pending;
+use crate::text::{EncodeOptions, Encoding, Tokenizer, Truncation};
+
+pub mod answer;
+pub mod classify;
+pub mod embed;
+pub mod fill_mask;
+pub mod generate;
+pub mod token_classify;
+
+/// How a [`TextModel`] treats its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextOptions {
+    /// A text longer than the model takes: cut it to the maximum (`true`), or refuse it with
+    /// an error naming it (`false`, transformers' default).
+    pub truncate: bool,
+    /// Most texts per GPU request; more are split into several requests.
+    pub max_batch: usize,
+}
+
+impl Default for TextOptions {
+    fn default() -> Self {
+        TextOptions {
+            truncate: false,
+            max_batch: 16,
+        }
+    }
+}
+
+/// A model folder loaded for text: the encoder with its head, and its tokenizer.
+pub struct TextModel {
+    encoder: Encoder,
+    tokenizer: Tokenizer,
+    dir: PathBuf,
+    options: TextOptions,
+    /// `eos_token_id` from `generation_config.json` or `config.json`, if any.
+    eos_token_id: Option<u32>,
+}
+
+impl std::fmt::Debug for TextModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextModel")
+            .field("dir", &self.dir)
+            .field("head", &self.encoder.head())
+            .field("tokenizer", &self.tokenizer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A file the folder must have.
+fn required(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Error::invalid(format!(
+            "{}: the model folder has no {name}",
+            dir.display()
+        )))
+    }
+}
+
+impl TextModel {
+    /// Reads a model folder: its config, its weights (any head) and its tokenizer. A missing
+    /// file, or a tokenizer whose ids do not fit the model's vocabulary, is an error.
+    pub fn load(ctx: &Context, dir: impl AsRef<Path>, options: TextOptions) -> Result<TextModel> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::invalid(format!(
+                "{}: not a model folder",
+                dir.display()
+            )));
+        }
+        if options.max_batch == 0 {
+            return Err(Error::invalid("max_batch must be at least 1"));
+        }
+        let config = required(dir, "config.json")?;
+        let weights = if dir.join("model.safetensors").exists() {
+            dir.join("model.safetensors")
+        } else {
+            required(dir, "model.safetensors.index.json").map_err(|_| {
+                Error::invalid(format!(
+                    "{}: the model folder has no model.safetensors (nor a sharded \
+                     model.safetensors.index.json)",
+                    dir.display()
+                ))
+            })?
+        };
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        let cfg = RoFormerConfig::from_file(&config)?;
+        if tokenizer.id_bound() > cfg.vocab_size {
+            return Err(Error::invalid(format!(
+                "{}: the tokenizer ({}) has ids up to {} but the model's vocabulary has {} \
+                 (vocab_size in config.json): they do not belong together",
+                dir.display(),
+                tokenizer.source().display(),
+                tokenizer.id_bound() - 1,
+                cfg.vocab_size
+            )));
+        }
+        let encoder = Encoder::from_pretrained(
+            ctx,
+            &config,
+            &weights,
+            EncoderOptions {
+                max_batch: options.max_batch.next_power_of_two(),
+                ..EncoderOptions::default()
+            },
+        )?;
+        let eos = |v: &serde_json::Value| v.get("eos_token_id").and_then(|e| e.as_u64());
+        let generation = std::fs::read_to_string(dir.join("generation_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        let eos_token_id = generation
+            .as_ref()
+            .and_then(eos)
+            .or_else(|| cfg.extra.get("eos_token_id").and_then(|e| e.as_u64()))
+            .map(|e| e as u32);
+        Ok(TextModel {
+            encoder,
+            tokenizer,
+            dir: dir.to_path_buf(),
+            options,
+            eos_token_id,
+        })
+    }
+
+    /// The model's head (which tasks it can do).
+    pub fn head(&self) -> Head {
+        self.encoder.head()
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &RoFormerConfig {
+        self.encoder.config()
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The encoder (for requests of one's own).
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// The folder it was read from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The most tokens one sequence may have: the model's positions, and the tokenizer's
+    /// `model_max_length` if smaller.
+    pub fn max_tokens(&self) -> usize {
+        let positions = self.config().max_position_embeddings;
+        self.tokenizer
+            .model_max_length()
+            .map_or(positions, |m| m.min(positions))
+    }
+
+    /// Tokens `text` (with `pair`) takes, special tokens included, before any truncation.
+    pub fn count_tokens(&self, text: &str, pair: Option<&str>) -> Result<usize> {
+        Ok(self
+            .tokenizer
+            .encode_with(text, pair, &EncodeOptions::default())?
+            .len())
+    }
+
+    /// An error unless the model has one of these heads.
+    fn need(&self, task: &str, heads: &[Head]) -> Result<()> {
+        if heads.contains(&self.head()) {
+            return Ok(());
+        }
+        let names: Vec<&str> = heads.iter().map(|h| h.architecture()).collect();
+        Err(Error::invalid(format!(
+            "{}: {task} needs a {} model, and this is a {}",
+            self.dir.display(),
+            names.join(" or "),
+            self.head().architecture()
+        )))
+    }
+
+    /// Tokenizes texts (with pairs) for the model: empty texts refused, long ones cut or
+    /// refused as [`TextOptions::truncate`] says.
+    fn encode(&self, texts: &[&str], pairs: Option<&[&str]>) -> Result<Vec<Encoding>> {
+        if texts.is_empty() {
+            return Err(Error::invalid("no input texts"));
+        }
+        let max = self.max_tokens();
+        let options = EncodeOptions {
+            truncation: self.options.truncate.then_some(Truncation::LongestFirst),
+            max_length: Some(max),
+            ..EncodeOptions::default()
+        };
+        let mut out = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            if text.trim().is_empty() {
+                return Err(Error::invalid(format!("input {i} is empty")));
+            }
+            let pair = pairs.map(|p| p[i]);
+            let e = self.tokenizer.encode_with(text, pair, &options)?;
+            if e.len() > max {
+                return Err(Error::invalid(format!(
+                    "input {i} has {} tokens, more than the model's maximum of {max} \
+                     (ask for truncation to cut it)",
+                    e.len()
+                )));
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Submits the encodings in requests of at most `max_batch`, every one before returning.
+    fn submit(
+        &self,
+        ctx: &Context,
+        encodings: &[Encoding],
+        want: Want,
+    ) -> Result<Vec<Pending<Results>>> {
+        encodings
+            .chunks(self.options.max_batch)
+            .map(|chunk| {
+                let sequences = chunk
+                    .iter()
+                    .map(|e| Sequence {
+                        input_ids: e.input_ids.clone(),
+                        token_type_ids: e.token_type_ids.clone(),
+                        attention_mask: e.attention_mask.clone(),
+                    })
+                    .collect();
+                self.encoder.run(ctx, &Request::new(sequences, want))
+            })
+            .collect()
+    }
+}
+
+/// Awaits submitted requests in order, each result with its place in the input.
+async fn gather(pending: Vec<Pending<Results>>) -> Result<Vec<Results>> {
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        out.push(p.await?);
+    }
+    Ok(out)
+}
+
+/// The `i`th sequence's results of chunked requests: `(results, index within them)`.
+fn locate(results: &[Results], i: usize) -> (&Results, usize) {
+    let mut i = i;
+    for r in results {
+        if i < r.len() {
+            return (r, i);
+        }
+        i -= r.len();
+    }
+    unreachable!("asked for a sequence past the request")
+}
+
+/// Runs a pipeline's future to its end on this thread, sleeping in the device's own wait
+/// while the GPU works (the blocking wrappers' executor: our futures only wait on the GPU).
+pub fn block_on<T>(ctx: &Context, future: impl Future<Output = Result<T>>) -> Result<T> {
+    let mut future = std::pin::pin!(future);
+    let waker = std::task::Waker::noop();
+    let mut task = std::task::Context::from_waker(waker);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut task) {
+            return out;
+        }
+        ctx.wait(None)?;
+    }
+}
+
+/// Softmax of a row in f64 (transformers computes it in f32: to ~1e-7).
+fn softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let exps: Vec<f64> = row.iter().map(|&x| (x as f64 - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// The label name of class `i`: `id2label`'s, else transformers' `LABEL_i`.
+fn label(config: &RoFormerConfig, i: usize) -> String {
+    config
+        .id2label
+        .as_ref()
+        .and_then(|m| m.get(&i.to_string()).cloned())
+        .unwrap_or_else(|| format!("LABEL_{i}"))
+}

@@ -1,0 +1,368 @@
+//! The pipelines against transformers' pipelines (tests/fixtures/text/<task>/expected.json,
+//! made by tools/make_text_fixtures.py on small random models saved with save_pretrained):
+//! top-k ids and scores within 1e-4, the same labels, spans and offsets, embeddings within
+//! 1e-4 relative L2, greedy generation token-identical.
+
+#![cfg(feature = "text")]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::ctx;
+use roformer_wgpu::pipelines::answer::AnswerOptions;
+use roformer_wgpu::pipelines::embed::Pooling;
+use roformer_wgpu::pipelines::generate::{Decoding, GenerateOptions};
+use roformer_wgpu::pipelines::{
+    answer, classify, embed, fill_mask, generate, token_classify, TextModel, TextOptions,
+};
+use roformer_wgpu::Context;
+use serde_json::Value;
+
+fn dir(task: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/text")
+        .join(task)
+}
+
+fn expected(task: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir(task).join("expected.json")).unwrap())
+        .unwrap()
+}
+
+fn load(ctx: &Context, task: &str) -> TextModel {
+    TextModel::load(ctx, dir(task), TextOptions::default()).unwrap()
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
+fn err<T: std::fmt::Debug>(r: Result<T, roformer_wgpu::Error>) -> String {
+    r.unwrap_err().to_string()
+}
+
+fn close(got: f64, want: &Value, what: &str) {
+    let want = want.as_f64().unwrap();
+    assert!(
+        (got - want).abs() <= 1e-4,
+        "{what}: {got} vs transformers' {want}"
+    );
+}
+
+fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let d: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).powi(2))
+        .sum();
+    let n: f64 = want.iter().map(|w| w * w).sum();
+    (d / n).sqrt()
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn check_fill_mask(task: &str) {
+    let ctx = &ctx();
+    let model = load(ctx, task);
+    let want = expected(task);
+    let texts = strs(&want["inputs"]);
+    let got = fill_mask::run_blocking(ctx, &model, &texts, 5).unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        assert_eq!(got[i].len(), 1, "{text}: one mask");
+        let w = want["outputs"][i].as_array().unwrap();
+        assert_eq!(got[i][0].len(), w.len());
+        for (g, w) in got[i][0].iter().zip(w) {
+            let what = format!("{task} {text:?} token {}", g.token);
+            assert_eq!(g.token as u64, w["token"].as_u64().unwrap(), "{what}");
+            close(g.score, &w["score"], &what);
+            assert_eq!(g.token_str, w["token_str"].as_str().unwrap(), "{what}");
+            assert_eq!(g.sequence, w["sequence"].as_str().unwrap(), "{what}");
+        }
+    }
+}
+
+#[test]
+fn fill_mask_matches_transformers() {
+    check_fill_mask("fill_mask");
+}
+
+#[test]
+fn fill_mask_with_the_jieba_tokenizer_matches_transformers() {
+    check_fill_mask("fill_mask_jieba");
+}
+
+#[test]
+fn text_classification_matches_transformers() {
+    let ctx = &ctx();
+    let model = load(ctx, "classify");
+    let want = expected("classify");
+    let texts = strs(&want["inputs"]);
+    let got = classify::run_blocking(ctx, &model, &texts, None, None).unwrap();
+    for (i, labels) in got.iter().enumerate() {
+        let top = &want["outputs"][i][0];
+        assert_eq!(labels[0].label, top["label"].as_str().unwrap());
+        close(labels[0].score, &top["score"], "top label");
+        let all = want["outputs_all"][i].as_array().unwrap();
+        assert_eq!(labels.len(), all.len());
+        for (g, w) in labels.iter().zip(all) {
+            assert_eq!(g.label, w["label"].as_str().unwrap());
+            close(g.score, &w["score"], &g.label);
+        }
+    }
+}
+
+#[test]
+fn token_classification_matches_transformers() {
+    let ctx = &ctx();
+    let model = load(ctx, "token_classify");
+    let want = expected("token_classify");
+    let texts = strs(&want["inputs"]);
+    let got = token_classify::run_blocking(ctx, &model, &texts).unwrap();
+    for (i, entities) in got.iter().enumerate() {
+        let w = want["outputs"][i].as_array().unwrap();
+        assert_eq!(entities.len(), w.len(), "{}: entities", texts[i]);
+        for (g, w) in entities.iter().zip(w) {
+            assert_eq!(g.entity_group, w["entity_group"].as_str().unwrap());
+            assert_eq!(g.word, w["word"].as_str().unwrap());
+            assert_eq!(
+                (g.start as u64, g.end as u64),
+                (w["start"].as_u64().unwrap(), w["end"].as_u64().unwrap())
+            );
+            close(g.score, &w["score"], &g.word);
+        }
+    }
+    let tokens = token_classify::run_tokens_blocking(ctx, &model, &texts).unwrap();
+    for (i, tokens) in tokens.iter().enumerate() {
+        let w = want["outputs_none"][i].as_array().unwrap();
+        assert_eq!(tokens.len(), w.len());
+        for (g, w) in tokens.iter().zip(w) {
+            assert_eq!(g.entity, w["entity"].as_str().unwrap());
+            assert_eq!(g.index as u64, w["index"].as_u64().unwrap());
+            assert_eq!(g.word, w["word"].as_str().unwrap());
+            close(g.score, &w["score"], &g.word);
+        }
+    }
+}
+
+#[test]
+fn feature_extraction_and_sentence_embeddings_match_transformers() {
+    let ctx = &ctx();
+    let model = load(ctx, "embed");
+    let want = expected("embed");
+    let texts = strs(&want["inputs"]);
+    let features = embed::features_blocking(ctx, &model, &texts).unwrap();
+    for (i, f) in features.iter().enumerate() {
+        let w: Vec<f64> = want["features"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(f64s)
+            .collect();
+        let g: Vec<f32> = f.concat();
+        assert!(rel_l2(&g, &w) < 1e-4, "features {i}: {}", rel_l2(&g, &w));
+    }
+    for (key, pooling, normalize) in [
+        ("mean", Pooling::Mean, false),
+        ("cls", Pooling::Cls, false),
+        ("mean_normalized", Pooling::Mean, true),
+    ] {
+        let got = embed::sentences_blocking(ctx, &model, &texts, pooling, normalize).unwrap();
+        for (i, g) in got.iter().enumerate() {
+            let e = rel_l2(g, &f64s(&want[key][i]));
+            assert!(e < 1e-4, "{key} {i}: {e}");
+        }
+    }
+}
+
+#[test]
+fn question_answering_matches_transformers_4s_pipeline() {
+    let ctx = &ctx();
+    let model = load(ctx, "qa");
+    let want = expected("qa");
+    let cases = want["cases"].as_array().unwrap();
+    let inputs: Vec<(&str, &str)> = cases
+        .iter()
+        .map(|c| {
+            (
+                c["question"].as_str().unwrap(),
+                c["context"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for (top_k, key) in [(1, "answer"), (3, "top3")] {
+        let got = answer::run_blocking(
+            ctx,
+            &model,
+            &inputs,
+            AnswerOptions {
+                top_k,
+                ..AnswerOptions::default()
+            },
+        )
+        .unwrap();
+        for (i, answers) in got.iter().enumerate() {
+            let w: Vec<&Value> = match &cases[i][key] {
+                Value::Array(a) => a.iter().collect(),
+                one => vec![one],
+            };
+            assert_eq!(answers.len(), w.len());
+            for (g, w) in answers.iter().zip(w) {
+                assert_eq!(g.answer, w["answer"].as_str().unwrap(), "case {i}");
+                assert_eq!(g.start as u64, w["start"].as_u64().unwrap());
+                assert_eq!(g.end as u64, w["end"].as_u64().unwrap());
+                close(g.score, &w["score"], &g.answer);
+            }
+        }
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let ctx = &ctx();
+    let model = load(ctx, "generate");
+    let want = expected("generate");
+    let prompts = strs(&want["inputs"]);
+    let options = GenerateOptions {
+        max_new_tokens: want["max_new_tokens"].as_u64().unwrap() as usize,
+        decoding: Decoding::Greedy,
+    };
+    let got = generate::run_blocking(ctx, &model, &prompts, options).unwrap();
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(
+            g.generated_text,
+            want["outputs"][i][0]["generated_text"].as_str().unwrap()
+        );
+    }
+}
+
+#[test]
+fn sampling_is_seeded_and_keeps_to_top_k() {
+    let ctx = &ctx();
+    let model = load(ctx, "generate");
+    let sample = |seed| GenerateOptions {
+        max_new_tokens: 6,
+        decoding: Decoding::Sample {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            seed,
+        },
+    };
+    // top_k 1 is greedy, whatever the seed
+    let greedy = generate::run_blocking(
+        ctx,
+        &model,
+        &["the quick brown"],
+        GenerateOptions {
+            max_new_tokens: 6,
+            decoding: Decoding::Greedy,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        generate::run_blocking(ctx, &model, &["the quick brown"], sample(7)).unwrap(),
+        greedy
+    );
+    let wide = |seed| GenerateOptions {
+        max_new_tokens: 6,
+        decoding: Decoding::Sample {
+            temperature: 1.5,
+            top_k: 50,
+            top_p: 0.95,
+            seed,
+        },
+    };
+    let a = generate::run_blocking(ctx, &model, &["the quick brown"], wide(1)).unwrap();
+    let b = generate::run_blocking(ctx, &model, &["the quick brown"], wide(1)).unwrap();
+    assert_eq!(a, b, "same seed, same text");
+    let others: Vec<_> = (2..6)
+        .map(|s| generate::run_blocking(ctx, &model, &["the quick brown"], wide(s)).unwrap())
+        .collect();
+    assert!(
+        others.iter().any(|o| *o != a),
+        "different seeds never differed"
+    );
+}
+
+#[test]
+fn pipelines_refuse_bad_input_clearly() {
+    let ctx = &ctx();
+    let mlm = load(ctx, "fill_mask");
+    assert!(
+        err(fill_mask::run_blocking(ctx, &mlm, &["no mask here"], 5)).contains("no mask token")
+    );
+    assert!(err(fill_mask::run_blocking(ctx, &mlm, &[""], 5)).contains("empty"));
+    assert!(err(fill_mask::run_blocking(ctx, &mlm, &[], 5)).contains("no input"));
+    let long = "hello ".repeat(100) + "[MASK]";
+    let e = err(fill_mask::run_blocking(ctx, &mlm, &[&long], 5));
+    assert!(e.contains("more than the model's maximum of 64"), "{e}");
+    // the wrong head for the task
+    let e = err(classify::run_blocking(ctx, &mlm, &["hi"], None, None));
+    assert!(
+        e.contains("RoFormerForSequenceClassification") && e.contains("RoFormerForMaskedLM"),
+        "{e}"
+    );
+    // truncation on request
+    let cut = TextModel::load(
+        ctx,
+        dir("fill_mask"),
+        TextOptions {
+            truncate: true,
+            ..TextOptions::default()
+        },
+    )
+    .unwrap();
+    let long = "[MASK] ".to_string() + &"hello ".repeat(100);
+    assert_eq!(
+        fill_mask::run_blocking(ctx, &cut, &[&long], 2).unwrap()[0][0].len(),
+        2
+    );
+}
+
+#[test]
+fn model_folders_that_do_not_fit_are_errors() {
+    let ctx = &ctx();
+    let scratch = std::env::temp_dir().join(format!("roformer-pipe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let src = dir("fill_mask");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), scratch.join(f)).unwrap();
+    }
+    let e = TextModel::load(ctx, &scratch, TextOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+    std::fs::copy(
+        src.join("model.safetensors"),
+        scratch.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::remove_file(scratch.join("config.json")).unwrap();
+    let e = TextModel::load(ctx, &scratch, TextOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("config.json"), "{e}");
+    // a config whose vocabulary is smaller than the tokenizer's
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["vocab_size"] = 100.into();
+    std::fs::write(scratch.join("config.json"), config.to_string()).unwrap();
+    let e = TextModel::load(ctx, &scratch, TextOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("do not belong together"), "{e}");
+    std::fs::remove_dir_all(&scratch).unwrap();
+}

@@ -117,7 +117,7 @@ fn check_folder(name: &str, kind: TokenizerKind) {
         check(&got, &want["pair"][i], &what);
         let only_second = EncodeOptions {
             truncation: Some(Truncation::OnlySecond),
-            max_length: Some(16),
+            max_length: Some(24),
             ..EncodeOptions::default()
         };
         let got = tok.encode_with(a, Some(b), &only_second).unwrap();

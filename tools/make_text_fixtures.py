@@ -7,8 +7,8 @@ Usage, with torch, transformers, tokenizers and rjieba installed
     python3 tools/make_text_fixtures.py tests/fixtures/text
 
 Writes, under OUTDIR:
-  wordpiece/          a WordPiece tokenizer trained here on CORPUS (tokenizer.json, tokenizer_config.json,
-                      vocab.txt), as BertTokenizer saves it
+  wordpiece/          a WordPiece vocabulary built here from CORPUS (see make_tokenizers), as
+                      transformers 5's BertTokenizer saves it (tokenizer.json, tokenizer_config.json)
   jieba/              the same vocabulary as RoFormerTokenizer saves it (its tokenizer.json has a BERT
                       pre-tokenizer; transformers puts jieba back when it loads the folder)
   jieba_vocab_only/   vocab.txt + tokenizer_config.json only (RoFormer's Chinese checkpoints' layout)
@@ -19,12 +19,13 @@ Writes, under OUTDIR:
                       (question answering: transformers 5 has no such pipeline, so expected.json holds
                       the model's start/end logits and the answer transformers 4's pipeline computes
                       from them, reimplemented in qa_answer below)
-Deterministic given the seeds (torch on the CPU, float32 models, as pipelines run them).
+Deterministic: two runs write identical files (torch on the CPU with OMP_NUM_THREADS=1, float32 models,
+as pipelines run them).
 """
 import json, os, shutil, sys
 import numpy as np
 import torch
-from tokenizers import BertWordPieceTokenizer
+from tokenizers import normalizers, pre_tokenizers
 from transformers import (AutoTokenizer, BertTokenizer, RoFormerConfig, RoFormerForCausalLM,
                           RoFormerForMaskedLM, RoFormerForQuestionAnswering,
                           RoFormerForSequenceClassification, RoFormerForTokenClassification,
@@ -82,21 +83,31 @@ def tokenization_cases(tok):
     out = {"single": [tok_record(tok, t) for t in TEXTS],
            "pair": [tok_record(tok, a, b) for a, b in PAIRS],
            "truncated": [tok_record(tok, t, truncation=True, max_length=6) for t in TEXTS],
-           "pair_truncated": [tok_record(tok, a, b, truncation="only_second", max_length=16) for a, b in PAIRS],
+           "pair_truncated": [tok_record(tok, a, b, truncation="only_second", max_length=24) for a, b in PAIRS],
            "padded": tok_record(tok, TEXTS, padding=True),
            "decoded": [tok.decode(tok(t)["input_ids"], skip_special_tokens=True) for t in TEXTS]}
     return out
 
 
 def make_tokenizers(outdir):
-    wp = BertWordPieceTokenizer(lowercase=True, handle_chinese_chars=True, strip_accents=None)
-    wp.train_from_iterator(CORPUS, vocab_size=420, min_frequency=1, limit_alphabet=400,
-                           special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    vocab = dict(sorted(wp.get_vocab().items(), key=lambda kv: kv[1]))
-    # whole Chinese words, so that jieba's words that are in the vocabulary stay whole
-    for w in ["天气", "非常", "今天", "北京", "中国", "首都", "喜欢", "学习", "我们", "公园", "世界", "你好"]:
-        if w not in vocab:
-            vocab[w] = len(vocab)
+    # A WordPiece vocabulary built from CORPUS by rule (tokenizers' WordPiece trainer breaks
+    # ties in hash order, so its vocabulary changes from run to run): the special tokens,
+    # every character alone and as a continuation, the words seen twice or more, a few
+    # English suffixes, and whole Chinese words, so that jieba's words in the vocabulary stay
+    # whole.
+    norm = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True, strip_accents=None)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts = {}
+    for line in CORPUS:
+        for w, _ in pre.pre_tokenize_str(norm.normalize_str(line)):
+            counts[w] = counts.get(w, 0) + 1
+    chars = sorted({c for w in counts for c in w})
+    words = sorted(w for w, n in counts.items() if n >= 2 and len(w) > 1)
+    suffixes = ["##s", "##es", "##ed", "##ing", "##er", "##ly", "##tion", "##ies", "##ers", "##al"]
+    chinese = ["天气", "非常", "今天", "北京", "中国", "首都", "喜欢", "学习", "我们", "公园", "世界", "你好"]
+    vocab = {}
+    for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars] + words + suffixes + chinese:
+        vocab.setdefault(t, len(vocab))
     os.makedirs(outdir, exist_ok=True)
     tmp = os.path.join(outdir, "_vocab.txt")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -142,42 +153,48 @@ def to_py(x):
     return x
 
 
-def qa_answer(tok, enc, start, end, context, top_k=1, max_answer_len=15):
-    """transformers 4's QuestionAnsweringPipeline.postprocess for one unsplit feature of a fast
-    tokenizer (question first, align_to_words, no impossible answer), in float64."""
-    seq_ids = enc.sequence_ids(0)
-    ids = enc["input_ids"][0]
-    p_mask = np.array([s != 1 for s in seq_ids], dtype=np.int64)
-    p_mask[[i for i, t in enumerate(ids) if t == tok.cls_token_id]] = 0
-    wanted = np.abs(p_mask - 1) & np.array(enc["attention_mask"][0])
-    start = np.where(wanted == 0, -10000.0, np.asarray(start, dtype=np.float64))
-    end = np.where(wanted == 0, -10000.0, np.asarray(end, dtype=np.float64))
-    start = np.exp(start - start.max()); start /= start.sum()
-    end = np.exp(end - end.max()); end /= end.sum()
-    start[0] = end[0] = 0.0
-    cand = np.tril(np.triu(np.outer(start, end)), max_answer_len - 1)
-    flat = cand.flatten()
-    k = top_k * 2 + 10
-    order = np.argsort(-flat, kind="stable")[:k]
-    e0 = enc.encodings[0]
-    answers = []
-    for idx in order:
-        s, e = divmod(int(idx), cand.shape[1])
-        if not (wanted[s] and wanted[e]):
-            continue
-        try:
-            sw, ew = e0.token_to_word(s), e0.token_to_word(e)
-            a = e0.word_to_chars(sw, sequence_index=1)[0]
-            b = e0.word_to_chars(ew, sequence_index=1)[1]
-        except Exception:
-            a, b = e0.offsets[s][0], e0.offsets[e][1]
-        text = context[a:b]
-        same = [x for x in answers if x["answer"].lower() == text.lower()]
-        if same:
-            same[0]["score"] += float(cand[s, e])
-        else:
-            answers.append({"score": float(cand[s, e]), "start": a, "end": b, "answer": text})
-    return sorted(answers, key=lambda x: x["score"], reverse=True)[:top_k]
+def qa_answer(tok, model, question, context, top_k=1, max_answer_len=15, max_len=64):
+    """transformers 4's QuestionAnsweringPipeline (fast tokenizer, question first, windows of
+    max_len tokens overlapping by max_len // 2, align_to_words, no impossible answer), in
+    float64 on the model's float32 logits. Returns the answers and each window's logits."""
+    enc = tok(question, context, truncation="only_second", max_length=max_len, stride=max_len // 2,
+              return_overflowing_tokens=True, return_offsets_mapping=True, return_token_type_ids=True)
+    answers, windows = [], []
+    for w in range(len(enc["input_ids"])):
+        ids = enc["input_ids"][w]
+        with torch.no_grad():
+            r = model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([enc["attention_mask"][w]]),
+                      token_type_ids=torch.tensor([enc["token_type_ids"][w]]))
+        start, end = r.start_logits[0].tolist(), r.end_logits[0].tolist()
+        windows.append({"input_ids": ids, "start_logits": start, "end_logits": end})
+        p_mask = np.array([s != 1 for s in enc.sequence_ids(w)], dtype=np.int64)
+        p_mask[[i for i, t in enumerate(ids) if t == tok.cls_token_id]] = 0
+        wanted = np.abs(p_mask - 1) & np.array(enc["attention_mask"][w])
+        ps = np.where(wanted == 0, -10000.0, np.asarray(start, dtype=np.float64))
+        pe = np.where(wanted == 0, -10000.0, np.asarray(end, dtype=np.float64))
+        ps = np.exp(ps - ps.max()); ps /= ps.sum()
+        pe = np.exp(pe - pe.max()); pe /= pe.sum()
+        ps[0] = pe[0] = 0.0
+        cand = np.tril(np.triu(np.outer(ps, pe)), max_answer_len - 1)
+        flat = cand.flatten()
+        order = np.argsort(-flat, kind="stable")[:top_k * 2 + 10]
+        e0 = enc.encodings[w]
+        for idx in order:
+            s, e = divmod(int(idx), cand.shape[1])
+            if not (wanted[s] and wanted[e]):
+                continue
+            try:
+                a = e0.word_to_chars(e0.token_to_word(s), sequence_index=1)[0]
+                b = e0.word_to_chars(e0.token_to_word(e), sequence_index=1)[1]
+            except Exception:
+                a, b = e0.offsets[s][0], e0.offsets[e][1]
+            text = context[a:b]
+            same = [x for x in answers if x["answer"].lower() == text.lower()]
+            if same:
+                same[0]["score"] += float(cand[s, e])
+            else:
+                answers.append({"score": float(cand[s, e]), "start": a, "end": b, "answer": text})
+    return sorted(answers, key=lambda x: x["score"], reverse=True)[:top_k], windows
 
 
 def main(outdir):
@@ -261,18 +278,15 @@ def main(outdir):
     torch.manual_seed(5)
     model = RoFormerForQuestionAnswering(small_config(vocab)).eval()
     tok = AutoTokenizer.from_pretrained(wp)
+    long_context = " ".join(CORPUS[3:7] + CORPUS[10:12] + CORPUS[15:18])
     qas = [("what is the capital of france?", "Paris is the capital of France and Berlin is the capital of Germany."),
-           ("where?", "北京是中国的首都，也是一座历史悠久的城市。")]
+           ("where?", "北京是中国的首都，也是一座历史悠久的城市。"),
+           ("what scales?", long_context)]
     outs = []
     for q, c in qas:
-        enc = tok(q, c, return_offsets_mapping=True, return_token_type_ids=True, truncation="only_second", max_length=64)
-        with torch.no_grad():
-            r = model(input_ids=torch.tensor([enc["input_ids"]]), attention_mask=torch.tensor([enc["attention_mask"]]),
-                      token_type_ids=torch.tensor([enc["token_type_ids"]]))
-        s, e = r.start_logits[0].tolist(), r.end_logits[0].tolist()
-        enc1 = tok([q], [c], return_offsets_mapping=True, return_token_type_ids=True, truncation="only_second", max_length=64)
-        outs.append({"question": q, "context": c, "input_ids": enc["input_ids"], "start_logits": s, "end_logits": e,
-                     "answer": qa_answer(tok, enc1, s, e, c)[0], "top3": qa_answer(tok, enc1, s, e, c, top_k=3)})
+        best, windows = qa_answer(tok, model, q, c)
+        top3, _ = qa_answer(tok, model, q, c, top_k=3)
+        outs.append({"question": q, "context": c, "windows": windows, "answer": best[0], "top3": top3})
     save_model(model, wp, os.path.join(outdir, "qa"), {"cases": outs})
 
     # text generation, greedy, on a causal RoFormer

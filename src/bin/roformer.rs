@@ -1,1 +1,495 @@
-fn main() {}
+//! `roformer`: transformers' pipelines on a RoFormer model folder, from the command line.
+//!
+//!     roformer fill-mask --model DIR [--top-k K] TEXT...
+//!     roformer classify --model DIR TEXT...
+//!     roformer token-classify --model DIR TEXT...
+//!     roformer embed --model DIR [--pooling mean|cls] [--normalize] TEXT...
+//!     roformer answer --model DIR --question Q [--context C]
+//!     roformer generate --model DIR --max-new-tokens N PROMPT...
+//!     roformer tokenize --model DIR TEXT...
+//!
+//! Texts come from the arguments, or from stdin one per line. `--json` writes one JSON line
+//! per input holding what transformers' pipeline returns for it, with its field names;
+//! otherwise a readable table. Errors go to stderr with a non-zero exit status.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use roformer_wgpu::pipelines::answer::AnswerOptions;
+use roformer_wgpu::pipelines::embed::Pooling;
+use roformer_wgpu::pipelines::generate::{Decoding, GenerateOptions};
+use roformer_wgpu::pipelines::{
+    answer, classify, embed, fill_mask, generate, token_classify, TextModel, TextOptions,
+};
+use roformer_wgpu::text::Tokenizer;
+use roformer_wgpu::Context;
+use serde::Serialize;
+
+// Shared with the examples.
+#[path = "../../examples/common/args.rs"]
+mod args;
+
+#[derive(Parser)]
+#[command(
+    name = "roformer",
+    version,
+    about = "RoFormer pipelines (fill-mask, classification, QA, embeddings, generation) on any GPU through WebGPU",
+    after_help = "The GPU adapter is chosen by WGPU_BACKEND, WGPU_ADAPTER_NAME and WGPU_POWER_PREF."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The most likely tokens for the mask token of each text.
+    FillMask {
+        #[command(flatten)]
+        common: Common,
+        /// Guesses per mask.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        top_k: u64,
+    },
+    /// Each text's label (a sequence-classification model).
+    Classify {
+        #[command(flatten)]
+        common: Common,
+        /// Every label's score, best first, instead of the best one.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Entities in each text (a token-classification model, `simple` aggregation).
+    TokenClassify {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One vector per text (hidden states pooled).
+    Embed {
+        #[command(flatten)]
+        common: Common,
+        /// How token states become one vector.
+        #[arg(long, value_enum, default_value_t = PoolingArg::Mean)]
+        pooling: PoolingArg,
+        /// Scale each vector to unit length.
+        #[arg(long)]
+        normalize: bool,
+    },
+    /// The span of a context that answers a question (a question-answering model).
+    Answer {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The question.
+        #[arg(long)]
+        question: String,
+        /// The context; without it, each line of stdin is a context.
+        #[arg(long)]
+        context: Option<String>,
+        /// Answers per question.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        top_k: u64,
+        /// Longest answer, in tokens.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+        max_answer_len: u64,
+    },
+    /// Continue each prompt (a causal-LM model).
+    Generate {
+        #[command(flatten)]
+        common: Common,
+        /// New tokens at most.
+        #[arg(long, default_value_t = 20)]
+        max_new_tokens: usize,
+        /// Sample instead of taking the most likely token.
+        #[arg(long)]
+        sample: bool,
+        /// Sampling temperature.
+        #[arg(long, default_value_t = 1.0, requires = "sample")]
+        temperature: f32,
+        /// Sample from the K most likely tokens only (0: all).
+        #[arg(long, default_value_t = 50, requires = "sample")]
+        top_k: usize,
+        /// Sample from the smallest set of tokens whose probability reaches P.
+        #[arg(long, default_value_t = 1.0, requires = "sample")]
+        top_p: f32,
+        /// The sampler's seed.
+        #[arg(long, default_value_t = 0, requires = "sample")]
+        seed: u64,
+    },
+    /// Token ids, tokens and character offsets of each text (the model folder's tokenizer).
+    Tokenize {
+        /// The model (or tokenizer) folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// One JSON line per text instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Texts; without any, each line of stdin is one.
+        texts: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// The model folder (config.json, model.safetensors, tokenizer.json or vocab.txt).
+    #[arg(long)]
+    model: PathBuf,
+    /// One JSON line per input, as transformers' pipeline returns it.
+    #[arg(long)]
+    json: bool,
+    /// Cut texts longer than the model takes (with a warning) instead of refusing them.
+    #[arg(long)]
+    truncate: bool,
+    /// Texts per GPU request.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    max_batch: u64,
+}
+
+#[derive(Args)]
+struct Common {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Texts; without any, each line of stdin is one.
+    texts: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PoolingArg {
+    /// The mean of the token states.
+    Mean,
+    /// The first token's state.
+    Cls,
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+fn main() -> ExitCode {
+    let cli: Cli = args::parse_args();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The texts: the arguments, else stdin's lines (a line that is not UTF-8 or is empty is an
+/// error naming it).
+fn texts(given: Vec<String>) -> Result<Vec<String>, Failure> {
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    let mut out = Vec::new();
+    for (i, line) in std::io::stdin().lock().split(b'\n').enumerate() {
+        let mut line = line?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let text = String::from_utf8(line)
+            .map_err(|e| format!("stdin line {}: not UTF-8 ({e})", i + 1))?;
+        if text.trim().is_empty() {
+            return Err(format!("stdin line {} is empty", i + 1).into());
+        }
+        out.push(text);
+    }
+    if out.is_empty() {
+        return Err("no texts: give them as arguments or on stdin, one per line".into());
+    }
+    Ok(out)
+}
+
+/// Opens the device and the model; warns about texts that will be cut.
+fn open(args: &ModelArgs, texts: &[&str]) -> Result<(Context, TextModel), Failure> {
+    let ctx = Context::new()?;
+    let options = TextOptions {
+        truncate: args.truncate,
+        max_batch: args.max_batch as usize,
+    };
+    let model = TextModel::load(&ctx, &args.model, options)?;
+    if args.truncate {
+        for (i, t) in texts.iter().enumerate() {
+            let n = model.count_tokens(t, None)?;
+            if n > model.max_tokens() {
+                eprintln!(
+                    "warning: input {i} has {n} tokens; cut to the model's {}",
+                    model.max_tokens()
+                );
+            }
+        }
+    }
+    Ok((ctx, model))
+}
+
+/// Runs `each` over the texts a batch at a time, with a progress bar on a terminal when
+/// there is more than one batch, and prints every result as it comes.
+fn in_batches<T>(
+    texts: &[&str],
+    batch: usize,
+    mut each: impl FnMut(&[&str]) -> Result<Vec<T>, Failure>,
+    mut print: impl FnMut(&str, &T) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let chunk = batch * 4;
+    let bar = if texts.len() > chunk {
+        let bar = ProgressBar::new(texts.len() as u64);
+        bar.set_style(ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} texts {eta}",
+        )?);
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    for part in texts.chunks(chunk) {
+        let results = each(part)?;
+        bar.suspend(|| -> Result<(), Failure> {
+            for (t, r) in part.iter().zip(&results) {
+                print(t, r)?;
+            }
+            Ok(())
+        })?;
+        bar.inc(part.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn json_line(v: &impl Serialize) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::FillMask { common, top_k } => {
+            let owned = texts(common.texts)?;
+            let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let (ctx, model) = open(&common.model, &texts)?;
+            let json = common.model.json;
+            in_batches(
+                &texts,
+                common.model.max_batch as usize,
+                |part| Ok(fill_mask::run_blocking(&ctx, &model, part, top_k as usize)?),
+                |text, masks| {
+                    if json {
+                        // transformers: a list for one mask, a list of lists for several
+                        return match &masks[..] {
+                            [one] => json_line(one),
+                            many => json_line(&many),
+                        };
+                    }
+                    println!("{text}");
+                    for (m, guesses) in masks.iter().enumerate() {
+                        for g in guesses {
+                            println!(
+                                "  mask {m}  {:>7.4}  {:>6}  {:<12}  {}",
+                                g.score, g.token, g.token_str, g.sequence
+                            );
+                        }
+                    }
+                    Ok(())
+                },
+            )
+        }
+        Command::Classify { common, all } => {
+            let owned = texts(common.texts)?;
+            let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let (ctx, model) = open(&common.model, &texts)?;
+            let json = common.model.json;
+            in_batches(
+                &texts,
+                common.model.max_batch as usize,
+                |part| Ok(classify::run_blocking(&ctx, &model, part, None, None)?),
+                |text, labels| {
+                    match (json, all) {
+                        (true, true) => json_line(labels)?,
+                        (true, false) => json_line(&labels[0])?,
+                        (false, _) => {
+                            let shown = if all { &labels[..] } else { &labels[..1] };
+                            let cells: Vec<String> = shown
+                                .iter()
+                                .map(|l| format!("{} {:.4}", l.label, l.score))
+                                .collect();
+                            println!("{:<40}  {}", text, cells.join("  "));
+                        }
+                    }
+                    Ok(())
+                },
+            )
+        }
+        Command::TokenClassify { common } => {
+            let owned = texts(common.texts)?;
+            let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let (ctx, model) = open(&common.model, &texts)?;
+            let json = common.model.json;
+            in_batches(
+                &texts,
+                common.model.max_batch as usize,
+                |part| Ok(token_classify::run_blocking(&ctx, &model, part)?),
+                |text, entities| {
+                    if json {
+                        return json_line(entities);
+                    }
+                    println!("{text}");
+                    for e in entities {
+                        println!(
+                            "  {:<10} {:>7.4}  {:>4}..{:<4} {}",
+                            e.entity_group, e.score, e.start, e.end, e.word
+                        );
+                    }
+                    Ok(())
+                },
+            )
+        }
+        Command::Embed {
+            common,
+            pooling,
+            normalize,
+        } => {
+            let owned = texts(common.texts)?;
+            let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let (ctx, model) = open(&common.model, &texts)?;
+            let pooling = match pooling {
+                PoolingArg::Mean => Pooling::Mean,
+                PoolingArg::Cls => Pooling::Cls,
+            };
+            let json = common.model.json;
+            in_batches(
+                &texts,
+                common.model.max_batch as usize,
+                |part| {
+                    Ok(embed::sentences_blocking(
+                        &ctx, &model, part, pooling, normalize,
+                    )?)
+                },
+                |text, v| {
+                    if json {
+                        return json_line(v);
+                    }
+                    let head: Vec<String> = v.iter().take(6).map(|x| format!("{x:+.4}")).collect();
+                    println!(
+                        "{:<40}  [{}, ...] ({} values)",
+                        text,
+                        head.join(", "),
+                        v.len()
+                    );
+                    Ok(())
+                },
+            )
+        }
+        Command::Answer {
+            model: args,
+            question,
+            context,
+            top_k,
+            max_answer_len,
+        } => {
+            let contexts = match context {
+                Some(c) => vec![c],
+                None => texts(Vec::new())?,
+            };
+            let refs: Vec<&str> = contexts.iter().map(String::as_str).collect();
+            let (ctx, model) = open(&args, &[])?;
+            let options = AnswerOptions {
+                top_k: top_k as usize,
+                max_answer_len: max_answer_len as usize,
+            };
+            in_batches(
+                &refs,
+                args.max_batch as usize,
+                |part| {
+                    let inputs: Vec<(&str, &str)> =
+                        part.iter().map(|c| (question.as_str(), *c)).collect();
+                    Ok(answer::run_blocking(&ctx, &model, &inputs, options)?)
+                },
+                |context, answers| {
+                    if args.json {
+                        return match &answers[..] {
+                            [one] => json_line(one),
+                            many => json_line(&many),
+                        };
+                    }
+                    println!("{question}  ({context})");
+                    for a in answers {
+                        println!(
+                            "  {:>7.4}  {:>4}..{:<4} {}",
+                            a.score, a.start, a.end, a.answer
+                        );
+                    }
+                    Ok(())
+                },
+            )
+        }
+        Command::Generate {
+            common,
+            max_new_tokens,
+            sample,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        } => {
+            let owned = texts(common.texts)?;
+            let prompts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let (ctx, model) = open(&common.model, &prompts)?;
+            let decoding = if sample {
+                Decoding::Sample {
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed,
+                }
+            } else {
+                Decoding::Greedy
+            };
+            let options = GenerateOptions {
+                max_new_tokens,
+                decoding,
+            };
+            let json = common.model.json;
+            in_batches(
+                &prompts,
+                common.model.max_batch as usize,
+                |part| Ok(generate::run_blocking(&ctx, &model, part, options)?),
+                |_, g| {
+                    if json {
+                        return json_line(g);
+                    }
+                    println!("{}", g.generated_text);
+                    Ok(())
+                },
+            )
+        }
+        Command::Tokenize {
+            model,
+            json,
+            texts: given,
+        } => {
+            let tokenizer = Tokenizer::from_dir(&model)?;
+            for text in texts(given)? {
+                let e = tokenizer.encode(&text)?;
+                if json {
+                    json_line(&serde_json::json!({
+                        "input_ids": e.input_ids,
+                        "token_type_ids": e.token_type_ids,
+                        "attention_mask": e.attention_mask,
+                        "offset_mapping": e.offsets,
+                        "tokens": e.tokens,
+                    }))?;
+                } else {
+                    println!("{text}");
+                    for i in 0..e.len() {
+                        println!(
+                            "  {:>6}  {:<16} {:>4}..{:<4}",
+                            e.input_ids[i], e.tokens[i], e.offsets[i].0, e.offsets[i].1
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Command-line parsing shared by the examples and the `roformer` binary: clap, with the
+//! usage of the (sub)command printed under any argument error.
+
+use clap::Parser;
+
+/// Parses the arguments; on `--help`/`--version` prints and exits 0, on a bad argument
+/// prints clap's message and the usage and exits 2.
+pub fn parse_args<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let rendered = e.render().to_string();
+            eprint!("{rendered}");
+            if !rendered.contains("Usage:") {
+                let mut cmd = T::command();
+                cmd.build();
+                // The usage of the subcommand named on the command line, else the program's.
+                let named = std::env::args()
+                    .skip(1)
+                    .find_map(|a| cmd.get_subcommands().find(|s| s.get_name() == a).cloned());
+                let usage = match named {
+                    Some(mut sub) => sub.render_usage(),
+                    None => cmd.render_usage(),
+                };
+                eprintln!("\n{usage}");
+            }
+            std::process::exit(2)
+        }
+    }
+}

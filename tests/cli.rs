@@ -1,0 +1,272 @@
+//! The `roformer` command end to end on the text fixtures' model folders: each task's `--json`
+//! line against transformers' pipeline output (tests/fixtures/text/<task>/expected.json),
+//! stdin input, and bad input answered with a message and a failing status, never a panic.
+
+#![cfg(feature = "cli")]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn dir(task: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/text")
+        .join(task)
+        .display()
+        .to_string()
+}
+
+fn expected(task: &str) -> Value {
+    let text = std::fs::read_to_string(PathBuf::from(dir(task)).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn roformer(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roformer"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or_default()).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+/// The JSON lines of a successful run.
+fn json_lines(args: &[&str], stdin: Option<&[u8]>) -> Vec<Value> {
+    let out = roformer(args, stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "roformer {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn close(a: &Value, b: &Value) -> bool {
+    (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-4
+}
+
+#[test]
+fn fill_mask_prints_transformers_fields() {
+    let want = expected("fill_mask");
+    let texts: Vec<&str> = want["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let mut args = vec!["fill-mask", "--json", "--model"];
+    let d = dir("fill_mask");
+    args.push(&d);
+    args.extend(&texts);
+    let lines = json_lines(&args, None);
+    assert_eq!(lines.len(), texts.len());
+    for (got, want) in lines.iter().zip(want["outputs"].as_array().unwrap()) {
+        for (g, w) in got.as_array().unwrap().iter().zip(want.as_array().unwrap()) {
+            let keys: Vec<&String> = g.as_object().unwrap().keys().collect();
+            let mut want_keys: Vec<&String> = w.as_object().unwrap().keys().collect();
+            want_keys.sort();
+            assert_eq!(keys, want_keys);
+            assert_eq!(g["token"], w["token"]);
+            assert_eq!(g["sequence"], w["sequence"]);
+            assert!(close(&g["score"], &w["score"]));
+        }
+    }
+}
+
+#[test]
+fn classify_reads_stdin_one_text_per_line() {
+    let want = expected("classify");
+    let input: String = want["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{}\n", t.as_str().unwrap()))
+        .collect();
+    let lines = json_lines(
+        &["classify", "--json", "--model", &dir("classify")],
+        Some(input.as_bytes()),
+    );
+    assert_eq!(lines.len(), 3);
+    for (g, w) in lines.iter().zip(want["outputs"].as_array().unwrap()) {
+        assert_eq!(g["label"], w[0]["label"]);
+        assert!(close(&g["score"], &w[0]["score"]));
+    }
+}
+
+#[test]
+fn embed_answer_generate_and_entities_end_to_end() {
+    let e = expected("embed");
+    let text = e["inputs"][0].as_str().unwrap();
+    let v = &json_lines(&["embed", "--json", "--model", &dir("embed"), text], None)[0];
+    let got: Vec<f64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let want: Vec<f64> = e["mean"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let err: f64 = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        .sqrt()
+        / want.iter().map(|b| b * b).sum::<f64>().sqrt();
+    assert!(err < 1e-4, "embedding off by {err}");
+
+    let qa = &expected("qa")["cases"][0];
+    let got = &json_lines(
+        &[
+            "answer",
+            "--json",
+            "--model",
+            &dir("qa"),
+            "--question",
+            qa["question"].as_str().unwrap(),
+            "--context",
+            qa["context"].as_str().unwrap(),
+        ],
+        None,
+    )[0];
+    assert_eq!(got["answer"], qa["answer"]["answer"]);
+    assert_eq!(
+        (&got["start"], &got["end"]),
+        (&qa["answer"]["start"], &qa["answer"]["end"])
+    );
+
+    let g = expected("generate");
+    let prompt = g["inputs"][0].as_str().unwrap();
+    let got = &json_lines(
+        &[
+            "generate",
+            "--json",
+            "--model",
+            &dir("generate"),
+            "--max-new-tokens",
+            "8",
+            prompt,
+        ],
+        None,
+    )[0];
+    assert_eq!(got["generated_text"], g["outputs"][0][0]["generated_text"]);
+
+    let t = expected("token_classify");
+    let text = t["inputs"][0].as_str().unwrap();
+    let got = &json_lines(
+        &[
+            "token-classify",
+            "--json",
+            "--model",
+            &dir("token_classify"),
+            text,
+        ],
+        None,
+    )[0];
+    let got: Vec<&Value> = got.as_array().unwrap().iter().map(|e| &e["word"]).collect();
+    let want: Vec<&Value> = t["outputs"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["word"])
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// A failing run: its status and stderr.
+fn fails(args: &[&str], stdin: Option<&[u8]>) -> (i32, String) {
+    let out = roformer(args, stdin);
+    assert!(!out.status.success(), "roformer {args:?} succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !stderr.contains("panicked"),
+        "roformer {args:?} panicked: {stderr}"
+    );
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn bad_input_is_a_message_not_a_panic() {
+    let mlm = dir("fill_mask");
+    let (_, e) = fails(
+        &["fill-mask", "--model", &mlm],
+        Some(b"ok [MASK]\n\xff\xfe bad\n"),
+    );
+    assert!(e.contains("stdin line 2: not UTF-8"), "{e}");
+    let (_, e) = fails(&["fill-mask", "--model", &mlm], Some(b"ok [MASK]\n\n"));
+    assert!(e.contains("stdin line 2 is empty"), "{e}");
+    let (_, e) = fails(&["fill-mask", "--model", &mlm], None);
+    assert!(e.contains("no texts"), "{e}");
+    let (_, e) = fails(
+        &["fill-mask", "--model", "/nonexistent/model", "x [MASK]"],
+        None,
+    );
+    assert!(e.contains("not a model folder"), "{e}");
+    let (_, e) = fails(&["fill-mask", "--model", &mlm, "no mask"], None);
+    assert!(e.contains("no mask token"), "{e}");
+    let long = "hello ".repeat(80) + "[MASK]";
+    let (_, e) = fails(&["fill-mask", "--model", &mlm, &long], None);
+    assert!(e.contains("maximum of 64"), "{e}");
+    // asked to truncate: a warning, and an answer
+    let out = roformer(
+        &[
+            "fill-mask",
+            "--truncate",
+            "--model",
+            &mlm,
+            &("[MASK] ".to_string() + &long),
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: input 0 has"));
+    // the wrong head
+    let (_, e) = fails(&["classify", "--model", &mlm, "hi"], None);
+    assert!(e.contains("RoFormerForSequenceClassification"), "{e}");
+    // bad arguments: clap's usage, status 2
+    let (code, e) = fails(
+        &["fill-mask", "--model", &mlm, "--top-k", "x", "a [MASK]"],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(
+        e.contains("invalid value 'x'") && e.contains("Usage"),
+        "{e}"
+    );
+    let (code, _) = fails(
+        &["fill-mask", "--model", &mlm, "--top-k", "0", "a [MASK]"],
+        None,
+    );
+    assert_eq!(code, 2);
+    let (code, e) = fails(&["generate", "--model", &mlm, "--seed", "3", "x"], None);
+    assert_eq!(code, 2, "{e}");
+}
+
+#[test]
+fn every_command_answers_help() {
+    for cmd in [
+        "fill-mask",
+        "classify",
+        "token-classify",
+        "embed",
+        "answer",
+        "generate",
+        "tokenize",
+    ] {
+        let out = roformer(&[cmd, "--help"], None);
+        assert!(out.status.success(), "{cmd} --help");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: roformer"));
+    }
+}

@@ -9,9 +9,13 @@
 //! By default it loads the small masked-LM fixture. It prints each result as it arrives and
 //! checks, at the end, that the app's own work computed what it should.
 
+#[path = "common/args.rs"]
+mod args;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 
+use clap::Parser;
 use roformer_wgpu::model::{Encoder, EncoderOptions, Request, Sequence, Want};
 use roformer_wgpu::readback::Pending;
 use roformer_wgpu::wgpu;
@@ -28,16 +32,27 @@ fn step(@builtin(global_invocation_id) id: vec3<u32>) {
 
 type LostHook = Box<dyn Fn(&str) + Send + Sync>;
 
+/// An app that owns its wgpu device runs inference as a guest on it, asynchronously, while
+/// doing GPU work of its own every frame.
+#[derive(Parser)]
+#[command(name = "embed_app")]
+struct Cli {
+    /// A masked-LM model's config.json [default: the small fixture's].
+    #[arg(requires = "weights")]
+    config: Option<String>,
+    /// Its weights.
+    weights: Option<String>,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli: Cli = args::parse_args();
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let (config, weights) = match &args[..] {
-        [c, w] => (c.clone(), w.clone()),
-        _ => (
-            format!("{fixtures}/roformer_tiny_mlm.config.json"),
-            format!("{fixtures}/roformer_tiny_mlm.safetensors"),
-        ),
-    };
+    let config = cli
+        .config
+        .unwrap_or_else(|| format!("{fixtures}/roformer_tiny_mlm.config.json"));
+    let weights = cli
+        .weights
+        .unwrap_or_else(|| format!("{fixtures}/roformer_tiny_mlm.safetensors"));
 
     // The app opens its device as it would for rendering.
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());

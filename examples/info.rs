@@ -3,11 +3,22 @@
 //!
 //!     cargo run --release --example info
 
+#[path = "common/args.rs"]
+mod args;
+
+use clap::Parser;
 use roformer_wgpu::apps::check::rel_l2;
 use roformer_wgpu::ops::matmul::{self, coop, MatmulOptions};
 use roformer_wgpu::{Context, Tensor};
 
+/// Print the adapter this library picks and what it offers, then check one matmul against
+/// the CPU. WGPU_BACKEND, WGPU_ADAPTER_NAME and WGPU_POWER_PREF choose the adapter.
+#[derive(Parser)]
+#[command(name = "info")]
+struct Cli {}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let _: Cli = args::parse_args();
     let ctx = Context::new()?;
     let caps = ctx.capabilities();
     println!("{caps}");

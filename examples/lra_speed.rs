@@ -12,25 +12,54 @@
 //! column's ratio to materialised softmax, and writes `results.json` and `speed_memory.png`.
 //! On a CPU adapter the default lengths and model are small.
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "common/fonts.rs"]
 mod fonts;
 
 use std::time::Instant;
 
+use clap::{Parser, ValueEnum};
+
 use roformer_wgpu::model::{AttentionKind, Batch, Head, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::optim::TrainOptions;
 use roformer_wgpu::Context;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+/// Training speed and peak memory against sequence length (LRA Table 2's setting).
+/// Defaults are small on a CPU adapter.
+#[derive(Parser)]
+#[command(name = "lra_speed")]
+struct Cli {
+    /// Sequence lengths [default: 1024,2048,3072,4096,8192,16384; 64,128,256 on a CPU].
+    #[arg(long, value_delimiter = ',')]
+    lengths: Option<Vec<usize>>,
+    /// Sequences per step (halved where it does not fit) [default: 32; 2 on a CPU].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: Option<u64>,
+    /// Timed steps per point (the median is reported) [default: 5; 2 on a CPU].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: Option<u64>,
+    /// Attention kinds to measure.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "softmax,fused,linear"
+    )]
+    kinds: Vec<Kind>,
+    /// Output folder.
+    #[arg(long, default_value = "runs/lra_speed")]
+    out: std::path::PathBuf,
 }
 
-fn list(s: &str) -> Vec<usize> {
-    s.split(',')
-        .map(|x| x.trim().parse().expect("a comma-separated list of numbers"))
-        .collect()
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    /// Materialised softmax (HF's).
+    Softmax,
+    /// Fused softmax.
+    Fused,
+    /// Linear attention (RoFormer eq. 19).
+    Linear,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -44,12 +73,11 @@ struct Measurement {
     error: Option<String>,
 }
 
-fn kind_of(name: &str) -> (AttentionKind, &'static str) {
-    match name {
-        "softmax" => (AttentionKind::Softmax, "materialised softmax"),
-        "fused" => (AttentionKind::FusedSoftmax, "fused softmax"),
-        "linear" => (AttentionKind::Linear, "linear (eq. 19)"),
-        other => panic!("unknown kind {other:?}: softmax, fused or linear"),
+fn kind_of(kind: Kind) -> (AttentionKind, &'static str) {
+    match kind {
+        Kind::Softmax => (AttentionKind::Softmax, "materialised softmax"),
+        Kind::Fused => (AttentionKind::FusedSoftmax, "fused softmax"),
+        Kind::Linear => (AttentionKind::Linear, "linear (eq. 19)"),
     }
 }
 
@@ -127,34 +155,37 @@ fn run_one(
     Ok((times[times.len() / 2], session.memory().peak()))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let cli: Cli = args::parse_args();
     let ctx = Context::new()?;
     let caps = ctx.capabilities().clone();
     let cpu = caps.is_cpu();
-    let lengths = list(&arg(&args, "--lengths").unwrap_or_else(|| {
+    let lengths = cli.lengths.clone().unwrap_or_else(|| {
         if cpu {
-            "64,128,256".into()
+            vec![64, 128, 256]
         } else {
-            "1024,2048,3072,4096,8192,16384".into()
+            vec![1024, 2048, 3072, 4096, 8192, 16384]
         }
-    }));
-    let batch: usize =
-        arg(&args, "--batch").map_or(if cpu { 2 } else { 32 }, |b| b.parse().expect("--batch N"));
-    let steps: usize =
-        arg(&args, "--steps").map_or(if cpu { 2 } else { 5 }, |s| s.parse().expect("--steps N"));
+    });
+    let batch = cli.batch.map_or(if cpu { 2 } else { 32 }, |b| b as usize);
+    let steps = cli.steps.map_or(if cpu { 2 } else { 5 }, |s| s as usize);
     let (layers, hidden, heads, ffn) = if cpu {
         (2, 64, 4, 256)
     } else {
         (4, 256, 4, 1024)
     };
-    let kinds: Vec<String> = arg(&args, "--kinds")
-        .unwrap_or_else(|| "softmax,fused,linear".into())
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let out =
-        std::path::PathBuf::from(arg(&args, "--out").unwrap_or_else(|| "runs/lra_speed".into()));
+    let kinds = cli.kinds.clone();
+    let out = cli.out.clone();
     std::fs::create_dir_all(&out)?;
     println!(
         "adapter {} ({:?}); model: byte-level, {layers} layers, hidden {hidden}, {heads} heads, ffn {ffn}; batch {batch}; median of {steps} steps ({})",
@@ -163,8 +194,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if caps.timestamp_query { "GPU time from timestamps" } else { "wall time" }
     );
     let mut results: Vec<Measurement> = Vec::new();
-    for name in &kinds {
-        let (attention, label) = kind_of(name);
+    for &kind in &kinds {
+        let (attention, label) = kind_of(kind);
         for &length in &lengths {
             let config = RoFormerConfig::from_json(
                 &format!(
@@ -216,8 +247,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rule: String = lengths.iter().map(|_| "---|").collect();
     let mut speed = format!("| examples/s (ratio) |{header}\n|---|{rule}\n");
     let mut memory = format!("| peak memory MiB (ratio) |{header}\n|---|{rule}\n");
-    for name in &kinds {
-        let label = kind_of(name).1;
+    for &kind in &kinds {
+        let label = kind_of(kind).1;
         speed.push_str(&format!("| {label} |"));
         memory.push_str(&format!("| {label} |"));
         for &length in &lengths {
@@ -275,7 +306,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn plot(
     path: &std::path::Path,
     results: &[Measurement],
-    kinds: &[String],
+    kinds: &[Kind],
     lengths: &[usize],
 ) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
@@ -322,8 +353,8 @@ fn plot(
             mesh.disable_x_axis().disable_y_axis();
         }
         mesh.draw()?;
-        for (i, name) in kinds.iter().enumerate() {
-            let label = kind_of(name).1;
+        for (i, &kind) in kinds.iter().enumerate() {
+            let label = kind_of(kind).1;
             let pts: Vec<(f64, f64)> = results
                 .iter()
                 .filter(|m| m.kind == label)

@@ -8,13 +8,15 @@
 //! ListOps. `--help` lists every option. Writes checkpoints (HF layout), `curves.png` and
 //! `summary.json` to `--out` (default `runs/listops`).
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "common/fonts.rs"]
 mod fonts;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use roformer_wgpu::apps::listops::{self, ListOps, ListOpsConfig};
 use roformer_wgpu::apps::train::{
@@ -23,20 +25,6 @@ use roformer_wgpu::apps::train::{
 use roformer_wgpu::model::{AttentionKind, Head, RoFormer};
 use roformer_wgpu::optim::Decay;
 use roformer_wgpu::Context;
-
-const HELP: &str = "\
-Train a RoFormer on ListOps.
-
-  --preset cpu|lra        starting point (default: cpu on a CPU adapter, lra on a GPU)
-  --out DIR               output folder (default runs/listops)
-  --resume                continue from DIR's latest checkpoint (its saved settings win)
-  --seed N
-data:   --depth N  --args N  --min-len N  --max-len N   (kept: min-len < length < max-len)
-        --train N  --valid N  --test N
-model:  --layers N  --hidden N  --heads N  --intermediate N  --attention softmax|fused|linear
-train:  --batch N  --steps N  --lr X  --warmup N  --decay linear|cosine|constant
-        --weight-decay X  --clip X (0: off)  --bucket N  --eval-every N  --checkpoint-every N
-";
 
 fn preset(name: &str) -> Result<TrainConfig, String> {
     let model = |layers, hidden, heads, intermediate| ModelSize {
@@ -91,97 +79,172 @@ fn preset(name: &str) -> Result<TrainConfig, String> {
     }
 }
 
-/// `--key value` pairs and flags.
-struct Args(HashMap<String, String>);
+/// Train a RoFormer on ListOps (Long Range Arena) and show it learns. Options left out keep
+/// the preset's values.
+#[derive(Parser)]
+#[command(name = "train")]
+struct Cli {
+    /// Starting point (default: cpu on a CPU adapter, lra on a GPU).
+    #[arg(long, value_enum)]
+    preset: Option<PresetArg>,
+    /// Output folder.
+    #[arg(long, default_value = "runs/listops")]
+    out: PathBuf,
+    /// Continue from the output folder's latest checkpoint (its saved settings win).
+    #[arg(long)]
+    resume: bool,
+    /// Seed of the data and the initial weights.
+    #[arg(long)]
+    seed: Option<u64>,
 
-impl Args {
-    fn parse() -> Result<Args, String> {
-        let mut m = HashMap::new();
-        let mut it = std::env::args().skip(1);
-        while let Some(a) = it.next() {
-            let key = a
-                .strip_prefix("--")
-                .ok_or_else(|| format!("unexpected argument {a:?}"))?
-                .to_string();
-            if matches!(key.as_str(), "resume" | "help") {
-                m.insert(key, String::new());
-            } else {
-                let v = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
-                m.insert(key, v);
-            }
-        }
-        Ok(Args(m))
-    }
+    /// Deepest tree.
+    #[arg(long, help_heading = "Data")]
+    depth: Option<usize>,
+    /// Most arguments of an operator.
+    #[arg(long, help_heading = "Data")]
+    args: Option<usize>,
+    /// Kept sequences are longer than this.
+    #[arg(long, help_heading = "Data")]
+    min_len: Option<usize>,
+    /// Kept sequences are shorter than this.
+    #[arg(long, help_heading = "Data")]
+    max_len: Option<usize>,
+    /// Training trees.
+    #[arg(long, help_heading = "Data")]
+    train: Option<usize>,
+    /// Validation trees.
+    #[arg(long, help_heading = "Data")]
+    valid: Option<usize>,
+    /// Test trees.
+    #[arg(long, help_heading = "Data")]
+    test: Option<usize>,
 
-    fn take<T: std::str::FromStr>(&mut self, key: &str, into: &mut T) -> Result<(), String> {
-        if let Some(v) = self.0.remove(key) {
-            *into = v
-                .parse()
-                .map_err(|_| format!("--{key}: cannot read {v:?}"))?;
-        }
-        Ok(())
-    }
+    /// Encoder layers.
+    #[arg(long, help_heading = "Model")]
+    layers: Option<usize>,
+    /// Hidden size.
+    #[arg(long, help_heading = "Model")]
+    hidden: Option<usize>,
+    /// Attention heads.
+    #[arg(long, help_heading = "Model")]
+    heads: Option<usize>,
+    /// Feed-forward width.
+    #[arg(long, help_heading = "Model")]
+    intermediate: Option<usize>,
+    /// Attention kind.
+    #[arg(long, value_enum, help_heading = "Model")]
+    attention: Option<AttentionArg>,
+
+    /// Sequences per step.
+    #[arg(long, help_heading = "Training")]
+    batch: Option<usize>,
+    /// Optimizer steps.
+    #[arg(long, help_heading = "Training")]
+    steps: Option<u64>,
+    /// Peak learning rate.
+    #[arg(long, help_heading = "Training")]
+    lr: Option<f64>,
+    /// Warm-up steps.
+    #[arg(long, help_heading = "Training")]
+    warmup: Option<u64>,
+    /// Learning-rate decay after the warm-up.
+    #[arg(long, value_enum, help_heading = "Training")]
+    decay: Option<DecayArg>,
+    /// AdamW's weight decay.
+    #[arg(long, help_heading = "Training")]
+    weight_decay: Option<f64>,
+    /// Gradient-norm clip (0: off).
+    #[arg(long, help_heading = "Training")]
+    clip: Option<f32>,
+    /// Lengths are padded to a multiple of this.
+    #[arg(long, help_heading = "Training")]
+    bucket: Option<usize>,
+    /// Evaluate every N steps.
+    #[arg(long, help_heading = "Training")]
+    eval_every: Option<u64>,
+    /// Save a checkpoint every N steps.
+    #[arg(long, help_heading = "Training")]
+    checkpoint_every: Option<u64>,
 }
 
-fn configure(args: &mut Args, cpu: bool) -> Result<TrainConfig, String> {
-    let mut name = if cpu {
-        "cpu".to_string()
-    } else {
-        "lra".to_string()
+#[derive(Clone, Copy, ValueEnum)]
+enum PresetArg {
+    /// Minutes on 2 CPU cores: short trees, a small model.
+    Cpu,
+    /// LRA's ListOps: lengths 500-2000, depth 10, 96K trees.
+    Lra,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AttentionArg {
+    /// HF's softmax attention.
+    Softmax,
+    /// The same, fused (memory linear in the length).
+    #[value(alias = "fused_softmax")]
+    Fused,
+    /// Linear attention with RoPE (RoFormer eq. 19).
+    Linear,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DecayArg {
+    Linear,
+    Cosine,
+    Constant,
+}
+
+fn configure(cli: &Cli, cpu: bool) -> Result<TrainConfig, String> {
+    let name = match cli.preset {
+        Some(PresetArg::Cpu) => "cpu",
+        Some(PresetArg::Lra) => "lra",
+        None if cpu => "cpu",
+        None => "lra",
     };
-    args.take("preset", &mut name)?;
-    let mut c = preset(&name)?;
+    let mut c = preset(name)?;
+    fn set<T: Copy>(into: &mut T, given: Option<T>) {
+        if let Some(v) = given {
+            *into = v;
+        }
+    }
+    set(&mut c.seed, cli.seed);
     let l = &mut c.listops;
-    args.take("seed", &mut c.seed)?;
-    args.take("depth", &mut l.max_depth)?;
-    args.take("args", &mut l.max_args)?;
-    args.take("min-len", &mut l.min_length)?;
-    args.take("max-len", &mut l.max_length)?;
-    args.take("train", &mut l.train)?;
-    args.take("valid", &mut l.valid)?;
-    args.take("test", &mut l.test)?;
+    set(&mut l.max_depth, cli.depth);
+    set(&mut l.max_args, cli.args);
+    set(&mut l.min_length, cli.min_len);
+    set(&mut l.max_length, cli.max_len);
+    set(&mut l.train, cli.train);
+    set(&mut l.valid, cli.valid);
+    set(&mut l.test, cli.test);
     let m = &mut c.model;
-    args.take("layers", &mut m.layers)?;
-    args.take("hidden", &mut m.hidden)?;
-    args.take("heads", &mut m.heads)?;
-    args.take("intermediate", &mut m.intermediate)?;
-    let mut attention = String::new();
-    args.take("attention", &mut attention)?;
-    match attention.as_str() {
-        "" => {}
-        "softmax" => m.attention = AttentionKind::Softmax,
-        "fused" | "fused_softmax" => m.attention = AttentionKind::FusedSoftmax,
-        "linear" => m.attention = AttentionKind::Linear,
-        other => {
-            return Err(format!(
-                "--attention: {other:?} is not softmax, fused or linear"
-            ))
-        }
+    set(&mut m.layers, cli.layers);
+    set(&mut m.hidden, cli.hidden);
+    set(&mut m.heads, cli.heads);
+    set(&mut m.intermediate, cli.intermediate);
+    if let Some(a) = cli.attention {
+        m.attention = match a {
+            AttentionArg::Softmax => AttentionKind::Softmax,
+            AttentionArg::Fused => AttentionKind::FusedSoftmax,
+            AttentionArg::Linear => AttentionKind::Linear,
+        };
     }
-    args.take("batch", &mut c.batch)?;
-    args.take("steps", &mut c.steps)?;
-    args.take("lr", &mut c.lr)?;
-    args.take("warmup", &mut c.warmup)?;
-    let mut decay = String::new();
-    args.take("decay", &mut decay)?;
-    match decay.as_str() {
-        "" => {}
-        "linear" => c.decay = Decay::Linear,
-        "cosine" => c.decay = Decay::Cosine,
-        "constant" => c.decay = Decay::Constant,
-        other => {
-            return Err(format!(
-                "--decay: {other:?} is not linear, cosine or constant"
-            ))
-        }
+    set(&mut c.batch, cli.batch);
+    set(&mut c.steps, cli.steps);
+    set(&mut c.lr, cli.lr);
+    set(&mut c.warmup, cli.warmup);
+    if let Some(d) = cli.decay {
+        c.decay = match d {
+            DecayArg::Linear => Decay::Linear,
+            DecayArg::Cosine => Decay::Cosine,
+            DecayArg::Constant => Decay::Constant,
+        };
     }
-    args.take("weight-decay", &mut c.weight_decay)?;
-    let mut clip = c.clip_norm.unwrap_or(0.0);
-    args.take("clip", &mut clip)?;
-    c.clip_norm = (clip > 0.0).then_some(clip);
-    args.take("bucket", &mut c.bucket)?;
-    args.take("eval-every", &mut c.eval_every)?;
-    args.take("checkpoint-every", &mut c.checkpoint_every)?;
+    set(&mut c.weight_decay, cli.weight_decay);
+    if let Some(clip) = cli.clip {
+        c.clip_norm = (clip > 0.0).then_some(clip);
+    }
+    set(&mut c.bucket, cli.bucket);
+    set(&mut c.eval_every, cli.eval_every);
+    set(&mut c.checkpoint_every, cli.checkpoint_every);
     Ok(c)
 }
 
@@ -193,22 +256,13 @@ fn main() {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = Args::parse()?;
-    if args.0.contains_key("help") {
-        print!("{HELP}");
-        return Ok(());
-    }
-    let resume = args.0.remove("resume").is_some();
-    let mut out = "runs/listops".to_string();
-    args.take("out", &mut out)?;
-    let out = PathBuf::from(out);
+    let cli: Cli = args::parse_args();
+    let resume = cli.resume;
+    let out = cli.out.clone();
 
     let ctx = Context::new()?;
     let caps = ctx.capabilities();
-    let mut config = configure(&mut args, caps.is_cpu())?;
-    if let Some(k) = args.0.keys().next() {
-        return Err(format!("unknown option --{k} (see --help)").into());
-    }
+    let mut config = configure(&cli, caps.is_cpu())?;
     println!(
         "adapter   {} ({:?}{})",
         caps.adapter_name,

@@ -14,45 +14,46 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
+#[path = "common/args.rs"]
+mod args;
+
 use roformer_wgpu::apps::verify::verify;
 use roformer_wgpu::io::{write_safetensors, HostData};
 use roformer_wgpu::model::RoFormer;
 use roformer_wgpu::Context;
 
-fn usage() -> ExitCode {
-    eprintln!(
-        "usage: verify CONFIG.json WEIGHTS [--dump OUT.safetensors] [--save DIR] [--tolerance 1e-4]"
-    );
-    ExitCode::from(2)
+/// Check a RoFormer checkpoint against the reference outputs stored in its safetensors file.
+/// Exits 1 when any error is over the tolerance, 2 on bad input.
+#[derive(Parser)]
+#[command(name = "verify")]
+struct Cli {
+    /// The model's config.json.
+    config: String,
+    /// A .safetensors file, a sharded model.safetensors.index.json, or a folder holding either.
+    weights: String,
+    /// Write what was computed under transformers' output names.
+    #[arg(long, value_name = "OUT.safetensors")]
+    dump: Option<String>,
+    /// Save the checkpoint as loaded here (RoFormer::save), for
+    /// tools/check_saved_in_transformers.py.
+    #[arg(long, value_name = "DIR")]
+    save: Option<String>,
+    /// Largest relative L2 error that passes.
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f64,
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut positional = Vec::new();
-    let (mut dump, mut save, mut tolerance) = (None, None, 1e-4);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--dump" => match it.next() {
-                Some(p) => dump = Some(p.clone()),
-                None => return usage(),
-            },
-            "--save" => match it.next() {
-                Some(p) => save = Some(p.clone()),
-                None => return usage(),
-            },
-            "--tolerance" => match it.next().and_then(|t| t.parse().ok()) {
-                Some(t) => tolerance = t,
-                None => return usage(),
-            },
-            "-h" | "--help" => return usage(),
-            _ => positional.push(a.clone()),
-        }
-    }
-    let [config, weights] = &positional[..] else {
-        return usage();
-    };
-    match run(config, weights, dump.as_deref(), save.as_deref(), tolerance) {
+    let cli: Cli = args::parse_args();
+    match run(
+        &cli.config,
+        &cli.weights,
+        cli.dump.as_deref(),
+        cli.save.as_deref(),
+        cli.tolerance,
+    ) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

@@ -36,10 +36,11 @@ struct Row {
 
 /// `{"kernel", "shape", "ms"}` lines from `tools/bench_torch_kernels.py`, by (kernel, shape).
 fn read_torch_times(
-    path: &str,
+    path: &std::path::Path,
 ) -> Result<std::collections::HashMap<(String, String), f64>, Box<dyn std::error::Error>> {
     let mut times = std::collections::HashMap::new();
-    for line in std::fs::read_to_string(path)?.lines() {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue; // anything else the script's run printed
         };
@@ -52,17 +53,11 @@ fn read_torch_times(
     Ok(times)
 }
 
-pub fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::path::PathBuf::from(
-        args.iter()
-            .position(|a| a == "--out")
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or_else(|| "runs/bench".into()),
-    );
+pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let out = args.out.clone();
     std::fs::create_dir_all(&out)?;
-    let torch = match args.iter().position(|a| a == "--torch") {
-        Some(i) => read_torch_times(args.get(i + 1).ok_or("--torch takes a file")?)?,
+    let torch = match &args.torch {
+        Some(file) => read_torch_times(file)?,
         None => Default::default(),
     };
     let ctx = Context::new()?;

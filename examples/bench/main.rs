@@ -23,12 +23,16 @@
 //! shape: its memory report beside the device's own count of buffer memory, and the time of
 //! a request from submission to results on the host.
 
+#[path = "../common/args.rs"]
+mod args;
 #[path = "../common/fonts.rs"]
 mod fonts;
 #[path = "../common/inputs.rs"]
 mod inputs;
 
 use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::ops::matmul::{self, coop, MatmulPrecision};
@@ -38,17 +42,89 @@ use roformer_wgpu::Context;
 
 mod kernels;
 
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
+/// Benchmarks: kernels (the default), a training step, an inference request.
+#[derive(Parser)]
+#[command(name = "bench", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    kernels: KernelArgs,
 }
 
-fn num(args: &[String], name: &str, default: usize) -> usize {
-    arg(args, name, &default.to_string())
-        .parse()
-        .unwrap_or_else(|_| panic!("{name} takes a number"))
+#[derive(Subcommand)]
+enum Command {
+    /// Every kernel family at a representative shape, against the adapter's ceilings (and
+    /// PyTorch's times with --torch), then a training step.
+    Kernels(KernelArgs),
+    /// A training step's plan, memory, first-step breakdown and speed.
+    Step(ModelArgs),
+    /// The inference encoder on one request: memory and latency.
+    Infer(ModelArgs),
+}
+
+#[derive(Args)]
+pub struct KernelArgs {
+    /// Output folder (bench.json, bench.png).
+    #[arg(long, default_value = "runs/bench")]
+    pub out: std::path::PathBuf,
+    /// tools/bench_torch_kernels.py's output on the same device, to compare with.
+    #[arg(long)]
+    pub torch: Option<std::path::PathBuf>,
+}
+
+/// The model and batch of `step` and `infer`.
+#[derive(Args)]
+struct ModelArgs {
+    #[arg(long, default_value_t = 12)]
+    layers: usize,
+    #[arg(long, default_value_t = 768)]
+    hidden: usize,
+    #[arg(long, default_value_t = 12)]
+    heads: usize,
+    /// Feed-forward width [default: 4 × hidden].
+    #[arg(long)]
+    intermediate: Option<usize>,
+    #[arg(long, default_value_t = 32000)]
+    vocab: usize,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    seq: u64,
+    /// Timed steps (requests) [default: 5 for step, 3 for infer].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: Option<u64>,
+    #[arg(long, value_enum, default_value_t = AttentionArg::Softmax)]
+    attention: AttentionArg,
+    /// Matmul precision: f32, or fast (tensor cores where the adapter has them).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
+    /// Time every dispatch of the step on its own, per kernel.
+    #[arg(long)]
+    profile: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AttentionArg {
+    Softmax,
+    Fused,
+    Linear,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    Fast,
+}
+
+impl ModelArgs {
+    fn attention(&self) -> &'static str {
+        match self.attention {
+            AttentionArg::Softmax => "softmax",
+            AttentionArg::Fused => "fused_softmax",
+            AttentionArg::Linear => "linear",
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -94,41 +170,39 @@ fn profile(
     Ok(())
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("step") => step(&args),
-        Some("infer") => infer(&args),
-        None | Some("kernels") | Some("--out") | Some("--torch") => kernels::run(&args),
-        _ => {
-            eprintln!("usage: bench [kernels] [--out DIR] [--torch FILE] | bench step|infer [--layers N] [--hidden N] [--heads N] [--batch N] [--seq N] [--steps N] [--attention softmax|fused|linear] [--precision f32|fast] [--profile]");
-            std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn step(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let args = args.to_vec();
-    let (layers, hidden, heads) = (
-        num(&args, "--layers", 12),
-        num(&args, "--hidden", 768),
-        num(&args, "--heads", 12),
-    );
-    let intermediate = num(&args, "--intermediate", 4 * hidden);
-    let vocab = num(&args, "--vocab", 32000);
-    let (batch, seq, steps) = (
-        num(&args, "--batch", 8),
-        num(&args, "--seq", 512),
-        num(&args, "--steps", 5).max(1),
-    );
-    let attention = match arg(&args, "--attention", "softmax").as_str() {
-        "fused" => "fused_softmax".to_string(),
-        other => other.to_string(),
-    };
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let cli: Cli = args::parse_args();
+    match cli.command {
+        Some(Command::Step(m)) => step(&m),
+        Some(Command::Infer(m)) => infer(&m),
+        Some(Command::Kernels(k)) => kernels::run(&k),
+        None => kernels::run(&cli.kernels),
+    }
+}
 
-    let precision = match arg(&args, "--precision", "f32").as_str() {
-        "fast" => MatmulPrecision::Fast,
-        _ => MatmulPrecision::F32,
+fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (layers, hidden, heads) = (args.layers, args.hidden, args.heads);
+    let intermediate = args.intermediate.unwrap_or(4 * hidden);
+    let vocab = args.vocab;
+    let (batch, seq, steps) = (
+        args.batch as usize,
+        args.seq as usize,
+        args.steps.unwrap_or(5) as usize,
+    );
+    let attention = args.attention();
+    let precision = match args.precision {
+        PrecisionArg::Fast => MatmulPrecision::Fast,
+        PrecisionArg::F32 => MatmulPrecision::F32,
     };
     let ctx = Context::new()?;
     matmul::set_precision(&ctx, precision);
@@ -215,7 +289,7 @@ fn step(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         encode.push(s.encode.as_secs_f64() * 1e3);
         gpu.extend(s.gpu.map(|g| g.as_secs_f64() * 1e3));
     }
-    if args.iter().any(|a| a == "--profile") {
+    if args.profile {
         profile(&ctx, &mut session)?;
     }
     if !wall.is_empty() {
@@ -233,30 +307,27 @@ fn step(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The model options `step` and `infer` share, as a config.
-fn model_config(args: &[String]) -> Result<RoFormerConfig, Box<dyn std::error::Error>> {
-    let hidden = num(args, "--hidden", 768);
-    let attention = match arg(args, "--attention", "softmax").as_str() {
-        "fused" => "fused_softmax".to_string(),
-        other => other.to_string(),
-    };
+fn model_config(args: &ModelArgs) -> Result<RoFormerConfig, Box<dyn std::error::Error>> {
+    let hidden = args.hidden;
+    let attention = args.attention();
     Ok(RoFormerConfig::from_json(
         &format!(
             r#"{{"vocab_size": {}, "hidden_size": {hidden}, "num_hidden_layers": {},
                 "num_attention_heads": {}, "intermediate_size": {},
                 "max_position_embeddings": {}, "attention_kind": "{attention}"}}"#,
-            num(args, "--vocab", 32000),
-            num(args, "--layers", 12),
-            num(args, "--heads", 12),
-            num(args, "--intermediate", 4 * hidden),
-            num(args, "--seq", 512).max(512)
+            args.vocab,
+            args.layers,
+            args.heads,
+            args.intermediate.unwrap_or(4 * hidden),
+            (args.seq as usize).max(512)
         ),
         "bench",
     )?)
 }
 
-fn infer(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+fn infer(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     use roformer_wgpu::model::{Encoder, EncoderOptions, Request, Sequence, Want};
-    let (batch, seq) = (num(args, "--batch", 8), num(args, "--seq", 512));
+    let (batch, seq) = (args.batch as usize, args.seq as usize);
     let config = model_config(args)?;
     let vocab = config.vocab_size as u32;
     let ctx = Context::new()?;
@@ -294,7 +365,7 @@ fn infer(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     encoder.run_blocking(&ctx, &request)?;
     let first = t0.elapsed().as_secs_f64();
     let mut times = Vec::new();
-    for _ in 0..num(args, "--steps", 3).max(1) {
+    for _ in 0..args.steps.unwrap_or(3) {
         let t0 = Instant::now();
         encoder.run_blocking(&ctx, &request)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);

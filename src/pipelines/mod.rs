@@ -294,6 +294,8 @@ fn locate(results: &[Results], i: usize) -> (&Results, usize) {
 
 /// Runs a pipeline's future to its end on this thread, sleeping in the device's own wait
 /// while the GPU works (the blocking wrappers' executor: our futures only wait on the GPU).
+/// On a device an app handed over, that wait also covers the app's own submitted work; an
+/// app that must not wait for it awaits the `async fn`s from its own loop instead.
 pub fn block_on<T>(ctx: &Context, future: impl Future<Output = Result<T>>) -> Result<T> {
     let mut future = std::pin::pin!(future);
     let waker = std::task::Waker::noop();

@@ -26,6 +26,11 @@ pub struct ContextOptions {
     pub cooperative_matrix: bool,
     /// Longest a blocking wait (a read-back, `Context::wait`) may take before it fails.
     pub wait_timeout: Option<Duration>,
+    /// A context that only plans, to inspect plans for a GPU larger than this adapter (the
+    /// cost model of `bench step --model`): storage-binding size limits are not enforced and
+    /// a binding over the limit is cut to it, so nothing planned on it may run; submitting
+    /// work on it is an error.
+    pub plan_only: bool,
 }
 
 impl Default for ContextOptions {
@@ -36,6 +41,7 @@ impl Default for ContextOptions {
             power_preference: None,
             cooperative_matrix: true,
             wait_timeout: Some(Duration::from_secs(600)),
+            plan_only: false,
         }
     }
 }
@@ -224,6 +230,8 @@ pub struct Context {
     uncaptured: Option<ErrorLog>,
     /// Opened by this context (else an application's, borrowed: see `from_device`).
     owns_device: bool,
+    /// See [`ContextOptions::plan_only`].
+    plan_only: bool,
     /// What ops keep for the context's life (matmul's settings and tuned tilings), one value
     /// per type: the op owns its state, the context only holds it.
     op_state: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
@@ -398,6 +406,7 @@ impl Context {
         });
         ctx.uncaptured = Some(log);
         ctx.owns_device = true;
+        ctx.plan_only = options.plan_only;
         Ok(ctx)
     }
 
@@ -497,6 +506,7 @@ impl Context {
             lost: Arc::default(),
             uncaptured: None,
             owns_device: false,
+            plan_only: false,
             op_state: Mutex::default(),
             setup: Mutex::default(),
             dummy,
@@ -594,6 +604,22 @@ impl Context {
         let caught: ScopeFuture =
             Box::pin(async move { caught.await.map(|e| format!("{during}: {e}")) });
         Ok((out, caught))
+    }
+
+    /// Whether this context only plans (see [`ContextOptions::plan_only`]).
+    pub fn plan_only(&self) -> bool {
+        self.plan_only
+    }
+
+    /// `Err` on a context that only plans: what it planned may not run.
+    pub(crate) fn refuse_if_plan_only(&self, during: &'static str) -> Result<()> {
+        if self.plan_only {
+            return Err(Error::invalid(format!(
+                "{during}: this context only plans (ContextOptions::plan_only); its plans may \
+                 hold bindings cut to the adapter's limits and must not run"
+            )));
+        }
+        Ok(())
     }
 
     /// `Err` once the device is lost.

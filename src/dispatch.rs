@@ -37,8 +37,32 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::shader::{Access, BindingKind, Shader};
+use crate::shader::{Access, BindingKind, Shader, WorkgroupDim};
 use crate::tensor::Tensor;
+
+/// What a launch does, for a cost model (`bench step --model`): its shape and memory traffic
+/// come from the shader and the bound tensors; the arithmetic and any serial loop are what
+/// its op declares ([`DispatchBuilder::flops`], [`DispatchBuilder::serial_steps`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Work {
+    /// Invocations per workgroup.
+    pub threads_per_workgroup: u32,
+    /// Workgroup (shared) memory per workgroup, bytes.
+    pub workgroup_memory: u64,
+    /// Bytes of the tensors it reads (each once: a lower bound on its traffic).
+    pub bytes_read: u64,
+    /// Bytes of the tensors it writes.
+    pub bytes_written: u64,
+    /// Floating-point operations (0: not declared; the kernel moves data more than it
+    /// computes).
+    pub flops: u64,
+    /// Whether those run on tensor cores (cooperative matrices).
+    pub tensor_cores: bool,
+    /// Dependent iterations of the longest serial loop one invocation runs over the data
+    /// (rows, tokens, positions), where that loop grows with the batch or the length;
+    /// 0 when there is none.
+    pub serial_steps: u64,
+}
 
 /// One kernel launch, ready to encode into a compute pass.
 #[derive(Clone, Debug)]
@@ -48,6 +72,7 @@ pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
+    work: Work,
     /// Kept so a graph can rewrite per-step parameters (learning rate, step) in place.
     params: Option<wgpu::Buffer>,
 }
@@ -71,6 +96,16 @@ impl Dispatch {
         self.workgroups
     }
 
+    /// What it does, for a cost model.
+    pub fn work(&self) -> &Work {
+        &self.work
+    }
+
+    /// Workgroups launched in all.
+    pub fn workgroup_count(&self) -> u64 {
+        self.workgroups.iter().map(|&w| w as u64).product()
+    }
+
     /// Overwrites the uniform parameters (same layout as at build time).
     pub(crate) fn write_params<P: bytemuck::Pod>(&self, ctx: &Context, params: &P) {
         if let Some(buffer) = &self.params {
@@ -83,6 +118,7 @@ impl Dispatch {
 impl Context {
     /// Encodes `dispatches` into one compute pass and submits it. Does not wait.
     pub fn submit(&self, dispatches: &[Dispatch]) -> Result<wgpu::SubmissionIndex> {
+        self.refuse_if_plan_only("submit")?;
         self.scoped("submit", || {
             let mut encoder = self
                 .device()
@@ -129,6 +165,9 @@ pub struct DispatchBuilder<'a> {
     constants: Vec<(&'static str, f64)>,
     params: Vec<u8>,
     bindings: Vec<Bound<'a>>,
+    flops: u64,
+    tensor_cores: bool,
+    serial_steps: u64,
 }
 
 impl<'a> DispatchBuilder<'a> {
@@ -142,7 +181,29 @@ impl<'a> DispatchBuilder<'a> {
             constants: Vec::new(),
             params: Vec::new(),
             bindings: Vec::new(),
+            flops: 0,
+            tensor_cores: false,
+            serial_steps: 0,
         }
+    }
+
+    /// Declares the floating-point operations the launch does (for [`Work`]).
+    pub fn flops(mut self, flops: u64) -> Self {
+        self.flops = flops;
+        self
+    }
+
+    /// Declares that its FLOPs run on tensor cores.
+    pub fn on_tensor_cores(mut self) -> Self {
+        self.tensor_cores = true;
+        self
+    }
+
+    /// Declares the longest serial loop an invocation runs that grows with the data (for
+    /// [`Work`]): a cost model flags such launches.
+    pub fn serial_steps(mut self, steps: u64) -> Self {
+        self.serial_steps = steps;
+        self
     }
 
     /// Replaces the text `needle`, which must occur exactly once, in the shader source: a
@@ -226,7 +287,7 @@ impl<'a> DispatchBuilder<'a> {
         let caps = ctx.capabilities();
         for b in &self.bindings {
             let Some(t) = b.tensor else { continue };
-            if t.byte_size() > caps.max_storage_binding {
+            if t.byte_size() > caps.max_storage_binding && !ctx.plan_only() {
                 return Err(Error::OverLimit {
                     what: format!(
                         "{}: {} of shape {:?} bound to one kernel",
@@ -303,6 +364,35 @@ impl<'a> DispatchBuilder<'a> {
                 "parameters were given, but the entry point uses no uniform block".into(),
             ));
         }
+        let mut work = Work {
+            threads_per_workgroup: interface
+                .workgroup_size
+                .iter()
+                .map(|d| match d {
+                    WorkgroupDim::Fixed(n) => *n,
+                    WorkgroupDim::Override(e) => e.eval(&self.constants).map_or(1, |v| v as u32),
+                })
+                .product(),
+            workgroup_memory: interface.workgroup_memory,
+            flops: self.flops,
+            tensor_cores: self.tensor_cores,
+            serial_steps: self.serial_steps,
+            ..Work::default()
+        };
+        // Each tensor once: matmul binds its operands a second time as vec4 views.
+        let mut counted: Vec<(&wgpu::Buffer, u64)> = Vec::new();
+        for b in &self.bindings {
+            let Some(t) = b.tensor else { continue };
+            if counted.contains(&(t.buffer(), t.offset())) {
+                continue;
+            }
+            counted.push((t.buffer(), t.offset()));
+            let bytes = t.byte_size();
+            match b.access {
+                Access::Read => work.bytes_read += bytes,
+                Access::ReadWrite => work.bytes_written += bytes,
+            }
+        }
         ctx.scoped("bind group creation", || {
             // Not create_buffer_init: it panics when the device is lost.
             let params = params_buffer.map(|_| {
@@ -324,6 +414,10 @@ impl<'a> DispatchBuilder<'a> {
             }
             for &(binding, access, tensor) in &resources {
                 let resource = match (tensor, access) {
+                    // A context that only plans cuts what is over the limit (never run).
+                    (Some(t), _) if t.byte_size() > caps.max_storage_binding => {
+                        t.binding_cut(caps.max_storage_binding)
+                    }
                     (Some(t), _) => t.binding(),
                     // A buffer may not be bound both read-only and writable in one
                     // dispatch, so absent outputs get their own placeholder.
@@ -343,6 +437,7 @@ impl<'a> DispatchBuilder<'a> {
                 pipeline: kernel.pipeline.clone(),
                 bind_group,
                 workgroups,
+                work,
                 params,
             }
         })

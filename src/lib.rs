@@ -27,7 +27,7 @@ pub mod apps;
 mod testing;
 
 pub use context::{Capabilities, Context, ContextOptions, SetupCosts};
-pub use dispatch::{Dispatch, DispatchBuilder};
+pub use dispatch::{Dispatch, DispatchBuilder, Work};
 pub use error::{Error, Result};
 pub use shader::Shader;
 pub use tensor::{DType, Element, Tensor};

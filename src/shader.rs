@@ -82,11 +82,94 @@ pub struct BindingInfo {
     pub kind: BindingKind,
 }
 
+/// One dimension of an entry point's `@workgroup_size`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkgroupDim {
+    /// A number in the WGSL.
+    Fixed(u32),
+    /// An `override` expression (its value comes with the pipeline's constants).
+    Override(OverrideExpr),
+}
+
+/// An `override` constant's value as the WGSL computes it from other overrides.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OverrideExpr {
+    /// A literal.
+    Value(f64),
+    /// An `override` by name, with its default.
+    Named(String, Option<Box<OverrideExpr>>),
+    /// `left op right` for `+ - * /`.
+    Binary(char, Box<OverrideExpr>, Box<OverrideExpr>),
+}
+
+impl OverrideExpr {
+    /// Its value given the pipeline's constants (`None` where the WGSL does something this
+    /// reader does not follow).
+    pub fn eval(&self, constants: &[(&str, f64)]) -> Option<f64> {
+        match self {
+            OverrideExpr::Value(v) => Some(*v),
+            OverrideExpr::Named(name, default) => constants
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|&(_, v)| v)
+                .or_else(|| default.as_ref()?.eval(constants)),
+            OverrideExpr::Binary(op, a, b) => {
+                let (a, b) = (a.eval(constants)?, b.eval(constants)?);
+                Some(match op {
+                    '+' => a + b,
+                    '-' => a - b,
+                    '*' => a * b,
+                    // WGSL's u32 division
+                    _ => (a / b).trunc(),
+                })
+            }
+        }
+    }
+
+    fn of(module: &naga::Module, h: naga::Handle<naga::Expression>) -> Option<OverrideExpr> {
+        use naga::{BinaryOperator as B, Expression as E, Literal as L};
+        Some(match &module.global_expressions[h] {
+            E::Literal(L::U32(v)) => OverrideExpr::Value(*v as f64),
+            E::Literal(L::I32(v)) => OverrideExpr::Value(*v as f64),
+            E::Literal(L::AbstractInt(v)) => OverrideExpr::Value(*v as f64),
+            E::Literal(L::F32(v)) => OverrideExpr::Value(*v as f64),
+            E::Constant(c) => OverrideExpr::of(module, module.constants[*c].init)?,
+            E::Override(o) => {
+                let o = &module.overrides[*o];
+                let default = o
+                    .init
+                    .and_then(|i| OverrideExpr::of(module, i))
+                    .map(Box::new);
+                OverrideExpr::Named(o.name.clone()?, default)
+            }
+            E::Binary { op, left, right } => {
+                let op = match op {
+                    B::Add => '+',
+                    B::Subtract => '-',
+                    B::Multiply => '*',
+                    B::Divide => '/',
+                    _ => return None,
+                };
+                let (l, r) = (
+                    OverrideExpr::of(module, *left)?,
+                    OverrideExpr::of(module, *right)?,
+                );
+                OverrideExpr::Binary(op, Box::new(l), Box::new(r))
+            }
+            _ => return None,
+        })
+    }
+}
+
 /// The resources one entry point uses, in binding order: exactly what its bind group holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EntryInterface {
     /// Every used binding, sorted by number.
     pub bindings: Vec<BindingInfo>,
+    /// Its `@workgroup_size`.
+    pub workgroup_size: [WorkgroupDim; 3],
+    /// Bytes of `var<workgroup>` memory it uses.
+    pub workgroup_memory: u64,
 }
 
 /// Parses and validates `source` with naga: the module and its analysis.
@@ -129,6 +212,23 @@ pub(crate) fn entry_interface(
         .position(|ep| ep.name == entry)
         .ok_or_else(|| kernel_error("the shader has no entry point of this name".into()))?;
     let uses = info.get_entry_point(index);
+    let ep = &module.entry_points[index];
+    let workgroup_size = std::array::from_fn(|i| {
+        let expr = ep
+            .workgroup_size_overrides
+            .and_then(|o| o[i])
+            .and_then(|h| OverrideExpr::of(module, h));
+        match expr {
+            Some(e) => WorkgroupDim::Override(e),
+            None => WorkgroupDim::Fixed(ep.workgroup_size[i]),
+        }
+    });
+    let workgroup_memory = module
+        .global_variables
+        .iter()
+        .filter(|(h, v)| v.space == naga::AddressSpace::WorkGroup && !uses[*h].is_empty())
+        .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()) as u64)
+        .sum();
     let mut bindings = Vec::new();
     for (handle, var) in module.global_variables.iter() {
         let Some(rb) = &var.binding else { continue };
@@ -177,7 +277,11 @@ pub(crate) fn entry_interface(
             "more than one uniform block; kernels take one parameter block".into(),
         ));
     }
-    Ok(EntryInterface { bindings })
+    Ok(EntryInterface {
+        bindings,
+        workgroup_size,
+        workgroup_memory,
+    })
 }
 
 /// The bindings `entry` of `source` uses (parsing the source: for tests and tools; the
@@ -301,5 +405,24 @@ fn clear(@builtin(global_invocation_id) gid: vec3<u32>) {
         assert_eq!(l.size, 16);
         let fields: Vec<(&str, usize)> = l.fields.iter().map(|(n, o)| (n.as_str(), *o)).collect();
         assert_eq!(fields, [("n", 0), ("scale", 4), ("_p0", 8), ("_p1", 12)]);
+    }
+}
+
+#[cfg(test)]
+mod workgroup_size_tests {
+    use super::*;
+
+    #[test]
+    fn override_sized_workgroups_resolve_from_the_pipeline_constants() {
+        let i = reflect(&crate::ops::matmul::SHADER, "matmul").unwrap();
+        let [WorkgroupDim::Override(x), WorkgroupDim::Fixed(1), WorkgroupDim::Fixed(1)] =
+            &i.workgroup_size
+        else {
+            panic!("matmul's workgroup size: {:?}", i.workgroup_size);
+        };
+        // WG = (BM / TM) * (BN / TN): defaults 64, 4, 64, 4 → 256
+        assert_eq!(x.eval(&[]), Some(256.0));
+        assert_eq!(x.eval(&[("BM", 128.0), ("TN", 8.0)]), Some(256.0));
+        assert_eq!(x.eval(&[("BM", 32.0)]), Some(128.0));
     }
 }

@@ -275,6 +275,15 @@ impl Tensor {
         Ok(())
     }
 
+    /// The first `limit` bytes as a binding (for a context that only plans).
+    pub(crate) fn binding_cut(&self, limit: u64) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(limit.min(self.byte_size())),
+        })
+    }
+
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,

@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use roformer_wgpu::apps::cost_model;
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::ops::matmul::{self, coop, MatmulPrecision};
 use roformer_wgpu::optim::TrainOptions;
@@ -102,6 +103,23 @@ struct ModelArgs {
     /// Time every dispatch of the step on its own, per kernel.
     #[arg(long)]
     profile: bool,
+    /// Plan the step without running it and predict its time on this GPU with the cost
+    /// model (h200, rtx4090, m3-max).
+    #[arg(long, value_name = "GPU", value_parser = gpu_name)]
+    model: Option<String>,
+}
+
+fn gpu_name(name: &str) -> Result<String, String> {
+    match cost_model::gpu(name) {
+        Some(g) => Ok(g.name.to_string()),
+        None => {
+            let known: Vec<&str> = cost_model::GPUS.iter().map(|g| g.name).collect();
+            Err(format!(
+                "no GPU named {name:?} in the cost model (known: {})",
+                known.join(", ")
+            ))
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -204,7 +222,11 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         PrecisionArg::Fast => MatmulPrecision::Fast,
         PrecisionArg::F32 => MatmulPrecision::F32,
     };
-    let ctx = Context::new()?;
+    // The cost model only plans: for a GPU larger than this adapter, its limits are waived.
+    let ctx = Context::with_options(roformer_wgpu::ContextOptions {
+        plan_only: args.model.is_some(),
+        ..Default::default()
+    })?;
     matmul::set_precision(&ctx, precision);
     let caps = ctx.capabilities();
     println!(
@@ -234,6 +256,16 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let mut session = model.session(&ctx, batch, seq, Mode::Train(TrainOptions::default()))?;
     let plan_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if let Some(name) = &args.model {
+        let gpu = cost_model::gpu(name).expect("checked when parsed");
+        let mut dispatches = session.plan().dispatches().to_vec();
+        if let Some(o) = session.optimizer() {
+            dispatches.extend(o.dispatches().cloned());
+        }
+        let prediction = cost_model::StepPrediction::of(gpu, &dispatches);
+        print!("{}", prediction.report(gpu, batch * seq));
+        return Ok(());
+    }
     let (fwd, bwd) = session.call_counts();
     let m = session.memory();
     println!(

@@ -6,6 +6,7 @@
 //! optimizer, io).
 
 pub mod check;
+pub mod cost_model;
 pub mod listops;
 pub mod profile;
 pub mod train;

@@ -163,7 +163,7 @@ impl Graph {
     ) -> Result<()> {
         let caps = ctx.capabilities();
         for &size in &layout.sizes {
-            if size > caps.max_storage_binding {
+            if size > caps.max_storage_binding && !ctx.plan_only() {
                 // Name the tensors too large by themselves, not the small ones sharing
                 // their buffers.
                 let who: Vec<&str> = layout

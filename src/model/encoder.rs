@@ -419,6 +419,7 @@ impl Encoder {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        ctx.refuse_if_plan_only("inference")?;
         let (index, scopes) = ctx.scoped_async("inference", || {
             let mut encoder =
                 ctx.device()

@@ -218,6 +218,7 @@ impl<'m> Session<'m> {
             .transpose()?;
         let start = Instant::now();
         let loss = self.plan.tensor(self.loss)?;
+        ctx.refuse_if_plan_only("a training step")?;
         let index = ctx.scoped("training step", || {
             let mut encoder =
                 ctx.device()

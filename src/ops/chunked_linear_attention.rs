@@ -228,6 +228,8 @@ pub fn plan_forward(
             .read("v", v)
             .write("feat", &saved.features)
             .write("state", &saved.states)
+            // a scan over the chunks, one workgroup per (sequence, head)
+            .serial_steps(s.chunks as u64)
             .build(ctx.grid_1d((b * h) as u64)?)?,
         builder(ctx, &s, opts, "output")
             .read("v", v)
@@ -299,6 +301,7 @@ pub fn plan_backward(
             .write("feat", &saved.features)
             .write("state", reverse)
             .write("tok", &saved.tokens)
+            .serial_steps(s.chunks as u64)
             .build(ctx.grid_1d((b * h) as u64)?)?,
         grad("backward_q", &saved.states, "grad_q", dq)?,
         grad("backward_k", reverse, "grad_k", dk)?,

@@ -175,6 +175,8 @@ pub fn plan_forward(
             .build(ctx.grid_1d(rows as u64)?)?,
         build("finish")
             .write("loss", &state.loss)
+            // one workgroup sums the rows' statistics
+            .serial_steps(rows.div_ceil(256) as u64)
             .build([1, 1, 1])?,
     ])
 }

@@ -190,6 +190,9 @@ pub fn plan_backward(
             .read("positions", &ids.positions)
             .read("dout", dout)
             .write("dtable", dtable)
+            // One workgroup per distinct token sums its positions in turn: all of them when
+            // every id is the same (token types). Planned before the ids are known.
+            .serial_steps(ids.len() as u64)
             .build(ctx.grid_1d(max_groups)?)?,
     );
     Ok(out)

@@ -233,6 +233,7 @@ pub fn plan_forward(
             .read_opt("mask", opts.mask)
             .write("stats", &saved.stats)
             .write("out", out)
+            .flops((4 * h.batch * h.heads * h.seq * h.seq * h.dim) as u64)
             .build(blocks(ctx, &h, fwd)?)?,
     );
     Ok(plan)
@@ -297,6 +298,7 @@ pub fn plan_backward(
             .read("grad_out", grad_out)
             .write("stats", &saved.stats)
             .write("grad_q", &dqr)
+            .flops((6 * h.batch * h.heads * h.seq * h.seq * h.dim) as u64)
             .build(blocks(ctx, &h, bwd)?)?,
         builder(ctx, "bwd_dkdv", &h, max_d, bwd, opts)
             .read("q", &qr)
@@ -307,6 +309,7 @@ pub fn plan_backward(
             .write("stats", &saved.stats)
             .write("grad_k", &dkr)
             .write("grad_v", &dvr)
+            .flops((8 * h.batch * h.heads * h.seq * h.seq * h.dim) as u64)
             .build(blocks(ctx, &h, bwd)?)?,
     ];
     if let Some(table) = opts.rope {

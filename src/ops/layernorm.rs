@@ -174,6 +174,8 @@ pub fn plan_backward_params(
         .read("dy", dy)
         .write("dgamma", dgamma)
         .write("dbeta", dbeta)
+        // the threads of a column walk every row
+        .serial_steps(rows.div_ceil(4) as u64)
         .build(ctx.grid_1d((n as u64).div_ceil(64))?)
 }
 

@@ -217,6 +217,8 @@ pub fn plan_forward(
         .read_opt("mask", opts.key_mask)
         .write("tok", saved)
         .write("out", out)
+        // a scan over the positions, one workgroup per (sequence, head)
+        .serial_steps(s.qk.seq as u64)
         .build(ctx.grid_1d((s.qk.batch * s.qk.heads) as u64)?)
 }
 
@@ -262,6 +264,7 @@ pub fn plan_backward(
             .read("grad_out", grad_out)
             .write("tok", saved)
             .write(grad, target);
+        let b = b.serial_steps(s.qk.seq as u64);
         if reads_v { b.read("v", v) } else { b }.build(heads)
     };
     Ok(vec![

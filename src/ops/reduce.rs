@@ -58,6 +58,8 @@ pub fn plan_sum_rows(
         })
         .read("x", x)
         .write("out", out)
+        // 4 threads per column walk every row
+        .serial_steps(rows.div_ceil(4) as u64)
         .build(ctx.grid_1d((cols as u64).div_ceil(64))?)
 }
 

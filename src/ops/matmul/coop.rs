@@ -107,6 +107,8 @@ pub(crate) fn plan(
         .read_opt("bias", ops.bias)
         .write("c", ops.c)
         .write_opt("act", ops.gelu)
+        .flops((2 * s.m * s.n * s.k * s.batch[0] * s.batch[1]) as u64)
+        .on_tensor_cores()
         .build([
             s.n.div_ceil(block) as u32,
             s.m.div_ceil(block) as u32,

@@ -1,0 +1,329 @@
+//! A lower-bound cost model of a planned step on a named GPU, from first principles: every
+//! dispatch's memory traffic and arithmetic ([`Work`]) against the GPU's bandwidth and rates,
+//! scaled by how much of the GPU the dispatch can occupy, plus a per-dispatch overhead.
+//!
+//! For a dispatch of `W` workgroups of `n` invocations:
+//!
+//! ```text
+//! ideal     = max(bytes / bandwidth, flops / rate)          (rate: tensor cores if used, else FP32)
+//! occupancy = min(1, W·n / (SMs · threads to saturate an SM))
+//! time      = overhead + max(ideal / occupancy, serial steps · cycles per step / clock)
+//! ```
+//!
+//! `bytes` counts each bound tensor once (a lower bound: caches are assumed perfect), and
+//! `threads to saturate an SM` is the resident-thread count that hides memory latency
+//! (half the SM's maximum). A dispatch *cannot fill the GPU* when it has fewer workgroups than
+//! the GPU has multiprocessors, or an invocation runs a serial loop that grows with the batch
+//! or the length. It is a model: the H200 run (issue 12) calibrates it.
+
+use crate::dispatch::{Dispatch, Work};
+
+/// The parameters of a GPU the model knows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gpu {
+    /// Name as `--model` takes it.
+    pub name: &'static str,
+    /// What it is.
+    pub description: &'static str,
+    /// Multiprocessors (SMs, compute units, GPU cores).
+    pub sms: u32,
+    /// FP32 rate, TFLOP/s (dense FMA counted as 2).
+    pub fp32_tflops: f64,
+    /// Tensor-core FP16 rate with FP32 accumulation, TFLOP/s (dense).
+    pub tensor_tflops: f64,
+    /// Memory bandwidth, GB/s.
+    pub bandwidth_gbs: f64,
+    /// Cost of one dispatch inside a compute pass, µs.
+    pub dispatch_us: f64,
+    /// Resident threads per multiprocessor at most.
+    pub threads_per_sm: u32,
+    /// Clock, GHz (for serial loops).
+    pub clock_ghz: f64,
+}
+
+/// Cycles one step of a serial loop takes at least (a dependent add on loads that can be
+/// kept in flight).
+const CYCLES_PER_SERIAL_STEP: f64 = 4.0;
+
+/// The GPUs the model knows (vendor figures: H200 SXM, RTX 4090, M3 Max 40-core).
+pub const GPUS: [Gpu; 3] = [
+    Gpu {
+        name: "h200",
+        description: "NVIDIA H200 SXM: 132 SMs, 67 TFLOP/s FP32, 989 TFLOP/s FP16 tensor, 4.8 TB/s",
+        sms: 132,
+        fp32_tflops: 67.0,
+        tensor_tflops: 989.0,
+        bandwidth_gbs: 4800.0,
+        dispatch_us: 2.0,
+        threads_per_sm: 2048,
+        clock_ghz: 1.98,
+    },
+    Gpu {
+        name: "rtx4090",
+        description:
+            "NVIDIA RTX 4090: 128 SMs, 82.6 TFLOP/s FP32, 165 TFLOP/s FP16 tensor, 1.0 TB/s",
+        sms: 128,
+        fp32_tflops: 82.6,
+        tensor_tflops: 165.0,
+        bandwidth_gbs: 1008.0,
+        dispatch_us: 2.0,
+        threads_per_sm: 1536,
+        clock_ghz: 2.52,
+    },
+    Gpu {
+        name: "m3-max",
+        description: "Apple M3 Max (40-core GPU): 40 cores, 16.4 TFLOP/s FP32, 400 GB/s",
+        sms: 40,
+        fp32_tflops: 16.4,
+        tensor_tflops: 16.4,
+        bandwidth_gbs: 400.0,
+        dispatch_us: 5.0,
+        threads_per_sm: 1024,
+        clock_ghz: 1.4,
+    },
+];
+
+/// The GPU of a name (case-insensitive).
+pub fn gpu(name: &str) -> Option<&'static Gpu> {
+    GPUS.iter().find(|g| g.name.eq_ignore_ascii_case(name))
+}
+
+/// Why a dispatch cannot fill the GPU.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Underfill {
+    /// Fewer workgroups than multiprocessors.
+    FewWorkgroups(u64),
+    /// An invocation runs a serial loop of this many steps over the data.
+    SerialLoop(u64),
+}
+
+impl std::fmt::Display for Underfill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Underfill::FewWorkgroups(w) => write!(f, "{w} workgroups"),
+            Underfill::SerialLoop(s) => write!(f, "serial loop of {s} steps"),
+        }
+    }
+}
+
+/// The model's answer for one dispatch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// `shader::entry`.
+    pub kernel: String,
+    /// Workgroups launched.
+    pub workgroups: u64,
+    /// Invocations launched.
+    pub invocations: u64,
+    /// What it does.
+    pub work: Work,
+    /// Fraction of the GPU it can occupy, 0-1.
+    pub occupancy: f64,
+    /// Lower-bound time, µs.
+    pub time_us: f64,
+    /// Why it cannot fill the GPU, if it cannot.
+    pub underfill: Vec<Underfill>,
+}
+
+/// The model's time for one dispatch on `gpu`.
+pub fn predict(gpu: &Gpu, d: &Dispatch) -> Prediction {
+    let work = *d.work();
+    let (shader, entry) = d.kernel();
+    let workgroups = d.workgroup_count();
+    let invocations = workgroups * work.threads_per_workgroup.max(1) as u64;
+    let bytes = (work.bytes_read + work.bytes_written) as f64;
+    let rate = if work.tensor_cores {
+        gpu.tensor_tflops
+    } else {
+        gpu.fp32_tflops
+    } * 1e12;
+    let ideal_s = (bytes / (gpu.bandwidth_gbs * 1e9)).max(work.flops as f64 / rate);
+    let saturating = gpu.sms as f64 * gpu.threads_per_sm as f64 / 2.0;
+    let occupancy = (invocations as f64 / saturating).min(1.0);
+    let serial_s = work.serial_steps as f64 * CYCLES_PER_SERIAL_STEP / (gpu.clock_ghz * 1e9);
+    let time_us = gpu.dispatch_us + 1e6 * (ideal_s / occupancy.max(1e-9)).max(serial_s);
+    let mut underfill = Vec::new();
+    if workgroups < gpu.sms as u64 {
+        underfill.push(Underfill::FewWorkgroups(workgroups));
+    }
+    if work.serial_steps > 0 {
+        underfill.push(Underfill::SerialLoop(work.serial_steps));
+    }
+    Prediction {
+        kernel: format!("{shader}::{entry}"),
+        workgroups,
+        invocations,
+        work,
+        occupancy,
+        time_us,
+        underfill,
+    }
+}
+
+/// The model's answer for a whole step.
+#[derive(Clone, Debug)]
+pub struct StepPrediction {
+    /// Per dispatch, in launch order.
+    pub dispatches: Vec<Prediction>,
+    /// Their total, µs.
+    pub total_us: f64,
+}
+
+impl StepPrediction {
+    /// Predicts every dispatch of a step.
+    pub fn of(gpu: &Gpu, dispatches: &[Dispatch]) -> StepPrediction {
+        let dispatches: Vec<Prediction> = dispatches.iter().map(|d| predict(gpu, d)).collect();
+        let total_us = dispatches.iter().map(|p| p.time_us).sum();
+        StepPrediction {
+            dispatches,
+            total_us,
+        }
+    }
+
+    /// Dispatches that cannot fill the GPU, with more than `share` of the step's time.
+    pub fn underfilled_over(&self, share: f64) -> Vec<&Prediction> {
+        self.dispatches
+            .iter()
+            .filter(|p| !p.underfill.is_empty() && p.time_us > share * self.total_us)
+            .collect()
+    }
+
+    /// The report `bench step --model` prints: the predicted step, the costliest dispatches
+    /// (grouped by kernel), every dispatch that cannot fill the GPU, and one summary line.
+    pub fn report(&self, gpu: &Gpu, tokens: usize) -> String {
+        use std::collections::BTreeMap;
+        use std::fmt::Write;
+        let mut out = String::new();
+        let total = self.total_us;
+        let _ = writeln!(out, "model     {}", gpu.description);
+        let _ = writeln!(
+            out,
+            "          per dispatch: {} µs + max(bytes / bandwidth, FLOPs / rate) / occupancy, \
+             or {CYCLES_PER_SERIAL_STEP} cycles per serial-loop step if longer",
+            gpu.dispatch_us
+        );
+        let tokens_per_s = tokens as f64 / (total * 1e-6);
+        let _ = writeln!(
+            out,
+            "predicted {} dispatches, {:.2} ms per step, {:.0} tokens/s",
+            self.dispatches.len(),
+            total / 1e3,
+            tokens_per_s
+        );
+        // By kernel: launches, time, share, traffic, FLOPs.
+        let mut per: BTreeMap<&str, (usize, f64, u64, u64)> = BTreeMap::new();
+        for p in &self.dispatches {
+            let e = per.entry(p.kernel.as_str()).or_default();
+            e.0 += 1;
+            e.1 += p.time_us;
+            e.2 += p.work.bytes_read + p.work.bytes_written;
+            e.3 += p.work.flops;
+        }
+        let mut rows: Vec<_> = per.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        let _ = writeln!(
+            out,
+            "top kernels by predicted time\n  {:<40} {:>6} {:>10} {:>6} {:>10} {:>10}",
+            "kernel", "count", "µs", "share", "MB", "GFLOP"
+        );
+        for (kernel, (n, us, bytes, flops)) in rows.iter().take(12) {
+            let _ = writeln!(
+                out,
+                "  {kernel:<40} {n:>6} {us:>10.1} {:>5.1}% {:>10.1} {:>10.2}",
+                100.0 * us / total,
+                *bytes as f64 / 1e6,
+                *flops as f64 / 1e9
+            );
+        }
+        let flagged: Vec<&Prediction> = self
+            .dispatches
+            .iter()
+            .filter(|p| !p.underfill.is_empty())
+            .collect();
+        let _ = writeln!(
+            out,
+            "cannot fill the GPU ({} SMs): {} dispatches, {:.1}% of the step",
+            gpu.sms,
+            flagged.len(),
+            100.0 * flagged.iter().map(|p| p.time_us).sum::<f64>() / total
+        );
+        let mut by_kernel: BTreeMap<(&str, String), (usize, f64)> = BTreeMap::new();
+        for p in &flagged {
+            let why: Vec<String> = p.underfill.iter().map(|u| u.to_string()).collect();
+            let e = by_kernel
+                .entry((p.kernel.as_str(), why.join(", ")))
+                .or_default();
+            e.0 += 1;
+            e.1 += p.time_us;
+        }
+        let mut flagged_rows: Vec<_> = by_kernel.into_iter().collect();
+        flagged_rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        for ((kernel, why), (n, us)) in flagged_rows {
+            let _ = writeln!(
+                out,
+                "  {kernel:<40} {n:>4}x  {us:>9.1} µs {:>5.1}%  {why}",
+                100.0 * us / total
+            );
+        }
+        let big = self.underfilled_over(0.01).len();
+        let _ = writeln!(
+            out,
+            "predicted: {tokens_per_s:.0} tokens/s, {} dispatches cannot fill the GPU \
+             ({big} of them over 1% of the step)",
+            flagged.len()
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{elementwise, matmul, reduce};
+    use crate::testing::*;
+
+    #[test]
+    fn a_bandwidth_bound_dispatch_costs_its_bytes_over_the_bandwidth() {
+        let ctx = &ctx();
+        let h200 = gpu("H200").unwrap();
+        // 16M floats filled: 64 MiB written by 65536 workgroups of 256, which fill the GPU
+        let n = 1 << 24;
+        let t = crate::Tensor::zeros(ctx, &[n], crate::DType::F32).unwrap();
+        let p = predict(h200, &elementwise::plan_fill(ctx, &t, 1.0).unwrap());
+        assert_eq!(p.work.bytes_written, 4 * n as u64);
+        assert_eq!(p.work.threads_per_workgroup, 256);
+        assert_eq!(p.occupancy, 1.0);
+        let expected = 2.0 + 4.0 * n as f64 / 4800e9 * 1e6;
+        assert!(
+            (p.time_us - expected).abs() < 1e-6,
+            "{} vs {expected}",
+            p.time_us
+        );
+        assert!(p.underfill.is_empty());
+    }
+
+    #[test]
+    fn matmul_declares_its_flops_and_threads_and_a_column_sum_is_flagged() {
+        let ctx = &ctx();
+        let h200 = gpu("h200").unwrap();
+        let (m, k, n) = (512, 256, 384);
+        let a = crate::Tensor::zeros(ctx, &[m, k], crate::DType::F32).unwrap();
+        let b = crate::Tensor::zeros(ctx, &[k, n], crate::DType::F32).unwrap();
+        let c = crate::Tensor::zeros(ctx, &[m, n], crate::DType::F32).unwrap();
+        let d = matmul::plan(ctx, &a, &b, None, &c, &matmul::MatmulOptions::default()).unwrap();
+        let p = predict(h200, &d);
+        assert_eq!(p.work.flops, 2 * (m * n * k) as u64);
+        assert_eq!(p.work.bytes_read, 4 * (m * k + k * n) as u64);
+        // a real tiling: more than one thread per workgroup, dividing the tile
+        assert!(p.work.threads_per_workgroup >= 64, "{:?}", p.work);
+        // 768 columns of 4096 rows: 12 workgroups, each walking the rows
+        let x = crate::Tensor::zeros(ctx, &[4096, 768], crate::DType::F32).unwrap();
+        let out = crate::Tensor::zeros(ctx, &[768], crate::DType::F32).unwrap();
+        let p = predict(h200, &reduce::plan_sum_rows(ctx, &x, &out, false).unwrap());
+        assert!(
+            p.underfill.contains(&Underfill::FewWorkgroups(12)),
+            "{:?}",
+            p.underfill
+        );
+    }
+}

@@ -82,7 +82,7 @@ fn kernels(c: &mut Criterion) {
         "reduce",
         "sum_rows",
         Throughput::Bytes(4 * (n * n) as u64),
-        vec![reduce::plan_sum_rows(ctx, &a, &zeros(ctx, &[n]), false).unwrap()],
+        reduce::plan_sum_rows(ctx, &a, &zeros(ctx, &[n]), false).unwrap(),
     );
     let m = 1 << 16;
     let x = filled(ctx, &[m]);
@@ -151,8 +151,8 @@ fn kernels(c: &mut Criterion) {
         "layernorm",
         "backward",
         Throughput::Bytes(12 * (r * w) as u64),
-        vec![
-            layernorm::plan_backward(ctx, &s, &g, &stats, &s, &zeros(ctx, &[r, w])).unwrap(),
+        [
+            vec![layernorm::plan_backward(ctx, &s, &g, &stats, &s, &zeros(ctx, &[r, w])).unwrap()],
             layernorm::plan_backward_params(
                 ctx,
                 &s,
@@ -163,7 +163,8 @@ fn kernels(c: &mut Criterion) {
                 false,
             )
             .unwrap(),
-        ],
+        ]
+        .concat(),
     );
     let shape = [1, 64, 4, 32];
     let x = filled(ctx, &shape);

@@ -15,6 +15,12 @@ struct Params {
     n: u32,
     eps: f32,
     accumulate: u32,
+    // backward_params: rows one workgroup sums (its chunk is workgroup z; each chunk writes
+    // row z of partial sums, which reduce's sum_rows then adds up)
+    rows_per_chunk: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -126,10 +132,12 @@ fn backward_params(@builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_id) lid: vec3<u32>) {
     let col = (wid.x + wid.y * nwg.x) * 64u + lid.x;
+    let first = wid.z * p.rows_per_chunk;
+    let last = min(p.rows, first + p.rows_per_chunk);
     var sg = 0.0;
     var sb = 0.0;
     if (col < p.n) {
-        for (var r = lid.y; r < p.rows; r += 4u) {
+        for (var r = first + lid.y; r < last; r += 4u) {
             let g = dy[r * p.n + col];
             let xhat = (x[r * p.n + col] - stats_saved[2u * r]) * stats_saved[2u * r + 1u];
             sg += g * xhat;
@@ -137,11 +145,12 @@ fn backward_params(@builtin(workgroup_id) wid: vec3<u32>,
         }
     }
     var sums = column_reduce(vec2<f32>(sg, sb), lid);
+    let at = wid.z * p.n + col;
     if (lid.y == 0u && col < p.n) {
         if (p.accumulate != 0u) {
-            sums += vec2<f32>(dgamma[col], dbeta[col]);
+            sums += vec2<f32>(dgamma[at], dbeta[at]);
         }
-        dgamma[col] = sums.x;
-        dbeta[col] = sums.y;
+        dgamma[at] = sums.x;
+        dbeta[at] = sums.y;
     }
 }

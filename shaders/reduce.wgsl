@@ -2,14 +2,16 @@
 //     out[c] = beta * out[c] + sum_r x[r, c]
 // The bias gradient of a linear layer is the column sum of its output gradient over all
 // tokens; matmul's backward also uses it to sum per-batch weight gradients.
-// A workgroup owns 64 columns; its 4 rows of threads stride through the rows, then add up
-// (lib/columns.wgsl).
+// A workgroup owns 64 columns of one chunk of rows (workgroup z); its 4 rows of threads
+// stride through the chunk, then add up (lib/columns.wgsl). With several chunks, each
+// writes its own row of partial sums, `out[chunk, c]`, which a second dispatch sums the same
+// way: a fixed order, so the result is deterministic.
 
 struct Params {
     rows: u32,
     cols: u32,
     beta: f32,
-    _pad: u32,
+    rows_per_chunk: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -21,17 +23,20 @@ fn sum_rows(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_id) lid: vec3<u32>) {
     let col = (wid.x + wid.y * nwg.x) * 64u + lid.x;
+    let first = wid.z * p.rows_per_chunk;
+    let last = min(p.rows, first + p.rows_per_chunk);
     var s = 0.0;
     if (col < p.cols) {
-        for (var r = lid.y; r < p.rows; r += 4u) {
+        for (var r = first + lid.y; r < last; r += 4u) {
             s += x[r * p.cols + col];
         }
     }
     var t = column_reduce(vec2<f32>(s, 0.0), lid).x;
+    let at = wid.z * p.cols + col;
     if (lid.y == 0u && col < p.cols) {
         if (p.beta != 0.0) {
-            t += p.beta * out[col];
+            t += p.beta * out[at];
         }
-        out[col] = t;
+        out[at] = t;
     }
 }

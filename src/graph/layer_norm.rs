@@ -144,7 +144,7 @@ impl Graph {
                     vec![x, stats, dy],
                     vec![gg, gb],
                     Box::new(move |ctx, t| {
-                        Ok(vec![layernorm::plan_backward_params(
+                        layernorm::plan_backward_params(
                             ctx,
                             t.get(x)?,
                             t.get(stats)?,
@@ -152,7 +152,7 @@ impl Graph {
                             t.get(gg)?,
                             t.get(gb)?,
                             acc_g,
-                        )?])
+                        )
                     }),
                 );
                 Ok(())

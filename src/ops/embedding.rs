@@ -38,22 +38,58 @@ pub struct TokenIds {
     vocab: usize,
 }
 
-/// `[count, tok_0, start_0, ..., tok_{count-1}, start_{count-1}, 0, end]` and the positions
-/// sorted by token (stable, so each group sums in position order).
+/// Positions a backward workgroup sums at most (the shader's `PIECE`).
+const PIECE: usize = 64;
+/// The shader's "no partial slot: add straight into the table".
+const NONE: u32 = u32::MAX;
+
+/// Most pieces `n` positions make: one per token, plus one per PIECE positions.
+fn max_pieces(n: usize) -> usize {
+    n + n / PIECE + 1
+}
+
+/// Most merges (tokens of more than one piece) and partial rows (their pieces) for `n`.
+fn max_merges(n: usize) -> usize {
+    n / PIECE + 1
+}
+fn max_slots(n: usize) -> usize {
+    2 * (n / PIECE) + 2
+}
+
+/// The backward's work list (see shaders/embedding.wgsl): `[pieces, merges, (tok, start,
+/// end, slot) × max_pieces, (tok, first, end) × max_merges]`, and the positions sorted by
+/// token (stable, so each piece sums in position order).
 fn group_by_token(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
-    let mut positions: Vec<u32> = (0..ids.len() as u32).collect();
+    let n = ids.len();
+    let mut positions: Vec<u32> = (0..n as u32).collect();
     positions.sort_by_key(|&p| ids[p as usize]);
-    let mut groups = vec![0u32];
-    for (i, &p) in positions.iter().enumerate() {
-        let tok = ids[p as usize];
-        if i == 0 || ids[positions[i - 1] as usize] != tok {
-            groups.extend([tok, i as u32]);
+    let mut pieces: Vec<[u32; 4]> = Vec::new();
+    let mut merges: Vec<[u32; 3]> = Vec::new();
+    let mut slot = 0u32;
+    let mut start = 0;
+    while start < n {
+        let tok = ids[positions[start] as usize];
+        let mut end = start;
+        while end < n && ids[positions[end] as usize] == tok {
+            end += 1;
         }
+        if end - start <= PIECE {
+            pieces.push([tok, start as u32, end as u32, NONE]);
+        } else {
+            let first = slot;
+            for s in (start..end).step_by(PIECE) {
+                pieces.push([tok, s as u32, (s + PIECE).min(end) as u32, slot]);
+                slot += 1;
+            }
+            merges.push([tok, first, slot]);
+        }
+        start = end;
     }
-    let count = (groups.len() - 1) / 2;
-    groups[0] = count as u32;
-    groups.extend([0, ids.len() as u32]);
-    groups.resize(3 + 2 * ids.len(), 0);
+    let mut groups = vec![pieces.len() as u32, merges.len() as u32];
+    groups.extend(pieces.iter().flatten());
+    groups.resize(2 + 4 * max_pieces(n), 0);
+    groups.extend(merges.iter().flatten());
+    groups.resize(2 + 4 * max_pieces(n) + 3 * max_merges(n), 0);
     (groups, positions)
 }
 
@@ -177,23 +213,38 @@ pub fn plan_backward(
     if !accumulate {
         out.push(elementwise::plan_fill(ctx, dtable, 0.0)?);
     }
-    let max_groups = ids.len().min(ids.vocab) as u64;
-    out.push(
-        DispatchBuilder::new(ctx, &SHADER, "backward")
-            .params(&Params {
-                rows: ids.len() as u32,
-                cols: dim as u32,
-                vocab: ids.vocab as u32,
-                accumulate: 1,
-            })
+    let n = ids.len();
+    let params = Params {
+        rows: n as u32,
+        cols: dim as u32,
+        vocab: ids.vocab as u32,
+        accumulate: 1,
+    };
+    // Partial sums of the pieces of long runs; bounded by the batch, not the vocabulary.
+    let partial = Tensor::zeros(ctx, &[max_slots(n), dim], DType::F32)?;
+    let grid = |count: usize| -> Result<[u32; 3]> {
+        let [x, y, _] = ctx.grid_1d(count as u64)?;
+        Ok([x, y, dim.div_ceil(64) as u32])
+    };
+    let pass = |entry: &'static str| {
+        DispatchBuilder::new(ctx, &SHADER, entry)
+            .params(&params)
             .read("groups", &ids.groups)
+            .write("dtable", dtable)
+            .write("partial", &partial)
+    };
+    out.push(
+        pass("backward")
             .read("positions", &ids.positions)
             .read("dout", dout)
-            .write("dtable", dtable)
-            // One workgroup per distinct token sums its positions in turn: all of them when
-            // every id is the same (token types). Planned before the ids are known.
-            .serial_steps(ids.len() as u64)
-            .build(ctx.grid_1d(max_groups)?)?,
+            .serial_steps(PIECE as u64)
+            .build(grid(max_pieces(n).min(n.min(ids.vocab) + n / PIECE + 1))?)?,
+    );
+    out.push(
+        pass("backward_merge")
+            // a token's pieces, one after another
+            .serial_steps(n.div_ceil(PIECE) as u64)
+            .build(grid(max_merges(n).min(ids.vocab))?)?,
     );
     Ok(out)
 }
@@ -266,6 +317,12 @@ mod tests {
             (5, 7, 2, 33),
             (99, 32, 3, 7),
             (1000, 129, 1, 40),
+            // tokens of more than one piece (64 positions): summed in pieces, then merged
+            (1, 7, 1, 64),
+            (1, 7, 1, 65),
+            (1, 70, 1, 129),
+            (2, 33, 4, 100),
+            (3, 65, 33, 129),
         ] {
             let ids: Vec<u32> = (0..b * t)
                 .map(|_| rng.random_range(0..vocab as u32))

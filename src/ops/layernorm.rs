@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::Result;
+use crate::ops::reduce;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -26,6 +27,25 @@ struct Params {
     n: u32,
     eps: f32,
     accumulate: u32,
+    rows_per_chunk: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+impl Params {
+    fn new(rows: usize, n: usize, eps: f32, accumulate: bool) -> Params {
+        Params {
+            rows: rows as u32,
+            n: n as u32,
+            eps,
+            accumulate: accumulate as u32,
+            rows_per_chunk: rows as u32,
+            _p0: 0,
+            _p1: 0,
+            _p2: 0,
+        }
+    }
 }
 
 /// Row count and width of x (`[..., n]`), checking gamma is `[n]`.
@@ -97,12 +117,7 @@ fn plan_forward_any(
     };
     let builder = DispatchBuilder::new(ctx, &SHADER, entry)
         .row_threads(n)
-        .params(&Params {
-            rows: rows as u32,
-            n: n as u32,
-            eps,
-            accumulate: 0,
-        })
+        .params(&Params::new(rows, n, eps, false))
         .read("x", x)
         .read("gamma", gamma)
         .read("beta", beta)
@@ -130,12 +145,7 @@ pub fn plan_backward(
     dx.expect_shape("layernorm backward", "dx", x.shape())?;
     DispatchBuilder::new(ctx, &SHADER, "backward")
         .row_threads(n)
-        .params(&Params {
-            rows: rows as u32,
-            n: n as u32,
-            eps: 0.0,
-            accumulate: 0,
-        })
+        .params(&Params::new(rows, n, 0.0, false))
         .read("x", x)
         .read("gamma", gamma)
         .read("stats_saved", stats)
@@ -154,7 +164,7 @@ pub fn plan_backward_params(
     dgamma: &Tensor,
     dbeta: &Tensor,
     accumulate: bool,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     x.expect_dtype("layernorm backward", "x", DType::F32)?;
     let n = *x.shape().last().unwrap();
     let rows = x.numel() / n;
@@ -162,21 +172,37 @@ pub fn plan_backward_params(
     dy.expect_shape("layernorm backward", "dy", x.shape())?;
     dgamma.expect_shape("layernorm backward", "dgamma", &[n])?;
     dbeta.expect_shape("layernorm backward", "dbeta", &[n])?;
-    DispatchBuilder::new(ctx, &SHADER, "backward_params")
+    // Many rows over few columns: chunks of rows summed in parallel into partial sums,
+    // then added up by reduce's column sum (deterministic, as reduce's).
+    let chunks = reduce::chunks_for(rows, n);
+    let per_chunk = rows.div_ceil(chunks).max(1);
+    let partial = |t: &Tensor| -> Result<Tensor> {
+        if chunks == 1 {
+            Ok(t.clone())
+        } else {
+            Tensor::zeros(ctx, &[chunks, n], DType::F32)
+        }
+    };
+    let (pg, pb) = (partial(dgamma)?, partial(dbeta)?);
+    let [gx, gy, _] = ctx.grid_1d((n as u64).div_ceil(64))?;
+    let mut plan = vec![DispatchBuilder::new(ctx, &SHADER, "backward_params")
         .params(&Params {
-            rows: rows as u32,
-            n: n as u32,
-            eps: 0.0,
-            accumulate: accumulate as u32,
+            rows_per_chunk: per_chunk as u32,
+            ..Params::new(rows, n, 0.0, accumulate && chunks == 1)
         })
         .read("x", x)
         .read("stats_saved", stats)
         .read("dy", dy)
-        .write("dgamma", dgamma)
-        .write("dbeta", dbeta)
-        // the threads of a column walk every row
-        .serial_steps(rows.div_ceil(4) as u64)
-        .build(ctx.grid_1d((n as u64).div_ceil(64))?)
+        .write("dgamma", &pg)
+        .write("dbeta", &pb)
+        // the threads of a column walk their chunk's rows
+        .serial_steps(per_chunk.div_ceil(4) as u64)
+        .build([gx, gy, chunks as u32])?];
+    if chunks > 1 {
+        plan.extend(reduce::plan_sum_rows(ctx, &pg, dgamma, accumulate)?);
+        plan.extend(reduce::plan_sum_rows(ctx, &pb, dbeta, accumulate)?);
+    }
+    Ok(plan)
 }
 
 /// Forward pass in new tensors: `(y, stats)`.
@@ -204,10 +230,11 @@ pub fn backward(
     let dx = Tensor::zeros(ctx, x.shape(), DType::F32)?;
     let dgamma = Tensor::zeros(ctx, gamma.shape(), DType::F32)?;
     let dbeta = Tensor::zeros(ctx, gamma.shape(), DType::F32)?;
-    ctx.submit(&[
-        plan_backward(ctx, x, gamma, stats, dy, &dx)?,
-        plan_backward_params(ctx, x, stats, dy, &dgamma, &dbeta, false)?,
-    ])?;
+    let mut plan = vec![plan_backward(ctx, x, gamma, stats, dy, &dx)?];
+    plan.extend(plan_backward_params(
+        ctx, x, stats, dy, &dgamma, &dbeta, false,
+    )?);
+    ctx.submit(&plan)?;
     Ok((dx, dgamma, dbeta))
 }
 
@@ -269,7 +296,11 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             rows,
             n,
             eps,
-            accumulate
+            accumulate,
+            rows_per_chunk,
+            _p0,
+            _p1,
+            _p2
         }),
     )]
 }
@@ -339,7 +370,15 @@ mod tests {
     fn forward_and_backward_match_reference() {
         let ctx = &ctx();
         let mut rng = rng(11);
-        for &(rows, n) in &[(1, 1), (7, 33), (33, 7), (3, 129), (129, 300), (2, 1000)] {
+        for &(rows, n) in &[
+            (1, 1),
+            (7, 33),
+            (33, 7),
+            (3, 129),
+            (129, 300),
+            (2, 1000),
+            (2000, 7),
+        ] {
             for eps in [1e-12f32, 1e-5] {
                 let x: Vec<f32> = randn(&mut rng, rows * n)
                     .iter()
@@ -368,11 +407,9 @@ mod tests {
                     poisoned(ctx, &[n]),
                     poisoned(ctx, &[n]),
                 );
-                ctx.run(&[
-                    plan_backward(ctx, &tx, &tg, &stats, &tdy, &dx).unwrap(),
-                    plan_backward_params(ctx, &tx, &stats, &tdy, &dg, &db, false).unwrap(),
-                ])
-                .unwrap();
+                let mut plan = vec![plan_backward(ctx, &tx, &tg, &stats, &tdy, &dx).unwrap()];
+                plan.extend(plan_backward_params(ctx, &tx, &stats, &tdy, &dg, &db, false).unwrap());
+                ctx.run(&plan).unwrap();
                 let (wdx, wdg, wdb) = reference::backward(&x64, &g64, &to_f64(&dy), eps as f64);
                 // n = 1 makes dx exactly zero (x̂ is constant): compare absolutely there.
                 assert_close(&format!("{what} dx"), &download(ctx, &dx), &wdx, 1e-4);

@@ -23,17 +23,65 @@ struct Params {
     rows: u32,
     cols: u32,
     beta: f32,
-    _pad: u32,
+    rows_per_chunk: u32,
+}
+
+/// Workgroups a column sum aims to launch: enough for every multiprocessor of a big GPU
+/// several times over (an H200 has 132).
+const TARGET_WORKGROUPS: usize = 512;
+/// Fewest rows a chunk sums (below it, the partial sums cost more than they save).
+const MIN_CHUNK_ROWS: usize = 32;
+/// Up to this many rows, one pass (a second would cost more than it saves).
+const SINGLE_PASS_ROWS: usize = 256;
+
+/// Chunks to cut `rows` into for `cols` columns: one when the column blocks alone fill the
+/// GPU, else enough to reach [`TARGET_WORKGROUPS`].
+pub(crate) fn chunks_for(rows: usize, cols: usize) -> usize {
+    if rows <= SINGLE_PASS_ROWS {
+        return 1;
+    }
+    let col_blocks = cols.div_ceil(64);
+    TARGET_WORKGROUPS
+        .div_ceil(col_blocks)
+        .min(rows.div_ceil(MIN_CHUNK_ROWS))
+        .max(1)
+}
+
+/// One pass: each of `chunks` chunks of `rows_per_chunk` rows into its row of `out`.
+fn pass(
+    ctx: &Context,
+    x: &Tensor,
+    out: &Tensor,
+    (rows, cols): (usize, usize),
+    rows_per_chunk: usize,
+    beta: f32,
+) -> Result<Dispatch> {
+    let chunks = rows.div_ceil(rows_per_chunk).max(1);
+    let [gx, gy, _] = ctx.grid_1d((cols as u64).div_ceil(64))?;
+    DispatchBuilder::new(ctx, &SHADER, "sum_rows")
+        .params(&Params {
+            rows: rows as u32,
+            cols: cols as u32,
+            beta,
+            rows_per_chunk: rows_per_chunk as u32,
+        })
+        .read("x", x)
+        .write("out", out)
+        // 4 threads per column walk the chunk's rows
+        .serial_steps(rows_per_chunk.min(rows).div_ceil(4) as u64)
+        .build([gx, gy, chunks as u32])
 }
 
 /// `out[c] = (accumulate ? out[c] : 0) + Σ_r x[r, c]`, where x is read as `[rows, cols]`
-/// with `cols = out.numel()` (x's element count must be a multiple of it).
+/// with `cols = out.numel()` (x's element count must be a multiple of it). Many rows over
+/// few columns are cut into chunks summed in parallel into a scratch tensor of partial sums
+/// (at most about 512 × 64 floats), then summed again: two dispatches.
 pub fn plan_sum_rows(
     ctx: &Context,
     x: &Tensor,
     out: &Tensor,
     accumulate: bool,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     x.expect_dtype("sum_rows", "x", DType::F32)?;
     out.expect_dtype("sum_rows", "out", DType::F32)?;
     let cols = out.numel();
@@ -49,25 +97,29 @@ pub fn plan_sum_rows(
         ));
     }
     let rows = x.numel() / cols;
-    DispatchBuilder::new(ctx, &SHADER, "sum_rows")
-        .params(&Params {
-            rows: rows as u32,
-            cols: cols as u32,
-            beta: if accumulate { 1.0 } else { 0.0 },
-            _pad: 0,
-        })
-        .read("x", x)
-        .write("out", out)
-        // 4 threads per column walk every row
-        .serial_steps(rows.div_ceil(4) as u64)
-        .build(ctx.grid_1d((cols as u64).div_ceil(64))?)
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    let chunks = chunks_for(rows, cols);
+    if chunks == 1 {
+        return Ok(vec![pass(ctx, x, out, (rows, cols), rows.max(1), beta)?]);
+    }
+    let partial = Tensor::zeros(ctx, &[chunks, cols], DType::F32)?;
+    let mut plan = vec![pass(
+        ctx,
+        x,
+        &partial,
+        (rows, cols),
+        rows.div_ceil(chunks),
+        0.0,
+    )?];
+    plan.extend(plan_sum_rows(ctx, &partial, out, accumulate)?);
+    Ok(plan)
 }
 
 /// Sums `x` (shape `[..., cols]`) over every leading dimension into a new `[cols]` tensor.
 pub fn sum_rows(ctx: &Context, x: &Tensor) -> Result<Tensor> {
     let cols = *x.shape().last().unwrap_or(&1);
     let out = Tensor::zeros(ctx, &[cols], DType::F32)?;
-    ctx.submit(&[plan_sum_rows(ctx, x, &out, false)?])?;
+    ctx.submit(&plan_sum_rows(ctx, x, &out, false)?)?;
     Ok(out)
 }
 
@@ -96,7 +148,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             rows,
             cols,
             beta,
-            _pad
+            rows_per_chunk
         }),
     )]
 }
@@ -110,11 +162,21 @@ mod tests {
     fn sum_rows_matches_reference() {
         let ctx = &ctx();
         let mut rng = rng(2);
-        for (rows, cols) in [(1, 1), (7, 33), (129, 7), (33, 129), (300, 65)] {
+        // (4000, 3) and (1025, 65) take two passes, (100000, 1) three
+        for (rows, cols) in [
+            (1, 1),
+            (7, 33),
+            (129, 7),
+            (33, 129),
+            (300, 65),
+            (4000, 3),
+            (1025, 65),
+            (100_000, 1),
+        ] {
             let x = randn(&mut rng, rows * cols);
             let tx = upload(ctx, &x, &[rows, cols]);
             let out = poisoned(ctx, &[cols]);
-            ctx.run(&[plan_sum_rows(ctx, &tx, &out, false).unwrap()])
+            ctx.run(&plan_sum_rows(ctx, &tx, &out, false).unwrap())
                 .unwrap();
             let want = reference::sum_rows(&to_f64(&x), cols);
             assert_close(
@@ -131,8 +193,13 @@ mod tests {
         let ctx = &ctx();
         let x = upload(ctx, &[1.0, 2.0, 3.0, 4.0], &[2, 2]);
         let out = upload(ctx, &[10.0, 20.0], &[2]);
-        ctx.run(&[plan_sum_rows(ctx, &x, &out, true).unwrap()])
+        ctx.run(&plan_sum_rows(ctx, &x, &out, true).unwrap())
             .unwrap();
         assert_eq!(download(ctx, &out), vec![14.0, 26.0]);
+        // in two passes too
+        let x = upload(ctx, &vec![1.0; 4000 * 2], &[4000, 2]);
+        ctx.run(&plan_sum_rows(ctx, &x, &out, true).unwrap())
+            .unwrap();
+        assert_eq!(download(ctx, &out), vec![4014.0, 4026.0]);
     }
 }

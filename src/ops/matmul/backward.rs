@@ -170,7 +170,7 @@ pub fn plan_backward(
     }) = targets.bias
     {
         gbias.expect_shape("matmul backward", "grad_bias", &[d.n])?;
-        out.push(reduce::plan_sum_rows(ctx, grad_c, gbias, accumulate)?);
+        out.extend(reduce::plan_sum_rows(ctx, grad_c, gbias, accumulate)?);
     }
     Ok(out)
 }
@@ -196,15 +196,14 @@ fn plan_batched_grad(
         accumulate: false,
         ..*o
     };
-    Ok(vec![
-        plan(ctx, x, y, None, &scratch, &per_batch)?,
-        reduce::plan_sum_rows(
-            ctx,
-            &scratch,
-            &target.reshape(&[target.numel()])?,
-            o.accumulate,
-        )?,
-    ])
+    let mut plan_ = vec![plan(ctx, x, y, None, &scratch, &per_batch)?];
+    plan_.extend(reduce::plan_sum_rows(
+        ctx,
+        &scratch,
+        &target.reshape(&[target.numel()])?,
+        o.accumulate,
+    )?);
+    Ok(plan_)
 }
 
 /// Gradients with respect to a, b and the bias, in new tensors.

@@ -100,6 +100,10 @@ struct ModelArgs {
     /// Matmul precision: f32, or fast (tensor cores where the adapter has them).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
+    /// How matmul tilings are chosen: auto (timed on a GPU, cached on disk), timed (on any
+    /// adapter), heuristic.
+    #[arg(long, value_enum, default_value_t = TilingArg::Auto)]
+    tiling: TilingArg,
     /// Time every dispatch of the step on its own, per kernel.
     #[arg(long)]
     profile: bool,
@@ -127,6 +131,13 @@ enum AttentionArg {
     Softmax,
     Fused,
     Linear,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TilingArg {
+    Auto,
+    Timed,
+    Heuristic,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -228,6 +239,14 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     })?;
     matmul::set_precision(&ctx, precision);
+    matmul::set_tiling(
+        &ctx,
+        match args.tiling {
+            TilingArg::Auto => matmul::TilingChoice::Auto,
+            TilingArg::Timed => matmul::TilingChoice::Timed,
+            TilingArg::Heuristic => matmul::TilingChoice::Heuristic,
+        },
+    );
     let caps = ctx.capabilities();
     println!(
         "adapter   {} ({:?}), matmul {}",

@@ -64,6 +64,46 @@ pub(crate) struct MatmulState {
     pub tiling: Mutex<Option<TilingChoice>>,
     pub precision: Mutex<MatmulPrecision>,
     pub tuned: Mutex<std::collections::HashMap<ShapeClass, Tiling>>,
+    /// `None` until set: [`default_tuning_cache`]. `Some(None)`: no cache.
+    pub cache_dir: Mutex<Option<Option<std::path::PathBuf>>>,
+    /// Whether the cache file was read into `tuned` yet.
+    pub cache_read: std::sync::atomic::AtomicBool,
+}
+
+/// Where timed tilings are kept between processes, one file per adapter, driver and
+/// library version, so only a machine's first process tunes: `ROFORMER_CACHE_DIR` (empty:
+/// nowhere), else `$XDG_CACHE_HOME/roformer-wgpu`, else `~/.cache/roformer-wgpu`. The files
+/// are small (a few hundred bytes per kind of product shape).
+pub fn default_tuning_cache() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(dir) = std::env::var_os("ROFORMER_CACHE_DIR") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("roformer-wgpu"))
+}
+
+/// Sets where this context reads and writes timed tilings (`None`: neither; default
+/// [`default_tuning_cache`]). Set it before the first product is planned.
+pub fn set_tuning_cache(ctx: &Context, dir: Option<std::path::PathBuf>) {
+    let state = state(ctx);
+    *state.cache_dir.lock().unwrap() = Some(dir);
+    state
+        .cache_read
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Where this context keeps timed tilings, if anywhere.
+pub fn tuning_cache(ctx: &Context) -> Option<std::path::PathBuf> {
+    state(ctx)
+        .cache_dir
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(default_tuning_cache)
 }
 
 pub(crate) fn state(ctx: &Context) -> std::sync::Arc<MatmulState> {

@@ -1,6 +1,8 @@
 //! Tilings of the f32 kernel and how one is chosen: by shape, fixed, or timed once per kind
 //! of product shape on the device and remembered in the context ([`TilingChoice`]).
 
+use std::sync::atomic::Ordering::SeqCst;
+
 use crate::context::{Capabilities, Context};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -12,7 +14,7 @@ use super::{dispatch, state};
 /// A tiling of the kernel, set through its override constants: a workgroup computes a
 /// `bm × bn` block of C with `(bm/tm)·(bn/tn)` threads of `tm × tn` each, through K in
 /// slices of `bk`; with `prefetch`, the next slice is loaded while the current one is used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Tiling {
     /// Rows of C per workgroup.
     pub bm: u32,
@@ -131,7 +133,7 @@ pub enum TilingChoice {
 const TUNE_MIN_MACS: u64 = 1 << 28;
 
 /// What tuning results are remembered by: shapes within a factor of two, same layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ShapeClass {
     log2_m: u32,
     log2_n: u32,
@@ -204,16 +206,86 @@ pub(crate) fn choose(ctx: &Context, s: &StridedMatmul, layout: &Layout) -> Resul
             }
             let class = ShapeClass::of(s, layout);
             let state = state(ctx);
-            if let Some(&t) = state.tuned.lock().unwrap().get(&class) {
-                return Ok(t);
+            let cache = super::tuning_cache(ctx).map(|dir| cache_file(ctx, &dir));
+            {
+                let mut tuned = state.tuned.lock().unwrap();
+                // Once per context: what earlier processes timed on this adapter and driver.
+                if let (Some(file), false) = (&cache, state.cache_read.swap(true, SeqCst)) {
+                    for (c, t) in read_cache(file) {
+                        if t.fits(caps) {
+                            tuned.entry(c).or_insert(t);
+                        }
+                    }
+                }
+                if let Some(&t) = tuned.get(&class) {
+                    return Ok(t);
+                }
             }
             let started = std::time::Instant::now();
             let t = tune(ctx, s, layout)?.0;
-            state.tuned.lock().unwrap().insert(class, t);
+            let mut tuned = state.tuned.lock().unwrap();
+            tuned.insert(class, t);
             ctx.record_tuning(started.elapsed());
+            if let Some(file) = &cache {
+                // A cache that cannot be written costs the next process a tuning, no more.
+                let _ = write_cache(file, &caps.adapter_name, &tuned);
+            }
             Ok(t)
         }
     }
+}
+
+/// The cache file of this adapter, driver and library version in `dir`.
+fn cache_file(ctx: &Context, dir: &std::path::Path) -> std::path::PathBuf {
+    let caps = ctx.capabilities();
+    let key = format!(
+        "{}|{}|{:?}|{}",
+        caps.adapter_name,
+        caps.driver,
+        caps.backend,
+        env!("CARGO_PKG_VERSION")
+    );
+    // FNV-1a: the same name in every process and Rust version.
+    let hash = key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    dir.join(format!("matmul-tilings-{hash:016x}.json"))
+}
+
+/// The tunings in a cache file, with the adapter they are for (for whoever reads it); a
+/// missing or unreadable file is an empty cache.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheFile {
+    adapter: String,
+    tunings: Vec<(ShapeClass, Tiling)>,
+}
+
+fn read_cache(file: &std::path::Path) -> Vec<(ShapeClass, Tiling)> {
+    std::fs::read(file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<CacheFile>(&bytes).ok())
+        .map_or_else(Vec::new, |c| c.tunings)
+}
+
+fn write_cache(
+    file: &std::path::Path,
+    adapter: &str,
+    tuned: &std::collections::HashMap<ShapeClass, Tiling>,
+) -> Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let mut tunings: Vec<(ShapeClass, Tiling)> = tuned.iter().map(|(c, t)| (*c, *t)).collect();
+    tunings.sort_by_key(|(c, _)| format!("{c:?}"));
+    let body = CacheFile {
+        adapter: adapter.to_string(),
+        tunings,
+    };
+    let bytes = serde_json::to_vec_pretty(&body).map_err(|e| Error::invalid(e.to_string()))?;
+    crate::io::write_atomic(file, &bytes)
 }
 
 /// Times every tiling that fits on a `[m, k] · [k, n]` product (operands stored transposed
@@ -308,7 +380,9 @@ pub(crate) fn tune(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{matmul, reference, set_tiling, tuned_tilings, MatmulOptions};
+    use super::super::{
+        matmul, reference, set_tiling, set_tuning_cache, tuned_tilings, MatmulOptions,
+    };
     use super::*;
     use crate::testing::*;
 
@@ -320,6 +394,7 @@ mod tests {
         let _turn = ctx(); // a second device must not race the shared one
         let ctx = &Context::new().unwrap();
         set_tiling(ctx, TilingChoice::Timed);
+        set_tuning_cache(ctx, None); // what this process times, not what earlier ones did
         let mut rng = rng(8);
         // (m, n, k): the first two are one kind (within a factor of two, neither read as
         // vec4s), the third another.
@@ -353,6 +428,57 @@ mod tests {
         assert!(fitting
             .iter()
             .all(|t| times.iter().filter(|(u, _)| u == t).count() == 1));
+    }
+
+    /// A second context (a second process) on the same adapter reads what the first timed
+    /// from the cache folder and times nothing; a corrupt cache file is ignored.
+    #[test]
+    fn timed_tilings_are_kept_on_disk_for_the_next_process() {
+        let _turn = ctx();
+        let dir = std::env::temp_dir().join(format!("roformer-tilings-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let product = |ctx: &Context| {
+            let (m, n, k) = (40, 24, 16);
+            let mut rng = rng(9);
+            let (a, b) = (randn(&mut rng, m * k), randn(&mut rng, k * n));
+            let c = matmul(
+                ctx,
+                &upload(ctx, &a, &[m, k]),
+                &upload(ctx, &b, &[k, n]),
+                None,
+                &MatmulOptions::default(),
+            )
+            .unwrap();
+            let want = reference::matmul(&to_f64(&a), &to_f64(&b), (m, n, k), false, false);
+            assert_close("cached tiling", &download(ctx, &c), &want, 1e-5);
+        };
+        let open = || {
+            let ctx = Context::new().unwrap();
+            set_tiling(&ctx, TilingChoice::Timed);
+            set_tuning_cache(&ctx, Some(dir.clone()));
+            ctx
+        };
+        let first = open();
+        product(&first);
+        assert_eq!(first.setup_costs().tunings, 1);
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(files.len(), 1, "one cache file per adapter");
+        let second = open();
+        product(&second);
+        assert_eq!(
+            second.setup_costs().tunings,
+            0,
+            "the second process timed again"
+        );
+        assert_eq!(tuned_tilings(&second), tuned_tilings(&first));
+        // A corrupt file is an empty cache: the next process times again, and rewrites it.
+        let file = files[0].as_ref().unwrap().path();
+        std::fs::write(&file, "{ not json").unwrap();
+        let third = open();
+        product(&third);
+        assert_eq!(third.setup_costs().tunings, 1);
+        assert!(!read_cache(&file).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

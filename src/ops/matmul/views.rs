@@ -175,7 +175,7 @@ pub(crate) struct Operands<'a> {
 }
 
 /// How the operands lie in memory, as far as the kernel's loads care.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Layout {
     /// A's adjacent elements run along k (else along m).
     pub a_k_contig: bool,

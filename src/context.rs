@@ -13,11 +13,6 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::shader::{self, Access, BindingKind, EntryInterface, Shader};
 
-/// Kernels compiled without the bounds checks wgpu would add to every buffer and array
-/// access, because they check their own (see the SAFETY note where they are compiled): the
-/// hot, bounds-checked inner loops of matmul.
-const TRUSTED_SHADERS: [&str; 1] = ["matmul"];
-
 /// How to pick an adapter and open a device. `Default` follows wgpu's environment variables.
 #[derive(Clone, Debug)]
 pub struct ContextOptions {
@@ -751,22 +746,12 @@ impl Context {
         let (bgl, pl) = self.layout(&interface);
         let started = std::time::Instant::now();
         let pipeline = self.scoped("shader compilation", || {
-            let desc = wgpu::ShaderModuleDescriptor {
-                label: Some(shader.name),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            };
-            let module = if TRUSTED_SHADERS.contains(&shader.name) {
-                let mut checks = wgpu::ShaderRuntimeChecks::checked();
-                checks.bounds_checks = false;
-                // SAFETY: these kernels guard every global access against the tensor
-                // shapes themselves, index their workgroup and private arrays only within
-                // sizes fixed by their tiling, and keep their awkward-shape tests (every
-                // edge of a tile, shapes 1, 7, 33, 129). Loops and integer division keep
-                // wgpu's checks.
-                unsafe { self.device.create_shader_module_trusted(desc, checks) }
-            } else {
-                self.device.create_shader_module(desc)
-            };
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.name),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
             self.device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(entry),

@@ -45,13 +45,18 @@ const MAX_D: u32 = 64u;
 const BLK: u32 = 32u;
 const COLS: u32 = MAX_D / 4u;
 const F32_MAX: f32 = 3.40282347e38;
+// Row strides of the staged tiles, one longer than a row: the threads of a warp read the
+// same column of different rows, which a stride of a multiple of 32 words puts in one
+// memory bank (4-8-way conflicts); an odd stride spreads them over the banks.
+const SD: u32 = MAX_D + 1u;
+const SB: u32 = BLK + 1u;
 
-var<workgroup> sh_a: array<f32, BLK * MAX_D>;
-var<workgroup> sh_b: array<f32, BLK * MAX_D>;
-var<workgroup> sh_c: array<f32, BLK * MAX_D>;
-var<workgroup> sh_d: array<f32, BLK * MAX_D>;
-var<workgroup> sh_p: array<f32, BLK * BLK>;
-var<workgroup> sh_s: array<f32, BLK * BLK>;
+var<workgroup> sh_a: array<f32, BLK * SD>;
+var<workgroup> sh_b: array<f32, BLK * SD>;
+var<workgroup> sh_c: array<f32, BLK * SD>;
+var<workgroup> sh_d: array<f32, BLK * SD>;
+var<workgroup> sh_p: array<f32, BLK * SB>;
+var<workgroup> sh_s: array<f32, BLK * SB>;
 var<workgroup> sh_red: array<f32, BLK * 4u>;
 var<workgroup> sh_row: array<f32, BLK * 2u>;
 
@@ -91,7 +96,7 @@ fn stage_q(b: u32, h: u32, t0: u32, li: u32) {
         if (in_range(t0 + r, c)) {
             x = q[at(b, h, t0 + r, c)];
         }
-        sh_a[e] = x;
+        sh_a[r * SD + c] = x;
     }
 }
 
@@ -103,7 +108,7 @@ fn stage_k(b: u32, h: u32, t0: u32, li: u32) {
         if (in_range(t0 + r, c)) {
             x = k[at(b, h, t0 + r, c)];
         }
-        sh_b[e] = x;
+        sh_b[r * SD + c] = x;
     }
 }
 
@@ -115,7 +120,7 @@ fn stage_v(b: u32, h: u32, t0: u32, li: u32) {
         if (in_range(t0 + r, c)) {
             x = v[at(b, h, t0 + r, c)];
         }
-        sh_c[e] = x;
+        sh_c[r * SD + c] = x;
     }
 }
 
@@ -127,7 +132,7 @@ fn stage_dout(b: u32, h: u32, t0: u32, li: u32) {
         if (in_range(t0 + r, c)) {
             x = grad_out[at(b, h, t0 + r, c)];
         }
-        sh_d[e] = x;
+        sh_d[r * SD + c] = x;
     }
 }
 
@@ -186,10 +191,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         for (var j = part; j < BLK; j += 4u) {
             var s = 0.0;
             for (var c = 0u; c < p.dim; c++) {
-                s += sh_a[r * MAX_D + c] * sh_b[j * MAX_D + c];
+                s += sh_a[r * SD + c] * sh_b[j * SD + c];
             }
             s = p.scale * s + mask_of(b, min(k0 + j, p.seq - 1u));
-            sh_s[r * BLK + j] = s;
+            sh_s[r * SB + j] = s;
             if (allowed(i, k0 + j)) {
                 local_max = max(local_max, s);
             }
@@ -200,9 +205,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         for (var j = part; j < BLK; j += 4u) {
             var pj = 0.0;
             if (allowed(i, k0 + j)) {
-                pj = exp(sh_s[r * BLK + j] - m_new);
+                pj = exp(sh_s[r * SB + j] - m_new);
             }
-            sh_s[r * BLK + j] = pj;
+            sh_s[r * SB + j] = pj;
             local_sum += pj;
         }
         let alpha = exp(m - m_new);
@@ -213,7 +218,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
             let c = part + 4u * cc;
             var o = alpha * acc[cc];
             for (var j = 0u; j < BLK; j++) {
-                o += sh_s[r * BLK + j] * sh_c[j * MAX_D + c];
+                o += sh_s[r * SB + j] * sh_c[j * SD + c];
             }
             acc[cc] = o;
         }
@@ -289,20 +294,20 @@ fn bwd_dq(@builtin(workgroup_id) wid: vec3<u32>,
                 var s = 0.0;
                 var dp = 0.0;
                 for (var c = 0u; c < p.dim; c++) {
-                    s += sh_a[r * MAX_D + c] * sh_b[j * MAX_D + c];
-                    dp += sh_d[r * MAX_D + c] * sh_c[j * MAX_D + c];
+                    s += sh_a[r * SD + c] * sh_b[j * SD + c];
+                    dp += sh_d[r * SD + c] * sh_c[j * SD + c];
                 }
                 let pr = exp(p.scale * s + mask_of(b, k0 + j) - lse);
                 ds = pr * (dp - dd);
             }
-            sh_s[r * BLK + j] = ds;
+            sh_s[r * SB + j] = ds;
         }
         workgroupBarrier();
         for (var cc = 0u; cc < COLS; cc++) {
             let c = part + 4u * cc;
             var g = acc[cc];
             for (var j = 0u; j < BLK; j++) {
-                g += sh_s[r * BLK + j] * sh_b[j * MAX_D + c];
+                g += sh_s[r * SB + j] * sh_b[j * SD + c];
             }
             acc[cc] = g;
         }
@@ -362,14 +367,14 @@ fn bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>,
                 var s = 0.0;
                 var dp = 0.0;
                 for (var c = 0u; c < p.dim; c++) {
-                    s += sh_a[ii * MAX_D + c] * sh_b[r * MAX_D + c];
-                    dp += sh_d[ii * MAX_D + c] * sh_c[r * MAX_D + c];
+                    s += sh_a[ii * SD + c] * sh_b[r * SD + c];
+                    dp += sh_d[ii * SD + c] * sh_c[r * SD + c];
                 }
                 pr = exp(p.scale * s + mask_of(b, j) - sh_row[ii * 2u]);
                 ds = pr * (dp - sh_row[ii * 2u + 1u]);
             }
-            sh_p[r * BLK + ii] = pr;
-            sh_s[r * BLK + ii] = ds;
+            sh_p[r * SB + ii] = pr;
+            sh_s[r * SB + ii] = ds;
         }
         workgroupBarrier();
         for (var cc = 0u; cc < COLS; cc++) {
@@ -377,8 +382,8 @@ fn bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>,
             var gv = dv[cc];
             var gk = dk[cc];
             for (var ii = 0u; ii < BLK; ii++) {
-                gv += sh_p[r * BLK + ii] * sh_d[ii * MAX_D + c];
-                gk += sh_s[r * BLK + ii] * sh_a[ii * MAX_D + c];
+                gv += sh_p[r * SB + ii] * sh_d[ii * SD + c];
+                gk += sh_s[r * SB + ii] * sh_a[ii * SD + c];
             }
             dv[cc] = gv;
             dk[cc] = gk;

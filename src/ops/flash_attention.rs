@@ -129,8 +129,10 @@ fn setup(
         ))
     })?;
     let caps = ctx.capabilities();
-    let shared =
-        4 * (4 * bwd * max_d + 2 * bwd * bwd + 6 * bwd).max(3 * fwd * max_d + fwd * fwd + 4 * fwd);
+    // The staged tiles, their rows padded by one (see the shader), and the row statistics.
+    let shared = 4
+        * (4 * bwd * (max_d + 1) + 2 * bwd * (bwd + 1) + 6 * bwd)
+            .max(3 * fwd * (max_d + 1) + fwd * (fwd + 1) + 4 * fwd);
     if shared > caps.max_workgroup_storage as usize
         || 4 * fwd.max(bwd) > caps.max_invocations_per_workgroup as usize
     {

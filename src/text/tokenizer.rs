@@ -263,7 +263,11 @@ impl Tokenizer {
 
         let (inner, kind, source) = if json.exists() && !roformer {
             let hf = tokenizers::Tokenizer::from_file(&json).map_err(|e| format_error(&json, e))?;
-            (from_tokenizer_json(hf), TokenizerKind::TokenizerJson, json)
+            (
+                from_tokenizer_json(hf, &json)?,
+                TokenizerKind::TokenizerJson,
+                json,
+            )
         } else {
             let unk = config_token(&config, "unk_token", "[UNK]");
             let (model, source) = if json.exists() {
@@ -502,16 +506,16 @@ impl Tokenizer {
 }
 
 /// A `tokenizer.json` pipeline, its pre-tokenizer kept.
-fn from_tokenizer_json(hf: tokenizers::Tokenizer) -> Backend {
+fn from_tokenizer_json(hf: tokenizers::Tokenizer, source: &Path) -> Result<Backend> {
     let hf = hf.into_inner();
     let mut t = Backend::new(hf.get_model().clone());
     t.with_normalizer(hf.get_normalizer().cloned())
-        .expect("a tokenizer.json's own added tokens normalize");
+        .map_err(|e| format_error(source, e))?;
     t.with_pre_tokenizer(Some(Splitter::Standard(hf.get_pre_tokenizer().cloned())));
     t.with_post_processor(hf.get_post_processor().cloned());
     t.with_decoder(hf.get_decoder().cloned());
     add_tokens_in_id_order(&mut t, hf.get_added_tokens_decoder());
-    t
+    Ok(t)
 }
 
 fn add_tokens_in_id_order(t: &mut Backend, added: impl IntoIterator<Item = (u32, AddedToken)>) {

@@ -514,21 +514,28 @@ fn from_tokenizer_json(hf: tokenizers::Tokenizer, source: &Path) -> Result<Backe
     t.with_pre_tokenizer(Some(Splitter::Standard(hf.get_pre_tokenizer().cloned())));
     t.with_post_processor(hf.get_post_processor().cloned());
     t.with_decoder(hf.get_decoder().cloned());
-    add_tokens_in_id_order(&mut t, hf.get_added_tokens_decoder());
+    add_tokens_in_id_order(&mut t, hf.get_added_tokens_decoder(), source)?;
     Ok(t)
 }
 
-fn add_tokens_in_id_order(t: &mut Backend, added: impl IntoIterator<Item = (u32, AddedToken)>) {
+fn add_tokens_in_id_order(
+    t: &mut Backend,
+    added: impl IntoIterator<Item = (u32, AddedToken)>,
+    source: &Path,
+) -> Result<()> {
     let mut added: Vec<(u32, AddedToken)> = added.into_iter().collect();
     added.sort_by_key(|(id, _)| *id);
     for (_, token) in added {
         // Tokens in the model's vocabulary keep their ids; others are numbered after it.
-        if token.special {
-            let _ = t.add_special_tokens([token]);
+        let content = token.content.clone();
+        let r = if token.special {
+            t.add_special_tokens([token])
         } else {
-            let _ = t.add_tokens([token]);
-        }
+            t.add_tokens([token])
+        };
+        r.map_err(|e| format_error(source, format!("added token {content:?}: {e}")))?;
     }
+    Ok(())
 }
 
 /// BERT WordPiece as transformers builds it for `BertTokenizer` (BERT pre-tokenizer) and
@@ -594,6 +601,6 @@ fn bert_wordpiece(
         )
     })
     .filter_map(|s| vocab.get(&s).map(|&id| (id, AddedToken::from(s, true))));
-    add_tokens_in_id_order(&mut t, specials.collect::<Vec<_>>());
+    add_tokens_in_id_order(&mut t, specials.collect::<Vec<_>>(), source)?;
     Ok(t)
 }

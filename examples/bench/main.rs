@@ -108,7 +108,8 @@ struct ModelArgs {
     #[arg(long)]
     profile: bool,
     /// Plan the step without running it and predict its time on this GPU with the cost
-    /// model (h200, rtx4090, m3-max).
+    /// model (h200, rtx4090, m3-max); with --profile, run it too and print each kernel
+    /// family's measured time beside its prediction (on that GPU: the model's calibration).
     #[arg(long, value_name = "GPU", value_parser = gpu_name)]
     model: Option<String>,
 }
@@ -168,6 +169,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn profile(
     ctx: &Context,
     session: &mut roformer_wgpu::model::Session<'_>,
+    predicted: Option<&cost_model::StepPrediction>,
 ) -> roformer_wgpu::Result<()> {
     use std::collections::BTreeMap;
     let mut dispatches: Vec<roformer_wgpu::Dispatch> = session.plan().dispatches().to_vec();
@@ -175,11 +177,13 @@ fn profile(
         dispatches.extend(o.dispatches().cloned());
     }
     let times = timing::time_each(ctx, &dispatches)?;
-    let mut per: BTreeMap<(&str, &str), (usize, f64)> = BTreeMap::new();
-    for (d, t) in dispatches.iter().zip(&times) {
+    // launches, measured ms, predicted ms (same dispatches, same order)
+    let mut per: BTreeMap<(&str, &str), (usize, f64, f64)> = BTreeMap::new();
+    for (i, (d, t)) in dispatches.iter().zip(&times).enumerate() {
         let e = per.entry(d.kernel()).or_default();
         e.0 += 1;
         e.1 += t.as_secs_f64() * 1e3;
+        e.2 += predicted.map_or(0.0, |p| p.dispatches[i].time_us / 1e3);
     }
     let total: f64 = per.values().map(|v| v.1).sum();
     let mut rows: Vec<_> = per.into_iter().collect();
@@ -189,12 +193,26 @@ fn profile(
         dispatches.len(),
         timing::method(ctx)
     );
-    for ((shader, entry), (n, ms)) in rows {
+    if predicted.is_some() {
         println!(
-            "  {:<36} {n:>5} launches {ms:>9.1} ms {:>5.1}%",
-            format!("{shader}::{entry}"),
-            100.0 * ms / total
+            "  {:<36} {:>14} {:>12} {:>6} {:>12} {:>9}",
+            "kernel", "launches", "measured", "share", "predicted", "ratio"
         );
+    }
+    for ((shader, entry), (n, ms, predicted_ms)) in rows {
+        let kernel = format!("{shader}::{entry}");
+        match predicted {
+            // measured beside the cost model's lower bound, per kernel family
+            Some(_) => println!(
+                "  {kernel:<36} {n:>5} launches {ms:>9.2} ms {:>5.1}% {predicted_ms:>9.3} ms {:>8.2}x",
+                100.0 * ms / total,
+                ms / predicted_ms.max(1e-9)
+            ),
+            None => println!(
+                "  {kernel:<36} {n:>5} launches {ms:>9.1} ms {:>5.1}%",
+                100.0 * ms / total
+            ),
+        }
     }
     Ok(())
 }
@@ -233,9 +251,10 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         PrecisionArg::Fast => MatmulPrecision::Fast,
         PrecisionArg::F32 => MatmulPrecision::F32,
     };
-    // The cost model only plans: for a GPU larger than this adapter, its limits are waived.
+    // The cost model alone only plans: for a GPU larger than this adapter, its limits are
+    // waived. With --profile the step runs, on this adapter's limits.
     let ctx = Context::with_options(roformer_wgpu::ContextOptions {
-        plan_only: args.model.is_some(),
+        plan_only: args.model.is_some() && !args.profile,
         ..Default::default()
     })?;
     matmul::set_precision(&ctx, precision);
@@ -275,15 +294,21 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let mut session = model.session(&ctx, batch, seq, Mode::Train(TrainOptions::default()))?;
     let plan_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut prediction = None;
     if let Some(name) = &args.model {
         let gpu = cost_model::gpu(name).expect("checked when parsed");
         let mut dispatches = session.plan().dispatches().to_vec();
         if let Some(o) = session.optimizer() {
             dispatches.extend(o.dispatches().cloned());
         }
-        let prediction = cost_model::StepPrediction::of(gpu, &dispatches);
-        print!("{}", prediction.report(gpu, batch * seq));
-        return Ok(());
+        let p = cost_model::StepPrediction::of(gpu, &dispatches);
+        print!("{}", p.report(gpu, batch * seq));
+        if !args.profile {
+            return Ok(());
+        }
+        // With --profile on that GPU: the step runs, and each kernel family's measured time
+        // is printed beside its prediction.
+        prediction = Some(p);
     }
     let (fwd, bwd) = session.call_counts();
     let m = session.memory();
@@ -341,7 +366,7 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         gpu.extend(s.gpu.map(|g| g.as_secs_f64() * 1e3));
     }
     if args.profile {
-        profile(&ctx, &mut session)?;
+        profile(&ctx, &mut session, prediction.as_ref())?;
     }
     if !wall.is_empty() {
         let w = median(wall);

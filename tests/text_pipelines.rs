@@ -20,7 +20,7 @@ use roformer_wgpu::Context;
 use serde_json::Value;
 
 fn dir(task: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    common::manifest_dir()
         .join("tests/fixtures/text")
         .join(task)
 }

@@ -5,13 +5,15 @@
 
 #![cfg(feature = "text")]
 
+mod common;
+
 use std::path::PathBuf;
 
 use roformer_wgpu::text::{EncodeOptions, Encoding, Tokenizer, TokenizerKind, Truncation};
 use serde_json::Value;
 
 fn text_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text")
+    common::manifest_dir().join("tests/fixtures/text")
 }
 
 fn expected() -> Value {

@@ -36,7 +36,15 @@ pub fn ctx() -> GpuGuard {
 /// The crate's fixtures, `tests/fixtures/` (made by `tools/make_fixtures.py`; see the README
 /// there).
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    manifest_dir().join("tests/fixtures")
+}
+
+/// The crate's folder: `CARGO_MANIFEST_DIR` at run time (cargo sets it; the GPU session sets
+/// it where it carried the test binaries), else where the tests were built.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// Every tensor of a safetensors file as f32 (integers converted), with its shape.

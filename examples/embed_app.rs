@@ -44,8 +44,11 @@ struct Cli {
     weights: Option<String>,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cli: Cli = args::parse_args();
+fn main() -> std::process::ExitCode {
+    args::exit_code(run(args::parse_args()))
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let config = cli
         .config

@@ -17,8 +17,12 @@ use roformer_wgpu::{Context, Tensor};
 #[command(name = "info")]
 struct Cli {}
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
     let _: Cli = args::parse_args();
+    args::exit_code(run())
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = Context::new()?;
     let caps = ctx.capabilities();
     println!("{caps}");

@@ -156,13 +156,7 @@ fn run_one(
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    args::exit_code(run())
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -248,11 +248,8 @@ fn configure(cli: &Cli, cpu: bool) -> Result<TrainConfig, String> {
     Ok(c)
 }
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+fn main() -> std::process::ExitCode {
+    args::exit_code(run())
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -2,6 +2,20 @@
 //! usage of the (sub)command printed under any argument error.
 
 use clap::Parser;
+use std::process::ExitCode;
+
+/// A program's exit: 0, or 1 after printing the error (as `error: ...`, not its Debug form).
+/// (`verify` has exit codes of its own.)
+#[allow(dead_code)]
+pub fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Parses the arguments; on `--help`/`--version` prints and exits 0, on a bad argument
 /// prints clap's message and the usage and exits 2.

@@ -167,13 +167,7 @@ type Failure = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     let cli: Cli = args::parse_args();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    args::exit_code(run(cli))
 }
 
 /// The texts: the arguments, else stdin's lines (a line that is not UTF-8 or is empty is an
@@ -202,7 +196,7 @@ fn texts(given: Vec<String>) -> Result<Vec<String>, Failure> {
 }
 
 /// Opens the device and the model; warns about texts that will be cut.
-fn open(args: &ModelArgs, texts: &[&str]) -> Result<(Context, TextModel), Failure> {
+fn open(args: &ModelArgs, texts: &[String]) -> Result<(Context, TextModel), Failure> {
     let ctx = Context::new()?;
     let options = TextOptions {
         truncate: args.truncate,
@@ -226,7 +220,7 @@ fn open(args: &ModelArgs, texts: &[&str]) -> Result<(Context, TextModel), Failur
 /// Runs `each` over the texts a batch at a time, with a progress bar on a terminal when
 /// there is more than one batch, and prints every result as it comes.
 fn in_batches<T>(
-    texts: &[&str],
+    texts: &[String],
     batch: usize,
     mut each: impl FnMut(&[&str]) -> Result<Vec<T>, Failure>,
     mut print: impl FnMut(&str, &T) -> Result<(), Failure>,
@@ -242,7 +236,8 @@ fn in_batches<T>(
         ProgressBar::hidden()
     };
     for part in texts.chunks(chunk) {
-        let results = each(part)?;
+        let part: Vec<&str> = part.iter().map(String::as_str).collect();
+        let results = each(&part)?;
         bar.suspend(|| -> Result<(), Failure> {
             for (t, r) in part.iter().zip(&results) {
                 print(t, r)?;
@@ -265,8 +260,7 @@ fn json_line(v: &impl Serialize) -> Result<(), Failure> {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::FillMask { common, top_k } => {
-            let owned = texts(common.texts)?;
-            let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let texts = texts(common.texts)?;
             let (ctx, model) = open(&common.model, &texts)?;
             let json = common.model.json;
             in_batches(
@@ -295,8 +289,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )
         }
         Command::Classify { common, all } => {
-            let owned = texts(common.texts)?;
-            let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let texts = texts(common.texts)?;
             let (ctx, model) = open(&common.model, &texts)?;
             let json = common.model.json;
             in_batches(
@@ -321,8 +314,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )
         }
         Command::TokenClassify { common } => {
-            let owned = texts(common.texts)?;
-            let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let texts = texts(common.texts)?;
             let (ctx, model) = open(&common.model, &texts)?;
             let json = common.model.json;
             in_batches(
@@ -349,8 +341,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             pooling,
             normalize,
         } => {
-            let owned = texts(common.texts)?;
-            let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let texts = texts(common.texts)?;
             let (ctx, model) = open(&common.model, &texts)?;
             let pooling = match pooling {
                 PoolingArg::Mean => Pooling::Mean,
@@ -391,14 +382,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Some(c) => vec![c],
                 None => texts(Vec::new())?,
             };
-            let refs: Vec<&str> = contexts.iter().map(String::as_str).collect();
             let (ctx, model) = open(&args, &[])?;
             let options = AnswerOptions {
                 top_k: top_k as usize,
                 max_answer_len: max_answer_len as usize,
             };
             in_batches(
-                &refs,
+                &contexts,
                 args.max_batch as usize,
                 |part| {
                     let inputs: Vec<(&str, &str)> =
@@ -432,8 +422,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             top_p,
             seed,
         } => {
-            let owned = texts(common.texts)?;
-            let prompts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let prompts = texts(common.texts)?;
             let (ctx, model) = open(&common.model, &prompts)?;
             let decoding = if sample {
                 Decoding::Sample {

@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use super::{block_on, gather, locate, TextModel};
+use super::{block_on, gather, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{Head, Want};
@@ -156,19 +156,10 @@ fn best_spans(
         .collect();
     let unmasked = |t: usize| allowed[t] || Some(w.input_ids[t]) == cls && w.attention_mask[t] == 1;
     let probs = |logits: &[f32]| {
-        let x: Vec<f64> = (0..n)
-            .map(|t| {
-                if unmasked(t) {
-                    logits[t] as f64
-                } else {
-                    -10000.0
-                }
-            })
+        let masked: Vec<f32> = (0..n)
+            .map(|t| if unmasked(t) { logits[t] } else { -10000.0 })
             .collect();
-        let max = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let e: Vec<f64> = x.iter().map(|v| (v - max).exp()).collect();
-        let sum: f64 = e.iter().sum();
-        let mut p: Vec<f64> = e.into_iter().map(|v| v / sum).collect();
+        let mut p = softmax(&masked);
         p[0] = 0.0;
         p
     };

@@ -63,15 +63,6 @@ pub async fn run(
     scoring: Option<Scoring>,
 ) -> Result<Vec<Vec<LabelScore>>> {
     model.need("text classification", &[Head::Classification])?;
-    if let Some(p) = pairs {
-        if p.len() != texts.len() {
-            return Err(crate::Error::invalid(format!(
-                "{} texts but {} pairs",
-                texts.len(),
-                p.len()
-            )));
-        }
-    }
     let encodings = model.encode(texts, pairs)?;
     let results = gather(model.submit(ctx, &encodings, Want::logits())?).await?;
     let config = model.config();

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::{block_on, gather, locate, softmax, TextModel};
+use super::{argmax, block_on, gather, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{Head, Want};
@@ -140,10 +140,6 @@ pub fn run_blocking(
     options: GenerateOptions,
 ) -> Result<Vec<Generated>> {
     block_on(ctx, run(ctx, model, prompts, options))
-}
-
-fn argmax(row: &[f32]) -> usize {
-    (0..row.len()).fold(0, |b, k| if row[k] > row[b] { k } else { b })
 }
 
 /// A draw from `softmax(row / temperature)` kept to the top-k, then the top-p nucleus.

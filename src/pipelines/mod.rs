@@ -222,6 +222,13 @@ impl TextModel {
         if texts.is_empty() {
             return Err(Error::invalid("no input texts"));
         }
+        if let Some(p) = pairs.filter(|p| p.len() != texts.len()) {
+            return Err(Error::invalid(format!(
+                "{} texts but {} pairs",
+                texts.len(),
+                p.len()
+            )));
+        }
         let max = self.max_tokens();
         let options = EncodeOptions {
             truncation: self.options.truncate.then_some(Truncation::LongestFirst),
@@ -306,6 +313,11 @@ pub fn block_on<T>(ctx: &Context, future: impl Future<Output = Result<T>>) -> Re
         }
         ctx.wait(None)?;
     }
+}
+
+/// The index of a row's largest value: the first of equals, as numpy's and torch's.
+fn argmax<T: PartialOrd>(row: &[T]) -> usize {
+    (0..row.len()).fold(0, |b, k| if row[k] > row[b] { k } else { b })
 }
 
 /// Softmax of a row in f64 (transformers computes it in f32: to ~1e-7).

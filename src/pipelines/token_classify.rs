@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{block_on, gather, label, locate, softmax, TextModel};
+use super::{argmax, block_on, gather, label, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::Result;
 use crate::model::{Head, Want};
@@ -121,8 +121,7 @@ fn tokens(
             continue;
         }
         let probs = softmax(&logits[t * labels..(t + 1) * labels]);
-        // argmax: the first of equal maxima, as numpy's
-        let best = (0..labels).fold(0, |b, k| if probs[k] > probs[b] { k } else { b });
+        let best = argmax(&probs);
         let (start, end) = e.offsets[t];
         let word = if Some(e.input_ids[t]) == unk {
             text.chars().skip(start).take(end - start).collect()

@@ -10,7 +10,6 @@
 //!
 //! Offsets are in characters (Unicode scalar values) of the input, as Python's are.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -218,23 +217,6 @@ fn config_token(config: &Value, key: &str, default: &str) -> String {
     }
 }
 
-/// Checks `vocab.txt` (one token per line, its id the line number) before `tokenizers` reads
-/// it, so that a missing or empty file is an error naming it.
-fn read_vocab_txt(path: &Path) -> Result<HashMap<String, u32>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let mut vocab = HashMap::new();
-    for (i, line) in text.lines().enumerate() {
-        vocab.entry(line.to_string()).or_insert(i as u32);
-    }
-    if vocab.is_empty() {
-        return Err(format_error(path, "the vocabulary is empty"));
-    }
-    Ok(vocab)
-}
-
 impl Tokenizer {
     /// Reads the tokenizer of a model folder (see the module documentation). A folder with
     /// none of `tokenizer.json` and `vocab.txt`, or with unreadable ones, is an error naming
@@ -275,9 +257,15 @@ impl Tokenizer {
                     tokenizers::Tokenizer::from_file(&json).map_err(|e| format_error(&json, e))?;
                 (hf.get_model().clone(), json)
             } else if vocab_txt.exists() {
-                read_vocab_txt(&vocab_txt)?;
-                let path = vocab_txt.to_string_lossy();
-                let model = WordPiece::from_file(&path)
+                // One token per line, its id the line number; read once, here, so that an
+                // unreadable or empty file is an error naming it.
+                let vocab = WordPiece::read_file(&vocab_txt.to_string_lossy())
+                    .map_err(|e| format_error(&vocab_txt, e))?;
+                if vocab.is_empty() {
+                    return Err(format_error(&vocab_txt, "the vocabulary is empty"));
+                }
+                let model = WordPiece::builder()
+                    .vocab(vocab)
                     .unk_token(unk)
                     .build()
                     .map_err(|e| format_error(&vocab_txt, e))?;

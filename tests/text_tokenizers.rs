@@ -21,25 +21,23 @@ fn expected() -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-const TEXTS: [&str; 8] = [
-    "今天天气非常好。",
-    "Hello World, the quick brown fox!",
-    "我喜欢 RoFormer 和 GPU 😀 kernels",
-    "Café naïve résumé",
-    "北京是中国的首都",
-    "  spaces   around\ttabs\nand newlines  ",
-    "unknownword qwertyzxcv 龘",
-    "a",
-];
+/// The inputs, as the fixture maker tokenized them.
+fn texts(want: &Value) -> Vec<&str> {
+    want["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect()
+}
 
-fn pairs() -> [(&'static str, &'static str); 2] {
-    [
-        ("今天天气怎么样？", "今天天气非常好。"),
-        (
-            "What is the capital of France?",
-            "Paris is the capital of France.",
-        ),
-    ]
+fn pairs(want: &Value) -> Vec<(&str, &str)> {
+    want["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap(), p[1].as_str().unwrap()))
+        .collect()
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
@@ -91,10 +89,13 @@ fn check(got: &Encoding, want: &Value, what: &str) {
 }
 
 fn check_folder(name: &str, kind: TokenizerKind) {
-    let want = &expected()[name];
+    let all = expected();
+    let (texts, pairs) = (texts(&all), pairs(&all));
+    assert_eq!((texts.len(), pairs.len()), (8, 2));
+    let want = &all[name];
     let tok = Tokenizer::from_dir(text_dir().join(name)).unwrap();
     assert_eq!(tok.kind(), kind, "{name}");
-    for (i, text) in TEXTS.iter().enumerate() {
+    for (i, text) in texts.iter().enumerate() {
         let what = format!("{name} single {i} {text:?}");
         check(&tok.encode(text).unwrap(), &want["single"][i], &what);
         let truncate = EncodeOptions {
@@ -111,7 +112,7 @@ fn check_folder(name: &str, kind: TokenizerKind) {
             "{what} decoded"
         );
     }
-    for (i, (a, b)) in pairs().iter().enumerate() {
+    for (i, (a, b)) in pairs.iter().enumerate() {
         let what = format!("{name} pair {i}");
         let got = tok
             .encode_with(a, Some(b), &EncodeOptions::default())
@@ -131,7 +132,7 @@ fn check_folder(name: &str, kind: TokenizerKind) {
     }
     let padded = tok
         .encode_batch(
-            &TEXTS,
+            &texts,
             None,
             &EncodeOptions {
                 pad_to_longest: true,

@@ -12,8 +12,9 @@ Writes, under OUTDIR:
   jieba/              the same vocabulary as RoFormerTokenizer saves it (its tokenizer.json has a BERT
                       pre-tokenizer; transformers puts jieba back when it loads the folder)
   jieba_vocab_only/   vocab.txt + tokenizer_config.json only (RoFormer's Chinese checkpoints' layout)
-  tokenization.json   AutoTokenizer's ids, attention mask, token types, offsets, tokens and word ids for
-                      TEXTS and PAIRS in each folder, plus truncated and padded batches
+  tokenization.json   the inputs ("texts", "pairs") and, per folder, AutoTokenizer's ids, attention
+                      mask, token types, offsets, tokens and word ids for them, plus truncated and
+                      padded batches
   <task>/             a small random RoFormer of that task saved with save_pretrained beside a tokenizer,
                       and expected.json: the inputs and what transformers' pipeline returned for each
                       (question answering: transformers 5 has no such pipeline, so expected.json holds
@@ -200,7 +201,7 @@ def qa_answer(tok, model, question, context, top_k=1, max_answer_len=15, max_len
 def main(outdir):
     vocab = make_tokenizers(outdir)
     wp, jb = os.path.join(outdir, "wordpiece"), os.path.join(outdir, "jieba")
-    cases = {}
+    cases = {"texts": TEXTS, "pairs": [list(p) for p in PAIRS]}
     for name in ["wordpiece", "jieba"]:
         tok = AutoTokenizer.from_pretrained(os.path.join(outdir, name))
         cases[name] = {"class": type(tok).__name__, **tokenization_cases(tok)}

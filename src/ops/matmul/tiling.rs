@@ -386,6 +386,23 @@ mod tests {
     use super::*;
     use crate::testing::*;
 
+    /// A random `[m, k] · [k, n]` product against the f64 reference, at whatever tiling the
+    /// context chooses.
+    fn check_product(ctx: &Context, (m, n, k): (usize, usize, usize), rng: &mut impl rand::Rng) {
+        let a = randn(rng, m * k);
+        let b = randn(rng, k * n);
+        let c = matmul(
+            ctx,
+            &upload(ctx, &a, &[m, k]),
+            &upload(ctx, &b, &[k, n]),
+            None,
+            &MatmulOptions::default(),
+        )
+        .unwrap();
+        let want = reference::matmul(&to_f64(&a), &to_f64(&b), (m, n, k), false, false);
+        assert_close(&format!("{m}x{n}x{k}"), &download(ctx, &c), &want, 1e-5);
+    }
+
     /// `TilingChoice::Timed` times each kind of shape once: the first product of a kind
     /// tunes (every tiling that fits, once), later ones of the same kind reuse the choice,
     /// another kind tunes again; every product is right whatever was chosen.
@@ -401,18 +418,7 @@ mod tests {
         let shapes = [(33, 65, 17), (41, 67, 19), (130, 7, 17)];
         let expected_tunings = [1, 1, 2];
         for (&(m, n, k), &tunings) in shapes.iter().zip(&expected_tunings) {
-            let a = randn(&mut rng, m * k);
-            let b = randn(&mut rng, k * n);
-            let c = matmul(
-                ctx,
-                &upload(ctx, &a, &[m, k]),
-                &upload(ctx, &b, &[k, n]),
-                None,
-                &MatmulOptions::default(),
-            )
-            .unwrap();
-            let want = reference::matmul(&to_f64(&a), &to_f64(&b), (m, n, k), false, false);
-            assert_close(&format!("{m}x{n}x{k}"), &download(ctx, &c), &want, 1e-5);
+            check_product(ctx, (m, n, k), &mut rng);
             assert_eq!(ctx.setup_costs().tunings, tunings, "after {m}x{n}x{k}");
             assert_eq!(tuned_tilings(ctx).len(), tunings);
         }
@@ -437,21 +443,7 @@ mod tests {
         let _turn = ctx();
         let dir = std::env::temp_dir().join(format!("roformer-tilings-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let product = |ctx: &Context| {
-            let (m, n, k) = (40, 24, 16);
-            let mut rng = rng(9);
-            let (a, b) = (randn(&mut rng, m * k), randn(&mut rng, k * n));
-            let c = matmul(
-                ctx,
-                &upload(ctx, &a, &[m, k]),
-                &upload(ctx, &b, &[k, n]),
-                None,
-                &MatmulOptions::default(),
-            )
-            .unwrap();
-            let want = reference::matmul(&to_f64(&a), &to_f64(&b), (m, n, k), false, false);
-            assert_close("cached tiling", &download(ctx, &c), &want, 1e-5);
-        };
+        let product = |ctx: &Context| check_product(ctx, (40, 24, 16), &mut rng(9));
         let open = || {
             let ctx = Context::new().unwrap();
             set_tiling(&ctx, TilingChoice::Timed);

@@ -140,12 +140,6 @@ impl Context {
     }
 }
 
-/// Threads per row for rows of `n`: the next power of two, from 32 to 256 (the row kernels'
-/// `WG` override).
-pub(crate) fn row_workgroup(n: usize) -> u32 {
-    n.next_power_of_two().clamp(32, 256) as u32
-}
-
 /// A tensor bound to a name of the shader, or `None` for an absent optional one.
 struct Bound<'a> {
     name: &'a str,
@@ -229,10 +223,16 @@ impl<'a> DispatchBuilder<'a> {
         self
     }
 
-    /// For the one-workgroup-per-row kernels: threads per row (their `WG` override) matched
-    /// to the row length.
+    /// For the one-workgroup-per-row kernels: threads per row (their `WG` override) and the
+    /// reduction's variant, as [`crate::ops::rows::row_layout`] chooses for the row length.
     pub(crate) fn row_threads(self, row_len: usize) -> Self {
-        self.constant("WG", row_workgroup(row_len) as f64)
+        use crate::ops::rows::{row_layout, subgroup_substitutions, RowLayout};
+        match row_layout(self.ctx, row_len) {
+            RowLayout::Workgroup(threads) => self.constant("WG", threads as f64),
+            RowLayout::Subgroup(lanes) => self
+                .constant("WG", lanes as f64)
+                .variants(subgroup_substitutions()),
+        }
     }
 
     /// The uniform parameter block: a `#[repr(C)]` mirror of the WGSL struct, whose size

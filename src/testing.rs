@@ -73,3 +73,23 @@ pub fn assert_close(what: &str, ours: &[f32], reference: &[f64], tol: f64) {
         "{what}: relative L2 error {err:.3e} over tolerance {tol:.0e}"
     );
 }
+
+/// Runs `check` with each row layout the adapter offers (`ops::rows`): one subgroup per row
+/// where its subgroups have a fixed size, then the workgroup tree; `check` gets the layout's
+/// name for its messages. The context's default (subgroups allowed) is restored after.
+pub fn for_each_row_layout(ctx: &Context, mut check: impl FnMut(&str)) {
+    use crate::ops::rows::{row_layout, set_row_subgroups, RowLayout};
+    struct Restore<'a>(&'a Context);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            set_row_subgroups(self.0, true);
+        }
+    }
+    let _restore = Restore(ctx);
+    set_row_subgroups(ctx, true);
+    if let RowLayout::Subgroup(lanes) = row_layout(ctx, 1) {
+        check(&format!("a subgroup of {lanes} per row"));
+    }
+    set_row_subgroups(ctx, false);
+    check("a workgroup per row");
+}

@@ -184,8 +184,8 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         println!("  tilings, {name} {n}³ (GFLOP/s): {}", line.join(", "));
     }
-    // softmax rows
-    let (rows_n, cols) = (s(1024, 65536), s(256, 1024));
+    // softmax rows (on a CPU adapter at burnbench's SCALE 0.0625 shape, to compare with Burn)
+    let (rows_n, cols) = (s(4096, 65536), 1024);
     let x = filled(&ctx, &[rows_n, cols]);
     let y = zeros(&ctx, &[rows_n, cols]);
     let d = softmax::plan_forward(&ctx, &x, &softmax::SoftmaxOptions::default(), &y)?;

@@ -66,12 +66,19 @@ fn row_combine(kind: u32, a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return a + b;
 }
 
-// The threads' parts combined through workgroup memory, a tree of log2(WG) steps, each
-// behind a barrier; every thread gets the result. (Subgroup operations were tried in its
-// place and were slower on llvmpipe; see PERF.md.)
+// The threads' parts combined; every thread gets the result. By default through
+// workgroup memory (row_reduce_workgroup). The subgroup variant (the host's choice where the
+// adapter's subgroups have one fixed size and rows are short, `dispatch::row_layout`) runs
+// each row on a workgroup that is exactly one subgroup, and combines with shuffles
+// (lib/rows_subgroup.wgsl, inserted below), no barrier.
+fn row_reduce(kind: u32, v: vec4<f32>, li: u32) -> vec4<f32> {
+    return row_reduce_workgroup(kind, v, li);
+}
+
+// A tree of log2(WG) steps through workgroup memory, each behind a barrier.
 var<workgroup> row_red: array<vec4<f32>, 256>;
 
-fn row_reduce(kind: u32, v: vec4<f32>, li: u32) -> vec4<f32> {
+fn row_reduce_workgroup(kind: u32, v: vec4<f32>, li: u32) -> vec4<f32> {
     row_red[li] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
@@ -84,3 +91,4 @@ fn row_reduce(kind: u32, v: vec4<f32>, li: u32) -> vec4<f32> {
     workgroupBarrier();
     return r;
 }
+// (subgroup variant: row_reduce_subgroup)

@@ -314,35 +314,37 @@ mod tests {
     fn residual_forward_matches_add_then_layernorm() {
         let ctx = &ctx();
         let mut rng = rng(12);
-        for &(rows, n) in &[(1, 1), (7, 33), (129, 300)] {
-            let (x, r) = (randn(&mut rng, rows * n), randn(&mut rng, rows * n));
-            let (gamma, beta) = (randn(&mut rng, n), randn(&mut rng, n));
-            let (tx, tr) = (upload(ctx, &x, &[rows, n]), upload(ctx, &r, &[rows, n]));
-            let (sum, y, stats) = (
-                poisoned(ctx, &[rows, n]),
-                poisoned(ctx, &[rows, n]),
-                poisoned(ctx, &[rows, 2]),
-            );
-            let (tg, tb) = (upload(ctx, &gamma, &[n]), upload(ctx, &beta, &[n]));
-            ctx.run(&[
-                plan_forward_residual(ctx, &tx, &tr, &tg, &tb, 1e-5, &sum, &y, &stats).unwrap(),
-            ])
-            .unwrap();
-            let s64: Vec<f64> = x.iter().zip(&r).map(|(a, b)| (a + b) as f64).collect();
-            let want = reference::forward(&s64, &to_f64(&gamma), &to_f64(&beta), 1e-5);
-            assert_close(
-                &format!("add+layernorm {rows}x{n} sum"),
-                &download(ctx, &sum),
-                &s64,
-                1e-6,
-            );
-            assert_close(
-                &format!("add+layernorm {rows}x{n}"),
-                &download(ctx, &y),
-                &want,
-                1e-5,
-            );
-        }
+        for_each_row_layout(ctx, |layout| {
+            for &(rows, n) in &[(1, 1), (7, 33), (129, 300)] {
+                let (x, r) = (randn(&mut rng, rows * n), randn(&mut rng, rows * n));
+                let (gamma, beta) = (randn(&mut rng, n), randn(&mut rng, n));
+                let (tx, tr) = (upload(ctx, &x, &[rows, n]), upload(ctx, &r, &[rows, n]));
+                let (sum, y, stats) = (
+                    poisoned(ctx, &[rows, n]),
+                    poisoned(ctx, &[rows, n]),
+                    poisoned(ctx, &[rows, 2]),
+                );
+                let (tg, tb) = (upload(ctx, &gamma, &[n]), upload(ctx, &beta, &[n]));
+                ctx.run(&[
+                    plan_forward_residual(ctx, &tx, &tr, &tg, &tb, 1e-5, &sum, &y, &stats).unwrap(),
+                ])
+                .unwrap();
+                let s64: Vec<f64> = x.iter().zip(&r).map(|(a, b)| (a + b) as f64).collect();
+                let want = reference::forward(&s64, &to_f64(&gamma), &to_f64(&beta), 1e-5);
+                assert_close(
+                    &format!("add+layernorm {rows}x{n} sum, {layout}"),
+                    &download(ctx, &sum),
+                    &s64,
+                    1e-6,
+                );
+                assert_close(
+                    &format!("add+layernorm {rows}x{n}, {layout}"),
+                    &download(ctx, &y),
+                    &want,
+                    1e-5,
+                );
+            }
+        });
     }
 
     /// A mean far from zero must not cost the variance its precision (as a one-pass
@@ -370,52 +372,63 @@ mod tests {
     fn forward_and_backward_match_reference() {
         let ctx = &ctx();
         let mut rng = rng(11);
-        for &(rows, n) in &[
-            (1, 1),
-            (7, 33),
-            (33, 7),
-            (3, 129),
-            (129, 300),
-            (2, 1000),
-            (2000, 7),
-        ] {
-            for eps in [1e-12f32, 1e-5] {
-                let x: Vec<f32> = randn(&mut rng, rows * n)
-                    .iter()
-                    .map(|v| v * 3.0 + 1.5)
-                    .collect();
-                let gamma = randn(&mut rng, n);
-                let beta = randn(&mut rng, n);
-                let dy = randn(&mut rng, rows * n);
-                let tx = upload(ctx, &x, &[rows, n]);
-                let tg = upload(ctx, &gamma, &[n]);
-                let y = poisoned(ctx, &[rows, n]);
-                let stats = poisoned(ctx, &[rows, 2]);
-                ctx.run(&[
-                    plan_forward(ctx, &tx, &tg, &upload(ctx, &beta, &[n]), eps, &y, &stats)
-                        .unwrap(),
-                ])
-                .unwrap();
-                let (x64, g64) = (to_f64(&x), to_f64(&gamma));
-                let want = reference::forward(&x64, &g64, &to_f64(&beta), eps as f64);
-                let what = format!("layernorm {rows}x{n} eps={eps}");
-                assert_close(&what, &download(ctx, &y), &want, 1e-5);
+        for_each_row_layout(ctx, |layout| {
+            for &(rows, n) in &[
+                (1, 1),
+                (7, 33),
+                (33, 7),
+                (3, 129),
+                (129, 300),
+                (2, 1000),
+                (2, 1500),
+                (2000, 7),
+            ] {
+                for eps in [1e-12f32, 1e-5] {
+                    let x: Vec<f32> = randn(&mut rng, rows * n)
+                        .iter()
+                        .map(|v| v * 3.0 + 1.5)
+                        .collect();
+                    let gamma = randn(&mut rng, n);
+                    let beta = randn(&mut rng, n);
+                    let dy = randn(&mut rng, rows * n);
+                    let tx = upload(ctx, &x, &[rows, n]);
+                    let tg = upload(ctx, &gamma, &[n]);
+                    let y = poisoned(ctx, &[rows, n]);
+                    let stats = poisoned(ctx, &[rows, 2]);
+                    ctx.run(&[plan_forward(
+                        ctx,
+                        &tx,
+                        &tg,
+                        &upload(ctx, &beta, &[n]),
+                        eps,
+                        &y,
+                        &stats,
+                    )
+                    .unwrap()])
+                        .unwrap();
+                    let (x64, g64) = (to_f64(&x), to_f64(&gamma));
+                    let want = reference::forward(&x64, &g64, &to_f64(&beta), eps as f64);
+                    let what = format!("layernorm {rows}x{n} eps={eps}, {layout}");
+                    assert_close(&what, &download(ctx, &y), &want, 1e-5);
 
-                let tdy = upload(ctx, &dy, &[rows, n]);
-                let (dx, dg, db) = (
-                    poisoned(ctx, &[rows, n]),
-                    poisoned(ctx, &[n]),
-                    poisoned(ctx, &[n]),
-                );
-                let mut plan = vec![plan_backward(ctx, &tx, &tg, &stats, &tdy, &dx).unwrap()];
-                plan.extend(plan_backward_params(ctx, &tx, &stats, &tdy, &dg, &db, false).unwrap());
-                ctx.run(&plan).unwrap();
-                let (wdx, wdg, wdb) = reference::backward(&x64, &g64, &to_f64(&dy), eps as f64);
-                // n = 1 makes dx exactly zero (x̂ is constant): compare absolutely there.
-                assert_close(&format!("{what} dx"), &download(ctx, &dx), &wdx, 1e-4);
-                assert_close(&format!("{what} dgamma"), &download(ctx, &dg), &wdg, 1e-4);
-                assert_close(&format!("{what} dbeta"), &download(ctx, &db), &wdb, 1e-5);
+                    let tdy = upload(ctx, &dy, &[rows, n]);
+                    let (dx, dg, db) = (
+                        poisoned(ctx, &[rows, n]),
+                        poisoned(ctx, &[n]),
+                        poisoned(ctx, &[n]),
+                    );
+                    let mut plan = vec![plan_backward(ctx, &tx, &tg, &stats, &tdy, &dx).unwrap()];
+                    plan.extend(
+                        plan_backward_params(ctx, &tx, &stats, &tdy, &dg, &db, false).unwrap(),
+                    );
+                    ctx.run(&plan).unwrap();
+                    let (wdx, wdg, wdb) = reference::backward(&x64, &g64, &to_f64(&dy), eps as f64);
+                    // n = 1 makes dx exactly zero (x̂ is constant): compare absolutely there.
+                    assert_close(&format!("{what} dx"), &download(ctx, &dx), &wdx, 1e-4);
+                    assert_close(&format!("{what} dgamma"), &download(ctx, &dg), &wdg, 1e-4);
+                    assert_close(&format!("{what} dbeta"), &download(ctx, &db), &wdb, 1e-5);
+                }
             }
-        }
+        });
     }
 }

@@ -17,6 +17,7 @@ pub mod linear_attention;
 pub mod matmul;
 pub mod reduce;
 pub mod rope;
+pub mod rows;
 pub mod softmax;
 
 use crate::error::Result;
@@ -63,9 +64,10 @@ pub fn all_shader_sources() -> Result<Vec<(&'static Shader, Vec<ShaderVariant>)>
             .collect::<Result<Vec<_>>>()?;
         Ok((s, variants))
     };
-    // Row kernels, at every threads-per-row override.
-    let rows = |s: &'static Shader| {
-        let variants = [32u32, 64, 128, 256]
+    // Row kernels, at every threads-per-row override, and as the subgroup variant at
+    // every subgroup size wgpu reports.
+    let rows = |s: &'static Shader| -> Result<_> {
+        let mut variants: Vec<ShaderVariant> = [32u32, 64, 128, 256]
             .iter()
             .map(|&wg| ShaderVariant {
                 source: s.source.to_string(),
@@ -73,7 +75,15 @@ pub fn all_shader_sources() -> Result<Vec<(&'static Shader, Vec<ShaderVariant>)>
                 native_only: false,
             })
             .collect();
-        (s, variants)
+        let subgroup_source = apply_variant(s, &rows::subgroup_substitutions())?;
+        for lanes in [4u32, 8, 16, 32, 64, 128] {
+            variants.push(ShaderVariant {
+                source: subgroup_source.clone(),
+                constants: vec![("WG", lanes as f64)],
+                native_only: true,
+            });
+        }
+        Ok((s, variants))
     };
     let matmul_variants = matmul::all_override_constants()
         .into_iter()
@@ -93,7 +103,7 @@ pub fn all_shader_sources() -> Result<Vec<(&'static Shader, Vec<ShaderVariant>)>
                 .collect(),
         )?,
         plain(&clip::SHADER),
-        rows(&cross_entropy::SHADER),
+        rows(&cross_entropy::SHADER)?,
         plain(&elementwise::SHADER),
         plain(&embedding::SHADER),
         plain(&gelu::SHADER),
@@ -105,7 +115,7 @@ pub fn all_shader_sources() -> Result<Vec<(&'static Shader, Vec<ShaderVariant>)>
                 .map(|(d, blk)| flash_attention::substitutions(d, blk).to_vec())
                 .collect(),
         )?,
-        rows(&layernorm::SHADER),
+        rows(&layernorm::SHADER)?,
         text(
             &linear_attention::SHADER,
             linear_attention::HEAD_DIM_VARIANTS
@@ -118,7 +128,7 @@ pub fn all_shader_sources() -> Result<Vec<(&'static Shader, Vec<ShaderVariant>)>
         plain(&crate::apps::profile::SHADER),
         plain(&reduce::SHADER),
         plain(&rope::SHADER),
-        rows(&softmax::SHADER),
+        rows(&softmax::SHADER)?,
     ])
 }
 

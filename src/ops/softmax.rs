@@ -223,64 +223,68 @@ mod tests {
         let ctx = &ctx();
         let mut rng = rng(7);
         // [B, H, Tq, Tk]
-        for &(b, h, tq, tk) in &[
-            (1, 1, 1, 1),
-            (2, 3, 7, 7),
-            (1, 2, 33, 33),
-            (2, 1, 5, 129),
-            (1, 1, 3, 700),
-        ] {
-            for causal in [false, true] {
-                for masked in [false, true] {
-                    let n = b * h * tq * tk;
-                    let x = randn(&mut rng, n);
-                    // Padding at the tail of each batch row, as HF does: -3.4e38.
-                    let mask: Vec<f32> = (0..b * tk)
-                        .map(|i| {
-                            if i % tk >= tk - (i / tk) * 2 && tk > 2 {
-                                -f32::MAX
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect();
-                    let tx = upload(ctx, &x, &[b, h, tq, tk]);
-                    let tm = upload(ctx, &mask, &[b, tk]);
-                    let opts = SoftmaxOptions {
-                        scale: 0.37,
-                        mask: masked.then_some(&tm),
-                        causal,
-                    };
-                    let y = poisoned(ctx, &[b, h, tq, tk]);
-                    ctx.run(&[plan_forward(ctx, &tx, &opts, &y).unwrap()])
-                        .unwrap();
-                    let m64 = to_f64(&mask);
-                    let want = reference::forward(
-                        &to_f64(&x),
-                        tk,
-                        0.37,
-                        masked.then_some((&m64[..], h * tq)),
-                        causal.then_some(tq),
-                    );
-                    let what = format!("softmax [{b},{h},{tq},{tk}] causal={causal} mask={masked}");
-                    let got = download(ctx, &y);
-                    assert_close(&what, &got, &want, 1e-5);
+        for_each_row_layout(ctx, |layout| {
+            for &(b, h, tq, tk) in &[
+                (1, 1, 1, 1),
+                (2, 3, 7, 7),
+                (1, 2, 33, 33),
+                (2, 1, 5, 129),
+                (1, 1, 3, 700),
+            ] {
+                for causal in [false, true] {
+                    for masked in [false, true] {
+                        let n = b * h * tq * tk;
+                        let x = randn(&mut rng, n);
+                        // Padding at the tail of each batch row, as HF does: -3.4e38.
+                        let mask: Vec<f32> = (0..b * tk)
+                            .map(|i| {
+                                if i % tk >= tk - (i / tk) * 2 && tk > 2 {
+                                    -f32::MAX
+                                } else {
+                                    0.0
+                                }
+                            })
+                            .collect();
+                        let tx = upload(ctx, &x, &[b, h, tq, tk]);
+                        let tm = upload(ctx, &mask, &[b, tk]);
+                        let opts = SoftmaxOptions {
+                            scale: 0.37,
+                            mask: masked.then_some(&tm),
+                            causal,
+                        };
+                        let y = poisoned(ctx, &[b, h, tq, tk]);
+                        ctx.run(&[plan_forward(ctx, &tx, &opts, &y).unwrap()])
+                            .unwrap();
+                        let m64 = to_f64(&mask);
+                        let want = reference::forward(
+                            &to_f64(&x),
+                            tk,
+                            0.37,
+                            masked.then_some((&m64[..], h * tq)),
+                            causal.then_some(tq),
+                        );
+                        let what = format!(
+                            "softmax [{b},{h},{tq},{tk}] causal={causal} mask={masked}, {layout}"
+                        );
+                        let got = download(ctx, &y);
+                        assert_close(&what, &got, &want, 1e-5);
 
-                    let dy = randn(&mut rng, n);
-                    let tdy = upload(ctx, &dy, &[b, h, tq, tk]);
-                    let dx = poisoned(ctx, &[b, h, tq, tk]);
-                    ctx.run(&[plan_backward(ctx, &y, &tdy, 0.37, &dx).unwrap()])
-                        .unwrap();
-                    let want_dx = reference::backward(&want, &to_f64(&dy), tk, 0.37);
-                    assert_close(
-                        &format!("{what} backward"),
-                        &download(ctx, &dx),
-                        &want_dx,
-                        1e-5,
-                    );
+                        let dy = randn(&mut rng, n);
+                        let tdy = upload(ctx, &dy, &[b, h, tq, tk]);
+                        let dx = poisoned(ctx, &[b, h, tq, tk]);
+                        ctx.run(&[plan_backward(ctx, &y, &tdy, 0.37, &dx).unwrap()])
+                            .unwrap();
+                        let want_dx = reference::backward(&want, &to_f64(&dy), tk, 0.37);
+                        assert_close(
+                            &format!("{what} backward"),
+                            &download(ctx, &dx),
+                            &want_dx,
+                            1e-5,
+                        );
+                    }
                 }
             }
-        }
+        });
     }
 
     #[test]

@@ -1,0 +1,85 @@
+//! How the row kernels (softmax, LayerNorm, cross-entropy: one row of the last dimension per
+//! workgroup, reduced with `shaders/lib/rows.wgsl`) lay a row over threads.
+//!
+//! By default a row gets a power of two from 32 to 256 threads, combined by a tree through
+//! workgroup memory with a barrier per step. Where the adapter's subgroups have one fixed
+//! size (NVIDIA 32, llvmpipe 8) and rows are at most [`SUBGROUP_MAX_ROW`] long, a row gets a
+//! workgroup of exactly one subgroup instead, combined by shuffles with no barrier
+//! (`shaders/lib/rows_subgroup.wgsl`): a whole warp on a row of attention scores or hidden
+//! units, and no barrier, which is a thread switch on a CPU adapter. A range of sizes (AMD
+//! 32..64, Intel 8..32) keeps the tree: nothing promises a workgroup of the smallest size is
+//! one subgroup.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::context::Context;
+
+/// The longest row the subgroup layout takes (32 elements per lane of a 32-wide subgroup);
+/// longer rows (a vocabulary's logits) want more threads than one subgroup.
+pub const SUBGROUP_MAX_ROW: usize = 1024;
+
+/// Threads per row and how they combine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowLayout {
+    /// A workgroup of this many threads (a power of two, 32 to 256), a tree through
+    /// workgroup memory.
+    Workgroup(u32),
+    /// A workgroup that is one subgroup of this many lanes, shuffles.
+    Subgroup(u32),
+}
+
+impl RowLayout {
+    /// Threads per workgroup (the kernels' `WG`).
+    pub fn threads(self) -> u32 {
+        match self {
+            RowLayout::Workgroup(n) | RowLayout::Subgroup(n) => n,
+        }
+    }
+}
+
+/// Whether this context may use the subgroup layout (default: yes, where it applies).
+#[derive(Default)]
+struct RowState {
+    workgroup_only: AtomicBool,
+}
+
+/// Sets whether this context's row kernels may run a row on one subgroup (default `true`);
+/// `false` keeps the workgroup tree everywhere (to compare the two, or to test the tree on
+/// an adapter that has subgroups). Kernels planned before keep theirs.
+pub fn set_row_subgroups(ctx: &Context, allowed: bool) {
+    ctx.op_state::<RowState>()
+        .workgroup_only
+        .store(!allowed, Ordering::SeqCst);
+}
+
+/// The layout for rows of `n` on this context.
+pub fn row_layout(ctx: &Context, n: usize) -> RowLayout {
+    let caps = ctx.capabilities();
+    let allowed = !ctx
+        .op_state::<RowState>()
+        .workgroup_only
+        .load(Ordering::SeqCst);
+    match caps.subgroup_sizes {
+        Some((lo, hi))
+            if allowed && lo == hi && lo.is_power_of_two() && lo >= 4 && n <= SUBGROUP_MAX_ROW =>
+        {
+            RowLayout::Subgroup(lo)
+        }
+        _ => RowLayout::Workgroup(n.next_power_of_two().clamp(32, 256) as u32),
+    }
+}
+
+/// The text substitutions that make a row kernel's source (which includes
+/// `shaders/lib/rows.wgsl` once) the subgroup variant.
+pub(crate) fn subgroup_substitutions() -> [(&'static str, String); 2] {
+    [
+        (
+            "return row_reduce_workgroup(kind, v, li);",
+            "return row_reduce_subgroup(kind, v);".to_string(),
+        ),
+        (
+            "// (subgroup variant: row_reduce_subgroup)",
+            include_str!("../../shaders/lib/rows_subgroup.wgsl").to_string(),
+        ),
+    ]
+}

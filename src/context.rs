@@ -611,6 +611,26 @@ impl Context {
         self.plan_only
     }
 
+    /// Plans from here on as if on an adapter with `caps` (a context that only plans; the
+    /// cost model plans for the GPU it predicts): variant choices (row layouts, matmul
+    /// tilings) follow `caps`. Pipelines are still compiled by this adapter, so keep its
+    /// workgroup limits.
+    pub fn plan_as(&mut self, caps: Capabilities) -> Result<()> {
+        self.refuse_unless_plan_only("plan_as")?;
+        self.caps = caps;
+        Ok(())
+    }
+
+    fn refuse_unless_plan_only(&self, during: &'static str) -> Result<()> {
+        if !self.plan_only {
+            return Err(Error::invalid(format!(
+                "{during}: only a context that only plans (ContextOptions::plan_only) may \
+                 take another adapter's capabilities"
+            )));
+        }
+        Ok(())
+    }
+
     /// `Err` on a context that only plans: what it planned may not run.
     pub(crate) fn refuse_if_plan_only(&self, during: &'static str) -> Result<()> {
         if self.plan_only {
@@ -885,6 +905,30 @@ mod tests {
             }
             other => panic!("expected AdapterNotFound, got {other}"),
         }
+    }
+
+    /// A context that only plans takes a GPU's capabilities, and the variants follow them
+    /// (a warp per row, the GPU's matmul tilings); a context that runs refuses them.
+    #[test]
+    fn only_a_planning_context_plans_as_another_adapter() {
+        use crate::ops::rows::{row_layout, RowLayout};
+        let mut ctx = Context::new().unwrap();
+        let mut gpu = ctx.capabilities().clone();
+        gpu.device_type = wgpu::DeviceType::DiscreteGpu;
+        gpu.subgroup_sizes = Some((32, 32));
+        let err = ctx.plan_as(gpu.clone()).unwrap_err();
+        assert!(err.to_string().contains("plan_only"), "{err}");
+        let mut ctx = Context::with_options(ContextOptions {
+            plan_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+        ctx.plan_as(gpu.clone()).unwrap();
+        assert_eq!(row_layout(&ctx, 768), RowLayout::Subgroup(32));
+        assert_eq!(row_layout(&ctx, 4096), RowLayout::Workgroup(256));
+        gpu.subgroup_sizes = Some((32, 64));
+        ctx.plan_as(gpu).unwrap();
+        assert_eq!(row_layout(&ctx, 768), RowLayout::Workgroup(256));
     }
 
     #[test]

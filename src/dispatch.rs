@@ -62,6 +62,10 @@ pub struct Work {
     /// (rows, tokens, positions), where that loop grows with the batch or the length;
     /// 0 when there is none.
     pub serial_steps: u64,
+    /// Independent accumulations each invocation keeps in flight (a matmul's register
+    /// block: 64 for 8 × 8); 0 or 1: one. A GPU hides arithmetic latency with these as with
+    /// more threads.
+    pub accumulators: u32,
 }
 
 /// One kernel launch, ready to encode into a compute pass.
@@ -162,6 +166,7 @@ pub struct DispatchBuilder<'a> {
     flops: u64,
     tensor_cores: bool,
     serial_steps: u64,
+    accumulators: u32,
 }
 
 impl<'a> DispatchBuilder<'a> {
@@ -178,6 +183,7 @@ impl<'a> DispatchBuilder<'a> {
             flops: 0,
             tensor_cores: false,
             serial_steps: 0,
+            accumulators: 1,
         }
     }
 
@@ -197,6 +203,13 @@ impl<'a> DispatchBuilder<'a> {
     /// [`Work`]): a cost model flags such launches.
     pub fn serial_steps(mut self, steps: u64) -> Self {
         self.serial_steps = steps;
+        self
+    }
+
+    /// Declares the independent accumulations each invocation keeps in flight (for
+    /// [`Work`]: a register-blocked kernel needs fewer threads to keep a GPU busy).
+    pub fn accumulators(mut self, per_invocation: u32) -> Self {
+        self.accumulators = per_invocation;
         self
     }
 
@@ -377,6 +390,7 @@ impl<'a> DispatchBuilder<'a> {
             flops: self.flops,
             tensor_cores: self.tensor_cores,
             serial_steps: self.serial_steps,
+            accumulators: self.accumulators,
             ..Work::default()
         };
         // Each tensor once: matmul binds its operands a second time as vec4 views.

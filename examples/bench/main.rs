@@ -247,10 +247,17 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     // The cost model alone only plans: for a GPU larger than this adapter, its limits are
     // waived. With --profile the step runs, on this adapter's limits.
-    let ctx = Context::with_options(roformer_wgpu::ContextOptions {
-        plan_only: args.model.is_some() && !args.profile,
+    let plan_only = args.model.is_some() && !args.profile;
+    let mut ctx = Context::with_options(roformer_wgpu::ContextOptions {
+        plan_only,
         ..Default::default()
     })?;
+    // Planned for the modelled GPU, its variants are the ones that GPU would run.
+    if let (true, Some(name)) = (plan_only, &args.model) {
+        let gpu = cost_model::gpu(name).expect("checked when parsed");
+        let caps = gpu.capabilities(ctx.capabilities());
+        ctx.plan_as(caps)?;
+    }
     matmul::set_precision(&ctx, precision);
     matmul::set_tiling(
         &ctx,

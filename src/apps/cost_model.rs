@@ -40,7 +40,28 @@ pub struct Gpu {
     pub threads_per_sm: u32,
     /// Clock, GHz (for serial loops).
     pub clock_ghz: f64,
+    /// Subgroup (warp, SIMD-group) size: the row kernels' layout depends on it.
+    pub subgroup_size: u32,
+    /// Discrete or integrated: the matmul heuristic's tilings depend on it (not a CPU).
+    pub device_type: wgpu::DeviceType,
 }
+
+impl Gpu {
+    /// The capabilities to plan with for this GPU ([`crate::Context::plan_as`]): this
+    /// adapter's (`local`: the pipelines are still compiled here, within its limits) with the
+    /// GPU's name, kind and subgroup size.
+    pub fn capabilities(&self, local: &crate::Capabilities) -> crate::Capabilities {
+        let mut caps = local.clone();
+        caps.adapter_name = self.description.to_string();
+        caps.device_type = self.device_type;
+        caps.subgroup_sizes = Some((self.subgroup_size, self.subgroup_size));
+        caps
+    }
+}
+
+/// Independent accumulations per thread the occupancy counts, at most: a thread with a
+/// register block of 4 or more keeps as much arithmetic in flight as 4 threads of one.
+const MAX_CHAINS_PER_THREAD: u32 = 4;
 
 /// Cycles one step of a serial loop takes at least (a dependent add on loads that can be
 /// kept in flight).
@@ -58,6 +79,8 @@ pub const GPUS: [Gpu; 3] = [
         dispatch_us: 2.0,
         threads_per_sm: 2048,
         clock_ghz: 1.98,
+        subgroup_size: 32,
+        device_type: wgpu::DeviceType::DiscreteGpu,
     },
     Gpu {
         name: "rtx4090",
@@ -70,6 +93,8 @@ pub const GPUS: [Gpu; 3] = [
         dispatch_us: 2.0,
         threads_per_sm: 1536,
         clock_ghz: 2.52,
+        subgroup_size: 32,
+        device_type: wgpu::DeviceType::DiscreteGpu,
     },
     Gpu {
         name: "m3-max",
@@ -81,6 +106,8 @@ pub const GPUS: [Gpu; 3] = [
         dispatch_us: 5.0,
         threads_per_sm: 1024,
         clock_ghz: 1.4,
+        subgroup_size: 32,
+        device_type: wgpu::DeviceType::IntegratedGpu,
     },
 ];
 
@@ -140,7 +167,9 @@ pub fn predict(gpu: &Gpu, d: &Dispatch) -> Prediction {
     } * 1e12;
     let ideal_s = (bytes / (gpu.bandwidth_gbs * 1e9)).max(work.flops as f64 / rate);
     let saturating = gpu.sms as f64 * gpu.threads_per_sm as f64 / 2.0;
-    let occupancy = (invocations as f64 / saturating).min(1.0);
+    // Independent accumulations stand in for threads (up to 4 each) in hiding latency.
+    let chains = work.accumulators.clamp(1, MAX_CHAINS_PER_THREAD) as f64;
+    let occupancy = (invocations as f64 * chains / saturating).min(1.0);
     let serial_s = work.serial_steps as f64 * CYCLES_PER_SERIAL_STEP / (gpu.clock_ghz * 1e9);
     let time_us = gpu.dispatch_us + 1e6 * (ideal_s / occupancy.max(1e-9)).max(serial_s);
     let mut underfill = Vec::new();

@@ -245,6 +245,7 @@ fn dispatch(
         .read_opt("b4", b4)
         .write_opt("act", ops.gelu)
         .flops((2 * s.m * s.n * s.k * s.batch[0] * s.batch[1]) as u64)
+        .accumulators(tiling.tm * tiling.tn)
         .build([
             s.n.div_ceil(tiling.bn as usize) as u32,
             s.m.div_ceil(tiling.bm as usize) as u32,

@@ -201,7 +201,8 @@ pub(crate) fn choose(ctx: &Context, s: &StridedMatmul, layout: &Layout) -> Resul
         choice @ (TilingChoice::Auto | TilingChoice::Timed) => {
             let macs = (s.m * s.n * s.k) as u64 * batch as u64;
             let worth_timing = !caps.is_cpu() && macs >= TUNE_MIN_MACS;
-            if !worth_timing && choice == TilingChoice::Auto {
+            // A context that only plans cannot time anything.
+            if (!worth_timing && choice == TilingChoice::Auto) || ctx.plan_only() {
                 return Ok(heuristic_tiling(caps, s.m, s.n, batch));
             }
             let class = ShapeClass::of(s, layout);

@@ -22,6 +22,15 @@
 //   registers before the inner product of the current one, and stores it to workgroup
 //   memory after, so global-memory latency overlaps arithmetic. One more tiling for the
 //   tuner to time: it costs registers, and whether it pays depends on the GPU.
+// - Direct (DIRECT set): no staging at all; each thread reads its rows of A and columns of
+//   B straight from memory, four k at a time, as 4 x 4 blocks multiplied as mat4x4s into
+//   named accumulators (straight-line code, no private array indexed in a loop), and no
+//   barrier is needed. On a CPU adapter (llvmpipe) every load of a storage or workgroup
+//   buffer is a loop over the SIMD lanes, an array indexed in a loop is memory, and a
+//   barrier is a thread switch, while the CPU's caches do the staging: there the direct
+//   kernel with the largest block (8 x 8: 16 loads per 256 multiply-adds) is the fastest.
+//   On a GPU the staged ones should be. The tuner times both kinds;
+//   src/ops/matmul/tiling.rs's heuristic says which a CPU adapter gets untimed.
 // - Epilogue: with GELU set, each finished element is also written as gelu(element) to
 //   `act` (same view as C), so a Linear + GELU pair is one pass (gelu_f32 comes from
 //   shaders/lib/gelu.wgsl, appended to this file).
@@ -57,6 +66,7 @@ override A_VEC4: bool = false;
 override B_VEC4: bool = false;
 override GELU: bool = false;
 override PREFETCH: bool = false;
+override DIRECT: bool = false;
 override WG: u32 = (BM / TM) * (BN / TN);
 // vec4 loads per thread per slice (at most 4; src/ops/matmul/tiling.rs checks every tiling).
 override A_LOADS: u32 = BM * BK / 4u / WG;
@@ -173,6 +183,69 @@ fn store_b(v: array<vec4<f32>, 4>, li: u32) {
     }
 }
 
+// The DIRECT product: a thread's TM x TN block (TM and TN 4 or 8) through all of K, four k
+// at a time, its rows and columns as the staged kernel assigns them (so the epilogue is
+// shared).
+fn direct_product(a_base: u32, b_base: u32, row0: u32, col0: u32, tx: u32, ty: u32,
+                  interior: bool) -> array<vec4<f32>, 16> {
+    // Four 4 x 4 blocks of C, transposed (a column of ct is a row of C): rows 4 i .. 4 i + 3
+    // of the thread's, columns group j. Named, not an array, so they stay in registers.
+    var ct00 = mat4x4<f32>(); var ct01 = mat4x4<f32>();
+    var ct10 = mat4x4<f32>(); var ct11 = mat4x4<f32>();
+    let k_full = select(0u, p.k / 4u * 4u, interior);
+    let gm0 = row0 + ty * 4u;
+    let gm1 = row0 + (BM / TM + ty) * 4u;
+    let gn0 = col0 + tx * 4u;
+    let gn1 = col0 + (BN / TN + tx) * 4u;
+    for (var k0 = 0u; k0 < p.k; k0 += 4u) {
+        let checked = k0 >= k_full;
+        let at0 = a_block_t(a_base, gm0, k0, checked);
+        let bt0 = b_block_t(b_base, k0, gn0, checked);
+        ct00 += bt0 * at0;  // (A B)^T = B^T A^T
+        if (TN == 8u) {
+            let bt1 = b_block_t(b_base, k0, gn1, checked);
+            ct01 += bt1 * at0;
+            if (TM == 8u) {
+                let at1 = a_block_t(a_base, gm1, k0, checked);
+                ct10 += bt0 * at1;
+                ct11 += bt1 * at1;
+            }
+        } else if (TM == 8u) {
+            ct10 += bt0 * a_block_t(a_base, gm1, k0, checked);
+        }
+    }
+    var acc: array<vec4<f32>, 16>;
+    for (var r = 0u; r < 4u; r++) {
+        acc[r * (TN / 4u)] = ct00[r];
+        if (TN == 8u) { acc[r * 2u + 1u] = ct01[r]; }
+        if (TM == 8u) {
+            acc[(4u + r) * (TN / 4u)] = ct10[r];
+            if (TN == 8u) { acc[(4u + r) * 2u + 1u] = ct11[r]; }
+        }
+    }
+    return acc;
+}
+
+// A's rows gm .. gm + 3 by k .. k + 3, transposed (column i: row gm + i).
+fn a_block_t(a_base: u32, gm: u32, k: u32, checked: bool) -> mat4x4<f32> {
+    if (A_K_CONTIG) {
+        return mat4x4<f32>(load_a(a_base, gm, k, checked), load_a(a_base, gm + 1u, k, checked),
+                           load_a(a_base, gm + 2u, k, checked), load_a(a_base, gm + 3u, k, checked));
+    }
+    return transpose(mat4x4<f32>(load_a(a_base, gm, k, checked), load_a(a_base, gm, k + 1u, checked),
+                                 load_a(a_base, gm, k + 2u, checked), load_a(a_base, gm, k + 3u, checked)));
+}
+
+// B's rows k .. k + 3 by columns gn .. gn + 3, transposed (column i: row k + i).
+fn b_block_t(b_base: u32, k: u32, gn: u32, checked: bool) -> mat4x4<f32> {
+    if (B_N_CONTIG) {
+        return mat4x4<f32>(load_b(b_base, k, gn, checked), load_b(b_base, k + 1u, gn, checked),
+                           load_b(b_base, k + 2u, gn, checked), load_b(b_base, k + 3u, gn, checked));
+    }
+    return transpose(mat4x4<f32>(load_b(b_base, k, gn, checked), load_b(b_base, k, gn + 1u, checked),
+                                 load_b(b_base, k, gn + 2u, checked), load_b(b_base, k, gn + 3u, checked)));
+}
+
 @compute @workgroup_size(WG, 1, 1)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
@@ -194,11 +267,14 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
     let k_full = select(0u, p.k / BK * BK, interior);
     var next_a: array<vec4<f32>, 4>;
     var next_b: array<vec4<f32>, 4>;
-    if (PREFETCH) {
+    if (DIRECT) {
+        acc = direct_product(a_base, b_base, row0, col0, tx, ty, interior);
+    }
+    if (PREFETCH && !DIRECT) {
         next_a = fetch_a(a_base, row0, 0u, li, 0u >= k_full);
         next_b = fetch_b(b_base, col0, 0u, li, 0u >= k_full);
     }
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+    for (var k0 = 0u; k0 < select(p.k, 0u, DIRECT); k0 += BK) {
         if (PREFETCH) {
             store_a(next_a, li);
             store_b(next_b, li);

@@ -61,6 +61,7 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
         None => Default::default(),
     };
     let ctx = Context::new()?;
+    roformer_wgpu::ops::rows::set_row_subgroups(&ctx, !args.workgroup_rows);
     let caps = ctx.capabilities().clone();
     let cpu = caps.is_cpu();
     println!(

@@ -72,6 +72,10 @@ pub struct KernelArgs {
     /// tools/bench_torch_kernels.py's output on the same device, to compare with.
     #[arg(long)]
     pub torch: Option<std::path::PathBuf>,
+    /// Row kernels (softmax, LayerNorm, cross-entropy) always a workgroup per row, never a
+    /// subgroup (to compare the two layouts).
+    #[arg(long)]
+    pub workgroup_rows: bool,
 }
 
 /// The model and batch of `step` and `infer`.
@@ -107,6 +111,9 @@ struct ModelArgs {
     /// Time every dispatch of the step on its own, per kernel.
     #[arg(long)]
     profile: bool,
+    /// Row kernels always a workgroup per row, never a subgroup (to compare the layouts).
+    #[arg(long)]
+    workgroup_rows: bool,
     /// Plan the step without running it and predict its time on this GPU with the cost
     /// model (h200, rtx4090, m3-max); with --profile, run it too and print each kernel
     /// family's measured time beside its prediction (on that GPU: the model's calibration).
@@ -259,6 +266,7 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         ctx.plan_as(caps)?;
     }
     matmul::set_precision(&ctx, precision);
+    roformer_wgpu::ops::rows::set_row_subgroups(&ctx, !args.workgroup_rows);
     matmul::set_tiling(
         &ctx,
         match args.tiling {
@@ -408,6 +416,7 @@ fn infer(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = model_config(args)?;
     let vocab = config.vocab_size as u32;
     let ctx = Context::new()?;
+    roformer_wgpu::ops::rows::set_row_subgroups(&ctx, !args.workgroup_rows);
     let caps = ctx.capabilities();
     println!("adapter   {} ({:?})", caps.adapter_name, caps.backend);
     let counted = || {

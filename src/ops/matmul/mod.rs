@@ -254,7 +254,7 @@ fn dispatch(
 }
 
 /// The shader's override constants for one tiling, operand layout and epilogue.
-fn override_constants(t: Tiling, l: &Layout, gelu: bool) -> [(&'static str, f64); 11] {
+fn override_constants(t: Tiling, l: &Layout, gelu: bool) -> [(&'static str, f64); 12] {
     let flag = |x: bool| if x { 1.0 } else { 0.0 };
     [
         ("BM", t.bm as f64),
@@ -268,6 +268,7 @@ fn override_constants(t: Tiling, l: &Layout, gelu: bool) -> [(&'static str, f64)
         ("B_VEC4", flag(l.b_vec4)),
         ("GELU", flag(gelu)),
         ("PREFETCH", flag(t.prefetch)),
+        ("DIRECT", flag(t.direct)),
     ]
 }
 

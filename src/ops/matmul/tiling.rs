@@ -13,7 +13,8 @@ use super::{dispatch, state};
 
 /// A tiling of the kernel, set through its override constants: a workgroup computes a
 /// `bm × bn` block of C with `(bm/tm)·(bn/tn)` threads of `tm × tn` each, through K in
-/// slices of `bk`; with `prefetch`, the next slice is loaded while the current one is used.
+/// slices of `bk`; with `prefetch`, the next slice is loaded while the current one is used;
+/// `direct` tilings stage nothing and read the operands straight from memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Tiling {
     /// Rows of C per workgroup.
@@ -28,6 +29,11 @@ pub struct Tiling {
     pub tn: u32,
     /// Loads the next K-slice into registers while the current one is used.
     pub prefetch: bool,
+    /// Stages nothing in workgroup memory (no barriers): each thread reads its rows and
+    /// columns from memory (`tm` and `tn` 4 or 8, `bk` unused). A CPU adapter's caches do
+    /// the staging.
+    #[serde(default)]
+    pub direct: bool,
 }
 
 impl Tiling {
@@ -40,6 +46,7 @@ impl Tiling {
             tm,
             tn,
             prefetch: false,
+            direct: false,
         }
     }
 
@@ -47,6 +54,14 @@ impl Tiling {
     pub const fn prefetched(self) -> Tiling {
         Tiling {
             prefetch: true,
+            ..self
+        }
+    }
+
+    /// The same block shapes, read straight from memory (no staging, no barriers).
+    pub const fn direct(self) -> Tiling {
+        Tiling {
+            direct: true,
             ..self
         }
     }
@@ -62,23 +77,25 @@ impl Tiling {
     }
 
     /// Whether the kernel supports this tiling (its register block holds at most 8 × 8,
-    /// in vec4s; every thread stages whole vec4s, at most 4 per operand and slice) and the
-    /// adapter can run it.
+    /// in vec4s; in a staged tiling every thread stages whole vec4s, at most 4 per operand
+    /// and slice) and the adapter can run it.
     pub fn fits(&self, caps: &Capabilities) -> bool {
         let Tiling {
             bm, bn, bk, tm, tn, ..
         } = *self;
         let wg = self.threads();
-        tm % 4 == 0
+        let staged_fits = self.direct
+            || ((bm * bk / 4) % wg == 0
+                && (bn * bk / 4) % wg == 0
+                && bm * bk / 4 / wg <= 4
+                && bn * bk / 4 / wg <= 4);
+        staged_fits
+            && tm % 4 == 0
             && tm <= 8
             && (tn == 4 || tn == 8)
             && bk % 4 == 0
             && bm % tm == 0
             && bn % tn == 0
-            && (bm * bk / 4) % wg == 0
-            && (bn * bk / 4) % wg == 0
-            && bm * bk / 4 / wg <= 4
-            && bn * bk / 4 / wg <= 4
             && wg <= caps.max_invocations_per_workgroup
             && self.workgroup_bytes() <= caps.max_workgroup_storage
     }
@@ -94,14 +111,19 @@ impl std::fmt::Display for Tiling {
             self.bk,
             self.tm,
             self.tn,
-            if self.prefetch { "+prefetch" } else { "" }
+            match (self.prefetch, self.direct) {
+                (_, true) => "+direct",
+                (true, false) => "+prefetch",
+                (false, false) => "",
+            }
         )
     }
 }
 
 /// The tilings the library chooses from, small to large; the large ones also prefetched
-/// (only timing tells whether that pays on a given GPU, so only the tuner picks them).
-pub const TILINGS: [Tiling; 8] = [
+/// (only timing tells whether that pays on a given GPU, so only the tuner picks them); last
+/// the direct ones.
+pub const TILINGS: [Tiling; 11] = [
     Tiling::new(32, 32, 16, 4, 4),
     Tiling::new(64, 64, 16, 4, 4),
     Tiling::new(128, 64, 16, 8, 4),
@@ -110,6 +132,9 @@ pub const TILINGS: [Tiling; 8] = [
     Tiling::new(128, 128, 16, 8, 8),
     Tiling::new(128, 128, 8, 8, 8).prefetched(),
     Tiling::new(128, 128, 16, 8, 8).prefetched(),
+    Tiling::new(4, 64, 4, 4, 8).direct(),
+    Tiling::new(8, 32, 4, 8, 4).direct(),
+    Tiling::new(8, 64, 4, 8, 8).direct(),
 ];
 
 /// How a context picks the matmul tiling.
@@ -155,15 +180,19 @@ impl ShapeClass {
     }
 }
 
+/// What a CPU adapter gets without timing: the direct tiling with the largest block (no
+/// staging, no barrier, fewest loads per multiply-add), the fastest on llvmpipe (PERF.md).
+pub const CPU_TILING: Tiling = Tiling::new(8, 64, 4, 8, 8).direct();
+
 /// The tiling by shape: the largest whose tiles are mostly filled and which still gives
-/// the GPU enough workgroups; on a CPU adapter, 64 × 64 (measured fastest on llvmpipe).
+/// the GPU enough workgroups; on a CPU adapter, [`CPU_TILING`].
 pub fn heuristic_tiling(caps: &Capabilities, m: usize, n: usize, batch: usize) -> Tiling {
     let fits = |t: &Tiling| t.fits(caps);
     let pick = |t: Tiling| if fits(&t) { Some(t) } else { None };
     let small = TILINGS[0];
     let medium = TILINGS[1];
     if caps.is_cpu() {
-        return pick(medium).unwrap_or(small);
+        return pick(CPU_TILING).unwrap_or(small);
     }
     let groups =
         |t: &Tiling| (m.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize) * batch) as u64;

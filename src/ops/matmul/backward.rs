@@ -138,7 +138,7 @@ pub fn plan_backward(
                     },
                 )
             };
-            out.push(plan(ctx, x, y, None, gb, &o)?);
+            out.extend(super::split_k::plan_split(ctx, x, y, gb, &o)?);
         } else {
             // dB = op(A)ᵀ · dC, or stored transposed: dCᵀ · op(A).
             let (x, y, o) = if opts.trans_b {
@@ -188,8 +188,12 @@ fn plan_batched_grad(
     target_batched: bool,
 ) -> Result<Vec<Dispatch>> {
     let shape = output_shape(x.shape(), y.shape(), o)?;
-    if target_batched || d.count() == 1 {
+    if target_batched {
         return Ok(vec![plan(ctx, x, y, None, &target.reshape(&shape)?, o)?]);
+    }
+    if d.count() == 1 {
+        // one product: a weight's gradient over many rows is split over K
+        return super::split_k::plan_split(ctx, x, y, &target.reshape(&shape)?, o);
     }
     let scratch = Tensor::zeros(ctx, &shape, DType::F32)?;
     let per_batch = MatmulOptions {

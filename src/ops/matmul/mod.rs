@@ -23,6 +23,7 @@ use crate::tensor::{DType, Tensor};
 mod backward;
 pub mod coop;
 pub mod reference;
+pub mod split_k;
 mod tiling;
 mod views;
 
@@ -68,6 +69,8 @@ pub(crate) struct MatmulState {
     pub cache_dir: Mutex<Option<Option<std::path::PathBuf>>>,
     /// Whether the cache file was read into `tuned` yet.
     pub cache_read: std::sync::atomic::AtomicBool,
+    /// Partial products of split-K products (`split_k`), shared by all of them.
+    pub split_scratch: Mutex<Option<Tensor>>,
 }
 
 /// Where timed tilings are kept between processes, one file per adapter, driver and

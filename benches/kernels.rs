@@ -305,7 +305,7 @@ fn kernels(c: &mut Criterion) {
         "attention",
         "linear forward",
         Throughput::Elements(4 * 4 * 128 * 32 * 32),
-        vec![linear_attention::plan_forward(
+        linear_attention::plan_forward(
             ctx,
             &q,
             &k,
@@ -315,7 +315,7 @@ fn kernels(c: &mut Criterion) {
             &zeros(ctx, &shape),
             &ls,
         )
-        .unwrap()],
+        .unwrap(),
     );
     let co = LinearAttentionOptions {
         causal: true,

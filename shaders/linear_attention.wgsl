@@ -15,18 +15,23 @@
 //     dv_n = U_n^T b_n
 // with U and y summed over every m, or over m >= n when causal (a reverse scan).
 //
-// This is the simple form: one workgroup per (b, h), one thread per output feature, which
-// keeps its row or column of the state in registers (as vec4s: 4-wide arithmetic, and a
-// quarter of the dynamically indexed elements, which Mesa's GL path compiles very slowly),
-// tokens staged BT at a time through workgroup memory, zero-padded to a multiple of 4. Each entry point is a scan over the tokens; non-causal ones make two
-// passes (sum everything, then emit). The chunked form for long sequences is tested
+// Non-causal, the sums S, z (forward, dq) and U, y (dk, dv) are over every token: they are
+// summed first, chunk by chunk in parallel (sum_s, sum_u: one workgroup per (b, h, chunk),
+// partial sums to `state_out`, then added up in a fixed order by reduce's sum_rows into
+// `state`), and every entry point then emits its chunk's tokens from the summed state, one
+// workgroup per (b, h, chunk). Causal, each workgroup scans a whole (b, h) (chunk_len = seq).
+//
+// One thread per output feature keeps its row or column of the state in registers (as
+// vec4s: 4-wide arithmetic, and a quarter of the dynamically indexed elements, which Mesa's
+// GL path compiles very slowly); tokens are staged BT at a time through workgroup memory,
+// zero-padded to a multiple of 4. The chunked causal form for long sequences is tested
 // against this one.
 
 struct Params {
     batch: u32, heads: u32, seq: u32, dim: u32,
     dim_v: u32, qb: u32, qh: u32, qt: u32,
     vb: u32, vh: u32, vt: u32, causal: u32,
-    has_mask: u32, has_rope: u32, eps: f32, _pad: u32,
+    has_mask: u32, has_rope: u32, eps: f32, chunk_len: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -47,6 +52,10 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> grad_q: array<f32>;
 @group(0) @binding(11) var<storage, read_write> grad_k: array<f32>;
 @group(0) @binding(12) var<storage, read_write> grad_v: array<f32>;
+// Non-causal: per (b, h), a d x dv matrix row-major then a d-vector (S and z, or U and y):
+// summed (`state`), or one chunk's part (`state_out`, [chunk][b][h][...]).
+@group(0) @binding(13) var<storage, read> state: array<f32>;
+@group(0) @binding(14) var<storage, read_write> state_out: array<f32>;
 
 // Largest head dimension of this variant (32, 64 or 128), also the workgroup size.
 const MAX_D: u32 = 128u;
@@ -232,6 +241,131 @@ fn head_of(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
     return vec2<u32>(bh / p.heads, bh % p.heads);
 }
 
+// The tokens of this workgroup's chunk (workgroup z): [x, y).
+fn chunk_of(wid: vec3<u32>) -> vec2<u32> {
+    let start = wid.z * p.chunk_len;
+    return vec2<u32>(start, min(p.seq, start + p.chunk_len));
+}
+
+// Where (b, h)'s state starts, in `state`, or in `state_out` for chunk c.
+fn state_at(b: u32, h: u32) -> u32 {
+    return (b * p.heads + h) * (p.dim * p.dim_v + p.dim);
+}
+
+fn state_out_at(c: u32, b: u32, h: u32) -> u32 {
+    return (c * p.batch * p.heads) * (p.dim * p.dim_v + p.dim) + state_at(b, h);
+}
+
+// Non-causal: S (= sum_n b_n v_n^T) and z (= sum_n fk_n) over the chunk's tokens.
+// Thread i < dim owns row i of S and z_i.
+@compute @workgroup_size(MAX_D)
+fn sum_s(@builtin(workgroup_id) wid: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) li: u32) {
+    let bh = head_of(wid, nwg);
+    let b = bh.x;
+    let h = bh.y;
+    if (b >= p.batch) {
+        return;
+    }
+    let span = chunk_of(wid);
+    var s_row: array<vec4<f32>, MAX_D4>;
+    var zi = 0.0;
+    let dv4 = w4(p.dim_v);
+    for (var t0 = span.x; t0 < span.y; t0 += BT) {
+        let cnt = min(BT, span.y - t0);
+        stage_k(b, h, t0, cnt, li);
+        stage_v(b, h, t0, cnt, li);
+        workgroupBarrier();
+        if (li < p.dim) {
+            for (var j = 0u; j < cnt; j++) {
+                let bi = sh_b[j * MAX_D + li];
+                for (var c4 = 0u; c4 < dv4; c4++) {
+                    s_row[c4] += bi * v4(j, c4);
+                }
+                zi += sh_fk[j * MAX_D + li];
+            }
+        }
+        workgroupBarrier();
+    }
+    write_state_row(state_out_at(wid.z, b, h), li, s_row, zi);
+}
+
+// Non-causal: U (= sum_m a_m dnum_m^T) and y (= sum_m dden_m fq_m) over the chunk's tokens.
+// Thread i < dim owns row i of U and y_i.
+@compute @workgroup_size(MAX_D)
+fn sum_u(@builtin(workgroup_id) wid: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) li: u32) {
+    let bh = head_of(wid, nwg);
+    let b = bh.x;
+    let h = bh.y;
+    if (b >= p.batch) {
+        return;
+    }
+    let span = chunk_of(wid);
+    var u_row: array<vec4<f32>, MAX_D4>;
+    var yi = 0.0;
+    let dv4 = w4(p.dim_v);
+    for (var t0 = span.x; t0 < span.y; t0 += BT) {
+        let cnt = min(BT, span.y - t0);
+        stage_q(b, h, t0, cnt, li);
+        stage_grad(b, h, t0, cnt, li, true);
+        workgroupBarrier();
+        if (li < p.dim) {
+            for (var j = 0u; j < cnt; j++) {
+                let ai = sh_a[j * MAX_D + li];
+                for (var c4 = 0u; c4 < dv4; c4++) {
+                    u_row[c4] += ai * dnum4(j, c4);
+                }
+                yi += sh_tok[j] * sh_fq[j * MAX_D + li];
+            }
+        }
+        workgroupBarrier();
+    }
+    write_state_row(state_out_at(wid.z, b, h), li, u_row, yi);
+}
+
+// Row i (thread li) of a d x dv state and its vector's element i, into state_out.
+fn write_state_row(base: u32, li: u32, row: array<vec4<f32>, MAX_D4>, x: f32) {
+    if (li < p.dim) {
+        for (var c = 0u; c < p.dim_v; c++) {
+            state_out[base + li * p.dim_v + c] = row[c / 4u][c % 4u];
+        }
+        state_out[base + p.dim * p.dim_v + li] = x;
+    }
+}
+
+// Row i of the summed state (zero-padded to vec4s) and its vector's element i.
+fn state_row(b: u32, h: u32, i: u32) -> array<vec4<f32>, MAX_D4> {
+    var row: array<vec4<f32>, MAX_D4>;
+    let base = state_at(b, h) + i * p.dim_v;
+    for (var c = 0u; c < p.dim_v; c++) {
+        row[c / 4u][c % 4u] = state[base + c];
+    }
+    return row;
+}
+
+// Column e of the summed state (zero-padded to vec4s).
+fn state_col(b: u32, h: u32, e: u32) -> array<vec4<f32>, MAX_D4> {
+    var col: array<vec4<f32>, MAX_D4>;
+    let base = state_at(b, h) + e;
+    for (var i = 0u; i < p.dim; i++) {
+        col[i / 4u][i % 4u] = state[base + i * p.dim_v];
+    }
+    return col;
+}
+
+// The summed state's vector (z or y), zero-padded to vec4s.
+fn state_vec(b: u32, h: u32) -> array<vec4<f32>, MAX_D4> {
+    var z: array<vec4<f32>, MAX_D4>;
+    let base = state_at(b, h) + p.dim * p.dim_v;
+    for (var i = 0u; i < p.dim; i++) {
+        z[i / 4u][i % 4u] = state[base + i];
+    }
+    return z;
+}
+
 // Thread e < dim_v owns column e of S; every thread keeps its own copy of z.
 @compute @workgroup_size(MAX_D)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
@@ -248,25 +382,14 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     var z: array<vec4<f32>, MAX_D4>;
     let d4 = w4(p.dim);
     if (!causal) {
-        for (var t0 = 0u; t0 < p.seq; t0 += BT) {
-            let cnt = min(BT, p.seq - t0);
-            stage_k(b, h, t0, cnt, li);
-            stage_v(b, h, t0, cnt, li);
-            workgroupBarrier();
-            if (li < p.dim_v) {
-                for (var j = 0u; j < cnt; j++) {
-                    let ve = sh_v[j * MAX_D + li];
-                    for (var i4 = 0u; i4 < d4; i4++) {
-                        s_col[i4] += b4(j, i4) * ve;
-                        z[i4] += fk4(j, i4);
-                    }
-                }
-            }
-            workgroupBarrier();
+        z = state_vec(b, h);
+        if (li < p.dim_v) {
+            s_col = state_col(b, h, li);
         }
     }
-    for (var t0 = 0u; t0 < p.seq; t0 += BT) {
-        let cnt = min(BT, p.seq - t0);
+    let span = chunk_of(wid);
+    for (var t0 = span.x; t0 < span.y; t0 += BT) {
+        let cnt = min(BT, span.y - t0);
         stage_q(b, h, t0, cnt, li);
         if (causal) {
             stage_k(b, h, t0, cnt, li);
@@ -333,26 +456,13 @@ fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
     var s_row: array<vec4<f32>, MAX_D4>;
     var zi = 0.0;
     let dv4 = w4(p.dim_v);
-    if (!causal) {
-        for (var t0 = 0u; t0 < p.seq; t0 += BT) {
-            let cnt = min(BT, p.seq - t0);
-            stage_k(b, h, t0, cnt, li);
-            stage_v(b, h, t0, cnt, li);
-            workgroupBarrier();
-            if (li < p.dim) {
-                for (var j = 0u; j < cnt; j++) {
-                    let bi = sh_b[j * MAX_D + li];
-                    for (var c4 = 0u; c4 < dv4; c4++) {
-                        s_row[c4] += bi * v4(j, c4);
-                    }
-                    zi += sh_fk[j * MAX_D + li];
-                }
-            }
-            workgroupBarrier();
-        }
+    if (!causal && li < p.dim) {
+        s_row = state_row(b, h, li);
+        zi = state[state_at(b, h) + p.dim * p.dim_v + li];
     }
-    for (var t0 = 0u; t0 < p.seq; t0 += BT) {
-        let cnt = min(BT, p.seq - t0);
+    let span = chunk_of(wid);
+    for (var t0 = span.x; t0 < span.y; t0 += BT) {
+        let cnt = min(BT, span.y - t0);
         stage_grad(b, h, t0, cnt, li, true);
         if (causal) {
             stage_k(b, h, t0, cnt, li);
@@ -409,28 +519,15 @@ fn backward_k(@builtin(workgroup_id) wid: vec3<u32>,
     var u_row: array<vec4<f32>, MAX_D4>;
     var yi = 0.0;
     let dv4 = w4(p.dim_v);
-    if (!causal) {
-        for (var t0 = 0u; t0 < p.seq; t0 += BT) {
-            let cnt = min(BT, p.seq - t0);
-            stage_q(b, h, t0, cnt, li);
-            stage_grad(b, h, t0, cnt, li, true);
-            workgroupBarrier();
-            if (li < p.dim) {
-                for (var j = 0u; j < cnt; j++) {
-                    let ai = sh_a[j * MAX_D + li];
-                    for (var c4 = 0u; c4 < dv4; c4++) {
-                        u_row[c4] += ai * dnum4(j, c4);
-                    }
-                    yi += sh_tok[j] * sh_fq[j * MAX_D + li];
-                }
-            }
-            workgroupBarrier();
-        }
+    if (!causal && li < p.dim) {
+        u_row = state_row(b, h, li);
+        yi = state[state_at(b, h) + p.dim * p.dim_v + li];
     }
-    let blocks = (p.seq + BT - 1u) / BT;
+    let span = chunk_of(wid);
+    let blocks = (span.y - span.x + BT - 1u) / BT;
     for (var blk = blocks; blk > 0u; blk--) {
-        let t0 = (blk - 1u) * BT;
-        let cnt = min(BT, p.seq - t0);
+        let t0 = span.x + (blk - 1u) * BT;
+        let cnt = min(BT, span.y - t0);
         stage_v(b, h, t0, cnt, li);
         if (causal) {
             stage_q(b, h, t0, cnt, li);
@@ -487,27 +584,14 @@ fn backward_v(@builtin(workgroup_id) wid: vec3<u32>,
     let causal = p.causal != 0u;
     var u_col: array<vec4<f32>, MAX_D4>;
     let d4 = w4(p.dim);
-    if (!causal) {
-        for (var t0 = 0u; t0 < p.seq; t0 += BT) {
-            let cnt = min(BT, p.seq - t0);
-            stage_q(b, h, t0, cnt, li);
-            stage_grad(b, h, t0, cnt, li, false);
-            workgroupBarrier();
-            if (li < p.dim_v) {
-                for (var j = 0u; j < cnt; j++) {
-                    let dn = sh_dnum[j * MAX_D + li];
-                    for (var i4 = 0u; i4 < d4; i4++) {
-                        u_col[i4] += a4(j, i4) * dn;
-                    }
-                }
-            }
-            workgroupBarrier();
-        }
+    if (!causal && li < p.dim_v) {
+        u_col = state_col(b, h, li);
     }
-    let blocks = (p.seq + BT - 1u) / BT;
+    let span = chunk_of(wid);
+    let blocks = (span.y - span.x + BT - 1u) / BT;
     for (var blk = blocks; blk > 0u; blk--) {
-        let t0 = (blk - 1u) * BT;
-        let cnt = min(BT, p.seq - t0);
+        let t0 = span.x + (blk - 1u) * BT;
+        let cnt = min(BT, span.y - t0);
         stage_k(b, h, t0, cnt, li);
         if (causal) {
             stage_q(b, h, t0, cnt, li);

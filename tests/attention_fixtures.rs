@@ -138,11 +138,11 @@ fn attention_matches_torch_fixtures() {
                 rope: use_rope.then_some(&table),
                 ..Default::default()
             };
-            ctx.run(&[linear_attention::plan_forward(
-                ctx, &tq, &tk, &tv, layout, &opts, &out, &saved,
+            ctx.run(
+                &linear_attention::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &out, &saved)
+                    .unwrap(),
             )
-            .unwrap()])
-                .unwrap();
+            .unwrap();
             ctx.run(
                 &linear_attention::plan_backward(
                     ctx, &tq, &tk, &tv, layout, &opts, &out, &saved, &tg, &dq, &dk, &dv,

@@ -374,7 +374,7 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
     add(
         "linear attention forward (scan)",
         format!("B1 H8 T{t} d64"),
-        vec![d],
+        d,
         4.0 * 8.0 * (t * 64 * 64) as f64,
         0.0,
     )?;

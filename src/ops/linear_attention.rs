@@ -4,7 +4,9 @@
 //! per-token state saved for the backward pass is the denominator.
 //!
 //! This is the simple scan form (see `shaders/linear_attention.wgsl`); it is the reference
-//! any faster form is tested against.
+//! any faster form is tested against. Non-causal, its sums over every token are taken in
+//! chunks of the sequence in parallel and added up, and each chunk's tokens are emitted in
+//! parallel: one workgroup per (sequence, head, chunk), enough to fill a GPU at LRA's shapes.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -72,7 +74,7 @@ struct Params {
     has_mask: u32,
     has_rope: u32,
     eps: f32,
-    _pad: u32,
+    chunk_len: u32,
 }
 
 /// Shapes of one call, checked: q and k `[.., d]`, v `[.., dv]`, same batch, heads and length.
@@ -167,8 +169,68 @@ fn params(s: &Shapes, opts: &LinearAttentionOptions<'_>) -> Params {
         has_mask: opts.key_mask.is_some() as u32,
         has_rope: opts.rope.is_some() as u32,
         eps: opts.eps,
-        _pad: 0,
+        chunk_len: chunk_len(s, opts) as u32,
     }
+}
+
+/// Workgroups a non-causal call aims at (several per multiprocessor of a large GPU), and the
+/// fewest tokens a chunk keeps.
+const TARGET_WORKGROUPS: usize = 1024;
+const MIN_CHUNK: usize = 64;
+
+/// Chunks of the sequence: 1 when causal (a scan), else a power of two giving about
+/// [`TARGET_WORKGROUPS`] with chunks of at least [`MIN_CHUNK`] tokens.
+fn chunks(s: &Shapes, opts: &LinearAttentionOptions<'_>) -> usize {
+    if opts.causal {
+        return 1;
+    }
+    let heads = s.qk.batch * s.qk.heads;
+    let mut c = 1;
+    while heads * c * 2 <= TARGET_WORKGROUPS && s.qk.seq / (c * 2) >= MIN_CHUNK {
+        c *= 2;
+    }
+    c
+}
+
+fn chunk_len(s: &Shapes, opts: &LinearAttentionOptions<'_>) -> usize {
+    s.qk.seq.div_ceil(chunks(s, opts))
+}
+
+/// Floats of one (sequence, head)'s state: a d × dv matrix and a d-vector.
+fn state_len(s: &Shapes) -> usize {
+    s.qk.dim * s.v.dim + s.qk.dim
+}
+
+/// Non-causal: scratch for each chunk's partial state, `[chunks, B · H · state_len]`.
+fn partial_states(ctx: &Context, s: &Shapes, opts: &LinearAttentionOptions<'_>) -> Result<Tensor> {
+    let heads = s.qk.batch * s.qk.heads;
+    Tensor::zeros(ctx, &[chunks(s, opts), heads * state_len(s)], DType::F32)
+}
+
+/// Non-causal: `sum` (sum_s or sum_u, its inputs bound) sums each chunk into `partial`,
+/// which `reduce` adds up into `state` (`[B · H · state_len]`).
+fn plan_sum_state(
+    ctx: &Context,
+    s: &Shapes,
+    opts: &LinearAttentionOptions<'_>,
+    sum: DispatchBuilder<'_>,
+    partial: &Tensor,
+    state: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let mut plan = vec![sum
+        .write("state_out", partial)
+        .serial_steps(chunk_len(s, opts) as u64)
+        .build(emit_grid(ctx, s, opts)?)?];
+    plan.extend(crate::ops::reduce::plan_sum_rows(
+        ctx, partial, state, false,
+    )?);
+    Ok(plan)
+}
+
+/// The grid of the emitting passes: (sequence, head) by chunk.
+fn emit_grid(ctx: &Context, s: &Shapes, opts: &LinearAttentionOptions<'_>) -> Result<[u32; 3]> {
+    let [x, y, _] = ctx.grid_1d((s.qk.batch * s.qk.heads) as u64)?;
+    Ok([x, y, chunks(s, opts) as u32])
 }
 
 /// The head-dimension variants the kernel is compiled in.
@@ -205,21 +267,38 @@ pub fn plan_forward(
     opts: &LinearAttentionOptions<'_>,
     out: &Tensor,
     saved: &Tensor,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     let s = shapes(ctx, "linear attention", q, k, v, layout, opts)?;
     out.expect_shape("linear attention", "out", v.shape())?;
     saved.expect_shape("linear attention", "saved", &saved_shape(q, layout)?)?;
-    builder(ctx, &s, opts, "forward")
-        .read("q", q)
-        .read("k", k)
-        .read("v", v)
-        .read_opt("table", opts.rope)
-        .read_opt("mask", opts.key_mask)
-        .write("tok", saved)
-        .write("out", out)
-        // a scan over the positions, one workgroup per (sequence, head)
-        .serial_steps(s.qk.seq as u64)
-        .build(ctx.grid_1d((s.qk.batch * s.qk.heads) as u64)?)
+    let mut plan = Vec::new();
+    let mut state = None;
+    if !opts.causal {
+        let st = Tensor::zeros(ctx, &[s.qk.batch * s.qk.heads * state_len(&s)], DType::F32)?;
+        let sum = builder(ctx, &s, opts, "sum_s")
+            .read("k", k)
+            .read("v", v)
+            .read_opt("table", opts.rope)
+            .read_opt("mask", opts.key_mask);
+        let partial = partial_states(ctx, &s, opts)?;
+        plan.extend(plan_sum_state(ctx, &s, opts, sum, &partial, &st)?);
+        state = Some(st);
+    }
+    plan.push(
+        builder(ctx, &s, opts, "forward")
+            .read("q", q)
+            .read("k", k)
+            .read("v", v)
+            .read_opt("table", opts.rope)
+            .read_opt("mask", opts.key_mask)
+            .read_opt("state", state.as_ref())
+            .write("tok", saved)
+            .write("out", out)
+            // a scan over a chunk's positions (causal: the whole sequence)
+            .serial_steps(chunk_len(&s, opts) as u64)
+            .build(emit_grid(ctx, &s, opts)?)?,
+    );
+    Ok(plan)
 }
 
 /// Gradients of q, k and v given the forward's inputs, output, saved state and `grad_out`.
@@ -247,32 +326,59 @@ pub fn plan_backward(
     dq.expect_shape(op, "dq", q.shape())?;
     dk.expect_shape(op, "dk", k.shape())?;
     dv.expect_shape(op, "dv", v.shape())?;
-    let heads = ctx.grid_1d((s.qk.batch * s.qk.heads) as u64)?;
+    let grid = emit_grid(ctx, &s, opts)?;
     let tokens = (s.qk.batch * s.qk.heads * s.qk.seq) as u64;
-    let prep = builder(ctx, &s, opts, "backward_prep")
+    let mut plan = vec![builder(ctx, &s, opts, "backward_prep")
         .read("grad_out", grad_out)
         .read("out_saved", out)
         .write("tok", saved)
-        .build(ctx.grid_1d(tokens.div_ceil(256))?)?;
+        .build(ctx.grid_1d(tokens.div_ceil(256))?)?];
+    // Non-causal: S and z (for dq), U and y (for dk and dv), summed over every token.
+    let (mut s_state, mut u_state) = (None, None);
+    if !opts.causal {
+        let len = s.qk.batch * s.qk.heads * state_len(&s);
+        let (st, ut) = (
+            Tensor::zeros(ctx, &[len], DType::F32)?,
+            Tensor::zeros(ctx, &[len], DType::F32)?,
+        );
+        // one scratch of partial states for both sums, which run one after the other
+        let partial = partial_states(ctx, &s, opts)?;
+        let sum_s = builder(ctx, &s, opts, "sum_s")
+            .read("k", k)
+            .read("v", v)
+            .read_opt("table", opts.rope)
+            .read_opt("mask", opts.key_mask);
+        plan.extend(plan_sum_state(ctx, &s, opts, sum_s, &partial, &st)?);
+        let sum_u = builder(ctx, &s, opts, "sum_u")
+            .read("q", q)
+            .read_opt("table", opts.rope)
+            .read("grad_out", grad_out)
+            .write("tok", saved);
+        plan.extend(plan_sum_state(ctx, &s, opts, sum_u, &partial, &ut)?);
+        (s_state, u_state) = (Some(st), Some(ut));
+    }
     // Each pass writes one gradient; only the q and k passes read v.
-    let scan = |entry: &'static str, grad: &'static str, reads_v: bool, target: &Tensor| {
+    let scan = |entry: &'static str,
+                grad: &'static str,
+                reads_v: bool,
+                state: Option<&Tensor>,
+                target: &Tensor| {
         let b = builder(ctx, &s, opts, entry)
             .read("q", q)
             .read("k", k)
             .read_opt("table", opts.rope)
             .read_opt("mask", opts.key_mask)
             .read("grad_out", grad_out)
+            .read_opt("state", state)
             .write("tok", saved)
             .write(grad, target);
-        let b = b.serial_steps(s.qk.seq as u64);
-        if reads_v { b.read("v", v) } else { b }.build(heads)
+        let b = b.serial_steps(chunk_len(&s, opts) as u64);
+        if reads_v { b.read("v", v) } else { b }.build(grid)
     };
-    Ok(vec![
-        prep,
-        scan("backward_q", "grad_q", true, dq)?,
-        scan("backward_k", "grad_k", true, dk)?,
-        scan("backward_v", "grad_v", false, dv)?,
-    ])
+    plan.push(scan("backward_q", "grad_q", true, s_state.as_ref(), dq)?);
+    plan.push(scan("backward_k", "grad_k", true, u_state.as_ref(), dk)?);
+    plan.push(scan("backward_v", "grad_v", false, u_state.as_ref(), dv)?);
+    Ok(plan)
 }
 
 /// Forward pass in new tensors: `(out, saved)`.
@@ -286,7 +392,7 @@ pub fn forward(
 ) -> Result<(Tensor, Tensor)> {
     let out = Tensor::zeros(ctx, v.shape(), DType::F32)?;
     let saved = Tensor::zeros(ctx, &saved_shape(q, layout)?, DType::F32)?;
-    ctx.submit(&[plan_forward(ctx, q, k, v, layout, opts, &out, &saved)?])?;
+    ctx.submit(&plan_forward(ctx, q, k, v, layout, opts, &out, &saved)?)?;
     Ok((out, saved))
 }
 
@@ -476,7 +582,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             has_mask,
             has_rope,
             eps,
-            _pad
+            chunk_len
         }),
     )]
 }
@@ -509,6 +615,9 @@ mod tests {
             (1, 2, 33, 6, 5, HeadLayout::Bthd),
             (2, 1, 19, 40, 40, HeadLayout::Bthd),
             (1, 1, 9, 128, 70, HeadLayout::Bhtd),
+            // non-causal in 2 and 4 chunks of the sequence (the last one short)
+            (1, 2, 199, 16, 12, HeadLayout::Bthd),
+            (2, 1, 290, 8, 8, HeadLayout::Bhtd),
         ];
         for &(b, h, t, d, dv, layout) in &cases {
             let q = randn(&mut rng, b * h * t * d);
@@ -548,9 +657,9 @@ mod tests {
                             poisoned(ctx, &qk_shape),
                             poisoned(ctx, &v_shape),
                         );
-                        ctx.run(&[
-                            plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &out, &saved).unwrap(),
-                        ])
+                        ctx.run(
+                            &plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &out, &saved).unwrap(),
+                        )
                         .unwrap();
                         ctx.run(
                             &plan_backward(

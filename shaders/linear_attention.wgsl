@@ -366,7 +366,23 @@ fn state_vec(b: u32, h: u32) -> array<vec4<f32>, MAX_D4> {
     return z;
 }
 
-// Thread e < dim_v owns column e of S; every thread keeps its own copy of z.
+// The output of tokens t0 .. t0 + cnt (staged: a, fq) from S's column li and z.
+fn emit_out(b: u32, h: u32, t0: u32, cnt: u32, li: u32, s_col: array<vec4<f32>, MAX_D4>,
+            z: array<vec4<f32>, MAX_D4>, j: u32) {
+    var num = 0.0;
+    var den = p.eps;
+    for (var i4 = 0u; i4 < w4(p.dim); i4++) {
+        num += dot(a4(j, i4), s_col[i4]);
+        den += dot(fq4(j, i4), z[i4]);
+    }
+    out[v_at(b, h, t0 + j, li)] = num / den;
+    if (li == 0u) {
+        tok[tok_at(b, h, t0 + j)] = den;
+    }
+}
+
+// Causal forward, a scan over the sequence. Thread e < dim_v owns column e of S; every
+// thread keeps its own copy of z.
 @compute @workgroup_size(MAX_D)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
@@ -377,44 +393,53 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    let causal = p.causal != 0u;
     var s_col: array<vec4<f32>, MAX_D4>;
     var z: array<vec4<f32>, MAX_D4>;
     let d4 = w4(p.dim);
-    if (!causal) {
-        z = state_vec(b, h);
+    for (var t0 = 0u; t0 < p.seq; t0 += BT) {
+        let cnt = min(BT, p.seq - t0);
+        stage_q(b, h, t0, cnt, li);
+        stage_k(b, h, t0, cnt, li);
+        stage_v(b, h, t0, cnt, li);
+        workgroupBarrier();
         if (li < p.dim_v) {
-            s_col = state_col(b, h, li);
+            for (var j = 0u; j < cnt; j++) {
+                let ve = sh_v[j * MAX_D + li];
+                for (var i4 = 0u; i4 < d4; i4++) {
+                    s_col[i4] += b4(j, i4) * ve;
+                    z[i4] += fk4(j, i4);
+                }
+                emit_out(b, h, t0, cnt, li, s_col, z, j);
+            }
         }
+        workgroupBarrier();
+    }
+}
+
+// Non-causal forward: the chunk's tokens from the summed S and z (sum_s).
+@compute @workgroup_size(MAX_D)
+fn forward_chunk(@builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    let bh = head_of(wid, nwg);
+    let b = bh.x;
+    let h = bh.y;
+    if (b >= p.batch) {
+        return;
+    }
+    let z = state_vec(b, h);
+    var s_col: array<vec4<f32>, MAX_D4>;
+    if (li < p.dim_v) {
+        s_col = state_col(b, h, li);
     }
     let span = chunk_of(wid);
     for (var t0 = span.x; t0 < span.y; t0 += BT) {
         let cnt = min(BT, span.y - t0);
         stage_q(b, h, t0, cnt, li);
-        if (causal) {
-            stage_k(b, h, t0, cnt, li);
-            stage_v(b, h, t0, cnt, li);
-        }
         workgroupBarrier();
         if (li < p.dim_v) {
             for (var j = 0u; j < cnt; j++) {
-                if (causal) {
-                    let ve = sh_v[j * MAX_D + li];
-                    for (var i4 = 0u; i4 < d4; i4++) {
-                        s_col[i4] += b4(j, i4) * ve;
-                        z[i4] += fk4(j, i4);
-                    }
-                }
-                var num = 0.0;
-                var den = p.eps;
-                for (var i4 = 0u; i4 < d4; i4++) {
-                    num += dot(a4(j, i4), s_col[i4]);
-                    den += dot(fq4(j, i4), z[i4]);
-                }
-                out[v_at(b, h, t0 + j, li)] = num / den;
-                if (li == 0u) {
-                    tok[tok_at(b, h, t0 + j)] = den;
-                }
+                emit_out(b, h, t0, cnt, li, s_col, z, j);
             }
         }
         workgroupBarrier();
@@ -441,7 +466,34 @@ fn backward_prep(@builtin(workgroup_id) wid: vec3<u32>,
     tok[at + 1u] = -s / tok[at];
 }
 
-// dq. Thread i < dim owns row i of S and z_i.
+// dq_m = phi'(q_m) (R_m^T da_m + dfq_m) for staged tokens t0 .. t0 + cnt, da_m in sh_a.
+fn emit_dq(b: u32, h: u32, t0: u32, cnt: u32, li: u32, dfq: array<f32, BT>) {
+    if (li < p.dim) {
+        for (var j = 0u; j < cnt; j++) {
+            let t = t0 + j;
+            var partner = 0.0;
+            if (p.has_rope != 0u) {
+                partner = sh_a[j * MAX_D + (li ^ 1u)];
+            }
+            let back = rotate_back(t, li, sh_a[j * MAX_D + li], partner);
+            let at = qk_at(b, h, t, li);
+            grad_q[at] = dphi(q[at]) * (back + dfq[j]);
+        }
+    }
+}
+
+// Thread li's da (S's row li against dnum) and dfq (dden z_li) of staged token j into
+// sh_a and the result.
+fn dq_parts(li: u32, j: u32, s_row: array<vec4<f32>, MAX_D4>, zi: f32) -> f32 {
+    var da = 0.0;
+    for (var c4 = 0u; c4 < w4(p.dim_v); c4++) {
+        da += dot(s_row[c4], dnum4(j, c4));
+    }
+    sh_a[j * MAX_D + li] = da;
+    return sh_tok[j] * zi;
+}
+
+// Causal dq, a scan. Thread i < dim owns row i of S and z_i.
 @compute @workgroup_size(MAX_D)
 fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>,
@@ -452,11 +504,46 @@ fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    let causal = p.causal != 0u;
     var s_row: array<vec4<f32>, MAX_D4>;
     var zi = 0.0;
     let dv4 = w4(p.dim_v);
-    if (!causal && li < p.dim) {
+    for (var t0 = 0u; t0 < p.seq; t0 += BT) {
+        let cnt = min(BT, p.seq - t0);
+        stage_grad(b, h, t0, cnt, li, true);
+        stage_k(b, h, t0, cnt, li);
+        stage_v(b, h, t0, cnt, li);
+        workgroupBarrier();
+        var dfq: array<f32, BT>;
+        if (li < p.dim) {
+            for (var j = 0u; j < cnt; j++) {
+                let bi = sh_b[j * MAX_D + li];
+                for (var c4 = 0u; c4 < dv4; c4++) {
+                    s_row[c4] += bi * v4(j, c4);
+                }
+                zi += sh_fk[j * MAX_D + li];
+                dfq[j] = dq_parts(li, j, s_row, zi);
+            }
+        }
+        workgroupBarrier();
+        emit_dq(b, h, t0, cnt, li, dfq);
+        workgroupBarrier();
+    }
+}
+
+// Non-causal dq: the chunk's tokens from the summed S and z.
+@compute @workgroup_size(MAX_D)
+fn backward_q_chunk(@builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) li: u32) {
+    let bh = head_of(wid, nwg);
+    let b = bh.x;
+    let h = bh.y;
+    if (b >= p.batch) {
+        return;
+    }
+    var s_row: array<vec4<f32>, MAX_D4>;
+    var zi = 0.0;
+    if (li < p.dim) {
         s_row = state_row(b, h, li);
         zi = state[state_at(b, h) + p.dim * p.dim_v + li];
     }
@@ -464,47 +551,46 @@ fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
     for (var t0 = span.x; t0 < span.y; t0 += BT) {
         let cnt = min(BT, span.y - t0);
         stage_grad(b, h, t0, cnt, li, true);
-        if (causal) {
-            stage_k(b, h, t0, cnt, li);
-            stage_v(b, h, t0, cnt, li);
-        }
         workgroupBarrier();
         var dfq: array<f32, BT>;
         if (li < p.dim) {
             for (var j = 0u; j < cnt; j++) {
-                if (causal) {
-                    let bi = sh_b[j * MAX_D + li];
-                    for (var c4 = 0u; c4 < dv4; c4++) {
-                        s_row[c4] += bi * v4(j, c4);
-                    }
-                    zi += sh_fk[j * MAX_D + li];
-                }
-                var da = 0.0;
-                for (var c4 = 0u; c4 < dv4; c4++) {
-                    da += dot(s_row[c4], dnum4(j, c4));
-                }
-                sh_a[j * MAX_D + li] = da;
-                dfq[j] = sh_tok[j] * zi;
+                dfq[j] = dq_parts(li, j, s_row, zi);
             }
         }
         workgroupBarrier();
-        if (li < p.dim) {
-            for (var j = 0u; j < cnt; j++) {
-                let t = t0 + j;
-                var partner = 0.0;
-                if (p.has_rope != 0u) {
-                    partner = sh_a[j * MAX_D + (li ^ 1u)];
-                }
-                let back = rotate_back(t, li, sh_a[j * MAX_D + li], partner);
-                let at = qk_at(b, h, t, li);
-                grad_q[at] = dphi(q[at]) * (back + dfq[j]);
-            }
-        }
+        emit_dq(b, h, t0, cnt, li, dfq);
         workgroupBarrier();
     }
 }
 
-// dk. Thread i < dim owns row i of U and y_i; tokens run from the last to the first.
+// dk_n = w_n phi'(k_n) (R_n^T db_n + y_n) for staged tokens, db_n in sh_b.
+fn emit_dk(b: u32, h: u32, t0: u32, cnt: u32, li: u32, dfk: array<f32, BT>) {
+    if (li < p.dim) {
+        for (var j = 0u; j < cnt; j++) {
+            let t = t0 + j;
+            var partner = 0.0;
+            if (p.has_rope != 0u) {
+                partner = sh_b[j * MAX_D + (li ^ 1u)];
+            }
+            let back = rotate_back(t, li, sh_b[j * MAX_D + li], partner);
+            let at = qk_at(b, h, t, li);
+            grad_k[at] = key_weight(b, t) * dphi(k[at]) * (back + dfk[j]);
+        }
+    }
+}
+
+// Thread li's db (U's row li against v) of staged token j into sh_b.
+fn dk_part(li: u32, j: u32, u_row: array<vec4<f32>, MAX_D4>) {
+    var db = 0.0;
+    for (var c4 = 0u; c4 < w4(p.dim_v); c4++) {
+        db += dot(u_row[c4], v4(j, c4));
+    }
+    sh_b[j * MAX_D + li] = db;
+}
+
+// Causal dk, a reverse scan. Thread i < dim owns row i of U and y_i; tokens run from the
+// last to the first.
 @compute @workgroup_size(MAX_D)
 fn backward_k(@builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>,
@@ -515,62 +601,82 @@ fn backward_k(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    let causal = p.causal != 0u;
     var u_row: array<vec4<f32>, MAX_D4>;
     var yi = 0.0;
     let dv4 = w4(p.dim_v);
-    if (!causal && li < p.dim) {
-        u_row = state_row(b, h, li);
-        yi = state[state_at(b, h) + p.dim * p.dim_v + li];
-    }
-    let span = chunk_of(wid);
-    let blocks = (span.y - span.x + BT - 1u) / BT;
+    let blocks = (p.seq + BT - 1u) / BT;
     for (var blk = blocks; blk > 0u; blk--) {
-        let t0 = span.x + (blk - 1u) * BT;
-        let cnt = min(BT, span.y - t0);
+        let t0 = (blk - 1u) * BT;
+        let cnt = min(BT, p.seq - t0);
         stage_v(b, h, t0, cnt, li);
-        if (causal) {
-            stage_q(b, h, t0, cnt, li);
-            stage_grad(b, h, t0, cnt, li, true);
-        }
+        stage_q(b, h, t0, cnt, li);
+        stage_grad(b, h, t0, cnt, li, true);
         workgroupBarrier();
         var dfk: array<f32, BT>;
         if (li < p.dim) {
             for (var jj = 0u; jj < cnt; jj++) {
                 let j = cnt - 1u - jj;
-                if (causal) {
-                    let ai = sh_a[j * MAX_D + li];
-                    for (var c4 = 0u; c4 < dv4; c4++) {
-                        u_row[c4] += ai * dnum4(j, c4);
-                    }
-                    yi += sh_tok[j] * sh_fq[j * MAX_D + li];
-                }
-                var db = 0.0;
+                let ai = sh_a[j * MAX_D + li];
                 for (var c4 = 0u; c4 < dv4; c4++) {
-                    db += dot(u_row[c4], v4(j, c4));
+                    u_row[c4] += ai * dnum4(j, c4);
                 }
-                sh_b[j * MAX_D + li] = db;
+                yi += sh_tok[j] * sh_fq[j * MAX_D + li];
+                dk_part(li, j, u_row);
                 dfk[j] = yi;
             }
         }
         workgroupBarrier();
-        if (li < p.dim) {
-            for (var j = 0u; j < cnt; j++) {
-                let t = t0 + j;
-                var partner = 0.0;
-                if (p.has_rope != 0u) {
-                    partner = sh_b[j * MAX_D + (li ^ 1u)];
-                }
-                let back = rotate_back(t, li, sh_b[j * MAX_D + li], partner);
-                let at = qk_at(b, h, t, li);
-                grad_k[at] = key_weight(b, t) * dphi(k[at]) * (back + dfk[j]);
-            }
-        }
+        emit_dk(b, h, t0, cnt, li, dfk);
         workgroupBarrier();
     }
 }
 
-// dv. Thread e < dim_v owns column e of U; tokens run from the last to the first.
+// Non-causal dk: the chunk's tokens from the summed U and y (sum_u).
+@compute @workgroup_size(MAX_D)
+fn backward_k_chunk(@builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) li: u32) {
+    let bh = head_of(wid, nwg);
+    let b = bh.x;
+    let h = bh.y;
+    if (b >= p.batch) {
+        return;
+    }
+    var u_row: array<vec4<f32>, MAX_D4>;
+    var yi = 0.0;
+    if (li < p.dim) {
+        u_row = state_row(b, h, li);
+        yi = state[state_at(b, h) + p.dim * p.dim_v + li];
+    }
+    let span = chunk_of(wid);
+    for (var t0 = span.x; t0 < span.y; t0 += BT) {
+        let cnt = min(BT, span.y - t0);
+        stage_v(b, h, t0, cnt, li);
+        workgroupBarrier();
+        var dfk: array<f32, BT>;
+        if (li < p.dim) {
+            for (var j = 0u; j < cnt; j++) {
+                dk_part(li, j, u_row);
+                dfk[j] = yi;
+            }
+        }
+        workgroupBarrier();
+        emit_dk(b, h, t0, cnt, li, dfk);
+        workgroupBarrier();
+    }
+}
+
+// dv_n = U^T b_n for staged token j, from U's column li.
+fn dv_of(j: u32, u_col: array<vec4<f32>, MAX_D4>) -> f32 {
+    var dv = 0.0;
+    for (var i4 = 0u; i4 < w4(p.dim); i4++) {
+        dv += dot(u_col[i4], b4(j, i4));
+    }
+    return dv;
+}
+
+// Causal dv, a reverse scan. Thread e < dim_v owns column e of U; tokens run from the last
+// to the first.
 @compute @workgroup_size(MAX_D)
 fn backward_v(@builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>,
@@ -581,37 +687,53 @@ fn backward_v(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    let causal = p.causal != 0u;
     var u_col: array<vec4<f32>, MAX_D4>;
     let d4 = w4(p.dim);
-    if (!causal && li < p.dim_v) {
-        u_col = state_col(b, h, li);
-    }
-    let span = chunk_of(wid);
-    let blocks = (span.y - span.x + BT - 1u) / BT;
+    let blocks = (p.seq + BT - 1u) / BT;
     for (var blk = blocks; blk > 0u; blk--) {
-        let t0 = span.x + (blk - 1u) * BT;
-        let cnt = min(BT, span.y - t0);
+        let t0 = (blk - 1u) * BT;
+        let cnt = min(BT, p.seq - t0);
         stage_k(b, h, t0, cnt, li);
-        if (causal) {
-            stage_q(b, h, t0, cnt, li);
-            stage_grad(b, h, t0, cnt, li, false);
-        }
+        stage_q(b, h, t0, cnt, li);
+        stage_grad(b, h, t0, cnt, li, false);
         workgroupBarrier();
         if (li < p.dim_v) {
             for (var jj = 0u; jj < cnt; jj++) {
                 let j = cnt - 1u - jj;
-                if (causal) {
-                    let dn = sh_dnum[j * MAX_D + li];
-                    for (var i4 = 0u; i4 < d4; i4++) {
-                        u_col[i4] += a4(j, i4) * dn;
-                    }
-                }
-                var dv = 0.0;
+                let dn = sh_dnum[j * MAX_D + li];
                 for (var i4 = 0u; i4 < d4; i4++) {
-                    dv += dot(u_col[i4], b4(j, i4));
+                    u_col[i4] += a4(j, i4) * dn;
                 }
-                grad_v[v_at(b, h, t0 + j, li)] = dv;
+                grad_v[v_at(b, h, t0 + j, li)] = dv_of(j, u_col);
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+// Non-causal dv: the chunk's tokens from the summed U.
+@compute @workgroup_size(MAX_D)
+fn backward_v_chunk(@builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) li: u32) {
+    let bh = head_of(wid, nwg);
+    let b = bh.x;
+    let h = bh.y;
+    if (b >= p.batch) {
+        return;
+    }
+    var u_col: array<vec4<f32>, MAX_D4>;
+    if (li < p.dim_v) {
+        u_col = state_col(b, h, li);
+    }
+    let span = chunk_of(wid);
+    for (var t0 = span.x; t0 < span.y; t0 += BT) {
+        let cnt = min(BT, span.y - t0);
+        stage_k(b, h, t0, cnt, li);
+        workgroupBarrier();
+        if (li < p.dim_v) {
+            for (var j = 0u; j < cnt; j++) {
+                grad_v[v_at(b, h, t0 + j, li)] = dv_of(j, u_col);
             }
         }
         workgroupBarrier();

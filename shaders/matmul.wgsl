@@ -23,7 +23,7 @@
 //   memory after, so global-memory latency overlaps arithmetic. One more tiling for the
 //   tuner to time: it costs registers, and whether it pays depends on the GPU.
 // - Direct (DIRECT set): no staging at all; each thread reads its rows of A and columns of
-//   B straight from memory, four k at a time, as 4 x 4 blocks multiplied as mat4x4s into
+//   B straight from memory, four k at a time, as 4 x 4 blocks (mat4x4s) added with fma into
 //   named accumulators (straight-line code, no private array indexed in a loop), and no
 //   barrier is needed. On a CPU adapter (llvmpipe) every load of a storage or workgroup
 //   buffer is a loop over the SIMD lanes, an array indexed in a loop is memory, and a
@@ -201,17 +201,17 @@ fn direct_product(a_base: u32, b_base: u32, row0: u32, col0: u32, tx: u32, ty: u
         let checked = k0 >= k_full;
         let at0 = a_block_t(a_base, gm0, k0, checked);
         let bt0 = b_block_t(b_base, k0, gn0, checked);
-        ct00 += bt0 * at0;  // (A B)^T = B^T A^T
+        ct00 = fma_block(ct00, at0, bt0);
         if (TN == 8u) {
             let bt1 = b_block_t(b_base, k0, gn1, checked);
-            ct01 += bt1 * at0;
+            ct01 = fma_block(ct01, at0, bt1);
             if (TM == 8u) {
                 let at1 = a_block_t(a_base, gm1, k0, checked);
-                ct10 += bt0 * at1;
-                ct11 += bt1 * at1;
+                ct10 = fma_block(ct10, at1, bt0);
+                ct11 = fma_block(ct11, at1, bt1);
             }
         } else if (TM == 8u) {
-            ct10 += bt0 * a_block_t(a_base, gm1, k0, checked);
+            ct10 = fma_block(ct10, a_block_t(a_base, gm1, k0, checked), bt0);
         }
     }
     var acc: array<vec4<f32>, 16>;
@@ -224,6 +224,31 @@ fn direct_product(a_base: u32, b_base: u32, row0: u32, col0: u32, tx: u32, ty: u
         }
     }
     return acc;
+}
+
+// A 4 x 4 block of C (transposed: column r is row r of C) plus A's block (column r: row r,
+// along k) times B's (column kk: row kk, along n), one k after another with fma, in the
+// order the staged tilings add them: every tiling gives the same bits. Constant indices
+// only, so it all stays in registers.
+fn fma_block(ct: mat4x4<f32>, at: mat4x4<f32>, bt: mat4x4<f32>) -> mat4x4<f32> {
+    var c = ct;
+    c[0] = fma(vec4<f32>(at[0].x), bt[0], c[0]);
+    c[0] = fma(vec4<f32>(at[0].y), bt[1], c[0]);
+    c[0] = fma(vec4<f32>(at[0].z), bt[2], c[0]);
+    c[0] = fma(vec4<f32>(at[0].w), bt[3], c[0]);
+    c[1] = fma(vec4<f32>(at[1].x), bt[0], c[1]);
+    c[1] = fma(vec4<f32>(at[1].y), bt[1], c[1]);
+    c[1] = fma(vec4<f32>(at[1].z), bt[2], c[1]);
+    c[1] = fma(vec4<f32>(at[1].w), bt[3], c[1]);
+    c[2] = fma(vec4<f32>(at[2].x), bt[0], c[2]);
+    c[2] = fma(vec4<f32>(at[2].y), bt[1], c[2]);
+    c[2] = fma(vec4<f32>(at[2].z), bt[2], c[2]);
+    c[2] = fma(vec4<f32>(at[2].w), bt[3], c[2]);
+    c[3] = fma(vec4<f32>(at[3].x), bt[0], c[3]);
+    c[3] = fma(vec4<f32>(at[3].y), bt[1], c[3]);
+    c[3] = fma(vec4<f32>(at[3].z), bt[2], c[3]);
+    c[3] = fma(vec4<f32>(at[3].w), bt[3], c[3]);
+    return c;
 }
 
 // A's rows gm .. gm + 3 by k .. k + 3, transposed (column i: row gm + i).

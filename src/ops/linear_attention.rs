@@ -271,30 +271,35 @@ pub fn plan_forward(
     let s = shapes(ctx, "linear attention", q, k, v, layout, opts)?;
     out.expect_shape("linear attention", "out", v.shape())?;
     saved.expect_shape("linear attention", "saved", &saved_shape(q, layout)?)?;
-    let mut plan = Vec::new();
-    let mut state = None;
-    if !opts.causal {
-        let st = Tensor::zeros(ctx, &[s.qk.batch * s.qk.heads * state_len(&s)], DType::F32)?;
-        let sum = builder(ctx, &s, opts, "sum_s")
-            .read("k", k)
-            .read("v", v)
-            .read_opt("table", opts.rope)
-            .read_opt("mask", opts.key_mask);
-        let partial = partial_states(ctx, &s, opts)?;
-        plan.extend(plan_sum_state(ctx, &s, opts, sum, &partial, &st)?);
-        state = Some(st);
-    }
-    plan.push(
-        builder(ctx, &s, opts, "forward")
+    if opts.causal {
+        // a scan over the whole sequence, one workgroup per (sequence, head)
+        return Ok(vec![builder(ctx, &s, opts, "forward")
             .read("q", q)
             .read("k", k)
             .read("v", v)
             .read_opt("table", opts.rope)
             .read_opt("mask", opts.key_mask)
-            .read_opt("state", state.as_ref())
             .write("tok", saved)
             .write("out", out)
-            // a scan over a chunk's positions (causal: the whole sequence)
+            .serial_steps(s.qk.seq as u64)
+            .build(emit_grid(ctx, &s, opts)?)?]);
+    }
+    // S and z summed over every token, then each chunk's tokens emitted from them
+    let state = Tensor::zeros(ctx, &[s.qk.batch * s.qk.heads * state_len(&s)], DType::F32)?;
+    let partial = partial_states(ctx, &s, opts)?;
+    let sum = builder(ctx, &s, opts, "sum_s")
+        .read("k", k)
+        .read("v", v)
+        .read_opt("table", opts.rope)
+        .read_opt("mask", opts.key_mask);
+    let mut plan = plan_sum_state(ctx, &s, opts, sum, &partial, &state)?;
+    plan.push(
+        builder(ctx, &s, opts, "forward_chunk")
+            .read("q", q)
+            .read_opt("table", opts.rope)
+            .read("state", &state)
+            .write("tok", saved)
+            .write("out", out)
             .serial_steps(chunk_len(&s, opts) as u64)
             .build(emit_grid(ctx, &s, opts)?)?,
     );
@@ -333,51 +338,79 @@ pub fn plan_backward(
         .read("out_saved", out)
         .write("tok", saved)
         .build(ctx.grid_1d(tokens.div_ceil(256))?)?];
-    // Non-causal: S and z (for dq), U and y (for dk and dv), summed over every token.
-    let (mut s_state, mut u_state) = (None, None);
-    if !opts.causal {
-        let len = s.qk.batch * s.qk.heads * state_len(&s);
-        let (st, ut) = (
-            Tensor::zeros(ctx, &[len], DType::F32)?,
-            Tensor::zeros(ctx, &[len], DType::F32)?,
-        );
-        // one scratch of partial states for both sums, which run one after the other
-        let partial = partial_states(ctx, &s, opts)?;
-        let sum_s = builder(ctx, &s, opts, "sum_s")
+    if opts.causal {
+        // Scans; each pass writes one gradient, only the q and k passes read v.
+        let scan = |entry: &'static str, grad: &'static str, reads_v: bool, target: &Tensor| {
+            let b = builder(ctx, &s, opts, entry)
+                .read("q", q)
+                .read("k", k)
+                .read_opt("table", opts.rope)
+                .read_opt("mask", opts.key_mask)
+                .read("grad_out", grad_out)
+                .write("tok", saved)
+                .write(grad, target)
+                .serial_steps(s.qk.seq as u64);
+            if reads_v { b.read("v", v) } else { b }.build(grid)
+        };
+        plan.push(scan("backward_q", "grad_q", true, dq)?);
+        plan.push(scan("backward_k", "grad_k", true, dk)?);
+        plan.push(scan("backward_v", "grad_v", false, dv)?);
+        return Ok(plan);
+    }
+    // S and z (for dq), U and y (for dk and dv), summed over every token; one scratch of
+    // partial states for both sums, which run one after the other.
+    let len = s.qk.batch * s.qk.heads * state_len(&s);
+    let (s_state, u_state) = (
+        Tensor::zeros(ctx, &[len], DType::F32)?,
+        Tensor::zeros(ctx, &[len], DType::F32)?,
+    );
+    let partial = partial_states(ctx, &s, opts)?;
+    let sum_s = builder(ctx, &s, opts, "sum_s")
+        .read("k", k)
+        .read("v", v)
+        .read_opt("table", opts.rope)
+        .read_opt("mask", opts.key_mask);
+    plan.extend(plan_sum_state(ctx, &s, opts, sum_s, &partial, &s_state)?);
+    let sum_u = builder(ctx, &s, opts, "sum_u")
+        .read("q", q)
+        .read_opt("table", opts.rope)
+        .read("grad_out", grad_out)
+        .write("tok", saved);
+    plan.extend(plan_sum_state(ctx, &s, opts, sum_u, &partial, &u_state)?);
+    // Each chunk's tokens from the sums.
+    let steps = chunk_len(&s, opts) as u64;
+    plan.push(
+        builder(ctx, &s, opts, "backward_q_chunk")
+            .read("q", q)
+            .read_opt("table", opts.rope)
+            .read("grad_out", grad_out)
+            .read("state", &s_state)
+            .write("tok", saved)
+            .write("grad_q", dq)
+            .serial_steps(steps)
+            .build(grid)?,
+    );
+    plan.push(
+        builder(ctx, &s, opts, "backward_k_chunk")
             .read("k", k)
             .read("v", v)
             .read_opt("table", opts.rope)
-            .read_opt("mask", opts.key_mask);
-        plan.extend(plan_sum_state(ctx, &s, opts, sum_s, &partial, &st)?);
-        let sum_u = builder(ctx, &s, opts, "sum_u")
-            .read("q", q)
-            .read_opt("table", opts.rope)
-            .read("grad_out", grad_out)
-            .write("tok", saved);
-        plan.extend(plan_sum_state(ctx, &s, opts, sum_u, &partial, &ut)?);
-        (s_state, u_state) = (Some(st), Some(ut));
-    }
-    // Each pass writes one gradient; only the q and k passes read v.
-    let scan = |entry: &'static str,
-                grad: &'static str,
-                reads_v: bool,
-                state: Option<&Tensor>,
-                target: &Tensor| {
-        let b = builder(ctx, &s, opts, entry)
-            .read("q", q)
+            .read_opt("mask", opts.key_mask)
+            .read("state", &u_state)
+            .write("grad_k", dk)
+            .serial_steps(steps)
+            .build(grid)?,
+    );
+    plan.push(
+        builder(ctx, &s, opts, "backward_v_chunk")
             .read("k", k)
             .read_opt("table", opts.rope)
             .read_opt("mask", opts.key_mask)
-            .read("grad_out", grad_out)
-            .read_opt("state", state)
-            .write("tok", saved)
-            .write(grad, target);
-        let b = b.serial_steps(chunk_len(&s, opts) as u64);
-        if reads_v { b.read("v", v) } else { b }.build(grid)
-    };
-    plan.push(scan("backward_q", "grad_q", true, s_state.as_ref(), dq)?);
-    plan.push(scan("backward_k", "grad_k", true, u_state.as_ref(), dk)?);
-    plan.push(scan("backward_v", "grad_v", false, u_state.as_ref(), dv)?);
+            .read("state", &u_state)
+            .write("grad_v", dv)
+            .serial_steps(steps)
+            .build(grid)?,
+    );
     Ok(plan)
 }
 

@@ -768,6 +768,9 @@ mod tests {
                 }
                 let want_gelu: Vec<f64> =
                     want.iter().map(|&x| gelu::reference::forward(x)).collect();
+                // Every tiling adds the products over K in the same order (the README says
+                // results do not depend on the tiling): the same bits from each.
+                let mut first_bits: Option<(Tiling, Vec<u32>)> = None;
                 for tiling in TILINGS.iter().filter(|t| t.fits(ctx.capabilities())) {
                     // With and without the GELU epilogue (which does not depend on the
                     // operand layout: tried on the Linear layer's, A Bᵀ).
@@ -791,9 +794,17 @@ mod tests {
                         let what = format!(
                             "tiling {tiling}, {m}x{n}x{k} ta={trans_a} tb={trans_b} gelu={with_gelu}"
                         );
-                        assert_close(&what, &download(ctx, &c), &want, 1e-5);
+                        let got = download(ctx, &c);
+                        assert_close(&what, &got, &want, 1e-5);
                         if with_gelu {
                             assert_close(&what, &download(ctx, &act), &want_gelu, 1e-5);
+                        }
+                        let bits: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                        match &first_bits {
+                            None => first_bits = Some((*tiling, bits)),
+                            Some((t0, b0)) => {
+                                assert!(*b0 == bits, "{what}: not the same bits as tiling {t0}")
+                            }
                         }
                     }
                 }

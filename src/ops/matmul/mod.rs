@@ -28,7 +28,7 @@ mod tiling;
 mod views;
 
 pub use backward::{backward, plan_backward, GradTarget, GradTargets, MatmulGrads};
-pub use tiling::{heuristic_tiling, time_tilings, Tiling, TilingChoice, TILINGS};
+pub use tiling::{heuristic_tiling, time_tilings, Tiling, TilingChoice, CPU_TILING, TILINGS};
 pub(crate) use views::{params_of, Operands};
 pub use views::{MatrixView, StridedMatmul};
 

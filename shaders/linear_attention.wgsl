@@ -71,6 +71,12 @@ var<workgroup> sh_v: array<f32, BT * MAX_D>;
 var<workgroup> sh_dnum: array<f32, BT * MAX_D>;
 var<workgroup> sh_tok: array<f32, BT>;
 
+// This thread's row or column of the d x dv state (S or U), and the forward's z, in vec4s
+// zero-padded. Module-scope, so the per-token helpers read them in place (an array passed
+// by value is copied at every call, which llvmpipe pays in memory traffic).
+var<private> st: array<vec4<f32>, MAX_D4>;
+var<private> st_z: array<vec4<f32>, MAX_D4>;
+
 fn phi(x: f32) -> f32 {
     return select(exp(x), x + 1.0, x > 0.0);
 }
@@ -269,7 +275,6 @@ fn sum_s(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let span = chunk_of(wid);
-    var s_row: array<vec4<f32>, MAX_D4>;
     var zi = 0.0;
     let dv4 = w4(p.dim_v);
     for (var t0 = span.x; t0 < span.y; t0 += BT) {
@@ -281,14 +286,14 @@ fn sum_s(@builtin(workgroup_id) wid: vec3<u32>,
             for (var j = 0u; j < cnt; j++) {
                 let bi = sh_b[j * MAX_D + li];
                 for (var c4 = 0u; c4 < dv4; c4++) {
-                    s_row[c4] += bi * v4(j, c4);
+                    st[c4] += bi * v4(j, c4);
                 }
                 zi += sh_fk[j * MAX_D + li];
             }
         }
         workgroupBarrier();
     }
-    write_state_row(state_out_at(wid.z, b, h), li, s_row, zi);
+    write_state_row(state_out_at(wid.z, b, h), li, zi);
 }
 
 // Non-causal: U (= sum_m a_m dnum_m^T) and y (= sum_m dden_m fq_m) over the chunk's tokens.
@@ -304,7 +309,6 @@ fn sum_u(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let span = chunk_of(wid);
-    var u_row: array<vec4<f32>, MAX_D4>;
     var yi = 0.0;
     let dv4 = w4(p.dim_v);
     for (var t0 = span.x; t0 < span.y; t0 += BT) {
@@ -316,64 +320,54 @@ fn sum_u(@builtin(workgroup_id) wid: vec3<u32>,
             for (var j = 0u; j < cnt; j++) {
                 let ai = sh_a[j * MAX_D + li];
                 for (var c4 = 0u; c4 < dv4; c4++) {
-                    u_row[c4] += ai * dnum4(j, c4);
+                    st[c4] += ai * dnum4(j, c4);
                 }
                 yi += sh_tok[j] * sh_fq[j * MAX_D + li];
             }
         }
         workgroupBarrier();
     }
-    write_state_row(state_out_at(wid.z, b, h), li, u_row, yi);
+    write_state_row(state_out_at(wid.z, b, h), li, yi);
 }
 
-// Row i (thread li) of a d x dv state and its vector's element i, into state_out.
-fn write_state_row(base: u32, li: u32, row: array<vec4<f32>, MAX_D4>, x: f32) {
+// Row li of the d x dv state (st) and its vector's element li, into state_out.
+fn write_state_row(base: u32, li: u32, x: f32) {
     if (li < p.dim) {
         for (var c = 0u; c < p.dim_v; c++) {
-            state_out[base + li * p.dim_v + c] = row[c / 4u][c % 4u];
+            state_out[base + li * p.dim_v + c] = st[c / 4u][c % 4u];
         }
         state_out[base + p.dim * p.dim_v + li] = x;
     }
 }
 
-// Row i of the summed state (zero-padded to vec4s) and its vector's element i.
-fn state_row(b: u32, h: u32, i: u32) -> array<vec4<f32>, MAX_D4> {
-    var row: array<vec4<f32>, MAX_D4>;
+// Row i of the summed state into st.
+fn load_state_row(b: u32, h: u32, i: u32) {
     let base = state_at(b, h) + i * p.dim_v;
     for (var c = 0u; c < p.dim_v; c++) {
-        row[c / 4u][c % 4u] = state[base + c];
+        st[c / 4u][c % 4u] = state[base + c];
     }
-    return row;
 }
 
-// Column e of the summed state (zero-padded to vec4s).
-fn state_col(b: u32, h: u32, e: u32) -> array<vec4<f32>, MAX_D4> {
-    var col: array<vec4<f32>, MAX_D4>;
+// Column e of the summed state into st.
+fn load_state_col(b: u32, h: u32, e: u32) {
     let base = state_at(b, h) + e;
     for (var i = 0u; i < p.dim; i++) {
-        col[i / 4u][i % 4u] = state[base + i * p.dim_v];
+        st[i / 4u][i % 4u] = state[base + i * p.dim_v];
     }
-    return col;
 }
 
-// The summed state's vector (z or y), zero-padded to vec4s.
-fn state_vec(b: u32, h: u32) -> array<vec4<f32>, MAX_D4> {
-    var z: array<vec4<f32>, MAX_D4>;
-    let base = state_at(b, h) + p.dim * p.dim_v;
-    for (var i = 0u; i < p.dim; i++) {
-        z[i / 4u][i % 4u] = state[base + i];
-    }
-    return z;
+// Element i of the summed state's vector (z or y).
+fn state_vec_at(b: u32, h: u32, i: u32) -> f32 {
+    return state[state_at(b, h) + p.dim * p.dim_v + i];
 }
 
-// The output of tokens t0 .. t0 + cnt (staged: a, fq) from S's column li and z.
-fn emit_out(b: u32, h: u32, t0: u32, cnt: u32, li: u32, s_col: array<vec4<f32>, MAX_D4>,
-            z: array<vec4<f32>, MAX_D4>, j: u32) {
+// The output of staged token j (a, fq) from S's column li (st) and z (st_z).
+fn emit_out(b: u32, h: u32, t0: u32, li: u32, j: u32) {
     var num = 0.0;
     var den = p.eps;
     for (var i4 = 0u; i4 < w4(p.dim); i4++) {
-        num += dot(a4(j, i4), s_col[i4]);
-        den += dot(fq4(j, i4), z[i4]);
+        num += dot(a4(j, i4), st[i4]);
+        den += dot(fq4(j, i4), st_z[i4]);
     }
     out[v_at(b, h, t0 + j, li)] = num / den;
     if (li == 0u) {
@@ -393,8 +387,6 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    var s_col: array<vec4<f32>, MAX_D4>;
-    var z: array<vec4<f32>, MAX_D4>;
     let d4 = w4(p.dim);
     for (var t0 = 0u; t0 < p.seq; t0 += BT) {
         let cnt = min(BT, p.seq - t0);
@@ -406,10 +398,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
             for (var j = 0u; j < cnt; j++) {
                 let ve = sh_v[j * MAX_D + li];
                 for (var i4 = 0u; i4 < d4; i4++) {
-                    s_col[i4] += b4(j, i4) * ve;
-                    z[i4] += fk4(j, i4);
+                    st[i4] += b4(j, i4) * ve;
+                    st_z[i4] += fk4(j, i4);
                 }
-                emit_out(b, h, t0, cnt, li, s_col, z, j);
+                emit_out(b, h, t0, li, j);
             }
         }
         workgroupBarrier();
@@ -427,10 +419,11 @@ fn forward_chunk(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    let z = state_vec(b, h);
-    var s_col: array<vec4<f32>, MAX_D4>;
+    for (var i = 0u; i < p.dim; i++) {
+        st_z[i / 4u][i % 4u] = state_vec_at(b, h, i);
+    }
     if (li < p.dim_v) {
-        s_col = state_col(b, h, li);
+        load_state_col(b, h, li);
     }
     let span = chunk_of(wid);
     for (var t0 = span.x; t0 < span.y; t0 += BT) {
@@ -439,7 +432,7 @@ fn forward_chunk(@builtin(workgroup_id) wid: vec3<u32>,
         workgroupBarrier();
         if (li < p.dim_v) {
             for (var j = 0u; j < cnt; j++) {
-                emit_out(b, h, t0, cnt, li, s_col, z, j);
+                emit_out(b, h, t0, li, j);
             }
         }
         workgroupBarrier();
@@ -482,12 +475,12 @@ fn emit_dq(b: u32, h: u32, t0: u32, cnt: u32, li: u32, dfq: array<f32, BT>) {
     }
 }
 
-// Thread li's da (S's row li against dnum) and dfq (dden z_li) of staged token j into
-// sh_a and the result.
-fn dq_parts(li: u32, j: u32, s_row: array<vec4<f32>, MAX_D4>, zi: f32) -> f32 {
+// Thread li's da (S's row li, st, against dnum) of staged token j into sh_a, and its dfq
+// (dden z_li) as the result.
+fn dq_parts(li: u32, j: u32, zi: f32) -> f32 {
     var da = 0.0;
     for (var c4 = 0u; c4 < w4(p.dim_v); c4++) {
-        da += dot(s_row[c4], dnum4(j, c4));
+        da += dot(st[c4], dnum4(j, c4));
     }
     sh_a[j * MAX_D + li] = da;
     return sh_tok[j] * zi;
@@ -504,7 +497,6 @@ fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    var s_row: array<vec4<f32>, MAX_D4>;
     var zi = 0.0;
     let dv4 = w4(p.dim_v);
     for (var t0 = 0u; t0 < p.seq; t0 += BT) {
@@ -518,10 +510,10 @@ fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
             for (var j = 0u; j < cnt; j++) {
                 let bi = sh_b[j * MAX_D + li];
                 for (var c4 = 0u; c4 < dv4; c4++) {
-                    s_row[c4] += bi * v4(j, c4);
+                    st[c4] += bi * v4(j, c4);
                 }
                 zi += sh_fk[j * MAX_D + li];
-                dfq[j] = dq_parts(li, j, s_row, zi);
+                dfq[j] = dq_parts(li, j, zi);
             }
         }
         workgroupBarrier();
@@ -541,11 +533,10 @@ fn backward_q_chunk(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    var s_row: array<vec4<f32>, MAX_D4>;
     var zi = 0.0;
     if (li < p.dim) {
-        s_row = state_row(b, h, li);
-        zi = state[state_at(b, h) + p.dim * p.dim_v + li];
+        load_state_row(b, h, li);
+        zi = state_vec_at(b, h, li);
     }
     let span = chunk_of(wid);
     for (var t0 = span.x; t0 < span.y; t0 += BT) {
@@ -555,7 +546,7 @@ fn backward_q_chunk(@builtin(workgroup_id) wid: vec3<u32>,
         var dfq: array<f32, BT>;
         if (li < p.dim) {
             for (var j = 0u; j < cnt; j++) {
-                dfq[j] = dq_parts(li, j, s_row, zi);
+                dfq[j] = dq_parts(li, j, zi);
             }
         }
         workgroupBarrier();
@@ -580,11 +571,11 @@ fn emit_dk(b: u32, h: u32, t0: u32, cnt: u32, li: u32, dfk: array<f32, BT>) {
     }
 }
 
-// Thread li's db (U's row li against v) of staged token j into sh_b.
-fn dk_part(li: u32, j: u32, u_row: array<vec4<f32>, MAX_D4>) {
+// Thread li's db (U's row li, st, against v) of staged token j into sh_b.
+fn dk_part(li: u32, j: u32) {
     var db = 0.0;
     for (var c4 = 0u; c4 < w4(p.dim_v); c4++) {
-        db += dot(u_row[c4], v4(j, c4));
+        db += dot(st[c4], v4(j, c4));
     }
     sh_b[j * MAX_D + li] = db;
 }
@@ -601,7 +592,6 @@ fn backward_k(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    var u_row: array<vec4<f32>, MAX_D4>;
     var yi = 0.0;
     let dv4 = w4(p.dim_v);
     let blocks = (p.seq + BT - 1u) / BT;
@@ -618,10 +608,10 @@ fn backward_k(@builtin(workgroup_id) wid: vec3<u32>,
                 let j = cnt - 1u - jj;
                 let ai = sh_a[j * MAX_D + li];
                 for (var c4 = 0u; c4 < dv4; c4++) {
-                    u_row[c4] += ai * dnum4(j, c4);
+                    st[c4] += ai * dnum4(j, c4);
                 }
                 yi += sh_tok[j] * sh_fq[j * MAX_D + li];
-                dk_part(li, j, u_row);
+                dk_part(li, j);
                 dfk[j] = yi;
             }
         }
@@ -642,11 +632,10 @@ fn backward_k_chunk(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    var u_row: array<vec4<f32>, MAX_D4>;
     var yi = 0.0;
     if (li < p.dim) {
-        u_row = state_row(b, h, li);
-        yi = state[state_at(b, h) + p.dim * p.dim_v + li];
+        load_state_row(b, h, li);
+        yi = state_vec_at(b, h, li);
     }
     let span = chunk_of(wid);
     for (var t0 = span.x; t0 < span.y; t0 += BT) {
@@ -656,7 +645,7 @@ fn backward_k_chunk(@builtin(workgroup_id) wid: vec3<u32>,
         var dfk: array<f32, BT>;
         if (li < p.dim) {
             for (var j = 0u; j < cnt; j++) {
-                dk_part(li, j, u_row);
+                dk_part(li, j);
                 dfk[j] = yi;
             }
         }
@@ -666,11 +655,11 @@ fn backward_k_chunk(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
-// dv_n = U^T b_n for staged token j, from U's column li.
-fn dv_of(j: u32, u_col: array<vec4<f32>, MAX_D4>) -> f32 {
+// dv_n = U^T b_n for staged token j, from U's column li (st).
+fn dv_of(j: u32) -> f32 {
     var dv = 0.0;
     for (var i4 = 0u; i4 < w4(p.dim); i4++) {
-        dv += dot(u_col[i4], b4(j, i4));
+        dv += dot(st[i4], b4(j, i4));
     }
     return dv;
 }
@@ -687,7 +676,6 @@ fn backward_v(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    var u_col: array<vec4<f32>, MAX_D4>;
     let d4 = w4(p.dim);
     let blocks = (p.seq + BT - 1u) / BT;
     for (var blk = blocks; blk > 0u; blk--) {
@@ -702,9 +690,9 @@ fn backward_v(@builtin(workgroup_id) wid: vec3<u32>,
                 let j = cnt - 1u - jj;
                 let dn = sh_dnum[j * MAX_D + li];
                 for (var i4 = 0u; i4 < d4; i4++) {
-                    u_col[i4] += a4(j, i4) * dn;
+                    st[i4] += a4(j, i4) * dn;
                 }
-                grad_v[v_at(b, h, t0 + j, li)] = dv_of(j, u_col);
+                grad_v[v_at(b, h, t0 + j, li)] = dv_of(j);
             }
         }
         workgroupBarrier();
@@ -722,9 +710,8 @@ fn backward_v_chunk(@builtin(workgroup_id) wid: vec3<u32>,
     if (b >= p.batch) {
         return;
     }
-    var u_col: array<vec4<f32>, MAX_D4>;
     if (li < p.dim_v) {
-        u_col = state_col(b, h, li);
+        load_state_col(b, h, li);
     }
     let span = chunk_of(wid);
     for (var t0 = span.x; t0 < span.y; t0 += BT) {
@@ -733,7 +720,7 @@ fn backward_v_chunk(@builtin(workgroup_id) wid: vec3<u32>,
         workgroupBarrier();
         if (li < p.dim_v) {
             for (var j = 0u; j < cnt; j++) {
-                grad_v[v_at(b, h, t0 + j, li)] = dv_of(j, u_col);
+                grad_v[v_at(b, h, t0 + j, li)] = dv_of(j);
             }
         }
         workgroupBarrier();

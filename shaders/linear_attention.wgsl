@@ -30,7 +30,7 @@
 struct Params {
     batch: u32, heads: u32, seq: u32, dim: u32,
     dim_v: u32, qb: u32, qh: u32, qt: u32,
-    vb: u32, vh: u32, vt: u32, causal: u32,
+    vb: u32, vh: u32, vt: u32, _pad: u32,
     has_mask: u32, has_rope: u32, eps: f32, chunk_len: u32,
 }
 

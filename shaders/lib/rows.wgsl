@@ -2,8 +2,9 @@
 // ---- shaders/lib/rows.wgsl: the reduction across a workgroup's threads, for the
 // one-workgroup-per-row kernels (softmax, layernorm, cross_entropy) and the one-workgroup
 // totals (cross_entropy's loss, clip's norm): what they reduce, how two parts combine, and
-// the tree through workgroup memory that combines the threads' parts. The kernel defines
-// WG, its threads per workgroup (a power of two, at most 256).
+// the tree through workgroup memory that combines the threads' parts (or, in the subgroup
+// variant, the shuffles of lib/rows_subgroup.wgsl). The kernel defines WG, its threads per
+// workgroup (a power of two, at most 256).
 
 // What a row reduction computes, on vec4 parts:
 // ROW_SUM:     componentwise sums.

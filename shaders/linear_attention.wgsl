@@ -18,8 +18,9 @@
 // Non-causal, the sums S, z (forward, dq) and U, y (dk, dv) are over every token: they are
 // summed first, chunk by chunk in parallel (sum_s, sum_u: one workgroup per (b, h, chunk),
 // partial sums to `state_out`, then added up in a fixed order by reduce's sum_rows into
-// `state`), and every entry point then emits its chunk's tokens from the summed state, one
-// workgroup per (b, h, chunk). Causal, each workgroup scans a whole (b, h) (chunk_len = seq).
+// `state`), and the *_chunk entry points then emit their chunk's tokens from the summed
+// state, one workgroup per (b, h, chunk). Causal, forward and backward_q/k/v scan a whole
+// (b, h) each.
 //
 // One thread per output feature keeps its row or column of the state in registers (as
 // vec4s: 4-wide arithmetic, and a quarter of the dynamically indexed elements, which Mesa's

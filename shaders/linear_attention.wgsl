@@ -263,6 +263,24 @@ fn state_out_at(c: u32, b: u32, h: u32) -> u32 {
     return (c * p.batch * p.heads) * (p.dim * p.dim_v + p.dim) + state_at(b, h);
 }
 
+// Staged token j's part of S's row li (b_j[li] v_j, into st); returns its part of z_li.
+fn add_s_row(li: u32, j: u32) -> f32 {
+    let bi = sh_b[j * MAX_D + li];
+    for (var c4 = 0u; c4 < w4(p.dim_v); c4++) {
+        st[c4] += bi * v4(j, c4);
+    }
+    return sh_fk[j * MAX_D + li];
+}
+
+// Staged token j's part of U's row li (a_j[li] dnum_j, into st); returns its part of y_li.
+fn add_u_row(li: u32, j: u32) -> f32 {
+    let ai = sh_a[j * MAX_D + li];
+    for (var c4 = 0u; c4 < w4(p.dim_v); c4++) {
+        st[c4] += ai * dnum4(j, c4);
+    }
+    return sh_tok[j] * sh_fq[j * MAX_D + li];
+}
+
 // Non-causal: S (= sum_n b_n v_n^T) and z (= sum_n fk_n) over the chunk's tokens.
 // Thread i < dim owns row i of S and z_i.
 @compute @workgroup_size(MAX_D)
@@ -277,7 +295,6 @@ fn sum_s(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let span = chunk_of(wid);
     var zi = 0.0;
-    let dv4 = w4(p.dim_v);
     for (var t0 = span.x; t0 < span.y; t0 += BT) {
         let cnt = min(BT, span.y - t0);
         stage_k(b, h, t0, cnt, li);
@@ -285,11 +302,7 @@ fn sum_s(@builtin(workgroup_id) wid: vec3<u32>,
         workgroupBarrier();
         if (li < p.dim) {
             for (var j = 0u; j < cnt; j++) {
-                let bi = sh_b[j * MAX_D + li];
-                for (var c4 = 0u; c4 < dv4; c4++) {
-                    st[c4] += bi * v4(j, c4);
-                }
-                zi += sh_fk[j * MAX_D + li];
+                zi += add_s_row(li, j);
             }
         }
         workgroupBarrier();
@@ -311,7 +324,6 @@ fn sum_u(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let span = chunk_of(wid);
     var yi = 0.0;
-    let dv4 = w4(p.dim_v);
     for (var t0 = span.x; t0 < span.y; t0 += BT) {
         let cnt = min(BT, span.y - t0);
         stage_q(b, h, t0, cnt, li);
@@ -319,11 +331,7 @@ fn sum_u(@builtin(workgroup_id) wid: vec3<u32>,
         workgroupBarrier();
         if (li < p.dim) {
             for (var j = 0u; j < cnt; j++) {
-                let ai = sh_a[j * MAX_D + li];
-                for (var c4 = 0u; c4 < dv4; c4++) {
-                    st[c4] += ai * dnum4(j, c4);
-                }
-                yi += sh_tok[j] * sh_fq[j * MAX_D + li];
+                yi += add_u_row(li, j);
             }
         }
         workgroupBarrier();
@@ -499,7 +507,6 @@ fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     var zi = 0.0;
-    let dv4 = w4(p.dim_v);
     for (var t0 = 0u; t0 < p.seq; t0 += BT) {
         let cnt = min(BT, p.seq - t0);
         stage_grad(b, h, t0, cnt, li, true);
@@ -509,11 +516,7 @@ fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
         var dfq: array<f32, BT>;
         if (li < p.dim) {
             for (var j = 0u; j < cnt; j++) {
-                let bi = sh_b[j * MAX_D + li];
-                for (var c4 = 0u; c4 < dv4; c4++) {
-                    st[c4] += bi * v4(j, c4);
-                }
-                zi += sh_fk[j * MAX_D + li];
+                zi += add_s_row(li, j);
                 dfq[j] = dq_parts(li, j, zi);
             }
         }
@@ -594,7 +597,6 @@ fn backward_k(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     var yi = 0.0;
-    let dv4 = w4(p.dim_v);
     let blocks = (p.seq + BT - 1u) / BT;
     for (var blk = blocks; blk > 0u; blk--) {
         let t0 = (blk - 1u) * BT;
@@ -607,11 +609,7 @@ fn backward_k(@builtin(workgroup_id) wid: vec3<u32>,
         if (li < p.dim) {
             for (var jj = 0u; jj < cnt; jj++) {
                 let j = cnt - 1u - jj;
-                let ai = sh_a[j * MAX_D + li];
-                for (var c4 = 0u; c4 < dv4; c4++) {
-                    st[c4] += ai * dnum4(j, c4);
-                }
-                yi += sh_tok[j] * sh_fq[j * MAX_D + li];
+                yi += add_u_row(li, j);
                 dk_part(li, j);
                 dfk[j] = yi;
             }

@@ -28,15 +28,6 @@ pub enum RowLayout {
     Subgroup(u32),
 }
 
-impl RowLayout {
-    /// Threads per workgroup (the kernels' `WG`).
-    pub fn threads(self) -> u32 {
-        match self {
-            RowLayout::Workgroup(n) | RowLayout::Subgroup(n) => n,
-        }
-    }
-}
-
 /// Whether this context may use the subgroup layout (default: yes, where it applies).
 #[derive(Default)]
 struct RowState {

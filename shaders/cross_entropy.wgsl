@@ -77,7 +77,11 @@ fn finish(@builtin(local_invocation_index) li: u32) {
         let total = sums.x;
         let count = sums.y;
         let correct = sums.z;
-        loss[0] = select(bitcast<f32>(0x7fc00000u), total / count, count > 0.0);
+        // No labelled row: NaN, as PyTorch's mean over nothing. Built from `count` (0 here)
+        // because a constant NaN is a shader-creation error in WGSL (Chromium's Tint
+        // enforces it).
+        let nan = bitcast<f32>(0x7fc00000u | u32(count));
+        loss[0] = select(nan, total / count, count > 0.0);
         loss[1] = count;
         loss[2] = correct;
         loss[3] = 0.0;

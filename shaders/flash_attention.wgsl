@@ -44,7 +44,8 @@ struct Params {
 const MAX_D: u32 = 64u;
 const BLK: u32 = 32u;
 const COLS: u32 = MAX_D / 4u;
-const F32_MAX: f32 = 3.40282347e38;
+// f32::MAX in hex: Tint (Chromium) rejects the decimal 3.40282347e38 as not representable.
+const F32_MAX: f32 = 0x1.fffffep+127f;
 // Row strides of the staged tiles, one longer than a row: the threads of a warp read the
 // same column of different rows, which a stride of a multiple of 32 words puts in one
 // memory bank (4-8-way conflicts); an odd stride spreads them over the banks.

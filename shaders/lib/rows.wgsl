@@ -17,7 +17,8 @@ const ROW_SUM: u32 = 0u;
 const ROW_MAX_SUM: u32 = 1u;
 const ROW_MOMENTS: u32 = 2u;
 const ROW_NONE: f32 = 16777215.0;
-const ROW_F32_MAX: f32 = 3.40282347e38;
+// f32::MAX in hex: Tint (Chromium) rejects the decimal 3.40282347e38 as not representable.
+const ROW_F32_MAX: f32 = 0x1.fffffep+127f;
 const ROW_EMPTY_MAX_SUM: vec4<f32> = vec4<f32>(-ROW_F32_MAX, 0.0, ROW_NONE, 0.0);
 
 // s * exp(d), where an empty sum stays 0 even if d is +inf.

@@ -175,17 +175,18 @@ pub(crate) struct CompiledKernel {
     pub interface: Arc<EntryInterface>,
 }
 
-/// An error scope's answer, without blocking: native wgpu answers at once; a browser
-/// answers later, and then the error reaches the device's uncaptured-error handler instead
-/// (work that must know awaits [`Context::scoped_async`]'s future).
-fn answered(pop: impl std::future::Future<Output = Option<wgpu::Error>>) -> Option<wgpu::Error> {
-    let mut pop = std::pin::pin!(pop);
+/// An error scope's answer if it has one now (native wgpu answers at once; a browser
+/// later), else the future that will give it.
+fn answered<F: std::future::Future<Output = Option<wgpu::Error>>>(
+    pop: F,
+) -> std::result::Result<Option<wgpu::Error>, std::pin::Pin<Box<F>>> {
+    let mut pop = Box::pin(pop);
     match pop
         .as_mut()
         .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
     {
-        std::task::Poll::Ready(e) => e,
-        std::task::Poll::Pending => None,
+        std::task::Poll::Ready(e) => Ok(e),
+        std::task::Poll::Pending => Err(pop),
     }
 }
 
@@ -197,8 +198,18 @@ pub(crate) type ScopeFuture =
 #[cfg(target_arch = "wasm32")]
 pub(crate) type ScopeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>>>>;
 
+/// Everything in `log`, joined, and the log emptied; `None` when it is empty.
+pub(crate) fn take_all(log: &ErrorLog) -> Option<String> {
+    let mut log = log.lock().unwrap();
+    (!log.is_empty()).then(|| {
+        let message = log.join("; ");
+        log.clear();
+        message
+    })
+}
+
 /// Errors the device reported outside any scope of ours (only for devices we opened).
-type ErrorLog = Arc<Mutex<Vec<String>>>;
+pub(crate) type ErrorLog = Arc<Mutex<Vec<String>>>;
 
 /// Bind group layout and pipeline layout for one list of bindings.
 type Layouts = (wgpu::BindGroupLayout, wgpu::PipelineLayout);
@@ -222,12 +233,16 @@ pub struct Context {
     device: wgpu::Device,
     queue: wgpu::Queue,
     caps: Capabilities,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     wait_timeout: Option<Duration>,
     pipelines: Mutex<HashMap<PipelineKey, CompiledKernel>>,
     modules: Mutex<HashMap<ModuleKey, ParsedModule>>,
     layouts: Mutex<HashMap<LayoutKey, Layouts>>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Option<ErrorLog>,
+    /// Errors that scopes of ours caught but answered only after the work went on (a
+    /// browser's): reported by the next health check or read-back.
+    late: ErrorLog,
     /// Opened by this context (else an application's, borrowed: see `from_device`).
     owns_device: bool,
     /// See [`ContextOptions::plan_only`].
@@ -283,17 +298,21 @@ fn adapter_rank(info: &wgpu::AdapterInfo, pref: wgpu::PowerPreference) -> (u8, u
 
 impl Context {
     /// Opens a device on the best adapter, following `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`
-    /// and `WGPU_POWER_PREF`. Blocks until the device is ready.
+    /// and `WGPU_POWER_PREF`. Blocks until the device is ready (native only; in a browser,
+    /// await [`Context::new_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Context> {
         Self::with_options(ContextOptions::default())
     }
 
     /// Like [`Context::new`], with explicit options (unset ones still follow the environment).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(options: ContextOptions) -> Result<Context> {
         pollster::block_on(Self::new_async(options))
     }
 
-    /// Asynchronous form of [`Context::with_options`].
+    /// Opens a device as [`Context::with_options`] does, without blocking: the one way in a
+    /// browser (there the environment is not read and the browser picks the adapter).
     pub async fn new_async(options: ContextOptions) -> Result<Context> {
         let backends = options.backends.unwrap_or_else(backends_from_env);
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
@@ -505,6 +524,7 @@ impl Context {
             layouts: Mutex::default(),
             lost: Arc::default(),
             uncaptured: None,
+            late: ErrorLog::default(),
             owns_device: false,
             plan_only: false,
             op_state: Mutex::default(),
@@ -529,6 +549,7 @@ impl Context {
     }
 
     /// Records time an op spent timing kernel variants to choose one (see [`SetupCosts`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn record_tuning(&self, took: Duration) {
         let mut setup = self.setup.lock().unwrap();
         setup.tunings += 1;
@@ -562,11 +583,15 @@ impl Context {
         // A lost device stays lost: refuse the work instead of handing it to wgpu.
         self.refuse_if_lost(during)?;
         let (out, caught) = self.in_error_scopes(f);
-        if let Some(e) = answered(caught) {
-            return Err(Error::Gpu {
-                during,
-                message: e.to_string(),
-            });
+        match answered(caught) {
+            Ok(Some(e)) => {
+                return Err(Error::Gpu {
+                    during,
+                    message: e.to_string(),
+                })
+            }
+            Ok(None) => {}
+            Err(later) => self.answer_later(during, later),
         }
         self.check_health(during)?;
         Ok(out)
@@ -653,16 +678,39 @@ impl Context {
         }
     }
 
+    /// Keeps an error scope's late answer (a browser's) for the next health check: the
+    /// scope's work went on, and what it caught must not be lost.
+    #[cfg(target_arch = "wasm32")]
+    fn answer_later(
+        &self,
+        during: &'static str,
+        answer: impl std::future::Future<Output = Option<wgpu::Error>> + 'static,
+    ) {
+        let late = self.late.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Some(e) = answer.await {
+                late.lock().unwrap().push(format!("{during}: {e}"));
+            }
+        });
+    }
+
+    /// Native wgpu answers error scopes at once, so nothing comes later.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn answer_later(&self, _during: &'static str, _answer: impl std::future::Future) {}
+
+    /// Errors caught earlier but answered late, for a read-back to report with its own.
+    pub(crate) fn late_errors(&self) -> ErrorLog {
+        self.late.clone()
+    }
+
     /// Reports device loss, or an error the device raised outside our scopes.
     pub fn check_health(&self, during: &'static str) -> Result<()> {
         self.refuse_if_lost(during)?;
-        if let Some(log) = &self.uncaptured {
-            let mut log = log.lock().unwrap();
-            if !log.is_empty() {
-                let message = log.join("; ");
-                log.clear();
-                return Err(Error::Gpu { during, message });
-            }
+        if let Some(message) = take_all(&self.late) {
+            return Err(Error::Gpu { during, message });
+        }
+        if let Some(message) = self.uncaptured.as_ref().and_then(take_all) {
+            return Err(Error::Gpu { during, message });
         }
         Ok(())
     }
@@ -764,7 +812,7 @@ impl Context {
             entry,
         )?);
         let (bgl, pl) = self.layout(&interface);
-        let started = std::time::Instant::now();
+        let started = web_time::Instant::now();
         let pipeline = self.scoped("shader compilation", || {
             let module = self
                 .device
@@ -803,7 +851,9 @@ impl Context {
     }
 
     /// Blocks until `index` (or all work, with `None`) has finished on the GPU,
-    /// at most the context's wait timeout.
+    /// at most the context's wait timeout (native only: a browser's device cannot be waited
+    /// for, only awaited through a [`crate::readback::Pending`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         let r = self.device.poll(wgpu::PollType::Wait {
             submission_index: index,
@@ -821,39 +871,21 @@ impl Context {
         }
     }
 
-    /// Maps a `MAP_READ` buffer once submission `index` is done and returns its bytes.
-    pub(crate) fn read_mapped(
-        &self,
-        buffer: &wgpu::Buffer,
-        index: wgpu::SubmissionIndex,
-    ) -> Result<Vec<u8>> {
-        let gpu = |message: String| Error::Gpu {
-            during: "read-back",
-            message,
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        buffer
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
-        self.wait(Some(index.clone()))?;
-        let mapped = loop {
-            match rx.try_recv() {
-                Ok(r) => break r,
-                // This submission only: a borrowed device may be busy with the app's work.
-                Err(std::sync::mpsc::TryRecvError::Empty) => self.wait(Some(index.clone()))?,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    return Err(gpu("buffer mapping was dropped".into()))
-                }
+    /// Runs a future of this library's (a read-back, a pipeline) to its end on this thread,
+    /// sleeping in the device's own wait while the GPU works: the executor of the blocking
+    /// wrappers (native only). On a device an app handed over, that wait also covers the
+    /// app's own submitted work; an app that must not wait for it awaits the futures from its
+    /// own loop instead.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn block_on<T>(&self, future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let mut future = std::pin::pin!(future);
+        let mut task = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut task) {
+                return out;
             }
-        };
-        mapped.map_err(|e| gpu(e.to_string()))?;
-        let bytes = buffer
-            .slice(..)
-            .get_mapped_range()
-            .map_err(|e| gpu(e.to_string()))?
-            .to_vec();
-        buffer.unmap();
-        Ok(bytes)
+            self.wait(None)?;
+        }
     }
 
     /// Splits a count of workgroups over x and y so neither exceeds the per-dimension limit

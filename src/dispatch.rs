@@ -137,7 +137,8 @@ impl Context {
         })
     }
 
-    /// Submits `dispatches` and waits for them.
+    /// Submits `dispatches` and waits for them (native only).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
         let index = self.submit(dispatches)?;
         self.wait(Some(index))

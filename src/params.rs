@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::io::{HostTensor, HostTensors, NamedTensor};
+use crate::readback::Pending;
 use crate::tensor::{numel, DType, Tensor};
 
 /// A named parameter and where it sits in the flat buffers (in elements).
@@ -244,32 +245,72 @@ impl ParamStore {
         t.v.write(ctx, &zeros)
     }
 
-    fn download_flat(&self, ctx: &Context, flat: &Tensor) -> Result<Vec<NamedTensor>> {
-        let all = flat.to_vec::<f32>(ctx)?;
-        Ok(self
+    /// Copies every value of `source`, a store of the same parameters laid out the same way
+    /// (a training model's into its inference copy), on the GPU.
+    pub fn copy_values_from(&self, ctx: &Context, source: &ParamStore) -> Result<()> {
+        if source.specs != self.specs || source.len != self.len {
+            return Err(Error::invalid(
+                "copy_values_from: the two stores hold different parameters",
+            ));
+        }
+        let (from, to) = (&source.values, &self.values);
+        ctx.scoped("copying parameters", || {
+            let mut encoder = ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            encoder.copy_buffer_to_buffer(
+                from.buffer(),
+                from.offset(),
+                to.buffer(),
+                to.offset(),
+                to.byte_size(),
+            );
+            ctx.queue().submit([encoder.finish()]);
+        })
+    }
+
+    /// `flat` read back and cut into the parameters.
+    fn read_flat(&self, ctx: &Context, flat: &Tensor) -> Result<Pending<Vec<NamedTensor>>> {
+        let specs: Vec<(String, Vec<usize>, usize)> = self
             .specs
             .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    s.shape.clone(),
-                    all[s.offset..s.offset + s.numel()].to_vec(),
-                )
-            })
-            .collect())
+            .map(|s| (s.name.clone(), s.shape.clone(), s.offset))
+            .collect();
+        flat.read_then(ctx, move |all: Vec<f32>| {
+            Ok(specs
+                .into_iter()
+                .map(|(name, shape, offset)| {
+                    let n: usize = shape.iter().product();
+                    (name, shape, all[offset..offset + n].to_vec())
+                })
+                .collect())
+        })
     }
 
-    /// Every parameter's value: `(name, shape, data)`.
+    /// Every parameter's value, `(name, shape, data)`, on its way back.
+    pub fn read_values(&self, ctx: &Context) -> Result<Pending<Vec<NamedTensor>>> {
+        self.read_flat(ctx, &self.values)
+    }
+
+    /// Every parameter's gradient from the last backward pass, on its way back.
+    pub fn read_grads(&self, ctx: &Context) -> Result<Pending<Vec<NamedTensor>>> {
+        self.read_flat(ctx, &self.training()?.grads)
+    }
+
+    /// [`ParamStore::read_values`], waiting for them (native only).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download(&self, ctx: &Context) -> Result<Vec<NamedTensor>> {
-        self.download_flat(ctx, &self.values)
+        self.read_values(ctx)?.wait(ctx)
     }
 
-    /// Every parameter's gradient from the last backward pass.
+    /// [`ParamStore::read_grads`], waiting for them (native only).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download_grads(&self, ctx: &Context) -> Result<Vec<NamedTensor>> {
-        self.download_flat(ctx, &self.training()?.grads)
+        self.read_grads(ctx)?.wait(ctx)
     }
 
-    /// Both moments (for checkpoints that resume training exactly).
+    /// Both moments (for checkpoints that resume training exactly; native only).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download_moments(&self, ctx: &Context) -> Result<(Vec<f32>, Vec<f32>)> {
         let t = self.training()?;
         Ok((t.m.to_vec(ctx)?, t.v.to_vec(ctx)?))

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, Waker};
 
-use crate::context::{Context, ScopeFuture};
+use crate::context::{take_all, Context, ErrorLog, ScopeFuture};
 use crate::error::{Error, Result};
 
 /// Turns the mapped bytes into the result.
@@ -36,6 +36,8 @@ pub struct Pending<T> {
     state: Arc<Mutex<MapState>>,
     /// The error scopes around the work, until they have answered.
     scopes: Option<ScopeFuture>,
+    /// The context's late errors (see [`Pending::failed`]).
+    late: ErrorLog,
     finish: Option<Finish<T>>,
 }
 
@@ -51,7 +53,7 @@ impl<T> std::fmt::Debug for Pending<T> {
 impl<T> Pending<T> {
     /// Maps `buffer` (`MAP_READ`, written by submission `index`, whose error `scopes` it
     /// checks first) and will hand its bytes to `finish`.
-    pub(crate) fn new(
+    fn new(
         ctx: &Context,
         buffer: wgpu::Buffer,
         index: wgpu::SubmissionIndex,
@@ -73,7 +75,56 @@ impl<T> Pending<T> {
             index,
             state,
             scopes: Some(scopes),
+            late: ctx.late_errors(),
             finish: Some(Box::new(finish)),
+        }
+    }
+
+    /// Encodes work with `encode` (which also copies what is wanted into the `size`-byte
+    /// read-back buffer it is given), submits it inside error scopes, and returns the bytes
+    /// turned into the result by `finish` once they are back: every read-back in the
+    /// library goes this way, native or in a browser.
+    pub(crate) fn submit(
+        ctx: &Context,
+        during: &'static str,
+        size: u64,
+        encode: impl FnOnce(&mut wgpu::CommandEncoder, &wgpu::Buffer),
+        finish: impl FnOnce(&[u8]) -> Result<T> + Send + 'static,
+    ) -> Result<Pending<T>> {
+        ctx.refuse_if_plan_only(during)?;
+        let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(during),
+            // A mapping of zero bytes is an error; an empty result still reads 4.
+            size: size.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let (index, scopes) = ctx.scoped_async(during, || {
+            let mut encoder =
+                ctx.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some(during),
+                    });
+            encode(&mut encoder, &buffer);
+            ctx.queue().submit([encoder.finish()])
+        })?;
+        Ok(Pending::new(ctx, buffer, index, scopes, finish))
+    }
+
+    /// This result turned into another by `f` on arrival.
+    pub fn then<U>(mut self, f: impl FnOnce(T) -> U + Send + 'static) -> Pending<U>
+    where
+        T: 'static,
+    {
+        let finish = self.finish.take();
+        Pending {
+            device: self.device.clone(),
+            buffer: self.buffer.clone(),
+            index: self.index.clone(),
+            state: self.state.clone(),
+            scopes: self.scopes.take(),
+            late: self.late.clone(),
+            finish: finish.map(|g| -> Finish<U> { Box::new(move |bytes| g(bytes).map(f)) }),
         }
     }
 
@@ -88,13 +139,7 @@ impl<T> Pending<T> {
                 .poll(&mut TaskContext::from_waker(Waker::noop()))
             {
                 Poll::Pending => return None,
-                Poll::Ready(Some(message)) => {
-                    self.finish = None;
-                    return Some(Err(Error::Gpu {
-                        during: "a request",
-                        message,
-                    }));
-                }
+                Poll::Ready(Some(message)) => return Some(Err(self.failed(message))),
                 Poll::Ready(None) => self.scopes = None,
             }
         }
@@ -107,6 +152,21 @@ impl<T> Pending<T> {
         let done = done?;
         let finish = self.finish.take()?;
         Some(self.read(done, finish))
+    }
+
+    /// The error for work whose scopes caught `message`; errors caught earlier and
+    /// answered late (a browser's) come first, as they are usually the cause (a pipeline
+    /// that failed to compile, then the work that used it).
+    fn failed(&mut self, message: String) -> Error {
+        self.finish = None;
+        let message = match take_all(&self.late) {
+            Some(earlier) => format!("{earlier}; then {message}"),
+            None => message,
+        };
+        Error::Gpu {
+            during: "a request",
+            message,
+        }
     }
 
     fn read(
@@ -132,7 +192,8 @@ impl<T> Pending<T> {
     }
 
     /// Blocks until the result is back (waiting for this submission only, at most the
-    /// context's wait timeout), for scripts and tests.
+    /// context's wait timeout), for scripts and tests (native only).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(mut self, ctx: &Context) -> Result<T> {
         loop {
             if let Some(r) = self.try_take() {
@@ -153,10 +214,19 @@ impl<T> Future for Pending<T> {
         if self.finish.is_none() {
             return Poll::Ready(Err(Error::invalid("the result was already taken")));
         }
+        // A browser answers the error scopes later; their future wakes this task then.
+        if let Some(scopes) = &mut self.scopes {
+            match scopes.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(message)) => return Poll::Ready(Err(self.failed(message))),
+                Poll::Ready(None) => self.scopes = None,
+            }
+        }
+        // Registered before looking, so a mapping that completes meanwhile wakes us.
+        self.state.lock().unwrap().waker = Some(cx.waker().clone());
         if let Some(r) = self.try_take() {
             return Poll::Ready(r);
         }
-        self.state.lock().unwrap().waker = Some(cx.waker().clone());
         // Nothing else polls a native device for us: ask to be polled again.
         #[cfg(not(target_arch = "wasm32"))]
         cx.waker().wake_by_ref();

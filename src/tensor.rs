@@ -2,6 +2,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::readback::Pending;
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,25 +129,35 @@ impl Tensor {
         Ok(())
     }
 
-    /// Copies the tensor back to the host, waiting for all work queued before.
-    pub fn to_vec<T: Element>(&self, ctx: &Context) -> Result<Vec<T>> {
-        self.expect_dtype("Tensor::to_vec", "tensor", T::DTYPE)?;
+    /// Copies the tensor back to the host after all work queued before: the values arrive
+    /// through the returned [`Pending`] (await it, or [`Pending::wait`] natively).
+    pub fn read<T: Element>(&self, ctx: &Context) -> Result<Pending<Vec<T>>> {
+        self.read_then(ctx, Ok)
+    }
+
+    /// [`Tensor::read`], the values handed to `finish` (which makes the result) on arrival.
+    pub(crate) fn read_then<T: Element, R>(
+        &self,
+        ctx: &Context,
+        finish: impl FnOnce(Vec<T>) -> Result<R> + Send + 'static,
+    ) -> Result<Pending<R>> {
+        self.expect_dtype("Tensor::read", "tensor", T::DTYPE)?;
         let bytes = self.byte_size();
-        let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read-back"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let index = ctx.scoped("read-back", || {
-            let mut encoder = ctx
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-            encoder.copy_buffer_to_buffer(&self.buffer, self.offset, &staging, 0, bytes);
-            ctx.queue().submit([encoder.finish()])
-        })?;
-        let bytes = ctx.read_mapped(&staging, index)?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        Pending::submit(
+            ctx,
+            "read-back",
+            bytes,
+            |encoder, staging| {
+                encoder.copy_buffer_to_buffer(&self.buffer, self.offset, staging, 0, bytes)
+            },
+            move |data| finish(bytemuck::pod_collect_to_vec(&data[..bytes as usize])),
+        )
+    }
+
+    /// [`Tensor::read`], waiting for the values (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_vec<T: Element>(&self, ctx: &Context) -> Result<Vec<T>> {
+        self.read(ctx)?.wait(ctx)
     }
 
     /// Same data, another shape with the same number of elements.

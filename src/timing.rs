@@ -2,11 +2,21 @@
 //! wall clock around a submission and its wait (which on a GPU includes submission latency,
 //! so every figure says which it is: [`TimingMethod`]).
 
-use std::time::{Duration, Instant};
+//! The timing functions block until the GPU is done (native only); in a browser a step's
+//! GPU time comes with its metrics (`StepMetrics::gpu`).
+
+use std::time::Duration;
+
+#[cfg(not(target_arch = "wasm32"))]
+use web_time::Instant;
 
 use crate::context::Context;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::dispatch::Dispatch;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::error::Result;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::readback::Pending;
 
 /// How a time was measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,59 +88,50 @@ impl PassTimer {
         encoder.copy_buffer_to_buffer(&self.resolve, 0, into, offset, 16 * self.pairs as u64);
     }
 
-    /// The time between two timestamps, as read back.
-    pub fn elapsed(ctx: &Context, ticks: [u64; 2]) -> Duration {
-        let ns =
-            ticks[1].saturating_sub(ticks[0]) as f64 * ctx.queue().get_timestamp_period() as f64;
+    /// The time between two timestamps, as read back; `period` is the queue's nanoseconds
+    /// per tick (`Queue::get_timestamp_period`).
+    pub fn elapsed(period: f32, ticks: [u64; 2]) -> Duration {
+        let ns = ticks[1].saturating_sub(ticks[0]) as f64 * period as f64;
         Duration::from_nanos(ns as u64)
     }
-}
-
-/// A buffer to read timestamps back through.
-fn readback(ctx: &Context, bytes: u64) -> wgpu::Buffer {
-    ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some("timing"),
-        size: bytes.max(16),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
 }
 
 /// Runs `passes` (each a list of dispatches encoded into one compute pass) in one
 /// submission and returns each pass's GPU time from timestamp queries; without them, one
 /// figure: the wall clock around the submission and its read-back.
+#[cfg(not(target_arch = "wasm32"))]
 fn timed_passes(ctx: &Context, passes: &[Vec<&Dispatch>]) -> Result<Vec<Duration>> {
     let n = passes.len() as u32;
     let timer = PassTimer::new(ctx, "timing", n);
-    let read = readback(ctx, 16 * n as u64);
+    let period = ctx.queue().get_timestamp_period();
     let start = Instant::now();
-    let index = ctx.scoped("timing", || {
-        let mut encoder = ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("timing"),
-            });
-        for (i, dispatches) in passes.iter().enumerate() {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("timing"),
-                timestamp_writes: timer.as_ref().map(|t| t.writes(i as u32)),
-            });
-            for d in dispatches {
-                d.encode(&mut pass);
+    let ticks = Pending::submit(
+        ctx,
+        "timing",
+        16 * n as u64,
+        |encoder, read| {
+            for (i, dispatches) in passes.iter().enumerate() {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("timing"),
+                    timestamp_writes: timer.as_ref().map(|t| t.writes(i as u32)),
+                });
+                for d in dispatches {
+                    d.encode(&mut pass);
+                }
             }
-        }
-        if let Some(timer) = &timer {
-            timer.copy_to(&mut encoder, &read, 0);
-        }
-        ctx.queue().submit([encoder.finish()])
-    })?;
-    let bytes = ctx.read_mapped(&read, index)?;
+            if let Some(timer) = &timer {
+                timer.copy_to(encoder, read, 0);
+            }
+        },
+        |bytes| Ok(bytemuck::pod_collect_to_vec::<u8, u64>(bytes)),
+    )?
+    .wait(ctx)?;
     let wall = start.elapsed();
     Ok(match timer {
-        Some(_) => bytemuck::pod_collect_to_vec::<u8, u64>(&bytes)
+        Some(_) => ticks
             .chunks(2)
             .take(passes.len())
-            .map(|t| PassTimer::elapsed(ctx, [t[0], t[1]]))
+            .map(|t| PassTimer::elapsed(period, [t[0], t[1]]))
             .collect(),
         None => vec![wall],
     })
@@ -138,6 +139,7 @@ fn timed_passes(ctx: &Context, passes: &[Vec<&Dispatch>]) -> Result<Vec<Duration
 
 /// Time of `reps` back-to-back runs of `dispatches` in one compute pass, divided by `reps`
 /// (by [`method`]).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn time_dispatches(ctx: &Context, dispatches: &[Dispatch], reps: u32) -> Result<Duration> {
     let reps = reps.max(1);
     let pass: Vec<&Dispatch> = (0..reps).flat_map(|_| dispatches).collect();
@@ -146,12 +148,14 @@ pub fn time_dispatches(ctx: &Context, dispatches: &[Dispatch], reps: u32) -> Res
 
 /// Dispatches per submission when timing each: two queries per dispatch, within wgpu's
 /// limit of 4096 queries per set.
+#[cfg(not(target_arch = "wasm32"))]
 const EACH_PER_SUBMIT: usize = 1024;
 
 /// The time of each dispatch, run in order (each sees what the ones before it wrote), by
 /// [`method`]: with timestamps, each dispatch is its own compute pass with a timestamp at
 /// its start and end, a thousand passes per submission; otherwise each is submitted and
 /// waited for alone.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn time_each(ctx: &Context, dispatches: &[Dispatch]) -> Result<Vec<Duration>> {
     let mut times = Vec::with_capacity(dispatches.len());
     if method(ctx) == TimingMethod::WallClock {

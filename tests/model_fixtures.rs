@@ -150,7 +150,11 @@ fn fused_attention_model_matches_transformers() {
         };
         let model = RoFormer::new(ctx, config, head).unwrap();
         model.load_tensors(ctx, &tensors).unwrap();
-        let report = roformer_wgpu::apps::verify::verify_model(ctx, &model, &tensors).unwrap();
+        let report = ctx
+            .block_on(roformer_wgpu::apps::verify::verify_model(
+                ctx, &model, &tensors,
+            ))
+            .unwrap();
         let worst = report.checks.iter().map(|c| c.error).fold(0.0, f64::max);
         eprintln!(
             "{name} (fused attention): {} tensors, largest error {worst:.2e}",

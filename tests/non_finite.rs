@@ -61,7 +61,7 @@ fn training_stops_at_the_first_non_finite_tensor_and_keeps_the_checkpoint() {
     )
     .unwrap();
     for _ in 0..4 {
-        trainer.step().unwrap();
+        ctx.block_on(trainer.step()).unwrap();
     }
     let checkpoint = trainer.checkpoint().unwrap();
 
@@ -79,7 +79,7 @@ fn training_stops_at_the_first_non_finite_tensor_and_keeps_the_checkpoint() {
     model.load_tensors(ctx, &tensors).unwrap();
     let before = model.params().download(ctx).unwrap();
 
-    let err = trainer.step().unwrap_err();
+    let err = ctx.block_on(trainer.step()).unwrap_err();
     match &err {
         Error::NonFinite { step, tensor, .. } => {
             assert_eq!(*step, 5);

@@ -8,6 +8,7 @@
 pub mod check;
 pub mod cost_model;
 pub mod listops;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod profile;
 pub mod train;
 pub mod verify;

@@ -15,7 +15,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+
+use web_time::Instant;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -193,6 +194,7 @@ pub struct Trainer<'m> {
     ctx: &'m Context,
     model: &'m RoFormer,
     data: listops::ListOps,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     out: PathBuf,
     state: TrainState,
     train: HashMap<usize, Session<'m>>,
@@ -316,7 +318,7 @@ impl<'m> Trainer<'m> {
     }
 
     /// Runs step `state.step + 1`.
-    pub fn step(&mut self) -> Result<StepRecord> {
+    pub async fn step(&mut self) -> Result<StepRecord> {
         let step = self.state.step + 1;
         let indices = self.batch_of(step);
         let examples: Vec<Example> = indices
@@ -334,13 +336,14 @@ impl<'m> Trainer<'m> {
             .optimizer()
             .expect("training session")
             .set_step(step - 1);
-        let m: StepMetrics = session.run(ctx)?;
+        let m: StepMetrics = session.step(ctx)?.await?;
         let seconds = start.elapsed().as_secs_f64();
         if !m.loss.is_finite() || !m.grad_norm.is_some_and(f32::is_finite) {
             // AdamW skipped the update: replay the step call by call to name the culprit.
             let (during, tensor) = session
                 .plan()
-                .first_non_finite(ctx)?
+                .first_non_finite(ctx)
+                .await?
                 .unwrap_or_else(|| ("the optimizer".into(), "the gradient norm".into()));
             return Err(Error::NonFinite {
                 step,
@@ -363,7 +366,7 @@ impl<'m> Trainer<'m> {
     }
 
     /// Loss and accuracy over a split ("valid" or "test"), recorded in the history.
-    pub fn evaluate(&mut self, split: &str) -> Result<EvalRecord> {
+    pub async fn evaluate(&mut self, split: &str) -> Result<EvalRecord> {
         let examples: Vec<Example> = match split {
             "valid" => self.data.valid.clone(),
             "test" => self.data.test.clone(),
@@ -386,7 +389,7 @@ impl<'m> Trainer<'m> {
             }
             let session = self.eval.get_mut(&seq).unwrap();
             session.set_batch(self.ctx, &make_batch(&refs, batch, seq))?;
-            let m = session.run(self.ctx)?;
+            let m = session.step(self.ctx)?.await?;
             loss_sum += m.loss as f64 * m.counted as f64;
             correct += m.correct as u64;
             counted += m.counted as u64;
@@ -402,7 +405,8 @@ impl<'m> Trainer<'m> {
     }
 
     /// Writes a checkpoint of the current step and points `latest` at it; keeps the two
-    /// newest.
+    /// newest (native only: a browser has no folders).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn checkpoint(&self) -> Result<PathBuf> {
         let root = self.out.join("checkpoints");
         let name = format!("step-{:08}", self.state.step);
@@ -461,15 +465,16 @@ impl<'m> Trainer<'m> {
 
     /// Trains to `config.steps`, evaluating on the validation split every `eval_every`
     /// steps and checkpointing every `checkpoint_every`; ends with a test evaluation and a
-    /// final checkpoint.
+    /// final checkpoint (native only, blocking).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run(&mut self, mut on_event: impl FnMut(Event<'_>)) -> Result<()> {
         let c = self.state.config.clone();
         while self.state.step < c.steps {
-            let record = self.step()?;
+            let record = self.ctx.block_on(self.step())?;
             on_event(Event::Step(&record));
             let step = self.state.step;
             if c.eval_every > 0 && step % c.eval_every == 0 && step < c.steps {
-                let e = self.evaluate("valid")?;
+                let e = self.ctx.block_on(self.evaluate("valid"))?;
                 on_event(Event::Eval(&e));
             }
             if c.checkpoint_every > 0 && step % c.checkpoint_every == 0 && step < c.steps {
@@ -484,7 +489,7 @@ impl<'m> Trainer<'m> {
             .any(|e| e.step == c.steps && e.split == "test")
         {
             for split in ["valid", "test"] {
-                let e = self.evaluate(split)?;
+                let e = self.ctx.block_on(self.evaluate(split))?;
                 on_event(Event::Eval(&e));
             }
             let path = self.checkpoint()?;

@@ -4,12 +4,13 @@
 //! `train.adamw_losses`. This is how a
 //! converted checkpoint is shown to behave like the original; the `verify` example prints it.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 use crate::apps::check::rel_l2;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::io::{self, HostTensor, HostTensors};
+use crate::io::{HostTensor, HostTensors};
 use crate::model::{
     detect_head, Batch, Encoder, EncoderOptions, Head, Mode, Request, RoFormer, RoFormerConfig,
     Sequence, Want,
@@ -114,26 +115,39 @@ pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch, usize)>
 /// `output.logits`, `output.start_logits`, `output.end_logits`) and, for the heads this
 /// library trains, the loss and every gradient; with `train.adamw_losses`, also that many
 /// AdamW steps (lr 1e-3, weight decay 0.01, as the fixtures were made). Any head
-/// transformers writes; `weights` may be a sharded checkpoint's index.
+/// transformers writes; `weights` may be a sharded checkpoint's index. Native only (it
+/// reads files and waits): [`verify_tensors`] is the same check on a checkpoint in memory.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn verify(
     ctx: &Context,
     config: impl AsRef<Path>,
     weights: impl AsRef<Path>,
 ) -> Result<Report> {
-    let tensors = io::read_checkpoint(weights.as_ref())?;
+    let tensors = crate::io::read_checkpoint(weights.as_ref())?;
     let cfg = RoFormerConfig::from_file(config.as_ref())?;
-    let head = detect_head(&cfg, &tensors)?;
+    ctx.block_on(verify_tensors(ctx, cfg, &tensors))
+}
+
+/// [`verify`] on a configuration and checkpoint already in memory (in a browser, both came
+/// as bytes: [`RoFormerConfig::from_json`], [`crate::io::parse_safetensors`]).
+pub async fn verify_tensors(
+    ctx: &Context,
+    cfg: RoFormerConfig,
+    tensors: &HostTensors,
+) -> Result<Report> {
+    let head = detect_head(&cfg, tensors)?;
     if head.check_trainable(&cfg).is_ok() {
-        let model = RoFormer::from_pretrained(ctx, config.as_ref(), weights.as_ref())?;
-        return verify_model(ctx, &model, &tensors);
+        let model = RoFormer::new(ctx, cfg, head)?;
+        model.load_tensors(ctx, tensors)?;
+        return verify_model(ctx, &model, tensors).await;
     }
-    let encoder = Encoder::new(ctx, cfg, head, options_for(&tensors)?)?;
-    encoder.load_tensors(ctx, &tensors)?;
+    let encoder = Encoder::new(ctx, cfg, head, options_for(tensors)?)?;
+    encoder.load_tensors(ctx, tensors)?;
     let mut report = Report {
         checks: Vec::new(),
         computed: HostTensors::new(),
     };
-    compare_outputs(ctx, &encoder, &tensors, &mut report)?;
+    compare_outputs(ctx, &encoder, tensors, &mut report).await?;
     Ok(report)
 }
 
@@ -183,7 +197,7 @@ fn record(
 }
 
 /// The inference outputs, through an [`Encoder`] on the stored batch.
-fn compare_outputs(
+async fn compare_outputs(
     ctx: &Context,
     encoder: &Encoder,
     tensors: &HostTensors,
@@ -215,7 +229,7 @@ fn compare_outputs(
             ..Want::default()
         },
     };
-    let results = encoder.run_blocking(ctx, &request)?;
+    let results = encoder.run(ctx, &request)?.await?;
     let concat = |f: &dyn Fn(usize) -> Result<Vec<f32>>| -> Result<Vec<f32>> {
         let mut all = Vec::new();
         for r in 0..rows {
@@ -275,13 +289,17 @@ fn compare_outputs(
 /// its outputs through an [`Encoder`] holding its weights, and (for the heads this library
 /// trains) the training graph's loss, logits, hidden states (named `training.output.*`)
 /// and gradients.
-pub fn verify_model(ctx: &Context, model: &RoFormer, tensors: &HostTensors) -> Result<Report> {
+pub async fn verify_model(
+    ctx: &Context,
+    model: &RoFormer,
+    tensors: &HostTensors,
+) -> Result<Report> {
     let mut report = Report {
         checks: Vec::new(),
         computed: HostTensors::new(),
     };
     let encoder = model.to_encoder(ctx, options_for(tensors)?)?;
-    compare_outputs(ctx, &encoder, tensors, &mut report)?;
+    compare_outputs(ctx, &encoder, tensors, &mut report).await?;
     drop(encoder);
     let (b, t, batch, _) = batch_from(tensors)?;
     if model.head().check_trainable(model.config()).is_err() || batch.labels.is_empty() {
@@ -290,7 +308,7 @@ pub fn verify_model(ctx: &Context, model: &RoFormer, tensors: &HostTensors) -> R
     let cfg = model.config().clone();
     let mut session = model.session(ctx, b, t, Mode::Gradients)?;
     session.set_batch(ctx, &batch)?;
-    let metrics = session.run(ctx)?;
+    let metrics = session.step(ctx)?.await?;
     compare(
         tensors,
         &mut report,
@@ -313,7 +331,7 @@ pub fn verify_model(ctx: &Context, model: &RoFormer, tensors: &HostTensors) -> R
     training(
         "output.logits",
         &session.logits_shape()?,
-        session.logits(ctx)?,
+        session.read_logits(ctx)?.await?,
     );
     let layers = cfg.num_hidden_layers;
     let hidden_shape = [b, t, cfg.hidden_size];
@@ -321,10 +339,10 @@ pub fn verify_model(ctx: &Context, model: &RoFormer, tensors: &HostTensors) -> R
         training(
             &format!("output.hidden_states.{i}"),
             &hidden_shape,
-            session.hidden_state(ctx, i)?,
+            session.read_hidden_state(ctx, i)?.await?,
         );
     }
-    for (name, shape, grad) in model.params().download_grads(ctx)? {
+    for (name, shape, grad) in model.params().read_grads(ctx)?.await? {
         compare(tensors, &mut report, &format!("grad.{name}"), &shape, grad);
     }
     drop(session);
@@ -346,7 +364,7 @@ pub fn verify_model(ctx: &Context, model: &RoFormer, tensors: &HostTensors) -> R
         train.set_batch(ctx, &batch)?;
         let mut losses = Vec::with_capacity(steps);
         for _ in 0..steps {
-            losses.push(train.run(ctx)?.loss);
+            losses.push(train.step(ctx)?.await?.loss);
         }
         let want = reference.to_f32();
         let error = losses

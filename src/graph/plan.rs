@@ -261,12 +261,14 @@ impl Plan {
     /// Runs the plan again one call at a time, reading back what each call writes, and
     /// returns the first call (and tensor) holding an infinity or NaN. For diagnosing a step
     /// that went non-finite: slow, and only meaningful with the same inputs.
-    pub fn first_non_finite(&self, ctx: &Context) -> Result<Option<(String, String)>> {
+    pub async fn first_non_finite(&self, ctx: &Context) -> Result<Option<(String, String)>> {
         for call in &self.calls {
-            ctx.run(&self.dispatches[call.dispatches.clone()])?;
+            ctx.submit(&self.dispatches[call.dispatches.clone()])?;
             for &id in &call.writes {
                 let t = self.resolved.get(id)?;
-                if t.dtype() == DType::F32 && t.to_vec::<f32>(ctx)?.iter().any(|v| !v.is_finite()) {
+                if t.dtype() == DType::F32
+                    && t.read::<f32>(ctx)?.await?.iter().any(|v| !v.is_finite())
+                {
                     return Ok(Some((call.label.clone(), self.names[id.0].clone())));
                 }
             }
@@ -297,7 +299,8 @@ impl Plan {
             .iter()
             .map(|t| crate::ops::elementwise::plan_fill(ctx, t, value))
             .collect::<Result<Vec<_>>>()?;
-        ctx.run(&fills)
+        // Whatever is submitted next runs after the fills.
+        ctx.submit(&fills).map(drop)
     }
 
     /// Records every dispatch into a compute pass.

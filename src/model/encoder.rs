@@ -352,6 +352,11 @@ impl Encoder {
         load_weights(ctx, &self.store, &self.config, tensors)
     }
 
+    /// Its weights.
+    pub fn params(&self) -> &ParamStore {
+        &self.store
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RoFormerConfig {
         &self.config
@@ -413,38 +418,6 @@ impl Encoder {
             copies.push((t.clone(), size));
             size += t.byte_size();
         }
-        let readback = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("encoder results"),
-            size: size.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        ctx.refuse_if_plan_only("inference")?;
-        let (index, scopes) = ctx.scoped_async("inference", || {
-            let mut encoder =
-                ctx.device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("inference"),
-                    });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("inference"),
-                    timestamp_writes: None,
-                });
-                b.plan.encode(&mut pass);
-            }
-            for (t, offset) in &copies {
-                encoder.copy_buffer_to_buffer(
-                    t.buffer(),
-                    t.offset(),
-                    &readback,
-                    *offset,
-                    t.byte_size(),
-                );
-            }
-            ctx.queue().submit([encoder.finish()])
-        })?;
-        drop(plans);
         let layout = ResultLayout {
             head: self.head,
             hidden: self.config.hidden_size,
@@ -456,12 +429,36 @@ impl Encoder {
             lengths,
             choices: request.choices,
         };
-        Ok(Pending::new(ctx, readback, index, scopes, move |bytes| {
-            Ok(layout.split(&bytemuck::pod_collect_to_vec(bytes)))
-        }))
+        let pending = Pending::submit(
+            ctx,
+            "inference",
+            size,
+            |encoder, readback| {
+                {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("inference"),
+                        timestamp_writes: None,
+                    });
+                    b.plan.encode(&mut pass);
+                }
+                for (t, offset) in &copies {
+                    encoder.copy_buffer_to_buffer(
+                        t.buffer(),
+                        t.offset(),
+                        readback,
+                        *offset,
+                        t.byte_size(),
+                    );
+                }
+            },
+            move |bytes| Ok(layout.split(&bytemuck::pod_collect_to_vec(bytes))),
+        );
+        drop(plans);
+        pending
     }
 
-    /// [`Encoder::run`], waiting for the results (for scripts).
+    /// [`Encoder::run`], waiting for the results (for scripts; native only).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run_blocking(&self, ctx: &Context, request: &Request) -> Result<Results> {
         self.run(ctx, request)?.wait(ctx)
     }

@@ -390,7 +390,8 @@ impl RoFormer {
 
     /// Writes `config.json` and `model.safetensors` (HF names, position table included)
     /// into `dir`, each atomically. A bare encoder is written as `RoFormerModel` saves
-    /// itself: without the `roformer.` prefix.
+    /// itself: without the `roformer.` prefix. Native only (a browser has no folders).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save(&self, ctx: &Context, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -474,14 +475,10 @@ impl RoFormer {
     }
 
     /// An inference model with this model's configuration, head and current weights
-    /// (copied into a store of weights only).
+    /// (copied on the GPU into a store of weights only).
     pub fn to_encoder(&self, ctx: &Context, options: EncoderOptions) -> Result<Encoder> {
-        let mut tensors = HostTensors::new();
-        for (name, shape, data) in self.store.download(ctx)? {
-            tensors.insert(name, HostTensor::f32(&shape, data));
-        }
         let encoder = Encoder::new(ctx, self.config.clone(), self.head, options)?;
-        encoder.load_tensors(ctx, &tensors)?;
+        encoder.params().copy_values_from(ctx, &self.store)?;
         Ok(encoder)
     }
 }

@@ -3,7 +3,9 @@
 //! head is [`super::Encoder`]'s job.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use super::graph::{self, GraphInputs, GraphOutputs};
 use super::{Head, RoFormer};
@@ -12,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, MemoryReport, Plan, PlanOptions, TensorId};
 use crate::ops::cross_entropy::IGNORE_INDEX;
 use crate::optim::{Optimizer, TrainOptions};
+use crate::readback::Pending;
 use crate::timing::PassTimer;
 
 /// What a session computes per step.
@@ -75,7 +78,6 @@ pub struct Session<'m> {
     kept: HashSet<TensorId>,
     optimizer: Option<Optimizer>,
     calls: (usize, usize),
-    readback: wgpu::Buffer,
     /// Timestamps at the start and end of the step's pass, when the device offers them.
     timer: Option<PassTimer>,
 }
@@ -135,12 +137,6 @@ impl<'m> Session<'m> {
             Mode::Train(options) => Some(Optimizer::new(ctx, &model.store, options)?),
             _ => None,
         };
-        let readback = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("step metrics"),
-            size: 48,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
         let timer = PassTimer::new(ctx, "step time", 1);
         Ok(Session {
             model,
@@ -153,7 +149,6 @@ impl<'m> Session<'m> {
             kept,
             optimizer,
             calls: g.call_counts(),
-            readback,
             timer,
         })
     }
@@ -209,8 +204,10 @@ impl<'m> Session<'m> {
         self.inputs.write_mask(ctx, &mask)
     }
 
-    /// Runs one step on the last batch set: one submission, then the metrics are read back.
-    pub fn run(&mut self, ctx: &Context) -> Result<StepMetrics> {
+    /// Submits one step on the last batch set (one submission); its metrics arrive through
+    /// the returned [`Pending`] (await it, or [`Pending::wait`] natively). Steps may be
+    /// submitted before earlier ones are read: the GPU runs them in order.
+    pub fn step(&mut self, ctx: &Context) -> Result<Pending<StepMetrics>> {
         let lr = self
             .optimizer
             .as_mut()
@@ -218,55 +215,67 @@ impl<'m> Session<'m> {
             .transpose()?;
         let start = Instant::now();
         let loss = self.plan.tensor(self.loss)?;
-        ctx.refuse_if_plan_only("a training step")?;
-        let index = ctx.scoped("training step", || {
-            let mut encoder =
-                ctx.device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        let training = self.optimizer.is_some();
+        let timed = self.timer.is_some();
+        let period = ctx.queue().get_timestamp_period();
+        // The metrics buffer: the loss block's 4 floats, the optimizer's 2 at 16, the
+        // pass's two timestamps at 32.
+        let pending = Pending::submit(
+            ctx,
+            "training step",
+            48,
+            |encoder, readback| {
+                {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("step"),
+                        timestamp_writes: self.timer.as_ref().map(|t| t.writes(0)),
                     });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("step"),
-                    timestamp_writes: self.timer.as_ref().map(|t| t.writes(0)),
-                });
-                self.plan.encode(&mut pass);
-                if let Some(o) = &self.optimizer {
-                    for d in o.dispatches() {
-                        d.encode(&mut pass);
+                    self.plan.encode(&mut pass);
+                    if let Some(o) = &self.optimizer {
+                        for d in o.dispatches() {
+                            d.encode(&mut pass);
+                        }
                     }
                 }
-            }
-            encoder.copy_buffer_to_buffer(loss.buffer(), loss.offset(), &self.readback, 0, 16);
-            if let Some(o) = &self.optimizer {
-                encoder.copy_buffer_to_buffer(
-                    o.stats().buffer(),
-                    o.stats().offset(),
-                    &self.readback,
-                    16,
-                    8,
-                );
-            }
-            if let Some(timer) = &self.timer {
-                timer.copy_to(&mut encoder, &self.readback, 32);
-            }
-            ctx.queue().submit([encoder.finish()])
-        })?;
+                encoder.copy_buffer_to_buffer(loss.buffer(), loss.offset(), readback, 0, 16);
+                if let Some(o) = &self.optimizer {
+                    encoder.copy_buffer_to_buffer(
+                        o.stats().buffer(),
+                        o.stats().offset(),
+                        readback,
+                        16,
+                        8,
+                    );
+                }
+                if let Some(timer) = &self.timer {
+                    timer.copy_to(encoder, readback, 32);
+                }
+            },
+            move |bytes| {
+                let values: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes[..32]);
+                let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes[32..48]);
+                Ok(StepMetrics {
+                    loss: values[0],
+                    counted: values[1] as u32,
+                    correct: values[2] as u32,
+                    grad_norm: training.then_some(values[5]),
+                    lr,
+                    encode: Duration::ZERO,
+                    gpu: timed.then(|| PassTimer::elapsed(period, [ticks[0], ticks[1]])),
+                })
+            },
+        )?;
         let encode = start.elapsed();
-        let (values, ticks) = read_back(ctx, &self.readback, index)?;
-        let gpu = self
-            .timer
-            .as_ref()
-            .map(|_| PassTimer::elapsed(ctx, [ticks[0], ticks[1]]));
-        Ok(StepMetrics {
-            loss: values[0],
-            counted: values[1] as u32,
-            correct: values[2] as u32,
-            grad_norm: self.optimizer.as_ref().map(|_| values[5]),
-            lr,
-            encode,
-            gpu,
-        })
+        Ok(pending.then(move |mut metrics| {
+            metrics.encode = encode;
+            metrics
+        }))
+    }
+
+    /// [`Session::step`], waiting for its metrics (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run(&mut self, ctx: &Context) -> Result<StepMetrics> {
+        self.step(ctx)?.wait(ctx)
     }
 
     /// A tensor the plan kept to the end of the step; anything else may have been
@@ -279,10 +288,16 @@ impl<'m> Session<'m> {
         })
     }
 
-    /// Logits of the last run (`Inference` and `Gradients` sessions).
-    pub fn logits(&self, ctx: &Context) -> Result<Vec<f32>> {
+    /// Logits of the last step (`Inference` and `Gradients` sessions), on their way back.
+    pub fn read_logits(&self, ctx: &Context) -> Result<Pending<Vec<f32>>> {
         let id = self.kept(self.outputs.logits, "the logits", "Inference and Gradients")?;
-        self.plan.tensor(id)?.to_vec(ctx)
+        self.plan.tensor(id)?.read(ctx)
+    }
+
+    /// [`Session::read_logits`], waiting for them (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn logits(&self, ctx: &Context) -> Result<Vec<f32>> {
+        self.read_logits(ctx)?.wait(ctx)
     }
 
     /// Shape of [`Session::logits`].
@@ -291,15 +306,22 @@ impl<'m> Session<'m> {
         Ok(self.plan.tensor(id)?.shape().to_vec())
     }
 
-    /// Hidden state `i` of the last run (0: embeddings, L: last layer; `Gradients` sessions).
-    pub fn hidden_state(&self, ctx: &Context, i: usize) -> Result<Vec<f32>> {
+    /// Hidden state `i` of the last step (0: embeddings, L: last layer; `Gradients`
+    /// sessions), on its way back.
+    pub fn read_hidden_state(&self, ctx: &Context, i: usize) -> Result<Pending<Vec<f32>>> {
         let id = *self
             .outputs
             .hidden
             .get(i)
             .ok_or_else(|| Error::invalid(format!("no hidden state {i}")))?;
         let id = self.kept(Some(id), &format!("hidden state {i}"), "Gradients")?;
-        self.plan.tensor(id)?.to_vec(ctx)
+        self.plan.tensor(id)?.read(ctx)
+    }
+
+    /// [`Session::read_hidden_state`], waiting for it (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn hidden_state(&self, ctx: &Context, i: usize) -> Result<Vec<f32>> {
+        self.read_hidden_state(ctx, i)?.wait(ctx)
     }
 
     /// The GPU memory the planned step holds.
@@ -340,20 +362,6 @@ impl<'m> Session<'m> {
     pub fn plan(&self) -> &Plan {
         &self.plan
     }
-}
-
-/// The metrics buffer once submission `index` is done: 8 floats, then 2 timestamps.
-fn read_back(
-    ctx: &Context,
-    buffer: &wgpu::Buffer,
-    index: wgpu::SubmissionIndex,
-) -> Result<([f32; 8], [u64; 2])> {
-    let bytes = ctx.read_mapped(buffer, index)?;
-    let mut v = [0f32; 8];
-    v.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&bytes[..32]));
-    let mut t = [0u64; 2];
-    t.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, u64>(&bytes[32..48]));
-    Ok((v, t))
 }
 
 /// Causal LM labels `[batch, seq]` shifted left by one within each sequence, the last

@@ -93,7 +93,8 @@ pub fn all_shader_sources() -> Result<Vec<(&'static Shader, Vec<ShaderVariant>)>
             native_only: false,
         })
         .collect::<Vec<_>>();
-    Ok(vec![
+    #[allow(unused_mut)]
+    let mut all = vec![
         plain(&adamw::SHADER),
         text(
             &chunked_linear_attention::SHADER,
@@ -125,11 +126,14 @@ pub fn all_shader_sources() -> Result<Vec<(&'static Shader, Vec<ShaderVariant>)>
         )?,
         (&matmul::SHADER, matmul_variants),
         (&matmul::coop::SHADER, matmul::coop::all_variants()),
-        plain(&crate::apps::profile::SHADER),
         plain(&reduce::SHADER),
         plain(&rope::SHADER),
         rows(&softmax::SHADER)?,
-    ])
+    ];
+    // The profiler's kernel (native only, as the profiler is).
+    #[cfg(not(target_arch = "wasm32"))]
+    all.push(plain(&crate::apps::profile::SHADER));
+    Ok(all)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use super::{block_on, gather, locate, softmax, TextModel};
+use super::{gather, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{Head, Want};
@@ -128,6 +128,7 @@ pub async fn run(
     Ok(answers)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// [`run`], blocking until the answers are back.
 pub fn run_blocking(
     ctx: &Context,
@@ -135,7 +136,7 @@ pub fn run_blocking(
     inputs: &[(&str, &str)],
     options: AnswerOptions,
 ) -> Result<Vec<Vec<Answer>>> {
-    block_on(ctx, run(ctx, model, inputs, options))
+    ctx.block_on(run(ctx, model, inputs, options))
 }
 
 /// The window's best `(start token, end token, score)` spans inside the context, best first

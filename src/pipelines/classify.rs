@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{block_on, gather, label, locate, softmax, TextModel};
+use super::{gather, label, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::Result;
 use crate::model::{Head, RoFormerConfig, Want};
@@ -85,6 +85,7 @@ pub async fn run(
         .collect()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// [`run`], blocking until the answers are back.
 pub fn run_blocking(
     ctx: &Context,
@@ -93,5 +94,5 @@ pub fn run_blocking(
     pairs: Option<&[&str]>,
     scoring: Option<Scoring>,
 ) -> Result<Vec<Vec<LabelScore>>> {
-    block_on(ctx, run(ctx, model, texts, pairs, scoring))
+    ctx.block_on(run(ctx, model, texts, pairs, scoring))
 }

@@ -2,7 +2,7 @@
 //! it) and sentence embeddings pooled from it (mean over the tokens, or the first token),
 //! optionally L2-normalised, as sentence-transformers does.
 
-use super::{block_on, gather, locate, TextModel};
+use super::{gather, locate, TextModel};
 use crate::context::Context;
 use crate::error::Result;
 use crate::model::Want;
@@ -70,15 +70,17 @@ pub async fn sentences(
         .collect())
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// [`features`], blocking until the answers are back.
 pub fn features_blocking(
     ctx: &Context,
     model: &TextModel,
     texts: &[&str],
 ) -> Result<Vec<Vec<Vec<f32>>>> {
-    block_on(ctx, features(ctx, model, texts))
+    ctx.block_on(features(ctx, model, texts))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// [`sentences`], blocking until the answers are back.
 pub fn sentences_blocking(
     ctx: &Context,
@@ -87,5 +89,5 @@ pub fn sentences_blocking(
     pooling: Pooling,
     normalize: bool,
 ) -> Result<Vec<Vec<f32>>> {
-    block_on(ctx, sentences(ctx, model, texts, pooling, normalize))
+    ctx.block_on(sentences(ctx, model, texts, pooling, normalize))
 }

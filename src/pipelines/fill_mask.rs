@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{block_on, gather, locate, softmax, TextModel};
+use super::{gather, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{Head, Want};
@@ -87,6 +87,7 @@ pub async fn run(
     Ok(out)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// [`run`], blocking until the answers are back.
 pub fn run_blocking(
     ctx: &Context,
@@ -94,5 +95,5 @@ pub fn run_blocking(
     texts: &[&str],
     top_k: usize,
 ) -> Result<Vec<Vec<Vec<FillMaskGuess>>>> {
-    block_on(ctx, run(ctx, model, texts, top_k))
+    ctx.block_on(run(ctx, model, texts, top_k))
 }

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::{argmax, block_on, gather, locate, softmax, TextModel};
+use super::{argmax, gather, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{Head, Want};
@@ -132,6 +132,7 @@ pub async fn run(
         .collect()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// [`run`], blocking until the answers are back.
 pub fn run_blocking(
     ctx: &Context,
@@ -139,7 +140,7 @@ pub fn run_blocking(
     prompts: &[&str],
     options: GenerateOptions,
 ) -> Result<Vec<Generated>> {
-    block_on(ctx, run(ctx, model, prompts, options))
+    ctx.block_on(run(ctx, model, prompts, options))
 }
 
 /// A draw from `softmax(row / temperature)` kept to the top-k, then the top-p nucleus.

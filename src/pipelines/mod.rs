@@ -25,7 +25,6 @@
 //! # Ok::<(), roformer_wgpu::Error>(())
 //! ```
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use crate::context::Context;
@@ -297,22 +296,6 @@ fn locate(results: &[Results], i: usize) -> (&Results, usize) {
         i -= r.len();
     }
     unreachable!("asked for a sequence past the request")
-}
-
-/// Runs a pipeline's future to its end on this thread, sleeping in the device's own wait
-/// while the GPU works (the blocking wrappers' executor: our futures only wait on the GPU).
-/// On a device an app handed over, that wait also covers the app's own submitted work; an
-/// app that must not wait for it awaits the `async fn`s from its own loop instead.
-pub fn block_on<T>(ctx: &Context, future: impl Future<Output = Result<T>>) -> Result<T> {
-    let mut future = std::pin::pin!(future);
-    let waker = std::task::Waker::noop();
-    let mut task = std::task::Context::from_waker(waker);
-    loop {
-        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut task) {
-            return out;
-        }
-        ctx.wait(None)?;
-    }
 }
 
 /// The index of a row's largest value: the first of equals, as numpy's and torch's.

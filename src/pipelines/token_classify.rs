@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{argmax, block_on, gather, label, locate, softmax, TextModel};
+use super::{argmax, gather, label, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::Result;
 use crate::model::{Head, Want};
@@ -71,18 +71,20 @@ pub async fn run(ctx: &Context, model: &TextModel, texts: &[&str]) -> Result<Vec
         .collect()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// [`run`], blocking until the answers are back.
 pub fn run_blocking(ctx: &Context, model: &TextModel, texts: &[&str]) -> Result<Vec<Vec<Entity>>> {
-    block_on(ctx, run(ctx, model, texts))
+    ctx.block_on(run(ctx, model, texts))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// [`run_tokens`], blocking until the answers are back.
 pub fn run_tokens_blocking(
     ctx: &Context,
     model: &TextModel,
     texts: &[&str],
 ) -> Result<Vec<Vec<TokenLabel>>> {
-    block_on(ctx, run_tokens(ctx, model, texts))
+    ctx.block_on(run_tokens(ctx, model, texts))
 }
 
 /// Every non-special token's label, `O` included (grouping needs them).

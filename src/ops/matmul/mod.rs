@@ -25,10 +25,14 @@ pub mod coop;
 pub mod reference;
 pub mod split_k;
 mod tiling;
+#[cfg(not(target_arch = "wasm32"))]
+mod tuning;
 mod views;
 
 pub use backward::{backward, plan_backward, GradTarget, GradTargets, MatmulGrads};
-pub use tiling::{heuristic_tiling, time_tilings, Tiling, TilingChoice, CPU_TILING, TILINGS};
+pub use tiling::{heuristic_tiling, Tiling, TilingChoice, CPU_TILING, TILINGS};
+#[cfg(not(target_arch = "wasm32"))]
+pub use tuning::time_tilings;
 pub(crate) use views::{params_of, Operands};
 pub use views::{MatrixView, StridedMatmul};
 

@@ -1,0 +1,332 @@
+//! roformer-wgpu in a browser tab, through the browser's WebGPU: the page's side of
+//! `index.html` / `app.js`. Everything here is asynchronous (a browser's thread must never
+//! block): each call returns a `Promise` that resolves to a JSON string, or rejects with the
+//! library's error message.
+//!
+//! - [`open`]: a device on the browser's adapter; [`Lab::adapter`] describes it.
+//! - [`Lab::infer`]: a checkpoint (config JSON + safetensors bytes, as served beside the
+//!   page) run on the inputs stored in it.
+//! - [`Lab::verify`]: the same checkpoint's outputs, loss, every gradient and ten AdamW
+//!   steps against the transformers reference stored with it (the crate's fixtures).
+//! - [`Lab::train_listops`]: a RoFormer trained on ListOps in the tab, reporting every step
+//!   and evaluation to a JS callback.
+
+use std::rc::Rc;
+
+use js_sys::{Function, Promise};
+use roformer_wgpu::apps::listops::{ListOps, ListOpsConfig};
+use roformer_wgpu::apps::train::{ModelSize, TrainConfig, Trainer};
+use roformer_wgpu::apps::verify::{batch_from, verify_tensors};
+use roformer_wgpu::io::{parse_safetensors, HostTensors};
+use roformer_wgpu::model::{
+    detect_head, AttentionKind, Encoder, EncoderOptions, Head, Request, RoFormer, RoFormerConfig,
+    Sequence, Want,
+};
+use roformer_wgpu::optim::Decay;
+use roformer_wgpu::{Context, ContextOptions};
+use serde::Deserialize;
+use serde_json::json;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+/// The fixtures' tolerance, as in the native tests: relative L2 error below 1e-4.
+pub const TOLERANCE: f64 = 1e-4;
+
+/// A panic reaches the console as its message, not as "unreachable executed".
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        web_sys::console::error_1(&format!("roformer-web panicked: {info}").into());
+    }));
+}
+
+/// A device on the browser's WebGPU adapter.
+#[wasm_bindgen]
+pub struct Lab {
+    ctx: Rc<Context>,
+}
+
+/// Opens a device on the adapter the browser offers.
+#[wasm_bindgen]
+pub async fn open() -> Result<Lab, JsError> {
+    let ctx = Context::new_async(ContextOptions::default())
+        .await
+        .map_err(to_js)?;
+    Ok(Lab { ctx: Rc::new(ctx) })
+}
+
+#[wasm_bindgen]
+impl Lab {
+    /// The adapter as JSON: name, backend, device type, driver, subgroup sizes, whether it
+    /// has f16 and timestamp queries, and the limits that size kernels.
+    pub fn adapter(&self) -> String {
+        let c = self.ctx.capabilities();
+        json!({
+            "name": c.adapter_name,
+            "backend": format!("{:?}", c.backend),
+            "device_type": format!("{:?}", c.device_type),
+            "driver": c.driver,
+            "subgroup_sizes": c.subgroup_sizes,
+            "shader_f16": c.shader_f16,
+            "timestamp_query": c.timestamp_query,
+            "max_storage_binding": c.max_storage_binding,
+            "max_workgroup_storage": c.max_workgroup_storage,
+            "max_invocations_per_workgroup": c.max_invocations_per_workgroup,
+        })
+        .to_string()
+    }
+
+    /// Runs a checkpoint (`config` JSON text, `weights` safetensors bytes) on the inputs
+    /// stored in it; resolves to JSON: the head, each row's output shape, its first values
+    /// and its argmax along the last dimension.
+    pub fn infer(&self, config: String, weights: Vec<u8>) -> Promise {
+        let ctx = self.ctx.clone();
+        promise(async move {
+            let (cfg, tensors) = checkpoint(&config, &weights)?;
+            let head = detect_head(&cfg, &tensors)?;
+            let (rows, t, batch, choices) = batch_from(&tensors)?;
+            let encoder = Encoder::new(
+                &ctx,
+                cfg,
+                head,
+                EncoderOptions {
+                    max_batch: rows,
+                    ..EncoderOptions::default()
+                },
+            )?;
+            encoder.load_tensors(&ctx, &tensors)?;
+            let row = |v: &[u32], r: usize| v.get(r * t..(r + 1) * t).unwrap_or(&[]).to_vec();
+            let sequences = (0..rows)
+                .map(|r| Sequence {
+                    input_ids: row(&batch.input_ids, r),
+                    token_type_ids: row(&batch.token_type_ids, r),
+                    attention_mask: row(&batch.attention_mask, r),
+                })
+                .collect();
+            let want = if head == Head::Encoder {
+                Want::last_hidden_state()
+            } else {
+                Want::logits()
+            };
+            let request = Request {
+                sequences,
+                choices,
+                want,
+            };
+            let results = encoder.run(&ctx, &request)?.await?;
+            let mut outputs = Vec::new();
+            for r in 0..results.len() {
+                let a = match head {
+                    Head::Encoder => results.last_hidden_state(r)?,
+                    Head::QuestionAnswering | Head::MultipleChoice => break,
+                    _ => results.logits(r)?,
+                };
+                let last = *a.shape.last().unwrap_or(&1);
+                let argmax: Vec<usize> = a.data.chunks(last.max(1)).map(argmax).collect();
+                outputs.push(json!({
+                    "row": r,
+                    "shape": a.shape,
+                    "first": &a.data[..a.data.len().min(8)],
+                    "argmax": argmax,
+                }));
+            }
+            Ok(json!({ "head": head.architecture(), "rows": rows, "outputs": outputs }))
+        })
+    }
+
+    /// Checks a fixture (`config` JSON text, `weights` safetensors bytes holding the
+    /// transformers reference) as `cargo run --example verify` does; resolves to JSON: every
+    /// check with its relative error, those at or over [`TOLERANCE`], and `passed`.
+    pub fn verify(&self, config: String, weights: Vec<u8>) -> Promise {
+        let ctx = self.ctx.clone();
+        promise(async move {
+            let (cfg, tensors) = checkpoint(&config, &weights)?;
+            let report = verify_tensors(&ctx, cfg, &tensors).await?;
+            let failures: Vec<&str> = report
+                .failures(TOLERANCE)
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            let checks: Vec<_> = report
+                .checks
+                .iter()
+                .map(|c| json!({ "name": c.name, "shape": c.shape, "error": finite_or_null(c.error) }))
+                .collect();
+            let worst = report.checks.iter().map(|c| c.error).fold(0.0, f64::max);
+            Ok(json!({
+                "tolerance": TOLERANCE,
+                "checks": checks,
+                "failures": failures,
+                "worst": finite_or_null(worst),
+                "passed": !report.checks.is_empty() && failures.is_empty(),
+            }))
+        })
+    }
+
+    /// Trains a RoFormer classifier on freshly generated ListOps (`options`: JSON, see
+    /// [`TrainOptions`]), calling `on_progress` with a JSON string after every step
+    /// (`{"kind": "step", ...}`) and evaluation (`{"kind": "eval", ...}`); resolves to the
+    /// run's summary.
+    pub fn train_listops(&self, options: String, on_progress: Function) -> Promise {
+        let ctx = self.ctx.clone();
+        promise(async move {
+            let options: TrainOptions =
+                serde_json::from_str(&options).map_err(|e| format!("training options: {e}"))?;
+            let config = options.config();
+            let data = ListOps::generate(config.listops, config.seed)
+                .map_err(|e| format!("ListOps: {e}"))?;
+            let (majority_label, majority) = roformer_wgpu::apps::listops::majority(&data.test);
+            let model = RoFormer::new(&ctx, config.model_config()?, Head::Classification)?;
+            model.init_random(&ctx, config.seed)?;
+            let parameters: usize = model.params().specs().iter().map(|s| s.numel()).sum();
+            let report = |value: serde_json::Value| {
+                // A callback that throws is the page's problem, not the run's.
+                let _ = on_progress.call1(&JsValue::NULL, &value.to_string().into());
+            };
+            let mut trainer = Trainer::new(&ctx, &model, data, config.clone(), "")?;
+            let mut evals = Vec::new();
+            while trainer.state().step < config.steps {
+                let s = trainer.step().await?;
+                report(json!({ "kind": "step", "steps": config.steps, "record": s }));
+                let at_end = s.step == config.steps;
+                if at_end || (config.eval_every > 0 && s.step % config.eval_every == 0) {
+                    let e = trainer.evaluate("valid").await?;
+                    report(json!({ "kind": "eval", "record": e }));
+                    evals.push(e);
+                }
+            }
+            let test = trainer.evaluate("test").await?;
+            let state = trainer.state();
+            Ok(json!({
+                "steps": state.step,
+                "parameters": parameters,
+                "train_examples": config.listops.train,
+                "seconds": state.seconds,
+                "first_loss": state.steps.first().map(|s| s.loss),
+                "last_loss": state.steps.last().map(|s| s.loss),
+                "losses": state.steps.iter().map(|s| s.loss).collect::<Vec<_>>(),
+                "valid": evals,
+                "test": test,
+                "majority": { "label": majority_label, "accuracy": majority },
+            }))
+        })
+    }
+}
+
+/// The page's training options; anything left out takes the small default below (a
+/// 2-layer, 64-wide model on short trees: about a second a step on a software adapter).
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainOptions {
+    /// Training steps.
+    pub steps: u64,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Validation every this many steps (and at the end).
+    pub eval_every: u64,
+    /// Seed of the data and the initial weights.
+    pub seed: u64,
+    /// Encoder layers.
+    pub layers: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Training trees generated.
+    pub train: usize,
+    /// Longest tree, in tokens.
+    pub max_length: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            steps: 200,
+            batch: 32,
+            eval_every: 50,
+            seed: 1,
+            layers: 2,
+            hidden: 64,
+            heads: 4,
+            lr: 2e-3,
+            train: 4000,
+            max_length: 40,
+        }
+    }
+}
+
+impl TrainOptions {
+    /// The trainer's configuration: the `train` example's `cpu` preset with these sizes.
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            seed: self.seed,
+            listops: ListOpsConfig {
+                max_depth: 4,
+                max_args: 5,
+                min_length: 8,
+                max_length: self.max_length,
+                train: self.train,
+                valid: 500,
+                test: 500,
+            },
+            model: ModelSize {
+                layers: self.layers,
+                hidden: self.hidden,
+                heads: self.heads,
+                intermediate: 2 * self.hidden,
+                attention: AttentionKind::Softmax,
+            },
+            batch: self.batch,
+            steps: self.steps,
+            lr: self.lr,
+            warmup: (self.steps / 10).max(1),
+            decay: Decay::Linear,
+            weight_decay: 0.01,
+            clip_norm: Some(1.0),
+            bucket: 16,
+            eval_every: self.eval_every,
+            checkpoint_every: 0,
+        }
+    }
+}
+
+/// A configuration and checkpoint from the bytes the page fetched.
+fn checkpoint(
+    config: &str,
+    weights: &[u8],
+) -> roformer_wgpu::Result<(RoFormerConfig, HostTensors)> {
+    let cfg = RoFormerConfig::from_json(config, "config.json")?;
+    let tensors = parse_safetensors("model.safetensors".as_ref(), weights)?;
+    Ok((cfg, tensors))
+}
+
+/// What the calls fail with: the library's errors and the page's own (bad options).
+type Failure = Box<dyn std::error::Error>;
+
+/// A future's JSON result as a `Promise` of its text; an error rejects it with the message.
+fn promise(
+    future: impl std::future::Future<Output = Result<serde_json::Value, Failure>> + 'static,
+) -> Promise {
+    future_to_promise(async move {
+        future
+            .await
+            .map(|v| JsValue::from_str(&v.to_string()))
+            .map_err(|e| JsValue::from_str(&e.to_string()))
+    })
+}
+
+fn to_js(e: roformer_wgpu::Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// JSON has no infinity or NaN: those become null (and count as failures above).
+fn finite_or_null(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// The first largest value's index (numpy's and torch's argmax).
+fn argmax(row: &[f32]) -> usize {
+    (0..row.len()).fold(0, |b, k| if row[k] > row[b] { k } else { b })
+}

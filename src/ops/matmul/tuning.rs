@@ -99,7 +99,7 @@ fn write_cache(
 }
 
 /// Times every tiling that fits on a `[m, k] · [k, n]` product (operands stored transposed
-/// as asked) on scratch buffers, fastest first: what [`TilingChoice::Auto`] does for a
+/// as asked) on scratch buffers, fastest first: what [`TilingChoice::Auto`](super::TilingChoice::Auto) does for a
 /// large product, shown (by `bench`) for any.
 pub fn time_tilings(
     ctx: &Context,

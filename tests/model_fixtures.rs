@@ -165,3 +165,52 @@ fn fused_attention_model_matches_transformers() {
         assert!(failures.is_empty(), "{name} fused: {failures:#?}");
     }
 }
+
+/// A checkpoint given as bytes (a browser's only way in): the model built from them matches
+/// transformers, the inference encoder loads from them too, and corrupt bytes or a broken
+/// config are an error that says which file is wrong, for both.
+#[test]
+fn checkpoints_load_from_bytes() {
+    use roformer_wgpu::model::{Encoder, EncoderOptions, RoFormer};
+    let ctx = &ctx();
+    let name = "roformer_tiny_cls";
+    let config =
+        std::fs::read_to_string(fixtures_dir().join(format!("{name}.config.json"))).unwrap();
+    let weights = std::fs::read(fixtures_dir().join(format!("{name}.safetensors"))).unwrap();
+    let tensors = roformer_wgpu::io::parse_safetensors("model".as_ref(), &weights).unwrap();
+    let model = RoFormer::from_bytes(ctx, &config, &weights).unwrap();
+    let report = ctx
+        .block_on(roformer_wgpu::apps::verify::verify_model(
+            ctx, &model, &tensors,
+        ))
+        .unwrap();
+    assert!(report.checks.len() > 40, "{} checks", report.checks.len());
+    let failures = report.failures(TOL);
+    assert!(failures.is_empty(), "{name} from bytes: {failures:#?}");
+
+    let options = || EncoderOptions {
+        max_batch: 3,
+        ..EncoderOptions::default()
+    };
+    Encoder::from_bytes(ctx, &config, &weights, options()).unwrap();
+    let corrupt = &weights[..100];
+    let model_error = RoFormer::from_bytes(ctx, &config, corrupt)
+        .err()
+        .unwrap()
+        .to_string();
+    let encoder_error = Encoder::from_bytes(ctx, &config, corrupt, options())
+        .err()
+        .unwrap()
+        .to_string();
+    for e in [&model_error, &encoder_error] {
+        assert!(
+            e.contains("model.safetensors") && e.contains("header"),
+            "{e}"
+        );
+    }
+    let bad_config = RoFormer::from_bytes(ctx, "{ not json", &weights)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(bad_config.contains("config.json"), "{bad_config}");
+}

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use super::graph::{self, GraphInputs, GraphOutputs};
 use super::{
-    load_weights, param_shapes, prepare, read_pretrained, with_path, Head, RoFormerConfig,
+    load_weights, param_shapes, parse_pretrained, prepare, read_pretrained, with_path, Head,
+    RoFormerConfig,
 };
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -338,6 +339,20 @@ impl Encoder {
         encoder
             .load_tensors(ctx, &tensors)
             .map_err(|e| with_path(e, weights))?;
+        Ok(encoder)
+    }
+
+    /// [`Encoder::from_pretrained`] from `config.json`'s text and a safetensors file's bytes
+    /// (in a browser, what the page fetched).
+    pub fn from_bytes(
+        ctx: &Context,
+        config: &str,
+        weights: &[u8],
+        options: EncoderOptions,
+    ) -> Result<Encoder> {
+        let (cfg, head, tensors) = parse_pretrained(config, weights)?;
+        let encoder = Encoder::new(ctx, cfg, head, options)?;
+        encoder.load_tensors(ctx, &tensors)?;
         Ok(encoder)
     }
 

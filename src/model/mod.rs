@@ -323,6 +323,15 @@ fn read_pretrained(config: &Path, weights: &Path) -> Result<(RoFormerConfig, Hea
     Ok((cfg, head, tensors))
 }
 
+/// `config.json`'s text and one safetensors file's bytes (a browser's checkpoint: no
+/// files), with the head they hold.
+fn parse_pretrained(config: &str, weights: &[u8]) -> Result<(RoFormerConfig, Head, HostTensors)> {
+    let cfg = RoFormerConfig::from_json(config, "config.json")?;
+    let tensors = io::parse_safetensors(Path::new("model.safetensors"), weights)?;
+    let head = detect_head(&cfg, &tensors)?;
+    Ok((cfg, head, tensors))
+}
+
 /// A checkpoint `Format` error names the file it came from.
 fn with_path(e: Error, path: &Path) -> Error {
     match e {
@@ -372,6 +381,15 @@ impl RoFormer {
         model
             .load_tensors(ctx, &tensors)
             .map_err(|e| with_path(e, weights))?;
+        Ok(model)
+    }
+
+    /// [`RoFormer::from_pretrained`] from `config.json`'s text and a safetensors file's bytes
+    /// (in a browser, what the page fetched).
+    pub fn from_bytes(ctx: &Context, config: &str, weights: &[u8]) -> Result<RoFormer> {
+        let (cfg, head, tensors) = parse_pretrained(config, weights)?;
+        let model = RoFormer::new(ctx, cfg, head)?;
+        model.load_tensors(ctx, &tensors)?;
         Ok(model)
     }
 

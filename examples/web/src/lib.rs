@@ -19,8 +19,7 @@ use roformer_wgpu::apps::train::{ModelSize, TrainConfig, Trainer};
 use roformer_wgpu::apps::verify::{batch_from, verify_tensors};
 use roformer_wgpu::io::{parse_safetensors, HostTensors};
 use roformer_wgpu::model::{
-    detect_head, AttentionKind, Encoder, EncoderOptions, Head, Request, RoFormer, RoFormerConfig,
-    Sequence, Want,
+    AttentionKind, Encoder, EncoderOptions, Head, Request, RoFormer, RoFormerConfig, Sequence, Want,
 };
 use roformer_wgpu::optim::Decay;
 use roformer_wgpu::{Context, ContextOptions};
@@ -82,19 +81,15 @@ impl Lab {
     pub fn infer(&self, config: String, weights: Vec<u8>) -> Promise {
         let ctx = self.ctx.clone();
         promise(async move {
-            let (cfg, tensors) = checkpoint(&config, &weights)?;
-            let head = detect_head(&cfg, &tensors)?;
+            // The inputs stored beside the weights.
+            let (_, tensors) = checkpoint(&config, &weights)?;
             let (rows, t, batch, choices) = batch_from(&tensors)?;
-            let encoder = Encoder::new(
-                &ctx,
-                cfg,
-                head,
-                EncoderOptions {
-                    max_batch: rows,
-                    ..EncoderOptions::default()
-                },
-            )?;
-            encoder.load_tensors(&ctx, &tensors)?;
+            let options = EncoderOptions {
+                max_batch: rows,
+                ..EncoderOptions::default()
+            };
+            let encoder = Encoder::from_bytes(&ctx, &config, &weights, options)?;
+            let head = encoder.head();
             let row = |v: &[u32], r: usize| v.get(r * t..(r + 1) * t).unwrap_or(&[]).to_vec();
             let sequences = (0..rows)
                 .map(|r| Sequence {

@@ -29,6 +29,8 @@ fn app_device(
     let backends = wgpu::Backends::from(caps.backend);
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
+    // As an app should: WGPU_DEBUG / WGPU_VALIDATION apply (CI's validation run sets them).
+    desc.flags = wgpu::InstanceFlags::from_env_or_default();
     let instance = wgpu::Instance::new(desc);
     let adapter = pollster::block_on(instance.enumerate_adapters(backends))
         .into_iter()

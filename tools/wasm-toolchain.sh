@@ -27,9 +27,14 @@ if ! LD_LIBRARY_PATH="$wasm_root/usr/lib/x86_64-linux-gnu" "$wasm_root/usr/bin/r
     DEBIAN_FRONTEND=noninteractive $wasm_sudo apt-get install -y -qq libllvm22 lld-22 libgit2-1.5 >/dev/null
   fi
   wasm_debs="$(mktemp -d)"
-  # The standard library package is versioned (libstd-rust-web-1.96): ask its -dev package.
-  wasm_std="$(apt-cache depends libstd-rust-web-dev | awk '/Depends: libstd-rust-web-1/ {print $2; exit}')"
-  (cd "$wasm_debs" && apt-get download -qq rustc-web rust-web-src libstd-rust-web-dev "$wasm_std")
+  wasm_fetch() {
+    # The standard library package is versioned (libstd-rust-web-1.96): ask its -dev package.
+    local std
+    std="$(apt-cache depends libstd-rust-web-dev | awk '/Depends: libstd-rust-web-1/ {print $2; exit}')"
+    [ -n "$std" ] && (cd "$wasm_debs" && apt-get download -qq rustc-web rust-web-src libstd-rust-web-dev "$std")
+  }
+  # apt's lists may be missing or stale on a fresh machine: update once and retry.
+  wasm_fetch 2>/dev/null || { $wasm_sudo apt-get update -qq && wasm_fetch; }
   rm -rf "$wasm_root" && mkdir -p "$wasm_root"
   for deb in "$wasm_debs"/*.deb; do dpkg -x "$deb" "$wasm_root"; done
   rm -rf "$wasm_debs"

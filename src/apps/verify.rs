@@ -196,15 +196,10 @@ fn record(
         .insert(name.to_string(), HostTensor::f32(shape, ours));
 }
 
-/// The inference outputs, through an [`Encoder`] on the stored batch.
-async fn compare_outputs(
-    ctx: &Context,
-    encoder: &Encoder,
-    tensors: &HostTensors,
-    report: &mut Report,
-) -> Result<()> {
+/// The stored batch as an inference request for `want`: one sequence per stored row, with
+/// its token types and attention mask (multiple choice: the stored choices per example).
+pub fn stored_request(tensors: &HostTensors, want: Want) -> Result<Request> {
     let (rows, t, batch, choices) = batch_from(tensors)?;
-    let cfg = encoder.config();
     let row = |v: &[u32], r: usize| {
         if v.is_empty() {
             Vec::new()
@@ -219,16 +214,30 @@ async fn compare_outputs(
             attention_mask: row(&batch.attention_mask, r),
         })
         .collect();
-    let head = encoder.head();
-    let request = Request {
+    Ok(Request {
         sequences,
         choices,
-        want: Want {
-            hidden_states: true,
-            logits: head != Head::Encoder,
-            ..Want::default()
-        },
+        want,
+    })
+}
+
+/// The inference outputs, through an [`Encoder`] on the stored batch.
+async fn compare_outputs(
+    ctx: &Context,
+    encoder: &Encoder,
+    tensors: &HostTensors,
+    report: &mut Report,
+) -> Result<()> {
+    let cfg = encoder.config();
+    let head = encoder.head();
+    let want = Want {
+        hidden_states: true,
+        logits: head != Head::Encoder,
+        ..Want::default()
     };
+    let request = stored_request(tensors, want)?;
+    let (rows, choices) = (request.sequences.len(), request.choices);
+    let t = request.sequences.first().map_or(0, |s| s.input_ids.len());
     let results = encoder.run(ctx, &request)?.await?;
     let concat = |f: &dyn Fn(usize) -> Result<Vec<f32>>| -> Result<Vec<f32>> {
         let mut all = Vec::new();

@@ -16,10 +16,10 @@ use std::rc::Rc;
 use js_sys::{Function, Promise};
 use roformer_wgpu::apps::listops::{ListOps, ListOpsConfig};
 use roformer_wgpu::apps::train::{ModelSize, TrainConfig, Trainer};
-use roformer_wgpu::apps::verify::{batch_from, verify_tensors};
+use roformer_wgpu::apps::verify::{batch_from, stored_request, verify_tensors};
 use roformer_wgpu::io::{parse_safetensors, HostTensors};
 use roformer_wgpu::model::{
-    AttentionKind, Encoder, EncoderOptions, Head, Request, RoFormer, RoFormerConfig, Sequence, Want,
+    AttentionKind, Encoder, EncoderOptions, Head, RoFormer, RoFormerConfig, Want,
 };
 use roformer_wgpu::optim::Decay;
 use roformer_wgpu::{Context, ContextOptions};
@@ -83,31 +83,19 @@ impl Lab {
         promise(async move {
             // The inputs stored beside the weights.
             let (_, tensors) = checkpoint(&config, &weights)?;
-            let (rows, t, batch, choices) = batch_from(&tensors)?;
+            let (rows, ..) = batch_from(&tensors)?;
             let options = EncoderOptions {
                 max_batch: rows,
                 ..EncoderOptions::default()
             };
             let encoder = Encoder::from_bytes(&ctx, &config, &weights, options)?;
             let head = encoder.head();
-            let row = |v: &[u32], r: usize| v.get(r * t..(r + 1) * t).unwrap_or(&[]).to_vec();
-            let sequences = (0..rows)
-                .map(|r| Sequence {
-                    input_ids: row(&batch.input_ids, r),
-                    token_type_ids: row(&batch.token_type_ids, r),
-                    attention_mask: row(&batch.attention_mask, r),
-                })
-                .collect();
             let want = if head == Head::Encoder {
                 Want::last_hidden_state()
             } else {
                 Want::logits()
             };
-            let request = Request {
-                sequences,
-                choices,
-                want,
-            };
+            let request = stored_request(&tensors, want)?;
             let results = encoder.run(&ctx, &request)?.await?;
             let mut outputs = Vec::new();
             for r in 0..results.len() {

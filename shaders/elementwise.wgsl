@@ -1,4 +1,7 @@
-// Elementwise kernels over flat f32 arrays:
+// Elementwise kernels over flat float arrays, inputs (a, b) of type In and the output of
+// type Out, each f32 or f16 (a variant each; the arithmetic is f32). So a copy from one
+// type to the other is axpby with alpha = 1, beta = 0, and unscaling f16 gradients into
+// f32 ones is the same call with alpha = 1 / scale.
 //   fill:       out[i] = value
 //   axpby:      out[i] = alpha * a[i] + beta * b[i]   (b is not read when beta == 0)
 //   accumulate: out[i] += alpha * a[i]
@@ -12,6 +15,9 @@
 // gather_positions picks one token per sequence at a position given per run (the multiple
 // choice head's summary token).
 
+alias In = f32;
+alias Out = f32;
+
 struct Params {
     n: u32,
     alpha: f32,
@@ -24,9 +30,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<In>;
+@group(0) @binding(2) var<storage, read> b: array<In>;
+@group(0) @binding(3) var<storage, read_write> out: array<Out>;
 @group(0) @binding(4) var<storage, read> positions: array<u32>;
 
 const WG: u32 = 256u;
@@ -42,7 +48,7 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = element(wid, nwg, lid);
     if (i < p.n) {
-        out[i] = p.value;
+        out[i] = Out(p.value);
     }
 }
 
@@ -52,11 +58,11 @@ fn axpby(@builtin(workgroup_id) wid: vec3<u32>,
          @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = element(wid, nwg, lid);
     if (i < p.n) {
-        var v = p.alpha * a[i];
+        var v = p.alpha * f32(a[i]);
         if (p.beta != 0.0) {
-            v += p.beta * b[i];
+            v += p.beta * f32(b[i]);
         }
-        out[i] = v;
+        out[i] = Out(v);
     }
 }
 
@@ -66,7 +72,7 @@ fn accumulate(@builtin(workgroup_id) wid: vec3<u32>,
               @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = element(wid, nwg, lid);
     if (i < p.n) {
-        out[i] += p.alpha * a[i];
+        out[i] = Out(f32(out[i]) + p.alpha * f32(a[i]));
     }
 }
 
@@ -76,7 +82,7 @@ fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = element(wid, nwg, lid);
     if (i < p.n) {
-        out[i] = a[(i / p.cols) * p.stride + i % p.cols];
+        out[i] = Out(a[(i / p.cols) * p.stride + i % p.cols]);
     }
 }
 
@@ -87,11 +93,11 @@ fn scatter_rows(@builtin(workgroup_id) wid: vec3<u32>,
     let i = element(wid, nwg, lid);
     if (i < p.n) {
         let o = (i / p.cols) * p.stride + i % p.cols;
-        var v = a[i];
+        var v = f32(a[i]);
         if (p.beta != 0.0) {
-            v += p.beta * out[o];
+            v += p.beta * f32(out[o]);
         }
-        out[o] = v;
+        out[o] = Out(v);
     }
 }
 
@@ -103,6 +109,6 @@ fn gather_positions(@builtin(workgroup_id) wid: vec3<u32>,
     if (i < p.n) {
         let r = i / p.cols;
         let position = min(positions[r], p.stride / p.cols - 1u);
-        out[i] = a[r * p.stride + position * p.cols + i % p.cols];
+        out[i] = Out(a[r * p.stride + position * p.cols + i % p.cols]);
     }
 }

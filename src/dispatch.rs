@@ -38,7 +38,7 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::shader::{Access, BindingKind, Shader, WorkgroupDim};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// What a launch does, for a cost model (`bench step --model`): its shape and memory traffic
 /// come from the shader and the bound tensors; the arithmetic and any serial loop are what
@@ -168,6 +168,8 @@ pub struct DispatchBuilder<'a> {
     tensor_cores: bool,
     serial_steps: u64,
     accumulators: u32,
+    /// An `element_type` call this builder cannot honour (reported by `build`).
+    bad_alias: Option<(&'static str, DType)>,
 }
 
 impl<'a> DispatchBuilder<'a> {
@@ -185,6 +187,7 @@ impl<'a> DispatchBuilder<'a> {
             tensor_cores: false,
             serial_steps: 0,
             accumulators: 1,
+            bad_alias: None,
         }
     }
 
@@ -228,6 +231,21 @@ impl<'a> DispatchBuilder<'a> {
         substitutions: impl IntoIterator<Item = (&'static str, String)>,
     ) -> Self {
         self.variant.extend(substitutions);
+        self
+    }
+
+    /// Compiles the variant whose tensors of type `alias` are `dtype` (f32 or f16). A kernel
+    /// family written for both declares, at the top of its WGSL, `alias T = f32;` (or `In` /
+    /// `Out` where inputs and outputs differ), reads through `f32(x[i])`, accumulates in f32
+    /// and stores `T(v)`; the f16 variant is that source with `alias T = f16;` and `enable
+    /// f16;`. [`DispatchBuilder::build`] then checks each tensor against the variant's
+    /// declarations, so a kernel never reads f16 bytes as f32.
+    pub fn element_type(mut self, alias: &'static str, dtype: DType) -> Self {
+        match (crate::shader::alias_line(alias), dtype) {
+            (Some(_), DType::F32) => {}
+            (Some(line), DType::F16) => self.variant.push((line, line.replace("f32", "f16"))),
+            _ => self.bad_alias = Some((alias, dtype)),
+        }
         self
     }
 
@@ -298,10 +316,17 @@ impl<'a> DispatchBuilder<'a> {
     /// point's, and creates the bind group for a launch of `workgroups`.
     pub fn build(self, workgroups: [u32; 3]) -> Result<Dispatch> {
         let ctx = self.ctx;
+        if let Some((alias, dtype)) = self.bad_alias {
+            return Err(self.kernel_error(format!(
+                "element_type({alias:?}, {dtype:?}): the aliases are {:?} and the types f32 \
+                 and f16",
+                crate::shader::ELEMENT_ALIASES
+            )));
+        }
         let caps = ctx.capabilities();
         for b in &self.bindings {
             let Some(t) = b.tensor else { continue };
-            if t.byte_size() > caps.max_storage_binding && !ctx.plan_only() {
+            if t.binding_size() > caps.max_storage_binding && !ctx.plan_only() {
                 return Err(Error::OverLimit {
                     what: format!(
                         "{}: {} of shape {:?} bound to one kernel",
@@ -369,6 +394,18 @@ impl<'a> DispatchBuilder<'a> {
                             decl.name, access, b.access
                         )));
                     }
+                    // The bytes must be what the kernel reads them as: an f16 tensor bound
+                    // where this variant declares f32 would be read as garbage.
+                    if let (Some(t), Some(element)) = (b.tensor, decl.element) {
+                        if t.dtype() != element {
+                            return Err(self.kernel_error(format!(
+                                "{} holds {:?} but this variant of the kernel declares it {:?}",
+                                decl.name,
+                                t.dtype(),
+                                element
+                            )));
+                        }
+                    }
                     resources.push((decl.binding, access, b.tensor));
                 }
             }
@@ -430,7 +467,7 @@ impl<'a> DispatchBuilder<'a> {
             for &(binding, access, tensor) in &resources {
                 let resource = match (tensor, access) {
                     // A context that only plans cuts what is over the limit (never run).
-                    (Some(t), _) if t.byte_size() > caps.max_storage_binding => {
+                    (Some(t), _) if t.binding_size() > caps.max_storage_binding => {
                         t.binding_cut(caps.max_storage_binding)
                     }
                     (Some(t), _) => t.binding(),

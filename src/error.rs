@@ -125,6 +125,18 @@ pub enum Error {
         message: String,
     },
 
+    /// The work needs a device feature the adapter does not offer (e.g. f16 tensors without
+    /// `SHADER_F16`, which wgpu's GL backend never offers).
+    #[error("{what} needs the device feature {feature}, which {adapter} does not offer")]
+    Unsupported {
+        /// What was asked for.
+        what: String,
+        /// wgpu's name for the missing feature.
+        feature: &'static str,
+        /// The adapter, with its backend.
+        adapter: String,
+    },
+
     /// Any other invalid argument.
     #[error("{0}")]
     InvalidArgument(String),

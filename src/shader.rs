@@ -28,6 +28,19 @@ impl Shader {
     }
 }
 
+/// The element-type aliases a kernel family may declare for its tensors, each as the line
+/// that declares it in the WGSL (see [`crate::DispatchBuilder::element_type`]).
+pub const ELEMENT_ALIASES: [&str; 3] = ["alias T = f32;", "alias In = f32;", "alias Out = f32;"];
+
+/// The line declaring element-type alias `alias`, if it is one of [`ELEMENT_ALIASES`].
+pub(crate) fn alias_line(alias: &str) -> Option<&'static str> {
+    ELEMENT_ALIASES.into_iter().find(|line| {
+        line.strip_prefix("alias ")
+            .and_then(|l| l.split(' ').next())
+            == Some(alias)
+    })
+}
+
 /// Text substitutions that select a compiled variant of a shader: each `(needle,
 /// replacement)` replaces a line of the source, e.g. the `const` that sizes a per-thread array
 /// (what WGSL `override` constants cannot do). Each needle must occur exactly once; otherwise
@@ -46,6 +59,13 @@ pub(crate) fn apply_variant(shader: &Shader, variant: &[(&'static str, String)])
             });
         }
         source = source.replacen(needle, replacement, 1);
+    }
+    // An f16 alias needs WGSL's f16 extension, enabled before any declaration.
+    if variant
+        .iter()
+        .any(|(needle, r)| ELEMENT_ALIASES.contains(needle) && r.ends_with("= f16;"))
+    {
+        source.insert_str(0, "enable f16;\n");
     }
     Ok(source)
 }
@@ -80,6 +100,30 @@ pub struct BindingInfo {
     pub binding: u32,
     /// Uniform block or storage buffer.
     pub kind: BindingKind,
+    /// A storage buffer's element type (of its scalars: `array<vec4<f16>>` holds f16), as
+    /// this variant of the shader declares it; `None` for uniforms and anything else.
+    pub element: Option<crate::DType>,
+}
+
+/// The tensor element type a storage variable of type `ty` holds, if it is an array of
+/// scalars, vectors or atomics of one.
+fn element_type(module: &naga::Module, ty: naga::Handle<naga::Type>) -> Option<crate::DType> {
+    use crate::DType;
+    use naga::{ScalarKind as K, TypeInner as T};
+    let T::Array { base, .. } = module.types[ty].inner else {
+        return None;
+    };
+    let scalar = match module.types[base].inner {
+        T::Scalar(s) | T::Vector { scalar: s, .. } | T::Atomic(s) => s,
+        _ => return None,
+    };
+    match (scalar.kind, scalar.width) {
+        (K::Float, 4) => Some(DType::F32),
+        (K::Float, 2) => Some(DType::F16),
+        (K::Uint, 4) => Some(DType::U32),
+        (K::Sint, 4) => Some(DType::I32),
+        _ => None,
+    }
 }
 
 /// One dimension of an entry point's `@workgroup_size`.
@@ -260,10 +304,15 @@ pub(crate) fn entry_interface(
                 )))
             }
         };
+        let element = match kind {
+            BindingKind::Storage(_) => element_type(module, var.ty),
+            BindingKind::Uniform { .. } => None,
+        };
         bindings.push(BindingInfo {
             name: var_name,
             binding: rb.binding,
             kind,
+            element,
         });
     }
     bindings.sort_by_key(|b| b.binding);

@@ -9,6 +9,9 @@ use crate::readback::Pending;
 pub enum DType {
     /// 32-bit float.
     F32,
+    /// 16-bit IEEE float (WGSL `f16`): needs the device feature `SHADER_F16`. Kernels
+    /// accumulate in f32 whatever their tensors store.
+    F16,
     /// Token ids and other indices.
     U32,
     /// Labels (where -100 means "ignore").
@@ -18,8 +21,34 @@ pub enum DType {
 impl DType {
     /// Bytes per element.
     pub fn size(self) -> usize {
-        4
+        match self {
+            DType::F16 => 2,
+            DType::F32 | DType::U32 | DType::I32 => 4,
+        }
     }
+
+    /// Its WGSL scalar type.
+    pub fn wgsl(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::U32 => "u32",
+            DType::I32 => "i32",
+        }
+    }
+
+    /// A floating-point type (what activations, weights and gradients may be stored in).
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16)
+    }
+}
+
+/// Bytes a tensor of `n` elements of `dtype` takes in a buffer: storage bindings and copies
+/// come in multiples of 4 bytes, so an odd number of f16 values gets 2 bytes of padding.
+pub(crate) fn padded_bytes(n: usize, dtype: DType) -> u64 {
+    let bytes = (n as u64).saturating_mul(dtype.size() as u64);
+    // Saturating, like `numel`: an absurd shape fails the size checks instead of wrapping.
+    bytes.checked_next_multiple_of(4).unwrap_or(u64::MAX)
 }
 
 /// Host element types that map to a [`DType`].
@@ -35,6 +64,9 @@ impl Element for u32 {
 }
 impl Element for i32 {
     const DTYPE: DType = DType::I32;
+}
+impl Element for half::f16 {
+    const DTYPE: DType = DType::F16;
 }
 
 /// A tensor on the GPU. Cloning is cheap and shares the data.
@@ -62,8 +94,15 @@ impl Tensor {
                 "empty tensor (shape {shape:?}): every dimension must be at least 1"
             )));
         }
-        let bytes = (n as u64).saturating_mul(dtype.size() as u64);
+        let bytes = padded_bytes(n, dtype);
         let caps = ctx.capabilities();
+        if dtype == DType::F16 && !caps.shader_f16 {
+            return Err(Error::Unsupported {
+                what: format!("an f16 tensor (shape {shape:?})"),
+                feature: "SHADER_F16",
+                adapter: format!("{} ({:?})", caps.adapter_name, caps.backend),
+            });
+        }
         if bytes > caps.max_buffer_size {
             return Err(Error::OverLimit {
                 what: format!("a tensor of shape {shape:?}"),
@@ -124,8 +163,16 @@ impl Tensor {
                 expected: self.numel(),
             });
         }
-        ctx.queue()
-            .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        if bytes.len() % 4 == 0 {
+            ctx.queue().write_buffer(&self.buffer, self.offset, bytes);
+        } else {
+            // An odd number of f16 values: writes come in multiples of 4 bytes, and the
+            // allocation has the padding (see `padded_bytes`).
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            ctx.queue().write_buffer(&self.buffer, self.offset, &padded);
+        }
         Ok(())
     }
 
@@ -143,12 +190,13 @@ impl Tensor {
     ) -> Result<Pending<R>> {
         self.expect_dtype("Tensor::read", "tensor", T::DTYPE)?;
         let bytes = self.byte_size();
+        let copied = self.binding_size();
         Pending::submit(
             ctx,
             "read-back",
-            bytes,
+            copied,
             |encoder, staging| {
-                encoder.copy_buffer_to_buffer(&self.buffer, self.offset, staging, 0, bytes)
+                encoder.copy_buffer_to_buffer(&self.buffer, self.offset, staging, 0, copied)
             },
             move |data| finish(bytemuck::pod_collect_to_vec(&data[..bytes as usize])),
         )
@@ -196,6 +244,12 @@ impl Tensor {
         self.numel() as u64 * self.dtype.size() as u64
     }
 
+    /// Bytes bound to a kernel or copied: [`Tensor::byte_size`] rounded up to 4 (an odd
+    /// number of f16 values has 2 bytes of padding after it).
+    pub(crate) fn binding_size(&self) -> u64 {
+        self.byte_size().next_multiple_of(4)
+    }
+
     /// The buffer holding it (shared with other views).
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
@@ -217,7 +271,7 @@ impl Tensor {
     ) -> Result<Tensor> {
         let n = numel(shape);
         let align = ctx.capabilities().storage_offset_alignment as u64;
-        let end = offset + (n * dtype.size()) as u64;
+        let end = offset.saturating_add(padded_bytes(n, dtype));
         if n == 0 || offset % align != 0 || end > buffer.size() {
             return Err(Error::invalid(format!(
                 "Tensor::from_buffer: shape {shape:?} at offset {offset} does not fit a buffer of \
@@ -273,6 +327,19 @@ impl Tensor {
         Ok(())
     }
 
+    /// Checks the tensor holds floats (f32 or f16): the kernels that read either.
+    pub(crate) fn expect_float(&self, op: &'static str, what: &'static str) -> Result<()> {
+        if !self.dtype.is_float() {
+            return Err(Error::DType {
+                op,
+                what,
+                expected: DType::F32,
+                found: self.dtype,
+            });
+        }
+        Ok(())
+    }
+
     /// Checks the exact shape.
     pub(crate) fn expect_shape(
         &self,
@@ -291,7 +358,7 @@ impl Tensor {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
             offset: self.offset,
-            size: wgpu::BufferSize::new(limit.min(self.byte_size())),
+            size: wgpu::BufferSize::new(limit.min(self.binding_size())),
         })
     }
 
@@ -299,7 +366,7 @@ impl Tensor {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
             offset: self.offset,
-            size: wgpu::BufferSize::new(self.byte_size()),
+            size: wgpu::BufferSize::new(self.binding_size()),
         })
     }
 }

@@ -93,3 +93,63 @@ pub fn for_each_row_layout(ctx: &Context, mut check: impl FnMut(&str)) {
     set_row_subgroups(ctx, false);
     check("a workgroup per row");
 }
+
+/// Whether a half-precision test can run here: the adapter offers `SHADER_F16`. Where it
+/// does not (wgpu's GL backend never does) the test says so on stderr and the caller returns;
+/// with `ROFORMER_REQUIRE_F16=1` (CI, on llvmpipe's Vulkan, which has f16) a missing feature
+/// fails the test instead, so the f16 tests cannot be skipped there unnoticed.
+#[track_caller]
+pub fn has_f16(ctx: &Context, test: &str) -> bool {
+    let caps = ctx.capabilities();
+    if caps.shader_f16 {
+        return true;
+    }
+    let why = format!(
+        "{test}: needs SHADER_F16, which {} ({:?}) lacks",
+        caps.adapter_name, caps.backend
+    );
+    assert!(
+        std::env::var("ROFORMER_REQUIRE_F16").as_deref() != Ok("1"),
+        "{why} (ROFORMER_REQUIRE_F16=1)"
+    );
+    eprintln!("SKIPPED {why}");
+    false
+}
+
+/// `data` rounded to the nearest f16, as f32: what an f16 tensor of it holds.
+pub fn round_f16(data: &[f32]) -> Vec<f32> {
+    data.iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect()
+}
+
+/// Uploads `data` as `dtype` (f32, or f16 rounded to nearest).
+pub fn upload_as(ctx: &Context, data: &[f32], shape: &[usize], dtype: DType) -> Tensor {
+    match dtype {
+        DType::F16 => {
+            let h: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+            Tensor::from_slice(ctx, &h, shape).unwrap()
+        }
+        _ => upload(ctx, data, shape),
+    }
+}
+
+/// An output tensor of `dtype` filled with NaN.
+pub fn poisoned_as(ctx: &Context, shape: &[usize], dtype: DType) -> Tensor {
+    let t = Tensor::zeros(ctx, shape, dtype).unwrap();
+    crate::ops::elementwise::fill(ctx, &t, f32::NAN).unwrap();
+    t
+}
+
+/// A float tensor's values (f32 or f16) as f32.
+pub fn download_f32(ctx: &Context, t: &Tensor) -> Vec<f32> {
+    match t.dtype() {
+        DType::F16 => t
+            .to_vec::<half::f16>(ctx)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f32())
+            .collect(),
+        _ => download(ctx, t),
+    }
+}

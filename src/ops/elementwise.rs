@@ -1,6 +1,9 @@
 //! Elementwise kernels: fill, `out = alpha · a + beta · b` (residual adds, copies),
 //! in-place accumulation (gradient sums), and gathering/scattering strided rows (the first
 //! token of each sequence). The backward of an add is the identity: no kernel of its own.
+//!
+//! Every kernel reads and writes f32 or f16, each side its own (a variant per pair), so
+//! `axpby` also converts: [`cast`] is `out = 1 · a`.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -48,9 +51,10 @@ impl Params {
 
 /// `out[i] = value` for every element.
 pub fn plan_fill(ctx: &Context, out: &Tensor, value: f32) -> Result<Dispatch> {
-    out.expect_dtype("fill", "out", DType::F32)?;
+    out.expect_float("fill", "out")?;
     let n = out.numel();
     DispatchBuilder::new(ctx, &SHADER, "fill")
+        .element_type("Out", out.dtype())
         .params(&Params {
             value,
             ..Params::n(n)
@@ -73,8 +77,8 @@ pub fn plan_axpby(
     b: Option<&Tensor>,
     out: &Tensor,
 ) -> Result<Dispatch> {
-    a.expect_dtype("axpby", "a", DType::F32)?;
-    out.expect_dtype("axpby", "out", DType::F32)?;
+    a.expect_float("axpby", "a")?;
+    out.expect_float("axpby", "out")?;
     if out.numel() != a.numel() {
         return Err(Error::shape(
             "axpby",
@@ -85,7 +89,7 @@ pub fn plan_axpby(
     }
     let beta = match b {
         Some(b) => {
-            b.expect_dtype("axpby", "b", DType::F32)?;
+            b.expect_dtype("axpby", "b", a.dtype())?;
             if b.numel() != a.numel() {
                 return Err(Error::shape(
                     "axpby",
@@ -100,6 +104,8 @@ pub fn plan_axpby(
     };
     let n = a.numel();
     DispatchBuilder::new(ctx, &SHADER, "axpby")
+        .element_type("In", a.dtype())
+        .element_type("Out", out.dtype())
         .params(&Params {
             alpha,
             beta,
@@ -113,8 +119,8 @@ pub fn plan_axpby(
 
 /// `out += alpha · a`, in place.
 pub fn plan_accumulate(ctx: &Context, alpha: f32, a: &Tensor, out: &Tensor) -> Result<Dispatch> {
-    a.expect_dtype("accumulate", "a", DType::F32)?;
-    out.expect_dtype("accumulate", "out", DType::F32)?;
+    a.expect_float("accumulate", "a")?;
+    out.expect_float("accumulate", "out")?;
     if out.numel() != a.numel() {
         return Err(Error::shape(
             "accumulate",
@@ -125,6 +131,8 @@ pub fn plan_accumulate(ctx: &Context, alpha: f32, a: &Tensor, out: &Tensor) -> R
     }
     let n = a.numel();
     DispatchBuilder::new(ctx, &SHADER, "accumulate")
+        .element_type("In", a.dtype())
+        .element_type("Out", out.dtype())
         .params(&Params {
             alpha,
             ..Params::n(n)
@@ -136,8 +144,8 @@ pub fn plan_accumulate(ctx: &Context, alpha: f32, a: &Tensor, out: &Tensor) -> R
 
 /// Checks `rows` is `[R, C]` and `full` is `[R, S, C]`; returns (R, C, S).
 fn rows_of(op: &'static str, full: &Tensor, rows: &Tensor) -> Result<(usize, usize, usize)> {
-    full.expect_dtype(op, "full", DType::F32)?;
-    rows.expect_dtype(op, "rows", DType::F32)?;
+    full.expect_float(op, "full")?;
+    rows.expect_dtype(op, "rows", full.dtype())?;
     let (f, r) = (full.shape(), rows.shape());
     if f.len() != 3 || r.len() != 2 || f[0] != r[0] || f[2] != r[1] {
         return Err(Error::shape(
@@ -158,6 +166,8 @@ fn rows_of(op: &'static str, full: &Tensor, rows: &Tensor) -> Result<(usize, usi
 pub fn plan_gather_first(ctx: &Context, full: &Tensor, rows: &Tensor) -> Result<Dispatch> {
     let (r, c, t) = rows_of("gather_first", full, rows)?;
     DispatchBuilder::new(ctx, &SHADER, "gather_rows")
+        .element_type("In", full.dtype())
+        .element_type("Out", rows.dtype())
         .params(&Params {
             cols: c as u32,
             stride: (t * c) as u32,
@@ -178,6 +188,8 @@ pub fn plan_scatter_first(
     let (r, c, t) = rows_of("scatter_first", full, rows)?;
     let beta = if accumulate { 1.0 } else { 0.0 };
     DispatchBuilder::new(ctx, &SHADER, "scatter_rows")
+        .element_type("In", rows.dtype())
+        .element_type("Out", full.dtype())
         .params(&Params {
             beta,
             cols: c as u32,
@@ -202,6 +214,8 @@ pub fn plan_gather_positions(
     positions.expect_dtype("gather_positions", "positions", DType::U32)?;
     positions.expect_shape("gather_positions", "positions", &[r])?;
     DispatchBuilder::new(ctx, &SHADER, "gather_positions")
+        .element_type("In", full.dtype())
+        .element_type("Out", rows.dtype())
         .params(&Params {
             cols: c as u32,
             stride: (t * c) as u32,
@@ -213,9 +227,17 @@ pub fn plan_gather_positions(
         .build(ctx.grid_1d(((r * c) as u64).div_ceil(WG))?)
 }
 
-/// `a + b` in a new tensor of a's shape.
+/// `a` converted to `dtype` (f32 or f16; rounding to nearest even, overflow to ±inf) in a
+/// new tensor.
+pub fn cast(ctx: &Context, a: &Tensor, dtype: DType) -> Result<Tensor> {
+    let out = Tensor::zeros(ctx, a.shape(), dtype)?;
+    ctx.submit(&[plan_axpby(ctx, 1.0, a, 0.0, None, &out)?])?;
+    Ok(out)
+}
+
+/// `a + b` in a new tensor of a's shape and type.
 pub fn add(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let out = Tensor::zeros(ctx, a.shape(), DType::F32)?;
+    let out = Tensor::zeros(ctx, a.shape(), a.dtype())?;
     ctx.submit(&[plan_axpby(ctx, 1.0, a, 1.0, Some(b), &out)?])?;
     Ok(out)
 }
@@ -345,6 +367,106 @@ mod tests {
             &want([1, 2, 6, 5]),
             1e-7,
         );
+    }
+
+    #[test]
+    fn f16_variants_convert_accumulate_and_move_rows() {
+        let ctx = &ctx();
+        if !has_f16(ctx, "elementwise f16") {
+            return;
+        }
+        let mut rng = rng(20);
+        for n in [1usize, 7, 33, 129, 4099] {
+            let a = randn(&mut rng, n);
+            let b = randn(&mut rng, n);
+            let (a16, b16) = (round_f16(&a), round_f16(&b));
+            // f16 in, f16 out: the sum rounds once to f16 (relative error ≤ 2^-11).
+            let out = poisoned_as(ctx, &[n], DType::F16);
+            let (ta, tb) = (
+                upload_as(ctx, &a, &[n], DType::F16),
+                upload_as(ctx, &b, &[n], DType::F16),
+            );
+            ctx.run(&[plan_axpby(ctx, 0.5, &ta, -2.0, Some(&tb), &out).unwrap()])
+                .unwrap();
+            let want = reference::axpby(0.5, &to_f64(&a16), -2.0, &to_f64(&b16));
+            assert_close(
+                &format!("f16 axpby n={n}"),
+                &download_f32(ctx, &out),
+                &want,
+                1e-3,
+            );
+            // f16 → f32 with a scale (unscaling gradients) accumulated into f32: exact
+            // inputs, f32 arithmetic.
+            let acc = upload(ctx, &b, &[n]);
+            ctx.run(&[plan_accumulate(ctx, 1.0 / 1024.0, &ta, &acc).unwrap()])
+                .unwrap();
+            let want = reference::axpby(1.0 / 1024.0, &to_f64(&a16), 1.0, &to_f64(&b));
+            assert_close(
+                &format!("f16 → f32 accumulate n={n}"),
+                &download(ctx, &acc),
+                &want,
+                1e-6,
+            );
+            // f32 → f16 → f32 round trip is f16 rounding, elementwise exact.
+            let back = cast(
+                ctx,
+                &cast(ctx, &upload(ctx, &a, &[n]), DType::F16).unwrap(),
+                DType::F32,
+            )
+            .unwrap();
+            assert_eq!(download(ctx, &back), a16, "cast round trip n={n}");
+        }
+        // Out of f16's range: ±inf, as IEEE rounding says (the overflow loss scaling detects).
+        let big = cast(
+            ctx,
+            &upload(ctx, &[70000.0, -1e6, 65504.0], &[3]),
+            DType::F16,
+        )
+        .unwrap();
+        assert_eq!(
+            download_f32(ctx, &big),
+            [f32::INFINITY, f32::NEG_INFINITY, 65504.0]
+        );
+        // Rows: gather and scatter in f16.
+        let (b, t, c) = (3, 5, 7);
+        let full = round_f16(&randn(&mut rng, b * t * c));
+        let tfull = upload_as(ctx, &full, &[b, t, c], DType::F16);
+        let rows = poisoned_as(ctx, &[b, c], DType::F16);
+        ctx.run(&[plan_gather_first(ctx, &tfull, &rows).unwrap()])
+            .unwrap();
+        let want: Vec<f32> = (0..b * c).map(|i| full[(i / c) * t * c + i % c]).collect();
+        assert_eq!(download_f32(ctx, &rows), want);
+    }
+
+    #[test]
+    fn a_tensor_of_the_wrong_element_type_is_refused() {
+        let ctx = &ctx();
+        let a = upload(ctx, &[1.0, 2.0], &[2]);
+        let ids = Tensor::from_slice(ctx, &[1u32, 2], &[2]).unwrap();
+        assert!(matches!(add(ctx, &ids, &a), Err(Error::DType { .. })));
+        if ctx.capabilities().shader_f16 {
+            // A launcher that forgets to pick the f16 variant: the dispatch refuses it.
+            let h = Tensor::zeros(ctx, &[2], DType::F16).unwrap();
+            let wrong = DispatchBuilder::new(ctx, &SHADER, "axpby")
+                .params(&Params::n(2))
+                .read("a", &h)
+                .read_opt("b", None)
+                .write("out", &a)
+                .build([1, 1, 1]);
+            assert!(matches!(wrong, Err(Error::Kernel { .. })), "{wrong:?}");
+        } else {
+            let err = Tensor::zeros(ctx, &[2], DType::F16).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Unsupported {
+                        feature: "SHADER_F16",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
     }
 
     #[test]

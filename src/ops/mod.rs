@@ -133,6 +133,29 @@ pub fn all_shader_sources() -> Result<Vec<(&'static Shader, Vec<ShaderVariant>)>
     // The profiler's kernel (native only, as the profiler is).
     #[cfg(not(target_arch = "wasm32"))]
     all.push(plain(&crate::apps::profile::SHADER));
+    // The half-precision variants of the families that declare element-type aliases: each
+    // alias f16 alone, and all of them (at the first variant's constants).
+    for (shader, variants) in &mut all {
+        let aliases: Vec<&'static str> = crate::shader::ELEMENT_ALIASES
+            .into_iter()
+            .filter(|line| shader.source.contains(line))
+            .collect();
+        let mut choices: Vec<Vec<&'static str>> = aliases.iter().map(|&a| vec![a]).collect();
+        if aliases.len() > 1 {
+            choices.push(aliases.clone());
+        }
+        for chosen in choices {
+            let sub: Vec<(&'static str, String)> = chosen
+                .iter()
+                .map(|&line| (line, line.replace("f32", "f16")))
+                .collect();
+            variants.push(ShaderVariant {
+                source: apply_variant(shader, &sub)?,
+                constants: variants[0].constants.clone(),
+                native_only: true,
+            });
+        }
+    }
     Ok(all)
 }
 

@@ -13,6 +13,10 @@
 // backward: dlogits[r, c] = grad_scale / count * (exp(logits[r, c] - lse[r]) - [c == label[r]]),
 //           0 on ignored rows.
 // The sums over rows run in a fixed order, so the loss is the same every run.
+// logits and dlogits are T (f32, or f16 in the f16 variant); the statistics, the loss and
+// all arithmetic are f32. With loss scaling, grad_scale carries the scale.
+
+alias T = f32;
 
 struct Params {
     rows: u32,
@@ -22,11 +26,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read> logits: array<T>;
 @group(0) @binding(2) var<storage, read> labels: array<i32>;
 @group(0) @binding(3) var<storage, read_write> row_stats: array<f32>;
 @group(0) @binding(4) var<storage, read_write> loss: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dlogits: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dlogits: array<T>;
 
 // Threads per row: a power of two from 32 to 256 matched to the row length (set by the
 // host), so short rows do not pay for idle threads at every barrier.
@@ -43,7 +47,7 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
     let base = row * p.classes;
     var part = ROW_EMPTY_MAX_SUM;
     for (var c = li; c < p.classes; c += WG) {
-        part = row_max_sum_extend(part, logits[base + c], c);
+        part = row_max_sum_extend(part, f32(logits[base + c]), c);
     }
     part = row_reduce(ROW_MAX_SUM, part, li);
     let arg = u32(part.z);
@@ -53,7 +57,7 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>,
         var l = 0.0;
         var correct = 0.0;
         if (label != p.ignore_index) {
-            l = lse - logits[base + u32(label)];
+            l = lse - f32(logits[base + u32(label)]);
             correct = select(0.0, 1.0, arg == u32(label));
         }
         row_stats[3u * row] = lse;
@@ -105,10 +109,10 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
         scale = p.grad_scale / count;
     }
     for (var c = li; c < p.classes; c += WG) {
-        var g = exp(logits[base + c] - lse);
+        var g = exp(f32(logits[base + c]) - lse);
         if (i32(c) == label) {
             g -= 1.0;
         }
-        dlogits[base + c] = scale * g;
+        dlogits[base + c] = T(scale * g);
     }
 }

@@ -17,6 +17,11 @@
 //   at once, so one dispatch size serves every batch.
 // Token ids are validated on the host; the `tok < vocab` tests only keep a bad id from
 // touching memory outside the table.
+// The table, out and dout are T, dtable Out (f32 or f16 each: a variant each); sums and
+// the partial sums are f32.
+
+alias T = f32;
+alias Out = f32;
 
 const PIECE: u32 = 64u;
 const NONE: u32 = 0xffffffffu;
@@ -31,13 +36,13 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 // forward: out from ids and table.
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read> table: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> table: array<T>;
+@group(0) @binding(3) var<storage, read_write> out: array<T>;
 // backward: dtable from dout, the positions grouped by token (see above).
 @group(0) @binding(4) var<storage, read> groups: array<u32>;
 @group(0) @binding(5) var<storage, read> positions: array<u32>;
-@group(0) @binding(6) var<storage, read> dout: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dtable: array<f32>;
+@group(0) @binding(6) var<storage, read> dout: array<T>;
+@group(0) @binding(7) var<storage, read_write> dtable: array<Out>;
 @group(0) @binding(8) var<storage, read_write> partial: array<f32>;
 
 @compute @workgroup_size(256)
@@ -53,12 +58,12 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     let tok = ids[r];
     var v = 0.0;
     if (tok < p.vocab) {
-        v = table[tok * p.cols + c];
+        v = f32(table[tok * p.cols + c]);
     }
     if (p.accumulate != 0u) {
-        v += out[i];
+        v += f32(out[i]);
     }
-    out[i] = v;
+    out[i] = T(v);
 }
 
 @compute @workgroup_size(64)
@@ -80,10 +85,10 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     }
     var s = 0.0;
     for (var q = start; q < end; q++) {
-        s += dout[positions[q] * p.cols + c];
+        s += f32(dout[positions[q] * p.cols + c]);
     }
     if (slot == NONE) {
-        dtable[tok * p.cols + c] += s;
+        dtable[tok * p.cols + c] = Out(f32(dtable[tok * p.cols + c]) + (s));
     } else {
         partial[slot * p.cols + c] = s;
     }
@@ -109,5 +114,5 @@ fn backward_merge(@builtin(workgroup_id) wid: vec3<u32>,
     for (var k = first; k < end; k++) {
         s += partial[k * p.cols + c];
     }
-    dtable[tok * p.cols + c] += s;
+    dtable[tok * p.cols + c] = Out(f32(dtable[tok * p.cols + c]) + (s));
 }

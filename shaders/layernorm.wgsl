@@ -9,6 +9,11 @@
 //   backward_params: dgamma[j] = sum_r dy[r, j] xhat[r, j],  dbeta[j] = sum_r dy[r, j]
 // forward and backward run one workgroup per row (reducing with lib/rows.wgsl's
 // row_reduce); backward_params one per 64 columns (lib/columns.wgsl's column_reduce).
+// Tensors are T (f32, or f16 in the f16 variant), the parameter gradients Out (their
+// partial sums stay f32); moments, statistics and sums are f32.
+
+alias T = f32;
+alias Out = f32;
 
 struct Params {
     rows: u32,
@@ -25,22 +30,22 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 // The forward's input (for forward_residual, the first term of the sum), and the weight.
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<T>;
+@group(0) @binding(2) var<storage, read> gamma: array<T>;
 // forward: y and the row statistics from x, gamma, beta.
-@group(0) @binding(3) var<storage, read> beta: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read> beta: array<T>;
+@group(0) @binding(4) var<storage, read_write> y: array<T>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 // forward_residual also adds the residual to x, and keeps the sum.
-@group(0) @binding(6) var<storage, read> residual: array<f32>;
-@group(0) @binding(7) var<storage, read_write> sum: array<f32>;
+@group(0) @binding(6) var<storage, read> residual: array<T>;
+@group(0) @binding(7) var<storage, read_write> sum: array<T>;
 // backward: dx from x, gamma, the saved statistics and dy.
 @group(0) @binding(8) var<storage, read> stats_saved: array<f32>;
-@group(0) @binding(9) var<storage, read> dy: array<f32>;
-@group(0) @binding(10) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(9) var<storage, read> dy: array<T>;
+@group(0) @binding(10) var<storage, read_write> dx: array<T>;
 // backward_params: the parameter gradients from x, the statistics and dy.
-@group(0) @binding(11) var<storage, read_write> dgamma: array<f32>;
-@group(0) @binding(12) var<storage, read_write> dbeta: array<f32>;
+@group(0) @binding(11) var<storage, read_write> dgamma: array<Out>;
+@group(0) @binding(12) var<storage, read_write> dbeta: array<Out>;
 
 // Threads per row: a power of two from 32 to 256 matched to the row length (set by the
 // host), so short rows do not pay for idle threads at every barrier.
@@ -57,13 +62,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     let base = row * p.n;
     var part = vec4<f32>(0.0);
     for (var j = li; j < p.n; j += WG) {
-        part = row_moments_extend(part, x[base + j]);
+        part = row_moments_extend(part, f32(x[base + j]));
     }
     let moments = row_reduce(ROW_MOMENTS, part, li);
     let mean = moments.y;
     let rstd = inverseSqrt(moments.z / moments.x + p.eps);
     for (var j = li; j < p.n; j += WG) {
-        y[base + j] = (x[base + j] - mean) * rstd * gamma[j] + beta[j];
+        y[base + j] = T((f32(x[base + j]) - mean) * rstd * f32(gamma[j]) + f32(beta[j]));
     }
     if (li == 0u) {
         stats[2u * row] = mean;
@@ -82,8 +87,8 @@ fn forward_residual(@builtin(workgroup_id) wid: vec3<u32>,
     let base = row * p.n;
     var part = vec4<f32>(0.0);
     for (var j = li; j < p.n; j += WG) {
-        let v = x[base + j] + residual[base + j];
-        sum[base + j] = v;
+        let v = f32(x[base + j]) + f32(residual[base + j]);
+        sum[base + j] = T(v);
         part = row_moments_extend(part, v);
     }
     let moments = row_reduce(ROW_MOMENTS, part, li);
@@ -91,7 +96,7 @@ fn forward_residual(@builtin(workgroup_id) wid: vec3<u32>,
     let rstd = inverseSqrt(moments.z / moments.x + p.eps);
     for (var j = li; j < p.n; j += WG) {
         // Each thread reads back only the sums it wrote itself.
-        y[base + j] = (sum[base + j] - mean) * rstd * gamma[j] + beta[j];
+        y[base + j] = T((f32(sum[base + j]) - mean) * rstd * f32(gamma[j]) + f32(beta[j]));
     }
     if (li == 0u) {
         stats[2u * row] = mean;
@@ -113,17 +118,17 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     var sg = 0.0;
     var sgx = 0.0;
     for (var j = li; j < p.n; j += WG) {
-        let g = dy[base + j] * gamma[j];
+        let g = f32(dy[base + j]) * f32(gamma[j]);
         sg += g;
-        sgx += g * (x[base + j] - mean) * rstd;
+        sgx += g * (f32(x[base + j]) - mean) * rstd;
     }
     let means = row_reduce(ROW_SUM, vec4<f32>(sg, sgx, 0.0, 0.0), li).xy / f32(p.n);
     let mg = means.x;
     let mgx = means.y;
     for (var j = li; j < p.n; j += WG) {
-        let g = dy[base + j] * gamma[j];
-        let xhat = (x[base + j] - mean) * rstd;
-        dx[base + j] = rstd * (g - mg - xhat * mgx);
+        let g = f32(dy[base + j]) * f32(gamma[j]);
+        let xhat = (f32(x[base + j]) - mean) * rstd;
+        dx[base + j] = T(rstd * (g - mg - xhat * mgx));
     }
 }
 
@@ -138,8 +143,8 @@ fn backward_params(@builtin(workgroup_id) wid: vec3<u32>,
     var sb = 0.0;
     if (col < p.n) {
         for (var r = first + lid.y; r < last; r += 4u) {
-            let g = dy[r * p.n + col];
-            let xhat = (x[r * p.n + col] - stats_saved[2u * r]) * stats_saved[2u * r + 1u];
+            let g = f32(dy[r * p.n + col]);
+            let xhat = (f32(x[r * p.n + col]) - stats_saved[2u * r]) * stats_saved[2u * r + 1u];
             sg += g * xhat;
             sb += g;
         }
@@ -148,9 +153,9 @@ fn backward_params(@builtin(workgroup_id) wid: vec3<u32>,
     let at = wid.z * p.n + col;
     if (lid.y == 0u && col < p.n) {
         if (p.accumulate != 0u) {
-            sums += vec2<f32>(dgamma[at], dbeta[at]);
+            sums += vec2<f32>(f32(dgamma[at]), f32(dbeta[at]));
         }
-        dgamma[at] = sums.x;
-        dbeta[at] = sums.y;
+        dgamma[at] = Out(sums.x);
+        dbeta[at] = Out(sums.y);
     }
 }

@@ -34,6 +34,12 @@
 // - Epilogue: with GELU set, each finished element is also written as gelu(element) to
 //   `act` (same view as C), so a Linear + GELU pair is one pass (gelu_f32 comes from
 //   shaders/lib/gelu.wgsl, appended to this file).
+// - Element types: A, B and the bias are In, C and the GELU output Out, each f32 or f16 (a
+//   variant each). Loads convert to f32; tiles, accumulators and the epilogue are f32, so
+//   an f16 product rounds once, when C is stored.
+
+alias In = f32;
+alias Out = f32;
 
 struct Params {
     m: u32, n: u32, k: u32, batch_inner: u32,
@@ -45,13 +51,13 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
-@group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> act: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<In>;
+@group(0) @binding(2) var<storage, read> b: array<In>;
+@group(0) @binding(3) var<storage, read> bias: array<In>;
+@group(0) @binding(4) var<storage, read_write> c: array<Out>;
+@group(0) @binding(5) var<storage, read> a4: array<vec4<In>>;
+@group(0) @binding(6) var<storage, read> b4: array<vec4<In>>;
+@group(0) @binding(7) var<storage, read_write> act: array<Out>;
 
 override BM: u32 = 64u;
 override BN: u32 = 64u;
@@ -81,7 +87,7 @@ fn load_a(a_base: u32, gm: u32, gk: u32, checked: bool) -> vec4<f32> {
     if (A_VEC4) {
         // Whole vec4s are in or out: the contiguous extent is a multiple of 4.
         if (!checked || (gm < p.m && gk < p.k)) {
-            v = a4[(a_base + gm * p.a_rs + gk * p.a_cs) / 4u];
+            v = vec4<f32>(a4[(a_base + gm * p.a_rs + gk * p.a_cs) / 4u]);
         }
         return v;
     }
@@ -90,7 +96,7 @@ fn load_a(a_base: u32, gm: u32, gk: u32, checked: bool) -> vec4<f32> {
         var kk = gk;
         if (A_K_CONTIG) { kk += i; } else { r += i; }
         if (!checked || (r < p.m && kk < p.k)) {
-            v[i] = a[a_base + r * p.a_rs + kk * p.a_cs];
+            v[i] = f32(a[a_base + r * p.a_rs + kk * p.a_cs]);
         }
     }
     return v;
@@ -101,7 +107,7 @@ fn load_b(b_base: u32, gk: u32, gn: u32, checked: bool) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     if (B_VEC4) {
         if (!checked || (gk < p.k && gn < p.n)) {
-            v = b4[(b_base + gk * p.b_rs + gn * p.b_cs) / 4u];
+            v = vec4<f32>(b4[(b_base + gk * p.b_rs + gn * p.b_cs) / 4u]);
         }
         return v;
     }
@@ -110,7 +116,7 @@ fn load_b(b_base: u32, gk: u32, gn: u32, checked: bool) -> vec4<f32> {
         var col = gn;
         if (B_N_CONTIG) { col += i; } else { kk += i; }
         if (!checked || (kk < p.k && col < p.n)) {
-            v[i] = b[b_base + kk * p.b_rs + col * p.b_cs];
+            v[i] = f32(b[b_base + kk * p.b_rs + col * p.b_cs]);
         }
     }
     return v;
@@ -348,14 +354,14 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
                     var out = p.alpha * v[e];
                     // beta == 0 must not read C: it may hold anything, NaN included.
                     if (p.beta != 0.0) {
-                        out += p.beta * c[idx];
+                        out += p.beta * f32(c[idx]);
                     }
                     if (p.has_bias != 0u) {
-                        out += bias[p.bias_off + gn];
+                        out += f32(bias[p.bias_off + gn]);
                     }
-                    c[idx] = out;
+                    c[idx] = Out(out);
                     if (GELU) {
-                        act[idx] = gelu_f32(out);
+                        act[idx] = Out(gelu_f32(out));
                     }
                 }
             }

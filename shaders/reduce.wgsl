@@ -7,6 +7,10 @@
 // writes its own row of partial sums, `out[chunk, c]`, which a second dispatch sums the same
 // way: a fixed order, so the result is deterministic.
 
+// x is In, out is Out (each f32 or f16); the sums are f32.
+alias In = f32;
+alias Out = f32;
+
 struct Params {
     rows: u32,
     cols: u32,
@@ -15,8 +19,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<In>;
+@group(0) @binding(2) var<storage, read_write> out: array<Out>;
 
 @compute @workgroup_size(64, 4, 1)
 fn sum_rows(@builtin(workgroup_id) wid: vec3<u32>,
@@ -28,15 +32,15 @@ fn sum_rows(@builtin(workgroup_id) wid: vec3<u32>,
     var s = 0.0;
     if (col < p.cols) {
         for (var r = first + lid.y; r < last; r += 4u) {
-            s += x[r * p.cols + col];
+            s += f32(x[r * p.cols + col]);
         }
     }
     var t = column_reduce(vec2<f32>(s, 0.0), lid).x;
     let at = wid.z * p.cols + col;
     if (lid.y == 0u && col < p.cols) {
         if (p.beta != 0.0) {
-            t += p.beta * out[at];
+            t += p.beta * f32(out[at]);
         }
-        out[at] = t;
+        out[at] = Out(t);
     }
 }

@@ -8,6 +8,10 @@
 // host, because theta reaches 16K radians at 16K tokens, where f32 angles lose digits.
 // Input and output have their own (batch, head, position) strides, so this can also
 // move data between the [B, T, H, d] and [B, H, T, d] layouts.
+// x and out are T (f32, or f16 in the f16 variant); the table stays f32 and the rotation
+// is computed in f32.
+
+alias T = f32;
 
 struct Params {
     batch: u32, heads: u32, seq: u32, dim: u32,
@@ -16,9 +20,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<T>;
 @group(0) @binding(2) var<storage, read> table: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<T>;
 
 @compute @workgroup_size(256)
 fn rotate(@builtin(workgroup_id) wid: vec3<u32>,
@@ -37,8 +41,8 @@ fn rotate(@builtin(workgroup_id) wid: vec3<u32>,
     let c = table[t * p.dim + half + i];
     let xi = b * p.xb + h * p.xh + t * p.xt + 2u * i;
     let oi = b * p.ob + h * p.oh + t * p.ot + 2u * i;
-    let x0 = x[xi];
-    let x1 = x[xi + 1u];
-    out[oi] = x0 * c - x1 * s;
-    out[oi + 1u] = x1 * c + x0 * s;
+    let x0 = f32(x[xi]);
+    let x1 = f32(x[xi + 1u]);
+    out[oi] = T(x0 * c - x1 * s);
+    out[oi + 1u] = T(x1 * c + x0 * s);
 }

@@ -12,6 +12,10 @@
 //
 // One workgroup per row; its threads stride through the row, and reduce with
 // lib/rows.wgsl's row_reduce.
+// x, y, dy, dx are T (f32, or f16 in the f16 variant); the mask stays f32 (HF's -3.4e38
+// is -inf in f16), and the maximum, sums and exponentials are f32.
+
+alias T = f32;
 
 struct Params {
     rows: u32,
@@ -26,20 +30,20 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 // forward: y from x (and mask).
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<T>;
 @group(0) @binding(2) var<storage, read> mask: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<T>;
 // backward: dx from the forward's y and dy.
-@group(0) @binding(4) var<storage, read> y_saved: array<f32>;
-@group(0) @binding(5) var<storage, read> dy: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(4) var<storage, read> y_saved: array<T>;
+@group(0) @binding(5) var<storage, read> dy: array<T>;
+@group(0) @binding(6) var<storage, read_write> dx: array<T>;
 
 // Threads per row: a power of two from 32 to 256 matched to the row length (set by the
 // host), so short rows do not pay for idle threads at every barrier.
 override WG: u32 = 256u;
 
 fn score(base: u32, mask_base: u32, j: u32) -> f32 {
-    var v = p.scale * x[base + j];
+    var v = p.scale * f32(x[base + j]);
     if (p.has_mask != 0u) {
         v += mask[mask_base + j];
     }
@@ -74,7 +78,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         if (j < allowed) {
             prob = exp(score(base, mask_base, j) - m) * inv;
         }
-        y[base + j] = prob;
+        y[base + j] = T(prob);
     }
 }
 
@@ -89,10 +93,10 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let base = row * p.n;
     var d = 0.0;
     for (var j = li; j < p.n; j += WG) {
-        d += y_saved[base + j] * dy[base + j];
+        d += f32(y_saved[base + j]) * f32(dy[base + j]);
     }
     d = row_reduce(ROW_SUM, vec4<f32>(d, 0.0, 0.0, 0.0), li).x;
     for (var j = li; j < p.n; j += WG) {
-        dx[base + j] = p.scale * y_saved[base + j] * (dy[base + j] - d);
+        dx[base + j] = T(p.scale * f32(y_saved[base + j]) * (f32(dy[base + j]) - d));
     }
 }

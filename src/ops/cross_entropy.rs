@@ -121,7 +121,7 @@ fn rows_classes(
     labels: &Labels,
     state: &LossState,
 ) -> Result<(usize, usize)> {
-    logits.expect_dtype(op, "logits", DType::F32)?;
+    logits.expect_float(op, "logits")?;
     let classes = *logits.shape().last().unwrap();
     let rows = logits.numel() / classes;
     if classes != labels.classes || rows != labels.len() {
@@ -164,6 +164,7 @@ pub fn plan_forward(
     let p = params(rows, classes, labels, 1.0);
     let build = |entry: &'static str| {
         DispatchBuilder::new(ctx, &SHADER, entry)
+            .element_type("T", logits.dtype())
             .params(&p)
             .read("labels", &labels.labels)
             .write("row_stats", &state.row_stats)
@@ -193,7 +194,9 @@ pub fn plan_backward(
 ) -> Result<Dispatch> {
     let (rows, classes) = rows_classes("cross_entropy backward", logits, labels, state)?;
     dlogits.expect_shape("cross_entropy backward", "dlogits", logits.shape())?;
+    dlogits.expect_dtype("cross_entropy backward", "dlogits", logits.dtype())?;
     DispatchBuilder::new(ctx, &SHADER, "backward")
+        .element_type("T", logits.dtype())
         .row_threads(classes)
         .params(&params(rows, classes, labels, grad_scale))
         .read("logits", logits)
@@ -218,7 +221,7 @@ pub fn backward(
     labels: &Labels,
     state: &LossState,
 ) -> Result<Tensor> {
-    let d = Tensor::zeros(ctx, logits.shape(), DType::F32)?;
+    let d = Tensor::zeros(ctx, logits.shape(), logits.dtype())?;
     ctx.submit(&[plan_backward(ctx, logits, labels, state, 1.0, &d)?])?;
     Ok(d)
 }
@@ -336,6 +339,54 @@ mod tests {
                 );
             }
         });
+    }
+
+    #[test]
+    fn f16_logits_give_an_f32_loss_and_f16_gradients() {
+        let ctx = &ctx();
+        if !has_f16(ctx, "cross entropy f16") {
+            return;
+        }
+        let mut rng = rng(15);
+        for &(rows, classes) in &[(1, 1), (7, 33), (300, 129), (3, 1500)] {
+            let x = round_f16(
+                &randn(&mut rng, rows * classes)
+                    .iter()
+                    .map(|v| v * 4.0)
+                    .collect::<Vec<_>>(),
+            );
+            let labels: Vec<i32> = (0..rows)
+                .map(|r| {
+                    if r % 3 == 1 {
+                        IGNORE_INDEX
+                    } else {
+                        rng.random_range(0..classes as i32)
+                    }
+                })
+                .collect();
+            let tl = Labels::new(ctx, &labels, &[rows], classes, IGNORE_INDEX).unwrap();
+            let tx = upload_as(ctx, &x, &[rows, classes], DType::F16);
+            let state = LossState::new(ctx, rows).unwrap();
+            crate::ops::elementwise::fill(ctx, &state.loss, f32::NAN).unwrap();
+            ctx.run(&plan_forward(ctx, &tx, &tl, &state).unwrap())
+                .unwrap();
+            let dx = poisoned_as(ctx, &[rows, classes], DType::F16);
+            // A loss scale of 1024, as mixed precision applies it.
+            ctx.run(&[plan_backward(ctx, &tx, &tl, &state, 1024.0, &dx).unwrap()])
+                .unwrap();
+            let (want_loss, want_dx) =
+                reference::forward_backward(&to_f64(&x), classes, &labels, IGNORE_INDEX);
+            let what = format!("f16 cross entropy {rows}x{classes}");
+            // The loss is computed in f32 from the f16 logits: f32's accuracy.
+            assert_close(&what, &download(ctx, &state.loss)[..1], &[want_loss], 1e-5);
+            let want_dx: Vec<f64> = want_dx.iter().map(|g| g * 1024.0).collect();
+            assert_close(
+                &format!("{what} grad"),
+                &download_f32(ctx, &dx),
+                &want_dx,
+                1e-3,
+            );
+        }
     }
 
     /// Rows whose label is the first maximum, as torch.argmax picks it.

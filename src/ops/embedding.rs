@@ -158,7 +158,7 @@ fn check_table(
     table: &Tensor,
     ids: &TokenIds,
 ) -> Result<usize> {
-    table.expect_dtype(op, what, DType::F32)?;
+    table.expect_float(op, what)?;
     let s = table.shape();
     if s.len() != 2 || s[0] != ids.vocab {
         return Err(Error::shape(
@@ -183,8 +183,10 @@ pub fn plan_forward(
     let mut shape = ids.shape().to_vec();
     shape.push(dim);
     out.expect_shape("embedding", "out", &shape)?;
+    out.expect_dtype("embedding", "out", table.dtype())?;
     let n = (ids.len() * dim) as u64;
     DispatchBuilder::new(ctx, &SHADER, "forward")
+        .element_type("T", table.dtype())
         .params(&Params {
             rows: ids.len() as u32,
             cols: dim as u32,
@@ -209,6 +211,7 @@ pub fn plan_backward(
     let mut shape = ids.shape().to_vec();
     shape.push(dim);
     dout.expect_shape("embedding backward", "dout", &shape)?;
+    dout.expect_float("embedding backward", "dout")?;
     let mut out = Vec::new();
     if !accumulate {
         out.push(elementwise::plan_fill(ctx, dtable, 0.0)?);
@@ -228,6 +231,8 @@ pub fn plan_backward(
     };
     let pass = |entry: &'static str| {
         DispatchBuilder::new(ctx, &SHADER, entry)
+            .element_type("T", dout.dtype())
+            .element_type("Out", dtable.dtype())
             .params(&params)
             .read("groups", &ids.groups)
             .write("dtable", dtable)
@@ -253,14 +258,14 @@ pub fn plan_backward(
 pub fn forward(ctx: &Context, table: &Tensor, ids: &TokenIds) -> Result<Tensor> {
     let mut shape = ids.shape().to_vec();
     shape.push(*table.shape().last().unwrap_or(&1));
-    let out = Tensor::zeros(ctx, &shape, DType::F32)?;
+    let out = Tensor::zeros(ctx, &shape, table.dtype())?;
     ctx.submit(&[plan_forward(ctx, table, ids, &out, false)?])?;
     Ok(out)
 }
 
-/// The table's gradient in a new tensor.
+/// The table's gradient in a new tensor of dout's type.
 pub fn backward(ctx: &Context, dout: &Tensor, ids: &TokenIds, dim: usize) -> Result<Tensor> {
-    let dtable = Tensor::zeros(ctx, &[ids.vocab, dim], DType::F32)?;
+    let dtable = Tensor::zeros(ctx, &[ids.vocab, dim], dout.dtype())?;
     ctx.submit(&plan_backward(ctx, dout, ids, &dtable, false)?)?;
     Ok(dtable)
 }
@@ -361,6 +366,61 @@ mod tests {
                 &want,
                 1e-6,
             );
+        }
+    }
+
+    #[test]
+    fn f16_lookup_and_scatter_add_into_f16_or_f32_match_reference() {
+        let ctx = &ctx();
+        if !has_f16(ctx, "embedding f16") {
+            return;
+        }
+        let mut rng = rng(13);
+        let h = DType::F16;
+        for &(vocab, dim, b, t) in &[
+            (1, 1, 1, 1),
+            (5, 7, 2, 33),
+            (1, 70, 1, 129),
+            (3, 65, 33, 129),
+        ] {
+            let ids: Vec<u32> = (0..b * t)
+                .map(|_| rng.random_range(0..vocab as u32))
+                .collect();
+            let table = round_f16(&randn(&mut rng, vocab * dim));
+            let tids = TokenIds::new(ctx, &ids, &[b, t], vocab).unwrap();
+            let out = poisoned_as(ctx, &[b, t, dim], h);
+            ctx.run(&[plan_forward(
+                ctx,
+                &upload_as(ctx, &table, &[vocab, dim], h),
+                &tids,
+                &out,
+                false,
+            )
+            .unwrap()])
+                .unwrap();
+            // A lookup copies: exact.
+            let want = reference::forward(&to_f64(&table), dim, &ids);
+            assert_eq!(
+                to_f64(&download_f32(ctx, &out)),
+                want,
+                "f16 embedding {vocab}x{dim} [{b},{t}]"
+            );
+
+            let dout = round_f16(&randn(&mut rng, b * t * dim));
+            let tdout = upload_as(ctx, &dout, &[b, t, dim], h);
+            let want = reference::backward(&to_f64(&dout), dim, &ids, vocab);
+            // f32 gradient rows (the sums never round to f16), then f16 ones.
+            for (grads, tol) in [(DType::F32, 1e-6), (h, 1e-3)] {
+                let dtable = poisoned_as(ctx, &[vocab, dim], grads);
+                ctx.run(&plan_backward(ctx, &tdout, &tids, &dtable, false).unwrap())
+                    .unwrap();
+                assert_close(
+                    &format!("f16 embedding backward into {grads:?} {vocab}x{dim} [{b},{t}]"),
+                    &download_f32(ctx, &dtable),
+                    &want,
+                    tol,
+                );
+            }
         }
     }
 

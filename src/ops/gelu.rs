@@ -6,7 +6,7 @@ use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::Result;
 use crate::shader::Shader;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// The family's kernels.
 pub static SHADER: Shader = Shader {
@@ -37,9 +37,11 @@ fn params(n: usize) -> Params {
 
 /// `y = gelu(x)`.
 pub fn plan_forward(ctx: &Context, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
-    x.expect_dtype("gelu", "x", DType::F32)?;
+    x.expect_float("gelu", "x")?;
     y.expect_shape("gelu", "y", x.shape())?;
+    y.expect_dtype("gelu", "y", x.dtype())?;
     DispatchBuilder::new(ctx, &SHADER, "forward")
+        .element_type("T", x.dtype())
         .params(&params(x.numel()))
         .read("x", x)
         .write("y", y)
@@ -48,10 +50,13 @@ pub fn plan_forward(ctx: &Context, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
 
 /// `dx = dy · gelu'(x)`, from the forward input x.
 pub fn plan_backward(ctx: &Context, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Result<Dispatch> {
-    x.expect_dtype("gelu backward", "x", DType::F32)?;
+    x.expect_float("gelu backward", "x")?;
     dy.expect_shape("gelu backward", "dy", x.shape())?;
     dx.expect_shape("gelu backward", "dx", x.shape())?;
+    dy.expect_dtype("gelu backward", "dy", x.dtype())?;
+    dx.expect_dtype("gelu backward", "dx", x.dtype())?;
     DispatchBuilder::new(ctx, &SHADER, "backward")
+        .element_type("T", x.dtype())
         .params(&params(x.numel()))
         .read("x", x)
         .read("dy", dy)
@@ -61,14 +66,14 @@ pub fn plan_backward(ctx: &Context, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Res
 
 /// `gelu(x)` in a new tensor.
 pub fn forward(ctx: &Context, x: &Tensor) -> Result<Tensor> {
-    let y = Tensor::zeros(ctx, x.shape(), DType::F32)?;
+    let y = Tensor::zeros(ctx, x.shape(), x.dtype())?;
     ctx.submit(&[plan_forward(ctx, x, &y)?])?;
     Ok(y)
 }
 
 /// `dx` in a new tensor.
 pub fn backward(ctx: &Context, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    let dx = Tensor::zeros(ctx, x.shape(), DType::F32)?;
+    let dx = Tensor::zeros(ctx, x.shape(), x.dtype())?;
     ctx.submit(&[plan_backward(ctx, x, dy, &dx)?])?;
     Ok(dx)
 }
@@ -108,6 +113,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
 mod tests {
     use super::*;
     use crate::testing::*;
+    use crate::DType;
 
     #[test]
     fn forward_and_backward_match_reference() {
@@ -156,6 +162,44 @@ mod tests {
             assert!(
                 (g as f64 - want).abs() <= tol,
                 "gelu({v}) = {g}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn f16_forward_and_backward_match_reference() {
+        let ctx = &ctx();
+        if !has_f16(ctx, "gelu f16") {
+            return;
+        }
+        let mut rng = rng(13);
+        for n in [1usize, 7, 33, 129, 5000] {
+            let x = round_f16(&randn(&mut rng, n));
+            let dy = round_f16(&randn(&mut rng, n));
+            let tx = upload_as(ctx, &x, &[n], DType::F16);
+            let y = poisoned_as(ctx, &[n], DType::F16);
+            ctx.run(&[plan_forward(ctx, &tx, &y).unwrap()]).unwrap();
+            let want: Vec<f64> = x.iter().map(|&v| reference::forward(v as f64)).collect();
+            assert_close(
+                &format!("f16 gelu n={n}"),
+                &download_f32(ctx, &y),
+                &want,
+                1e-3,
+            );
+            let dx = poisoned_as(ctx, &[n], DType::F16);
+            let tdy = upload_as(ctx, &dy, &[n], DType::F16);
+            ctx.run(&[plan_backward(ctx, &tx, &tdy, &dx).unwrap()])
+                .unwrap();
+            let want: Vec<f64> = x
+                .iter()
+                .zip(&dy)
+                .map(|(&v, &g)| reference::backward(v as f64, g as f64))
+                .collect();
+            assert_close(
+                &format!("f16 gelu backward n={n}"),
+                &download_f32(ctx, &dx),
+                &want,
+                1e-3,
             );
         }
     }

@@ -50,9 +50,10 @@ impl Params {
 
 /// Row count and width of x (`[..., n]`), checking gamma is `[n]`.
 fn rows_n(op: &'static str, x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
-    x.expect_dtype(op, "x", DType::F32)?;
+    x.expect_float(op, "x")?;
     let n = *x.shape().last().unwrap();
     gamma.expect_shape(op, "gamma", &[n])?;
+    gamma.expect_dtype(op, "gamma", x.dtype())?;
     Ok((x.numel() / n, n))
 }
 
@@ -116,6 +117,7 @@ fn plan_forward_any(
         "forward"
     };
     let builder = DispatchBuilder::new(ctx, &SHADER, entry)
+        .element_type("T", x.dtype())
         .row_threads(n)
         .params(&Params::new(rows, n, eps, false))
         .read("x", x)
@@ -144,6 +146,7 @@ pub fn plan_backward(
     dy.expect_shape("layernorm backward", "dy", x.shape())?;
     dx.expect_shape("layernorm backward", "dx", x.shape())?;
     DispatchBuilder::new(ctx, &SHADER, "backward")
+        .element_type("T", x.dtype())
         .row_threads(n)
         .params(&Params::new(rows, n, 0.0, false))
         .read("x", x)
@@ -165,13 +168,14 @@ pub fn plan_backward_params(
     dbeta: &Tensor,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
-    x.expect_dtype("layernorm backward", "x", DType::F32)?;
+    x.expect_float("layernorm backward", "x")?;
     let n = *x.shape().last().unwrap();
     let rows = x.numel() / n;
     stats.expect_shape("layernorm backward", "stats", &[rows, 2])?;
     dy.expect_shape("layernorm backward", "dy", x.shape())?;
     dgamma.expect_shape("layernorm backward", "dgamma", &[n])?;
     dbeta.expect_shape("layernorm backward", "dbeta", &[n])?;
+    dbeta.expect_dtype("layernorm backward", "dbeta", dgamma.dtype())?;
     // Many rows over few columns: chunks of rows summed in parallel into partial sums,
     // then added up by reduce's column sum (deterministic, as reduce's).
     let chunks = reduce::chunks_for(rows, n);
@@ -186,6 +190,8 @@ pub fn plan_backward_params(
     let (pg, pb) = (partial(dgamma)?, partial(dbeta)?);
     let [gx, gy, _] = ctx.grid_1d((n as u64).div_ceil(64))?;
     let mut plan = vec![DispatchBuilder::new(ctx, &SHADER, "backward_params")
+        .element_type("T", x.dtype())
+        .element_type("Out", pg.dtype())
         .params(&Params {
             rows_per_chunk: per_chunk as u32,
             ..Params::new(rows, n, 0.0, accumulate && chunks == 1)
@@ -213,7 +219,7 @@ pub fn forward(
     beta: &Tensor,
     eps: f32,
 ) -> Result<(Tensor, Tensor)> {
-    let y = Tensor::zeros(ctx, x.shape(), DType::F32)?;
+    let y = Tensor::zeros(ctx, x.shape(), x.dtype())?;
     let stats = Tensor::zeros(ctx, &stats_shape(x), DType::F32)?;
     ctx.submit(&[plan_forward(ctx, x, gamma, beta, eps, &y, &stats)?])?;
     Ok((y, stats))
@@ -227,9 +233,9 @@ pub fn backward(
     stats: &Tensor,
     dy: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let dx = Tensor::zeros(ctx, x.shape(), DType::F32)?;
-    let dgamma = Tensor::zeros(ctx, gamma.shape(), DType::F32)?;
-    let dbeta = Tensor::zeros(ctx, gamma.shape(), DType::F32)?;
+    let dx = Tensor::zeros(ctx, x.shape(), x.dtype())?;
+    let dgamma = Tensor::zeros(ctx, gamma.shape(), x.dtype())?;
+    let dbeta = Tensor::zeros(ctx, gamma.shape(), x.dtype())?;
     let mut plan = vec![plan_backward(ctx, x, gamma, stats, dy, &dx)?];
     plan.extend(plan_backward_params(
         ctx, x, stats, dy, &dgamma, &dbeta, false,
@@ -430,5 +436,77 @@ mod tests {
                 }
             }
         });
+    }
+
+    #[test]
+    fn f16_tensors_match_reference_with_f32_statistics() {
+        let ctx = &ctx();
+        if !has_f16(ctx, "layernorm f16") {
+            return;
+        }
+        let mut rng = rng(12);
+        let h = DType::F16;
+        for_each_row_layout(ctx, |layout| {
+            // (2000, 7) sums dgamma in chunks: f32 partials, then the f16 or f32 result.
+            for &(rows, n, grads) in &[
+                (1, 1, DType::F32),
+                (7, 33, DType::F16),
+                (33, 7, DType::F32),
+                (3, 129, DType::F16),
+                (129, 300, DType::F32),
+                (2000, 7, DType::F16),
+            ] {
+                let x = round_f16(
+                    &randn(&mut rng, rows * n)
+                        .iter()
+                        .map(|v| v * 3.0 + 1.5)
+                        .collect::<Vec<_>>(),
+                );
+                let gamma = round_f16(&randn(&mut rng, n));
+                let beta = round_f16(&randn(&mut rng, n));
+                let dy = round_f16(&randn(&mut rng, rows * n));
+                let tx = upload_as(ctx, &x, &[rows, n], h);
+                let tg = upload_as(ctx, &gamma, &[n], h);
+                let y = poisoned_as(ctx, &[rows, n], h);
+                let stats = poisoned(ctx, &[rows, 2]);
+                let tb = upload_as(ctx, &beta, &[n], h);
+                ctx.run(&[plan_forward(ctx, &tx, &tg, &tb, 1e-5, &y, &stats).unwrap()])
+                    .unwrap();
+                let (x64, g64) = (to_f64(&x), to_f64(&gamma));
+                let want = reference::forward(&x64, &g64, &to_f64(&beta), 1e-5);
+                let what = format!("f16 layernorm {rows}x{n}, {layout}");
+                assert_close(&what, &download_f32(ctx, &y), &want, 2e-3);
+
+                let tdy = upload_as(ctx, &dy, &[rows, n], h);
+                let dx = poisoned_as(ctx, &[rows, n], h);
+                let (dg, db) = (poisoned_as(ctx, &[n], grads), poisoned_as(ctx, &[n], grads));
+                let mut plan = vec![plan_backward(ctx, &tx, &tg, &stats, &tdy, &dx).unwrap()];
+                plan.extend(plan_backward_params(ctx, &tx, &stats, &tdy, &dg, &db, false).unwrap());
+                ctx.run(&plan).unwrap();
+                let (wdx, wdg, wdb) = reference::backward(&x64, &g64, &to_f64(&dy), 1e-5);
+                // f32 gradients only see f32 rounding of sums of f16 products.
+                let tol = if grads == DType::F16 { 2e-3 } else { 1e-4 };
+                assert_close(&format!("{what} dx"), &download_f32(ctx, &dx), &wdx, 3e-3);
+                assert_close(
+                    &format!("{what} dgamma {grads:?}"),
+                    &download_f32(ctx, &dg),
+                    &wdg,
+                    tol,
+                );
+                assert_close(
+                    &format!("{what} dbeta {grads:?}"),
+                    &download_f32(ctx, &db),
+                    &wdb,
+                    tol,
+                );
+            }
+        });
+        // Mixed types are refused, not misread.
+        let x = upload_as(ctx, &[1.0; 4], &[1, 4], h);
+        let g = upload(ctx, &[1.0; 4], &[4]);
+        assert!(matches!(
+            forward(ctx, &x, &g, &g, 1e-5),
+            Err(crate::Error::DType { .. })
+        ));
     }
 }

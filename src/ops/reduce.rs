@@ -59,6 +59,8 @@ fn pass(
     let chunks = rows.div_ceil(rows_per_chunk).max(1);
     let [gx, gy, _] = ctx.grid_1d((cols as u64).div_ceil(64))?;
     DispatchBuilder::new(ctx, &SHADER, "sum_rows")
+        .element_type("In", x.dtype())
+        .element_type("Out", out.dtype())
         .params(&Params {
             rows: rows as u32,
             cols: cols as u32,
@@ -75,15 +77,16 @@ fn pass(
 /// `out[c] = (accumulate ? out[c] : 0) + Σ_r x[r, c]`, where x is read as `[rows, cols]`
 /// with `cols = out.numel()` (x's element count must be a multiple of it). Many rows over
 /// few columns are cut into chunks summed in parallel into a scratch tensor of partial sums
-/// (at most about 512 × 64 floats), then summed again: two dispatches.
+/// (at most about 512 × 64 floats, f32 whatever x and out hold), then summed again: two
+/// dispatches. x and out may each be f32 or f16; the sums are f32.
 pub fn plan_sum_rows(
     ctx: &Context,
     x: &Tensor,
     out: &Tensor,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
-    x.expect_dtype("sum_rows", "x", DType::F32)?;
-    out.expect_dtype("sum_rows", "out", DType::F32)?;
+    x.expect_float("sum_rows", "x")?;
+    out.expect_float("sum_rows", "out")?;
     let cols = out.numel();
     if x.numel() % cols != 0 {
         return Err(Error::shape(
@@ -118,7 +121,7 @@ pub fn plan_sum_rows(
 /// Sums `x` (shape `[..., cols]`) over every leading dimension into a new `[cols]` tensor.
 pub fn sum_rows(ctx: &Context, x: &Tensor) -> Result<Tensor> {
     let cols = *x.shape().last().unwrap_or(&1);
-    let out = Tensor::zeros(ctx, &[cols], DType::F32)?;
+    let out = Tensor::zeros(ctx, &[cols], x.dtype())?;
     ctx.submit(&plan_sum_rows(ctx, x, &out, false)?)?;
     Ok(out)
 }

@@ -89,8 +89,8 @@ pub fn plan(
     out_layout: HeadLayout,
     inverse: bool,
 ) -> Result<Dispatch> {
-    x.expect_dtype("rope", "x", DType::F32)?;
-    out.expect_dtype("rope", "out", DType::F32)?;
+    x.expect_float("rope", "x")?;
+    out.expect_dtype("rope", "out", x.dtype())?;
     let hx = Heads::of("rope", "x", x, x_layout)?;
     let ho = Heads::of("rope", "out", out, out_layout)?;
     let want = Heads {
@@ -111,6 +111,7 @@ pub fn plan(
     let u = |v: usize| v as u32;
     let pairs = (hx.batch * hx.heads * hx.seq * hx.dim / 2) as u64;
     DispatchBuilder::new(ctx, &SHADER, "rotate")
+        .element_type("T", x.dtype())
         .params(&Params {
             batch: u(hx.batch),
             heads: u(hx.heads),
@@ -133,7 +134,7 @@ pub fn plan(
 
 /// Rotated copy of `x` (same layout).
 pub fn forward(ctx: &Context, x: &Tensor, layout: HeadLayout, table: &Tensor) -> Result<Tensor> {
-    let out = Tensor::zeros(ctx, x.shape(), DType::F32)?;
+    let out = Tensor::zeros(ctx, x.shape(), x.dtype())?;
     ctx.submit(&[plan(ctx, x, layout, table, &out, layout, false)?])?;
     Ok(out)
 }
@@ -145,7 +146,7 @@ pub fn backward(
     layout: HeadLayout,
     table: &Tensor,
 ) -> Result<Tensor> {
-    let out = Tensor::zeros(ctx, grad_out.shape(), DType::F32)?;
+    let out = Tensor::zeros(ctx, grad_out.shape(), grad_out.dtype())?;
     ctx.submit(&[plan(ctx, grad_out, layout, table, &out, layout, true)?])?;
     Ok(out)
 }
@@ -283,5 +284,53 @@ mod tests {
         ));
         let odd = upload(ctx, &[0.0; 3], &[1, 1, 1, 3]);
         assert!(forward(ctx, &odd, HeadLayout::Bhtd, &table(ctx, 4, 3).unwrap()).is_err());
+    }
+
+    #[test]
+    fn f16_tensors_match_reference_with_an_f32_table() {
+        let ctx = &ctx();
+        if !has_f16(ctx, "rope f16") {
+            return;
+        }
+        let mut rng = rng(28);
+        for &(b, h, t, d) in &[(1, 1, 1, 2), (2, 3, 7, 8), (1, 2, 33, 6), (2, 1, 129, 64)] {
+            let table = table(ctx, t, d).unwrap();
+            let heads = Heads::new(b, h, t, d, HeadLayout::Bthd);
+            let x = round_f16(&randn(&mut rng, b * h * t * d));
+            let tx = upload_as(ctx, &x, &heads.shape(), DType::F16);
+            for inverse in [false, true] {
+                let out = poisoned_as(ctx, &heads.shape(), DType::F16);
+                // Into the other layout, as attention does.
+                let dst = Heads::new(b, h, t, d, HeadLayout::Bhtd);
+                let out = out.reshape(&dst.shape()).unwrap();
+                ctx.run(&[plan(
+                    ctx,
+                    &tx,
+                    HeadLayout::Bthd,
+                    &table,
+                    &out,
+                    HeadLayout::Bhtd,
+                    inverse,
+                )
+                .unwrap()])
+                    .unwrap();
+                let sign = if inverse { -1.0 } else { 1.0 };
+                let rotated = reference::rotate(&to_f64(&x), d, |v| (v / h) % t, sign);
+                // rotated is [B, T, H, d]; out is [B, H, T, d].
+                let got = download_f32(ctx, &out);
+                let mut want = vec![0.0; rotated.len()];
+                for (v, chunk) in rotated.chunks(d).enumerate() {
+                    let (bi, ti, hi) = (v / (t * h), (v / h) % t, v % h);
+                    let at = ((bi * h + hi) * t + ti) * d;
+                    want[at..at + d].copy_from_slice(chunk);
+                }
+                assert_close(
+                    &format!("f16 rope [{b},{h},{t},{d}] inverse={inverse}"),
+                    &got,
+                    &want,
+                    1e-3,
+                );
+            }
+        }
     }
 }

@@ -60,8 +60,9 @@ pub fn plan_forward(
     opts: &SoftmaxOptions<'_>,
     y: &Tensor,
 ) -> Result<Dispatch> {
-    x.expect_dtype("softmax", "x", DType::F32)?;
+    x.expect_float("softmax", "x")?;
     y.expect_shape("softmax", "y", x.shape())?;
+    y.expect_dtype("softmax", "y", x.dtype())?;
     let shape = x.shape();
     let n = *shape.last().unwrap();
     let rows = x.numel() / n;
@@ -93,6 +94,7 @@ pub fn plan_forward(
         ));
     }
     DispatchBuilder::new(ctx, &SHADER, "forward")
+        .element_type("T", x.dtype())
         .row_threads(n)
         .params(&Params {
             rows: rows as u32,
@@ -112,7 +114,7 @@ pub fn plan_forward(
 
 /// The softmax in a new tensor.
 pub fn forward(ctx: &Context, x: &Tensor, opts: &SoftmaxOptions<'_>) -> Result<Tensor> {
-    let y = Tensor::zeros(ctx, x.shape(), DType::F32)?;
+    let y = Tensor::zeros(ctx, x.shape(), x.dtype())?;
     ctx.submit(&[plan_forward(ctx, x, opts, &y)?])?;
     Ok(y)
 }
@@ -125,12 +127,15 @@ pub fn plan_backward(
     scale: f32,
     dx: &Tensor,
 ) -> Result<Dispatch> {
-    y.expect_dtype("softmax backward", "y", DType::F32)?;
+    y.expect_float("softmax backward", "y")?;
     dy.expect_shape("softmax backward", "dy", y.shape())?;
     dx.expect_shape("softmax backward", "dx", y.shape())?;
+    dy.expect_dtype("softmax backward", "dy", y.dtype())?;
+    dx.expect_dtype("softmax backward", "dx", y.dtype())?;
     let n = *y.shape().last().unwrap();
     let rows = y.numel() / n;
     DispatchBuilder::new(ctx, &SHADER, "backward")
+        .element_type("T", y.dtype())
         .row_threads(n)
         .params(&Params {
             rows: rows as u32,
@@ -150,7 +155,7 @@ pub fn plan_backward(
 
 /// `dx` in a new tensor, from the forward's output.
 pub fn backward(ctx: &Context, y: &Tensor, dy: &Tensor, scale: f32) -> Result<Tensor> {
-    let dx = Tensor::zeros(ctx, y.shape(), DType::F32)?;
+    let dx = Tensor::zeros(ctx, y.shape(), y.dtype())?;
     ctx.submit(&[plan_backward(ctx, y, dy, scale, &dx)?])?;
     Ok(dx)
 }
@@ -331,5 +336,76 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(forward(ctx, &x, &opts), Err(Error::Shape { .. })));
+    }
+
+    #[test]
+    fn f16_tensors_match_reference_with_an_f32_mask() {
+        let ctx = &ctx();
+        if !has_f16(ctx, "softmax f16") {
+            return;
+        }
+        let mut rng = rng(17);
+        let h16 = DType::F16;
+        for_each_row_layout(ctx, |layout| {
+            for &(b, h, tq, tk, causal) in &[
+                (1, 1, 1, 1, false),
+                (2, 3, 7, 7, true),
+                (1, 2, 33, 33, false),
+                (2, 1, 5, 129, true),
+                (1, 1, 3, 700, false),
+            ] {
+                let n = b * h * tq * tk;
+                let x = round_f16(
+                    &randn(&mut rng, n)
+                        .iter()
+                        .map(|v| v * 4.0)
+                        .collect::<Vec<_>>(),
+                );
+                // HF's padding value, which f16 could not hold: the mask stays f32.
+                let mask: Vec<f32> = (0..b * tk)
+                    .map(|i| {
+                        if i % tk + 1 == tk && tk > 2 {
+                            -f32::MAX
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let tx = upload_as(ctx, &x, &[b, h, tq, tk], h16);
+                let tm = upload(ctx, &mask, &[b, tk]);
+                let opts = SoftmaxOptions {
+                    scale: 0.37,
+                    mask: Some(&tm),
+                    causal,
+                };
+                let y = poisoned_as(ctx, &[b, h, tq, tk], h16);
+                ctx.run(&[plan_forward(ctx, &tx, &opts, &y).unwrap()])
+                    .unwrap();
+                let want = reference::forward(
+                    &to_f64(&x),
+                    tk,
+                    0.37,
+                    Some((&to_f64(&mask)[..], h * tq)),
+                    causal.then_some(tq),
+                );
+                let what = format!("f16 softmax [{b},{h},{tq},{tk}] causal={causal}, {layout}");
+                let got = download_f32(ctx, &y);
+                assert_close(&what, &got, &want, 2e-3);
+
+                let dy = round_f16(&randn(&mut rng, n));
+                let dx = poisoned_as(ctx, &[b, h, tq, tk], h16);
+                let tdy = upload_as(ctx, &dy, &[b, h, tq, tk], h16);
+                ctx.run(&[plan_backward(ctx, &y, &tdy, 0.37, &dx).unwrap()])
+                    .unwrap();
+                // From the f16 probabilities the kernel saved: the backward's own error.
+                let want_dx = reference::backward(&to_f64(&got), &to_f64(&dy), tk, 0.37);
+                assert_close(
+                    &format!("{what} backward"),
+                    &download_f32(ctx, &dx),
+                    &want_dx,
+                    3e-3,
+                );
+            }
+        });
     }
 }

@@ -219,11 +219,11 @@ pub fn backward(
     opts: &MatmulOptions,
     with_bias: bool,
 ) -> Result<MatmulGrads> {
-    let ga = Tensor::zeros(ctx, a.shape(), DType::F32)?;
-    let gb = Tensor::zeros(ctx, b.shape(), DType::F32)?;
+    let ga = Tensor::zeros(ctx, a.shape(), a.dtype())?;
+    let gb = Tensor::zeros(ctx, b.shape(), b.dtype())?;
     let n = *grad_c.shape().last().unwrap_or(&1);
     let gbias = if with_bias {
-        Some(Tensor::zeros(ctx, &[n], DType::F32)?)
+        Some(Tensor::zeros(ctx, &[n], grad_c.dtype())?)
     } else {
         None
     };

@@ -202,11 +202,14 @@ fn plan_views(
     check_view("a", ops.a, &s.a, s.m, s.k, s.batch)?;
     check_view("b", ops.b, &s.b, s.k, s.n, s.batch)?;
     check_view("c", ops.c, &s.c, s.m, s.n, s.batch)?;
+    // A, B and the bias share a type, C and the GELU output theirs: f32 or f16 each.
+    ops.b.expect_dtype("matmul", "b", ops.a.dtype())?;
     if let Some(act) = ops.gelu {
         check_view("gelu output", act, &s.c, s.m, s.n, s.batch)?;
+        act.expect_dtype("matmul", "gelu output", ops.c.dtype())?;
     }
     if let Some(bias) = ops.bias {
-        bias.expect_dtype("matmul", "bias", DType::F32)?;
+        bias.expect_dtype("matmul", "bias", ops.a.dtype())?;
         if s.bias_offset + s.n > bias.numel() {
             return Err(Error::shape(
                 "matmul",
@@ -216,7 +219,9 @@ fn plan_views(
             ));
         }
     }
-    if precision == MatmulPrecision::Fast {
+    // The cooperative-matrix kernel reads f32 operands (converting them to f16 itself).
+    let f32_operands = ops.a.dtype() == DType::F32 && ops.c.dtype() == DType::F32;
+    if precision == MatmulPrecision::Fast && f32_operands {
         if let Some(fragment) = coop::fragment_for(ctx.capabilities()) {
             return coop::plan(ctx, fragment, s, ops);
         }
@@ -238,7 +243,9 @@ fn dispatch(
     // scalars they get the dummy buffer, which may be smaller than a vec4 array needs.
     let a4 = layout.a_vec4.then_some(ops.a);
     let b4 = layout.b_vec4.then_some(ops.b);
-    let mut builder = DispatchBuilder::new(ctx, &SHADER, "matmul");
+    let mut builder = DispatchBuilder::new(ctx, &SHADER, "matmul")
+        .element_type("In", ops.a.dtype())
+        .element_type("Out", ops.c.dtype());
     for (name, value) in override_constants(tiling, layout, ops.gelu.is_some()) {
         builder = builder.constant(name, value);
     }
@@ -505,7 +512,7 @@ pub fn matmul(
     bias: Option<&Tensor>,
     opts: &MatmulOptions,
 ) -> Result<Tensor> {
-    let c = Tensor::zeros(ctx, &output_shape(a.shape(), b.shape(), opts)?, DType::F32)?;
+    let c = Tensor::zeros(ctx, &output_shape(a.shape(), b.shape(), opts)?, a.dtype())?;
     let opts = MatmulOptions {
         accumulate: false,
         ..*opts
@@ -814,6 +821,140 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn f16_operands_match_reference_at_every_tiling_and_layout() {
+        // f16 A, B and bias, read as scalars and as vec4<f16>s, into f16 or f32 C (with the
+        // GELU epilogue in C's type): f32 sums, one rounding when C is stored.
+        let ctx = &ctx();
+        if !has_f16(ctx, "matmul f16") {
+            return;
+        }
+        let h = DType::F16;
+        let mut rng = rng(71);
+        for &(m, n, k) in &[(1, 1, 1), (7, 33, 129), (132, 136, 36)] {
+            for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a = round_f16(&randn(&mut rng, m * k));
+                let b = round_f16(&randn(&mut rng, k * n));
+                let bias = round_f16(&randn(&mut rng, n));
+                let ta = upload_as(ctx, &a, &shape_of(1, false, m, k, trans_a), h);
+                let tb = upload_as(ctx, &b, &shape_of(1, false, k, n, trans_b), h);
+                let tbias = upload_as(ctx, &bias, &[n], h);
+                let o = MatmulOptions {
+                    trans_a,
+                    trans_b,
+                    alpha: 0.5,
+                    accumulate: false,
+                };
+                let spec = strided_spec(ta.shape(), tb.shape(), &o).unwrap();
+                let layout = Layout::of(&spec, &ta, &tb);
+                let mut want =
+                    cpu_forward(&to_f64(&a), &to_f64(&b), 1, (m, n, k), &o, false, false);
+                for (i, w) in want.iter_mut().enumerate() {
+                    *w += bias[i % n] as f64;
+                }
+                let want_gelu: Vec<f64> =
+                    want.iter().map(|&x| gelu::reference::forward(x)).collect();
+                // The f32 test covers every tiling; the conversions sit in the loads and the
+                // epilogue, which the three kinds of kernel share: one tiling of each kind.
+                let kinds = [(true, false), (false, false), (false, true)];
+                let tilings: Vec<&Tiling> = kinds
+                    .iter()
+                    .filter_map(|&(direct, prefetch)| {
+                        TILINGS.iter().find(|t| {
+                            t.direct == direct
+                                && t.prefetch == prefetch
+                                && t.fits(ctx.capabilities())
+                        })
+                    })
+                    .collect();
+                assert_eq!(
+                    tilings.len(),
+                    3,
+                    "a direct, a staged and a prefetching tiling"
+                );
+                for tiling in tilings {
+                    for out in [DType::F16, DType::F32] {
+                        let c = poisoned_as(ctx, &[m, n], out);
+                        let act = poisoned_as(ctx, &[m, n], out);
+                        let ops = Operands {
+                            a: &ta,
+                            b: &tb,
+                            bias: Some(&tbias),
+                            c: &c,
+                            gelu: Some(&act),
+                        };
+                        ctx.run(&[dispatch(ctx, &spec, &layout, *tiling, &ops).unwrap()])
+                            .unwrap();
+                        let what = format!(
+                            "f16 tiling {tiling}, {m}x{n}x{k} ta={trans_a} tb={trans_b} vec4={} out {out:?}",
+                            layout.a_vec4
+                        );
+                        let tol = if out == DType::F16 { 1e-3 } else { 1e-5 };
+                        assert_close(&what, &download_f32(ctx, &c), &want, tol);
+                        assert_close(
+                            &format!("{what} gelu"),
+                            &download_f32(ctx, &act),
+                            &want_gelu,
+                            tol,
+                        );
+                    }
+                }
+            }
+        }
+        // The backward of an f16 Linear layer: x [33, 129] · Wᵀ, W [7, 129], gradients in
+        // f16, the weight's summed over 2048 rows through f32 partial sums (split K).
+        for &(rows, k, n) in &[(33, 129, 7), (2048, 64, 8)] {
+            let x = round_f16(&randn(&mut rng, rows * k));
+            let w = round_f16(&randn(&mut rng, n * k));
+            let dy = round_f16(&randn(&mut rng, rows * n));
+            let o = MatmulOptions {
+                trans_b: true,
+                ..Default::default()
+            };
+            let g = backward(
+                ctx,
+                &upload_as(ctx, &x, &[rows, k], h),
+                &upload_as(ctx, &w, &[n, k], h),
+                &upload_as(ctx, &dy, &[rows, n], h),
+                &o,
+                true,
+            )
+            .unwrap();
+            let (x64, w64, dy64) = (to_f64(&x), to_f64(&w), to_f64(&dy));
+            let want_dx = reference::matmul(&dy64, &w64, (rows, k, n), false, false);
+            let want_dw = reference::matmul(&dy64, &x64, (n, k, rows), true, false);
+            let want_db: Vec<f64> = (0..n)
+                .map(|j| (0..rows).map(|r| dy64[r * n + j]).sum())
+                .collect();
+            let what = format!("f16 linear backward {rows}x{k}->{n}");
+            assert_close(
+                &format!("{what} dx"),
+                &download_f32(ctx, g.a.as_ref().unwrap()),
+                &want_dx,
+                1e-3,
+            );
+            assert_close(
+                &format!("{what} dW"),
+                &download_f32(ctx, g.b.as_ref().unwrap()),
+                &want_dw,
+                1e-3,
+            );
+            assert_close(
+                &format!("{what} dbias"),
+                &download_f32(ctx, g.bias.as_ref().unwrap()),
+                &want_db,
+                1e-3,
+            );
+        }
+        // Mixed A and B types are an error, not a misread.
+        let a = upload_as(ctx, &[1.0; 4], &[2, 2], h);
+        let b = upload(ctx, &[1.0; 4], &[2, 2]);
+        assert!(matches!(
+            matmul(ctx, &a, &b, None, &MatmulOptions::default()),
+            Err(Error::DType { .. })
+        ));
     }
 
     #[test]

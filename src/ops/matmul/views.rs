@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// Where the elements of a (batched) matrix sit in a tensor: element `(z0, z1, row, col)`
 /// is at `offset + z0 * batch_strides[0] + z1 * batch_strides[1] + row * row_stride +
@@ -138,7 +138,7 @@ pub(crate) fn params_of(s: &StridedMatmul, has_bias: bool) -> Params {
     }
 }
 
-/// Checks a view of `rows × cols` matrices stays inside its f32 tensor.
+/// Checks a view of `rows × cols` matrices stays inside its float tensor (f32 or f16).
 pub(crate) fn check_view(
     what: &'static str,
     t: &Tensor,
@@ -147,7 +147,7 @@ pub(crate) fn check_view(
     cols: usize,
     batch: [usize; 2],
 ) -> Result<()> {
-    t.expect_dtype("matmul", what, DType::F32)?;
+    t.expect_float("matmul", what)?;
     let last = v.last_index(rows, cols, batch);
     if last >= t.numel() as u64 {
         return Err(Error::shape(

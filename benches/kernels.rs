@@ -23,6 +23,7 @@ use roformer_wgpu::timing::time_dispatches;
 use roformer_wgpu::{Context, Dispatch};
 
 #[path = "../examples/common/inputs.rs"]
+#[allow(dead_code)] // its f16 helpers are for `bench kernels`' f16 rows
 mod inputs;
 use inputs::{filled, zeros};
 

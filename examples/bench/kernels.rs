@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::inputs::{filled, zeros};
+use crate::inputs::{filled, filled_as, zeros, zeros_as};
 use roformer_wgpu::apps::profile;
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::ops::attention::AttentionOptions;
@@ -16,7 +16,7 @@ use roformer_wgpu::ops::{
 };
 use roformer_wgpu::optim::TrainOptions;
 use roformer_wgpu::timing::{self, time_dispatches};
-use roformer_wgpu::{Context, Dispatch};
+use roformer_wgpu::{Context, DType, Dispatch};
 
 #[derive(Clone, Debug, serde::Serialize)]
 struct Row {
@@ -80,6 +80,24 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!("ceilings: FP32 {peak_gflops:.0} GFLOP/s (vec4 FMA chains), copy {peak_gbs:.0} GB/s (a vec4 copy kernel, read + write)\n");
 
     let s = |x: usize, y: usize| if cpu { x } else { y };
+    // The element types of the families that store f16: f32, and f16 where the adapter has
+    // it (rows named "... f16", bytes counted at 2 per element).
+    let dtypes: Vec<DType> = match args.precision {
+        super::KernelPrecision::F32 => vec![DType::F32],
+        super::KernelPrecision::F16 | super::KernelPrecision::Both if !caps.shader_f16 => {
+            if args.precision == super::KernelPrecision::F16 {
+                return Err(
+                    format!("--precision f16: {} has no SHADER_F16", caps.adapter_name).into(),
+                );
+            }
+            println!("(no f16 rows: {} has no SHADER_F16)", caps.adapter_name);
+            vec![DType::F32]
+        }
+        super::KernelPrecision::F16 => vec![DType::F16],
+        super::KernelPrecision::Both => vec![DType::F32, DType::F16],
+    };
+    let tag = |dt: DType| if dt == DType::F16 { " f16" } else { "" };
+    let width = |dt: DType| dt.size() as f64;
     let reps = s(3, 20) as u32;
     let mut rows: Vec<Row> = Vec::new();
     let mut add = |kernel: &str,
@@ -139,14 +157,21 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
             trans_b: tb,
             ..Default::default()
         };
-        let d = matmul::plan(&ctx, &a, &b, None, &c, &o)?;
-        add(
-            name,
-            format!("{n}³"),
-            vec![d],
-            2.0 * (n as f64).powi(3),
-            0.0,
-        )?;
+        for &dt in &dtypes {
+            let (a, b, c) = (
+                filled_as(&ctx, &[n, n], dt),
+                filled_as(&ctx, &[n, n], dt),
+                zeros_as(&ctx, &[n, n], dt),
+            );
+            let d = matmul::plan(&ctx, &a, &b, None, &c, &o)?;
+            add(
+                &format!("{name}{}", tag(dt)),
+                format!("{n}³"),
+                vec![d],
+                2.0 * (n as f64).powi(3),
+                0.0,
+            )?;
+        }
     }
     // Tensor cores, where the device has them.
     if let Some(fragment) = coop::fragment_for(&caps) {
@@ -187,87 +212,106 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     // softmax rows (on a CPU adapter at burnbench's SCALE 0.0625 shape, to compare with Burn)
     let (rows_n, cols) = (s(4096, 65536), 1024);
-    let x = filled(&ctx, &[rows_n, cols]);
-    let y = zeros(&ctx, &[rows_n, cols]);
-    let d = softmax::plan_forward(&ctx, &x, &softmax::SoftmaxOptions::default(), &y)?;
-    add(
-        "softmax forward",
-        format!("{rows_n}×{cols}"),
-        vec![d],
-        0.0,
-        8.0 * (rows_n * cols) as f64,
-    )?;
-    let d = softmax::plan_backward(&ctx, &y, &x, 1.0, &zeros(&ctx, &[rows_n, cols]))?;
-    add(
-        "softmax backward",
-        format!("{rows_n}×{cols}"),
-        vec![d],
-        0.0,
-        12.0 * (rows_n * cols) as f64,
-    )?;
+    for &dt in &dtypes {
+        let x = filled_as(&ctx, &[rows_n, cols], dt);
+        let y = zeros_as(&ctx, &[rows_n, cols], dt);
+        let d = softmax::plan_forward(&ctx, &x, &softmax::SoftmaxOptions::default(), &y)?;
+        add(
+            &format!("softmax forward{}", tag(dt)),
+            format!("{rows_n}×{cols}"),
+            vec![d],
+            0.0,
+            2.0 * width(dt) * (rows_n * cols) as f64,
+        )?;
+        let dx = zeros_as(&ctx, &[rows_n, cols], dt);
+        let d = softmax::plan_backward(&ctx, &y, &x, 1.0, &dx)?;
+        add(
+            &format!("softmax backward{}", tag(dt)),
+            format!("{rows_n}×{cols}"),
+            vec![d],
+            0.0,
+            3.0 * width(dt) * (rows_n * cols) as f64,
+        )?;
+    }
     // layernorm
     let (r, h) = (s(1024, 4096), s(256, 768));
-    let x = filled(&ctx, &[r, h]);
-    let (g, bt) = (filled(&ctx, &[h]), filled(&ctx, &[h]));
-    let stats = zeros(&ctx, &[r, 2]);
-    let y = zeros(&ctx, &[r, h]);
-    let d = layernorm::plan_forward(&ctx, &x, &g, &bt, 1e-12, &y, &stats)?;
-    add(
-        "layernorm forward",
-        format!("{r}×{h}"),
-        vec![d],
-        0.0,
-        8.0 * (r * h) as f64,
-    )?;
-    let d = layernorm::plan_backward(&ctx, &x, &g, &stats, &y, &zeros(&ctx, &[r, h]))?;
-    add(
-        "layernorm backward (dx)",
-        format!("{r}×{h}"),
-        vec![d],
-        0.0,
-        12.0 * (r * h) as f64,
-    )?;
+    for &dt in &dtypes {
+        let x = filled_as(&ctx, &[r, h], dt);
+        let (g, bt) = (filled_as(&ctx, &[h], dt), filled_as(&ctx, &[h], dt));
+        let stats = zeros(&ctx, &[r, 2]);
+        let y = zeros_as(&ctx, &[r, h], dt);
+        let d = layernorm::plan_forward(&ctx, &x, &g, &bt, 1e-12, &y, &stats)?;
+        add(
+            &format!("layernorm forward{}", tag(dt)),
+            format!("{r}×{h}"),
+            vec![d],
+            0.0,
+            2.0 * width(dt) * (r * h) as f64,
+        )?;
+        let dx = zeros_as(&ctx, &[r, h], dt);
+        let d = layernorm::plan_backward(&ctx, &x, &g, &stats, &y, &dx)?;
+        add(
+            &format!("layernorm backward (dx){}", tag(dt)),
+            format!("{r}×{h}"),
+            vec![d],
+            0.0,
+            3.0 * width(dt) * (r * h) as f64,
+        )?;
+    }
     // gelu
     let n = s(1 << 18, 1 << 24);
-    let x = filled(&ctx, &[n]);
-    let d = gelu::plan_forward(&ctx, &x, &zeros(&ctx, &[n]))?;
-    add("gelu forward", format!("{n}"), vec![d], 0.0, 8.0 * n as f64)?;
+    for &dt in &dtypes {
+        let x = filled_as(&ctx, &[n], dt);
+        let d = gelu::plan_forward(&ctx, &x, &zeros_as(&ctx, &[n], dt))?;
+        let bytes = 2.0 * width(dt) * n as f64;
+        add(
+            &format!("gelu forward{}", tag(dt)),
+            format!("{n}"),
+            vec![d],
+            0.0,
+            bytes,
+        )?;
+    }
     // rope [B, T, H, d]
     let (bb, t, hh, dd) = (s(2, 8), s(128, 512), s(4, 12), 64);
-    let x = filled(&ctx, &[bb, t, hh, dd]);
     let table = rope::table(&ctx, t, dd)?;
-    let d = rope::plan(
-        &ctx,
-        &x,
-        HeadLayout::Bthd,
-        &table,
-        &zeros(&ctx, &[bb, t, hh, dd]),
-        HeadLayout::Bthd,
-        false,
-    )?;
-    add(
-        "rope",
-        format!("[{bb},{t},{hh},{dd}]"),
-        vec![d],
-        0.0,
-        8.0 * (bb * t * hh * dd) as f64,
-    )?;
+    for &dt in &dtypes {
+        let x = filled_as(&ctx, &[bb, t, hh, dd], dt);
+        let d = rope::plan(
+            &ctx,
+            &x,
+            HeadLayout::Bthd,
+            &table,
+            &zeros_as(&ctx, &[bb, t, hh, dd], dt),
+            HeadLayout::Bthd,
+            false,
+        )?;
+        add(
+            &format!("rope{}", tag(dt)),
+            format!("[{bb},{t},{hh},{dd}]"),
+            vec![d],
+            0.0,
+            2.0 * width(dt) * (bb * t * hh * dd) as f64,
+        )?;
+    }
     // embedding lookup
     let (vocab, dim, tokens) = (s(1000, 32000), s(128, 768), s(1024, 4096));
-    let table = filled(&ctx, &[vocab, dim]);
     let ids: Vec<u32> = (0..tokens).map(|i| ((i * 7919) % vocab) as u32).collect();
     let ids = TokenIds::new(&ctx, &ids, &[tokens], vocab)?;
-    let d = embedding::plan_forward(&ctx, &table, &ids, &zeros(&ctx, &[tokens, dim]), false)?;
-    add(
-        "embedding lookup",
-        format!("{tokens} of {vocab}×{dim}"),
-        vec![d],
-        0.0,
-        8.0 * (tokens * dim) as f64,
-    )?;
+    for &dt in &dtypes {
+        let table = filled_as(&ctx, &[vocab, dim], dt);
+        let out = zeros_as(&ctx, &[tokens, dim], dt);
+        let d = embedding::plan_forward(&ctx, &table, &ids, &out, false)?;
+        add(
+            &format!("embedding lookup{}", tag(dt)),
+            format!("{tokens} of {vocab}×{dim}"),
+            vec![d],
+            0.0,
+            2.0 * width(dt) * (tokens * dim) as f64,
+        )?;
+    }
     // cross-entropy
     let (rows_n, classes) = (s(256, 4096), s(1000, 32000));
-    let logits = filled(&ctx, &[rows_n, classes]);
     let labels: Vec<i32> = (0..rows_n).map(|i| (i % classes) as i32).collect();
     let labels = Labels::new(
         &ctx,
@@ -277,22 +321,25 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
         cross_entropy::IGNORE_INDEX,
     )?;
     let state = LossState::new(&ctx, rows_n)?;
-    let mut d = cross_entropy::plan_forward(&ctx, &logits, &labels, &state)?;
-    d.push(cross_entropy::plan_backward(
-        &ctx,
-        &logits,
-        &labels,
-        &state,
-        1.0,
-        &zeros(&ctx, &[rows_n, classes]),
-    )?);
-    add(
-        "cross-entropy forward+backward",
-        format!("{rows_n}×{classes}"),
-        d,
-        0.0,
-        12.0 * (rows_n * classes) as f64,
-    )?;
+    for &dt in &dtypes {
+        let logits = filled_as(&ctx, &[rows_n, classes], dt);
+        let mut d = cross_entropy::plan_forward(&ctx, &logits, &labels, &state)?;
+        d.push(cross_entropy::plan_backward(
+            &ctx,
+            &logits,
+            &labels,
+            &state,
+            1.0,
+            &zeros_as(&ctx, &[rows_n, classes], dt),
+        )?);
+        add(
+            &format!("cross-entropy forward+backward{}", tag(dt)),
+            format!("{rows_n}×{classes}"),
+            d,
+            0.0,
+            3.0 * width(dt) * (rows_n * classes) as f64,
+        )?;
+    }
     // AdamW over a parameter vector
     let n = s(1 << 20, 110_000_000);
     let (p, gr) = (filled(&ctx, &[n]), filled(&ctx, &[n]));

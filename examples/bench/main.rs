@@ -76,6 +76,22 @@ pub struct KernelArgs {
     /// subgroup (to compare the two layouts).
     #[arg(long)]
     pub workgroup_rows: bool,
+    /// Tensor element types of the families that store f16 (matmul, softmax, LayerNorm,
+    /// GELU, RoPE, embedding, cross-entropy): both puts each f16 row after its f32 row, in
+    /// the same run (f32 only where the adapter has no f16).
+    #[arg(long, value_enum, default_value_t = KernelPrecision::Both)]
+    pub precision: KernelPrecision,
+}
+
+/// `bench kernels --precision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KernelPrecision {
+    /// f32 tensors only.
+    F32,
+    /// f16 tensors only (an error where the adapter has no f16).
+    F16,
+    /// Both, each f16 row beside its f32 row.
+    Both,
 }
 
 /// The model and batch of `step` and `infer`.

@@ -14,3 +14,16 @@ pub fn filled(ctx: &Context, shape: &[usize]) -> Tensor {
 pub fn zeros(ctx: &Context, shape: &[usize]) -> Tensor {
     Tensor::zeros(ctx, shape, DType::F32).unwrap()
 }
+
+/// [`filled`]'s values stored as `dtype` (f32, or f16 rounded to nearest).
+pub fn filled_as(ctx: &Context, shape: &[usize], dtype: DType) -> Tensor {
+    let t = filled(ctx, shape);
+    if dtype == DType::F32 {
+        return t;
+    }
+    roformer_wgpu::ops::elementwise::cast(ctx, &t, dtype).unwrap()
+}
+
+pub fn zeros_as(ctx: &Context, shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::zeros(ctx, shape, dtype).unwrap()
+}

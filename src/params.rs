@@ -35,6 +35,8 @@ pub struct ParamStore {
     specs: Vec<ParamSpec>,
     by_name: HashMap<String, usize>,
     len: usize,
+    /// The values' element type (f32, or f16 for an inference model in half precision).
+    dtype: DType,
     values: Tensor,
     /// Gradients and moments; `None` for a store of weights only.
     training: Option<TrainingBuffers>,
@@ -53,22 +55,39 @@ struct TrainingBuffers {
 impl ParamStore {
     /// Lays out `params` (name, shape) and allocates the four flat buffers, zeroed.
     pub fn new(ctx: &Context, params: &[(String, Vec<usize>)]) -> Result<ParamStore> {
-        Self::allocate(ctx, params, true)
+        Self::allocate(ctx, params, true, DType::F32)
     }
 
     /// Lays out `params` and allocates their values only: a quarter of [`ParamStore::new`]'s
     /// memory, for inference (no gradients, no optimizer).
     pub fn weights_only(ctx: &Context, params: &[(String, Vec<usize>)]) -> Result<ParamStore> {
-        Self::allocate(ctx, params, false)
+        Self::allocate(ctx, params, false, DType::F32)
+    }
+
+    /// [`ParamStore::weights_only`] with the values stored as `dtype`: f16 halves the
+    /// weights' memory (values are rounded to nearest when loaded or copied in; f32 weights
+    /// beyond ±65504 become ±inf, which [`ParamStore::load`] refuses).
+    pub fn weights_only_as(
+        ctx: &Context,
+        params: &[(String, Vec<usize>)],
+        dtype: DType,
+    ) -> Result<ParamStore> {
+        if !dtype.is_float() {
+            return Err(Error::invalid(format!(
+                "parameters are stored as f32 or f16, not {dtype:?}"
+            )));
+        }
+        Self::allocate(ctx, params, false, dtype)
     }
 
     fn allocate(
         ctx: &Context,
         params: &[(String, Vec<usize>)],
         training: bool,
+        dtype: DType,
     ) -> Result<ParamStore> {
         let caps = ctx.capabilities();
-        let align = (caps.storage_offset_alignment as usize / 4).max(1);
+        let align = (caps.storage_offset_alignment as usize / dtype.size()).max(1);
         let mut specs = Vec::with_capacity(params.len());
         let mut by_name = HashMap::new();
         let mut len = 0;
@@ -89,7 +108,8 @@ impl ParamStore {
             len = len.saturating_add(numel(shape)).saturating_add(align - 1) / align * align;
         }
         let len = len.max(align);
-        // Chunks for the whole-buffer passes, cut at parameter boundaries.
+        // Chunks for the whole-buffer passes, cut at parameter boundaries (sized for f32,
+        // so a range of an f16 store's and of an f32 store's both fit a binding).
         let max = (caps.max_storage_binding / 4) as usize;
         let mut chunks: Vec<(usize, usize)> = Vec::new();
         let mut start = 0;
@@ -123,7 +143,8 @@ impl ParamStore {
             specs,
             by_name,
             len,
-            values: flat()?,
+            dtype,
+            values: Tensor::zeros(ctx, &[len], dtype)?,
             training,
             chunks,
         })
@@ -146,8 +167,13 @@ impl ParamStore {
 
     /// Bytes of GPU memory held: values, and for training gradients and both moments.
     pub fn memory(&self) -> u64 {
-        let buffers = if self.training.is_some() { 4 } else { 1 };
-        buffers * 4 * self.len as u64
+        let training = if self.training.is_some() { 3 * 4 } else { 0 };
+        (self.dtype.size() + training) as u64 * self.len as u64
+    }
+
+    /// The values' element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Whether it holds gradients and moments (see [`ParamStore::weights_only`]).
@@ -228,9 +254,24 @@ impl ParamStore {
                     s.name, values[bad]
                 )));
             }
+            if self.dtype == DType::F16 {
+                if let Some(bad) = values.iter().position(|v| v.abs() > 65504.0) {
+                    return Err(format(format!(
+                        "tensor {:?} holds {} at element {bad}, beyond f16's range (±65504): \
+                         load this model in f32",
+                        s.name, values[bad]
+                    )));
+                }
+            }
             flat[s.offset..s.offset + s.numel()].copy_from_slice(&values);
         }
-        self.values.write(ctx, &flat)?;
+        match self.dtype {
+            DType::F16 => {
+                let half: Vec<half::f16> = flat.iter().map(|&v| half::f16::from_f32(v)).collect();
+                self.values.write(ctx, &half)?;
+            }
+            _ => self.values.write(ctx, &flat)?,
+        }
         if self.training.is_some() {
             self.reset_optimizer(ctx)?;
         }
@@ -245,13 +286,30 @@ impl ParamStore {
         t.v.write(ctx, &zeros)
     }
 
-    /// Copies every value of `source`, a store of the same parameters laid out the same way
-    /// (a training model's into its inference copy), on the GPU.
+    /// Copies every value of `source`, a store of the same parameters (a training model's
+    /// into its inference copy), on the GPU, converting between f32 and f16 where their
+    /// types differ.
     pub fn copy_values_from(&self, ctx: &Context, source: &ParamStore) -> Result<()> {
-        if source.specs != self.specs || source.len != self.len {
+        let names = |s: &ParamStore| -> Vec<(String, Vec<usize>)> {
+            s.specs
+                .iter()
+                .map(|p| (p.name.clone(), p.shape.clone()))
+                .collect()
+        };
+        if names(source) != names(self) {
             return Err(Error::invalid(
                 "copy_values_from: the two stores hold different parameters",
             ));
+        }
+        if source.specs != self.specs || source.dtype != self.dtype {
+            // Another layout or type: one conversion per parameter, in one submission.
+            let casts = (0..self.specs.len())
+                .map(|i| {
+                    let (from, to) = (source.value(ctx, i)?, self.value(ctx, i)?);
+                    crate::ops::elementwise::plan_axpby(ctx, 1.0, &from, 0.0, None, &to)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return ctx.submit(&casts).map(drop);
         }
         let (from, to) = (&source.values, &self.values);
         ctx.scoped("copying parameters", || {
@@ -276,7 +334,7 @@ impl ParamStore {
             .iter()
             .map(|s| (s.name.clone(), s.shape.clone(), s.offset))
             .collect();
-        flat.read_then(ctx, move |all: Vec<f32>| {
+        let cut = move |all: Vec<f32>| {
             Ok(specs
                 .into_iter()
                 .map(|(name, shape, offset)| {
@@ -284,7 +342,13 @@ impl ParamStore {
                     (name, shape, all[offset..offset + n].to_vec())
                 })
                 .collect())
-        })
+        };
+        match flat.dtype() {
+            DType::F16 => flat.read_then(ctx, move |all: Vec<half::f16>| {
+                cut(all.iter().map(|v| v.to_f32()).collect())
+            }),
+            _ => flat.read_then(ctx, cut),
+        }
     }
 
     /// Every parameter's value, `(name, shape, data)`, on its way back.

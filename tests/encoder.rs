@@ -160,6 +160,7 @@ fn the_plan_cache_is_bounded() {
         EncoderOptions {
             max_batch: 4,
             max_plans: 2,
+            ..EncoderOptions::default()
         },
     );
     // Largest first, so the pool never grows (growing it drops the plans bound to it).
@@ -213,4 +214,67 @@ fn asking_for_what_was_not_requested_is_an_error() {
     choices.choices = 2;
     assert!(bad(choices).is_some(), "choices on a masked LM");
     assert_eq!(encoder.head(), Head::MaskedLm);
+}
+
+/// A BERT-base-sized encoder (12 layers, hidden 768, 12 heads, vocabulary 30522) in f16
+/// holds about half of f32's memory: the weights exactly half (to alignment), the
+/// activation pool about half (LayerNorm's statistics stay f32), and the two give the same
+/// hidden states to f16's accuracy.
+#[test]
+fn a_bert_base_encoder_in_f16_takes_half_the_memory() {
+    use roformer_wgpu::model::RoFormerConfig;
+    use roformer_wgpu::DType;
+    let ctx = &ctx();
+    if !ctx.capabilities().shader_f16 {
+        assert_ne!(
+            std::env::var("ROFORMER_REQUIRE_F16").as_deref(),
+            Ok("1"),
+            "no SHADER_F16"
+        );
+        eprintln!("SKIPPED f16 memory: the adapter has no SHADER_F16");
+        return;
+    }
+    let config = RoFormerConfig::from_json(
+        r#"{"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+            "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512}"#,
+        "bert-base",
+    )
+    .unwrap();
+    let request = Request::new(sequences(&[16, 11], 5), Want::last_hidden_state());
+    let mut reports = Vec::new();
+    let mut hidden = Vec::new();
+    for precision in [DType::F32, DType::F16] {
+        let options = EncoderOptions {
+            max_batch: 2,
+            precision,
+            ..EncoderOptions::default()
+        };
+        let encoder = Encoder::new(ctx, config.clone(), Head::Encoder, options).unwrap();
+        encoder.init_random(ctx, 3).unwrap();
+        let results = encoder.run_blocking(ctx, &request).unwrap();
+        hidden.push(results.last_hidden_state(0).unwrap().data.clone());
+        let m = encoder.memory();
+        eprintln!(
+            "{precision:?}: weights {} MB, activations {} MB, inputs {} KB, peak {} MB",
+            m.params >> 20,
+            m.pooled >> 20,
+            m.inputs >> 10,
+            m.peak() >> 20
+        );
+        reports.push(m);
+    }
+    let ratio = |a: u64, b: u64| b as f64 / a as f64;
+    let weights = ratio(reports[0].params, reports[1].params);
+    let pooled = ratio(reports[0].pooled, reports[1].pooled);
+    let peak = ratio(reports[0].peak(), reports[1].peak());
+    eprintln!("f16 / f32: weights {weights:.3}, activations {pooled:.3}, peak {peak:.3}");
+    assert!((0.49..0.51).contains(&weights), "weights {weights}");
+    assert!((0.45..0.56).contains(&pooled), "activations {pooled}");
+    assert!((0.45..0.55).contains(&peak), "peak {peak}");
+    let err = rel_l2(
+        &hidden[1],
+        &hidden[0].iter().map(|&v| v as f64).collect::<Vec<_>>(),
+    );
+    eprintln!("last hidden state, f16 against f32: relative L2 {err:.2e}");
+    assert!(err < 1e-2, "f16 hidden state off by {err:.2e}");
 }

@@ -214,3 +214,67 @@ fn checkpoints_load_from_bytes() {
         .to_string();
     assert!(bad_config.contains("config.json"), "{bad_config}");
 }
+
+/// Every fixture's outputs (each hidden state, the head's output) through the inference
+/// encoder in f16 (weights and activations; f32 sums), against transformers' float64
+/// outputs: relative L2 below F16_TOL. Needs SHADER_F16 (llvmpipe's Vulkan has it).
+#[test]
+fn every_fixture_matches_transformers_in_f16_inference() {
+    use roformer_wgpu::apps::verify::verify_outputs;
+    use roformer_wgpu::model::RoFormerConfig;
+    const F16_TOL: f64 = 1e-2;
+    let ctx = &ctx();
+    if !ctx.capabilities().shader_f16 {
+        assert_ne!(
+            std::env::var("ROFORMER_REQUIRE_F16").as_deref(),
+            Ok("1"),
+            "no SHADER_F16"
+        );
+        eprintln!("SKIPPED f16 inference: the adapter has no SHADER_F16");
+        return;
+    }
+    let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().ok()?;
+            name.strip_suffix(".config.json").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "fixtures: {names:?}");
+    let mut worst = (0.0f64, String::new());
+    for name in &names {
+        let dir = fixtures_dir();
+        let text = std::fs::read_to_string(dir.join(format!("{name}.config.json"))).unwrap();
+        let cfg = RoFormerConfig::from_json(&text, name).unwrap();
+        let bytes = std::fs::read(dir.join(format!("{name}.safetensors"))).unwrap();
+        let tensors = roformer_wgpu::io::parse_safetensors(name.as_ref(), &bytes).unwrap();
+        let report = ctx
+            .block_on(verify_outputs(
+                ctx,
+                cfg,
+                &tensors,
+                roformer_wgpu::DType::F16,
+            ))
+            .unwrap();
+        let compared: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+        assert!(
+            compared.contains(&"output.last_hidden_state"),
+            "{name}: {compared:?}"
+        );
+        for c in &report.checks {
+            eprintln!("{name:<40} {:<40} {:.2e}", c.name, c.error);
+            if c.error > worst.0 {
+                worst = (c.error, format!("{name} {}", c.name));
+            }
+        }
+        let failures = report.failures(F16_TOL);
+        assert!(failures.is_empty(), "{name} in f16: {failures:#?}");
+    }
+    eprintln!(
+        "f16 inference, worst relative L2 over {} fixtures: {:.2e} ({})",
+        names.len(),
+        worst.0,
+        worst.1
+    );
+}

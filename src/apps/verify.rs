@@ -151,6 +151,30 @@ pub async fn verify_tensors(
     Ok(report)
 }
 
+/// The outputs alone (every hidden state and the head's output), through an inference
+/// encoder storing weights and activations as `precision` (f32 or f16), against the
+/// fixture's. f16 results are expected within about 1e-2 relative L2 (NOTES.md).
+pub async fn verify_outputs(
+    ctx: &Context,
+    cfg: RoFormerConfig,
+    tensors: &HostTensors,
+    precision: crate::DType,
+) -> Result<Report> {
+    let head = detect_head(&cfg, tensors)?;
+    let options = EncoderOptions {
+        precision,
+        ..options_for(tensors)?
+    };
+    let encoder = Encoder::new(ctx, cfg, head, options)?;
+    encoder.load_tensors(ctx, tensors)?;
+    let mut report = Report {
+        checks: Vec::new(),
+        computed: HostTensors::new(),
+    };
+    compare_outputs(ctx, &encoder, tensors, &mut report).await?;
+    Ok(report)
+}
+
 /// An encoder that takes the whole stored batch in one request.
 fn options_for(tensors: &HostTensors) -> Result<EncoderOptions> {
     let (rows, ..) = batch_from(tensors)?;

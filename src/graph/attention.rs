@@ -161,7 +161,7 @@ impl Graph {
         let vshape = self.shape(v).to_vec();
         let out = self.output(name, &vshape, &[q, k, v]);
         let rot = self.rotated(name, "", &spec, &qh, &qh);
-        let stats = self.pooled(format!("{name}.stats"), &[qh[0], qh[2], qh[1], 2], false);
+        let stats = self.pooled_f32(format!("{name}.stats"), &[qh[0], qh[2], qh[1], 2]);
         let mut writes = vec![out, stats];
         writes.extend(rot.iter().flatten());
         self.input_bytes += spec.mask.as_ref().map_or(0, Tensor::byte_size)
@@ -220,13 +220,12 @@ impl Graph {
                 .find(|v| d.max(dv) <= v.0)
                 .map_or(8, |v| v.1);
             let saved = [
-                self.pooled(format!("{name}.features"), &[b, h, t, 6, d], false),
-                self.pooled(
+                self.pooled_f32(format!("{name}.features"), &[b, h, t, 6, d]),
+                self.pooled_f32(
                     format!("{name}.states"),
                     &[b, h, t.div_ceil(chunk), d * dv + d],
-                    false,
                 ),
-                self.pooled(format!("{name}.tokens"), &[b, h, t, 2], false),
+                self.pooled_f32(format!("{name}.tokens"), &[b, h, t, 2]),
             ];
             let mut writes = vec![out];
             writes.extend(saved);
@@ -257,7 +256,7 @@ impl Graph {
             );
             return Ok(out);
         }
-        let saved = self.pooled(format!("{name}.saved"), &[qh[0], qh[2], qh[1], 2], false);
+        let saved = self.pooled_f32(format!("{name}.saved"), &[qh[0], qh[2], qh[1], 2]);
         self.call(
             false,
             format!("{name}: linear attention"),
@@ -494,7 +493,7 @@ impl Graph {
         let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
         let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
         let states_shape = self.shape(saved[1]).to_vec();
-        let reverse = self.pooled(format!("{label}.reverse_states"), &states_shape, false);
+        let reverse = self.pooled_f32(format!("{label}.reverse_states"), &states_shape);
         let mut reads = vec![q, k, v, y, dy];
         reads.extend(saved);
         let writes = vec![saved[0], saved[1], saved[2], reverse, dq, dk, dv];

@@ -37,7 +37,7 @@ impl Graph {
         let n = self.layer_norm_width("layer_norm", x, gamma, beta)?;
         let shape = self.shape(x).to_vec();
         let out = self.output(name, &shape, &[x, gamma, beta]);
-        let stats = self.pooled(format!("{name}.stats"), &[numel(&shape) / n, 2], false);
+        let stats = self.pooled_f32(format!("{name}.stats"), &[numel(&shape) / n, 2]);
         self.call(
             false,
             format!("{name}: layernorm"),
@@ -81,7 +81,7 @@ impl Graph {
         layout_check("add_layer_norm", "b", self.shape(b), &shape)?;
         let sum = self.output(&format!("{name}.sum"), &shape, &[a, b]);
         let out = self.output(name, &shape, &[sum, gamma, beta]);
-        let stats = self.pooled(format!("{name}.stats"), &[numel(&shape) / n, 2], false);
+        let stats = self.pooled_f32(format!("{name}.stats"), &[numel(&shape) / n, 2]);
         self.call(
             false,
             format!("{name}: add + layernorm"),

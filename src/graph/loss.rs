@@ -27,8 +27,8 @@ impl Graph {
                 &s,
             ));
         }
-        let loss = self.pooled(name, &[4], false);
-        let row_stats = self.pooled(format!("{name}.rows"), &[rows, 3], false);
+        let loss = self.pooled_f32(name, &[4]);
+        let row_stats = self.pooled_f32(format!("{name}.rows"), &[rows, 3]);
         self.input_bytes += 4 * labels.len() as u64;
         let lab = labels.clone();
         self.call(

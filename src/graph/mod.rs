@@ -41,7 +41,7 @@ use crate::ops::cross_entropy::Labels;
 use crate::ops::elementwise as ew;
 use crate::ops::embedding::TokenIds;
 use crate::params::ParamStore;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 pub use attention::AttentionSpec;
 pub use custom::{CustomBackward, CustomForward, CustomGrads};
@@ -66,6 +66,7 @@ enum Storage {
 struct TensorInfo {
     name: String,
     shape: Vec<usize>,
+    dtype: DType,
     storage: Storage,
     requires_grad: bool,
 }
@@ -156,6 +157,8 @@ pub struct Graph {
     params: HashMap<usize, TensorId>,
     keep: Vec<TensorId>,
     input_bytes: u64,
+    /// The element type of activations and their gradients (`None`: f32).
+    activations: Option<DType>,
 }
 
 /// `Err(Shape)` unless `found` is `expected`.
@@ -172,34 +175,71 @@ fn layout_check(
 }
 
 impl Graph {
-    /// An empty graph.
+    /// An empty graph (activations in f32).
     pub fn new() -> Graph {
         Graph::default()
+    }
+
+    /// An empty graph whose activations (and their gradients) are `dtype`: f16 halves their
+    /// memory and bytes moved. Kernels still accumulate in f32, and statistics (LayerNorm's,
+    /// the loss's, fused attention's) stay f32.
+    pub fn with_activations(dtype: DType) -> Graph {
+        Graph {
+            activations: Some(dtype),
+            ..Graph::default()
+        }
+    }
+
+    /// The element type of the graph's activations.
+    pub fn activation_dtype(&self) -> DType {
+        self.activations.unwrap_or(DType::F32)
     }
 
     fn add_tensor(
         &mut self,
         name: String,
         shape: Vec<usize>,
+        dtype: DType,
         storage: Storage,
         requires_grad: bool,
     ) -> TensorId {
         self.tensors.push(TensorInfo {
             name,
             shape,
+            dtype,
             storage,
             requires_grad,
         });
         TensorId(self.tensors.len() - 1)
     }
 
+    /// A pooled activation (of the graph's activation type).
     fn pooled(
         &mut self,
         name: impl Into<String>,
         shape: &[usize],
         requires_grad: bool,
     ) -> TensorId {
-        self.add_tensor(name.into(), shape.to_vec(), Storage::Pooled, requires_grad)
+        let dtype = self.activation_dtype();
+        self.add_tensor(
+            name.into(),
+            shape.to_vec(),
+            dtype,
+            Storage::Pooled,
+            requires_grad,
+        )
+    }
+
+    /// A pooled f32 tensor whatever the activations are: statistics a backward pass
+    /// reads, losses.
+    fn pooled_f32(&mut self, name: impl Into<String>, shape: &[usize]) -> TensorId {
+        self.add_tensor(
+            name.into(),
+            shape.to_vec(),
+            DType::F32,
+            Storage::Pooled,
+            false,
+        )
     }
 
     /// The parameter `name` of `store`, as a graph tensor: the same tensor every time, so
@@ -212,7 +252,13 @@ impl Graph {
             return Ok(id);
         }
         let shape = store.specs()[i].shape.clone();
-        let id = self.add_tensor(name.to_string(), shape, Storage::Param(i), true);
+        let id = self.add_tensor(
+            name.to_string(),
+            shape,
+            store.dtype(),
+            Storage::Param(i),
+            true,
+        );
         self.params.insert(i, id);
         Ok(id)
     }
@@ -350,9 +396,11 @@ impl Graph {
         }
         let info = self.tensors[x.0].clone();
         let g = match info.storage {
+            // A training store's gradients are f32.
             Storage::Param(i) => self.add_tensor(
                 format!("grad.{}", info.name),
                 info.shape,
+                DType::F32,
                 Storage::Grad(i),
                 false,
             ),

@@ -144,7 +144,9 @@ impl Graph {
         let bytes: Vec<Option<u64>> = self
             .tensors
             .iter()
-            .map(|t| matches!(t.storage, Storage::Pooled).then(|| pooled_bytes(numel(&t.shape))))
+            .map(|t| {
+                matches!(t.storage, Storage::Pooled).then(|| pooled_bytes(numel(&t.shape), t.dtype))
+            })
             .collect();
         let touched: Vec<Vec<TensorId>> = calls
             .iter()
@@ -204,7 +206,14 @@ impl Graph {
             resolved.push(match (&info.storage, buffer_of[i]) {
                 (Storage::Param(p), _) => Some(store.value(ctx, *p)?),
                 (Storage::Grad(p), _) => Some(store.grad(ctx, *p)?),
-                (Storage::Pooled, Some(b)) => Some(pool[b].view(ctx, 0, &info.shape)?),
+                // A view of the start of its buffer, as its own element type.
+                (Storage::Pooled, Some(b)) => Some(Tensor::from_buffer(
+                    ctx,
+                    pool[b].buffer().clone(),
+                    pool[b].offset(),
+                    &info.shape,
+                    info.dtype,
+                )?),
                 (Storage::Pooled, None) => None,
             });
         }
@@ -266,9 +275,16 @@ impl Plan {
             ctx.submit(&self.dispatches[call.dispatches.clone()])?;
             for &id in &call.writes {
                 let t = self.resolved.get(id)?;
-                if t.dtype() == DType::F32
-                    && t.read::<f32>(ctx)?.await?.iter().any(|v| !v.is_finite())
-                {
+                let finite = match t.dtype() {
+                    DType::F32 => t.read::<f32>(ctx)?.await?.iter().all(|v| v.is_finite()),
+                    DType::F16 => t
+                        .read::<half::f16>(ctx)?
+                        .await?
+                        .iter()
+                        .all(|v| v.is_finite()),
+                    _ => true,
+                };
+                if !finite {
                     return Ok(Some((call.label.clone(), self.names[id.0].clone())));
                 }
             }
@@ -294,6 +310,12 @@ impl Plan {
     /// Fills every pooled buffer with `value` (NaN, to show that nothing reads a pooled
     /// tensor before a kernel of the step wrote it).
     pub fn fill_pool(&self, ctx: &Context, value: f32) -> Result<()> {
+        // f16 tensors view these f32 buffers: a NaN whose two halves are f16 NaNs too.
+        let value = if value.is_nan() {
+            f32::from_bits(0x7fc0_7fc0)
+        } else {
+            value
+        };
         let fills = self
             .pool
             .iter()

@@ -34,8 +34,8 @@ pub(crate) struct BufferLayout {
 
 /// Bytes a pooled tensor of `elems` f32 elements takes: buffers are sized in multiples of
 /// 256 bytes, the largest storage offset alignment adapters ask for.
-pub(crate) fn pooled_bytes(elems: usize) -> u64 {
-    (4 * elems as u64).next_multiple_of(256)
+pub(crate) fn pooled_bytes(elems: usize, dtype: crate::DType) -> u64 {
+    (dtype.size() as u64 * elems as u64).next_multiple_of(256)
 }
 
 /// Assigns buffers. `bytes[i]` is the size of tensor i when the planner allocates it
@@ -135,7 +135,7 @@ mod tests {
             let bytes: Vec<Option<u64>> = (0..n)
                 .map(|_| {
                     rng.random_bool(0.85)
-                        .then(|| pooled_bytes(rng.random_range(1..5000)))
+                        .then(|| pooled_bytes(rng.random_range(1..5000), crate::DType::F32))
                 })
                 .collect();
             let calls: Vec<Vec<TensorId>> = (0..rng.random_range(1..30))

@@ -26,7 +26,7 @@ use crate::graph::{Graph, MemoryReport, Plan, TensorId};
 use crate::io::HostTensors;
 use crate::params::ParamStore;
 use crate::readback::Pending;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// Limits of an [`Encoder`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +35,11 @@ pub struct EncoderOptions {
     pub max_batch: usize,
     /// Most planned buckets kept at once; the least recently used is dropped beyond it.
     pub max_plans: usize,
+    /// What weights and activations are stored as: [`DType::F32`], or [`DType::F16`]
+    /// (needs the device feature `SHADER_F16`; half the memory, results within about 1e-2
+    /// relative of f32's: see NOTES.md). Kernels accumulate in f32 either way; results come
+    /// back as f32.
+    pub precision: DType,
 }
 
 impl Default for EncoderOptions {
@@ -42,6 +47,7 @@ impl Default for EncoderOptions {
         EncoderOptions {
             max_batch: 32,
             max_plans: 8,
+            precision: DType::F32,
         }
     }
 }
@@ -247,6 +253,23 @@ impl Results {
     }
 }
 
+/// The read-back values as f32, each `(byte offset, count, type)` field in turn.
+fn to_f32(bytes: &[u8], fields: &[(usize, usize, DType)]) -> Vec<f32> {
+    let mut values = Vec::with_capacity(fields.iter().map(|f| f.1).sum());
+    for &(offset, n, dtype) in fields {
+        let at = &bytes[offset..offset + n * dtype.size()];
+        match dtype {
+            DType::F16 => values.extend(
+                bytemuck::pod_collect_to_vec::<u8, half::f16>(at)
+                    .iter()
+                    .map(|v| v.to_f32()),
+            ),
+            _ => values.extend(bytemuck::pod_collect_to_vec::<u8, f32>(at)),
+        }
+    }
+    values
+}
+
 /// A batch shape and what it keeps: one plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct BucketKey {
@@ -312,8 +335,15 @@ impl Encoder {
                 "EncoderOptions need max_batch and max_plans of at least 1, got {options:?}"
             )));
         }
+        if !options.precision.is_float() {
+            return Err(Error::invalid(format!(
+                "EncoderOptions::precision is f32 or f16, not {:?}",
+                options.precision
+            )));
+        }
         let table = prepare(ctx, &config, head)?;
-        let store = ParamStore::weights_only(ctx, &param_shapes(&config, head))?;
+        let store =
+            ParamStore::weights_only_as(ctx, &param_shapes(&config, head), options.precision)?;
         Ok(Encoder {
             config,
             head,
@@ -431,8 +461,14 @@ impl Encoder {
         for &id in &b.kept {
             let t = b.plan.tensor(id)?;
             copies.push((t.clone(), size));
-            size += t.byte_size();
+            // Copies come in multiples of 4 bytes (an odd count of f16 values is padded).
+            size += t.binding_size();
         }
+        // Where each kept tensor's values lie in the read-back bytes, and as what.
+        let fields: Vec<(usize, usize, DType)> = copies
+            .iter()
+            .map(|(t, offset)| (*offset as usize, t.numel(), t.dtype()))
+            .collect();
         let layout = ResultLayout {
             head: self.head,
             hidden: self.config.hidden_size,
@@ -462,11 +498,11 @@ impl Encoder {
                         t.offset(),
                         readback,
                         *offset,
-                        t.byte_size(),
+                        t.binding_size(),
                     );
                 }
             },
-            move |bytes| Ok(layout.split(&bytemuck::pod_collect_to_vec(bytes))),
+            move |bytes| Ok(layout.split(&to_f32(bytes, &fields))),
         );
         drop(plans);
         pending
@@ -576,7 +612,7 @@ impl Encoder {
         }
         let c = &self.config;
         let inputs = GraphInputs::new(ctx, c, self.head, key.rows, key.seq, None)?;
-        let mut g = Graph::new();
+        let mut g = Graph::with_activations(self.store.dtype());
         let outputs = graph::build(c, self.head, &self.store, &self.table, &mut g, &inputs)?;
         let kept = wanted(&outputs, key.want);
         for &id in &kept {

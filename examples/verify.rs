@@ -2,7 +2,7 @@
 //! reference outputs stored in its safetensors file (`input.*`, `output.*`, `grad.*`,
 //! `train.adamw_losses`; see tests/fixtures/README.md).
 //!
-//!     cargo run --release --example verify -- CONFIG.json WEIGHTS [--dump OUT.safetensors] [--save DIR] [--tolerance 1e-4]
+//!     cargo run --release --example verify -- CONFIG.json WEIGHTS [--dump OUT.safetensors] [--save DIR] [--tolerance 1e-4] [--precision f32|f16]
 //!
 //! WEIGHTS is a `.safetensors` file, a sharded checkpoint's `model.safetensors.index.json`,
 //! or a folder holding either. Prints a table of relative errors and exits with status 1
@@ -11,6 +11,8 @@
 //! `output.start_logits`, `output.end_logits`, `output.loss`) and the gradients' (`grad.*`).
 //! `--save DIR` writes the checkpoint as loaded here back out with `RoFormer::save`, for
 //! `tools/check_saved_in_transformers.py` to load in transformers' own classes.
+//! `--precision f16` runs the stored inputs through an inference encoder holding weights
+//! and activations in f16 and compares its outputs (no gradients) within 1e-2 by default.
 
 use std::process::ExitCode;
 
@@ -19,10 +21,10 @@ use clap::Parser;
 #[path = "common/args.rs"]
 mod args;
 
-use roformer_wgpu::apps::verify::verify;
+use roformer_wgpu::apps::verify::{verify, verify_outputs};
 use roformer_wgpu::io::{write_safetensors, HostData};
 use roformer_wgpu::model::RoFormer;
-use roformer_wgpu::Context;
+use roformer_wgpu::{Context, DType};
 
 /// Check a RoFormer checkpoint against the reference outputs stored in its safetensors file.
 /// Exits 1 when any error is over the tolerance, 2 on bad input.
@@ -40,9 +42,19 @@ struct Cli {
     /// tools/check_saved_in_transformers.py.
     #[arg(long, value_name = "DIR")]
     save: Option<String>,
-    /// Largest relative L2 error that passes.
-    #[arg(long, default_value_t = 1e-4)]
-    tolerance: f64,
+    /// Largest relative L2 error that passes [default: 1e-4 in f32, 1e-2 in f16].
+    #[arg(long)]
+    tolerance: Option<f64>,
+    /// What weights and activations are stored as: f32 checks outputs, gradients and
+    /// training; f16 the outputs of an f16 inference encoder (needs SHADER_F16).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Precision {
+    F32,
+    F16,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +64,7 @@ fn main() -> ExitCode {
         &cli.weights,
         cli.dump.as_deref(),
         cli.save.as_deref(),
+        cli.precision,
         cli.tolerance,
     ) {
         Ok(true) => ExitCode::SUCCESS,
@@ -68,12 +81,22 @@ fn run(
     weights: &str,
     dump: Option<&str>,
     save: Option<&str>,
-    tolerance: f64,
+    precision: Precision,
+    tolerance: Option<f64>,
 ) -> roformer_wgpu::Result<bool> {
     let ctx = Context::new()?;
     let caps = ctx.capabilities();
     println!("adapter: {} ({:?})", caps.adapter_name, caps.backend);
-    let report = verify(&ctx, config, weights)?;
+    let (report, tolerance) = match precision {
+        Precision::F32 => (verify(&ctx, config, weights)?, tolerance.unwrap_or(1e-4)),
+        Precision::F16 => {
+            let tensors = roformer_wgpu::io::read_checkpoint(weights)?;
+            let cfg = roformer_wgpu::model::RoFormerConfig::from_file(config)?;
+            let outputs = verify_outputs(&ctx, cfg, &tensors, DType::F16);
+            println!("precision: f16 weights and activations (outputs only)");
+            (ctx.block_on(outputs)?, tolerance.unwrap_or(1e-2))
+        }
+    };
     if report.checks.is_empty() {
         println!("no output.*, grad.* or train.* tensors to compare with");
     }

@@ -3,8 +3,10 @@
 // on the same strided views and parameters as matmul.wgsl. Only compiled where the device
 // has wgpu's cooperative-matrix feature with 16x16x16 f16 -> f32 fragments, shader-f16 and
 // one fixed subgroup size (src/ops/matmul/coop.rs says which adapters that is).
-// Each element of A and B is rounded to f16 (11 significant bits) while staging; products
-// are summed in f32. Values beyond f16's range (65504) become infinite.
+// A, B and the bias are In, C and the GELU output Out (f32 or f16 each, a variant each).
+// f32 elements of A and B are rounded to f16 (11 significant bits) while staging, f16 ones
+// staged as they are; products are summed in f32. Values beyond f16's range (65504) become
+// infinite.
 //
 // Tiling: a workgroup of 4 subgroups computes a BM x BN = 8S x 8S block of C, each subgroup
 // (2 x 2 grid) a 4S x 4S block held in FM x FN = 4 x 4 accumulator fragments. K is staged
@@ -17,6 +19,9 @@
 
 enable f16;
 enable wgpu_cooperative_matrix;
+
+alias In = f32;
+alias Out = f32;
 
 alias Elem = f16;
 alias FragA = coop_mat16x16<f16, A>;
@@ -34,12 +39,12 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<In>;
+@group(0) @binding(2) var<storage, read> b: array<In>;
+@group(0) @binding(3) var<storage, read> bias: array<In>;
+@group(0) @binding(4) var<storage, read_write> c: array<Out>;
 // GELU(C), when the GELU override is set.
-@group(0) @binding(5) var<storage, read_write> act: array<f32>;
+@group(0) @binding(5) var<storage, read_write> act: array<Out>;
 
 // Threads per subgroup (the adapter's one subgroup size).
 override SG: u32 = 32u;
@@ -88,7 +93,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
             }
             var v = 0.0;
             if (row0 + r < p.m && k0 + kk < p.k) {
-                v = a[a_base + (row0 + r) * p.a_rs + (k0 + kk) * p.a_cs];
+                v = f32(a[a_base + (row0 + r) * p.a_rs + (k0 + kk) * p.a_cs]);
             }
             tile_a[r * BK + kk] = Elem(v);
         }
@@ -101,7 +106,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
             }
             var v = 0.0;
             if (k0 + kk < p.k && col0 + col < p.n) {
-                v = b[b_base + (k0 + kk) * p.b_rs + (col0 + col) * p.b_cs];
+                v = f32(b[b_base + (k0 + kk) * p.b_rs + (col0 + col) * p.b_cs]);
             }
             tile_b[kk * BN + col] = Elem(v);
         }
@@ -136,14 +141,14 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
                 var out = p.alpha * tile_c[sg * S * S + e];
                 // beta == 0 must not read C: it may hold anything, NaN included.
                 if (p.beta != 0.0) {
-                    out += p.beta * c[idx];
+                    out += p.beta * f32(c[idx]);
                 }
                 if (p.has_bias != 0u) {
-                    out += bias[p.bias_off + gn];
+                    out += f32(bias[p.bias_off + gn]);
                 }
-                c[idx] = out;
+                c[idx] = Out(out);
                 if (GELU) {
-                    act[idx] = gelu_f32(out);
+                    act[idx] = Out(gelu_f32(out));
                 }
             }
         }

@@ -60,10 +60,12 @@ pub(crate) fn apply_variant(shader: &Shader, variant: &[(&'static str, String)])
         }
         source = source.replacen(needle, replacement, 1);
     }
-    // An f16 alias needs WGSL's f16 extension, enabled before any declaration.
+    // An f16 alias needs WGSL's f16 extension, enabled before any declaration (once: a
+    // shader that always uses f16 enables it itself).
     if variant
         .iter()
         .any(|(needle, r)| ELEMENT_ALIASES.contains(needle) && r.ends_with("= f16;"))
+        && !source.contains("enable f16;")
     {
         source.insert_str(0, "enable f16;\n");
     }

@@ -97,6 +97,8 @@ pub(crate) fn plan(
     let block = fragment.block();
     let flag = |x: bool| if x { 1.0 } else { 0.0 };
     DispatchBuilder::new(ctx, &SHADER, "matmul")
+        .element_type("In", ops.a.dtype())
+        .element_type("Out", ops.c.dtype())
         .constant("SG", sg as f64)
         .constant("A_K_CONTIG", flag(a_k_contig))
         .constant("B_N_CONTIG", flag(b_n_contig))
@@ -147,6 +149,7 @@ mod tests {
     use crate::ops::gelu;
     use crate::ops::matmul::{self, reference, MatmulOptions};
     use crate::testing::*;
+    use crate::DType;
 
     fn coop(
         m: u32,
@@ -223,48 +226,56 @@ mod tests {
             )
         });
         let mut rng = rng(11);
-        for &(m, n, k) in &[(1, 1, 1), (7, 33, 129), (130, 260, 70)] {
-            for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
-                let a = randn(&mut rng, m * k);
-                let b = randn(&mut rng, k * n);
-                let bias = randn(&mut rng, n);
-                let shape = |r, c, t| if t { [c, r] } else { [r, c] };
-                let ta = upload(ctx, &a, &shape(m, k, trans_a));
-                let tb = upload(ctx, &b, &shape(k, n, trans_b));
-                let c = poisoned(ctx, &[m, n]);
-                let o = MatmulOptions {
-                    trans_a,
-                    trans_b,
-                    alpha: 0.5,
-                    accumulate: false,
-                };
-                let spec = matmul::strided_spec(ta.shape(), tb.shape(), &o).unwrap();
-                let tbias = upload(ctx, &bias, &[n]);
-                let act = poisoned(ctx, &[m, n]);
-                let ops = Operands {
-                    a: &ta,
-                    b: &tb,
-                    bias: Some(&tbias),
-                    c: &c,
-                    gelu: Some(&act),
-                };
-                ctx.run(&[plan(ctx, fragment, &spec, &ops).unwrap()])
-                    .unwrap();
-                let mut want =
-                    reference::matmul(&to_f64(&a), &to_f64(&b), (m, n, k), trans_a, trans_b);
-                for (i, w) in want.iter_mut().enumerate() {
-                    *w = 0.5 * *w + bias[i % n] as f64;
+        // f32 operands (rounded to f16 by the kernel) and f16 ones (fed to the fragments as
+        // they are, results stored f16).
+        for dt in [DType::F32, DType::F16] {
+            for &(m, n, k) in &[(1, 1, 1), (7, 33, 129), (130, 260, 70)] {
+                for (trans_a, trans_b) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    let mut a = randn(&mut rng, m * k);
+                    let mut b = randn(&mut rng, k * n);
+                    let mut bias = randn(&mut rng, n);
+                    if dt == DType::F16 {
+                        (a, b, bias) = (round_f16(&a), round_f16(&b), round_f16(&bias));
+                    }
+                    let shape = |r, c, t| if t { [c, r] } else { [r, c] };
+                    let ta = upload_as(ctx, &a, &shape(m, k, trans_a), dt);
+                    let tb = upload_as(ctx, &b, &shape(k, n, trans_b), dt);
+                    let c = poisoned_as(ctx, &[m, n], dt);
+                    let o = MatmulOptions {
+                        trans_a,
+                        trans_b,
+                        alpha: 0.5,
+                        accumulate: false,
+                    };
+                    let spec = matmul::strided_spec(ta.shape(), tb.shape(), &o).unwrap();
+                    let tbias = upload_as(ctx, &bias, &[n], dt);
+                    let act = poisoned_as(ctx, &[m, n], dt);
+                    let ops = Operands {
+                        a: &ta,
+                        b: &tb,
+                        bias: Some(&tbias),
+                        c: &c,
+                        gelu: Some(&act),
+                    };
+                    ctx.run(&[plan(ctx, fragment, &spec, &ops).unwrap()])
+                        .unwrap();
+                    let mut want =
+                        reference::matmul(&to_f64(&a), &to_f64(&b), (m, n, k), trans_a, trans_b);
+                    for (i, w) in want.iter_mut().enumerate() {
+                        *w = 0.5 * *w + bias[i % n] as f64;
+                    }
+                    let want_gelu: Vec<f64> =
+                        want.iter().map(|&x| gelu::reference::forward(x)).collect();
+                    let what = format!("{fragment:?} {m}x{n}x{k} ta={trans_a} tb={trans_b} {dt:?}");
+                    // f16 results add their own rounding (half an ulp, 4.9e-4 relative).
+                    let tol = fragment
+                        .tolerance()
+                        .max(if dt == DType::F16 { 2e-3 } else { 0.0 });
+                    assert_close(&what, &download_f32(ctx, &c), &want, tol);
+                    assert_close(&what, &download_f32(ctx, &act), &want_gelu, tol);
                 }
-                let want_gelu: Vec<f64> =
-                    want.iter().map(|&x| gelu::reference::forward(x)).collect();
-                let what = format!("{fragment:?} {m}x{n}x{k} ta={trans_a} tb={trans_b}");
-                assert_close(&what, &download(ctx, &c), &want, fragment.tolerance());
-                assert_close(
-                    &what,
-                    &download(ctx, &act),
-                    &want_gelu,
-                    fragment.tolerance(),
-                );
             }
         }
     }

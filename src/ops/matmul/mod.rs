@@ -18,7 +18,7 @@ use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::shader::Shader;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 mod backward;
 pub mod coop;
@@ -219,9 +219,9 @@ fn plan_views(
             ));
         }
     }
-    // The cooperative-matrix kernel reads f32 operands (converting them to f16 itself).
-    let f32_operands = ops.a.dtype() == DType::F32 && ops.c.dtype() == DType::F32;
-    if precision == MatmulPrecision::Fast && f32_operands {
+    // f16 operands go to the cooperative-matrix kernel as they are (f32 ones are rounded to
+    // f16 as it stages them).
+    if precision == MatmulPrecision::Fast {
         if let Some(fragment) = coop::fragment_for(ctx.capabilities()) {
             return coop::plan(ctx, fragment, s, ops);
         }
@@ -536,6 +536,7 @@ mod tests {
     use super::*;
     use crate::ops::gelu;
     use crate::testing::*;
+    use crate::DType;
 
     /// Batched CPU reference: a is `[batch?, ...]`, b likewise; returns `[batch, m, n]`.
     pub(super) fn cpu_forward(

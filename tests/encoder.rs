@@ -225,13 +225,7 @@ fn a_bert_base_encoder_in_f16_takes_half_the_memory() {
     use roformer_wgpu::model::RoFormerConfig;
     use roformer_wgpu::DType;
     let ctx = &ctx();
-    if !ctx.capabilities().shader_f16 {
-        assert_ne!(
-            std::env::var("ROFORMER_REQUIRE_F16").as_deref(),
-            Ok("1"),
-            "no SHADER_F16"
-        );
-        eprintln!("SKIPPED f16 memory: the adapter has no SHADER_F16");
+    if !has_f16(ctx, "f16 memory") {
         return;
     }
     let config = RoFormerConfig::from_json(

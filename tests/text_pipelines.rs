@@ -9,7 +9,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::ctx;
+use common::{ctx, has_f16};
 use roformer_wgpu::pipelines::answer::AnswerOptions;
 use roformer_wgpu::pipelines::embed::Pooling;
 use roformer_wgpu::pipelines::generate::{Decoding, GenerateOptions};
@@ -133,6 +133,41 @@ fn text_classification_matches_transformers() {
         }
     }
     report("text classification");
+}
+
+/// The same pipeline with weights and activations in f16 (`TextOptions::precision`): the
+/// same top labels as transformers, every score within 1e-2 of its probability.
+#[test]
+fn text_classification_in_f16_matches_transformers_within_f16_accuracy() {
+    let ctx = &ctx();
+    if !has_f16(ctx, "classification in f16") {
+        return;
+    }
+    let options = TextOptions {
+        precision: roformer_wgpu::DType::F16,
+        ..TextOptions::default()
+    };
+    let model = TextModel::load(ctx, dir("classify"), options).unwrap();
+    let want = expected("classify");
+    let texts = strs(&want["inputs"]);
+    let got = classify::run_blocking(ctx, &model, &texts, None, None).unwrap();
+    for (i, labels) in got.iter().enumerate() {
+        let all = want["outputs_all"][i].as_array().unwrap();
+        assert_eq!(
+            labels[0].label,
+            want["outputs"][i][0]["label"].as_str().unwrap()
+        );
+        for (g, w) in labels.iter().zip(all) {
+            assert_eq!(g.label, w["label"].as_str().unwrap());
+            let w = w["score"].as_f64().unwrap();
+            assert!(
+                (g.score - w).abs() < 1e-2,
+                "{}: {} in f16, {w} in transformers",
+                g.label,
+                g.score
+            );
+        }
+    }
 }
 
 #[test]

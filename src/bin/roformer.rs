@@ -145,6 +145,16 @@ struct ModelArgs {
     /// Texts per GPU request.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
     max_batch: u64,
+    /// Weights and activations in f32, or in f16 (half the memory; needs an adapter with
+    /// shader-f16, which `examples/info` reports).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    F16,
 }
 
 #[derive(Args)]
@@ -201,6 +211,10 @@ fn open(args: &ModelArgs, texts: &[String]) -> Result<(Context, TextModel), Fail
     let options = TextOptions {
         truncate: args.truncate,
         max_batch: args.max_batch as usize,
+        precision: match args.precision {
+            PrecisionArg::F32 => roformer_wgpu::DType::F32,
+            PrecisionArg::F16 => roformer_wgpu::DType::F16,
+        },
     };
     let model = TextModel::load(&ctx, &args.model, options)?;
     if args.truncate {

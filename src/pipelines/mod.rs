@@ -50,6 +50,8 @@ pub struct TextOptions {
     pub truncate: bool,
     /// Most texts per GPU request; more are split into several requests.
     pub max_batch: usize,
+    /// Weights and activations in f32, or f16 (see [`EncoderOptions::precision`]).
+    pub precision: crate::DType,
 }
 
 impl Default for TextOptions {
@@ -57,6 +59,7 @@ impl Default for TextOptions {
         TextOptions {
             truncate: false,
             max_batch: 16,
+            precision: crate::DType::F32,
         }
     }
 }
@@ -138,6 +141,7 @@ impl TextModel {
             &weights,
             EncoderOptions {
                 max_batch: options.max_batch.next_power_of_two(),
+                precision: options.precision,
                 ..EncoderOptions::default()
             },
         )?;

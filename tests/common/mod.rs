@@ -81,3 +81,24 @@ pub fn poisoned(ctx: &Context, shape: &[usize]) -> Tensor {
 pub fn download(ctx: &Context, t: &Tensor) -> Vec<f32> {
     t.to_vec::<f32>(ctx).unwrap()
 }
+
+/// Whether a half-precision test can run: the adapter offers `SHADER_F16`. Without it the
+/// test says SKIPPED and returns; with `ROFORMER_REQUIRE_F16=1` (CI on llvmpipe's Vulkan) a
+/// missing feature fails it instead.
+#[allow(dead_code)] // not every test binary has f16 tests
+pub fn has_f16(ctx: &Context, test: &str) -> bool {
+    if ctx.capabilities().shader_f16 {
+        return true;
+    }
+    let why = format!(
+        "{test}: {} has no SHADER_F16",
+        ctx.capabilities().adapter_name
+    );
+    assert_ne!(
+        std::env::var("ROFORMER_REQUIRE_F16").as_deref(),
+        Ok("1"),
+        "{why}"
+    );
+    eprintln!("SKIPPED {why}");
+    false
+}

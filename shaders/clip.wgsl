@@ -2,10 +2,12 @@
 //     norm = sqrt(sum of g^2 over every gradient)
 //     scale = min(1, max_norm / (norm + 1e-6))        (1 when clipping is off)
 // The optimizer multiplies each gradient by scale as it reads it, so the gradients are not
-// rewritten. Two levels, in a fixed order so the result is the same every run:
+// rewritten. Under mixed precision the gradients arrive multiplied by the loss scale
+// loss_scale[0] (1 without): the norm is taken of the unscaled gradients, and the factor
+// written is scale / loss_scale[0], so the optimizer's one multiply both unscales and clips. Two levels, in a fixed order so the result is the same every run:
 //   sum_squares: GROUPS workgroups stride through one chunk of the gradients, each writes
 //                its partial sum to partial[offset + workgroup]
-//   finish:      one workgroup adds the partials; stats = (scale, norm)
+//   finish:      one workgroup adds the partials; stats = (scale / loss_scale[0], norm)
 // Both reduce across the workgroup with lib/rows.wgsl's row_reduce.
 
 struct Params {
@@ -26,6 +28,8 @@ struct Params {
 // finish: every chunk's partial sums, and (scale, norm).
 @group(0) @binding(3) var<storage, read> partial_sums: array<f32>;
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
+// Both: the loss scale the gradients carry.
+@group(0) @binding(5) var<storage, read> loss_scale: array<f32>;
 
 const WG: u32 = 256u;
 const GROUPS: u32 = 256u;
@@ -37,9 +41,10 @@ fn workgroup_sum(v: f32, li: u32) -> f32 {
 @compute @workgroup_size(256)
 fn sum_squares(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
+    let unscale = 1.0 / loss_scale[0];
     var s = 0.0;
     for (var i = wid.x * WG + li; i < p.n; i += GROUPS * WG) {
-        let g = grads[i];
+        let g = grads[i] * unscale;
         s += g * g;
     }
     let total = workgroup_sum(s, li);
@@ -60,7 +65,7 @@ fn finish(@builtin(local_invocation_index) li: u32) {
         if (p.clip != 0u) {
             scale = min(1.0, p.max_norm / (norm + 1e-6));
         }
-        stats[0] = scale;
+        stats[0] = scale / loss_scale[0];
         stats[1] = norm;
     }
 }

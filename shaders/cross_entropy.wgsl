@@ -10,11 +10,12 @@
 // finish:   one workgroup, the three sums in one reduction:
 //           loss = (sum_r loss_r / count, count, sum_r correct_r, 0)
 //           (count = rows not ignored; the mean is NaN when it is 0, as torch gives).
-// backward: dlogits[r, c] = grad_scale / count * (exp(logits[r, c] - lse[r]) - [c == label[r]]),
-//           0 on ignored rows.
+// backward: dlogits[r, c] = grad_scale * loss_scale[0] / count
+//                           * (exp(logits[r, c] - lse[r]) - [c == label[r]]),
+//           0 on ignored rows (loss_scale: mixed precision's dynamic loss scale, 1 without).
 // The sums over rows run in a fixed order, so the loss is the same every run.
 // logits and dlogits are T (f32, or f16 in the f16 variant); the statistics, the loss and
-// all arithmetic are f32. With loss scaling, grad_scale carries the scale.
+// all arithmetic are f32.
 
 alias T = f32;
 
@@ -31,6 +32,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> row_stats: array<f32>;
 @group(0) @binding(4) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dlogits: array<T>;
+@group(0) @binding(6) var<storage, read> loss_scale: array<f32>;
 
 // Threads per row: a power of two from 32 to 256 matched to the row length (set by the
 // host), so short rows do not pay for idle threads at every barrier.
@@ -106,7 +108,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let lse = row_stats[3u * row];
     var scale = 0.0;
     if (label != p.ignore_index && count > 0.0) {
-        scale = p.grad_scale / count;
+        scale = p.grad_scale * loss_scale[0] / count;
     }
     for (var c = li; c < p.classes; c += WG) {
         var g = exp(f32(logits[base + c]) - lse);

@@ -1,12 +1,23 @@
 //! The optimizer step of a training graph: gradient clipping by global norm, then AdamW
 //! (`torch.optim.AdamW`) over the flat parameter buffers, at the learning rate a schedule
-//! gives for the step (linear warm-up, then constant, linear or cosine decay).
+//! gives for the step (linear warm-up, then constant, linear or cosine decay); in mixed
+//! precision, the gradients are unscaled on the way and the loss scale is updated last.
+//!
+//! A step whose gradient norm is not finite is skipped on the GPU (AdamW leaves weights and
+//! moments as they were). As with PyTorch's `GradScaler`, a skipped step does not count:
+//! the next step reuses its number (bias correction and schedule), once its metrics have
+//! been read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::context::Context;
 use crate::dispatch::Dispatch;
 use crate::error::{Error, Result};
 use crate::ops::adamw::{self, AdamWConfig, AdamWState, AdamWStep};
 use crate::ops::clip;
+use crate::ops::loss_scale;
+pub use crate::ops::loss_scale::LossScaling;
 use crate::params::ParamStore;
 use crate::tensor::{DType, Tensor};
 
@@ -80,14 +91,19 @@ impl Default for TrainOptions {
     }
 }
 
-/// Planned clip + AdamW dispatches over a parameter store.
+/// Planned clip + AdamW (+ loss scale update) dispatches over a parameter store.
 pub struct Optimizer {
     options: TrainOptions,
     clip: Vec<Dispatch>,
     steps: Vec<AdamWStep>,
+    /// Mixed precision: the loss scale's update, after AdamW.
+    scale_update: Option<Dispatch>,
     /// `(scale, norm)`: the clipping factor and the global gradient norm of the last step.
     stats: Tensor,
     step: u64,
+    /// Steps found skipped (by their metrics) since the last [`Optimizer::prepare`]: their
+    /// numbers are given again.
+    skipped: Arc<AtomicU64>,
 }
 
 impl Optimizer {
@@ -106,7 +122,15 @@ impl Optimizer {
         let grads: Vec<Tensor> = chunks.iter().map(|c| c[1].clone()).collect();
         let stats = Tensor::zeros(ctx, &[2], DType::F32)?;
         let partial = clip::partials(ctx, grads.len())?;
-        let clip = clip::plan(ctx, &grads, options.clip_norm, &partial, &stats)?;
+        let loss_scale = store.loss_scale();
+        let clip = clip::plan(
+            ctx,
+            &grads,
+            options.clip_norm,
+            loss_scale.map(|(state, _)| state),
+            &partial,
+            &stats,
+        )?;
         let steps = chunks
             .iter()
             .map(|[p, g, m, v]| {
@@ -117,28 +141,42 @@ impl Optimizer {
                 adamw::plan_step(ctx, &options.adamw, p, g, &state, Some(&stats))
             })
             .collect::<Result<Vec<_>>>()?;
+        let scale_update = loss_scale
+            .map(|(state, scaling)| loss_scale::plan_update(ctx, scaling, &stats, state))
+            .transpose()?;
         Ok(Optimizer {
             options,
             clip,
             steps,
+            scale_update,
             stats,
             step: 0,
+            skipped: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// Steps taken so far.
+    /// Steps taken so far (those found skipped are taken back at the next
+    /// [`Optimizer::prepare`]).
     pub fn step(&self) -> u64 {
         self.step
     }
 
-    /// Continues from step `t` (after loading a checkpoint).
+    /// Continues from step `t`, the count of updates applied (after loading a checkpoint,
+    /// or when sessions share the parameters); forgets skipped steps not yet taken back.
     pub fn set_step(&mut self, t: u64) {
         self.step = t;
+        self.skipped.store(0, Ordering::Relaxed);
+    }
+
+    /// Where a step's metrics report a skipped step, so that its number is given again.
+    pub(crate) fn skip_counter(&self) -> Arc<AtomicU64> {
+        self.skipped.clone()
     }
 
     /// Advances to the next step and writes its learning rate; returns it.
     pub fn prepare(&mut self, ctx: &Context) -> Result<f64> {
-        self.step += 1;
+        let skipped = self.skipped.swap(0, Ordering::Relaxed);
+        self.step = self.step.saturating_sub(skipped) + 1;
         let lr = self.options.schedule.lr(self.options.adamw.lr, self.step);
         for s in &self.steps {
             s.set_step(ctx, self.step, lr)?;
@@ -146,11 +184,12 @@ impl Optimizer {
         Ok(lr)
     }
 
-    /// Clipping then the AdamW updates, in order.
+    /// Clipping, the AdamW updates, then (mixed precision) the loss scale's update, in order.
     pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
         self.clip
             .iter()
             .chain(self.steps.iter().map(|s| &s.dispatch))
+            .chain(self.scale_update.iter())
     }
 
     /// `[2]`: the clipping factor and the gradient norm of the last step.

@@ -2,12 +2,16 @@
 //! buffer each, every parameter at the same aligned offset in all four. Kernels see one
 //! parameter as a view; gradient clipping and the optimizer see everything at once, in a few
 //! dispatches instead of one per parameter. An inference model holds the values only.
+//! A training store in mixed precision adds an f16 copy of the values, which the forward
+//! and backward passes read, and the dynamic loss scale's state.
 
 use std::collections::HashMap;
 
 use crate::context::Context;
+use crate::dispatch::Dispatch;
 use crate::error::{Error, Result};
 use crate::io::{HostTensor, HostTensors, NamedTensor};
+use crate::ops::loss_scale::{self, LossScaling};
 use crate::readback::Pending;
 use crate::tensor::{numel, DType, Tensor};
 
@@ -40,6 +44,9 @@ pub struct ParamStore {
     values: Tensor,
     /// Gradients and moments; `None` for a store of weights only.
     training: Option<TrainingBuffers>,
+    /// Mixed precision's f16 copy and loss scale (a training store, after
+    /// [`ParamStore::use_mixed_precision`]).
+    mixed: Option<MixedBuffers>,
     /// Sub-ranges `(offset, len)` that each fit one storage binding.
     chunks: Vec<(usize, usize)>,
 }
@@ -50,6 +57,17 @@ struct TrainingBuffers {
     grads: Tensor,
     m: Tensor,
     v: Tensor,
+}
+
+/// What mixed-precision training adds (as PyTorch's autocast + GradScaler practise it): the
+/// f32 values stay the master weights AdamW updates, with f32 gradients and moments; the
+/// passes read `half`, an f16 copy cast from them at the start of every step; the loss
+/// scale's state is shared by every session of the model.
+#[derive(Debug)]
+struct MixedBuffers {
+    half: Tensor,
+    loss_scale: Tensor,
+    scaling: LossScaling,
 }
 
 impl ParamStore {
@@ -87,7 +105,10 @@ impl ParamStore {
         dtype: DType,
     ) -> Result<ParamStore> {
         let caps = ctx.capabilities();
-        let align = (caps.storage_offset_alignment as usize / dtype.size()).max(1);
+        // Offsets aligned for views of 2-byte elements: every store of the same parameters
+        // has the same layout, f32 or f16 (and mixed precision's f16 copy), so copies
+        // between them are whole-buffer copies or casts.
+        let align = (caps.storage_offset_alignment as usize / DType::F16.size()).max(1);
         let mut specs = Vec::with_capacity(params.len());
         let mut by_name = HashMap::new();
         let mut len = 0;
@@ -146,6 +167,7 @@ impl ParamStore {
             dtype,
             values: Tensor::zeros(ctx, &[len], dtype)?,
             training,
+            mixed: None,
             chunks,
         })
     }
@@ -165,10 +187,111 @@ impl ParamStore {
         self.specs.iter().map(ParamSpec::numel).sum()
     }
 
-    /// Bytes of GPU memory held: values, and for training gradients and both moments.
+    /// Bytes of GPU memory held: values, for training gradients and both moments, and in
+    /// mixed precision the f16 copy and the loss scale.
     pub fn memory(&self) -> u64 {
         let training = if self.training.is_some() { 3 * 4 } else { 0 };
-        (self.dtype.size() + training) as u64 * self.len as u64
+        let (half, scale) = match &self.mixed {
+            Some(m) => (2, m.loss_scale.byte_size()),
+            None => (0, 0),
+        };
+        (self.dtype.size() + training + half) as u64 * self.len as u64 + scale
+    }
+
+    /// Makes a training store mixed precision: the forward and backward passes then read
+    /// an f16 copy of the values (refreshed by [`ParamStore::plan_refresh`] at the start of
+    /// each step) with f16 activations, while gradients, AdamW moments and the values
+    /// themselves stay f32; training sessions scale the loss as `scaling` says. Needs
+    /// `SHADER_F16` (an `Unsupported` error names it where the adapter lacks it). Calling it
+    /// again resets the loss scale to `scaling.init_scale`.
+    pub fn use_mixed_precision(&mut self, ctx: &Context, scaling: LossScaling) -> Result<()> {
+        scaling.validate()?;
+        if self.training.is_none() {
+            return Err(Error::invalid(
+                "mixed precision is for training: this store holds weights only (for f16 \
+                 inference, store the weights as f16)",
+            ));
+        }
+        let half = match self.mixed.take() {
+            Some(m) => m.half,
+            None => Tensor::zeros(ctx, &[self.len], DType::F16)?,
+        };
+        self.mixed = Some(MixedBuffers {
+            half,
+            loss_scale: loss_scale::new_state(ctx, &scaling)?,
+            scaling,
+        });
+        Ok(())
+    }
+
+    /// Whether the store trains in mixed precision (see [`ParamStore::use_mixed_precision`]).
+    pub fn is_mixed(&self) -> bool {
+        self.mixed.is_some()
+    }
+
+    /// The element type the forward and backward passes read the weights as: f16 in mixed
+    /// precision, else the values' type.
+    pub fn compute_dtype(&self) -> DType {
+        if self.mixed.is_some() {
+            DType::F16
+        } else {
+            self.dtype
+        }
+    }
+
+    /// Parameter i as the passes read it: a view of the f16 copy in mixed precision, else
+    /// of the values.
+    pub fn compute_value(&self, ctx: &Context, i: usize) -> Result<Tensor> {
+        match &self.mixed {
+            Some(m) => self.view(ctx, &m.half, i),
+            None => self.value(ctx, i),
+        }
+    }
+
+    /// The casts that refresh the f16 copy from the f32 values (one per chunk), for the
+    /// start of a step; none outside mixed precision.
+    pub fn plan_refresh(&self, ctx: &Context) -> Result<Vec<Dispatch>> {
+        let Some(m) = &self.mixed else {
+            return Ok(Vec::new());
+        };
+        self.chunks
+            .iter()
+            .map(|&(off, n)| {
+                let from = self.values.view(ctx, off, &[n])?;
+                let to = m.half.view(ctx, off, &[n])?;
+                crate::ops::elementwise::plan_axpby(ctx, 1.0, &from, 0.0, None, &to)
+            })
+            .collect()
+    }
+
+    /// Mixed precision's loss scale: its `[4]` state tensor (see [`crate::ops::loss_scale`])
+    /// and settings.
+    pub fn loss_scale(&self) -> Option<(&Tensor, &LossScaling)> {
+        self.mixed.as_ref().map(|m| (&m.loss_scale, &m.scaling))
+    }
+
+    /// The loss scale and the count of good steps since it last changed, on their way back
+    /// (saved with a checkpoint so that a resumed run scales as the uninterrupted one).
+    pub fn read_loss_scale(&self, ctx: &Context) -> Result<Pending<(f32, u32)>> {
+        let (state, _) = self
+            .loss_scale()
+            .ok_or_else(|| Error::invalid("this store does not train in mixed precision"))?;
+        state.read_then(ctx, |s: Vec<f32>| Ok((s[0], s[1] as u32)))
+    }
+
+    /// Restores what [`ParamStore::read_loss_scale`] read.
+    pub fn set_loss_scale(&self, ctx: &Context, scale: f32, good_steps: u32) -> Result<()> {
+        let (state, scaling) = self
+            .loss_scale()
+            .ok_or_else(|| Error::invalid("this store does not train in mixed precision"))?;
+        if !(scale.is_finite() && scale > 0.0) || good_steps >= scaling.growth_interval {
+            return Err(Error::invalid(format!(
+                "loss scale {scale} after {good_steps} good steps: the scale must be positive \
+                 and finite, the steps fewer than the growth interval ({})",
+                scaling.growth_interval
+            )));
+        }
+        state.write(ctx, &[scale, good_steps as f32, scale, 0.0])
     }
 
     /// The values' element type.

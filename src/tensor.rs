@@ -182,6 +182,16 @@ impl Tensor {
         self.read_then(ctx, Ok)
     }
 
+    /// [`Tensor::read`] of a float tensor as f32, whether it holds f32 or f16.
+    pub fn read_f32(&self, ctx: &Context) -> Result<Pending<Vec<f32>>> {
+        match self.dtype {
+            DType::F16 => self.read_then(ctx, |v: Vec<half::f16>| {
+                Ok(v.into_iter().map(half::f16::to_f32).collect())
+            }),
+            _ => self.read(ctx),
+        }
+    }
+
     /// [`Tensor::read`], the values handed to `finish` (which makes the result) on arrival.
     pub(crate) fn read_then<T: Element, R>(
         &self,

@@ -330,6 +330,7 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
             &labels,
             &state,
             1.0,
+            None,
             &zeros_as(&ctx, &[rows_n, classes], dt),
         )?);
         add(

@@ -16,7 +16,7 @@ use crate::model::{
     Sequence, Want,
 };
 use crate::ops::adamw::AdamWConfig;
-use crate::optim::{Schedule, TrainOptions};
+use crate::optim::{LossScaling, Schedule, TrainOptions};
 
 /// One compared tensor.
 #[derive(Clone, Debug)]
@@ -173,6 +173,31 @@ pub async fn verify_outputs(
     };
     compare_outputs(ctx, &encoder, tensors, &mut report).await?;
     Ok(report)
+}
+
+/// [`verify_tensors`] with the model training in mixed precision
+/// ([`RoFormer::use_mixed_precision`] with `scaling`): the outputs still come from f32
+/// inference, while the training graph's forward pass, the loss, every gradient and the
+/// AdamW steps run in f16 with f32 master weights. Expected within about 1e-2 (NOTES.md).
+/// Only for the heads this library trains.
+pub async fn verify_mixed(
+    ctx: &Context,
+    cfg: RoFormerConfig,
+    tensors: &HostTensors,
+    scaling: LossScaling,
+) -> Result<Report> {
+    let head = detect_head(&cfg, tensors)?;
+    if head.check_trainable(&cfg).is_err() {
+        return Err(Error::invalid(format!(
+            "mixed precision is for training, and this library does not train {}: check its \
+             outputs in f16 inference instead",
+            head.architecture()
+        )));
+    }
+    let mut model = RoFormer::new(ctx, cfg, head)?;
+    model.load_tensors(ctx, tensors)?;
+    model.use_mixed_precision(ctx, scaling)?;
+    verify_model(ctx, &model, tensors).await
 }
 
 /// An encoder that takes the whole stored batch in one request.

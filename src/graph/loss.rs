@@ -68,6 +68,7 @@ impl Graph {
             return Ok(());
         };
         let labels = labels.clone();
+        let loss_scale = self.loss_scale.clone();
         self.call(
             true,
             format!("{label}: cross entropy backward"),
@@ -84,6 +85,7 @@ impl Graph {
                     &labels,
                     &state,
                     1.0,
+                    loss_scale.as_ref(),
                     t.get(dst)?,
                 )?])
             }),

@@ -159,6 +159,9 @@ pub struct Graph {
     input_bytes: u64,
     /// The element type of activations and their gradients (`None`: f32).
     activations: Option<DType>,
+    /// Mixed precision's dynamic loss scale (`[1..]` f32, read on the GPU): the backward
+    /// pass starts from `loss_scale[0] · d loss`.
+    loss_scale: Option<Tensor>,
 }
 
 /// `Err(Shape)` unless `found` is `expected`.
@@ -188,6 +191,18 @@ impl Graph {
             activations: Some(dtype),
             ..Graph::default()
         }
+    }
+
+    /// Scales the loss's gradient by `scale[0]` (f32, read when the step runs), as mixed
+    /// precision's dynamic loss scaling does so that small f16 gradients do not flush to
+    /// zero; the optimizer divides it out again. Call before [`Graph::backward`].
+    pub fn scale_loss(&mut self, scale: &Tensor) -> Result<()> {
+        scale.expect_dtype("graph", "loss scale", DType::F32)?;
+        if !self.backward.is_empty() {
+            return Err(Error::invalid("scale_loss() must come before backward()"));
+        }
+        self.loss_scale = Some(scale.clone());
+        Ok(())
     }
 
     /// The element type of the graph's activations.
@@ -255,7 +270,7 @@ impl Graph {
         let id = self.add_tensor(
             name.to_string(),
             shape,
-            store.dtype(),
+            store.compute_dtype(),
             Storage::Param(i),
             true,
         );
@@ -417,12 +432,11 @@ impl Graph {
         if !accumulate {
             return Some((g, None));
         }
+        // The part has the gradient's type: a parameter's f32 even when activations are f16.
         let shape = self.shape(x).to_vec();
-        let part = self.pooled(
-            format!("grad.{}.part", self.tensors[x.0].name),
-            &shape,
-            false,
-        );
+        let dtype = self.tensors[g.0].dtype;
+        let name = format!("grad.{}.part", self.tensors[x.0].name);
+        let part = self.add_tensor(name, shape, dtype, Storage::Pooled, false);
         Some((part, Some(g)))
     }
 

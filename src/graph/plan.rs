@@ -204,7 +204,7 @@ impl Graph {
         let mut resolved = Vec::with_capacity(self.tensors.len());
         for (i, info) in self.tensors.iter().enumerate() {
             resolved.push(match (&info.storage, buffer_of[i]) {
-                (Storage::Param(p), _) => Some(store.value(ctx, *p)?),
+                (Storage::Param(p), _) => Some(store.compute_value(ctx, *p)?),
                 (Storage::Grad(p), _) => Some(store.grad(ctx, *p)?),
                 // A view of the start of its buffer, as its own element type.
                 (Storage::Pooled, Some(b)) => Some(Tensor::from_buffer(

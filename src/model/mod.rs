@@ -27,6 +27,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::PlanOptions;
 use crate::io::{self, HostTensor, HostTensors};
+use crate::ops::loss_scale::LossScaling;
 use crate::ops::rope;
 use crate::params::ParamStore;
 use crate::tensor::Tensor;
@@ -445,6 +446,17 @@ impl RoFormer {
             config.num_labels = Some(config.labels());
         }
         io::write_atomic(dir.join("config.json"), config.to_json().as_bytes())
+    }
+
+    /// Trains in mixed precision from now on, as PyTorch's autocast + `GradScaler` do: the
+    /// weights, gradients and AdamW moments stay f32, the forward and backward passes run
+    /// in f16 (activations and their gradients, weights cast to an f16 copy at the start of
+    /// each step), and training steps scale the loss dynamically as `scaling` says
+    /// (skipping and halving on overflow, reported in [`StepMetrics`]). Sessions made
+    /// before cannot exist (they borrow the model). Needs `SHADER_F16`; the attention
+    /// kinds with f16 kernels so far are softmax attention.
+    pub fn use_mixed_precision(&mut self, ctx: &Context, scaling: LossScaling) -> Result<()> {
+        self.store.use_mixed_precision(ctx, scaling)
     }
 
     /// The configuration it was built from.

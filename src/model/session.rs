@@ -1,8 +1,13 @@
 //! Training sessions: a step planned once for one batch shape (forward, loss, backward,
 //! clipping, AdamW in one submission), for the heads this library trains. Inference on any
-//! head is [`super::Encoder`]'s job.
+//! head is [`super::Encoder`]'s job. A model in mixed precision
+//! ([`super::RoFormer::use_mixed_precision`]) runs its passes in f16 from a copy of the
+//! weights cast at the start of each step, and scales the loss before the backward pass:
+//! a training step divides the scale out in its clipping factor; a `Gradients` step
+//! divides the gradients by it after the backward pass, so they read as true gradients.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use web_time::Instant;
@@ -10,9 +15,11 @@ use web_time::Instant;
 use super::graph::{self, GraphInputs, GraphOutputs};
 use super::{Head, RoFormer};
 use crate::context::Context;
+use crate::dispatch::Dispatch;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, MemoryReport, Plan, PlanOptions, TensorId};
 use crate::ops::cross_entropy::IGNORE_INDEX;
+use crate::ops::loss_scale;
 use crate::optim::{Optimizer, TrainOptions};
 use crate::readback::Pending;
 use crate::timing::PassTimer;
@@ -54,8 +61,15 @@ pub struct StepMetrics {
     pub counted: u32,
     /// Labelled positions whose argmax is the label.
     pub correct: u32,
-    /// Global gradient norm before clipping (training only).
+    /// Global gradient norm before clipping (training only; of the unscaled gradients in
+    /// mixed precision). Not finite: the step was skipped.
     pub grad_norm: Option<f32>,
+    /// The optimizer skipped this step (training only): a gradient was not finite, so the
+    /// weights and moments were left as they were. In mixed precision this is an f16
+    /// overflow, and the loss scale was halved; it happens now and then, as in PyTorch.
+    pub skipped: bool,
+    /// The loss scale this step's gradients carried (mixed-precision training only).
+    pub loss_scale: Option<f32>,
     /// Learning rate of this step (training only).
     pub lr: Option<f64>,
     /// Host time to encode and submit the step.
@@ -77,6 +91,11 @@ pub struct Session<'m> {
     /// What the plan keeps alive to the end of the step, so it can be read.
     kept: HashSet<TensorId>,
     optimizer: Option<Optimizer>,
+    /// Mixed precision: the casts refreshing the f16 copy of the weights, first in a step.
+    refresh: Vec<Dispatch>,
+    /// Mixed precision, `Gradients` sessions: the gradients divided by the loss scale,
+    /// after the backward pass.
+    unscale: Vec<Dispatch>,
     calls: (usize, usize),
     /// Timestamps at the start and end of the step's pass, when the device offers them.
     timer: Option<PassTimer>,
@@ -114,8 +133,16 @@ impl<'m> Session<'m> {
             _ => batch * seq,
         };
         let inputs = GraphInputs::new(ctx, c, model.head, batch, seq, Some(labels_len))?;
-        let mut g = Graph::new();
-        let outputs = graph::build(c, model.head, &model.store, &model.table, &mut g, &inputs)?;
+        let store = &model.store;
+        let mut g = Graph::with_activations(store.compute_dtype());
+        let loss_scale = match mode {
+            Mode::Inference => None,
+            _ => store.loss_scale().map(|(state, _)| state),
+        };
+        if let Some(state) = loss_scale {
+            g.scale_loss(state)?;
+        }
+        let outputs = graph::build(c, model.head, store, &model.table, &mut g, &inputs)?;
         let loss = outputs
             .loss
             .ok_or_else(|| Error::invalid("a training session needs a loss"))?;
@@ -138,6 +165,15 @@ impl<'m> Session<'m> {
             _ => None,
         };
         let timer = PassTimer::new(ctx, "step time", 1);
+        let refresh = store.plan_refresh(ctx)?;
+        let unscale = match (mode, loss_scale) {
+            (Mode::Gradients, Some(state)) => store
+                .chunk_views(ctx)?
+                .iter()
+                .map(|[_, grads, _, _]| loss_scale::plan_unscale(ctx, grads, state))
+                .collect::<Result<Vec<_>>>()?,
+            _ => Vec::new(),
+        };
         Ok(Session {
             model,
             batch,
@@ -148,6 +184,8 @@ impl<'m> Session<'m> {
             loss,
             kept,
             optimizer,
+            refresh,
+            unscale,
             calls: g.call_counts(),
             timer,
         })
@@ -216,10 +254,17 @@ impl<'m> Session<'m> {
         let start = Instant::now();
         let loss = self.plan.tensor(self.loss)?;
         let training = self.optimizer.is_some();
+        let scale_state = self
+            .optimizer
+            .as_ref()
+            .and(self.model.store.loss_scale())
+            .map(|(state, _)| state);
+        let scale_state_read = scale_state.is_some();
+        let skip_counter = self.optimizer.as_ref().map(Optimizer::skip_counter);
         let timed = self.timer.is_some();
         let period = ctx.queue().get_timestamp_period();
-        // The metrics buffer: the loss block's 4 floats, the optimizer's 2 at 16, the
-        // pass's two timestamps at 32.
+        // The metrics buffer: the loss block's 4 floats, the optimizer's 2 at 16, the loss
+        // scale used and the skipped flag at 24, the pass's two timestamps at 32.
         let pending = Pending::submit(
             ctx,
             "training step",
@@ -230,7 +275,13 @@ impl<'m> Session<'m> {
                         label: Some("step"),
                         timestamp_writes: self.timer.as_ref().map(|t| t.writes(0)),
                     });
+                    for d in &self.refresh {
+                        d.encode(&mut pass);
+                    }
                     self.plan.encode(&mut pass);
+                    for d in &self.unscale {
+                        d.encode(&mut pass);
+                    }
                     if let Some(o) = &self.optimizer {
                         for d in o.dispatches() {
                             d.encode(&mut pass);
@@ -247,6 +298,15 @@ impl<'m> Session<'m> {
                         8,
                     );
                 }
+                if let Some(state) = scale_state {
+                    encoder.copy_buffer_to_buffer(
+                        state.buffer(),
+                        state.offset() + 8,
+                        readback,
+                        24,
+                        8,
+                    );
+                }
                 if let Some(timer) = &self.timer {
                     timer.copy_to(encoder, readback, 32);
                 }
@@ -254,11 +314,17 @@ impl<'m> Session<'m> {
             move |bytes| {
                 let values: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes[..32]);
                 let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes[32..48]);
+                let skipped = training && !values[5].is_finite();
+                if let (true, Some(counter)) = (skipped, skip_counter) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(StepMetrics {
                     loss: values[0],
                     counted: values[1] as u32,
                     correct: values[2] as u32,
                     grad_norm: training.then_some(values[5]),
+                    skipped,
+                    loss_scale: scale_state_read.then_some(values[6]),
                     lr,
                     encode: Duration::ZERO,
                     gpu: timed.then(|| PassTimer::elapsed(period, [ticks[0], ticks[1]])),
@@ -288,10 +354,11 @@ impl<'m> Session<'m> {
         })
     }
 
-    /// Logits of the last step (`Inference` and `Gradients` sessions), on their way back.
+    /// Logits of the last step (`Inference` and `Gradients` sessions), on their way back
+    /// (as f32, also when a mixed-precision model computed them in f16).
     pub fn read_logits(&self, ctx: &Context) -> Result<Pending<Vec<f32>>> {
         let id = self.kept(self.outputs.logits, "the logits", "Inference and Gradients")?;
-        self.plan.tensor(id)?.read(ctx)
+        self.plan.tensor(id)?.read_f32(ctx)
     }
 
     /// [`Session::read_logits`], waiting for them (native only).
@@ -315,7 +382,7 @@ impl<'m> Session<'m> {
             .get(i)
             .ok_or_else(|| Error::invalid(format!("no hidden state {i}")))?;
         let id = self.kept(Some(id), &format!("hidden state {i}"), "Gradients")?;
-        self.plan.tensor(id)?.read(ctx)
+        self.plan.tensor(id)?.read_f32(ctx)
     }
 
     /// [`Session::read_hidden_state`], waiting for it (native only).
@@ -329,9 +396,11 @@ impl<'m> Session<'m> {
         self.plan.memory()
     }
 
-    /// Dispatches per step (graph + optimizer).
+    /// Dispatches per step (weight casts in mixed precision + graph + optimizer).
     pub fn dispatch_count(&self) -> usize {
-        self.plan.dispatches().len()
+        self.refresh.len()
+            + self.plan.dispatches().len()
+            + self.unscale.len()
             + self
                 .optimizer
                 .as_ref()

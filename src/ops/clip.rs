@@ -41,15 +41,30 @@ pub fn partials(ctx: &Context, chunks: usize) -> Result<Tensor> {
 
 /// `out = (scale, norm)` over every tensor in `grads` (each bound whole, so each must fit
 /// a storage binding). `max_norm = None`: no clipping, scale 1; the norm is still computed.
+/// `loss_scale` (its first element, read when the step runs): the factor the gradients
+/// carry under mixed precision; the norm is of the gradients divided by it, and the scale
+/// written is divided by it too (`None`: 1).
 pub fn plan(
     ctx: &Context,
     grads: &[Tensor],
     max_norm: Option<f32>,
+    loss_scale: Option<&Tensor>,
     partial: &Tensor,
     out: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     out.expect_shape("clip", "out", &[2])?;
     partial.expect_shape("clip", "partial", &[grads.len().max(1) * GROUPS])?;
+    let unit;
+    let loss_scale = match loss_scale {
+        Some(s) => {
+            s.expect_dtype("clip", "loss_scale", DType::F32)?;
+            s
+        }
+        None => {
+            unit = Tensor::from_slice(ctx, &[1.0f32], &[1])?;
+            &unit
+        }
+    };
     let mut plan = Vec::new();
     let params = |n: usize, offset: usize| Params {
         n: n as u32,
@@ -67,6 +82,7 @@ pub fn plan(
             DispatchBuilder::new(ctx, &SHADER, "sum_squares")
                 .params(&params(g.numel(), i * GROUPS))
                 .read("grads", g)
+                .read("loss_scale", loss_scale)
                 .write("partial", partial)
                 .build([GROUPS as u32, 1, 1])?,
         );
@@ -75,6 +91,7 @@ pub fn plan(
         DispatchBuilder::new(ctx, &SHADER, "finish")
             .params(&params(0, 0))
             .read("partial_sums", partial)
+            .read("loss_scale", loss_scale)
             .write("stats", out)
             .build([1, 1, 1])?,
     );
@@ -88,6 +105,15 @@ pub mod reference {
         let norm = grads.iter().map(|g| g * g).sum::<f64>().sqrt();
         let scale = max_norm.map_or(1.0, |m| (m / (norm + 1e-6)).min(1.0));
         (scale, norm)
+    }
+
+    /// [`clip`] of gradients that carry a loss scale, as `torch.cuda.amp.GradScaler`'s
+    /// `unscale_` then `clip_grad_norm_` see them: `(scale / loss_scale, norm)`, the norm
+    /// of the unscaled gradients.
+    pub fn clip_scaled(grads: &[f64], max_norm: Option<f64>, loss_scale: f64) -> (f64, f64) {
+        let unscaled: Vec<f64> = grads.iter().map(|g| g / loss_scale).collect();
+        let (scale, norm) = clip(&unscaled, max_norm);
+        (scale / loss_scale, norm)
     }
 }
 
@@ -127,7 +153,7 @@ mod tests {
         let scratch = partials(ctx, grads.len()).unwrap();
         for max_norm in [None, Some(1.0f32), Some(1e6)] {
             let out = poisoned(ctx, &[2]);
-            ctx.run(&plan(ctx, &grads, max_norm, &scratch, &out).unwrap())
+            ctx.run(&plan(ctx, &grads, max_norm, None, &scratch, &out).unwrap())
                 .unwrap();
             let (scale, norm) = reference::clip(&all, max_norm.map(|m| m as f64));
             let got = download(ctx, &out);
@@ -138,6 +164,35 @@ mod tests {
                 &[scale],
                 1e-5,
             );
+        }
+    }
+
+    #[test]
+    fn loss_scaled_gradients_are_unscaled_in_the_norm_and_the_factor() {
+        let ctx = &ctx();
+        let mut rng = rng(23);
+        let sizes = [1usize, 33, 4097];
+        // What the backward pass gives under a loss scale: the true gradients times it.
+        let loss_scale = 32768.0f32;
+        let data: Vec<Vec<f32>> = sizes
+            .iter()
+            .map(|&n| randn(&mut rng, n).iter().map(|g| g * loss_scale).collect())
+            .collect();
+        let grads: Vec<Tensor> = data.iter().map(|d| upload(ctx, d, &[d.len()])).collect();
+        let all: Vec<f64> = data.iter().flatten().map(|&v| v as f64).collect();
+        let scratch = partials(ctx, grads.len()).unwrap();
+        let scale_tensor = upload(ctx, &[loss_scale, 7.0], &[2]);
+        for max_norm in [None, Some(1.0f32)] {
+            let out = poisoned(ctx, &[2]);
+            let dispatches =
+                plan(ctx, &grads, max_norm, Some(&scale_tensor), &scratch, &out).unwrap();
+            ctx.run(&dispatches).unwrap();
+            let (scale, norm) =
+                reference::clip_scaled(&all, max_norm.map(|m| m as f64), loss_scale as f64);
+            let got = download(ctx, &out);
+            let what = format!("loss-scaled {max_norm:?}");
+            assert_close(&format!("{what} norm"), &got[1..], &[norm], 1e-5);
+            assert_close(&format!("{what} factor"), &got[..1], &[scale], 1e-5);
         }
     }
 }

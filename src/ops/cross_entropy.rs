@@ -183,18 +183,40 @@ pub fn plan_forward(
     ])
 }
 
-/// `dlogits = grad_scale · d loss / d logits` (grad_scale is d(objective)/d(loss), usually 1).
+/// `dlogits = grad_scale · loss_scale[0] · d loss / d logits`: grad_scale is
+/// d(objective)/d(loss), usually 1; `loss_scale` is mixed precision's dynamic loss scale,
+/// read on the GPU when the step runs (its first element; `None`: 1).
 pub fn plan_backward(
     ctx: &Context,
     logits: &Tensor,
     labels: &Labels,
     state: &LossState,
     grad_scale: f32,
+    loss_scale: Option<&Tensor>,
     dlogits: &Tensor,
 ) -> Result<Dispatch> {
     let (rows, classes) = rows_classes("cross_entropy backward", logits, labels, state)?;
     dlogits.expect_shape("cross_entropy backward", "dlogits", logits.shape())?;
     dlogits.expect_dtype("cross_entropy backward", "dlogits", logits.dtype())?;
+    let unit;
+    let loss_scale = match loss_scale {
+        Some(s) => {
+            s.expect_dtype("cross_entropy backward", "loss_scale", DType::F32)?;
+            if s.numel() == 0 {
+                return Err(Error::shape(
+                    "cross_entropy backward",
+                    "loss_scale",
+                    "at least one element",
+                    s.shape(),
+                ));
+            }
+            s
+        }
+        None => {
+            unit = Tensor::from_slice(ctx, &[1.0f32], &[1])?;
+            &unit
+        }
+    };
     DispatchBuilder::new(ctx, &SHADER, "backward")
         .element_type("T", logits.dtype())
         .row_threads(classes)
@@ -203,6 +225,7 @@ pub fn plan_backward(
         .read("labels", &labels.labels)
         .write("row_stats", &state.row_stats)
         .write("loss", &state.loss)
+        .read("loss_scale", loss_scale)
         .write("dlogits", dlogits)
         .build(ctx.grid_1d(rows as u64)?)
 }
@@ -222,7 +245,7 @@ pub fn backward(
     state: &LossState,
 ) -> Result<Tensor> {
     let d = Tensor::zeros(ctx, logits.shape(), logits.dtype())?;
-    ctx.submit(&[plan_backward(ctx, logits, labels, state, 1.0, &d)?])?;
+    ctx.submit(&[plan_backward(ctx, logits, labels, state, 1.0, None, &d)?])?;
     Ok(d)
 }
 
@@ -320,7 +343,7 @@ mod tests {
                 ctx.run(&plan_forward(ctx, &tx, &tl, &state).unwrap())
                     .unwrap();
                 let dx = poisoned(ctx, &[rows, classes]);
-                ctx.run(&[plan_backward(ctx, &tx, &tl, &state, 1.0, &dx).unwrap()])
+                ctx.run(&[plan_backward(ctx, &tx, &tl, &state, 1.0, None, &dx).unwrap()])
                     .unwrap();
                 let (want_loss, want_dx) =
                     reference::forward_backward(&to_f64(&x), classes, &labels, IGNORE_INDEX);
@@ -371,8 +394,9 @@ mod tests {
             ctx.run(&plan_forward(ctx, &tx, &tl, &state).unwrap())
                 .unwrap();
             let dx = poisoned_as(ctx, &[rows, classes], DType::F16);
-            // A loss scale of 1024, as mixed precision applies it.
-            ctx.run(&[plan_backward(ctx, &tx, &tl, &state, 1024.0, &dx).unwrap()])
+            // A dynamic loss scale of 1024, read from the GPU, as mixed precision applies it.
+            let scale = upload(ctx, &[1024.0], &[1]);
+            ctx.run(&[plan_backward(ctx, &tx, &tl, &state, 1.0, Some(&scale), &dx).unwrap()])
                 .unwrap();
             let (want_loss, want_dx) =
                 reference::forward_backward(&to_f64(&x), classes, &labels, IGNORE_INDEX);

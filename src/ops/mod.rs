@@ -14,6 +14,7 @@ pub mod gelu;
 pub mod heads;
 pub mod layernorm;
 pub mod linear_attention;
+pub mod loss_scale;
 pub mod matmul;
 pub mod reduce;
 pub mod rope;
@@ -124,6 +125,7 @@ pub fn all_shader_sources() -> Result<Vec<(&'static Shader, Vec<ShaderVariant>)>
                 .map(|&d| linear_attention::substitutions(d).to_vec())
                 .collect(),
         )?,
+        plain(&loss_scale::SHADER),
         (&matmul::SHADER, matmul_variants),
         (&matmul::coop::SHADER, matmul::coop::all_variants()),
         plain(&reduce::SHADER),
@@ -176,6 +178,7 @@ mod tests {
         all.extend(super::gelu::params_layouts());
         all.extend(super::layernorm::params_layouts());
         all.extend(super::linear_attention::params_layouts());
+        all.extend(super::loss_scale::params_layouts());
         all.extend(super::matmul::params_layouts());
         all.extend(super::reduce::params_layouts());
         all.extend(super::rope::params_layouts());

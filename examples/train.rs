@@ -3,6 +3,7 @@
 //!     cargo run --release --example train                      # defaults picked from the adapter
 //!     cargo run --release --example train -- --preset lra      # LRA's setting (lengths 500-2000)
 //!     cargo run --release --example train -- --resume          # continue the last run in --out
+//!     cargo run --release --example train -- --precision mixed # f16 passes, f32 master weights
 //!
 //! On a CPU adapter (llvmpipe) the default is a small, fast setting; on a GPU it is LRA's
 //! ListOps. `--help` lists every option. Writes checkpoints (HF layout), `curves.png` and
@@ -20,9 +21,9 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use roformer_wgpu::apps::listops::{self, ListOps, ListOpsConfig};
 use roformer_wgpu::apps::train::{
-    self, EvalRecord, Event, ModelSize, TrainConfig, TrainState, Trainer,
+    self, EvalRecord, Event, ModelSize, TrainConfig, TrainPrecision, TrainState, Trainer,
 };
-use roformer_wgpu::model::{AttentionKind, Head, RoFormer};
+use roformer_wgpu::model::AttentionKind;
 use roformer_wgpu::optim::Decay;
 use roformer_wgpu::Context;
 
@@ -58,6 +59,7 @@ fn preset(name: &str) -> Result<TrainConfig, String> {
             bucket: 16,
             eval_every: 100,
             checkpoint_every: 100,
+            precision: Default::default(),
         }),
         // LRA's ListOps: depth 10, up to 10 arguments, 500 < length < 2000, 96K/2K/2K.
         "lra" => Ok(TrainConfig {
@@ -74,6 +76,7 @@ fn preset(name: &str) -> Result<TrainConfig, String> {
             bucket: 128,
             eval_every: 500,
             checkpoint_every: 500,
+            precision: Default::default(),
         }),
         other => Err(format!("unknown preset {other:?} (cpu or lra)")),
     }
@@ -165,6 +168,20 @@ struct Cli {
     /// Save a checkpoint every N steps.
     #[arg(long, help_heading = "Training")]
     checkpoint_every: Option<u64>,
+    /// Arithmetic: f32, or mixed (f16 forward and backward passes, f32 master weights and
+    /// AdamW state, dynamic loss scaling; needs SHADER_F16).
+    #[arg(long, value_enum, help_heading = "Training")]
+    precision: Option<PrecisionArg>,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum PrecisionArg {
+    /// Everything in f32.
+    F32,
+    /// Not for training: AdamW needs f32 weights (see mixed).
+    F16,
+    /// f16 passes, f32 master weights and optimizer state, dynamic loss scaling.
+    Mixed,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -245,6 +262,18 @@ fn configure(cli: &Cli, cpu: bool) -> Result<TrainConfig, String> {
     set(&mut c.bucket, cli.bucket);
     set(&mut c.eval_every, cli.eval_every);
     set(&mut c.checkpoint_every, cli.checkpoint_every);
+    match cli.precision {
+        None => {}
+        Some(PrecisionArg::F32) => c.precision = TrainPrecision::F32,
+        Some(PrecisionArg::Mixed) => c.precision = TrainPrecision::Mixed,
+        Some(PrecisionArg::F16) => {
+            return Err(
+                "--precision f16: training keeps f32 master weights, as AdamW's small \
+                        updates vanish in f16; --precision mixed runs the passes in f16"
+                    .into(),
+            )
+        }
+    }
     Ok(c)
 }
 
@@ -317,14 +346,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let model = match &checkpoint {
-        Some(dir) => {
-            RoFormer::from_pretrained(&ctx, dir.join("config.json"), dir.join("model.safetensors"))?
-        }
-        None => {
-            let m = RoFormer::new(&ctx, config.model_config()?, Head::Classification)?;
-            m.init_random(&ctx, config.seed)?;
-            m
-        }
+        Some(dir) => config.load_model(&ctx, dir)?,
+        None => config.new_model(&ctx)?,
     };
     let m = config.model;
     println!(
@@ -337,8 +360,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         model.params().count()
     );
     println!(
-        "training  {} steps of {} sequences, AdamW lr {} ({} warm-up, {:?} decay), weight decay {}, clip {:?}",
-        config.steps, config.batch, config.lr, config.warmup, config.decay, config.weight_decay, config.clip_norm
+        "training  {} steps of {} sequences, AdamW lr {} ({} warm-up, {:?} decay), weight decay {}, clip {:?}, {:?} precision",
+        config.steps, config.batch, config.lr, config.warmup, config.decay, config.weight_decay, config.clip_norm, config.precision
     );
     let mut trainer = match &checkpoint {
         Some(dir) => Trainer::resume(&ctx, &model, data, dir, &out)?,
@@ -405,6 +428,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "\nsummary   {} steps in {:.0} s of training, {tokens_per_s:.0} tokens/s",
         state.step, state.seconds
     );
+    if state.config.precision == TrainPrecision::Mixed {
+        let last_scale = state.steps.iter().rev().find_map(|s| s.loss_scale);
+        println!(
+            "          mixed precision: {} steps skipped (f16 overflow), last step's loss scale {}",
+            state.skipped,
+            last_scale.map_or("?".into(), |s| format!("{s}"))
+        );
+    }
     println!(
         "          validation accuracy {:.2}%, test accuracy {:.2}%",
         100.0 * valid.accuracy,
@@ -420,6 +451,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "adapter": caps.adapter_name,
         "config": state.config,
         "steps": state.step,
+        "skipped_steps": state.skipped,
         "train_seconds": state.seconds,
         "tokens_per_s": tokens_per_s,
         "valid_accuracy": valid.accuracy,

@@ -2,7 +2,7 @@
 //! reference outputs stored in its safetensors file (`input.*`, `output.*`, `grad.*`,
 //! `train.adamw_losses`; see tests/fixtures/README.md).
 //!
-//!     cargo run --release --example verify -- CONFIG.json WEIGHTS [--dump OUT.safetensors] [--save DIR] [--tolerance 1e-4] [--precision f32|f16]
+//!     cargo run --release --example verify -- CONFIG.json WEIGHTS [--dump OUT.safetensors] [--save DIR] [--tolerance 1e-4] [--precision f32|f16|mixed]
 //!
 //! WEIGHTS is a `.safetensors` file, a sharded checkpoint's `model.safetensors.index.json`,
 //! or a folder holding either. Prints a table of relative errors and exits with status 1
@@ -13,6 +13,9 @@
 //! `tools/check_saved_in_transformers.py` to load in transformers' own classes.
 //! `--precision f16` runs the stored inputs through an inference encoder holding weights
 //! and activations in f16 and compares its outputs (no gradients) within 1e-2 by default.
+//! `--precision mixed` checks training in mixed precision (f16 passes, f32 master weights,
+//! loss scaling): the training forward pass, loss, every gradient and the AdamW steps,
+//! within 1e-2 by default (the outputs still come from f32 inference).
 
 use std::process::ExitCode;
 
@@ -21,9 +24,10 @@ use clap::Parser;
 #[path = "common/args.rs"]
 mod args;
 
-use roformer_wgpu::apps::verify::{verify, verify_outputs};
+use roformer_wgpu::apps::verify::{verify, verify_mixed, verify_outputs};
 use roformer_wgpu::io::{write_safetensors, HostData};
 use roformer_wgpu::model::RoFormer;
+use roformer_wgpu::optim::LossScaling;
 use roformer_wgpu::{Context, DType};
 
 /// Check a RoFormer checkpoint against the reference outputs stored in its safetensors file.
@@ -42,11 +46,12 @@ struct Cli {
     /// tools/check_saved_in_transformers.py.
     #[arg(long, value_name = "DIR")]
     save: Option<String>,
-    /// Largest relative L2 error that passes [default: 1e-4 in f32, 1e-2 in f16].
+    /// Largest relative L2 error that passes [default: 1e-4 in f32, 1e-2 in f16 and mixed].
     #[arg(long)]
     tolerance: Option<f64>,
     /// What weights and activations are stored as: f32 checks outputs, gradients and
-    /// training; f16 the outputs of an f16 inference encoder (needs SHADER_F16).
+    /// training; f16 the outputs of an f16 inference encoder; mixed the gradients and
+    /// training steps in mixed precision (f16 and mixed need SHADER_F16).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
 }
@@ -55,6 +60,7 @@ struct Cli {
 enum Precision {
     F32,
     F16,
+    Mixed,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +101,13 @@ fn run(
             let outputs = verify_outputs(&ctx, cfg, &tensors, DType::F16);
             println!("precision: f16 weights and activations (outputs only)");
             (ctx.block_on(outputs)?, tolerance.unwrap_or(1e-2))
+        }
+        Precision::Mixed => {
+            let tensors = roformer_wgpu::io::read_checkpoint(weights)?;
+            let cfg = roformer_wgpu::model::RoFormerConfig::from_file(config)?;
+            let report = verify_mixed(&ctx, cfg, &tensors, LossScaling::default());
+            println!("precision: mixed (f16 passes, f32 master weights, dynamic loss scaling)");
+            (ctx.block_on(report)?, tolerance.unwrap_or(1e-2))
         }
     };
     if report.checks.is_empty() {

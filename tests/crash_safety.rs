@@ -50,6 +50,7 @@ fn config() -> TrainConfig {
         bucket: 8,
         eval_every: 0,
         checkpoint_every: 1,
+        precision: Default::default(),
     }
 }
 

@@ -5,11 +5,11 @@ mod common;
 
 use common::*;
 use roformer_wgpu::apps::listops::{ListOps, ListOpsConfig};
-use roformer_wgpu::apps::train::{self, ModelSize, TrainConfig, Trainer};
-use roformer_wgpu::model::{AttentionKind, Head, RoFormer};
+use roformer_wgpu::apps::train::{self, ModelSize, TrainConfig, TrainPrecision, Trainer};
+use roformer_wgpu::model::AttentionKind;
 use roformer_wgpu::optim::Decay;
 
-fn config(attention: AttentionKind) -> TrainConfig {
+fn config(attention: AttentionKind, precision: TrainPrecision) -> TrainConfig {
     TrainConfig {
         seed: 3,
         listops: ListOpsConfig {
@@ -38,22 +38,29 @@ fn config(attention: AttentionKind) -> TrainConfig {
         bucket: 8,
         eval_every: 6,
         checkpoint_every: 6,
+        precision,
     }
 }
 
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
     let ctx = &ctx();
-    for attention in [AttentionKind::Softmax, AttentionKind::Linear] {
-        let c = config(attention);
+    let mut runs = vec![
+        (AttentionKind::Softmax, TrainPrecision::F32),
+        (AttentionKind::Linear, TrainPrecision::F32),
+    ];
+    if has_f16(ctx, "resuming a mixed-precision run") {
+        runs.push((AttentionKind::Softmax, TrainPrecision::Mixed));
+    }
+    for (attention, precision) in runs {
+        let c = config(attention, precision);
         let out = std::env::temp_dir().join(format!(
-            "roformer-resume-{}-{attention:?}",
+            "roformer-resume-{}-{attention:?}-{precision:?}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&out);
 
-        let model = RoFormer::new(ctx, c.model_config().unwrap(), Head::Classification).unwrap();
-        model.init_random(ctx, c.seed).unwrap();
+        let model = c.new_model(ctx).unwrap();
         let data = ListOps::generate(c.listops, c.seed).unwrap();
         let mut full = Trainer::new(ctx, &model, data.clone(), c.clone(), &out).unwrap();
         full.run(|_| {}).unwrap();
@@ -62,10 +69,14 @@ fn resume_reproduces_the_uninterrupted_run() {
 
         // Start again from the checkpoint of step 6, in a fresh model.
         let mid = out.join("checkpoints/step-00000006");
-        assert_eq!(train::read_state(&mid).unwrap().step, 6);
-        let resumed_model =
-            RoFormer::from_pretrained(ctx, mid.join("config.json"), mid.join("model.safetensors"))
-                .unwrap();
+        let saved = train::read_state(&mid).unwrap();
+        assert_eq!(saved.step, 6);
+        assert_eq!(
+            saved.loss_scale.is_some(),
+            precision == TrainPrecision::Mixed,
+            "the loss scale is saved with a mixed-precision run"
+        );
+        let resumed_model = c.load_model(ctx, &mid).unwrap();
         let mut resumed =
             Trainer::resume(ctx, &resumed_model, data, &mid, out.join("resumed")).unwrap();
         resumed.run(|_| {}).unwrap();
@@ -75,17 +86,17 @@ fn resume_reproduces_the_uninterrupted_run() {
         assert_eq!(
             losses(again),
             losses(&reference),
-            "{attention:?}: resumed losses differ"
+            "{attention:?} {precision:?}: resumed losses differ"
         );
         assert_eq!(
             again.evals.last(),
             reference.evals.last(),
-            "{attention:?}: final evaluation differs"
+            "{attention:?} {precision:?}: final evaluation differs"
         );
         assert_eq!(
             model.params().download(ctx).unwrap(),
             resumed_model.params().download(ctx).unwrap(),
-            "{attention:?}: final weights differ"
+            "{attention:?} {precision:?}: final weights differ"
         );
         let latest = train::latest_checkpoint(&out).unwrap().unwrap();
         assert!(latest.ends_with("step-00000012"), "{}", latest.display());

@@ -142,11 +142,13 @@ run() {
     echo "torch-kernels skipped (no torch here)" | tee -a "$SUMMARY"
     step kernels on $bin/bench --out "$OUT/bench" > "$OUT/bench.txt" 2>&1
   fi
-  # 3: the training step: f32, tensor cores, fused attention; each kernel family measured
-  # beside the cost model's prediction (issue 18); then the anchors on the same machine.
+  # 3: the training step: f32, tensor cores, mixed precision, fused attention; each kernel
+  # family measured beside the cost model's prediction (issue 18); then the anchors on the
+  # same machine.
   step step-f32 on $bin/bench step $STEP > "$OUT/step_f32.txt" 2>&1
   step step-profile on $bin/bench step $STEP --profile --model h200 > "$OUT/step_f32_profile.txt" 2>&1
   step step-fast on $bin/bench step $STEP --precision fast > "$OUT/step_fast.txt" 2>&1
+  step step-mixed on $bin/bench step $STEP --precision mixed > "$OUT/step_mixed.txt" 2>&1
   step step-fused on $bin/bench step $STEP --attention fused > "$OUT/step_fused.txt" 2>&1
   if [ -f .device/bench_torch.py ] && python3 -c "import torch, transformers" 2>/dev/null; then
     step torch-anchors on python3 .device/bench_torch.py > "$OUT/torch_anchors.jsonl" 2> "$OUT/torch_anchors.err"

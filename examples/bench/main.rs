@@ -39,7 +39,7 @@ use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::ops::matmul::{self, coop, MatmulPrecision};
 use roformer_wgpu::optim::TrainOptions;
 use roformer_wgpu::timing;
-use roformer_wgpu::Context;
+use roformer_wgpu::{Context, DType};
 
 mod kernels;
 
@@ -117,7 +117,10 @@ struct ModelArgs {
     steps: Option<u64>,
     #[arg(long, value_enum, default_value_t = AttentionArg::Softmax)]
     attention: AttentionArg,
-    /// Matmul precision: f32, or fast (tensor cores where the adapter has them).
+    /// Arithmetic: f32; fast (f32 tensors, matmuls on tensor cores where the adapter has
+    /// them); f16 (`infer`: f16 weights and activations); mixed (`step`: f16 passes with
+    /// f32 master weights and loss scaling). f16 and mixed need SHADER_F16 and put the
+    /// matmuls on tensor cores where the adapter has them.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
     /// How matmul tilings are chosen: auto (timed on a GPU, cached on disk), timed (on any
@@ -168,6 +171,8 @@ enum TilingArg {
 enum PrecisionArg {
     F32,
     Fast,
+    F16,
+    Mixed,
 }
 
 impl ModelArgs {
@@ -265,9 +270,17 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     let attention = args.attention();
     let precision = match args.precision {
-        PrecisionArg::Fast => MatmulPrecision::Fast,
+        PrecisionArg::Fast | PrecisionArg::Mixed => MatmulPrecision::Fast,
         PrecisionArg::F32 => MatmulPrecision::F32,
+        PrecisionArg::F16 => {
+            return Err(
+                "bench step --precision f16: training keeps f32 master weights; \
+                        --precision mixed runs its passes in f16"
+                    .into(),
+            )
+        }
     };
+    let mixed = matches!(args.precision, PrecisionArg::Mixed);
     // The cost model alone only plans: for a GPU larger than this adapter, its limits are
     // waived. With --profile the step runs, on this adapter's limits.
     let plan_only = args.model.is_some() && !args.profile;
@@ -312,9 +325,16 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // The first step is timed from here: model, plan (compilation, tuning), step 1.
     let first_from = Instant::now();
-    let model = RoFormer::new(&ctx, config, Head::MaskedLm)?;
+    let mut model = RoFormer::new(&ctx, config, Head::MaskedLm)?;
     model.init_random(&ctx, 0)?;
-    println!("model     {layers} layers, hidden {hidden}, {heads} heads, {attention} attention, {} parameters", model.params().count());
+    if mixed {
+        model.use_mixed_precision(&ctx, Default::default())?;
+    }
+    println!(
+        "model     {layers} layers, hidden {hidden}, {heads} heads, {attention} attention, {} parameters{}",
+        model.params().count(),
+        if mixed { ", mixed precision" } else { "" }
+    );
 
     let t0 = Instant::now();
     let mut session = model.session(&ctx, batch, seq, Mode::Train(TrainOptions::default()))?;
@@ -368,9 +388,16 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let first = session.run(&ctx)?;
     println!(
-        "step 1    {:.0} ms (loss {:.4})",
+        "step 1    {:.0} ms (loss {:.4}{})",
         t0.elapsed().as_secs_f64() * 1e3,
-        first.loss
+        first.loss,
+        match first.loss_scale {
+            Some(s) => format!(
+                ", loss scale {s}{}",
+                if first.skipped { ", skipped" } else { "" }
+            ),
+            None => String::new(),
+        }
     );
     let setup = ctx.setup_costs();
     println!(
@@ -431,10 +458,26 @@ fn infer(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (batch, seq) = (args.batch as usize, args.seq as usize);
     let config = model_config(args)?;
     let vocab = config.vocab_size as u32;
+    let (dtype, matmul_precision) = match args.precision {
+        PrecisionArg::F32 => (DType::F32, MatmulPrecision::F32),
+        PrecisionArg::Fast => (DType::F32, MatmulPrecision::Fast),
+        PrecisionArg::F16 => (DType::F16, MatmulPrecision::Fast),
+        PrecisionArg::Mixed => {
+            return Err(
+                "bench infer --precision mixed: mixed precision is for training; \
+                        --precision f16 runs inference in f16"
+                    .into(),
+            )
+        }
+    };
     let ctx = Context::new()?;
     roformer_wgpu::ops::rows::set_row_subgroups(&ctx, !args.workgroup_rows);
+    matmul::set_precision(&ctx, matmul_precision);
     let caps = ctx.capabilities();
-    println!("adapter   {} ({:?})", caps.adapter_name, caps.backend);
+    println!(
+        "adapter   {} ({:?}), weights and activations {dtype:?}",
+        caps.adapter_name, caps.backend
+    );
     let counted = || {
         ctx.device()
             .get_internal_counters()
@@ -449,6 +492,7 @@ fn infer(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         Head::MaskedLm,
         EncoderOptions {
             max_batch: batch,
+            precision: dtype,
             ..Default::default()
         },
     )?;

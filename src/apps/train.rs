@@ -7,6 +7,11 @@
 //! weights. So a run stopped at any point and resumed from its last checkpoint computes the
 //! same losses, bit for bit, on the same adapter.
 //!
+//! In mixed precision ([`TrainPrecision::Mixed`]) a step whose f16 gradients overflow is
+//! skipped, as PyTorch's `GradScaler` skips it: the data step is consumed, the weights and
+//! moments stay, the loss scale halves; the record says so, and the loss scale is saved
+//! with each checkpoint.
+//!
 //! Checkpoint layout, in the output folder:
 //! `checkpoints/step-NNNNNNNN/{config.json, model.safetensors, optimizer.safetensors, state.json}`
 //! (HF-layout weights: the folder loads in transformers) and `checkpoints/latest`, naming the
@@ -30,7 +35,7 @@ use crate::model::{
     AttentionKind, Batch, Head, Mode, RoFormer, RoFormerConfig, Session, StepMetrics,
 };
 use crate::ops::adamw::AdamWConfig;
-use crate::optim::{Decay, Schedule, TrainOptions};
+use crate::optim::{Decay, LossScaling, Schedule, TrainOptions};
 
 /// Model size for [`TrainConfig`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +45,18 @@ pub struct ModelSize {
     pub heads: usize,
     pub intermediate: usize,
     pub attention: AttentionKind,
+}
+
+/// The arithmetic a run trains in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainPrecision {
+    /// Everything f32.
+    #[default]
+    F32,
+    /// f16 passes with f32 master weights and dynamic loss scaling
+    /// ([`RoFormer::use_mixed_precision`]); needs `SHADER_F16`.
+    Mixed,
 }
 
 /// Everything that defines a run (saved with every checkpoint).
@@ -60,6 +77,9 @@ pub struct TrainConfig {
     pub bucket: usize,
     pub eval_every: u64,
     pub checkpoint_every: u64,
+    /// f32, or mixed precision (runs saved before this setting existed were f32).
+    #[serde(default)]
+    pub precision: TrainPrecision,
 }
 
 impl TrainConfig {
@@ -92,6 +112,32 @@ impl TrainConfig {
         RoFormerConfig::from_json(&json, "training configuration")
     }
 
+    /// A new model for this run: HF's initialisation from the seed, in the run's precision.
+    pub fn new_model(&self, ctx: &Context) -> Result<RoFormer> {
+        let mut model = RoFormer::new(ctx, self.model_config()?, Head::Classification)?;
+        model.init_random(ctx, self.seed)?;
+        self.set_precision(ctx, &mut model)?;
+        Ok(model)
+    }
+
+    /// The model saved in checkpoint folder `dir`, in the run's precision (the run's loss
+    /// scale is restored by [`Trainer::resume`]). Native only.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_model(&self, ctx: &Context, dir: impl AsRef<Path>) -> Result<RoFormer> {
+        let dir = dir.as_ref();
+        let mut model =
+            RoFormer::from_pretrained(ctx, dir.join("config.json"), dir.join("model.safetensors"))?;
+        self.set_precision(ctx, &mut model)?;
+        Ok(model)
+    }
+
+    fn set_precision(&self, ctx: &Context, model: &mut RoFormer) -> Result<()> {
+        match self.precision {
+            TrainPrecision::F32 => Ok(()),
+            TrainPrecision::Mixed => model.use_mixed_precision(ctx, LossScaling::default()),
+        }
+    }
+
     fn options(&self) -> TrainOptions {
         TrainOptions {
             adamw: AdamWConfig {
@@ -116,7 +162,14 @@ pub struct StepRecord {
     pub loss: f32,
     pub accuracy: f32,
     pub lr: f64,
-    pub grad_norm: f32,
+    /// The gradient norm before clipping; `None` when it was not finite (a skipped step).
+    pub grad_norm: Option<f32>,
+    /// The optimizer skipped the step (mixed precision: the f16 gradients overflowed).
+    #[serde(default)]
+    pub skipped: bool,
+    /// The loss scale the step's gradients carried (mixed precision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f32>,
     /// Padded tokens (batch × length) per second of wall time.
     pub tokens_per_s: f64,
 }
@@ -140,6 +193,13 @@ pub struct TrainState {
     pub evals: Vec<EvalRecord>,
     /// Wall time spent training so far, over every resumed part.
     pub seconds: f64,
+    /// Steps the optimizer skipped (mixed precision's overflows): AdamW has taken
+    /// `step - skipped` updates.
+    #[serde(default)]
+    pub skipped: u64,
+    /// Mixed precision: the loss scale and its count of good steps when this was saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<(f32, u32)>,
 }
 
 /// What the trainer reports as it goes.
@@ -149,6 +209,10 @@ pub enum Event<'a> {
     Eval(&'a EvalRecord),
     Checkpoint { step: u64, path: &'a Path },
 }
+
+/// Mixed precision gives up after this many skipped steps in a row (the loss scale has
+/// been halved as often: 2^-20 of where it was).
+const MAX_SKIPPED_IN_A_ROW: usize = 20;
 
 /// The batches of one epoch: the examples shuffled, cut into chunks of 16 batches sorted by
 /// length (so a batch holds similar lengths), split into batches, and the batches shuffled.
@@ -217,6 +281,15 @@ impl<'m> Trainer<'m> {
                 "the trainer needs a sequence-classification model",
             ));
         }
+        let mixed = config.precision == TrainPrecision::Mixed;
+        if mixed != model.params().is_mixed() {
+            return Err(Error::invalid(format!(
+                "the run trains in {:?} precision but the model is {}: build it with \
+                 TrainConfig::new_model or load_model",
+                config.precision,
+                if mixed { "not mixed" } else { "mixed" }
+            )));
+        }
         if config.batch == 0 || data.train.len() < config.batch {
             return Err(Error::invalid(format!(
                 "batch {} with {} training examples: need at least one full batch",
@@ -230,6 +303,8 @@ impl<'m> Trainer<'m> {
             steps: Vec::new(),
             evals: Vec::new(),
             seconds: 0.0,
+            skipped: 0,
+            loss_scale: None,
         };
         Ok(Trainer {
             ctx,
@@ -244,8 +319,8 @@ impl<'m> Trainer<'m> {
     }
 
     /// Continues from a checkpoint folder: the model must have been loaded from it
-    /// (`RoFormer::from_pretrained(dir/config.json, dir/model.safetensors)`); this restores
-    /// the optimizer moments and the run's state.
+    /// ([`TrainConfig::load_model`]); this restores the optimizer moments, the loss scale
+    /// and the run's state.
     pub fn resume(
         ctx: &'m Context,
         model: &'m RoFormer,
@@ -269,6 +344,9 @@ impl<'m> Trainer<'m> {
             .params()
             .upload_moments(ctx, &get("adamw.m")?, &get("adamw.v")?)?;
         let mut t = Trainer::new(ctx, model, data, state.config.clone(), out)?;
+        if let Some((scale, good_steps)) = state.loss_scale {
+            model.params().set_loss_scale(ctx, scale, good_steps)?;
+        }
         t.state = state;
         Ok(t)
     }
@@ -329,16 +407,41 @@ impl<'m> Trainer<'m> {
         let seq = self.seq_for(&refs);
         let (ctx, batch) = (self.ctx, self.state.config.batch);
         let start = Instant::now();
+        let skipped = self.state.skipped;
+        let skipped_in_a_row = self
+            .state
+            .steps
+            .iter()
+            .rev()
+            .take_while(|r| r.skipped)
+            .count();
         let session = self.train_session(seq)?;
         session.set_batch(ctx, &make_batch(&refs, batch, seq))?;
-        // Sessions of other lengths share the parameters and moments: set the step number.
+        // Sessions of other lengths share the parameters and moments: set the number of
+        // updates taken (skipped steps are not updates).
         session
             .optimizer()
             .expect("training session")
-            .set_step(step - 1);
+            .set_step(step - 1 - skipped);
         let m: StepMetrics = session.step(ctx)?.await?;
         let seconds = start.elapsed().as_secs_f64();
-        if !m.loss.is_finite() || !m.grad_norm.is_some_and(f32::is_finite) {
+        let overflow = m.skipped && m.loss.is_finite() && m.loss_scale.is_some();
+        if overflow {
+            // Mixed precision: the loss scale was halved; give up when halving does not
+            // help (the gradients overflow f16 whatever the scale).
+            let in_a_row = 1 + skipped_in_a_row;
+            if in_a_row >= MAX_SKIPPED_IN_A_ROW {
+                return Err(Error::NonFinite {
+                    step,
+                    tensor: format!(
+                        "the f16 gradients ({in_a_row} steps in a row overflowed, the loss \
+                         scale is down to {:e}; train this model in f32)",
+                        m.loss_scale.unwrap_or(0.0) / 2.0
+                    ),
+                    during: "mixed-precision backward pass".into(),
+                });
+            }
+        } else if !m.loss.is_finite() || !m.grad_norm.is_some_and(f32::is_finite) {
             // AdamW skipped the update: replay the step call by call to name the culprit.
             let (during, tensor) = session
                 .plan()
@@ -352,13 +455,16 @@ impl<'m> Trainer<'m> {
             });
         }
         self.state.step = step;
+        self.state.skipped += overflow as u64;
         self.state.seconds += seconds;
         let record = StepRecord {
             step,
             loss: m.loss,
             accuracy: m.correct as f32 / m.counted.max(1) as f32,
             lr: m.lr.unwrap_or(0.0),
-            grad_norm: m.grad_norm.unwrap_or(0.0),
+            grad_norm: m.grad_norm.filter(|n| n.is_finite()),
+            skipped: overflow,
+            loss_scale: m.loss_scale,
             tokens_per_s: (batch * seq) as f64 / seconds,
         };
         self.state.steps.push(record.clone());
@@ -442,8 +548,17 @@ impl<'m> Trainer<'m> {
             ],
             &[],
         )?;
+        let mut state = self.state.clone();
+        if self.model.params().is_mixed() {
+            state.loss_scale = Some(
+                self.model
+                    .params()
+                    .read_loss_scale(self.ctx)?
+                    .wait(self.ctx)?,
+            );
+        }
         let state =
-            serde_json::to_string_pretty(&self.state).map_err(|e| Error::invalid(e.to_string()))?;
+            serde_json::to_string_pretty(&state).map_err(|e| Error::invalid(e.to_string()))?;
         io::write_atomic(tmp.join("state.json"), state.as_bytes())?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;

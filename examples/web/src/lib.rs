@@ -271,6 +271,7 @@ impl TrainOptions {
             bucket: 16,
             eval_every: self.eval_every,
             checkpoint_every: 0,
+            precision: Default::default(),
         }
     }
 }

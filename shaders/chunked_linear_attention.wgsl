@@ -20,6 +20,11 @@
 // work); `output`, `backward_q`, `backward_k`, `backward_v` (one workgroup per chunk, all in
 // parallel).
 // Memory per head: the features (6 T d), one state per chunk (T/C (d dv + d)), no T x T.
+//
+// q, k, v, out and their gradients are T (f32, or f16 in the f16 variant); the RoPE table,
+// mask, features, states and all arithmetic are f32.
+
+alias T = f32;
 
 struct Params {
     batch: u32, heads: u32, seq: u32, dim: u32,
@@ -29,9 +34,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(1) var<storage, read> q: array<T>;
+@group(0) @binding(2) var<storage, read> k: array<T>;
+@group(0) @binding(3) var<storage, read> v: array<T>;
 @group(0) @binding(4) var<storage, read> table: array<f32>;
 @group(0) @binding(5) var<storage, read> mask: array<f32>;
 // [batch, heads, seq, 6, dim]: fq, fk, a, b, dphi(q), w dphi(k).
@@ -41,13 +46,13 @@ struct Params {
 // [batch, heads, seq, 2]: den (output), dden (prep).
 @group(0) @binding(8) var<storage, read_write> tok: array<f32>;
 // output's result; prep reads it back.
-@group(0) @binding(9) var<storage, read_write> out: array<f32>;
-@group(0) @binding(10) var<storage, read> out_saved: array<f32>;
+@group(0) @binding(9) var<storage, read_write> out: array<T>;
+@group(0) @binding(10) var<storage, read> out_saved: array<T>;
 // The loss's gradient with respect to out, and the gradients the backward passes write.
-@group(0) @binding(11) var<storage, read> grad_out: array<f32>;
-@group(0) @binding(12) var<storage, read_write> grad_q: array<f32>;
-@group(0) @binding(13) var<storage, read_write> grad_k: array<f32>;
-@group(0) @binding(14) var<storage, read_write> grad_v: array<f32>;
+@group(0) @binding(11) var<storage, read> grad_out: array<T>;
+@group(0) @binding(12) var<storage, read_write> grad_q: array<T>;
+@group(0) @binding(13) var<storage, read_write> grad_k: array<T>;
+@group(0) @binding(14) var<storage, read_write> grad_v: array<T>;
 
 // Variant constants: largest head dimension (also the workgroup size) and chunk length.
 const MAX_D: u32 = 64u;
@@ -130,16 +135,16 @@ fn features(@builtin(workgroup_id) wid: vec3<u32>,
     if (p.has_mask != 0u) {
         w = mask[b * p.seq + t];
     }
-    let xq = q[qk_at(b, h, t, i)];
-    let xk = k[qk_at(b, h, t, i)];
+    let xq = f32(q[qk_at(b, h, t, i)]);
+    let xk = f32(k[qk_at(b, h, t, i)]);
     let fq = phi(xq);
     let fk = w * phi(xk);
     var a = fq;
     var bb = fk;
     if (p.has_rope != 0u) {
         let sc = sin_cos(t, i);
-        let pq = phi(q[qk_at(b, h, t, i ^ 1u)]);
-        let pk = w * phi(k[qk_at(b, h, t, i ^ 1u)]);
+        let pq = phi(f32(q[qk_at(b, h, t, i ^ 1u)]));
+        let pk = w * phi(f32(k[qk_at(b, h, t, i ^ 1u)]));
         if ((i & 1u) == 0u) {
             a = fq * sc.y - pq * sc.x;
             bb = fk * sc.y - pk * sc.x;
@@ -181,7 +186,7 @@ fn stage_v(b: u32, h: u32, t0: u32, li: u32) {
         let c = e % MAX_D;
         var x = 0.0;
         if (t0 + r < p.seq && c < p.dim_v) {
-            x = v[v_at(b, h, t0 + r, c)];
+            x = f32(v[v_at(b, h, t0 + r, c)]);
         }
         sh_4[e] = x;
     }
@@ -194,7 +199,7 @@ fn stage_grad(b: u32, h: u32, t0: u32, li: u32) {
         let c = e % MAX_D;
         var x = 0.0;
         if (t0 + r < p.seq && c < p.dim_v) {
-            x = grad_out[v_at(b, h, t0 + r, c)] / tok[tok_at(b, h, t0 + r)];
+            x = f32(grad_out[v_at(b, h, t0 + r, c)]) / tok[tok_at(b, h, t0 + r)];
         }
         sh_3[e] = x;
     }
@@ -354,7 +359,7 @@ fn output(@builtin(workgroup_id) wid: vec3<u32>,
             for (var n = 0u; n <= m; n++) {
                 num += sh_p[m * C + n] * sh_4[n * MAX_D + li];
             }
-            out[v_at(b, h, t0 + m, li)] = num / sh_t[m];
+            out[v_at(b, h, t0 + m, li)] = T(num / sh_t[m]);
         }
     }
 }
@@ -373,7 +378,7 @@ fn prep(@builtin(workgroup_id) wid: vec3<u32>,
     let b = idx / (p.seq * p.heads);
     var s = 0.0;
     for (var c = 0u; c < p.dim_v; c++) {
-        s += grad_out[v_at(b, h, t, c)] * out_saved[v_at(b, h, t, c)];
+        s += f32(grad_out[v_at(b, h, t, c)]) * f32(out_saved[v_at(b, h, t, c)]);
     }
     let at = tok_at(b, h, t);
     tok[at + 1u] = -s / tok[at];
@@ -481,7 +486,7 @@ fn backward_q(@builtin(workgroup_id) wid: vec3<u32>,
                 partner = sh_2[m * MAX_D + (li ^ 1u)];
             }
             let back = rotate_back(t, li, sh_2[m * MAX_D + li], partner);
-            grad_q[qk_at(b, h, t, li)] = feat[feat_at(b, h, t, F_DQ, li)] * (back + dfq[m]);
+            grad_q[qk_at(b, h, t, li)] = T(feat[feat_at(b, h, t, F_DQ, li)] * (back + dfq[m]));
         }
     }
 }
@@ -545,7 +550,7 @@ fn backward_k(@builtin(workgroup_id) wid: vec3<u32>,
                 partner = sh_1[n * MAX_D + (li ^ 1u)];
             }
             let back = rotate_back(t, li, sh_1[n * MAX_D + li], partner);
-            grad_k[qk_at(b, h, t, li)] = feat[feat_at(b, h, t, F_DK, li)] * (back + dfk[n]);
+            grad_k[qk_at(b, h, t, li)] = T(feat[feat_at(b, h, t, F_DK, li)] * (back + dfk[n]));
         }
     }
 }
@@ -591,7 +596,7 @@ fn backward_v(@builtin(workgroup_id) wid: vec3<u32>,
             for (var m = n; m < C; m++) {
                 dv += sh_p[m * C + n] * sh_3[m * MAX_D + li];
             }
-            grad_v[v_at(b, h, t, li)] = dv;
+            grad_v[v_at(b, h, t, li)] = T(dv);
         }
     }
 }

@@ -15,6 +15,10 @@
 // Threads: BLK rows x 4; thread (r, p) owns output columns p, p + 4, ... of row r. Masked-out
 // (causal or past the end) keys get probability exactly 0; a padding mask is additive, as in
 // HuggingFace (-3.4e38 makes a row of only padded keys uniform, as there).
+// q, k, v, out and the gradients are T (f32, or f16 in the f16 variant); the mask, stats,
+// staged tiles and all arithmetic are f32.
+
+alias T = f32;
 
 struct Params {
     batch: u32, heads: u32, seq: u32, dim: u32,
@@ -23,21 +27,21 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(1) var<storage, read> q: array<T>;
+@group(0) @binding(2) var<storage, read> k: array<T>;
+@group(0) @binding(3) var<storage, read> v: array<T>;
 // [batch, seq] additive mask.
 @group(0) @binding(4) var<storage, read> mask: array<f32>;
 // [batch, heads, seq, 2]: lse (written by forward), D (written by bwd_prep).
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 // forward's result; bwd_prep reads it back.
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
-@group(0) @binding(7) var<storage, read> out_saved: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<T>;
+@group(0) @binding(7) var<storage, read> out_saved: array<T>;
 // The loss's gradient with respect to out, and the gradients the backward passes write.
-@group(0) @binding(8) var<storage, read> grad_out: array<f32>;
-@group(0) @binding(9) var<storage, read_write> grad_q: array<f32>;
-@group(0) @binding(10) var<storage, read_write> grad_k: array<f32>;
-@group(0) @binding(11) var<storage, read_write> grad_v: array<f32>;
+@group(0) @binding(8) var<storage, read> grad_out: array<T>;
+@group(0) @binding(9) var<storage, read_write> grad_q: array<T>;
+@group(0) @binding(10) var<storage, read_write> grad_k: array<T>;
+@group(0) @binding(11) var<storage, read_write> grad_v: array<T>;
 
 // Variant constants: the largest head dimension, and rows per block (so the staged blocks
 // fit 32 KiB of workgroup memory).
@@ -95,7 +99,7 @@ fn stage_q(b: u32, h: u32, t0: u32, li: u32) {
         let c = e % MAX_D;
         var x = 0.0;
         if (in_range(t0 + r, c)) {
-            x = q[at(b, h, t0 + r, c)];
+            x = f32(q[at(b, h, t0 + r, c)]);
         }
         sh_a[r * SD + c] = x;
     }
@@ -107,7 +111,7 @@ fn stage_k(b: u32, h: u32, t0: u32, li: u32) {
         let c = e % MAX_D;
         var x = 0.0;
         if (in_range(t0 + r, c)) {
-            x = k[at(b, h, t0 + r, c)];
+            x = f32(k[at(b, h, t0 + r, c)]);
         }
         sh_b[r * SD + c] = x;
     }
@@ -119,7 +123,7 @@ fn stage_v(b: u32, h: u32, t0: u32, li: u32) {
         let c = e % MAX_D;
         var x = 0.0;
         if (in_range(t0 + r, c)) {
-            x = v[at(b, h, t0 + r, c)];
+            x = f32(v[at(b, h, t0 + r, c)]);
         }
         sh_c[r * SD + c] = x;
     }
@@ -131,7 +135,7 @@ fn stage_dout(b: u32, h: u32, t0: u32, li: u32) {
         let c = e % MAX_D;
         var x = 0.0;
         if (in_range(t0 + r, c)) {
-            x = grad_out[at(b, h, t0 + r, c)];
+            x = f32(grad_out[at(b, h, t0 + r, c)]);
         }
         sh_d[r * SD + c] = x;
     }
@@ -229,7 +233,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         for (var cc = 0u; cc < COLS; cc++) {
             let c = part + 4u * cc;
             if (c < p.dim) {
-                out[at(b, h, i, c)] = acc[cc] * inv;
+                out[at(b, h, i, c)] = T(acc[cc] * inv);
             }
         }
         if (part == 0u) {
@@ -252,7 +256,7 @@ fn bwd_prep(@builtin(workgroup_id) wid: vec3<u32>,
     let b = idx / (p.seq * p.heads);
     var s = 0.0;
     for (var c = 0u; c < p.dim; c++) {
-        s += grad_out[at(b, h, t, c)] * out_saved[at(b, h, t, c)];
+        s += f32(grad_out[at(b, h, t, c)]) * f32(out_saved[at(b, h, t, c)]);
     }
     stats[stat_at(b, h, t) + 1u] = s;
 }
@@ -317,7 +321,7 @@ fn bwd_dq(@builtin(workgroup_id) wid: vec3<u32>,
         for (var cc = 0u; cc < COLS; cc++) {
             let c = part + 4u * cc;
             if (c < p.dim) {
-                grad_q[at(b, h, i, c)] = p.scale * acc[cc];
+                grad_q[at(b, h, i, c)] = T(p.scale * acc[cc]);
             }
         }
     }
@@ -394,8 +398,8 @@ fn bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>,
         for (var cc = 0u; cc < COLS; cc++) {
             let c = part + 4u * cc;
             if (c < p.dim) {
-                grad_k[at(b, h, j, c)] = p.scale * dk[cc];
-                grad_v[at(b, h, j, c)] = dv[cc];
+                grad_k[at(b, h, j, c)] = T(p.scale * dk[cc]);
+                grad_v[at(b, h, j, c)] = T(dv[cc]);
             }
         }
     }

@@ -27,6 +27,11 @@
 // GL path compiles very slowly); tokens are staged BT at a time through workgroup memory,
 // zero-padded to a multiple of 4. The chunked causal form for long sequences is tested
 // against this one.
+//
+// q, k, v, out and their gradients are T (f32, or f16 in the f16 variant); the RoPE table,
+// mask, features, states and all arithmetic are f32.
+
+alias T = f32;
 
 struct Params {
     batch: u32, heads: u32, seq: u32, dim: u32,
@@ -36,9 +41,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(1) var<storage, read> q: array<T>;
+@group(0) @binding(2) var<storage, read> k: array<T>;
+@group(0) @binding(3) var<storage, read> v: array<T>;
 // [positions, dim]: sin(theta_i) in column i, cos(theta_i) in column dim/2 + i.
 @group(0) @binding(4) var<storage, read> table: array<f32>;
 // [batch, seq] key weights (1 = token, 0 = padding).
@@ -46,13 +51,13 @@ struct Params {
 // [batch, heads, seq, 2]: den (written by forward), dden (written by backward_prep).
 @group(0) @binding(6) var<storage, read_write> tok: array<f32>;
 // forward's result; backward_prep reads it back.
-@group(0) @binding(7) var<storage, read_write> out: array<f32>;
-@group(0) @binding(8) var<storage, read> out_saved: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out: array<T>;
+@group(0) @binding(8) var<storage, read> out_saved: array<T>;
 // The loss's gradient with respect to out, and the gradients the backward passes write.
-@group(0) @binding(9) var<storage, read> grad_out: array<f32>;
-@group(0) @binding(10) var<storage, read_write> grad_q: array<f32>;
-@group(0) @binding(11) var<storage, read_write> grad_k: array<f32>;
-@group(0) @binding(12) var<storage, read_write> grad_v: array<f32>;
+@group(0) @binding(9) var<storage, read> grad_out: array<T>;
+@group(0) @binding(10) var<storage, read_write> grad_q: array<T>;
+@group(0) @binding(11) var<storage, read_write> grad_k: array<T>;
+@group(0) @binding(12) var<storage, read_write> grad_v: array<T>;
 // Non-causal: per (b, h), a d x dv matrix row-major then a d-vector (S and z, or U and y):
 // summed (`state`), or one chunk's part (`state_out`, [chunk][b][h][...]).
 @group(0) @binding(13) var<storage, read> state: array<f32>;
@@ -182,10 +187,10 @@ fn stage_q(b: u32, h: u32, t0: u32, cnt: u32, li: u32) {
             sh_a[j * MAX_D + i] = 0.0;
             continue;
         }
-        let f = phi(q[qk_at(b, h, t0 + j, i)]);
+        let f = phi(f32(q[qk_at(b, h, t0 + j, i)]));
         var partner = 0.0;
         if (p.has_rope != 0u) {
-            partner = phi(q[qk_at(b, h, t0 + j, i ^ 1u)]);
+            partner = phi(f32(q[qk_at(b, h, t0 + j, i ^ 1u)]));
         }
         sh_fq[j * MAX_D + i] = f;
         sh_a[j * MAX_D + i] = rotate(t0 + j, i, f, partner);
@@ -203,10 +208,10 @@ fn stage_k(b: u32, h: u32, t0: u32, cnt: u32, li: u32) {
             continue;
         }
         let w = key_weight(b, t0 + j);
-        let f = w * phi(k[qk_at(b, h, t0 + j, i)]);
+        let f = w * phi(f32(k[qk_at(b, h, t0 + j, i)]));
         var partner = 0.0;
         if (p.has_rope != 0u) {
-            partner = w * phi(k[qk_at(b, h, t0 + j, i ^ 1u)]);
+            partner = w * phi(f32(k[qk_at(b, h, t0 + j, i ^ 1u)]));
         }
         sh_fk[j * MAX_D + i] = f;
         sh_b[j * MAX_D + i] = rotate(t0 + j, i, f, partner);
@@ -220,7 +225,7 @@ fn stage_v(b: u32, h: u32, t0: u32, cnt: u32, li: u32) {
         let c = e % w;
         var x = 0.0;
         if (c < p.dim_v) {
-            x = v[v_at(b, h, t0 + j, c)];
+            x = f32(v[v_at(b, h, t0 + j, c)]);
         }
         sh_v[j * MAX_D + c] = x;
     }
@@ -234,7 +239,7 @@ fn stage_grad(b: u32, h: u32, t0: u32, cnt: u32, li: u32, dden: bool) {
         let c = e % w;
         var x = 0.0;
         if (c < p.dim_v) {
-            x = grad_out[v_at(b, h, t0 + j, c)] / tok[tok_at(b, h, t0 + j)];
+            x = f32(grad_out[v_at(b, h, t0 + j, c)]) / tok[tok_at(b, h, t0 + j)];
         }
         sh_dnum[j * MAX_D + c] = x;
     }
@@ -378,7 +383,7 @@ fn emit_out(b: u32, h: u32, t0: u32, li: u32, j: u32) {
         num += dot(a4(j, i4), st[i4]);
         den += dot(fq4(j, i4), st_z[i4]);
     }
-    out[v_at(b, h, t0 + j, li)] = num / den;
+    out[v_at(b, h, t0 + j, li)] = T(num / den);
     if (li == 0u) {
         tok[tok_at(b, h, t0 + j)] = den;
     }
@@ -462,7 +467,7 @@ fn backward_prep(@builtin(workgroup_id) wid: vec3<u32>,
     let b = idx / (p.seq * p.heads);
     var s = 0.0;
     for (var c = 0u; c < p.dim_v; c++) {
-        s += grad_out[v_at(b, h, t, c)] * out_saved[v_at(b, h, t, c)];
+        s += f32(grad_out[v_at(b, h, t, c)]) * f32(out_saved[v_at(b, h, t, c)]);
     }
     let at = tok_at(b, h, t);
     tok[at + 1u] = -s / tok[at];
@@ -479,7 +484,7 @@ fn emit_dq(b: u32, h: u32, t0: u32, cnt: u32, li: u32, dfq: array<f32, BT>) {
             }
             let back = rotate_back(t, li, sh_a[j * MAX_D + li], partner);
             let at = qk_at(b, h, t, li);
-            grad_q[at] = dphi(q[at]) * (back + dfq[j]);
+            grad_q[at] = T(dphi(f32(q[at])) * (back + dfq[j]));
         }
     }
 }
@@ -570,7 +575,7 @@ fn emit_dk(b: u32, h: u32, t0: u32, cnt: u32, li: u32, dfk: array<f32, BT>) {
             }
             let back = rotate_back(t, li, sh_b[j * MAX_D + li], partner);
             let at = qk_at(b, h, t, li);
-            grad_k[at] = key_weight(b, t) * dphi(k[at]) * (back + dfk[j]);
+            grad_k[at] = T(key_weight(b, t) * dphi(f32(k[at])) * (back + dfk[j]));
         }
     }
 }
@@ -691,7 +696,7 @@ fn backward_v(@builtin(workgroup_id) wid: vec3<u32>,
                 for (var i4 = 0u; i4 < d4; i4++) {
                     st[i4] += a4(j, i4) * dn;
                 }
-                grad_v[v_at(b, h, t0 + j, li)] = dv_of(j);
+                grad_v[v_at(b, h, t0 + j, li)] = T(dv_of(j));
             }
         }
         workgroupBarrier();
@@ -719,7 +724,7 @@ fn backward_v_chunk(@builtin(workgroup_id) wid: vec3<u32>,
         workgroupBarrier();
         if (li < p.dim_v) {
             for (var j = 0u; j < cnt; j++) {
-                grad_v[v_at(b, h, t0 + j, li)] = dv_of(j);
+                grad_v[v_at(b, h, t0 + j, li)] = T(dv_of(j));
             }
         }
         workgroupBarrier();

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use roformer_wgpu::apps::verify::{batch_from, verify_mixed};
 use roformer_wgpu::io::{read_checkpoint, HostTensors};
-use roformer_wgpu::model::{Mode, RoFormer, RoFormerConfig};
+use roformer_wgpu::model::{AttentionKind, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::optim::{LossScaling, TrainOptions};
 use roformer_wgpu::params::ParamStore;
 
@@ -83,6 +83,57 @@ fn every_trained_fixture_matches_transformers_in_mixed_precision() {
         "mixed precision: worst tensor {:.2e} ({}), worst AdamW loss {:.2e} ({})",
         worst_tensor.0, worst_tensor.1, worst_loss.0, worst_loss.1
     );
+}
+
+/// Fused softmax attention (f16 q, k, v and gradients in its kernels) in mixed precision,
+/// against the same fixtures.
+#[test]
+fn fused_attention_trains_like_transformers_in_mixed_precision() {
+    let ctx = &ctx();
+    if !has_f16(ctx, "fused attention in mixed precision") {
+        return;
+    }
+    for name in [
+        "roformer_tiny_mlm",
+        "roformer_8heads_cls",
+        "roformer_proj_rotv_mlm",
+    ] {
+        let (mut cfg, tensors) = fixture(name);
+        cfg.attention = AttentionKind::FusedSoftmax;
+        let mut model = RoFormer::new(ctx, cfg.clone(), head_of(&cfg, &tensors)).unwrap();
+        model.load_tensors(ctx, &tensors).unwrap();
+        model
+            .use_mixed_precision(ctx, LossScaling::default())
+            .unwrap();
+        let report = ctx
+            .block_on(roformer_wgpu::apps::verify::verify_model(
+                ctx, &model, &tensors,
+            ))
+            .unwrap();
+        let grads = report
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("grad."))
+            .count();
+        assert!(grads >= 20, "{name}: {grads} gradients compared");
+        let worst = report
+            .checks
+            .iter()
+            .filter(|c| c.name != "train.adamw_losses")
+            .map(|c| c.error)
+            .fold(0.0, f64::max);
+        let losses = report
+            .checks
+            .iter()
+            .find(|c| c.name == "train.adamw_losses")
+            .unwrap();
+        eprintln!(
+            "{name} fused, mixed: worst tensor {worst:.2e}, AdamW losses {:.2e}",
+            losses.error
+        );
+        assert!(worst < TENSOR_TOL, "{name}: {worst:.2e}");
+        assert!(losses.error < LOSS_TOL, "{name}: {:.2e}", losses.error);
+    }
 }
 
 /// A loss scale so large that the f16 gradients overflow: two steps are skipped (the scale

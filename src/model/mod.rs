@@ -453,8 +453,8 @@ impl RoFormer {
     /// in f16 (activations and their gradients, weights cast to an f16 copy at the start of
     /// each step), and training steps scale the loss dynamically as `scaling` says
     /// (skipping and halving on overflow, reported in [`StepMetrics`]). Sessions made
-    /// before cannot exist (they borrow the model). Needs `SHADER_F16`; the attention
-    /// kinds with f16 kernels so far are softmax attention.
+    /// before cannot exist (they borrow the model). Needs `SHADER_F16` (an `Unsupported`
+    /// error names it where the adapter lacks it).
     pub fn use_mixed_precision(&mut self, ctx: &Context, scaling: LossScaling) -> Result<()> {
         self.store.use_mixed_precision(ctx, scaling)
     }

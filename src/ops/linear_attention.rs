@@ -82,6 +82,8 @@ struct Shapes {
     qk: Heads,
     v: Heads,
     max_d: usize,
+    /// q, k, v, the output and the gradients: f32 or f16.
+    dtype: DType,
 }
 
 fn shapes(
@@ -93,8 +95,11 @@ fn shapes(
     layout: HeadLayout,
     opts: &LinearAttentionOptions<'_>,
 ) -> Result<Shapes> {
-    for (what, t) in [("q", q), ("k", k), ("v", v)] {
-        t.expect_dtype(op, what, DType::F32)?;
+    if !q.dtype().is_float() {
+        q.expect_dtype(op, "q", DType::F32)?;
+    }
+    for (what, t) in [("k", k), ("v", v)] {
+        t.expect_dtype(op, what, q.dtype())?;
     }
     let qk = Heads::of(op, "q", q, layout)?;
     k.expect_shape(op, "k", q.shape())?;
@@ -123,7 +128,12 @@ fn shapes(
         });
     }
     check_options(op, opts, &qk)?;
-    Ok(Shapes { qk, v: hv, max_d })
+    Ok(Shapes {
+        qk,
+        v: hv,
+        max_d,
+        dtype: q.dtype(),
+    })
 }
 
 /// The options fit q's heads: the RoPE table (as `rope` checks it) and the key mask
@@ -253,6 +263,7 @@ fn builder<'a>(
 ) -> DispatchBuilder<'a> {
     DispatchBuilder::new(ctx, &SHADER, entry)
         .variants(substitutions(s.max_d))
+        .element_type("T", s.dtype)
         .params(&params(s, opts))
 }
 
@@ -423,7 +434,7 @@ pub fn forward(
     layout: HeadLayout,
     opts: &LinearAttentionOptions<'_>,
 ) -> Result<(Tensor, Tensor)> {
-    let out = Tensor::zeros(ctx, v.shape(), DType::F32)?;
+    let out = Tensor::zeros(ctx, v.shape(), v.dtype())?;
     let saved = Tensor::zeros(ctx, &saved_shape(q, layout)?, DType::F32)?;
     ctx.submit(&plan_forward(ctx, q, k, v, layout, opts, &out, &saved)?)?;
     Ok((out, saved))
@@ -442,9 +453,9 @@ pub fn backward(
     saved: &Tensor,
     grad_out: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let dq = Tensor::zeros(ctx, q.shape(), DType::F32)?;
-    let dk = Tensor::zeros(ctx, k.shape(), DType::F32)?;
-    let dv = Tensor::zeros(ctx, v.shape(), DType::F32)?;
+    let dq = Tensor::zeros(ctx, q.shape(), q.dtype())?;
+    let dk = Tensor::zeros(ctx, k.shape(), k.dtype())?;
+    let dv = Tensor::zeros(ctx, v.shape(), v.dtype())?;
     ctx.submit(&plan_backward(
         ctx, q, k, v, layout, opts, out, saved, grad_out, &dq, &dk, &dv,
     )?)?;
@@ -740,6 +751,94 @@ mod tests {
                         assert_close(&format!("{what} dv"), &back(&dvt, dv), &wv, 1e-4);
                     }
                 }
+            }
+        }
+    }
+
+    /// f16 q, k, v, outputs and gradients (f32 table, mask, sums) against the f64
+    /// reference from the same f16-rounded inputs; non-causal over several chunks too.
+    #[test]
+    fn f16_tensors_match_the_f64_reference() {
+        let ctx = &ctx();
+        if !has_f16(ctx, "f16 linear attention") {
+            return;
+        }
+        let mut rng = rng(43);
+        let h16 = DType::F16;
+        for (b, h, t, d, dv) in [
+            (1, 1, 1, 4, 4),
+            (2, 3, 7, 8, 8),
+            (1, 2, 33, 16, 12),
+            (2, 1, 290, 8, 8),
+        ] {
+            let (qs, vs) = ([b, h, t, d], [b, h, t, dv]);
+            let q = round_f16(&randn(&mut rng, b * h * t * d));
+            let k = round_f16(&randn(&mut rng, b * h * t * d));
+            let v = round_f16(&randn(&mut rng, b * h * t * dv));
+            let g = round_f16(&randn(&mut rng, b * h * t * dv));
+            let mask: Vec<f32> = (0..b * t)
+                .map(|i| {
+                    if i / t == 1 && i % t >= t - 2 {
+                        0.0
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            let table = rope::table(ctx, t, d).unwrap();
+            let tmask = upload(ctx, &mask, &[b, t]);
+            let (tq, tk) = (upload_as(ctx, &q, &qs, h16), upload_as(ctx, &k, &qs, h16));
+            let (tv, tg) = (upload_as(ctx, &v, &vs, h16), upload_as(ctx, &g, &vs, h16));
+            for (causal, use_rope, masked) in [
+                (false, false, false),
+                (true, true, true),
+                (false, true, true),
+            ] {
+                let opts = LinearAttentionOptions {
+                    causal,
+                    rope: use_rope.then_some(&table),
+                    key_mask: masked.then_some(&tmask),
+                    eps: EPS,
+                };
+                let layout = HeadLayout::Bhtd;
+                let out = poisoned_as(ctx, &vs, h16);
+                let saved = poisoned(ctx, &[b, h, t, 2]);
+                let (dq, dk, dvt) = (
+                    poisoned_as(ctx, &qs, h16),
+                    poisoned_as(ctx, &qs, h16),
+                    poisoned_as(ctx, &vs, h16),
+                );
+                ctx.run(&plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &out, &saved).unwrap())
+                    .unwrap();
+                ctx.run(
+                    &plan_backward(
+                        ctx, &tq, &tk, &tv, layout, &opts, &out, &saved, &tg, &dq, &dk, &dvt,
+                    )
+                    .unwrap(),
+                )
+                .unwrap();
+                let m64 = to_f64(&mask);
+                let problem = reference::Problem {
+                    q: &to_f64(&q),
+                    k: &to_f64(&k),
+                    v: &to_f64(&v),
+                    dims: (b, h, t, d, dv),
+                    causal,
+                    rope: use_rope,
+                    mask: masked.then_some(&m64[..]),
+                    eps: EPS as f64,
+                };
+                let (wo, wq, wk, wv) = reference::forward_backward(&problem, &to_f64(&g));
+                let what = format!(
+                    "f16 linear attention [{b},{h},{t},{d}/{dv}] causal={causal} rope={use_rope} mask={masked}"
+                );
+                assert_close(&format!("{what} out"), &download_f32(ctx, &out), &wo, 1e-3);
+                if t > 1 {
+                    // (one token: dq and dk are O(eps) rounding noise, see above)
+                    assert_close(&format!("{what} dq"), &download_f32(ctx, &dq), &wq, 2e-3);
+                    assert_close(&format!("{what} dk"), &download_f32(ctx, &dk), &wk, 2e-3);
+                }
+                assert_close(&format!("{what} dv"), &download_f32(ctx, &dvt), &wv, 1e-3);
             }
         }
     }

@@ -271,4 +271,33 @@ fn every_fixture_matches_transformers_in_f16_inference() {
         worst.0,
         worst.1
     );
+    // The fused attention kernels in f16, on the same references.
+    for name in [
+        "roformer_tiny_mlm",
+        "roformer_proj_rotv_mlm",
+        "roformer_8heads_cls",
+    ] {
+        let dir = fixtures_dir();
+        let mut cfg = RoFormerConfig::from_file(dir.join(format!("{name}.config.json"))).unwrap();
+        cfg.attention = roformer_wgpu::model::AttentionKind::FusedSoftmax;
+        let tensors =
+            roformer_wgpu::io::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap();
+        let report = ctx
+            .block_on(verify_outputs(
+                ctx,
+                cfg,
+                &tensors,
+                roformer_wgpu::DType::F16,
+            ))
+            .unwrap();
+        let worst = report.checks.iter().map(|c| c.error).fold(0.0, f64::max);
+        eprintln!("{name} with fused attention in f16: worst {worst:.2e}");
+        assert!(
+            report.checks.len() >= 3,
+            "{name}: {} checks",
+            report.checks.len()
+        );
+        let failures = report.failures(F16_TOL);
+        assert!(failures.is_empty(), "{name} fused in f16: {failures:#?}");
+    }
 }

@@ -353,102 +353,104 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
         0.0,
         28.0 * n as f64,
     )?;
-    // attention, B1 H8 d64
+    // attention, B1 H8 d64, f32 and f16 q, k, v
     let t = s(256, 4096);
     let shape = [1, 8, t, 64];
-    let (q, k, v) = (
-        filled(&ctx, &shape),
-        filled(&ctx, &shape),
-        filled(&ctx, &shape),
-    );
-    let opts = AttentionOptions::default();
-    let saved = flash_attention::FlashSaved::new(&ctx, &q, HeadLayout::Bhtd, &opts)?;
-    let d = flash_attention::plan_forward(
-        &ctx,
-        &q,
-        &k,
-        &v,
-        HeadLayout::Bhtd,
-        &opts,
-        &saved,
-        &zeros(&ctx, &shape),
-    )?;
-    add(
-        "fused softmax attention forward",
-        format!("B1 H8 T{t} d64"),
-        d.clone(),
-        4.0 * 8.0 * (t * t * 64) as f64,
-        0.0,
-    )?;
-    // Forward and backward, as a training step runs them (what PyTorch's SDPA is timed on).
-    let o = zeros(&ctx, &shape);
-    let mut fb =
-        flash_attention::plan_forward(&ctx, &q, &k, &v, HeadLayout::Bhtd, &opts, &saved, &o)?;
-    fb.extend(flash_attention::plan_backward(
-        &ctx,
-        &q,
-        &k,
-        &v,
-        HeadLayout::Bhtd,
-        &opts,
-        &saved,
-        &o,
-        &filled(&ctx, &shape),
-        &flash_attention::FlashScratch::new(&ctx, &q, &opts)?,
-        &zeros(&ctx, &shape),
-        &zeros(&ctx, &shape),
-        &zeros(&ctx, &shape),
-    )?);
-    add(
-        "fused softmax attention forward+backward",
-        format!("B1 H8 T{t} d64"),
-        fb,
-        // forward 2 products, backward 5 (QKᵀ recomputed, dV, dP, dQ, dK): 2 T² d each
-        14.0 * 8.0 * (t * t * 64) as f64,
-        0.0,
-    )?;
-    let lopts = LinearAttentionOptions::default();
-    let lsaved = zeros(&ctx, &linear_attention::saved_shape(&q, HeadLayout::Bhtd)?);
-    let d = linear_attention::plan_forward(
-        &ctx,
-        &q,
-        &k,
-        &v,
-        HeadLayout::Bhtd,
-        &lopts,
-        &zeros(&ctx, &shape),
-        &lsaved,
-    )?;
-    add(
-        "linear attention forward (scan)",
-        format!("B1 H8 T{t} d64"),
-        d,
-        4.0 * 8.0 * (t * 64 * 64) as f64,
-        0.0,
-    )?;
-    let copts = LinearAttentionOptions {
-        causal: true,
-        ..Default::default()
-    };
-    let cs = chunked::shapes(&ctx, &q, &k, &v, HeadLayout::Bhtd, &copts)?;
-    let csaved = chunked::ChunkedSaved::new(&ctx, &cs)?;
-    let d = chunked::plan_forward(
-        &ctx,
-        &q,
-        &k,
-        &v,
-        HeadLayout::Bhtd,
-        &copts,
-        &csaved,
-        &zeros(&ctx, &shape),
-    )?;
-    add(
-        "causal linear attention (chunked)",
-        format!("B1 H8 T{t} d64"),
-        d,
-        4.0 * 8.0 * (t * 64 * 64) as f64,
-        0.0,
-    )?;
+    for &dt in &dtypes {
+        let (q, k, v) = (
+            filled_as(&ctx, &shape, dt),
+            filled_as(&ctx, &shape, dt),
+            filled_as(&ctx, &shape, dt),
+        );
+        let opts = AttentionOptions::default();
+        let saved = flash_attention::FlashSaved::new(&ctx, &q, HeadLayout::Bhtd, &opts)?;
+        let d = flash_attention::plan_forward(
+            &ctx,
+            &q,
+            &k,
+            &v,
+            HeadLayout::Bhtd,
+            &opts,
+            &saved,
+            &zeros_as(&ctx, &shape, dt),
+        )?;
+        add(
+            &format!("fused softmax attention forward{}", tag(dt)),
+            format!("B1 H8 T{t} d64"),
+            d.clone(),
+            4.0 * 8.0 * (t * t * 64) as f64,
+            0.0,
+        )?;
+        // Forward and backward, as a training step runs them (what PyTorch's SDPA is timed on).
+        let o = zeros_as(&ctx, &shape, dt);
+        let mut fb =
+            flash_attention::plan_forward(&ctx, &q, &k, &v, HeadLayout::Bhtd, &opts, &saved, &o)?;
+        fb.extend(flash_attention::plan_backward(
+            &ctx,
+            &q,
+            &k,
+            &v,
+            HeadLayout::Bhtd,
+            &opts,
+            &saved,
+            &o,
+            &filled_as(&ctx, &shape, dt),
+            &flash_attention::FlashScratch::new(&ctx, &q, &opts)?,
+            &zeros_as(&ctx, &shape, dt),
+            &zeros_as(&ctx, &shape, dt),
+            &zeros_as(&ctx, &shape, dt),
+        )?);
+        add(
+            &format!("fused softmax attention forward+backward{}", tag(dt)),
+            format!("B1 H8 T{t} d64"),
+            fb,
+            // forward 2 products, backward 5 (QKᵀ recomputed, dV, dP, dQ, dK): 2 T² d each
+            14.0 * 8.0 * (t * t * 64) as f64,
+            0.0,
+        )?;
+        let lopts = LinearAttentionOptions::default();
+        let lsaved = zeros(&ctx, &linear_attention::saved_shape(&q, HeadLayout::Bhtd)?);
+        let d = linear_attention::plan_forward(
+            &ctx,
+            &q,
+            &k,
+            &v,
+            HeadLayout::Bhtd,
+            &lopts,
+            &zeros_as(&ctx, &shape, dt),
+            &lsaved,
+        )?;
+        add(
+            &format!("linear attention forward (scan){}", tag(dt)),
+            format!("B1 H8 T{t} d64"),
+            d,
+            4.0 * 8.0 * (t * 64 * 64) as f64,
+            0.0,
+        )?;
+        let copts = LinearAttentionOptions {
+            causal: true,
+            ..Default::default()
+        };
+        let cs = chunked::shapes(&ctx, &q, &k, &v, HeadLayout::Bhtd, &copts)?;
+        let csaved = chunked::ChunkedSaved::new(&ctx, &cs)?;
+        let d = chunked::plan_forward(
+            &ctx,
+            &q,
+            &k,
+            &v,
+            HeadLayout::Bhtd,
+            &copts,
+            &csaved,
+            &zeros_as(&ctx, &shape, dt),
+        )?;
+        add(
+            &format!("causal linear attention (chunked){}", tag(dt)),
+            format!("B1 H8 T{t} d64"),
+            d,
+            4.0 * 8.0 * (t * 64 * 64) as f64,
+            0.0,
+        )?;
+    }
 
     std::fs::write(
         out.join("bench.json"),

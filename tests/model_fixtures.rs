@@ -221,7 +221,7 @@ fn checkpoints_load_from_bytes() {
 #[test]
 fn every_fixture_matches_transformers_in_f16_inference() {
     use roformer_wgpu::apps::verify::verify_outputs;
-    use roformer_wgpu::model::RoFormerConfig;
+    use roformer_wgpu::model::{AttentionKind, RoFormerConfig};
     const F16_TOL: f64 = 1e-2;
     let ctx = &ctx();
     if !has_f16(ctx, "f16 inference") {
@@ -236,21 +236,24 @@ fn every_fixture_matches_transformers_in_f16_inference() {
         .collect();
     names.sort();
     assert!(names.len() >= 10, "fixtures: {names:?}");
+    // A fixture's outputs through an f16 encoder, with its attention kind or another.
+    let f16_report = |name: &str, attention: Option<AttentionKind>| {
+        let dir = fixtures_dir();
+        let mut cfg = RoFormerConfig::from_file(dir.join(format!("{name}.config.json"))).unwrap();
+        cfg.attention = attention.unwrap_or(cfg.attention);
+        let tensors =
+            roformer_wgpu::io::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap();
+        ctx.block_on(verify_outputs(
+            ctx,
+            cfg,
+            &tensors,
+            roformer_wgpu::DType::F16,
+        ))
+        .unwrap()
+    };
     let mut worst = (0.0f64, String::new());
     for name in &names {
-        let dir = fixtures_dir();
-        let text = std::fs::read_to_string(dir.join(format!("{name}.config.json"))).unwrap();
-        let cfg = RoFormerConfig::from_json(&text, name).unwrap();
-        let bytes = std::fs::read(dir.join(format!("{name}.safetensors"))).unwrap();
-        let tensors = roformer_wgpu::io::parse_safetensors(name.as_ref(), &bytes).unwrap();
-        let report = ctx
-            .block_on(verify_outputs(
-                ctx,
-                cfg,
-                &tensors,
-                roformer_wgpu::DType::F16,
-            ))
-            .unwrap();
+        let report = f16_report(name, None);
         let compared: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
         assert!(
             compared.contains(&"output.last_hidden_state"),
@@ -277,19 +280,7 @@ fn every_fixture_matches_transformers_in_f16_inference() {
         "roformer_proj_rotv_mlm",
         "roformer_8heads_cls",
     ] {
-        let dir = fixtures_dir();
-        let mut cfg = RoFormerConfig::from_file(dir.join(format!("{name}.config.json"))).unwrap();
-        cfg.attention = roformer_wgpu::model::AttentionKind::FusedSoftmax;
-        let tensors =
-            roformer_wgpu::io::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap();
-        let report = ctx
-            .block_on(verify_outputs(
-                ctx,
-                cfg,
-                &tensors,
-                roformer_wgpu::DType::F16,
-            ))
-            .unwrap();
+        let report = f16_report(name, Some(AttentionKind::FusedSoftmax));
         let worst = report.checks.iter().map(|c| c.error).fold(0.0, f64::max);
         eprintln!("{name} with fused attention in f16: worst {worst:.2e}");
         assert!(

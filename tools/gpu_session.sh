@@ -35,7 +35,7 @@ bin=.device/bin
 # The carry limit of the device tool, for everything that travels.
 LIMIT=$((64 * 1024 * 1024))
 EXAMPLES="bench lra_speed info train"
-TESTS="--lib --test model_fixtures --test attention_fixtures --test encoder --test text_pipelines"
+TESTS="--lib --test model_fixtures --test attention_fixtures --test encoder --test text_pipelines --test mixed_precision"
 
 on() {
   if [ -n "$REHEARSE" ]; then "$@"; else bash .device/on-device.sh "$@"; fi
@@ -78,6 +78,9 @@ else
   # the adapter has no cooperative matrices).
   TEST_ARGS="--include-ignored"
 fi
+# The f16 and mixed-precision tests must run, not skip: NVIDIA's Vulkan driver offers
+# SHADER_F16, and so does llvmpipe's.
+export ROFORMER_REQUIRE_F16=1
 
 stage() {
   SUMMARY="$OUT/summary-stage.txt"; : > "$SUMMARY"

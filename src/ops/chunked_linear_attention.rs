@@ -456,71 +456,40 @@ mod tests {
             return;
         }
         let mut rng = rng(47);
-        let h16 = DType::F16;
-        for (b, h, t, d, dv) in [
+        let dims = [
             (1, 1, 1, 4, 4),
             (2, 3, 7, 8, 8),
             (1, 2, 33, 16, 12),
             (1, 1, 129, 32, 32),
-        ] {
+        ];
+        for dims in dims {
+            let case = linear_attention::F16Case::new(ctx, &mut rng, dims);
+            let (b, h, t, d, dv) = dims;
             let (qs, vs) = ([b, h, t, d], [b, h, t, dv]);
-            let q = round_f16(&randn(&mut rng, b * h * t * d));
-            let k = round_f16(&randn(&mut rng, b * h * t * d));
-            let v = round_f16(&randn(&mut rng, b * h * t * dv));
-            let g = round_f16(&randn(&mut rng, b * h * t * dv));
-            let mask: Vec<f32> = (0..b * t)
-                .map(|i| {
-                    if i / t == 1 && i % t >= t - 2 {
-                        0.0
-                    } else {
-                        1.0
-                    }
-                })
-                .collect();
-            let table = rope::table(ctx, t, d).unwrap();
-            let tmask = upload(ctx, &mask, &[b, t]);
-            let (tq, tk) = (upload_as(ctx, &q, &qs, h16), upload_as(ctx, &k, &qs, h16));
-            let (tv, tg) = (upload_as(ctx, &v, &vs, h16), upload_as(ctx, &g, &vs, h16));
             for (use_rope, masked) in [(false, false), (true, true)] {
-                let opts = LinearAttentionOptions {
-                    causal: true,
-                    rope: use_rope.then_some(&table),
-                    key_mask: masked.then_some(&tmask),
-                    eps: linear_attention::EPS,
-                };
+                let opts = case.options(true, use_rope, masked);
+                let [tq, tk, tv, tg] = &case.inputs;
                 let layout = HeadLayout::Bhtd;
-                let s = shapes(ctx, &tq, &tk, &tv, layout, &opts).unwrap();
+                let s = shapes(ctx, tq, tk, tv, layout, &opts).unwrap();
                 let saved = ChunkedSaved::new(ctx, &s).unwrap();
                 let reverse = poisoned(ctx, &s.states());
+                let h16 = DType::F16;
                 let (o, dq, dk, dvt) = (
                     poisoned_as(ctx, &vs, h16),
                     poisoned_as(ctx, &qs, h16),
                     poisoned_as(ctx, &qs, h16),
                     poisoned_as(ctx, &vs, h16),
                 );
-                ctx.run(&plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &saved, &o).unwrap())
+                ctx.run(&plan_forward(ctx, tq, tk, tv, layout, &opts, &saved, &o).unwrap())
                     .unwrap();
                 ctx.run(
                     &plan_backward(
-                        ctx, &tq, &tk, &tv, layout, &opts, &saved, &o, &tg, &reverse, &dq, &dk,
-                        &dvt,
+                        ctx, tq, tk, tv, layout, &opts, &saved, &o, tg, &reverse, &dq, &dk, &dvt,
                     )
                     .unwrap(),
                 )
                 .unwrap();
-                let m64 = to_f64(&mask);
-                let problem = linear_attention::reference::Problem {
-                    q: &to_f64(&q),
-                    k: &to_f64(&k),
-                    v: &to_f64(&v),
-                    dims: (b, h, t, d, dv),
-                    causal: true,
-                    rope: use_rope,
-                    mask: masked.then_some(&m64[..]),
-                    eps: linear_attention::EPS as f64,
-                };
-                let (wo, wq, wk, wv) =
-                    linear_attention::reference::forward_backward(&problem, &to_f64(&g));
+                let (wo, wq, wk, wv) = case.reference(true, use_rope, masked);
                 let what =
                     format!("f16 chunked [{b},{h},{t},{d}/{dv}] rope={use_rope} mask={masked}");
                 for (name, ours, want, tol) in [

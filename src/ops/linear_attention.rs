@@ -603,6 +603,87 @@ pub mod reference {
     }
 }
 
+/// One f16 test case of this family and its chunked form: random f16-rounded q, k, v and
+/// output gradient `[B, H, T, d]` (`Bhtd`) on the GPU, a key mask hiding the last two
+/// tokens of the second sequence, the RoPE table, and the f64 reference from the same
+/// values.
+#[cfg(test)]
+pub(crate) struct F16Case {
+    /// `[q, k, v, grad_out]`, f16.
+    pub inputs: [Tensor; 4],
+    pub mask: Tensor,
+    pub table: Tensor,
+    values: [Vec<f32>; 4],
+    mask_values: Vec<f32>,
+    dims: (usize, usize, usize, usize, usize),
+}
+
+#[cfg(test)]
+impl F16Case {
+    pub fn new(
+        ctx: &Context,
+        rng: &mut impl rand::Rng,
+        dims: (usize, usize, usize, usize, usize),
+    ) -> F16Case {
+        use crate::testing::{randn, round_f16, upload, upload_as};
+        let (b, h, t, d, dv) = dims;
+        let (qs, vs) = ([b, h, t, d], [b, h, t, dv]);
+        let values = [d, d, dv, dv].map(|width| round_f16(&randn(rng, b * h * t * width)));
+        let shapes = [qs, qs, vs, vs];
+        let inputs = [0, 1, 2, 3].map(|i| upload_as(ctx, &values[i], &shapes[i], DType::F16));
+        let mask_values: Vec<f32> = (0..b * t)
+            .map(|i| {
+                if i / t == 1 && i % t >= t - 2 {
+                    0.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        F16Case {
+            inputs,
+            mask: upload(ctx, &mask_values, &[b, t]),
+            table: crate::ops::rope::table(ctx, t, d).unwrap(),
+            values,
+            mask_values,
+            dims,
+        }
+    }
+
+    pub fn options(&self, causal: bool, rope: bool, masked: bool) -> LinearAttentionOptions<'_> {
+        LinearAttentionOptions {
+            causal,
+            rope: rope.then_some(&self.table),
+            key_mask: masked.then_some(&self.mask),
+            eps: EPS,
+        }
+    }
+
+    /// `(out, dq, dk, dv)` in f64.
+    #[allow(clippy::type_complexity)]
+    pub fn reference(
+        &self,
+        causal: bool,
+        rope: bool,
+        masked: bool,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let [q, k, v, g] = &self.values;
+        let mask = f64s(&self.mask_values);
+        let problem = reference::Problem {
+            q: &f64s(q),
+            k: &f64s(k),
+            v: &f64s(v),
+            dims: self.dims,
+            causal,
+            rope,
+            mask: masked.then_some(&mask[..]),
+            eps: EPS as f64,
+        };
+        reference::forward_backward(&problem, &f64s(g))
+    }
+}
+
 /// The host mirror of the shader's parameter block, field by field (for the layout test).
 #[cfg(test)]
 pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
@@ -764,43 +845,23 @@ mod tests {
             return;
         }
         let mut rng = rng(43);
-        let h16 = DType::F16;
-        for (b, h, t, d, dv) in [
+        let dims = [
             (1, 1, 1, 4, 4),
             (2, 3, 7, 8, 8),
             (1, 2, 33, 16, 12),
             (2, 1, 290, 8, 8),
-        ] {
+        ];
+        for dims in dims {
+            let case = F16Case::new(ctx, &mut rng, dims);
+            let (b, h, t, d, dv) = dims;
             let (qs, vs) = ([b, h, t, d], [b, h, t, dv]);
-            let q = round_f16(&randn(&mut rng, b * h * t * d));
-            let k = round_f16(&randn(&mut rng, b * h * t * d));
-            let v = round_f16(&randn(&mut rng, b * h * t * dv));
-            let g = round_f16(&randn(&mut rng, b * h * t * dv));
-            let mask: Vec<f32> = (0..b * t)
-                .map(|i| {
-                    if i / t == 1 && i % t >= t - 2 {
-                        0.0
-                    } else {
-                        1.0
-                    }
-                })
-                .collect();
-            let table = rope::table(ctx, t, d).unwrap();
-            let tmask = upload(ctx, &mask, &[b, t]);
-            let (tq, tk) = (upload_as(ctx, &q, &qs, h16), upload_as(ctx, &k, &qs, h16));
-            let (tv, tg) = (upload_as(ctx, &v, &vs, h16), upload_as(ctx, &g, &vs, h16));
             for (causal, use_rope, masked) in [
                 (false, false, false),
                 (true, true, true),
                 (false, true, true),
             ] {
-                let opts = LinearAttentionOptions {
-                    causal,
-                    rope: use_rope.then_some(&table),
-                    key_mask: masked.then_some(&tmask),
-                    eps: EPS,
-                };
-                let layout = HeadLayout::Bhtd;
+                let opts = case.options(causal, use_rope, masked);
+                let h16 = DType::F16;
                 let out = poisoned_as(ctx, &vs, h16);
                 let saved = poisoned(ctx, &[b, h, t, 2]);
                 let (dq, dk, dvt) = (
@@ -808,27 +869,18 @@ mod tests {
                     poisoned_as(ctx, &qs, h16),
                     poisoned_as(ctx, &vs, h16),
                 );
-                ctx.run(&plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &out, &saved).unwrap())
+                let [tq, tk, tv, tg] = &case.inputs;
+                let layout = HeadLayout::Bhtd;
+                ctx.run(&plan_forward(ctx, tq, tk, tv, layout, &opts, &out, &saved).unwrap())
                     .unwrap();
                 ctx.run(
                     &plan_backward(
-                        ctx, &tq, &tk, &tv, layout, &opts, &out, &saved, &tg, &dq, &dk, &dvt,
+                        ctx, tq, tk, tv, layout, &opts, &out, &saved, tg, &dq, &dk, &dvt,
                     )
                     .unwrap(),
                 )
                 .unwrap();
-                let m64 = to_f64(&mask);
-                let problem = reference::Problem {
-                    q: &to_f64(&q),
-                    k: &to_f64(&k),
-                    v: &to_f64(&v),
-                    dims: (b, h, t, d, dv),
-                    causal,
-                    rope: use_rope,
-                    mask: masked.then_some(&m64[..]),
-                    eps: EPS as f64,
-                };
-                let (wo, wq, wk, wv) = reference::forward_backward(&problem, &to_f64(&g));
+                let (wo, wq, wk, wv) = case.reference(causal, use_rope, masked);
                 let what = format!(
                     "f16 linear attention [{b},{h},{t},{d}/{dv}] causal={causal} rope={use_rope} mask={masked}"
                 );

@@ -129,17 +129,10 @@ pub fn plan_step(
     grad.expect_shape("adamw", "grad", param.shape())?;
     state.m.expect_shape("adamw", "m", param.shape())?;
     state.v.expect_shape("adamw", "v", param.shape())?;
-    let unit;
-    let scale = match scale {
-        Some(s) => {
-            s.expect_shape("adamw", "scale", &[2])?;
-            s
-        }
-        None => {
-            unit = Tensor::from_slice(ctx, &[1.0f32, 0.0], &[2])?;
-            &unit
-        }
-    };
+    if let Some(s) = scale {
+        s.expect_shape("adamw", "scale", &[2])?;
+    }
+    let scale = &super::factors_or(ctx, scale, &[1.0, 0.0], "adamw", "scale")?;
     let n = param.numel();
     let dispatch = DispatchBuilder::new(ctx, &SHADER, "step")
         .params(&params(n, config, config.lr, 1))

@@ -54,17 +54,7 @@ pub fn plan(
 ) -> Result<Vec<Dispatch>> {
     out.expect_shape("clip", "out", &[2])?;
     partial.expect_shape("clip", "partial", &[grads.len().max(1) * GROUPS])?;
-    let unit;
-    let loss_scale = match loss_scale {
-        Some(s) => {
-            s.expect_dtype("clip", "loss_scale", DType::F32)?;
-            s
-        }
-        None => {
-            unit = Tensor::from_slice(ctx, &[1.0f32], &[1])?;
-            &unit
-        }
-    };
+    let loss_scale = &super::factors_or(ctx, loss_scale, &[1.0], "clip", "loss_scale")?;
     let mut plan = Vec::new();
     let params = |n: usize, offset: usize| Params {
         n: n as u32,

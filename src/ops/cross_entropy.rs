@@ -198,25 +198,8 @@ pub fn plan_backward(
     let (rows, classes) = rows_classes("cross_entropy backward", logits, labels, state)?;
     dlogits.expect_shape("cross_entropy backward", "dlogits", logits.shape())?;
     dlogits.expect_dtype("cross_entropy backward", "dlogits", logits.dtype())?;
-    let unit;
-    let loss_scale = match loss_scale {
-        Some(s) => {
-            s.expect_dtype("cross_entropy backward", "loss_scale", DType::F32)?;
-            if s.numel() == 0 {
-                return Err(Error::shape(
-                    "cross_entropy backward",
-                    "loss_scale",
-                    "at least one element",
-                    s.shape(),
-                ));
-            }
-            s
-        }
-        None => {
-            unit = Tensor::from_slice(ctx, &[1.0f32], &[1])?;
-            &unit
-        }
-    };
+    let op = "cross_entropy backward";
+    let loss_scale = &super::factors_or(ctx, loss_scale, &[1.0], op, "loss_scale")?;
     DispatchBuilder::new(ctx, &SHADER, "backward")
         .element_type("T", logits.dtype())
         .row_threads(classes)

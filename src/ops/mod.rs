@@ -21,8 +21,35 @@ pub mod rope;
 pub mod rows;
 pub mod softmax;
 
-use crate::error::Result;
+use crate::context::Context;
+use crate::error::{Error, Result};
 use crate::shader::{apply_variant, Shader};
+use crate::tensor::{DType, Tensor};
+
+/// A small f32 tensor of factors a kernel reads when the step runs (mixed precision's loss
+/// scale, clipping's `(factor, norm)`), or `default` uploaded where the caller has none. A
+/// given one must be f32 with at least `default.len()` elements.
+pub(crate) fn factors_or(
+    ctx: &Context,
+    given: Option<&Tensor>,
+    default: &[f32],
+    op: &'static str,
+    what: &'static str,
+) -> Result<Tensor> {
+    let Some(t) = given else {
+        return Tensor::from_slice(ctx, default, &[default.len()]);
+    };
+    t.expect_dtype(op, what, DType::F32)?;
+    if t.numel() < default.len() {
+        return Err(Error::shape(
+            op,
+            what,
+            format!("at least {} elements", default.len()),
+            t.shape(),
+        ));
+    }
+    Ok(t.clone())
+}
 
 /// One compiled form of a shader: its source after text substitutions, and the values of
 /// its `override` constants (empty: the defaults).

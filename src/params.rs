@@ -205,20 +205,22 @@ impl ParamStore {
     /// `SHADER_F16` (an `Unsupported` error names it where the adapter lacks it). Calling it
     /// again resets the loss scale to `scaling.init_scale`.
     pub fn use_mixed_precision(&mut self, ctx: &Context, scaling: LossScaling) -> Result<()> {
-        scaling.validate()?;
         if self.training.is_none() {
             return Err(Error::invalid(
                 "mixed precision is for training: this store holds weights only (for f16 \
                  inference, store the weights as f16)",
             ));
         }
-        let half = match self.mixed.take() {
-            Some(m) => m.half,
+        // Everything fallible first (new_state checks the settings), so a refusal leaves
+        // the store as it was.
+        let loss_scale = loss_scale::new_state(ctx, &scaling)?;
+        let half = match &self.mixed {
+            Some(m) => m.half.clone(),
             None => Tensor::zeros(ctx, &[self.len], DType::F16)?,
         };
         self.mixed = Some(MixedBuffers {
             half,
-            loss_scale: loss_scale::new_state(ctx, &scaling)?,
+            loss_scale,
             scaling,
         });
         Ok(())
@@ -276,7 +278,7 @@ impl ParamStore {
         let (state, _) = self
             .loss_scale()
             .ok_or_else(|| Error::invalid("this store does not train in mixed precision"))?;
-        state.read_then(ctx, |s: Vec<f32>| Ok((s[0], s[1] as u32)))
+        loss_scale::read_state(ctx, state)
     }
 
     /// Restores what [`ParamStore::read_loss_scale`] read.
@@ -284,14 +286,7 @@ impl ParamStore {
         let (state, scaling) = self
             .loss_scale()
             .ok_or_else(|| Error::invalid("this store does not train in mixed precision"))?;
-        if !(scale.is_finite() && scale > 0.0) || good_steps >= scaling.growth_interval {
-            return Err(Error::invalid(format!(
-                "loss scale {scale} after {good_steps} good steps: the scale must be positive \
-                 and finite, the steps fewer than the growth interval ({})",
-                scaling.growth_interval
-            )));
-        }
-        state.write(ctx, &[scale, good_steps as f32, scale, 0.0])
+        loss_scale::write_state(ctx, scaling, state, scale, good_steps)
     }
 
     /// The values' element type.
@@ -466,12 +461,7 @@ impl ParamStore {
                 })
                 .collect())
         };
-        match flat.dtype() {
-            DType::F16 => flat.read_then(ctx, move |all: Vec<half::f16>| {
-                cut(all.iter().map(|v| v.to_f32()).collect())
-            }),
-            _ => flat.read_then(ctx, cut),
-        }
+        flat.read_f32_then(ctx, cut)
     }
 
     /// Every parameter's value, `(name, shape, data)`, on its way back.

@@ -184,11 +184,20 @@ impl Tensor {
 
     /// [`Tensor::read`] of a float tensor as f32, whether it holds f32 or f16.
     pub fn read_f32(&self, ctx: &Context) -> Result<Pending<Vec<f32>>> {
+        self.read_f32_then(ctx, Ok)
+    }
+
+    /// [`Tensor::read_f32`], the values handed to `finish` on arrival.
+    pub(crate) fn read_f32_then<R>(
+        &self,
+        ctx: &Context,
+        finish: impl FnOnce(Vec<f32>) -> Result<R> + Send + 'static,
+    ) -> Result<Pending<R>> {
         match self.dtype {
             DType::F16 => self.read_then(ctx, |v: Vec<half::f16>| {
-                Ok(v.into_iter().map(half::f16::to_f32).collect())
+                finish(v.into_iter().map(half::f16::to_f32).collect())
             }),
-            _ => self.read(ctx),
+            _ => self.read_then(ctx, finish),
         }
     }
 

@@ -11,6 +11,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::readback::Pending;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -90,14 +91,42 @@ struct Params {
     n: u32,
 }
 
+/// The state's values for `scale` after `good_steps` good steps (the last step's record
+/// set as if it had used `scale` and not been skipped).
+fn state_values(scale: f32, good_steps: u32) -> [f32; STATE_LEN] {
+    [scale, good_steps as f32, scale, 0.0]
+}
+
 /// A new state tensor: the initial scale, no good steps yet.
 pub fn new_state(ctx: &Context, scaling: &LossScaling) -> Result<Tensor> {
     scaling.validate()?;
-    Tensor::from_slice(
-        ctx,
-        &[scaling.init_scale, 0.0, scaling.init_scale, 0.0],
-        &[STATE_LEN],
-    )
+    Tensor::from_slice(ctx, &state_values(scaling.init_scale, 0), &[STATE_LEN])
+}
+
+/// `(scale, good steps)` of a state tensor, on their way back.
+pub fn read_state(ctx: &Context, state: &Tensor) -> Result<Pending<(f32, u32)>> {
+    state.expect_shape("loss_scale", "state", &[STATE_LEN])?;
+    state.read_then(ctx, |s: Vec<f32>| Ok((s[0], s[1] as u32)))
+}
+
+/// Sets a state tensor to `scale` after `good_steps` good steps (what [`read_state`] read):
+/// the scale positive and finite, the steps fewer than `scaling.growth_interval`.
+pub fn write_state(
+    ctx: &Context,
+    scaling: &LossScaling,
+    state: &Tensor,
+    scale: f32,
+    good_steps: u32,
+) -> Result<()> {
+    state.expect_shape("loss_scale", "state", &[STATE_LEN])?;
+    if !(scale.is_finite() && scale > 0.0) || good_steps >= scaling.growth_interval {
+        return Err(Error::invalid(format!(
+            "loss scale {scale} after {good_steps} good steps: the scale must be positive \
+             and finite, the steps fewer than the growth interval ({})",
+            scaling.growth_interval
+        )));
+    }
+    state.write(ctx, &state_values(scale, good_steps))
 }
 
 /// Plans the update of `state` from the step's gradient statistics `stats` (`(factor,

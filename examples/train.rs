@@ -432,7 +432,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let last_scale = state.steps.iter().rev().find_map(|s| s.loss_scale);
         println!(
             "          mixed precision: {} steps skipped (f16 overflow), last step's loss scale {}",
-            state.skipped,
+            state.skipped(),
             last_scale.map_or("?".into(), |s| format!("{s}"))
         );
     }
@@ -451,7 +451,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "adapter": caps.adapter_name,
         "config": state.config,
         "steps": state.step,
-        "skipped_steps": state.skipped,
+        "skipped_steps": state.skipped(),
         "train_seconds": state.seconds,
         "tokens_per_s": tokens_per_s,
         "valid_accuracy": valid.accuracy,

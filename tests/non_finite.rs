@@ -153,7 +153,7 @@ fn mixed_precision_skips_overflowing_steps_then_gives_up_when_halving_cannot_hel
     }
     // Nineteen skipped steps, each at half the scale of the one before, each recorded.
     let state = trainer.state();
-    assert_eq!((state.step, state.skipped), (19, 19));
+    assert_eq!((state.step, state.skipped()), (19, 19));
     for (i, r) in state.steps.iter().enumerate() {
         assert!(
             r.skipped && r.grad_norm.is_none() && r.loss.is_finite(),

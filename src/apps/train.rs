@@ -193,13 +193,17 @@ pub struct TrainState {
     pub evals: Vec<EvalRecord>,
     /// Wall time spent training so far, over every resumed part.
     pub seconds: f64,
-    /// Steps the optimizer skipped (mixed precision's overflows): AdamW has taken
-    /// `step - skipped` updates.
-    #[serde(default)]
-    pub skipped: u64,
     /// Mixed precision: the loss scale and its count of good steps when this was saved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<(f32, u32)>,
+}
+
+impl TrainState {
+    /// Steps the optimizer skipped (mixed precision's overflows), from the records: AdamW
+    /// has taken `step - skipped()` updates.
+    pub fn skipped(&self) -> u64 {
+        self.steps.iter().filter(|r| r.skipped).count() as u64
+    }
 }
 
 /// What the trainer reports as it goes.
@@ -303,7 +307,6 @@ impl<'m> Trainer<'m> {
             steps: Vec::new(),
             evals: Vec::new(),
             seconds: 0.0,
-            skipped: 0,
             loss_scale: None,
         };
         Ok(Trainer {
@@ -407,7 +410,7 @@ impl<'m> Trainer<'m> {
         let seq = self.seq_for(&refs);
         let (ctx, batch) = (self.ctx, self.state.config.batch);
         let start = Instant::now();
-        let skipped = self.state.skipped;
+        let skipped = self.state.skipped();
         let skipped_in_a_row = self
             .state
             .steps
@@ -455,7 +458,6 @@ impl<'m> Trainer<'m> {
             });
         }
         self.state.step = step;
-        self.state.skipped += overflow as u64;
         self.state.seconds += seconds;
         let record = StepRecord {
             step,

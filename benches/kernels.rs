@@ -22,10 +22,7 @@ use roformer_wgpu::optim::TrainOptions;
 use roformer_wgpu::timing::time_dispatches;
 use roformer_wgpu::{Context, Dispatch};
 
-#[path = "../examples/common/inputs.rs"]
-#[allow(dead_code)] // its f16 helpers are for `bench kernels`' f16 rows
-mod inputs;
-use inputs::{filled, zeros};
+use roformer_lab::inputs::{filled, zeros};
 
 /// Benches `dispatches` as one unit, `bytes` or `flops` of work each.
 fn bench(

@@ -9,8 +9,7 @@
 //! By default it loads the small masked-LM fixture. It prints each result as it arrives and
 //! checks, at the end, that the app's own work computed what it should.
 
-#[path = "common/args.rs"]
-mod args;
+use roformer_lab::args;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};

@@ -3,11 +3,10 @@
 //!
 //!     cargo run --release --example info
 
-#[path = "common/args.rs"]
-mod args;
+use roformer_lab::args;
 
 use clap::Parser;
-use roformer_wgpu::apps::check::rel_l2;
+use roformer_wgpu::check::rel_l2;
 use roformer_wgpu::ops::matmul::{self, coop, MatmulOptions};
 use roformer_wgpu::{Context, Tensor};
 

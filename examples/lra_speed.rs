@@ -12,10 +12,8 @@
 //! column's ratio to materialised softmax, and writes `results.json` and `speed_memory.png`.
 //! On a CPU adapter the default lengths and model are small.
 
-#[path = "common/args.rs"]
-mod args;
-#[path = "common/fonts.rs"]
-mod fonts;
+use roformer_lab::args;
+use roformer_lab::fonts;
 
 use std::time::Instant;
 

@@ -9,18 +9,16 @@
 //! ListOps. `--help` lists every option. Writes checkpoints (HF layout), `curves.png` and
 //! `summary.json` to `--out` (default `runs/listops`).
 
-#[path = "common/args.rs"]
-mod args;
-#[path = "common/fonts.rs"]
-mod fonts;
+use roformer_lab::args;
+use roformer_lab::fonts;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use roformer_wgpu::apps::listops::{self, ListOps, ListOpsConfig};
-use roformer_wgpu::apps::train::{
+use roformer_lab::listops::{self, ListOps, ListOpsConfig};
+use roformer_lab::train::{
     self, EvalRecord, Event, ModelSize, TrainConfig, TrainPrecision, TrainState, Trainer,
 };
 use roformer_wgpu::model::AttentionKind;

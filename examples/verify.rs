@@ -21,10 +21,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[path = "common/args.rs"]
-mod args;
+use roformer_lab::args;
 
-use roformer_wgpu::apps::verify::{verify, verify_mixed, verify_outputs};
+use roformer_lab::verify::{verify, verify_mixed, verify_outputs};
 use roformer_wgpu::io::{write_safetensors, HostData};
 use roformer_wgpu::model::RoFormer;
 use roformer_wgpu::optim::LossScaling;

@@ -2,6 +2,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod check;
 mod context;
 mod dispatch;
 mod error;
@@ -19,9 +20,6 @@ mod tensor;
 #[cfg(feature = "text")]
 pub mod text;
 pub mod timing;
-
-#[doc(hidden)]
-pub mod apps;
 
 #[cfg(test)]
 mod testing;

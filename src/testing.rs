@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use rand::{Rng, SeedableRng};
 
-use crate::{apps::check::rel_l2, Context, DType, Tensor};
+use crate::{check::rel_l2, Context, DType, Tensor};
 
 /// The test binary's context, held exclusively for the guard's lifetime: wgpu's GL backend
 /// panics when one thread waits on its context lock for more than a second while another

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use roformer_wgpu::apps::check::rel_l2;
+use roformer_wgpu::check::rel_l2;
 use roformer_wgpu::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
 use roformer_wgpu::ops::chunked_linear_attention::{self as chunked, ChunkedSaved};
 use roformer_wgpu::ops::flash_attention::{self, FlashSaved, FlashScratch};

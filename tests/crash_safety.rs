@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use roformer_wgpu::apps::listops::{ListOps, ListOpsConfig};
-use roformer_wgpu::apps::train::{self, ModelSize, TrainConfig, TrainState, Trainer};
+use roformer_lab::listops::{ListOps, ListOpsConfig};
+use roformer_lab::train::{self, ModelSize, TrainConfig, TrainState, Trainer};
 use roformer_wgpu::model::{AttentionKind, Head, RoFormer};
 use roformer_wgpu::optim::Decay;
 use roformer_wgpu::{io, Context};

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use roformer_wgpu::apps::check::rel_l2;
+use roformer_wgpu::check::rel_l2;
 use roformer_wgpu::graph::{CustomGrads, Graph};
 use roformer_wgpu::io::{HostTensor, HostTensors};
 use roformer_wgpu::ops::cross_entropy::{Labels, IGNORE_INDEX};

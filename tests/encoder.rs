@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use rand::{Rng, SeedableRng};
-use roformer_wgpu::apps::check::rel_l2;
+use roformer_wgpu::check::rel_l2;
 use roformer_wgpu::model::{Encoder, EncoderOptions, Head, Request, RoFormer, Sequence, Want};
 use roformer_wgpu::{Context, Error};
 

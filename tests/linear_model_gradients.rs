@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use rand::{Rng, SeedableRng};
-use roformer_wgpu::apps::check::rel_l2;
+use roformer_wgpu::check::rel_l2;
 use roformer_wgpu::io::{HostTensor, HostTensors};
 use roformer_wgpu::model::reference::{self, Weights};
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use roformer_wgpu::apps::verify::{batch_from, verify_mixed};
+use roformer_lab::verify::{batch_from, verify_mixed};
 use roformer_wgpu::io::{read_checkpoint, HostTensors};
 use roformer_wgpu::model::{AttentionKind, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::optim::{LossScaling, TrainOptions};
@@ -106,7 +106,7 @@ fn fused_attention_trains_like_transformers_in_mixed_precision() {
             .use_mixed_precision(ctx, LossScaling::default())
             .unwrap();
         let report = ctx
-            .block_on(roformer_wgpu::apps::verify::verify_model(
+            .block_on(roformer_lab::verify::verify_model(
                 ctx, &model, &tensors,
             ))
             .unwrap();

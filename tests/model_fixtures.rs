@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use roformer_wgpu::apps::verify::verify;
+use roformer_lab::verify::verify;
 
 const TOL: f64 = 1e-4;
 
@@ -151,7 +151,7 @@ fn fused_attention_model_matches_transformers() {
         let model = RoFormer::new(ctx, config, head).unwrap();
         model.load_tensors(ctx, &tensors).unwrap();
         let report = ctx
-            .block_on(roformer_wgpu::apps::verify::verify_model(
+            .block_on(roformer_lab::verify::verify_model(
                 ctx, &model, &tensors,
             ))
             .unwrap();
@@ -180,7 +180,7 @@ fn checkpoints_load_from_bytes() {
     let tensors = roformer_wgpu::io::parse_safetensors("model".as_ref(), &weights).unwrap();
     let model = RoFormer::from_bytes(ctx, &config, &weights).unwrap();
     let report = ctx
-        .block_on(roformer_wgpu::apps::verify::verify_model(
+        .block_on(roformer_lab::verify::verify_model(
             ctx, &model, &tensors,
         ))
         .unwrap();
@@ -220,7 +220,7 @@ fn checkpoints_load_from_bytes() {
 /// outputs: relative L2 below F16_TOL. Needs SHADER_F16 (llvmpipe's Vulkan has it).
 #[test]
 fn every_fixture_matches_transformers_in_f16_inference() {
-    use roformer_wgpu::apps::verify::verify_outputs;
+    use roformer_lab::verify::verify_outputs;
     use roformer_wgpu::model::{AttentionKind, RoFormerConfig};
     const F16_TOL: f64 = 1e-2;
     let ctx = &ctx();

@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use roformer_wgpu::apps::listops::{ListOps, ListOpsConfig};
-use roformer_wgpu::apps::train::{self, ModelSize, TrainConfig, TrainPrecision, Trainer};
+use roformer_lab::listops::{ListOps, ListOpsConfig};
+use roformer_lab::train::{self, ModelSize, TrainConfig, TrainPrecision, Trainer};
 use roformer_wgpu::io::HostTensor;
 use roformer_wgpu::model::{AttentionKind, Head, RoFormer};
 use roformer_wgpu::optim::{Decay, LossScaling};

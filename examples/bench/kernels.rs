@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use crate::inputs::{filled, filled_as, zeros, zeros_as};
-use roformer_wgpu::apps::profile;
+use roformer_lab::profile;
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::ops::attention::AttentionOptions;
 use roformer_wgpu::ops::cross_entropy::{self, Labels, LossState};

@@ -23,18 +23,15 @@
 //! shape: its memory report beside the device's own count of buffer memory, and the time of
 //! a request from submission to results on the host.
 
-#[path = "../common/args.rs"]
-mod args;
-#[path = "../common/fonts.rs"]
-mod fonts;
-#[path = "../common/inputs.rs"]
-mod inputs;
+use roformer_lab::args;
+use roformer_lab::fonts;
+use roformer_lab::inputs;
 
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use roformer_wgpu::apps::cost_model;
+use roformer_lab::cost_model;
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::ops::matmul::{self, coop, MatmulPrecision};
 use roformer_wgpu::optim::TrainOptions;

@@ -159,9 +159,6 @@ pub fn all_shader_sources() -> Result<Vec<(&'static Shader, Vec<ShaderVariant>)>
         plain(&rope::SHADER),
         rows(&softmax::SHADER)?,
     ];
-    // The profiler's kernel (native only, as the profiler is).
-    #[cfg(not(target_arch = "wasm32"))]
-    all.push(plain(&crate::apps::profile::SHADER));
     // The half-precision variants of the families that declare element-type aliases: each
     // alias f16 alone, and all of them (at the first variant's constants).
     for (shader, variants) in &mut all {
@@ -210,7 +207,6 @@ mod tests {
         all.extend(super::reduce::params_layouts());
         all.extend(super::rope::params_layouts());
         all.extend(super::softmax::params_layouts());
-        all.extend(crate::apps::profile::params_layouts());
         all
     }
 

@@ -14,9 +14,9 @@
 use std::rc::Rc;
 
 use js_sys::{Function, Promise};
-use roformer_wgpu::apps::listops::{ListOps, ListOpsConfig};
-use roformer_wgpu::apps::train::{ModelSize, TrainConfig, Trainer};
-use roformer_wgpu::apps::verify::{batch_from, stored_request, verify_tensors};
+use roformer_lab::listops::{ListOps, ListOpsConfig};
+use roformer_lab::train::{ModelSize, TrainConfig, Trainer};
+use roformer_lab::verify::{batch_from, stored_request, verify_tensors};
 use roformer_wgpu::io::{parse_safetensors, HostTensors};
 use roformer_wgpu::model::{
     AttentionKind, Encoder, EncoderOptions, Head, RoFormer, RoFormerConfig, Want,
@@ -158,7 +158,7 @@ impl Lab {
             let config = options.config();
             let data = ListOps::generate(config.listops, config.seed)
                 .map_err(|e| format!("ListOps: {e}"))?;
-            let (majority_label, majority) = roformer_wgpu::apps::listops::majority(&data.test);
+            let (majority_label, majority) = roformer_lab::listops::majority(&data.test);
             let model = RoFormer::new(&ctx, config.model_config()?, Head::Classification)?;
             model.init_random(&ctx, config.seed)?;
             let parameters: usize = model.params().specs().iter().map(|s| s.numel()).sum();

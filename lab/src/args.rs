@@ -1,12 +1,11 @@
-//! Command-line parsing shared by the examples and the `roformer` binary: clap, with the
-//! usage of the (sub)command printed under any argument error.
+//! Command-line parsing for the examples: clap, with the usage of the (sub)command printed
+//! under any argument error.
 
 use clap::Parser;
 use std::process::ExitCode;
 
 /// A program's exit: 0, or 1 after printing the error (as `error: ...`, not its Debug form).
 /// (`verify` has exit codes of its own.)
-#[allow(dead_code)]
 pub fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,

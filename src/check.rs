@@ -1,4 +1,5 @@
-//! Comparing results: the relative L2 error used by every test and by the `verify` example.
+//! Comparing results with a reference: the relative L2 error that every test and the
+//! `verify` example hold outputs and gradients to.
 
 /// `‖ours − reference‖ / ‖reference‖`, computed in f64. Any non-finite value in `ours`
 /// (an unwritten, NaN-poisoned element for instance) gives infinity, so it never passes.

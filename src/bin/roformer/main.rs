@@ -28,8 +28,6 @@ use roformer_wgpu::text::Tokenizer;
 use roformer_wgpu::Context;
 use serde::Serialize;
 
-// Shared with the examples.
-#[path = "../../examples/common/args.rs"]
 mod args;
 
 #[derive(Parser)]

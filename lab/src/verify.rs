@@ -7,16 +7,16 @@
 #[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
-use crate::apps::check::rel_l2;
-use crate::context::Context;
-use crate::error::{Error, Result};
-use crate::io::{HostTensor, HostTensors};
-use crate::model::{
+use roformer_wgpu::check::rel_l2;
+use roformer_wgpu::Context;
+use roformer_wgpu::{Error, Result};
+use roformer_wgpu::io::{HostTensor, HostTensors};
+use roformer_wgpu::model::{
     detect_head, Batch, Encoder, EncoderOptions, Head, Mode, Request, RoFormer, RoFormerConfig,
     Sequence, Want,
 };
-use crate::ops::adamw::AdamWConfig;
-use crate::optim::{LossScaling, Schedule, TrainOptions};
+use roformer_wgpu::ops::adamw::AdamWConfig;
+use roformer_wgpu::optim::{LossScaling, Schedule, TrainOptions};
 
 /// One compared tensor.
 #[derive(Clone, Debug)]
@@ -53,7 +53,7 @@ fn ints(tensors: &HostTensors, name: &str) -> Result<Option<(Vec<usize>, Vec<i64
         None => Ok(None),
         Some(t) => match t.as_i64() {
             Some(v) => Ok(Some((t.shape.clone(), v.to_vec()))),
-            None => Err(Error::invalid(format!("{name} must hold integers"))),
+            None => Err(Error::InvalidArgument(format!("{name} must hold integers"))),
         },
     }
 }
@@ -62,7 +62,7 @@ fn to_u32(name: &str, v: &[i64]) -> Result<Vec<u32>> {
     v.iter()
         .map(|&x| {
             u32::try_from(x)
-                .map_err(|_| Error::invalid(format!("{name} holds {x}, not a token index")))
+                .map_err(|_| Error::InvalidArgument(format!("{name} holds {x}, not a token index")))
         })
         .collect()
 }
@@ -72,12 +72,12 @@ fn to_u32(name: &str, v: &[i64]) -> Result<Vec<u32>> {
 /// Labels are optional (inference-only heads have none).
 pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch, usize)> {
     let (shape, ids) = ints(tensors, "input.input_ids")?
-        .ok_or_else(|| Error::invalid("no input.input_ids tensor"))?;
+        .ok_or_else(|| Error::InvalidArgument("no input.input_ids tensor".into()))?;
     let (rows, t, choices) = match shape[..] {
         [b, t] => (b, t, 0),
         [b, c, t] => (b * c, t, c),
         _ => {
-            return Err(Error::invalid(format!(
+            return Err(Error::InvalidArgument(format!(
             "input.input_ids has shape {shape:?}, expected [batch, seq] or [batch, choices, seq]"
         )))
         }
@@ -93,7 +93,7 @@ pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch, usize)>
         Some((_, labels)) => labels
             .iter()
             .map(|&l| {
-                i32::try_from(l).map_err(|_| Error::invalid(format!("input.labels holds {l}")))
+                i32::try_from(l).map_err(|_| Error::InvalidArgument(format!("input.labels holds {l}")))
             })
             .collect::<Result<Vec<_>>>()?,
     };
@@ -123,13 +123,13 @@ pub fn verify(
     config: impl AsRef<Path>,
     weights: impl AsRef<Path>,
 ) -> Result<Report> {
-    let tensors = crate::io::read_checkpoint(weights.as_ref())?;
+    let tensors = roformer_wgpu::io::read_checkpoint(weights.as_ref())?;
     let cfg = RoFormerConfig::from_file(config.as_ref())?;
     ctx.block_on(verify_tensors(ctx, cfg, &tensors))
 }
 
 /// [`verify`] on a configuration and checkpoint already in memory (in a browser, both came
-/// as bytes: [`RoFormerConfig::from_json`], [`crate::io::parse_safetensors`]).
+/// as bytes: [`RoFormerConfig::from_json`], [`roformer_wgpu::io::parse_safetensors`]).
 pub async fn verify_tensors(
     ctx: &Context,
     cfg: RoFormerConfig,
@@ -158,7 +158,7 @@ pub async fn verify_outputs(
     ctx: &Context,
     cfg: RoFormerConfig,
     tensors: &HostTensors,
-    precision: crate::DType,
+    precision: roformer_wgpu::DType,
 ) -> Result<Report> {
     let head = detect_head(&cfg, tensors)?;
     let options = EncoderOptions {
@@ -188,7 +188,7 @@ pub async fn verify_mixed(
 ) -> Result<Report> {
     let head = detect_head(&cfg, tensors)?;
     if head.check_trainable(&cfg).is_err() {
-        return Err(Error::invalid(format!(
+        return Err(Error::InvalidArgument(format!(
             "mixed precision is for training, and this library does not train {}: check its \
              outputs in f16 inference instead",
             head.architecture()

@@ -27,15 +27,15 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::apps::listops::{self, Example, ListOpsConfig, CLS, PAD};
-use crate::context::Context;
-use crate::error::{Error, Result};
-use crate::io::{self, HostTensor};
-use crate::model::{
+use crate::listops::{self, Example, ListOpsConfig, CLS, PAD};
+use roformer_wgpu::Context;
+use roformer_wgpu::{Error, Result};
+use roformer_wgpu::io::{self, HostTensor};
+use roformer_wgpu::model::{
     AttentionKind, Batch, Head, Mode, RoFormer, RoFormerConfig, Session, StepMetrics,
 };
-use crate::ops::adamw::AdamWConfig;
-use crate::optim::{Decay, LossScaling, Schedule, TrainOptions};
+use roformer_wgpu::ops::adamw::AdamWConfig;
+use roformer_wgpu::optim::{Decay, LossScaling, Schedule, TrainOptions};
 
 /// Model size for [`TrainConfig`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,7 +244,7 @@ pub fn make_batch(examples: &[&Example], batch: usize, seq: usize) -> Batch {
     for row in 0..batch {
         let (tokens, label): (&[u32], i32) = match examples.get(row) {
             Some(e) => (&e.tokens, e.label as i32),
-            None => (&[], crate::ops::cross_entropy::IGNORE_INDEX),
+            None => (&[], roformer_wgpu::ops::cross_entropy::IGNORE_INDEX),
         };
         let n = (tokens.len() + 1).min(seq);
         b.input_ids.push(CLS);
@@ -281,13 +281,13 @@ impl<'m> Trainer<'m> {
         out: impl AsRef<Path>,
     ) -> Result<Self> {
         if model.head() != Head::Classification {
-            return Err(Error::invalid(
-                "the trainer needs a sequence-classification model",
+            return Err(Error::InvalidArgument(
+                "the trainer needs a sequence-classification model".into(),
             ));
         }
         let mixed = config.precision == TrainPrecision::Mixed;
         if mixed != model.params().is_mixed() {
-            return Err(Error::invalid(format!(
+            return Err(Error::InvalidArgument(format!(
                 "the run trains in {:?} precision but the model is {}: build it with \
                  TrainConfig::new_model or load_model",
                 config.precision,
@@ -295,7 +295,7 @@ impl<'m> Trainer<'m> {
             )));
         }
         if config.batch == 0 || data.train.len() < config.batch {
-            return Err(Error::invalid(format!(
+            return Err(Error::InvalidArgument(format!(
                 "batch {} with {} training examples: need at least one full batch",
                 config.batch,
                 data.train.len()
@@ -479,10 +479,10 @@ impl<'m> Trainer<'m> {
             "valid" => self.data.valid.clone(),
             "test" => self.data.test.clone(),
             "train" => self.data.train.clone(),
-            other => return Err(Error::invalid(format!("no split {other:?}"))),
+            other => return Err(Error::InvalidArgument(format!("no split {other:?}"))),
         };
         if examples.is_empty() {
-            return Err(Error::invalid(format!("the {split} split is empty")));
+            return Err(Error::InvalidArgument(format!("the {split} split is empty")));
         }
         let mut order: Vec<usize> = (0..examples.len()).collect();
         order.sort_by_key(|&i| examples[i].tokens.len());
@@ -560,7 +560,7 @@ impl<'m> Trainer<'m> {
             );
         }
         let state =
-            serde_json::to_string_pretty(&state).map_err(|e| Error::invalid(e.to_string()))?;
+            serde_json::to_string_pretty(&state).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         io::write_atomic(tmp.join("state.json"), state.as_bytes())?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;

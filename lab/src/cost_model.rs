@@ -17,7 +17,7 @@
 //! tokens, positions: it grows with the batch or the length) long enough to set the
 //! dispatch's time. It is a model: the H200 run (issue 12) calibrates it.
 
-use crate::dispatch::{Dispatch, Work};
+use roformer_wgpu::{Dispatch, Work};
 
 /// The parameters of a GPU the model knows.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -47,10 +47,10 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// The capabilities to plan with for this GPU ([`crate::Context::plan_as`]): this
+    /// The capabilities to plan with for this GPU ([`roformer_wgpu::Context::plan_as`]): this
     /// adapter's (`local`: the pipelines are still compiled here, within its limits) with the
     /// GPU's name, kind and subgroup size.
-    pub fn capabilities(&self, local: &crate::Capabilities) -> crate::Capabilities {
+    pub fn capabilities(&self, local: &roformer_wgpu::Capabilities) -> roformer_wgpu::Capabilities {
         let mut caps = local.clone();
         caps.adapter_name = self.description.to_string();
         caps.device_type = self.device_type;
@@ -310,16 +310,16 @@ impl StepPrediction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{elementwise, matmul, reduce};
-    use crate::testing::*;
+    use roformer_wgpu::ops::{elementwise, matmul, reduce};
+    use roformer_wgpu::Context;
 
     #[test]
     fn a_bandwidth_bound_dispatch_costs_its_bytes_over_the_bandwidth() {
-        let ctx = &ctx();
+        let ctx = &Context::new().unwrap();
         let h200 = gpu("H200").unwrap();
         // 16M floats filled: 64 MiB written by 65536 workgroups of 256, which fill the GPU
         let n = 1 << 24;
-        let t = crate::Tensor::zeros(ctx, &[n], crate::DType::F32).unwrap();
+        let t = roformer_wgpu::Tensor::zeros(ctx, &[n], roformer_wgpu::DType::F32).unwrap();
         let p = predict(h200, &elementwise::plan_fill(ctx, &t, 1.0).unwrap());
         assert_eq!(p.work.bytes_written, 4 * n as u64);
         assert_eq!(p.work.threads_per_workgroup, 256);
@@ -335,12 +335,12 @@ mod tests {
 
     #[test]
     fn matmul_declares_its_flops_and_threads_and_a_column_sum_is_flagged() {
-        let ctx = &ctx();
+        let ctx = &Context::new().unwrap();
         let h200 = gpu("h200").unwrap();
         let (m, k, n) = (512, 256, 384);
-        let a = crate::Tensor::zeros(ctx, &[m, k], crate::DType::F32).unwrap();
-        let b = crate::Tensor::zeros(ctx, &[k, n], crate::DType::F32).unwrap();
-        let c = crate::Tensor::zeros(ctx, &[m, n], crate::DType::F32).unwrap();
+        let a = roformer_wgpu::Tensor::zeros(ctx, &[m, k], roformer_wgpu::DType::F32).unwrap();
+        let b = roformer_wgpu::Tensor::zeros(ctx, &[k, n], roformer_wgpu::DType::F32).unwrap();
+        let c = roformer_wgpu::Tensor::zeros(ctx, &[m, n], roformer_wgpu::DType::F32).unwrap();
         let d = matmul::plan(ctx, &a, &b, None, &c, &matmul::MatmulOptions::default()).unwrap();
         let p = predict(h200, &d);
         assert_eq!(p.work.flops, 2 * (m * n * k) as u64);
@@ -350,8 +350,8 @@ mod tests {
         assert!(p.work.accumulators >= 16, "{:?}", p.work);
         // 768 columns of 4096 rows: 12 column blocks, so the rows are cut into chunks summed
         // in parallel, filling the GPU; the partial sums' own sum is small
-        let x = crate::Tensor::zeros(ctx, &[4096, 768], crate::DType::F32).unwrap();
-        let out = crate::Tensor::zeros(ctx, &[768], crate::DType::F32).unwrap();
+        let x = roformer_wgpu::Tensor::zeros(ctx, &[4096, 768], roformer_wgpu::DType::F32).unwrap();
+        let out = roformer_wgpu::Tensor::zeros(ctx, &[768], roformer_wgpu::DType::F32).unwrap();
         let plan = reduce::plan_sum_rows(ctx, &x, &out, false).unwrap();
         assert_eq!(plan.len(), 2);
         let first = predict(h200, &plan[0]);

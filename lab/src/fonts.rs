@@ -1,4 +1,4 @@
-//! Shared by the examples that draw plots (`#[path]`-included: not an example itself).
+//! Plot text for the examples that draw plots.
 
 /// Registers a system sans-serif font for plot text (`ROFORMER_FONT` names one explicitly);
 /// false when none is found, and the plot is then drawn without labels.

@@ -1,20 +1,20 @@
 //! The adapter's own ceilings (FP32 FMA rate, copy bandwidth), so benchmark figures can be
 //! stated as a fraction of what the hardware does. Both are kernels timed like every other
-//! (see [`crate::timing`]), so a kernel's fraction of a ceiling compares like with like.
+//! (see [`roformer_wgpu::timing`]), so a kernel's fraction of a ceiling compares like with like.
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::context::Context;
-use crate::dispatch::DispatchBuilder;
-use crate::error::Result;
-use crate::shader::Shader;
-use crate::tensor::{DType, Tensor};
-use crate::timing::time_dispatches;
+use roformer_wgpu::Context;
+use roformer_wgpu::DispatchBuilder;
+use roformer_wgpu::Result;
+use roformer_wgpu::shader::Shader;
+use roformer_wgpu::{DType, Tensor};
+use roformer_wgpu::timing::time_dispatches;
 
 /// The microbenchmark kernels.
 pub static SHADER: Shader = Shader {
     name: "profile",
-    source: include_str!("../../shaders/profile.wgsl"),
+    source: include_str!("../shaders/profile.wgsl"),
 };
 
 #[repr(C)]
@@ -69,12 +69,12 @@ pub fn copy_bandwidth(ctx: &Context, bytes: u64) -> Result<f64> {
 
 /// The host mirror of the shader's parameter block, field by field (for the layout test).
 #[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
+pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, roformer_wgpu::shader::StructLayout)>
 {
     vec![(
         &SHADER,
         "Params",
-        crate::host_layout!(Params {
+        roformer_wgpu::host_layout!(Params {
             iters,
             vec4s,
             _p0,
@@ -88,8 +88,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_parameter_block_matches_the_wgsl() {
+        for (shader, name, host) in params_layouts() {
+            assert_eq!(roformer_wgpu::shader::struct_layout(shader, name).unwrap(), host);
+        }
+    }
+
+    #[test]
     fn ceilings_are_measured_and_positive() {
-        let ctx = &crate::testing::ctx();
+        let ctx = &Context::new().unwrap();
         let flops = fp32_rate(ctx, 16, 64).unwrap();
         let bw = copy_bandwidth(ctx, 1 << 20).unwrap();
         assert!(flops.is_finite() && flops > 0.0, "{flops}");

@@ -1,4 +1,4 @@
-//! Benchmark inputs, shared by `examples/bench` and `benches/kernels.rs` (`#[path]`-included).
+//! Benchmark inputs, shared by `examples/bench` and `benches/kernels.rs`.
 
 use roformer_wgpu::{Context, DType, Tensor};
 
@@ -11,6 +11,7 @@ pub fn filled(ctx: &Context, shape: &[usize]) -> Tensor {
     Tensor::from_slice(ctx, &data, shape).unwrap()
 }
 
+/// Zeros of `shape` (f32).
 pub fn zeros(ctx: &Context, shape: &[usize]) -> Tensor {
     Tensor::zeros(ctx, shape, DType::F32).unwrap()
 }
@@ -24,6 +25,7 @@ pub fn filled_as(ctx: &Context, shape: &[usize], dtype: DType) -> Tensor {
     roformer_wgpu::ops::elementwise::cast(ctx, &t, dtype).unwrap()
 }
 
+/// Zeros of `shape` stored as `dtype`.
 pub fn zeros_as(ctx: &Context, shape: &[usize], dtype: DType) -> Tensor {
     Tensor::zeros(ctx, shape, dtype).unwrap()
 }

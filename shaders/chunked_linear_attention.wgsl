@@ -55,8 +55,8 @@ struct Params {
 @group(0) @binding(14) var<storage, read_write> grad_v: array<T>;
 
 // Variant constants: largest head dimension (also the workgroup size) and chunk length.
-const MAX_D: u32 = 64u;
-const C: u32 = 16u;
+const MAX_D: u32 = 64u; // variant
+const C: u32 = 16u; // variant
 const F_Q: u32 = 0u;
 const F_K: u32 = 1u;
 const F_A: u32 = 2u;

@@ -45,8 +45,8 @@ struct Params {
 
 // Variant constants: the largest head dimension, and rows per block (so the staged blocks
 // fit 32 KiB of workgroup memory).
-const MAX_D: u32 = 64u;
-const BLK: u32 = 32u;
+const MAX_D: u32 = 64u; // variant
+const BLK: u32 = 32u; // variant
 const COLS: u32 = MAX_D / 4u;
 // f32::MAX in hex: Tint (Chromium) rejects the decimal 3.40282347e38 as not representable.
 const F32_MAX: f32 = 0x1.fffffep+127f;

@@ -64,7 +64,7 @@ struct Params {
 @group(0) @binding(14) var<storage, read_write> state_out: array<f32>;
 
 // Largest head dimension of this variant (32, 64 or 128), also the workgroup size.
-const MAX_D: u32 = 128u;
+const MAX_D: u32 = 128u; // variant
 const MAX_D4: u32 = MAX_D / 4u;
 // Tokens staged per block.
 const BT: u32 = 8u;

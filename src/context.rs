@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::family::{KernelFamily, TextKey, Variant};
 use crate::shader::{self, Access, BindingKind, EntryInterface, Shader};
 
 /// How to pick an adapter and open a device. `Default` follows wgpu's environment variables.
@@ -140,19 +141,19 @@ impl fmt::Display for Capabilities {
     }
 }
 
-/// Identifies a compiled pipeline: shader, entry point, text variant and `override` values.
+/// Identifies a compiled pipeline: shader, entry point, variant text and `override` values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PipelineKey {
     shader: (&'static str, usize),
     entry: &'static str,
-    /// Text substitutions applied to the source (variant selection), in order.
-    variant: Vec<(&'static str, String)>,
+    /// What the variant's source text depends on.
+    text: TextKey,
     /// WGSL `override` constants, as (name, value bits).
     constants: Vec<(&'static str, u64)>,
 }
 
-/// Identifies a parsed shader source: the shader and its text variant.
-type ModuleKey = ((&'static str, usize), Vec<(&'static str, String)>);
+/// Identifies a parsed shader source: the shader and its variant's text.
+type ModuleKey = ((&'static str, usize), TextKey);
 
 /// A shader variant parsed by naga, for reading its entry points' bindings.
 type ParsedModule = Arc<(naga::Module, naga::valid::ModuleInfo)>;
@@ -768,14 +769,10 @@ impl Context {
             .clone()
     }
 
-    /// `shader` after the text substitutions of `variant`, parsed by naga (once per context).
-    fn module(
-        &self,
-        shader: &'static Shader,
-        variant: &[(&'static str, String)],
-    ) -> Result<(String, ParsedModule)> {
-        let source = shader::apply_variant(shader, variant)?;
-        let key = (shader.key(), variant.to_vec());
+    /// `shader` as `variant` writes it, parsed by naga (once per context and variant text).
+    fn module(&self, shader: &'static Shader, variant: &Variant) -> Result<(String, ParsedModule)> {
+        let source = variant.source(shader)?;
+        let key = (shader.key(), variant.text_key());
         if let Some(m) = self.modules.lock().unwrap().get(&key) {
             return Ok((source, m.clone()));
         }
@@ -784,25 +781,31 @@ impl Context {
         Ok((source, parsed))
     }
 
-    /// The pipeline for `shader`'s `entry` (compiled once per context, variant and constant
-    /// values), with the bindings the entry point uses. `variant` lists text substitutions
-    /// (e.g. the `const` that sizes a per-thread array) applied to the source; `constants`
-    /// sets the shader's `override` constants.
+    /// The pipeline for `shader`'s `entry` in `variant` (compiled once per context, variant
+    /// text and constant values), with the bindings the entry point uses. A kernel of a
+    /// `family` must be in a variant the family lists.
     pub(crate) fn kernel(
         &self,
         shader: &'static Shader,
+        family: Option<&'static KernelFamily>,
         entry: &'static str,
-        variant: &[(&'static str, String)],
-        constants: &[(&'static str, f64)],
+        variant: &Variant,
     ) -> Result<CompiledKernel> {
         let key = PipelineKey {
             shader: shader.key(),
             entry,
-            variant: variant.to_vec(),
-            constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
+            text: variant.text_key(),
+            constants: variant
+                .constants
+                .iter()
+                .map(|&(n, v)| (n, v.to_bits()))
+                .collect(),
         };
         if let Some(k) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(k.clone());
+        }
+        if let Some(family) = family {
+            family.check_variant(variant)?;
         }
         let (source, parsed) = self.module(shader, variant)?;
         let interface = Arc::new(shader::entry_interface(
@@ -827,7 +830,7 @@ impl Context {
                     module: &module,
                     entry_point: Some(entry),
                     compilation_options: wgpu::PipelineCompilationOptions {
-                        constants,
+                        constants: &variant.constants,
                         // Every kernel writes workgroup memory before reading it. Zeroing it
                         // costs time on every launch, and naga's GL backend emits it as huge
                         // array initialisers that Mesa takes minutes to compile.
@@ -968,8 +971,8 @@ mod tests {
         let ctx = crate::testing::ctx();
         let shader = &crate::ops::elementwise::SHADER;
         let before = ctx.setup_costs().pipelines;
-        let a = ctx.kernel(shader, "axpby", &[], &[]).unwrap();
-        let b = ctx.kernel(shader, "axpby", &[], &[]).unwrap();
+        let a = ctx.kernel(shader, None, "axpby", &Variant::default()).unwrap();
+        let b = ctx.kernel(shader, None, "axpby", &Variant::default()).unwrap();
         assert_eq!(
             a.pipeline, b.pipeline,
             "the second request must come from the cache"

@@ -37,6 +37,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::family::{KernelFamily, Variant};
 use crate::shader::{Access, BindingKind, Shader, WorkgroupDim};
 use crate::tensor::{DType, Tensor};
 
@@ -152,16 +153,18 @@ struct Bound<'a> {
     tensor: Option<&'a Tensor>,
 }
 
-/// Builds a [`Dispatch`]: a shader's entry point, its `override` constants and text variant,
-/// its parameter block, and a tensor for each storage buffer the entry point uses, bound by
-/// the name the WGSL gives it. What the entry point uses is read from the WGSL, and
-/// [`DispatchBuilder::build`] checks the two agree (see [`Error::Kernel`]).
+/// Builds a [`Dispatch`]: a shader's entry point, its [`Variant`] (`override` constants,
+/// marked sizes and blocks, element types), its parameter block, and a tensor for each
+/// storage buffer the entry point uses, bound by the name the WGSL gives it. What the entry
+/// point uses is read from the WGSL, and [`DispatchBuilder::build`] checks the two agree (see
+/// [`Error::Kernel`]).
 pub struct DispatchBuilder<'a> {
     ctx: &'a Context,
     shader: &'static Shader,
+    /// Set for the library's kernels: the variant must be one the family lists.
+    family: Option<&'static KernelFamily>,
     entry: &'static str,
-    variant: Vec<(&'static str, String)>,
-    constants: Vec<(&'static str, f64)>,
+    variant: Variant,
     params: Vec<u8>,
     bindings: Vec<Bound<'a>>,
     flops: u64,
@@ -173,14 +176,14 @@ pub struct DispatchBuilder<'a> {
 }
 
 impl<'a> DispatchBuilder<'a> {
-    /// A launch of `entry` from `shader`.
+    /// A launch of `entry` from `shader` (a kernel of your own; any variant).
     pub fn new(ctx: &'a Context, shader: &'static Shader, entry: &'static str) -> Self {
         DispatchBuilder {
             ctx,
             shader,
+            family: None,
             entry,
-            variant: Vec::new(),
-            constants: Vec::new(),
+            variant: Variant::default(),
             params: Vec::new(),
             bindings: Vec::new(),
             flops: 0,
@@ -188,6 +191,15 @@ impl<'a> DispatchBuilder<'a> {
             serial_steps: 0,
             accumulators: 1,
             bad_alias: None,
+        }
+    }
+
+    /// A launch of `entry` from `family`'s shader, whose variant must be one the family
+    /// lists ([`KernelFamily::check_variant`], when the pipeline is first compiled).
+    pub fn family(ctx: &'a Context, family: &'static KernelFamily, entry: &'static str) -> Self {
+        DispatchBuilder {
+            family: Some(family),
+            ..DispatchBuilder::new(ctx, family.shader, entry)
         }
     }
 
@@ -217,20 +229,19 @@ impl<'a> DispatchBuilder<'a> {
         self
     }
 
-    /// Replaces the text `needle`, which must occur exactly once, in the shader source: a
-    /// compiled variant (for what `override` constants cannot do, e.g. sizing a per-thread
-    /// array).
-    pub fn variant(mut self, needle: &'static str, replacement: String) -> Self {
-        self.variant.push((needle, replacement));
-        self
-    }
-
-    /// Several substitutions at once (a kernel family's sizing constants).
-    pub fn variants(
-        mut self,
-        substitutions: impl IntoIterator<Item = (&'static str, String)>,
-    ) -> Self {
-        self.variant.extend(substitutions);
+    /// Adds `variant`'s sizes, blocks, f16 aliases and constants to the launch's (a kernel
+    /// family's choice for the shapes at hand).
+    pub fn variant(mut self, variant: Variant) -> Self {
+        let v = &mut self.variant;
+        v.sizes.extend(variant.sizes);
+        v.blocks.extend(variant.blocks);
+        for a in variant.f16 {
+            if !v.f16.contains(&a) {
+                v.f16.push(a);
+            }
+        }
+        v.constants.extend(variant.constants);
+        v.native_only |= variant.native_only;
         self
     }
 
@@ -241,9 +252,14 @@ impl<'a> DispatchBuilder<'a> {
     /// f16;`. [`DispatchBuilder::build`] then checks each tensor against the variant's
     /// declarations, so a kernel never reads f16 bytes as f32.
     pub fn element_type(mut self, alias: &'static str, dtype: DType) -> Self {
-        match (crate::shader::alias_line(alias), dtype) {
-            (Some(_), DType::F32) => {}
-            (Some(line), DType::F16) => self.variant.push((line, line.replace("f32", "f16"))),
+        let declared = self
+            .shader
+            .source
+            .lines()
+            .any(|l| l.trim() == format!("alias {alias} = f32;"));
+        match (declared, dtype) {
+            (true, DType::F32) => {}
+            (true, DType::F16) => self.variant = std::mem::take(&mut self.variant).f16(alias),
             _ => self.bad_alias = Some((alias, dtype)),
         }
         self
@@ -251,20 +267,8 @@ impl<'a> DispatchBuilder<'a> {
 
     /// Sets a WGSL `override` constant (booleans as 0 or 1).
     pub fn constant(mut self, name: &'static str, value: f64) -> Self {
-        self.constants.push((name, value));
+        self.variant.constants.push((name, value));
         self
-    }
-
-    /// For the one-workgroup-per-row kernels: threads per row (their `WG` override) and the
-    /// reduction's variant, as [`crate::ops::rows::row_layout`] chooses for the row length.
-    pub(crate) fn row_threads(self, row_len: usize) -> Self {
-        use crate::ops::rows::{row_layout, subgroup_substitutions, RowLayout};
-        match row_layout(self.ctx, row_len) {
-            RowLayout::Workgroup(threads) => self.constant("WG", threads as f64),
-            RowLayout::Subgroup(lanes) => self
-                .constant("WG", lanes as f64)
-                .variants(subgroup_substitutions()),
-        }
     }
 
     /// The uniform parameter block: a `#[repr(C)]` mirror of the WGSL struct, whose size
@@ -318,9 +322,8 @@ impl<'a> DispatchBuilder<'a> {
         let ctx = self.ctx;
         if let Some((alias, dtype)) = self.bad_alias {
             return Err(self.kernel_error(format!(
-                "element_type({alias:?}, {dtype:?}): the aliases are {:?} and the types f32 \
-                 and f16",
-                crate::shader::ELEMENT_ALIASES
+                "element_type({alias:?}, {dtype:?}): the shader declares no `alias {alias} = \
+                 f32;`, or the type is not f32 or f16"
             )));
         }
         let caps = ctx.capabilities();
@@ -349,7 +352,7 @@ impl<'a> DispatchBuilder<'a> {
                 limit_name: "max_compute_workgroups_per_dimension",
             });
         }
-        let kernel = ctx.kernel(self.shader, self.entry, &self.variant, &self.constants)?;
+        let kernel = ctx.kernel(self.shader, self.family, self.entry, &self.variant)?;
         let interface = &kernel.interface;
         // Every name bound must be one the entry point uses, once.
         for (i, b) in self.bindings.iter().enumerate() {
@@ -421,7 +424,9 @@ impl<'a> DispatchBuilder<'a> {
                 .iter()
                 .map(|d| match d {
                     WorkgroupDim::Fixed(n) => *n,
-                    WorkgroupDim::Override(e) => e.eval(&self.constants).map_or(1, |v| v as u32),
+                    WorkgroupDim::Override(e) => {
+                        e.eval(&self.variant.constants).map_or(1, |v| v as u32)
+                    }
                 })
                 .product(),
             workgroup_memory: interface.workgroup_memory,

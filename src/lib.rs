@@ -6,6 +6,7 @@ pub mod check;
 mod context;
 mod dispatch;
 mod error;
+mod family;
 pub mod graph;
 pub mod io;
 pub mod model;
@@ -27,6 +28,7 @@ mod testing;
 pub use context::{Capabilities, Context, ContextOptions, SetupCosts};
 pub use dispatch::{Dispatch, DispatchBuilder, Work};
 pub use error::{Error, Result};
+pub use family::{one_form, KernelFamily, ParamBlock, Variant};
 pub use shader::Shader;
 pub use tensor::{DType, Element, Tensor};
 

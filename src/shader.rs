@@ -1,5 +1,6 @@
-//! WGSL shaders: a kernel family's source, the variants compiled from it, and what each entry
-//! point binds, read from the source itself (with naga) so host code binds tensors by name.
+//! WGSL shaders: a kernel's source and what each entry point binds, read from the source
+//! itself (with naga) so host code binds tensors by name. (The forms a family is compiled
+//! in are [`crate::Variant`]s.)
 //!
 //! A kernel's bindings are never listed twice: the WGSL declares them
 //! (`@group(0) @binding(3) var<storage, read> gamma: array<f32>;`), the host names the tensor
@@ -26,50 +27,6 @@ impl Shader {
     pub(crate) fn key(&self) -> (&'static str, usize) {
         (self.name, self.source.as_ptr() as usize)
     }
-}
-
-/// The element-type aliases a kernel family may declare for its tensors, each as the line
-/// that declares it in the WGSL (see [`crate::DispatchBuilder::element_type`]).
-pub const ELEMENT_ALIASES: [&str; 3] = ["alias T = f32;", "alias In = f32;", "alias Out = f32;"];
-
-/// The line declaring element-type alias `alias`, if it is one of [`ELEMENT_ALIASES`].
-pub(crate) fn alias_line(alias: &str) -> Option<&'static str> {
-    ELEMENT_ALIASES.into_iter().find(|line| {
-        line.strip_prefix("alias ")
-            .and_then(|l| l.split(' ').next())
-            == Some(alias)
-    })
-}
-
-/// Text substitutions that select a compiled variant of a shader: each `(needle,
-/// replacement)` replaces a line of the source, e.g. the `const` that sizes a per-thread array
-/// (what WGSL `override` constants cannot do). Each needle must occur exactly once; otherwise
-/// the source drifted from the code that selects its variants, and that is an error.
-pub(crate) fn apply_variant(shader: &Shader, variant: &[(&'static str, String)]) -> Result<String> {
-    let mut source = shader.source.to_string();
-    for (needle, replacement) in variant {
-        let found = source.matches(needle).count();
-        if found != 1 {
-            return Err(Error::Kernel {
-                kernel: shader.name.to_string(),
-                message: format!(
-                    "variant substitution expects the text {needle:?} exactly once in the \
-                     source, found it {found} times"
-                ),
-            });
-        }
-        source = source.replacen(needle, replacement, 1);
-    }
-    // An f16 alias needs WGSL's f16 extension, enabled before any declaration (once: a
-    // shader that always uses f16 enables it itself).
-    if variant
-        .iter()
-        .any(|(needle, r)| ELEMENT_ALIASES.contains(needle) && r.ends_with("= f16;"))
-        && !source.contains("enable f16;")
-    {
-        source.insert_str(0, "enable f16;\n");
-    }
-    Ok(source)
 }
 
 /// How a kernel uses a storage buffer.
@@ -434,20 +391,6 @@ fn clear(@builtin(global_invocation_id) gid: vec3<u32>) {
         assert_eq!(clear.bindings.len(), 1);
         assert_eq!(clear.bindings[0].name, "unused_here");
         assert!(matches!(reflect(&TOY, "nope"), Err(Error::Kernel { .. })));
-    }
-
-    #[test]
-    fn variant_substitution_fails_loudly_when_the_text_drifted() {
-        let ok = apply_variant(
-            &TOY,
-            &[("const WG: u32 = 64u;", "const WG: u32 = 32u;".into())],
-        );
-        assert!(ok.unwrap().contains("const WG: u32 = 32u;"));
-        let missing = apply_variant(&TOY, &[("const WG: u32 = 128u;", String::new())]);
-        assert!(matches!(missing, Err(Error::Kernel { .. })), "{missing:?}");
-        // Twice in the source is as wrong as never.
-        let twice = apply_variant(&TOY, &[("@compute", String::new())]);
-        assert!(matches!(twice, Err(Error::Kernel { .. })), "{twice:?}");
     }
 
     #[test]

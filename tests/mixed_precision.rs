@@ -106,9 +106,7 @@ fn fused_attention_trains_like_transformers_in_mixed_precision() {
             .use_mixed_precision(ctx, LossScaling::default())
             .unwrap();
         let report = ctx
-            .block_on(roformer_lab::verify::verify_model(
-                ctx, &model, &tensors,
-            ))
+            .block_on(roformer_lab::verify::verify_model(ctx, &model, &tensors))
             .unwrap();
         let grads = report
             .checks

@@ -151,9 +151,7 @@ fn fused_attention_model_matches_transformers() {
         let model = RoFormer::new(ctx, config, head).unwrap();
         model.load_tensors(ctx, &tensors).unwrap();
         let report = ctx
-            .block_on(roformer_lab::verify::verify_model(
-                ctx, &model, &tensors,
-            ))
+            .block_on(roformer_lab::verify::verify_model(ctx, &model, &tensors))
             .unwrap();
         let worst = report.checks.iter().map(|c| c.error).fold(0.0, f64::max);
         eprintln!(
@@ -180,9 +178,7 @@ fn checkpoints_load_from_bytes() {
     let tensors = roformer_wgpu::io::parse_safetensors("model".as_ref(), &weights).unwrap();
     let model = RoFormer::from_bytes(ctx, &config, &weights).unwrap();
     let report = ctx
-        .block_on(roformer_lab::verify::verify_model(
-            ctx, &model, &tensors,
-        ))
+        .block_on(roformer_lab::verify::verify_model(ctx, &model, &tensors))
         .unwrap();
     assert!(report.checks.len() > 40, "{} checks", report.checks.len());
     let failures = report.failures(TOL);

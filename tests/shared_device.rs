@@ -138,8 +138,7 @@ fn webgpu_default_limits_run_what_fits_and_name_the_limit_otherwise() {
         guest.run_blocking(&ctx, &request).unwrap(),
         host.run_blocking(&turn, &request).unwrap(),
     );
-    let err =
-        roformer_wgpu::check::rel_l2(&a.logits(0).unwrap().data, &b.logits(0).unwrap().data);
+    let err = roformer_wgpu::check::rel_l2(&a.logits(0).unwrap().data, &b.logits(0).unwrap().data);
     assert!(err < 1e-6, "{err:e}");
 
     // Fused attention stages its tiles in more workgroup memory than the defaults allow.

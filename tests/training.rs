@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use roformer_wgpu::check::rel_l2;
 use roformer_lab::verify::batch_from;
+use roformer_wgpu::check::rel_l2;
 use roformer_wgpu::model::{Mode, RoFormer};
 use roformer_wgpu::ops::adamw::{self, AdamWConfig};
 use roformer_wgpu::ops::clip;

@@ -88,10 +88,10 @@ stage() {
   rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/tests"
   local ex=""
   for e in $EXAMPLES; do ex="$ex --example $e"; done
-  cargo build --release $ex || return 1
+  cargo build --release -p roformer-wgpu $ex || return 1
   for e in $EXAMPLES; do cp "target/release/examples/$e" "$dir/bin/" && strip "$dir/bin/$e"; done
   # The test binaries, by target name, as cargo reports them.
-  cargo test --release --no-run --message-format=json $TESTS 2>/dev/null | python3 -c '
+  cargo test --release --no-run --message-format=json -p roformer-wgpu $TESTS 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)

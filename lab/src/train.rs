@@ -28,14 +28,14 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::listops::{self, Example, ListOpsConfig, CLS, PAD};
-use roformer_wgpu::Context;
-use roformer_wgpu::{Error, Result};
 use roformer_wgpu::io::{self, HostTensor};
 use roformer_wgpu::model::{
     AttentionKind, Batch, Head, Mode, RoFormer, RoFormerConfig, Session, StepMetrics,
 };
 use roformer_wgpu::ops::adamw::AdamWConfig;
 use roformer_wgpu::optim::{Decay, LossScaling, Schedule, TrainOptions};
+use roformer_wgpu::Context;
+use roformer_wgpu::{Error, Result};
 
 /// Model size for [`TrainConfig`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -482,7 +482,9 @@ impl<'m> Trainer<'m> {
             other => return Err(Error::InvalidArgument(format!("no split {other:?}"))),
         };
         if examples.is_empty() {
-            return Err(Error::InvalidArgument(format!("the {split} split is empty")));
+            return Err(Error::InvalidArgument(format!(
+                "the {split} split is empty"
+            )));
         }
         let mut order: Vec<usize> = (0..examples.len()).collect();
         order.sort_by_key(|&i| examples[i].tokens.len());
@@ -559,8 +561,8 @@ impl<'m> Trainer<'m> {
                     .wait(self.ctx)?,
             );
         }
-        let state =
-            serde_json::to_string_pretty(&state).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let state = serde_json::to_string_pretty(&state)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         io::write_atomic(tmp.join("state.json"), state.as_bytes())?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;

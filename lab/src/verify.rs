@@ -8,8 +8,6 @@
 use std::path::Path;
 
 use roformer_wgpu::check::rel_l2;
-use roformer_wgpu::Context;
-use roformer_wgpu::{Error, Result};
 use roformer_wgpu::io::{HostTensor, HostTensors};
 use roformer_wgpu::model::{
     detect_head, Batch, Encoder, EncoderOptions, Head, Mode, Request, RoFormer, RoFormerConfig,
@@ -17,6 +15,8 @@ use roformer_wgpu::model::{
 };
 use roformer_wgpu::ops::adamw::AdamWConfig;
 use roformer_wgpu::optim::{LossScaling, Schedule, TrainOptions};
+use roformer_wgpu::Context;
+use roformer_wgpu::{Error, Result};
 
 /// One compared tensor.
 #[derive(Clone, Debug)]
@@ -93,7 +93,8 @@ pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch, usize)>
         Some((_, labels)) => labels
             .iter()
             .map(|&l| {
-                i32::try_from(l).map_err(|_| Error::InvalidArgument(format!("input.labels holds {l}")))
+                i32::try_from(l)
+                    .map_err(|_| Error::InvalidArgument(format!("input.labels holds {l}")))
             })
             .collect::<Result<Vec<_>>>()?,
     };

@@ -70,12 +70,14 @@ fn row_combine(kind: u32, a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
 
 // The threads' parts combined; every thread gets the result. By default through
 // workgroup memory (row_reduce_workgroup). The subgroup variant (the host's choice where the
-// adapter's subgroups have one fixed size and rows are short, `dispatch::row_layout`) runs
-// each row on a workgroup that is exactly one subgroup, and combines with shuffles
-// (lib/rows_subgroup.wgsl, inserted below), no barrier.
+// adapter's subgroups have one fixed size and rows are short, `ops::rows::row_layout`) runs
+// each row on a workgroup that is exactly one subgroup, and combines with shuffles: its
+// block (lib/rows_subgroup.wgsl) replaces this one, no barrier.
+// variant row_reduce begin
 fn row_reduce(kind: u32, v: vec4<f32>, li: u32) -> vec4<f32> {
     return row_reduce_workgroup(kind, v, li);
 }
+// variant row_reduce end
 
 // A tree of log2(WG) steps through workgroup memory, each behind a barrier.
 var<workgroup> row_red: array<vec4<f32>, 256>;
@@ -93,4 +95,3 @@ fn row_reduce_workgroup(kind: u32, v: vec4<f32>, li: u32) -> vec4<f32> {
     workgroupBarrier();
     return r;
 }
-// (subgroup variant: row_reduce_subgroup)

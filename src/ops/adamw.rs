@@ -7,6 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{one_form, KernelFamily, ParamBlock};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -14,6 +15,13 @@ use crate::tensor::{DType, Tensor};
 pub static SHADER: Shader = Shader {
     name: "adamw",
     source: include_str!("../../shaders/adamw.wgsl"),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants: one_form,
+    params: param_blocks,
 };
 
 /// Hyper-parameters, with torch's defaults.
@@ -134,7 +142,7 @@ pub fn plan_step(
     }
     let scale = &super::factors_or(ctx, scale, &[1.0, 0.0], "adamw", "scale")?;
     let n = param.numel();
-    let dispatch = DispatchBuilder::new(ctx, &SHADER, "step")
+    let dispatch = DispatchBuilder::family(ctx, &FAMILY, "step")
         .params(&params(n, config, config.lr, 1))
         .read("grad", grad)
         .read("scale", scale)
@@ -166,14 +174,11 @@ pub mod reference {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             n,
             decay,
             beta2,
@@ -183,7 +188,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             step_size,
             bc2_sqrt
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{KernelFamily, ParamBlock, Variant};
 use crate::ops::heads::{HeadLayout, Heads};
 use crate::ops::linear_attention::{self, LinearAttentionOptions};
 use crate::shader::Shader;
@@ -18,6 +19,13 @@ use crate::tensor::{DType, Tensor};
 pub static SHADER: Shader = Shader {
     name: "chunked_linear_attention",
     source: include_str!("../../shaders/chunked_linear_attention.wgsl"),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants,
+    params: param_blocks,
 };
 
 /// Head-dimension variants: (largest head dimension = threads per workgroup, chunk length),
@@ -156,16 +164,16 @@ impl ChunkedSaved {
     }
 }
 
-/// The text substitutions that size the kernel: head dimension up to `max_d`, chunks of
-/// `chunk` tokens (also used to list every compiled variant for the translation test).
-pub(crate) fn substitutions(max_d: usize, chunk: usize) -> [(&'static str, String); 2] {
-    [
-        (
-            "const MAX_D: u32 = 64u;",
-            format!("const MAX_D: u32 = {max_d}u;"),
-        ),
-        ("const C: u32 = 16u;", format!("const C: u32 = {chunk}u;")),
-    ]
+/// The variant sized for heads up to `max_d` wide and chunks of `chunk` tokens.
+fn variant(max_d: usize, chunk: usize) -> Variant {
+    Variant::default()
+        .size("MAX_D", max_d as u32)
+        .size("C", chunk as u32)
+}
+
+/// Every variant: each head-dimension size with its chunk length.
+fn variants() -> Vec<Variant> {
+    VARIANTS.iter().map(|&(d, c)| variant(d, c)).collect()
 }
 
 fn builder<'a>(
@@ -177,8 +185,8 @@ fn builder<'a>(
     let [qb, qh, qt] = s.qk.strides();
     let [vb, vh, vt] = s.v.strides();
     let u = |x: usize| x as u32;
-    DispatchBuilder::new(ctx, &SHADER, entry)
-        .variants(substitutions(s.max_d, s.chunk))
+    DispatchBuilder::family(ctx, &FAMILY, entry)
+        .variant(variant(s.max_d, s.chunk))
         .element_type("T", s.dtype)
         .params(&Params {
             batch: u(s.qk.batch),
@@ -316,14 +324,11 @@ pub fn plan_backward(
     ])
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             batch,
             heads,
             seq,
@@ -341,7 +346,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             eps,
             _pad
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::Result;
+use crate::family::{one_form, KernelFamily, ParamBlock};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -16,6 +17,13 @@ pub static SHADER: Shader = Shader {
         include_str!("../../shaders/clip.wgsl"),
         include_str!("../../shaders/lib/rows.wgsl")
     ),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants: one_form,
+    params: param_blocks,
 };
 
 /// Workgroups per chunk in `sum_squares` (the shader's `GROUPS`).
@@ -69,7 +77,7 @@ pub fn plan(
     for (i, g) in grads.iter().enumerate() {
         g.expect_dtype("clip", "gradient", DType::F32)?;
         plan.push(
-            DispatchBuilder::new(ctx, &SHADER, "sum_squares")
+            DispatchBuilder::family(ctx, &FAMILY, "sum_squares")
                 .params(&params(g.numel(), i * GROUPS))
                 .read("grads", g)
                 .read("loss_scale", loss_scale)
@@ -78,7 +86,7 @@ pub fn plan(
         );
     }
     plan.push(
-        DispatchBuilder::new(ctx, &SHADER, "finish")
+        DispatchBuilder::family(ctx, &FAMILY, "finish")
             .params(&params(0, 0))
             .read("partial_sums", partial)
             .read("loss_scale", loss_scale)
@@ -107,14 +115,11 @@ pub mod reference {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             n,
             offset,
             partials,
@@ -124,7 +129,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             _p1,
             _p2
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{KernelFamily, ParamBlock};
+use crate::ops::rows;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -19,6 +21,13 @@ pub static SHADER: Shader = Shader {
         include_str!("../../shaders/cross_entropy.wgsl"),
         include_str!("../../shaders/lib/rows.wgsl")
     ),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants: rows::variants,
+    params: param_blocks,
 };
 
 /// HuggingFace's (and torch's) default ignore index.
@@ -163,7 +172,7 @@ pub fn plan_forward(
     let (rows, classes) = rows_classes("cross_entropy", logits, labels, state)?;
     let p = params(rows, classes, labels, 1.0);
     let build = |entry: &'static str| {
-        DispatchBuilder::new(ctx, &SHADER, entry)
+        DispatchBuilder::family(ctx, &FAMILY, entry)
             .element_type("T", logits.dtype())
             .params(&p)
             .read("labels", &labels.labels)
@@ -171,7 +180,7 @@ pub fn plan_forward(
     };
     Ok(vec![
         build("rows")
-            .row_threads(classes)
+            .variant(rows::variant(ctx, classes))
             .read("logits", logits)
             .build(ctx.grid_1d(rows as u64)?)?,
         build("finish")
@@ -200,9 +209,9 @@ pub fn plan_backward(
     dlogits.expect_dtype("cross_entropy backward", "dlogits", logits.dtype())?;
     let op = "cross_entropy backward";
     let loss_scale = &super::factors_or(ctx, loss_scale, &[1.0], op, "loss_scale")?;
-    DispatchBuilder::new(ctx, &SHADER, "backward")
+    DispatchBuilder::family(ctx, &FAMILY, "backward")
         .element_type("T", logits.dtype())
-        .row_threads(classes)
+        .variant(rows::variant(ctx, classes))
         .params(&params(rows, classes, labels, grad_scale))
         .read("logits", logits)
         .read("labels", &labels.labels)
@@ -259,20 +268,17 @@ pub mod reference {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             rows,
             classes,
             ignore_index,
             grad_scale
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{one_form, KernelFamily, ParamBlock};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -17,6 +18,13 @@ use crate::tensor::{DType, Tensor};
 pub static SHADER: Shader = Shader {
     name: "elementwise",
     source: include_str!("../../shaders/elementwise.wgsl"),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants: one_form,
+    params: param_blocks,
 };
 
 const WG: u64 = 256;
@@ -53,7 +61,7 @@ impl Params {
 pub fn plan_fill(ctx: &Context, out: &Tensor, value: f32) -> Result<Dispatch> {
     out.expect_float("fill", "out")?;
     let n = out.numel();
-    DispatchBuilder::new(ctx, &SHADER, "fill")
+    DispatchBuilder::family(ctx, &FAMILY, "fill")
         .element_type("Out", out.dtype())
         .params(&Params {
             value,
@@ -103,7 +111,7 @@ pub fn plan_axpby(
         None => 0.0,
     };
     let n = a.numel();
-    DispatchBuilder::new(ctx, &SHADER, "axpby")
+    DispatchBuilder::family(ctx, &FAMILY, "axpby")
         .element_type("In", a.dtype())
         .element_type("Out", out.dtype())
         .params(&Params {
@@ -130,7 +138,7 @@ pub fn plan_accumulate(ctx: &Context, alpha: f32, a: &Tensor, out: &Tensor) -> R
         ));
     }
     let n = a.numel();
-    DispatchBuilder::new(ctx, &SHADER, "accumulate")
+    DispatchBuilder::family(ctx, &FAMILY, "accumulate")
         .element_type("In", a.dtype())
         .element_type("Out", out.dtype())
         .params(&Params {
@@ -165,7 +173,7 @@ fn rows_of(op: &'static str, full: &Tensor, rows: &Tensor) -> Result<(usize, usi
 /// `rows[b] = full[b, 0]` for `full` `[B, T, C]` and `rows` `[B, C]`.
 pub fn plan_gather_first(ctx: &Context, full: &Tensor, rows: &Tensor) -> Result<Dispatch> {
     let (r, c, t) = rows_of("gather_first", full, rows)?;
-    DispatchBuilder::new(ctx, &SHADER, "gather_rows")
+    DispatchBuilder::family(ctx, &FAMILY, "gather_rows")
         .element_type("In", full.dtype())
         .element_type("Out", rows.dtype())
         .params(&Params {
@@ -187,7 +195,7 @@ pub fn plan_scatter_first(
 ) -> Result<Dispatch> {
     let (r, c, t) = rows_of("scatter_first", full, rows)?;
     let beta = if accumulate { 1.0 } else { 0.0 };
-    DispatchBuilder::new(ctx, &SHADER, "scatter_rows")
+    DispatchBuilder::family(ctx, &FAMILY, "scatter_rows")
         .element_type("In", rows.dtype())
         .element_type("Out", full.dtype())
         .params(&Params {
@@ -213,7 +221,7 @@ pub fn plan_gather_positions(
     let (r, c, t) = rows_of("gather_positions", full, rows)?;
     positions.expect_dtype("gather_positions", "positions", DType::U32)?;
     positions.expect_shape("gather_positions", "positions", &[r])?;
-    DispatchBuilder::new(ctx, &SHADER, "gather_positions")
+    DispatchBuilder::family(ctx, &FAMILY, "gather_positions")
         .element_type("In", full.dtype())
         .element_type("Out", rows.dtype())
         .params(&Params {
@@ -250,14 +258,11 @@ pub mod reference {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             n,
             alpha,
             beta,
@@ -267,7 +272,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             _p0,
             _p1
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]
@@ -447,7 +452,7 @@ mod tests {
         if ctx.capabilities().shader_f16 {
             // A launcher that forgets to pick the f16 variant: the dispatch refuses it.
             let h = Tensor::zeros(ctx, &[2], DType::F16).unwrap();
-            let wrong = DispatchBuilder::new(ctx, &SHADER, "axpby")
+            let wrong = DispatchBuilder::family(ctx, &FAMILY, "axpby")
                 .params(&Params::n(2))
                 .read("a", &h)
                 .read_opt("b", None)

@@ -10,6 +10,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{one_form, KernelFamily, ParamBlock};
 use crate::ops::elementwise;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
@@ -18,6 +19,13 @@ use crate::tensor::{DType, Tensor};
 pub static SHADER: Shader = Shader {
     name: "embedding",
     source: include_str!("../../shaders/embedding.wgsl"),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants: one_form,
+    params: param_blocks,
 };
 
 #[repr(C)]
@@ -185,7 +193,7 @@ pub fn plan_forward(
     out.expect_shape("embedding", "out", &shape)?;
     out.expect_dtype("embedding", "out", table.dtype())?;
     let n = (ids.len() * dim) as u64;
-    DispatchBuilder::new(ctx, &SHADER, "forward")
+    DispatchBuilder::family(ctx, &FAMILY, "forward")
         .element_type("T", table.dtype())
         .params(&Params {
             rows: ids.len() as u32,
@@ -230,7 +238,7 @@ pub fn plan_backward(
         Ok([x, y, dim.div_ceil(64) as u32])
     };
     let pass = |entry: &'static str| {
-        DispatchBuilder::new(ctx, &SHADER, entry)
+        DispatchBuilder::family(ctx, &FAMILY, entry)
             .element_type("T", dout.dtype())
             .element_type("Out", dtable.dtype())
             .params(&params)
@@ -291,20 +299,17 @@ pub mod reference {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             rows,
             cols,
             vocab,
             accumulate
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{KernelFamily, ParamBlock, Variant};
 use crate::ops::attention::AttentionOptions;
 use crate::ops::heads::{HeadLayout, Heads};
 use crate::ops::rope;
@@ -19,6 +20,13 @@ use crate::tensor::{DType, Tensor};
 pub static SHADER: Shader = Shader {
     name: "flash_attention",
     source: include_str!("../../shaders/flash_attention.wgsl"),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants,
+    params: param_blocks,
 };
 
 /// Head-dimension variants: (largest head dimension, rows per block in the forward pass,
@@ -153,16 +161,19 @@ fn setup(
     Ok((h, max_d, fwd, bwd))
 }
 
-/// The text substitutions that size the kernel: head dimension up to `max_d`, `blk` rows per
-/// block (also used to list every compiled variant for the translation test).
-pub(crate) fn substitutions(max_d: usize, blk: usize) -> [(&'static str, String); 2] {
-    [
-        (
-            "const MAX_D: u32 = 64u;",
-            format!("const MAX_D: u32 = {max_d}u;"),
-        ),
-        ("const BLK: u32 = 32u;", format!("const BLK: u32 = {blk}u;")),
-    ]
+/// The variant sized for heads up to `max_d` wide and `blk` rows per block.
+fn variant(max_d: usize, blk: usize) -> Variant {
+    Variant::default()
+        .size("MAX_D", max_d as u32)
+        .size("BLK", blk as u32)
+}
+
+/// Every variant: each head-dimension size with its forward and its backward block.
+fn variants() -> Vec<Variant> {
+    VARIANTS
+        .iter()
+        .flat_map(|&(d, fwd, bwd)| [variant(d, fwd), variant(d, bwd)])
+        .collect()
 }
 
 fn builder<'a>(
@@ -176,8 +187,8 @@ fn builder<'a>(
 ) -> DispatchBuilder<'a> {
     let [sb, sh, st] = h.strides();
     let u = |x: usize| x as u32;
-    DispatchBuilder::new(ctx, &SHADER, entry)
-        .variants(substitutions(max_d, blk))
+    DispatchBuilder::family(ctx, &FAMILY, entry)
+        .variant(variant(max_d, blk))
         .element_type("T", dtype)
         .params(&Params {
             batch: u(h.batch),
@@ -345,14 +356,11 @@ pub fn forward(
     Ok((out, saved))
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             batch,
             heads,
             seq,
@@ -366,7 +374,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             _p0,
             _p1
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::Result;
+use crate::family::{one_form, KernelFamily, ParamBlock};
 use crate::shader::Shader;
 use crate::tensor::Tensor;
 
@@ -15,6 +16,13 @@ pub static SHADER: Shader = Shader {
         include_str!("../../shaders/gelu.wgsl"),
         include_str!("../../shaders/lib/gelu.wgsl")
     ),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants: one_form,
+    params: param_blocks,
 };
 
 #[repr(C)]
@@ -40,7 +48,7 @@ pub fn plan_forward(ctx: &Context, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
     x.expect_float("gelu", "x")?;
     y.expect_shape("gelu", "y", x.shape())?;
     y.expect_dtype("gelu", "y", x.dtype())?;
-    DispatchBuilder::new(ctx, &SHADER, "forward")
+    DispatchBuilder::family(ctx, &FAMILY, "forward")
         .element_type("T", x.dtype())
         .params(&params(x.numel()))
         .read("x", x)
@@ -55,7 +63,7 @@ pub fn plan_backward(ctx: &Context, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Res
     dx.expect_shape("gelu backward", "dx", x.shape())?;
     dy.expect_dtype("gelu backward", "dy", x.dtype())?;
     dx.expect_dtype("gelu backward", "dx", x.dtype())?;
-    DispatchBuilder::new(ctx, &SHADER, "backward")
+    DispatchBuilder::family(ctx, &FAMILY, "backward")
         .element_type("T", x.dtype())
         .params(&params(x.numel()))
         .read("x", x)
@@ -98,15 +106,12 @@ pub mod reference {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params { n, _p0, _p1, _p2 }),
-    )]
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params { n, _p0, _p1, _p2 }),
+    }]
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::Result;
+use crate::family::{KernelFamily, ParamBlock};
 use crate::ops::reduce;
+use crate::ops::rows;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -18,6 +20,13 @@ pub static SHADER: Shader = Shader {
         include_str!("../../shaders/lib/rows.wgsl"),
         include_str!("../../shaders/lib/columns.wgsl")
     ),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants: rows::variants,
+    params: param_blocks,
 };
 
 #[repr(C)]
@@ -116,9 +125,9 @@ fn plan_forward_any(
     } else {
         "forward"
     };
-    let builder = DispatchBuilder::new(ctx, &SHADER, entry)
+    let builder = DispatchBuilder::family(ctx, &FAMILY, entry)
         .element_type("T", x.dtype())
-        .row_threads(n)
+        .variant(rows::variant(ctx, n))
         .params(&Params::new(rows, n, eps, false))
         .read("x", x)
         .read("gamma", gamma)
@@ -145,9 +154,9 @@ pub fn plan_backward(
     stats.expect_shape("layernorm backward", "stats", &[rows, 2])?;
     dy.expect_shape("layernorm backward", "dy", x.shape())?;
     dx.expect_shape("layernorm backward", "dx", x.shape())?;
-    DispatchBuilder::new(ctx, &SHADER, "backward")
+    DispatchBuilder::family(ctx, &FAMILY, "backward")
         .element_type("T", x.dtype())
-        .row_threads(n)
+        .variant(rows::variant(ctx, n))
         .params(&Params::new(rows, n, 0.0, false))
         .read("x", x)
         .read("gamma", gamma)
@@ -189,7 +198,7 @@ pub fn plan_backward_params(
     };
     let (pg, pb) = (partial(dgamma)?, partial(dbeta)?);
     let [gx, gy, _] = ctx.grid_1d((n as u64).div_ceil(64))?;
-    let mut plan = vec![DispatchBuilder::new(ctx, &SHADER, "backward_params")
+    let mut plan = vec![DispatchBuilder::family(ctx, &FAMILY, "backward_params")
         .element_type("T", x.dtype())
         .element_type("Out", pg.dtype())
         .params(&Params {
@@ -291,14 +300,11 @@ pub mod reference {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             rows,
             n,
             eps,
@@ -308,7 +314,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             _p1,
             _p2
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

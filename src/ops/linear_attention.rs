@@ -13,6 +13,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{KernelFamily, ParamBlock, Variant};
 use crate::ops::heads::{HeadLayout, Heads};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
@@ -21,6 +22,13 @@ use crate::tensor::{DType, Tensor};
 pub static SHADER: Shader = Shader {
     name: "linear_attention",
     source: include_str!("../../shaders/linear_attention.wgsl"),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants,
+    params: param_blocks,
 };
 
 /// Largest head dimension the kernels take (one thread per feature).
@@ -246,13 +254,14 @@ fn emit_grid(ctx: &Context, s: &Shapes, opts: &LinearAttentionOptions<'_>) -> Re
 /// The head-dimension variants the kernel is compiled in.
 pub(crate) const HEAD_DIM_VARIANTS: [usize; 3] = [32, 64, MAX_HEAD_DIM];
 
-/// The text substitution that sizes the kernel for heads up to `max_d` wide (also used to
-/// list every compiled variant for the translation test).
-pub(crate) fn substitutions(max_d: usize) -> [(&'static str, String); 1] {
-    [(
-        "const MAX_D: u32 = 128u;",
-        format!("const MAX_D: u32 = {max_d}u;"),
-    )]
+/// The variant sized for heads up to `max_d` wide.
+fn variant(max_d: usize) -> Variant {
+    Variant::default().size("MAX_D", max_d as u32)
+}
+
+/// Every variant: each head-dimension size.
+fn variants() -> Vec<Variant> {
+    HEAD_DIM_VARIANTS.iter().map(|&d| variant(d)).collect()
 }
 
 fn builder<'a>(
@@ -261,8 +270,8 @@ fn builder<'a>(
     opts: &LinearAttentionOptions<'_>,
     entry: &'static str,
 ) -> DispatchBuilder<'a> {
-    DispatchBuilder::new(ctx, &SHADER, entry)
-        .variants(substitutions(s.max_d))
+    DispatchBuilder::family(ctx, &FAMILY, entry)
+        .variant(variant(s.max_d))
         .element_type("T", s.dtype)
         .params(&params(s, opts))
 }
@@ -684,14 +693,11 @@ impl F16Case {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             batch,
             heads,
             seq,
@@ -709,7 +715,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             eps,
             chunk_len
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{one_form, KernelFamily, ParamBlock};
 use crate::readback::Pending;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
@@ -19,6 +20,13 @@ use crate::tensor::{DType, Tensor};
 pub static SHADER: Shader = Shader {
     name: "loss_scale",
     source: include_str!("../../shaders/loss_scale.wgsl"),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants: one_form,
+    params: param_blocks,
 };
 
 /// Elements of the state tensor: `(scale, good steps, scale used by the last step, 1 when
@@ -142,7 +150,7 @@ pub fn plan_update(
     stats.expect_dtype("loss_scale", "stats", DType::F32)?;
     state.expect_shape("loss_scale", "state", &[STATE_LEN])?;
     state.expect_dtype("loss_scale", "state", DType::F32)?;
-    DispatchBuilder::new(ctx, &SHADER, "update")
+    DispatchBuilder::family(ctx, &FAMILY, "update")
         .params(&Params {
             growth: scaling.growth_factor,
             backoff: scaling.backoff_factor,
@@ -161,7 +169,7 @@ pub fn plan_unscale(ctx: &Context, grads: &Tensor, state: &Tensor) -> Result<Dis
     state.expect_shape("loss_scale unscale", "state", &[STATE_LEN])?;
     state.expect_dtype("loss_scale unscale", "state", DType::F32)?;
     let n = grads.numel();
-    DispatchBuilder::new(ctx, &SHADER, "unscale")
+    DispatchBuilder::family(ctx, &FAMILY, "unscale")
         .params(&Params {
             growth: 0.0,
             backoff: 0.0,
@@ -195,20 +203,17 @@ pub mod reference {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             growth,
             backoff,
             interval,
             n
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

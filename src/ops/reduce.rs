@@ -5,6 +5,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{one_form, KernelFamily, ParamBlock};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -15,6 +16,13 @@ pub static SHADER: Shader = Shader {
         include_str!("../../shaders/reduce.wgsl"),
         include_str!("../../shaders/lib/columns.wgsl")
     ),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants: one_form,
+    params: param_blocks,
 };
 
 #[repr(C)]
@@ -58,7 +66,7 @@ fn pass(
 ) -> Result<Dispatch> {
     let chunks = rows.div_ceil(rows_per_chunk).max(1);
     let [gx, gy, _] = ctx.grid_1d((cols as u64).div_ceil(64))?;
-    DispatchBuilder::new(ctx, &SHADER, "sum_rows")
+    DispatchBuilder::family(ctx, &FAMILY, "sum_rows")
         .element_type("In", x.dtype())
         .element_type("Out", out.dtype())
         .params(&Params {
@@ -140,20 +148,17 @@ pub mod reference {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             rows,
             cols,
             beta,
             rows_per_chunk
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

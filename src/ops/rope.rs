@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{one_form, KernelFamily, ParamBlock};
 use crate::ops::heads::{HeadLayout, Heads};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
@@ -14,6 +15,13 @@ use crate::tensor::{DType, Tensor};
 pub static SHADER: Shader = Shader {
     name: "rope",
     source: include_str!("../../shaders/rope.wgsl"),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants: one_form,
+    params: param_blocks,
 };
 
 #[repr(C)]
@@ -110,7 +118,7 @@ pub fn plan(
     let [ob, oh, ot] = ho.strides();
     let u = |v: usize| v as u32;
     let pairs = (hx.batch * hx.heads * hx.seq * hx.dim / 2) as u64;
-    DispatchBuilder::new(ctx, &SHADER, "rotate")
+    DispatchBuilder::family(ctx, &FAMILY, "rotate")
         .element_type("T", x.dtype())
         .params(&Params {
             batch: u(hx.batch),
@@ -171,14 +179,11 @@ pub mod reference {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             batch,
             heads,
             seq,
@@ -192,7 +197,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             ot,
             _pad
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

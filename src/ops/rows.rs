@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::context::Context;
+use crate::family::Variant;
 
 /// The longest row the subgroup layout takes (32 elements per lane of a 32-wide subgroup);
 /// longer rows (a vocabulary's logits) want more threads than one subgroup.
@@ -60,17 +61,32 @@ pub fn row_layout(ctx: &Context, n: usize) -> RowLayout {
     }
 }
 
-/// The text substitutions that make a row kernel's source (which includes
-/// `shaders/lib/rows.wgsl` once) the subgroup variant.
-pub(crate) fn subgroup_substitutions() -> [(&'static str, String); 2] {
-    [
-        (
-            "return row_reduce_workgroup(kind, v, li);",
-            "return row_reduce_subgroup(kind, v);".to_string(),
-        ),
-        (
-            "// (subgroup variant: row_reduce_subgroup)",
-            include_str!("../../shaders/lib/rows_subgroup.wgsl").to_string(),
-        ),
-    ]
+/// The variant of a row kernel (whose source includes `shaders/lib/rows.wgsl` once) for rows
+/// of `n` on this context: threads per row (the `WG` override) and how they combine.
+pub(crate) fn variant(ctx: &Context, n: usize) -> Variant {
+    layout_variant(row_layout(ctx, n))
+}
+
+fn layout_variant(layout: RowLayout) -> Variant {
+    match layout {
+        RowLayout::Workgroup(threads) => Variant::default().constant("WG", threads as f64),
+        RowLayout::Subgroup(lanes) => Variant::default()
+            .constant("WG", lanes as f64)
+            .block("row_reduce", SUBGROUP_REDUCE)
+            .native(),
+    }
+}
+
+/// The subgroup layout's `row_reduce` block.
+const SUBGROUP_REDUCE: &str = include_str!("../../shaders/lib/rows_subgroup.wgsl");
+
+/// Every variant a row kernel family is compiled in: each threads-per-row, and the subgroup
+/// layout at every subgroup size wgpu reports.
+pub(crate) fn variants() -> Vec<Variant> {
+    let tree = [32, 64, 128, 256].map(RowLayout::Workgroup);
+    let subgroup = [4, 8, 16, 32, 64, 128].map(RowLayout::Subgroup);
+    tree.into_iter()
+        .chain(subgroup)
+        .map(layout_variant)
+        .collect()
 }

@@ -6,6 +6,8 @@ use bytemuck::{Pod, Zeroable};
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{KernelFamily, ParamBlock};
+use crate::ops::rows;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -16,6 +18,13 @@ pub static SHADER: Shader = Shader {
         include_str!("../../shaders/softmax.wgsl"),
         include_str!("../../shaders/lib/rows.wgsl")
     ),
+};
+
+/// The family: its shader, the variants it is compiled in, its parameter blocks.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants: rows::variants,
+    params: param_blocks,
 };
 
 #[repr(C)]
@@ -93,9 +102,9 @@ pub fn plan_forward(
             shape,
         ));
     }
-    DispatchBuilder::new(ctx, &SHADER, "forward")
+    DispatchBuilder::family(ctx, &FAMILY, "forward")
         .element_type("T", x.dtype())
-        .row_threads(n)
+        .variant(rows::variant(ctx, n))
         .params(&Params {
             rows: rows as u32,
             n: n as u32,
@@ -134,9 +143,9 @@ pub fn plan_backward(
     dx.expect_dtype("softmax backward", "dx", y.dtype())?;
     let n = *y.shape().last().unwrap();
     let rows = y.numel() / n;
-    DispatchBuilder::new(ctx, &SHADER, "backward")
+    DispatchBuilder::family(ctx, &FAMILY, "backward")
         .element_type("T", y.dtype())
-        .row_threads(n)
+        .variant(rows::variant(ctx, n))
         .params(&Params {
             rows: rows as u32,
             n: n as u32,
@@ -198,14 +207,11 @@ pub mod reference {
     }
 }
 
-/// The host mirror of the shader's parameter block, field by field (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![(
-        &SHADER,
-        "Params",
-        crate::host_layout!(Params {
+/// The host's mirrors of the shader's parameter blocks, field by field.
+fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: crate::host_layout!(Params {
             rows,
             n,
             rows_per_mask,
@@ -215,7 +221,7 @@ pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::sha
             scale,
             _pad
         }),
-    )]
+    }]
 }
 
 #[cfg(test)]

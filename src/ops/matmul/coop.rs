@@ -17,7 +17,7 @@
 use crate::context::{Capabilities, Context};
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::Result;
-use crate::ops::ShaderVariant;
+use crate::family::{KernelFamily, Variant};
 use crate::shader::Shader;
 
 use super::params_of;
@@ -96,7 +96,7 @@ pub(crate) fn plan(
     let (a_k_contig, b_n_contig) = contiguity(s);
     let block = fragment.block();
     let flag = |x: bool| if x { 1.0 } else { 0.0 };
-    DispatchBuilder::new(ctx, &SHADER, "matmul")
+    DispatchBuilder::family(ctx, &FAMILY, "matmul")
         .element_type("In", ops.a.dtype())
         .element_type("Out", ops.c.dtype())
         .constant("SG", sg as f64)
@@ -126,21 +126,30 @@ fn contiguity(s: &StridedMatmul) -> (bool, bool) {
     )
 }
 
-/// Every compiled form: each contiguity, with and without GELU (for the cross-translation
-/// test).
-pub fn all_variants() -> Vec<ShaderVariant> {
-    (0..8u32)
-        .map(|bits| ShaderVariant {
-            source: SHADER.source.to_string(),
-            constants: vec![
-                ("SG", 32.0),
-                ("A_K_CONTIG", (bits & 1) as f64),
-                ("B_N_CONTIG", ((bits >> 1) & 1) as f64),
-                ("GELU", ((bits >> 2) & 1) as f64),
-            ],
-            native_only: true,
-        })
-        .collect()
+/// The family: same parameters as the f32 kernel's.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants,
+    params: super::param_blocks,
+};
+
+/// Every compiled form: subgroups of 32 (NVIDIA) and 64, each contiguity, with and without
+/// GELU.
+fn variants() -> Vec<Variant> {
+    let mut all = Vec::new();
+    for sg in [32u32, 64] {
+        for bits in 0..8u32 {
+            all.push(
+                Variant::default()
+                    .constant("SG", sg as f64)
+                    .constant("A_K_CONTIG", (bits & 1) as f64)
+                    .constant("B_N_CONTIG", ((bits >> 1) & 1) as f64)
+                    .constant("GELU", ((bits >> 2) & 1) as f64)
+                    .native(),
+            );
+        }
+    }
+    all
 }
 
 #[cfg(test)]

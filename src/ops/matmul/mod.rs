@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
+use crate::family::{KernelFamily, ParamBlock, Variant};
 use crate::shader::Shader;
 use crate::tensor::Tensor;
 
@@ -243,7 +244,7 @@ fn dispatch(
     // scalars they get the dummy buffer, which may be smaller than a vec4 array needs.
     let a4 = layout.a_vec4.then_some(ops.a);
     let b4 = layout.b_vec4.then_some(ops.b);
-    let mut builder = DispatchBuilder::new(ctx, &SHADER, "matmul")
+    let mut builder = DispatchBuilder::family(ctx, &FAMILY, "matmul")
         .element_type("In", ops.a.dtype())
         .element_type("Out", ops.c.dtype());
     for (name, value) in override_constants(tiling, layout, ops.gelu.is_some()) {
@@ -286,9 +287,15 @@ fn override_constants(t: Tiling, l: &Layout, gelu: bool) -> [(&'static str, f64)
     ]
 }
 
-/// Every set of override constants the library may compile: each tiling with each
-/// operand layout and epilogue (for the cross-translation test).
-pub fn all_override_constants() -> Vec<Vec<(&'static str, f64)>> {
+/// The family: the f32 (or f16-operand) kernel at every tiling, operand layout and epilogue.
+pub static FAMILY: KernelFamily = KernelFamily {
+    shader: &SHADER,
+    variants,
+    params: param_blocks,
+};
+
+/// Every variant the library may compile: each tiling with each operand layout and epilogue.
+fn variants() -> Vec<Variant> {
     let mut sets = Vec::new();
     for t in TILINGS {
         for bits in 0..32u32 {
@@ -298,7 +305,11 @@ pub fn all_override_constants() -> Vec<Vec<(&'static str, f64)>> {
                 a_vec4: bits & 4 != 0,
                 b_vec4: bits & 8 != 0,
             };
-            sets.push(override_constants(t, &l, bits & 16 != 0).to_vec());
+            let constants = override_constants(t, &l, bits & 16 != 0).to_vec();
+            sets.push(Variant {
+                constants,
+                ..Variant::default()
+            });
         }
     }
     sets
@@ -521,14 +532,12 @@ pub fn matmul(
     Ok(c)
 }
 
-/// The host mirror of the kernels' parameter block (for the layout test).
-#[cfg(test)]
-pub(crate) fn params_layouts() -> Vec<(&'static Shader, &'static str, crate::shader::StructLayout)>
-{
-    vec![
-        (&SHADER, "Params", views::params_layout()),
-        (&coop::SHADER, "Params", views::params_layout()),
-    ]
+/// The host's mirrors of the shader's parameter blocks, field by field.
+pub(crate) fn param_blocks() -> Vec<ParamBlock> {
+    vec![ParamBlock {
+        wgsl_struct: "Params",
+        host: views::params_layout(),
+    }]
 }
 
 #[cfg(test)]

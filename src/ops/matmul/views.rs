@@ -217,8 +217,7 @@ impl Layout {
     }
 }
 
-/// The host mirror of the kernels' parameter block, field by field (for the layout test).
-#[cfg(test)]
+/// The host mirror of the kernels' parameter block, field by field.
 pub(crate) fn params_layout() -> crate::shader::StructLayout {
     crate::host_layout!(Params {
         m,

@@ -8,16 +8,14 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
+use roformer_wgpu::ops::attention::heads::HeadLayout;
+use roformer_wgpu::ops::attention::linear::{self, LinearAttentionOptions};
 use roformer_wgpu::ops::attention::{self, AttentionOptions, BufferShapes, Saved};
+use roformer_wgpu::ops::attention::{chunked_linear as chunked, flash};
 use roformer_wgpu::ops::cross_entropy::{self, Labels, LossState};
 use roformer_wgpu::ops::embedding::{self, TokenIds};
-use roformer_wgpu::ops::heads::HeadLayout;
-use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
 use roformer_wgpu::ops::matmul::{self, MatmulOptions};
-use roformer_wgpu::ops::{
-    adamw, chunked_linear_attention as chunked, elementwise, flash_attention, gelu, layernorm,
-    reduce, rope, softmax,
-};
+use roformer_wgpu::ops::{adamw, elementwise, gelu, layernorm, reduce, rope, softmax};
 use roformer_wgpu::optim::TrainOptions;
 use roformer_wgpu::timing::time_dispatches;
 use roformer_wgpu::{Context, Dispatch};
@@ -273,14 +271,14 @@ fn kernels(c: &mut Criterion) {
         flops.clone(),
         d,
     );
-    let fs = flash_attention::FlashSaved::new(ctx, &q, HeadLayout::Bhtd, &opts).unwrap();
+    let fs = flash::FlashSaved::new(ctx, &q, HeadLayout::Bhtd, &opts).unwrap();
     bench(
         c,
         ctx,
         "attention",
         "fused forward",
         flops,
-        flash_attention::plan_forward(
+        flash::plan_forward(
             ctx,
             &q,
             &k,
@@ -293,17 +291,14 @@ fn kernels(c: &mut Criterion) {
         .unwrap(),
     );
     let lo = LinearAttentionOptions::default();
-    let ls = zeros(
-        ctx,
-        &linear_attention::saved_shape(&q, HeadLayout::Bhtd).unwrap(),
-    );
+    let ls = zeros(ctx, &linear::saved_shape(&q, HeadLayout::Bhtd).unwrap());
     bench(
         c,
         ctx,
         "attention",
         "linear forward",
         Throughput::Elements(4 * 4 * 128 * 32 * 32),
-        linear_attention::plan_forward(
+        linear::plan_forward(
             ctx,
             &q,
             &k,

@@ -971,8 +971,12 @@ mod tests {
         let ctx = crate::testing::ctx();
         let shader = &crate::ops::elementwise::SHADER;
         let before = ctx.setup_costs().pipelines;
-        let a = ctx.kernel(shader, None, "axpby", &Variant::default()).unwrap();
-        let b = ctx.kernel(shader, None, "axpby", &Variant::default()).unwrap();
+        let a = ctx
+            .kernel(shader, None, "axpby", &Variant::default())
+            .unwrap();
+        let b = ctx
+            .kernel(shader, None, "axpby", &Variant::default())
+            .unwrap();
         assert_eq!(
             a.pipeline, b.pipeline,
             "the second request must come from the cache"

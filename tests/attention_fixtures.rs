@@ -6,11 +6,11 @@ mod common;
 
 use common::*;
 use roformer_wgpu::check::rel_l2;
+use roformer_wgpu::ops::attention::chunked_linear::{self as chunked, ChunkedSaved};
+use roformer_wgpu::ops::attention::flash::{self, FlashSaved, FlashScratch};
+use roformer_wgpu::ops::attention::heads::HeadLayout;
+use roformer_wgpu::ops::attention::linear::{self, LinearAttentionOptions};
 use roformer_wgpu::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
-use roformer_wgpu::ops::chunked_linear_attention::{self as chunked, ChunkedSaved};
-use roformer_wgpu::ops::flash_attention::{self, FlashSaved, FlashScratch};
-use roformer_wgpu::ops::heads::HeadLayout;
-use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
 use roformer_wgpu::ops::rope;
 use roformer_wgpu::Tensor;
 
@@ -112,13 +112,10 @@ fn attention_matches_torch_fixtures() {
             let (out, dq, dk, dv) = outputs();
             let flash = FlashSaved::new(ctx, &tq, layout, &opts).unwrap();
             let scratch = FlashScratch::new(ctx, &tq, &opts).unwrap();
+            ctx.run(&flash::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &flash, &out).unwrap())
+                .unwrap();
             ctx.run(
-                &flash_attention::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &flash, &out)
-                    .unwrap(),
-            )
-            .unwrap();
-            ctx.run(
-                &flash_attention::plan_backward(
+                &flash::plan_backward(
                     ctx, &tq, &tk, &tv, layout, &opts, &flash, &out, &tg, &scratch, &dq, &dk, &dv,
                 )
                 .unwrap(),
@@ -132,19 +129,18 @@ fn attention_matches_torch_fixtures() {
             );
 
             let (out, dq, dk, dv) = outputs();
-            let saved = poisoned(ctx, &linear_attention::saved_shape(&tq, layout).unwrap());
+            let saved = poisoned(ctx, &linear::saved_shape(&tq, layout).unwrap());
             let opts = LinearAttentionOptions {
                 causal,
                 rope: use_rope.then_some(&table),
                 ..Default::default()
             };
             ctx.run(
-                &linear_attention::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &out, &saved)
-                    .unwrap(),
+                &linear::plan_forward(ctx, &tq, &tk, &tv, layout, &opts, &out, &saved).unwrap(),
             )
             .unwrap();
             ctx.run(
-                &linear_attention::plan_backward(
+                &linear::plan_backward(
                     ctx, &tq, &tk, &tv, layout, &opts, &out, &saved, &tg, &dq, &dk, &dv,
                 )
                 .unwrap(),

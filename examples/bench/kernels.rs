@@ -5,15 +5,14 @@ use std::time::Instant;
 use crate::inputs::{filled, filled_as, zeros, zeros_as};
 use roformer_lab::profile;
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
+use roformer_wgpu::ops::attention::heads::HeadLayout;
+use roformer_wgpu::ops::attention::linear::{self, LinearAttentionOptions};
 use roformer_wgpu::ops::attention::AttentionOptions;
+use roformer_wgpu::ops::attention::{chunked_linear as chunked, flash};
 use roformer_wgpu::ops::cross_entropy::{self, Labels, LossState};
 use roformer_wgpu::ops::embedding::{self, TokenIds};
-use roformer_wgpu::ops::heads::HeadLayout;
-use roformer_wgpu::ops::linear_attention::{self, LinearAttentionOptions};
 use roformer_wgpu::ops::matmul::{self, coop, MatmulOptions, MatmulPrecision};
-use roformer_wgpu::ops::{
-    adamw, chunked_linear_attention as chunked, flash_attention, gelu, layernorm, rope, softmax,
-};
+use roformer_wgpu::ops::{adamw, gelu, layernorm, rope, softmax};
 use roformer_wgpu::optim::TrainOptions;
 use roformer_wgpu::timing::{self, time_dispatches};
 use roformer_wgpu::{Context, DType, Dispatch};
@@ -363,8 +362,8 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
             filled_as(&ctx, &shape, dt),
         );
         let opts = AttentionOptions::default();
-        let saved = flash_attention::FlashSaved::new(&ctx, &q, HeadLayout::Bhtd, &opts)?;
-        let d = flash_attention::plan_forward(
+        let saved = flash::FlashSaved::new(&ctx, &q, HeadLayout::Bhtd, &opts)?;
+        let d = flash::plan_forward(
             &ctx,
             &q,
             &k,
@@ -383,9 +382,8 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
         )?;
         // Forward and backward, as a training step runs them (what PyTorch's SDPA is timed on).
         let o = zeros_as(&ctx, &shape, dt);
-        let mut fb =
-            flash_attention::plan_forward(&ctx, &q, &k, &v, HeadLayout::Bhtd, &opts, &saved, &o)?;
-        fb.extend(flash_attention::plan_backward(
+        let mut fb = flash::plan_forward(&ctx, &q, &k, &v, HeadLayout::Bhtd, &opts, &saved, &o)?;
+        fb.extend(flash::plan_backward(
             &ctx,
             &q,
             &k,
@@ -395,7 +393,7 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
             &saved,
             &o,
             &filled_as(&ctx, &shape, dt),
-            &flash_attention::FlashScratch::new(&ctx, &q, &opts)?,
+            &flash::FlashScratch::new(&ctx, &q, &opts)?,
             &zeros_as(&ctx, &shape, dt),
             &zeros_as(&ctx, &shape, dt),
             &zeros_as(&ctx, &shape, dt),
@@ -409,8 +407,8 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
             0.0,
         )?;
         let lopts = LinearAttentionOptions::default();
-        let lsaved = zeros(&ctx, &linear_attention::saved_shape(&q, HeadLayout::Bhtd)?);
-        let d = linear_attention::plan_forward(
+        let lsaved = zeros(&ctx, &linear::saved_shape(&q, HeadLayout::Bhtd)?);
+        let d = linear::plan_forward(
             &ctx,
             &q,
             &k,

@@ -3,11 +3,11 @@
 //! forward builders and backward rules.
 
 use crate::error::{Error, Result};
+use crate::ops::attention::chunked_linear::{self as chunked, ChunkedSaved};
+use crate::ops::attention::flash::{self, FlashSaved, FlashScratch};
+use crate::ops::attention::heads::HeadLayout;
+use crate::ops::attention::linear::{self, LinearAttentionOptions};
 use crate::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
-use crate::ops::chunked_linear_attention::{self as chunked, ChunkedSaved};
-use crate::ops::flash_attention::{self, FlashSaved, FlashScratch};
-use crate::ops::heads::HeadLayout;
-use crate::ops::linear_attention::{self, LinearAttentionOptions};
 use crate::tensor::Tensor;
 
 use super::{layout_check, Graph, Resolved, StageKind, TensorId};
@@ -175,7 +175,7 @@ impl Graph {
             Box::new(move |ctx, t| {
                 let saved = flash_saved(t, rot, stats)?;
                 let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
-                flash_attention::plan_forward(
+                flash::plan_forward(
                     ctx,
                     &qv,
                     &kv,
@@ -265,7 +265,7 @@ impl Graph {
             Box::new(move |ctx, t| {
                 let opts = linear_options(&sp);
                 let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
-                linear_attention::plan_forward(
+                linear::plan_forward(
                     ctx,
                     &qv,
                     &kv,
@@ -410,7 +410,7 @@ impl Graph {
                 let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
                 let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &qh)?;
                 let (out, g) = (t.get(y)?.reshape(&qh)?, t.get(dy)?.reshape(&qh)?);
-                flash_attention::plan_backward(
+                flash::plan_backward(
                     ctx,
                     &qv,
                     &kv,
@@ -457,7 +457,7 @@ impl Graph {
                 let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
                 let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &vh)?;
                 let (out, g) = (t.get(y)?.reshape(&vh)?, t.get(dy)?.reshape(&vh)?);
-                linear_attention::plan_backward(
+                linear::plan_backward(
                     ctx,
                     &qv,
                     &kv,
@@ -547,7 +547,7 @@ fn linear_options(spec: &AttentionSpec) -> LinearAttentionOptions<'_> {
         causal: spec.causal,
         rope: spec.rope.as_ref(),
         key_mask: spec.mask.as_ref(),
-        eps: linear_attention::EPS,
+        eps: linear::EPS,
     }
 }
 

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use super::{AttentionKind, Batch, Head, RoFormerConfig};
 use crate::error::{Error, Result};
 use crate::ops::{
-    attention, cross_entropy, embedding, gelu, layernorm, linear_attention, matmul, rope,
+    attention, attention::linear as linear_attention, cross_entropy, embedding, gelu, layernorm,
+    matmul, rope,
 };
 
 /// Parameters by HF name, in f64.

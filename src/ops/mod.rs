@@ -1,19 +1,17 @@
 //! Kernel families. Each module owns one WGSL file in `shaders/`: its pipelines, its
 //! forward and backward entry points, a plain CPU reference in f64 (`reference`), and the
-//! tests that hold the GPU to that reference.
+//! tests that hold the GPU to that reference. Its `FAMILY` describes the shader and every
+//! form it is compiled in; [`FAMILIES`] lists them all. Attention's forms live together in
+//! [`attention`], the matrix products' in [`matmul`].
 
 pub mod adamw;
 pub mod attention;
-pub mod chunked_linear_attention;
 pub mod clip;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
-pub mod flash_attention;
 pub mod gelu;
-pub mod heads;
 pub mod layernorm;
-pub mod linear_attention;
 pub mod loss_scale;
 pub mod matmul;
 pub mod reduce;
@@ -56,15 +54,15 @@ pub(crate) fn factors_or(
 /// Adding a family is adding its module's `FAMILY` here.
 pub static FAMILIES: [&KernelFamily; 16] = [
     &adamw::FAMILY,
-    &chunked_linear_attention::FAMILY,
+    &attention::flash::FAMILY,
+    &attention::linear::FAMILY,
+    &attention::chunked_linear::FAMILY,
     &clip::FAMILY,
     &cross_entropy::FAMILY,
     &elementwise::FAMILY,
     &embedding::FAMILY,
-    &flash_attention::FAMILY,
     &gelu::FAMILY,
     &layernorm::FAMILY,
-    &linear_attention::FAMILY,
     &loss_scale::FAMILY,
     &matmul::FAMILY,
     &matmul::coop::FAMILY,

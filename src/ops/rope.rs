@@ -7,7 +7,7 @@ use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::family::{one_form, KernelFamily, ParamBlock};
-use crate::ops::heads::{HeadLayout, Heads};
+use crate::ops::attention::heads::{HeadLayout, Heads};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 

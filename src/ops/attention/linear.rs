@@ -14,14 +14,14 @@ use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::family::{KernelFamily, ParamBlock, Variant};
-use crate::ops::heads::{HeadLayout, Heads};
+use crate::ops::attention::heads::{HeadLayout, Heads};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 /// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "linear_attention",
-    source: include_str!("../../shaders/linear_attention.wgsl"),
+    source: include_str!("../../../shaders/linear_attention.wgsl"),
 };
 
 /// The family: its shader, the variants it is compiled in, its parameter blocks.

@@ -1,12 +1,23 @@
-//! Softmax attention as HuggingFace RoFormer computes it, composed from the kernels:
-//! RoPE on q and k (and v with `rotary_value`), `scores = q kᵀ` per head (strided matmul),
-//! `probs = softmax(scale · scores + mask)` (causal optional), `out = probs · v`.
-//! It materialises the `[B, H, T, T]` probabilities; it has no shader of its own.
+//! Attention, in each of its forms:
+//!
+//! - here, softmax attention as HuggingFace RoFormer computes it, composed from the kernels:
+//!   RoPE on q and k (and v with `rotary_value`), `scores = q kᵀ` per head (strided matmul),
+//!   `probs = softmax(scale · scores + mask)` (causal optional), `out = probs · v`. It
+//!   materialises the `[B, H, T, T]` probabilities and has no shader of its own;
+//! - [`flash`]: the same function without the `[B, H, T, T]` matrix (FlashAttention-2);
+//! - [`linear`]: linear attention with RoPE (RoFormer eq. 19), the scan form;
+//! - [`chunked_linear`]: causal linear attention in chunks (flash-linear-attention's);
+//! - [`heads`]: how their 4-D tensors are laid out.
+
+pub mod chunked_linear;
+pub mod flash;
+pub mod heads;
+pub mod linear;
 
 use crate::context::Context;
 use crate::dispatch::Dispatch;
 use crate::error::Result;
-use crate::ops::heads::{HeadLayout, Heads};
+use crate::ops::attention::heads::{HeadLayout, Heads};
 use crate::ops::matmul::{self, MatrixView, StridedMatmul};
 use crate::ops::{rope, softmax};
 use crate::tensor::{DType, Tensor};

@@ -10,8 +10,8 @@ use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::family::{KernelFamily, ParamBlock, Variant};
+use crate::ops::attention::heads::{HeadLayout, Heads};
 use crate::ops::attention::AttentionOptions;
-use crate::ops::heads::{HeadLayout, Heads};
 use crate::ops::rope;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
@@ -19,7 +19,7 @@ use crate::tensor::{DType, Tensor};
 /// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "flash_attention",
-    source: include_str!("../../shaders/flash_attention.wgsl"),
+    source: include_str!("../../../shaders/flash_attention.wgsl"),
 };
 
 /// The family: its shader, the variants it is compiled in, its parameter blocks.

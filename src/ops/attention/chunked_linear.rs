@@ -1,6 +1,6 @@
 //! Causal linear attention in chunked form (flash-linear-attention's chunk algorithm),
 //! forward and backward, plain or with RoFormer eq. (19) RoPE and a key mask: the same
-//! function as the causal scan of [`crate::ops::linear_attention`], which it is tested
+//! function as the causal scan of [`crate::ops::attention::linear`], which it is tested
 //! against. Only the pass over chunk states is sequential; everything per chunk runs in
 //! parallel. Memory per head is O(T·d + d²): token features, one state per chunk.
 
@@ -10,15 +10,15 @@ use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::family::{KernelFamily, ParamBlock, Variant};
-use crate::ops::heads::{HeadLayout, Heads};
-use crate::ops::linear_attention::{self, LinearAttentionOptions};
+use crate::ops::attention::heads::{HeadLayout, Heads};
+use crate::ops::attention::linear::{self, LinearAttentionOptions};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
 /// The family's kernels.
 pub static SHADER: Shader = Shader {
     name: "chunked_linear_attention",
-    source: include_str!("../../shaders/chunked_linear_attention.wgsl"),
+    source: include_str!("../../../shaders/chunked_linear_attention.wgsl"),
 };
 
 /// The family: its shader, the variants it is compiled in, its parameter blocks.
@@ -131,7 +131,7 @@ pub fn shapes(
             limit_name: "max_compute_workgroup_storage_size",
         });
     }
-    linear_attention::check_options(op, opts, &qk)?;
+    linear::check_options(op, opts, &qk)?;
     Ok(ChunkShapes {
         qk,
         v: hv,
@@ -352,7 +352,7 @@ fn param_blocks() -> Vec<ParamBlock> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::linear_attention;
+    use crate::ops::attention::linear;
     use crate::ops::rope;
     use crate::testing::*;
 
@@ -401,15 +401,12 @@ mod tests {
                     causal: true,
                     rope: use_rope.then_some(&table),
                     key_mask: masked.then_some(&tmask),
-                    eps: linear_attention::EPS,
+                    eps: linear::EPS,
                 };
                 // Reference: the scan.
-                let (ro, rsaved) =
-                    linear_attention::forward(ctx, &tq, &tk, &tv, layout, &opts).unwrap();
-                let (rq, rk, rv) = linear_attention::backward(
-                    ctx, &tq, &tk, &tv, layout, &opts, &ro, &rsaved, &tg,
-                )
-                .unwrap();
+                let (ro, rsaved) = linear::forward(ctx, &tq, &tk, &tv, layout, &opts).unwrap();
+                let (rq, rk, rv) =
+                    linear::backward(ctx, &tq, &tk, &tv, layout, &opts, &ro, &rsaved, &tg).unwrap();
                 // Chunked.
                 let s = shapes(ctx, &tq, &tk, &tv, layout, &opts).unwrap();
                 let saved = ChunkedSaved::new(ctx, &s).unwrap();
@@ -468,7 +465,7 @@ mod tests {
             (1, 1, 129, 32, 32),
         ];
         for dims in dims {
-            let case = linear_attention::F16Case::new(ctx, &mut rng, dims);
+            let case = linear::F16Case::new(ctx, &mut rng, dims);
             let (b, h, t, d, dv) = dims;
             let (qs, vs) = ([b, h, t, d], [b, h, t, dv]);
             for (use_rope, masked) in [(false, false), (true, true)] {

@@ -120,32 +120,6 @@ impl Dispatch {
     }
 }
 
-impl Context {
-    /// Encodes `dispatches` into one compute pass and submits it. Does not wait.
-    pub fn submit(&self, dispatches: &[Dispatch]) -> Result<wgpu::SubmissionIndex> {
-        self.refuse_if_plan_only("submit")?;
-        self.scoped("submit", || {
-            let mut encoder = self
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                for d in dispatches {
-                    d.encode(&mut pass);
-                }
-            }
-            self.queue().submit([encoder.finish()])
-        })
-    }
-
-    /// Submits `dispatches` and waits for them (native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
-        let index = self.submit(dispatches)?;
-        self.wait(Some(index))
-    }
-}
-
 /// A tensor bound to a name of the shader, or `None` for an absent optional one.
 struct Bound<'a> {
     name: &'a str,

@@ -359,6 +359,20 @@ impl Tensor {
         Ok(())
     }
 
+    /// The length of the last dimension, which row kernels (softmax, LayerNorm,
+    /// cross-entropy) take rows of; a 0-d tensor has none and is a shape error.
+    pub(crate) fn row_len(&self, op: &'static str, what: &'static str) -> Result<usize> {
+        match self.shape().last() {
+            Some(&n) => Ok(n),
+            None => Err(Error::shape(
+                op,
+                what,
+                "[..., n] (at least one dimension)",
+                &[],
+            )),
+        }
+    }
+
     /// Checks the exact shape.
     pub(crate) fn expect_shape(
         &self,

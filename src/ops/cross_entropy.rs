@@ -131,7 +131,7 @@ fn rows_classes(
     state: &LossState,
 ) -> Result<(usize, usize)> {
     logits.expect_float(op, "logits")?;
-    let classes = *logits.shape().last().unwrap();
+    let classes = logits.row_len(op, "logits")?;
     let rows = logits.numel() / classes;
     if classes != labels.classes || rows != labels.len() {
         return Err(Error::shape(

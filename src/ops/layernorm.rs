@@ -60,16 +60,16 @@ impl Params {
 /// Row count and width of x (`[..., n]`), checking gamma is `[n]`.
 fn rows_n(op: &'static str, x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
     x.expect_float(op, "x")?;
-    let n = *x.shape().last().unwrap();
+    let n = x.row_len(op, "x")?;
     gamma.expect_shape(op, "gamma", &[n])?;
     gamma.expect_dtype(op, "gamma", x.dtype())?;
     Ok((x.numel() / n, n))
 }
 
 /// Shape of the saved statistics for x: `[rows, 2]` (mean, 1/std).
-pub fn stats_shape(x: &Tensor) -> [usize; 2] {
-    let n = *x.shape().last().unwrap();
-    [x.numel() / n, 2]
+pub fn stats_shape(x: &Tensor) -> Result<[usize; 2]> {
+    let n = x.row_len("layernorm", "x")?;
+    Ok([x.numel() / n, 2])
 }
 
 /// `y = layernorm(x) · gamma + beta`; writes `stats` (`[rows, 2]`) for the backward pass.
@@ -178,7 +178,7 @@ pub fn plan_backward_params(
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
     x.expect_float("layernorm backward", "x")?;
-    let n = *x.shape().last().unwrap();
+    let n = x.row_len("layernorm backward", "x")?;
     let rows = x.numel() / n;
     stats.expect_shape("layernorm backward", "stats", &[rows, 2])?;
     dy.expect_shape("layernorm backward", "dy", x.shape())?;
@@ -229,7 +229,7 @@ pub fn forward(
     eps: f32,
 ) -> Result<(Tensor, Tensor)> {
     let y = Tensor::zeros(ctx, x.shape(), x.dtype())?;
-    let stats = Tensor::zeros(ctx, &stats_shape(x), DType::F32)?;
+    let stats = Tensor::zeros(ctx, &stats_shape(x)?, DType::F32)?;
     ctx.submit(&[plan_forward(ctx, x, gamma, beta, eps, &y, &stats)?])?;
     Ok((y, stats))
 }

@@ -90,3 +90,53 @@ pub(crate) fn variants() -> Vec<Variant> {
         .map(layout_variant)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::cross_entropy::{self, Labels, LossState};
+    use crate::ops::{layernorm, softmax};
+    use crate::testing::*;
+    use crate::{DType, Error, Tensor};
+
+    /// A 0-d tensor has no last dimension to take rows of: every row kernel refuses it
+    /// with a shape error naming the tensor, where each used to panic on `shape.last()`.
+    #[test]
+    fn a_tensor_without_dimensions_is_a_shape_error_not_a_panic() {
+        let ctx = &ctx();
+        let scalar = Tensor::zeros(ctx, &[], DType::F32).unwrap();
+        let one = upload(ctx, &[1.0], &[1]);
+        let is_shape_error = |what: &str, r: crate::Result<()>| match r {
+            Err(Error::Shape { found, .. }) => assert!(found.is_empty(), "{what}"),
+            other => panic!("{what}: expected a shape error, got {other:?}"),
+        };
+        let opts = softmax::SoftmaxOptions::default();
+        is_shape_error(
+            "softmax",
+            softmax::plan_forward(ctx, &scalar, &opts, &scalar).map(drop),
+        );
+        is_shape_error(
+            "softmax backward",
+            softmax::plan_backward(ctx, &scalar, &scalar, 1.0, &scalar).map(drop),
+        );
+        is_shape_error(
+            "layernorm",
+            layernorm::forward(ctx, &scalar, &one, &one, 1e-5).map(drop),
+        );
+        let stats = Tensor::zeros(ctx, &[1, 2], DType::F32).unwrap();
+        is_shape_error(
+            "layernorm backward",
+            layernorm::plan_backward(ctx, &scalar, &one, &stats, &scalar, &scalar).map(drop),
+        );
+        is_shape_error(
+            "layernorm backward (parameters)",
+            layernorm::plan_backward_params(ctx, &scalar, &stats, &scalar, &one, &one, false)
+                .map(drop),
+        );
+        let labels = Labels::new(ctx, &[0], &[1], 1, -100).unwrap();
+        let state = LossState::new(ctx, 1).unwrap();
+        is_shape_error(
+            "cross_entropy",
+            cross_entropy::plan_forward(ctx, &scalar, &labels, &state).map(drop),
+        );
+    }
+}

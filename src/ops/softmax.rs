@@ -73,7 +73,7 @@ pub fn plan_forward(
     y.expect_shape("softmax", "y", x.shape())?;
     y.expect_dtype("softmax", "y", x.dtype())?;
     let shape = x.shape();
-    let n = *shape.last().unwrap();
+    let n = x.row_len("softmax", "x")?;
     let rows = x.numel() / n;
     let mut rows_per_mask = rows;
     if let Some(mask) = opts.mask {
@@ -141,7 +141,7 @@ pub fn plan_backward(
     dx.expect_shape("softmax backward", "dx", y.shape())?;
     dy.expect_dtype("softmax backward", "dy", y.dtype())?;
     dx.expect_dtype("softmax backward", "dx", y.dtype())?;
-    let n = *y.shape().last().unwrap();
+    let n = y.row_len("softmax backward", "y")?;
     let rows = y.numel() / n;
     DispatchBuilder::family(ctx, &FAMILY, "backward")
         .element_type("T", y.dtype())

@@ -67,9 +67,12 @@ fn fill_mask_prints_transformers_fields() {
     args.push(&d);
     args.extend(&texts);
     let lines = json_lines(&args, None);
-    assert_eq!(lines.len(), texts.len());
-    for (got, want) in lines.iter().zip(want["outputs"].as_array().unwrap()) {
-        for (g, w) in got.as_array().unwrap().iter().zip(want.as_array().unwrap()) {
+    let outputs = want["outputs"].as_array().unwrap();
+    assert_eq!(lines.len(), outputs.len());
+    for (got, want) in lines.iter().zip(outputs) {
+        let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
+        assert_eq!(got.len(), want.len(), "guesses");
+        for (g, w) in got.iter().zip(want) {
             let keys: Vec<&String> = g.as_object().unwrap().keys().collect();
             let mut want_keys: Vec<&String> = w.as_object().unwrap().keys().collect();
             want_keys.sort();
@@ -94,8 +97,9 @@ fn classify_reads_stdin_one_text_per_line() {
         &["classify", "--json", "--model", &dir("classify")],
         Some(input.as_bytes()),
     );
-    assert_eq!(lines.len(), 3);
-    for (g, w) in lines.iter().zip(want["outputs"].as_array().unwrap()) {
+    let outputs = want["outputs"].as_array().unwrap();
+    assert_eq!(lines.len(), outputs.len());
+    for (g, w) in lines.iter().zip(outputs) {
         assert_eq!(g["label"], w[0]["label"]);
         assert!(close(&g["score"], &w[0]["score"]));
     }
@@ -118,6 +122,7 @@ fn embed_answer_generate_and_entities_end_to_end() {
         .iter()
         .map(|x| x.as_f64().unwrap())
         .collect();
+    assert_eq!(got.len(), want.len(), "embedding size");
     let err: f64 = got
         .iter()
         .zip(&want)

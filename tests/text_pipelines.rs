@@ -88,6 +88,7 @@ fn check_fill_mask(task: &str) {
     let want = expected(task);
     let texts = strs(&want["inputs"]);
     let got = fill_mask::run_blocking(ctx, &model, &texts, 5).unwrap();
+    assert_eq!(got.len(), texts.len());
     for (i, text) in texts.iter().enumerate() {
         assert_eq!(got[i].len(), 1, "{text}: one mask");
         let w = want["outputs"][i].as_array().unwrap();
@@ -121,6 +122,7 @@ fn text_classification_matches_transformers() {
     let want = expected("classify");
     let texts = strs(&want["inputs"]);
     let got = classify::run_blocking(ctx, &model, &texts, None, None).unwrap();
+    assert_eq!(got.len(), texts.len());
     for (i, labels) in got.iter().enumerate() {
         let top = &want["outputs"][i][0];
         assert_eq!(labels[0].label, top["label"].as_str().unwrap());
@@ -151,8 +153,10 @@ fn text_classification_in_f16_matches_transformers_within_f16_accuracy() {
     let want = expected("classify");
     let texts = strs(&want["inputs"]);
     let got = classify::run_blocking(ctx, &model, &texts, None, None).unwrap();
+    assert_eq!(got.len(), texts.len());
     for (i, labels) in got.iter().enumerate() {
         let all = want["outputs_all"][i].as_array().unwrap();
+        assert_eq!(labels.len(), all.len());
         assert_eq!(
             labels[0].label,
             want["outputs"][i][0]["label"].as_str().unwrap()
@@ -177,6 +181,7 @@ fn token_classification_matches_transformers() {
     let want = expected("token_classify");
     let texts = strs(&want["inputs"]);
     let got = token_classify::run_blocking(ctx, &model, &texts).unwrap();
+    assert_eq!(got.len(), texts.len());
     for (i, entities) in got.iter().enumerate() {
         let w = want["outputs"][i].as_array().unwrap();
         assert_eq!(entities.len(), w.len(), "{}: entities", texts[i]);
@@ -191,6 +196,7 @@ fn token_classification_matches_transformers() {
         }
     }
     let tokens = token_classify::run_tokens_blocking(ctx, &model, &texts).unwrap();
+    assert_eq!(tokens.len(), texts.len());
     for (i, tokens) in tokens.iter().enumerate() {
         let w = want["outputs_none"][i].as_array().unwrap();
         assert_eq!(tokens.len(), w.len());
@@ -211,6 +217,7 @@ fn feature_extraction_and_sentence_embeddings_match_transformers() {
     let want = expected("embed");
     let texts = strs(&want["inputs"]);
     let features = embed::features_blocking(ctx, &model, &texts).unwrap();
+    assert_eq!(features.len(), texts.len());
     for (i, f) in features.iter().enumerate() {
         let w: Vec<f64> = want["features"][i]
             .as_array()
@@ -229,6 +236,7 @@ fn feature_extraction_and_sentence_embeddings_match_transformers() {
         ("mean_normalized", Pooling::Mean, true),
     ] {
         let got = embed::sentences_blocking(ctx, &model, &texts, pooling, normalize).unwrap();
+        assert_eq!(got.len(), texts.len());
         for (i, g) in got.iter().enumerate() {
             let e = rel_l2(g, &f64s(&want[key][i]));
             assert!(e < 1e-4, "{key} {i}: {e}");
@@ -263,6 +271,7 @@ fn question_answering_matches_transformers_4s_pipeline() {
             },
         )
         .unwrap();
+        assert_eq!(got.len(), inputs.len());
         for (i, answers) in got.iter().enumerate() {
             let w: Vec<&Value> = match &cases[i][key] {
                 Value::Array(a) => a.iter().collect(),
@@ -291,6 +300,7 @@ fn greedy_generation_matches_transformers() {
         decoding: Decoding::Greedy,
     };
     let got = generate::run_blocking(ctx, &model, &prompts, options).unwrap();
+    assert_eq!(got.len(), prompts.len());
     for (i, g) in got.iter().enumerate() {
         assert_eq!(
             g.generated_text,

@@ -393,6 +393,28 @@ fn pipelines_refuse_bad_input_clearly() {
     );
 }
 
+/// An error about an input quotes its start, not all of it (before: the whole text).
+#[test]
+fn errors_quote_the_start_of_an_input() {
+    let ctx = &ctx();
+    let cut = TextModel::load(
+        ctx,
+        dir("fill_mask"),
+        TextOptions {
+            truncate: true,
+            ..TextOptions::default()
+        },
+    )
+    .unwrap();
+    let text = "a ".repeat(100_000) + "[MASK]";
+    let e = err(fill_mask::run_blocking(ctx, &cut, &["[MASK] x", &text], 2));
+    assert!(e.len() < 300, "{} bytes", e.len());
+    assert!(
+        e.starts_with("input 1, \"a a a") && e.contains("… (200006 characters): no mask token"),
+        "{e}"
+    );
+}
+
 #[test]
 fn model_folders_that_do_not_fit_are_errors() {
     let ctx = &ctx();

@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use super::{gather, locate, softmax, TextModel};
+use super::{at_input, gather, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{Head, Want};
@@ -64,26 +64,11 @@ pub async fn run(
             "top_k and max_answer_len must be at least 1",
         ));
     }
-    let max_len = model.max_tokens().min(384);
-    let encode = EncodeOptions {
-        truncation: Some(Truncation::OnlySecond),
-        max_length: Some(max_len),
-        stride: (max_len / 2).min(128),
-        pad_to_longest: false,
-    };
     // Every window of every input, and which input it belongs to.
     let mut windows: Vec<Encoding> = Vec::new();
     let mut owner = Vec::new();
     for (i, (question, context)) in inputs.iter().enumerate() {
-        if question.trim().is_empty() || context.trim().is_empty() {
-            return Err(Error::invalid(format!(
-                "input {i}: the question and the context must not be empty"
-            )));
-        }
-        let mut e = model
-            .tokenizer()
-            .encode_with(question, Some(context), &encode)
-            .map_err(|e| Error::invalid(format!("input {i}: {e} (is the question too long?)")))?;
+        let mut e = encode(model, question, context).map_err(|e| at_input(i, context, e))?;
         let rest = std::mem::take(&mut e.overflowing);
         for w in std::iter::once(e).chain(rest) {
             windows.push(w);
@@ -126,6 +111,35 @@ pub async fn run(
         found.truncate(options.top_k);
     }
     Ok(answers)
+}
+
+/// What [`run`] would refuse in one question and context, found without the GPU: either is
+/// empty, or the question leaves no room for the context. The error says what is wrong, not
+/// which input: the caller names it.
+pub fn check(model: &TextModel, question: &str, context: &str) -> Result<()> {
+    encode(model, question, context).map(|_| ())
+}
+
+/// The question and the context tokenized as a pair, the context cut into windows of at most
+/// `min(max tokens, 384)` tokens overlapping by `min(that / 2, 128)` (the first window, the
+/// others in its `overflowing`).
+fn encode(model: &TextModel, question: &str, context: &str) -> Result<Encoding> {
+    if question.trim().is_empty() || context.trim().is_empty() {
+        return Err(Error::invalid(
+            "the question and the context must not be empty",
+        ));
+    }
+    let max_len = model.max_tokens().min(384);
+    let options = EncodeOptions {
+        truncation: Some(Truncation::OnlySecond),
+        max_length: Some(max_len),
+        stride: (max_len / 2).min(128),
+        pad_to_longest: false,
+    };
+    model
+        .tokenizer()
+        .encode_with(question, Some(context), &options)
+        .map_err(|e| Error::invalid(format!("{e} (is the question too long?)")))
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -5,3 +5,30 @@ mod jieba;
 mod tokenizer;
 
 pub use tokenizer::{EncodeOptions, Encoding, SpecialTokens, Tokenizer, TokenizerKind, Truncation};
+
+/// The start of a text for a message: its first 60 characters quoted and escaped as Rust's
+/// `{:?}` does (newlines and control characters as `\n`, `\u{1b}`, ...), then `…` and its
+/// length in characters when it is longer, so that a megabyte of input gives a short line.
+pub fn quote(text: &str) -> String {
+    const SHOWN: usize = 60;
+    match text.char_indices().nth(SHOWN) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} characters)", &text[..cut], text.chars().count()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote;
+
+    #[test]
+    fn quote_keeps_the_start_of_a_long_text_on_a_char_boundary() {
+        assert_eq!(quote("short\nline"), "\"short\\nline\"");
+        let long = "é".repeat(1000);
+        assert_eq!(
+            quote(&long),
+            format!("{:?}… (1000 characters)", "é".repeat(60))
+        );
+        assert_eq!(quote(&"x".repeat(60)), format!("{:?}", "x".repeat(60)));
+    }
+}

@@ -423,7 +423,9 @@ impl Tokenizer {
         pair: Option<&str>,
         options: &EncodeOptions,
     ) -> Result<tokenizers::Encoding> {
-        let failed = |e: tokenizers::Error| Error::invalid(format!("tokenizing {text:?}: {e}"));
+        let failed = |e: tokenizers::Error| {
+            Error::invalid(format!("tokenizing {}: {e}", super::quote(text)))
+        };
         let first = self
             .inner
             .encode_char_offsets(text, false)

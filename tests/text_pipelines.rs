@@ -393,6 +393,36 @@ fn pipelines_refuse_bad_input_clearly() {
     );
 }
 
+/// Numbers from users are clamped, not trusted: fill-mask's top_k to the vocabulary (before:
+/// `Vec::with_capacity(top_k)` aborted or panicked), answer's top_k near 2^63 to every
+/// candidate (before: `2·top_k + 10` overflowed: a panic here, a handful of candidates in a
+/// release build).
+#[test]
+fn huge_top_k_is_clamped() {
+    let ctx = &ctx();
+    let mlm = load(ctx, "fill_mask");
+    let vocab = mlm.config().vocab_size;
+    let all = fill_mask::run_blocking(ctx, &mlm, &["a [MASK]"], usize::MAX).unwrap();
+    assert_eq!(all[0][0].len(), vocab);
+    let qa = load(ctx, "qa");
+    let input = [("who jumps?", "the quick brown fox jumps over the lazy dog")];
+    let ask = |top_k| {
+        answer::run_blocking(
+            ctx,
+            &qa,
+            &input,
+            AnswerOptions {
+                top_k,
+                ..AnswerOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let many = ask(1000);
+    assert!(many[0].len() > 10, "{many:?}");
+    assert_eq!(ask(usize::MAX / 2 + 1), many);
+}
+
 /// An error about an input quotes its start, not all of it (before: the whole text).
 #[test]
 fn errors_quote_the_start_of_an_input() {

@@ -187,7 +187,8 @@ fn best_spans(
     // Best first; ties in token order (row-major), as numpy's stable argsort of the flat
     // score matrix. Candidates outside the context are dropped after choosing, as there.
     spans.sort_by(|a, b| b.2.total_cmp(&a.2));
-    spans.truncate(2 * options.top_k + 10);
+    // Saturating: a huge top_k asks for every candidate, not for a wrapped-around few.
+    spans.truncate(options.top_k.saturating_mul(2).saturating_add(10));
     spans.retain(|&(s, e, _)| allowed[s] && allowed[e]);
     spans
 }
@@ -199,4 +200,42 @@ fn word_span(w: &Encoding, s: usize, e: usize) -> (usize, usize) {
     words
         .and_then(|(a, b)| Some((w.word_to_chars(a, 1)?.0, w.word_to_chars(b, 1)?.1)))
         .unwrap_or((w.offsets[s].0, w.offsets[e].1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[CLS] q [SEP]`, eight context tokens, `[SEP]`: 36 spans inside the context.
+    fn window() -> Encoding {
+        let n = 12;
+        let seq = |t: usize| match t {
+            0 | 2 | 11 => None,
+            1 => Some(0),
+            _ => Some(1),
+        };
+        Encoding {
+            input_ids: (0..n as u32).collect(),
+            attention_mask: vec![1; n],
+            sequence_ids: (0..n).map(seq).collect(),
+            ..Encoding::default()
+        }
+    }
+
+    /// A top_k near usize::MAX keeps every candidate (`2·top_k + 10` overflowed: a panic
+    /// with overflow checks, 10 candidates without).
+    #[test]
+    fn a_huge_top_k_keeps_every_span() {
+        let logits: Vec<f32> = (0..12).map(|t| t as f32 * 0.1).collect();
+        let spans = |top_k| {
+            let options = AnswerOptions {
+                top_k,
+                max_answer_len: 15,
+            };
+            best_spans(&window(), &logits, &logits, Some(0), options)
+        };
+        assert_eq!(spans(100).len(), 36);
+        assert_eq!(spans(usize::MAX / 2 + 1), spans(100));
+        assert_eq!(spans(usize::MAX), spans(100));
+    }
 }

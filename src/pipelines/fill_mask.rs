@@ -24,7 +24,7 @@ pub struct FillMaskGuess {
 }
 
 /// The guesses for each text: per mask token in it (in order), the `top_k` most likely
-/// tokens, most likely first.
+/// tokens (every token of the vocabulary when it has fewer), most likely first.
 pub async fn run(
     ctx: &Context,
     model: &TextModel,
@@ -35,6 +35,9 @@ pub async fn run(
     if top_k == 0 {
         return Err(Error::invalid("top_k must be at least 1"));
     }
+    let vocab = model.config().vocab_size;
+    // A guess per token of the vocabulary at most: a huge top_k asks for all of them.
+    let top_k = top_k.min(vocab);
     let tok = model.tokenizer();
     let mask = mask_id(model)?;
     let encodings = model.encode(texts, None)?;
@@ -42,7 +45,6 @@ pub async fn run(
         has_mask(model, e, mask).map_err(|err| at_input(i, texts[i], err))?;
     }
     let results = gather(model.submit(ctx, &encodings, Want::logits())?).await?;
-    let vocab = model.config().vocab_size;
     let pad = tok.special_tokens().pad;
     let mut out = Vec::with_capacity(texts.len());
     for (i, e) in encodings.iter().enumerate() {

@@ -108,9 +108,17 @@ impl TextModel {
                 dir.display()
             )));
         }
-        if options.max_batch == 0 {
-            return Err(Error::invalid("max_batch must be at least 1"));
-        }
+        // The encoder's batch is a power of two; usize's largest has none above it.
+        let encoder_batch = Some(options.max_batch)
+            .filter(|&b| b > 0)
+            .and_then(usize::checked_next_power_of_two)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "max_batch must be at least 1 and at most 2^{} (got {})",
+                    usize::BITS - 1,
+                    options.max_batch
+                ))
+            })?;
         let config = required(dir, "config.json")?;
         let weights = if dir.join("model.safetensors").exists() {
             dir.join("model.safetensors")
@@ -140,7 +148,7 @@ impl TextModel {
             &config,
             &weights,
             EncoderOptions {
-                max_batch: options.max_batch.next_power_of_two(),
+                max_batch: encoder_batch,
                 precision: options.precision,
                 ..EncoderOptions::default()
             },

@@ -423,6 +423,55 @@ fn huge_top_k_is_clamped() {
     assert_eq!(ask(usize::MAX / 2 + 1), many);
 }
 
+/// With truncation, a long prompt loses its start, leaving room for max_new_tokens (before:
+/// it lost its end, cut to the model's maximum, then was refused as the new tokens did not
+/// fit): two prompts that differ only in their first words, cut away, continue alike.
+/// max_new_tokens leaving no room is refused, naming both numbers.
+#[test]
+fn generation_truncates_prompts_from_the_left() {
+    let ctx = &ctx();
+    let cut = TextModel::load(
+        ctx,
+        dir("generate"),
+        TextOptions {
+            truncate: true,
+            ..TextOptions::default()
+        },
+    )
+    .unwrap();
+    let options = GenerateOptions {
+        max_new_tokens: 8,
+        decoding: Decoding::Greedy,
+    };
+    assert_eq!(generate::prompt_room(&cut, 8).unwrap(), 56);
+    let tail = "hello ".repeat(70) + "the quick brown";
+    let prompts = [format!("fox fox fox {tail}"), format!("dog {tail}")];
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let got = generate::run_blocking(ctx, &cut, &prompts, options).unwrap();
+    assert_eq!(got.len(), 2);
+    let continuation = |i: usize| &got[i].generated_text[prompts[i].len()..];
+    assert!(got[0].generated_text.starts_with(prompts[0]));
+    assert!(!continuation(0).is_empty());
+    assert_eq!(continuation(0), continuation(1));
+
+    let e = err(generate::run_blocking(
+        ctx,
+        &cut,
+        &["hi"],
+        GenerateOptions {
+            max_new_tokens: 64,
+            ..options
+        },
+    ));
+    assert!(e.contains("max_new_tokens 64 leaves no room") && e.contains("64 tokens at most"));
+    let whole = load(ctx, "generate");
+    let e = err(generate::run_blocking(ctx, &whole, &prompts, options));
+    assert!(
+        e.starts_with("input 0, \"fox fox") && e.contains("TextOptions::truncate cuts the prompt"),
+        "{e}"
+    );
+}
+
 /// An error about an input quotes its start, not all of it (before: the whole text).
 #[test]
 fn errors_quote_the_start_of_an_input() {

@@ -19,7 +19,29 @@ pub fn quote(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::quote;
+    use super::{quote, Encoding};
+
+    #[test]
+    fn keep_last_cuts_every_field_from_the_front() {
+        let mut e = Encoding {
+            input_ids: vec![1, 2, 3, 4],
+            token_type_ids: vec![0; 4],
+            attention_mask: vec![1; 4],
+            offsets: vec![(0, 0), (0, 1), (1, 2), (0, 0)],
+            tokens: ["[CLS]", "a", "b", "[SEP]"].map(String::from).to_vec(),
+            word_ids: vec![None, Some(0), Some(1), None],
+            sequence_ids: vec![None, Some(0), Some(0), None],
+            special_tokens_mask: vec![1, 0, 0, 1],
+            overflowing: Vec::new(),
+        };
+        e.keep_last(2);
+        assert_eq!(e.input_ids, [3, 4]);
+        assert_eq!(e.tokens, ["b", "[SEP]"]);
+        assert_eq!(e.offsets, [(1, 2), (0, 0)]);
+        assert_eq!(e.special_tokens_mask, [0, 1]);
+        e.keep_last(5);
+        assert_eq!(e.len(), 2);
+    }
 
     #[test]
     fn quote_keeps_the_start_of_a_long_text_on_a_char_boundary() {

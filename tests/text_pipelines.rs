@@ -508,6 +508,27 @@ fn model_folders_that_do_not_fit_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("model.safetensors"), "{e}");
+    // a folder where the weights' file should be
+    std::fs::create_dir(scratch.join("model.safetensors")).unwrap();
+    let e = TextModel::load(ctx, &scratch, TextOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model.safetensors: a folder"), "{e}");
+    // the same folder given to the encoder, which takes folders of weights
+    let e = roformer_wgpu::model::Encoder::from_pretrained(
+        ctx,
+        scratch.join("config.json"),
+        scratch.join("model.safetensors"),
+        roformer_wgpu::model::EncoderOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("a folder with neither model.safetensors nor model.safetensors.index.json"),
+        "{e}"
+    );
+    std::fs::remove_dir(scratch.join("model.safetensors")).unwrap();
     std::fs::copy(
         src.join("model.safetensors"),
         scratch.join("model.safetensors"),

@@ -120,8 +120,14 @@ impl TextModel {
                 ))
             })?;
         let config = required(dir, "config.json")?;
-        let weights = if dir.join("model.safetensors").exists() {
-            dir.join("model.safetensors")
+        let single = dir.join("model.safetensors");
+        let weights = if single.is_dir() {
+            return Err(Error::invalid(format!(
+                "{}: a folder, where the model's weights (one .safetensors file) should be",
+                single.display()
+            )));
+        } else if single.exists() {
+            single
         } else {
             required(dir, "model.safetensors.index.json").map_err(|_| {
                 Error::invalid(format!(

@@ -1,6 +1,8 @@
 //! The `roformer` command end to end on the text fixtures' model folders: each task's `--json`
 //! line against transformers' pipeline output (tests/fixtures/text/<task>/expected.json),
-//! stdin input, and bad input answered with a message and a failing status, never a panic.
+//! stdin input, and bad input answered with a message and a failing status, never a panic;
+//! then hostile use (issue 29): closed pipes and full disks, huge numbers, errors naming the
+//! input in the whole run, empty texts, control characters.
 
 #![cfg(feature = "cli")]
 
@@ -273,5 +275,152 @@ fn every_command_answers_help() {
         let out = roformer(&[cmd, "--help"], None);
         assert!(out.status.success(), "{cmd} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: roformer"));
+    }
+}
+
+/// Every subcommand on `n` stdin lines, with the arguments it needs.
+fn every_command(n: usize) -> Vec<(Vec<String>, String)> {
+    let lines = |text: &str| format!("{text}\n").repeat(n);
+    let model = |task: &str| vec!["--model".to_string(), dir(task)];
+    let with = |cmd: &str, task: &str, extra: &[&str]| {
+        let mut args = vec![cmd.to_string()];
+        args.extend(model(task));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    vec![
+        (
+            with("fill-mask", "fill_mask", &[]),
+            lines("hello [MASK] world"),
+        ),
+        (with("classify", "classify", &[]), lines("a good day")),
+        (
+            with("token-classify", "token_classify", &[]),
+            lines("a good day"),
+        ),
+        (with("embed", "embed", &[]), lines("a good day")),
+        (
+            with("answer", "qa", &["--question", "who"]),
+            lines("a good day"),
+        ),
+        (
+            with("generate", "generate", &["--max-new-tokens", "2"]),
+            lines("the quick"),
+        ),
+        (with("tokenize", "classify", &[]), lines("a good day")),
+    ]
+}
+
+/// A closed pipe (`roformer ... | head -1`) ends every command quietly, text and --json:
+/// stdout is read for one line and closed while groups of results are still to come
+/// (--max-batch 1: a group is 4 inputs, 12 inputs are 3 groups). Before, text mode panicked
+/// (`failed printing to stdout: Broken pipe`, status 101) and --json failed with status 1.
+#[test]
+fn a_closed_pipe_ends_every_command_quietly() {
+    use std::io::BufRead;
+    for (args, input) in every_command(12) {
+        for json in [false, true] {
+            let mut args = args.clone();
+            if args[0] != "tokenize" {
+                args.push("--max-batch".into());
+                args.push("1".into());
+            }
+            if json {
+                args.push("--json".into());
+            }
+            let mut child = Command::new(env!("CARGO_BIN_EXE_roformer"))
+                .args(&args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut first = String::new();
+            reader.read_line(&mut first).unwrap();
+            assert!(!first.is_empty(), "{args:?}: no output");
+            drop(reader);
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+            assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+            assert!(
+                out.status.success() || sigpipe(&out.status),
+                "{args:?}: {:?} {stderr}",
+                out.status
+            );
+        }
+    }
+}
+
+#[cfg(unix)]
+fn sigpipe(status: &std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(13)
+}
+
+#[cfg(not(unix))]
+fn sigpipe(_: &std::process::ExitStatus) -> bool {
+    false
+}
+
+/// A full disk is an error (status 1, a message), not a panic, text and --json. Before, text
+/// mode panicked (`failed printing to stdout: No space left on device`, status 101).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_is_an_error() {
+    for (args, input) in every_command(2) {
+        for json in [false, true] {
+            let mut args = args.clone();
+            if json {
+                args.push("--json".into());
+            }
+            let full = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_roformer"))
+                .args(&args)
+                .stdin(Stdio::piped())
+                .stdout(full)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(input.as_bytes()).unwrap();
+            drop(pipe);
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("error: writing the output: No space left"),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+}
+
+/// Text mode keeps one line per input: newlines and escape codes in a text are escaped
+/// (before: printed raw, splitting the line and colouring the terminal).
+#[test]
+fn text_mode_escapes_control_characters() {
+    let text = "a\nb\u{1b}[31m\tc";
+    for (cmd, task) in [("classify", "classify"), ("tokenize", "classify")] {
+        let out = roformer(&[cmd, "--model", &dir(task), text], None);
+        assert!(out.status.success());
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let first = stdout.lines().next().unwrap();
+        assert!(first.starts_with("a\\nb\\u{1b}[31m\\tc"), "{stdout}");
+        assert!(!stdout.contains('\u{1b}'), "{stdout}");
+        if cmd == "classify" {
+            assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        }
     }
 }

@@ -10,9 +10,12 @@
 //!
 //! Texts come from the arguments, or from stdin one per line. `--json` writes one JSON line
 //! per input holding what transformers' pipeline returns for it, with its field names;
-//! otherwise a readable table. Errors go to stderr with a non-zero exit status.
+//! otherwise a readable table, one line per input with control characters escaped (`\n`,
+//! `\u{1b}`). Errors go to stderr with a non-zero exit status; a reader that goes away
+//! (`| head -1`) ends the run quietly with status 0.
 
-use std::io::{BufRead, Write};
+use std::borrow::Cow;
+use std::io::{self, BufRead, BufWriter, StdoutLock, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -177,7 +180,19 @@ type Failure = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     let cli: Cli = args::parse_args();
-    args::exit_code(run(cli))
+    let result = run(cli);
+    // Only writes to stdout fail with an io::Error here: reading stdin's errors are
+    // messages, the library's are its own type.
+    match result
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<io::Error>())
+    {
+        // The reader has gone (`| head -1`): nothing more is wanted, as for any Unix tool.
+        Some(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Some(e) => args::exit_code(Err(format!("writing the output: {e}").into())),
+        None => args::exit_code(result),
+    }
 }
 
 /// The texts: the arguments, else stdin's lines (a line that is not UTF-8 or is empty is an
@@ -187,8 +202,8 @@ fn texts(given: Vec<String>) -> Result<Vec<String>, Failure> {
         return Ok(given);
     }
     let mut out = Vec::new();
-    for (i, line) in std::io::stdin().lock().split(b'\n').enumerate() {
-        let mut line = line?;
+    for (i, line) in io::stdin().lock().split(b'\n').enumerate() {
+        let mut line = line.map_err(|e| format!("reading stdin: {e}"))?;
         if line.last() == Some(&b'\r') {
             line.pop();
         }
@@ -231,13 +246,17 @@ fn open(args: &ModelArgs, texts: &[String]) -> Result<(Context, TextModel), Fail
     Ok((ctx, model))
 }
 
-/// Runs `each` over the texts a batch at a time, with a progress bar on a terminal when
-/// there is more than one batch, and prints every result as it comes.
+/// Standard output, locked and buffered: written with `write!`, flushed after each group of
+/// results (a reader sees them as they come) and at the end, every error returned.
+type Out = BufWriter<StdoutLock<'static>>;
+
+/// Runs `each` over the texts a group at a time, with a progress bar on a terminal when
+/// there is more than one group, and prints every result as it comes.
 fn in_batches<T>(
     texts: &[String],
     batch: usize,
     mut each: impl FnMut(&[&str]) -> Result<Vec<T>, Failure>,
-    mut print: impl FnMut(&str, &T) -> Result<(), Failure>,
+    mut print: impl FnMut(&mut Out, &str, &T) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     let chunk = batch * 4;
     let bar = if texts.len() > chunk {
@@ -249,26 +268,52 @@ fn in_batches<T>(
     } else {
         ProgressBar::hidden()
     };
-    for part in texts.chunks(chunk) {
-        let part: Vec<&str> = part.iter().map(String::as_str).collect();
-        let results = each(&part)?;
-        bar.suspend(|| -> Result<(), Failure> {
-            for (t, r) in part.iter().zip(&results) {
-                print(t, r)?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    let mut groups = || -> Result<(), Failure> {
+        for part in texts.chunks(chunk) {
+            let part: Vec<&str> = part.iter().map(String::as_str).collect();
+            let results = each(&part)?;
+            if results.len() != part.len() {
+                return Err(format!("{} results for {} texts", results.len(), part.len()).into());
             }
-            Ok(())
-        })?;
-        bar.inc(part.len() as u64);
-    }
+            bar.suspend(|| -> Result<(), Failure> {
+                for (t, r) in part.iter().zip(&results) {
+                    print(&mut out, t, r)?;
+                }
+                Ok(out.flush()?)
+            })?;
+            bar.inc(part.len() as u64);
+        }
+        Ok(out.flush()?)
+    };
+    let result = groups();
+    // Cleared on an error too, so that the message is not left under a stale bar.
     bar.finish_and_clear();
+    result
+}
+
+fn json_line(out: &mut Out, v: &impl Serialize) -> Result<(), Failure> {
+    let line = serde_json::to_string(v)?;
+    writeln!(out, "{line}")?;
     Ok(())
 }
 
-fn json_line(v: &impl Serialize) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
+/// A text for a table line: control characters (newlines, tabs, escape codes) written as
+/// Rust escapes (`\n`, `\u{1b}`), so that each input stays on its line and cannot drive the
+/// terminal; everything else as it is.
+fn shown(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -281,21 +326,25 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 &texts,
                 common.model.max_batch as usize,
                 |part| Ok(fill_mask::run_blocking(&ctx, &model, part, top_k as usize)?),
-                |text, masks| {
+                |out, text, masks| {
                     if json {
                         // transformers: a list for one mask, a list of lists for several
                         return match &masks[..] {
-                            [one] => json_line(one),
-                            many => json_line(&many),
+                            [one] => json_line(out, one),
+                            many => json_line(out, &many),
                         };
                     }
-                    println!("{text}");
+                    writeln!(out, "{}", shown(text))?;
                     for (m, guesses) in masks.iter().enumerate() {
                         for g in guesses {
-                            println!(
+                            writeln!(
+                                out,
                                 "  mask {m}  {:>7.4}  {:>6}  {:<12}  {}",
-                                g.score, g.token, g.token_str, g.sequence
-                            );
+                                g.score,
+                                g.token,
+                                shown(&g.token_str),
+                                shown(&g.sequence)
+                            )?;
                         }
                     }
                     Ok(())
@@ -310,17 +359,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 &texts,
                 common.model.max_batch as usize,
                 |part| Ok(classify::run_blocking(&ctx, &model, part, None, None)?),
-                |text, labels| {
+                |out, text, labels| {
                     match (json, all) {
-                        (true, true) => json_line(labels)?,
-                        (true, false) => json_line(&labels[0])?,
+                        (true, true) => json_line(out, labels)?,
+                        (true, false) => json_line(out, &labels[0])?,
                         (false, _) => {
-                            let shown = if all { &labels[..] } else { &labels[..1] };
-                            let cells: Vec<String> = shown
+                            let shown_labels = if all { &labels[..] } else { &labels[..1] };
+                            let cells: Vec<String> = shown_labels
                                 .iter()
-                                .map(|l| format!("{} {:.4}", l.label, l.score))
+                                .map(|l| format!("{} {:.4}", shown(&l.label), l.score))
                                 .collect();
-                            println!("{:<40}  {}", text, cells.join("  "));
+                            writeln!(out, "{:<40}  {}", shown(text), cells.join("  "))?;
                         }
                     }
                     Ok(())
@@ -335,16 +384,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 &texts,
                 common.model.max_batch as usize,
                 |part| Ok(token_classify::run_blocking(&ctx, &model, part)?),
-                |text, entities| {
+                |out, text, entities| {
                     if json {
-                        return json_line(entities);
+                        return json_line(out, entities);
                     }
-                    println!("{text}");
+                    writeln!(out, "{}", shown(text))?;
                     for e in entities {
-                        println!(
+                        writeln!(
+                            out,
                             "  {:<10} {:>7.4}  {:>4}..{:<4} {}",
-                            e.entity_group, e.score, e.start, e.end, e.word
-                        );
+                            shown(&e.entity_group),
+                            e.score,
+                            e.start,
+                            e.end,
+                            shown(&e.word)
+                        )?;
                     }
                     Ok(())
                 },
@@ -370,17 +424,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         &ctx, &model, part, pooling, normalize,
                     )?)
                 },
-                |text, v| {
+                |out, text, v| {
                     if json {
-                        return json_line(v);
+                        return json_line(out, v);
                     }
                     let head: Vec<String> = v.iter().take(6).map(|x| format!("{x:+.4}")).collect();
-                    println!(
+                    writeln!(
+                        out,
                         "{:<40}  [{}, ...] ({} values)",
-                        text,
+                        shown(text),
                         head.join(", "),
                         v.len()
-                    );
+                    )?;
                     Ok(())
                 },
             )
@@ -409,19 +464,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         part.iter().map(|c| (question.as_str(), *c)).collect();
                     Ok(answer::run_blocking(&ctx, &model, &inputs, options)?)
                 },
-                |context, answers| {
+                |out, context, answers| {
                     if args.json {
                         return match &answers[..] {
-                            [one] => json_line(one),
-                            many => json_line(&many),
+                            [one] => json_line(out, one),
+                            many => json_line(out, &many),
                         };
                     }
-                    println!("{question}  ({context})");
+                    writeln!(out, "{}  ({})", shown(&question), shown(context))?;
                     for a in answers {
-                        println!(
+                        writeln!(
+                            out,
                             "  {:>7.4}  {:>4}..{:<4} {}",
-                            a.score, a.start, a.end, a.answer
-                        );
+                            a.score,
+                            a.start,
+                            a.end,
+                            shown(&a.answer)
+                        )?;
                     }
                     Ok(())
                 },
@@ -457,11 +516,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 &prompts,
                 common.model.max_batch as usize,
                 |part| Ok(generate::run_blocking(&ctx, &model, part, options)?),
-                |_, g| {
+                |out, _, g| {
                     if json {
-                        return json_line(g);
+                        return json_line(out, g);
                     }
-                    println!("{}", g.generated_text);
+                    writeln!(out, "{}", shown(&g.generated_text))?;
                     Ok(())
                 },
             )
@@ -472,27 +531,35 @@ fn run(cli: Cli) -> Result<(), Failure> {
             texts: given,
         } => {
             let tokenizer = Tokenizer::from_dir(&model)?;
+            let mut out = BufWriter::new(io::stdout().lock());
             for text in texts(given)? {
                 let e = tokenizer.encode(&text)?;
                 if json {
-                    json_line(&serde_json::json!({
-                        "input_ids": e.input_ids,
-                        "token_type_ids": e.token_type_ids,
-                        "attention_mask": e.attention_mask,
-                        "offset_mapping": e.offsets,
-                        "tokens": e.tokens,
-                    }))?;
+                    json_line(
+                        &mut out,
+                        &serde_json::json!({
+                            "input_ids": e.input_ids,
+                            "token_type_ids": e.token_type_ids,
+                            "attention_mask": e.attention_mask,
+                            "offset_mapping": e.offsets,
+                            "tokens": e.tokens,
+                        }),
+                    )?;
                 } else {
-                    println!("{text}");
+                    writeln!(out, "{}", shown(&text))?;
                     for i in 0..e.len() {
-                        println!(
+                        writeln!(
+                            out,
                             "  {:>6}  {:<16} {:>4}..{:<4}",
-                            e.input_ids[i], e.tokens[i], e.offsets[i].0, e.offsets[i].1
-                        );
+                            e.input_ids[i],
+                            shown(&e.tokens[i]),
+                            e.offsets[i].0,
+                            e.offsets[i].1
+                        )?;
                     }
                 }
             }
-            Ok(())
+            Ok(out.flush()?)
         }
     }
 }

@@ -8,11 +8,14 @@
 //!     roformer generate --model DIR --max-new-tokens N PROMPT...
 //!     roformer tokenize --model DIR TEXT...
 //!
-//! Texts come from the arguments, or from stdin one per line. `--json` writes one JSON line
-//! per input holding what transformers' pipeline returns for it, with its field names;
-//! otherwise a readable table, one line per input with control characters escaped (`\n`,
-//! `\u{1b}`). Errors go to stderr with a non-zero exit status; a reader that goes away
-//! (`| head -1`) ends the run quietly with status 0.
+//! Texts come from the arguments, or from stdin one per line; an empty (or all-whitespace)
+//! text is an error either way, so that input N is always argument N or stdin line N. Every
+//! input is checked before any GPU work, so a bad one fails the run before anything is
+//! printed, named by its number in the run (and stdin line) and the start of its text.
+//! `--json` writes one JSON line per input holding what transformers' pipeline returns for
+//! it, with its field names; otherwise a readable table, one line per input with control
+//! characters escaped (`\n`, `\u{1b}`). Errors go to stderr with a non-zero exit status; a
+//! reader that goes away (`| head -1`) ends the run quietly with status 0.
 
 use std::borrow::Cow;
 use std::io::{self, BufRead, BufWriter, StdoutLock, Write};
@@ -27,7 +30,7 @@ use roformer_wgpu::pipelines::generate::{Decoding, GenerateOptions};
 use roformer_wgpu::pipelines::{
     answer, classify, embed, fill_mask, generate, token_classify, TextModel, TextOptions,
 };
-use roformer_wgpu::text::Tokenizer;
+use roformer_wgpu::text::{quote, Tokenizer};
 use roformer_wgpu::Context;
 use serde::Serialize;
 
@@ -40,7 +43,9 @@ mod args;
     name = "roformer",
     version,
     about = "RoFormer pipelines (fill-mask, classification, QA, embeddings, generation) on any GPU through WebGPU",
-    after_help = "The GPU adapter is chosen by WGPU_BACKEND, WGPU_ADAPTER_NAME and WGPU_POWER_PREF."
+    after_help = "Texts come from the arguments, else from stdin, one per line; an empty or \
+                  all-whitespace text is an error in both. The GPU adapter is chosen by \
+                  WGPU_BACKEND, WGPU_ADAPTER_NAME and WGPU_POWER_PREF."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -53,7 +58,7 @@ enum Command {
     FillMask {
         #[command(flatten)]
         common: Common,
-        /// Guesses per mask.
+        /// Guesses per mask (at least 1; more than the vocabulary gives all of it).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         top_k: u64,
     },
@@ -88,13 +93,13 @@ enum Command {
         /// The question.
         #[arg(long)]
         question: String,
-        /// The context; without it, each line of stdin is a context.
+        /// The context; without it, each line of stdin is a context (not empty, as texts).
         #[arg(long)]
         context: Option<String>,
-        /// Answers per question.
+        /// Answers per question (at least 1; fewer when the context has fewer).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         top_k: u64,
-        /// Longest answer, in tokens.
+        /// Longest answer, in tokens (at least 1).
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
         max_answer_len: u64,
     },
@@ -102,7 +107,7 @@ enum Command {
     Generate {
         #[command(flatten)]
         common: Common,
-        /// New tokens at most.
+        /// New tokens at most (below the model's maximum length: the prompt needs room).
         #[arg(long, default_value_t = 20)]
         max_new_tokens: usize,
         /// Sample instead of taking the most likely token.
@@ -111,7 +116,7 @@ enum Command {
         /// Sampling temperature.
         #[arg(long, default_value_t = 1.0, requires = "sample")]
         temperature: f32,
-        /// Sample from the K most likely tokens only (0: all).
+        /// Sample from the K most likely tokens only (0, or more than the vocabulary: all).
         #[arg(long, default_value_t = 50, requires = "sample")]
         top_k: usize,
         /// Sample from the smallest set of tokens whose probability reaches P.
@@ -129,7 +134,7 @@ enum Command {
         /// One JSON line per text instead of a table.
         #[arg(long)]
         json: bool,
-        /// Texts; without any, each line of stdin is one.
+        /// Texts; without any, each line of stdin is one (empty ones are errors).
         texts: Vec<String>,
     },
 }
@@ -142,10 +147,11 @@ struct ModelArgs {
     /// One JSON line per input, as transformers' pipeline returns it.
     #[arg(long)]
     json: bool,
-    /// Cut texts longer than the model takes (with a warning) instead of refusing them.
+    /// Cut texts longer than the model takes (with a warning) instead of refusing them;
+    /// `generate` cuts a prompt's start, to leave room for the new tokens.
     #[arg(long)]
     truncate: bool,
-    /// Texts per GPU request.
+    /// Texts per GPU request, 1 to 256.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
     max_batch: u64,
     /// Weights and activations in f32, or in f16 (half the memory; needs an adapter with
@@ -164,7 +170,7 @@ enum PrecisionArg {
 struct Common {
     #[command(flatten)]
     model: ModelArgs,
-    /// Texts; without any, each line of stdin is one.
+    /// Texts; without any, each line of stdin is one (empty ones are errors).
     texts: Vec<String>,
 }
 
@@ -195,12 +201,56 @@ fn main() -> ExitCode {
     }
 }
 
-/// The texts: the arguments, else stdin's lines (a line that is not UTF-8 or is empty is an
-/// error naming it).
-fn texts(given: Vec<String>) -> Result<Vec<String>, Failure> {
-    if !given.is_empty() {
-        return Ok(given);
+/// A run's texts in order, and whether they came from stdin, to name one in a message.
+struct Inputs {
+    texts: Vec<String>,
+    from_stdin: bool,
+}
+
+impl Inputs {
+    /// The arguments, else stdin's lines. An empty or all-whitespace text is an error either
+    /// way (skipping a blank line would make output line N no longer input N), as is a line
+    /// that is not UTF-8, or no text at all.
+    fn read(given: Vec<String>) -> Result<Inputs, Failure> {
+        let inputs = if given.is_empty() {
+            Inputs {
+                texts: stdin_lines()?,
+                from_stdin: true,
+            }
+        } else {
+            Inputs {
+                texts: given,
+                from_stdin: false,
+            }
+        };
+        if inputs.texts.is_empty() {
+            return Err("no texts: give them as arguments or on stdin, one per line".into());
+        }
+        if let Some(i) = inputs.texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(format!(
+                "{}: empty (empty texts are refused, as arguments and as stdin lines)",
+                inputs.name(i)
+            )
+            .into());
+        }
+        Ok(inputs)
     }
+
+    /// How a message names text `i`: its number in the whole run (from 1), its stdin line,
+    /// and the start of its text (`input 74 (stdin line 74), "the quick…" (980 characters)`).
+    fn name(&self, i: usize) -> String {
+        let n = i + 1;
+        let line = if self.from_stdin {
+            format!(" (stdin line {n})")
+        } else {
+            String::new()
+        };
+        format!("input {n}{line}, {}", quote(&self.texts[i]))
+    }
+}
+
+/// Stdin's lines (without `\n` or `\r\n`); one that is not UTF-8 is an error naming it.
+fn stdin_lines() -> Result<Vec<String>, Failure> {
     let mut out = Vec::new();
     for (i, line) in io::stdin().lock().split(b'\n').enumerate() {
         let mut line = line.map_err(|e| format!("reading stdin: {e}"))?;
@@ -209,41 +259,86 @@ fn texts(given: Vec<String>) -> Result<Vec<String>, Failure> {
         }
         let text = String::from_utf8(line)
             .map_err(|e| format!("stdin line {}: not UTF-8 ({e})", i + 1))?;
-        if text.trim().is_empty() {
-            return Err(format!("stdin line {} is empty", i + 1).into());
-        }
         out.push(text);
-    }
-    if out.is_empty() {
-        return Err("no texts: give them as arguments or on stdin, one per line".into());
     }
     Ok(out)
 }
 
-/// Opens the device and the model; warns about texts that will be cut.
-fn open(args: &ModelArgs, texts: &[String]) -> Result<(Context, TextModel), Failure> {
+/// Opens the device and the model.
+fn open(args: &ModelArgs) -> Result<(Context, TextModel), Failure> {
     let ctx = Context::new()?;
     let options = TextOptions {
         truncate: args.truncate,
-        max_batch: args.max_batch as usize,
+        max_batch: usize::try_from(args.max_batch)?,
         precision: match args.precision {
             PrecisionArg::F32 => roformer_wgpu::DType::F32,
             PrecisionArg::F16 => roformer_wgpu::DType::F16,
         },
     };
     let model = TextModel::load(&ctx, &args.model, options)?;
-    if args.truncate {
-        for (i, t) in texts.iter().enumerate() {
-            let n = model.count_tokens(t, None)?;
-            if n > model.max_tokens() {
-                eprintln!(
-                    "warning: input {i} has {n} tokens; cut to the model's {}",
-                    model.max_tokens()
-                );
-            }
-        }
-    }
     Ok((ctx, model))
+}
+
+/// A number the user typed, as a count (`usize`): one past what memory could hold anyway
+/// saturates, as "all" (top-k, lengths).
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// How many tokens a text may have, and how a longer one is cut.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// The model's maximum; a longer text loses its end.
+    Model,
+    /// Room for a prompt before `new_tokens` generated ones; a longer prompt loses its start.
+    Generation { room: usize, new_tokens: usize },
+}
+
+/// Checks every input before any GPU work: its length (a warning when --truncate cuts it, an
+/// error naming --truncate otherwise), then the task's own `check`. An error names the input
+/// by its number in the whole run, so nothing is printed before a bad input fails the run.
+fn check_inputs(
+    model: &TextModel,
+    inputs: &Inputs,
+    limit: Limit,
+    check: impl Fn(&str) -> roformer_wgpu::Result<()>,
+) -> Result<(), Failure> {
+    let max = model.max_tokens();
+    let truncate = model.options().truncate;
+    for (i, text) in inputs.texts.iter().enumerate() {
+        let at = |e: &dyn std::fmt::Display| format!("{}: {e}", inputs.name(i));
+        let n = model.count_tokens(text, None).map_err(|e| at(&e))?;
+        let (room, why, cut) = match limit {
+            Limit::Model => (
+                max,
+                format!("more than the model's maximum of {max}"),
+                "its end",
+            ),
+            Limit::Generation { room, new_tokens } => (
+                room,
+                format!(
+                    "with --max-new-tokens {new_tokens} more it would pass the model's maximum \
+                     of {max}"
+                ),
+                "its start",
+            ),
+        };
+        if n > room {
+            if !truncate {
+                return Err(at(&format!("{n} tokens, {why} (--truncate cuts {cut})")).into());
+            }
+            warn(&at(&format!(
+                "{n} tokens, {why}; {cut} cut to leave {room} tokens"
+            )));
+        }
+        check(text).map_err(|e| at(&e))?;
+    }
+    Ok(())
+}
+
+/// A warning on stderr (one that cannot be written is dropped: the run goes on).
+fn warn(message: &str) {
+    let _ = writeln!(io::stderr(), "warning: {message}");
 }
 
 /// Standard output, locked and buffered: written with `write!`, flushed after each group of
@@ -254,11 +349,11 @@ type Out = BufWriter<StdoutLock<'static>>;
 /// there is more than one group, and prints every result as it comes.
 fn in_batches<T>(
     texts: &[String],
-    batch: usize,
+    batch: u64,
     mut each: impl FnMut(&[&str]) -> Result<Vec<T>, Failure>,
     mut print: impl FnMut(&mut Out, &str, &T) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
-    let chunk = batch * 4;
+    let chunk = count(batch).saturating_mul(4);
     let bar = if texts.len() > chunk {
         let bar = ProgressBar::new(texts.len() as u64);
         bar.set_style(ProgressStyle::with_template(
@@ -319,13 +414,16 @@ fn shown(text: &str) -> Cow<'_, str> {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::FillMask { common, top_k } => {
-            let texts = texts(common.texts)?;
-            let (ctx, model) = open(&common.model, &texts)?;
+            let inputs = Inputs::read(common.texts)?;
+            let (ctx, model) = open(&common.model)?;
+            check_inputs(&model, &inputs, Limit::Model, |t| {
+                fill_mask::check(&model, t)
+            })?;
             let json = common.model.json;
             in_batches(
-                &texts,
-                common.model.max_batch as usize,
-                |part| Ok(fill_mask::run_blocking(&ctx, &model, part, top_k as usize)?),
+                &inputs.texts,
+                common.model.max_batch,
+                |part| Ok(fill_mask::run_blocking(&ctx, &model, part, count(top_k))?),
                 |out, text, masks| {
                     if json {
                         // transformers: a list for one mask, a list of lists for several
@@ -352,12 +450,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )
         }
         Command::Classify { common, all } => {
-            let texts = texts(common.texts)?;
-            let (ctx, model) = open(&common.model, &texts)?;
+            let inputs = Inputs::read(common.texts)?;
+            let (ctx, model) = open(&common.model)?;
+            check_inputs(&model, &inputs, Limit::Model, |_| Ok(()))?;
             let json = common.model.json;
             in_batches(
-                &texts,
-                common.model.max_batch as usize,
+                &inputs.texts,
+                common.model.max_batch,
                 |part| Ok(classify::run_blocking(&ctx, &model, part, None, None)?),
                 |out, text, labels| {
                     match (json, all) {
@@ -377,12 +476,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )
         }
         Command::TokenClassify { common } => {
-            let texts = texts(common.texts)?;
-            let (ctx, model) = open(&common.model, &texts)?;
+            let inputs = Inputs::read(common.texts)?;
+            let (ctx, model) = open(&common.model)?;
+            check_inputs(&model, &inputs, Limit::Model, |_| Ok(()))?;
             let json = common.model.json;
             in_batches(
-                &texts,
-                common.model.max_batch as usize,
+                &inputs.texts,
+                common.model.max_batch,
                 |part| Ok(token_classify::run_blocking(&ctx, &model, part)?),
                 |out, text, entities| {
                     if json {
@@ -409,16 +509,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
             pooling,
             normalize,
         } => {
-            let texts = texts(common.texts)?;
-            let (ctx, model) = open(&common.model, &texts)?;
+            let inputs = Inputs::read(common.texts)?;
+            let (ctx, model) = open(&common.model)?;
+            check_inputs(&model, &inputs, Limit::Model, |_| Ok(()))?;
             let pooling = match pooling {
                 PoolingArg::Mean => Pooling::Mean,
                 PoolingArg::Cls => Pooling::Cls,
             };
             let json = common.model.json;
             in_batches(
-                &texts,
-                common.model.max_batch as usize,
+                &inputs.texts,
+                common.model.max_batch,
                 |part| {
                     Ok(embed::sentences_blocking(
                         &ctx, &model, part, pooling, normalize,
@@ -447,18 +548,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
             top_k,
             max_answer_len,
         } => {
+            if question.trim().is_empty() {
+                return Err("--question is empty".into());
+            }
             let contexts = match context {
-                Some(c) => vec![c],
-                None => texts(Vec::new())?,
+                Some(c) if c.trim().is_empty() => return Err("--context is empty".into()),
+                Some(c) => Inputs {
+                    texts: vec![c],
+                    from_stdin: false,
+                },
+                None => Inputs::read(Vec::new())?,
             };
-            let (ctx, model) = open(&args, &[])?;
+            let (ctx, model) = open(&args)?;
+            // A context of any length is cut into windows: only answer's own checks apply.
+            for (i, c) in contexts.texts.iter().enumerate() {
+                answer::check(&model, &question, c)
+                    .map_err(|e| format!("{}: {e}", contexts.name(i)))?;
+            }
             let options = AnswerOptions {
-                top_k: top_k as usize,
-                max_answer_len: max_answer_len as usize,
+                top_k: count(top_k),
+                max_answer_len: count(max_answer_len),
             };
             in_batches(
-                &contexts,
-                args.max_batch as usize,
+                &contexts.texts,
+                args.max_batch,
                 |part| {
                     let inputs: Vec<(&str, &str)> =
                         part.iter().map(|c| (question.as_str(), *c)).collect();
@@ -495,8 +608,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
             top_p,
             seed,
         } => {
-            let prompts = texts(common.texts)?;
-            let (ctx, model) = open(&common.model, &prompts)?;
+            let prompts = Inputs::read(common.texts)?;
+            let (ctx, model) = open(&common.model)?;
+            let max = model.max_tokens();
+            let room = generate::prompt_room(&model, max_new_tokens).map_err(|_| {
+                format!(
+                    "--max-new-tokens {max_new_tokens} leaves no room for a prompt: this model \
+                     takes {max} tokens at most, the prompt's and the new ones together \
+                     (--max-new-tokens must be below {max})"
+                )
+            })?;
+            let limit = Limit::Generation {
+                room,
+                new_tokens: max_new_tokens,
+            };
+            check_inputs(&model, &prompts, limit, |_| Ok(()))?;
             let decoding = if sample {
                 Decoding::Sample {
                     temperature,
@@ -513,8 +639,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let json = common.model.json;
             in_batches(
-                &prompts,
-                common.model.max_batch as usize,
+                &prompts.texts,
+                common.model.max_batch,
                 |part| Ok(generate::run_blocking(&ctx, &model, part, options)?),
                 |out, _, g| {
                     if json {
@@ -530,10 +656,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             json,
             texts: given,
         } => {
+            let inputs = Inputs::read(given)?;
             let tokenizer = Tokenizer::from_dir(&model)?;
             let mut out = BufWriter::new(io::stdout().lock());
-            for text in texts(given)? {
-                let e = tokenizer.encode(&text)?;
+            for (i, text) in inputs.texts.iter().enumerate() {
+                let e = tokenizer
+                    .encode(text)
+                    .map_err(|e| format!("{}: {e}", inputs.name(i)))?;
                 if json {
                     json_line(
                         &mut out,
@@ -546,7 +675,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         }),
                     )?;
                 } else {
-                    writeln!(out, "{}", shown(&text))?;
+                    writeln!(out, "{}", shown(text))?;
                     for i in 0..e.len() {
                         writeln!(
                             out,

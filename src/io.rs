@@ -144,7 +144,16 @@ pub fn read_checkpoint(path: impl AsRef<Path>) -> Result<HostTensors> {
         if single.exists() {
             return read_safetensors(single);
         }
-        return read_checkpoint(path.join("model.safetensors.index.json"));
+        let index = path.join("model.safetensors.index.json");
+        if !index.exists() {
+            // Say what the folder lacks (it may be a folder named model.safetensors, where a
+            // file was meant), not that an index inside it is missing.
+            return Err(format_error(
+                path,
+                "a folder with neither model.safetensors nor model.safetensors.index.json in it",
+            ));
+        }
+        return read_checkpoint(index);
     }
     if !path.to_string_lossy().ends_with(".json") {
         return read_safetensors(path);

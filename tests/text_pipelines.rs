@@ -88,6 +88,7 @@ fn check_fill_mask(task: &str) {
     let want = expected(task);
     let texts = strs(&want["inputs"]);
     let got = fill_mask::run_blocking(ctx, &model, &texts, 5).unwrap();
+    assert_eq!(got.len(), texts.len());
     for (i, text) in texts.iter().enumerate() {
         assert_eq!(got[i].len(), 1, "{text}: one mask");
         let w = want["outputs"][i].as_array().unwrap();
@@ -121,6 +122,7 @@ fn text_classification_matches_transformers() {
     let want = expected("classify");
     let texts = strs(&want["inputs"]);
     let got = classify::run_blocking(ctx, &model, &texts, None, None).unwrap();
+    assert_eq!(got.len(), texts.len());
     for (i, labels) in got.iter().enumerate() {
         let top = &want["outputs"][i][0];
         assert_eq!(labels[0].label, top["label"].as_str().unwrap());
@@ -151,8 +153,10 @@ fn text_classification_in_f16_matches_transformers_within_f16_accuracy() {
     let want = expected("classify");
     let texts = strs(&want["inputs"]);
     let got = classify::run_blocking(ctx, &model, &texts, None, None).unwrap();
+    assert_eq!(got.len(), texts.len());
     for (i, labels) in got.iter().enumerate() {
         let all = want["outputs_all"][i].as_array().unwrap();
+        assert_eq!(labels.len(), all.len());
         assert_eq!(
             labels[0].label,
             want["outputs"][i][0]["label"].as_str().unwrap()
@@ -177,6 +181,7 @@ fn token_classification_matches_transformers() {
     let want = expected("token_classify");
     let texts = strs(&want["inputs"]);
     let got = token_classify::run_blocking(ctx, &model, &texts).unwrap();
+    assert_eq!(got.len(), texts.len());
     for (i, entities) in got.iter().enumerate() {
         let w = want["outputs"][i].as_array().unwrap();
         assert_eq!(entities.len(), w.len(), "{}: entities", texts[i]);
@@ -191,6 +196,7 @@ fn token_classification_matches_transformers() {
         }
     }
     let tokens = token_classify::run_tokens_blocking(ctx, &model, &texts).unwrap();
+    assert_eq!(tokens.len(), texts.len());
     for (i, tokens) in tokens.iter().enumerate() {
         let w = want["outputs_none"][i].as_array().unwrap();
         assert_eq!(tokens.len(), w.len());
@@ -211,6 +217,7 @@ fn feature_extraction_and_sentence_embeddings_match_transformers() {
     let want = expected("embed");
     let texts = strs(&want["inputs"]);
     let features = embed::features_blocking(ctx, &model, &texts).unwrap();
+    assert_eq!(features.len(), texts.len());
     for (i, f) in features.iter().enumerate() {
         let w: Vec<f64> = want["features"][i]
             .as_array()
@@ -229,6 +236,7 @@ fn feature_extraction_and_sentence_embeddings_match_transformers() {
         ("mean_normalized", Pooling::Mean, true),
     ] {
         let got = embed::sentences_blocking(ctx, &model, &texts, pooling, normalize).unwrap();
+        assert_eq!(got.len(), texts.len());
         for (i, g) in got.iter().enumerate() {
             let e = rel_l2(g, &f64s(&want[key][i]));
             assert!(e < 1e-4, "{key} {i}: {e}");
@@ -263,6 +271,7 @@ fn question_answering_matches_transformers_4s_pipeline() {
             },
         )
         .unwrap();
+        assert_eq!(got.len(), inputs.len());
         for (i, answers) in got.iter().enumerate() {
             let w: Vec<&Value> = match &cases[i][key] {
                 Value::Array(a) => a.iter().collect(),
@@ -291,6 +300,7 @@ fn greedy_generation_matches_transformers() {
         decoding: Decoding::Greedy,
     };
     let got = generate::run_blocking(ctx, &model, &prompts, options).unwrap();
+    assert_eq!(got.len(), prompts.len());
     for (i, g) in got.iter().enumerate() {
         assert_eq!(
             g.generated_text,
@@ -383,6 +393,107 @@ fn pipelines_refuse_bad_input_clearly() {
     );
 }
 
+/// Numbers from users are clamped, not trusted: fill-mask's top_k to the vocabulary (before:
+/// `Vec::with_capacity(top_k)` aborted or panicked), answer's top_k near 2^63 to every
+/// candidate (before: `2·top_k + 10` overflowed: a panic here, a handful of candidates in a
+/// release build).
+#[test]
+fn huge_top_k_is_clamped() {
+    let ctx = &ctx();
+    let mlm = load(ctx, "fill_mask");
+    let vocab = mlm.config().vocab_size;
+    let all = fill_mask::run_blocking(ctx, &mlm, &["a [MASK]"], usize::MAX).unwrap();
+    assert_eq!(all[0][0].len(), vocab);
+    let qa = load(ctx, "qa");
+    let input = [("who jumps?", "the quick brown fox jumps over the lazy dog")];
+    let ask = |top_k| {
+        answer::run_blocking(
+            ctx,
+            &qa,
+            &input,
+            AnswerOptions {
+                top_k,
+                ..AnswerOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let many = ask(1000);
+    assert!(many[0].len() > 10, "{many:?}");
+    assert_eq!(ask(usize::MAX / 2 + 1), many);
+}
+
+/// With truncation, a long prompt loses its start, leaving room for max_new_tokens (before:
+/// it lost its end, cut to the model's maximum, then was refused as the new tokens did not
+/// fit): two prompts that differ only in their first words, cut away, continue alike.
+/// max_new_tokens leaving no room is refused, naming both numbers.
+#[test]
+fn generation_truncates_prompts_from_the_left() {
+    let ctx = &ctx();
+    let cut = TextModel::load(
+        ctx,
+        dir("generate"),
+        TextOptions {
+            truncate: true,
+            ..TextOptions::default()
+        },
+    )
+    .unwrap();
+    let options = GenerateOptions {
+        max_new_tokens: 8,
+        decoding: Decoding::Greedy,
+    };
+    assert_eq!(generate::prompt_room(&cut, 8).unwrap(), 56);
+    let tail = "hello ".repeat(70) + "the quick brown";
+    let prompts = [format!("fox fox fox {tail}"), format!("dog {tail}")];
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let got = generate::run_blocking(ctx, &cut, &prompts, options).unwrap();
+    assert_eq!(got.len(), 2);
+    let continuation = |i: usize| &got[i].generated_text[prompts[i].len()..];
+    assert!(got[0].generated_text.starts_with(prompts[0]));
+    assert!(!continuation(0).is_empty());
+    assert_eq!(continuation(0), continuation(1));
+
+    let e = err(generate::run_blocking(
+        ctx,
+        &cut,
+        &["hi"],
+        GenerateOptions {
+            max_new_tokens: 64,
+            ..options
+        },
+    ));
+    assert!(e.contains("max_new_tokens 64 leaves no room") && e.contains("64 tokens at most"));
+    let whole = load(ctx, "generate");
+    let e = err(generate::run_blocking(ctx, &whole, &prompts, options));
+    assert!(
+        e.starts_with("input 0, \"fox fox") && e.contains("TextOptions::truncate cuts the prompt"),
+        "{e}"
+    );
+}
+
+/// An error about an input quotes its start, not all of it (before: the whole text).
+#[test]
+fn errors_quote_the_start_of_an_input() {
+    let ctx = &ctx();
+    let cut = TextModel::load(
+        ctx,
+        dir("fill_mask"),
+        TextOptions {
+            truncate: true,
+            ..TextOptions::default()
+        },
+    )
+    .unwrap();
+    let text = "a ".repeat(100_000) + "[MASK]";
+    let e = err(fill_mask::run_blocking(ctx, &cut, &["[MASK] x", &text], 2));
+    assert!(e.len() < 300, "{} bytes", e.len());
+    assert!(
+        e.starts_with("input 1, \"a a a") && e.contains("… (200006 characters): no mask token"),
+        "{e}"
+    );
+}
+
 #[test]
 fn model_folders_that_do_not_fit_are_errors() {
     let ctx = &ctx();
@@ -397,6 +508,27 @@ fn model_folders_that_do_not_fit_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("model.safetensors"), "{e}");
+    // a folder where the weights' file should be
+    std::fs::create_dir(scratch.join("model.safetensors")).unwrap();
+    let e = TextModel::load(ctx, &scratch, TextOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model.safetensors: a folder"), "{e}");
+    // the same folder given to the encoder, which takes folders of weights
+    let e = roformer_wgpu::model::Encoder::from_pretrained(
+        ctx,
+        scratch.join("config.json"),
+        scratch.join("model.safetensors"),
+        roformer_wgpu::model::EncoderOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("a folder with neither model.safetensors nor model.safetensors.index.json"),
+        "{e}"
+    );
+    std::fs::remove_dir(scratch.join("model.safetensors")).unwrap();
     std::fs::copy(
         src.join("model.safetensors"),
         scratch.join("model.safetensors"),

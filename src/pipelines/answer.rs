@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use super::{gather, locate, softmax, TextModel};
+use super::{at_input, gather, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{Head, Want};
@@ -64,26 +64,11 @@ pub async fn run(
             "top_k and max_answer_len must be at least 1",
         ));
     }
-    let max_len = model.max_tokens().min(384);
-    let encode = EncodeOptions {
-        truncation: Some(Truncation::OnlySecond),
-        max_length: Some(max_len),
-        stride: (max_len / 2).min(128),
-        pad_to_longest: false,
-    };
     // Every window of every input, and which input it belongs to.
     let mut windows: Vec<Encoding> = Vec::new();
     let mut owner = Vec::new();
     for (i, (question, context)) in inputs.iter().enumerate() {
-        if question.trim().is_empty() || context.trim().is_empty() {
-            return Err(Error::invalid(format!(
-                "input {i}: the question and the context must not be empty"
-            )));
-        }
-        let mut e = model
-            .tokenizer()
-            .encode_with(question, Some(context), &encode)
-            .map_err(|e| Error::invalid(format!("input {i}: {e} (is the question too long?)")))?;
+        let mut e = encode(model, question, context).map_err(|e| at_input(i, context, e))?;
         let rest = std::mem::take(&mut e.overflowing);
         for w in std::iter::once(e).chain(rest) {
             windows.push(w);
@@ -126,6 +111,35 @@ pub async fn run(
         found.truncate(options.top_k);
     }
     Ok(answers)
+}
+
+/// What [`run`] would refuse in one question and context, found without the GPU: either is
+/// empty, or the question leaves no room for the context. The error says what is wrong, not
+/// which input: the caller names it.
+pub fn check(model: &TextModel, question: &str, context: &str) -> Result<()> {
+    encode(model, question, context).map(|_| ())
+}
+
+/// The question and the context tokenized as a pair, the context cut into windows of at most
+/// `min(max tokens, 384)` tokens overlapping by `min(that / 2, 128)` (the first window, the
+/// others in its `overflowing`).
+fn encode(model: &TextModel, question: &str, context: &str) -> Result<Encoding> {
+    if question.trim().is_empty() || context.trim().is_empty() {
+        return Err(Error::invalid(
+            "the question and the context must not be empty",
+        ));
+    }
+    let max_len = model.max_tokens().min(384);
+    let options = EncodeOptions {
+        truncation: Some(Truncation::OnlySecond),
+        max_length: Some(max_len),
+        stride: (max_len / 2).min(128),
+        pad_to_longest: false,
+    };
+    model
+        .tokenizer()
+        .encode_with(question, Some(context), &options)
+        .map_err(|e| Error::invalid(format!("{e} (is the question too long?)")))
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -173,7 +187,8 @@ fn best_spans(
     // Best first; ties in token order (row-major), as numpy's stable argsort of the flat
     // score matrix. Candidates outside the context are dropped after choosing, as there.
     spans.sort_by(|a, b| b.2.total_cmp(&a.2));
-    spans.truncate(2 * options.top_k + 10);
+    // Saturating: a huge top_k asks for every candidate, not for a wrapped-around few.
+    spans.truncate(options.top_k.saturating_mul(2).saturating_add(10));
     spans.retain(|&(s, e, _)| allowed[s] && allowed[e]);
     spans
 }
@@ -185,4 +200,42 @@ fn word_span(w: &Encoding, s: usize, e: usize) -> (usize, usize) {
     words
         .and_then(|(a, b)| Some((w.word_to_chars(a, 1)?.0, w.word_to_chars(b, 1)?.1)))
         .unwrap_or((w.offsets[s].0, w.offsets[e].1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[CLS] q [SEP]`, eight context tokens, `[SEP]`: 36 spans inside the context.
+    fn window() -> Encoding {
+        let n = 12;
+        let seq = |t: usize| match t {
+            0 | 2 | 11 => None,
+            1 => Some(0),
+            _ => Some(1),
+        };
+        Encoding {
+            input_ids: (0..n as u32).collect(),
+            attention_mask: vec![1; n],
+            sequence_ids: (0..n).map(seq).collect(),
+            ..Encoding::default()
+        }
+    }
+
+    /// A top_k near usize::MAX keeps every candidate (`2·top_k + 10` overflowed: a panic
+    /// with overflow checks, 10 candidates without).
+    #[test]
+    fn a_huge_top_k_keeps_every_span() {
+        let logits: Vec<f32> = (0..12).map(|t| t as f32 * 0.1).collect();
+        let spans = |top_k| {
+            let options = AnswerOptions {
+                top_k,
+                max_answer_len: 15,
+            };
+            best_spans(&window(), &logits, &logits, Some(0), options)
+        };
+        assert_eq!(spans(100).len(), 36);
+        assert_eq!(spans(usize::MAX / 2 + 1), spans(100));
+        assert_eq!(spans(usize::MAX), spans(100));
+    }
 }

@@ -3,10 +3,11 @@
 
 use serde::Serialize;
 
-use super::{gather, locate, softmax, TextModel};
+use super::{at_input, gather, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{Head, Want};
+use crate::text::Encoding;
 
 /// One guess for a mask.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -23,7 +24,7 @@ pub struct FillMaskGuess {
 }
 
 /// The guesses for each text: per mask token in it (in order), the `top_k` most likely
-/// tokens, most likely first.
+/// tokens (every token of the vocabulary when it has fewer), most likely first.
 pub async fn run(
     ctx: &Context,
     model: &TextModel,
@@ -34,22 +35,16 @@ pub async fn run(
     if top_k == 0 {
         return Err(Error::invalid("top_k must be at least 1"));
     }
+    let vocab = model.config().vocab_size;
+    // A guess per token of the vocabulary at most: a huge top_k asks for all of them.
+    let top_k = top_k.min(vocab);
     let tok = model.tokenizer();
-    let mask = tok.special_tokens().mask.ok_or_else(|| {
-        Error::invalid("fill-mask needs a mask token, and this tokenizer has none")
-    })?;
-    let mask_str = tok.special_tokens().mask_token.clone().unwrap_or_default();
+    let mask = mask_id(model)?;
     let encodings = model.encode(texts, None)?;
     for (i, e) in encodings.iter().enumerate() {
-        if !e.input_ids.contains(&mask) {
-            return Err(Error::invalid(format!(
-                "input {i} has no mask token ({mask_str}): {:?}",
-                texts[i]
-            )));
-        }
+        has_mask(model, e, mask).map_err(|err| at_input(i, texts[i], err))?;
     }
     let results = gather(model.submit(ctx, &encodings, Want::logits())?).await?;
-    let vocab = model.config().vocab_size;
     let pad = tok.special_tokens().pad;
     let mut out = Vec::with_capacity(texts.len());
     for (i, e) in encodings.iter().enumerate() {
@@ -85,6 +80,42 @@ pub async fn run(
         out.push(per_mask);
     }
     Ok(out)
+}
+
+/// What [`run`] would refuse in one text, found without the GPU: it is empty, too long
+/// (unless the model truncates), or has no mask token (in the part truncation keeps). The
+/// error says what is wrong, not which input: the caller names it.
+pub fn check(model: &TextModel, text: &str) -> Result<()> {
+    let mask = mask_id(model)?;
+    has_mask(model, &model.encode_one(text, None)?, mask)
+}
+
+/// The tokenizer's mask token.
+fn mask_id(model: &TextModel) -> Result<u32> {
+    model
+        .tokenizer()
+        .special_tokens()
+        .mask
+        .ok_or_else(|| Error::invalid("fill-mask needs a mask token, and this tokenizer has none"))
+}
+
+/// An error unless the tokenized text holds the mask token.
+fn has_mask(model: &TextModel, e: &Encoding, mask: u32) -> Result<()> {
+    if e.input_ids.contains(&mask) {
+        return Ok(());
+    }
+    let name = model.tokenizer().special_tokens().mask_token.as_deref();
+    // A text cut to the maximum may have lost its mask with the rest.
+    let max = model.max_tokens();
+    let kept = if model.options().truncate && e.len() >= max {
+        format!(" in its first {max} tokens, which truncation keeps")
+    } else {
+        String::new()
+    };
+    Err(Error::invalid(format!(
+        "no mask token ({}){kept}",
+        name.unwrap_or_default()
+    )))
 }
 
 #[cfg(not(target_arch = "wasm32"))]

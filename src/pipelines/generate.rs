@@ -10,10 +10,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::{argmax, gather, locate, softmax, TextModel};
+use super::{argmax, at_input, gather, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{Head, Want};
+use crate::text::{EncodeOptions, Encoding};
 
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,7 +51,8 @@ pub struct Generated {
     pub generated_text: String,
 }
 
-/// Continues each prompt.
+/// Continues each prompt. A prompt with too little room for `max_new_tokens` after it is
+/// cut from the left or refused, as [`prompt_room`] says.
 pub async fn run(
     ctx: &Context,
     model: &TextModel,
@@ -68,18 +70,18 @@ pub async fn run(
             )));
         }
     }
-    let mut sequences = model.encode(prompts, None)?;
-    let prompt_lens: Vec<usize> = sequences.iter().map(|e| e.len()).collect();
-    let max = model.max_tokens();
-    if let Some(i) = prompt_lens
-        .iter()
-        .position(|&n| n + options.max_new_tokens > max)
-    {
-        return Err(Error::invalid(format!(
-            "prompt {i} has {} tokens: with {} new ones it would pass the model's maximum of {max}",
-            prompt_lens[i], options.max_new_tokens
-        )));
+    if prompts.is_empty() {
+        return Err(Error::invalid("no input texts"));
     }
+    let room = prompt_room(model, options.max_new_tokens)?;
+    let mut sequences = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            prompt_tokens(model, p, room, options.max_new_tokens).map_err(|e| at_input(i, p, e))
+        })
+        .collect::<Result<Vec<Encoding>>>()?;
+    let prompt_lens: Vec<usize> = sequences.iter().map(|e| e.len()).collect();
     let vocab = model.config().vocab_size;
     let mut rng = match options.decoding {
         Decoding::Sample { seed, .. } => Some(StdRng::seed_from_u64(seed)),
@@ -130,6 +132,43 @@ pub async fn run(
             })
         })
         .collect()
+}
+
+/// The most tokens a prompt may have so that `max_new_tokens` more fit the model's maximum
+/// (an error when that leaves none): longer prompts are cut from the left to it, or refused,
+/// as [`TextOptions::truncate`](super::TextOptions::truncate) says.
+pub fn prompt_room(model: &TextModel, max_new_tokens: usize) -> Result<usize> {
+    let max = model.max_tokens();
+    match max.checked_sub(max_new_tokens) {
+        Some(room) if room > 0 => Ok(room),
+        _ => Err(Error::invalid(format!(
+            "max_new_tokens {max_new_tokens} leaves no room for a prompt: the model takes \
+             {max} tokens at most, the prompt's and the new ones together"
+        ))),
+    }
+}
+
+/// A prompt's tokens (special tokens included, as transformers' pipeline has them), at most
+/// `room` of them: a longer prompt loses its start (truncation) or is refused.
+fn prompt_tokens(model: &TextModel, prompt: &str, room: usize, new: usize) -> Result<Encoding> {
+    if prompt.trim().is_empty() {
+        return Err(Error::invalid("empty"));
+    }
+    let mut e = model
+        .tokenizer()
+        .encode_with(prompt, None, &EncodeOptions::default())?;
+    if e.len() > room {
+        if !model.options().truncate {
+            return Err(Error::invalid(format!(
+                "{} tokens: with {new} new ones it would pass the model's maximum of {} \
+                 (TextOptions::truncate cuts the prompt from the left to make room)",
+                e.len(),
+                model.max_tokens()
+            )));
+        }
+        e.keep_last(room);
+    }
+    Ok(e)
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -33,7 +33,7 @@ use crate::model::{
     Encoder, EncoderOptions, Head, Request, Results, RoFormerConfig, Sequence, Want,
 };
 use crate::readback::Pending;
-use crate::text::{EncodeOptions, Encoding, Tokenizer, Truncation};
+use crate::text::{quote, EncodeOptions, Encoding, Tokenizer, Truncation};
 
 pub mod answer;
 pub mod classify;
@@ -108,12 +108,26 @@ impl TextModel {
                 dir.display()
             )));
         }
-        if options.max_batch == 0 {
-            return Err(Error::invalid("max_batch must be at least 1"));
-        }
+        // The encoder's batch is a power of two; usize's largest has none above it.
+        let encoder_batch = Some(options.max_batch)
+            .filter(|&b| b > 0)
+            .and_then(usize::checked_next_power_of_two)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "max_batch must be at least 1 and at most 2^{} (got {})",
+                    usize::BITS - 1,
+                    options.max_batch
+                ))
+            })?;
         let config = required(dir, "config.json")?;
-        let weights = if dir.join("model.safetensors").exists() {
-            dir.join("model.safetensors")
+        let single = dir.join("model.safetensors");
+        let weights = if single.is_dir() {
+            return Err(Error::invalid(format!(
+                "{}: a folder, where the model's weights (one .safetensors file) should be",
+                single.display()
+            )));
+        } else if single.exists() {
+            single
         } else {
             required(dir, "model.safetensors.index.json").map_err(|_| {
                 Error::invalid(format!(
@@ -140,7 +154,7 @@ impl TextModel {
             &config,
             &weights,
             EncoderOptions {
-                max_batch: options.max_batch.next_power_of_two(),
+                max_batch: encoder_batch,
                 precision: options.precision,
                 ..EncoderOptions::default()
             },
@@ -171,6 +185,11 @@ impl TextModel {
     /// The model's configuration.
     pub fn config(&self) -> &RoFormerConfig {
         self.encoder.config()
+    }
+
+    /// The options it was loaded with.
+    pub fn options(&self) -> TextOptions {
+        self.options
     }
 
     /// The tokenizer.
@@ -219,8 +238,8 @@ impl TextModel {
         )))
     }
 
-    /// Tokenizes texts (with pairs) for the model: empty texts refused, long ones cut or
-    /// refused as [`TextOptions::truncate`] says.
+    /// Tokenizes texts (with pairs) for the model as [`TextModel::encode_one`] does; an
+    /// error names the input (`input 3, "its start…": ...`).
     fn encode(&self, texts: &[&str], pairs: Option<&[&str]>) -> Result<Vec<Encoding>> {
         if texts.is_empty() {
             return Err(Error::invalid("no input texts"));
@@ -232,29 +251,38 @@ impl TextModel {
                 p.len()
             )));
         }
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                self.encode_one(text, pairs.map(|p| p[i]))
+                    .map_err(|e| at_input(i, text, e))
+            })
+            .collect()
+    }
+
+    /// Tokenizes one text (with its pair) as the pipelines do: an empty (or all-whitespace)
+    /// text is refused, a long one cut or refused as [`TextOptions::truncate`] says. The
+    /// error says what is wrong, not which input: the caller names it.
+    fn encode_one(&self, text: &str, pair: Option<&str>) -> Result<Encoding> {
+        if text.trim().is_empty() {
+            return Err(Error::invalid("empty"));
+        }
         let max = self.max_tokens();
         let options = EncodeOptions {
             truncation: self.options.truncate.then_some(Truncation::LongestFirst),
             max_length: Some(max),
             ..EncodeOptions::default()
         };
-        let mut out = Vec::with_capacity(texts.len());
-        for (i, text) in texts.iter().enumerate() {
-            if text.trim().is_empty() {
-                return Err(Error::invalid(format!("input {i} is empty")));
-            }
-            let pair = pairs.map(|p| p[i]);
-            let e = self.tokenizer.encode_with(text, pair, &options)?;
-            if e.len() > max {
-                return Err(Error::invalid(format!(
-                    "input {i} has {} tokens, more than the model's maximum of {max} \
-                     (ask for truncation to cut it)",
-                    e.len()
-                )));
-            }
-            out.push(e);
+        let e = self.tokenizer.encode_with(text, pair, &options)?;
+        if e.len() > max {
+            return Err(Error::invalid(format!(
+                "{} tokens, more than the model's maximum of {max} (TextOptions::truncate \
+                 cuts it)",
+                e.len()
+            )));
         }
-        Ok(out)
+        Ok(e)
     }
 
     /// Submits the encodings in requests of at most `max_batch`, every one before returning.
@@ -279,6 +307,12 @@ impl TextModel {
             })
             .collect()
     }
+}
+
+/// An error about the `i`th input: its number, its start (a long text is not repeated
+/// whole) and what is wrong.
+fn at_input(i: usize, text: &str, e: Error) -> Error {
+    Error::invalid(format!("input {i}, {}: {e}", quote(text)))
 }
 
 /// Awaits submitted requests in order, each result with its place in the input.
@@ -322,4 +356,19 @@ fn label(config: &RoFormerConfig, i: usize) -> String {
         .as_ref()
         .and_then(|m| m.get(&i.to_string()).cloned())
         .unwrap_or_else(|| format!("LABEL_{i}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An input's error names it and quotes its start: a megabyte of text gives a short line.
+    #[test]
+    fn input_errors_quote_only_the_start() {
+        let text = "a\n".repeat(500_000);
+        let e = at_input(3, &text, Error::invalid("no mask token")).to_string();
+        assert!(e.len() < 200, "{} bytes", e.len());
+        assert!(e.starts_with("input 3, \"a\\na\\n"), "{e}");
+        assert!(e.ends_with("… (1000000 characters): no mask token"), "{e}");
+    }
 }

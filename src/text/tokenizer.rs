@@ -139,6 +139,23 @@ impl Encoding {
         self.input_ids.is_empty()
     }
 
+    /// Drops tokens from the front until at most `n` are left: truncation from the left, as
+    /// transformers' text-generation pipeline cuts a prompt to leave room for new tokens
+    /// (`handle_long_generation="hole"`). Windows in `overflowing` are left as they are.
+    pub fn keep_last(&mut self, n: usize) {
+        fn cut<T>(v: &mut Vec<T>, n: usize) {
+            v.drain(..v.len().saturating_sub(n));
+        }
+        cut(&mut self.input_ids, n);
+        cut(&mut self.token_type_ids, n);
+        cut(&mut self.attention_mask, n);
+        cut(&mut self.offsets, n);
+        cut(&mut self.tokens, n);
+        cut(&mut self.word_ids, n);
+        cut(&mut self.sequence_ids, n);
+        cut(&mut self.special_tokens_mask, n);
+    }
+
     /// The character span of word `word` of sequence `sequence`: from its first token's
     /// start to its last token's end (`tokenizers`' `word_to_chars`).
     pub fn word_to_chars(&self, word: u32, sequence: usize) -> Option<(usize, usize)> {
@@ -423,7 +440,9 @@ impl Tokenizer {
         pair: Option<&str>,
         options: &EncodeOptions,
     ) -> Result<tokenizers::Encoding> {
-        let failed = |e: tokenizers::Error| Error::invalid(format!("tokenizing {text:?}: {e}"));
+        let failed = |e: tokenizers::Error| {
+            Error::invalid(format!("tokenizing {}: {e}", super::quote(text)))
+        };
         let first = self
             .inner
             .encode_char_offsets(text, false)

@@ -8,11 +8,17 @@
 //!     roformer generate --model DIR --max-new-tokens N PROMPT...
 //!     roformer tokenize --model DIR TEXT...
 //!
-//! Texts come from the arguments, or from stdin one per line. `--json` writes one JSON line
-//! per input holding what transformers' pipeline returns for it, with its field names;
-//! otherwise a readable table. Errors go to stderr with a non-zero exit status.
+//! Texts come from the arguments, or from stdin one per line; an empty (or all-whitespace)
+//! text is an error either way, so that input N is always argument N or stdin line N. Every
+//! input is checked before any GPU work, so a bad one fails the run before anything is
+//! printed, named by its number in the run (and stdin line) and the start of its text.
+//! `--json` writes one JSON line per input holding what transformers' pipeline returns for
+//! it, with its field names; otherwise a readable table, one line per input with control
+//! characters escaped (`\n`, `\u{1b}`). Errors go to stderr with a non-zero exit status; a
+//! reader that goes away (`| head -1`) ends the run quietly with status 0.
 
-use std::io::{BufRead, Write};
+use std::borrow::Cow;
+use std::io::{self, BufRead, BufWriter, StdoutLock, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -24,7 +30,7 @@ use roformer_wgpu::pipelines::generate::{Decoding, GenerateOptions};
 use roformer_wgpu::pipelines::{
     answer, classify, embed, fill_mask, generate, token_classify, TextModel, TextOptions,
 };
-use roformer_wgpu::text::Tokenizer;
+use roformer_wgpu::text::{quote, Tokenizer};
 use roformer_wgpu::Context;
 use serde::Serialize;
 
@@ -35,7 +41,9 @@ mod args;
     name = "roformer",
     version,
     about = "RoFormer pipelines (fill-mask, classification, QA, embeddings, generation) on any GPU through WebGPU",
-    after_help = "The GPU adapter is chosen by WGPU_BACKEND, WGPU_ADAPTER_NAME and WGPU_POWER_PREF."
+    after_help = "Texts come from the arguments, else from stdin, one per line; an empty or \
+                  all-whitespace text is an error in both. The GPU adapter is chosen by \
+                  WGPU_BACKEND, WGPU_ADAPTER_NAME and WGPU_POWER_PREF."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,7 +56,7 @@ enum Command {
     FillMask {
         #[command(flatten)]
         common: Common,
-        /// Guesses per mask.
+        /// Guesses per mask (at least 1; more than the vocabulary gives all of it).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         top_k: u64,
     },
@@ -83,13 +91,13 @@ enum Command {
         /// The question.
         #[arg(long)]
         question: String,
-        /// The context; without it, each line of stdin is a context.
+        /// The context; without it, each line of stdin is a context (not empty, as texts).
         #[arg(long)]
         context: Option<String>,
-        /// Answers per question.
+        /// Answers per question (at least 1; fewer when the context has fewer).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         top_k: u64,
-        /// Longest answer, in tokens.
+        /// Longest answer, in tokens (at least 1).
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
         max_answer_len: u64,
     },
@@ -97,7 +105,7 @@ enum Command {
     Generate {
         #[command(flatten)]
         common: Common,
-        /// New tokens at most.
+        /// New tokens at most (below the model's maximum length: the prompt needs room).
         #[arg(long, default_value_t = 20)]
         max_new_tokens: usize,
         /// Sample instead of taking the most likely token.
@@ -106,7 +114,7 @@ enum Command {
         /// Sampling temperature.
         #[arg(long, default_value_t = 1.0, requires = "sample")]
         temperature: f32,
-        /// Sample from the K most likely tokens only (0: all).
+        /// Sample from the K most likely tokens only (0, or more than the vocabulary: all).
         #[arg(long, default_value_t = 50, requires = "sample")]
         top_k: usize,
         /// Sample from the smallest set of tokens whose probability reaches P.
@@ -124,7 +132,7 @@ enum Command {
         /// One JSON line per text instead of a table.
         #[arg(long)]
         json: bool,
-        /// Texts; without any, each line of stdin is one.
+        /// Texts; without any, each line of stdin is one (empty ones are errors).
         texts: Vec<String>,
     },
 }
@@ -137,10 +145,11 @@ struct ModelArgs {
     /// One JSON line per input, as transformers' pipeline returns it.
     #[arg(long)]
     json: bool,
-    /// Cut texts longer than the model takes (with a warning) instead of refusing them.
+    /// Cut texts longer than the model takes (with a warning) instead of refusing them;
+    /// `generate` cuts a prompt's start, to leave room for the new tokens.
     #[arg(long)]
     truncate: bool,
-    /// Texts per GPU request.
+    /// Texts per GPU request, 1 to 256.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
     max_batch: u64,
     /// Weights and activations in f32, or in f16 (half the memory; needs an adapter with
@@ -159,7 +168,7 @@ enum PrecisionArg {
 struct Common {
     #[command(flatten)]
     model: ModelArgs,
-    /// Texts; without any, each line of stdin is one.
+    /// Texts; without any, each line of stdin is one (empty ones are errors).
     texts: Vec<String>,
 }
 
@@ -175,69 +184,174 @@ type Failure = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     let cli: Cli = args::parse_args();
-    args::exit_code(run(cli))
+    let result = run(cli);
+    // Only writes to stdout fail with an io::Error here: reading stdin's errors are
+    // messages, the library's are its own type.
+    match result
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<io::Error>())
+    {
+        // The reader has gone (`| head -1`): nothing more is wanted, as for any Unix tool.
+        Some(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Some(e) => args::exit_code(Err(format!("writing the output: {e}").into())),
+        None => args::exit_code(result),
+    }
 }
 
-/// The texts: the arguments, else stdin's lines (a line that is not UTF-8 or is empty is an
-/// error naming it).
-fn texts(given: Vec<String>) -> Result<Vec<String>, Failure> {
-    if !given.is_empty() {
-        return Ok(given);
+/// A run's texts in order, and whether they came from stdin, to name one in a message.
+struct Inputs {
+    texts: Vec<String>,
+    from_stdin: bool,
+}
+
+impl Inputs {
+    /// The arguments, else stdin's lines. An empty or all-whitespace text is an error either
+    /// way (skipping a blank line would make output line N no longer input N), as is a line
+    /// that is not UTF-8, or no text at all.
+    fn read(given: Vec<String>) -> Result<Inputs, Failure> {
+        let inputs = if given.is_empty() {
+            Inputs {
+                texts: stdin_lines()?,
+                from_stdin: true,
+            }
+        } else {
+            Inputs {
+                texts: given,
+                from_stdin: false,
+            }
+        };
+        if inputs.texts.is_empty() {
+            return Err("no texts: give them as arguments or on stdin, one per line".into());
+        }
+        if let Some(i) = inputs.texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(format!(
+                "{}: empty (empty texts are refused, as arguments and as stdin lines)",
+                inputs.name(i)
+            )
+            .into());
+        }
+        Ok(inputs)
     }
+
+    /// How a message names text `i`: its number in the whole run (from 1), its stdin line,
+    /// and the start of its text (`input 74 (stdin line 74), "the quick…" (980 characters)`).
+    fn name(&self, i: usize) -> String {
+        let n = i + 1;
+        let line = if self.from_stdin {
+            format!(" (stdin line {n})")
+        } else {
+            String::new()
+        };
+        format!("input {n}{line}, {}", quote(&self.texts[i]))
+    }
+}
+
+/// Stdin's lines (without `\n` or `\r\n`); one that is not UTF-8 is an error naming it.
+fn stdin_lines() -> Result<Vec<String>, Failure> {
     let mut out = Vec::new();
-    for (i, line) in std::io::stdin().lock().split(b'\n').enumerate() {
-        let mut line = line?;
+    for (i, line) in io::stdin().lock().split(b'\n').enumerate() {
+        let mut line = line.map_err(|e| format!("reading stdin: {e}"))?;
         if line.last() == Some(&b'\r') {
             line.pop();
         }
         let text = String::from_utf8(line)
             .map_err(|e| format!("stdin line {}: not UTF-8 ({e})", i + 1))?;
-        if text.trim().is_empty() {
-            return Err(format!("stdin line {} is empty", i + 1).into());
-        }
         out.push(text);
-    }
-    if out.is_empty() {
-        return Err("no texts: give them as arguments or on stdin, one per line".into());
     }
     Ok(out)
 }
 
-/// Opens the device and the model; warns about texts that will be cut.
-fn open(args: &ModelArgs, texts: &[String]) -> Result<(Context, TextModel), Failure> {
+/// Opens the device and the model.
+fn open(args: &ModelArgs) -> Result<(Context, TextModel), Failure> {
     let ctx = Context::new()?;
     let options = TextOptions {
         truncate: args.truncate,
-        max_batch: args.max_batch as usize,
+        max_batch: usize::try_from(args.max_batch)?,
         precision: match args.precision {
             PrecisionArg::F32 => roformer_wgpu::DType::F32,
             PrecisionArg::F16 => roformer_wgpu::DType::F16,
         },
     };
     let model = TextModel::load(&ctx, &args.model, options)?;
-    if args.truncate {
-        for (i, t) in texts.iter().enumerate() {
-            let n = model.count_tokens(t, None)?;
-            if n > model.max_tokens() {
-                eprintln!(
-                    "warning: input {i} has {n} tokens; cut to the model's {}",
-                    model.max_tokens()
-                );
-            }
-        }
-    }
     Ok((ctx, model))
 }
 
-/// Runs `each` over the texts a batch at a time, with a progress bar on a terminal when
-/// there is more than one batch, and prints every result as it comes.
+/// A number the user typed, as a count (`usize`): one past what memory could hold anyway
+/// saturates, as "all" (top-k, lengths).
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// How many tokens a text may have, and how a longer one is cut.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// The model's maximum; a longer text loses its end.
+    Model,
+    /// Room for a prompt before `new_tokens` generated ones; a longer prompt loses its start.
+    Generation { room: usize, new_tokens: usize },
+}
+
+/// Checks every input before any GPU work: its length (a warning when --truncate cuts it, an
+/// error naming --truncate otherwise), then the task's own `check`. An error names the input
+/// by its number in the whole run, so nothing is printed before a bad input fails the run.
+fn check_inputs(
+    model: &TextModel,
+    inputs: &Inputs,
+    limit: Limit,
+    check: impl Fn(&str) -> roformer_wgpu::Result<()>,
+) -> Result<(), Failure> {
+    let max = model.max_tokens();
+    let truncate = model.options().truncate;
+    for (i, text) in inputs.texts.iter().enumerate() {
+        let at = |e: &dyn std::fmt::Display| format!("{}: {e}", inputs.name(i));
+        let n = model.count_tokens(text, None).map_err(|e| at(&e))?;
+        let (room, why, cut) = match limit {
+            Limit::Model => (
+                max,
+                format!("more than the model's maximum of {max}"),
+                "its end",
+            ),
+            Limit::Generation { room, new_tokens } => (
+                room,
+                format!(
+                    "with --max-new-tokens {new_tokens} more it would pass the model's maximum \
+                     of {max}"
+                ),
+                "its start",
+            ),
+        };
+        if n > room {
+            if !truncate {
+                return Err(at(&format!("{n} tokens, {why} (--truncate cuts {cut})")).into());
+            }
+            warn(&at(&format!(
+                "{n} tokens, {why}; {cut} cut to leave {room} tokens"
+            )));
+        }
+        check(text).map_err(|e| at(&e))?;
+    }
+    Ok(())
+}
+
+/// A warning on stderr (one that cannot be written is dropped: the run goes on).
+fn warn(message: &str) {
+    let _ = writeln!(io::stderr(), "warning: {message}");
+}
+
+/// Standard output, locked and buffered: written with `write!`, flushed after each group of
+/// results (a reader sees them as they come) and at the end, every error returned.
+type Out = BufWriter<StdoutLock<'static>>;
+
+/// Runs `each` over the texts a group at a time, with a progress bar on a terminal when
+/// there is more than one group, and prints every result as it comes.
 fn in_batches<T>(
     texts: &[String],
-    batch: usize,
+    batch: u64,
     mut each: impl FnMut(&[&str]) -> Result<Vec<T>, Failure>,
-    mut print: impl FnMut(&str, &T) -> Result<(), Failure>,
+    mut print: impl FnMut(&mut Out, &str, &T) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
-    let chunk = batch * 4;
+    let chunk = count(batch).saturating_mul(4);
     let bar = if texts.len() > chunk {
         let bar = ProgressBar::new(texts.len() as u64);
         bar.set_style(ProgressStyle::with_template(
@@ -247,53 +361,86 @@ fn in_batches<T>(
     } else {
         ProgressBar::hidden()
     };
-    for part in texts.chunks(chunk) {
-        let part: Vec<&str> = part.iter().map(String::as_str).collect();
-        let results = each(&part)?;
-        bar.suspend(|| -> Result<(), Failure> {
-            for (t, r) in part.iter().zip(&results) {
-                print(t, r)?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    let mut groups = || -> Result<(), Failure> {
+        for part in texts.chunks(chunk) {
+            let part: Vec<&str> = part.iter().map(String::as_str).collect();
+            let results = each(&part)?;
+            if results.len() != part.len() {
+                return Err(format!("{} results for {} texts", results.len(), part.len()).into());
             }
-            Ok(())
-        })?;
-        bar.inc(part.len() as u64);
-    }
+            bar.suspend(|| -> Result<(), Failure> {
+                for (t, r) in part.iter().zip(&results) {
+                    print(&mut out, t, r)?;
+                }
+                Ok(out.flush()?)
+            })?;
+            bar.inc(part.len() as u64);
+        }
+        Ok(out.flush()?)
+    };
+    let result = groups();
+    // Cleared on an error too, so that the message is not left under a stale bar.
     bar.finish_and_clear();
+    result
+}
+
+fn json_line(out: &mut Out, v: &impl Serialize) -> Result<(), Failure> {
+    let line = serde_json::to_string(v)?;
+    writeln!(out, "{line}")?;
     Ok(())
 }
 
-fn json_line(v: &impl Serialize) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
+/// A text for a table line: control characters (newlines, tabs, escape codes) written as
+/// Rust escapes (`\n`, `\u{1b}`), so that each input stays on its line and cannot drive the
+/// terminal; everything else as it is.
+fn shown(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::FillMask { common, top_k } => {
-            let texts = texts(common.texts)?;
-            let (ctx, model) = open(&common.model, &texts)?;
+            let inputs = Inputs::read(common.texts)?;
+            let (ctx, model) = open(&common.model)?;
+            check_inputs(&model, &inputs, Limit::Model, |t| {
+                fill_mask::check(&model, t)
+            })?;
             let json = common.model.json;
             in_batches(
-                &texts,
-                common.model.max_batch as usize,
-                |part| Ok(fill_mask::run_blocking(&ctx, &model, part, top_k as usize)?),
-                |text, masks| {
+                &inputs.texts,
+                common.model.max_batch,
+                |part| Ok(fill_mask::run_blocking(&ctx, &model, part, count(top_k))?),
+                |out, text, masks| {
                     if json {
                         // transformers: a list for one mask, a list of lists for several
                         return match &masks[..] {
-                            [one] => json_line(one),
-                            many => json_line(&many),
+                            [one] => json_line(out, one),
+                            many => json_line(out, &many),
                         };
                     }
-                    println!("{text}");
+                    writeln!(out, "{}", shown(text))?;
                     for (m, guesses) in masks.iter().enumerate() {
                         for g in guesses {
-                            println!(
+                            writeln!(
+                                out,
                                 "  mask {m}  {:>7.4}  {:>6}  {:<12}  {}",
-                                g.score, g.token, g.token_str, g.sequence
-                            );
+                                g.score,
+                                g.token,
+                                shown(&g.token_str),
+                                shown(&g.sequence)
+                            )?;
                         }
                     }
                     Ok(())
@@ -301,24 +448,25 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )
         }
         Command::Classify { common, all } => {
-            let texts = texts(common.texts)?;
-            let (ctx, model) = open(&common.model, &texts)?;
+            let inputs = Inputs::read(common.texts)?;
+            let (ctx, model) = open(&common.model)?;
+            check_inputs(&model, &inputs, Limit::Model, |_| Ok(()))?;
             let json = common.model.json;
             in_batches(
-                &texts,
-                common.model.max_batch as usize,
+                &inputs.texts,
+                common.model.max_batch,
                 |part| Ok(classify::run_blocking(&ctx, &model, part, None, None)?),
-                |text, labels| {
+                |out, text, labels| {
                     match (json, all) {
-                        (true, true) => json_line(labels)?,
-                        (true, false) => json_line(&labels[0])?,
+                        (true, true) => json_line(out, labels)?,
+                        (true, false) => json_line(out, &labels[0])?,
                         (false, _) => {
-                            let shown = if all { &labels[..] } else { &labels[..1] };
-                            let cells: Vec<String> = shown
+                            let shown_labels = if all { &labels[..] } else { &labels[..1] };
+                            let cells: Vec<String> = shown_labels
                                 .iter()
-                                .map(|l| format!("{} {:.4}", l.label, l.score))
+                                .map(|l| format!("{} {:.4}", shown(&l.label), l.score))
                                 .collect();
-                            println!("{:<40}  {}", text, cells.join("  "));
+                            writeln!(out, "{:<40}  {}", shown(text), cells.join("  "))?;
                         }
                     }
                     Ok(())
@@ -326,23 +474,29 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )
         }
         Command::TokenClassify { common } => {
-            let texts = texts(common.texts)?;
-            let (ctx, model) = open(&common.model, &texts)?;
+            let inputs = Inputs::read(common.texts)?;
+            let (ctx, model) = open(&common.model)?;
+            check_inputs(&model, &inputs, Limit::Model, |_| Ok(()))?;
             let json = common.model.json;
             in_batches(
-                &texts,
-                common.model.max_batch as usize,
+                &inputs.texts,
+                common.model.max_batch,
                 |part| Ok(token_classify::run_blocking(&ctx, &model, part)?),
-                |text, entities| {
+                |out, text, entities| {
                     if json {
-                        return json_line(entities);
+                        return json_line(out, entities);
                     }
-                    println!("{text}");
+                    writeln!(out, "{}", shown(text))?;
                     for e in entities {
-                        println!(
+                        writeln!(
+                            out,
                             "  {:<10} {:>7.4}  {:>4}..{:<4} {}",
-                            e.entity_group, e.score, e.start, e.end, e.word
-                        );
+                            shown(&e.entity_group),
+                            e.score,
+                            e.start,
+                            e.end,
+                            shown(&e.word)
+                        )?;
                     }
                     Ok(())
                 },
@@ -353,32 +507,34 @@ fn run(cli: Cli) -> Result<(), Failure> {
             pooling,
             normalize,
         } => {
-            let texts = texts(common.texts)?;
-            let (ctx, model) = open(&common.model, &texts)?;
+            let inputs = Inputs::read(common.texts)?;
+            let (ctx, model) = open(&common.model)?;
+            check_inputs(&model, &inputs, Limit::Model, |_| Ok(()))?;
             let pooling = match pooling {
                 PoolingArg::Mean => Pooling::Mean,
                 PoolingArg::Cls => Pooling::Cls,
             };
             let json = common.model.json;
             in_batches(
-                &texts,
-                common.model.max_batch as usize,
+                &inputs.texts,
+                common.model.max_batch,
                 |part| {
                     Ok(embed::sentences_blocking(
                         &ctx, &model, part, pooling, normalize,
                     )?)
                 },
-                |text, v| {
+                |out, text, v| {
                     if json {
-                        return json_line(v);
+                        return json_line(out, v);
                     }
                     let head: Vec<String> = v.iter().take(6).map(|x| format!("{x:+.4}")).collect();
-                    println!(
+                    writeln!(
+                        out,
                         "{:<40}  [{}, ...] ({} values)",
-                        text,
+                        shown(text),
                         head.join(", "),
                         v.len()
-                    );
+                    )?;
                     Ok(())
                 },
             )
@@ -390,36 +546,52 @@ fn run(cli: Cli) -> Result<(), Failure> {
             top_k,
             max_answer_len,
         } => {
+            if question.trim().is_empty() {
+                return Err("--question is empty".into());
+            }
             let contexts = match context {
-                Some(c) => vec![c],
-                None => texts(Vec::new())?,
+                Some(c) if c.trim().is_empty() => return Err("--context is empty".into()),
+                Some(c) => Inputs {
+                    texts: vec![c],
+                    from_stdin: false,
+                },
+                None => Inputs::read(Vec::new())?,
             };
-            let (ctx, model) = open(&args, &[])?;
+            let (ctx, model) = open(&args)?;
+            // A context of any length is cut into windows: only answer's own checks apply.
+            for (i, c) in contexts.texts.iter().enumerate() {
+                answer::check(&model, &question, c)
+                    .map_err(|e| format!("{}: {e}", contexts.name(i)))?;
+            }
             let options = AnswerOptions {
-                top_k: top_k as usize,
-                max_answer_len: max_answer_len as usize,
+                top_k: count(top_k),
+                max_answer_len: count(max_answer_len),
             };
             in_batches(
-                &contexts,
-                args.max_batch as usize,
+                &contexts.texts,
+                args.max_batch,
                 |part| {
                     let inputs: Vec<(&str, &str)> =
                         part.iter().map(|c| (question.as_str(), *c)).collect();
                     Ok(answer::run_blocking(&ctx, &model, &inputs, options)?)
                 },
-                |context, answers| {
+                |out, context, answers| {
                     if args.json {
                         return match &answers[..] {
-                            [one] => json_line(one),
-                            many => json_line(&many),
+                            [one] => json_line(out, one),
+                            many => json_line(out, &many),
                         };
                     }
-                    println!("{question}  ({context})");
+                    writeln!(out, "{}  ({})", shown(&question), shown(context))?;
                     for a in answers {
-                        println!(
+                        writeln!(
+                            out,
                             "  {:>7.4}  {:>4}..{:<4} {}",
-                            a.score, a.start, a.end, a.answer
-                        );
+                            a.score,
+                            a.start,
+                            a.end,
+                            shown(&a.answer)
+                        )?;
                     }
                     Ok(())
                 },
@@ -434,8 +606,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
             top_p,
             seed,
         } => {
-            let prompts = texts(common.texts)?;
-            let (ctx, model) = open(&common.model, &prompts)?;
+            let prompts = Inputs::read(common.texts)?;
+            let (ctx, model) = open(&common.model)?;
+            let max = model.max_tokens();
+            let room = generate::prompt_room(&model, max_new_tokens).map_err(|_| {
+                format!(
+                    "--max-new-tokens {max_new_tokens} leaves no room for a prompt: this model \
+                     takes {max} tokens at most, the prompt's and the new ones together \
+                     (--max-new-tokens must be below {max})"
+                )
+            })?;
+            let limit = Limit::Generation {
+                room,
+                new_tokens: max_new_tokens,
+            };
+            check_inputs(&model, &prompts, limit, |_| Ok(()))?;
             let decoding = if sample {
                 Decoding::Sample {
                     temperature,
@@ -452,14 +637,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let json = common.model.json;
             in_batches(
-                &prompts,
-                common.model.max_batch as usize,
+                &prompts.texts,
+                common.model.max_batch,
                 |part| Ok(generate::run_blocking(&ctx, &model, part, options)?),
-                |_, g| {
+                |out, _, g| {
                     if json {
-                        return json_line(g);
+                        return json_line(out, g);
                     }
-                    println!("{}", g.generated_text);
+                    writeln!(out, "{}", shown(&g.generated_text))?;
                     Ok(())
                 },
             )
@@ -469,28 +654,39 @@ fn run(cli: Cli) -> Result<(), Failure> {
             json,
             texts: given,
         } => {
+            let inputs = Inputs::read(given)?;
             let tokenizer = Tokenizer::from_dir(&model)?;
-            for text in texts(given)? {
-                let e = tokenizer.encode(&text)?;
+            let mut out = BufWriter::new(io::stdout().lock());
+            for (i, text) in inputs.texts.iter().enumerate() {
+                let e = tokenizer
+                    .encode(text)
+                    .map_err(|e| format!("{}: {e}", inputs.name(i)))?;
                 if json {
-                    json_line(&serde_json::json!({
-                        "input_ids": e.input_ids,
-                        "token_type_ids": e.token_type_ids,
-                        "attention_mask": e.attention_mask,
-                        "offset_mapping": e.offsets,
-                        "tokens": e.tokens,
-                    }))?;
+                    json_line(
+                        &mut out,
+                        &serde_json::json!({
+                            "input_ids": e.input_ids,
+                            "token_type_ids": e.token_type_ids,
+                            "attention_mask": e.attention_mask,
+                            "offset_mapping": e.offsets,
+                            "tokens": e.tokens,
+                        }),
+                    )?;
                 } else {
-                    println!("{text}");
+                    writeln!(out, "{}", shown(text))?;
                     for i in 0..e.len() {
-                        println!(
+                        writeln!(
+                            out,
                             "  {:>6}  {:<16} {:>4}..{:<4}",
-                            e.input_ids[i], e.tokens[i], e.offsets[i].0, e.offsets[i].1
-                        );
+                            e.input_ids[i],
+                            shown(&e.tokens[i]),
+                            e.offsets[i].0,
+                            e.offsets[i].1
+                        )?;
                     }
                 }
             }
-            Ok(())
+            Ok(out.flush()?)
         }
     }
 }

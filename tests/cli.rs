@@ -25,8 +25,19 @@ fn expected(task: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The binary, with `XDG_RUNTIME_DIR` set where the environment has none: EGL (wgpu's GL
+/// backend is enumerated too) otherwise prints "error: XDG_RUNTIME_DIR is invalid" on
+/// stderr, which the tests would take for one of ours.
+fn roformer_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_roformer"));
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        command.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    command
+}
+
 fn roformer(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roformer"))
+    let mut child = roformer_command()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -125,13 +136,7 @@ fn embed_answer_generate_and_entities_end_to_end() {
         .map(|x| x.as_f64().unwrap())
         .collect();
     assert_eq!(got.len(), want.len(), "embedding size");
-    let err: f64 = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).powi(2))
-        .sum::<f64>()
-        .sqrt()
-        / want.iter().map(|b| b * b).sum::<f64>().sqrt();
+    let err = roformer_wgpu::check::rel_l2(&got, &want);
     assert!(err < 1e-4, "embedding off by {err}");
 
     let qa = &expected("qa")["cases"][0];
@@ -329,7 +334,7 @@ fn a_closed_pipe_ends_every_command_quietly() {
             if json {
                 args.push("--json".into());
             }
-            let mut child = Command::new(env!("CARGO_BIN_EXE_roformer"))
+            let mut child = roformer_command()
                 .args(&args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -386,7 +391,7 @@ fn a_full_disk_is_an_error() {
                 .write(true)
                 .open("/dev/full")
                 .unwrap();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_roformer"))
+            let mut child = roformer_command()
                 .args(&args)
                 .stdin(Stdio::piped())
                 .stdout(full)
@@ -641,4 +646,28 @@ fn text_mode_escapes_control_characters() {
             assert_eq!(stdout.lines().count(), 1, "{stdout}");
         }
     }
+}
+
+/// `WGPU_BACKEND` and `WGPU_POWER_PREF` values wgpu would ignore are errors naming the
+/// accepted ones (`WGPU_BACKEND=bogus` used to search no backend at all and report
+/// "backends tried: Backends(0x0)"; a bogus power preference was silently "high").
+#[test]
+fn a_bad_adapter_variable_names_the_accepted_values() {
+    let run = |var: &str, value: &str| {
+        let out = roformer_command()
+            .args(["classify", "--model", &dir("classify"), "a text"])
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{var}={value}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let backend = run("WGPU_BACKEND", "bogus");
+    assert!(
+        backend.contains("WGPU_BACKEND=\"bogus\"") && backend.contains("vulkan (or vk)"),
+        "{backend}"
+    );
+    assert!(!backend.contains("Backends(0x0)"), "{backend}");
+    let power = run("WGPU_POWER_PREF", "fastest");
+    assert!(power.contains("low, high or none"), "{power}");
 }

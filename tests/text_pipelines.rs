@@ -10,6 +10,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{ctx, has_f16};
+use roformer_wgpu::check::rel_l2;
 use roformer_wgpu::pipelines::answer::AnswerOptions;
 use roformer_wgpu::pipelines::embed::Pooling;
 use roformer_wgpu::pipelines::generate::{Decoding, GenerateOptions};
@@ -61,17 +62,6 @@ fn close(got: f64, want: &Value, what: &str) {
 fn report(what: &str) {
     let worst = WORST.with(|w| w.get());
     println!("{what}: largest score difference from transformers {worst:.1e}");
-}
-
-fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let d: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).powi(2))
-        .sum();
-    let n: f64 = want.iter().map(|w| w * w).sum();
-    (d / n).sqrt()
 }
 
 fn f64s(v: &Value) -> Vec<f64> {

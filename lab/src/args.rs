@@ -1,8 +1,10 @@
 //! Command-line parsing for the examples: clap, with the usage of the (sub)command printed
 //! under any argument error.
 
-use clap::Parser;
+use std::io::Write;
 use std::process::ExitCode;
+
+use clap::Parser;
 
 /// A program's exit: 0, or 1 after printing the error (as `error: ...`, not its Debug form).
 /// (`verify` has exit codes of its own.)
@@ -10,7 +12,8 @@ pub fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Not eprintln!: it panics when stderr cannot be written (`2> /dev/full`).
+            let _ = writeln!(std::io::stderr(), "error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -24,7 +27,8 @@ pub fn parse_args<T: Parser>() -> T {
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             let rendered = e.render().to_string();
-            eprint!("{rendered}");
+            let mut stderr = std::io::stderr();
+            let _ = write!(stderr, "{rendered}");
             if !rendered.contains("Usage:") {
                 let mut cmd = T::command();
                 cmd.build();
@@ -36,7 +40,7 @@ pub fn parse_args<T: Parser>() -> T {
                     Some(mut sub) => sub.render_usage(),
                     None => cmd.render_usage(),
                 };
-                eprintln!("\n{usage}");
+                let _ = writeln!(stderr, "\n{usage}");
             }
             std::process::exit(2)
         }

@@ -2,8 +2,10 @@
 //! error. (The examples have the same in `roformer_lab::args`: the library's binary cannot
 //! depend on the examples' crate, which depends on the library.)
 
-use clap::Parser;
+use std::io::Write;
 use std::process::ExitCode;
+
+use clap::Parser;
 
 /// A program's exit: 0, or 1 after printing the error (as `error: ...`, not its Debug form).
 /// (`verify` has exit codes of its own.)
@@ -11,7 +13,8 @@ pub fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Not eprintln!: it panics when stderr cannot be written (`2> /dev/full`).
+            let _ = writeln!(std::io::stderr(), "error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -25,7 +28,8 @@ pub fn parse_args<T: Parser>() -> T {
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             let rendered = e.render().to_string();
-            eprint!("{rendered}");
+            let mut stderr = std::io::stderr();
+            let _ = write!(stderr, "{rendered}");
             if !rendered.contains("Usage:") {
                 let mut cmd = T::command();
                 cmd.build();
@@ -37,7 +41,7 @@ pub fn parse_args<T: Parser>() -> T {
                     Some(mut sub) => sub.render_usage(),
                     None => cmd.render_usage(),
                 };
-                eprintln!("\n{usage}");
+                let _ = writeln!(stderr, "\n{usage}");
             }
             std::process::exit(2)
         }

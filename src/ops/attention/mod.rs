@@ -7,8 +7,10 @@
 //! - [`flash`]: the same function without the `[B, H, T, T]` matrix (FlashAttention-2);
 //! - [`linear`]: linear attention with RoPE (RoFormer eq. 19), the scan form;
 //! - [`chunked_linear`]: causal linear attention in chunks (flash-linear-attention's);
+//! - [`cached`]: over a key/value cache, for generation (a token at a time);
 //! - [`heads`]: how their 4-D tensors are laid out.
 
+pub mod cached;
 pub mod chunked_linear;
 pub mod flash;
 pub mod heads;

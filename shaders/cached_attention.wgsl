@@ -1,0 +1,185 @@
+// Attention over a key/value cache, for generation with a causal model: each sequence's new
+// tokens (a prompt's, then one at a time) attend to every cached position up to their own.
+//
+// The cache holds each sequence's keys and values `[batch, capacity, heads, dim]`, RoPE
+// already applied (to values too with `rotary_value`), so a token's key is computed and
+// rotated once, at its true position. Row b's new tokens sit at positions starts[b],
+// starts[b] + 1, ... (sequences of a batch may be at different lengths).
+//
+// append:  cache[b, starts[b] + t] = x[b, t] rotated by RoPE at that position (rotate = 1)
+//          or as it is (rotate = 0); positions at or past the capacity are not written.
+//          One thread per pair of features.
+// attend:  out[b, t, h] = softmax(scale · q kᵀ) v over the keys at positions
+//          0 ..= starts[b] + t, with q (x) rotated at its position on load. One workgroup
+//          of WG threads per (b, t, h): the keys stream through in tiles of WG, one per
+//          thread, with an online softmax (running max m, running sum l); thread i owns
+//          the output features i and i + WG.
+// x, the cache and out are T (f32, or f16 in the f16 variant); the RoPE table, the scores
+// and all arithmetic are f32. Forward only: generation trains nothing.
+
+alias T = f32;
+
+struct Params {
+    batch: u32, new_tokens: u32, heads: u32, dim: u32,
+    capacity: u32, rotate: u32, scale: f32, _p0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// [batch, new_tokens, heads, dim]: the new keys or values (append), the queries (attend).
+@group(0) @binding(1) var<storage, read> x: array<T>;
+// RoPE's [positions, dim] table in HF's layout: sin in column i, cos in column dim/2 + i.
+@group(0) @binding(2) var<storage, read> table: array<f32>;
+// [batch]: the position of each row's first new token.
+@group(0) @binding(3) var<storage, read> starts: array<u32>;
+// [batch, capacity, heads, dim]: the cache append writes.
+@group(0) @binding(4) var<storage, read_write> cache: array<T>;
+// The caches attend reads.
+@group(0) @binding(5) var<storage, read> keys: array<T>;
+@group(0) @binding(6) var<storage, read> values: array<T>;
+// [batch, new_tokens, heads, dim].
+@group(0) @binding(7) var<storage, read_write> out: array<T>;
+
+const WG: u32 = 64u;
+// Head dimensions up to 2 · WG: each thread owns two output features.
+const MAX_D: u32 = 128u;
+// f32::MAX in hex: Tint (Chromium) rejects the decimal 3.40282347e38 as not representable.
+const F32_MAX: f32 = 0x1.fffffep+127f;
+
+// The pair (x0, x1) of features (2i, 2i + 1) rotated by RoPE at `position`.
+fn rotated(x0: f32, x1: f32, position: u32, i: u32) -> vec2<f32> {
+    let half = p.dim / 2u;
+    // A position past the table's end cannot happen (the host sizes the table to the
+    // capacity); clamped, it reads a valid row rather than out of bounds.
+    let row = min(position, arrayLength(&table) / p.dim - 1u);
+    let s = table[row * p.dim + i];
+    let c = table[row * p.dim + half + i];
+    return vec2<f32>(x0 * c - x1 * s, x1 * c + x0 * s);
+}
+
+@compute @workgroup_size(256)
+fn append(@builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_id) lid: vec3<u32>) {
+    let half = p.dim / 2u;
+    let idx = (wid.x + wid.y * nwg.x) * 256u + lid.x;
+    if (idx >= p.batch * p.new_tokens * p.heads * half) {
+        return;
+    }
+    let i = idx % half;
+    let h = (idx / half) % p.heads;
+    let t = (idx / (half * p.heads)) % p.new_tokens;
+    let b = idx / (half * p.heads * p.new_tokens);
+    let position = starts[b] + t;
+    if (position >= p.capacity) {
+        return;
+    }
+    let xi = ((b * p.new_tokens + t) * p.heads + h) * p.dim + 2u * i;
+    var pair = vec2<f32>(f32(x[xi]), f32(x[xi + 1u]));
+    if (p.rotate != 0u) {
+        pair = rotated(pair.x, pair.y, position, i);
+    }
+    let ci = ((b * p.capacity + position) * p.heads + h) * p.dim + 2u * i;
+    cache[ci] = T(pair.x);
+    cache[ci + 1u] = T(pair.y);
+}
+
+var<workgroup> q_sh: array<f32, MAX_D>;
+// The last key position, loaded so every thread sees it as uniform (the loop over key tiles
+// holds barriers).
+var<workgroup> last_sh: u32;
+var<workgroup> red: array<f32, WG>;
+var<workgroup> probs: array<f32, WG>;
+
+// The maximum (kind 0) or sum (kind 1) of every thread's v; every thread gets it.
+fn reduce(kind: u32, v: f32, li: u32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            if (kind == 0u) {
+                red[li] = max(red[li], red[li + s]);
+            } else {
+                red[li] = red[li] + red[li + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(64)
+fn attend(@builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_id) lid: vec3<u32>) {
+    let li = lid.x;
+    let g = wid.x + wid.y * nwg.x;
+    // Uniform across the workgroup: every thread returns, or none does.
+    if (g >= p.batch * p.new_tokens * p.heads) {
+        return;
+    }
+    let h = g % p.heads;
+    let t = (g / p.heads) % p.new_tokens;
+    let b = g / (p.heads * p.new_tokens);
+    let position = starts[b] + t;
+    if (li == 0u) {
+        last_sh = min(position, p.capacity - 1u);
+    }
+    let last = workgroupUniformLoad(&last_sh);
+    let half = p.dim / 2u;
+    let qi = ((b * p.new_tokens + t) * p.heads + h) * p.dim;
+    // The query, rotated at its position, in workgroup memory.
+    for (var i = li; i < half; i += WG) {
+        let r = rotated(f32(x[qi + 2u * i]), f32(x[qi + 2u * i + 1u]), position, i);
+        q_sh[2u * i] = r.x;
+        q_sh[2u * i + 1u] = r.y;
+    }
+    workgroupBarrier();
+    var m = -F32_MAX;
+    var l = 0.0;
+    var acc = vec2<f32>(0.0, 0.0);
+    let row_stride = p.heads * p.dim;
+    let base = b * p.capacity * row_stride + h * p.dim;
+    for (var tile = 0u; tile <= last; tile += WG) {
+        let j = tile + li;
+        var s = -F32_MAX;
+        if (j <= last) {
+            let kj = base + j * row_stride;
+            var dot = 0.0;
+            for (var c = 0u; c < p.dim; c++) {
+                dot += q_sh[c] * f32(keys[kj + c]);
+            }
+            s = p.scale * dot;
+        }
+        let m_new = max(m, reduce(0u, s, li));
+        var pj = 0.0;
+        if (j <= last) {
+            pj = exp(s - m_new);
+        }
+        probs[li] = pj;
+        let alpha = exp(m - m_new);
+        l = l * alpha + reduce(1u, pj, li);
+        acc *= alpha;
+        let in_tile = min(WG, last + 1u - tile);
+        for (var jj = 0u; jj < in_tile; jj++) {
+            let vj = base + (tile + jj) * row_stride;
+            let w = probs[jj];
+            if (li < p.dim) {
+                acc.x += w * f32(values[vj + li]);
+            }
+            if (li + WG < p.dim) {
+                acc.y += w * f32(values[vj + li + WG]);
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    let oi = ((b * p.new_tokens + t) * p.heads + h) * p.dim;
+    if (li < p.dim) {
+        out[oi + li] = T(acc.x / l);
+    }
+    if (li + WG < p.dim) {
+        out[oi + li + WG] = T(acc.y / l);
+    }
+}

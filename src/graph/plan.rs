@@ -23,12 +23,15 @@ pub struct MemoryReport {
     pub unpooled: u64,
     /// Per-step inputs and constants the stages hold (ids, masks, labels, tables).
     pub inputs: u64,
+    /// An inference encoder's generations in progress: their key/value caches and
+    /// activations (0 elsewhere).
+    pub generation: u64,
 }
 
 impl MemoryReport {
     /// Everything the step keeps allocated at once: its peak.
     pub fn peak(&self) -> u64 {
-        self.params + self.pooled + self.inputs
+        self.params + self.pooled + self.inputs + self.generation
     }
 }
 
@@ -244,6 +247,7 @@ impl Graph {
                 buffers: layout.sizes.len(),
                 unpooled: layout.unpooled,
                 inputs: self.input_bytes,
+                generation: 0,
             },
             assignments: layout.assignments,
             pool,

@@ -13,6 +13,7 @@
 //! bucket sums a softmax row in another order).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::graph::{self, GraphInputs, GraphOutputs};
@@ -254,7 +255,7 @@ impl Results {
 }
 
 /// The read-back values as f32, each `(byte offset, count, type)` field in turn.
-fn to_f32(bytes: &[u8], fields: &[(usize, usize, DType)]) -> Vec<f32> {
+pub(super) fn to_f32(bytes: &[u8], fields: &[(usize, usize, DType)]) -> Vec<f32> {
     let mut values = Vec::with_capacity(fields.iter().map(|f| f.1).sum());
     for &(offset, n, dtype) in fields {
         let at = &bytes[offset..offset + n * dtype.size()];
@@ -320,6 +321,8 @@ pub struct Encoder {
     /// Held from planning through submission, so two threads never interleave their
     /// inputs.
     plans: Mutex<Plans>,
+    /// Bytes held by the generations in progress (key/value caches and their activations).
+    generations: Arc<AtomicU64>,
 }
 
 impl Encoder {
@@ -351,6 +354,7 @@ impl Encoder {
             table,
             options,
             plans: Mutex::default(),
+            generations: Arc::default(),
         })
     }
 
@@ -414,7 +418,8 @@ impl Encoder {
 
     /// GPU memory held: the weights; the pool all plans share for activations (buffer i as
     /// large as the largest plan's buffer i, for the buckets planned so far); the inputs of
-    /// every cached plan. Transient read-back buffers are not counted.
+    /// every cached plan; the key/value caches and activations of the generations in
+    /// progress ([`Encoder::generate`]). Transient read-back buffers are not counted.
     pub fn memory(&self) -> MemoryReport {
         let plans = self.plans.lock().unwrap();
         MemoryReport {
@@ -432,7 +437,19 @@ impl Encoder {
                 .iter()
                 .map(|(_, b)| b.plan.memory().inputs)
                 .sum(),
+            generation: self.generations.load(Ordering::SeqCst),
         }
+    }
+
+    /// What generation builds its passes from: the configuration, the weights, the RoPE
+    /// table.
+    pub(super) fn parts(&self) -> (&RoFormerConfig, &ParamStore, &Tensor) {
+        (&self.config, &self.store, &self.table)
+    }
+
+    /// The count of bytes the generations in progress hold.
+    pub(super) fn generation_bytes(&self) -> Arc<AtomicU64> {
+        self.generations.clone()
     }
 
     /// Buckets planned and cached now.

@@ -7,6 +7,7 @@ use crate::context::Context;
 use crate::error::Result;
 use crate::graph::{AttentionSpec, Graph, TensorId};
 use crate::model::AttentionKind;
+use crate::ops::attention::cached::{self, KvCache};
 use crate::ops::cross_entropy::{Labels, IGNORE_INDEX};
 use crate::ops::elementwise;
 use crate::ops::embedding::TokenIds;
@@ -122,18 +123,45 @@ fn encoder(
     g: &mut Graph,
     inputs: &GraphInputs,
 ) -> Result<Vec<TensorId>> {
+    let h = embeddings(c, s, g, &inputs.ids, &inputs.types)?;
+    let spec = AttentionSpec {
+        heads: c.num_attention_heads,
+        causal: c.is_causal(),
+        rotary_value: c.rotary_value,
+        mask: Some(match c.attention {
+            AttentionKind::Softmax | AttentionKind::FusedSoftmax => inputs.additive_mask.clone(),
+            AttentionKind::Linear => inputs.key_mask.clone(),
+        }),
+        rope: Some(table.clone()),
+    };
+    let mut attend = |g: &mut Graph, _layer: usize, name: &str, q, k, v| match c.attention {
+        AttentionKind::Softmax => g.attention(name, q, k, v, spec.clone()),
+        AttentionKind::FusedSoftmax => g.fused_attention(name, q, k, v, spec.clone()),
+        AttentionKind::Linear => g.linear_attention(name, q, k, v, spec.clone()),
+    };
+    let mut hidden = vec![h];
+    hidden.extend(layers(c, s, g, h, &mut attend)?);
+    Ok(hidden)
+}
+
+/// Token ids → embeddings (words and token types, LayerNorm, the projection to the hidden
+/// size where the embeddings are narrower): `[B, T, hidden]`.
+fn embeddings(
+    c: &RoFormerConfig,
+    s: &ParamStore,
+    g: &mut Graph,
+    ids: &TokenIds,
+    token_types: &TokenIds,
+) -> Result<TensorId> {
     let eps = c.layer_norm_eps as f32;
     let p = |g: &mut Graph, name: &str| g.param(s, name);
-    let mut hidden = Vec::new();
-
-    // token ids → embeddings
     let words = g.param(s, WORDS)?;
-    let w = g.embedding("roformer.embeddings.word_embeddings", words, &inputs.ids)?;
+    let w = g.embedding("roformer.embeddings.word_embeddings", words, ids)?;
     let types = p(g, "roformer.embeddings.token_type_embeddings.weight")?;
     let t = g.embedding(
         "roformer.embeddings.token_type_embeddings",
         types,
-        &inputs.types,
+        token_types,
     )?;
     let sum = g.add("roformer.embeddings.sum", w, t)?;
     let (lw, lb) = (
@@ -148,19 +176,25 @@ fn encoder(
         );
         h = g.linear("roformer.embeddings_project", h, w, Some(b))?;
     }
-    hidden.push(h);
+    Ok(h)
+}
 
-    // layers
-    let spec = AttentionSpec {
-        heads: c.num_attention_heads,
-        causal: c.is_causal(),
-        rotary_value: c.rotary_value,
-        mask: Some(match c.attention {
-            AttentionKind::Softmax | AttentionKind::FusedSoftmax => inputs.additive_mask.clone(),
-            AttentionKind::Linear => inputs.key_mask.clone(),
-        }),
-        rope: Some(table.clone()),
-    };
+/// How a layer's self-attention turns its query, key and value projections (`[B, T,
+/// hidden]` each) into its output: `(graph, layer, stage name, q, k, v)`.
+type Attend<'a> =
+    dyn FnMut(&mut Graph, usize, &str, TensorId, TensorId, TensorId) -> Result<TensorId> + 'a;
+
+/// The layers on the embeddings' output `h`: each layer's hidden state, in order.
+fn layers(
+    c: &RoFormerConfig,
+    s: &ParamStore,
+    g: &mut Graph,
+    mut h: TensorId,
+    attend: &mut Attend<'_>,
+) -> Result<Vec<TensorId>> {
+    let eps = c.layer_norm_eps as f32;
+    let p = |g: &mut Graph, name: &str| g.param(s, name);
+    let mut hidden = Vec::with_capacity(c.num_hidden_layers);
     for l in 0..c.num_hidden_layers {
         let pre = format!("roformer.encoder.layer.{l}");
         let linear = |g: &mut Graph, name: &str, x: TensorId| -> Result<TensorId> {
@@ -174,12 +208,7 @@ fn encoder(
         let q = linear(g, "attention.self.query", h)?;
         let k = linear(g, "attention.self.key", h)?;
         let v = linear(g, "attention.self.value", h)?;
-        let att_name = format!("{pre}.attention.self");
-        let a = match c.attention {
-            AttentionKind::Softmax => g.attention(&att_name, q, k, v, spec.clone())?,
-            AttentionKind::FusedSoftmax => g.fused_attention(&att_name, q, k, v, spec.clone())?,
-            AttentionKind::Linear => g.linear_attention(&att_name, q, k, v, spec.clone())?,
-        };
+        let a = attend(g, l, &format!("{pre}.attention.self"), q, k, v)?;
         let o = linear(g, "attention.output.dense", a)?;
         // Residual add and LayerNorm run as one kernel; the graph keeps them as two stages
         // so the backward pass is unchanged.
@@ -217,7 +246,6 @@ fn head_logits(
     inputs: &GraphInputs,
     h: TensorId,
 ) -> Result<Option<TensorId>> {
-    let eps = c.layer_norm_eps as f32;
     let linear = |g: &mut Graph, name: &str, x: TensorId| -> Result<TensorId> {
         let (w, b) = (
             g.param(s, &format!("{name}.weight"))?,
@@ -227,33 +255,7 @@ fn head_logits(
     };
     Ok(Some(match head {
         Head::Encoder => return Ok(None),
-        Head::MaskedLm | Head::CausalLm => {
-            let (w, b) = (
-                g.param(s, "cls.predictions.transform.dense.weight")?,
-                g.param(s, "cls.predictions.transform.dense.bias")?,
-            );
-            let x = g.linear_gelu(
-                "cls.predictions.transform.dense",
-                "cls.predictions.transform.gelu",
-                h,
-                w,
-                Some(b),
-            )?;
-            let (w, b) = (
-                g.param(s, "cls.predictions.transform.LayerNorm.weight")?,
-                g.param(s, "cls.predictions.transform.LayerNorm.bias")?,
-            );
-            let x = g.layer_norm("cls.predictions.transform.LayerNorm", x, w, b, eps)?;
-            // The decoder is the word embeddings (the same graph tensor, so training sums
-            // both uses' gradients), unless the checkpoint unties them.
-            let decoder = if c.tie_word_embeddings {
-                g.param(s, WORDS)?
-            } else {
-                g.param(s, "cls.predictions.decoder.weight")?
-            };
-            let bias = g.param(s, "cls.predictions.bias")?;
-            g.linear("cls.predictions.decoder", x, decoder, Some(bias))?
-        }
+        Head::MaskedLm | Head::CausalLm => lm_head(c, s, g, h)?,
         Head::Classification => {
             let x = g.first_token("classifier.first_token", h)?;
             let x = linear(g, "classifier.dense", x)?;
@@ -277,4 +279,122 @@ fn head_logits(
             linear(g, "classifier", x)?
         }
     }))
+}
+
+/// The language-model head (`cls.predictions`) on hidden states `h` (`[..., hidden]`):
+/// `[..., vocab]`.
+fn lm_head(c: &RoFormerConfig, s: &ParamStore, g: &mut Graph, h: TensorId) -> Result<TensorId> {
+    let eps = c.layer_norm_eps as f32;
+    let (w, b) = (
+        g.param(s, "cls.predictions.transform.dense.weight")?,
+        g.param(s, "cls.predictions.transform.dense.bias")?,
+    );
+    let x = g.linear_gelu(
+        "cls.predictions.transform.dense",
+        "cls.predictions.transform.gelu",
+        h,
+        w,
+        Some(b),
+    )?;
+    let (w, b) = (
+        g.param(s, "cls.predictions.transform.LayerNorm.weight")?,
+        g.param(s, "cls.predictions.transform.LayerNorm.bias")?,
+    );
+    let x = g.layer_norm("cls.predictions.transform.LayerNorm", x, w, b, eps)?;
+    // The decoder is the word embeddings (the same graph tensor, so training sums both uses'
+    // gradients), unless the checkpoint unties them.
+    let decoder = if c.tie_word_embeddings {
+        g.param(s, WORDS)?
+    } else {
+        g.param(s, "cls.predictions.decoder.weight")?
+    };
+    let bias = g.param(s, "cls.predictions.bias")?;
+    g.linear("cls.predictions.decoder", x, decoder, Some(bias))
+}
+
+/// Per-step inputs of a planned generation step over a key/value cache: `batch` sequences
+/// of `new_tokens` new tokens each, written before each run.
+pub(crate) struct CachedInputs {
+    pub batch: usize,
+    pub new_tokens: usize,
+    /// `[B, new]`.
+    pub ids: TokenIds,
+    /// `[B, new]`, all 0 (generation continues the first segment).
+    pub types: TokenIds,
+    /// `[B]` (u32): each row's position of its first new token.
+    pub starts: Tensor,
+    /// `[B]` (u32): which new token of each row the logits are wanted for.
+    pub last: Tensor,
+}
+
+impl CachedInputs {
+    /// Zeroed inputs (every row at position 0).
+    pub fn new(
+        ctx: &Context,
+        config: &RoFormerConfig,
+        batch: usize,
+        new_tokens: usize,
+    ) -> Result<CachedInputs> {
+        let n = batch * new_tokens;
+        Ok(CachedInputs {
+            batch,
+            new_tokens,
+            ids: TokenIds::new(ctx, &vec![0; n], &[batch, new_tokens], config.vocab_size)?,
+            types: TokenIds::new(
+                ctx,
+                &vec![0; n],
+                &[batch, new_tokens],
+                config.type_vocab_size,
+            )?,
+            starts: Tensor::from_slice(ctx, &vec![0u32; batch], &[batch])?,
+            last: Tensor::from_slice(ctx, &vec![0u32; batch], &[batch])?,
+        })
+    }
+}
+
+/// A causal LM stepping over key/value caches (one per layer): the new tokens' keys and
+/// values join the caches at their positions, their queries attend to the cached positions
+/// up to their own, and the LM head runs on each row's `last` new token only. Returns the
+/// logits, `[B, vocab]`.
+pub(crate) fn build_cached(
+    c: &RoFormerConfig,
+    s: &ParamStore,
+    table: &Tensor,
+    g: &mut Graph,
+    inputs: &CachedInputs,
+    caches: &[KvCache],
+) -> Result<TensorId> {
+    let (batch, new) = (inputs.batch, inputs.new_tokens);
+    let heads = c.num_attention_heads;
+    let shape = [batch, new, c.hidden_size];
+    let heads_shape = [batch, new, heads, c.hidden_size / heads];
+    let h = embeddings(c, s, g, &inputs.ids, &inputs.types)?;
+    let mut attend = |g: &mut Graph, layer: usize, name: &str, q, k, v| {
+        let (cache, table, starts) = (caches[layer].clone(), table.clone(), inputs.starts.clone());
+        let rotary_value = c.rotary_value;
+        g.custom(name, &[q, k, v], &shape, move |ctx, ins, out| {
+            let [q, k, v] = [ins[0], ins[1], ins[2]].map(|t| t.reshape(&heads_shape));
+            let (q, k, v) = (q?, k?, v?);
+            let out = out.reshape(&heads_shape)?;
+            Ok(vec![
+                cached::plan_append(ctx, &k, &table, &starts, &cache.keys, true)?,
+                cached::plan_append(ctx, &v, &table, &starts, &cache.values, rotary_value)?,
+                cached::plan_attend(ctx, &q, &table, &starts, &cache, &out)?,
+            ])
+        })
+    };
+    let hidden = layers(c, s, g, h, &mut attend)?;
+    let last_layer = hidden[hidden.len() - 1];
+    let positions = inputs.last.clone();
+    let x = g.custom(
+        "generation.last_tokens",
+        &[last_layer],
+        &[batch, c.hidden_size],
+        move |ctx, ins, out| {
+            Ok(vec![elementwise::plan_gather_positions(
+                ctx, ins[0], &positions, out,
+            )?])
+        },
+    )?;
+    lm_head(c, s, g, x)
 }

@@ -11,6 +11,7 @@
 
 mod config;
 mod encoder;
+mod generation;
 mod graph;
 pub mod reference;
 mod session;
@@ -21,6 +22,7 @@ use rand::{Rng, SeedableRng};
 
 pub use config::{AttentionKind, RoFormerConfig};
 pub use encoder::{Array, Encoder, EncoderOptions, Request, Results, Sequence, Want};
+pub use generation::{Generation, NextLogits};
 pub use session::{Batch, Mode, Session, StepMetrics};
 
 use crate::context::Context;

@@ -1,0 +1,284 @@
+//! Generation with a causal RoFormer over a key/value cache: the prompts run once (a prefill
+//! pass that fills each layer's cache), then each step runs one new token per sequence,
+//! attending to the cached keys and values, RoPE at each token's true position. A step's
+//! cost does not grow with the tokens before it beyond one dot product and one weighted add
+//! per cached key; its dispatches are the same at every position.
+//!
+//! A [`Generation`] holds its caches (`[sequences, capacity, heads, head dim]` per layer,
+//! keys and values, in the encoder's precision) and two plans: the prefill, sized to the
+//! longest prompt, and the one-token step. Sequences may have prompts of different lengths
+//! and finish at different times; each sits at its own position. Only the logits of each
+//! sequence's newest token come back. Choosing the next token (greedy, sampling, penalties,
+//! stopping) is the caller's: see `pipelines::generate`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::graph::{self, CachedInputs};
+use super::{AttentionKind, Encoder, Head};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Plan, TensorId};
+use crate::ops::attention::cached::{KvCache, MAX_HEAD_DIM};
+use crate::readback::Pending;
+use crate::tensor::Tensor;
+
+/// The logits of each sequence's newest token, `[vocab]` each, in the order of the prompts.
+pub type NextLogits = Vec<Vec<f32>>;
+
+/// A generation in progress (see the module documentation). Made by [`Encoder::generate`].
+pub struct Generation<'a> {
+    encoder: &'a Encoder,
+    caches: Vec<KvCache>,
+    capacity: usize,
+    /// Each sequence's length so far (prompt and generated tokens in its cache).
+    lengths: Vec<usize>,
+    step: Planned,
+    /// Bytes of caches and activations, counted in the encoder's memory report while this
+    /// generation lives.
+    bytes: u64,
+    live: Arc<AtomicU64>,
+}
+
+/// One planned pass: its inputs, its plan, its logits.
+struct Planned {
+    inputs: CachedInputs,
+    plan: Plan,
+    logits: TensorId,
+}
+
+impl Planned {
+    fn new(
+        ctx: &Context,
+        encoder: &Encoder,
+        caches: &[KvCache],
+        batch: usize,
+        new_tokens: usize,
+        pool: &mut Vec<Tensor>,
+    ) -> Result<Planned> {
+        let (c, store, table) = encoder.parts();
+        let inputs = CachedInputs::new(ctx, c, batch, new_tokens)?;
+        let mut g = Graph::with_activations(store.dtype());
+        let logits = graph::build_cached(c, store, table, &mut g, &inputs, caches)?;
+        g.keep(logits);
+        let (plan, _) = g.plan_in(ctx, store, false, pool)?;
+        Ok(Planned {
+            inputs,
+            plan,
+            logits,
+        })
+    }
+
+    /// Writes the inputs, submits the pass and reads back the wanted rows' logits.
+    fn run(
+        &self,
+        ctx: &Context,
+        ids: &[u32],
+        starts: &[u32],
+        last: &[u32],
+        rows: usize,
+    ) -> Result<Pending<NextLogits>> {
+        self.inputs.ids.write(ctx, ids)?;
+        self.inputs.starts.write(ctx, starts)?;
+        self.inputs.last.write(ctx, last)?;
+        let logits = self.plan.tensor(self.logits)?.clone();
+        let vocab = logits.shape()[1];
+        let dtype = logits.dtype();
+        let size = logits.binding_size();
+        Pending::submit(
+            ctx,
+            "generation",
+            size,
+            |encoder, readback| {
+                {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("generation"),
+                        timestamp_writes: None,
+                    });
+                    self.plan.encode(&mut pass);
+                }
+                encoder.copy_buffer_to_buffer(logits.buffer(), logits.offset(), readback, 0, size);
+            },
+            move |bytes| {
+                let values = super::encoder::to_f32(bytes, &[(0, rows * vocab, dtype)]);
+                Ok(values.chunks(vocab).map(<[f32]>::to_vec).collect())
+            },
+        )
+    }
+}
+
+impl Encoder {
+    /// Starts generating from `prompts` (token ids, each at least one) with room for
+    /// `capacity` tokens per sequence, prompt included (at most `max_position_embeddings`):
+    /// plans the passes, runs the prompts, and returns the generation and the logits of each
+    /// prompt's last token. Needs a causal language model (`RoFormerForCausalLM`) with
+    /// softmax attention (materialised or fused: the cache is the same).
+    pub fn generate(
+        &self,
+        ctx: &Context,
+        prompts: &[Vec<u32>],
+        capacity: usize,
+    ) -> Result<(Generation<'_>, Pending<NextLogits>)> {
+        let (c, store, _) = self.parts();
+        if self.head() != Head::CausalLm {
+            return Err(Error::invalid(format!(
+                "generation needs a causal language model (RoFormerForCausalLM), not {}",
+                self.head().architecture()
+            )));
+        }
+        if c.attention == AttentionKind::Linear {
+            return Err(Error::invalid(
+                "generation with a key/value cache needs softmax attention (attention_kind \
+                 softmax or fused_softmax); a linear-attention model generates by recomputing \
+                 each step (pipelines::generate does so)",
+            ));
+        }
+        let head_dim = c.hidden_size / c.num_attention_heads;
+        if head_dim > MAX_HEAD_DIM {
+            return Err(Error::invalid(format!(
+                "generation with a key/value cache takes heads up to {MAX_HEAD_DIM} wide, \
+                 this model's are {head_dim}"
+            )));
+        }
+        if prompts.is_empty() {
+            return Err(Error::invalid("generation needs at least one prompt"));
+        }
+        let max = c.max_position_embeddings;
+        if capacity == 0 || capacity > max {
+            return Err(Error::invalid(format!(
+                "a generation's capacity is 1 to max_position_embeddings ({max}) tokens per \
+                 sequence, not {capacity}"
+            )));
+        }
+        let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        if let Some(i) = lengths.iter().position(|&n| n == 0) {
+            return Err(Error::invalid(format!("prompt {i} is empty")));
+        }
+        if let Some(i) = lengths.iter().position(|&n| n > capacity) {
+            return Err(Error::invalid(format!(
+                "prompt {i} has {} tokens, more than the generation's capacity of {capacity}",
+                lengths[i]
+            )));
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            if let Some(&id) = p.iter().find(|&&id| id as usize >= c.vocab_size) {
+                return Err(Error::TokenOutOfRange {
+                    id,
+                    position: i,
+                    vocab: c.vocab_size,
+                });
+            }
+        }
+        let rows = prompts.len();
+        let dtype = store.dtype();
+        let heads = c.num_attention_heads;
+        let caches = (0..c.num_hidden_layers)
+            .map(|_| KvCache::new(ctx, rows, capacity, heads, head_dim, dtype))
+            .collect::<Result<Vec<_>>>()?;
+        // The prefill first: planned after it, the step may take over its buffers.
+        let block = *lengths.iter().max().unwrap_or(&1);
+        let mut pool = Vec::new();
+        let prefill = Planned::new(ctx, self, &caches, rows, block, &mut pool)?;
+        let pad = c.pad_token_id.unwrap_or(0);
+        let mut ids = vec![pad; rows * block];
+        for (r, p) in prompts.iter().enumerate() {
+            ids[r * block..r * block + p.len()].copy_from_slice(p);
+        }
+        let last: Vec<u32> = lengths.iter().map(|&n| (n - 1) as u32).collect();
+        let first = prefill.run(ctx, &ids, &vec![0; rows], &last, rows)?;
+        let step = Planned::new(ctx, self, &caches, rows, 1, &mut pool)?;
+        let bytes = caches.iter().map(KvCache::byte_size).sum::<u64>()
+            + pool.iter().map(Tensor::byte_size).sum::<u64>();
+        let live = self.generation_bytes();
+        live.fetch_add(bytes, Ordering::SeqCst);
+        let generation = Generation {
+            encoder: self,
+            caches,
+            capacity,
+            lengths,
+            step,
+            bytes,
+            live,
+        };
+        Ok((generation, first))
+    }
+}
+
+impl Generation<'_> {
+    /// Appends one token to each sequence (`None` for a sequence that has finished: it
+    /// stays where it is, and its logits are not meaningful) and runs the step: the logits
+    /// of each sequence's new token. A sequence whose cache is full takes no more tokens.
+    pub fn append(&mut self, ctx: &Context, tokens: &[Option<u32>]) -> Result<Pending<NextLogits>> {
+        let rows = self.lengths.len();
+        if tokens.len() != rows {
+            return Err(Error::invalid(format!(
+                "a generation step takes one token per sequence: {rows}, not {}",
+                tokens.len()
+            )));
+        }
+        let vocab = self.encoder.config().vocab_size;
+        let pad = self.encoder.config().pad_token_id.unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows);
+        let mut starts = Vec::with_capacity(rows);
+        for (r, token) in tokens.iter().enumerate() {
+            match *token {
+                Some(id) if id as usize >= vocab => {
+                    return Err(Error::TokenOutOfRange {
+                        id,
+                        position: r,
+                        vocab,
+                    })
+                }
+                Some(_) if self.lengths[r] >= self.capacity => {
+                    return Err(Error::invalid(format!(
+                        "sequence {r} fills the generation's capacity of {} tokens",
+                        self.capacity
+                    )))
+                }
+                Some(id) => {
+                    ids.push(id);
+                    starts.push(self.lengths[r] as u32);
+                }
+                // A finished sequence still runs (the batch is one pass), writing past its
+                // content or over its last position, which nothing reads again.
+                None => {
+                    ids.push(pad);
+                    starts.push(self.lengths[r].min(self.capacity - 1) as u32);
+                }
+            }
+        }
+        let pending = self.step.run(ctx, &ids, &starts, &vec![0; rows], rows)?;
+        for (r, token) in tokens.iter().enumerate() {
+            if token.is_some() {
+                self.lengths[r] += 1;
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Each sequence's length so far: its prompt and the tokens appended.
+    pub fn lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+
+    /// Tokens each sequence may hold, prompt included.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes of the key/value caches (`2 × layers × sequences × capacity × hidden` values).
+    pub fn cache_bytes(&self) -> u64 {
+        self.caches.iter().map(KvCache::byte_size).sum()
+    }
+
+    /// The dispatches of one step (the same at every position).
+    pub fn step_dispatches(&self) -> usize {
+        self.step.plan.dispatches().len()
+    }
+}
+
+impl Drop for Generation<'_> {
+    fn drop(&mut self) {
+        self.live.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}

@@ -671,3 +671,55 @@ fn a_bad_adapter_variable_names_the_accepted_values() {
     let power = run("WGPU_POWER_PREF", "fastest");
     assert!(power.contains("low, high or none"), "{power}");
 }
+
+/// `generate` takes the folder's generation_config.json (here eos_token_id 45, which ends a
+/// sequence) and transformers' settings from the command line; its text is transformers'
+/// ids up to the end token, decoded (tools/make_generation_fixtures.py).
+#[test]
+fn generate_follows_generation_config_and_the_penalty_options() {
+    let dir = dir("generate_long");
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(PathBuf::from(&dir).join("expected.json")).unwrap(),
+    )
+    .unwrap();
+    let eos = expected["eos_token_id"].as_u64().unwrap();
+    let case = expected["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "repetition_penalty")
+        .unwrap();
+    let prompt = expected["prompts"][0].as_str().unwrap();
+    let ids: Vec<u64> = case["new_ids"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    let until_eos = &ids[..=ids.iter().position(|&t| t == eos).unwrap()];
+    let tokenizer = roformer_wgpu::text::Tokenizer::from_dir(&dir).unwrap();
+    let until_eos: Vec<u32> = until_eos.iter().map(|&t| t as u32).collect();
+    let want = format!("{prompt}{}", tokenizer.decode(&until_eos, true).unwrap());
+    let got = json_lines(
+        &[
+            "generate",
+            "--json",
+            "--model",
+            &dir,
+            "--max-new-tokens",
+            "40",
+            "--repetition-penalty",
+            "1.5",
+            prompt,
+        ],
+        None,
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["generated_text"], want.as_str());
+    let (status, e) = fails(
+        &["generate", "--model", &dir, "--repetition-penalty", "0", "a"],
+        None,
+    );
+    assert_eq!(status, 2);
+    assert!(e.contains("not a number above 0"), "{e}");
+}

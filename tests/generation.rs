@@ -230,3 +230,122 @@ fn generation_refuses_what_it_cannot_do() {
     let (mut g, _) = e.generate(ctx, &[vec![1], vec![2]], 8).unwrap();
     assert!(err(g.append(ctx, &[Some(1)]).map(drop)).contains("one token per sequence"));
 }
+
+/// The text-generation pipeline with transformers' settings, over the cache, all prompts in
+/// one batch: the new ids of every case of the fixture (greedy, repetition_penalty,
+/// no_repeat_ngram_size, both, an eos token that stops sequences early, max_length).
+#[cfg(feature = "text")]
+#[test]
+fn the_pipeline_follows_transformers_generation_settings() {
+    use roformer_wgpu::pipelines::generate::{self, GenerateOptions};
+    use roformer_wgpu::pipelines::{TextModel, TextOptions};
+    let ctx = &ctx();
+    let (dir, expected) = fixture();
+    let model = TextModel::load(ctx, &dir, TextOptions::default()).unwrap();
+    let prompts: Vec<&str> = expected["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let prompt_ids = ids(&expected["prompt_ids"]);
+    for case in expected["cases"].as_array().unwrap() {
+        if case.get("prompt").is_some() {
+            continue; // one prompt to the end: a_generation_runs_to_the_models_last_position
+        }
+        let s = &case["settings"];
+        let number = |k: &str| s.get(k).and_then(Value::as_f64);
+        let options = GenerateOptions {
+            // transformers' max_length alone: as many new tokens as it allows.
+            max_new_tokens: number("max_new_tokens").or(number("max_length")).unwrap() as usize,
+            max_length: number("max_length").map(|n| n as usize),
+            repetition_penalty: number("repetition_penalty").map_or(1.0, |p| p as f32),
+            no_repeat_ngram_size: number("no_repeat_ngram_size").map_or(0, |n| n as usize),
+            eos_token_ids: Some(
+                number("eos_token_id")
+                    .map(|e| e as u32)
+                    .into_iter()
+                    .collect(),
+            ),
+            ..GenerateOptions::default()
+        };
+        let mut stream = generate::stream(ctx, &model, &prompts, options).unwrap();
+        let mut steps = 0;
+        while ctx.block_on(stream.next()).unwrap().is_some() {
+            steps += 1;
+        }
+        let want = ids(&case["new_ids"]);
+        assert_eq!(
+            steps,
+            want.iter().map(Vec::len).max().unwrap(),
+            "{}",
+            case["name"]
+        );
+        for (i, want) in want.iter().enumerate() {
+            assert_eq!(
+                stream.new_tokens(i),
+                &want[..],
+                "{} prompt {i}",
+                case["name"]
+            );
+            let text = stream.generated(i).unwrap().generated_text;
+            assert!(text.starts_with(prompts[i]));
+            assert_eq!(prompt_ids[i].len() + want.len(), {
+                let n = model.count_tokens(prompts[i], None).unwrap();
+                n + stream.new_tokens(i).len()
+            });
+        }
+    }
+    // The folder's generation_config.json: eos_token_id and max_length.
+    let from_folder = GenerateOptions::for_model(&model);
+    assert_eq!(
+        from_folder.eos_token_ids,
+        Some(vec![expected["eos_token_id"].as_u64().unwrap() as u32])
+    );
+    assert_eq!(from_folder.max_length, Some(48));
+}
+
+/// A linear-attention model has no key/value cache: the pipeline recomputes each step, and
+/// its tokens are the greedy ones of the encoder run on the whole sequence each time.
+#[cfg(feature = "text")]
+#[test]
+fn a_linear_attention_model_generates_by_recomputing() {
+    use roformer_wgpu::pipelines::generate::{self, GenerateOptions};
+    use roformer_wgpu::pipelines::{TextModel, TextOptions};
+    let ctx = &ctx();
+    let (dir, _) = fixture();
+    // The same weights as linear attention, in a folder of its own.
+    let linear = std::env::temp_dir().join(format!("roformer-linear-gen-{}", std::process::id()));
+    std::fs::create_dir_all(&linear).unwrap();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, linear.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config["attention_kind"] = "linear".into();
+    config["rotary_value"] = false.into();
+    std::fs::write(linear.join("config.json"), config.to_string()).unwrap();
+    let model = TextModel::load(ctx, &linear, TextOptions::default()).unwrap();
+    let err = model
+        .encoder()
+        .generate(ctx, &[vec![2, 3]], 8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("softmax attention"), "{err}");
+    let options = GenerateOptions {
+        max_new_tokens: 6,
+        eos_token_ids: Some(Vec::new()),
+        ..GenerateOptions::default()
+    };
+    let got = generate::run_blocking(ctx, &model, &["the quick brown", "a"], options).unwrap();
+    for (i, prompt) in ["the quick brown", "a"].iter().enumerate() {
+        let ids = model.tokenizer().encode(prompt).unwrap().input_ids;
+        let logits = greedy_recomputed(ctx, model.encoder(), &ids, 6);
+        let tokens: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
+        let text = model.tokenizer().decode(&tokens, true).unwrap();
+        assert_eq!(got[i].generated_text, format!("{prompt}{text}"));
+    }
+    std::fs::remove_dir_all(&linear).unwrap();
+}

@@ -288,6 +288,7 @@ fn greedy_generation_matches_transformers() {
     let options = GenerateOptions {
         max_new_tokens: want["max_new_tokens"].as_u64().unwrap() as usize,
         decoding: Decoding::Greedy,
+        ..GenerateOptions::default()
     };
     let got = generate::run_blocking(ctx, &model, &prompts, options).unwrap();
     assert_eq!(got.len(), prompts.len());
@@ -311,6 +312,7 @@ fn sampling_is_seeded_and_keeps_to_top_k() {
             top_p: 1.0,
             seed,
         },
+        ..GenerateOptions::default()
     };
     // top_k 1 is greedy, whatever the seed
     let greedy = generate::run_blocking(
@@ -320,6 +322,7 @@ fn sampling_is_seeded_and_keeps_to_top_k() {
         GenerateOptions {
             max_new_tokens: 6,
             decoding: Decoding::Greedy,
+            ..GenerateOptions::default()
         },
     )
     .unwrap();
@@ -335,6 +338,7 @@ fn sampling_is_seeded_and_keeps_to_top_k() {
             top_p: 0.95,
             seed,
         },
+        ..GenerateOptions::default()
     };
     let a = generate::run_blocking(ctx, &model, &["the quick brown"], wide(1)).unwrap();
     let b = generate::run_blocking(ctx, &model, &["the quick brown"], wide(1)).unwrap();
@@ -432,12 +436,13 @@ fn generation_truncates_prompts_from_the_left() {
     let options = GenerateOptions {
         max_new_tokens: 8,
         decoding: Decoding::Greedy,
+        ..GenerateOptions::default()
     };
     assert_eq!(generate::prompt_room(&cut, 8).unwrap(), 56);
     let tail = "hello ".repeat(70) + "the quick brown";
     let prompts = [format!("fox fox fox {tail}"), format!("dog {tail}")];
     let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let got = generate::run_blocking(ctx, &cut, &prompts, options).unwrap();
+    let got = generate::run_blocking(ctx, &cut, &prompts, options.clone()).unwrap();
     assert_eq!(got.len(), 2);
     let continuation = |i: usize| &got[i].generated_text[prompts[i].len()..];
     assert!(got[0].generated_text.starts_with(prompts[0]));
@@ -450,7 +455,7 @@ fn generation_truncates_prompts_from_the_left() {
         &["hi"],
         GenerateOptions {
             max_new_tokens: 64,
-            ..options
+            ..options.clone()
         },
     ));
     assert!(e.contains("max_new_tokens 64 leaves no room") && e.contains("64 tokens at most"));

@@ -1,10 +1,17 @@
 //! `text-generation` with a causal RoFormer (`RoFormerForCausalLM`): greedy decoding, or
-//! sampling with temperature, top-k and top-p from a seeded generator. The result is the
-//! prompt followed by the new tokens decoded, as transformers' pipeline returns it
-//! (`generated_text`); the prompt is tokenized with its special tokens, as there.
+//! sampling with temperature, top-k and top-p from a seeded generator, with transformers'
+//! `repetition_penalty` and `no_repeat_ngram_size`, each sequence stopping at its
+//! end-of-sequence token or its length limit. The result is the prompt followed by the new
+//! tokens decoded, as transformers' pipeline returns it (`generated_text`); the prompt is
+//! tokenized with its special tokens, as there. Defaults come from the model folder's
+//! `generation_config.json` ([`GenerationConfig`]).
 //!
-//! Each step runs the whole sequence again (no key/value cache): simple, and cheap at the
-//! lengths a RoFormer takes. Every prompt of a call steps together in one request.
+//! Softmax-attention models generate over a key/value cache ([`Encoder::generate`]): the
+//! prompts run once, then each step runs one token per sequence. A linear-attention model
+//! runs its whole sequence again at each step. Either way every prompt of a call steps
+//! together, and [`stream`] hands out each step's tokens as they come.
+//!
+//! [`Encoder::generate`]: crate::model::Encoder::generate
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -13,7 +20,8 @@ use serde::Serialize;
 use super::{argmax, at_input, gather, locate, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::model::{Head, Want};
+use crate::model::{AttentionKind, Generation, Head, NextLogits, Want};
+use crate::readback::Pending;
 use crate::text::{EncodeOptions, Encoding};
 
 /// How the next token is chosen.
@@ -35,13 +43,175 @@ pub enum Decoding {
     },
 }
 
-/// Options of [`run`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// What a model folder's `generation_config.json` says about generating (the fields this
+/// library honours; absent ones are `None`). transformers also reads `eos_token_id` from
+/// `config.json` when the generation config has none, and so does [`TextModel::load`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenerationConfig {
+    /// Tokens that end a sequence (a number or a list in the file).
+    pub eos_token_id: Vec<u32>,
+    /// Most tokens of a sequence, the prompt's included.
+    pub max_length: Option<usize>,
+    /// Most new tokens (wins over `max_length`, as in transformers).
+    pub max_new_tokens: Option<usize>,
+    /// Sample rather than take the most likely token.
+    pub do_sample: Option<bool>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Sampling from the K most likely tokens.
+    pub top_k: Option<usize>,
+    /// Sampling from the nucleus of probability P.
+    pub top_p: Option<f32>,
+    /// transformers' repetition penalty (1: none).
+    pub repetition_penalty: Option<f32>,
+    /// No n-gram of this size twice (0: no rule).
+    pub no_repeat_ngram_size: Option<usize>,
+}
+
+impl GenerationConfig {
+    /// Reads the fields of a `generation_config.json` (or of a `config.json`, for its
+    /// `eos_token_id`); a field of the wrong type is an error naming it.
+    pub fn from_json(value: &serde_json::Value, path: &str) -> Result<GenerationConfig> {
+        let field_error = |name: &str, expected: &str| Error::Format {
+            path: path.to_string(),
+            message: format!("{name}: expected {expected}"),
+        };
+        let get = |name: &str| value.get(name).filter(|v| !v.is_null());
+        let count = |name: &str| -> Result<Option<usize>> {
+            get(name)
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| field_error(name, "a whole number"))
+                })
+                .transpose()
+        };
+        let real = |name: &str| -> Result<Option<f32>> {
+            get(name)
+                .map(|v| {
+                    v.as_f64()
+                        .map(|x| x as f32)
+                        .filter(|x| x.is_finite())
+                        .ok_or_else(|| field_error(name, "a number"))
+                })
+                .transpose()
+        };
+        let token = |v: &serde_json::Value| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| field_error("eos_token_id", "a token id or a list of them"))
+        };
+        let eos_token_id = match get("eos_token_id") {
+            None => Vec::new(),
+            Some(serde_json::Value::Array(ids)) => ids.iter().map(token).collect::<Result<_>>()?,
+            Some(one) => vec![token(one)?],
+        };
+        Ok(GenerationConfig {
+            eos_token_id,
+            max_length: count("max_length")?,
+            max_new_tokens: count("max_new_tokens")?,
+            do_sample: get("do_sample")
+                .map(|v| {
+                    v.as_bool()
+                        .ok_or_else(|| field_error("do_sample", "true or false"))
+                })
+                .transpose()?,
+            temperature: real("temperature")?,
+            top_k: count("top_k")?,
+            top_p: real("top_p")?,
+            repetition_penalty: real("repetition_penalty")?,
+            no_repeat_ngram_size: count("no_repeat_ngram_size")?,
+        })
+    }
+}
+
+/// Options of [`run`] and [`stream`].
+#[derive(Clone, Debug, PartialEq)]
 pub struct GenerateOptions {
-    /// New tokens at most (fewer if the end-of-sequence token comes).
+    /// New tokens at most, per prompt (fewer if the end-of-sequence token comes).
     pub max_new_tokens: usize,
+    /// Most tokens of a sequence, the prompt's included, if less than the prompt and
+    /// `max_new_tokens` (transformers' `max_length`); a prompt that already has this many is
+    /// an error.
+    pub max_length: Option<usize>,
     /// How to pick them.
     pub decoding: Decoding,
+    /// transformers' `repetition_penalty`: every token already in the sequence (the prompt
+    /// included) has its logit divided by it when positive, multiplied when negative. 1
+    /// leaves the logits alone.
+    pub repetition_penalty: f32,
+    /// transformers' `no_repeat_ngram_size`: a token that would repeat an n-gram of the
+    /// sequence is never chosen (0: no rule).
+    pub no_repeat_ngram_size: usize,
+    /// Tokens that end a sequence (kept in its text, as transformers does); `None`: the
+    /// model's (`generation_config.json`'s `eos_token_id`, else `config.json`'s).
+    pub eos_token_ids: Option<Vec<u32>>,
+}
+
+impl Default for GenerateOptions {
+    /// 20 new tokens, greedy, no penalties, the model's end-of-sequence tokens.
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 20,
+            max_length: None,
+            decoding: Decoding::Greedy,
+            repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+            eos_token_ids: None,
+        }
+    }
+}
+
+impl GenerateOptions {
+    /// The options the model folder's `generation_config.json` sets (transformers'
+    /// defaults for the rest): what `pipeline("text-generation")` would do with the folder.
+    pub fn for_model(model: &TextModel) -> GenerateOptions {
+        let g = model.generation_config();
+        let decoding = if g.do_sample == Some(true) {
+            Decoding::Sample {
+                temperature: g.temperature.unwrap_or(1.0),
+                top_k: g.top_k.unwrap_or(50),
+                top_p: g.top_p.unwrap_or(1.0),
+                seed: 0,
+            }
+        } else {
+            Decoding::Greedy
+        };
+        let (max_new_tokens, max_length) = match (g.max_new_tokens, g.max_length) {
+            (Some(new), _) => (new, None),
+            (None, Some(total)) => (total, Some(total)),
+            (None, None) => (20, Some(20)),
+        };
+        GenerateOptions {
+            max_new_tokens,
+            max_length,
+            decoding,
+            repetition_penalty: g.repetition_penalty.unwrap_or(1.0),
+            no_repeat_ngram_size: g.no_repeat_ngram_size.unwrap_or(0),
+            eos_token_ids: Some(g.eos_token_id.clone()),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if let Decoding::Sample {
+            temperature, top_p, ..
+        } = self.decoding
+        {
+            if !(temperature > 0.0 && temperature.is_finite() && top_p > 0.0 && top_p <= 1.0) {
+                return Err(Error::invalid(format!(
+                    "sampling needs temperature > 0 and 0 < top_p <= 1 (got {temperature}, \
+                     {top_p})"
+                )));
+            }
+        }
+        let p = self.repetition_penalty;
+        if !(p > 0.0 && p.is_finite()) {
+            return Err(Error::invalid(format!(
+                "repetition_penalty must be a positive number, not {p}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A generated text.
@@ -59,86 +229,268 @@ pub async fn run(
     prompts: &[&str],
     options: GenerateOptions,
 ) -> Result<Vec<Generated>> {
+    let mut s = stream(ctx, model, prompts, options)?;
+    while s.next().await?.is_some() {}
+    (0..prompts.len()).map(|i| s.generated(i)).collect()
+}
+
+/// Starts generating from each prompt: the returned [`TokenStream`] hands out each step's
+/// tokens as they come (and the texts so far). Checks and tokenizes every prompt first, as
+/// [`run`] does.
+pub fn stream<'a>(
+    ctx: &'a Context,
+    model: &'a TextModel,
+    prompts: &[&str],
+    options: GenerateOptions,
+) -> Result<TokenStream<'a>> {
     model.need("text generation", &[Head::CausalLm])?;
-    if let Decoding::Sample {
-        temperature, top_p, ..
-    } = options.decoding
-    {
-        if !(temperature > 0.0 && temperature.is_finite() && top_p > 0.0 && top_p <= 1.0) {
-            return Err(Error::invalid(format!(
-                "sampling needs temperature > 0 and 0 < top_p <= 1 (got {temperature}, {top_p})"
-            )));
-        }
-    }
+    options.check()?;
     if prompts.is_empty() {
         return Err(Error::invalid("no input texts"));
     }
-    let room = prompt_room(model, options.max_new_tokens)?;
-    let mut sequences = prompts
+    // Room for a prompt: below max_length where it is set (it bounds the whole sequence),
+    // else before max_new_tokens more within the model's positions.
+    let room = match options.max_length {
+        Some(total) => total.min(max_length(model)).saturating_sub(1).max(1),
+        None => prompt_room(model, options.max_new_tokens)?,
+    };
+    let encodings = prompts
         .iter()
         .enumerate()
         .map(|(i, p)| {
             prompt_tokens(model, p, room, options.max_new_tokens).map_err(|e| at_input(i, p, e))
         })
         .collect::<Result<Vec<Encoding>>>()?;
-    let prompt_lens: Vec<usize> = sequences.iter().map(|e| e.len()).collect();
-    let vocab = model.config().vocab_size;
-    let mut rng = match options.decoding {
+    let prompt_lens: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+    // Each sequence's length limit: the model's, the new tokens', and max_length.
+    let mut limits = Vec::with_capacity(prompts.len());
+    for (i, &n) in prompt_lens.iter().enumerate() {
+        let mut limit = (n + options.max_new_tokens).min(max_length(model));
+        if let Some(total) = options.max_length {
+            if n >= total {
+                return Err(at_input(
+                    i,
+                    prompts[i],
+                    Error::invalid(format!(
+                        "{n} tokens, and max_length is {total}: no room for a new one"
+                    )),
+                ));
+            }
+            limit = limit.min(total);
+        }
+        limits.push(limit);
+    }
+    let sequences: Vec<Vec<u32>> = encodings.into_iter().map(|e| e.input_ids).collect();
+    let capacity = *limits.iter().max().unwrap_or(&1);
+    let (stepper, first) = if model.config().attention == AttentionKind::Linear {
+        (Stepper::Recompute, None)
+    } else {
+        let (g, first) = model.encoder().generate(ctx, &sequences, capacity)?;
+        (Stepper::Cached(Box::new(g)), Some(first))
+    };
+    let rng = match options.decoding {
         Decoding::Sample { seed, .. } => Some(StdRng::seed_from_u64(seed)),
         Decoding::Greedy => None,
     };
-    let mut done = vec![false; prompts.len()];
-    for _ in 0..options.max_new_tokens {
-        let live: Vec<usize> = (0..prompts.len()).filter(|&i| !done[i]).collect();
-        if live.is_empty() {
-            break;
+    let eos = options
+        .eos_token_ids
+        .clone()
+        .unwrap_or_else(|| model.generation_config().eos_token_id.clone());
+    Ok(TokenStream {
+        eos,
+        ctx,
+        model,
+        prompts: prompts.iter().map(|p| p.to_string()).collect(),
+        done: limits
+            .iter()
+            .zip(&prompt_lens)
+            .map(|(limit, n)| limit <= n)
+            .collect(),
+        sequences,
+        prompt_lens,
+        limits,
+        options,
+        rng,
+        stepper,
+        pending: first,
+    })
+}
+
+/// How a stream gets each step's logits.
+enum Stepper<'a> {
+    /// Over a key/value cache.
+    Cached(Box<Generation<'a>>),
+    /// The whole sequence again (linear attention).
+    Recompute,
+}
+
+/// A generation in progress, a step at a time (see [`stream`]).
+pub struct TokenStream<'a> {
+    ctx: &'a Context,
+    model: &'a TextModel,
+    prompts: Vec<String>,
+    /// Each prompt's tokens and the new ones so far.
+    sequences: Vec<Vec<u32>>,
+    prompt_lens: Vec<usize>,
+    /// Each sequence's most tokens.
+    limits: Vec<usize>,
+    done: Vec<bool>,
+    /// The tokens that end a sequence.
+    eos: Vec<u32>,
+    options: GenerateOptions,
+    rng: Option<StdRng>,
+    stepper: Stepper<'a>,
+    /// The cached step submitted and not yet read (the prompts' pass, at first).
+    pending: Option<Pending<NextLogits>>,
+}
+
+impl TokenStream<'_> {
+    /// The next token of every sequence still generating (`None` for one that has
+    /// finished), or `None` once every sequence has finished.
+    pub async fn next(&mut self) -> Result<Option<Vec<Option<u32>>>> {
+        if self.done.iter().all(|&d| d) {
+            return Ok(None);
         }
-        let batch: Vec<_> = live.iter().map(|&i| sequences[i].clone()).collect();
-        let results = gather(model.submit(ctx, &batch, Want::logits())?).await?;
+        let logits = self.logits().await?;
+        let mut chosen = vec![None; self.sequences.len()];
+        for (i, row) in logits.into_iter().enumerate() {
+            if self.done[i] {
+                continue;
+            }
+            let next = self.choose(i, row);
+            let s = &mut self.sequences[i];
+            s.push(next);
+            chosen[i] = Some(next);
+            if self.eos.contains(&next) || s.len() >= self.limits[i] {
+                self.done[i] = true;
+            }
+        }
+        // The next step goes to the GPU before the caller looks at these tokens.
+        if let Stepper::Cached(g) = &mut self.stepper {
+            if !self.done.iter().all(|&d| d) {
+                let tokens: Vec<Option<u32>> = (0..chosen.len())
+                    .map(|i| chosen[i].filter(|_| !self.done[i]))
+                    .collect();
+                self.pending = Some(g.append(self.ctx, &tokens)?);
+            }
+        }
+        Ok(Some(chosen))
+    }
+
+    /// The logits of each sequence's newest token (empty rows for finished ones when
+    /// recomputing).
+    async fn logits(&mut self) -> Result<NextLogits> {
+        if let Some(pending) = self.pending.take() {
+            return pending.await;
+        }
+        let vocab = self.model.config().vocab_size;
+        let live: Vec<usize> = (0..self.sequences.len())
+            .filter(|&i| !self.done[i])
+            .collect();
+        let batch: Vec<Encoding> = live
+            .iter()
+            .map(|&i| {
+                let ids = &self.sequences[i];
+                // Token types 0 and no padding: what the pipeline generates with.
+                Encoding {
+                    input_ids: ids.clone(),
+                    token_type_ids: vec![0; ids.len()],
+                    attention_mask: vec![1; ids.len()],
+                    ..Encoding::default()
+                }
+            })
+            .collect();
+        let results = gather(self.model.submit(self.ctx, &batch, Want::logits())?).await?;
+        let mut rows = vec![Vec::new(); self.sequences.len()];
         for (k, &i) in live.iter().enumerate() {
             let (r, j) = locate(&results, k);
             let logits = &r.logits(j)?.data;
-            let last = sequences[i].len() - 1;
-            let row = &logits[last * vocab..(last + 1) * vocab];
-            let next = match (options.decoding, rng.as_mut()) {
-                (
-                    Decoding::Sample {
-                        temperature,
-                        top_k,
-                        top_p,
-                        ..
-                    },
-                    Some(rng),
-                ) => sample(row, temperature, top_k, top_p, rng),
-                _ => argmax(row),
-            } as u32;
-            let s = &mut sequences[i];
-            s.input_ids.push(next);
-            s.token_type_ids.push(0);
-            s.attention_mask.push(1);
-            if Some(next) == model.eos_token_id {
-                done[i] = true;
+            let last = self.sequences[i].len() - 1;
+            rows[i] = logits[last * vocab..(last + 1) * vocab].to_vec();
+        }
+        Ok(rows)
+    }
+
+    /// Sequence i's next token from its newest logits, as transformers' processors and
+    /// warpers choose it: penalties first, then greedy or the sampler.
+    fn choose(&mut self, i: usize, mut row: Vec<f32>) -> u32 {
+        let seq = &self.sequences[i];
+        penalize_repetition(&mut row, seq, self.options.repetition_penalty);
+        ban_repeated_ngrams(&mut row, seq, self.options.no_repeat_ngram_size);
+        (match (self.options.decoding, self.rng.as_mut()) {
+            (
+                Decoding::Sample {
+                    temperature,
+                    top_k,
+                    top_p,
+                    ..
+                },
+                Some(rng),
+            ) => sample(&row, temperature, top_k, top_p, rng),
+            _ => argmax(&row),
+        }) as u32
+    }
+
+    /// Sequence i's new tokens so far.
+    pub fn new_tokens(&self, i: usize) -> &[u32] {
+        &self.sequences[i][self.prompt_lens[i]..]
+    }
+
+    /// Sequence i's prompt and its continuation so far, decoded.
+    pub fn generated(&self, i: usize) -> Result<Generated> {
+        let text = self.model.tokenizer().decode(self.new_tokens(i), true)?;
+        Ok(Generated {
+            generated_text: format!("{}{text}", self.prompts[i]),
+        })
+    }
+}
+
+/// transformers' `RepetitionPenaltyLogitsProcessor`: each token of the sequence so far has
+/// its logit divided by `penalty` when positive, multiplied when negative.
+fn penalize_repetition(row: &mut [f32], sequence: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut seen = vec![false; row.len()];
+    for &t in sequence {
+        let t = t as usize;
+        if t < row.len() && !seen[t] {
+            seen[t] = true;
+            let x = row[t];
+            row[t] = if x < 0.0 { x * penalty } else { x / penalty };
+        }
+    }
+}
+
+/// transformers' `NoRepeatNGramLogitsProcessor`: a token that would complete an n-gram the
+/// sequence already holds gets no chance (−∞).
+fn ban_repeated_ngrams(row: &mut [f32], sequence: &[u32], n: usize) {
+    if n == 0 || sequence.len() + 1 < n {
+        return;
+    }
+    let prefix = &sequence[sequence.len() + 1 - n..];
+    for start in 0..=sequence.len() - n {
+        if &sequence[start..start + n - 1] == prefix {
+            let banned = sequence[start + n - 1] as usize;
+            if banned < row.len() {
+                row[banned] = f32::NEG_INFINITY;
             }
         }
     }
-    let tok = model.tokenizer();
-    prompts
-        .iter()
-        .zip(&sequences)
-        .zip(&prompt_lens)
-        .map(|((prompt, s), &n)| {
-            Ok(Generated {
-                generated_text: format!("{prompt}{}", tok.decode(&s.input_ids[n..], true)?),
-            })
-        })
-        .collect()
 }
 
-/// The most tokens a prompt may have so that `max_new_tokens` more fit the model's maximum
-/// (an error when that leaves none): longer prompts are cut from the left to it, or refused,
-/// as [`TextOptions::truncate`](super::TextOptions::truncate) says.
+/// The most tokens a sequence may reach, prompt included: the model's positions
+/// (`max_position_embeddings`). The tokenizer's `model_max_length` bounds what it tokenizes
+/// for the other tasks, not how far generation goes, as in transformers.
+pub fn max_length(model: &TextModel) -> usize {
+    model.config().max_position_embeddings
+}
+
+/// The most tokens a prompt may have so that `max_new_tokens` more fit [`max_length`] (an
+/// error when that leaves none): longer prompts are cut from the left to it, or refused, as
+/// [`TextOptions::truncate`](super::TextOptions::truncate) says.
 pub fn prompt_room(model: &TextModel, max_new_tokens: usize) -> Result<usize> {
-    let max = model.max_tokens();
+    let max = max_length(model);
     match max.checked_sub(max_new_tokens) {
         Some(room) if room > 0 => Ok(room),
         _ => Err(Error::invalid(format!(
@@ -163,7 +515,7 @@ fn prompt_tokens(model: &TextModel, prompt: &str, room: usize, new: usize) -> Re
                 "{} tokens: with {new} new ones it would pass the model's maximum of {} \
                  (TextOptions::truncate cuts the prompt from the left to make room)",
                 e.len(),
-                model.max_tokens()
+                max_length(model)
             )));
         }
         e.keep_last(room);

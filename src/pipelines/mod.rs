@@ -70,8 +70,9 @@ pub struct TextModel {
     tokenizer: Tokenizer,
     dir: PathBuf,
     options: TextOptions,
-    /// `eos_token_id` from `generation_config.json` or `config.json`, if any.
-    eos_token_id: Option<u32>,
+    /// `generation_config.json`'s settings (`eos_token_id` from `config.json` where it has
+    /// none).
+    generation: generate::GenerationConfig,
 }
 
 impl std::fmt::Debug for TextModel {
@@ -159,21 +160,13 @@ impl TextModel {
                 ..EncoderOptions::default()
             },
         )?;
-        let eos = |v: &serde_json::Value| v.get("eos_token_id").and_then(|e| e.as_u64());
-        let generation = std::fs::read_to_string(dir.join("generation_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-        let eos_token_id = generation
-            .as_ref()
-            .and_then(eos)
-            .or_else(|| cfg.extra.get("eos_token_id").and_then(|e| e.as_u64()))
-            .map(|e| e as u32);
+        let generation = read_generation_config(dir, &cfg)?;
         Ok(TextModel {
             encoder,
             tokenizer,
             dir: dir.to_path_buf(),
             options,
-            eos_token_id,
+            generation,
         })
     }
 
@@ -185,6 +178,11 @@ impl TextModel {
     /// The model's configuration.
     pub fn config(&self) -> &RoFormerConfig {
         self.encoder.config()
+    }
+
+    /// What its `generation_config.json` says (see [`generate::GenerateOptions::for_model`]).
+    pub fn generation_config(&self) -> &generate::GenerationConfig {
+        &self.generation
     }
 
     /// The options it was loaded with.
@@ -307,6 +305,36 @@ impl TextModel {
             })
             .collect()
     }
+}
+
+/// The folder's `generation_config.json` (none: all defaults), with `config.json`'s
+/// `eos_token_id` where it names none, as transformers reads them. A file that is there but
+/// broken is an error naming it.
+fn read_generation_config(dir: &Path, cfg: &RoFormerConfig) -> Result<generate::GenerationConfig> {
+    let path = dir.join("generation_config.json");
+    let mut g = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Format {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            generate::GenerationConfig::from_json(&value, &path.display().to_string())?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+        Err(e) => {
+            return Err(Error::Io {
+                path: path.display().to_string(),
+                source: e,
+            })
+        }
+    };
+    if g.eos_token_id.is_empty() {
+        let eos = serde_json::json!({ "eos_token_id": cfg.extra.get("eos_token_id") });
+        let path = dir.join("config.json").display().to_string();
+        g.eos_token_id = generate::GenerationConfig::from_json(&eos, &path)?.eos_token_id;
+    }
+    Ok(g)
 }
 
 /// An error about the `i`th input: its number, its start (a long text is not repeated

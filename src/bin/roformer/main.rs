@@ -18,7 +18,7 @@
 //! reader that goes away (`| head -1`) ends the run quietly with status 0.
 
 use std::borrow::Cow;
-use std::io::{self, BufRead, BufWriter, StdoutLock, Write};
+use std::io::{self, BufRead, BufWriter, IsTerminal, StdoutLock, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -106,8 +106,19 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// New tokens at most (below the model's maximum length: the prompt needs room).
-        #[arg(long, default_value_t = 20)]
-        max_new_tokens: usize,
+        /// Default: generation_config.json's max_new_tokens, else its max_length counting
+        /// the prompt, else 20.
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        /// transformers' repetition_penalty: tokens already in the sequence have their
+        /// logits divided by it (multiplied when negative); above 0 (default:
+        /// generation_config.json's, else 1, none).
+        #[arg(long, value_parser = positive_number)]
+        repetition_penalty: Option<f32>,
+        /// transformers' no_repeat_ngram_size: never repeat an n-gram of this size (default:
+        /// generation_config.json's, else 0, no rule).
+        #[arg(long)]
+        no_repeat_ngram_size: Option<usize>,
         /// Sample instead of taking the most likely token.
         #[arg(long)]
         sample: bool,
@@ -288,8 +299,13 @@ fn count(n: u64) -> usize {
 enum Limit {
     /// The model's maximum; a longer text loses its end.
     Model,
-    /// Room for a prompt before `new_tokens` generated ones; a longer prompt loses its start.
-    Generation { room: usize, new_tokens: usize },
+    /// Room for a prompt before `new_tokens` generated ones in a sequence of at most `max`;
+    /// a longer prompt loses its start.
+    Generation {
+        room: usize,
+        new_tokens: usize,
+        max: usize,
+    },
 }
 
 /// Checks every input before any GPU work: its length (a warning when --truncate cuts it, an
@@ -312,7 +328,11 @@ fn check_inputs(
                 format!("more than the model's maximum of {max}"),
                 "its end",
             ),
-            Limit::Generation { room, new_tokens } => (
+            Limit::Generation {
+                room,
+                new_tokens,
+                max,
+            } => (
                 room,
                 format!(
                     "with --max-new-tokens {new_tokens} more it would pass the model's maximum \
@@ -383,6 +403,51 @@ fn in_batches<T>(
     // Cleared on an error too, so that the message is not left under a stale bar.
     bar.finish_and_clear();
     result
+}
+
+/// Generates for each prompt in turn, writing its text as the tokens come: the prompt, then
+/// each piece of the continuation once the decoded text has settled (a piece the next token
+/// may still change, such as a word still being spelled out, waits for it).
+fn stream_to_terminal(
+    ctx: &Context,
+    model: &TextModel,
+    prompts: &Inputs,
+    options: &GenerateOptions,
+) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    for (i, prompt) in prompts.texts.iter().enumerate() {
+        let mut s = generate::stream(ctx, model, &[prompt], options.clone())
+            .map_err(|e| format!("{}: {e}", prompts.name(i)))?;
+        write!(out, "{}", shown(prompt))?;
+        out.flush()?;
+        let mut printed = prompt.len();
+        while ctx.block_on(s.next())?.is_some() {
+            let text = s.generated(0)?.generated_text;
+            // Write what has settled: the text up to its last space, once it extends what
+            // is on the screen (WordPiece's "##" pieces join the word before them).
+            let settled = text.rfind(' ').unwrap_or(0);
+            if settled > printed && text.is_char_boundary(printed) {
+                write!(out, "{}", shown(&text[printed..settled]))?;
+                out.flush()?;
+                printed = settled;
+            }
+        }
+        let text = s.generated(0)?.generated_text;
+        if text.is_char_boundary(printed) {
+            writeln!(out, "{}", shown(&text[printed..]))?;
+        } else {
+            writeln!(out)?;
+        }
+    }
+    Ok(out.flush()?)
+}
+
+/// A number above 0 (for --repetition-penalty).
+fn positive_number(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("{text:?} is not a number above 0")),
+    }
 }
 
 fn json_line(out: &mut Out, v: &impl Serialize) -> Result<(), Failure> {
@@ -600,6 +665,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Generate {
             common,
             max_new_tokens,
+            repetition_penalty,
+            no_repeat_ngram_size,
             sample,
             temperature,
             top_k,
@@ -608,38 +675,51 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let prompts = Inputs::read(common.texts)?;
             let (ctx, model) = open(&common.model)?;
-            let max = model.max_tokens();
-            let room = generate::prompt_room(&model, max_new_tokens).map_err(|_| {
+            // The folder's generation_config.json, then what the command line says.
+            let mut options = GenerateOptions::for_model(&model);
+            if let Some(n) = max_new_tokens {
+                options.max_new_tokens = n;
+                options.max_length = None;
+            }
+            if let Some(p) = repetition_penalty {
+                options.repetition_penalty = p;
+            }
+            if let Some(n) = no_repeat_ngram_size {
+                options.no_repeat_ngram_size = n;
+            }
+            if sample {
+                options.decoding = Decoding::Sample {
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed,
+                };
+            }
+            let max = generate::max_length(&model);
+            let new_tokens = options.max_new_tokens;
+            let room = generate::prompt_room(&model, new_tokens).map_err(|_| {
                 format!(
-                    "--max-new-tokens {max_new_tokens} leaves no room for a prompt: this model \
+                    "--max-new-tokens {new_tokens} leaves no room for a prompt: this model \
                      takes {max} tokens at most, the prompt's and the new ones together \
                      (--max-new-tokens must be below {max})"
                 )
             })?;
             let limit = Limit::Generation {
                 room,
-                new_tokens: max_new_tokens,
+                new_tokens,
+                max,
             };
             check_inputs(&model, &prompts, limit, |_| Ok(()))?;
-            let decoding = if sample {
-                Decoding::Sample {
-                    temperature,
-                    top_k,
-                    top_p,
-                    seed,
-                }
-            } else {
-                Decoding::Greedy
-            };
-            let options = GenerateOptions {
-                max_new_tokens,
-                decoding,
-            };
             let json = common.model.json;
+            // On a terminal, each prompt's text appears as it is generated; otherwise (a
+            // pipe, a file, --json) one line per prompt, prompts batched.
+            if !json && io::stdout().is_terminal() {
+                return stream_to_terminal(&ctx, &model, &prompts, &options);
+            }
             in_batches(
                 &prompts.texts,
                 common.model.max_batch,
-                |part| Ok(generate::run_blocking(&ctx, &model, part, options)?),
+                |part| Ok(generate::run_blocking(&ctx, &model, part, options.clone())?),
                 |out, _, g| {
                     if json {
                         return json_line(out, g);

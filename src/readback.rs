@@ -51,6 +51,11 @@ impl<T> std::fmt::Debug for Pending<T> {
 }
 
 impl<T> Pending<T> {
+    /// Bytes this result brings back from the GPU (its read-back buffer).
+    pub fn bytes(&self) -> u64 {
+        self.buffer.size()
+    }
+
     /// Maps `buffer` (`MAP_READ`, written by submission `index`, whose error `scopes` it
     /// checks first) and will hand its bytes to `finish`.
     fn new(

@@ -717,7 +717,14 @@ fn generate_follows_generation_config_and_the_penalty_options() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["generated_text"], want.as_str());
     let (status, e) = fails(
-        &["generate", "--model", &dir, "--repetition-penalty", "0", "a"],
+        &[
+            "generate",
+            "--model",
+            &dir,
+            "--repetition-penalty",
+            "0",
+            "a",
+        ],
         None,
     );
     assert_eq!(status, 2);

@@ -272,3 +272,90 @@ fn a_bert_base_encoder_in_f16_takes_half_the_memory() {
     eprintln!("last hidden state, f16 against f32: relative L2 {err:.2e}");
     assert!(err < 1e-2, "f16 hidden state off by {err:.2e}");
 }
+
+/// Only the rows a request asks for are read back: a sequence's real tokens (never the
+/// bucket's padding), and with `logit_positions` the rows of those positions alone (what
+/// fill-mask asks for), bit for bit the rows of the whole request.
+#[test]
+fn only_the_rows_asked_for_come_back() {
+    let ctx = &ctx();
+    let encoder = tiny_mlm(ctx, EncoderOptions::default());
+    let vocab = encoder.config().vocab_size;
+    let seqs = sequences(&[7, 33, 1], 5);
+    let whole = encoder
+        .run(ctx, &Request::new(seqs.clone(), Want::logits()))
+        .unwrap();
+    // 41 tokens' rows, not the bucket's 4 × 64.
+    assert_eq!(whole.bytes(), (41 * vocab * 4) as u64);
+    let whole = whole.wait(ctx).unwrap();
+    let positions = vec![vec![3, 0, 6], vec![32], vec![]];
+    let request = Request {
+        logit_positions: Some(positions.clone()),
+        ..Request::new(seqs, Want::logits())
+    };
+    let some = encoder.run(ctx, &request).unwrap();
+    assert_eq!(some.bytes(), (4 * vocab * 4) as u64);
+    let some = some.wait(ctx).unwrap();
+    for (i, list) in positions.iter().enumerate() {
+        let got = some.logits(i).unwrap();
+        assert_eq!(got.shape, [list.len(), vocab]);
+        for (row, &p) in list.iter().enumerate() {
+            let all = &whole.logits(i).unwrap().data;
+            assert_eq!(
+                got.data[row * vocab..(row + 1) * vocab],
+                all[p * vocab..(p + 1) * vocab]
+            );
+        }
+    }
+    let bad = |positions: Vec<Vec<usize>>| {
+        let r = Request {
+            logit_positions: Some(positions),
+            ..Request::new(sequences(&[4, 2], 1), Want::logits())
+        };
+        encoder.run(ctx, &r).err().unwrap().to_string()
+    };
+    assert!(bad(vec![vec![4], vec![]]).contains("position 4 of sequence 0"));
+    assert!(bad(vec![vec![0]]).contains("1 lists for 2 sequences"));
+}
+
+/// f16 values come back in pieces of 2 bytes that copies (4-byte aligned) cannot cut on
+/// their own: a multiple-choice score per sequence, one f16 each, at odd and even places.
+#[test]
+fn single_f16_values_come_back_whole() {
+    let ctx = &ctx();
+    if !has_f16(ctx, "f16 read-back of single values") {
+        return;
+    }
+    let d = fixtures_dir();
+    let open = |precision| {
+        Encoder::from_pretrained(
+            ctx,
+            d.join("roformer_multiple_choice.config.json"),
+            d.join("roformer_multiple_choice.safetensors"),
+            EncoderOptions {
+                precision,
+                ..EncoderOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let mut seqs = sequences(&[5, 5, 5, 7, 7, 7], 9);
+    for s in &mut seqs {
+        s.input_ids.iter_mut().for_each(|id| *id %= 60); // the fixture's vocabulary
+    }
+    let mut request = Request::new(seqs, Want::logits());
+    request.choices = 3;
+    let f32s = open(roformer_wgpu::DType::F32)
+        .run_blocking(ctx, &request)
+        .unwrap();
+    let f16s = open(roformer_wgpu::DType::F16)
+        .run_blocking(ctx, &request)
+        .unwrap();
+    for e in 0..2 {
+        let (a, b) = (
+            f16s.choice_logits(e).unwrap(),
+            f32s.choice_logits(e).unwrap(),
+        );
+        assert!(rel_l2(&a, &b) < 1e-2, "example {e}: {a:?} against {b:?}");
+    }
+}

@@ -349,3 +349,33 @@ fn a_linear_attention_model_generates_by_recomputing() {
     }
     std::fs::remove_dir_all(&linear).unwrap();
 }
+
+/// Without the cache (transformers' use_cache false) the pipeline recomputes each step, and
+/// gives transformers' tokens too.
+#[cfg(feature = "text")]
+#[test]
+fn the_pipeline_without_the_cache_gives_the_same_tokens() {
+    use roformer_wgpu::pipelines::generate::{self, GenerateOptions};
+    use roformer_wgpu::pipelines::{TextModel, TextOptions};
+    let ctx = &ctx();
+    let (dir, expected) = fixture();
+    let model = TextModel::load(ctx, &dir, TextOptions::default()).unwrap();
+    let prompts: Vec<&str> = expected["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let want = ids(&expected["cases"][0]["new_ids"]);
+    let options = GenerateOptions {
+        max_new_tokens: 12,
+        eos_token_ids: Some(Vec::new()),
+        use_cache: false,
+        ..GenerateOptions::default()
+    };
+    let mut stream = generate::stream(ctx, &model, &prompts, options).unwrap();
+    while ctx.block_on(stream.next()).unwrap().is_some() {}
+    for (i, want) in want.iter().enumerate() {
+        assert_eq!(stream.new_tokens(i), &want[..12], "prompt {i}");
+    }
+}

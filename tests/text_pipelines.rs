@@ -545,3 +545,45 @@ fn model_folders_that_do_not_fit_are_errors() {
     assert!(e.contains("do not belong together"), "{e}");
     std::fs::remove_dir_all(&scratch).unwrap();
 }
+
+/// Texts go to the GPU sorted by length, and the answers still come in the inputs' order:
+/// the same as with sorting off, and as transformers gives for each text alone.
+#[test]
+fn length_sorted_batches_answer_in_the_inputs_order() {
+    let ctx = &ctx();
+    let want = expected("classify");
+    let base = strs(&want["inputs"]);
+    // Long, short and in between, interleaved, so sorting reorders them across batches.
+    let texts: Vec<String> = (0..9)
+        .map(|i| base[i % base.len()].repeat(1 + (i * 5) % 4))
+        .collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let open = |sort_by_length| {
+        let options = TextOptions {
+            max_batch: 2,
+            sort_by_length,
+            truncate: true,
+            ..TextOptions::default()
+        };
+        TextModel::load(ctx, dir("classify"), options).unwrap()
+    };
+    let sorted = classify::run_blocking(ctx, &open(true), &texts, None, None).unwrap();
+    let unsorted = classify::run_blocking(ctx, &open(false), &texts, None, None).unwrap();
+    assert_eq!(sorted.len(), texts.len());
+    for (i, (a, b)) in sorted.iter().zip(&unsorted).enumerate() {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.label, y.label, "text {i}");
+            assert!((x.score - y.score).abs() < 1e-5, "text {i}");
+        }
+    }
+    // The texts of the fixture itself, among the others, get transformers' labels.
+    for (i, text) in texts.iter().enumerate() {
+        if let Some(k) = base.iter().position(|b| b == text) {
+            assert_eq!(
+                sorted[i][0].label,
+                want["outputs"][k][0]["label"].as_str().unwrap()
+            );
+        }
+    }
+}

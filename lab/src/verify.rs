@@ -268,6 +268,7 @@ pub fn stored_request(tensors: &HostTensors, want: Want) -> Result<Request> {
         sequences,
         choices,
         want,
+        logit_positions: None,
     })
 }
 

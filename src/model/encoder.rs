@@ -117,6 +117,11 @@ pub struct Request {
     pub choices: usize,
     /// What to return.
     pub want: Want,
+    /// For a head with logits per token (the LM heads, token classification, question
+    /// answering): the positions of each sequence whose logits to return, a list per
+    /// sequence, in the order wanted (fill-mask: its mask tokens). `None`: every position of
+    /// every sequence. Only these rows are read back from the GPU.
+    pub logit_positions: Option<Vec<Vec<usize>>>,
 }
 
 impl Request {
@@ -126,6 +131,7 @@ impl Request {
             sequences,
             choices: 0,
             want,
+            logit_positions: None,
         }
     }
 }
@@ -209,7 +215,8 @@ impl Results {
     /// The head's output for sequence `i`: `[T, vocab]` (masked and causal LM), `[labels]`
     /// (sequence classification), `[T, labels]` (token classification), `[T, 2]` (question
     /// answering: start and end, see also [`Results::start_logits`]), `[1]` (multiple
-    /// choice: this choice's score, see [`Results::choice_logits`]).
+    /// choice: this choice's score, see [`Results::choice_logits`]). With
+    /// [`Request::logit_positions`], the rows of those positions only, in their order.
     pub fn logits(&self, i: usize) -> Result<&Array> {
         if self.head == Head::Encoder {
             return Err(Error::invalid("a RoFormerModel has no head, so no logits"));
@@ -472,31 +479,33 @@ impl Encoder {
         let mut plans = self.plans.lock().unwrap();
         let b = self.bucket(ctx, &mut plans, key)?;
         self.write_inputs(ctx, &b, request, &lengths)?;
-        // The kept outputs, one after another in the read-back buffer.
-        let mut copies = Vec::with_capacity(b.kept.len());
-        let mut size = 0;
-        for &id in &b.kept {
-            let t = b.plan.tensor(id)?;
-            copies.push((t.clone(), size));
-            // Copies come in multiples of 4 bytes (an odd count of f16 values is padded).
-            size += t.binding_size();
-        }
-        // Where each kept tensor's values lie in the read-back bytes, and as what.
-        let fields: Vec<(usize, usize, DType)> = copies
-            .iter()
-            .map(|(t, offset)| (*offset as usize, t.numel(), t.dtype()))
-            .collect();
         let layout = ResultLayout {
             head: self.head,
             hidden: self.config.hidden_size,
             layers: self.config.num_hidden_layers,
             head_width: self.head.classes(&self.config),
-            rows: key.rows,
             seq: key.seq,
             want: request.want,
             lengths,
+            logit_positions: request.logit_positions.clone(),
             choices: request.choices,
         };
+        // Only the rows wanted come back: each piece's values, one after another in the
+        // read-back buffer. Copies start and end on 4 bytes, so an f16 piece may bring a
+        // value on either side, which `fields` skips.
+        let mut copies = Vec::new();
+        let mut fields: Vec<(usize, usize, DType)> = Vec::new();
+        let mut size = 0u64;
+        for piece in layout.pieces() {
+            let t = b.plan.tensor(b.kept[piece.tensor])?;
+            let es = t.dtype().size() as u64;
+            let first = piece.start as u64 * es;
+            let from = first & !3;
+            let to = (first + piece.count as u64 * es).next_multiple_of(4);
+            copies.push((t.clone(), t.offset() + from, size, to - from));
+            fields.push(((size + first - from) as usize, piece.count, t.dtype()));
+            size += to - from;
+        }
         let pending = Pending::submit(
             ctx,
             "inference",
@@ -509,14 +518,8 @@ impl Encoder {
                     });
                     b.plan.encode(&mut pass);
                 }
-                for (t, offset) in &copies {
-                    encoder.copy_buffer_to_buffer(
-                        t.buffer(),
-                        t.offset(),
-                        readback,
-                        *offset,
-                        t.binding_size(),
-                    );
+                for (t, from, to, bytes) in &copies {
+                    encoder.copy_buffer_to_buffer(t.buffer(), *from, readback, *to, *bytes);
                 }
             },
             move |bytes| Ok(layout.split(&to_f32(bytes, &fields))),
@@ -598,6 +601,29 @@ impl Encoder {
                 )));
             }
             lengths.push(n);
+        }
+        if let Some(positions) = &r.logit_positions {
+            if !self.head.logits_per_token() || !r.want.logits {
+                return Err(Error::invalid(format!(
+                    "logit_positions choose rows of logits per token: they need Want::logits \
+                     and a head with a row per token, not {}",
+                    self.head.architecture()
+                )));
+            }
+            if positions.len() != lengths.len() {
+                return Err(Error::invalid(format!(
+                    "logit_positions holds {} lists for {} sequences",
+                    positions.len(),
+                    lengths.len()
+                )));
+            }
+            for (i, (list, &n)) in positions.iter().zip(&lengths).enumerate() {
+                if let Some(&p) = list.iter().find(|&&p| p >= n) {
+                    return Err(Error::invalid(format!(
+                        "logit_positions: position {p} of sequence {i}, which has {n} tokens"
+                    )));
+                }
+            }
         }
         if r.choices > 0 {
             if r.sequences.len() % r.choices != 0 {
@@ -695,67 +721,145 @@ fn bucket(n: usize, min: usize, max: usize) -> usize {
     n.max(min).next_power_of_two().min(max)
 }
 
-/// Where a request's results sit in its read-back buffer, to cut them per sequence.
+/// What a request reads back, and how its values are cut per sequence.
 struct ResultLayout {
     head: Head,
     hidden: usize,
     layers: usize,
     head_width: usize,
-    rows: usize,
+    /// The bucket's length: the kept tensors are `[rows, seq, width]` per token.
     seq: usize,
     want: Want,
     lengths: Vec<usize>,
+    logit_positions: Option<Vec<Vec<usize>>>,
     choices: usize,
 }
 
+/// `count` values of the `tensor`th kept tensor from element `start`.
+struct Piece {
+    tensor: usize,
+    start: usize,
+    count: usize,
+}
+
 impl ResultLayout {
+    /// Hidden states come back (`[rows, seq, hidden]` kept tensors, every layer's or the
+    /// last's); which of their rows: all of a sequence's, or its first only.
+    fn states(&self) -> (usize, bool) {
+        if self.want.hidden_states {
+            (self.layers + 1, true)
+        } else if self.want.last_hidden_state {
+            (1, true)
+        } else if self.want.first_token {
+            (1, false)
+        } else {
+            (0, false)
+        }
+    }
+
+    /// What to copy back, in the order [`ResultLayout::split`] takes it: for each state
+    /// tensor, each sequence's rows (never the bucket's padding); then each sequence's
+    /// logits, at the positions asked for.
+    fn pieces(&self) -> Vec<Piece> {
+        let (states, whole) = self.states();
+        let mut pieces = Vec::new();
+        for tensor in 0..states {
+            for (i, &n) in self.lengths.iter().enumerate() {
+                pieces.push(Piece {
+                    tensor,
+                    start: i * self.seq * self.hidden,
+                    count: if whole { n * self.hidden } else { self.hidden },
+                });
+            }
+        }
+        if self.want.logits {
+            let w = self.head_width;
+            for (i, &n) in self.lengths.iter().enumerate() {
+                if !self.head.logits_per_token() {
+                    pieces.push(Piece {
+                        tensor: states,
+                        start: i * w,
+                        count: w,
+                    });
+                    continue;
+                }
+                match &self.logit_positions {
+                    None => pieces.push(Piece {
+                        tensor: states,
+                        start: i * self.seq * w,
+                        count: n * w,
+                    }),
+                    Some(positions) => pieces.extend(positions[i].iter().map(|&p| Piece {
+                        tensor: states,
+                        start: (i * self.seq + p) * w,
+                        count: w,
+                    })),
+                }
+            }
+        }
+        pieces
+    }
+
+    /// The read-back values (the pieces' in turn) as each sequence's outputs.
     fn split(&self, all: &[f32]) -> Results {
-        let (rows, seq, hidden) = (self.rows, self.seq, self.hidden);
-        let state = rows * seq * hidden;
         let mut at = 0;
         let mut take = |n: usize| {
-            let part = &all[at..at + n];
+            let part = all[at..at + n].to_vec();
             at += n;
             part
         };
-        // Per sequence i of length n: rows [i, 0..n) of a [rows, seq, width] tensor.
-        let tokens = |t: &[f32], i: usize, n: usize, width: usize| Array {
-            shape: vec![n, width],
-            data: t[i * seq * width..(i * seq + n) * width].to_vec(),
-        };
-        let states: Vec<&[f32]> = if self.want.hidden_states {
-            (0..=self.layers).map(|_| take(state)).collect()
-        } else if self.want.last_hidden_state || self.want.first_token {
-            vec![take(state)]
-        } else {
-            Vec::new()
-        };
-        let logits = if self.want.logits {
-            let per_token = matches!(
-                self.head,
-                Head::MaskedLm
-                    | Head::CausalLm
-                    | Head::TokenClassification
-                    | Head::QuestionAnswering
+        let (states, whole) = self.states();
+        let hidden = self.hidden;
+        let n_seq = self.lengths.len();
+        // state[layer][sequence]
+        let mut by_state: Vec<Vec<Array>> = Vec::with_capacity(states);
+        for _ in 0..states {
+            by_state.push(
+                self.lengths
+                    .iter()
+                    .map(|&n| {
+                        let rows = if whole { n } else { 1 };
+                        Array {
+                            shape: vec![rows, hidden],
+                            data: take(rows * hidden),
+                        }
+                    })
+                    .collect(),
             );
-            Some((
-                take(rows * if per_token { seq } else { 1 } * self.head_width),
-                per_token,
-            ))
-        } else {
-            None
-        };
-        let sequences = self
-            .lengths
-            .iter()
+        }
+        let w = self.head_width;
+        let logits: Vec<Option<Array>> = (0..n_seq)
+            .map(|i| {
+                if !self.want.logits {
+                    return None;
+                }
+                Some(if !self.head.logits_per_token() {
+                    Array {
+                        shape: vec![w],
+                        data: take(w),
+                    }
+                } else {
+                    let rows = self
+                        .logit_positions
+                        .as_ref()
+                        .map_or(self.lengths[i], |p| p[i].len());
+                    Array {
+                        shape: vec![rows, w],
+                        data: take(rows * w),
+                    }
+                })
+            })
+            .collect();
+        let sequences = logits
+            .into_iter()
             .enumerate()
-            .map(|(i, &n)| {
-                let last = states.last().map(|s| tokens(s, i, n, hidden));
+            .map(|(i, logits)| {
+                let last = by_state.last().map(|s| s[i].clone());
                 SequenceOutputs {
                     hidden_states: self
                         .want
                         .hidden_states
-                        .then(|| states.iter().map(|s| tokens(s, i, n, hidden)).collect()),
+                        .then(|| by_state.iter().map(|s| s[i].clone()).collect()),
                     first_token: self.want.first_token.then(|| Array {
                         shape: vec![hidden],
                         data: last
@@ -763,16 +867,7 @@ impl ResultLayout {
                             .map_or(Vec::new(), |l| l.data[..hidden].to_vec()),
                     }),
                     last_hidden_state: last.filter(|_| self.want.last_hidden_state),
-                    logits: logits.map(|(l, per_token)| {
-                        if per_token {
-                            tokens(l, i, n, self.head_width)
-                        } else {
-                            Array {
-                                shape: vec![self.head_width],
-                                data: l[i * self.head_width..(i + 1) * self.head_width].to_vec(),
-                            }
-                        }
-                    }),
+                    logits,
                 }
             })
             .collect();

@@ -86,6 +86,15 @@ impl Head {
         Head::ALL.into_iter().find(|h| h.architecture() == name)
     }
 
+    /// Whether the head's logits have a row per token (the LM heads, token classification,
+    /// question answering) rather than one per sequence.
+    pub fn logits_per_token(self) -> bool {
+        matches!(
+            self,
+            Head::MaskedLm | Head::CausalLm | Head::TokenClassification | Head::QuestionAnswering
+        )
+    }
+
     /// Width of the head's output per row: the vocabulary for the LM heads, the labels for
     /// classification, 2 for question answering (start, end), 1 for multiple choice.
     pub fn classes(self, c: &RoFormerConfig) -> usize {

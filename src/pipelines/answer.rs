@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use super::{at_input, gather, locate, softmax, TextModel};
+use super::{at_input, gather, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{Head, Want};
@@ -75,10 +75,10 @@ pub async fn run(
             owner.push(i);
         }
     }
-    let results = gather(model.submit(ctx, &windows, Want::logits())?).await?;
+    let results = gather(model.submit(ctx, &windows, Want::logits(), None)?).await?;
     let mut answers: Vec<Vec<Answer>> = vec![Vec::new(); inputs.len()];
     for (w, window) in windows.iter().enumerate() {
-        let (r, j) = locate(&results, w);
+        let (r, j) = results.locate(w);
         let (start, end) = (r.start_logits(j)?, r.end_logits(j)?);
         let context = inputs[owner[w]].1;
         let found = &mut answers[owner[w]];

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{gather, label, locate, softmax, TextModel};
+use super::{gather, label, softmax, TextModel};
 use crate::context::Context;
 use crate::error::Result;
 use crate::model::{Head, RoFormerConfig, Want};
@@ -64,12 +64,12 @@ pub async fn run(
 ) -> Result<Vec<Vec<LabelScore>>> {
     model.need("text classification", &[Head::Classification])?;
     let encodings = model.encode(texts, pairs)?;
-    let results = gather(model.submit(ctx, &encodings, Want::logits())?).await?;
+    let results = gather(model.submit(ctx, &encodings, Want::logits(), None)?).await?;
     let config = model.config();
     let scoring = scoring.unwrap_or_else(|| Scoring::for_config(config));
     (0..texts.len())
         .map(|i| {
-            let (r, j) = locate(&results, i);
+            let (r, j) = results.locate(i);
             let scores = scoring.apply(&r.logits(j)?.data);
             let mut labels: Vec<LabelScore> = scores
                 .into_iter()

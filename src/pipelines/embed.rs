@@ -2,7 +2,7 @@
 //! it) and sentence embeddings pooled from it (mean over the tokens, or the first token),
 //! optionally L2-normalised, as sentence-transformers does.
 
-use super::{gather, locate, TextModel};
+use super::{gather, TextModel};
 use crate::context::Context;
 use crate::error::Result;
 use crate::model::Want;
@@ -23,11 +23,11 @@ pub async fn features(
     texts: &[&str],
 ) -> Result<Vec<Vec<Vec<f32>>>> {
     let encodings = model.encode(texts, None)?;
-    let results = gather(model.submit(ctx, &encodings, Want::last_hidden_state())?).await?;
+    let results = gather(model.submit(ctx, &encodings, Want::last_hidden_state(), None)?).await?;
     let hidden = model.config().hidden_size;
     (0..texts.len())
         .map(|i| {
-            let (r, j) = locate(&results, i);
+            let (r, j) = results.locate(i);
             Ok(r.last_hidden_state(j)?
                 .data
                 .chunks(hidden)

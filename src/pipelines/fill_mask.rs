@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{at_input, gather, locate, softmax, TextModel};
+use super::{at_input, gather, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{Head, Want};
@@ -44,17 +44,21 @@ pub async fn run(
     for (i, e) in encodings.iter().enumerate() {
         has_mask(model, e, mask).map_err(|err| at_input(i, texts[i], err))?;
     }
-    let results = gather(model.submit(ctx, &encodings, Want::logits())?).await?;
+    // Only the masks' rows of logits come back.
+    let masks: Vec<Vec<usize>> = encodings
+        .iter()
+        .map(|e| (0..e.len()).filter(|&t| e.input_ids[t] == mask).collect())
+        .collect();
+    let results = gather(model.submit(ctx, &encodings, Want::logits(), Some(&masks))?).await?;
     let pad = tok.special_tokens().pad;
     let mut out = Vec::with_capacity(texts.len());
     for (i, e) in encodings.iter().enumerate() {
-        let (r, j) = locate(&results, i);
+        let (r, j) = results.locate(i);
         let logits = r.logits(j)?;
-        let masks: Vec<usize> = (0..e.len()).filter(|&t| e.input_ids[t] == mask).collect();
-        let single = masks.len() == 1;
-        let mut per_mask = Vec::with_capacity(masks.len());
-        for &t in &masks {
-            let probs = softmax(&logits.data[t * vocab..(t + 1) * vocab]);
+        let single = masks[i].len() == 1;
+        let mut per_mask = Vec::with_capacity(masks[i].len());
+        for (row, &t) in masks[i].iter().enumerate() {
+            let probs = softmax(&logits.data[row * vocab..(row + 1) * vocab]);
             let mut order: Vec<usize> = (0..vocab).collect();
             // Stable: equal scores keep the lower id first, as torch.topk does on the CPU.
             order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));

@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::{argmax, at_input, gather, locate, softmax, TextModel};
+use super::{argmax, at_input, gather, softmax, TextModel};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::model::{AttentionKind, Generation, Head, NextLogits, Want};
@@ -66,6 +66,8 @@ pub struct GenerationConfig {
     pub repetition_penalty: Option<f32>,
     /// No n-gram of this size twice (0: no rule).
     pub no_repeat_ngram_size: Option<usize>,
+    /// Step over a key/value cache.
+    pub use_cache: Option<bool>,
 }
 
 impl GenerationConfig {
@@ -121,6 +123,12 @@ impl GenerationConfig {
             top_p: real("top_p")?,
             repetition_penalty: real("repetition_penalty")?,
             no_repeat_ngram_size: count("no_repeat_ngram_size")?,
+            use_cache: get("use_cache")
+                .map(|v| {
+                    v.as_bool()
+                        .ok_or_else(|| field_error("use_cache", "true or false"))
+                })
+                .transpose()?,
         })
     }
 }
@@ -146,6 +154,9 @@ pub struct GenerateOptions {
     /// Tokens that end a sequence (kept in its text, as transformers does); `None`: the
     /// model's (`generation_config.json`'s `eos_token_id`, else `config.json`'s).
     pub eos_token_ids: Option<Vec<u32>>,
+    /// Step over a key/value cache (transformers' `use_cache`, the default); `false` runs
+    /// the whole sequence again at every step (the only way for linear attention).
+    pub use_cache: bool,
 }
 
 impl Default for GenerateOptions {
@@ -158,6 +169,7 @@ impl Default for GenerateOptions {
             repetition_penalty: 1.0,
             no_repeat_ngram_size: 0,
             eos_token_ids: None,
+            use_cache: true,
         }
     }
 }
@@ -189,6 +201,7 @@ impl GenerateOptions {
             repetition_penalty: g.repetition_penalty.unwrap_or(1.0),
             no_repeat_ngram_size: g.no_repeat_ngram_size.unwrap_or(0),
             eos_token_ids: Some(g.eos_token_id.clone()),
+            use_cache: g.use_cache.unwrap_or(true),
         }
     }
 
@@ -282,12 +295,13 @@ pub fn stream<'a>(
     }
     let sequences: Vec<Vec<u32>> = encodings.into_iter().map(|e| e.input_ids).collect();
     let capacity = *limits.iter().max().unwrap_or(&1);
-    let (stepper, first) = if model.config().attention == AttentionKind::Linear {
-        (Stepper::Recompute, None)
-    } else {
-        let (g, first) = model.encoder().generate(ctx, &sequences, capacity)?;
-        (Stepper::Cached(Box::new(g)), Some(first))
-    };
+    let (stepper, first) =
+        if !options.use_cache || model.config().attention == AttentionKind::Linear {
+            (Stepper::Recompute, None)
+        } else {
+            let (g, first) = model.encoder().generate(ctx, &sequences, capacity)?;
+            (Stepper::Cached(Box::new(g)), Some(first))
+        };
     let rng = match options.decoding {
         Decoding::Sample { seed, .. } => Some(StdRng::seed_from_u64(seed)),
         Decoding::Greedy => None,
@@ -400,13 +414,16 @@ impl TokenStream<'_> {
                 }
             })
             .collect();
-        let results = gather(self.model.submit(self.ctx, &batch, Want::logits())?).await?;
+        // Only each sequence's last row of logits comes back.
+        let last: Vec<Vec<usize>> = batch.iter().map(|e| vec![e.len() - 1]).collect();
+        let pending = self
+            .model
+            .submit(self.ctx, &batch, Want::logits(), Some(&last))?;
+        let results = gather(pending).await?;
         let mut rows = vec![Vec::new(); self.sequences.len()];
         for (k, &i) in live.iter().enumerate() {
-            let (r, j) = locate(&results, k);
-            let logits = &r.logits(j)?.data;
-            let last = self.sequences[i].len() - 1;
-            rows[i] = logits[last * vocab..(last + 1) * vocab].to_vec();
+            let (r, j) = results.locate(k);
+            rows[i] = r.logits(j)?.data[..vocab].to_vec();
         }
         Ok(rows)
     }
@@ -560,4 +577,60 @@ fn sample(row: &[f32], temperature: f32, top_k: usize, top_p: f32, rng: &mut Std
         }
     }
     kept[kept.len() - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_config_fields_are_read_as_transformers_writes_them() {
+        let read = |text: &str| {
+            GenerationConfig::from_json(&serde_json::from_str(text).unwrap(), "g.json")
+        };
+        let g = read(
+            r#"{"eos_token_id": [3, 7], "max_length": 48, "do_sample": true,
+                         "top_k": 5, "repetition_penalty": 1.2, "pad_token_id": 0,
+                         "transformers_version": "5.25.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(g.eos_token_id, [3, 7]);
+        assert_eq!(g.max_length, Some(48));
+        assert_eq!(g.do_sample, Some(true));
+        assert_eq!(g.top_k, Some(5));
+        assert_eq!(g.repetition_penalty, Some(1.2));
+        assert_eq!(read(r#"{"eos_token_id": 2}"#).unwrap().eos_token_id, [2]);
+        assert!(read(r#"{"eos_token_id": null}"#)
+            .unwrap()
+            .eos_token_id
+            .is_empty());
+        for (bad, field) in [
+            (r#"{"eos_token_id": "2"}"#, "eos_token_id"),
+            (r#"{"max_length": -1}"#, "max_length"),
+            (r#"{"do_sample": 1}"#, "do_sample"),
+            (r#"{"temperature": "hot"}"#, "temperature"),
+        ] {
+            let e = read(bad).unwrap_err().to_string();
+            assert!(e.starts_with("g.json: ") && e.contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn penalties_follow_transformers_processors() {
+        // RepetitionPenaltyLogitsProcessor: divided when positive, multiplied when not, once
+        // per token however often it occurs.
+        let mut row = vec![2.0, -2.0, 4.0, 1.0];
+        penalize_repetition(&mut row, &[0, 1, 0], 2.0);
+        assert_eq!(row, [1.0, -4.0, 4.0, 1.0]);
+        // NoRepeatNGramLogitsProcessor with n = 2: after "... 1 2 ... 1", 2 is banned.
+        let mut row = vec![0.0; 4];
+        ban_repeated_ngrams(&mut row, &[1, 2, 3, 1], 2);
+        assert_eq!(row, [0.0, 0.0, f32::NEG_INFINITY, 0.0]);
+        // Too short a sequence for an n-gram bans nothing; n = 1 bans every token seen.
+        let mut row = vec![0.0; 4];
+        ban_repeated_ngrams(&mut row, &[1], 3);
+        assert_eq!(row, [0.0; 4]);
+        ban_repeated_ngrams(&mut row, &[1, 3], 1);
+        assert_eq!(row, [0.0, f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY]);
+    }
 }

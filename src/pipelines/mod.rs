@@ -52,6 +52,9 @@ pub struct TextOptions {
     pub max_batch: usize,
     /// Weights and activations in f32, or f16 (see [`EncoderOptions::precision`]).
     pub precision: crate::DType,
+    /// Send texts to the GPU sorted by length (results still come in the inputs' order),
+    /// so that one long text does not pad a whole batch of short ones.
+    pub sort_by_length: bool,
 }
 
 impl Default for TextOptions {
@@ -60,6 +63,7 @@ impl Default for TextOptions {
             truncate: false,
             max_batch: 16,
             precision: crate::DType::F32,
+            sort_by_length: true,
         }
     }
 }
@@ -283,28 +287,87 @@ impl TextModel {
         Ok(e)
     }
 
-    /// Submits the encodings in requests of at most `max_batch`, every one before returning.
+    /// Submits the encodings in requests of at most `max_batch`, every one before returning;
+    /// with `positions`, the logits of those positions of each encoding only (see
+    /// [`Request::logit_positions`]). Unless [`TextOptions::sort_by_length`] is off, the
+    /// encodings go to the GPU sorted by length, so a long text pads only texts of its own
+    /// length; [`Batched::locate`] finds each one's results wherever it went.
     fn submit(
         &self,
         ctx: &Context,
         encodings: &[Encoding],
         want: Want,
-    ) -> Result<Vec<Pending<Results>>> {
-        encodings
+        positions: Option<&[Vec<usize>]>,
+    ) -> Result<Submitted> {
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        if self.options.sort_by_length {
+            // Stable: equal lengths keep their order.
+            order.sort_by_key(|&i| encodings[i].len());
+        }
+        let mut slots = vec![0; encodings.len()];
+        for (slot, &i) in order.iter().enumerate() {
+            slots[i] = slot;
+        }
+        let pending = order
             .chunks(self.options.max_batch)
             .map(|chunk| {
                 let sequences = chunk
                     .iter()
-                    .map(|e| Sequence {
-                        input_ids: e.input_ids.clone(),
-                        token_type_ids: e.token_type_ids.clone(),
-                        attention_mask: e.attention_mask.clone(),
+                    .map(|&i| Sequence {
+                        input_ids: encodings[i].input_ids.clone(),
+                        token_type_ids: encodings[i].token_type_ids.clone(),
+                        attention_mask: encodings[i].attention_mask.clone(),
                     })
                     .collect();
-                self.encoder.run(ctx, &Request::new(sequences, want))
+                let request = Request {
+                    logit_positions: positions
+                        .map(|p| chunk.iter().map(|&i| p[i].clone()).collect()),
+                    ..Request::new(sequences, want)
+                };
+                self.encoder.run(ctx, &request)
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(Submitted { pending, slots })
     }
+}
+
+/// Requests on the GPU, and where each input went among them.
+struct Submitted {
+    pending: Vec<Pending<Results>>,
+    /// Input i is the `slots[i]`th sequence of the requests, counted across them.
+    slots: Vec<usize>,
+}
+
+/// The results of [`Submitted`] requests.
+struct Batched {
+    results: Vec<Results>,
+    slots: Vec<usize>,
+}
+
+impl Batched {
+    /// Input i's results: `(the request's results, its index in them)`.
+    fn locate(&self, i: usize) -> (&Results, usize) {
+        let mut at = self.slots[i];
+        for r in &self.results {
+            if at < r.len() {
+                return (r, at);
+            }
+            at -= r.len();
+        }
+        unreachable!("asked for a sequence past the requests")
+    }
+}
+
+/// Awaits submitted requests in order.
+async fn gather(submitted: Submitted) -> Result<Batched> {
+    let mut results = Vec::with_capacity(submitted.pending.len());
+    for p in submitted.pending {
+        results.push(p.await?);
+    }
+    Ok(Batched {
+        results,
+        slots: submitted.slots,
+    })
 }
 
 /// The folder's `generation_config.json` (none: all defaults), with `config.json`'s
@@ -341,27 +404,6 @@ fn read_generation_config(dir: &Path, cfg: &RoFormerConfig) -> Result<generate::
 /// whole) and what is wrong.
 fn at_input(i: usize, text: &str, e: Error) -> Error {
     Error::invalid(format!("input {i}, {}: {e}", quote(text)))
-}
-
-/// Awaits submitted requests in order, each result with its place in the input.
-async fn gather(pending: Vec<Pending<Results>>) -> Result<Vec<Results>> {
-    let mut out = Vec::with_capacity(pending.len());
-    for p in pending {
-        out.push(p.await?);
-    }
-    Ok(out)
-}
-
-/// The `i`th sequence's results of chunked requests: `(results, index within them)`.
-fn locate(results: &[Results], i: usize) -> (&Results, usize) {
-    let mut i = i;
-    for r in results {
-        if i < r.len() {
-            return (r, i);
-        }
-        i -= r.len();
-    }
-    unreachable!("asked for a sequence past the request")
 }
 
 /// The index of a row's largest value: the first of equals, as numpy's and torch's.

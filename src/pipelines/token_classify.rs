@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{argmax, gather, label, locate, softmax, TextModel};
+use super::{argmax, gather, label, softmax, TextModel};
 use crate::context::Context;
 use crate::error::Result;
 use crate::model::{Head, Want};
@@ -95,13 +95,13 @@ async fn labelled(
 ) -> Result<Vec<Vec<TokenLabel>>> {
     model.need("token classification", &[Head::TokenClassification])?;
     let encodings = model.encode(texts, None)?;
-    let results = gather(model.submit(ctx, &encodings, Want::logits())?).await?;
+    let results = gather(model.submit(ctx, &encodings, Want::logits(), None)?).await?;
     let labels = model.config().labels();
     encodings
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let (r, j) = locate(&results, i);
+            let (r, j) = results.locate(i);
             let logits = &r.logits(j)?.data;
             tokens(model, texts[i], e, logits, labels)
         })

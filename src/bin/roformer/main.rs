@@ -283,6 +283,7 @@ fn open(args: &ModelArgs) -> Result<(Context, TextModel), Failure> {
             PrecisionArg::F32 => roformer_wgpu::DType::F32,
             PrecisionArg::F16 => roformer_wgpu::DType::F16,
         },
+        ..TextOptions::default()
     };
     let model = TextModel::load(&ctx, &args.model, options)?;
     Ok((ctx, model))

@@ -39,6 +39,7 @@ use roformer_wgpu::timing;
 use roformer_wgpu::{Context, DType};
 
 mod kernels;
+mod text;
 
 /// Benchmarks: kernels (the default), a training step, an inference request.
 #[derive(Parser)]
@@ -59,6 +60,11 @@ enum Command {
     Step(ModelArgs),
     /// The inference encoder on one request: memory and latency.
     Infer(ModelArgs),
+    /// Generation: new tokens per second at several positions, over the key/value cache and
+    /// recomputing; the cache's memory.
+    Generate(text::GenerateArgs),
+    /// Sentence embeddings of texts of mixed lengths, batched in order and sorted by length.
+    Embed(text::EmbedArgs),
 }
 
 #[derive(Args)]
@@ -252,6 +258,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(Command::Step(m)) => step(&m),
         Some(Command::Infer(m)) => infer(&m),
         Some(Command::Kernels(k)) => kernels::run(&k),
+        Some(Command::Generate(g)) => text::generate(&g),
+        Some(Command::Embed(e)) => text::embed(&e),
         None => kernels::run(&cli.kernels),
     }
 }

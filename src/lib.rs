@@ -21,6 +21,8 @@ mod tensor;
 #[cfg(feature = "text")]
 pub mod text;
 pub mod timing;
+#[cfg(feature = "text")]
+pub mod train;
 
 #[cfg(test)]
 mod testing;

@@ -1,0 +1,4 @@
+//! Training on your own data, as transformers' `Trainer` does: files in ([`data`]), a task
+//! and training arguments, logs, evaluations, checkpoints and a saved model out.
+
+pub mod data;

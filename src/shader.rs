@@ -62,6 +62,12 @@ pub struct BindingInfo {
     /// A storage buffer's element type (of its scalars: `array<vec4<f16>>` holds f16), as
     /// this variant of the shader declares it; `None` for uniforms and anything else.
     pub element: Option<crate::DType>,
+    /// Whether the entry point's code loads from it (naga's analysis; atomics load and
+    /// store). WGSL has no write-only storage, so an output is `read_write` whether or not
+    /// the kernel reads it: this says which. A load behind a branch counts.
+    pub loads: bool,
+    /// Whether the entry point's code stores to it.
+    pub stores: bool,
 }
 
 /// The tensor element type a storage variable of type `ty` holds, if it is an array of
@@ -267,11 +273,14 @@ pub(crate) fn entry_interface(
             BindingKind::Storage(_) => element_type(module, var.ty),
             BindingKind::Uniform { .. } => None,
         };
+        let used = uses[handle];
         bindings.push(BindingInfo {
             name: var_name,
             binding: rb.binding,
             kind,
             element,
+            loads: used.intersects(naga::valid::GlobalUse::READ | naga::valid::GlobalUse::ATOMIC),
+            stores: used.intersects(naga::valid::GlobalUse::WRITE | naga::valid::GlobalUse::ATOMIC),
         });
     }
     bindings.sort_by_key(|b| b.binding);
@@ -368,6 +377,11 @@ fn scale(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn clear(@builtin(global_invocation_id) gid: vec3<u32>) {
     unused_here[gid.x] = 0.0;
 }
+
+@compute @workgroup_size(WG)
+fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x < p.n) { y[gid.x] += x[gid.x]; }
+}
 ",
     };
 
@@ -391,6 +405,33 @@ fn clear(@builtin(global_invocation_id) gid: vec3<u32>) {
         assert_eq!(clear.bindings.len(), 1);
         assert_eq!(clear.bindings[0].name, "unused_here");
         assert!(matches!(reflect(&TOY, "nope"), Err(Error::Kernel { .. })));
+    }
+
+    #[test]
+    fn the_code_says_which_read_write_buffers_are_loaded_and_which_stored() {
+        let uses = |entry: &str| -> Vec<(String, bool, bool)> {
+            reflect(&TOY, entry)
+                .unwrap()
+                .bindings
+                .into_iter()
+                .map(|b| (b.name, b.loads, b.stores))
+                .collect()
+        };
+        let t = |name: &str, loads, stores| (name.to_string(), loads, stores);
+        // `y` is read_write in both: `scale` only stores it, `accumulate` loads it too.
+        assert_eq!(
+            uses("scale"),
+            [
+                t("p", true, false),
+                t("x", true, false),
+                t("y", false, true)
+            ]
+        );
+        assert_eq!(
+            uses("accumulate"),
+            [t("p", true, false), t("x", true, false), t("y", true, true)]
+        );
+        assert_eq!(uses("clear"), [t("unused_here", false, true)]);
     }
 
     #[test]

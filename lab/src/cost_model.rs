@@ -322,6 +322,10 @@ mod tests {
         let t = roformer_wgpu::Tensor::zeros(ctx, &[n], roformer_wgpu::DType::F32).unwrap();
         let p = predict(h200, &elementwise::plan_fill(ctx, &t, 1.0).unwrap());
         assert_eq!(p.work.bytes_written, 4 * n as u64);
+        assert_eq!(
+            p.work.bytes_read, 0,
+            "fill stores its read_write output only"
+        );
         assert_eq!(p.work.threads_per_workgroup, 256);
         assert_eq!(p.occupancy, 1.0);
         let expected = 2.0 + 4.0 * n as f64 / 4800e9 * 1e6;
@@ -331,6 +335,38 @@ mod tests {
             p.time_us
         );
         assert!(p.underfill.is_empty());
+    }
+
+    #[test]
+    fn adamw_moves_28_bytes_per_parameter() {
+        use roformer_wgpu::ops::adamw::{self, AdamWConfig, AdamWState};
+        let ctx = &Context::new().unwrap();
+        let n = 1 << 20;
+        let t = || roformer_wgpu::Tensor::zeros(ctx, &[n], roformer_wgpu::DType::F32).unwrap();
+        let (param, grad) = (t(), t());
+        let state = AdamWState { m: t(), v: t() };
+        let stats = roformer_wgpu::Tensor::zeros(ctx, &[2], roformer_wgpu::DType::F32).unwrap();
+        let step = adamw::plan_step(
+            ctx,
+            &AdamWConfig::default(),
+            &param,
+            &grad,
+            &state,
+            Some(&stats),
+        )
+        .unwrap();
+        let w = step.dispatch.work();
+        // loads grad, param, m and v (and clipping's two factors), stores param, m and v
+        assert_eq!(w.bytes_read, 16 * n as u64 + 8);
+        assert_eq!(w.bytes_written, 12 * n as u64);
+        let h200 = gpu("h200").unwrap();
+        let p = predict(h200, &step.dispatch);
+        let expected = 2.0 + (28 * n + 8) as f64 / 4800e9 * 1e6;
+        assert!(
+            (p.time_us - expected).abs() < 1e-6,
+            "{} vs {expected}",
+            p.time_us
+        );
     }
 
     #[test]
@@ -348,6 +384,15 @@ mod tests {
         // a real tiling: several threads per workgroup, each with a register block
         assert!(p.work.threads_per_workgroup >= 8, "{:?}", p.work);
         assert!(p.work.accumulators >= 16, "{:?}", p.work);
+        assert_eq!(p.work.bytes_written, 4 * (m * n) as u64);
+        // accumulating into C loads it too
+        let add = matmul::MatmulOptions {
+            accumulate: true,
+            ..Default::default()
+        };
+        let d = matmul::plan(ctx, &a, &b, None, &c, &add).unwrap();
+        assert_eq!(d.work().bytes_read, 4 * (m * k + k * n + m * n) as u64);
+        assert_eq!(d.work().bytes_written, 4 * (m * n) as u64);
         // 768 columns of 4096 rows: 12 column blocks, so the rows are cut into chunks summed
         // in parallel, filling the GPU; the partial sums' own sum is small
         let x = roformer_wgpu::Tensor::zeros(ctx, &[4096, 768], roformer_wgpu::DType::F32).unwrap();

@@ -193,7 +193,7 @@ pub fn plan_forward(
     out.expect_shape("embedding", "out", &shape)?;
     out.expect_dtype("embedding", "out", table.dtype())?;
     let n = (ids.len() * dim) as u64;
-    DispatchBuilder::family(ctx, &FAMILY, "forward")
+    let builder = DispatchBuilder::family(ctx, &FAMILY, "forward")
         .element_type("T", table.dtype())
         .params(&Params {
             rows: ids.len() as u32,
@@ -202,9 +202,14 @@ pub fn plan_forward(
             accumulate: accumulate as u32,
         })
         .read("ids", &ids.ids)
-        .read("table", table)
-        .write("out", out)
-        .build(ctx.grid_1d(n.div_ceil(256))?)
+        .read("table", table);
+    // Without accumulate, out is never loaded: written only.
+    let builder = if accumulate {
+        builder.write("out", out)
+    } else {
+        builder.write_only("out", out)
+    };
+    builder.build(ctx.grid_1d(n.div_ceil(256))?)
 }
 
 /// `dtable[tok] += Σ_{r: ids[r] = tok} dout[r]`; without `accumulate`, dtable is zeroed first.

@@ -422,7 +422,7 @@ impl<'a> DispatchBuilder<'a> {
                     }
                 })
                 .product(),
-            workgroup_memory: interface.workgroup_memory,
+            workgroup_memory: interface.workgroup_memory.bytes(&self.variant.constants),
             flops: self.flops,
             tensor_cores: self.tensor_cores,
             serial_steps: self.serial_steps,

@@ -177,8 +177,31 @@ pub struct EntryInterface {
     pub bindings: Vec<BindingInfo>,
     /// Its `@workgroup_size`.
     pub workgroup_size: [WorkgroupDim; 3],
-    /// Bytes of `var<workgroup>` memory it uses.
-    pub workgroup_memory: u64,
+    /// The `var<workgroup>` memory it uses.
+    pub workgroup_memory: WorkgroupMemory,
+}
+
+/// An entry point's `var<workgroup>` memory: what the WGSL fixes, plus the arrays whose
+/// length is an `override` expression (matmul's tiles), which the pipeline's constants fix.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkgroupMemory {
+    /// Bytes of the variables whose size the WGSL fixes.
+    pub fixed: u64,
+    /// `(length, bytes per element)` of each array sized by an `override` expression.
+    pub sized_by_overrides: Vec<(OverrideExpr, u64)>,
+}
+
+impl WorkgroupMemory {
+    /// Bytes given the pipeline's constants; an array whose length this reader cannot
+    /// follow counts 0 (so the figure stays a lower bound).
+    pub fn bytes(&self, constants: &[(&str, f64)]) -> u64 {
+        let sized: f64 = self
+            .sized_by_overrides
+            .iter()
+            .map(|(len, stride)| len.eval(constants).unwrap_or(0.0) * *stride as f64)
+            .sum();
+        self.fixed + sized as u64
+    }
 }
 
 /// Parses and validates `source` with naga: the module and its analysis.
@@ -232,12 +255,32 @@ pub(crate) fn entry_interface(
             None => WorkgroupDim::Fixed(ep.workgroup_size[i]),
         }
     });
-    let workgroup_memory = module
-        .global_variables
-        .iter()
-        .filter(|(h, v)| v.space == naga::AddressSpace::WorkGroup && !uses[*h].is_empty())
-        .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()) as u64)
-        .sum();
+    let mut workgroup_memory = WorkgroupMemory::default();
+    for (h, v) in module.global_variables.iter() {
+        if v.space != naga::AddressSpace::WorkGroup || uses[h].is_empty() {
+            continue;
+        }
+        let ty = &module.types[v.ty].inner;
+        // naga sizes an override-length array as empty: its length comes with the pipeline.
+        if let naga::TypeInner::Array {
+            size: naga::ArraySize::Pending(o),
+            stride,
+            ..
+        } = *ty
+        {
+            let len = match module.overrides[o].init {
+                Some(init) => OverrideExpr::of(module, init),
+                None => None,
+            };
+            if let Some(len) = len {
+                workgroup_memory
+                    .sized_by_overrides
+                    .push((len, stride as u64));
+            }
+            continue;
+        }
+        workgroup_memory.fixed += ty.size(module.to_ctx()) as u64;
+    }
     let mut bindings = Vec::new();
     for (handle, var) in module.global_variables.iter() {
         let Some(rb) = &var.binding else { continue };
@@ -459,5 +502,18 @@ mod workgroup_size_tests {
         assert_eq!(x.eval(&[]), Some(256.0));
         assert_eq!(x.eval(&[("BM", 128.0), ("TN", 8.0)]), Some(256.0));
         assert_eq!(x.eval(&[("BM", 32.0)]), Some(128.0));
+    }
+
+    #[test]
+    fn override_sized_workgroup_arrays_count_at_the_pipelines_sizes() {
+        let i = reflect(&crate::ops::matmul::SHADER, "matmul").unwrap();
+        // tile_a: BK × BM floats, tile_b: BK × BN floats; defaults BK 16, BM 64, BN 64
+        let bytes = |bk: usize, bm: usize, bn: usize| 4 * (bk * bm + bk * bn) as u64;
+        assert_eq!(i.workgroup_memory.bytes(&[]), bytes(16, 64, 64));
+        let big = [("BM", 128.0), ("BN", 128.0), ("BK", 32.0)];
+        assert_eq!(i.workgroup_memory.bytes(&big), bytes(32, 128, 128));
+        // a fixed-size array as the WGSL declares it: the row kernels' 256 vec4s
+        let rows = reflect(&crate::ops::softmax::SHADER, "forward").unwrap();
+        assert_eq!(rows.workgroup_memory.bytes(&[]), 256 * 16);
     }
 }

@@ -6,16 +6,22 @@
 //!
 //! ```text
 //! ideal     = max(bytes / bandwidth, flops / rate)          (rate: tensor cores if used, else FP32)
-//! occupancy = min(1, W·n / (SMs · threads to saturate an SM))
+//! resident  = min(threads per SM / n, workgroup memory per SM / workgroup memory)  workgroups per SM
+//! in flight = min(W·n, SMs · resident · n)
+//! occupancy = min(1, in flight · chains / (SMs · threads to saturate an SM))
 //! time      = overhead + max(ideal / occupancy, serial steps · cycles per step / clock)
 //! ```
 //!
-//! `bytes` counts each bound tensor once (a lower bound: caches are assumed perfect), and
-//! `threads to saturate an SM` is the resident-thread count that hides memory latency
-//! (half the SM's maximum). A dispatch *cannot fill the GPU* when it has fewer workgroups than
-//! the GPU has multiprocessors, or when an invocation runs a serial loop over the data (rows,
-//! tokens, positions: it grows with the batch or the length) long enough to set the
-//! dispatch's time. It is a model: the H200 run (issue 12) calibrates it.
+//! `bytes` counts each tensor the kernel loads as read and each it stores as written, once
+//! each (a lower bound: caches are assumed perfect); `threads to saturate an SM` is the
+//! resident-thread count that hides memory latency (half the SM's maximum), and `chains` the
+//! independent accumulations a thread keeps in flight (up to 4). A workgroup holds its
+//! workgroup (shared) memory while resident, so a kernel with large tiles fits fewer
+//! workgroups on an SM. A dispatch *cannot fill the GPU* when it has fewer workgroups than
+//! the GPU has multiprocessors, when its workgroup memory keeps too few threads resident, or
+//! when an invocation runs a serial loop over the data (rows, tokens, positions: it grows
+//! with the batch or the length) long enough to set the dispatch's time. It is a model: the
+//! H200 run (issue 12) calibrates it.
 
 use roformer_wgpu::{Dispatch, Work};
 
@@ -38,6 +44,8 @@ pub struct Gpu {
     pub dispatch_us: f64,
     /// Resident threads per multiprocessor at most.
     pub threads_per_sm: u32,
+    /// Workgroup (shared) memory per multiprocessor, bytes: resident workgroups share it.
+    pub workgroup_memory_per_sm: u64,
     /// Clock, GHz (for serial loops).
     pub clock_ghz: f64,
     /// Subgroup (warp, SIMD-group) size: the row kernels' layout depends on it.
@@ -78,6 +86,8 @@ pub const GPUS: [Gpu; 3] = [
         bandwidth_gbs: 4800.0,
         dispatch_us: 2.0,
         threads_per_sm: 2048,
+        // Hopper: up to 228 KiB of the SM's 256 KiB L1 as shared memory (CUDA guide, 16.8)
+        workgroup_memory_per_sm: 228 << 10,
         clock_ghz: 1.98,
         subgroup_size: 32,
         device_type: wgpu::DeviceType::DiscreteGpu,
@@ -92,6 +102,8 @@ pub const GPUS: [Gpu; 3] = [
         bandwidth_gbs: 1008.0,
         dispatch_us: 2.0,
         threads_per_sm: 1536,
+        // Ada: up to 100 KiB of the SM's 128 KiB L1 as shared memory (CUDA guide, 16.7)
+        workgroup_memory_per_sm: 100 << 10,
         clock_ghz: 2.52,
         subgroup_size: 32,
         device_type: wgpu::DeviceType::DiscreteGpu,
@@ -105,6 +117,10 @@ pub const GPUS: [Gpu; 3] = [
         bandwidth_gbs: 400.0,
         dispatch_us: 5.0,
         threads_per_sm: 1024,
+        // Apple publishes 32 KiB as the most threadgroup memory one threadgroup may have
+        // (Metal feature set tables), not a core's total: assumed to be the core's total,
+        // which may count too few resident threadgroups.
+        workgroup_memory_per_sm: 32 << 10,
         clock_ghz: 1.4,
         subgroup_size: 32,
         device_type: wgpu::DeviceType::IntegratedGpu,
@@ -121,6 +137,9 @@ pub fn gpu(name: &str) -> Option<&'static Gpu> {
 pub enum Underfill {
     /// Fewer workgroups than multiprocessors.
     FewWorkgroups(u64),
+    /// Workgroup memory lets only this many workgroups reside on a multiprocessor, too few
+    /// threads to fill it.
+    WorkgroupMemory(u64),
     /// An invocation runs a serial loop of this many steps over the data.
     SerialLoop(u64),
 }
@@ -129,6 +148,9 @@ impl std::fmt::Display for Underfill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Underfill::FewWorkgroups(w) => write!(f, "{w} workgroups"),
+            Underfill::WorkgroupMemory(w) => {
+                write!(f, "workgroup memory for {w} resident workgroups per SM")
+            }
             Underfill::SerialLoop(s) => write!(f, "serial loop of {s} steps"),
         }
     }
@@ -158,7 +180,8 @@ pub fn predict(gpu: &Gpu, d: &Dispatch) -> Prediction {
     let work = *d.work();
     let (shader, entry) = d.kernel();
     let workgroups = d.workgroup_count();
-    let invocations = workgroups * work.threads_per_workgroup.max(1) as u64;
+    let n = work.threads_per_workgroup.max(1) as u64;
+    let invocations = workgroups * n;
     let bytes = (work.bytes_read + work.bytes_written) as f64;
     let rate = if work.tensor_cores {
         gpu.tensor_tflops
@@ -167,14 +190,26 @@ pub fn predict(gpu: &Gpu, d: &Dispatch) -> Prediction {
     } * 1e12;
     let ideal_s = (bytes / (gpu.bandwidth_gbs * 1e9)).max(work.flops as f64 / rate);
     let saturating = gpu.sms as f64 * gpu.threads_per_sm as f64 / 2.0;
+    // Workgroups an SM holds at once: as many as its threads allow, and its workgroup memory
+    // (at least one: the kernel runs within the device's limit).
+    let by_threads = (gpu.threads_per_sm as u64 / n).max(1);
+    let by_memory = match work.workgroup_memory {
+        0 => u64::MAX,
+        bytes => (gpu.workgroup_memory_per_sm / bytes).max(1),
+    };
+    let resident = by_threads.min(by_memory);
+    let in_flight = invocations.min(gpu.sms as u64 * resident * n);
     // Independent accumulations stand in for threads (up to 4 each) in hiding latency.
     let chains = work.accumulators.clamp(1, MAX_CHAINS_PER_THREAD) as f64;
-    let occupancy = (invocations as f64 * chains / saturating).min(1.0);
+    let occupancy = (in_flight as f64 * chains / saturating).min(1.0);
     let serial_s = work.serial_steps as f64 * CYCLES_PER_SERIAL_STEP / (gpu.clock_ghz * 1e9);
     let time_us = gpu.dispatch_us + 1e6 * (ideal_s / occupancy.max(1e-9)).max(serial_s);
     let mut underfill = Vec::new();
     if workgroups < gpu.sms as u64 {
         underfill.push(Underfill::FewWorkgroups(workgroups));
+    }
+    if by_memory < by_threads && in_flight < invocations && occupancy < 1.0 {
+        underfill.push(Underfill::WorkgroupMemory(by_memory));
     }
     // A loop over the data matters when it, not the GPU's width, sets the time.
     if work.serial_steps > 0 && serial_s > ideal_s / occupancy.max(1e-9) {
@@ -335,6 +370,69 @@ mod tests {
             p.time_us
         );
         assert!(p.underfill.is_empty());
+    }
+
+    #[test]
+    fn workgroup_memory_limits_the_workgroups_resident_on_an_sm() {
+        static TILED: roformer_wgpu::Shader = roformer_wgpu::Shader {
+            name: "tiled",
+            source: "
+struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+var<workgroup> tile: array<f32, 4096>;
+@compute @workgroup_size(64)
+fn tiled(@builtin(global_invocation_id) id: vec3<u32>,
+         @builtin(local_invocation_index) l: u32) {
+    tile[l * 64u] = f32(id.x);
+    workgroupBarrier();
+    if (id.x < p.n) { out[id.x] = tile[(63u - l) * 64u]; }
+}
+@compute @workgroup_size(64)
+fn plain(@builtin(global_invocation_id) id: vec3<u32>) {
+    if (id.x < p.n) { out[id.x] = f32(id.x); }
+}",
+        };
+        let ctx = &Context::new().unwrap();
+        let n = 8192 * 64;
+        let out = roformer_wgpu::Tensor::zeros(ctx, &[n], roformer_wgpu::DType::F32).unwrap();
+        let launch = |entry| {
+            roformer_wgpu::DispatchBuilder::new(ctx, &TILED, entry)
+                .params(&[n as u32, 0, 0, 0])
+                .write("out", &out)
+                .build([8192, 1, 1])
+                .unwrap()
+        };
+        let (tiled, plain) = (launch("tiled"), launch("plain"));
+        assert_eq!(tiled.work().workgroup_memory, 16384);
+        // 16 KiB each: 14 workgroups of 64 threads fit an H200 SM (228 KiB), 6 an RTX 4090's
+        // (100 KiB), 2 an M3 Max core (32 KiB); half an SM's threads saturate it (1024, 768,
+        // 512)
+        for (name, occupancy, resident) in [
+            ("h200", 0.875, 14),
+            ("rtx4090", 0.5, 6),
+            ("m3-max", 0.25, 2),
+        ] {
+            let g = gpu(name).unwrap();
+            let p = predict(g, &tiled);
+            assert!((p.occupancy - occupancy).abs() < 1e-12, "{name}: {p:?}");
+            assert_eq!(
+                p.underfill,
+                [Underfill::WorkgroupMemory(resident)],
+                "{name}"
+            );
+            let bytes = 4.0 * n as f64;
+            let expected = g.dispatch_us + bytes / (g.bandwidth_gbs * 1e9) / occupancy * 1e6;
+            assert!(
+                (p.time_us - expected).abs() < 1e-9,
+                "{name}: {} vs {expected}",
+                p.time_us
+            );
+            // without the tile, the same launch fills the GPU
+            let q = predict(g, &plain);
+            assert_eq!(q.occupancy, 1.0, "{name}");
+            assert!(q.underfill.is_empty(), "{name}");
+        }
     }
 
     #[test]

@@ -187,7 +187,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Times every dispatch of the step (graph and optimizer) on its own and adds up the time per
+/// Times every dispatch of the step (`Session::dispatches`) on its own and adds up the time per
 /// kernel: GPU time from timestamp queries around each dispatch where the adapter has them
 /// (each in its own compute pass), else the wall clock around each submission and wait,
 /// which on a GPU is mostly submission latency. The header says which.
@@ -197,10 +197,7 @@ fn profile(
     predicted: Option<&cost_model::StepPrediction>,
 ) -> roformer_wgpu::Result<()> {
     use std::collections::BTreeMap;
-    let mut dispatches: Vec<roformer_wgpu::Dispatch> = session.plan().dispatches().to_vec();
-    if let Some(o) = session.optimizer() {
-        dispatches.extend(o.dispatches().cloned());
-    }
+    let dispatches: Vec<roformer_wgpu::Dispatch> = session.dispatches().cloned().collect();
     let times = timing::time_each(ctx, &dispatches)?;
     // launches, measured ms, predicted ms (same dispatches, same order)
     let mut per: BTreeMap<(&str, &str), (usize, f64, f64)> = BTreeMap::new();
@@ -339,11 +336,7 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut prediction = None;
     if let Some(name) = &args.model {
         let gpu = cost_model::gpu(name).expect("checked when parsed");
-        let mut dispatches = session.plan().dispatches().to_vec();
-        if let Some(o) = session.optimizer() {
-            dispatches.extend(o.dispatches().cloned());
-        }
-        let p = cost_model::StepPrediction::of(gpu, &dispatches);
+        let p = cost_model::StepPrediction::of(gpu, session.dispatches());
         print!("{}", p.report(gpu, batch * seq));
         if !args.profile {
             return Ok(());

@@ -236,9 +236,9 @@ pub struct StepPrediction {
 }
 
 impl StepPrediction {
-    /// Predicts every dispatch of a step.
-    pub fn of(gpu: &Gpu, dispatches: &[Dispatch]) -> StepPrediction {
-        let dispatches: Vec<Prediction> = dispatches.iter().map(|d| predict(gpu, d)).collect();
+    /// Predicts every dispatch of a step (a session's: `Session::dispatches`).
+    pub fn of<'d>(gpu: &Gpu, dispatches: impl IntoIterator<Item = &'d Dispatch>) -> StepPrediction {
+        let dispatches: Vec<Prediction> = dispatches.into_iter().map(|d| predict(gpu, d)).collect();
         let total_us = dispatches.iter().map(|p| p.time_us).sum();
         StepPrediction {
             dispatches,

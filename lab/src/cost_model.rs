@@ -23,15 +23,17 @@
 //! with the batch or the length) long enough to set the dispatch's time. It is a model: the
 //! H200 run (issue 12) calibrates it.
 
+use std::borrow::Cow;
+
 use roformer_wgpu::{Dispatch, Work};
 
 /// The parameters of a GPU the model knows.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Gpu {
     /// Name as `--model` takes it.
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     /// What it is.
-    pub description: &'static str,
+    pub description: Cow<'static, str>,
     /// Multiprocessors (SMs, compute units, GPU cores).
     pub sms: u32,
     /// FP32 rate, TFLOP/s (dense FMA counted as 2).
@@ -78,8 +80,10 @@ const CYCLES_PER_SERIAL_STEP: f64 = 4.0;
 /// The GPUs the model knows (vendor figures: H200 SXM, RTX 4090, M3 Max 40-core).
 pub const GPUS: [Gpu; 3] = [
     Gpu {
-        name: "h200",
-        description: "NVIDIA H200 SXM: 132 SMs, 67 TFLOP/s FP32, 989 TFLOP/s FP16 tensor, 4.8 TB/s",
+        name: Cow::Borrowed("h200"),
+        description: Cow::Borrowed(
+            "NVIDIA H200 SXM: 132 SMs, 67 TFLOP/s FP32, 989 TFLOP/s FP16 tensor, 4.8 TB/s",
+        ),
         sms: 132,
         fp32_tflops: 67.0,
         tensor_tflops: 989.0,
@@ -93,9 +97,10 @@ pub const GPUS: [Gpu; 3] = [
         device_type: wgpu::DeviceType::DiscreteGpu,
     },
     Gpu {
-        name: "rtx4090",
-        description:
+        name: Cow::Borrowed("rtx4090"),
+        description: Cow::Borrowed(
             "NVIDIA RTX 4090: 128 SMs, 82.6 TFLOP/s FP32, 165 TFLOP/s FP16 tensor, 1.0 TB/s",
+        ),
         sms: 128,
         fp32_tflops: 82.6,
         tensor_tflops: 165.0,
@@ -109,8 +114,10 @@ pub const GPUS: [Gpu; 3] = [
         device_type: wgpu::DeviceType::DiscreteGpu,
     },
     Gpu {
-        name: "m3-max",
-        description: "Apple M3 Max (40-core GPU): 40 cores, 16.4 TFLOP/s FP32, 400 GB/s",
+        name: Cow::Borrowed("m3-max"),
+        description: Cow::Borrowed(
+            "Apple M3 Max (40-core GPU): 40 cores, 16.4 TFLOP/s FP32, 400 GB/s",
+        ),
         sms: 40,
         fp32_tflops: 16.4,
         tensor_tflops: 16.4,
@@ -126,6 +133,54 @@ pub const GPUS: [Gpu; 3] = [
         device_type: wgpu::DeviceType::IntegratedGpu,
     },
 ];
+
+/// What was measured of an adapter, for [`Gpu::measured`] (`roformer_lab::profile::measure`
+/// measures it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measured {
+    /// The adapter's name.
+    pub adapter: String,
+    /// Its kind.
+    pub device_type: wgpu::DeviceType,
+    /// Multiprocessors; on a CPU adapter, the cores it runs workgroups on.
+    pub sms: u32,
+    /// The FP32 rate of long FMA chains, GFLOP/s.
+    pub fp32_gflops: f64,
+    /// The copy kernel's bandwidth, GB/s (read + write).
+    pub copy_gbs: f64,
+    /// The subgroup size (a CPU adapter's SIMD width).
+    pub subgroup_size: u32,
+    /// Most workgroup memory one workgroup may have, bytes.
+    pub max_workgroup_memory: u64,
+}
+
+impl Gpu {
+    /// The model of an adapter from what was measured of it: its ceilings as the rates, an
+    /// SM per core (or multiprocessor), one subgroup (a CPU's SIMD vector) of threads per
+    /// SM enough to keep it busy, and as its clock the rate at which an SM issues one
+    /// vector FMA (FP32 rate / (SMs · lanes · 2)), the unit a serial loop's steps are
+    /// counted in.
+    pub fn measured(m: &Measured) -> Gpu {
+        let lanes = m.subgroup_size.max(1);
+        Gpu {
+            name: Cow::Borrowed("local"),
+            description: Cow::Owned(format!(
+                "{} (measured): {} cores, {:.0} GFLOP/s FP32, {:.1} GB/s copy, {lanes} lanes",
+                m.adapter, m.sms, m.fp32_gflops, m.copy_gbs
+            )),
+            sms: m.sms.max(1),
+            fp32_tflops: m.fp32_gflops / 1e3,
+            tensor_tflops: m.fp32_gflops / 1e3,
+            bandwidth_gbs: m.copy_gbs,
+            dispatch_us: 2.0,
+            threads_per_sm: 2 * lanes,
+            workgroup_memory_per_sm: m.max_workgroup_memory.max(1),
+            clock_ghz: m.fp32_gflops / (m.sms.max(1) as f64 * lanes as f64 * 2.0),
+            subgroup_size: lanes,
+            device_type: m.device_type,
+        }
+    }
+}
 
 /// The GPU of a name (case-insensitive).
 pub fn gpu(name: &str) -> Option<&'static Gpu> {
@@ -342,6 +397,106 @@ impl StepPrediction {
     }
 }
 
+/// How predicted times compare with measured ones, dispatch by dispatch: the ratio
+/// predicted / measured (a lower bound's is at most 1) and whether the order agrees.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agreement {
+    /// Dispatches compared.
+    pub dispatches: usize,
+    /// Median of predicted / measured.
+    pub median: f64,
+    /// The lowest ratio, and its dispatch's index.
+    pub lowest: (f64, usize),
+    /// The highest ratio, and its dispatch's index.
+    pub highest: (f64, usize),
+    /// Fraction of the dispatches predicted to take longer than they did.
+    pub over: f64,
+    /// Spearman's rank correlation of predicted and measured times (ties share their mean
+    /// rank).
+    pub spearman: f64,
+    /// Predicted total / measured total.
+    pub total: f64,
+}
+
+impl Agreement {
+    /// Compares `predicted[i]` with `measured[i]` (any one unit); `None` when they differ in
+    /// length, are empty, or a measured time is not positive.
+    pub fn of(predicted: &[f64], measured: &[f64]) -> Option<Agreement> {
+        if predicted.len() != measured.len()
+            || predicted.is_empty()
+            || measured.iter().any(|&m| m.is_nan() || m <= 0.0)
+        {
+            return None;
+        }
+        let ratios: Vec<f64> = predicted.iter().zip(measured).map(|(p, m)| p / m).collect();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mid = sorted.len() / 2;
+        let median = if sorted.len() % 2 == 1 {
+            sorted[mid]
+        } else {
+            (sorted[mid - 1] + sorted[mid]) / 2.0
+        };
+        let pick = |better: fn(f64, f64) -> bool| {
+            ratios
+                .iter()
+                .enumerate()
+                .fold((ratios[0], 0), |best, (i, &r)| {
+                    if better(r, best.0) {
+                        (r, i)
+                    } else {
+                        best
+                    }
+                })
+        };
+        Some(Agreement {
+            dispatches: ratios.len(),
+            median,
+            lowest: pick(|a, b| a < b),
+            highest: pick(|a, b| a > b),
+            over: ratios.iter().filter(|&&r| r > 1.0).count() as f64 / ratios.len() as f64,
+            spearman: pearson(&ranks(predicted), &ranks(measured)),
+            total: predicted.iter().sum::<f64>() / measured.iter().sum::<f64>(),
+        })
+    }
+}
+
+/// 1-based ranks, ties given their mean rank.
+fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    order.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut ranks = vec![0.0; x.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && x[order[j + 1]] == x[order[i]] {
+            j += 1;
+        }
+        for &k in &order[i..=j] {
+            ranks[k] = (i + j) as f64 / 2.0 + 1.0;
+        }
+        i = j + 1;
+    }
+    ranks
+}
+
+/// Pearson's correlation (0 where either side is constant).
+fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        0.0
+    } else {
+        sxy / (sxx * syy).sqrt()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +525,59 @@ mod tests {
             p.time_us
         );
         assert!(p.underfill.is_empty());
+    }
+
+    #[test]
+    fn a_measured_adapter_is_modelled_from_its_figures() {
+        let local = Gpu::measured(&Measured {
+            adapter: "llvmpipe".into(),
+            device_type: wgpu::DeviceType::Cpu,
+            sms: 2,
+            fp32_gflops: 32.0,
+            copy_gbs: 8.0,
+            subgroup_size: 8,
+            max_workgroup_memory: 32768,
+        });
+        assert_eq!(
+            (local.sms, local.threads_per_sm, local.subgroup_size),
+            (2, 16, 8)
+        );
+        // 32 GFLOP/s from 2 cores of 8 lanes: a vector FMA (2 FLOPs a lane) at 1 GHz
+        assert_eq!(local.clock_ghz, 1.0);
+        let ctx = &Context::new().unwrap();
+        let n = 1 << 22;
+        let t = roformer_wgpu::Tensor::zeros(ctx, &[n], roformer_wgpu::DType::F32).unwrap();
+        let p = predict(&local, &elementwise::plan_fill(ctx, &t, 1.0).unwrap());
+        let expected = local.dispatch_us + 4.0 * n as f64 / 8e9 * 1e6;
+        assert!(
+            (p.time_us - expected).abs() < 1e-6,
+            "{} vs {expected}",
+            p.time_us
+        );
+    }
+
+    #[test]
+    fn agreement_is_the_ratio_distribution_and_the_rank_correlation() {
+        // Spearman by hand: ranks differ by (-1, 1, -1, 1, 0), 1 - 6·4 / (5·24) = 0.8
+        let a = Agreement::of(&[1.0, 2.0, 3.0, 4.0, 5.0], &[2.0, 1.0, 4.0, 3.0, 5.0]).unwrap();
+        assert!((a.spearman - 0.8).abs() < 1e-12, "{a:?}");
+        // ratios 0.5, 2, 0.75, 4/3, 1: median 1, lowest the first, highest the second
+        assert_eq!(a.median, 1.0);
+        assert_eq!(a.lowest, (0.5, 0));
+        assert_eq!(a.highest, (2.0, 1));
+        assert_eq!(a.over, 0.4);
+        assert_eq!(a.total, 1.0);
+        // ties share their mean rank: ranks (1.5, 1.5, 3) against (1, 2, 3): 1.5 / √3
+        let t = Agreement::of(&[1.0, 1.0, 2.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert!((t.spearman - 1.5 / 3f64.sqrt()).abs() < 1e-12, "{t:?}");
+        // ratios 1, 1/2, 2/3
+        assert!((t.median - 2.0 / 3.0).abs() < 1e-12, "{t:?}");
+        // order reversed: -1
+        let r = Agreement::of(&[3.0, 2.0, 1.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert!((r.spearman + 1.0).abs() < 1e-12);
+        assert_eq!(Agreement::of(&[1.0], &[0.0]), None);
+        assert_eq!(Agreement::of(&[1.0, 2.0], &[1.0]), None);
+        assert_eq!(Agreement::of(&[], &[]), None);
     }
 
     #[test]

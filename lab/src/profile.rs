@@ -4,6 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::cost_model::Measured;
 use roformer_wgpu::shader::Shader;
 use roformer_wgpu::timing::time_dispatches;
 use roformer_wgpu::Context;
@@ -73,6 +74,46 @@ pub fn copy_bandwidth(ctx: &Context, bytes: u64) -> Result<f64> {
     time_dispatches(ctx, std::slice::from_ref(&d), 1)?; // warm-up
     let t = time_dispatches(ctx, std::slice::from_ref(&d), 5)?;
     Ok(2.0 * src.byte_size() as f64 / t.as_secs_f64() / 1e9)
+}
+
+/// What the cost model needs of this adapter, measured ([`crate::cost_model::Gpu::measured`]):
+/// its FP32 and copy ceilings (at `bench kernels`' CPU sizes), its subgroup size and, as its
+/// multiprocessors, the CPU's cores llvmpipe runs workgroups on (`LP_NUM_THREADS` where set).
+/// A GPU adapter does not say how many multiprocessors it has: for one, an
+/// `InvalidArgument` error (model it by name instead).
+pub fn measure(ctx: &Context) -> Result<Measured> {
+    let caps = ctx.capabilities();
+    if !caps.is_cpu() {
+        return Err(roformer_wgpu::Error::InvalidArgument(format!(
+            "{} is not a CPU adapter, and wgpu does not say how many multiprocessors a GPU              has: model it by name (h200, rtx4090, m3-max)",
+            caps.adapter_name
+        )));
+    }
+    let threads = std::env::var("LP_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n > 0);
+    let cores = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    Ok(Measured {
+        adapter: caps.adapter_name.clone(),
+        device_type: caps.device_type,
+        sms: cores,
+        fp32_gflops: best_of(|| fp32_rate(ctx, 64, 256))?,
+        copy_gbs: best_of(|| copy_bandwidth(ctx, 64 << 20))?,
+        subgroup_size: caps.subgroup_sizes.map_or(1, |(_, max)| max),
+        max_workgroup_memory: caps.max_workgroup_storage as u64,
+    })
+}
+
+/// The highest of five measurements of a rate: other work on the machine only ever lowers
+/// one.
+fn best_of(rate: impl Fn() -> Result<f64>) -> Result<f64> {
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        best = best.max(rate()?);
+    }
+    Ok(best)
 }
 
 /// The host's mirror of the shader's parameter block, field by field.

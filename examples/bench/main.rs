@@ -200,16 +200,32 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// What `--model` names: a GPU the cost model knows, or this adapter as measured.
+enum Modelled {
+    Named(&'static cost_model::Gpu),
+    Local(cost_model::Measured),
+}
+
+impl Modelled {
+    fn gpu(&self) -> cost_model::Gpu {
+        match self {
+            Modelled::Named(g) => (*g).clone(),
+            Modelled::Local(m) => cost_model::Gpu::measured(m),
+        }
+    }
+}
+
 /// Times every dispatch of the step (`Session::dispatches`) on its own, `reps` times (each
 /// figure a dispatch's fastest), and adds up the time per kernel: GPU time from timestamp
 /// queries around each dispatch where the adapter has them (each in its own compute pass),
 /// else the wall clock around each submission and wait, which on a GPU is mostly submission
-/// latency. The header says which. With a prediction, also how it agrees with the
-/// measurement dispatch by dispatch (written to `csv` too, where given).
+/// latency. The header says which. With a model, also each kernel's prediction and how the
+/// two agree dispatch by dispatch (written to `csv` too, where given); this adapter's
+/// figures are measured again between the reps, and the best of them predicts.
 fn profile(
     ctx: &Context,
     session: &mut roformer_wgpu::model::Session<'_>,
-    predicted: Option<&cost_model::StepPrediction>,
+    mut modelled: Option<Modelled>,
     reps: u32,
     csv: Option<&std::path::Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -219,6 +235,17 @@ fn profile(
     let mut runs = Vec::new();
     for _ in 0..reps {
         runs.push(timing::time_each(ctx, &dispatches)?);
+        if let Some(Modelled::Local(m)) = &mut modelled {
+            *m = m.best(&roformer_lab::profile::measure(ctx)?);
+        }
+    }
+    let gpu = modelled.as_ref().map(Modelled::gpu);
+    let prediction = gpu
+        .as_ref()
+        .map(|g| cost_model::StepPrediction::of(g, &dispatches));
+    let predicted = prediction.as_ref();
+    if let (Some(Modelled::Local(_)), Some(g)) = (&modelled, &gpu) {
+        println!("model     {} (best of the reps)", g.description);
     }
     // The fastest of the reps: on a shared machine the noise only ever adds time.
     let times: Vec<f64> = (0..dispatches.len())
@@ -365,16 +392,16 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         plan_only,
         ..Default::default()
     })?;
-    let gpu = match args.model.as_deref() {
+    let modelled = match args.model.as_deref() {
         None => None,
-        Some("local") => Some(cost_model::Gpu::measured(&roformer_lab::profile::measure(
-            &ctx,
-        )?)),
-        Some(name) => Some(cost_model::gpu(name).expect("checked when parsed").clone()),
+        Some("local") => Some(Modelled::Local(roformer_lab::profile::measure(&ctx)?)),
+        Some(name) => Some(Modelled::Named(
+            cost_model::gpu(name).expect("checked when parsed"),
+        )),
     };
     // Planned for the modelled GPU, its variants are the ones that GPU would run.
-    if let (true, Some(gpu)) = (plan_only, &gpu) {
-        let caps = gpu.capabilities(ctx.capabilities());
+    if let (true, Some(m)) = (plan_only, &modelled) {
+        let caps = m.gpu().capabilities(ctx.capabilities());
         ctx.plan_as(caps)?;
     }
     matmul::set_precision(&ctx, precision);
@@ -422,16 +449,15 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let mut session = model.session(&ctx, batch, seq, Mode::Train(TrainOptions::default()))?;
     let plan_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let mut prediction = None;
-    if let Some(gpu) = &gpu {
-        let p = cost_model::StepPrediction::of(gpu, session.dispatches());
-        print!("{}", p.report(gpu, batch * seq));
+    if let Some(m) = &modelled {
+        let gpu = m.gpu();
+        let p = cost_model::StepPrediction::of(&gpu, session.dispatches());
+        print!("{}", p.report(&gpu, batch * seq));
         if !args.profile {
             return Ok(());
         }
-        // With --profile on that GPU: the step runs, and each kernel family's measured time
-        // is printed beside its prediction.
-        prediction = Some(p);
+        // With --profile: the step runs, and each kernel family's measured time is printed
+        // beside its prediction.
     }
     let (fwd, bwd) = session.call_counts();
     let m = session.memory();
@@ -499,7 +525,7 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         profile(
             &ctx,
             &mut session,
-            prediction.as_ref(),
+            modelled,
             args.profile_reps,
             args.profile_csv.as_deref(),
         )?;

@@ -154,6 +154,18 @@ pub struct Measured {
     pub max_workgroup_memory: u64,
 }
 
+impl Measured {
+    /// The better of two measurements of one adapter, figure by figure (the higher rates):
+    /// other work on the machine only ever makes one worse.
+    pub fn best(&self, other: &Measured) -> Measured {
+        Measured {
+            fp32_gflops: self.fp32_gflops.max(other.fp32_gflops),
+            copy_gbs: self.copy_gbs.max(other.copy_gbs),
+            ..self.clone()
+        }
+    }
+}
+
 impl Gpu {
     /// The model of an adapter from what was measured of it: its ceilings as the rates, an
     /// SM per core (or multiprocessor), one subgroup (a CPU's SIMD vector) of threads per
@@ -544,6 +556,22 @@ mod tests {
         );
         // 32 GFLOP/s from 2 cores of 8 lanes: a vector FMA (2 FLOPs a lane) at 1 GHz
         assert_eq!(local.clock_ghz, 1.0);
+        let m = Measured {
+            adapter: "llvmpipe".into(),
+            device_type: wgpu::DeviceType::Cpu,
+            sms: 2,
+            fp32_gflops: 32.0,
+            copy_gbs: 8.0,
+            subgroup_size: 8,
+            max_workgroup_memory: 32768,
+        };
+        let slower = Measured {
+            fp32_gflops: 40.0,
+            copy_gbs: 5.0,
+            ..m.clone()
+        };
+        let best = m.best(&slower);
+        assert_eq!((best.fp32_gflops, best.copy_gbs), (40.0, 8.0));
         let ctx = &Context::new().unwrap();
         let n = 1 << 22;
         let t = roformer_wgpu::Tensor::zeros(ctx, &[n], roformer_wgpu::DType::F32).unwrap();

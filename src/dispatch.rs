@@ -53,7 +53,8 @@ pub struct Work {
     /// Bytes of the tensors its code loads (each once: a lower bound on its traffic). A
     /// `read_write` tensor counts here only where the entry point loads it (naga's
     /// analysis) and the launch has not switched those loads off
-    /// ([`DispatchBuilder::write_only`]).
+    /// ([`DispatchBuilder::write_only`]); a tensor of which the data picks the parts it
+    /// touches ([`DispatchBuilder::read_sparse`]) does not count.
     pub bytes_read: u64,
     /// Bytes of the tensors its code stores to (a tensor it loads and stores, as AdamW's
     /// parameters and moments, counts in both).
@@ -131,6 +132,8 @@ struct Bound<'a> {
     tensor: Option<&'a Tensor>,
     /// This launch does not load what the tensor held ([`DispatchBuilder::write_only`]).
     write_only: bool,
+    /// The data picks what it touches ([`DispatchBuilder::read_sparse`]).
+    sparse: bool,
 }
 
 /// Builds a [`Dispatch`]: a shader's entry point, its [`Variant`] (`override` constants,
@@ -264,6 +267,7 @@ impl<'a> DispatchBuilder<'a> {
             access,
             tensor,
             write_only: false,
+            sparse: false,
         });
         self
     }
@@ -292,6 +296,28 @@ impl<'a> DispatchBuilder<'a> {
         self = self.bind(name, Access::ReadWrite, Some(t));
         if let Some(b) = self.bindings.last_mut() {
             b.write_only = true;
+        }
+        self
+    }
+
+    /// Binds `t` to the `var<storage, read>` named `name` for a kernel that reads only the
+    /// parts of it the data picks (an embedding table's rows for the batch's tokens): the
+    /// bytes it moves are not known when planning, and may be few, so [`Work`] does not count
+    /// them (the launch's other tensors bound its traffic).
+    pub fn read_sparse(self, name: &'a str, t: &'a Tensor) -> Self {
+        self.bind(name, Access::Read, Some(t)).sparse()
+    }
+
+    /// [`DispatchBuilder::read_sparse`] for a `var<storage, read_write>`: a kernel that
+    /// adds into the rows the data picks (an embedding table's gradient).
+    pub fn write_sparse(self, name: &'a str, t: &'a Tensor) -> Self {
+        self.bind(name, Access::ReadWrite, Some(t)).sparse()
+    }
+
+    /// Marks the binding just made as touched where the data says.
+    fn sparse(mut self) -> Self {
+        if let Some(b) = self.bindings.last_mut() {
+            b.sparse = true;
         }
         self
     }
@@ -433,7 +459,7 @@ impl<'a> DispatchBuilder<'a> {
         // where it stores to it (WGSL's `read_write` says neither). Each tensor once per
         // direction: matmul binds its operands a second time as vec4 views.
         let (mut read, mut written): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
-        for b in &self.bindings {
+        for b in self.bindings.iter().filter(|b| !b.sparse) {
             let Some(t) = b.tensor else { continue };
             let Some(decl) = interface.bindings.iter().find(|d| d.name == b.name) else {
                 continue; // refused above

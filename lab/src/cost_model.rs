@@ -13,7 +13,8 @@
 //! ```
 //!
 //! `bytes` counts each tensor the kernel loads as read and each it stores as written, once
-//! each (a lower bound: caches are assumed perfect); `threads to saturate an SM` is the
+//! each (a lower bound: caches are assumed perfect; a table the data indexes, as an
+//! embedding's, not at all); `threads to saturate an SM` is the
 //! resident-thread count that hides memory latency (half the SM's maximum), and `chains` the
 //! independent accumulations a thread keeps in flight (up to 4). A workgroup holds its
 //! workgroup (shared) memory while resident, so a kernel with large tiles fits fewer
@@ -582,6 +583,36 @@ mod tests {
             "{} vs {expected}",
             p.time_us
         );
+    }
+
+    #[test]
+    fn a_table_the_data_indexes_does_not_count() {
+        use roformer_wgpu::ops::embedding::{self, TokenIds};
+        let ctx = &Context::new().unwrap();
+        let (vocab, dim, n) = (1000, 64, 128);
+        let ids: Vec<u32> = (0..n as u32).map(|i| i * 7 % vocab as u32).collect();
+        let ids = TokenIds::new(ctx, &ids, &[n], vocab).unwrap();
+        let f32s = |shape: &[usize]| {
+            roformer_wgpu::Tensor::zeros(ctx, shape, roformer_wgpu::DType::F32).unwrap()
+        };
+        let (table, out) = (f32s(&[vocab, dim]), f32s(&[n, dim]));
+        let d = embedding::plan_forward(ctx, &table, &ids, &out, false).unwrap();
+        // the ids and the rows gathered into out, not the 1000-row table
+        assert_eq!(d.work().bytes_written, 4 * (n * dim) as u64);
+        assert!(d.work().bytes_read < 4 * (n * dim) as u64, "{:?}", d.work());
+        // backward: dout read, the table's gradient rows (and the long runs' partial sums)
+        // not counted; the first dispatch zeroes the whole gradient
+        let dout = f32s(&[n, dim]);
+        let plan = embedding::plan_backward(ctx, &dout, &ids, &table, false).unwrap();
+        assert_eq!(plan[0].work().bytes_written, 4 * (vocab * dim) as u64);
+        for d in &plan[1..] {
+            assert_eq!(d.work().bytes_written, 0, "{:?}", d.kernel());
+            assert!(
+                d.work().bytes_read < 4 * (n * dim) as u64 + (64 << 10),
+                "{:?}",
+                d.work()
+            );
+        }
     }
 
     #[test]

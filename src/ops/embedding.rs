@@ -202,7 +202,8 @@ pub fn plan_forward(
             accumulate: accumulate as u32,
         })
         .read("ids", &ids.ids)
-        .read("table", table);
+        // the rows of the batch's tokens, however few
+        .read_sparse("table", table);
     // Without accumulate, out is never loaded: written only.
     let builder = if accumulate {
         builder.write("out", out)
@@ -248,8 +249,9 @@ pub fn plan_backward(
             .element_type("Out", dtable.dtype())
             .params(&params)
             .read("groups", &ids.groups)
-            .write("dtable", dtable)
-            .write("partial", &partial)
+            // the rows of the batch's tokens, and partial sums of the long runs only
+            .write_sparse("dtable", dtable)
+            .write_sparse("partial", &partial)
     };
     out.push(
         pass("backward")

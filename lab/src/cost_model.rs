@@ -7,22 +7,30 @@
 //! ```text
 //! ideal     = max(bytes / bandwidth, flops / rate)          (rate: tensor cores if used, else FP32)
 //! resident  = min(threads per SM / n, workgroup memory per SM / workgroup memory)  workgroups per SM
-//! in flight = min(W·n, SMs · resident · n)
-//! occupancy = min(1, in flight · chains / (SMs · threads to saturate an SM))
+//! busy      = min(W, SMs)                                   (a workgroup runs on one SM)
+//! per SM    = min(W / busy, resident) · n                   threads on each busy SM
+//! occupancy = busy / SMs · min(1, per SM · chains / threads to saturate an SM)
 //! time      = overhead + max(ideal / occupancy, serial steps · cycles per step / clock)
 //! ```
 //!
 //! `bytes` counts each tensor the kernel loads as read and each it stores as written, once
 //! each (a lower bound: caches are assumed perfect; a table the data indexes, as an
-//! embedding's, not at all); `threads to saturate an SM` is the
-//! resident-thread count that hides memory latency (half the SM's maximum), and `chains` the
-//! independent accumulations a thread keeps in flight (up to 4). A workgroup holds its
-//! workgroup (shared) memory while resident, so a kernel with large tiles fits fewer
-//! workgroups on an SM. A dispatch *cannot fill the GPU* when it has fewer workgroups than
-//! the GPU has multiprocessors, when its workgroup memory keeps too few threads resident, or
-//! when an invocation runs a serial loop over the data (rows, tokens, positions: it grows
-//! with the batch or the length) long enough to set the dispatch's time. It is a model: the
-//! H200 run (issue 12) calibrates it.
+//! embedding's, not at all); `threads to saturate an SM` is the resident-thread count that
+//! hides memory latency (half the SM's maximum), and `chains` the independent accumulations
+//! a thread keeps in flight (up to 4). A workgroup holds its workgroup (shared) memory while
+//! resident, so a kernel with large tiles fits fewer workgroups on an SM; and it runs on one
+//! SM, so a few large workgroups leave SMs idle however many threads they have. A dispatch
+//! *cannot fill the GPU* when it has fewer workgroups than the GPU has multiprocessors, when
+//! its workgroup memory keeps too few threads resident, or when an invocation runs a serial
+//! loop over the data (rows, tokens, positions: it grows with the batch or the length) long
+//! enough to set the dispatch's time.
+//!
+//! The named GPUs' figures are the vendors'; the H200 run (issue 12) calibrates them. The
+//! model of *this* adapter, [`Gpu::measured`] (`bench step --model local`), takes its figures
+//! from measurements instead, and `--profile` holds each dispatch's prediction against its
+//! measured time ([`Agreement`]): on llvmpipe an SM is a CPU core, which runs a workgroup
+//! one SIMD vector (its subgroup) at a time, and the overhead is what an empty dispatch
+//! costs there.
 
 use std::borrow::Cow;
 
@@ -153,26 +161,30 @@ pub struct Measured {
     pub subgroup_size: u32,
     /// Most workgroup memory one workgroup may have, bytes.
     pub max_workgroup_memory: u64,
+    /// What a dispatch costs by itself, µs: an empty one's time, measured as `--profile`
+    /// measures each dispatch.
+    pub dispatch_us: f64,
 }
 
 impl Measured {
-    /// The better of two measurements of one adapter, figure by figure (the higher rates):
-    /// other work on the machine only ever makes one worse.
+    /// The better of two measurements of one adapter, figure by figure (the higher rates,
+    /// the lower overhead): other work on the machine only ever makes one worse.
     pub fn best(&self, other: &Measured) -> Measured {
         Measured {
             fp32_gflops: self.fp32_gflops.max(other.fp32_gflops),
             copy_gbs: self.copy_gbs.max(other.copy_gbs),
+            dispatch_us: self.dispatch_us.min(other.dispatch_us),
             ..self.clone()
         }
     }
 }
 
 impl Gpu {
-    /// The model of an adapter from what was measured of it: its ceilings as the rates, an
-    /// SM per core (or multiprocessor), one subgroup (a CPU's SIMD vector) of threads per
-    /// SM enough to keep it busy, and as its clock the rate at which an SM issues one
-    /// vector FMA (FP32 rate / (SMs · lanes · 2)), the unit a serial loop's steps are
-    /// counted in.
+    /// The model of an adapter from what was measured of it: its ceilings as the rates, its
+    /// empty dispatch's time as the overhead, an SM per core (or multiprocessor), one
+    /// subgroup (a CPU's SIMD vector) of threads per SM enough to keep it busy, and as its
+    /// clock the rate at which an SM issues one vector FMA (FP32 rate / (SMs · lanes · 2)),
+    /// the unit a serial loop's steps are counted in.
     pub fn measured(m: &Measured) -> Gpu {
         let lanes = m.subgroup_size.max(1);
         Gpu {
@@ -185,7 +197,7 @@ impl Gpu {
             fp32_tflops: m.fp32_gflops / 1e3,
             tensor_tflops: m.fp32_gflops / 1e3,
             bandwidth_gbs: m.copy_gbs,
-            dispatch_us: 2.0,
+            dispatch_us: m.dispatch_us,
             threads_per_sm: 2 * lanes,
             workgroup_memory_per_sm: m.max_workgroup_memory.max(1),
             clock_ghz: m.fp32_gflops / (m.sms.max(1) as f64 * lanes as f64 * 2.0),
@@ -257,7 +269,6 @@ pub fn predict(gpu: &Gpu, d: &Dispatch) -> Prediction {
         gpu.fp32_tflops
     } * 1e12;
     let ideal_s = (bytes / (gpu.bandwidth_gbs * 1e9)).max(work.flops as f64 / rate);
-    let saturating = gpu.sms as f64 * gpu.threads_per_sm as f64 / 2.0;
     // Workgroups an SM holds at once: as many as its threads allow, and its workgroup memory
     // (at least one: the kernel runs within the device's limit).
     let by_threads = (gpu.threads_per_sm as u64 / n).max(1);
@@ -266,17 +277,22 @@ pub fn predict(gpu: &Gpu, d: &Dispatch) -> Prediction {
         bytes => (gpu.workgroup_memory_per_sm / bytes).max(1),
     };
     let resident = by_threads.min(by_memory);
-    let in_flight = invocations.min(gpu.sms as u64 * resident * n);
+    // A workgroup runs on one SM: a few workgroups keep only as many SMs busy, each with
+    // its share of the workgroups (as many as it can hold at once).
+    let busy = workgroups.clamp(1, gpu.sms as u64);
+    let per_workgroups = (workgroups as f64 / busy as f64).min(resident as f64);
     // Independent accumulations stand in for threads (up to 4 each) in hiding latency.
     let chains = work.accumulators.clamp(1, MAX_CHAINS_PER_THREAD) as f64;
-    let occupancy = (in_flight as f64 * chains / saturating).min(1.0);
+    let per_sm = per_workgroups * n as f64 * chains;
+    let occupancy =
+        busy as f64 / gpu.sms as f64 * (per_sm / (gpu.threads_per_sm as f64 / 2.0)).min(1.0);
     let serial_s = work.serial_steps as f64 * CYCLES_PER_SERIAL_STEP / (gpu.clock_ghz * 1e9);
     let time_us = gpu.dispatch_us + 1e6 * (ideal_s / occupancy.max(1e-9)).max(serial_s);
     let mut underfill = Vec::new();
     if workgroups < gpu.sms as u64 {
         underfill.push(Underfill::FewWorkgroups(workgroups));
     }
-    if by_memory < by_threads && in_flight < invocations && occupancy < 1.0 {
+    if by_memory < by_threads && workgroups > busy * by_memory && occupancy < 1.0 {
         underfill.push(Underfill::WorkgroupMemory(by_memory));
     }
     // A loop over the data matters when it, not the GPU's width, sets the time.
@@ -550,11 +566,13 @@ mod tests {
             copy_gbs: 8.0,
             subgroup_size: 8,
             max_workgroup_memory: 32768,
+            dispatch_us: 20.0,
         });
         assert_eq!(
             (local.sms, local.threads_per_sm, local.subgroup_size),
             (2, 16, 8)
         );
+        assert_eq!(local.dispatch_us, 20.0);
         // 32 GFLOP/s from 2 cores of 8 lanes: a vector FMA (2 FLOPs a lane) at 1 GHz
         assert_eq!(local.clock_ghz, 1.0);
         let m = Measured {
@@ -565,24 +583,34 @@ mod tests {
             copy_gbs: 8.0,
             subgroup_size: 8,
             max_workgroup_memory: 32768,
+            dispatch_us: 20.0,
         };
         let slower = Measured {
             fp32_gflops: 40.0,
             copy_gbs: 5.0,
+            dispatch_us: 15.0,
             ..m.clone()
         };
         let best = m.best(&slower);
         assert_eq!((best.fp32_gflops, best.copy_gbs), (40.0, 8.0));
+        assert_eq!(best.dispatch_us, 15.0);
         let ctx = &Context::new().unwrap();
         let n = 1 << 22;
         let t = roformer_wgpu::Tensor::zeros(ctx, &[n], roformer_wgpu::DType::F32).unwrap();
         let p = predict(&local, &elementwise::plan_fill(ctx, &t, 1.0).unwrap());
-        let expected = local.dispatch_us + 4.0 * n as f64 / 8e9 * 1e6;
+        let expected = 20.0 + 4.0 * n as f64 / 8e9 * 1e6;
         assert!(
             (p.time_us - expected).abs() < 1e-6,
             "{} vs {expected}",
             p.time_us
         );
+        // One workgroup of 256 runs on one core of the two, one 8-lane vector at a time:
+        // half the adapter, however many threads it has.
+        let small = roformer_wgpu::Tensor::zeros(ctx, &[256], roformer_wgpu::DType::F32).unwrap();
+        let one = predict(&local, &elementwise::plan_fill(ctx, &small, 1.0).unwrap());
+        assert_eq!(one.workgroups, 1);
+        assert_eq!(one.occupancy, 0.5);
+        assert_eq!(one.underfill, [Underfill::FewWorkgroups(1)]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::cost_model::Measured;
 use roformer_wgpu::shader::Shader;
-use roformer_wgpu::timing::time_dispatches;
+use roformer_wgpu::timing::{time_dispatches, time_each};
 use roformer_wgpu::Context;
 use roformer_wgpu::Result;
 use roformer_wgpu::{one_form, DispatchBuilder, KernelFamily, ParamBlock};
@@ -110,7 +110,25 @@ pub fn measure(ctx: &Context) -> Result<Measured> {
         })?,
         subgroup_size: caps.subgroup_sizes.map_or(1, |(_, max)| max),
         max_workgroup_memory: caps.max_workgroup_storage as u64,
+        dispatch_us: dispatch_overhead(ctx)?,
     })
+}
+
+/// What a dispatch costs by itself, µs: the fastest of 3 × 32 one-workgroup fills of one
+/// element, each timed alone as `bench step --profile` times every dispatch (its own compute
+/// pass between timestamps, where the adapter has them).
+pub fn dispatch_overhead(ctx: &Context) -> Result<f64> {
+    let t = Tensor::zeros(ctx, &[1], DType::F32)?;
+    let fill = roformer_wgpu::ops::elementwise::plan_fill(ctx, &t, 0.0)?;
+    let fills = vec![fill; 32];
+    time_each(ctx, &fills)?; // warm-up
+    let mut fastest = f64::INFINITY;
+    for _ in 0..3 {
+        for t in time_each(ctx, &fills)? {
+            fastest = fastest.min(t.as_secs_f64() * 1e6);
+        }
+    }
+    Ok(fastest)
 }
 
 /// The highest of five measurements of a rate: other work on the machine only ever lowers
@@ -145,7 +163,10 @@ mod tests {
         let ctx = &Context::new().unwrap();
         let flops = fp32_rate(ctx, 16, 64).unwrap();
         let bw = copy_bandwidth(ctx, 1 << 20).unwrap();
+        let overhead = dispatch_overhead(ctx).unwrap();
         assert!(flops.is_finite() && flops > 0.0, "{flops}");
         assert!(bw.is_finite() && bw > 0.0, "{bw}");
+        // a dispatch takes some time, and an empty one well under a second
+        assert!(overhead > 0.0 && overhead < 1e6, "{overhead}");
     }
 }

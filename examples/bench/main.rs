@@ -3,7 +3,8 @@
 //!     cargo run --release --example bench [-- kernels] [--out runs/bench] [--torch FILE]
 //!     cargo run --release --example bench -- step [--layers 12] [--hidden 768] [--heads 12]
 //!         [--intermediate 3072] [--vocab 32000] [--batch 8] [--seq 512] [--steps 5]
-//!         [--attention softmax|fused|linear] [--precision f32|fast] [--profile]
+//!         [--attention softmax|fused|linear] [--precision f32|fast|mixed] [--profile]
+//!         [--model h200|rtx4090|m3-max|local] [--profile-reps 5] [--profile-csv FILE]
 //!
 //! `kernels` (the default) measures the adapter's FP32 rate and copy bandwidth, then every
 //! kernel family at a representative shape (large on a GPU, small on a CPU adapter), and
@@ -15,7 +16,10 @@
 //!
 //! `step` prints a training step's plan (dispatches and submissions per step, peak memory),
 //! the time to build it, the first step (pipelines compile lazily on some drivers), the host
-//! time to encode and submit a step, the GPU time per step and tokens per second.
+//! time to encode and submit a step, the GPU time per step and tokens per second. `--model`
+//! predicts the step with the cost model (`roformer_lab::cost_model`) on a named GPU, or on
+//! this CPU adapter from its measured figures (`local`); with `--profile` as well, each
+//! dispatch's prediction is held against its measured time.
 //!
 //!     cargo run --release --example bench -- infer [the model options of step] [--batch 8] [--seq 512]
 //!

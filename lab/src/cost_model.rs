@@ -348,7 +348,7 @@ impl StepPrediction {
         let _ = writeln!(out, "model     {}", gpu.description);
         let _ = writeln!(
             out,
-            "          per dispatch: {} µs + max(bytes / bandwidth, FLOPs / rate) / occupancy, \
+            "          per dispatch: {:.1} µs + max(bytes / bandwidth, FLOPs / rate) / occupancy, \
              or {CYCLES_PER_SERIAL_STEP} cycles per serial-loop step if longer",
             gpu.dispatch_us
         );

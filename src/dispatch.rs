@@ -50,9 +50,14 @@ pub struct Work {
     pub threads_per_workgroup: u32,
     /// Workgroup (shared) memory per workgroup, bytes.
     pub workgroup_memory: u64,
-    /// Bytes of the tensors it reads (each once: a lower bound on its traffic).
+    /// Bytes of the tensors its code loads (each once: a lower bound on its traffic). A
+    /// `read_write` tensor counts here only where the entry point loads it (naga's
+    /// analysis) and the launch has not switched those loads off
+    /// ([`DispatchBuilder::write_only`]); a tensor of which the data picks the parts it
+    /// touches ([`DispatchBuilder::read_sparse`]) does not count.
     pub bytes_read: u64,
-    /// Bytes of the tensors it writes.
+    /// Bytes of the tensors its code stores to (a tensor it loads and stores, as AdamW's
+    /// parameters and moments, counts in both).
     pub bytes_written: u64,
     /// Floating-point operations (0: not declared; the kernel moves data more than it
     /// computes).
@@ -125,6 +130,10 @@ struct Bound<'a> {
     name: &'a str,
     access: Access,
     tensor: Option<&'a Tensor>,
+    /// This launch does not load what the tensor held ([`DispatchBuilder::write_only`]).
+    write_only: bool,
+    /// The data picks what it touches ([`DispatchBuilder::read_sparse`]).
+    sparse: bool,
 }
 
 /// Builds a [`Dispatch`]: a shader's entry point, its [`Variant`] (`override` constants,
@@ -257,6 +266,8 @@ impl<'a> DispatchBuilder<'a> {
             name,
             access,
             tensor,
+            write_only: false,
+            sparse: false,
         });
         self
     }
@@ -275,6 +286,40 @@ impl<'a> DispatchBuilder<'a> {
     /// Binds `t` to the shader's `var<storage, read_write>` named `name`.
     pub fn write(self, name: &'a str, t: &'a Tensor) -> Self {
         self.bind(name, Access::ReadWrite, Some(t))
+    }
+
+    /// Binds `t` to the `var<storage, read_write>` named `name` for a launch that does not
+    /// read what `t` held: the kernel's loads of it are switched off by its parameters (a
+    /// matmul's C with beta 0), or reread only what the invocation itself stored. Runs as
+    /// [`DispatchBuilder::write`] does; [`Work`] counts the tensor as written only.
+    pub fn write_only(mut self, name: &'a str, t: &'a Tensor) -> Self {
+        self = self.bind(name, Access::ReadWrite, Some(t));
+        if let Some(b) = self.bindings.last_mut() {
+            b.write_only = true;
+        }
+        self
+    }
+
+    /// Binds `t` to the `var<storage, read>` named `name` for a kernel that reads only the
+    /// parts of it the data picks (an embedding table's rows for the batch's tokens): the
+    /// bytes it moves are not known when planning, and may be few, so [`Work`] does not count
+    /// them (the launch's other tensors bound its traffic).
+    pub fn read_sparse(self, name: &'a str, t: &'a Tensor) -> Self {
+        self.bind(name, Access::Read, Some(t)).sparse()
+    }
+
+    /// [`DispatchBuilder::read_sparse`] for a `var<storage, read_write>`: a kernel that
+    /// adds into the rows the data picks (an embedding table's gradient).
+    pub fn write_sparse(self, name: &'a str, t: &'a Tensor) -> Self {
+        self.bind(name, Access::ReadWrite, Some(t)).sparse()
+    }
+
+    /// Marks the binding just made as touched where the data says.
+    fn sparse(mut self) -> Self {
+        if let Some(b) = self.bindings.last_mut() {
+            b.sparse = true;
+        }
+        self
     }
 
     /// An optional output: with `None` a placeholder is bound, which the kernel must be told
@@ -403,25 +448,30 @@ impl<'a> DispatchBuilder<'a> {
                     }
                 })
                 .product(),
-            workgroup_memory: interface.workgroup_memory,
+            workgroup_memory: interface.workgroup_memory.bytes(&self.variant.constants),
             flops: self.flops,
             tensor_cores: self.tensor_cores,
             serial_steps: self.serial_steps,
             accumulators: self.accumulators,
             ..Work::default()
         };
-        // Each tensor once: matmul binds its operands a second time as vec4 views.
-        let mut counted: Vec<(&wgpu::Buffer, u64)> = Vec::new();
-        for b in &self.bindings {
+        // Bytes as the code moves them: read where the entry point loads a tensor, written
+        // where it stores to it (WGSL's `read_write` says neither). Each tensor once per
+        // direction: matmul binds its operands a second time as vec4 views.
+        let (mut read, mut written): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+        for b in self.bindings.iter().filter(|b| !b.sparse) {
             let Some(t) = b.tensor else { continue };
-            if counted.contains(&(t.buffer(), t.offset())) {
-                continue;
+            let Some(decl) = interface.bindings.iter().find(|d| d.name == b.name) else {
+                continue; // refused above
+            };
+            let key = (t.buffer(), t.offset());
+            if decl.loads && !b.write_only && !read.contains(&key) {
+                read.push(key);
+                work.bytes_read += t.byte_size();
             }
-            counted.push((t.buffer(), t.offset()));
-            let bytes = t.byte_size();
-            match b.access {
-                Access::Read => work.bytes_read += bytes,
-                Access::ReadWrite => work.bytes_written += bytes,
+            if decl.stores && !written.contains(&key) {
+                written.push(key);
+                work.bytes_written += t.byte_size();
             }
         }
         ctx.scoped("bind group creation", || {

@@ -62,6 +62,12 @@ pub struct BindingInfo {
     /// A storage buffer's element type (of its scalars: `array<vec4<f16>>` holds f16), as
     /// this variant of the shader declares it; `None` for uniforms and anything else.
     pub element: Option<crate::DType>,
+    /// Whether the entry point's code loads from it (naga's analysis; atomics load and
+    /// store). WGSL has no write-only storage, so an output is `read_write` whether or not
+    /// the kernel reads it: this says which. A load behind a branch counts.
+    pub loads: bool,
+    /// Whether the entry point's code stores to it.
+    pub stores: bool,
 }
 
 /// The tensor element type a storage variable of type `ty` holds, if it is an array of
@@ -171,8 +177,31 @@ pub struct EntryInterface {
     pub bindings: Vec<BindingInfo>,
     /// Its `@workgroup_size`.
     pub workgroup_size: [WorkgroupDim; 3],
-    /// Bytes of `var<workgroup>` memory it uses.
-    pub workgroup_memory: u64,
+    /// The `var<workgroup>` memory it uses.
+    pub workgroup_memory: WorkgroupMemory,
+}
+
+/// An entry point's `var<workgroup>` memory: what the WGSL fixes, plus the arrays whose
+/// length is an `override` expression (matmul's tiles), which the pipeline's constants fix.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkgroupMemory {
+    /// Bytes of the variables whose size the WGSL fixes.
+    pub fixed: u64,
+    /// `(length, bytes per element)` of each array sized by an `override` expression.
+    pub sized_by_overrides: Vec<(OverrideExpr, u64)>,
+}
+
+impl WorkgroupMemory {
+    /// Bytes given the pipeline's constants; an array whose length this reader cannot
+    /// follow counts 0 (so the figure stays a lower bound).
+    pub fn bytes(&self, constants: &[(&str, f64)]) -> u64 {
+        let sized: f64 = self
+            .sized_by_overrides
+            .iter()
+            .map(|(len, stride)| len.eval(constants).unwrap_or(0.0) * *stride as f64)
+            .sum();
+        self.fixed + sized as u64
+    }
 }
 
 /// Parses and validates `source` with naga: the module and its analysis.
@@ -226,12 +255,32 @@ pub(crate) fn entry_interface(
             None => WorkgroupDim::Fixed(ep.workgroup_size[i]),
         }
     });
-    let workgroup_memory = module
-        .global_variables
-        .iter()
-        .filter(|(h, v)| v.space == naga::AddressSpace::WorkGroup && !uses[*h].is_empty())
-        .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()) as u64)
-        .sum();
+    let mut workgroup_memory = WorkgroupMemory::default();
+    for (h, v) in module.global_variables.iter() {
+        if v.space != naga::AddressSpace::WorkGroup || uses[h].is_empty() {
+            continue;
+        }
+        let ty = &module.types[v.ty].inner;
+        // naga sizes an override-length array as empty: its length comes with the pipeline.
+        if let naga::TypeInner::Array {
+            size: naga::ArraySize::Pending(o),
+            stride,
+            ..
+        } = *ty
+        {
+            let len = match module.overrides[o].init {
+                Some(init) => OverrideExpr::of(module, init),
+                None => None,
+            };
+            if let Some(len) = len {
+                workgroup_memory
+                    .sized_by_overrides
+                    .push((len, stride as u64));
+            }
+            continue;
+        }
+        workgroup_memory.fixed += ty.size(module.to_ctx()) as u64;
+    }
     let mut bindings = Vec::new();
     for (handle, var) in module.global_variables.iter() {
         let Some(rb) = &var.binding else { continue };
@@ -267,11 +316,14 @@ pub(crate) fn entry_interface(
             BindingKind::Storage(_) => element_type(module, var.ty),
             BindingKind::Uniform { .. } => None,
         };
+        let used = uses[handle];
         bindings.push(BindingInfo {
             name: var_name,
             binding: rb.binding,
             kind,
             element,
+            loads: used.intersects(naga::valid::GlobalUse::READ | naga::valid::GlobalUse::ATOMIC),
+            stores: used.intersects(naga::valid::GlobalUse::WRITE | naga::valid::GlobalUse::ATOMIC),
         });
     }
     bindings.sort_by_key(|b| b.binding);
@@ -368,6 +420,11 @@ fn scale(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn clear(@builtin(global_invocation_id) gid: vec3<u32>) {
     unused_here[gid.x] = 0.0;
 }
+
+@compute @workgroup_size(WG)
+fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x < p.n) { y[gid.x] += x[gid.x]; }
+}
 ",
     };
 
@@ -391,6 +448,33 @@ fn clear(@builtin(global_invocation_id) gid: vec3<u32>) {
         assert_eq!(clear.bindings.len(), 1);
         assert_eq!(clear.bindings[0].name, "unused_here");
         assert!(matches!(reflect(&TOY, "nope"), Err(Error::Kernel { .. })));
+    }
+
+    #[test]
+    fn the_code_says_which_read_write_buffers_are_loaded_and_which_stored() {
+        let uses = |entry: &str| -> Vec<(String, bool, bool)> {
+            reflect(&TOY, entry)
+                .unwrap()
+                .bindings
+                .into_iter()
+                .map(|b| (b.name, b.loads, b.stores))
+                .collect()
+        };
+        let t = |name: &str, loads, stores| (name.to_string(), loads, stores);
+        // `y` is read_write in both: `scale` only stores it, `accumulate` loads it too.
+        assert_eq!(
+            uses("scale"),
+            [
+                t("p", true, false),
+                t("x", true, false),
+                t("y", false, true)
+            ]
+        );
+        assert_eq!(
+            uses("accumulate"),
+            [t("p", true, false), t("x", true, false), t("y", true, true)]
+        );
+        assert_eq!(uses("clear"), [t("unused_here", false, true)]);
     }
 
     #[test]
@@ -418,5 +502,18 @@ mod workgroup_size_tests {
         assert_eq!(x.eval(&[]), Some(256.0));
         assert_eq!(x.eval(&[("BM", 128.0), ("TN", 8.0)]), Some(256.0));
         assert_eq!(x.eval(&[("BM", 32.0)]), Some(128.0));
+    }
+
+    #[test]
+    fn override_sized_workgroup_arrays_count_at_the_pipelines_sizes() {
+        let i = reflect(&crate::ops::matmul::SHADER, "matmul").unwrap();
+        // tile_a: BK × BM floats, tile_b: BK × BN floats; defaults BK 16, BM 64, BN 64
+        let bytes = |bk: usize, bm: usize, bn: usize| 4 * (bk * bm + bk * bn) as u64;
+        assert_eq!(i.workgroup_memory.bytes(&[]), bytes(16, 64, 64));
+        let big = [("BM", 128.0), ("BN", 128.0), ("BK", 32.0)];
+        assert_eq!(i.workgroup_memory.bytes(&big), bytes(32, 128, 128));
+        // a fixed-size array as the WGSL declares it: the row kernels' 256 vec4s
+        let rows = reflect(&crate::ops::softmax::SHADER, "forward").unwrap();
+        assert_eq!(rows.workgroup_memory.bytes(&[]), 256 * 16);
     }
 }

@@ -10,6 +10,7 @@ use roformer_wgpu::io::{read_checkpoint, HostTensors};
 use roformer_wgpu::model::{AttentionKind, Mode, RoFormer, RoFormerConfig};
 use roformer_wgpu::optim::{LossScaling, TrainOptions};
 use roformer_wgpu::params::ParamStore;
+use roformer_wgpu::Dispatch;
 
 /// The heads this library trains, with losses, gradients and `train.adamw_losses` stored.
 const TRAINED: [&str; 7] = [
@@ -137,6 +138,58 @@ fn fused_attention_trains_like_transformers_in_mixed_precision() {
 /// A loss scale so large that the f16 gradients overflow: two steps are skipped (the scale
 /// halved each time) and leave weights, moments and the AdamW step count exactly as they
 /// were; a workable scale then trains exactly as a model that never overflowed.
+/// The dispatches a session lists (what `bench step --model` predicts and `--profile`
+/// times) are its step: run one by one, they leave the weights, moments and loss scale as
+/// `Session::run` does, bit for bit. A list without the refresh of the f16 weights (the
+/// copy starts as zeros) or the loss scale's update would not.
+#[test]
+fn a_step_runs_exactly_the_dispatches_its_session_lists() {
+    let ctx = &ctx();
+    if !has_f16(ctx, "the listed dispatches of a mixed step") {
+        return;
+    }
+    let (cfg, tensors) = fixture("roformer_tiny_mlm");
+    let (b, t, batch, _) = batch_from(&tensors).unwrap();
+    let load = || {
+        let mut model = RoFormer::new(ctx, cfg.clone(), head_of(&cfg, &tensors)).unwrap();
+        model.load_tensors(ctx, &tensors).unwrap();
+        model
+            .use_mixed_precision(ctx, LossScaling::default())
+            .unwrap();
+        model
+    };
+    let options = TrainOptions::default();
+    let (stepped, listed) = (load(), load());
+    let mut session = stepped.session(ctx, b, t, Mode::Train(options)).unwrap();
+    session.set_batch(ctx, &batch).unwrap();
+    assert!(!session.run(ctx).unwrap().skipped);
+
+    let mut replay = listed.session(ctx, b, t, Mode::Train(options)).unwrap();
+    replay.set_batch(ctx, &batch).unwrap();
+    replay.optimizer().unwrap().prepare(ctx).unwrap();
+    let dispatches: Vec<Dispatch> = replay.dispatches().cloned().collect();
+    roformer_wgpu::timing::time_each(ctx, &dispatches).unwrap();
+    let (p, q) = (stepped.params(), listed.params());
+    assert_eq!(q.download(ctx).unwrap(), p.download(ctx).unwrap());
+    assert_eq!(
+        q.download_moments(ctx).unwrap(),
+        p.download_moments(ctx).unwrap()
+    );
+    let scale = |s: &ParamStore| s.read_loss_scale(ctx).unwrap().wait(ctx).unwrap();
+    assert_eq!(scale(q), scale(p));
+    assert_eq!(scale(q), (65536.0, 1), "one good step counted");
+
+    // One refresh per parameter chunk, the graph, the optimizer; each one predicted.
+    let chunks = q.chunk_views(ctx).unwrap().len();
+    let graph = replay.plan().dispatches().len();
+    let optimizer = replay.optimizer().unwrap().dispatches().count();
+    assert_eq!(dispatches.len(), chunks + graph + optimizer);
+    assert_eq!(replay.dispatch_count(), dispatches.len());
+    let h200 = roformer_lab::cost_model::gpu("h200").unwrap();
+    let predicted = roformer_lab::cost_model::StepPrediction::of(h200, replay.dispatches());
+    assert_eq!(predicted.dispatches.len(), dispatches.len());
+}
+
 #[test]
 fn an_overflow_skips_the_step_and_halves_the_scale() {
     let ctx = &ctx();

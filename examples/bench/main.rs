@@ -3,7 +3,8 @@
 //!     cargo run --release --example bench [-- kernels] [--out runs/bench] [--torch FILE]
 //!     cargo run --release --example bench -- step [--layers 12] [--hidden 768] [--heads 12]
 //!         [--intermediate 3072] [--vocab 32000] [--batch 8] [--seq 512] [--steps 5]
-//!         [--attention softmax|fused|linear] [--precision f32|fast] [--profile]
+//!         [--attention softmax|fused|linear] [--precision f32|fast|mixed] [--profile]
+//!         [--model h200|rtx4090|m3-max|local] [--profile-reps 5] [--profile-csv FILE]
 //!
 //! `kernels` (the default) measures the adapter's FP32 rate and copy bandwidth, then every
 //! kernel family at a representative shape (large on a GPU, small on a CPU adapter), and
@@ -15,7 +16,10 @@
 //!
 //! `step` prints a training step's plan (dispatches and submissions per step, peak memory),
 //! the time to build it, the first step (pipelines compile lazily on some drivers), the host
-//! time to encode and submit a step, the GPU time per step and tokens per second.
+//! time to encode and submit a step, the GPU time per step and tokens per second. `--model`
+//! predicts the step with the cost model (`roformer_lab::cost_model`) on a named GPU, or on
+//! this CPU adapter from its measured figures (`local`); with `--profile` as well, each
+//! dispatch's prediction is held against its measured time.
 //!
 //!     cargo run --release --example bench -- infer [the model options of step] [--batch 8] [--seq 512]
 //!
@@ -137,19 +141,32 @@ struct ModelArgs {
     #[arg(long)]
     workgroup_rows: bool,
     /// Plan the step without running it and predict its time on this GPU with the cost
-    /// model (h200, rtx4090, m3-max); with --profile, run it too and print each kernel
-    /// family's measured time beside its prediction (on that GPU: the model's calibration).
+    /// model (h200, rtx4090, m3-max; local: this CPU adapter, from its measured ceilings,
+    /// cores and SIMD width); with --profile, run it too and print each kernel family's
+    /// measured time beside its prediction, and how the two agree dispatch by dispatch (on
+    /// that GPU: the model's calibration).
     #[arg(long, value_name = "GPU", value_parser = gpu_name)]
     model: Option<String>,
+    /// With --profile: time the step's dispatches this many times (each figure a
+    /// dispatch's fastest: other work on the machine only ever adds time).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    profile_reps: u32,
+    /// With --profile and --model: write each dispatch's kernel, predicted and measured
+    /// time (µs) here, as CSV.
+    #[arg(long, value_name = "FILE")]
+    profile_csv: Option<std::path::PathBuf>,
 }
 
 fn gpu_name(name: &str) -> Result<String, String> {
+    if name.eq_ignore_ascii_case("local") {
+        return Ok("local".to_string());
+    }
     match cost_model::gpu(name) {
         Some(g) => Ok(g.name.to_string()),
         None => {
-            let known: Vec<&str> = cost_model::GPUS.iter().map(|g| g.name).collect();
+            let known: Vec<&str> = cost_model::GPUS.iter().map(|g| g.name.as_ref()).collect();
             Err(format!(
-                "no GPU named {name:?} in the cost model (known: {})",
+                "no GPU named {name:?} in the cost model (known: {}, local)",
                 known.join(", ")
             ))
         }
@@ -193,34 +210,74 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Times every dispatch of the step (graph and optimizer) on its own and adds up the time per
-/// kernel: GPU time from timestamp queries around each dispatch where the adapter has them
-/// (each in its own compute pass), else the wall clock around each submission and wait,
-/// which on a GPU is mostly submission latency. The header says which.
+/// What `--model` names: a GPU the cost model knows, or this adapter as measured.
+enum Modelled {
+    Named(&'static cost_model::Gpu),
+    Local(cost_model::Measured),
+}
+
+impl Modelled {
+    fn gpu(&self) -> cost_model::Gpu {
+        match self {
+            Modelled::Named(g) => (*g).clone(),
+            Modelled::Local(m) => cost_model::Gpu::measured(m),
+        }
+    }
+}
+
+/// Times every dispatch of the step (`Session::dispatches`) on its own, `reps` times (each
+/// figure a dispatch's fastest), and adds up the time per kernel: GPU time from timestamp
+/// queries around each dispatch where the adapter has them (each in its own compute pass),
+/// else the wall clock around each submission and wait, which on a GPU is mostly submission
+/// latency. The header says which. With a model, also each kernel's prediction and how the
+/// two agree dispatch by dispatch (written to `csv` too, where given); this adapter's
+/// figures are measured again between the reps, and the best of them predicts.
 fn profile(
     ctx: &Context,
     session: &mut roformer_wgpu::model::Session<'_>,
-    predicted: Option<&cost_model::StepPrediction>,
-) -> roformer_wgpu::Result<()> {
+    mut modelled: Option<Modelled>,
+    reps: u32,
+    csv: Option<&std::path::Path>,
+) -> Result<(), Box<dyn std::error::Error>> {
     use std::collections::BTreeMap;
-    let mut dispatches: Vec<roformer_wgpu::Dispatch> = session.plan().dispatches().to_vec();
-    if let Some(o) = session.optimizer() {
-        dispatches.extend(o.dispatches().cloned());
+    let dispatches: Vec<roformer_wgpu::Dispatch> = session.dispatches().cloned().collect();
+    // One list of times per rep, each in launch order (the reps are steps in a row).
+    let mut runs = Vec::new();
+    for _ in 0..reps {
+        runs.push(timing::time_each(ctx, &dispatches)?);
+        if let Some(Modelled::Local(m)) = &mut modelled {
+            *m = m.best(&roformer_lab::profile::measure(ctx)?);
+        }
     }
-    let times = timing::time_each(ctx, &dispatches)?;
+    let gpu = modelled.as_ref().map(Modelled::gpu);
+    let prediction = gpu
+        .as_ref()
+        .map(|g| cost_model::StepPrediction::of(g, &dispatches));
+    let predicted = prediction.as_ref();
+    if let (Some(Modelled::Local(_)), Some(g)) = (&modelled, &gpu) {
+        println!("model     {} (best of the reps)", g.description);
+    }
+    // The fastest of the reps: on a shared machine the noise only ever adds time.
+    let times: Vec<f64> = (0..dispatches.len())
+        .map(|i| {
+            runs.iter()
+                .map(|r| r[i].as_secs_f64() * 1e3)
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect();
     // launches, measured ms, predicted ms (same dispatches, same order)
     let mut per: BTreeMap<(&str, &str), (usize, f64, f64)> = BTreeMap::new();
     for (i, (d, t)) in dispatches.iter().zip(&times).enumerate() {
         let e = per.entry(d.kernel()).or_default();
         e.0 += 1;
-        e.1 += t.as_secs_f64() * 1e3;
+        e.1 += t;
         e.2 += predicted.map_or(0.0, |p| p.dispatches[i].time_us / 1e3);
     }
     let total: f64 = per.values().map(|v| v.1).sum();
     let mut rows: Vec<_> = per.into_iter().collect();
     rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
     println!(
-        "profile   ({} dispatches one by one, timed by {}: {total:.1} ms)",
+        "profile   ({} dispatches one by one, timed by {}, fastest of {reps}: {total:.1} ms)",
         dispatches.len(),
         timing::method(ctx)
     );
@@ -243,6 +300,58 @@ fn profile(
                 "  {kernel:<36} {n:>5} launches {ms:>9.1} ms {:>5.1}%",
                 100.0 * ms / total
             ),
+        }
+    }
+    if let Some(p) = predicted {
+        let predicted_us: Vec<f64> = p.dispatches.iter().map(|d| d.time_us).collect();
+        let measured_us: Vec<f64> = times.iter().map(|ms| ms * 1e3).collect();
+        if let Some(path) = csv {
+            let mut out = String::from(
+                "index,kernel,workgroups,threads,workgroup_memory,bytes_read,bytes_written,\
+                 flops,serial_steps,accumulators,predicted_us,measured_us\n",
+            );
+            for (i, (d, m)) in p.dispatches.iter().zip(&measured_us).enumerate() {
+                let w = &d.work;
+                out += &format!(
+                    "{i},{},{},{},{},{},{},{},{},{},{:.3},{m:.3}\n",
+                    d.kernel,
+                    d.workgroups,
+                    w.threads_per_workgroup,
+                    w.workgroup_memory,
+                    w.bytes_read,
+                    w.bytes_written,
+                    w.flops,
+                    w.serial_steps,
+                    w.accumulators,
+                    d.time_us
+                );
+            }
+            std::fs::write(path, out)?;
+        }
+        match cost_model::Agreement::of(&predicted_us, &measured_us) {
+            Some(a) => {
+                let at = |i: usize| {
+                    let d = &p.dispatches[i];
+                    format!(
+                        "{} #{i}, {:.0} µs predicted, {:.0} measured",
+                        d.kernel, d.time_us, measured_us[i]
+                    )
+                };
+                println!(
+                    "agreement predicted / measured per dispatch ({}): median {:.3}, lowest {:.3} \
+                     ({}), highest {:.3} ({}); {:.1}% over 1; Spearman {:.3}; total {:.3}",
+                    a.dispatches,
+                    a.median,
+                    a.lowest.0,
+                    at(a.lowest.1),
+                    a.highest.0,
+                    at(a.highest.1),
+                    100.0 * a.over,
+                    a.spearman,
+                    a.total
+                );
+            }
+            None => println!("agreement: a dispatch measured no time (timer resolution)"),
         }
     }
     Ok(())
@@ -288,15 +397,23 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mixed = matches!(args.precision, PrecisionArg::Mixed);
     // The cost model alone only plans: for a GPU larger than this adapter, its limits are
     // waived. With --profile the step runs, on this adapter's limits.
-    let plan_only = args.model.is_some() && !args.profile;
+    // `local` is this adapter, measured: it runs kernels, and plans as itself.
+    let local = args.model.as_deref() == Some("local");
+    let plan_only = args.model.is_some() && !args.profile && !local;
     let mut ctx = Context::with_options(roformer_wgpu::ContextOptions {
         plan_only,
         ..Default::default()
     })?;
+    let modelled = match args.model.as_deref() {
+        None => None,
+        Some("local") => Some(Modelled::Local(roformer_lab::profile::measure(&ctx)?)),
+        Some(name) => Some(Modelled::Named(
+            cost_model::gpu(name).expect("checked when parsed"),
+        )),
+    };
     // Planned for the modelled GPU, its variants are the ones that GPU would run.
-    if let (true, Some(name)) = (plan_only, &args.model) {
-        let gpu = cost_model::gpu(name).expect("checked when parsed");
-        let caps = gpu.capabilities(ctx.capabilities());
+    if let (true, Some(m)) = (plan_only, &modelled) {
+        let caps = m.gpu().capabilities(ctx.capabilities());
         ctx.plan_as(caps)?;
     }
     matmul::set_precision(&ctx, precision);
@@ -344,21 +461,15 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let mut session = model.session(&ctx, batch, seq, Mode::Train(TrainOptions::default()))?;
     let plan_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let mut prediction = None;
-    if let Some(name) = &args.model {
-        let gpu = cost_model::gpu(name).expect("checked when parsed");
-        let mut dispatches = session.plan().dispatches().to_vec();
-        if let Some(o) = session.optimizer() {
-            dispatches.extend(o.dispatches().cloned());
-        }
-        let p = cost_model::StepPrediction::of(gpu, &dispatches);
-        print!("{}", p.report(gpu, batch * seq));
+    if let Some(m) = &modelled {
+        let gpu = m.gpu();
+        let p = cost_model::StepPrediction::of(&gpu, session.dispatches());
+        print!("{}", p.report(&gpu, batch * seq));
         if !args.profile {
             return Ok(());
         }
-        // With --profile on that GPU: the step runs, and each kernel family's measured time
-        // is printed beside its prediction.
-        prediction = Some(p);
+        // With --profile: the step runs, and each kernel family's measured time is printed
+        // beside its prediction.
     }
     let (fwd, bwd) = session.call_counts();
     let m = session.memory();
@@ -423,7 +534,13 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         gpu.extend(s.gpu.map(|g| g.as_secs_f64() * 1e3));
     }
     if args.profile {
-        profile(&ctx, &mut session, prediction.as_ref())?;
+        profile(
+            &ctx,
+            &mut session,
+            modelled,
+            args.profile_reps,
+            args.profile_csv.as_deref(),
+        )?;
     }
     if !wall.is_empty() {
         let w = median(wall);

@@ -6,26 +6,43 @@
 //!
 //! ```text
 //! ideal     = max(bytes / bandwidth, flops / rate)          (rate: tensor cores if used, else FP32)
-//! occupancy = min(1, W·n / (SMs · threads to saturate an SM))
+//! resident  = min(threads per SM / n, workgroup memory per SM / workgroup memory)  workgroups per SM
+//! busy      = min(W, SMs)                                   (a workgroup runs on one SM)
+//! per SM    = min(W / busy, resident) · n                   threads on each busy SM
+//! occupancy = busy / SMs · min(1, per SM · chains / threads to saturate an SM)
 //! time      = overhead + max(ideal / occupancy, serial steps · cycles per step / clock)
 //! ```
 //!
-//! `bytes` counts each bound tensor once (a lower bound: caches are assumed perfect), and
-//! `threads to saturate an SM` is the resident-thread count that hides memory latency
-//! (half the SM's maximum). A dispatch *cannot fill the GPU* when it has fewer workgroups than
-//! the GPU has multiprocessors, or when an invocation runs a serial loop over the data (rows,
-//! tokens, positions: it grows with the batch or the length) long enough to set the
-//! dispatch's time. It is a model: the H200 run (issue 12) calibrates it.
+//! `bytes` counts each tensor the kernel loads as read and each it stores as written, once
+//! each (a lower bound: caches are assumed perfect; a table the data indexes, as an
+//! embedding's, not at all); `threads to saturate an SM` is the resident-thread count that
+//! hides memory latency (half the SM's maximum), and `chains` the independent accumulations
+//! a thread keeps in flight (up to 4). A workgroup holds its workgroup (shared) memory while
+//! resident, so a kernel with large tiles fits fewer workgroups on an SM; and it runs on one
+//! SM, so a few large workgroups leave SMs idle however many threads they have. A dispatch
+//! *cannot fill the GPU* when it has fewer workgroups than the GPU has multiprocessors, when
+//! its workgroup memory keeps too few threads resident, or when an invocation runs a serial
+//! loop over the data (rows, tokens, positions: it grows with the batch or the length) long
+//! enough to set the dispatch's time.
+//!
+//! The named GPUs' figures are the vendors'; the H200 run (issue 12) calibrates them. The
+//! model of *this* adapter, [`Gpu::measured`] (`bench step --model local`), takes its figures
+//! from measurements instead, and `--profile` holds each dispatch's prediction against its
+//! measured time ([`Agreement`]): on llvmpipe an SM is a CPU core, which runs a workgroup
+//! one SIMD vector (its subgroup) at a time, and the overhead is what an empty dispatch
+//! costs there.
+
+use std::borrow::Cow;
 
 use roformer_wgpu::{Dispatch, Work};
 
 /// The parameters of a GPU the model knows.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Gpu {
     /// Name as `--model` takes it.
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     /// What it is.
-    pub description: &'static str,
+    pub description: Cow<'static, str>,
     /// Multiprocessors (SMs, compute units, GPU cores).
     pub sms: u32,
     /// FP32 rate, TFLOP/s (dense FMA counted as 2).
@@ -38,6 +55,8 @@ pub struct Gpu {
     pub dispatch_us: f64,
     /// Resident threads per multiprocessor at most.
     pub threads_per_sm: u32,
+    /// Workgroup (shared) memory per multiprocessor, bytes: resident workgroups share it.
+    pub workgroup_memory_per_sm: u64,
     /// Clock, GHz (for serial loops).
     pub clock_ghz: f64,
     /// Subgroup (warp, SIMD-group) size: the row kernels' layout depends on it.
@@ -70,46 +89,123 @@ const CYCLES_PER_SERIAL_STEP: f64 = 4.0;
 /// The GPUs the model knows (vendor figures: H200 SXM, RTX 4090, M3 Max 40-core).
 pub const GPUS: [Gpu; 3] = [
     Gpu {
-        name: "h200",
-        description: "NVIDIA H200 SXM: 132 SMs, 67 TFLOP/s FP32, 989 TFLOP/s FP16 tensor, 4.8 TB/s",
+        name: Cow::Borrowed("h200"),
+        description: Cow::Borrowed(
+            "NVIDIA H200 SXM: 132 SMs, 67 TFLOP/s FP32, 989 TFLOP/s FP16 tensor, 4.8 TB/s",
+        ),
         sms: 132,
         fp32_tflops: 67.0,
         tensor_tflops: 989.0,
         bandwidth_gbs: 4800.0,
         dispatch_us: 2.0,
         threads_per_sm: 2048,
+        // Hopper: up to 228 KiB of the SM's 256 KiB L1 as shared memory (CUDA guide, 16.8)
+        workgroup_memory_per_sm: 228 << 10,
         clock_ghz: 1.98,
         subgroup_size: 32,
         device_type: wgpu::DeviceType::DiscreteGpu,
     },
     Gpu {
-        name: "rtx4090",
-        description:
+        name: Cow::Borrowed("rtx4090"),
+        description: Cow::Borrowed(
             "NVIDIA RTX 4090: 128 SMs, 82.6 TFLOP/s FP32, 165 TFLOP/s FP16 tensor, 1.0 TB/s",
+        ),
         sms: 128,
         fp32_tflops: 82.6,
         tensor_tflops: 165.0,
         bandwidth_gbs: 1008.0,
         dispatch_us: 2.0,
         threads_per_sm: 1536,
+        // Ada: up to 100 KiB of the SM's 128 KiB L1 as shared memory (CUDA guide, 16.7)
+        workgroup_memory_per_sm: 100 << 10,
         clock_ghz: 2.52,
         subgroup_size: 32,
         device_type: wgpu::DeviceType::DiscreteGpu,
     },
     Gpu {
-        name: "m3-max",
-        description: "Apple M3 Max (40-core GPU): 40 cores, 16.4 TFLOP/s FP32, 400 GB/s",
+        name: Cow::Borrowed("m3-max"),
+        description: Cow::Borrowed(
+            "Apple M3 Max (40-core GPU): 40 cores, 16.4 TFLOP/s FP32, 400 GB/s",
+        ),
         sms: 40,
         fp32_tflops: 16.4,
         tensor_tflops: 16.4,
         bandwidth_gbs: 400.0,
         dispatch_us: 5.0,
         threads_per_sm: 1024,
+        // Apple publishes 32 KiB as the most threadgroup memory one threadgroup may have
+        // (Metal feature set tables), not a core's total: assumed to be the core's total,
+        // which may count too few resident threadgroups.
+        workgroup_memory_per_sm: 32 << 10,
         clock_ghz: 1.4,
         subgroup_size: 32,
         device_type: wgpu::DeviceType::IntegratedGpu,
     },
 ];
+
+/// What was measured of an adapter, for [`Gpu::measured`] (`roformer_lab::profile::measure`
+/// measures it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measured {
+    /// The adapter's name.
+    pub adapter: String,
+    /// Its kind.
+    pub device_type: wgpu::DeviceType,
+    /// Multiprocessors; on a CPU adapter, the cores it runs workgroups on.
+    pub sms: u32,
+    /// The FP32 rate of long FMA chains, GFLOP/s.
+    pub fp32_gflops: f64,
+    /// The copy kernel's bandwidth, GB/s (read + write).
+    pub copy_gbs: f64,
+    /// The subgroup size (a CPU adapter's SIMD width).
+    pub subgroup_size: u32,
+    /// Most workgroup memory one workgroup may have, bytes.
+    pub max_workgroup_memory: u64,
+    /// What a dispatch costs by itself, µs: an empty one's time, measured as `--profile`
+    /// measures each dispatch.
+    pub dispatch_us: f64,
+}
+
+impl Measured {
+    /// The better of two measurements of one adapter, figure by figure (the higher rates,
+    /// the lower overhead): other work on the machine only ever makes one worse.
+    pub fn best(&self, other: &Measured) -> Measured {
+        Measured {
+            fp32_gflops: self.fp32_gflops.max(other.fp32_gflops),
+            copy_gbs: self.copy_gbs.max(other.copy_gbs),
+            dispatch_us: self.dispatch_us.min(other.dispatch_us),
+            ..self.clone()
+        }
+    }
+}
+
+impl Gpu {
+    /// The model of an adapter from what was measured of it: its ceilings as the rates, its
+    /// empty dispatch's time as the overhead, an SM per core (or multiprocessor), one
+    /// subgroup (a CPU's SIMD vector) of threads per SM enough to keep it busy, and as its
+    /// clock the rate at which an SM issues one vector FMA (FP32 rate / (SMs · lanes · 2)),
+    /// the unit a serial loop's steps are counted in.
+    pub fn measured(m: &Measured) -> Gpu {
+        let lanes = m.subgroup_size.max(1);
+        Gpu {
+            name: Cow::Borrowed("local"),
+            description: Cow::Owned(format!(
+                "{} (measured): {} cores, {:.0} GFLOP/s FP32, {:.1} GB/s copy, {lanes} lanes",
+                m.adapter, m.sms, m.fp32_gflops, m.copy_gbs
+            )),
+            sms: m.sms.max(1),
+            fp32_tflops: m.fp32_gflops / 1e3,
+            tensor_tflops: m.fp32_gflops / 1e3,
+            bandwidth_gbs: m.copy_gbs,
+            dispatch_us: m.dispatch_us,
+            threads_per_sm: 2 * lanes,
+            workgroup_memory_per_sm: m.max_workgroup_memory.max(1),
+            clock_ghz: m.fp32_gflops / (m.sms.max(1) as f64 * lanes as f64 * 2.0),
+            subgroup_size: lanes,
+            device_type: m.device_type,
+        }
+    }
+}
 
 /// The GPU of a name (case-insensitive).
 pub fn gpu(name: &str) -> Option<&'static Gpu> {
@@ -121,6 +217,9 @@ pub fn gpu(name: &str) -> Option<&'static Gpu> {
 pub enum Underfill {
     /// Fewer workgroups than multiprocessors.
     FewWorkgroups(u64),
+    /// Workgroup memory lets only this many workgroups reside on a multiprocessor, too few
+    /// threads to fill it.
+    WorkgroupMemory(u64),
     /// An invocation runs a serial loop of this many steps over the data.
     SerialLoop(u64),
 }
@@ -129,6 +228,9 @@ impl std::fmt::Display for Underfill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Underfill::FewWorkgroups(w) => write!(f, "{w} workgroups"),
+            Underfill::WorkgroupMemory(w) => {
+                write!(f, "workgroup memory for {w} resident workgroups per SM")
+            }
             Underfill::SerialLoop(s) => write!(f, "serial loop of {s} steps"),
         }
     }
@@ -158,7 +260,8 @@ pub fn predict(gpu: &Gpu, d: &Dispatch) -> Prediction {
     let work = *d.work();
     let (shader, entry) = d.kernel();
     let workgroups = d.workgroup_count();
-    let invocations = workgroups * work.threads_per_workgroup.max(1) as u64;
+    let n = work.threads_per_workgroup.max(1) as u64;
+    let invocations = workgroups * n;
     let bytes = (work.bytes_read + work.bytes_written) as f64;
     let rate = if work.tensor_cores {
         gpu.tensor_tflops
@@ -166,15 +269,31 @@ pub fn predict(gpu: &Gpu, d: &Dispatch) -> Prediction {
         gpu.fp32_tflops
     } * 1e12;
     let ideal_s = (bytes / (gpu.bandwidth_gbs * 1e9)).max(work.flops as f64 / rate);
-    let saturating = gpu.sms as f64 * gpu.threads_per_sm as f64 / 2.0;
+    // Workgroups an SM holds at once: as many as its threads allow, and its workgroup memory
+    // (at least one: the kernel runs within the device's limit).
+    let by_threads = (gpu.threads_per_sm as u64 / n).max(1);
+    let by_memory = match work.workgroup_memory {
+        0 => u64::MAX,
+        bytes => (gpu.workgroup_memory_per_sm / bytes).max(1),
+    };
+    let resident = by_threads.min(by_memory);
+    // A workgroup runs on one SM: a few workgroups keep only as many SMs busy, each with
+    // its share of the workgroups (as many as it can hold at once).
+    let busy = workgroups.clamp(1, gpu.sms as u64);
+    let per_workgroups = (workgroups as f64 / busy as f64).min(resident as f64);
     // Independent accumulations stand in for threads (up to 4 each) in hiding latency.
     let chains = work.accumulators.clamp(1, MAX_CHAINS_PER_THREAD) as f64;
-    let occupancy = (invocations as f64 * chains / saturating).min(1.0);
+    let per_sm = per_workgroups * n as f64 * chains;
+    let occupancy =
+        busy as f64 / gpu.sms as f64 * (per_sm / (gpu.threads_per_sm as f64 / 2.0)).min(1.0);
     let serial_s = work.serial_steps as f64 * CYCLES_PER_SERIAL_STEP / (gpu.clock_ghz * 1e9);
     let time_us = gpu.dispatch_us + 1e6 * (ideal_s / occupancy.max(1e-9)).max(serial_s);
     let mut underfill = Vec::new();
     if workgroups < gpu.sms as u64 {
         underfill.push(Underfill::FewWorkgroups(workgroups));
+    }
+    if by_memory < by_threads && workgroups > busy * by_memory && occupancy < 1.0 {
+        underfill.push(Underfill::WorkgroupMemory(by_memory));
     }
     // A loop over the data matters when it, not the GPU's width, sets the time.
     if work.serial_steps > 0 && serial_s > ideal_s / occupancy.max(1e-9) {
@@ -201,9 +320,9 @@ pub struct StepPrediction {
 }
 
 impl StepPrediction {
-    /// Predicts every dispatch of a step.
-    pub fn of(gpu: &Gpu, dispatches: &[Dispatch]) -> StepPrediction {
-        let dispatches: Vec<Prediction> = dispatches.iter().map(|d| predict(gpu, d)).collect();
+    /// Predicts every dispatch of a step (a session's: `Session::dispatches`).
+    pub fn of<'d>(gpu: &Gpu, dispatches: impl IntoIterator<Item = &'d Dispatch>) -> StepPrediction {
+        let dispatches: Vec<Prediction> = dispatches.into_iter().map(|d| predict(gpu, d)).collect();
         let total_us = dispatches.iter().map(|p| p.time_us).sum();
         StepPrediction {
             dispatches,
@@ -229,7 +348,7 @@ impl StepPrediction {
         let _ = writeln!(out, "model     {}", gpu.description);
         let _ = writeln!(
             out,
-            "          per dispatch: {} µs + max(bytes / bandwidth, FLOPs / rate) / occupancy, \
+            "          per dispatch: {:.1} µs + max(bytes / bandwidth, FLOPs / rate) / occupancy, \
              or {CYCLES_PER_SERIAL_STEP} cycles per serial-loop step if longer",
             gpu.dispatch_us
         );
@@ -307,6 +426,106 @@ impl StepPrediction {
     }
 }
 
+/// How predicted times compare with measured ones, dispatch by dispatch: the ratio
+/// predicted / measured (a lower bound's is at most 1) and whether the order agrees.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agreement {
+    /// Dispatches compared.
+    pub dispatches: usize,
+    /// Median of predicted / measured.
+    pub median: f64,
+    /// The lowest ratio, and its dispatch's index.
+    pub lowest: (f64, usize),
+    /// The highest ratio, and its dispatch's index.
+    pub highest: (f64, usize),
+    /// Fraction of the dispatches predicted to take longer than they did.
+    pub over: f64,
+    /// Spearman's rank correlation of predicted and measured times (ties share their mean
+    /// rank).
+    pub spearman: f64,
+    /// Predicted total / measured total.
+    pub total: f64,
+}
+
+impl Agreement {
+    /// Compares `predicted[i]` with `measured[i]` (any one unit); `None` when they differ in
+    /// length, are empty, or a measured time is not positive.
+    pub fn of(predicted: &[f64], measured: &[f64]) -> Option<Agreement> {
+        if predicted.len() != measured.len()
+            || predicted.is_empty()
+            || measured.iter().any(|&m| m.is_nan() || m <= 0.0)
+        {
+            return None;
+        }
+        let ratios: Vec<f64> = predicted.iter().zip(measured).map(|(p, m)| p / m).collect();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mid = sorted.len() / 2;
+        let median = if sorted.len() % 2 == 1 {
+            sorted[mid]
+        } else {
+            (sorted[mid - 1] + sorted[mid]) / 2.0
+        };
+        let pick = |better: fn(f64, f64) -> bool| {
+            ratios
+                .iter()
+                .enumerate()
+                .fold((ratios[0], 0), |best, (i, &r)| {
+                    if better(r, best.0) {
+                        (r, i)
+                    } else {
+                        best
+                    }
+                })
+        };
+        Some(Agreement {
+            dispatches: ratios.len(),
+            median,
+            lowest: pick(|a, b| a < b),
+            highest: pick(|a, b| a > b),
+            over: ratios.iter().filter(|&&r| r > 1.0).count() as f64 / ratios.len() as f64,
+            spearman: pearson(&ranks(predicted), &ranks(measured)),
+            total: predicted.iter().sum::<f64>() / measured.iter().sum::<f64>(),
+        })
+    }
+}
+
+/// 1-based ranks, ties given their mean rank.
+fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    order.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut ranks = vec![0.0; x.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && x[order[j + 1]] == x[order[i]] {
+            j += 1;
+        }
+        for &k in &order[i..=j] {
+            ranks[k] = (i + j) as f64 / 2.0 + 1.0;
+        }
+        i = j + 1;
+    }
+    ranks
+}
+
+/// Pearson's correlation (0 where either side is constant).
+fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        0.0
+    } else {
+        sxy / (sxx * syy).sqrt()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +541,10 @@ mod tests {
         let t = roformer_wgpu::Tensor::zeros(ctx, &[n], roformer_wgpu::DType::F32).unwrap();
         let p = predict(h200, &elementwise::plan_fill(ctx, &t, 1.0).unwrap());
         assert_eq!(p.work.bytes_written, 4 * n as u64);
+        assert_eq!(
+            p.work.bytes_read, 0,
+            "fill stores its read_write output only"
+        );
         assert_eq!(p.work.threads_per_workgroup, 256);
         assert_eq!(p.occupancy, 1.0);
         let expected = 2.0 + 4.0 * n as f64 / 4800e9 * 1e6;
@@ -331,6 +554,212 @@ mod tests {
             p.time_us
         );
         assert!(p.underfill.is_empty());
+    }
+
+    #[test]
+    fn a_measured_adapter_is_modelled_from_its_figures() {
+        let local = Gpu::measured(&Measured {
+            adapter: "llvmpipe".into(),
+            device_type: wgpu::DeviceType::Cpu,
+            sms: 2,
+            fp32_gflops: 32.0,
+            copy_gbs: 8.0,
+            subgroup_size: 8,
+            max_workgroup_memory: 32768,
+            dispatch_us: 20.0,
+        });
+        assert_eq!(
+            (local.sms, local.threads_per_sm, local.subgroup_size),
+            (2, 16, 8)
+        );
+        assert_eq!(local.dispatch_us, 20.0);
+        // 32 GFLOP/s from 2 cores of 8 lanes: a vector FMA (2 FLOPs a lane) at 1 GHz
+        assert_eq!(local.clock_ghz, 1.0);
+        let m = Measured {
+            adapter: "llvmpipe".into(),
+            device_type: wgpu::DeviceType::Cpu,
+            sms: 2,
+            fp32_gflops: 32.0,
+            copy_gbs: 8.0,
+            subgroup_size: 8,
+            max_workgroup_memory: 32768,
+            dispatch_us: 20.0,
+        };
+        let slower = Measured {
+            fp32_gflops: 40.0,
+            copy_gbs: 5.0,
+            dispatch_us: 15.0,
+            ..m.clone()
+        };
+        let best = m.best(&slower);
+        assert_eq!((best.fp32_gflops, best.copy_gbs), (40.0, 8.0));
+        assert_eq!(best.dispatch_us, 15.0);
+        let ctx = &Context::new().unwrap();
+        let n = 1 << 22;
+        let t = roformer_wgpu::Tensor::zeros(ctx, &[n], roformer_wgpu::DType::F32).unwrap();
+        let p = predict(&local, &elementwise::plan_fill(ctx, &t, 1.0).unwrap());
+        let expected = 20.0 + 4.0 * n as f64 / 8e9 * 1e6;
+        assert!(
+            (p.time_us - expected).abs() < 1e-6,
+            "{} vs {expected}",
+            p.time_us
+        );
+        // One workgroup of 256 runs on one core of the two, one 8-lane vector at a time:
+        // half the adapter, however many threads it has.
+        let small = roformer_wgpu::Tensor::zeros(ctx, &[256], roformer_wgpu::DType::F32).unwrap();
+        let one = predict(&local, &elementwise::plan_fill(ctx, &small, 1.0).unwrap());
+        assert_eq!(one.workgroups, 1);
+        assert_eq!(one.occupancy, 0.5);
+        assert_eq!(one.underfill, [Underfill::FewWorkgroups(1)]);
+    }
+
+    #[test]
+    fn a_table_the_data_indexes_does_not_count() {
+        use roformer_wgpu::ops::embedding::{self, TokenIds};
+        let ctx = &Context::new().unwrap();
+        let (vocab, dim, n) = (1000, 64, 128);
+        let ids: Vec<u32> = (0..n as u32).map(|i| i * 7 % vocab as u32).collect();
+        let ids = TokenIds::new(ctx, &ids, &[n], vocab).unwrap();
+        let f32s = |shape: &[usize]| {
+            roformer_wgpu::Tensor::zeros(ctx, shape, roformer_wgpu::DType::F32).unwrap()
+        };
+        let (table, out) = (f32s(&[vocab, dim]), f32s(&[n, dim]));
+        let d = embedding::plan_forward(ctx, &table, &ids, &out, false).unwrap();
+        // the ids and the rows gathered into out, not the 1000-row table
+        assert_eq!(d.work().bytes_written, 4 * (n * dim) as u64);
+        assert!(d.work().bytes_read < 4 * (n * dim) as u64, "{:?}", d.work());
+        // backward: dout read, the table's gradient rows (and the long runs' partial sums)
+        // not counted; the first dispatch zeroes the whole gradient
+        let dout = f32s(&[n, dim]);
+        let plan = embedding::plan_backward(ctx, &dout, &ids, &table, false).unwrap();
+        assert_eq!(plan[0].work().bytes_written, 4 * (vocab * dim) as u64);
+        for d in &plan[1..] {
+            assert_eq!(d.work().bytes_written, 0, "{:?}", d.kernel());
+            assert!(
+                d.work().bytes_read < 4 * (n * dim) as u64 + (64 << 10),
+                "{:?}",
+                d.work()
+            );
+        }
+    }
+
+    #[test]
+    fn agreement_is_the_ratio_distribution_and_the_rank_correlation() {
+        // Spearman by hand: ranks differ by (-1, 1, -1, 1, 0), 1 - 6·4 / (5·24) = 0.8
+        let a = Agreement::of(&[1.0, 2.0, 3.0, 4.0, 5.0], &[2.0, 1.0, 4.0, 3.0, 5.0]).unwrap();
+        assert!((a.spearman - 0.8).abs() < 1e-12, "{a:?}");
+        // ratios 0.5, 2, 0.75, 4/3, 1: median 1, lowest the first, highest the second
+        assert_eq!(a.median, 1.0);
+        assert_eq!(a.lowest, (0.5, 0));
+        assert_eq!(a.highest, (2.0, 1));
+        assert_eq!(a.over, 0.4);
+        assert_eq!(a.total, 1.0);
+        // ties share their mean rank: ranks (1.5, 1.5, 3) against (1, 2, 3): 1.5 / √3
+        let t = Agreement::of(&[1.0, 1.0, 2.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert!((t.spearman - 1.5 / 3f64.sqrt()).abs() < 1e-12, "{t:?}");
+        // ratios 1, 1/2, 2/3
+        assert!((t.median - 2.0 / 3.0).abs() < 1e-12, "{t:?}");
+        // order reversed: -1
+        let r = Agreement::of(&[3.0, 2.0, 1.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert!((r.spearman + 1.0).abs() < 1e-12);
+        assert_eq!(Agreement::of(&[1.0], &[0.0]), None);
+        assert_eq!(Agreement::of(&[1.0, 2.0], &[1.0]), None);
+        assert_eq!(Agreement::of(&[], &[]), None);
+    }
+
+    #[test]
+    fn workgroup_memory_limits_the_workgroups_resident_on_an_sm() {
+        static TILED: roformer_wgpu::Shader = roformer_wgpu::Shader {
+            name: "tiled",
+            source: "
+struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+var<workgroup> tile: array<f32, 4096>;
+@compute @workgroup_size(64)
+fn tiled(@builtin(global_invocation_id) id: vec3<u32>,
+         @builtin(local_invocation_index) l: u32) {
+    tile[l * 64u] = f32(id.x);
+    workgroupBarrier();
+    if (id.x < p.n) { out[id.x] = tile[(63u - l) * 64u]; }
+}
+@compute @workgroup_size(64)
+fn plain(@builtin(global_invocation_id) id: vec3<u32>) {
+    if (id.x < p.n) { out[id.x] = f32(id.x); }
+}",
+        };
+        let ctx = &Context::new().unwrap();
+        let n = 8192 * 64;
+        let out = roformer_wgpu::Tensor::zeros(ctx, &[n], roformer_wgpu::DType::F32).unwrap();
+        let launch = |entry| {
+            roformer_wgpu::DispatchBuilder::new(ctx, &TILED, entry)
+                .params(&[n as u32, 0, 0, 0])
+                .write("out", &out)
+                .build([8192, 1, 1])
+                .unwrap()
+        };
+        let (tiled, plain) = (launch("tiled"), launch("plain"));
+        assert_eq!(tiled.work().workgroup_memory, 16384);
+        // 16 KiB each: 14 workgroups of 64 threads fit an H200 SM (228 KiB), 6 an RTX 4090's
+        // (100 KiB), 2 an M3 Max core (32 KiB); half an SM's threads saturate it (1024, 768,
+        // 512)
+        for (name, occupancy, resident) in [
+            ("h200", 0.875, 14),
+            ("rtx4090", 0.5, 6),
+            ("m3-max", 0.25, 2),
+        ] {
+            let g = gpu(name).unwrap();
+            let p = predict(g, &tiled);
+            assert!((p.occupancy - occupancy).abs() < 1e-12, "{name}: {p:?}");
+            assert_eq!(
+                p.underfill,
+                [Underfill::WorkgroupMemory(resident)],
+                "{name}"
+            );
+            let bytes = 4.0 * n as f64;
+            let expected = g.dispatch_us + bytes / (g.bandwidth_gbs * 1e9) / occupancy * 1e6;
+            assert!(
+                (p.time_us - expected).abs() < 1e-9,
+                "{name}: {} vs {expected}",
+                p.time_us
+            );
+            // without the tile, the same launch fills the GPU
+            let q = predict(g, &plain);
+            assert_eq!(q.occupancy, 1.0, "{name}");
+            assert!(q.underfill.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn adamw_moves_28_bytes_per_parameter() {
+        use roformer_wgpu::ops::adamw::{self, AdamWConfig, AdamWState};
+        let ctx = &Context::new().unwrap();
+        let n = 1 << 20;
+        let t = || roformer_wgpu::Tensor::zeros(ctx, &[n], roformer_wgpu::DType::F32).unwrap();
+        let (param, grad) = (t(), t());
+        let state = AdamWState { m: t(), v: t() };
+        let stats = roformer_wgpu::Tensor::zeros(ctx, &[2], roformer_wgpu::DType::F32).unwrap();
+        let step = adamw::plan_step(
+            ctx,
+            &AdamWConfig::default(),
+            &param,
+            &grad,
+            &state,
+            Some(&stats),
+        )
+        .unwrap();
+        let w = step.dispatch.work();
+        // loads grad, param, m and v (and clipping's two factors), stores param, m and v
+        assert_eq!(w.bytes_read, 16 * n as u64 + 8);
+        assert_eq!(w.bytes_written, 12 * n as u64);
+        let h200 = gpu("h200").unwrap();
+        let p = predict(h200, &step.dispatch);
+        let expected = 2.0 + (28 * n + 8) as f64 / 4800e9 * 1e6;
+        assert!(
+            (p.time_us - expected).abs() < 1e-6,
+            "{} vs {expected}",
+            p.time_us
+        );
     }
 
     #[test]
@@ -348,6 +777,15 @@ mod tests {
         // a real tiling: several threads per workgroup, each with a register block
         assert!(p.work.threads_per_workgroup >= 8, "{:?}", p.work);
         assert!(p.work.accumulators >= 16, "{:?}", p.work);
+        assert_eq!(p.work.bytes_written, 4 * (m * n) as u64);
+        // accumulating into C loads it too
+        let add = matmul::MatmulOptions {
+            accumulate: true,
+            ..Default::default()
+        };
+        let d = matmul::plan(ctx, &a, &b, None, &c, &add).unwrap();
+        assert_eq!(d.work().bytes_read, 4 * (m * k + k * n + m * n) as u64);
+        assert_eq!(d.work().bytes_written, 4 * (m * n) as u64);
         // 768 columns of 4096 rows: 12 column blocks, so the rows are cut into chunks summed
         // in parallel, filling the GPU; the partial sums' own sum is small
         let x = roformer_wgpu::Tensor::zeros(ctx, &[4096, 768], roformer_wgpu::DType::F32).unwrap();

@@ -4,8 +4,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::cost_model::Measured;
 use roformer_wgpu::shader::Shader;
-use roformer_wgpu::timing::time_dispatches;
+use roformer_wgpu::timing::{time_dispatches, time_each};
 use roformer_wgpu::Context;
 use roformer_wgpu::Result;
 use roformer_wgpu::{one_form, DispatchBuilder, KernelFamily, ParamBlock};
@@ -75,6 +76,71 @@ pub fn copy_bandwidth(ctx: &Context, bytes: u64) -> Result<f64> {
     Ok(2.0 * src.byte_size() as f64 / t.as_secs_f64() / 1e9)
 }
 
+/// What the cost model needs of this adapter, measured ([`crate::cost_model::Gpu::measured`]):
+/// its FP32 and copy ceilings (the best of several tries), its subgroup size and, as its
+/// multiprocessors, the CPU's cores llvmpipe runs workgroups on (`LP_NUM_THREADS` where set).
+/// A GPU adapter does not say how many multiprocessors it has: for one, an
+/// `InvalidArgument` error (model it by name instead).
+pub fn measure(ctx: &Context) -> Result<Measured> {
+    let caps = ctx.capabilities();
+    if !caps.is_cpu() {
+        return Err(roformer_wgpu::Error::InvalidArgument(format!(
+            "{} is not a CPU adapter, and wgpu does not say how many multiprocessors a GPU              has: model it by name (h200, rtx4090, m3-max)",
+            caps.adapter_name
+        )));
+    }
+    let threads = std::env::var("LP_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n > 0);
+    let cores = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    Ok(Measured {
+        adapter: caps.adapter_name.clone(),
+        device_type: caps.device_type,
+        sms: cores,
+        fp32_gflops: best_of(|| fp32_rate(ctx, 64, 256))?,
+        // Fresh buffers each time, of three sizes: on llvmpipe in a VM the same copy runs
+        // at 4 or at 9 GB/s depending on where its buffers landed.
+        copy_gbs: best_of(|| {
+            let sizes = [4 << 20, 16 << 20, 64 << 20].map(|b| copy_bandwidth(ctx, b));
+            sizes
+                .into_iter()
+                .try_fold(0.0f64, |best, r| Ok(best.max(r?)))
+        })?,
+        subgroup_size: caps.subgroup_sizes.map_or(1, |(_, max)| max),
+        max_workgroup_memory: caps.max_workgroup_storage as u64,
+        dispatch_us: dispatch_overhead(ctx)?,
+    })
+}
+
+/// What a dispatch costs by itself, µs: the fastest of 3 × 32 one-workgroup fills of one
+/// element, each timed alone as `bench step --profile` times every dispatch (its own compute
+/// pass between timestamps, where the adapter has them).
+pub fn dispatch_overhead(ctx: &Context) -> Result<f64> {
+    let t = Tensor::zeros(ctx, &[1], DType::F32)?;
+    let fill = roformer_wgpu::ops::elementwise::plan_fill(ctx, &t, 0.0)?;
+    let fills = vec![fill; 32];
+    time_each(ctx, &fills)?; // warm-up
+    let mut fastest = f64::INFINITY;
+    for _ in 0..3 {
+        for t in time_each(ctx, &fills)? {
+            fastest = fastest.min(t.as_secs_f64() * 1e6);
+        }
+    }
+    Ok(fastest)
+}
+
+/// The highest of five measurements of a rate: other work on the machine only ever lowers
+/// one.
+fn best_of(rate: impl Fn() -> Result<f64>) -> Result<f64> {
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        best = best.max(rate()?);
+    }
+    Ok(best)
+}
+
 /// The host's mirror of the shader's parameter block, field by field.
 fn param_blocks() -> Vec<ParamBlock> {
     vec![ParamBlock {
@@ -97,7 +163,10 @@ mod tests {
         let ctx = &Context::new().unwrap();
         let flops = fp32_rate(ctx, 16, 64).unwrap();
         let bw = copy_bandwidth(ctx, 1 << 20).unwrap();
+        let overhead = dispatch_overhead(ctx).unwrap();
         assert!(flops.is_finite() && flops > 0.0, "{flops}");
         assert!(bw.is_finite() && bw > 0.0, "{bw}");
+        // a dispatch takes some time, and an empty one well under a second
+        assert!(overhead > 0.0 && overhead < 1e6, "{overhead}");
     }
 }

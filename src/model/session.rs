@@ -275,17 +275,8 @@ impl<'m> Session<'m> {
                         label: Some("step"),
                         timestamp_writes: self.timer.as_ref().map(|t| t.writes(0)),
                     });
-                    for d in &self.refresh {
+                    for d in self.dispatches() {
                         d.encode(&mut pass);
-                    }
-                    self.plan.encode(&mut pass);
-                    for d in &self.unscale {
-                        d.encode(&mut pass);
-                    }
-                    if let Some(o) = &self.optimizer {
-                        for d in o.dispatches() {
-                            d.encode(&mut pass);
-                        }
                     }
                 }
                 encoder.copy_buffer_to_buffer(loss.buffer(), loss.offset(), readback, 0, 16);
@@ -396,15 +387,21 @@ impl<'m> Session<'m> {
         self.plan.memory()
     }
 
-    /// Dispatches per step (weight casts in mixed precision + graph + optimizer).
+    /// Every dispatch a step submits, in order: in mixed precision the casts refreshing the
+    /// f16 weights, then the graph, the unscaling of a `Gradients` session's gradients, and
+    /// a `Train` session's optimizer (clipping, AdamW, the loss scale's update). What
+    /// [`Session::step`] encodes, so a cost model or a profiler sees the same step.
+    pub fn dispatches(&self) -> impl Iterator<Item = &Dispatch> {
+        self.refresh
+            .iter()
+            .chain(self.plan.dispatches())
+            .chain(&self.unscale)
+            .chain(self.optimizer.iter().flat_map(Optimizer::dispatches))
+    }
+
+    /// Dispatches per step ([`Session::dispatches`]).
     pub fn dispatch_count(&self) -> usize {
-        self.refresh.len()
-            + self.plan.dispatches().len()
-            + self.unscale.len()
-            + self
-                .optimizer
-                .as_ref()
-                .map_or(0, |o| o.dispatches().count())
+        self.dispatches().count()
     }
 
     /// Calls (stage kernels) of the forward and backward passes.

@@ -195,7 +195,7 @@ pub fn plan_scatter_first(
 ) -> Result<Dispatch> {
     let (r, c, t) = rows_of("scatter_first", full, rows)?;
     let beta = if accumulate { 1.0 } else { 0.0 };
-    DispatchBuilder::family(ctx, &FAMILY, "scatter_rows")
+    let builder = DispatchBuilder::family(ctx, &FAMILY, "scatter_rows")
         .element_type("In", rows.dtype())
         .element_type("Out", full.dtype())
         .params(&Params {
@@ -204,9 +204,14 @@ pub fn plan_scatter_first(
             stride: (t * c) as u32,
             ..Params::n(r * c)
         })
-        .read("a", rows)
-        .write("out", full)
-        .build(ctx.grid_1d(((r * c) as u64).div_ceil(WG))?)
+        .read("a", rows);
+    // Without accumulate, out is never loaded: written only.
+    let builder = if accumulate {
+        builder.write("out", full)
+    } else {
+        builder.write_only("out", full)
+    };
+    builder.build(ctx.grid_1d(((r * c) as u64).div_ceil(WG))?)
 }
 
 /// `rows[b] = full[b, positions[b]]` for `full` `[B, T, C]`, `positions` `[B]` (u32, each

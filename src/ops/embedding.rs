@@ -193,7 +193,7 @@ pub fn plan_forward(
     out.expect_shape("embedding", "out", &shape)?;
     out.expect_dtype("embedding", "out", table.dtype())?;
     let n = (ids.len() * dim) as u64;
-    DispatchBuilder::family(ctx, &FAMILY, "forward")
+    let builder = DispatchBuilder::family(ctx, &FAMILY, "forward")
         .element_type("T", table.dtype())
         .params(&Params {
             rows: ids.len() as u32,
@@ -202,9 +202,15 @@ pub fn plan_forward(
             accumulate: accumulate as u32,
         })
         .read("ids", &ids.ids)
-        .read("table", table)
-        .write("out", out)
-        .build(ctx.grid_1d(n.div_ceil(256))?)
+        // the rows of the batch's tokens, however few
+        .read_sparse("table", table);
+    // Without accumulate, out is never loaded: written only.
+    let builder = if accumulate {
+        builder.write("out", out)
+    } else {
+        builder.write_only("out", out)
+    };
+    builder.build(ctx.grid_1d(n.div_ceil(256))?)
 }
 
 /// `dtable[tok] += Σ_{r: ids[r] = tok} dout[r]`; without `accumulate`, dtable is zeroed first.
@@ -243,8 +249,9 @@ pub fn plan_backward(
             .element_type("Out", dtable.dtype())
             .params(&params)
             .read("groups", &ids.groups)
-            .write("dtable", dtable)
-            .write("partial", &partial)
+            // the rows of the batch's tokens, and partial sums of the long runs only
+            .write_sparse("dtable", dtable)
+            .write_sparse("partial", &partial)
     };
     out.push(
         pass("backward")

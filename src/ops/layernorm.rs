@@ -135,7 +135,8 @@ fn plan_forward_any(
         .write("y", y)
         .write("stats", stats);
     match residual_sum {
-        Some((residual, sum)) => builder.read("residual", residual).write("sum", sum),
+        // The kernel rereads only the sums it stored itself: written once.
+        Some((residual, sum)) => builder.read("residual", residual).write_only("sum", sum),
         None => builder,
     }
     .build(ctx.grid_1d(rows as u64)?)
@@ -198,18 +199,24 @@ pub fn plan_backward_params(
     };
     let (pg, pb) = (partial(dgamma)?, partial(dbeta)?);
     let [gx, gy, _] = ctx.grid_1d((n as u64).div_ceil(64))?;
-    let mut plan = vec![DispatchBuilder::family(ctx, &FAMILY, "backward_params")
+    let adds = accumulate && chunks == 1;
+    let builder = DispatchBuilder::family(ctx, &FAMILY, "backward_params")
         .element_type("T", x.dtype())
         .element_type("Out", pg.dtype())
         .params(&Params {
             rows_per_chunk: per_chunk as u32,
-            ..Params::new(rows, n, 0.0, accumulate && chunks == 1)
+            ..Params::new(rows, n, 0.0, adds)
         })
         .read("x", x)
         .read("stats_saved", stats)
-        .read("dy", dy)
-        .write("dgamma", &pg)
-        .write("dbeta", &pb)
+        .read("dy", dy);
+    // Loaded only to add to them.
+    let builder = if adds {
+        builder.write("dgamma", &pg).write("dbeta", &pb)
+    } else {
+        builder.write_only("dgamma", &pg).write_only("dbeta", &pb)
+    };
+    let mut plan = vec![builder
         // the threads of a column walk their chunk's rows
         .serial_steps(per_chunk.div_ceil(4) as u64)
         .build([gx, gy, chunks as u32])?];

@@ -66,7 +66,7 @@ fn pass(
 ) -> Result<Dispatch> {
     let chunks = rows.div_ceil(rows_per_chunk).max(1);
     let [gx, gy, _] = ctx.grid_1d((cols as u64).div_ceil(64))?;
-    DispatchBuilder::family(ctx, &FAMILY, "sum_rows")
+    let builder = DispatchBuilder::family(ctx, &FAMILY, "sum_rows")
         .element_type("In", x.dtype())
         .element_type("Out", out.dtype())
         .params(&Params {
@@ -75,8 +75,14 @@ fn pass(
             beta,
             rows_per_chunk: rows_per_chunk as u32,
         })
-        .read("x", x)
-        .write("out", out)
+        .read("x", x);
+    // beta 0 never loads out: written only.
+    let builder = if beta == 0.0 {
+        builder.write_only("out", out)
+    } else {
+        builder.write("out", out)
+    };
+    builder
         // 4 threads per column walk the chunk's rows
         .serial_steps(rows_per_chunk.min(rows).div_ceil(4) as u64)
         .build([gx, gy, chunks as u32])

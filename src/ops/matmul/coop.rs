@@ -96,7 +96,7 @@ pub(crate) fn plan(
     let (a_k_contig, b_n_contig) = contiguity(s);
     let block = fragment.block();
     let flag = |x: bool| if x { 1.0 } else { 0.0 };
-    DispatchBuilder::family(ctx, &FAMILY, "matmul")
+    let builder = DispatchBuilder::family(ctx, &FAMILY, "matmul")
         .element_type("In", ops.a.dtype())
         .element_type("Out", ops.c.dtype())
         .constant("SG", sg as f64)
@@ -106,8 +106,14 @@ pub(crate) fn plan(
         .params(&params_of(s, ops.bias.is_some()))
         .read("a", ops.a)
         .read("b", ops.b)
-        .read_opt("bias", ops.bias)
-        .write("c", ops.c)
+        .read_opt("bias", ops.bias);
+    // beta 0 never loads C: written only.
+    let builder = if s.beta == 0.0 {
+        builder.write_only("c", ops.c)
+    } else {
+        builder.write("c", ops.c)
+    };
+    builder
         .write_opt("act", ops.gelu)
         .flops((2 * s.m * s.n * s.k * s.batch[0] * s.batch[1]) as u64)
         .on_tensor_cores()

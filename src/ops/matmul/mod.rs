@@ -250,12 +250,18 @@ fn dispatch(
     for (name, value) in override_constants(tiling, layout, ops.gelu.is_some()) {
         builder = builder.constant(name, value);
     }
-    builder
+    builder = builder
         .params(&params_of(s, ops.bias.is_some()))
         .read("a", ops.a)
         .read("b", ops.b)
-        .read_opt("bias", ops.bias)
-        .write("c", ops.c)
+        .read_opt("bias", ops.bias);
+    // beta 0 never loads C (it may hold anything): written only.
+    builder = if s.beta == 0.0 {
+        builder.write_only("c", ops.c)
+    } else {
+        builder.write("c", ops.c)
+    };
+    builder
         .read_opt("a4", a4)
         .read_opt("b4", b4)
         .write_opt("act", ops.gelu)

@@ -54,14 +54,17 @@ impl Schedule {
         }
     }
 
-    /// The rate at step `t` (1-based) for a peak rate `lr`: `lr · t / warmup` during
-    /// warm-up, then the decay over the remaining steps, never below 0.
+    /// The rate of update `t` (1-based) for a peak rate `lr`, as transformers' schedulers
+    /// give it: the multiplier after `t − 1` scheduler steps (`s`), so the first update of a
+    /// warm-up runs at 0. During warm-up `lr · s / warmup`, then the decay over the remaining
+    /// steps, never below 0.
     pub fn lr(&self, lr: f64, t: u64) -> f64 {
-        if t <= self.warmup_steps {
-            return lr * t as f64 / self.warmup_steps as f64;
+        let s = t.saturating_sub(1);
+        if s < self.warmup_steps {
+            return lr * s as f64 / self.warmup_steps as f64;
         }
         let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
-        let progress = ((t - self.warmup_steps) as f64 / span).min(1.0);
+        let progress = ((s - self.warmup_steps) as f64 / span).min(1.0);
         match self.decay {
             Decay::Constant => lr,
             Decay::Linear => lr * (1.0 - progress),
@@ -79,6 +82,10 @@ pub struct TrainOptions {
     pub schedule: Schedule,
     /// Clip gradients to this global norm (`None`: no clipping).
     pub clip_norm: Option<f32>,
+    /// Leave biases and LayerNorm weights out of weight decay, as transformers' Trainer
+    /// groups the parameters (`false`: decay every parameter, as `torch.optim.AdamW` given
+    /// them all does).
+    pub decay_skips_biases_and_norms: bool,
 }
 
 impl Default for TrainOptions {
@@ -87,8 +94,17 @@ impl Default for TrainOptions {
             adamw: AdamWConfig::default(),
             schedule: Schedule::constant(),
             clip_norm: None,
+            decay_skips_biases_and_norms: false,
         }
     }
+}
+
+/// Whether transformers' Trainer decays a parameter of this name: not a bias, not a
+/// LayerNorm's (`get_decay_parameter_names`: LayerNorm modules and names holding "bias" or
+/// "layernorm").
+pub fn trainer_decays(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !(lower.contains("bias") || lower.contains("layernorm"))
 }
 
 /// Planned clip + AdamW (+ loss scale update) dispatches over a parameter store.
@@ -131,14 +147,29 @@ impl Optimizer {
             &partial,
             &stats,
         )?;
-        let steps = chunks
+        // One update per run of parameters that share a weight decay: a chunk each, or with
+        // the Trainer's grouping, the runs of decayed and undecayed parameters in it.
+        let runs = if options.decay_skips_biases_and_norms {
+            store.runs(ctx, trainer_decays)?
+        } else {
+            chunks.iter().map(|c| (c.clone(), true)).collect()
+        };
+        let steps = runs
             .iter()
-            .map(|[p, g, m, v]| {
+            .map(|([p, g, m, v], decays)| {
                 let state = AdamWState {
                     m: m.clone(),
                     v: v.clone(),
                 };
-                adamw::plan_step(ctx, &options.adamw, p, g, &state, Some(&stats))
+                let config = AdamWConfig {
+                    weight_decay: if *decays {
+                        options.adamw.weight_decay
+                    } else {
+                        0.0
+                    },
+                    ..options.adamw
+                };
+                adamw::plan_step(ctx, &config, p, g, &state, Some(&stats))
             })
             .collect::<Result<Vec<_>>>()?;
         let scale_update = loss_scale
@@ -214,17 +245,19 @@ mod tests {
             total_steps: 110,
             decay: Decay::Linear,
         };
-        assert_eq!(s.lr(1.0, 5), 0.5);
-        assert_eq!(s.lr(1.0, 10), 1.0);
-        assert!((s.lr(1.0, 60) - 0.5).abs() < 1e-12);
-        assert_eq!(s.lr(1.0, 110), 0.0);
+        // Update t runs at transformers' multiplier after t - 1 scheduler steps.
+        assert_eq!(s.lr(1.0, 1), 0.0);
+        assert_eq!(s.lr(1.0, 6), 0.5);
+        assert_eq!(s.lr(1.0, 11), 1.0);
+        assert!((s.lr(1.0, 61) - 0.5).abs() < 1e-12);
+        assert_eq!(s.lr(1.0, 111), 0.0);
         assert_eq!(s.lr(1.0, 500), 0.0);
         let c = Schedule {
             decay: Decay::Cosine,
             ..s
         };
-        assert!((c.lr(2.0, 60) - 1.0).abs() < 1e-12);
-        assert!(c.lr(2.0, 110).abs() < 1e-12);
+        assert!((c.lr(2.0, 61) - 1.0).abs() < 1e-12);
+        assert!(c.lr(2.0, 111).abs() < 1e-12);
         assert_eq!(Schedule::constant().lr(3e-4, 1000), 3e-4);
     }
 }

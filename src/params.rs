@@ -337,6 +337,54 @@ impl ParamStore {
             .collect()
     }
 
+    /// The flat buffers cut into runs of consecutive parameters on which `keep` agrees, no
+    /// run crossing a chunk: `((values, grads, m, v), keep)` per run. A run covers its
+    /// parameters and the alignment padding after them.
+    pub(crate) fn runs(
+        &self,
+        ctx: &Context,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<([Tensor; 4], bool)>> {
+        let t = self.training()?;
+        let mut runs = Vec::new();
+        for &(start, n) in &self.chunks {
+            let end = start + n;
+            // Parameters starting in this chunk, by offset.
+            let mut inside: Vec<&ParamSpec> = self
+                .specs
+                .iter()
+                .filter(|p| p.offset >= start && p.offset < end)
+                .collect();
+            inside.sort_by_key(|p| p.offset);
+            let mut at = start;
+            let mut current = inside.first().map(|p| keep(&p.name));
+            for p in &inside {
+                let k = keep(&p.name);
+                if Some(k) != current && p.offset > at {
+                    runs.push((at, p.offset - at, current.unwrap_or(true)));
+                    at = p.offset;
+                }
+                current = Some(k);
+            }
+            if end > at {
+                runs.push((at, end - at, current.unwrap_or(true)));
+            }
+        }
+        runs.into_iter()
+            .map(|(off, n, k)| {
+                Ok((
+                    [
+                        self.values.view(ctx, off, &[n])?,
+                        t.grads.view(ctx, off, &[n])?,
+                        t.m.view(ctx, off, &[n])?,
+                        t.v.view(ctx, off, &[n])?,
+                    ],
+                    k,
+                ))
+            })
+            .collect()
+    }
+
     /// Uploads every parameter from `tensors` (by name): each must be present with its
     /// exact shape and finite values. Extra tensors are ignored. Resets the optimizer moments.
     pub fn load(&self, ctx: &Context, tensors: &HostTensors) -> Result<()> {

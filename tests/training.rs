@@ -47,17 +47,19 @@ fn clipped_adamw_step_matches_the_cpu_recipe() {
             ..Default::default()
         },
         schedule: Schedule {
-            warmup_steps: 4,
+            warmup_steps: 0,
             total_steps: 10,
             decay: Decay::Cosine,
         },
         clip_norm: Some(max_norm as f32),
+        decay_skips_biases_and_norms: false,
     };
     let mut train = model.session(ctx, b, t, Mode::Train(options)).unwrap();
     train.set_batch(ctx, &batch).unwrap();
     let m = train.run(ctx).unwrap();
-    // Step 1 of a 4-step linear warm-up: a quarter of the peak rate.
-    let lr = 1e-2 / 4.0;
+    // Update 1 of a cosine decay runs at the peak rate (transformers' multiplier after no
+    // scheduler step).
+    let lr = 1e-2;
     assert!(
         m.lr.is_some_and(|r| (r - lr).abs() < 1e-15),
         "learning rate {:?}, want {lr}",
@@ -90,4 +92,62 @@ fn clipped_adamw_step_matches_the_cpu_recipe() {
         err < 1e-4,
         "parameter updates differ from the CPU recipe: relative L2 {err:.2e}"
     );
+}
+
+/// transformers' Trainer leaves biases and LayerNorm weights out of weight decay: one step
+/// with decay against one without moves exactly the decayed parameters by −lr·wd·p more
+/// (decoupled decay), and leaves the others' updates equal.
+#[test]
+fn weight_decay_skips_biases_and_layer_norms_as_the_trainer_groups_them() {
+    let ctx = &ctx();
+    let d = fixtures_dir();
+    let weights = d.join("roformer_tiny_mlm.safetensors");
+    let tensors = roformer_wgpu::io::read_safetensors(&weights).unwrap();
+    let (b, t, batch, _) = batch_from(&tensors).unwrap();
+    let (lr, wd) = (0.1, 0.5);
+    let step = |weight_decay: f64| {
+        let model =
+            RoFormer::from_pretrained(ctx, d.join("roformer_tiny_mlm.config.json"), &weights)
+                .unwrap();
+        let options = TrainOptions {
+            adamw: AdamWConfig {
+                lr,
+                weight_decay,
+                ..Default::default()
+            },
+            decay_skips_biases_and_norms: true,
+            ..Default::default()
+        };
+        let mut s = model.session(ctx, b, t, Mode::Train(options)).unwrap();
+        s.set_batch(ctx, &batch).unwrap();
+        s.run(ctx).unwrap();
+        model.params().download(ctx).unwrap()
+    };
+    let (without, with) = (step(0.0), step(wd));
+    let before = RoFormer::from_pretrained(ctx, d.join("roformer_tiny_mlm.config.json"), &weights)
+        .unwrap()
+        .params()
+        .download(ctx)
+        .unwrap();
+    let (mut decayed, mut kept) = (0, 0);
+    for ((name, _, p0), ((_, _, a), (_, _, b))) in before.iter().zip(without.iter().zip(&with)) {
+        let decays = !(name.contains("bias") || name.contains("LayerNorm"));
+        let got: Vec<f64> = a.iter().zip(b).map(|(x, y)| (*y - *x) as f64).collect();
+        let want: Vec<f64> = p0
+            .iter()
+            .map(|&p| if decays { -lr * wd * p as f64 } else { 0.0 })
+            .collect();
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-5, "{name}: decayed {decays}, off by {err}");
+        if decays {
+            decayed += 1;
+        } else {
+            kept += 1;
+        }
+    }
+    assert!(decayed > 5 && kept > 5, "{decayed} decayed, {kept} not");
 }

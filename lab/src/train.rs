@@ -151,6 +151,7 @@ impl TrainConfig {
                 decay: self.decay,
             },
             clip_norm: self.clip_norm,
+            decay_skips_biases_and_norms: false,
         }
     }
 }

@@ -419,6 +419,7 @@ pub async fn verify_model(
             },
             schedule: Schedule::constant(),
             clip_norm: None,
+            decay_skips_biases_and_norms: false,
         };
         let mut train = model.session(ctx, b, t, Mode::Train(options))?;
         train.set_batch(ctx, &batch)?;

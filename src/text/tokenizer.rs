@@ -434,18 +434,40 @@ impl Tokenizer {
         }
     }
 
+    /// Tokenizes text already split into words, as transformers' `is_split_into_words`:
+    /// each token's `word_ids` entry is the index of the word it comes from, so word-level
+    /// labels can be put on tokens (token classification labels a word's first token).
+    pub fn encode_words(&self, words: &[&str], options: &EncodeOptions) -> Result<Encoding> {
+        let mut e = self.encode_input(words.into(), &words.join(" "), None, options)?;
+        if options.pad_to_longest {
+            self.pad(std::slice::from_mut(&mut e))?;
+        }
+        Ok(Encoding::from_hf(e))
+    }
+
     fn encode_hf(
         &self,
         text: &str,
         pair: Option<&str>,
         options: &EncodeOptions,
     ) -> Result<tokenizers::Encoding> {
+        self.encode_input(text.into(), text, pair, options)
+    }
+
+    /// `first` (a text, or words) with its pair; `shown` is the first as errors quote it.
+    fn encode_input(
+        &self,
+        first: tokenizers::InputSequence<'_>,
+        shown: &str,
+        pair: Option<&str>,
+        options: &EncodeOptions,
+    ) -> Result<tokenizers::Encoding> {
         let failed = |e: tokenizers::Error| {
-            Error::invalid(format!("tokenizing {}: {e}", super::quote(text)))
+            Error::invalid(format!("tokenizing {}: {e}", super::quote(shown)))
         };
         let first = self
             .inner
-            .encode_char_offsets(text, false)
+            .encode_char_offsets(first, false)
             .map_err(failed)?;
         let second = pair
             .map(|p| {

@@ -1,7 +1,44 @@
-//! Training on your own data, as transformers' `Trainer` does: files in ([`data`]), a task
-//! and training arguments, logs, evaluations, checkpoints and a saved model out.
+//! Training on your own data, as transformers' `Trainer` does: a task, data files read into
+//! examples ([`data`], [`Dataset`]), training arguments by transformers' names
+//! ([`TrainingArguments`]), and out of it logs with transformers' `log_history` keys,
+//! evaluations with the task's [`metrics`], checkpoints that resume bit for bit, and the
+//! trained model saved as a transformers folder ([`Trainer`]).
+//!
+//! ```no_run
+//! use roformer_wgpu::model::RoFormerConfig;
+//! use roformer_wgpu::text::Tokenizer;
+//! use roformer_wgpu::train::{model_for, DataOptions, Dataset, LabelNames, Task, Trainer, TrainingArguments};
+//! use roformer_wgpu::Context;
+//!
+//! let ctx = Context::new()?;
+//! let tokenizer = Tokenizer::from_dir("my-roformer")?;
+//! let options = DataOptions {
+//!     task: Task::TextClassification,
+//!     columns: Default::default(),
+//!     max_length: 128,
+//!     mlm_probability: 0.15,
+//!     whole_word_mask: false,
+//! };
+//! let mut labels = LabelNames::default();
+//! let train = Dataset::load("train.csv", &options, &tokenizer, &mut labels)?;
+//! let args = TrainingArguments { learning_rate: 3e-5, ..Default::default() };
+//! let config = RoFormerConfig::from_file("my-roformer/config.json")?;
+//! let weights = roformer_wgpu::io::read_checkpoint("my-roformer/model.safetensors")?;
+//! let model = model_for(&ctx, config, Task::TextClassification, &labels, &args, Some(&weights))?;
+//! let mut trainer = Trainer::new(&ctx, &model, Task::TextClassification, args, train, None,
+//!                                &labels, "out", vec![])?;
+//! trainer.train(|event| println!("{event:?}"))?;
+//! # Ok::<(), roformer_wgpu::Error>(())
+//! ```
 
 mod args;
 pub mod data;
+mod dataset;
+pub mod metrics;
+mod trainer;
 
 pub use args::{Precision, SchedulerType, TrainingArguments};
+pub use dataset::{Columns, DataOptions, Dataset, Example, LabelNames, Masking, Task};
+#[cfg(not(target_arch = "wasm32"))]
+pub use trainer::checkpoints;
+pub use trainer::{model_for, read_state, LogEntry, TrainEvent, Trainer, TrainerState};

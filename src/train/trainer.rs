@@ -1,0 +1,949 @@
+//! The training loop: transformers' `Trainer` over this library's sessions.
+//!
+//! Each epoch visits the training examples in file order or in a new random order (from
+//! the seed and the epoch alone), in batches of `per_device_train_batch_size` (the last one
+//! smaller, as transformers keeps it); `gradient_accumulation_steps` batches make one update.
+//! A batch runs in a session planned for its length rounded up to a multiple of 8, planned
+//! once and kept. Every `logging_steps` updates a log entry (transformers' `log_history`
+//! keys: `loss`, `grad_norm`, `learning_rate`, `epoch`, `step`), every `eval_steps` an
+//! evaluation (`eval_loss` and the task's metrics), every `save_steps` a checkpoint.
+//!
+//! Everything an update does is a function of the arguments and its number, and the
+//! optimizer state is saved with the weights, so a run resumed from a checkpoint computes
+//! the same losses as the uninterrupted run, bit for bit, on the same adapter.
+//!
+//! Where transformers' own conventions are odd, this follows them, so that the two agree
+//! step for step: a RoFormer's forward takes `**kwargs`, so transformers' Trainer hands it
+//! the count of labelled tokens of the whole accumulation window and does not divide the
+//! loss by `gradient_accumulation_steps`; the causal LM's loss uses that count (the window's
+//! tokens weigh equally), the other heads' losses ignore it (each batch's mean loss is
+//! summed over the window). The loss logged for an update is that sum.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use web_time::Instant;
+
+use super::args::{Precision, TrainingArguments};
+use super::dataset::{example_rng, Dataset, Example, LabelNames, Task};
+use super::metrics::{self, Predictions};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::io::{self, HostTensor};
+use crate::model::{Batch, Mode, RoFormer, Session, StepMetrics};
+use crate::ops::cross_entropy::IGNORE_INDEX;
+use crate::ops::elementwise;
+use crate::optim::{LossScaling, Optimizer};
+use crate::tensor::{DType, Tensor};
+
+/// One entry of the run's history: transformers' `log_history` keys (`step`, `epoch`,
+/// then `loss`, `grad_norm`, `learning_rate` for a training log, `eval_loss` and
+/// `eval_<metric>` for an evaluation).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Updates done.
+    pub step: u64,
+    /// Epochs done, as a fraction.
+    pub epoch: f64,
+    /// The values, by transformers' names.
+    #[serde(flatten)]
+    pub values: std::collections::BTreeMap<String, f64>,
+}
+
+impl LogEntry {
+    /// A value by name.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.values.get(name).copied()
+    }
+
+    /// Whether it is an evaluation's.
+    pub fn is_eval(&self) -> bool {
+        self.values.contains_key("eval_loss")
+    }
+}
+
+/// Where a run stands; saved as `trainer_state.json` in each checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// The task.
+    pub task: Task,
+    /// The arguments.
+    pub args: TrainingArguments,
+    /// The label names (classification tasks).
+    pub labels: Vec<String>,
+    /// Updates done.
+    pub global_step: u64,
+    /// Updates in all.
+    pub max_steps: u64,
+    /// The history: every log and evaluation.
+    pub log_history: Vec<LogEntry>,
+    /// The best evaluation's metric, and its checkpoint.
+    pub best_metric: Option<f64>,
+    /// The checkpoint of the best evaluation.
+    pub best_model_checkpoint: Option<PathBuf>,
+    /// Evaluations since the best.
+    pub evaluations_without_improvement: usize,
+    /// Seconds spent training, over every resumed part.
+    pub seconds: f64,
+    /// Mixed precision: the loss scale and its count of good steps when this was saved.
+    pub loss_scale: Option<(f32, u32)>,
+    /// Updates the optimizer skipped (mixed precision's overflows, as PyTorch's GradScaler
+    /// skips them): AdamW has taken `global_step - skipped_updates`.
+    pub skipped_updates: u64,
+}
+
+/// What the trainer reports as it goes.
+#[derive(Debug)]
+pub enum TrainEvent<'a> {
+    /// An update was done: its number, loss and tokens per second.
+    Step {
+        /// Updates done.
+        step: u64,
+        /// Of all.
+        of: u64,
+        /// The update's loss.
+        loss: f64,
+        /// Padded tokens per second of wall time.
+        tokens_per_s: f64,
+    },
+    /// A training log entry.
+    Log(&'a LogEntry),
+    /// An evaluation.
+    Eval(&'a LogEntry),
+    /// A checkpoint was written.
+    Checkpoint(&'a Path),
+}
+
+/// Trains a model on a dataset (see the module documentation).
+pub struct Trainer<'m> {
+    ctx: &'m Context,
+    model: &'m RoFormer,
+    train: Dataset,
+    eval: Option<Dataset>,
+    output_dir: PathBuf,
+    /// Files copied into every saved folder beside the model (the tokenizer's).
+    extra_files: Vec<PathBuf>,
+    state: TrainerState,
+    /// Updates per epoch.
+    updates_per_epoch: u64,
+    train_sessions: HashMap<usize, Session<'m>>,
+    eval_sessions: HashMap<usize, Session<'m>>,
+    /// Gradient accumulation: gradient sessions, the sum of the window's gradients and the
+    /// optimizer that applies it.
+    accumulation: Option<Accumulation<'m>>,
+    /// Losses of the updates since the last log entry.
+    since_log: Vec<f64>,
+    last_grad_norm: Option<f64>,
+    last_lr: f64,
+    epoch_order: Option<(u64, Vec<usize>)>,
+}
+
+struct Accumulation<'m> {
+    sessions: HashMap<usize, Session<'m>>,
+    /// The window's gradients so far, chunk by chunk as the store lays them out.
+    sums: Vec<Tensor>,
+    optimizer: Optimizer,
+}
+
+/// The session length for a batch whose longest example has `n` tokens: a multiple of 8.
+fn bucket(n: usize, max: usize) -> usize {
+    n.next_multiple_of(8).min(max).max(n)
+}
+
+impl<'m> Trainer<'m> {
+    /// A new run of `task` on `model` (built for it: its head and, for classification, one
+    /// label per name in `labels`), writing to `output_dir`. `extra_files` (the tokenizer's)
+    /// are copied beside every saved model.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ctx: &'m Context,
+        model: &'m RoFormer,
+        task: Task,
+        args: TrainingArguments,
+        train: Dataset,
+        eval: Option<Dataset>,
+        labels: &LabelNames,
+        output_dir: impl AsRef<Path>,
+        extra_files: Vec<PathBuf>,
+    ) -> Result<Trainer<'m>> {
+        args.check()?;
+        if model.head() != task.head() {
+            return Err(Error::invalid(format!(
+                "{task:?} trains a {}, and the model is a {}",
+                task.head().architecture(),
+                model.head().architecture()
+            )));
+        }
+        if task.has_labels() && model.config().labels() != labels.names.len() {
+            return Err(Error::invalid(format!(
+                "the model has {} labels, the data {} ({})",
+                model.config().labels(),
+                labels.names.len(),
+                labels.names.join(", ")
+            )));
+        }
+        if (args.precision == Precision::Mixed) != model.params().is_mixed() {
+            return Err(Error::invalid(
+                "the arguments' precision and the model's differ (RoFormer::use_mixed_precision)",
+            ));
+        }
+        if args.gradient_accumulation_steps > 1 && model.params().is_mixed() {
+            return Err(Error::invalid(
+                "gradient_accumulation_steps above 1 trains in f32 only, for now",
+            ));
+        }
+        let batches = train
+            .examples
+            .len()
+            .div_ceil(args.per_device_train_batch_size) as u64;
+        let updates_per_epoch = batches
+            .div_ceil(args.gradient_accumulation_steps as u64)
+            .max(1);
+        let max_steps = args
+            .max_steps
+            .unwrap_or_else(|| (args.num_train_epochs * updates_per_epoch as f64).ceil() as u64);
+        let accumulation = (args.gradient_accumulation_steps > 1)
+            .then(|| -> Result<Accumulation<'m>> {
+                let store = model.params();
+                let sums = store
+                    .chunk_views(ctx)?
+                    .iter()
+                    .map(|[_, g, _, _]| Tensor::zeros(ctx, g.shape(), DType::F32))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Accumulation {
+                    sessions: HashMap::new(),
+                    sums,
+                    optimizer: Optimizer::new(ctx, store, args.train_options(max_steps))?,
+                })
+            })
+            .transpose()?;
+        let state = TrainerState {
+            task,
+            args,
+            labels: labels.names.clone(),
+            global_step: 0,
+            max_steps,
+            log_history: Vec::new(),
+            best_metric: None,
+            best_model_checkpoint: None,
+            evaluations_without_improvement: 0,
+            seconds: 0.0,
+            loss_scale: None,
+            skipped_updates: 0,
+        };
+        Ok(Trainer {
+            ctx,
+            model,
+            train,
+            eval,
+            output_dir: output_dir.as_ref().to_path_buf(),
+            extra_files,
+            state,
+            updates_per_epoch,
+            train_sessions: HashMap::new(),
+            eval_sessions: HashMap::new(),
+            accumulation,
+            since_log: Vec::new(),
+            last_grad_norm: None,
+            last_lr: 0.0,
+            epoch_order: None,
+        })
+    }
+
+    /// Continues the run saved in `checkpoint` (a folder [`Trainer::save_checkpoint`]
+    /// wrote): the model must have been loaded from it (its weights, and its precision);
+    /// this restores the optimizer moments, the loss scale and the run's state. The data
+    /// and arguments must be the run's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume(
+        ctx: &'m Context,
+        model: &'m RoFormer,
+        train: Dataset,
+        eval: Option<Dataset>,
+        checkpoint: impl AsRef<Path>,
+        output_dir: impl AsRef<Path>,
+        extra_files: Vec<PathBuf>,
+    ) -> Result<Trainer<'m>> {
+        let dir = checkpoint.as_ref();
+        let state = read_state(dir)?;
+        let labels = LabelNames {
+            names: state.labels.clone(),
+            from_model: true,
+        };
+        let mut t = Trainer::new(
+            ctx,
+            model,
+            state.task,
+            state.args.clone(),
+            train,
+            eval,
+            &labels,
+            output_dir,
+            extra_files,
+        )?;
+        let moments = io::read_safetensors(dir.join("optimizer.safetensors"))?;
+        let get = |name: &str| -> Result<Vec<f32>> {
+            moments
+                .get(name)
+                .map(HostTensor::to_f32)
+                .ok_or_else(|| Error::Format {
+                    path: dir.join("optimizer.safetensors").display().to_string(),
+                    message: format!("missing {name}"),
+                })
+        };
+        model
+            .params()
+            .upload_moments(ctx, &get("adamw.m")?, &get("adamw.v")?)?;
+        if let Some((scale, good_steps)) = state.loss_scale {
+            model.params().set_loss_scale(ctx, scale, good_steps)?;
+        }
+        t.state = state;
+        Ok(t)
+    }
+
+    /// Where the run stands.
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    /// The longest sequence a session takes.
+    fn max_len(&self) -> usize {
+        let positions = self.model.config().max_position_embeddings;
+        self.state
+            .args
+            .max_length
+            .map_or(positions, |m| m.min(positions))
+    }
+
+    /// The example indices of epoch `epoch` in visiting order.
+    fn order(&mut self, epoch: u64) -> &[usize] {
+        if self.epoch_order.as_ref().map(|o| o.0) != Some(epoch) {
+            let mut order: Vec<usize> = (0..self.train.examples.len()).collect();
+            if self.state.args.shuffle {
+                use rand::seq::SliceRandom;
+                let mut rng = example_rng(self.state.args.seed, epoch, usize::MAX);
+                order.shuffle(&mut rng);
+            }
+            self.epoch_order = Some((epoch, order));
+        }
+        &self.epoch_order.as_ref().expect("set above").1
+    }
+
+    /// The batches (example indices) of update `step` (1-based).
+    fn window(&mut self, step: u64) -> (u64, Vec<Vec<usize>>) {
+        let epoch = (step - 1) / self.updates_per_epoch;
+        let index = ((step - 1) % self.updates_per_epoch) as usize;
+        let (b, g) = (
+            self.state.args.per_device_train_batch_size,
+            self.state.args.gradient_accumulation_steps,
+        );
+        let order = self.order(epoch).to_vec();
+        let batches: Vec<Vec<usize>> = order.chunks(b).map(<[usize]>::to_vec).collect();
+        let window = batches.into_iter().skip(index * g).take(g).collect();
+        (epoch, window)
+    }
+
+    /// A batch of `rows` rows of length `seq` from the examples (masked at batch time for
+    /// fill-mask data without labels), padded with empty rows.
+    fn batch(
+        &self,
+        dataset: &Dataset,
+        indices: &[usize],
+        rows: usize,
+        seq: usize,
+        epoch: u64,
+    ) -> Batch {
+        let pad = self.model.config().pad_token_id.unwrap_or(0);
+        let per_sequence = self.state.task == Task::TextClassification;
+        let mut b = Batch::default();
+        for row in 0..rows {
+            let Some(&i) = indices.get(row) else {
+                b.input_ids.extend(std::iter::repeat_n(pad, seq));
+                b.token_type_ids.extend(std::iter::repeat_n(0, seq));
+                b.attention_mask.extend(std::iter::repeat_n(0, seq));
+                b.labels.extend(std::iter::repeat_n(
+                    IGNORE_INDEX,
+                    if per_sequence { 1 } else { seq },
+                ));
+                continue;
+            };
+            let e: &Example = &dataset.examples[i];
+            let (ids, labels) = match &dataset.masking {
+                Some(m) => m.apply(e, &mut example_rng(self.state.args.seed, epoch, i)),
+                None => (e.input_ids.clone(), e.labels.clone()),
+            };
+            let n = ids.len().min(seq);
+            b.input_ids.extend(&ids[..n]);
+            b.input_ids.extend(std::iter::repeat_n(pad, seq - n));
+            b.token_type_ids.extend(&e.token_type_ids[..n]);
+            b.token_type_ids.extend(std::iter::repeat_n(0, seq - n));
+            b.attention_mask.extend(std::iter::repeat_n(1, n));
+            b.attention_mask.extend(std::iter::repeat_n(0, seq - n));
+            if per_sequence {
+                b.labels.push(labels[0]);
+            } else {
+                b.labels.extend(&labels[..n]);
+                b.labels.extend(std::iter::repeat_n(IGNORE_INDEX, seq - n));
+            }
+        }
+        b
+    }
+
+    fn seq_of(&self, dataset: &Dataset, indices: &[usize]) -> usize {
+        let longest = indices
+            .iter()
+            .map(|&i| dataset.examples[i].len())
+            .max()
+            .unwrap_or(1);
+        bucket(longest, self.max_len())
+    }
+
+    /// Runs update `global_step + 1`: its batches, forward, backward, clipping and AdamW.
+    pub async fn step(&mut self) -> Result<f64> {
+        let step = self.state.global_step + 1;
+        let (epoch, window) = self.window(step);
+        let start = Instant::now();
+        let rows = self.state.args.per_device_train_batch_size;
+        let mut tokens = 0;
+        let loss;
+        if self.accumulation.is_none() {
+            let batch_indices = &window[0];
+            let seq = self.seq_of(&self.train, batch_indices);
+            let batch = self.batch(&self.train, batch_indices, rows, seq, epoch);
+            tokens += rows * seq;
+            let (ctx, model) = (self.ctx, self.model);
+            let options = self.state.args.train_options(self.state.max_steps);
+            let skipped = self.state.skipped_updates;
+            let session = match self.train_sessions.entry(seq) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(model.session(ctx, rows, seq, Mode::Train(options))?)
+                }
+            };
+            session.set_batch(ctx, &batch)?;
+            // Sessions of other lengths share the parameters and moments: the count of
+            // updates taken sets AdamW's bias correction and the schedule (a skipped one,
+            // mixed precision's overflow, is not taken).
+            session
+                .optimizer()
+                .expect("a training session")
+                .set_step(step - 1 - skipped);
+            let m: StepMetrics = session.step(ctx)?.await?;
+            self.check_metrics(step, &m)?;
+            loss = m.loss as f64;
+            self.last_grad_norm = m.grad_norm.filter(|n| n.is_finite()).map(f64::from);
+            self.last_lr = m.lr.unwrap_or(0.0);
+            if m.skipped {
+                self.state.skipped_updates += 1;
+            }
+        } else {
+            loss = self
+                .accumulated_step(step, epoch, &window, &mut tokens)
+                .await?;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        self.state.global_step = step;
+        self.state.seconds += seconds;
+        self.since_log.push(loss);
+        Ok(tokens as f64 / seconds)
+    }
+
+    /// A loss or gradient that is not finite stops the run, naming where it arose.
+    fn check_metrics(&self, step: u64, m: &StepMetrics) -> Result<()> {
+        let overflow = m.skipped && m.loss.is_finite() && m.loss_scale.is_some();
+        if !overflow && (!m.loss.is_finite() || !m.grad_norm.is_none_or(f32::is_finite)) {
+            return Err(Error::NonFinite {
+                step,
+                tensor: if m.loss.is_finite() {
+                    "the gradients".into()
+                } else {
+                    "the loss".into()
+                },
+                during: "training".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// An update over a window of batches whose gradients add up (f32).
+    async fn accumulated_step(
+        &mut self,
+        step: u64,
+        epoch: u64,
+        window: &[Vec<usize>],
+        tokens: &mut usize,
+    ) -> Result<f64> {
+        let (ctx, model) = (self.ctx, self.model);
+        let rows = self.state.args.per_device_train_batch_size;
+        let causal = self.state.task == Task::TextGeneration;
+        // transformers' count of the window's labelled tokens (a causal LM's shifted).
+        let counts: Vec<usize> = window
+            .iter()
+            .map(|indices| {
+                indices
+                    .iter()
+                    .map(|&i| {
+                        let labels = &self.train.examples[i].labels;
+                        let from = usize::from(causal);
+                        labels
+                            .iter()
+                            .skip(from)
+                            .filter(|&&l| l != IGNORE_INDEX)
+                            .count()
+                    })
+                    .sum()
+            })
+            .collect();
+        let total: usize = counts.iter().sum::<usize>().max(1);
+        let mut loss = 0.0;
+        for (k, indices) in window.iter().enumerate() {
+            let seq = self.seq_of(&self.train, indices);
+            let batch = self.batch(&self.train, indices, rows, seq, epoch);
+            *tokens += rows * seq;
+            let acc = self.accumulation.as_mut().expect("accumulating");
+            let session = match acc.sessions.entry(seq) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(model.session(ctx, rows, seq, Mode::Gradients)?)
+                }
+            };
+            session.set_batch(ctx, &batch)?;
+            let pending = session.step(ctx)?;
+            // This batch's share: the causal LM's loss is over the window's tokens, the
+            // others' is each batch's mean (summed over the window, as transformers).
+            let factor = if causal {
+                counts[k] as f32 / total as f32
+            } else {
+                1.0
+            };
+            let chunks = model.params().chunk_views(ctx)?;
+            let adds = chunks
+                .iter()
+                .zip(&acc.sums)
+                .map(|([_, g, _, _], sum)| {
+                    if k == 0 {
+                        elementwise::plan_axpby(ctx, factor, g, 0.0, None, sum)
+                    } else {
+                        elementwise::plan_accumulate(ctx, factor, g, sum)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            ctx.submit(&adds)?;
+            let m = pending.await?;
+            if !m.loss.is_finite() {
+                return Err(Error::NonFinite {
+                    step,
+                    tensor: "the loss".into(),
+                    during: "training".into(),
+                });
+            }
+            loss += m.loss as f64 * factor as f64;
+        }
+        // The window's gradients where the optimizer reads them, then the update.
+        let acc = self.accumulation.as_mut().expect("accumulating");
+        let chunks = model.params().chunk_views(ctx)?;
+        let mut dispatches = chunks
+            .iter()
+            .zip(&acc.sums)
+            .map(|([_, g, _, _], sum)| elementwise::plan_axpby(ctx, 1.0, sum, 0.0, None, g))
+            .collect::<Result<Vec<_>>>()?;
+        acc.optimizer.set_step(step - 1);
+        let lr = acc.optimizer.prepare(ctx)?;
+        dispatches.extend(acc.optimizer.dispatches().cloned());
+        ctx.submit(&dispatches)?;
+        let stats: Vec<f32> = acc.optimizer.stats().read(ctx)?.await?;
+        if !stats[1].is_finite() {
+            return Err(Error::NonFinite {
+                step,
+                tensor: "the gradients".into(),
+                during: "training".into(),
+            });
+        }
+        self.last_grad_norm = Some(stats[1] as f64);
+        self.last_lr = lr;
+        Ok(loss)
+    }
+
+    /// A log entry of the updates since the last: their mean loss, the last update's
+    /// gradient norm and learning rate.
+    pub fn log(&mut self) -> LogEntry {
+        let mut values = std::collections::BTreeMap::new();
+        if !self.since_log.is_empty() {
+            let mean = self.since_log.iter().sum::<f64>() / self.since_log.len() as f64;
+            values.insert("loss".to_string(), mean);
+        }
+        if let Some(n) = self.last_grad_norm {
+            values.insert("grad_norm".to_string(), n);
+        }
+        values.insert("learning_rate".to_string(), self.last_lr);
+        self.since_log.clear();
+        let entry = LogEntry {
+            step: self.state.global_step,
+            epoch: self.epoch(),
+            values,
+        };
+        self.state.log_history.push(entry.clone());
+        entry
+    }
+
+    /// Epochs done, as transformers counts them: the batches run in this epoch over its
+    /// batches (with gradient accumulation the last window of an epoch may be shorter).
+    fn epoch(&self) -> f64 {
+        let step = self.state.global_step;
+        if step == 0 {
+            return 0.0;
+        }
+        let batches = self
+            .train
+            .examples
+            .len()
+            .div_ceil(self.state.args.per_device_train_batch_size) as u64;
+        let g = self.state.args.gradient_accumulation_steps as u64;
+        let (epoch, window) = (
+            (step - 1) / self.updates_per_epoch,
+            (step - 1) % self.updates_per_epoch,
+        );
+        let done = ((window + 1) * g).min(batches);
+        epoch as f64 + done as f64 / batches as f64
+    }
+
+    /// Evaluates on the evaluation data (or, without any, the training data): `eval_loss`
+    /// (the batches' mean losses weighted by their sequences, as transformers averages) and
+    /// the task's metrics ([`super::metrics`]), recorded in the history.
+    pub async fn evaluate(&mut self) -> Result<LogEntry> {
+        let dataset = self.eval.as_ref().unwrap_or(&self.train).clone();
+        let rows = self.state.args.per_device_eval_batch_size;
+        let order: Vec<usize> = (0..dataset.examples.len()).collect();
+        let (mut loss_sum, mut sequences) = (0.0f64, 0usize);
+        let mut predictions = Predictions::default();
+        let width = self.model.head().classes(self.model.config());
+        for indices in order.chunks(rows) {
+            let seq = self.seq_of(&dataset, indices);
+            // Fill-mask evaluation masks the same way every time (a fixed epoch).
+            let batch = self.batch(&dataset, indices, rows, seq, u64::MAX);
+            let (ctx, model) = (self.ctx, self.model);
+            let session = match self.eval_sessions.entry(seq) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(model.session(ctx, rows, seq, Mode::Inference)?)
+                }
+            };
+            session.set_batch(ctx, &batch)?;
+            let m = session.step(ctx)?.await?;
+            let logits = session.read_logits(ctx)?.await?;
+            if m.counted > 0 {
+                loss_sum += m.loss as f64 * indices.len() as f64;
+                sequences += indices.len();
+            }
+            predictions.add(self.state.task, &batch, &logits, indices.len(), seq, width);
+        }
+        let eval_loss = loss_sum / sequences.max(1) as f64;
+        let mut values = metrics::compute(self.state.task, &predictions, &self.state.labels);
+        values.insert("eval_loss".to_string(), eval_loss);
+        if matches!(self.state.task, Task::FillMask | Task::TextGeneration) {
+            values.insert("eval_perplexity".to_string(), eval_loss.exp());
+        }
+        let entry = LogEntry {
+            step: self.state.global_step,
+            epoch: self.epoch(),
+            values,
+        };
+        self.state.log_history.push(entry.clone());
+        Ok(entry)
+    }
+
+    /// Records an evaluation against the best so far; true when training should stop
+    /// (`early_stopping_patience` evaluations without improving).
+    fn judge(&mut self, entry: &LogEntry, checkpoint: Option<&Path>) -> bool {
+        let name = self
+            .state
+            .args
+            .metric_for_best_model
+            .clone()
+            .unwrap_or_else(|| "eval_loss".into());
+        let name = if name.starts_with("eval_") {
+            name
+        } else {
+            format!("eval_{name}")
+        };
+        let Some(value) = entry.get(&name) else {
+            return false;
+        };
+        let lower_is_better = name == "eval_loss" || name == "eval_perplexity";
+        let better = match self.state.best_metric {
+            None => true,
+            Some(best) if lower_is_better => value < best,
+            Some(best) => value > best,
+        };
+        if better {
+            self.state.best_metric = Some(value);
+            self.state.best_model_checkpoint = checkpoint.map(Path::to_path_buf);
+            self.state.evaluations_without_improvement = 0;
+        } else {
+            self.state.evaluations_without_improvement += 1;
+        }
+        self.state
+            .args
+            .early_stopping_patience
+            .is_some_and(|p| self.state.evaluations_without_improvement >= p)
+    }
+
+    /// Writes the model as a transformers folder (config with the label names, weights,
+    /// the tokenizer's files) into `dir`, each file atomically.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_model(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        self.model.save(self.ctx, dir)?;
+        for f in &self.extra_files {
+            let name = f
+                .file_name()
+                .ok_or_else(|| Error::invalid("a file without a name"))?;
+            let bytes = std::fs::read(f).map_err(|source| Error::Io {
+                path: f.display().to_string(),
+                source,
+            })?;
+            io::write_atomic(dir.join(name), &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the current update into `output_dir/checkpoint-N`: the
+    /// model folder, the optimizer moments and `trainer_state.json`, under a temporary name
+    /// renamed when complete; then keeps `save_total_limit` of them (the best too).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let name = format!("checkpoint-{}", self.state.global_step);
+        let dir = self.output_dir.join(&name);
+        let tmp = self
+            .output_dir
+            .join(format!(".{name}.tmp-{}", std::process::id()));
+        let io_err = |p: &Path, source| Error::Io {
+            path: p.display().to_string(),
+            source,
+        };
+        remove_temporaries(&self.output_dir);
+        std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+        self.save_model(&tmp)?;
+        let (m, v) = self.model.params().download_moments(self.ctx)?;
+        let n = m.len();
+        io::write_safetensors(
+            tmp.join("optimizer.safetensors"),
+            &[
+                ("adamw.m".into(), vec![n], m),
+                ("adamw.v".into(), vec![n], v),
+            ],
+            &[],
+        )?;
+        let mut state = self.state.clone();
+        if self.model.params().is_mixed() {
+            state.loss_scale = Some(
+                self.model
+                    .params()
+                    .read_loss_scale(self.ctx)?
+                    .wait(self.ctx)?,
+            );
+        }
+        let text = serde_json::to_string_pretty(&state)
+            .map_err(|e| Error::invalid(format!("writing trainer_state.json: {e}")))?;
+        io::write_atomic(tmp.join("trainer_state.json"), text.as_bytes())?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| io_err(&dir, e))?;
+        self.rotate_checkpoints()?;
+        Ok(dir)
+    }
+
+    /// Deletes the oldest checkpoints beyond `save_total_limit` (never the best).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn rotate_checkpoints(&self) -> Result<()> {
+        let Some(limit) = self.state.args.save_total_limit else {
+            return Ok(());
+        };
+        let mut done = checkpoints(&self.output_dir)?;
+        let best = self.state.best_model_checkpoint.clone();
+        done.retain(|(_, p)| Some(p) != best.as_ref());
+        let keep = limit.saturating_sub(usize::from(best.is_some())).max(1);
+        for (_, old) in done.iter().rev().skip(keep) {
+            let _ = std::fs::remove_dir_all(old);
+        }
+        Ok(())
+    }
+
+    /// Trains to the last update: logs, evaluations and checkpoints as the arguments say,
+    /// then (with `load_best_model_at_end`) the best checkpoint's weights, and the model
+    /// saved into `output_dir` (native only, blocking).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn train(&mut self, mut on_event: impl FnMut(TrainEvent<'_>)) -> Result<()> {
+        let args = self.state.args.clone();
+        let last = self.state.max_steps;
+        let mut stop = false;
+        while self.state.global_step < last && !stop {
+            let tokens_per_s = self.ctx.block_on(self.step())?;
+            let step = self.state.global_step;
+            on_event(TrainEvent::Step {
+                step,
+                of: last,
+                loss: *self.since_log.last().unwrap_or(&f64::NAN),
+                tokens_per_s,
+            });
+            if step % args.logging_steps == 0 || step == last {
+                let entry = self.log();
+                on_event(TrainEvent::Log(&entry));
+            }
+            let evaluate = self.eval.is_some() && args.eval_steps.is_some_and(|e| step % e == 0);
+            let mut entry = None;
+            if evaluate {
+                let e = self.ctx.block_on(self.evaluate())?;
+                on_event(TrainEvent::Eval(&e));
+                entry = Some(e);
+            }
+            if args.save_steps > 0 && step % args.save_steps == 0 && step < last {
+                let path = self.save_checkpoint()?;
+                if let Some(e) = &entry {
+                    stop = self.judge(e, Some(&path));
+                }
+                // The judged state is in the next checkpoint; rewrite this one's.
+                self.write_state(&path)?;
+                on_event(TrainEvent::Checkpoint(&path));
+            } else if let Some(e) = &entry {
+                stop = self.judge(e, None);
+            }
+        }
+        if self.eval.is_some() || args.eval_steps.is_none() {
+            let e = self.ctx.block_on(self.evaluate())?;
+            on_event(TrainEvent::Eval(&e));
+            let path = self.save_checkpoint()?;
+            self.judge(&e, Some(&path));
+            self.write_state(&path)?;
+            on_event(TrainEvent::Checkpoint(&path));
+        }
+        if args.load_best_model_at_end {
+            if let Some(best) = self.state.best_model_checkpoint.clone() {
+                let tensors = io::read_checkpoint(best.join("model.safetensors"))?;
+                self.model.load_tensors(self.ctx, &tensors)?;
+            }
+        }
+        self.save_model(self.output_dir.clone())?;
+        let text = serde_json::to_string_pretty(&self.state)
+            .map_err(|e| Error::invalid(format!("writing trainer_state.json: {e}")))?;
+        io::write_atomic(self.output_dir.join("trainer_state.json"), text.as_bytes())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn write_state(&self, dir: &Path) -> Result<()> {
+        let mut state = self.state.clone();
+        if self.model.params().is_mixed() {
+            state.loss_scale = Some(
+                self.model
+                    .params()
+                    .read_loss_scale(self.ctx)?
+                    .wait(self.ctx)?,
+            );
+        }
+        let text = serde_json::to_string_pretty(&state)
+            .map_err(|e| Error::invalid(format!("writing trainer_state.json: {e}")))?;
+        io::write_atomic(dir.join("trainer_state.json"), text.as_bytes())
+    }
+}
+
+/// Temporaries left by a process killed while writing a checkpoint.
+#[cfg(not(target_arch = "wasm32"))]
+fn remove_temporaries(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with('.') && n.contains(".tmp-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// The complete checkpoints under `output_dir`, by update, oldest first.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn checkpoints(output_dir: impl AsRef<Path>) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = output_dir.as_ref();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::Io {
+                path: dir.display().to_string(),
+                source,
+            })
+        }
+    };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path()
+                .join("trainer_state.json")
+                .exists()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// The run state saved in a checkpoint folder.
+pub fn read_state(dir: impl AsRef<Path>) -> Result<TrainerState> {
+    let path = dir.as_ref().join("trainer_state.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Format {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The model for a run: the head the task trains, loaded from a folder or new from a
+/// config (HF's initialisation from the seed), with the data's label names in its config,
+/// in the arguments' precision.
+pub fn model_for(
+    ctx: &Context,
+    mut config: crate::model::RoFormerConfig,
+    task: Task,
+    labels: &LabelNames,
+    args: &TrainingArguments,
+    weights: Option<&crate::io::HostTensors>,
+) -> Result<RoFormer> {
+    if task.has_labels() {
+        config.num_labels = Some(labels.names.len());
+        config.id2label = Some(
+            labels
+                .names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i.to_string(), n.clone()))
+                .collect(),
+        );
+        let label2id: serde_json::Map<String, serde_json::Value> = labels
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), serde_json::Value::from(i)))
+            .collect();
+        config
+            .extra
+            .insert("label2id".into(), serde_json::Value::Object(label2id));
+    }
+    if task == Task::TextGeneration {
+        config.is_decoder = true;
+    }
+    let mut model = RoFormer::new(ctx, config, task.head())?;
+    match weights {
+        Some(t) => model.load_tensors(ctx, t)?,
+        None => model.init_random(ctx, args.seed)?,
+    }
+    if args.precision == Precision::Mixed {
+        model.use_mixed_precision(ctx, LossScaling::default())?;
+    }
+    Ok(model)
+}

@@ -43,6 +43,7 @@ use roformer_wgpu::timing;
 use roformer_wgpu::{Context, DType};
 
 mod kernels;
+#[cfg(feature = "text")]
 mod text;
 
 /// Benchmarks: kernels (the default), a training step, an inference request.
@@ -66,8 +67,10 @@ enum Command {
     Infer(ModelArgs),
     /// Generation: new tokens per second at several positions, over the key/value cache and
     /// recomputing; the cache's memory.
+    #[cfg(feature = "text")]
     Generate(text::GenerateArgs),
     /// Sentence embeddings of texts of mixed lengths, batched in order and sorted by length.
+    #[cfg(feature = "text")]
     Embed(text::EmbedArgs),
 }
 
@@ -367,7 +370,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(Command::Step(m)) => step(&m),
         Some(Command::Infer(m)) => infer(&m),
         Some(Command::Kernels(k)) => kernels::run(&k),
+        #[cfg(feature = "text")]
         Some(Command::Generate(g)) => text::generate(&g),
+        #[cfg(feature = "text")]
         Some(Command::Embed(e)) => text::embed(&e),
         None => kernels::run(&cli.kernels),
     }

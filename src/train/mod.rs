@@ -24,7 +24,7 @@
 //! let args = TrainingArguments { learning_rate: 3e-5, ..Default::default() };
 //! let config = RoFormerConfig::from_file("my-roformer/config.json")?;
 //! let weights = roformer_wgpu::io::read_checkpoint("my-roformer/model.safetensors")?;
-//! let model = model_for(&ctx, config, Task::TextClassification, &labels, &args, Some(&weights))?;
+//! let (model, _new) = model_for(&ctx, config, Task::TextClassification, &labels, &args, Some(&weights))?;
 //! let mut trainer = Trainer::new(&ctx, &model, Task::TextClassification, args, train, None,
 //!                                &labels, "out", vec![])?;
 //! trainer.train(|event| println!("{event:?}"))?;

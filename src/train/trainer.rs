@@ -903,9 +903,12 @@ pub fn read_state(dir: impl AsRef<Path>) -> Result<TrainerState> {
     })
 }
 
-/// The model for a run: the head the task trains, loaded from a folder or new from a
-/// config (HF's initialisation from the seed), with the data's label names in its config,
-/// in the arguments' precision.
+/// The model for a run: the head the task trains, with the data's label names in its
+/// config, in the arguments' precision; its weights those of `weights` (a checkpoint's
+/// tensors, `roformer.`-prefixed or not) where they are there, HF's initialisation from the
+/// seed for the rest (as `from_pretrained` initialises a head the checkpoint has not: an
+/// MLM checkpoint fine-tuned as a classifier gets a new classifier). Returns the model and
+/// the parameters newly initialised.
 pub fn model_for(
     ctx: &Context,
     mut config: crate::model::RoFormerConfig,
@@ -913,7 +916,7 @@ pub fn model_for(
     labels: &LabelNames,
     args: &TrainingArguments,
     weights: Option<&crate::io::HostTensors>,
-) -> Result<RoFormer> {
+) -> Result<(RoFormer, Vec<String>)> {
     if task.has_labels() {
         config.num_labels = Some(labels.names.len());
         config.id2label = Some(
@@ -938,12 +941,30 @@ pub fn model_for(
         config.is_decoder = true;
     }
     let mut model = RoFormer::new(ctx, config, task.head())?;
-    match weights {
-        Some(t) => model.load_tensors(ctx, t)?,
-        None => model.init_random(ctx, args.seed)?,
+    model.init_random(ctx, args.seed)?;
+    let mut fresh = Vec::new();
+    if let Some(given) = weights {
+        let lookup = |name: &str| {
+            given
+                .get(name)
+                .or_else(|| name.strip_prefix("roformer.").and_then(|n| given.get(n)))
+        };
+        let mut merged = crate::io::HostTensors::new();
+        for (name, shape, values) in model.params().download(ctx)? {
+            match lookup(&name) {
+                Some(t) => {
+                    merged.insert(name, t.clone());
+                }
+                None => {
+                    merged.insert(name.clone(), HostTensor::f32(&shape, values));
+                    fresh.push(name);
+                }
+            }
+        }
+        model.load_tensors(ctx, &merged)?;
     }
     if args.precision == Precision::Mixed {
         model.use_mixed_precision(ctx, LossScaling::default())?;
     }
-    Ok(model)
+    Ok((model, fresh))
 }

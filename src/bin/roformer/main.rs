@@ -35,6 +35,7 @@ use roformer_wgpu::Context;
 use serde::Serialize;
 
 mod args;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -135,6 +136,9 @@ enum Command {
         #[arg(long, default_value_t = 0, requires = "sample")]
         seed: u64,
     },
+    /// Train a model on your files (transformers' Trainer and its arguments): text or pair
+    /// classification, token classification, fill-mask pre-training, causal LM.
+    Train(Box<train::TrainArgs>),
     /// Token ids, tokens and character offsets of each text (the model folder's tokenizer).
     Tokenize {
         /// The model (or tokenizer) folder.
@@ -477,6 +481,7 @@ fn shown(text: &str) -> Cow<'_, str> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Train(a) => train::run(*a),
         Command::FillMask { common, top_k } => {
             let inputs = Inputs::read(common.texts)?;
             let (ctx, model) = open(&common.model)?;

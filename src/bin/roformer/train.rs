@@ -1,0 +1,507 @@
+//! `roformer train`: a model trained on the user's files with the library's trainer
+//! (`roformer_wgpu::train`), transformers' `TrainingArguments` as options in kebab case.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use roformer_wgpu::io::read_checkpoint;
+use roformer_wgpu::model::{RoFormer, RoFormerConfig};
+use roformer_wgpu::text::Tokenizer;
+use roformer_wgpu::train::{
+    checkpoints, model_for, Columns, DataOptions, Dataset, LabelNames, LogEntry, Precision,
+    SchedulerType, Task, TrainEvent, Trainer, TrainingArguments,
+};
+use roformer_wgpu::Context;
+
+use super::Failure;
+
+/// The options of `roformer train`.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// What to train: text-classification, token-classification, fill-mask or
+    /// text-generation.
+    #[arg(long, value_parser = parse_task)]
+    task: Task,
+    /// The model folder to start from (config.json, weights, tokenizer).
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    model: Option<PathBuf>,
+    /// A new model from this config.json (HF's initialisation from --seed); needs
+    /// --tokenizer.
+    #[arg(long, requires = "tokenizer")]
+    config: Option<PathBuf>,
+    /// The tokenizer's folder, for a new model.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The training file: .csv or .tsv (a header row), .jsonl, .txt (a document a line),
+    /// .conll.
+    #[arg(long)]
+    train: PathBuf,
+    /// An evaluation file, in the same kinds.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Where checkpoints and the trained model go.
+    #[arg(long)]
+    output_dir: PathBuf,
+    /// Continue from the newest checkpoint in --output-dir.
+    #[arg(long)]
+    resume: bool,
+    /// One JSON line per log and per evaluation (transformers' log_history keys), instead
+    /// of a progress bar, a table and curves.png.
+    #[arg(long)]
+    json: bool,
+    /// The text column.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// The second text of a pair (used when the file has it).
+    #[arg(long, default_value = "text_pair")]
+    text_pair_column: String,
+    /// The label column.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// The words column (token classification).
+    #[arg(long, default_value = "tokens")]
+    tokens_column: String,
+    /// The tags column (token classification).
+    #[arg(long, default_value = "tags")]
+    tags_column: String,
+    /// Fill-mask: the share of tokens masked, above 0 and below 1.
+    #[arg(long, default_value_t = 0.15, value_parser = share)]
+    mlm_probability: f64,
+    /// Fill-mask: mask whole words (jieba's words for a RoFormerTokenizer).
+    #[arg(long)]
+    whole_word_mask: bool,
+    /// Longest sequence in tokens (text generation: the block size); default the model's
+    /// positions.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_length: Option<u64>,
+    /// AdamW's peak learning rate.
+    #[arg(long, default_value_t = 5e-5, value_parser = non_negative)]
+    learning_rate: f64,
+    /// AdamW's weight decay (not for biases and LayerNorm weights).
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
+    weight_decay: f64,
+    /// Updates of linear warm-up.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: u64,
+    /// Warm-up as a share of all updates (when --warmup-steps is 0).
+    #[arg(long, default_value_t = 0.0, value_parser = ratio)]
+    warmup_ratio: f64,
+    /// linear, cosine, constant or constant_with_warmup.
+    #[arg(long, default_value = "linear", value_parser = parse_scheduler)]
+    lr_scheduler_type: SchedulerType,
+    /// Sequences per batch, 1 to 4096.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    per_device_train_batch_size: u64,
+    /// Sequences per evaluation batch, 1 to 4096.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    per_device_eval_batch_size: u64,
+    /// Batches whose gradients make one update, 1 to 1024.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    gradient_accumulation_steps: u64,
+    /// Passes over the training data (when --max-steps is not given).
+    #[arg(long, default_value_t = 3.0, value_parser = positive)]
+    num_train_epochs: f64,
+    /// Updates in all (wins over --num-train-epochs).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_steps: Option<u64>,
+    /// Clip gradients to this global norm (0: never).
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
+    max_grad_norm: f64,
+    /// The seed of everything random.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Log every N updates.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    logging_steps: u64,
+    /// Evaluate every N updates (with --eval; default: at the end only).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    eval_steps: Option<u64>,
+    /// Checkpoint every N updates (0: at the end only).
+    #[arg(long, default_value_t = 500)]
+    save_steps: u64,
+    /// Keep at most N checkpoints.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    save_total_limit: Option<u64>,
+    /// At the end, take the best evaluation's checkpoint.
+    #[arg(long)]
+    load_best_model_at_end: bool,
+    /// The metric that decides the best (eval_loss by default; e.g. accuracy, f1).
+    #[arg(long)]
+    metric_for_best_model: Option<String>,
+    /// Stop after N evaluations without improving.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    early_stopping_patience: Option<u64>,
+    /// f32, or mixed (f16 passes, f32 master weights; needs shader-f16).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    precision: Precision,
+    /// Visit the data in file order (to compare a run with another library's).
+    #[arg(long)]
+    no_shuffle: bool,
+}
+
+fn parse_task(s: &str) -> Result<Task, String> {
+    s.parse().map_err(|e: roformer_wgpu::Error| e.to_string())
+}
+
+fn parse_scheduler(s: &str) -> Result<SchedulerType, String> {
+    s.parse().map_err(|e: roformer_wgpu::Error| e.to_string())
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    match s {
+        "f32" => Ok(Precision::F32),
+        "mixed" => Ok(Precision::Mixed),
+        "f16" => Err(
+            "training keeps f32 master weights: --precision mixed runs the passes in \
+                      f16"
+            .into(),
+        ),
+        other => Err(format!("{other:?}: f32 or mixed")),
+    }
+}
+
+fn number(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite())
+        .ok_or_else(|| format!("{s:?} is not a number"))
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    number(s).and_then(|x| {
+        (x >= 0.0)
+            .then_some(x)
+            .ok_or_else(|| format!("{s} is below 0"))
+    })
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    number(s).and_then(|x| {
+        (x > 0.0)
+            .then_some(x)
+            .ok_or_else(|| format!("{s} is not above 0"))
+    })
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    number(s).and_then(|x| {
+        (0.0..=1.0)
+            .contains(&x)
+            .then_some(x)
+            .ok_or_else(|| format!("{s} is not between 0 and 1"))
+    })
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    number(s).and_then(|x| {
+        (x > 0.0 && x < 1.0)
+            .then_some(x)
+            .ok_or_else(|| format!("{s} is not above 0 and below 1"))
+    })
+}
+
+impl TrainArgs {
+    fn training_arguments(&self) -> TrainingArguments {
+        let count = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        TrainingArguments {
+            learning_rate: self.learning_rate,
+            weight_decay: self.weight_decay,
+            warmup_steps: self.warmup_steps,
+            warmup_ratio: self.warmup_ratio,
+            lr_scheduler_type: self.lr_scheduler_type,
+            per_device_train_batch_size: count(self.per_device_train_batch_size),
+            per_device_eval_batch_size: count(self.per_device_eval_batch_size),
+            gradient_accumulation_steps: count(self.gradient_accumulation_steps),
+            num_train_epochs: self.num_train_epochs,
+            max_steps: self.max_steps,
+            max_grad_norm: self.max_grad_norm as f32,
+            seed: self.seed,
+            max_length: self.max_length.map(count),
+            logging_steps: self.logging_steps,
+            eval_steps: self.eval_steps,
+            save_steps: self.save_steps,
+            save_total_limit: self.save_total_limit.map(count),
+            load_best_model_at_end: self.load_best_model_at_end,
+            metric_for_best_model: self.metric_for_best_model.clone(),
+            early_stopping_patience: self.early_stopping_patience.map(count),
+            precision: self.precision,
+            shuffle: !self.no_shuffle,
+            ..TrainingArguments::default()
+        }
+    }
+}
+
+/// The tokenizer's files in a folder (copied beside every saved model).
+fn tokenizer_files(dir: &Path) -> Vec<PathBuf> {
+    [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .filter(|p| p.exists())
+    .collect()
+}
+
+pub fn run(a: TrainArgs) -> Result<(), Failure> {
+    let args = a.training_arguments();
+    args.check()?;
+    let (config_path, tokenizer_dir) = match (&a.model, &a.config, &a.tokenizer) {
+        (Some(m), _, _) => (m.join("config.json"), m.clone()),
+        (None, Some(c), Some(t)) => (c.clone(), t.clone()),
+        _ => return Err("give --model DIR, or --config FILE with --tokenizer DIR".into()),
+    };
+    let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
+    let config = RoFormerConfig::from_file(&config_path)?;
+    let positions = config.max_position_embeddings;
+    let max_length = args.max_length.unwrap_or(positions).min(positions);
+    let options = DataOptions {
+        task: a.task,
+        columns: Columns {
+            text: a.text_column.clone(),
+            text_pair: a.text_pair_column.clone(),
+            label: a.label_column.clone(),
+            tokens: a.tokens_column.clone(),
+            tags: a.tags_column.clone(),
+        },
+        max_length,
+        mlm_probability: a.mlm_probability,
+        whole_word_mask: a.whole_word_mask,
+    };
+    // Labels: the model's when its config names them (and it is already this task's
+    // model); else the training file's.
+    let architecture = config
+        .extra
+        .get("architectures")
+        .and_then(|v| v.get(0))
+        .and_then(|v| v.as_str());
+    let same_head = architecture == Some(a.task.head().architecture());
+    let mut labels = if a.model.is_some() && same_head {
+        LabelNames::of_model(&config).unwrap_or_default()
+    } else {
+        LabelNames::default()
+    };
+    let train = Dataset::load(&a.train, &options, &tokenizer, &mut labels)?;
+    let eval = a
+        .eval
+        .as_ref()
+        .map(|path| {
+            // The evaluation file's labels must be the training file's.
+            let mut fixed = LabelNames {
+                from_model: true,
+                ..labels.clone()
+            };
+            Dataset::load(path, &options, &tokenizer, &mut fixed)
+        })
+        .transpose()?;
+    let ctx = Context::new()?;
+    let extra = tokenizer_files(&tokenizer_dir);
+    let resume_from = if a.resume {
+        let found = checkpoints(&a.output_dir)?;
+        let (_, dir) = found.last().cloned().ok_or_else(|| {
+            format!(
+                "--resume: {} holds no complete checkpoint",
+                a.output_dir.display()
+            )
+        })?;
+        Some(dir)
+    } else {
+        None
+    };
+    let (model, fresh): (RoFormer, Vec<String>) = match &resume_from {
+        Some(dir) => {
+            let c = RoFormerConfig::from_file(dir.join("config.json"))?;
+            let weights = read_checkpoint(dir.join("model.safetensors"))?;
+            model_for(&ctx, c, a.task, &labels, &args, Some(&weights))?
+        }
+        None => {
+            let weights = a.model.as_ref().map(read_checkpoint).transpose()?;
+            model_for(&ctx, config, a.task, &labels, &args, weights.as_ref())?
+        }
+    };
+    if a.model.is_some() && !fresh.is_empty() && resume_from.is_none() {
+        // As transformers warns when it initialises what a checkpoint lacks.
+        super::warn(&format!(
+            "{} weights are not in the checkpoint and were newly initialised: {}",
+            fresh.len(),
+            fresh.join(", ")
+        ));
+    }
+    let mut trainer = match &resume_from {
+        Some(dir) => Trainer::resume(&ctx, &model, train, eval, dir, &a.output_dir, extra)?,
+        None => Trainer::new(
+            &ctx,
+            &model,
+            a.task,
+            args,
+            train,
+            eval,
+            &labels,
+            &a.output_dir,
+            extra,
+        )?,
+    };
+    let mut out = io::stdout().lock();
+    let total = trainer.state().max_steps;
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(total);
+        bar.set_style(ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} updates, loss {msg} {eta}",
+        )?);
+        bar.set_position(trainer.state().global_step);
+        bar
+    };
+    let mut failed: Option<io::Error> = None;
+    let mut write = |line: String, bar: &ProgressBar| {
+        if failed.is_none() {
+            if let Err(e) = bar.suspend(|| writeln!(out, "{line}").and_then(|_| out.flush())) {
+                failed = Some(e);
+            }
+        }
+    };
+    let result = trainer.train(|event| match event {
+        TrainEvent::Step { step, loss, .. } => {
+            bar.set_position(step);
+            bar.set_message(format!("{loss:.4}"));
+        }
+        TrainEvent::Log(e) | TrainEvent::Eval(e) => {
+            let line = if a.json {
+                serde_json::to_string(e).unwrap_or_default()
+            } else {
+                table_row(e)
+            };
+            write(line, &bar);
+        }
+        TrainEvent::Checkpoint(path) => {
+            if !a.json {
+                write(format!("saved     {}", path.display()), &bar);
+            }
+        }
+    });
+    bar.finish_and_clear();
+    result?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    if !a.json {
+        let curves = a.output_dir.join("curves.png");
+        match plot(&curves, &trainer.state().log_history) {
+            Ok(()) => println!("curves    {}", curves.display()),
+            Err(e) => println!("(no plot: {e})"),
+        }
+        println!("model     {}", a.output_dir.display());
+    }
+    Ok(())
+}
+
+/// A log entry as a table row: its step, epoch and values.
+fn table_row(e: &LogEntry) -> String {
+    let values: Vec<String> = e
+        .values
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.5}"))
+        .collect();
+    format!(
+        "{:<9} step {:>6} epoch {:>6.2}  {}",
+        if e.is_eval() { "eval" } else { "train" },
+        e.step,
+        e.epoch,
+        values.join("  ")
+    )
+}
+
+/// The training loss and the evaluation loss against the update, and the first evaluation
+/// metric beside them.
+fn plot(path: &Path, history: &[LogEntry]) -> Result<(), Failure> {
+    use plotters::prelude::*;
+    let text = register_sans_serif();
+    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(600);
+    let last = history.iter().map(|e| e.step).max().unwrap_or(1).max(1) as f64;
+    let series = |name: &str, eval: bool| -> Vec<(f64, f64)> {
+        history
+            .iter()
+            .filter(|e| e.is_eval() == eval)
+            .filter_map(|e| Some((e.step as f64, e.get(name)?)))
+            .collect()
+    };
+    let metric = history
+        .iter()
+        .filter(|e| e.is_eval())
+        .flat_map(|e| e.values.keys())
+        .find(|k| k.as_str() != "eval_loss" && k.as_str() != "eval_perplexity")
+        .cloned();
+    let panels = [
+        (
+            "loss".to_string(),
+            series("loss", false),
+            series("eval_loss", true),
+        ),
+        (
+            metric.clone().unwrap_or_else(|| "eval".into()),
+            Vec::new(),
+            metric.map(|m| series(&m, true)).unwrap_or_default(),
+        ),
+    ];
+    for (area, (title, train, eval)) in [&left, &right].into_iter().zip(panels) {
+        let top = train
+            .iter()
+            .chain(&eval)
+            .map(|p| p.1)
+            .fold(0.0f64, f64::max)
+            .max(1e-3)
+            * 1.05;
+        let mut b = ChartBuilder::on(area);
+        b.margin(15);
+        if text {
+            b.caption(title, ("sans-serif", 22))
+                .x_label_area_size(35)
+                .y_label_area_size(50);
+        }
+        let mut chart = b.build_cartesian_2d(0f64..last, 0f64..top)?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("update");
+        } else {
+            mesh.disable_x_axis().disable_y_axis();
+        }
+        mesh.draw()?;
+        chart.draw_series(LineSeries::new(train, BLUE.stroke_width(2)))?;
+        chart.draw_series(LineSeries::new(eval.clone(), RED.stroke_width(2)))?;
+        chart.draw_series(eval.iter().map(|&p| Circle::new(p, 4, RED.filled())))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// Registers a system sans-serif font for plot text (`ROFORMER_FONT` names one); false
+/// when none is found, and the plot is drawn without text. (The examples have the same in
+/// `roformer_lab::fonts`, which the library's binary cannot depend on.)
+fn register_sans_serif() -> bool {
+    let candidates = [
+        std::env::var("ROFORMER_FONT").unwrap_or_default(),
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into(),
+        "/usr/share/fonts/TTF/DejaVuSans.ttf".into(),
+        "/System/Library/Fonts/Supplemental/Arial.ttf".into(),
+        "C:\\Windows\\Fonts\\arial.ttf".into(),
+    ];
+    candidates
+        .iter()
+        .filter(|p| !p.is_empty())
+        .any(|p| match std::fs::read(p) {
+            Ok(bytes) => plotters::style::register_font(
+                "sans-serif",
+                plotters::style::FontStyle::Normal,
+                Box::leak(bytes.into_boxed_slice()),
+            )
+            .is_ok(),
+            Err(_) => false,
+        })
+}

@@ -111,6 +111,10 @@ pub struct TrainingArguments {
     /// transformers' `train_sampling_strategy="sequential"`, so that a run can be compared
     /// with another library's).
     pub shuffle: bool,
+    /// Batch examples of similar lengths together (transformers' `group_by_length`: the
+    /// shuffled examples are sorted by length within groups of 50 batches), so a batch pads
+    /// little and its session is short.
+    pub group_by_length: bool,
 }
 
 impl Default for TrainingArguments {
@@ -141,6 +145,7 @@ impl Default for TrainingArguments {
             early_stopping_patience: None,
             precision: Precision::F32,
             shuffle: true,
+            group_by_length: false,
         }
     }
 }

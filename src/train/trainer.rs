@@ -37,6 +37,10 @@ use crate::ops::elementwise;
 use crate::optim::{LossScaling, Optimizer};
 use crate::tensor::{DType, Tensor};
 
+/// Mixed precision gives up after this many skipped updates in a row (the loss scale has
+/// been halved as often: 2^-20 of where it was).
+const MAX_OVERFLOWS_IN_A_ROW: usize = 20;
+
 /// One entry of the run's history: transformers' `log_history` keys (`step`, `epoch`,
 /// then `loss`, `grad_norm`, `learning_rate` for a training log, `eval_loss` and
 /// `eval_<metric>` for an evaluation).
@@ -57,9 +61,9 @@ impl LogEntry {
         self.values.get(name).copied()
     }
 
-    /// Whether it is an evaluation's.
+    /// Whether it is an evaluation's (a `*_loss` other than the training `loss`).
     pub fn is_eval(&self) -> bool {
-        self.values.contains_key("eval_loss")
+        self.values.keys().any(|k| k.ends_with("_loss"))
     }
 }
 
@@ -91,6 +95,8 @@ pub struct TrainerState {
     /// Updates the optimizer skipped (mixed precision's overflows, as PyTorch's GradScaler
     /// skips them): AdamW has taken `global_step - skipped_updates`.
     pub skipped_updates: u64,
+    /// Skipped updates since the last one taken.
+    pub overflows_in_a_row: usize,
 }
 
 /// What the trainer reports as it goes.
@@ -104,6 +110,9 @@ pub enum TrainEvent<'a> {
         of: u64,
         /// The update's loss.
         loss: f64,
+        /// The share of its labelled rows or tokens predicted right (as the loss kernel
+        /// counts them; `None` with gradient accumulation).
+        accuracy: Option<f64>,
         /// Padded tokens per second of wall time.
         tokens_per_s: f64,
     },
@@ -136,6 +145,7 @@ pub struct Trainer<'m> {
     since_log: Vec<f64>,
     last_grad_norm: Option<f64>,
     last_lr: f64,
+    last_accuracy: Option<f64>,
     epoch_order: Option<(u64, Vec<usize>)>,
 }
 
@@ -231,6 +241,7 @@ impl<'m> Trainer<'m> {
             seconds: 0.0,
             loss_scale: None,
             skipped_updates: 0,
+            overflows_in_a_row: 0,
         };
         Ok(Trainer {
             ctx,
@@ -247,6 +258,7 @@ impl<'m> Trainer<'m> {
             since_log: Vec::new(),
             last_grad_norm: None,
             last_lr: 0.0,
+            last_accuracy: None,
             epoch_order: None,
         })
     }
@@ -324,6 +336,15 @@ impl<'m> Trainer<'m> {
                 use rand::seq::SliceRandom;
                 let mut rng = example_rng(self.state.args.seed, epoch, usize::MAX);
                 order.shuffle(&mut rng);
+            }
+            if self.state.args.group_by_length {
+                // As transformers' LengthGroupedSampler: groups of 50 batches, each sorted
+                // longest first.
+                let group = 50 * self.state.args.per_device_train_batch_size;
+                let examples = &self.train.examples;
+                for chunk in order.chunks_mut(group) {
+                    chunk.sort_by_key(|&i| std::cmp::Reverse(examples[i].len()));
+                }
             }
             self.epoch_order = Some((epoch, order));
         }
@@ -430,7 +451,27 @@ impl<'m> Trainer<'m> {
                 .expect("a training session")
                 .set_step(step - 1 - skipped);
             let m: StepMetrics = session.step(ctx)?.await?;
-            self.check_metrics(step, &m)?;
+            let overflowed = m.skipped && m.loss.is_finite() && m.loss_scale.is_some();
+            if !overflowed && (!m.loss.is_finite() || !m.grad_norm.is_none_or(f32::is_finite)) {
+                // AdamW skipped the update: replay the step call by call to name the
+                // culprit.
+                let (during, tensor) = session
+                    .plan()
+                    .first_non_finite(ctx)
+                    .await?
+                    .unwrap_or_else(|| ("the optimizer".into(), "the gradient norm".into()));
+                return Err(Error::NonFinite {
+                    step,
+                    tensor,
+                    during,
+                });
+            }
+            if overflowed {
+                self.give_up_after_overflows(step, &m)?;
+            } else {
+                self.state.overflows_in_a_row = 0;
+            }
+            self.last_accuracy = Some(m.correct as f64 / m.counted.max(1) as f64);
             loss = m.loss as f64;
             self.last_grad_norm = m.grad_norm.filter(|n| n.is_finite()).map(f64::from);
             self.last_lr = m.lr.unwrap_or(0.0);
@@ -449,18 +490,21 @@ impl<'m> Trainer<'m> {
         Ok(tokens as f64 / seconds)
     }
 
-    /// A loss or gradient that is not finite stops the run, naming where it arose.
-    fn check_metrics(&self, step: u64, m: &StepMetrics) -> Result<()> {
-        let overflow = m.skipped && m.loss.is_finite() && m.loss_scale.is_some();
-        if !overflow && (!m.loss.is_finite() || !m.grad_norm.is_none_or(f32::is_finite)) {
+    /// Mixed precision: an update whose f16 gradients overflowed was skipped and the loss
+    /// scale halved; when halving does not help (the gradients overflow f16 whatever the
+    /// scale), the run stops with an error saying so.
+    fn give_up_after_overflows(&mut self, step: u64, m: &StepMetrics) -> Result<()> {
+        self.state.overflows_in_a_row += 1;
+        let in_a_row = self.state.overflows_in_a_row;
+        if in_a_row >= MAX_OVERFLOWS_IN_A_ROW {
             return Err(Error::NonFinite {
                 step,
-                tensor: if m.loss.is_finite() {
-                    "the gradients".into()
-                } else {
-                    "the loss".into()
-                },
-                during: "training".into(),
+                tensor: format!(
+                    "the f16 gradients ({in_a_row} updates in a row overflowed, the loss scale \
+                     is down to {:e}; train this model in f32)",
+                    m.loss_scale.unwrap_or(0.0) / 2.0
+                ),
+                during: "mixed-precision backward pass".into(),
             });
         }
         Ok(())
@@ -613,15 +657,21 @@ impl<'m> Trainer<'m> {
     /// the task's metrics ([`super::metrics`]), recorded in the history.
     pub async fn evaluate(&mut self) -> Result<LogEntry> {
         let dataset = self.eval.as_ref().unwrap_or(&self.train).clone();
+        self.evaluate_on(&dataset, "eval").await
+    }
+
+    /// [`Trainer::evaluate`] on any dataset of the task, its values named `{prefix}_loss`,
+    /// `{prefix}_accuracy`, ... (transformers' `metric_key_prefix`: "test" for a test set).
+    pub async fn evaluate_on(&mut self, dataset: &Dataset, prefix: &str) -> Result<LogEntry> {
         let rows = self.state.args.per_device_eval_batch_size;
         let order: Vec<usize> = (0..dataset.examples.len()).collect();
         let (mut loss_sum, mut sequences) = (0.0f64, 0usize);
         let mut predictions = Predictions::default();
         let width = self.model.head().classes(self.model.config());
         for indices in order.chunks(rows) {
-            let seq = self.seq_of(&dataset, indices);
+            let seq = self.seq_of(dataset, indices);
             // Fill-mask evaluation masks the same way every time (a fixed epoch).
-            let batch = self.batch(&dataset, indices, rows, seq, u64::MAX);
+            let batch = self.batch(dataset, indices, rows, seq, u64::MAX);
             let (ctx, model) = (self.ctx, self.model);
             let session = match self.eval_sessions.entry(seq) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -644,6 +694,13 @@ impl<'m> Trainer<'m> {
         if matches!(self.state.task, Task::FillMask | Task::TextGeneration) {
             values.insert("eval_perplexity".to_string(), eval_loss.exp());
         }
+        let values = values
+            .into_iter()
+            .map(|(k, v)| match k.strip_prefix("eval_") {
+                Some(rest) => (format!("{prefix}_{rest}"), v),
+                None => (k, v),
+            })
+            .collect();
         let entry = LogEntry {
             step: self.state.global_step,
             epoch: self.epoch(),
@@ -786,6 +843,7 @@ impl<'m> Trainer<'m> {
                 step,
                 of: last,
                 loss: *self.since_log.last().unwrap_or(&f64::NAN),
+                accuracy: self.last_accuracy,
                 tokens_per_s,
             });
             if step % args.logging_steps == 0 || step == last {

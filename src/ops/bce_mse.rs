@@ -112,13 +112,13 @@ impl Targets {
         match targets.iter().position(|&y| bad(y)) {
             Some(i) => Err(Error::invalid(match kind {
                 Kind::BinaryCrossEntropy => format!(
-                    "target {i} is {}: binary cross-entropy takes probabilities in [0, 1] \
-                     (1: the label applies)",
+                    "float label {i} is {}: binary cross-entropy takes probabilities in \
+                     [0, 1] (1: the label applies)",
                     targets[i]
                 ),
                 Kind::MeanSquaredError => {
                     format!(
-                        "target {i} is {}: regression targets must be finite",
+                        "float label {i} is {}: regression targets must be finite",
                         targets[i]
                     )
                 }
@@ -498,7 +498,7 @@ mod tests {
         let ctx = &ctx();
         let bce = Kind::BinaryCrossEntropy;
         let e = Targets::new(ctx, &[0.0, 1.5], 1, 2, bce).unwrap_err();
-        assert!(e.to_string().contains("target 1 is 1.5"), "{e}");
+        assert!(e.to_string().contains("float label 1 is 1.5"), "{e}");
         assert!(Targets::new(ctx, &[f32::NAN], 1, 1, bce).is_err());
         let mse = Kind::MeanSquaredError;
         assert!(Targets::new(ctx, &[1.5, -3.0], 2, 1, mse).is_ok());

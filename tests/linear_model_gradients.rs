@@ -65,6 +65,7 @@ fn check(head: Head, causal: bool, seed: u64, mixed: bool) {
                 .collect(),
             _ => vec![2, 0], // Head::Classification, the other head tested
         },
+        ..Default::default()
     };
     let mut session = model.session(ctx, b, t, Mode::Gradients).unwrap();
     session.set_batch(ctx, &batch).unwrap();

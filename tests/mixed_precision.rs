@@ -13,7 +13,7 @@ use roformer_wgpu::params::ParamStore;
 use roformer_wgpu::Dispatch;
 
 /// The heads this library trains, with losses, gradients and `train.adamw_losses` stored.
-const TRAINED: [&str; 7] = [
+const TRAINED: [&str; 10] = [
     "roformer_tiny_mlm",
     "roformer_tiny_cls",
     "roformer_8heads_cls",
@@ -21,6 +21,9 @@ const TRAINED: [&str; 7] = [
     "roformer_token_cls",
     "roformer_proj_rotv_mlm",
     "roformer_single_mlm",
+    "roformer_multi_label",
+    "roformer_regression",
+    "roformer_regression_multi",
 ];
 
 /// Tensors (training forward pass, loss, every gradient): relative L2.

@@ -197,6 +197,77 @@ fn bad_batches_are_errors() {
         .expect("65 > max_position_embeddings");
     assert!(e.to_string().contains("max_position_embeddings"), "{e}");
     assert!(model.session(ctx, 0, 4, Mode::Inference).is_err());
+
+    // A cross-entropy session given float labels as well: an error, not ignored.
+    let mut b = good.clone();
+    b.float_labels = vec![0.5; 32];
+    let e = session.set_batch(ctx, &b).unwrap_err();
+    assert!(e.to_string().contains("float_labels"), "{e}");
+}
+
+/// Multi-label and regression classifiers learn from float labels: class labels instead,
+/// the wrong count, or a value their loss cannot take are errors naming what is wrong.
+#[test]
+fn float_labels_of_the_wrong_kind_length_or_value_are_errors() {
+    let ctx = &ctx();
+    let d = fixtures_dir();
+    for (name, out_of_range) in [
+        ("roformer_multi_label", Some(1.5)), // BCE targets are probabilities
+        ("roformer_regression", None),
+    ] {
+        let model = RoFormer::from_pretrained(
+            ctx,
+            d.join(format!("{name}.config.json")),
+            d.join(format!("{name}.safetensors")),
+        )
+        .unwrap();
+        let labels = model.classes();
+        let session = model.session(ctx, 2, 4, Mode::Gradients).unwrap();
+        let good = Batch {
+            input_ids: vec![1; 8],
+            float_labels: vec![1.0; 2 * labels],
+            ..Default::default()
+        };
+        session.set_batch(ctx, &good).unwrap();
+
+        let class_labels = Batch {
+            labels: vec![0, 1],
+            float_labels: Vec::new(),
+            ..good.clone()
+        };
+        let e = session.set_batch(ctx, &class_labels).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument(_)) && e.to_string().contains("float_labels"),
+            "{name}: {e}"
+        );
+
+        let mut b = good.clone();
+        b.float_labels.push(0.0);
+        let e = session.set_batch(ctx, &b).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::DataLength {
+                    what: "float_labels",
+                    ..
+                }
+            ),
+            "{name}: {e}"
+        );
+
+        let mut b = good.clone();
+        b.float_labels[1] = f32::NAN;
+        let e = session.set_batch(ctx, &b).unwrap_err();
+        assert!(
+            e.to_string().contains("float label 1 is NaN"),
+            "{name}: {e}"
+        );
+        if let Some(v) = out_of_range {
+            b.float_labels[1] = v;
+            let e = session.set_batch(ctx, &b).unwrap_err();
+            assert!(e.to_string().contains("[0, 1]"), "{name}: {e}");
+        }
+    }
 }
 
 #[test]
@@ -308,20 +379,39 @@ fn config_keys_that_change_the_function_are_honoured_or_refused() {
 fn training_a_head_this_library_does_not_train_is_an_error() {
     let ctx = &ctx();
     let d = fixtures_dir();
-    let qa = RoFormer::from_pretrained(
-        ctx,
-        d.join("roformer_qa.config.json"),
-        d.join("roformer_qa.safetensors"),
-    )
-    .unwrap();
-    let e = qa
-        .session(ctx, 1, 4, Mode::Gradients)
-        .err()
-        .expect("no loss for QA");
-    assert!(
-        e.to_string().contains("RoFormerForQuestionAnswering"),
-        "{e}"
-    );
+    // Question answering, multiple choice and the bare encoder have no training loss here;
+    // sequence classifiers of every problem type do.
+    for (name, class) in [
+        ("roformer_qa", "RoFormerForQuestionAnswering"),
+        ("roformer_multiple_choice", "RoFormerForMultipleChoice"),
+        ("roformer_base_model", "RoFormerModel"),
+    ] {
+        let model = RoFormer::from_pretrained(
+            ctx,
+            d.join(format!("{name}.config.json")),
+            d.join(format!("{name}.safetensors")),
+        )
+        .unwrap();
+        let e = model
+            .session(ctx, 1, 4, Mode::Gradients)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: no loss to train"));
+        assert!(
+            matches!(e, Error::InvalidArgument(_))
+                && e.to_string().contains(class)
+                && e.to_string().contains("Encoder"),
+            "{e}"
+        );
+    }
+    for name in ["roformer_multi_label", "roformer_regression"] {
+        let model = RoFormer::from_pretrained(
+            ctx,
+            d.join(format!("{name}.config.json")),
+            d.join(format!("{name}.safetensors")),
+        )
+        .unwrap();
+        model.session(ctx, 1, 4, Mode::Gradients).unwrap();
+    }
     // An output a session did not keep is an error, not whatever its buffer holds now.
     let (config, weights) = tiny();
     let model = RoFormer::from_pretrained(ctx, &config, &weights).unwrap();

@@ -1,10 +1,10 @@
 //! The whole RoFormer against HuggingFace transformers (float64 fixtures): outputs (through
-//! the inference encoder), and for the heads this library trains the loss, every gradient
-//! and ten AdamW steps, to relative L2 < 1e-4. Every model fixture in `tests/fixtures/`
-//! (made by `tools/make_fixtures.py`): the HF test suite's tiny shape, embedding projection,
-//! rotary_value, more heads, odd lengths, padding; and every other RoFormer class
-//! transformers has, a bare encoder saved without the `roformer.` prefix, a causal LM, an
-//! f16 checkpoint.
+//! the inference encoder), and for the heads this library trains (multi-label and regression
+//! classifiers included) the loss, every gradient and ten AdamW steps, to relative L2 < 1e-4.
+//! Every model fixture in `tests/fixtures/` (made by `tools/make_fixtures.py`): the HF test
+//! suite's tiny shape, embedding projection, rotary_value, more heads, odd lengths, padding;
+//! and every other RoFormer class transformers has, a bare encoder saved without the
+//! `roformer.` prefix, a causal LM, an f16 checkpoint.
 
 mod common;
 
@@ -91,10 +91,57 @@ fn multiple_choice_matches_transformers() {
     check_outputs("roformer_multiple_choice", &["output.logits"]);
 }
 
+/// BCE-with-logits on float 0/1 labels `[3, 3]`; MSE with one label (transformers squeezes
+/// logits and labels to `[B]`, and infers regression from `num_labels` 1: the config's
+/// `problem_type` is null) and with three.
 #[test]
-fn multi_label_and_regression_classifiers_match_transformers() {
-    check_outputs("roformer_multi_label", &["output.logits"]);
-    check_outputs("roformer_regression", &["output.logits"]);
+fn multi_label_and_regression_classifiers_train_like_transformers() {
+    check_fixture(&fixtures_dir(), "roformer_multi_label");
+    check_fixture(&fixtures_dir(), "roformer_regression");
+    check_fixture(&fixtures_dir(), "roformer_regression_multi");
+}
+
+/// With float labels a step counts sequences: `counted` is the batch, `correct` the
+/// sequences whose every label transformers' logits get right (sigmoid above one half
+/// exactly where the label is 1) for the multi-label classifier, 0 for regression.
+#[test]
+fn float_label_metrics_count_sequences() {
+    use roformer_lab::verify::batch_from;
+    use roformer_wgpu::model::{Mode, RoFormer};
+    let ctx = &ctx();
+    let d = fixtures_dir();
+    for name in ["roformer_multi_label", "roformer_regression_multi"] {
+        let weights = d.join(format!("{name}.safetensors"));
+        let tensors = roformer_wgpu::io::read_safetensors(&weights).unwrap();
+        let model = RoFormer::from_pretrained(ctx, d.join(format!("{name}.config.json")), &weights)
+            .unwrap();
+        let (b, t, mut batch, _) = batch_from(&tensors).unwrap();
+        let labels = model.classes();
+        let logits = tensors["output.logits"].to_f32();
+        if name.contains("multi_label") {
+            // The first sequence's labels made transformers' predictions, so one is right.
+            for (y, &x) in batch.float_labels.iter_mut().zip(&logits).take(labels) {
+                *y = if x > 0.0 { 1.0 } else { 0.0 };
+            }
+        }
+        let mut session = model.session(ctx, b, t, Mode::Inference).unwrap();
+        session.set_batch(ctx, &batch).unwrap();
+        let m = session.run(ctx).unwrap();
+        assert_eq!(m.counted as usize, b, "{name}");
+        let right = logits
+            .chunks(labels)
+            .zip(batch.float_labels.chunks(labels))
+            .filter(|(x, y)| x.iter().zip(*y).all(|(&x, &y)| (x > 0.0) == (y > 0.5)))
+            .count();
+        let want = if name.contains("multi_label") {
+            assert!(right > 0, "the test wants a sequence that is right");
+            right
+        } else {
+            0
+        };
+        assert_eq!(m.correct as usize, want, "{name}");
+        eprintln!("{name}: {} of {b} sequences right", m.correct);
+    }
 }
 
 #[test]

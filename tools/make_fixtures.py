@@ -12,12 +12,14 @@ describes what each file holds.
 Each fixture is one safetensors file holding:
   weights:  the model's own state_dict names (HF layout), e.g. roformer.encoder.layer.0.attention.self.query.weight
             (a RoFormerModel's without the roformer. prefix, as it saves them)
-  inputs:   input.input_ids, input.attention_mask, input.token_type_ids, input.labels (int64 stored as int64;
-            [B, C, T] for multiple choice)
+  inputs:   input.input_ids, input.attention_mask, input.token_type_ids (int64; [B, C, T] for multiple
+            choice), input.labels (int64 class labels; float32 for the multi-label [B, num_labels] and
+            regression [B] or [B, num_labels] classifiers)
   outputs:  output.last_hidden_state, output.hidden_states.N, and the head's: output.logits, or
             output.start_logits and output.end_logits; output.loss where there are labels
   grads:    grad.<parameter name> (d loss / d parameter; tied parameters appear once), for the heads this
-            library trains (masked LM, sequence classification, token classification, causal LM)
+            library trains (masked LM, sequence classification of every problem type, token
+            classification, causal LM)
 and a JSON config beside it (HF config.json).
 """
 import json, os, sys, torch
@@ -93,7 +95,7 @@ HEADS = {
     "multi_label": RoFormerForSequenceClassification, "regression": RoFormerForSequenceClassification,
     "mlm": RoFormerForMaskedLM,
 }
-TRAINED = {"causal_lm", "token_cls"}
+TRAINED = {"causal_lm", "token_cls", "multi_label", "regression"}
 
 def make_head(name, cfg_kwargs, head, B, T, pad_tail, seed, outdir, choices=0, f16=False):
     """The heads beyond make()'s two: every other RoFormer class transformers has, and (f16=True) a
@@ -121,6 +123,15 @@ def make_head(name, cfg_kwargs, head, B, T, pad_tail, seed, outdir, choices=0, f
         labels = torch.randint(0, cfg.num_labels, (B, T)).masked_fill(mask == 0, -100)
     elif head == "causal_lm":
         labels = ids.masked_fill(mask == 0, -100)
+    elif head == "multi_label":
+        labels = torch.randint(0, 2, (B, cfg.num_labels)).double()
+    elif head == "regression":
+        # float32 values (stored as such), so the reference computes on what the file holds;
+        # [B] for one label, as transformers squeezes it, else [B, num_labels]
+        labels = torch.randn((B,) if cfg.num_labels == 1 else (B, cfg.num_labels)).float().double()
+    # transformers writes the problem type it infers (regression for one label) into the config
+    # on the first forward pass with labels; the saved config keeps what was asked for
+    problem_type = cfg.problem_type
     kwargs = dict(input_ids=ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
     if labels is not None: kwargs["labels"] = labels
     out = model(**kwargs)
@@ -129,7 +140,7 @@ def make_head(name, cfg_kwargs, head, B, T, pad_tail, seed, outdir, choices=0, f
         t[k] = (v.detach().half() if f16 else v.detach().float()).contiguous().clone()
     t["input.input_ids"] = ids.contiguous(); t["input.attention_mask"] = mask.contiguous()
     t["input.token_type_ids"] = tt.contiguous()
-    if labels is not None: t["input.labels"] = labels.contiguous()
+    if labels is not None: t["input.labels"] = (labels.float() if labels.is_floating_point() else labels).contiguous()
     for field in ("logits", "start_logits", "end_logits"):
         if getattr(out, field, None) is not None: t["output." + field] = getattr(out, field).detach().float().contiguous()
     hs = out.hidden_states
@@ -141,6 +152,7 @@ def make_head(name, cfg_kwargs, head, B, T, pad_tail, seed, outdir, choices=0, f
         for n, p in model.named_parameters():
             if p.grad is not None: t["grad." + n] = p.grad.detach().float().contiguous()
         t["train.adamw_losses"] = adamw_losses(model, ids, mask, tt, labels)
+    cfg.problem_type = problem_type
     save(t, name, head, cfg, model, outdir)
     print(name, head, "params", sum(p.numel() for p in model.parameters()))
 
@@ -234,3 +246,4 @@ if __name__ == "__main__":
     make_head("roformer_multi_label", dict(small, num_labels=3, problem_type="multi_label_classification"), "multi_label", 3, 10, [0, 2, 5], 26, out)
     make_head("roformer_regression", dict(small, num_labels=1), "regression", 2, 10, [0, 4], 27, out)
     make_head("roformer_f16_mlm", dict(small), "mlm", 2, 12, [0, 3], 28, out, f16=True)
+    make_head("roformer_regression_multi", dict(small, num_labels=3, problem_type="regression"), "regression", 3, 9, [0, 3, 1], 29, out)

@@ -69,7 +69,8 @@ fn to_u32(name: &str, v: &[i64]) -> Result<Vec<u32>> {
 
 /// The batch stored as `input.*`: `(rows, seq, batch, choices)`, multiple-choice inputs
 /// (`[examples, choices, T]`) flattened to one row per choice (`choices` 0 otherwise).
-/// Labels are optional (inference-only heads have none).
+/// Labels are optional (inference-only heads have none); integer ones are class labels,
+/// float ones [`Batch::float_labels`] (multi-label and regression classifiers).
 pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch, usize)> {
     let (shape, ids) = ints(tensors, "input.input_ids")?
         .ok_or_else(|| Error::InvalidArgument("no input.input_ids tensor".into()))?;
@@ -88,15 +89,23 @@ pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch, usize)>
     let types = ints(tensors, "input.token_type_ids")?
         .map(|(_, v)| to_u32("input.token_type_ids", &v))
         .transpose()?;
-    let labels = match ints(tensors, "input.labels")? {
-        None => Vec::new(),
-        Some((_, labels)) => labels
-            .iter()
-            .map(|&l| {
-                i32::try_from(l)
-                    .map_err(|_| Error::InvalidArgument(format!("input.labels holds {l}")))
-            })
-            .collect::<Result<Vec<_>>>()?,
+    // Class labels are integers; float labels (multi-label and regression classifiers) are
+    // floats, and go where the session takes them.
+    let (labels, float_labels) = match tensors.get("input.labels") {
+        None => (Vec::new(), Vec::new()),
+        Some(t) => match t.as_i64() {
+            Some(labels) => (
+                labels
+                    .iter()
+                    .map(|&l| {
+                        i32::try_from(l)
+                            .map_err(|_| Error::InvalidArgument(format!("input.labels holds {l}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                Vec::new(),
+            ),
+            None => (Vec::new(), t.to_f32()),
+        },
     };
     Ok((
         rows,
@@ -106,6 +115,7 @@ pub fn batch_from(tensors: &HostTensors) -> Result<(usize, usize, Batch, usize)>
             attention_mask: mask.unwrap_or_default(),
             token_type_ids: types.unwrap_or_default(),
             labels,
+            float_labels,
         },
         choices,
     ))
@@ -362,7 +372,9 @@ pub async fn verify_model(
     compare_outputs(ctx, &encoder, tensors, &mut report).await?;
     drop(encoder);
     let (b, t, batch, _) = batch_from(tensors)?;
-    if model.head().check_trainable(model.config()).is_err() || batch.labels.is_empty() {
+    if model.head().check_trainable(model.config()).is_err()
+        || (batch.labels.is_empty() && batch.float_labels.is_empty())
+    {
         return Ok(report);
     }
     let cfg = model.config().clone();

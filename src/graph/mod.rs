@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use crate::context::Context;
 use crate::dispatch::Dispatch;
 use crate::error::{Error, Result};
+use crate::ops::bce_mse::Targets;
 use crate::ops::cross_entropy::Labels;
 use crate::ops::elementwise as ew;
 use crate::ops::embedding::TokenIds;
@@ -132,6 +133,9 @@ enum StageKind {
     CrossEntropy {
         labels: Labels,
         row_stats: TensorId,
+    },
+    BceMse {
+        targets: Targets,
     },
     Custom {
         backward: Option<std::rc::Rc<CustomBackward>>,
@@ -334,7 +338,8 @@ impl Graph {
 
     // ---- backward ----
 
-    /// Emits the backward pass of everything `loss` (a cross-entropy output) depends on.
+    /// Emits the backward pass of everything `loss` (the output of a loss stage:
+    /// [`Graph::cross_entropy`] or [`Graph::bce_mse`]) depends on.
     /// Parameter gradients land in the store's gradient buffer.
     pub fn backward(&mut self, loss: TensorId) -> Result<()> {
         if !self.backward.is_empty() {
@@ -345,9 +350,17 @@ impl Graph {
         let last = self
             .stages
             .iter()
-            .rposition(|s| s.output == loss && matches!(s.kind, StageKind::CrossEntropy { .. }))
+            .rposition(|s| {
+                s.output == loss
+                    && matches!(
+                        s.kind,
+                        StageKind::CrossEntropy { .. } | StageKind::BceMse { .. }
+                    )
+            })
             .ok_or_else(|| {
-                Error::invalid("backward() needs the output of a cross_entropy stage")
+                Error::invalid(
+                    "backward() needs the output of a loss stage (cross_entropy, bce_mse)",
+                )
             })?;
         for s in (0..=last).rev() {
             let stage = self.stages[s].clone();
@@ -362,14 +375,22 @@ impl Graph {
         let label = self.tensors[y.0].name.clone();
         let inputs = &stage.inputs;
         // The loss starts the backward pass: its gradient is 1, implicitly.
-        if let StageKind::CrossEntropy { labels, row_stats } = &stage.kind {
-            return self.cross_entropy_backward(&label, inputs[0], y, labels, *row_stats);
+        match &stage.kind {
+            StageKind::CrossEntropy { labels, row_stats } => {
+                return self.cross_entropy_backward(&label, inputs[0], y, labels, *row_stats);
+            }
+            StageKind::BceMse { targets } => {
+                return self.bce_mse_backward(&label, inputs[0], targets);
+            }
+            _ => {}
         }
         let Some(&dy) = self.grads.get(&y) else {
             return Ok(()); // y does not reach the loss
         };
         match &stage.kind {
-            StageKind::CrossEntropy { .. } => unreachable!("handled above"),
+            StageKind::CrossEntropy { .. } | StageKind::BceMse { .. } => {
+                unreachable!("handled above")
+            }
             StageKind::Embedding { ids } => self.embedding_backward(&label, inputs, dy, ids),
             StageKind::Linear => self.linear_backward(&label, inputs, dy),
             StageKind::LayerNorm { stats } => self.layer_norm_backward(&label, inputs, dy, *stats),

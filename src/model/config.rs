@@ -269,6 +269,8 @@ impl RoFormerConfig {
 
     /// The sequence classifier's problem, as transformers decides it: `problem_type` when
     /// set, else regression for one label and single-label classification otherwise.
+    /// (transformers would also pick multi-label for float labels over several classes; a
+    /// session is planned before it sees labels, so set `problem_type` to train that way.)
     pub fn classification_problem(&self) -> &str {
         match &self.problem_type {
             Some(p) => p,

@@ -654,7 +654,7 @@ impl Encoder {
             return Ok(b);
         }
         let c = &self.config;
-        let inputs = GraphInputs::new(ctx, c, self.head, key.rows, key.seq, None)?;
+        let inputs = GraphInputs::new(ctx, c, self.head, key.rows, key.seq, false)?;
         let mut g = Graph::with_activations(self.store.dtype());
         let outputs = graph::build(c, self.head, &self.store, &self.table, &mut g, &inputs)?;
         let kept = wanted(&outputs, key.want);

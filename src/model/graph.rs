@@ -2,12 +2,13 @@
 //! loss. Training sessions and the inference encoder build the same graph; they differ in
 //! what they keep, whether there is a loss, and where the weights and activations live.
 
-use super::{Head, RoFormerConfig, WORDS};
+use super::{Head, RoFormerConfig, TrainingLoss, WORDS};
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{AttentionSpec, Graph, TensorId};
 use crate::model::AttentionKind;
 use crate::ops::attention::cached::{self, KvCache};
+use crate::ops::bce_mse::Targets;
 use crate::ops::cross_entropy::{Labels, IGNORE_INDEX};
 use crate::ops::elementwise;
 use crate::ops::embedding::TokenIds;
@@ -28,21 +29,65 @@ pub(crate) struct GraphInputs {
     /// `[B]` (u32): the position the multiple-choice head summarises, per sequence.
     pub summary_positions: Option<Tensor>,
     /// The labels of the loss (training sessions).
-    pub labels: Option<Labels>,
+    pub labels: Option<LossLabels>,
+}
+
+/// What a loss learns from: class labels or float targets.
+pub(crate) enum LossLabels {
+    /// Cross-entropy's class labels (−100: none).
+    Classes(Labels),
+    /// Binary cross-entropy's or the squared error's targets, `[B, num_labels]`.
+    Targets(Targets),
 }
 
 impl GraphInputs {
-    /// Zeroed inputs (all tokens 0, no padding); `labels` is how many labels the loss takes,
-    /// `None` for a graph without a loss.
+    /// Zeroed inputs (all tokens 0, no padding, every label −100 or 0.0), with the labels of
+    /// the head's training loss when `with_loss`.
     pub fn new(
         ctx: &Context,
         config: &RoFormerConfig,
         head: Head,
         batch: usize,
         seq: usize,
-        labels: Option<usize>,
+        with_loss: bool,
     ) -> Result<GraphInputs> {
         let n = batch * seq;
+        let labels = if with_loss {
+            Some(match head.training_loss(config) {
+                None => {
+                    return Err(Error::invalid(format!(
+                        "{} has no training loss",
+                        head.architecture()
+                    )))
+                }
+                Some(TrainingLoss::CrossEntropy) => {
+                    let len = if head == Head::Classification {
+                        batch
+                    } else {
+                        n
+                    };
+                    LossLabels::Classes(Labels::new(
+                        ctx,
+                        &vec![IGNORE_INDEX; len],
+                        &[len],
+                        head.classes(config),
+                        IGNORE_INDEX,
+                    )?)
+                }
+                Some(TrainingLoss::Targets(kind)) => {
+                    let labels = head.classes(config);
+                    LossLabels::Targets(Targets::new(
+                        ctx,
+                        &vec![0.0; batch * labels],
+                        batch,
+                        labels,
+                        kind,
+                    )?)
+                }
+            })
+        } else {
+            None
+        };
         Ok(GraphInputs {
             batch,
             seq,
@@ -53,17 +98,7 @@ impl GraphInputs {
             summary_positions: (head == Head::MultipleChoice)
                 .then(|| Tensor::from_slice(ctx, &vec![(seq - 1) as u32; batch], &[batch]))
                 .transpose()?,
-            labels: labels
-                .map(|len| {
-                    Labels::new(
-                        ctx,
-                        &vec![IGNORE_INDEX; len],
-                        &[len],
-                        head.classes(config),
-                        IGNORE_INDEX,
-                    )
-                })
-                .transpose()?,
+            labels,
         })
     }
 
@@ -88,7 +123,7 @@ pub(crate) struct GraphOutputs {
     /// classification, `[B, T, 2]` (start, end) for question answering, `[B, 1]` for
     /// multiple choice (B counting every choice).
     pub logits: Option<TensorId>,
-    /// `(loss, counted, correct, 0)` when the inputs have labels.
+    /// `(loss, counted, correct, 0)` when the inputs have labels (see [`super::StepMetrics`]).
     pub loss: Option<TensorId>,
 }
 
@@ -105,7 +140,12 @@ pub(crate) fn build(
     let last = hidden[hidden.len() - 1]; // the embeddings' output at least
     let logits = head_logits(c, head, store, g, inputs, last)?;
     let loss = match (&inputs.labels, logits) {
-        (Some(labels), Some(logits)) => Some(g.cross_entropy("loss", logits, labels)?),
+        (Some(LossLabels::Classes(labels)), Some(logits)) => {
+            Some(g.cross_entropy("loss", logits, labels)?)
+        }
+        (Some(LossLabels::Targets(targets)), Some(logits)) => {
+            Some(g.bce_mse("loss", logits, targets)?)
+        }
         _ => None,
     };
     Ok(GraphOutputs {

@@ -29,10 +29,21 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::PlanOptions;
 use crate::io::{self, HostTensor, HostTensors};
+use crate::ops::bce_mse::Kind;
 use crate::ops::loss_scale::LossScaling;
 use crate::ops::rope;
 use crate::params::ParamStore;
 use crate::tensor::Tensor;
+
+/// The loss a head trains with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TrainingLoss {
+    /// Cross-entropy over class labels ([`Batch::labels`]).
+    CrossEntropy,
+    /// Binary cross-entropy with logits or squared error against float targets
+    /// ([`Batch::float_labels`]).
+    Targets(Kind),
+}
 
 /// The task head on top of the encoder: which of transformers' RoFormer classes a model is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,7 +57,8 @@ pub enum Head {
     /// trained on the next token.
     CausalLm,
     /// `RoFormerForSequenceClassification`: logits over `num_labels` from the first token
-    /// (single- or multi-label classification, or regression with one label).
+    /// (single- or multi-label classification, or regression, as
+    /// [`RoFormerConfig::classification_problem`] says).
     Classification,
     /// `RoFormerForTokenClassification`: logits over `num_labels` for every token.
     TokenClassification,
@@ -107,15 +119,32 @@ impl Head {
         }
     }
 
-    /// `Ok` when this library trains the head as `c` configures it (a cross-entropy loss:
-    /// masked LM, causal LM, token classification, single-label sequence classification).
+    /// The loss a training session of this head takes as `c` configures it, `None` for a
+    /// head this library does not train.
+    pub(crate) fn training_loss(self, c: &RoFormerConfig) -> Option<TrainingLoss> {
+        match self {
+            Head::MaskedLm | Head::CausalLm | Head::TokenClassification => {
+                Some(TrainingLoss::CrossEntropy)
+            }
+            Head::Classification => match c.classification_problem() {
+                "single_label_classification" => Some(TrainingLoss::CrossEntropy),
+                "multi_label_classification" => {
+                    Some(TrainingLoss::Targets(Kind::BinaryCrossEntropy))
+                }
+                "regression" => Some(TrainingLoss::Targets(Kind::MeanSquaredError)),
+                _ => None,
+            },
+            Head::Encoder | Head::QuestionAnswering | Head::MultipleChoice => None,
+        }
+    }
+
+    /// `Ok` when this library trains the head as `c` configures it: masked LM, causal LM and
+    /// token classification (cross-entropy over class labels), sequence classification with
+    /// transformers' three problem types (single-label: cross-entropy over class labels;
+    /// multi-label: binary cross-entropy with logits, and regression: squared error, both
+    /// against [`Batch::float_labels`]).
     pub fn check_trainable(self, c: &RoFormerConfig) -> Result<()> {
-        let trains = match self {
-            Head::MaskedLm | Head::CausalLm | Head::TokenClassification => true,
-            Head::Classification => c.classification_problem() == "single_label_classification",
-            Head::Encoder | Head::QuestionAnswering | Head::MultipleChoice => false,
-        };
-        if trains {
+        if self.training_loss(c).is_some() {
             return Ok(());
         }
         let what = match self {
@@ -128,8 +157,8 @@ impl Head {
         };
         Err(Error::invalid(format!(
             "training {what} is not supported (this library trains masked and causal LMs, \
-             token classification and single-label sequence classification); run it for \
-             inference with model::Encoder"
+             token classification and sequence classification: single-label, multi-label or \
+             regression); run it for inference with model::Encoder"
         )))
     }
 

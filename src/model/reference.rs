@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
-use super::{AttentionKind, Batch, Head, RoFormerConfig};
+use super::{AttentionKind, Batch, Head, RoFormerConfig, TrainingLoss};
 use crate::error::{Error, Result};
 use crate::ops::{
-    attention, attention::linear as linear_attention, cross_entropy, embedding, gelu, layernorm,
-    matmul, rope,
+    attention, attention::linear as linear_attention, bce_mse, cross_entropy, embedding, gelu,
+    layernorm, matmul, rope,
 };
 
 /// Parameters by HF name, in f64.
@@ -76,7 +76,9 @@ fn swap_heads(x: &[f64], b: usize, t: usize, heads: usize, d: usize, to_bhtd: bo
     y
 }
 
-/// The loss of `batch` (shape `[b, t]`) under `w`.
+/// The loss of `batch` (shape `[b, t]`) under `w`: the loss the head trains with
+/// (cross-entropy over `batch.labels`, or for multi-label and regression classifiers binary
+/// cross-entropy or squared error against `batch.float_labels`).
 pub fn loss(
     c: &RoFormerConfig,
     head: Head,
@@ -223,6 +225,17 @@ pub fn loss(
             )))
         }
     };
+    if let Some(TrainingLoss::Targets(kind)) = head.training_loss(c) {
+        if batch.float_labels.len() != logits.len() {
+            return Err(Error::invalid(format!(
+                "reference: {} float labels for {} logits",
+                batch.float_labels.len(),
+                logits.len()
+            )));
+        }
+        let y: Vec<f64> = batch.float_labels.iter().map(|&v| v as f64).collect();
+        return Ok(bce_mse::reference::forward_backward(&logits, &y, kind).0);
+    }
     Ok(cross_entropy::reference::forward_backward(
         &logits,
         classes,

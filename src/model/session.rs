@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use web_time::Instant;
 
-use super::graph::{self, GraphInputs, GraphOutputs};
+use super::graph::{self, GraphInputs, GraphOutputs, LossLabels};
 use super::{Head, RoFormer};
 use crate::context::Context;
 use crate::dispatch::Dispatch;
@@ -36,10 +36,13 @@ pub enum Mode {
     Train(TrainOptions),
 }
 
-/// One batch of inputs, row-major `[batch, seq]`. Labels are `[batch, seq]` for the masked
-/// LM, token classification and causal LM (the token each position should predict as the
-/// next: the session shifts them, as transformers does), `[batch]` for sequence
-/// classification; −100 marks a position without a label.
+/// One batch of inputs, row-major `[batch, seq]`. Class labels ([`Batch::labels`]) are
+/// `[batch, seq]` for the masked LM, token classification and causal LM (the token each
+/// position should predict as the next: the session shifts them, as transformers does),
+/// `[batch]` for single-label sequence classification; −100 marks a position without a
+/// label. Multi-label and regression sequence classifiers learn from
+/// [`Batch::float_labels`] instead, `[batch, num_labels]`; a batch gives the one kind its
+/// session's loss takes, and leaves the other empty.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {
     /// Token ids, each below the vocabulary size.
@@ -50,16 +53,31 @@ pub struct Batch {
     pub token_type_ids: Vec<u32>,
     /// Class labels (−100: no label).
     pub labels: Vec<i32>,
+    /// Float labels, `[batch, num_labels]` row-major (`[batch]` for one label), for the
+    /// sequence classifiers whose `problem_type` is `multi_label_classification` (each in
+    /// `[0, 1]`, 1: the label applies; binary cross-entropy with logits, as transformers'
+    /// `BCEWithLogitsLoss`) or `regression` (any finite value; squared error, as its
+    /// `MSELoss`, which with one label squeezes `[batch, 1]` to `[batch]`: the same mean).
+    pub float_labels: Vec<f32>,
 }
 
-/// What one step reports.
+/// What one step reports. With class labels the loss is the mean cross-entropy over the
+/// labelled positions, each of which counts once; with float labels (multi-label and
+/// regression classifiers) it is the mean over every `(sequence, label)` element, as
+/// transformers takes it, while `counted` and `correct` count sequences, so that
+/// `correct / counted` is an accuracy and `loss · counted` weighs batches fairly whatever
+/// the head.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepMetrics {
-    /// Mean cross-entropy over the labelled positions.
+    /// The mean loss: cross-entropy over the labelled positions; binary cross-entropy with
+    /// logits (multi-label) or squared error (regression) over every element of
+    /// `[batch, num_labels]`.
     pub loss: f32,
-    /// Labelled positions (rows that count in the loss).
+    /// Labelled positions (rows that count in the loss); with float labels, the sequences.
     pub counted: u32,
-    /// Labelled positions whose argmax is the label.
+    /// Labelled positions whose argmax is the label; multi-label: sequences whose every
+    /// label is predicted right (`sigmoid(logit) > 0.5` exactly where the label is above
+    /// 0.5, an exact match); regression: 0.
     pub correct: u32,
     /// Global gradient norm before clipping (training only; of the unscaled gradients in
     /// mixed precision). Not finite: the step was skipped.
@@ -128,11 +146,7 @@ impl<'m> Session<'m> {
                 "this model holds weights only: it can run inference, not gradients or training",
             ));
         }
-        let labels_len = match model.head {
-            Head::Classification => batch,
-            _ => batch * seq,
-        };
-        let inputs = GraphInputs::new(ctx, c, model.head, batch, seq, Some(labels_len))?;
+        let inputs = GraphInputs::new(ctx, c, model.head, batch, seq, true)?;
         let store = &model.store;
         let mut g = Graph::with_activations(store.compute_dtype());
         let loss_scale = match mode {
@@ -191,7 +205,8 @@ impl<'m> Session<'m> {
         })
     }
 
-    /// Checks and uploads a batch (token ids below the vocabulary, labels in range).
+    /// Checks and uploads a batch (token ids below the vocabulary, labels in range: class
+    /// labels or float labels, whichever the session's loss takes, the other empty).
     pub fn set_batch(&self, ctx: &Context, b: &Batch) -> Result<()> {
         let n = self.batch * self.seq;
         let check = |what: &'static str, len: usize, want: usize| {
@@ -223,7 +238,35 @@ impl<'m> Session<'m> {
             .labels
             .as_ref()
             .ok_or_else(|| Error::invalid("this session has no loss"))?;
-        check("labels", b.labels.len(), labels.len())?;
+        match labels {
+            LossLabels::Classes(classes) => {
+                if !b.float_labels.is_empty() {
+                    return Err(Error::invalid(
+                        "float_labels are for multi-label and regression sequence classifiers; \
+                         this session's loss is cross-entropy over the class labels in `labels`",
+                    ));
+                }
+                check("labels", b.labels.len(), classes.len())?;
+            }
+            LossLabels::Targets(targets) => {
+                if !b.labels.is_empty() {
+                    return Err(Error::invalid(format!(
+                        "a sequence classifier with problem_type {} learns from float_labels \
+                         ([batch, num_labels] floats), not class labels: leave `labels` empty",
+                        self.model.config.classification_problem()
+                    )));
+                }
+                let (rows, per_row) = targets.shape();
+                if b.float_labels.len() != targets.len() {
+                    return Err(Error::DataLength {
+                        what: "float_labels",
+                        len: b.float_labels.len(),
+                        shape: vec![rows, per_row],
+                        expected: targets.len(),
+                    });
+                }
+            }
+        }
         if let Some(bad) = mask.iter().position(|&m| m > 1) {
             return Err(Error::invalid(format!(
                 "attention_mask[{bad}] is {}, not 0 or 1",
@@ -232,12 +275,14 @@ impl<'m> Session<'m> {
         }
         self.inputs.ids.write(ctx, &b.input_ids)?;
         self.inputs.types.write(ctx, &types)?;
-        if self.model.head == Head::CausalLm {
+        match labels {
             // Position t predicts token t + 1 (transformers shifts the same way); the last
             // position of each sequence predicts nothing.
-            labels.write(ctx, &shift_labels(&b.labels, self.seq))?;
-        } else {
-            labels.write(ctx, &b.labels)?;
+            LossLabels::Classes(classes) if self.model.head == Head::CausalLm => {
+                classes.write(ctx, &shift_labels(&b.labels, self.seq))?
+            }
+            LossLabels::Classes(classes) => classes.write(ctx, &b.labels)?,
+            LossLabels::Targets(targets) => targets.write(ctx, &b.float_labels)?,
         }
         self.inputs.write_mask(ctx, &mask)
     }

@@ -10,16 +10,18 @@
 //!   steps against the transformers reference stored with it (the crate's fixtures).
 //! - [`Lab::train_listops`]: a RoFormer trained on ListOps in the tab, reporting every step
 //!   and evaluation to a JS callback.
+//! - [`Lab::race_model`]: a checkpoint ready for `tools/browser-race.sh`, which times
+//!   [`RaceModel::run`] against transformers.js in the same page.
 
 use std::rc::Rc;
 
-use js_sys::{Function, Promise};
+use js_sys::{Float32Array, Function, Promise};
 use roformer_lab::listops::{ListOps, ListOpsConfig};
 use roformer_lab::train::{ModelSize, TrainConfig, Trainer};
 use roformer_lab::verify::{batch_from, stored_request, verify_tensors};
 use roformer_wgpu::io::{parse_safetensors, HostTensors};
 use roformer_wgpu::model::{
-    AttentionKind, Encoder, EncoderOptions, Head, RoFormer, RoFormerConfig, Want,
+    AttentionKind, Encoder, EncoderOptions, Head, Request, RoFormer, RoFormerConfig, Sequence, Want,
 };
 use roformer_wgpu::optim::Decay;
 use roformer_wgpu::{Context, ContextOptions};
@@ -192,6 +194,98 @@ impl Lab {
                 "test": test,
                 "majority": { "label": majority_label, "accuracy": majority },
             }))
+        })
+    }
+
+    /// Loads a checkpoint with a head that has logits (`config` JSON text, `weights`
+    /// safetensors bytes, as `save_pretrained` writes them) for requests of up to
+    /// `max_batch` sequences.
+    pub fn race_model(
+        &self,
+        config: String,
+        weights: Vec<u8>,
+        max_batch: usize,
+    ) -> Result<RaceModel, JsError> {
+        let options = EncoderOptions {
+            max_batch,
+            ..EncoderOptions::default()
+        };
+        let encoder = Encoder::from_bytes(&self.ctx, &config, &weights, options).map_err(to_js)?;
+        if encoder.head() == Head::Encoder {
+            return Err(JsError::new("the race needs a model with a head (logits)"));
+        }
+        Ok(RaceModel {
+            ctx: self.ctx.clone(),
+            encoder: Rc::new(encoder),
+        })
+    }
+}
+
+/// A checkpoint loaded for the browser race (`tools/browser-race.sh`): the page times
+/// [`RaceModel::run`] against transformers.js on the same inputs.
+#[wasm_bindgen]
+pub struct RaceModel {
+    ctx: Rc<Context>,
+    encoder: Rc<Encoder>,
+}
+
+#[wasm_bindgen]
+impl RaceModel {
+    /// Runs one request of `batch` sequences of equal length, given row-major
+    /// `[batch, length]` input ids, attention mask and token types, and resolves to every
+    /// logit of every sequence, `[batch, length, classes]` row-major, in one `Float32Array`
+    /// (what transformers.js hands back). The page times this call, from the submission to
+    /// the logits in JS.
+    pub fn run(
+        &self,
+        input_ids: Vec<u32>,
+        attention_mask: Vec<u32>,
+        token_type_ids: Vec<u32>,
+        batch: usize,
+    ) -> Promise {
+        let ctx = self.ctx.clone();
+        let encoder = self.encoder.clone();
+        future_to_promise(async move {
+            let fail = |e: roformer_wgpu::Error| JsValue::from_str(&e.to_string());
+            let n = input_ids.len();
+            if batch == 0
+                || !n.is_multiple_of(batch)
+                || attention_mask.len() != n
+                || token_type_ids.len() != n
+            {
+                return Err(JsValue::from_str(&format!(
+                    "ids, mask and types need one length, a multiple of the batch ({batch}): \
+                     got {n}, {}, {}",
+                    attention_mask.len(),
+                    token_type_ids.len()
+                )));
+            }
+            let length = n / batch;
+            let rows = |v: &[u32], b: usize| v[b * length..(b + 1) * length].to_vec();
+            let sequences = (0..batch)
+                .map(|b| Sequence {
+                    input_ids: rows(&input_ids, b),
+                    token_type_ids: rows(&token_type_ids, b),
+                    attention_mask: rows(&attention_mask, b),
+                })
+                .collect();
+            let request = Request::new(sequences, Want::logits());
+            let results = encoder
+                .run(&ctx, &request)
+                .map_err(fail)?
+                .await
+                .map_err(fail)?;
+            let logits = (0..batch)
+                .map(|b| results.logits(b).map(|a| a.data.as_slice()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(fail)?;
+            let out = Float32Array::new_with_length(logits.iter().map(|l| l.len() as u32).sum());
+            let mut at = 0;
+            for data in logits {
+                out.subarray(at, at + data.len() as u32).copy_from(data);
+                at += data.len() as u32;
+            }
+            Ok(out.into())
         })
     }
 }

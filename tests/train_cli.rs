@@ -60,11 +60,8 @@ fn a_resumed_run_continues_bit_for_bit() {
     let initial = fixture("fill_mask").join("initial");
     let tokenizer = Tokenizer::from_dir(&initial).unwrap();
     let options = DataOptions {
-        task: Task::FillMask,
-        columns: Default::default(),
-        max_length: 64,
-        mlm_probability: 0.15,
         whole_word_mask: true,
+        ..DataOptions::new(Task::FillMask, 64)
     };
     let mut labels = LabelNames::default();
     let data = || {

@@ -60,13 +60,10 @@ fn check(name: &str) {
     let tokenizer = Tokenizer::from_dir(&initial).unwrap();
     let config = RoFormerConfig::from_file(initial.join("config.json")).unwrap();
     let mut labels = LabelNames::of_model(&config).unwrap_or_default();
-    let options = DataOptions {
-        task,
-        columns: Default::default(),
-        max_length: 64,
-        mlm_probability: 0.15,
-        whole_word_mask: false,
-    };
+    let mut options = DataOptions::new(task, 64);
+    if let Some(p) = a.get("problem_type").and_then(Value::as_str) {
+        options.problem_type = p.to_string();
+    }
     let train = Dataset::load(
         dir.join(a["train"].as_str().unwrap()),
         &options,
@@ -193,6 +190,16 @@ fn fill_mask_with_the_datas_masks_as_transformers_trains_it() {
 #[test]
 fn causal_lm_blocks_as_transformers_trains_them() {
     check("text_generation");
+}
+
+#[test]
+fn multi_label_classification_as_transformers_trains_it() {
+    check("multi_label_classification");
+}
+
+#[test]
+fn regression_as_transformers_trains_it() {
+    check("regression");
 }
 
 #[test]

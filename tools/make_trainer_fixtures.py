@@ -193,5 +193,33 @@ def main(outdir):
                  "train.jsonl", jsonl)
 
 
+    # multi-label: JSON Lines, each text's label names a list (which of the sentiment words
+    # it holds); BCE over every (text, label)
+    names = sorted(set(POSITIVE + NEGATIVE))
+    label2id = {n: i for i, n in enumerate(names)}
+    texts_ml = sentences(rng, 40)
+    which = [[w for w in names if w in t.split()] for t in texts_ml]
+    rows = [{**tok(t, truncation=True, max_length=64),
+             "labels": [1.0 if n in ws else 0.0 for n in names]} for t, ws in zip(texts_ml, which)]
+    jsonl = "".join(json.dumps({"text": t, "label": ws}) + "\n" for t, ws in zip(texts_ml, which))
+    torch.manual_seed(6)
+    model = RoFormerForSequenceClassification(small_config(
+        tok, num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id,
+        problem_type="multi_label_classification")).eval()
+    run_case(outdir, "multi_label_classification", tok, model, rows, DataCollatorWithPadding(tok),
+             {**base, "task": "text-classification", "problem_type": "multi_label_classification"},
+             "train.jsonl", jsonl, names)
+
+    # regression: a CSV of texts and a score (the sentiment words' balance)
+    texts_r = sentences(rng, 40)
+    scores = [float(sum(w in POSITIVE for w in t.split()) - sum(w in NEGATIVE for w in t.split()))
+              for t in texts_r]
+    rows = [{**tok(t, truncation=True, max_length=64), "labels": y} for t, y in zip(texts_r, scores)]
+    csv_r = "text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts_r, scores))
+    torch.manual_seed(7)
+    model = RoFormerForSequenceClassification(small_config(tok, num_labels=1, problem_type="regression")).eval()
+    run_case(outdir, "regression", tok, model, rows, DataCollatorWithPadding(tok),
+             {**base, "task": "text-classification", "problem_type": "regression"}, "train.csv", csv_r)
+
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/trainer")

@@ -151,7 +151,7 @@ impl LabelNames {
 }
 
 /// One tokenized example.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Example {
     /// Token ids.
     pub input_ids: Vec<u32>,
@@ -159,8 +159,12 @@ pub struct Example {
     pub token_type_ids: Vec<u32>,
     /// The labels, by the session's conventions: one per sequence (text classification) or
     /// one per token (the others; a causal LM's are its own ids, shifted by the session);
-    /// −100: none. Empty for fill-mask examples masked at batch time.
+    /// −100: none. Empty for fill-mask examples masked at batch time, and for the float
+    /// labels' problems.
     pub labels: Vec<i32>,
+    /// Multi-label classification (1 where a label applies, else 0, one per label) and
+    /// regression (the targets): the float labels of `Batch::float_labels`.
+    pub float_labels: Vec<f32>,
     /// Each token's word (whole-word masking).
     pub word_ids: Vec<Option<u32>>,
     /// 1 for special tokens (never masked).
@@ -219,6 +223,25 @@ pub struct DataOptions {
     pub mlm_probability: f64,
     /// Fill-mask: mask whole words.
     pub whole_word_mask: bool,
+    /// Text classification: transformers' `problem_type` (`single_label_classification`,
+    /// `multi_label_classification`: a list of label names a record, in a JSON list or
+    /// separated by commas; `regression`: a number a record, or a list of them).
+    pub problem_type: String,
+}
+
+impl DataOptions {
+    /// The defaults of transformers' scripts for `task` at `max_length` tokens: the default
+    /// columns, 15% masked, single-label classification.
+    pub fn new(task: Task, max_length: usize) -> DataOptions {
+        DataOptions {
+            task,
+            columns: Columns::default(),
+            max_length,
+            mlm_probability: 0.15,
+            whole_word_mask: false,
+            problem_type: "single_label_classification".into(),
+        }
+    }
 }
 
 impl Dataset {
@@ -357,6 +380,7 @@ fn token_ids(records: &Records, r: &Record, options: &DataOptions) -> Result<Exa
     Ok(Example {
         token_type_ids: types,
         labels,
+        float_labels: Vec::new(),
         word_ids: (0..n as u32).map(Some).collect(),
         special: vec![0; n],
         input_ids: ids,
@@ -377,9 +401,46 @@ fn example_of(e: crate::text::Encoding, labels: Vec<i32>, line: usize) -> Exampl
         input_ids: e.input_ids,
         token_type_ids: e.token_type_ids,
         labels,
+        float_labels: Vec::new(),
         word_ids: e.word_ids,
         special: e.special_tokens_mask,
         line,
+    }
+}
+
+/// A record's label field as names: a JSON list, or text with names separated by commas
+/// (multi-label), or one name.
+fn label_names(records: &Records, r: &Record, column: &str, multi: bool) -> Result<Vec<String>> {
+    if multi {
+        if let Some(serde_json::Value::Array(_)) = r.fields.get(column) {
+            return records.strings(r, column);
+        }
+        let text = records.text(r, column)?;
+        return Ok(text
+            .split(',')
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect());
+    }
+    Ok(vec![records.text(r, column)?])
+}
+
+/// A record's regression targets: a number, or a list of them.
+fn targets(records: &Records, r: &Record, column: &str) -> Result<Vec<f32>> {
+    let bad = || records.error(r, format!("{column} is not a number (regression)"));
+    let number = |v: &serde_json::Value| -> Result<f32> {
+        let x = match v {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        x.filter(|x| x.is_finite())
+            .map(|x| x as f32)
+            .ok_or_else(bad)
+    };
+    match records.field(r, column)? {
+        serde_json::Value::Array(items) => items.iter().map(number).collect(),
+        one => Ok(vec![number(one)?]),
     }
 }
 
@@ -392,13 +453,41 @@ fn texts_with_labels(
     let c = &options.columns;
     records.require(&[&c.text, &c.label])?;
     let pairs = records.columns.contains(&c.text_pair);
-    if labels.names.is_empty() {
+    let (multi, regression) = match options.problem_type.as_str() {
+        "single_label_classification" => (false, false),
+        "multi_label_classification" => (true, false),
+        "regression" => (false, true),
+        other => {
+            return Err(Error::invalid(format!(
+                "problem_type {other:?}: it is single_label_classification, \
+                 multi_label_classification or regression"
+            )))
+        }
+    };
+    if labels.names.is_empty() && !regression {
         let mut found = BTreeSet::new();
         for r in &records.records {
-            found.insert(records.text(r, &c.label)?);
+            found.extend(label_names(records, r, &c.label, multi)?);
         }
         *labels = LabelNames::sorted(found);
     }
+    let id_of = |r: &Record, name: &str| {
+        labels.id(name).ok_or_else(|| {
+            records.error(
+                r,
+                format!(
+                    "label {name:?} is not one of {} ({})",
+                    if labels.from_model {
+                        "the model's labels"
+                    } else {
+                        "the training file's labels"
+                    },
+                    labels.names.join(", ")
+                ),
+            )
+        })
+    };
+    let mut width = None;
     records
         .records
         .iter()
@@ -408,23 +497,32 @@ fn texts_with_labels(
             if text.trim().is_empty() {
                 return Err(records.error(r, format!("{} is empty", c.text)));
             }
-            let name = records.text(r, &c.label)?;
-            let id = labels.id(&name).ok_or_else(|| {
-                records.error(
-                    r,
-                    format!(
-                        "label {name:?} is not one of {} ({})",
-                        if labels.from_model {
-                            "the model's labels"
-                        } else {
-                            "the training file's labels"
-                        },
-                        labels.names.join(", ")
-                    ),
-                )
-            })?;
             let e = tokenizer.encode_with(&text, pair.as_deref(), &encode_options(options))?;
-            Ok(example_of(e, vec![id], r.line))
+            let mut example = example_of(e, Vec::new(), r.line);
+            if regression {
+                let t = targets(records, r, &c.label)?;
+                if *width.get_or_insert(t.len()) != t.len() {
+                    return Err(records.error(
+                        r,
+                        format!(
+                            "{} targets, where earlier records have {}",
+                            t.len(),
+                            width.unwrap_or(0)
+                        ),
+                    ));
+                }
+                example.float_labels = t;
+            } else if multi {
+                let mut hot = vec![0.0f32; labels.names.len()];
+                for name in label_names(records, r, &c.label, true)? {
+                    hot[id_of(r, &name)? as usize] = 1.0;
+                }
+                example.float_labels = hot;
+            } else {
+                let name = records.text(r, &c.label)?;
+                example.labels = vec![id_of(r, &name)?];
+            }
+            Ok(example)
         })
         .collect()
 }
@@ -521,6 +619,7 @@ fn blocks(records: &Records, options: &DataOptions, tokenizer: &Tokenizer) -> Re
             input_ids: block.to_vec(),
             token_type_ids: vec![0; size],
             labels: block.iter().map(|&i| i as i32).collect(),
+            float_labels: Vec::new(),
             word_ids: (0..size as u32).map(Some).collect(),
             special: vec![0; size],
             line: 0,

@@ -12,13 +12,7 @@
 //!
 //! let ctx = Context::new()?;
 //! let tokenizer = Tokenizer::from_dir("my-roformer")?;
-//! let options = DataOptions {
-//!     task: Task::TextClassification,
-//!     columns: Default::default(),
-//!     max_length: 128,
-//!     mlm_probability: 0.15,
-//!     whole_word_mask: false,
-//! };
+//! let options = DataOptions::new(Task::TextClassification, 128);
 //! let mut labels = LabelNames::default();
 //! let train = Dataset::load("train.csv", &options, &tokenizer, &mut labels)?;
 //! let args = TrainingArguments { learning_rate: 3e-5, ..Default::default() };

@@ -136,8 +136,9 @@ pub struct Trainer<'m> {
     state: TrainerState,
     /// Updates per epoch.
     updates_per_epoch: u64,
-    train_sessions: HashMap<usize, Session<'m>>,
-    eval_sessions: HashMap<usize, Session<'m>>,
+    /// Sessions by batch shape `(rows, length)`, planned once and kept.
+    train_sessions: HashMap<(usize, usize), Session<'m>>,
+    eval_sessions: HashMap<(usize, usize), Session<'m>>,
     /// Gradient accumulation: gradient sessions, the sum of the window's gradients and the
     /// optimizer that applies it.
     accumulation: Option<Accumulation<'m>>,
@@ -150,7 +151,7 @@ pub struct Trainer<'m> {
 }
 
 struct Accumulation<'m> {
-    sessions: HashMap<usize, Session<'m>>,
+    sessions: HashMap<(usize, usize), Session<'m>>,
     /// The window's gradients so far, chunk by chunk as the store lays them out.
     sums: Vec<Tensor>,
     optimizer: Optimizer,
@@ -185,7 +186,8 @@ impl<'m> Trainer<'m> {
                 model.head().architecture()
             )));
         }
-        if task.has_labels() && model.config().labels() != labels.names.len() {
+        let regression = model.config().classification_problem() == "regression";
+        if task.has_labels() && !regression && model.config().labels() != labels.names.len() {
             return Err(Error::invalid(format!(
                 "the model has {} labels, the data {} ({})",
                 model.config().labels(),
@@ -380,6 +382,7 @@ impl<'m> Trainer<'m> {
         let mut b = Batch::default();
         for row in 0..rows {
             let Some(&i) = indices.get(row) else {
+                // (Float labels have no "ignored" value: their batches are never padded.)
                 b.input_ids.extend(std::iter::repeat_n(pad, seq));
                 b.token_type_ids.extend(std::iter::repeat_n(0, seq));
                 b.attention_mask.extend(std::iter::repeat_n(0, seq));
@@ -401,7 +404,9 @@ impl<'m> Trainer<'m> {
             b.token_type_ids.extend(std::iter::repeat_n(0, seq - n));
             b.attention_mask.extend(std::iter::repeat_n(1, n));
             b.attention_mask.extend(std::iter::repeat_n(0, seq - n));
-            if per_sequence {
+            if !e.float_labels.is_empty() {
+                b.float_labels.extend(&e.float_labels);
+            } else if per_sequence {
                 b.labels.push(labels[0]);
             } else {
                 b.labels.extend(&labels[..n]);
@@ -425,18 +430,19 @@ impl<'m> Trainer<'m> {
         let step = self.state.global_step + 1;
         let (epoch, window) = self.window(step);
         let start = Instant::now();
-        let rows = self.state.args.per_device_train_batch_size;
         let mut tokens = 0;
         let loss;
         if self.accumulation.is_none() {
             let batch_indices = &window[0];
+            // A session per batch shape: the last batch of an epoch may be smaller.
+            let rows = batch_indices.len();
             let seq = self.seq_of(&self.train, batch_indices);
             let batch = self.batch(&self.train, batch_indices, rows, seq, epoch);
             tokens += rows * seq;
             let (ctx, model) = (self.ctx, self.model);
             let options = self.state.args.train_options(self.state.max_steps);
             let skipped = self.state.skipped_updates;
-            let session = match self.train_sessions.entry(seq) {
+            let session = match self.train_sessions.entry((rows, seq)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(model.session(ctx, rows, seq, Mode::Train(options))?)
@@ -519,7 +525,6 @@ impl<'m> Trainer<'m> {
         tokens: &mut usize,
     ) -> Result<f64> {
         let (ctx, model) = (self.ctx, self.model);
-        let rows = self.state.args.per_device_train_batch_size;
         let causal = self.state.task == Task::TextGeneration;
         // transformers' count of the window's labelled tokens (a causal LM's shifted).
         let counts: Vec<usize> = window
@@ -542,11 +547,12 @@ impl<'m> Trainer<'m> {
         let total: usize = counts.iter().sum::<usize>().max(1);
         let mut loss = 0.0;
         for (k, indices) in window.iter().enumerate() {
+            let rows = indices.len();
             let seq = self.seq_of(&self.train, indices);
             let batch = self.batch(&self.train, indices, rows, seq, epoch);
             *tokens += rows * seq;
             let acc = self.accumulation.as_mut().expect("accumulating");
-            let session = match acc.sessions.entry(seq) {
+            let session = match acc.sessions.entry((rows, seq)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(model.session(ctx, rows, seq, Mode::Gradients)?)
@@ -663,17 +669,18 @@ impl<'m> Trainer<'m> {
     /// [`Trainer::evaluate`] on any dataset of the task, its values named `{prefix}_loss`,
     /// `{prefix}_accuracy`, ... (transformers' `metric_key_prefix`: "test" for a test set).
     pub async fn evaluate_on(&mut self, dataset: &Dataset, prefix: &str) -> Result<LogEntry> {
-        let rows = self.state.args.per_device_eval_batch_size;
         let order: Vec<usize> = (0..dataset.examples.len()).collect();
         let (mut loss_sum, mut sequences) = (0.0f64, 0usize);
         let mut predictions = Predictions::default();
+        let mut float_correct = 0usize;
         let width = self.model.head().classes(self.model.config());
-        for indices in order.chunks(rows) {
+        for indices in order.chunks(self.state.args.per_device_eval_batch_size) {
+            let rows = indices.len();
             let seq = self.seq_of(dataset, indices);
             // Fill-mask evaluation masks the same way every time (a fixed epoch).
             let batch = self.batch(dataset, indices, rows, seq, u64::MAX);
             let (ctx, model) = (self.ctx, self.model);
-            let session = match self.eval_sessions.entry(seq) {
+            let session = match self.eval_sessions.entry((rows, seq)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(model.session(ctx, rows, seq, Mode::Inference)?)
@@ -686,11 +693,29 @@ impl<'m> Trainer<'m> {
                 loss_sum += m.loss as f64 * indices.len() as f64;
                 sequences += indices.len();
             }
-            predictions.add(self.state.task, &batch, &logits, indices.len(), seq, width);
+            if batch.float_labels.is_empty() {
+                predictions.add(self.state.task, &batch, &logits, indices.len(), seq, width);
+            } else {
+                // Multi-label: rows whose every label is right; regression: none.
+                float_correct += m.correct as usize;
+            }
         }
         let eval_loss = loss_sum / sequences.max(1) as f64;
         let mut values = metrics::compute(self.state.task, &predictions, &self.state.labels);
         values.insert("eval_loss".to_string(), eval_loss);
+        match self.model.config().classification_problem() {
+            _ if self.state.task != Task::TextClassification => {}
+            "multi_label_classification" => {
+                values.insert(
+                    "eval_accuracy".into(),
+                    float_correct as f64 / sequences.max(1) as f64,
+                );
+            }
+            "regression" => {
+                values.insert("eval_mse".into(), eval_loss);
+            }
+            _ => {}
+        }
         if matches!(self.state.task, Task::FillMask | Task::TextGeneration) {
             values.insert("eval_perplexity".to_string(), eval_loss.exp());
         }
@@ -975,7 +1000,8 @@ pub fn model_for(
     args: &TrainingArguments,
     weights: Option<&crate::io::HostTensors>,
 ) -> Result<(RoFormer, Vec<String>)> {
-    if task.has_labels() {
+    // (Regression has no label names: its width is the config's.)
+    if task.has_labels() && !labels.names.is_empty() {
         config.num_labels = Some(labels.names.len());
         config.id2label = Some(
             labels

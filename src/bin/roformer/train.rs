@@ -66,6 +66,11 @@ pub struct TrainArgs {
     /// The tags column (token classification).
     #[arg(long, default_value = "tags")]
     tags_column: String,
+    /// Text classification: single_label_classification, multi_label_classification
+    /// (names separated by commas, or a JSON list) or regression (a number, or a list);
+    /// default the model config's problem_type.
+    #[arg(long, value_parser = ["single_label_classification", "multi_label_classification", "regression"])]
+    problem_type: Option<String>,
     /// Fill-mask: the share of tokens masked, above 0 and below 1.
     #[arg(long, default_value_t = 0.15, value_parser = share)]
     mlm_probability: f64,
@@ -256,7 +261,15 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
         _ => return Err("give --model DIR, or --config FILE with --tokenizer DIR".into()),
     };
     let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
-    let config = RoFormerConfig::from_file(&config_path)?;
+    let mut config = RoFormerConfig::from_file(&config_path)?;
+    // The classifier's problem: the option, else the config's (transformers' rule).
+    let problem_type = a
+        .problem_type
+        .clone()
+        .unwrap_or_else(|| config.classification_problem().to_string());
+    if a.task == Task::TextClassification {
+        config.problem_type = Some(problem_type.clone());
+    }
     let positions = config.max_position_embeddings;
     let max_length = args.max_length.unwrap_or(positions).min(positions);
     let options = DataOptions {
@@ -271,6 +284,7 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
         max_length,
         mlm_probability: a.mlm_probability,
         whole_word_mask: a.whole_word_mask,
+        problem_type: problem_type.clone(),
     };
     // Labels: the model's when its config names them (and it is already this task's
     // model); else the training file's.
@@ -286,6 +300,10 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
         LabelNames::default()
     };
     let train = Dataset::load(&a.train, &options, &tokenizer, &mut labels)?;
+    if problem_type == "regression" && a.task == Task::TextClassification {
+        // Regression's width is the data's targets.
+        config.num_labels = Some(train.examples[0].float_labels.len());
+    }
     let eval = a
         .eval
         .as_ref()

@@ -11,9 +11,9 @@
 //          One thread per pair of features.
 // attend:  out[b, t, h] = softmax(scale · q kᵀ) v over the keys at positions
 //          0 ..= starts[b] + t, with q (x) rotated at its position on load. One workgroup
-//          of WG threads per (b, t, h): the keys stream through in tiles of WG, one per
-//          thread, with an online softmax (running max m, running sum l); thread i owns
-//          the output features i and i + WG.
+//          of WG threads per (b, t, h): the keys stream through in tiles of TILE, each
+//          thread scoring one in WG, with an online softmax across tiles (running max m,
+//          running sum l); thread i owns the output features i and i + WG.
 // x, the cache and out are T (f32, or f16 in the f16 variant); the RoPE table, the scores
 // and all arithmetic are f32. Forward only: generation trains nothing.
 
@@ -40,6 +40,8 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> out: array<T>;
 
 const WG: u32 = 64u;
+// Keys per tile (4 KiB of scores in workgroup memory).
+const TILE: u32 = 1024u;
 // Head dimensions up to 2 · WG: each thread owns two output features.
 const MAX_D: u32 = 128u;
 // f32::MAX in hex: Tint (Chromium) rejects the decimal 3.40282347e38 as not representable.
@@ -88,7 +90,8 @@ var<workgroup> q_sh: array<f32, MAX_D>;
 // holds barriers).
 var<workgroup> last_sh: u32;
 var<workgroup> red: array<f32, WG>;
-var<workgroup> probs: array<f32, WG>;
+// One tile's scores, then its probabilities.
+var<workgroup> probs: array<f32, TILE>;
 
 // The maximum (kind 0) or sum (kind 1) of every thread's v; every thread gets it.
 fn reduce(kind: u32, v: f32, li: u32) -> f32 {
@@ -141,27 +144,33 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>,
     var acc = vec2<f32>(0.0, 0.0);
     let row_stride = p.heads * p.dim;
     let base = b * p.capacity * row_stride + h * p.dim;
-    for (var tile = 0u; tile <= last; tile += WG) {
-        let j = tile + li;
-        var s = -F32_MAX;
-        if (j <= last) {
-            let kj = base + j * row_stride;
+    // Tiles of TILE keys: two reductions (max, sum) per tile, whatever its length, so a
+    // query over a few hundred keys waits at a handful of barriers.
+    for (var tile = 0u; tile <= last; tile += TILE) {
+        let in_tile = min(TILE, last + 1u - tile);
+        // Each thread scores its keys (one in WG) into workgroup memory.
+        var tile_max = -F32_MAX;
+        for (var jj = li; jj < in_tile; jj += WG) {
+            let kj = base + (tile + jj) * row_stride;
             var dot = 0.0;
             for (var c = 0u; c < p.dim; c++) {
                 dot += q_sh[c] * f32(keys[kj + c]);
             }
-            s = p.scale * dot;
+            let s = p.scale * dot;
+            probs[jj] = s;
+            tile_max = max(tile_max, s);
         }
-        let m_new = max(m, reduce(0u, s, li));
-        var pj = 0.0;
-        if (j <= last) {
-            pj = exp(s - m_new);
+        let m_new = max(m, reduce(0u, tile_max, li));
+        var tile_sum = 0.0;
+        for (var jj = li; jj < in_tile; jj += WG) {
+            let pj = exp(probs[jj] - m_new);
+            probs[jj] = pj;
+            tile_sum += pj;
         }
-        probs[li] = pj;
         let alpha = exp(m - m_new);
-        l = l * alpha + reduce(1u, pj, li);
+        // (reduce's first barrier makes every probability visible to every thread.)
+        l = l * alpha + reduce(1u, tile_sum, li);
         acc *= alpha;
-        let in_tile = min(WG, last + 1u - tile);
         for (var jj = 0u; jj < in_tile; jj++) {
             let vj = base + (tile + jj) * row_stride;
             let w = probs[jj];

@@ -6,8 +6,11 @@
 //!     cargo run --release --example train -- --precision mixed # f16 passes, f32 master weights
 //!
 //! On a CPU adapter (llvmpipe) the default is a small, fast setting; on a GPU it is LRA's
-//! ListOps. `--help` lists every option. Writes checkpoints (HF layout), `curves.png` and
-//! `summary.json` to `--out` (default `runs/listops`).
+//! ListOps. `--help` lists every option. The library's trainer (`roformer_wgpu::train`) runs
+//! it: ListOps is a pre-tokenized dataset (`roformer_lab::lra`) of a text-classification
+//! task. Writes to `--out` (default `runs/listops`): `run.json` (the settings),
+//! `checkpoint-N` folders (transformers' layout, the optimizer state and
+//! `trainer_state.json`), the trained model, `curves.png` and `summary.json`.
 
 use roformer_lab::args;
 use roformer_lab::fonts;
@@ -17,15 +20,26 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use roformer_lab::listops::{self, ListOps, ListOpsConfig};
-use roformer_lab::train::{
-    self, EvalRecord, Event, ModelSize, TrainConfig, TrainPrecision, TrainState, Trainer,
+use roformer_lab::listops::ListOpsConfig;
+use roformer_lab::lra::{self, ModelSize};
+use roformer_wgpu::model::{AttentionKind, RoFormerConfig};
+use roformer_wgpu::train::{
+    checkpoints, model_for, LogEntry, Precision, SchedulerType, Task, TrainEvent, Trainer,
+    TrainingArguments,
 };
-use roformer_wgpu::model::AttentionKind;
-use roformer_wgpu::optim::Decay;
 use roformer_wgpu::Context;
+use serde::{Deserialize, Serialize};
 
-fn preset(name: &str) -> Result<TrainConfig, String> {
+/// Everything that defines a run, saved as `run.json` in the output folder (a resumed run
+/// takes it from there).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Run {
+    listops: ListOpsConfig,
+    model: ModelSize,
+    args: TrainingArguments,
+}
+
+fn preset(name: &str) -> Result<Run, String> {
     let model = |layers, hidden, heads, intermediate| ModelSize {
         layers,
         hidden,
@@ -33,10 +47,27 @@ fn preset(name: &str) -> Result<TrainConfig, String> {
         intermediate,
         attention: AttentionKind::Softmax,
     };
+    let args = |batch, steps, lr, warmup, scheduler, multiple, every, logging| TrainingArguments {
+        seed: 1,
+        per_device_train_batch_size: batch,
+        per_device_eval_batch_size: batch,
+        max_steps: Some(steps),
+        learning_rate: lr,
+        warmup_steps: warmup,
+        lr_scheduler_type: scheduler,
+        weight_decay: 0.01,
+        max_grad_norm: 1.0,
+        pad_to_multiple_of: multiple,
+        group_by_length: true,
+        eval_steps: Some(every),
+        save_steps: every,
+        save_total_limit: Some(2),
+        logging_steps: logging,
+        ..TrainingArguments::default()
+    };
     match name {
         // Minutes on a 2-core machine with llvmpipe: short, shallow trees and a small model.
-        "cpu" => Ok(TrainConfig {
-            seed: 1,
+        "cpu" => Ok(Run {
             listops: ListOpsConfig {
                 max_depth: 4,
                 max_args: 5,
@@ -47,34 +78,13 @@ fn preset(name: &str) -> Result<TrainConfig, String> {
                 test: 500,
             },
             model: model(2, 64, 4, 128),
-            batch: 32,
-            steps: 400,
-            lr: 2e-3,
-            warmup: 40,
-            decay: Decay::Linear,
-            weight_decay: 0.01,
-            clip_norm: Some(1.0),
-            bucket: 16,
-            eval_every: 100,
-            checkpoint_every: 100,
-            precision: Default::default(),
+            args: args(32, 400, 2e-3, 40, SchedulerType::Linear, 16, 100, 5),
         }),
         // LRA's ListOps: depth 10, up to 10 arguments, 500 < length < 2000, 96K/2K/2K.
-        "lra" => Ok(TrainConfig {
-            seed: 1,
+        "lra" => Ok(Run {
             listops: ListOpsConfig::default(),
             model: model(4, 256, 4, 1024),
-            batch: 32,
-            steps: 10_000,
-            lr: 5e-4,
-            warmup: 1000,
-            decay: Decay::Cosine,
-            weight_decay: 0.01,
-            clip_norm: Some(1.0),
-            bucket: 128,
-            eval_every: 500,
-            checkpoint_every: 500,
-            precision: Default::default(),
+            args: args(32, 10_000, 5e-4, 1000, SchedulerType::Cosine, 128, 500, 50),
         }),
         other => Err(format!("unknown preset {other:?} (cpu or lra)")),
     }
@@ -208,7 +218,7 @@ enum DecayArg {
     Constant,
 }
 
-fn configure(cli: &Cli, cpu: bool) -> Result<TrainConfig, String> {
+fn configure(cli: &Cli, cpu: bool) -> Result<Run, String> {
     let name = match cli.preset {
         Some(PresetArg::Cpu) => "cpu",
         Some(PresetArg::Lra) => "lra",
@@ -221,7 +231,6 @@ fn configure(cli: &Cli, cpu: bool) -> Result<TrainConfig, String> {
             *into = v;
         }
     }
-    set(&mut c.seed, cli.seed);
     let l = &mut c.listops;
     set(&mut l.max_depth, cli.depth);
     set(&mut l.max_args, cli.args);
@@ -242,28 +251,35 @@ fn configure(cli: &Cli, cpu: bool) -> Result<TrainConfig, String> {
             AttentionArg::Linear => AttentionKind::Linear,
         };
     }
-    set(&mut c.batch, cli.batch);
-    set(&mut c.steps, cli.steps);
-    set(&mut c.lr, cli.lr);
-    set(&mut c.warmup, cli.warmup);
+    let a = &mut c.args;
+    set(&mut a.seed, cli.seed);
+    if let Some(b) = cli.batch {
+        a.per_device_train_batch_size = b;
+        a.per_device_eval_batch_size = b;
+    }
+    if let Some(steps) = cli.steps {
+        a.max_steps = Some(steps);
+    }
+    set(&mut a.learning_rate, cli.lr);
+    set(&mut a.warmup_steps, cli.warmup);
     if let Some(d) = cli.decay {
-        c.decay = match d {
-            DecayArg::Linear => Decay::Linear,
-            DecayArg::Cosine => Decay::Cosine,
-            DecayArg::Constant => Decay::Constant,
+        a.lr_scheduler_type = match d {
+            DecayArg::Linear => SchedulerType::Linear,
+            DecayArg::Cosine => SchedulerType::Cosine,
+            DecayArg::Constant => SchedulerType::ConstantWithWarmup,
         };
     }
-    set(&mut c.weight_decay, cli.weight_decay);
-    if let Some(clip) = cli.clip {
-        c.clip_norm = (clip > 0.0).then_some(clip);
+    set(&mut a.weight_decay, cli.weight_decay);
+    set(&mut a.max_grad_norm, cli.clip);
+    set(&mut a.pad_to_multiple_of, cli.bucket);
+    if let Some(e) = cli.eval_every {
+        a.eval_steps = (e > 0).then_some(e);
     }
-    set(&mut c.bucket, cli.bucket);
-    set(&mut c.eval_every, cli.eval_every);
-    set(&mut c.checkpoint_every, cli.checkpoint_every);
+    set(&mut a.save_steps, cli.checkpoint_every);
     match cli.precision {
         None => {}
-        Some(PrecisionArg::F32) => c.precision = TrainPrecision::F32,
-        Some(PrecisionArg::Mixed) => c.precision = TrainPrecision::Mixed,
+        Some(PrecisionArg::F32) => a.precision = Precision::F32,
+        Some(PrecisionArg::Mixed) => a.precision = Precision::Mixed,
         Some(PrecisionArg::F16) => {
             return Err(
                 "--precision f16: training keeps f32 master weights, as AdamW's small \
@@ -272,6 +288,7 @@ fn configure(cli: &Cli, cpu: bool) -> Result<TrainConfig, String> {
             )
         }
     }
+    a.check().map_err(|e| e.to_string())?;
     Ok(c)
 }
 
@@ -281,7 +298,6 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cli: Cli = args::parse_args();
-    let resume = cli.resume;
     let out = cli.out.clone();
 
     let ctx = Context::new()?;
@@ -298,38 +314,49 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     );
 
-    let checkpoint = if resume {
-        train::latest_checkpoint(&out)?
+    let checkpoint = if cli.resume {
+        checkpoints(&out)?.pop().map(|(_, dir)| dir)
     } else {
         None
     };
-    if resume && checkpoint.is_none() {
+    if cli.resume && checkpoint.is_none() {
         println!(
             "resume    no checkpoint in {}: starting a new run",
             out.display()
         );
     }
-    if let Some(dir) = &checkpoint {
-        let state = train::read_state(dir)?;
-        if state.config != config {
+    let run_file = out.join("run.json");
+    if checkpoint.is_some() {
+        let text = std::fs::read_to_string(&run_file)
+            .map_err(|e| format!("{}: {e} (the run's settings)", run_file.display()))?;
+        let saved: Run =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", run_file.display()))?;
+        if saved != config {
             println!("resume    using the run's saved settings (command-line settings ignored)");
         }
-        config = state.config;
-    } else if out.join("checkpoints").exists() {
-        std::fs::remove_dir_all(out.join("checkpoints"))?;
+        config = saved;
+    } else {
+        // A new run: the last run's checkpoints would be mistaken for this one's.
+        for (_, old) in checkpoints(&out)? {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::create_dir_all(&out)?;
+        roformer_wgpu::io::write_atomic(
+            &run_file,
+            serde_json::to_string_pretty(&config)?.as_bytes(),
+        )?;
     }
+    let args = &config.args;
 
     let t0 = Instant::now();
-    let data = ListOps::generate(config.listops, config.seed)?;
-    let (majority_label, _) = listops::majority(&data.train);
-    let baseline = data
-        .test
+    let data = lra::listops(config.listops, args.seed)?;
+    let mean_len = data
+        .train
+        .examples
         .iter()
-        .filter(|e| e.label == majority_label)
-        .count() as f64
-        / data.test.len() as f64;
-    let mean_len =
-        data.train.iter().map(|e| e.tokens.len()).sum::<usize>() as f64 / data.train.len() as f64;
+        .map(|e| e.len() - 1)
+        .sum::<usize>() as f64
+        / data.train.examples.len() as f64;
     println!(
         "data      ListOps depth {}, {}-{} args, {} < length < {} (mean {mean_len:.0}): {} train / {} valid / {} test, made in {:.1} s",
         config.listops.max_depth,
@@ -337,16 +364,33 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         config.listops.max_args,
         config.listops.min_length,
         config.listops.max_length,
-        data.train.len(),
-        data.valid.len(),
-        data.test.len(),
+        data.train.examples.len(),
+        data.valid.examples.len(),
+        data.test.examples.len(),
         t0.elapsed().as_secs_f64()
     );
 
-    let model = match &checkpoint {
-        Some(dir) => config.load_model(&ctx, dir)?,
-        None => config.new_model(&ctx)?,
+    let task = Task::TextClassification;
+    let (model_config, weights) = match &checkpoint {
+        Some(dir) => (
+            RoFormerConfig::from_file(dir.join("config.json"))?,
+            Some(roformer_wgpu::io::read_checkpoint(
+                dir.join("model.safetensors"),
+            )?),
+        ),
+        None => (
+            lra::model_config(&data, &config.model, args.pad_to_multiple_of)?,
+            None,
+        ),
     };
+    let (model, _) = model_for(
+        &ctx,
+        model_config,
+        task,
+        &data.labels,
+        args,
+        weights.as_ref(),
+    )?;
     let m = config.model;
     println!(
         "model     RoFormer {} layers, hidden {}, {} heads, ffn {}, {:?} attention: {} parameters",
@@ -358,102 +402,140 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         model.params().count()
     );
     println!(
-        "training  {} steps of {} sequences, AdamW lr {} ({} warm-up, {:?} decay), weight decay {}, clip {:?}, {:?} precision",
-        config.steps, config.batch, config.lr, config.warmup, config.decay, config.weight_decay, config.clip_norm, config.precision
+        "training  {} steps of {} sequences, AdamW lr {} ({} warm-up, {:?}), weight decay {}, clip {}, {:?} precision",
+        args.max_steps.unwrap_or(0),
+        args.per_device_train_batch_size,
+        args.learning_rate,
+        args.warmup_steps,
+        args.lr_scheduler_type,
+        args.weight_decay,
+        args.max_grad_norm,
+        args.precision
     );
+    let (train, valid) = (data.train.clone(), Some(data.valid.clone()));
     let mut trainer = match &checkpoint {
-        Some(dir) => Trainer::resume(&ctx, &model, data, dir, &out)?,
-        None => Trainer::new(&ctx, &model, data, config.clone(), &out)?,
+        Some(dir) => Trainer::resume(&ctx, &model, train, valid, dir, &out, vec![])?,
+        None => Trainer::new(
+            &ctx,
+            &model,
+            task,
+            args.clone(),
+            train,
+            valid,
+            &data.labels,
+            &out,
+            vec![],
+        )?,
     };
     if let Some(dir) = &checkpoint {
         println!(
             "resume    from {} (step {})",
             dir.display(),
-            trainer.state().step
+            trainer.state().global_step
         );
     }
 
-    let bar = ProgressBar::new(config.steps);
+    let total = trainer.state().max_steps;
+    let bar = ProgressBar::new(total);
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta}]",
     )?);
-    bar.set_position(trainer.state().step);
+    bar.set_position(trainer.state().global_step);
     let (mut loss_ema, mut acc_ema) = (None::<f64>, None::<f64>);
+    let mut speeds = Vec::new();
     let mut last_line = Instant::now();
-    trainer.run(|event| match event {
-        Event::Step(r) => {
-            let ema = |e: &mut Option<f64>, x: f64| *e.get_or_insert(x) * 0.95 + x * 0.05;
-            let l = ema(&mut loss_ema, r.loss as f64);
-            loss_ema = Some(l);
-            let a = ema(&mut acc_ema, r.accuracy as f64);
-            acc_ema = Some(a);
-            bar.set_position(r.step);
+    trainer.train(|event| match event {
+        TrainEvent::Step {
+            step,
+            of,
+            loss,
+            accuracy,
+            tokens_per_s,
+        } => {
+            let ema = |e: Option<f64>, x: f64| e.map_or(x, |e| e * 0.95 + x * 0.05);
+            loss_ema = Some(ema(loss_ema, loss));
+            if let Some(a) = accuracy {
+                acc_ema = Some(ema(acc_ema, a));
+            }
+            speeds.push(tokens_per_s);
+            bar.set_position(step);
             let msg = format!(
-                "loss {l:.3} acc {:.1}% {:.0} tok/s",
-                100.0 * a,
-                r.tokens_per_s
+                "loss {:.3} acc {:.1}% {tokens_per_s:.0} tok/s",
+                loss_ema.unwrap_or(f64::NAN),
+                100.0 * acc_ema.unwrap_or(f64::NAN),
             );
             if bar.is_hidden() && last_line.elapsed().as_secs() >= 10 {
-                println!("step {:>6}/{}  {msg}", r.step, config.steps);
+                println!("step {step:>6}/{of}  {msg}");
                 last_line = Instant::now();
             }
             bar.set_message(msg);
         }
-        Event::Eval(e) => bar.suspend(|| {
+        TrainEvent::Log(_) => {}
+        TrainEvent::Eval(e) => bar.suspend(|| {
             println!(
-                "eval      step {:>6} {:<5} loss {:.4} accuracy {:.2}%",
+                "eval      step {:>6} valid loss {:.4} accuracy {:.2}%",
                 e.step,
-                e.split,
-                e.loss,
-                100.0 * e.accuracy
+                e.get("eval_loss").unwrap_or(f64::NAN),
+                100.0 * e.get("eval_accuracy").unwrap_or(f64::NAN)
             )
         }),
-        Event::Checkpoint { step, path } => {
-            bar.suspend(|| println!("saved     step {step:>6} {}", path.display()))
-        }
+        TrainEvent::Checkpoint(path) => bar.suspend(|| {
+            println!(
+                "saved     step {:>6} {}",
+                trainer_step(path),
+                path.display()
+            )
+        }),
     })?;
     bar.finish_and_clear();
 
-    let state = trainer.state();
-    let last = |split: &str| state.evals.iter().rev().find(|e| e.split == split).cloned();
-    let (valid, test) = (
-        last("valid").expect("evaluated"),
-        last("test").expect("evaluated"),
+    let test = ctx.block_on(trainer.evaluate_on(&data.test, "test"))?;
+    println!(
+        "eval      step {:>6} test  loss {:.4} accuracy {:.2}%",
+        test.step,
+        test.get("test_loss").unwrap_or(f64::NAN),
+        100.0 * test.get("test_accuracy").unwrap_or(f64::NAN)
     );
-    let tokens_per_s =
-        state.steps.iter().map(|s| s.tokens_per_s).sum::<f64>() / state.steps.len().max(1) as f64;
+    let state = trainer.state();
+    let valid = state
+        .log_history
+        .iter()
+        .rev()
+        .find_map(|e| e.get("eval_accuracy"))
+        .ok_or("no validation accuracy was recorded")?;
+    let test_accuracy = test.get("test_accuracy").ok_or("no test accuracy")?;
+    let tokens_per_s = speeds.iter().sum::<f64>() / speeds.len().max(1) as f64;
+    let (majority_label, baseline) = data.majority;
     println!(
         "\nsummary   {} steps in {:.0} s of training, {tokens_per_s:.0} tokens/s",
-        state.step, state.seconds
+        state.global_step, state.seconds
     );
-    if state.config.precision == TrainPrecision::Mixed {
-        let last_scale = state.steps.iter().rev().find_map(|s| s.loss_scale);
+    if args.precision == Precision::Mixed {
         println!(
-            "          mixed precision: {} steps skipped (f16 overflow), last step's loss scale {}",
-            state.skipped(),
-            last_scale.map_or("?".into(), |s| format!("{s}"))
+            "          mixed precision: {} updates skipped (f16 overflow)",
+            state.skipped_updates
         );
     }
     println!(
         "          validation accuracy {:.2}%, test accuracy {:.2}%",
-        100.0 * valid.accuracy,
-        100.0 * test.accuracy
+        100.0 * valid,
+        100.0 * test_accuracy
     );
     println!(
         "          majority-class baseline (always {majority_label}) {:.2}% on test: {:+.2} points, {:.1}x",
         100.0 * baseline,
-        100.0 * (test.accuracy - baseline),
-        test.accuracy / baseline
+        100.0 * (test_accuracy - baseline),
+        test_accuracy / baseline
     );
     let summary = serde_json::json!({
         "adapter": caps.adapter_name,
-        "config": state.config,
-        "steps": state.step,
-        "skipped_steps": state.skipped(),
+        "run": config,
+        "steps": state.global_step,
+        "skipped_updates": state.skipped_updates,
         "train_seconds": state.seconds,
         "tokens_per_s": tokens_per_s,
-        "valid_accuracy": valid.accuracy,
-        "test_accuracy": test.accuracy,
+        "valid_accuracy": valid,
+        "test_accuracy": test_accuracy,
         "majority_label": majority_label,
         "majority_baseline": baseline,
     });
@@ -461,62 +543,68 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
-    match plot(&out.join("curves.png"), state, baseline) {
+    match plot(&out.join("curves.png"), &state.log_history, total, baseline) {
         Ok(()) => println!(
-            "          curves in {}, checkpoints in {}",
+            "          curves in {}, the model and checkpoints in {}",
             out.join("curves.png").display(),
-            out.join("checkpoints").display()
+            out.display()
         ),
         Err(e) => println!("          (no plot: {e})"),
     }
     Ok(())
 }
 
-/// Loss and accuracy against the step: training (smoothed) and validation, and the
+/// The update a checkpoint folder (`checkpoint-N`) holds.
+fn trainer_step(path: &Path) -> u64 {
+    path.file_name()
+        .and_then(|n| n.to_str()?.strip_prefix("checkpoint-")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Loss and accuracy against the step: training loss (smoothed) and validation, and the
 /// majority-class baseline.
-fn plot(path: &Path, state: &TrainState, baseline: f64) -> Result<(), Box<dyn std::error::Error>> {
+fn plot(
+    path: &Path,
+    history: &[LogEntry],
+    steps: u64,
+    baseline: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
     let text = fonts::register_sans_serif();
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);
-    let steps = state.config.steps.max(1) as f64;
-    let smooth = |f: &dyn Fn(&train::StepRecord) -> f64| -> Vec<(f64, f64)> {
-        let mut e = None::<f64>;
-        state
-            .steps
+    let steps = steps.max(1) as f64;
+    let series = |name: &str| -> Vec<(f64, f64)> {
+        history
             .iter()
-            .map(|s| {
-                let v = e.map_or(f(s), |p| 0.95 * p + 0.05 * f(s));
-                e = Some(v);
-                (s.step as f64, v)
-            })
+            .filter_map(|e| Some((e.step as f64, e.get(name)?)))
             .collect()
     };
-    let valid = |f: &dyn Fn(&EvalRecord) -> f64| -> Vec<(f64, f64)> {
-        state
-            .evals
-            .iter()
-            .filter(|e| e.split == "valid")
-            .map(|e| (e.step as f64, f(e)))
-            .collect()
-    };
-    let train_loss = smooth(&|s| s.loss as f64);
+    let mut smoothed = None::<f64>;
+    let train_loss: Vec<(f64, f64)> = series("loss")
+        .into_iter()
+        .map(|(s, l)| {
+            let v = smoothed.map_or(l, |p| 0.8 * p + 0.2 * l);
+            smoothed = Some(v);
+            (s, v)
+        })
+        .collect();
     let max_loss = train_loss.iter().map(|p| p.1).fold(2.5f64, f64::max);
     for (area, title, train_series, valid_series, y_max, base) in [
         (
             &left,
             "loss",
             train_loss,
-            valid(&|e| e.loss),
+            series("eval_loss"),
             max_loss * 1.05,
             None,
         ),
         (
             &right,
             "accuracy",
-            smooth(&|s| s.accuracy as f64),
-            valid(&|e| e.accuracy),
+            Vec::new(),
+            series("eval_accuracy"),
             1.0,
             Some(baseline),
         ),
@@ -536,18 +624,20 @@ fn plot(path: &Path, state: &TrainState, baseline: f64) -> Result<(), Box<dyn st
             mesh.disable_x_axis().disable_y_axis();
         }
         mesh.draw()?;
-        let legend = |c: Option<&str>| c.filter(|_| text).map(str::to_string);
-        let train_line = chart.draw_series(LineSeries::new(train_series, BLUE.stroke_width(2)))?;
-        if let Some(l) = legend(Some("train (smoothed)")) {
-            train_line
-                .label(l)
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        if !train_series.is_empty() {
+            let train_line =
+                chart.draw_series(LineSeries::new(train_series, BLUE.stroke_width(2)))?;
+            if text {
+                train_line
+                    .label("train (smoothed)")
+                    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+            }
         }
         let valid_line =
             chart.draw_series(LineSeries::new(valid_series.clone(), RED.stroke_width(2)))?;
-        if let Some(l) = legend(Some("validation")) {
+        if text {
             valid_line
-                .label(l)
+                .label("validation")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
         }
         chart.draw_series(

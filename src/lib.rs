@@ -21,7 +21,6 @@ mod tensor;
 #[cfg(feature = "text")]
 pub mod text;
 pub mod timing;
-#[cfg(feature = "text")]
 pub mod train;
 
 #[cfg(test)]

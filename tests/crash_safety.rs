@@ -12,69 +12,81 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use roformer_lab::listops::{ListOps, ListOpsConfig};
-use roformer_lab::train::{self, ModelSize, TrainConfig, TrainState, Trainer};
-use roformer_wgpu::model::{AttentionKind, Head, RoFormer};
-use roformer_wgpu::optim::Decay;
+use roformer_lab::listops::ListOpsConfig;
+use roformer_lab::lra::{self, ModelSize};
+use roformer_wgpu::model::{AttentionKind, RoFormer, RoFormerConfig};
+use roformer_wgpu::train::{self, model_for, Task, Trainer, TrainerState, TrainingArguments};
 use roformer_wgpu::{io, Context};
 
 const WORKER: &str = "ROFORMER_CRASH_WORKER";
 const TEST: &str = "killed_runs_resume_and_reproduce_the_uninterrupted_run";
 
-fn config() -> TrainConfig {
-    TrainConfig {
+fn arguments() -> TrainingArguments {
+    TrainingArguments {
         seed: 11,
-        listops: ListOpsConfig {
-            max_depth: 3,
-            max_args: 4,
-            min_length: 4,
-            max_length: 20,
-            train: 160,
-            valid: 16,
-            test: 16,
-        },
-        model: ModelSize {
-            layers: 1,
-            hidden: 16,
-            heads: 2,
-            intermediate: 24,
-            attention: AttentionKind::Linear,
-        },
-        batch: 8,
-        steps: 300,
-        lr: 3e-3,
-        warmup: 5,
-        decay: Decay::Linear,
+        per_device_train_batch_size: 8,
+        max_steps: Some(300),
+        learning_rate: 3e-3,
+        warmup_steps: 5,
         weight_decay: 0.01,
-        clip_norm: Some(1.0),
-        bucket: 8,
-        eval_every: 0,
-        checkpoint_every: 1,
-        precision: Default::default(),
+        max_grad_norm: 1.0,
+        save_steps: 1,
+        save_total_limit: Some(2),
+        logging_steps: 1,
+        ..TrainingArguments::default()
     }
 }
 
-/// Trains into `out`, continuing from its latest checkpoint when there is one.
-fn train_into(ctx: &Context, out: &Path) -> (TrainState, Vec<io::NamedTensor>) {
-    let c = config();
-    let data = ListOps::generate(c.listops, c.seed).unwrap();
-    let (model, checkpoint) = match train::latest_checkpoint(out).unwrap() {
+fn newest(out: &Path) -> Option<PathBuf> {
+    train::checkpoints(out).unwrap().pop().map(|(_, dir)| dir)
+}
+
+/// Trains into `out`, continuing from its newest checkpoint when there is one.
+fn train_into(ctx: &Context, out: &Path) -> (TrainerState, Vec<io::NamedTensor>) {
+    let args = arguments();
+    let config = ListOpsConfig {
+        max_depth: 3,
+        max_args: 4,
+        min_length: 4,
+        max_length: 20,
+        train: 160,
+        valid: 16,
+        test: 16,
+    };
+    let data = lra::listops(config, args.seed).unwrap();
+    let size = ModelSize {
+        layers: 1,
+        hidden: 16,
+        heads: 2,
+        intermediate: 24,
+        attention: AttentionKind::Linear,
+    };
+    let checkpoint = newest(out);
+    let (config, weights) = match &checkpoint {
         Some(dir) => (
-            RoFormer::from_pretrained(ctx, dir.join("config.json"), dir.join("model.safetensors"))
-                .unwrap(),
-            Some(dir),
+            RoFormerConfig::from_file(dir.join("config.json")).unwrap(),
+            Some(io::read_checkpoint(dir.join("model.safetensors")).unwrap()),
         ),
-        None => {
-            let m = RoFormer::new(ctx, c.model_config().unwrap(), Head::Classification).unwrap();
-            m.init_random(ctx, c.seed).unwrap();
-            (m, None)
-        }
+        None => (lra::model_config(&data, &size, 8).unwrap(), None),
     };
+    let task = Task::TextClassification;
+    let (model, _) = model_for(ctx, config, task, &data.labels, &args, weights.as_ref()).unwrap();
     let mut trainer = match &checkpoint {
-        Some(dir) => Trainer::resume(ctx, &model, data, dir, out).unwrap(),
-        None => Trainer::new(ctx, &model, data, c, out).unwrap(),
+        Some(dir) => Trainer::resume(ctx, &model, data.train, None, dir, out, vec![]).unwrap(),
+        None => Trainer::new(
+            ctx,
+            &model,
+            task,
+            args,
+            data.train,
+            None,
+            &data.labels,
+            out,
+            vec![],
+        )
+        .unwrap(),
     };
-    trainer.run(|_| {}).unwrap();
+    trainer.train(|_| {}).unwrap();
     (
         trainer.state().clone(),
         model.params().download(ctx).unwrap(),
@@ -82,18 +94,18 @@ fn train_into(ctx: &Context, out: &Path) -> (TrainState, Vec<io::NamedTensor>) {
 }
 
 /// Everything a resume reads must load.
-fn check_latest_loads(ctx: &Context, out: &Path) -> Option<u64> {
-    let dir = train::latest_checkpoint(out).expect("latest names a complete checkpoint")?;
+fn check_newest_loads(ctx: &Context, out: &Path) -> Option<u64> {
+    let dir = newest(out)?;
     RoFormer::from_pretrained(ctx, dir.join("config.json"), dir.join("model.safetensors"))
         .expect("weights load");
     let opt =
         io::read_safetensors(dir.join("optimizer.safetensors")).expect("optimizer state loads");
     assert!(opt.contains_key("adamw.m") && opt.contains_key("adamw.v"));
-    Some(train::read_state(&dir).expect("state loads").step)
+    Some(train::read_state(&dir).expect("state loads").global_step)
 }
 
 fn leftover_temporaries(out: &Path) -> bool {
-    std::fs::read_dir(out.join("checkpoints"))
+    std::fs::read_dir(out)
         .map(|d| {
             d.flatten()
                 .any(|e| e.file_name().to_string_lossy().contains(".tmp-"))
@@ -122,7 +134,7 @@ fn killed_runs_resume_and_reproduce_the_uninterrupted_run() {
     let base: PathBuf = std::env::temp_dir().join(format!("roformer-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let (reference, reference_weights) = train_into(&ctx, &base.join("reference"));
-    assert_eq!(reference.step, 300);
+    assert_eq!(reference.global_step, 300);
 
     let out = base.join("killed");
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -138,7 +150,7 @@ fn killed_runs_resume_and_reproduce_the_uninterrupted_run() {
         child.wait().unwrap();
         kills += 1;
         mid_write += leftover_temporaries(&out) as usize;
-        if let Some(step) = check_latest_loads(&ctx, &out) {
+        if let Some(step) = check_newest_loads(&ctx, &out) {
             assert!(
                 step >= last_step,
                 "the newest checkpoint went back from {last_step} to {step}"
@@ -151,19 +163,20 @@ fn killed_runs_resume_and_reproduce_the_uninterrupted_run() {
     eprintln!("{kills} kills ({mid_write} while a checkpoint was being written), last checkpoint before finishing: step {last_step}");
     assert!(kills >= 10, "only {kills} kills happened");
 
-    let finished = train::read_state(train::latest_checkpoint(&out).unwrap().unwrap()).unwrap();
-    let bits = |s: &TrainState| {
-        s.steps
+    let dir = newest(&out).unwrap();
+    let finished = train::read_state(&dir).unwrap();
+    let bits = |s: &TrainerState| {
+        s.log_history
             .iter()
-            .map(|r| (r.step, r.loss.to_bits()))
+            .filter_map(|e| Some((e.step, e.get("loss")?.to_bits())))
             .collect::<Vec<_>>()
     };
+    assert_eq!(bits(&reference).len(), 300);
     assert_eq!(
         bits(&finished),
         bits(&reference),
         "losses differ from the uninterrupted run"
     );
-    let dir = train::latest_checkpoint(&out).unwrap().unwrap();
     let model =
         RoFormer::from_pretrained(&ctx, dir.join("config.json"), dir.join("model.safetensors"))
             .unwrap();

@@ -1,105 +1,165 @@
 //! Resuming from a checkpoint continues the run exactly: the same batches, the same
-//! optimizer state, the same losses bit for bit.
+//! optimizer state, the same losses bit for bit (ListOps through the library's trainer,
+//! as the main job runs it; `tests/train_cli.rs` checks the same for `roformer train`).
 
 mod common;
 
 use common::*;
-use roformer_lab::listops::{ListOps, ListOpsConfig};
-use roformer_lab::train::{self, ModelSize, TrainConfig, TrainPrecision, Trainer};
-use roformer_wgpu::model::AttentionKind;
-use roformer_wgpu::optim::Decay;
+use roformer_lab::listops::ListOpsConfig;
+use roformer_lab::lra::{self, ModelSize, TaskData};
+use roformer_wgpu::model::{AttentionKind, RoFormer, RoFormerConfig};
+use roformer_wgpu::train::{
+    self, model_for, Precision, SchedulerType, Task, Trainer, TrainerState, TrainingArguments,
+};
+use roformer_wgpu::Context;
 
-fn config(attention: AttentionKind, precision: TrainPrecision) -> TrainConfig {
-    TrainConfig {
+fn data() -> TaskData {
+    let config = ListOpsConfig {
+        max_depth: 3,
+        max_args: 4,
+        min_length: 4,
+        max_length: 20,
+        train: 200,
+        valid: 40,
+        test: 40,
+    };
+    lra::listops(config, 3).unwrap()
+}
+
+fn arguments(precision: Precision) -> TrainingArguments {
+    TrainingArguments {
         seed: 3,
-        listops: ListOpsConfig {
-            max_depth: 3,
-            max_args: 4,
-            min_length: 4,
-            max_length: 20,
-            train: 200,
-            valid: 40,
-            test: 40,
-        },
-        model: ModelSize {
-            layers: 1,
-            hidden: 16,
-            heads: 2,
-            intermediate: 24,
-            attention,
-        },
-        batch: 8,
-        steps: 12,
-        lr: 3e-3,
-        warmup: 3,
-        decay: Decay::Cosine,
+        per_device_train_batch_size: 8,
+        per_device_eval_batch_size: 8,
+        max_steps: Some(12),
+        learning_rate: 3e-3,
+        warmup_steps: 3,
+        lr_scheduler_type: SchedulerType::Cosine,
         weight_decay: 0.01,
-        clip_norm: Some(0.5),
-        bucket: 8,
-        eval_every: 6,
-        checkpoint_every: 6,
+        max_grad_norm: 0.5,
+        group_by_length: true,
+        eval_steps: Some(6),
+        save_steps: 6,
+        logging_steps: 1,
         precision,
+        ..TrainingArguments::default()
     }
+}
+
+fn model(
+    ctx: &Context,
+    data: &TaskData,
+    args: &TrainingArguments,
+    attention: AttentionKind,
+    checkpoint: Option<&std::path::Path>,
+) -> RoFormer {
+    let size = ModelSize {
+        layers: 1,
+        hidden: 16,
+        heads: 2,
+        intermediate: 24,
+        attention,
+    };
+    let (config, weights) = match checkpoint {
+        Some(dir) => (
+            RoFormerConfig::from_file(dir.join("config.json")).unwrap(),
+            Some(roformer_wgpu::io::read_checkpoint(dir.join("model.safetensors")).unwrap()),
+        ),
+        None => (lra::model_config(data, &size, 8).unwrap(), None),
+    };
+    let task = Task::TextClassification;
+    model_for(ctx, config, task, &data.labels, args, weights.as_ref())
+        .unwrap()
+        .0
+}
+
+fn losses(s: &TrainerState) -> Vec<(u64, u64)> {
+    s.log_history
+        .iter()
+        .filter_map(|e| Some((e.step, e.get("loss")?.to_bits())))
+        .collect()
 }
 
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
     let ctx = &ctx();
     let mut runs = vec![
-        (AttentionKind::Softmax, TrainPrecision::F32),
-        (AttentionKind::Linear, TrainPrecision::F32),
+        (AttentionKind::Softmax, Precision::F32),
+        (AttentionKind::Linear, Precision::F32),
     ];
     if has_f16(ctx, "resuming a mixed-precision run") {
-        runs.push((AttentionKind::Softmax, TrainPrecision::Mixed));
+        runs.push((AttentionKind::Softmax, Precision::Mixed));
     }
+    let data = data();
     for (attention, precision) in runs {
-        let c = config(attention, precision);
+        let args = arguments(precision);
         let out = std::env::temp_dir().join(format!(
             "roformer-resume-{}-{attention:?}-{precision:?}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&out);
 
-        let model = c.new_model(ctx).unwrap();
-        let data = ListOps::generate(c.listops, c.seed).unwrap();
-        let mut full = Trainer::new(ctx, &model, data.clone(), c.clone(), &out).unwrap();
-        full.run(|_| {}).unwrap();
+        let full_model = model(ctx, &data, &args, attention, None);
+        let (train, valid) = (data.train.clone(), Some(data.valid.clone()));
+        let mut full = Trainer::new(
+            ctx,
+            &full_model,
+            Task::TextClassification,
+            args.clone(),
+            train,
+            valid,
+            &data.labels,
+            &out,
+            vec![],
+        )
+        .unwrap();
+        full.train(|_| {}).unwrap();
         let reference = full.state().clone();
-        assert_eq!(reference.step, 12);
+        assert_eq!(reference.global_step, 12);
+        assert_eq!(losses(&reference).len(), 12, "a loss logged per update");
 
         // Start again from the checkpoint of step 6, in a fresh model.
-        let mid = out.join("checkpoints/step-00000006");
+        let mid = out.join("checkpoint-6");
         let saved = train::read_state(&mid).unwrap();
-        assert_eq!(saved.step, 6);
+        assert_eq!(saved.global_step, 6);
         assert_eq!(
             saved.loss_scale.is_some(),
-            precision == TrainPrecision::Mixed,
+            precision == Precision::Mixed,
             "the loss scale is saved with a mixed-precision run"
         );
-        let resumed_model = c.load_model(ctx, &mid).unwrap();
-        let mut resumed =
-            Trainer::resume(ctx, &resumed_model, data, &mid, out.join("resumed")).unwrap();
-        resumed.run(|_| {}).unwrap();
+        let resumed_model = model(ctx, &data, &args, attention, Some(&mid));
+        let (train, valid) = (data.train.clone(), Some(data.valid.clone()));
+        let mut resumed = Trainer::resume(
+            ctx,
+            &resumed_model,
+            train,
+            valid,
+            &mid,
+            out.join("resumed"),
+            vec![],
+        )
+        .unwrap();
+        resumed.train(|_| {}).unwrap();
         let again = resumed.state();
-        let losses =
-            |s: &train::TrainState| s.steps.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>();
         assert_eq!(
             losses(again),
             losses(&reference),
             "{attention:?} {precision:?}: resumed losses differ"
         );
+        let last_eval =
+            |s: &TrainerState| s.log_history.iter().rev().find(|e| e.is_eval()).cloned();
         assert_eq!(
-            again.evals.last(),
-            reference.evals.last(),
+            last_eval(again),
+            last_eval(&reference),
             "{attention:?} {precision:?}: final evaluation differs"
         );
         assert_eq!(
-            model.params().download(ctx).unwrap(),
+            full_model.params().download(ctx).unwrap(),
             resumed_model.params().download(ctx).unwrap(),
             "{attention:?} {precision:?}: final weights differ"
         );
-        let latest = train::latest_checkpoint(&out).unwrap().unwrap();
-        assert!(latest.ends_with("step-00000012"), "{}", latest.display());
+        let newest = train::checkpoints(&out).unwrap().pop().unwrap();
+        assert_eq!(newest.0, 12, "{}", newest.1.display());
         std::fs::remove_dir_all(&out).unwrap();
     }
 }

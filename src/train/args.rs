@@ -112,9 +112,14 @@ pub struct TrainingArguments {
     /// with another library's).
     pub shuffle: bool,
     /// Batch examples of similar lengths together (transformers' `group_by_length`: the
-    /// shuffled examples are sorted by length within groups of 50 batches), so a batch pads
-    /// little and its session is short.
+    /// shuffled examples are sorted by length within groups of 50 batches; evaluation
+    /// batches are sorted by length), so a batch pads little and its session is short.
     pub group_by_length: bool,
+    /// Batches are padded to a length that is a multiple of this (the argument of
+    /// transformers' `DataCollatorWithPadding`); each padded length gets its own planned
+    /// session, so a coarser multiple means fewer sessions (less memory and planning) and
+    /// more padding.
+    pub pad_to_multiple_of: usize,
 }
 
 impl Default for TrainingArguments {
@@ -146,6 +151,7 @@ impl Default for TrainingArguments {
             precision: Precision::F32,
             shuffle: true,
             group_by_length: false,
+            pad_to_multiple_of: 8,
         }
     }
 }
@@ -191,6 +197,9 @@ impl TrainingArguments {
         }
         if self.save_total_limit == Some(0) {
             return bad("save_total_limit", "must be at least 1");
+        }
+        if self.pad_to_multiple_of == 0 {
+            return bad("pad_to_multiple_of", "must be at least 1");
         }
         if self.max_length == Some(0) {
             return bad("max_length", "must be at least 1");

@@ -16,16 +16,19 @@
 //! Records holding `input_ids` are taken as already tokenized, for every task.
 
 use std::collections::BTreeSet;
+#[cfg(feature = "text")]
 use std::path::Path;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+#[cfg(feature = "text")]
 use super::data::{self, Record, Records};
 use crate::error::{Error, Result};
 use crate::model::{Head, RoFormerConfig};
 use crate::ops::cross_entropy::IGNORE_INDEX;
+#[cfg(feature = "text")]
 use crate::text::{EncodeOptions, Tokenizer, Truncation};
 
 /// What a model learns from its data.
@@ -244,6 +247,9 @@ impl DataOptions {
     }
 }
 
+// Reading files and tokenizing them needs the tokenizers (the `text` feature); the trainer
+// itself does not (pre-tokenized datasets, as the examples' ListOps, are built directly).
+#[cfg(feature = "text")]
 impl Dataset {
     /// Reads a data file (its format from its extension) and makes the task's examples.
     /// `labels` are the label names: fixed (the model's, or the training file's for an
@@ -309,6 +315,7 @@ impl Dataset {
     }
 }
 
+#[cfg(feature = "text")]
 /// A record's `input_ids` (and `token_type_ids`, `labels`) as given.
 fn token_ids(records: &Records, r: &Record, options: &DataOptions) -> Result<Example> {
     let numbers = |column: &str| -> Result<Option<Vec<i64>>> {
@@ -388,6 +395,7 @@ fn token_ids(records: &Records, r: &Record, options: &DataOptions) -> Result<Exa
     })
 }
 
+#[cfg(feature = "text")]
 fn encode_options(options: &DataOptions) -> EncodeOptions {
     EncodeOptions {
         truncation: Some(Truncation::LongestFirst),
@@ -396,6 +404,7 @@ fn encode_options(options: &DataOptions) -> EncodeOptions {
     }
 }
 
+#[cfg(feature = "text")]
 fn example_of(e: crate::text::Encoding, labels: Vec<i32>, line: usize) -> Example {
     Example {
         input_ids: e.input_ids,
@@ -408,6 +417,7 @@ fn example_of(e: crate::text::Encoding, labels: Vec<i32>, line: usize) -> Exampl
     }
 }
 
+#[cfg(feature = "text")]
 /// A record's label field as names: a JSON list, or text with names separated by commas
 /// (multi-label), or one name.
 fn label_names(records: &Records, r: &Record, column: &str, multi: bool) -> Result<Vec<String>> {
@@ -425,6 +435,7 @@ fn label_names(records: &Records, r: &Record, column: &str, multi: bool) -> Resu
     Ok(vec![records.text(r, column)?])
 }
 
+#[cfg(feature = "text")]
 /// A record's regression targets: a number, or a list of them.
 fn targets(records: &Records, r: &Record, column: &str) -> Result<Vec<f32>> {
     let bad = || records.error(r, format!("{column} is not a number (regression)"));
@@ -444,6 +455,7 @@ fn targets(records: &Records, r: &Record, column: &str) -> Result<Vec<f32>> {
     }
 }
 
+#[cfg(feature = "text")]
 fn texts_with_labels(
     records: &Records,
     options: &DataOptions,
@@ -527,6 +539,7 @@ fn texts_with_labels(
         .collect()
 }
 
+#[cfg(feature = "text")]
 fn words_with_tags(
     records: &Records,
     options: &DataOptions,
@@ -584,6 +597,7 @@ fn words_with_tags(
         .collect()
 }
 
+#[cfg(feature = "text")]
 fn texts(records: &Records, options: &DataOptions, tokenizer: &Tokenizer) -> Result<Vec<Example>> {
     let c = &options.columns;
     records.require(&[&c.text])?;
@@ -602,6 +616,7 @@ fn texts(records: &Records, options: &DataOptions, tokenizer: &Tokenizer) -> Res
         .collect()
 }
 
+#[cfg(feature = "text")]
 fn blocks(records: &Records, options: &DataOptions, tokenizer: &Tokenizer) -> Result<Vec<Example>> {
     let c = &options.columns;
     records.require(&[&c.text])?;

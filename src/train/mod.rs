@@ -26,6 +26,7 @@
 //! ```
 
 mod args;
+#[cfg(feature = "text")]
 pub mod data;
 mod dataset;
 pub mod metrics;

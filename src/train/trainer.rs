@@ -3,10 +3,11 @@
 //! Each epoch visits the training examples in file order or in a new random order (from
 //! the seed and the epoch alone), in batches of `per_device_train_batch_size` (the last one
 //! smaller, as transformers keeps it); `gradient_accumulation_steps` batches make one update.
-//! A batch runs in a session planned for its length rounded up to a multiple of 8, planned
-//! once and kept. Every `logging_steps` updates a log entry (transformers' `log_history`
-//! keys: `loss`, `grad_norm`, `learning_rate`, `epoch`, `step`), every `eval_steps` an
-//! evaluation (`eval_loss` and the task's metrics), every `save_steps` a checkpoint.
+//! A batch runs in a session planned for its length rounded up to a multiple of
+//! `pad_to_multiple_of` (8 by default), planned once and kept. Every `logging_steps`
+//! updates a log entry (transformers' `log_history` keys: `loss`, `grad_norm`,
+//! `learning_rate`, `epoch`, `step`), every `eval_steps` an evaluation (`eval_loss` and
+//! the task's metrics), every `save_steps` a checkpoint.
 //!
 //! Everything an update does is a function of the arguments and its number, and the
 //! optimizer state is saved with the weights, so a run resumed from a checkpoint computes
@@ -157,9 +158,10 @@ struct Accumulation<'m> {
     optimizer: Optimizer,
 }
 
-/// The session length for a batch whose longest example has `n` tokens: a multiple of 8.
-fn bucket(n: usize, max: usize) -> usize {
-    n.next_multiple_of(8).min(max).max(n)
+/// The session length for a batch whose longest example has `n` tokens: a multiple of
+/// `multiple` (at most `max`, unless the example is longer).
+fn bucket(n: usize, multiple: usize, max: usize) -> usize {
+    n.next_multiple_of(multiple.max(1)).min(max).max(n)
 }
 
 impl<'m> Trainer<'m> {
@@ -422,7 +424,7 @@ impl<'m> Trainer<'m> {
             .map(|&i| dataset.examples[i].len())
             .max()
             .unwrap_or(1);
-        bucket(longest, self.max_len())
+        bucket(longest, self.state.args.pad_to_multiple_of, self.max_len())
     }
 
     /// Runs update `global_step + 1`: its batches, forward, backward, clipping and AdamW.
@@ -669,7 +671,11 @@ impl<'m> Trainer<'m> {
     /// [`Trainer::evaluate`] on any dataset of the task, its values named `{prefix}_loss`,
     /// `{prefix}_accuracy`, ... (transformers' `metric_key_prefix`: "test" for a test set).
     pub async fn evaluate_on(&mut self, dataset: &Dataset, prefix: &str) -> Result<LogEntry> {
-        let order: Vec<usize> = (0..dataset.examples.len()).collect();
+        let mut order: Vec<usize> = (0..dataset.examples.len()).collect();
+        if self.state.args.group_by_length {
+            // Batches of similar lengths pad less; the metrics do not depend on the order.
+            order.sort_by_key(|&i| dataset.examples[i].len());
+        }
         let (mut loss_sum, mut sequences) = (0.0f64, 0usize);
         let mut predictions = Predictions::default();
         let mut float_correct = 0usize;
@@ -875,7 +881,10 @@ impl<'m> Trainer<'m> {
                 let entry = self.log();
                 on_event(TrainEvent::Log(&entry));
             }
-            let evaluate = self.eval.is_some() && args.eval_steps.is_some_and(|e| step % e == 0);
+            // (The last update's evaluation comes after the loop.)
+            let evaluate = self.eval.is_some()
+                && args.eval_steps.is_some_and(|e| step % e == 0)
+                && step < last;
             let mut entry = None;
             if evaluate {
                 let e = self.ctx.block_on(self.evaluate())?;
@@ -895,10 +904,28 @@ impl<'m> Trainer<'m> {
             }
         }
         if self.eval.is_some() || args.eval_steps.is_none() {
-            let e = self.ctx.block_on(self.evaluate())?;
-            on_event(TrainEvent::Eval(&e));
+            // The last update's evaluation, unless the loop did it (early stopping) or the
+            // run was resumed from its final checkpoint: then it was judged already.
+            let step = self.state.global_step;
+            let done = self
+                .state
+                .log_history
+                .last()
+                .filter(|e| e.step == step && e.get("eval_loss").is_some())
+                .cloned();
+            let judged = done.is_some();
+            let e = match done {
+                Some(e) => e,
+                None => {
+                    let e = self.ctx.block_on(self.evaluate())?;
+                    on_event(TrainEvent::Eval(&e));
+                    e
+                }
+            };
             let path = self.save_checkpoint()?;
-            self.judge(&e, Some(&path));
+            if !judged {
+                self.judge(&e, Some(&path));
+            }
             self.write_state(&path)?;
             on_event(TrainEvent::Checkpoint(&path));
         }

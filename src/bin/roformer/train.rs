@@ -144,6 +144,13 @@ pub struct TrainArgs {
     /// Visit the data in file order (to compare a run with another library's).
     #[arg(long)]
     no_shuffle: bool,
+    /// Batch texts of similar lengths together (less padding, faster).
+    #[arg(long)]
+    group_by_length: bool,
+    /// Pad batches to a multiple of N tokens, 1 to 4096: each padded length is a session
+    /// planned once, so a larger N plans fewer sessions and pads more.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pad_to_multiple_of: u64,
 }
 
 fn parse_task(s: &str) -> Result<Task, String> {
@@ -233,6 +240,8 @@ impl TrainArgs {
             early_stopping_patience: self.early_stopping_patience.map(count),
             precision: self.precision,
             shuffle: !self.no_shuffle,
+            group_by_length: self.group_by_length,
+            pad_to_multiple_of: count(self.pad_to_multiple_of),
             ..TrainingArguments::default()
         }
     }

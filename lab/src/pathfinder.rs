@@ -334,8 +334,9 @@ pub struct Pathfinder {
 }
 
 impl Pathfinder {
-    /// Generates the splits from `seed`, on all CPU cores (the result does not depend on
-    /// their number). Fails on bad settings or settings too crowded for the grid.
+    /// Generates the splits from `seed`, on all CPU cores (one thread in a browser; the
+    /// result does not depend on their number). Fails on bad settings or settings too
+    /// crowded for the grid.
     pub fn generate(config: PathfinderConfig, seed: u64) -> Result<Pathfinder, String> {
         config.validate()?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -356,7 +357,13 @@ fn generate_split(
     n: usize,
     threads: usize,
 ) -> Result<Vec<Example>, String> {
-    let chunk = n.div_ceil(threads.max(1)).max(1);
+    if threads <= 1 || n < 2 {
+        // One thread (and no threads at all in a browser): drawn here.
+        return (0..n)
+            .map(|i| draw_example(config, seed, split, i as u64))
+            .collect();
+    }
+    let chunk = n.div_ceil(threads).max(1);
     let parts: Vec<Result<Vec<Example>, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .step_by(chunk)
@@ -1050,11 +1057,13 @@ mod tests {
             .all(|(x, y)| x.pixels != y.pixels));
         // Any example alone equals its place in the splits, whatever the thread count.
         assert_eq!(c.example(7, Split::Valid, 3).unwrap(), a.valid[3]);
-        assert_eq!(
-            generate_split(&c, 7, Split::Train, 40, 3).unwrap(),
-            a.train,
-            "chunking over threads must not change the data"
-        );
+        for threads in [1, 3] {
+            assert_eq!(
+                generate_split(&c, 7, Split::Train, 40, threads).unwrap(),
+                a.train,
+                "the thread count must not change the data"
+            );
+        }
         // Splits are drawn apart: sizes of one do not move another.
         let bigger = Pathfinder::generate(small(60, 10, 10), 7).unwrap();
         assert_eq!(bigger.test, a.test);

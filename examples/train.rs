@@ -1,4 +1,5 @@
-//! The main job: train a RoFormer classifier on ListOps (Long Range Arena) and show it learns.
+//! The main job: train a RoFormer classifier on ListOps (Long Range Arena) and show it learns;
+//! `--task pathfinder|pathx` trains LRA's Pathfinder or Path-X instead.
 //!
 //!     cargo run --release --example train                      # defaults picked from the adapter
 //!     cargo run --release --example train -- --preset lra      # LRA's setting (lengths 500-2000)
@@ -22,6 +23,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use roformer_lab::listops::ListOpsConfig;
 use roformer_lab::lra::{self, ModelSize};
+use roformer_lab::pathfinder::PathfinderConfig;
 use roformer_wgpu::model::{AttentionKind, RoFormerConfig};
 use roformer_wgpu::train::{
     checkpoints, model_for, LogEntry, Precision, SchedulerType, Task, TrainEvent, Trainer,
@@ -34,18 +36,20 @@ use serde::{Deserialize, Serialize};
 /// takes it from there).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Run {
+    task: TaskArg,
     listops: ListOpsConfig,
+    pathfinder: PathfinderConfig,
     model: ModelSize,
     args: TrainingArguments,
 }
 
-fn preset(name: &str) -> Result<Run, String> {
-    let model = |layers, hidden, heads, intermediate| ModelSize {
+fn preset(task: TaskArg, name: &str) -> Result<Run, String> {
+    let model = |layers, hidden, heads, intermediate, attention| ModelSize {
         layers,
         hidden,
         heads,
         intermediate,
-        attention: AttentionKind::Softmax,
+        attention,
     };
     let args = |batch, steps, lr, warmup, scheduler, multiple, every, logging| TrainingArguments {
         seed: 1,
@@ -65,9 +69,16 @@ fn preset(name: &str) -> Result<Run, String> {
         logging_steps: logging,
         ..TrainingArguments::default()
     };
-    match name {
+    let default = Run {
+        task,
+        listops: ListOpsConfig::default(),
+        pathfinder: PathfinderConfig::pathfinder(),
+        model: model(1, 32, 2, 64, AttentionKind::Softmax),
+        args: TrainingArguments::default(),
+    };
+    match (task, name) {
         // Minutes on a 2-core machine with llvmpipe: short, shallow trees and a small model.
-        "cpu" => Ok(Run {
+        (TaskArg::Listops, "cpu") => Ok(Run {
             listops: ListOpsConfig {
                 max_depth: 4,
                 max_args: 5,
@@ -77,16 +88,60 @@ fn preset(name: &str) -> Result<Run, String> {
                 valid: 500,
                 test: 500,
             },
-            model: model(2, 64, 4, 128),
+            model: model(2, 64, 4, 128, AttentionKind::Softmax),
             args: args(32, 400, 2e-3, 40, SchedulerType::Linear, 16, 100, 5),
+            ..default
         }),
         // LRA's ListOps: depth 10, up to 10 arguments, 500 < length < 2000, 96K/2K/2K.
-        "lra" => Ok(Run {
+        (TaskArg::Listops, "lra") => Ok(Run {
             listops: ListOpsConfig::default(),
-            model: model(4, 256, 4, 1024),
+            model: model(4, 256, 4, 1024, AttentionKind::Softmax),
             args: args(32, 10_000, 5e-4, 1000, SchedulerType::Cosine, 128, 500, 50),
+            ..default
         }),
-        other => Err(format!("unknown preset {other:?} (cpu or lra)")),
+        // 32 x 32 images (1,025 tokens with CLS), few of them, a small linear-attention model.
+        (TaskArg::Pathfinder, "cpu") => Ok(Run {
+            pathfinder: PathfinderConfig {
+                train: 2000,
+                valid: 200,
+                test: 200,
+                ..PathfinderConfig::pathfinder()
+            },
+            model: model(1, 32, 2, 64, AttentionKind::Linear),
+            args: args(16, 250, 2e-3, 25, SchedulerType::Linear, 1, 50, 5),
+            ..default
+        }),
+        // LRA's Pathfinder-32 model (4 layers of 128, 8 heads, FFN 128) on 160K/20K/20K.
+        (TaskArg::Pathfinder, "lra") => Ok(Run {
+            pathfinder: PathfinderConfig::pathfinder(),
+            model: model(4, 128, 8, 128, AttentionKind::Softmax),
+            args: args(64, 20_000, 5e-4, 1000, SchedulerType::Cosine, 1, 1000, 50),
+            ..default
+        }),
+        // 16,385-token sequences: a handful of one-layer steps with linear attention.
+        (TaskArg::Pathx, "cpu") => Ok(Run {
+            pathfinder: PathfinderConfig {
+                train: 8,
+                valid: 2,
+                test: 2,
+                ..PathfinderConfig::path_x()
+            },
+            model: model(1, 32, 2, 64, AttentionKind::Linear),
+            args: args(1, 4, 1e-3, 0, SchedulerType::Linear, 1, 4, 1),
+            ..default
+        }),
+        (TaskArg::Pathx, "lra") => Ok(Run {
+            pathfinder: PathfinderConfig {
+                train: 20_000,
+                valid: 2_000,
+                test: 2_000,
+                ..PathfinderConfig::path_x()
+            },
+            model: model(4, 128, 8, 128, AttentionKind::Linear),
+            args: args(8, 20_000, 5e-4, 1000, SchedulerType::Cosine, 1, 1000, 50),
+            ..default
+        }),
+        (_, other) => Err(format!("unknown preset {other:?} (cpu or lra)")),
     }
 }
 
@@ -95,12 +150,16 @@ fn preset(name: &str) -> Result<Run, String> {
 #[derive(Parser)]
 #[command(name = "train")]
 struct Cli {
+    /// The LRA task: listops (default), pathfinder (32 x 32 images: is there a path between
+    /// the two dots) or pathx (128 x 128).
+    #[arg(long, value_enum, default_value = "listops")]
+    task: TaskArg,
     /// Starting point (default: cpu on a CPU adapter, lra on a GPU).
     #[arg(long, value_enum)]
     preset: Option<PresetArg>,
-    /// Output folder.
-    #[arg(long, default_value = "runs/listops")]
-    out: PathBuf,
+    /// Output folder (default runs/TASK).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Continue from the output folder's latest checkpoint (its saved settings win).
     #[arg(long)]
     resume: bool,
@@ -108,25 +167,25 @@ struct Cli {
     #[arg(long)]
     seed: Option<u64>,
 
-    /// Deepest tree.
+    /// ListOps: deepest tree.
     #[arg(long, help_heading = "Data")]
     depth: Option<usize>,
-    /// Most arguments of an operator.
+    /// ListOps: most arguments of an operator.
     #[arg(long, help_heading = "Data")]
     args: Option<usize>,
-    /// Kept sequences are longer than this.
+    /// ListOps: kept sequences are longer than this.
     #[arg(long, help_heading = "Data")]
     min_len: Option<usize>,
-    /// Kept sequences are shorter than this.
+    /// ListOps: kept sequences are shorter than this.
     #[arg(long, help_heading = "Data")]
     max_len: Option<usize>,
-    /// Training trees.
+    /// Training examples.
     #[arg(long, help_heading = "Data")]
     train: Option<usize>,
-    /// Validation trees.
+    /// Validation examples.
     #[arg(long, help_heading = "Data")]
     valid: Option<usize>,
-    /// Test trees.
+    /// Test examples.
     #[arg(long, help_heading = "Data")]
     test: Option<usize>,
 
@@ -192,6 +251,17 @@ enum PrecisionArg {
     Mixed,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum TaskArg {
+    /// LRA's ListOps: the value of a nested list expression, 10 classes.
+    Listops,
+    /// LRA's Pathfinder: 32 x 32 pixels, 2 classes.
+    Pathfinder,
+    /// LRA's Path-X: 128 x 128 pixels (16,384 tokens), 2 classes.
+    Pathx,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum PresetArg {
     /// Minutes on 2 CPU cores: short trees, a small model.
@@ -225,7 +295,7 @@ fn configure(cli: &Cli, cpu: bool) -> Result<Run, String> {
         None if cpu => "cpu",
         None => "lra",
     };
-    let mut c = preset(name)?;
+    let mut c = preset(cli.task, name)?;
     fn set<T: Copy>(into: &mut T, given: Option<T>) {
         if let Some(v) = given {
             *into = v;
@@ -239,6 +309,10 @@ fn configure(cli: &Cli, cpu: bool) -> Result<Run, String> {
     set(&mut l.train, cli.train);
     set(&mut l.valid, cli.valid);
     set(&mut l.test, cli.test);
+    let p = &mut c.pathfinder;
+    set(&mut p.train, cli.train);
+    set(&mut p.valid, cli.valid);
+    set(&mut p.test, cli.test);
     let m = &mut c.model;
     set(&mut m.layers, cli.layers);
     set(&mut m.hidden, cli.hidden);
@@ -298,7 +372,10 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cli: Cli = args::parse_args();
-    let out = cli.out.clone();
+    let out = cli
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{:?}", cli.task).to_lowercase()));
 
     let ctx = Context::new()?;
     let caps = ctx.capabilities();
@@ -349,26 +426,37 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = &config.args;
 
     let t0 = Instant::now();
-    let data = lra::listops(config.listops, args.seed)?;
-    let mean_len = data
-        .train
-        .examples
-        .iter()
-        .map(|e| e.len() - 1)
-        .sum::<usize>() as f64
-        / data.train.examples.len() as f64;
-    println!(
-        "data      ListOps depth {}, {}-{} args, {} < length < {} (mean {mean_len:.0}): {} train / {} valid / {} test, made in {:.1} s",
-        config.listops.max_depth,
-        2,
-        config.listops.max_args,
-        config.listops.min_length,
-        config.listops.max_length,
+    let data = match config.task {
+        TaskArg::Listops => lra::listops(config.listops, args.seed)?,
+        TaskArg::Pathfinder | TaskArg::Pathx => lra::pathfinder(config.pathfinder, args.seed)?,
+    };
+    let sizes = format!(
+        "{} train / {} valid / {} test, made in {:.1} s",
         data.train.examples.len(),
         data.valid.examples.len(),
         data.test.examples.len(),
         t0.elapsed().as_secs_f64()
     );
+    if config.task == TaskArg::Listops {
+        let mean_len = data
+            .train
+            .examples
+            .iter()
+            .map(|e| e.len() - 1)
+            .sum::<usize>() as f64
+            / data.train.examples.len() as f64;
+        let l = &config.listops;
+        println!(
+            "data      ListOps depth {}, 2-{} args, {} < length < {} (mean {mean_len:.0}): {sizes}",
+            l.max_depth, l.max_args, l.min_length, l.max_length,
+        );
+    } else {
+        let side = config.pathfinder.side;
+        println!(
+            "data      {} {side} x {side} ({} tokens with CLS): {sizes}",
+            data.name, data.longest
+        );
+    }
 
     let task = Task::TextClassification;
     let (model_config, weights) = match &checkpoint {
@@ -543,7 +631,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
-    match plot(&out.join("curves.png"), &state.log_history, total, baseline) {
+    match plot(
+        &out.join("curves.png"),
+        &data.name,
+        &state.log_history,
+        total,
+        baseline,
+    ) {
         Ok(()) => println!(
             "          curves in {}, the model and checkpoints in {}",
             out.join("curves.png").display(),
@@ -565,6 +659,7 @@ fn trainer_step(path: &Path) -> u64 {
 /// majority-class baseline.
 fn plot(
     path: &Path,
+    task: &str,
     history: &[LogEntry],
     steps: u64,
     baseline: f64,
@@ -612,7 +707,7 @@ fn plot(
         let mut b = ChartBuilder::on(area);
         b.margin(15);
         if text {
-            b.caption(format!("ListOps {title}"), ("sans-serif", 22))
+            b.caption(format!("{task} {title}"), ("sans-serif", 22))
                 .x_label_area_size(35)
                 .y_label_area_size(50);
         }

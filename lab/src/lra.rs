@@ -1,4 +1,4 @@
-//! The Long Range Arena tasks the examples train, as datasets of the library's trainer
+//! The Long Range Arena tasks the examples train (ListOps, Pathfinder, Path-X), as datasets of the library's trainer
 //! ([`roformer_wgpu::train`]): pre-tokenized examples (`[CLS]` then the task's tokens, one
 //! label a sequence) for a sequence classifier read from its first token, and the RoFormer
 //! configuration that fits them.
@@ -9,6 +9,7 @@ use roformer_wgpu::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::listops::{self, ListOps, ListOpsConfig};
+use crate::pathfinder::{self, Pathfinder, PathfinderConfig};
 
 /// The encoder of a run: its depth, widths and attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +117,40 @@ pub fn listops(config: ListOpsConfig, seed: u64) -> Result<TaskData> {
     })
 }
 
+/// Pathfinder (or Path-X, by `config`'s side) generated from `seed` (see
+/// [`Pathfinder::generate`]): each image's pixels as grey-level tokens, row by row.
+pub fn pathfinder(config: PathfinderConfig, seed: u64) -> Result<TaskData> {
+    let data = Pathfinder::generate(config, seed).map_err(Error::InvalidArgument)?;
+    let name = if config.side > 32 {
+        "Path-X"
+    } else {
+        "Pathfinder"
+    };
+    let split = |split: &str, examples: &[pathfinder::Example]| {
+        let tokens: Vec<Vec<u32>> = examples.iter().map(pathfinder::Example::tokens).collect();
+        let pairs: Vec<(&[u32], u32)> = tokens
+            .iter()
+            .zip(examples)
+            .map(|(t, e)| (t.as_slice(), e.label))
+            .collect();
+        dataset(&format!("{name} {split}"), pathfinder::CLS, &pairs)
+    };
+    let (label, _) = pathfinder::majority(&data.train);
+    let share = data.test.iter().filter(|e| e.label == label).count() as f64
+        / data.test.len().max(1) as f64;
+    Ok(TaskData {
+        name: name.into(),
+        train: split("train", &data.train),
+        valid: split("valid", &data.valid),
+        test: split("test", &data.test),
+        labels: class_names(pathfinder::CLASSES),
+        vocab_size: pathfinder::VOCAB_SIZE,
+        pad: pathfinder::PAD,
+        longest: config.seq_len() + 1,
+        majority: (label, share),
+    })
+}
+
 /// A sequence classifier's configuration for `data`: `size`, positions for its longest
 /// example rounded up to `multiple`, dropout off (the runs compare bit for bit).
 pub fn model_config(data: &TaskData, size: &ModelSize, multiple: usize) -> Result<RoFormerConfig> {
@@ -173,5 +208,25 @@ mod tests {
         assert_eq!(c.max_position_embeddings, data.longest.next_multiple_of(16));
         assert_eq!(c.labels(), 10);
         assert_eq!(c.attention, AttentionKind::Linear);
+    }
+
+    #[test]
+    fn pathfinder_examples_are_cls_then_every_pixel() {
+        let config = PathfinderConfig {
+            train: 6,
+            valid: 2,
+            test: 2,
+            ..PathfinderConfig::pathfinder()
+        };
+        let raw = Pathfinder::generate(config, 4).unwrap();
+        let data = pathfinder(config, 4).unwrap();
+        assert_eq!(data.longest, 32 * 32 + 1);
+        for (e, r) in data.train.examples.iter().zip(&raw.train) {
+            assert_eq!(e.input_ids.len(), 32 * 32 + 1);
+            assert_eq!(e.input_ids[0], pathfinder::CLS);
+            assert_eq!(&e.input_ids[1..], r.tokens().as_slice());
+            assert_eq!(e.labels, vec![r.label as i32]);
+        }
+        assert_eq!(data.labels.names, vec!["0", "1"]);
     }
 }

@@ -175,6 +175,23 @@ fn single_layer_single_sequence() {
     check_fixture(&fixtures_dir(), "roformer_single_mlm");
 }
 
+/// `attention_kind` "local" (sliding window, global tokens) against transformers' RoFormer
+/// given the equivalent 4-D additive mask (tools/make_local_attention_fixtures.py):
+/// bidirectional with a global first token, causal with a window, causal with global
+/// tokens, length 33 with three global tokens and `rotary_value`, padding in each. Outputs,
+/// the training graph's forward pass, loss, every gradient and ten AdamW steps.
+#[test]
+fn local_attention_models_match_transformers() {
+    for name in [
+        "roformer_local_cls",
+        "roformer_local_causal_lm",
+        "roformer_local_causal_global",
+        "roformer_local_mlm",
+    ] {
+        check_fixture(&fixtures_dir(), name);
+    }
+}
+
 /// The fused softmax attention inside the whole model, against the same transformers fixtures.
 #[test]
 fn fused_attention_model_matches_transformers() {

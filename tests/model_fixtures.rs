@@ -192,6 +192,42 @@ fn local_attention_models_match_transformers() {
     }
 }
 
+/// Local attention whose window covers the whole sequence is softmax attention: the
+/// softmax fixtures (padding, a causal LM, `rotary_value`) through it, to the same tolerance.
+#[test]
+fn local_attention_with_a_window_past_the_length_is_softmax_attention() {
+    use roformer_wgpu::model::{AttentionKind, RoFormer, RoFormerConfig};
+    let ctx = &ctx();
+    let dir = fixtures_dir();
+    for name in [
+        "roformer_tiny_mlm",
+        "roformer_causal_lm",
+        "roformer_proj_rotv_mlm",
+    ] {
+        let tensors =
+            roformer_wgpu::io::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap();
+        let mut config =
+            RoFormerConfig::from_file(dir.join(format!("{name}.config.json"))).unwrap();
+        config.attention = AttentionKind::Local;
+        config.attention_window = Some(config.max_position_embeddings);
+        config.validate().unwrap();
+        let head = roformer_wgpu::model::detect_head(&config, &tensors).unwrap();
+        let model = RoFormer::new(ctx, config, head).unwrap();
+        model.load_tensors(ctx, &tensors).unwrap();
+        let report = ctx
+            .block_on(roformer_lab::verify::verify_model(ctx, &model, &tensors))
+            .unwrap();
+        let worst = report.checks.iter().map(|c| c.error).fold(0.0, f64::max);
+        eprintln!(
+            "{name} (local, window past the length): {} tensors, largest error {worst:.2e}",
+            report.checks.len()
+        );
+        assert!(report.checks.len() > 20);
+        let failures = report.failures(TOL);
+        assert!(failures.is_empty(), "{name} local: {failures:#?}");
+    }
+}
+
 /// The fused softmax attention inside the whole model, against the same transformers fixtures.
 #[test]
 fn fused_attention_model_matches_transformers() {

@@ -70,7 +70,8 @@ impl LocalWindow {
         }
     }
 
-    /// Keys a query sees at most (the work per row): `2w + 1 + g`, capped at `seq`.
+    /// Keys a query outside the global tokens sees at most (the work per row): `2w + 1 + g`,
+    /// capped at `seq` (a global query, not causal, sees all `seq`).
     pub fn keys_per_query(&self, seq: usize) -> usize {
         (2 * self.window.min(seq) + 1 + self.globals.min(seq)).min(seq)
     }

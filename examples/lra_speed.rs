@@ -1,9 +1,10 @@
 //! Training speed and memory against sequence length, as the Long Range Arena paper's
 //! Table 2 measures them: byte-level input (vocabulary 256), 4 layers, hidden 256, 4 heads,
-//! feed-forward 1024, batch 32, for materialised softmax, fused softmax and linear attention.
+//! feed-forward 1024, batch 32, for materialised softmax, fused softmax, linear attention and
+//! sliding-window local attention.
 //!
 //!     cargo run --release --example lra_speed [-- --lengths 1024,2048,4096 --batch 32 --steps 5
-//!         --kinds softmax,fused,linear --out runs/lra_speed]
+//!         --kinds softmax,fused,linear,local --window 128 --globals 1 --out runs/lra_speed]
 //!
 //! Where a batch does not fit (the adapter's binding or memory limits), it is halved until it
 //! does, and the table says so. Speed is training examples per second (steps/s × batch), GPU
@@ -45,6 +46,12 @@ struct Cli {
         default_value = "softmax,fused,linear"
     )]
     kinds: Vec<Kind>,
+    /// Local attention's window w (each side of a query).
+    #[arg(long, default_value_t = 128)]
+    window: usize,
+    /// Local attention's global tokens g.
+    #[arg(long, default_value_t = 1)]
+    globals: usize,
     /// Output folder.
     #[arg(long, default_value = "runs/lra_speed")]
     out: std::path::PathBuf,
@@ -58,6 +65,8 @@ enum Kind {
     Fused,
     /// Linear attention (RoFormer eq. 19).
     Linear,
+    /// Sliding-window softmax attention with global tokens (`--window`, `--globals`).
+    Local,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -76,6 +85,7 @@ fn kind_of(kind: Kind) -> (AttentionKind, &'static str) {
         Kind::Softmax => (AttentionKind::Softmax, "materialised softmax"),
         Kind::Fused => (AttentionKind::FusedSoftmax, "fused softmax"),
         Kind::Linear => (AttentionKind::Linear, "linear (eq. 19)"),
+        Kind::Local => (AttentionKind::Local, "local window"),
     }
 }
 
@@ -180,10 +190,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let out = cli.out.clone();
     std::fs::create_dir_all(&out)?;
     println!(
-        "adapter {} ({:?}); model: byte-level, {layers} layers, hidden {hidden}, {heads} heads, ffn {ffn}; batch {batch}; median of {steps} steps ({})",
+        "adapter {} ({:?}); model: byte-level, {layers} layers, hidden {hidden}, {heads} heads, ffn {ffn}; batch {batch}; median of {steps} steps ({}); local: window {}, {} global tokens",
         caps.adapter_name,
         caps.backend,
-        if caps.timestamp_query { "GPU time from timestamps" } else { "wall time" }
+        if caps.timestamp_query { "GPU time from timestamps" } else { "wall time" },
+        cli.window,
+        cli.globals
     );
     let mut results: Vec<Measurement> = Vec::new();
     for &kind in &kinds {
@@ -193,11 +205,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 &format!(
                     r#"{{"vocab_size": 256, "hidden_size": {hidden}, "num_hidden_layers": {layers}, "num_attention_heads": {heads},
                         "intermediate_size": {ffn}, "max_position_embeddings": {length}, "num_labels": 2,
-                        "attention_kind": "{}"}}"#,
+                        "attention_kind": "{}"{}}}"#,
                     match attention {
                         AttentionKind::Softmax => "softmax",
                         AttentionKind::FusedSoftmax => "fused_softmax",
                         AttentionKind::Linear => "linear",
+                        AttentionKind::Local => "local",
+                    },
+                    if attention == AttentionKind::Local {
+                        format!(
+                            r#", "attention_window": {}, "global_tokens": {}"#,
+                            cli.window.clamp(1, length),
+                            cli.globals.min(length)
+                        )
+                    } else {
+                        String::new()
                     }
                 ),
                 "lra_speed",

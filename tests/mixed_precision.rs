@@ -307,3 +307,46 @@ fn bad_settings_and_weights_only_stores_are_refused_and_change_nothing() {
     assert!(e.contains("weights only"), "{e}");
     assert!(!weights.is_mixed());
 }
+
+/// Local attention (f16 q, k, v and gradients in its kernels) in mixed precision, against
+/// its transformers fixtures (tools/make_local_attention_fixtures.py).
+#[test]
+fn local_attention_trains_like_transformers_in_mixed_precision() {
+    let ctx = &ctx();
+    if !has_f16(ctx, "local attention in mixed precision") {
+        return;
+    }
+    for name in ["roformer_local_cls", "roformer_local_mlm"] {
+        let (cfg, tensors) = fixture(name);
+        let mut model = RoFormer::new(ctx, cfg.clone(), head_of(&cfg, &tensors)).unwrap();
+        model.load_tensors(ctx, &tensors).unwrap();
+        model
+            .use_mixed_precision(ctx, LossScaling::default())
+            .unwrap();
+        let report = ctx
+            .block_on(roformer_lab::verify::verify_model(ctx, &model, &tensors))
+            .unwrap();
+        let worst = report
+            .checks
+            .iter()
+            .filter(|c| c.name != "train.adamw_losses")
+            .map(|c| c.error)
+            .fold(0.0, f64::max);
+        let losses = report
+            .checks
+            .iter()
+            .find(|c| c.name == "train.adamw_losses")
+            .unwrap();
+        eprintln!(
+            "{name} local, mixed: worst tensor {worst:.2e}, AdamW losses {:.2e}",
+            losses.error
+        );
+        assert!(
+            report.checks.len() > 20,
+            "{name}: {} checks",
+            report.checks.len()
+        );
+        assert!(worst < TENSOR_TOL, "{name}: {worst:.2e}");
+        assert!(losses.error < LOSS_TOL, "{name}: {:.2e}", losses.error);
+    }
+}

@@ -175,6 +175,59 @@ fn single_layer_single_sequence() {
     check_fixture(&fixtures_dir(), "roformer_single_mlm");
 }
 
+/// `attention_kind` "local" (sliding window, global tokens) against transformers' RoFormer
+/// given the equivalent 4-D additive mask (tools/make_local_attention_fixtures.py):
+/// bidirectional with a global first token, causal with a window, causal with global
+/// tokens, length 33 with three global tokens and `rotary_value`, padding in each. Outputs,
+/// the training graph's forward pass, loss, every gradient and ten AdamW steps.
+#[test]
+fn local_attention_models_match_transformers() {
+    for name in [
+        "roformer_local_cls",
+        "roformer_local_causal_lm",
+        "roformer_local_causal_global",
+        "roformer_local_mlm",
+    ] {
+        check_fixture(&fixtures_dir(), name);
+    }
+}
+
+/// Local attention whose window covers the whole sequence is softmax attention: the
+/// softmax fixtures (padding, a causal LM, `rotary_value`) through it, to the same tolerance.
+#[test]
+fn local_attention_with_a_window_past_the_length_is_softmax_attention() {
+    use roformer_wgpu::model::{AttentionKind, RoFormer, RoFormerConfig};
+    let ctx = &ctx();
+    let dir = fixtures_dir();
+    for name in [
+        "roformer_tiny_mlm",
+        "roformer_causal_lm",
+        "roformer_proj_rotv_mlm",
+    ] {
+        let tensors =
+            roformer_wgpu::io::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap();
+        let mut config =
+            RoFormerConfig::from_file(dir.join(format!("{name}.config.json"))).unwrap();
+        config.attention = AttentionKind::Local;
+        config.attention_window = Some(config.max_position_embeddings);
+        config.validate().unwrap();
+        let head = roformer_wgpu::model::detect_head(&config, &tensors).unwrap();
+        let model = RoFormer::new(ctx, config, head).unwrap();
+        model.load_tensors(ctx, &tensors).unwrap();
+        let report = ctx
+            .block_on(roformer_lab::verify::verify_model(ctx, &model, &tensors))
+            .unwrap();
+        let worst = report.checks.iter().map(|c| c.error).fold(0.0, f64::max);
+        eprintln!(
+            "{name} (local, window past the length): {} tensors, largest error {worst:.2e}",
+            report.checks.len()
+        );
+        assert!(report.checks.len() > 20);
+        let failures = report.failures(TOL);
+        assert!(failures.is_empty(), "{name} local: {failures:#?}");
+    }
+}
+
 /// The fused softmax attention inside the whole model, against the same transformers fixtures.
 #[test]
 fn fused_attention_model_matches_transformers() {

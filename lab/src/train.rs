@@ -95,6 +95,13 @@ impl TrainConfig {
             AttentionKind::Softmax => "softmax",
             AttentionKind::FusedSoftmax => "fused_softmax",
             AttentionKind::Linear => "linear",
+            AttentionKind::Local => {
+                return Err(roformer_wgpu::Error::InvalidArgument(
+                    "the ListOps trainer takes softmax, fused_softmax or linear attention \
+                     (local attention's window and global tokens are not trainer options)"
+                        .into(),
+                ))
+            }
         };
         let json = format!(
             r#"{{"vocab_size": {}, "hidden_size": {}, "num_hidden_layers": {}, "num_attention_heads": {},

@@ -1,12 +1,13 @@
-//! Attention in its four forms (softmax with the `[B, H, T, T]` probabilities, fused
-//! softmax, linear attention as a scan, causal linear attention in chunks), each with RoPE:
-//! forward builders and backward rules.
+//! Attention in its five forms (softmax with the `[B, H, T, T]` probabilities, fused
+//! softmax, sliding-window local softmax, linear attention as a scan, causal linear attention
+//! in chunks), each with RoPE: forward builders and backward rules.
 
 use crate::error::{Error, Result};
 use crate::ops::attention::chunked_linear::{self as chunked, ChunkedSaved};
 use crate::ops::attention::flash::{self, FlashSaved, FlashScratch};
 use crate::ops::attention::heads::HeadLayout;
 use crate::ops::attention::linear::{self, LinearAttentionOptions};
+use crate::ops::attention::local::{self as local_attn, LocalSaved, LocalScratch, LocalWindow};
 use crate::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
 use crate::tensor::Tensor;
 
@@ -189,6 +190,70 @@ impl Graph {
         );
         self.stage(
             StageKind::FusedAttention { spec, rot, stats },
+            vec![q, k, v],
+            out,
+        );
+        Ok(out)
+    }
+
+    /// Softmax attention like [`Graph::fused_attention`] over a sliding window with global
+    /// tokens (`window`; [`crate::ops::attention::local`]): no `[B, H, T, T]` tensor, and
+    /// work linear in the length.
+    pub fn local_attention(
+        &mut self,
+        name: &str,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        spec: AttentionSpec,
+        window: LocalWindow,
+    ) -> Result<TensorId> {
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        if qh != vh {
+            return Err(Error::shape(
+                "local attention",
+                "v",
+                format!("{:?} (like q)", self.shape(q)),
+                self.shape(v),
+            ));
+        }
+        let vshape = self.shape(v).to_vec();
+        let out = self.output(name, &vshape, &[q, k, v]);
+        let rot = self.rotated(name, "", &spec, &qh, &qh);
+        let stats = self.pooled_f32(format!("{name}.stats"), &[qh[0], qh[2], qh[1], 3]);
+        let mut writes = vec![out, stats];
+        writes.extend(rot.iter().flatten());
+        self.input_bytes += spec.mask.as_ref().map_or(0, Tensor::byte_size)
+            + spec.rope.as_ref().map_or(0, Tensor::byte_size);
+        let sp = spec.clone();
+        self.call(
+            false,
+            format!("{name}: local attention"),
+            vec![q, k, v],
+            writes,
+            Box::new(move |ctx, t| {
+                let saved = local_saved(t, rot, stats)?;
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
+                local_attn::plan_forward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &attention_options(&sp),
+                    window,
+                    &saved,
+                    &t.get(out)?.reshape(&qh)?,
+                )
+            }),
+        );
+        self.stage(
+            StageKind::LocalAttention {
+                spec,
+                window,
+                rot,
+                stats,
+            },
             vec![q, k, v],
             out,
         );
@@ -434,6 +499,67 @@ impl Graph {
     }
 
     #[allow(clippy::too_many_arguments)]
+    pub(super) fn local_attention_backward(
+        &mut self,
+        label: &str,
+        inputs: &[TensorId],
+        y: TensorId,
+        dy: TensorId,
+        spec: &AttentionSpec,
+        window: LocalWindow,
+        rot: [Option<TensorId>; 3],
+        stats: TensorId,
+    ) -> Result<()> {
+        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+        let (qh, _) = self.head_shapes(q, k, v, spec.heads)?;
+        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
+        let scratch = self.rotated(label, "d", spec, &qh, &qh);
+        let mut reads = vec![q, k, v, y, stats, dy];
+        reads.extend(rot.iter().flatten());
+        let mut writes = vec![stats, dq, dk, dv];
+        writes.extend(scratch.iter().flatten());
+        let sp = spec.clone();
+        self.call(
+            true,
+            format!("{label}: local attention backward"),
+            reads,
+            writes,
+            Box::new(move |ctx, t| {
+                let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
+                let saved = local_saved(t, rot, stats)?;
+                let scr = LocalScratch {
+                    dq_rot: opt(scratch[0])?,
+                    dk_rot: opt(scratch[1])?,
+                    dv_rot: opt(scratch[2])?,
+                };
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
+                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &qh)?;
+                let (out, g) = (t.get(y)?.reshape(&qh)?, t.get(dy)?.reshape(&qh)?);
+                local_attn::plan_backward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &attention_options(&sp),
+                    window,
+                    &saved,
+                    &out,
+                    &g,
+                    &scr,
+                    &dqv,
+                    &dkv,
+                    &dvv,
+                )
+            }),
+        );
+        for (part, g) in adds {
+            self.add_into(label, part, g);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn linear_attention_backward(
         &mut self,
         label: &str,
@@ -583,6 +709,21 @@ fn flash_saved(
 ) -> Result<FlashSaved> {
     let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
     Ok(FlashSaved {
+        q_rot: opt(q_rot)?,
+        k_rot: opt(k_rot)?,
+        v_rot: opt(v_rot)?,
+        stats: t.get(stats)?.clone(),
+    })
+}
+
+/// The saved tensors of a local attention stage.
+fn local_saved(
+    t: &Resolved,
+    [q_rot, k_rot, v_rot]: [Option<TensorId>; 3],
+    stats: TensorId,
+) -> Result<LocalSaved> {
+    let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
+    Ok(LocalSaved {
         q_rot: opt(q_rot)?,
         k_rot: opt(k_rot)?,
         v_rot: opt(v_rot)?,

@@ -121,6 +121,12 @@ enum StageKind {
         rot: [Option<TensorId>; 3],
         stats: TensorId,
     },
+    LocalAttention {
+        spec: AttentionSpec,
+        window: crate::ops::attention::local::LocalWindow,
+        rot: [Option<TensorId>; 3],
+        stats: TensorId,
+    },
     LinearAttention {
         spec: AttentionSpec,
         saved: TensorId,
@@ -409,6 +415,12 @@ impl Graph {
             StageKind::FusedAttention { spec, rot, stats } => {
                 self.fused_attention_backward(&label, inputs, y, dy, spec, *rot, *stats)
             }
+            StageKind::LocalAttention {
+                spec,
+                window,
+                rot,
+                stats,
+            } => self.local_attention_backward(&label, inputs, y, dy, spec, *window, *rot, *stats),
             StageKind::LinearAttention { spec, saved } => {
                 self.linear_attention_backward(&label, inputs, y, dy, spec, *saved)
             }

@@ -20,6 +20,9 @@ pub enum AttentionKind {
     FusedSoftmax,
     /// Linear attention with RoPE as in RoFormer eq. (19): linear memory in the length.
     Linear,
+    /// Softmax attention over a sliding window with global tokens (Longformer's pattern;
+    /// `attention_window`, `global_tokens`): time and memory linear in the length.
+    Local,
 }
 
 mod defaults {
@@ -126,12 +129,21 @@ pub struct RoFormerConfig {
     /// decide from the labels (regression when `num_labels` is 1).
     #[serde(default)]
     pub problem_type: Option<String>,
-    /// This library's option: softmax (HF) or linear attention.
+    /// This library's option: softmax (HF, materialised or fused), linear or local attention.
     #[serde(default, rename = "attention_kind")]
     pub attention: AttentionKind,
     /// This library's option: causal attention, as `is_decoder` (either turns it on).
     #[serde(default)]
     pub causal: bool,
+    /// This library's option, for `attention_kind` `local`: `w`, the positions each side of
+    /// a query it sees (causal: the `w` before it), `|i − j| ≤ w`. Required there, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_window: Option<usize>,
+    /// This library's option, for `attention_kind` `local`: `g`, the first positions that
+    /// see every key and are seen by every query (Longformer's global attention on
+    /// `[CLS]`; in a causal model they are only seen). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_tokens: Option<usize>,
     /// Every other field, kept as it was.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -222,6 +234,7 @@ impl RoFormerConfig {
                     .into(),
             );
         }
+        self.validate_local()?;
         if self.add_cross_attention {
             return Err(
                 "add_cross_attention: cross-attention layers (an encoder-decoder RoFormer) are not implemented"
@@ -260,6 +273,58 @@ impl RoFormerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The local attention keys: set only with `attention_kind` `local`, which needs a
+    /// window of 1 to `max_position_embeddings` and at most that many global tokens.
+    fn validate_local(&self) -> std::result::Result<(), String> {
+        let n = self.max_position_embeddings;
+        if self.attention != AttentionKind::Local {
+            for (key, value) in [
+                ("attention_window", self.attention_window),
+                ("global_tokens", self.global_tokens),
+            ] {
+                if value.is_some() {
+                    return Err(format!(
+                        "{key} is for attention_kind \"local\", not {:?}",
+                        self.attention
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        match self.attention_window {
+            None => Err(
+                "attention_kind \"local\" needs attention_window (w: query i sees \
+                         key j when |i - j| <= w)"
+                    .into(),
+            ),
+            Some(0) => Err(
+                "attention_window must be at least 1 (0 would let each token see \
+                            only itself)"
+                    .into(),
+            ),
+            Some(w) if w > n => Err(format!(
+                "attention_window {w} is over max_position_embeddings {n}: every position \
+                 would see every other (use attention_kind softmax or fused_softmax)"
+            )),
+            Some(_) if self.global_tokens.unwrap_or(0) > n => Err(format!(
+                "global_tokens {} is over max_position_embeddings {n}",
+                self.global_tokens.unwrap_or(0)
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The local attention pattern (`attention_window`, `global_tokens`) of an
+    /// `attention_kind` `local` model, else `None`.
+    pub fn local_window(&self) -> Option<crate::ops::attention::local::LocalWindow> {
+        (self.attention == AttentionKind::Local).then(|| {
+            crate::ops::attention::local::LocalWindow {
+                window: self.attention_window.unwrap_or(0),
+                globals: self.global_tokens.unwrap_or(0),
+            }
+        })
     }
 
     /// Whether attention is causal: HF's `is_decoder` or this library's `causal`.
@@ -333,5 +398,43 @@ mod tests {
         assert!(err(r#"{"hidden_act": "relu"}"#).contains("hidden_act"));
         assert!(err(r#"{"hidden_size": 36, "num_attention_heads": 4}"#).contains("even"));
         assert!(err("[1, 2").contains("c.json"));
+    }
+
+    #[test]
+    fn local_attention_keys_are_checked() {
+        let err = |j: &str| {
+            RoFormerConfig::from_json(j, "c.json")
+                .unwrap_err()
+                .to_string()
+        };
+        let local = |extra: &str| {
+            format!(r#"{{"attention_kind": "local", "max_position_embeddings": 64{extra}}}"#)
+        };
+        assert!(err(&local("")).contains("needs attention_window"));
+        assert!(err(&local(r#", "attention_window": 0"#)).contains("at least 1"));
+        assert!(err(&local(r#", "attention_window": 65"#)).contains("over max_position"));
+        assert!(
+            err(&local(r#", "attention_window": 4, "global_tokens": 65"#))
+                .contains("global_tokens 65")
+        );
+        assert!(err(r#"{"attention_window": 4}"#).contains("is for attention_kind"));
+        assert!(
+            err(r#"{"attention_kind": "linear", "global_tokens": 1}"#).contains("global_tokens")
+        );
+        let c = RoFormerConfig::from_json(
+            &local(r#", "attention_window": 4, "global_tokens": 1"#),
+            "c.json",
+        )
+        .unwrap();
+        let w = c.local_window().unwrap();
+        assert_eq!((w.window, w.globals), (4, 1));
+        assert_eq!(
+            RoFormerConfig::from_json(&c.to_json(), "c.json").unwrap(),
+            c
+        );
+        assert!(RoFormerConfig::base().local_window().is_none());
+        assert!(!RoFormerConfig::base()
+            .to_json()
+            .contains("attention_window"));
     }
 }

@@ -169,7 +169,9 @@ fn encoder(
         causal: c.is_causal(),
         rotary_value: c.rotary_value,
         mask: Some(match c.attention {
-            AttentionKind::Softmax | AttentionKind::FusedSoftmax => inputs.additive_mask.clone(),
+            AttentionKind::Softmax | AttentionKind::FusedSoftmax | AttentionKind::Local => {
+                inputs.additive_mask.clone()
+            }
             AttentionKind::Linear => inputs.key_mask.clone(),
         }),
         rope: Some(table.clone()),
@@ -178,6 +180,12 @@ fn encoder(
         AttentionKind::Softmax => g.attention(name, q, k, v, spec.clone()),
         AttentionKind::FusedSoftmax => g.fused_attention(name, q, k, v, spec.clone()),
         AttentionKind::Linear => g.linear_attention(name, q, k, v, spec.clone()),
+        AttentionKind::Local => {
+            let window = c.local_window().ok_or_else(|| {
+                crate::Error::invalid("local attention without its window (attention_window)")
+            })?;
+            g.local_attention(name, q, k, v, spec.clone(), window)
+        }
     };
     let mut hidden = vec![h];
     hidden.extend(layers(c, s, g, h, &mut attend)?);

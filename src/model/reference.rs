@@ -155,6 +155,23 @@ pub fn loss(
                 )
                 .0
             }
+            AttentionKind::Local => {
+                if c.rotary_value {
+                    v = rope::reference::rotate(&v, d, |i| i % t, 1.0);
+                }
+                crate::ops::attention::local::reference::forward_backward(
+                    &q,
+                    &k,
+                    &v,
+                    &zeros,
+                    (b, nh, t, d),
+                    c.is_causal(),
+                    true,
+                    Some(&additive),
+                    c.local_window().unwrap_or_default(),
+                )
+                .0
+            }
             AttentionKind::Linear => {
                 let p = linear_attention::reference::Problem {
                     q: &q,

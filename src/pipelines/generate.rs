@@ -295,13 +295,16 @@ pub fn stream<'a>(
     }
     let sequences: Vec<Vec<u32>> = encodings.into_iter().map(|e| e.input_ids).collect();
     let capacity = *limits.iter().max().unwrap_or(&1);
-    let (stepper, first) =
-        if !options.use_cache || model.config().attention == AttentionKind::Linear {
-            (Stepper::Recompute, None)
-        } else {
-            let (g, first) = model.encoder().generate(ctx, &sequences, capacity)?;
-            (Stepper::Cached(Box::new(g)), Some(first))
-        };
+    let (stepper, first) = if !options.use_cache
+        || matches!(
+            model.config().attention,
+            AttentionKind::Linear | AttentionKind::Local
+        ) {
+        (Stepper::Recompute, None)
+    } else {
+        let (g, first) = model.encoder().generate(ctx, &sequences, capacity)?;
+        (Stepper::Cached(Box::new(g)), Some(first))
+    };
     let rng = match options.decoding {
         Decoding::Sample { seed, .. } => Some(StdRng::seed_from_u64(seed)),
         Decoding::Greedy => None,

@@ -5,6 +5,8 @@
 //!   `probs = softmax(scale · scores + mask)` (causal optional), `out = probs · v`. It
 //!   materialises the `[B, H, T, T]` probabilities and has no shader of its own;
 //! - [`flash`]: the same function without the `[B, H, T, T]` matrix (FlashAttention-2);
+//! - [`local`]: softmax attention over a sliding window with global tokens (Longformer's
+//!   pattern), in time and memory linear in the length;
 //! - [`linear`]: linear attention with RoPE (RoFormer eq. 19), the scan form;
 //! - [`chunked_linear`]: causal linear attention in chunks (flash-linear-attention's);
 //! - [`cached`]: over a key/value cache, for generation (a token at a time);
@@ -15,6 +17,7 @@ pub mod chunked_linear;
 pub mod flash;
 pub mod heads;
 pub mod linear;
+pub mod local;
 
 use crate::context::Context;
 use crate::dispatch::Dispatch;
@@ -193,7 +196,7 @@ fn check(
 }
 
 /// Per-head `[T, d]` matrices of a heads tensor.
-fn head_view(h: &Heads) -> MatrixView {
+pub(crate) fn head_view(h: &Heads) -> MatrixView {
     let [sb, sh, st] = h.strides();
     MatrixView {
         offset: 0,
@@ -204,7 +207,7 @@ fn head_view(h: &Heads) -> MatrixView {
 }
 
 /// Per-head `[T, T]` matrices of a `[B, H, T, T]` tensor.
-fn square_view(h: &Heads) -> MatrixView {
+pub(crate) fn square_view(h: &Heads) -> MatrixView {
     let t = h.seq;
     MatrixView {
         offset: 0,
@@ -214,7 +217,7 @@ fn square_view(h: &Heads) -> MatrixView {
     }
 }
 
-fn product(
+pub(crate) fn product(
     h: &Heads,
     m: usize,
     n: usize,

@@ -50,6 +50,8 @@ fn preset(task: TaskArg, name: &str) -> Result<Run, String> {
         heads,
         intermediate,
         attention,
+        window: 128,
+        global_tokens: 1,
     };
     let args = |batch, steps, lr, warmup, scheduler, multiple, every, logging| TrainingArguments {
         seed: 1,
@@ -204,6 +206,14 @@ struct Cli {
     /// Attention kind.
     #[arg(long, value_enum, help_heading = "Model")]
     attention: Option<AttentionArg>,
+    /// Local attention: a query sees keys at most this far away (default 128, at most the
+    /// model's positions).
+    #[arg(long, help_heading = "Model", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    window: Option<usize>,
+    /// Local attention: the first N positions see and are seen by every position (default 1,
+    /// the CLS token the classifier reads).
+    #[arg(long, help_heading = "Model", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000))]
+    global_tokens: Option<usize>,
 
     /// Sequences per step.
     #[arg(long, help_heading = "Training")]
@@ -279,6 +289,8 @@ enum AttentionArg {
     Fused,
     /// Linear attention with RoPE (RoFormer eq. 19).
     Linear,
+    /// Sliding-window attention with global tokens (--window, --global-tokens).
+    Local,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -323,8 +335,11 @@ fn configure(cli: &Cli, cpu: bool) -> Result<Run, String> {
             AttentionArg::Softmax => AttentionKind::Softmax,
             AttentionArg::Fused => AttentionKind::FusedSoftmax,
             AttentionArg::Linear => AttentionKind::Linear,
+            AttentionArg::Local => AttentionKind::Local,
         };
     }
+    set(&mut m.window, cli.window);
+    set(&mut m.global_tokens, cli.global_tokens);
     let a = &mut c.args;
     set(&mut a.seed, cli.seed);
     if let Some(b) = cli.batch {
@@ -480,8 +495,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         weights.as_ref(),
     )?;
     let m = config.model;
+    let window = match model.config().attention_window {
+        Some(w) => format!(
+            " (window {w}, {} global)",
+            model.config().global_tokens.unwrap_or(0)
+        ),
+        None => String::new(),
+    };
     println!(
-        "model     RoFormer {} layers, hidden {}, {} heads, ffn {}, {:?} attention: {} parameters",
+        "model     RoFormer {} layers, hidden {}, {} heads, ffn {}, {:?} attention{window}: {} parameters",
         m.layers,
         m.hidden,
         m.heads,

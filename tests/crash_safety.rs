@@ -60,6 +60,8 @@ fn train_into(ctx: &Context, out: &Path) -> (TrainerState, Vec<io::NamedTensor>)
         heads: 2,
         intermediate: 24,
         attention: AttentionKind::Linear,
+        window: 0,
+        global_tokens: 0,
     };
     let checkpoint = newest(out);
     let (config, weights) = match &checkpoint {

@@ -50,6 +50,8 @@ fn model(ctx: &Context, data: &TaskData, args: &TrainingArguments) -> RoFormer {
         heads: 2,
         intermediate: 24,
         attention: AttentionKind::Softmax,
+        window: 0,
+        global_tokens: 0,
     };
     let config = lra::model_config(data, &size, 8).unwrap();
     model_for(

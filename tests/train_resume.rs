@@ -59,6 +59,8 @@ fn model(
         heads: 2,
         intermediate: 24,
         attention,
+        window: 0,
+        global_tokens: 0,
     };
     let (config, weights) = match checkpoint {
         Some(dir) => (

@@ -24,6 +24,12 @@ pub struct ModelSize {
     pub intermediate: usize,
     /// How attention is computed.
     pub attention: AttentionKind,
+    /// Local attention: a query sees keys at most this far away (cut to the positions).
+    #[serde(default)]
+    pub window: usize,
+    /// Local attention: the first positions see, and are seen by, every position.
+    #[serde(default)]
+    pub global_tokens: usize,
 }
 
 /// A task's three splits as trainer datasets, with what a model for them needs.
@@ -156,19 +162,24 @@ pub fn pathfinder(config: PathfinderConfig, seed: u64) -> Result<TaskData> {
 pub fn model_config(data: &TaskData, size: &ModelSize, multiple: usize) -> Result<RoFormerConfig> {
     let attention =
         serde_json::to_value(size.attention).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let json = serde_json::json!({
+    let positions = data.longest.next_multiple_of(multiple.max(1));
+    let mut json = serde_json::json!({
         "vocab_size": data.vocab_size,
         "hidden_size": size.hidden,
         "num_hidden_layers": size.layers,
         "num_attention_heads": size.heads,
         "intermediate_size": size.intermediate,
-        "max_position_embeddings": data.longest.next_multiple_of(multiple.max(1)),
+        "max_position_embeddings": positions,
         "num_labels": data.labels.names.len(),
         "pad_token_id": data.pad,
         "attention_kind": attention,
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
     });
+    if size.attention == AttentionKind::Local {
+        json["attention_window"] = size.window.min(positions).into();
+        json["global_tokens"] = size.global_tokens.into();
+    }
     RoFormerConfig::from_json(&json.to_string(), &format!("{} model", data.name))
 }
 
@@ -203,11 +214,22 @@ mod tests {
             heads: 2,
             intermediate: 24,
             attention: AttentionKind::Linear,
+            window: 0,
+            global_tokens: 0,
         };
         let c = model_config(&data, &size, 16).unwrap();
         assert_eq!(c.max_position_embeddings, data.longest.next_multiple_of(16));
         assert_eq!(c.labels(), 10);
         assert_eq!(c.attention, AttentionKind::Linear);
+        let local = ModelSize {
+            attention: AttentionKind::Local,
+            window: 1000,
+            global_tokens: 1,
+            ..size
+        };
+        let c = model_config(&data, &local, 16).unwrap();
+        assert_eq!(c.attention_window, Some(c.max_position_embeddings));
+        assert_eq!(c.global_tokens, Some(1));
     }
 
     #[test]

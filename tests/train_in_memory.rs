@@ -2,6 +2,8 @@
 //! bytes, a dataset from a data file's bytes, and the trained folder's files in memory. Each
 //! must equal what the path-based functions give for the same files.
 
+#![cfg(feature = "text")]
+
 mod common;
 
 use std::path::Path;

@@ -164,10 +164,13 @@ async function bundledData() {
   return { name: "reviews.csv", bytes: await bytesOf("data/reviews.csv") };
 }
 
-// A folder the user picked (<input webkitdirectory>): its files, named after the folder.
+// A folder the user picked (<input webkitdirectory>): the files directly in it (not those of
+// its subfolders, such as a training run's checkpoint-N), named after the folder.
 async function pickedModel(files) {
   const folder = new Folder(files[0].webkitRelativePath.split("/")[0] || "model");
-  for (const f of files) folder.add(f.name, new Uint8Array(await f.arrayBuffer()));
+  for (const f of files) {
+    if (f.webkitRelativePath.split("/").length <= 2) folder.add(f.name, new Uint8Array(await f.arrayBuffer()));
+  }
   return folder;
 }
 

@@ -203,6 +203,18 @@ pub fn write_safetensors(
     metadata: &[(&str, &str)],
 ) -> Result<()> {
     let path = path.as_ref();
+    write_atomic(path, &safetensors_bytes(path, tensors, metadata)?)
+}
+
+/// The bytes of a `.safetensors` file holding f32 tensors, as [`write_safetensors`] writes
+/// it (where there is no file system to write to: a browser tab offers it for download);
+/// `path` names it in errors.
+pub fn safetensors_bytes(
+    path: impl AsRef<Path>,
+    tensors: &[NamedTensor],
+    metadata: &[(&str, &str)],
+) -> Result<Vec<u8>> {
+    let path = path.as_ref();
     let bytes: Vec<&[u8]> = tensors
         .iter()
         .map(|(_, _, d)| bytemuck::cast_slice::<f32, u8>(d))
@@ -222,8 +234,7 @@ pub fn write_safetensors(
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     });
-    let data = safetensors::serialize(views, meta).map_err(|e| format_error(path, e))?;
-    write_atomic(path, &data)
+    safetensors::serialize(views, meta).map_err(|e| format_error(path, e))
 }
 
 /// Writes `bytes` to `path` through a synced temporary file renamed over it.

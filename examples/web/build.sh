@@ -43,6 +43,15 @@ for config in tests/fixtures/*.config.json; do
 done
 (IFS=,; echo "[${names[*]}]") > "$web/pkg/fixtures/fixtures.json"
 head -c 100 tests/fixtures/roformer_tiny_cls.safetensors > "$web/pkg/fixtures/corrupt.safetensors"
+# The fine-tuning section's bundled model: a tiny classifier (2 layers x 32, labels neg, neu,
+# pos) with its WordPiece tokenizer, listed in files.json; its data is data/reviews.csv.
+rm -rf "$web/pkg/tiny-classifier" && mkdir -p "$web/pkg/tiny-classifier"
+model_files=()
+for f in tests/fixtures/trainer/text_classification/initial/*; do
+  cp "$f" "$web/pkg/tiny-classifier/"
+  model_files+=("\"$(basename "$f")\"")
+done
+(IFS=,; echo "[${model_files[*]}]") > "$web/pkg/tiny-classifier/files.json"
 echo "== built $(du -sh "$web/pkg" | cut -f1) into examples/web/pkg ($(date +%T))"
 
 if [ "${1:-}" = "--serve" ]; then

@@ -449,7 +449,8 @@ impl RoFormer {
 
     /// Writes `config.json` and `model.safetensors` (HF names, position table included)
     /// into `dir`, each atomically. A bare encoder is written as `RoFormerModel` saves
-    /// itself: without the `roformer.` prefix. Native only (a browser has no folders).
+    /// itself: without the `roformer.` prefix. Native only (a browser has no folders: see
+    /// [`RoFormer::to_files`]).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn save(&self, ctx: &Context, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
@@ -457,7 +458,23 @@ impl RoFormer {
             path: dir.display().to_string(),
             source,
         })?;
-        let mut tensors = self.store.download(ctx)?;
+        for (name, bytes) in self.files_of(self.store.download(ctx)?)? {
+            io::write_atomic(dir.join(name), &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The files [`RoFormer::save`] writes, in memory: `("config.json", bytes)` and
+    /// `("model.safetensors", bytes)`, with the parameters as they are once the work
+    /// submitted so far is done. Awaited, so it runs in a browser tab too (which offers the
+    /// files for download).
+    pub async fn to_files(&self, ctx: &Context) -> Result<Vec<(String, Vec<u8>)>> {
+        let values = self.store.read_values(ctx)?.await?;
+        self.files_of(values)
+    }
+
+    /// `config.json` and `model.safetensors` of these parameter values.
+    fn files_of(&self, mut tensors: Vec<io::NamedTensor>) -> Result<Vec<(String, Vec<u8>)>> {
         tensors.push((
             POSITION_TABLE.into(),
             vec![self.config.max_position_embeddings, self.config.head_dim()],
@@ -470,7 +487,7 @@ impl RoFormer {
                 }
             }
         }
-        io::write_safetensors(dir.join("model.safetensors"), &tensors, &[("format", "pt")])?;
+        let weights = io::safetensors_bytes("model.safetensors", &tensors, &[("format", "pt")])?;
         let mut config = self.config.clone();
         config.extra.insert(
             "architectures".into(),
@@ -485,7 +502,10 @@ impl RoFormer {
         {
             config.num_labels = Some(config.labels());
         }
-        io::write_atomic(dir.join("config.json"), config.to_json().as_bytes())
+        Ok(vec![
+            ("config.json".into(), config.to_json().into_bytes()),
+            ("model.safetensors".into(), weights),
+        ])
     }
 
     /// Trains in mixed precision from now on, as PyTorch's autocast + `GradScaler` do: the

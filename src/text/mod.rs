@@ -1,6 +1,8 @@
 //! Text in: the tokenizers of RoFormer checkpoints (see [`Tokenizer`]), on HuggingFace's
 //! `tokenizers` crate, with jieba word segmentation for RoFormer's Chinese vocabularies.
 
+// Native only: jieba-rs inflates its dictionary with zstd's C code (see Cargo.toml).
+#[cfg(not(target_arch = "wasm32"))]
 mod jieba;
 mod tokenizer;
 

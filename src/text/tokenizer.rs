@@ -26,6 +26,7 @@ use tokenizers::utils::padding::{pad_encodings, PaddingParams, PaddingStrategy};
 use tokenizers::utils::truncation::{truncate_encodings, TruncationParams, TruncationStrategy};
 use tokenizers::{Decoder, Model};
 
+#[cfg(not(target_arch = "wasm32"))]
 use super::jieba::JiebaPreTokenizer;
 use crate::error::{Error, Result};
 
@@ -33,6 +34,7 @@ use crate::error::{Error, Result};
 #[derive(Clone)]
 enum Splitter {
     Standard(Option<PreTokenizerWrapper>),
+    #[cfg(not(target_arch = "wasm32"))]
     Jieba(JiebaPreTokenizer),
 }
 
@@ -41,6 +43,7 @@ impl PreTokenizer for Splitter {
         match self {
             Splitter::Standard(Some(s)) => s.pre_tokenize(p),
             Splitter::Standard(None) => Ok(()),
+            #[cfg(not(target_arch = "wasm32"))]
             Splitter::Jieba(j) => j.pre_tokenize(p),
         }
     }
@@ -213,12 +216,8 @@ fn format_error(path: &Path, message: impl std::fmt::Display) -> Error {
     }
 }
 
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| format_error(path, e))
+fn parse_json(path: &Path, bytes: &[u8]) -> Result<Value> {
+    serde_json::from_slice(bytes).map_err(|e| format_error(path, e))
 }
 
 /// A special token's text in `tokenizer_config.json`: a string or an `AddedToken` object.
@@ -240,14 +239,46 @@ impl Tokenizer {
     /// the file.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Tokenizer> {
         let dir = dir.as_ref();
+        Tokenizer::from_source(dir, &|name| {
+            let path = dir.join(name);
+            if !path.exists() {
+                return Ok(None);
+            }
+            std::fs::read(&path).map(Some).map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        })
+    }
+
+    /// The tokenizer of a model folder whose files are in memory (a folder picked in a
+    /// browser page, which has no file system): `files` by name (`tokenizer.json`,
+    /// `tokenizer_config.json`, `vocab.txt`; others are ignored), read as
+    /// [`Tokenizer::from_dir`] reads them from a folder. `dir` names the folder in errors
+    /// (`my-model/tokenizer.json: ...`) and in [`Tokenizer::source`].
+    pub fn from_files(dir: impl AsRef<Path>, files: &[(&str, &[u8])]) -> Result<Tokenizer> {
+        Tokenizer::from_source(dir.as_ref(), &|name| {
+            Ok(files
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, bytes)| bytes.to_vec()))
+        })
+    }
+
+    /// [`Tokenizer::from_dir`] over `read`, which gives a file's bytes by its name in `dir`,
+    /// or `None` where the folder has no such file.
+    fn from_source(
+        dir: &Path,
+        read: &dyn Fn(&str) -> Result<Option<Vec<u8>>>,
+    ) -> Result<Tokenizer> {
         let json = dir.join("tokenizer.json");
         let vocab_txt = dir.join("vocab.txt");
         let config_path = dir.join("tokenizer_config.json");
-        let config = if config_path.exists() {
-            read_json(&config_path)?
-        } else {
-            Value::Null
+        let config = match read("tokenizer_config.json")? {
+            Some(bytes) => parse_json(&config_path, &bytes)?,
+            None => Value::Null,
         };
+        let json_bytes = read("tokenizer.json")?;
         let class = config
             .get("tokenizer_class")
             .and_then(Value::as_str)
@@ -260,8 +291,11 @@ impl Tokenizer {
             .filter(|&n| n < 1 << 40)
             .map(|n| n as usize);
 
-        let (inner, kind, source) = if json.exists() && !roformer {
-            let hf = tokenizers::Tokenizer::from_file(&json).map_err(|e| format_error(&json, e))?;
+        let hf_tokenizer = |bytes: &[u8]| {
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| format_error(&json, e))
+        };
+        let (inner, kind, source) = if let (Some(bytes), false) = (&json_bytes, roformer) {
+            let hf = hf_tokenizer(bytes)?;
             (
                 from_tokenizer_json(hf, &json)?,
                 TokenizerKind::TokenizerJson,
@@ -269,15 +303,14 @@ impl Tokenizer {
             )
         } else {
             let unk = config_token(&config, "unk_token", "[UNK]");
-            let (model, source) = if json.exists() {
-                let hf =
-                    tokenizers::Tokenizer::from_file(&json).map_err(|e| format_error(&json, e))?;
+            let (model, source) = if let Some(bytes) = &json_bytes {
+                let hf = hf_tokenizer(bytes)?;
                 (hf.get_model().clone(), json)
-            } else if vocab_txt.exists() {
+            } else if let Some(bytes) = read("vocab.txt")? {
                 // One token per line, its id the line number; read once, here, so that an
                 // unreadable or empty file is an error naming it.
-                let vocab = WordPiece::read_file(&vocab_txt.to_string_lossy())
-                    .map_err(|e| format_error(&vocab_txt, e))?;
+                let vocab =
+                    WordPiece::read_bytes(&bytes).map_err(|e| format_error(&vocab_txt, e))?;
                 if vocab.is_empty() {
                     return Err(format_error(&vocab_txt, "the vocabulary is empty"));
                 }
@@ -600,11 +633,25 @@ fn bert_wordpiece(
         lowercase,
     )))
     .map_err(|e| format_error(source, e))?;
-    t.with_pre_tokenizer(Some(if jieba {
+    #[cfg(not(target_arch = "wasm32"))]
+    let splitter = if jieba {
         Splitter::Jieba(JiebaPreTokenizer::new(vocab.keys().cloned()))
     } else {
         Splitter::Standard(Some(BertPreTokenizer.into()))
-    }));
+    };
+    // jieba-rs's dictionary is inflated by zstd's C code, which the browser build does not
+    // compile: RoFormer's Chinese tokenizer is native only.
+    #[cfg(target_arch = "wasm32")]
+    let splitter = if jieba {
+        return Err(format_error(
+            source,
+            "RoFormerTokenizer (jieba word segmentation) is not in the browser build; use a \
+             model whose tokenizer.json has its own pre-tokenizer",
+        ));
+    } else {
+        Splitter::Standard(Some(BertPreTokenizer.into()))
+    };
+    t.with_pre_tokenizer(Some(splitter));
     let template = TemplateProcessing::builder()
         .try_single(format!("{cls}:0 $A:0 {sep}:0"))
         .and_then(|b| b.try_pair(format!("{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1")))

@@ -94,12 +94,26 @@ pub fn read_as(path: impl AsRef<Path>, format: Format) -> Result<Records> {
         path: path.display().to_string(),
         source,
     })?;
+    read_bytes_as(path, &bytes, format)
+}
+
+/// Reads a file's contents already in memory (a file a browser page was handed, say): as
+/// [`read`] reads the file `name`, its format from the extension of `name`, which errors
+/// name with their line (`reviews.csv:7: ...`).
+pub fn read_bytes(name: impl AsRef<Path>, bytes: &[u8]) -> Result<Records> {
+    let name = name.as_ref();
+    read_bytes_as(name, bytes, Format::of(name)?)
+}
+
+/// [`read_bytes`] in `format`, whatever the name's extension.
+pub fn read_bytes_as(name: impl AsRef<Path>, bytes: &[u8], format: Format) -> Result<Records> {
+    let path = name.as_ref();
     let (columns, records) = match format {
-        Format::Csv => delimited(path, &bytes, b',')?,
-        Format::Tsv => delimited(path, &bytes, b'\t')?,
-        Format::JsonLines => json_lines(path, &bytes)?,
-        Format::Text => text_lines(path, &bytes)?,
-        Format::Conll => conll(path, &bytes)?,
+        Format::Csv => delimited(path, bytes, b',')?,
+        Format::Tsv => delimited(path, bytes, b'\t')?,
+        Format::JsonLines => json_lines(path, bytes)?,
+        Format::Text => text_lines(path, bytes)?,
+        Format::Conll => conll(path, bytes)?,
     };
     if records.is_empty() {
         return Err(Error::Format {
@@ -422,6 +436,50 @@ mod tests {
             .contains(".csv, .tsv"));
         let missing = std::env::temp_dir().join("roformer-no-such-file.csv");
         assert!(matches!(read(&missing), Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn bytes_read_as_their_file_reads() {
+        let files: [(&str, &[u8]); 5] = [
+            ("m.csv", b"text,label\n\"hello, world\",pos\nbye,neg\n"),
+            ("m.tsv", b"text\tlabel\r\nhi\t1\r\n"),
+            (
+                "m.jsonl",
+                b"{\"text\": \"a\", \"label\": 2}\n\n{\"text\": \"b\"}\n",
+            ),
+            ("m.txt", b"one doc\n\nanother\n"),
+            ("m.conll", b"EU B-ORG\nrejects O\n\nPeter B-PER\n"),
+        ];
+        for (name, bytes) in files {
+            let from_file = read(file(name, bytes)).unwrap();
+            let from_bytes = read_bytes(name, bytes).unwrap();
+            assert_eq!(from_bytes.path, Path::new(name));
+            assert_eq!(
+                Records {
+                    path: from_file.path.clone(),
+                    ..from_bytes
+                },
+                from_file,
+                "{name}"
+            );
+        }
+        // Errors name the given name and the line, as they name a file's.
+        let ragged = read_bytes("upload.csv", b"text,label\na,1\nb,2,3\n").unwrap_err();
+        let ragged_file = read(file("upload.csv", b"text,label\na,1\nb,2,3\n")).unwrap_err();
+        assert!(ragged_file.to_string().ends_with(&ragged.to_string()));
+        assert!(ragged.to_string().contains("upload.csv:3: 3 fields"));
+        let bad = read_bytes("u.jsonl", b"{\"text\": 1}\n\xff\n").unwrap_err();
+        assert!(bad.to_string().contains("u.jsonl:2: not UTF-8"), "{bad}");
+        assert!(read_bytes("empty.csv", b"")
+            .unwrap_err()
+            .to_string()
+            .contains("empty.csv: no records"));
+        assert!(read_bytes("data.xlsx", b"x")
+            .unwrap_err()
+            .to_string()
+            .contains("data.xlsx: the file's extension"));
+        let jsonl = read_bytes_as("anything", b"{\"text\": \"a\"}\n", Format::JsonLines).unwrap();
+        assert_eq!(jsonl.records.len(), 1);
     }
 
     #[test]

@@ -264,6 +264,19 @@ impl Dataset {
         Dataset::from_records(&records, options, tokenizer, labels)
     }
 
+    /// [`Dataset::load`] for a file's contents already in memory (a file picked in a
+    /// browser page): `name` gives the format by its extension and names the file in errors.
+    pub fn from_bytes(
+        name: impl AsRef<Path>,
+        bytes: &[u8],
+        options: &DataOptions,
+        tokenizer: &Tokenizer,
+        labels: &mut LabelNames,
+    ) -> Result<Dataset> {
+        let records = data::read_bytes(name, bytes)?;
+        Dataset::from_records(&records, options, tokenizer, labels)
+    }
+
     /// The task's examples from records (see [`Dataset::load`]).
     pub fn from_records(
         records: &Records,

@@ -35,5 +35,5 @@ mod trainer;
 pub use args::{Precision, SchedulerType, TrainingArguments};
 pub use dataset::{Columns, DataOptions, Dataset, Example, LabelNames, Masking, Task};
 #[cfg(not(target_arch = "wasm32"))]
-pub use trainer::checkpoints;
-pub use trainer::{model_for, read_state, LogEntry, TrainEvent, Trainer, TrainerState};
+pub use trainer::{checkpoints, model_for};
+pub use trainer::{model_for_async, read_state, LogEntry, TrainEvent, Trainer, TrainerState};

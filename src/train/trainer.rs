@@ -131,8 +131,11 @@ pub struct Trainer<'m> {
     model: &'m RoFormer,
     train: Dataset,
     eval: Option<Dataset>,
+    // (A browser tab saves nothing itself: see `model_files`.)
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     output_dir: PathBuf,
     /// Files copied into every saved folder beside the model (the tokenizer's).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     extra_files: Vec<PathBuf>,
     state: TrainerState,
     /// Updates per epoch.
@@ -425,6 +428,13 @@ impl<'m> Trainer<'m> {
             .max()
             .unwrap_or(1);
         bucket(longest, self.state.args.pad_to_multiple_of, self.max_len())
+    }
+
+    /// The share of the last update's labelled rows or tokens predicted right, as
+    /// [`TrainEvent::Step`] reports it (`None` before the first update, and with gradient
+    /// accumulation): for a caller that steps the run itself ([`Trainer::step`]).
+    pub fn last_accuracy(&self) -> Option<f64> {
+        self.last_accuracy
     }
 
     /// Runs update `global_step + 1`: its batches, forward, backward, clipping and AdamW.
@@ -743,6 +753,7 @@ impl<'m> Trainer<'m> {
 
     /// Records an evaluation against the best so far; true when training should stop
     /// (`early_stopping_patience` evaluations without improving).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     fn judge(&mut self, entry: &LogEntry, checkpoint: Option<&Path>) -> bool {
         let name = self
             .state
@@ -794,6 +805,19 @@ impl<'m> Trainer<'m> {
             io::write_atomic(dir.join(name), &bytes)?;
         }
         Ok(())
+    }
+
+    /// The files [`Trainer::save_model`] writes, in memory (where there is no file system:
+    /// a browser tab offers them for download): `config.json` (the label names in its
+    /// `id2label` and `label2id`) and `model.safetensors`, then each of `tokenizer_files`
+    /// (name and bytes: the tokenizer's, which a browser holds in memory too) as given.
+    pub async fn model_files(
+        &self,
+        tokenizer_files: &[(String, Vec<u8>)],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut files = self.model.to_files(self.ctx).await?;
+        files.extend(tokenizer_files.iter().cloned());
+        Ok(files)
     }
 
     /// Writes a checkpoint of the current update into `output_dir/checkpoint-N`: the
@@ -1018,8 +1042,21 @@ pub fn read_state(dir: impl AsRef<Path>) -> Result<TrainerState> {
 /// tensors, `roformer.`-prefixed or not) where they are there, HF's initialisation from the
 /// seed for the rest (as `from_pretrained` initialises a head the checkpoint has not: an
 /// MLM checkpoint fine-tuned as a classifier gets a new classifier). Returns the model and
-/// the parameters newly initialised.
+/// the parameters newly initialised. Native only (it waits); [`model_for_async`] awaits.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn model_for(
+    ctx: &Context,
+    config: crate::model::RoFormerConfig,
+    task: Task,
+    labels: &LabelNames,
+    args: &TrainingArguments,
+    weights: Option<&crate::io::HostTensors>,
+) -> Result<(RoFormer, Vec<String>)> {
+    ctx.block_on(model_for_async(ctx, config, task, labels, args, weights))
+}
+
+/// [`model_for`], awaited rather than waited for (a browser tab's thread must not block).
+pub async fn model_for_async(
     ctx: &Context,
     mut config: crate::model::RoFormerConfig,
     task: Task,
@@ -1061,7 +1098,7 @@ pub fn model_for(
                 .or_else(|| name.strip_prefix("roformer.").and_then(|n| given.get(n)))
         };
         let mut merged = crate::io::HostTensors::new();
-        for (name, shape, values) in model.params().download(ctx)? {
+        for (name, shape, values) in model.params().read_values(ctx)?.await? {
             match lookup(&name) {
                 Some(t) => {
                     merged.insert(name, t.clone());

@@ -8,27 +8,37 @@
 //!   page) run on the inputs stored in it.
 //! - [`Lab::verify`]: the same checkpoint's outputs, loss, every gradient and ten AdamW
 //!   steps against the transformers reference stored with it (the crate's fixtures).
-//! - [`Lab::train_listops`]: a RoFormer trained on ListOps in the tab, reporting every step
-//!   and evaluation to a JS callback.
+//! - [`Lab::train_listops`]: a RoFormer trained on ListOps in the tab with the library's
+//!   trainer (`roformer_wgpu::train`), reporting every step and evaluation to a JS callback.
+//! - [`Lab::fine_tune`]: a classifier fine-tuned on a CSV or JSON Lines file the user picked
+//!   (a [`Folder`] holds the model's files), reporting as ListOps does; resolves to a
+//!   [`FineTuned`]: the trained folder's files (one by one, or as a zip) and a classifier to
+//!   try them on.
 //! - [`Lab::race_model`]: a checkpoint ready for `tools/browser-race.sh`, which times
 //!   [`RaceModel::run`] against transformers.js in the same page.
 
 use std::rc::Rc;
 
 use js_sys::{Float32Array, Function, Promise};
-use roformer_lab::listops::{ListOps, ListOpsConfig};
-use roformer_lab::train::{ModelSize, TrainConfig, Trainer};
+use roformer_lab::listops::{self, ListOps, ListOpsConfig};
 use roformer_lab::verify::{batch_from, stored_request, verify_tensors};
 use roformer_wgpu::io::{parse_safetensors, HostTensors};
 use roformer_wgpu::model::{
-    AttentionKind, Encoder, EncoderOptions, Head, Request, RoFormer, RoFormerConfig, Sequence, Want,
+    Encoder, EncoderOptions, Head, Request, RoFormerConfig, Sequence, Want,
 };
-use roformer_wgpu::optim::Decay;
+use roformer_wgpu::train::{
+    model_for_async, Dataset, Example, LabelNames, Task, Trainer, TrainingArguments,
+};
 use roformer_wgpu::{Context, ContextOptions};
 use serde::Deserialize;
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
+
+mod fine_tune;
+mod zip;
+
+pub use fine_tune::{FineTuneOptions, FineTuned, Folder};
 
 /// The fixtures' tolerance, as in the native tests: relative L2 error below 1e-4.
 pub const TOLERANCE: f64 = 1e-4;
@@ -149,51 +159,114 @@ impl Lab {
     }
 
     /// Trains a RoFormer classifier on freshly generated ListOps (`options`: JSON, see
-    /// [`TrainOptions`]), calling `on_progress` with a JSON string after every step
-    /// (`{"kind": "step", ...}`) and evaluation (`{"kind": "eval", ...}`); resolves to the
-    /// run's summary.
+    /// [`TrainOptions`]) with the library's trainer, calling `on_progress` with a JSON string
+    /// after every step (`{"kind": "step", ...}`) and evaluation (`{"kind": "eval", ...}`);
+    /// resolves to the run's summary.
     pub fn train_listops(&self, options: String, on_progress: Function) -> Promise {
         let ctx = self.ctx.clone();
         promise(async move {
             let options: TrainOptions =
                 serde_json::from_str(&options).map_err(|e| format!("training options: {e}"))?;
-            let config = options.config();
-            let data = ListOps::generate(config.listops, config.seed)
+            let data = ListOps::generate(options.listops(), options.seed)
                 .map_err(|e| format!("ListOps: {e}"))?;
-            let (majority_label, majority) = roformer_lab::listops::majority(&data.test);
-            let model = RoFormer::new(&ctx, config.model_config()?, Head::Classification)?;
-            model.init_random(&ctx, config.seed)?;
+            let (majority_label, majority) = listops::majority(&data.test);
+            let args = options.arguments();
+            let task = Task::TextClassification;
+            let labels = LabelNames {
+                names: (0..listops::CLASSES).map(|c| c.to_string()).collect(),
+                from_model: false,
+            };
+            let (model, _) =
+                model_for_async(&ctx, options.model_config()?, task, &labels, &args, None).await?;
             let parameters: usize = model.params().specs().iter().map(|s| s.numel()).sum();
             let report = |value: serde_json::Value| {
                 // A callback that throws is the page's problem, not the run's.
                 let _ = on_progress.call1(&JsValue::NULL, &value.to_string().into());
             };
-            let mut trainer = Trainer::new(&ctx, &model, data, config.clone(), "")?;
-            let mut evals = Vec::new();
-            while trainer.state().step < config.steps {
-                let s = trainer.step().await?;
-                report(json!({ "kind": "step", "steps": config.steps, "record": s }));
-                let at_end = s.step == config.steps;
-                if at_end || (config.eval_every > 0 && s.step % config.eval_every == 0) {
-                    let e = trainer.evaluate("valid").await?;
-                    report(json!({ "kind": "eval", "record": e }));
-                    evals.push(e);
+            let train = listops_dataset("ListOps training trees", &data.train);
+            let valid = listops_dataset("ListOps validation trees", &data.valid);
+            let test = listops_dataset("ListOps test trees", &data.test);
+            let mut trainer = Trainer::new(
+                &ctx,
+                &model,
+                task,
+                args,
+                train,
+                Some(valid),
+                &labels,
+                "",
+                vec![],
+            )?;
+            let (steps, mut losses, mut evals) = (options.steps, Vec::new(), Vec::new());
+            while trainer.state().global_step < steps {
+                let tokens_per_s = trainer.step().await?;
+                let log = trainer.log();
+                let (step, loss) = (log.step, log.get("loss").unwrap_or(f64::NAN));
+                losses.push(loss);
+                report(json!({ "kind": "step", "steps": steps, "record": {
+                    "step": step,
+                    "loss": loss,
+                    "accuracy": trainer.last_accuracy(),
+                    "learning_rate": log.get("learning_rate"),
+                    "tokens_per_s": tokens_per_s,
+                }}));
+                if step == steps || (options.eval_every > 0 && step % options.eval_every == 0) {
+                    let e = trainer.evaluate().await?;
+                    let record = json!({
+                        "step": e.step,
+                        "loss": e.get("eval_loss"),
+                        "accuracy": e.get("eval_accuracy"),
+                    });
+                    report(json!({ "kind": "eval", "record": record }));
+                    evals.push(record);
                 }
             }
-            let test = trainer.evaluate("test").await?;
-            let state = trainer.state();
+            let test = trainer.evaluate_on(&test, "test").await?;
             Ok(json!({
-                "steps": state.step,
+                "steps": trainer.state().global_step,
                 "parameters": parameters,
-                "train_examples": config.listops.train,
-                "seconds": state.seconds,
-                "first_loss": state.steps.first().map(|s| s.loss),
-                "last_loss": state.steps.last().map(|s| s.loss),
-                "losses": state.steps.iter().map(|s| s.loss).collect::<Vec<_>>(),
+                "train_examples": options.train,
+                "seconds": trainer.state().seconds,
+                "first_loss": losses.first(),
+                "last_loss": losses.last(),
+                "losses": losses,
                 "valid": evals,
-                "test": test,
+                "test": { "loss": test.get("test_loss"), "accuracy": test.get("test_accuracy") },
                 "majority": { "label": majority_label, "accuracy": majority },
             }))
+        })
+    }
+
+    /// Fine-tunes a classifier (see [`fine_tune`]): the model folder's files in `model`
+    /// (`config.json`, `model.safetensors`, the tokenizer's), the training data as the bytes
+    /// of the file `data_name` (`.csv`, `.tsv` or `.jsonl`), optional evaluation data likewise
+    /// (else the training data is evaluated), `options` as JSON ([`FineTuneOptions`]).
+    /// Calls `on_progress` with a JSON string at the start (`{"kind": "start", ...}`), after
+    /// every update (`"step"`) and every evaluation (`"eval"`: before training, after each
+    /// epoch); resolves to a [`FineTuned`], or rejects with an error naming the file and line
+    /// at fault.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fine_tune(
+        &self,
+        options: String,
+        model: &Folder,
+        data_name: String,
+        data: Vec<u8>,
+        eval_name: Option<String>,
+        eval_data: Option<Vec<u8>>,
+        on_progress: Function,
+    ) -> Promise {
+        let ctx = self.ctx.clone();
+        let model = model.clone();
+        future_to_promise(async move {
+            let eval = eval_name.zip(eval_data);
+            let report = |value: serde_json::Value| {
+                let _ = on_progress.call1(&JsValue::NULL, &value.to_string().into());
+            };
+            fine_tune::run(ctx, &options, model, (data_name, data), eval, report)
+                .await
+                .map(JsValue::from)
+                .map_err(|e| JsValue::from_str(&e.to_string()))
         })
     }
 
@@ -290,7 +363,7 @@ impl RaceModel {
     }
 }
 
-/// The page's training options; anything left out takes the small default below (a
+/// The page's ListOps training options; anything left out takes the small default below (a
 /// 2-layer, 64-wide model on short trees: about a second a step on a software adapter).
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -335,38 +408,82 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
-    /// The trainer's configuration: the `train` example's `cpu` preset with these sizes.
-    fn config(&self) -> TrainConfig {
-        TrainConfig {
-            seed: self.seed,
-            listops: ListOpsConfig {
-                max_depth: 4,
-                max_args: 5,
-                min_length: 8,
-                max_length: self.max_length,
-                train: self.train,
-                valid: 500,
-                test: 500,
-            },
-            model: ModelSize {
-                layers: self.layers,
-                hidden: self.hidden,
-                heads: self.heads,
-                intermediate: 2 * self.hidden,
-                attention: AttentionKind::Softmax,
-            },
-            batch: self.batch,
-            steps: self.steps,
-            lr: self.lr,
-            warmup: (self.steps / 10).max(1),
-            decay: Decay::Linear,
-            weight_decay: 0.01,
-            clip_norm: Some(1.0),
-            bucket: 16,
-            eval_every: self.eval_every,
-            checkpoint_every: 0,
-            precision: Default::default(),
+    /// The trees: the `train` example's `cpu` preset with these sizes.
+    fn listops(&self) -> ListOpsConfig {
+        ListOpsConfig {
+            max_depth: 4,
+            max_args: 5,
+            min_length: 8,
+            max_length: self.max_length,
+            train: self.train,
+            valid: 500,
+            test: 500,
         }
+    }
+
+    /// The classifier: `CLS` and the longest tree fit its positions.
+    fn model_config(&self) -> roformer_wgpu::Result<RoFormerConfig> {
+        let json = json!({
+            "vocab_size": listops::VOCAB_SIZE,
+            "hidden_size": self.hidden,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "intermediate_size": 2 * self.hidden,
+            "max_position_embeddings": (self.max_length + 1).next_multiple_of(8),
+            "num_labels": listops::CLASSES,
+            "pad_token_id": listops::PAD,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+        });
+        RoFormerConfig::from_json(&json.to_string(), "ListOps model configuration")
+    }
+
+    /// The training arguments: linear decay after a tenth of the steps' warm-up, clipping at
+    /// 1, weight decay 0.01.
+    fn arguments(&self) -> TrainingArguments {
+        TrainingArguments {
+            learning_rate: self.lr,
+            weight_decay: 0.01,
+            warmup_steps: (self.steps / 10).max(1),
+            per_device_train_batch_size: self.batch,
+            per_device_eval_batch_size: 100,
+            max_steps: Some(self.steps),
+            max_grad_norm: 1.0,
+            seed: self.seed,
+            logging_steps: 1,
+            save_steps: 0,
+            ..TrainingArguments::default()
+        }
+    }
+}
+
+/// ListOps examples as the trainer's: `[CLS, tree...]`, the tree's value the label (they
+/// are token ids already: no tokenizer, no masking).
+fn listops_dataset(source: &str, examples: &[listops::Example]) -> Dataset {
+    let examples = examples
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut input_ids = vec![listops::CLS];
+            input_ids.extend(&e.tokens);
+            let n = input_ids.len();
+            Example {
+                token_type_ids: vec![0; n],
+                labels: vec![e.label as i32],
+                word_ids: (0..n as u32).map(Some).collect(),
+                special: std::iter::once(1)
+                    .chain(std::iter::repeat_n(0, n - 1))
+                    .collect(),
+                input_ids,
+                line: i + 1,
+                ..Example::default()
+            }
+        })
+        .collect();
+    Dataset {
+        source: source.to_string(),
+        examples,
+        masking: None,
     }
 }
 

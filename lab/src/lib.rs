@@ -1,9 +1,9 @@
 //! The examples' shared code, kept out of the library: ListOps, Pathfinder and Path-X data,
-//! the LRA tasks as datasets of the library's trainer, the old ListOps trainer (until the
-//! browser example moves to the library's), the fixture check behind `verify`, the cost model
-//! and the adapter ceilings behind `bench`, the benchmark inputs, and the examples'
-//! command-line and plot helpers. The examples, `bench`, the browser example and the
-//! integration tests use it; the library (`roformer-wgpu`) never does.
+//! the LRA tasks as datasets of the library's trainer (`roformer_wgpu::train`), the fixture
+//! check behind `verify`, the cost model and the adapter ceilings behind `bench`, the
+//! benchmark inputs, and the examples' command-line and plot helpers. The examples, `bench`,
+//! the browser example and the integration tests use it; the library (`roformer-wgpu`) never
+//! does.
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod args;
@@ -16,5 +16,4 @@ pub mod lra;
 pub mod pathfinder;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod profile;
-pub mod train;
 pub mod verify;

@@ -63,7 +63,7 @@
 //! Tokens: grey level `g` is token `g + 2`, after [`PAD`] and [`CLS`] (the ids ListOps uses),
 //! so [`VOCAB_SIZE`] is 258. [`Example::tokens`] is the image row by row, exactly `side²`
 //! tokens (1,024 for Pathfinder, 16,384 for Path-X) and no CLS; a classifier that reads its
-//! first token puts [`CLS`] in front (1,025 and 16,385 tokens), as the ListOps trainer does.
+//! first token puts [`CLS`] in front (1,025 and 16,385 tokens), as `crate::lra::pathfinder` does.
 //! LRA's models pool the mean instead and take the 1,024 / 16,384 grey levels alone.
 
 use rand::rngs::StdRng;

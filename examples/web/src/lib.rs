@@ -20,15 +20,14 @@
 use std::rc::Rc;
 
 use js_sys::{Float32Array, Function, Promise};
-use roformer_lab::listops::{self, ListOps, ListOpsConfig};
+use roformer_lab::listops::ListOpsConfig;
+use roformer_lab::lra::{self, ModelSize};
 use roformer_lab::verify::{batch_from, stored_request, verify_tensors};
 use roformer_wgpu::io::{parse_safetensors, HostTensors};
 use roformer_wgpu::model::{
-    Encoder, EncoderOptions, Head, Request, RoFormerConfig, Sequence, Want,
+    AttentionKind, Encoder, EncoderOptions, Head, Request, RoFormerConfig, Sequence, Want,
 };
-use roformer_wgpu::train::{
-    model_for_async, Dataset, Example, LabelNames, Task, Trainer, TrainingArguments,
-};
+use roformer_wgpu::train::{model_for_async, Task, Trainer, TrainingArguments};
 use roformer_wgpu::{Context, ContextOptions};
 use serde::Deserialize;
 use serde_json::json;
@@ -167,25 +166,19 @@ impl Lab {
         promise(async move {
             let options: TrainOptions =
                 serde_json::from_str(&options).map_err(|e| format!("training options: {e}"))?;
-            let data = ListOps::generate(options.listops(), options.seed)
-                .map_err(|e| format!("ListOps: {e}"))?;
-            let (majority_label, majority) = listops::majority(&data.test);
+            let data = lra::listops(options.listops(), options.seed)?;
+            let (majority_label, majority) = data.majority;
             let args = options.arguments();
             let task = Task::TextClassification;
-            let labels = LabelNames {
-                names: (0..listops::CLASSES).map(|c| c.to_string()).collect(),
-                from_model: false,
-            };
-            let (model, _) =
-                model_for_async(&ctx, options.model_config()?, task, &labels, &args, None).await?;
+            let config = lra::model_config(&data, &options.model_size(), args.pad_to_multiple_of)?;
+            let (model, _) = model_for_async(&ctx, config, task, &data.labels, &args, None).await?;
             let parameters: usize = model.params().specs().iter().map(|s| s.numel()).sum();
             let report = |value: serde_json::Value| {
                 // A callback that throws is the page's problem, not the run's.
                 let _ = on_progress.call1(&JsValue::NULL, &value.to_string().into());
             };
-            let train = listops_dataset("ListOps training trees", &data.train);
-            let valid = listops_dataset("ListOps validation trees", &data.valid);
-            let test = listops_dataset("ListOps test trees", &data.test);
+            let (train, valid, test) = (data.train, data.valid, data.test);
+            let labels = data.labels;
             let mut trainer = Trainer::new(
                 &ctx,
                 &model,
@@ -421,21 +414,17 @@ impl TrainOptions {
         }
     }
 
-    /// The classifier: `CLS` and the longest tree fit its positions.
-    fn model_config(&self) -> roformer_wgpu::Result<RoFormerConfig> {
-        let json = json!({
-            "vocab_size": listops::VOCAB_SIZE,
-            "hidden_size": self.hidden,
-            "num_hidden_layers": self.layers,
-            "num_attention_heads": self.heads,
-            "intermediate_size": 2 * self.hidden,
-            "max_position_embeddings": (self.max_length + 1).next_multiple_of(8),
-            "num_labels": listops::CLASSES,
-            "pad_token_id": listops::PAD,
-            "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0,
-        });
-        RoFormerConfig::from_json(&json.to_string(), "ListOps model configuration")
+    /// The classifier: a feed-forward width of twice the hidden width.
+    fn model_size(&self) -> ModelSize {
+        ModelSize {
+            layers: self.layers,
+            hidden: self.hidden,
+            heads: self.heads,
+            intermediate: 2 * self.hidden,
+            attention: AttentionKind::Softmax,
+            window: 0,
+            global_tokens: 0,
+        }
     }
 
     /// The training arguments: linear decay after a tenth of the steps' warm-up, clipping at
@@ -452,38 +441,11 @@ impl TrainOptions {
             seed: self.seed,
             logging_steps: 1,
             save_steps: 0,
+            // As the `train` example: batches of similar lengths, padded to a multiple of 16.
+            group_by_length: true,
+            pad_to_multiple_of: 16,
             ..TrainingArguments::default()
         }
-    }
-}
-
-/// ListOps examples as the trainer's: `[CLS, tree...]`, the tree's value the label (they
-/// are token ids already: no tokenizer, no masking).
-fn listops_dataset(source: &str, examples: &[listops::Example]) -> Dataset {
-    let examples = examples
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let mut input_ids = vec![listops::CLS];
-            input_ids.extend(&e.tokens);
-            let n = input_ids.len();
-            Example {
-                token_type_ids: vec![0; n],
-                labels: vec![e.label as i32],
-                word_ids: (0..n as u32).map(Some).collect(),
-                special: std::iter::once(1)
-                    .chain(std::iter::repeat_n(0, n - 1))
-                    .collect(),
-                input_ids,
-                line: i + 1,
-                ..Example::default()
-            }
-        })
-        .collect();
-    Dataset {
-        source: source.to_string(),
-        examples,
-        masking: None,
     }
 }
 

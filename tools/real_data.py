@@ -5,6 +5,7 @@ in NOTES.md ("Training on real data (issue 30)") come from it.
 
     python3 tools/real_data.py prepare DIR      # data, tokenizer and config into DIR
     python3 tools/real_data.py run DIR          # prepare, then the trainings (slow)
+    python3 tools/real_data.py run DIR --finetune-lr 1e-3 --tag _lr1e-3   # reuses DIR/mlm
     python3 tools/real_data.py check DIR/OUT    # the saved folder in transformers vs ours
 
 `prepare` is deterministic (fixed seed, files read in sorted order):
@@ -155,7 +156,7 @@ def train(args, log):
     return (evals[-1] if evals else lines[-1]), seconds
 
 
-def run(d, seeds, pretrain_steps, finetune_epochs):
+def run(d, seeds, pretrain_steps, finetune_epochs, finetune_lr, tag):
     """Two chains at once (the CPU has two cores): masked-LM pre-training, then a fine-tune
     from it per seed; and beside it, a fine-tune from scratch per seed with the same
     arguments (the same steps, batches, learning rate and seed). Pre-training cuts texts to
@@ -168,36 +169,39 @@ def run(d, seeds, pretrain_steps, finetune_epochs):
     common = ["--task", "text-classification", "--train", f"{d}/train.csv",
               "--eval", f"{d}/test.csv", "--max-length", "64",
               "--per-device-train-batch-size", "32", "--per-device-eval-batch-size", "64",
-              "--num-train-epochs", str(finetune_epochs), "--learning-rate", "2e-4",
+              "--num-train-epochs", str(finetune_epochs), "--learning-rate", str(finetune_lr),
               "--warmup-ratio", "0.1", "--weight-decay", "0.01",
               "--logging-steps", "20", "--save-steps", "0"]
     pre = f"{d}/mlm"
 
     def pretrained_chain():
-        results["mlm"] = train(
-            ["--task", "fill-mask", "--config", f"{d}/config.json",
-             "--tokenizer", f"{d}/tokenizer", "--train", f"{d}/corpus.txt",
-             "--eval", f"{d}/corpus_eval.txt", "--output-dir", pre, "--max-length", "32",
-             "--per-device-train-batch-size", "32", "--per-device-eval-batch-size", "64",
-             "--max-steps", str(pretrain_steps), "--learning-rate", "1e-3",
-             "--warmup-ratio", "0.06", "--weight-decay", "0.01",
-             "--logging-steps", "25", "--save-steps", "0", "--seed", "0"], f"{pre}.log")
+        if os.path.exists(f"{pre}/model.safetensors"):  # another fine-tuning variant
+            print(f"(pre-trained model {pre} already there)")
+        else:
+            results["mlm"] = train(
+                ["--task", "fill-mask", "--config", f"{d}/config.json",
+                 "--tokenizer", f"{d}/tokenizer", "--train", f"{d}/corpus.txt",
+                 "--eval", f"{d}/corpus_eval.txt", "--output-dir", pre, "--max-length", "32",
+                 "--per-device-train-batch-size", "32", "--per-device-eval-batch-size", "64",
+                 "--max-steps", str(pretrain_steps), "--learning-rate", "1e-3",
+                 "--warmup-ratio", "0.06", "--weight-decay", "0.01",
+                 "--logging-steps", "25", "--save-steps", "0", "--seed", "0"], f"{pre}.log")
         for seed in seeds:
             results[f"pretrained{seed}"] = train(
-                common + ["--model", pre, "--output-dir", f"{d}/pretrained{seed}",
-                          "--seed", str(seed)], f"{d}/pretrained{seed}.log")
+                common + ["--model", pre, "--output-dir", f"{d}/pretrained{seed}{tag}",
+                          "--seed", str(seed)], f"{d}/pretrained{seed}{tag}.log")
 
     def scratch_chain():
         for seed in seeds:
             results[f"scratch{seed}"] = train(
                 common + ["--config", f"{d}/config.json", "--tokenizer", f"{d}/tokenizer",
-                          "--output-dir", f"{d}/scratch{seed}", "--seed", str(seed)],
-                f"{d}/scratch{seed}.log")
+                          "--output-dir", f"{d}/scratch{seed}{tag}", "--seed", str(seed)],
+                f"{d}/scratch{seed}{tag}.log")
 
     with ThreadPoolExecutor(2) as pool:
         for f in [pool.submit(pretrained_chain), pool.submit(scratch_chain)]:
             f.result()
-    with open(f"{d}/results.json", "w") as f:
+    with open(f"{d}/results{tag}.json", "w") as f:
         json.dump(results, f, indent=1)
     print(json.dumps(results, indent=1))
 
@@ -242,12 +246,15 @@ if __name__ == "__main__":
     r.add_argument("--seeds", default="0,1")
     r.add_argument("--pretrain-steps", type=int, default=150)
     r.add_argument("--finetune-epochs", type=float, default=3)
+    r.add_argument("--finetune-lr", type=float, default=2e-4)
+    r.add_argument("--tag", default="", help="suffix of the fine-tuned folders")
     c = sub.add_parser("check"); c.add_argument("out")
     c.add_argument("--test", required=True); c.add_argument("-n", type=int, default=100)
     a = ap.parse_args()
     if a.cmd == "prepare":
         prepare(a.dir)
     elif a.cmd == "run":
-        run(a.dir, [int(s) for s in a.seeds.split(",")], a.pretrain_steps, a.finetune_epochs)
+        run(a.dir, [int(s) for s in a.seeds.split(",")], a.pretrain_steps, a.finetune_epochs,
+            a.finetune_lr, a.tag)
     else:
         check(a.out, a.test, a.n)

@@ -18,7 +18,9 @@ in NOTES.md ("Training on real data (issue 30)") come from it.
   The first 256 of them (shuffled, seed 0) are `corpus_eval.txt` instead, the masked LM's
   evaluation file.
 - `tokenizer/`: a lower-cased BERT WordPiece of 4000 tokens trained (HF `tokenizers`) on
-  corpus.txt, saved by transformers' `BertTokenizerFast`.
+  corpus.txt, saved by transformers' `BertTokenizerFast`. The trainer breaks ties in hash
+  order (a new vocabulary each run), so the one trained for the NOTES runs is kept in
+  `tools/real_data_vocab.txt` and used; `prepare --new-vocab` trains a fresh one.
 - `config.json`: a small RoFormer (2 layers, hidden 128, 4 heads, 512 intermediate, 64
   positions: texts cut to 64 tokens), dropout 0.1: small enough for llvmpipe.
 """
@@ -27,6 +29,7 @@ import argparse, csv, json, os, random, re, subprocess, sys, time
 FORTUNES = "/usr/share/games/fortunes"
 CATEGORIES = ["computers", "politics", "science", "songs-poems"]
 SKIP = {"ascii-art"}
+VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "real_data_vocab.txt")
 
 
 def read_fortunes(path):
@@ -48,7 +51,7 @@ def package_version(name):
         return "?"
 
 
-def prepare(out):
+def prepare(out, new_vocab=False):
     os.makedirs(out, exist_ok=True)
     files = sorted(f for f in os.listdir(FORTUNES)
                    if not f.endswith((".dat", ".u8")) and f not in SKIP
@@ -91,9 +94,14 @@ def prepare(out):
 
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
-    tok = BertWordPieceTokenizer(lowercase=True)
-    tok.train([os.path.join(out, "corpus.txt")], vocab_size=4000, min_frequency=2,
-              special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    if new_vocab:
+        # Not reproducible: the trainer breaks ties in hash order, which changes per process.
+        tok = BertWordPieceTokenizer(lowercase=True)
+        tok.train([os.path.join(out, "corpus.txt")], vocab_size=4000, min_frequency=2,
+                  special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    else:
+        # The vocabulary that training made for the NOTES runs.
+        tok = BertWordPieceTokenizer(VOCAB, lowercase=True)
     tdir = os.path.join(out, "tokenizer")
     os.makedirs(tdir, exist_ok=True)
     tok.save_model(tdir)  # vocab.txt
@@ -242,6 +250,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare"); p.add_argument("dir")
+    p.add_argument("--new-vocab", action="store_true")
     r = sub.add_parser("run"); r.add_argument("dir")
     r.add_argument("--seeds", default="0,1")
     r.add_argument("--pretrain-steps", type=int, default=150)
@@ -252,7 +261,7 @@ if __name__ == "__main__":
     c.add_argument("--test", required=True); c.add_argument("-n", type=int, default=100)
     a = ap.parse_args()
     if a.cmd == "prepare":
-        prepare(a.dir)
+        prepare(a.dir, a.new_vocab)
     elif a.cmd == "run":
         run(a.dir, [int(s) for s in a.seeds.split(",")], a.pretrain_steps, a.finetune_epochs,
             a.finetune_lr, a.tag)

@@ -927,32 +927,30 @@ impl<'m> Trainer<'m> {
                 stop = self.judge(e, None);
             }
         }
-        if self.eval.is_some() || args.eval_steps.is_none() {
-            // The last update's evaluation, unless the loop did it (early stopping) or the
-            // run was resumed from its final checkpoint: then it was judged already.
-            let step = self.state.global_step;
-            let done = self
-                .state
-                .log_history
-                .last()
-                .filter(|e| e.step == step && e.get("eval_loss").is_some())
-                .cloned();
-            let judged = done.is_some();
-            let e = match done {
-                Some(e) => e,
-                None => {
-                    let e = self.ctx.block_on(self.evaluate())?;
-                    on_event(TrainEvent::Eval(&e));
-                    e
-                }
-            };
-            let path = self.save_checkpoint()?;
-            if !judged {
-                self.judge(&e, Some(&path));
+        // The last update's evaluation when there is evaluation data (as transformers'
+        // Trainer, none without), unless the loop did it (early stopping) or the run was
+        // resumed from its final checkpoint: then it was judged already. Then the final
+        // checkpoint.
+        let step = self.state.global_step;
+        let done = self
+            .state
+            .log_history
+            .last()
+            .is_some_and(|e| e.step == step && e.get("eval_loss").is_some());
+        let fresh = match self.eval.is_some() && !done {
+            true => {
+                let e = self.ctx.block_on(self.evaluate())?;
+                on_event(TrainEvent::Eval(&e));
+                Some(e)
             }
-            self.write_state(&path)?;
-            on_event(TrainEvent::Checkpoint(&path));
+            false => None,
+        };
+        let path = self.save_checkpoint()?;
+        if let Some(e) = &fresh {
+            self.judge(e, Some(&path));
         }
+        self.write_state(&path)?;
+        on_event(TrainEvent::Checkpoint(&path));
         if args.load_best_model_at_end {
             if let Some(best) = self.state.best_model_checkpoint.clone() {
                 let tensors = io::read_checkpoint(best.join("model.safetensors"))?;

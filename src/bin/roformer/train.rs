@@ -120,7 +120,7 @@ pub struct TrainArgs {
     /// Log every N updates.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     logging_steps: u64,
-    /// Evaluate every N updates (with --eval; default: at the end only).
+    /// Evaluate the --eval file every N updates (default: once, at the end).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     eval_steps: Option<u64>,
     /// Checkpoint every N updates (0: at the end only).

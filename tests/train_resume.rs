@@ -165,3 +165,49 @@ fn resume_reproduces_the_uninterrupted_run() {
         std::fs::remove_dir_all(&out).unwrap();
     }
 }
+
+#[test]
+fn empty_datasets_are_errors_not_panics() {
+    let ctx = &ctx();
+    let data = data();
+    let args = arguments(Precision::F32);
+    let m = model(ctx, &data, &args, AttentionKind::Softmax, None);
+    let out = std::env::temp_dir().join(format!("roformer-empty-{}", std::process::id()));
+    let empty = |d: &roformer_wgpu::train::Dataset| roformer_wgpu::train::Dataset {
+        examples: Vec::new(),
+        ..d.clone()
+    };
+    let new = |train, eval| {
+        Trainer::new(
+            ctx,
+            &m,
+            Task::TextClassification,
+            args.clone(),
+            train,
+            eval,
+            &data.labels,
+            &out,
+            vec![],
+        )
+    };
+    let err = new(empty(&data.train), None).err().unwrap().to_string();
+    assert!(
+        err.contains("training data (ListOps train) has no examples"),
+        "{err}"
+    );
+    let err = new(data.train.clone(), Some(empty(&data.valid)))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("evaluation data (ListOps valid) has no examples"),
+        "{err}"
+    );
+    let mut t = new(data.train.clone(), None).unwrap();
+    let err = ctx
+        .block_on(t.evaluate_on(&empty(&data.test), "test"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ListOps test has no examples"), "{err}");
+    assert!(!out.exists(), "nothing written");
+}

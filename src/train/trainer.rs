@@ -184,6 +184,14 @@ impl<'m> Trainer<'m> {
         extra_files: Vec<PathBuf>,
     ) -> Result<Trainer<'m>> {
         args.check()?;
+        for (role, data) in [("training", Some(&train)), ("evaluation", eval.as_ref())] {
+            if let Some(d) = data.filter(|d| d.examples.is_empty()) {
+                return Err(Error::invalid(format!(
+                    "the {role} data ({}) has no examples",
+                    d.source
+                )));
+            }
+        }
         if model.head() != task.head() {
             return Err(Error::invalid(format!(
                 "{task:?} trains a {}, and the model is a {}",
@@ -681,6 +689,12 @@ impl<'m> Trainer<'m> {
     /// [`Trainer::evaluate`] on any dataset of the task, its values named `{prefix}_loss`,
     /// `{prefix}_accuracy`, ... (transformers' `metric_key_prefix`: "test" for a test set).
     pub async fn evaluate_on(&mut self, dataset: &Dataset, prefix: &str) -> Result<LogEntry> {
+        if dataset.examples.is_empty() {
+            return Err(Error::invalid(format!(
+                "nothing to evaluate: {} has no examples",
+                dataset.source
+            )));
+        }
         let mut order: Vec<usize> = (0..dataset.examples.len()).collect();
         if self.state.args.group_by_length {
             // Batches of similar lengths pad less; the metrics do not depend on the order.

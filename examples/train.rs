@@ -632,10 +632,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         100.0 * test_accuracy
     );
     println!(
-        "          majority-class baseline (always {majority_label}) {:.2}% on test: {:+.2} points, {:.1}x",
+        "          majority-class baseline (always {majority_label}) {:.2}% on test: {:+.2} points{}",
         100.0 * baseline,
         100.0 * (test_accuracy - baseline),
-        test_accuracy / baseline
+        // (A test split too small to hold the majority label has no ratio.)
+        if baseline > 0.0 {
+            format!(", {:.1}x", test_accuracy / baseline)
+        } else {
+            String::new()
+        }
     );
     let summary = serde_json::json!({
         "adapter": caps.adapter_name,

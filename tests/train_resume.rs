@@ -211,3 +211,69 @@ fn empty_datasets_are_errors_not_panics() {
     assert!(err.contains("ListOps test has no examples"), "{err}");
     assert!(!out.exists(), "nothing written");
 }
+
+/// `load_best_model_at_end`: the best evaluation's checkpoint is remembered (the first of
+/// equals, higher is better for accuracy) and its weights are what the run ends with and
+/// saves.
+#[test]
+fn the_best_checkpoint_is_loaded_at_the_end() {
+    let ctx = &ctx();
+    let data = data();
+    let args = TrainingArguments {
+        max_steps: Some(8),
+        learning_rate: 3e-2,
+        eval_steps: Some(2),
+        save_steps: 2,
+        load_best_model_at_end: true,
+        metric_for_best_model: Some("accuracy".into()),
+        ..arguments(Precision::F32)
+    };
+    let m = model(ctx, &data, &args, AttentionKind::Softmax, None);
+    let out = std::env::temp_dir().join(format!("roformer-best-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut t = Trainer::new(
+        ctx,
+        &m,
+        Task::TextClassification,
+        args,
+        data.train.clone(),
+        Some(data.valid.clone()),
+        &data.labels,
+        &out,
+        vec![],
+    )
+    .unwrap();
+    t.train(|_| {}).unwrap();
+    let state = t.state();
+    let evals: Vec<(u64, f64)> = state
+        .log_history
+        .iter()
+        .filter_map(|e| Some((e.step, e.get("eval_accuracy")?)))
+        .collect();
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 4, 6, 8]);
+    let best = evals
+        .iter()
+        .fold(evals[0], |b, &e| if e.1 > b.1 { e } else { b });
+    eprintln!("evaluations (step, accuracy): {evals:?}; the best: {best:?}");
+    assert_eq!(state.best_metric, Some(best.1));
+    let dir = state.best_model_checkpoint.clone().unwrap();
+    assert!(
+        dir.ends_with(format!("checkpoint-{}", best.0)),
+        "{}",
+        dir.display()
+    );
+    let read = |p: std::path::PathBuf| roformer_wgpu::io::read_checkpoint(p).unwrap();
+    let best_weights = read(dir.join("model.safetensors"));
+    assert_eq!(
+        read(out.join("model.safetensors")),
+        best_weights,
+        "the saved model"
+    );
+    // (The checkpoint also holds the sinusoidal position table, which is not a parameter.)
+    for (name, shape, values) in m.params().download(ctx).unwrap() {
+        let saved = best_weights.get(&name).unwrap();
+        assert_eq!(saved.shape, shape, "{name}");
+        assert_eq!(saved.to_f32(), values, "{name}: the model in memory");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}

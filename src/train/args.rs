@@ -195,6 +195,19 @@ impl TrainingArguments {
         if self.logging_steps == 0 || self.eval_steps == Some(0) {
             return bad("logging_steps/eval_steps", "must be at least 1");
         }
+        if let (true, Some(every)) = (self.load_best_model_at_end, self.eval_steps) {
+            // As transformers: the best evaluation must have a checkpoint to load.
+            if self.save_steps == 0 || self.save_steps % every != 0 {
+                return bad(
+                    "load_best_model_at_end",
+                    &format!(
+                        "needs save_steps to be a round multiple of eval_steps ({every}), \
+                         and it is {}",
+                        self.save_steps
+                    ),
+                );
+            }
+        }
         if self.save_total_limit == Some(0) {
             return bad("save_total_limit", "must be at least 1");
         }
@@ -261,6 +274,15 @@ mod tests {
         assert!(with(&|a| a.gradient_accumulation_steps = 0).contains("gradient_accumulation"));
         assert!(with(&|a| a.max_steps = Some(0)).starts_with("max_steps"));
         assert!(with(&|a| a.adam_beta2 = 1.0).contains("adam_beta"));
+        let err = with(&|a| {
+            a.load_best_model_at_end = true;
+            a.eval_steps = Some(3);
+            a.save_steps = 10;
+        });
+        assert!(
+            err.starts_with("load_best_model_at_end") && err.contains("(3)"),
+            "{err}"
+        );
         assert!("cosine_with_restarts"
             .parse::<SchedulerType>()
             .unwrap_err()

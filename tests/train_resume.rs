@@ -277,3 +277,73 @@ fn the_best_checkpoint_is_loaded_at_the_end() {
     }
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// `early_stopping_patience`: training stops at the evaluation that makes `patience`
+/// evaluations in a row without beating the best; `save_total_limit` keeps the newest
+/// checkpoints and the best.
+#[test]
+fn early_stopping_stops_after_patience_and_keeps_the_best_checkpoint() {
+    let ctx = &ctx();
+    let data = data();
+    let args = TrainingArguments {
+        max_steps: Some(40),
+        learning_rate: 3e-2,
+        eval_steps: Some(1),
+        save_steps: 1,
+        save_total_limit: Some(2),
+        metric_for_best_model: Some("accuracy".into()),
+        early_stopping_patience: Some(2),
+        ..arguments(Precision::F32)
+    };
+    let m = model(ctx, &data, &args, AttentionKind::Softmax, None);
+    let out = std::env::temp_dir().join(format!("roformer-early-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut t = Trainer::new(
+        ctx,
+        &m,
+        Task::TextClassification,
+        args,
+        data.train.clone(),
+        Some(data.valid.clone()),
+        &data.labels,
+        &out,
+        vec![],
+    )
+    .unwrap();
+    t.train(|_| {}).unwrap();
+    let state = t.state();
+    let evals: Vec<(u64, f64)> = state
+        .log_history
+        .iter()
+        .filter_map(|e| Some((e.step, e.get("eval_accuracy")?)))
+        .collect();
+    eprintln!("evaluations (step, accuracy): {evals:?}");
+    // Where the rule says to stop: the second evaluation in a row not above the best.
+    let (mut best, mut worse, mut stop, mut best_step) = (f64::NEG_INFINITY, 0, 40, 0);
+    for &(step, accuracy) in &evals {
+        if accuracy > best {
+            (best, worse, best_step) = (accuracy, 0, step);
+        } else {
+            worse += 1;
+            if worse == 2 {
+                stop = step;
+                break;
+            }
+        }
+    }
+    assert!(stop < 40, "the run should stop early here: {evals:?}");
+    assert_eq!(state.global_step, stop);
+    assert_eq!(
+        evals.last().unwrap().0,
+        stop,
+        "no evaluation after the stop"
+    );
+    assert_eq!(state.best_metric, Some(best));
+    let kept: Vec<u64> = train::checkpoints(&out)
+        .unwrap()
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(kept, [best_step, stop], "the best and the newest");
+    std::fs::remove_dir_all(&out).unwrap();
+}

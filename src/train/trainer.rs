@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
@@ -129,8 +130,9 @@ pub enum TrainEvent<'a> {
 pub struct Trainer<'m> {
     ctx: &'m Context,
     model: &'m RoFormer,
-    train: Dataset,
-    eval: Option<Dataset>,
+    /// (Shared, so an evaluation can hold its dataset while it borrows the trainer.)
+    train: Arc<Dataset>,
+    eval: Option<Arc<Dataset>>,
     // (A browser tab saves nothing itself: see `model_files`.)
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     output_dir: PathBuf,
@@ -261,8 +263,8 @@ impl<'m> Trainer<'m> {
         Ok(Trainer {
             ctx,
             model,
-            train,
-            eval,
+            train: Arc::new(train),
+            eval: eval.map(Arc::new),
             output_dir: output_dir.as_ref().to_path_buf(),
             extra_files,
             state,
@@ -374,9 +376,13 @@ impl<'m> Trainer<'m> {
             self.state.args.per_device_train_batch_size,
             self.state.args.gradient_accumulation_steps,
         );
-        let order = self.order(epoch).to_vec();
-        let batches: Vec<Vec<usize>> = order.chunks(b).map(<[usize]>::to_vec).collect();
-        let window = batches.into_iter().skip(index * g).take(g).collect();
+        let order = self.order(epoch);
+        let start = (index * g * b).min(order.len());
+        let window = order[start..]
+            .chunks(b)
+            .take(g)
+            .map(<[usize]>::to_vec)
+            .collect();
         (epoch, window)
     }
 
@@ -682,7 +688,7 @@ impl<'m> Trainer<'m> {
     /// (the batches' mean losses weighted by their sequences, as transformers averages) and
     /// the task's metrics ([`super::metrics`]), recorded in the history.
     pub async fn evaluate(&mut self) -> Result<LogEntry> {
-        let dataset = self.eval.as_ref().unwrap_or(&self.train).clone();
+        let dataset = Arc::clone(self.eval.as_ref().unwrap_or(&self.train));
         self.evaluate_on(&dataset, "eval").await
     }
 

@@ -75,6 +75,27 @@ fn model(
         .0
 }
 
+/// A run of `m` on `data`'s training split, evaluated on its validation split, into `out`.
+fn trainer<'m>(
+    ctx: &'m Context,
+    m: &'m RoFormer,
+    data: &TaskData,
+    args: TrainingArguments,
+    out: &std::path::Path,
+) -> Trainer<'m> {
+    let (train, valid) = (data.train.clone(), Some(data.valid.clone()));
+    let task = Task::TextClassification;
+    Trainer::new(ctx, m, task, args, train, valid, &data.labels, out, vec![]).unwrap()
+}
+
+/// The run's evaluations: `(step, eval_accuracy)`.
+fn accuracies(s: &TrainerState) -> Vec<(u64, f64)> {
+    s.log_history
+        .iter()
+        .filter_map(|e| Some((e.step, e.get("eval_accuracy")?)))
+        .collect()
+}
+
 fn losses(s: &TrainerState) -> Vec<(u64, u64)> {
     s.log_history
         .iter()
@@ -102,19 +123,7 @@ fn resume_reproduces_the_uninterrupted_run() {
         let _ = std::fs::remove_dir_all(&out);
 
         let full_model = model(ctx, &data, &args, attention, None);
-        let (train, valid) = (data.train.clone(), Some(data.valid.clone()));
-        let mut full = Trainer::new(
-            ctx,
-            &full_model,
-            Task::TextClassification,
-            args.clone(),
-            train,
-            valid,
-            &data.labels,
-            &out,
-            vec![],
-        )
-        .unwrap();
+        let mut full = trainer(ctx, &full_model, &data, args.clone(), &out);
         full.train(|_| {}).unwrap();
         let reference = full.state().clone();
         assert_eq!(reference.global_step, 12);
@@ -231,25 +240,10 @@ fn the_best_checkpoint_is_loaded_at_the_end() {
     let m = model(ctx, &data, &args, AttentionKind::Softmax, None);
     let out = std::env::temp_dir().join(format!("roformer-best-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let mut t = Trainer::new(
-        ctx,
-        &m,
-        Task::TextClassification,
-        args,
-        data.train.clone(),
-        Some(data.valid.clone()),
-        &data.labels,
-        &out,
-        vec![],
-    )
-    .unwrap();
+    let mut t = trainer(ctx, &m, &data, args, &out);
     t.train(|_| {}).unwrap();
     let state = t.state();
-    let evals: Vec<(u64, f64)> = state
-        .log_history
-        .iter()
-        .filter_map(|e| Some((e.step, e.get("eval_accuracy")?)))
-        .collect();
+    let evals = accuracies(state);
     assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 4, 6, 8]);
     let best = evals
         .iter()
@@ -298,25 +292,10 @@ fn early_stopping_stops_after_patience_and_keeps_the_best_checkpoint() {
     let m = model(ctx, &data, &args, AttentionKind::Softmax, None);
     let out = std::env::temp_dir().join(format!("roformer-early-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let mut t = Trainer::new(
-        ctx,
-        &m,
-        Task::TextClassification,
-        args,
-        data.train.clone(),
-        Some(data.valid.clone()),
-        &data.labels,
-        &out,
-        vec![],
-    )
-    .unwrap();
+    let mut t = trainer(ctx, &m, &data, args, &out);
     t.train(|_| {}).unwrap();
     let state = t.state();
-    let evals: Vec<(u64, f64)> = state
-        .log_history
-        .iter()
-        .filter_map(|e| Some((e.step, e.get("eval_accuracy")?)))
-        .collect();
+    let evals = accuracies(state);
     eprintln!("evaluations (step, accuracy): {evals:?}");
     // Where the rule says to stop: the second evaluation in a row not above the best.
     let (mut best, mut worse, mut stop, mut best_step) = (f64::NEG_INFINITY, 0, 40, 0);

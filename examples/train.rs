@@ -24,10 +24,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use roformer_lab::listops::ListOpsConfig;
 use roformer_lab::lra::{self, ModelSize};
 use roformer_lab::pathfinder::PathfinderConfig;
-use roformer_wgpu::model::{AttentionKind, RoFormerConfig};
+use roformer_wgpu::model::AttentionKind;
 use roformer_wgpu::train::{
-    checkpoints, model_for, LogEntry, Precision, SchedulerType, Task, TrainEvent, Trainer,
-    TrainingArguments,
+    checkpoints, LogEntry, Precision, SchedulerType, Task, TrainEvent, Trainer, TrainingArguments,
 };
 use roformer_wgpu::Context;
 use serde::{Deserialize, Serialize};
@@ -474,26 +473,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let task = Task::TextClassification;
-    let (model_config, weights) = match &checkpoint {
-        Some(dir) => (
-            RoFormerConfig::from_file(dir.join("config.json"))?,
-            Some(roformer_wgpu::io::read_checkpoint(
-                dir.join("model.safetensors"),
-            )?),
-        ),
-        None => (
-            lra::model_config(&data, &config.model, args.pad_to_multiple_of)?,
-            None,
-        ),
-    };
-    let (model, _) = model_for(
-        &ctx,
-        model_config,
-        task,
-        &data.labels,
-        args,
-        weights.as_ref(),
-    )?;
+    let model = lra::model(&ctx, &data, &config.model, args, checkpoint.as_deref())?;
     let m = config.model;
     let window = match model.config().attention_window {
         Some(w) => format!(

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use roformer_lab::listops::ListOpsConfig;
 use roformer_lab::lra::{self, ModelSize};
-use roformer_wgpu::model::{AttentionKind, RoFormer, RoFormerConfig};
-use roformer_wgpu::train::{self, model_for, Task, Trainer, TrainerState, TrainingArguments};
+use roformer_wgpu::model::{AttentionKind, RoFormer};
+use roformer_wgpu::train::{self, Task, Trainer, TrainerState, TrainingArguments};
 use roformer_wgpu::{io, Context};
 
 const WORKER: &str = "ROFORMER_CRASH_WORKER";
@@ -64,15 +64,8 @@ fn train_into(ctx: &Context, out: &Path) -> (TrainerState, Vec<io::NamedTensor>)
         global_tokens: 0,
     };
     let checkpoint = newest(out);
-    let (config, weights) = match &checkpoint {
-        Some(dir) => (
-            RoFormerConfig::from_file(dir.join("config.json")).unwrap(),
-            Some(io::read_checkpoint(dir.join("model.safetensors")).unwrap()),
-        ),
-        None => (lra::model_config(&data, &size, 8).unwrap(), None),
-    };
+    let model = lra::model(ctx, &data, &size, &args, checkpoint.as_deref()).unwrap();
     let task = Task::TextClassification;
-    let (model, _) = model_for(ctx, config, task, &data.labels, &args, weights.as_ref()).unwrap();
     let mut trainer = match &checkpoint {
         Some(dir) => Trainer::resume(ctx, &model, data.train, None, dir, out, vec![]).unwrap(),
         None => Trainer::new(

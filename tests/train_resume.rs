@@ -7,9 +7,9 @@ mod common;
 use common::*;
 use roformer_lab::listops::ListOpsConfig;
 use roformer_lab::lra::{self, ModelSize, TaskData};
-use roformer_wgpu::model::{AttentionKind, RoFormer, RoFormerConfig};
+use roformer_wgpu::model::{AttentionKind, RoFormer};
 use roformer_wgpu::train::{
-    self, model_for, Precision, SchedulerType, Task, Trainer, TrainerState, TrainingArguments,
+    self, Precision, SchedulerType, Task, Trainer, TrainerState, TrainingArguments,
 };
 use roformer_wgpu::Context;
 
@@ -62,17 +62,7 @@ fn model(
         window: 0,
         global_tokens: 0,
     };
-    let (config, weights) = match checkpoint {
-        Some(dir) => (
-            RoFormerConfig::from_file(dir.join("config.json")).unwrap(),
-            Some(roformer_wgpu::io::read_checkpoint(dir.join("model.safetensors")).unwrap()),
-        ),
-        None => (lra::model_config(data, &size, 8).unwrap(), None),
-    };
-    let task = Task::TextClassification;
-    model_for(ctx, config, task, &data.labels, args, weights.as_ref())
-        .unwrap()
-        .0
+    lra::model(ctx, data, &size, args, checkpoint).unwrap()
 }
 
 /// A run of `m` on `data`'s training split, evaluated on its validation split, into `out`.

@@ -183,6 +183,32 @@ pub fn model_config(data: &TaskData, size: &ModelSize, multiple: usize) -> Resul
     RoFormerConfig::from_json(&json.to_string(), &format!("{} model", data.name))
 }
 
+/// The classifier of a run on `data`: the one saved in `checkpoint` (a trainer's
+/// `checkpoint-N` folder, to resume), or a new one of `size` (HF's initialisation from the
+/// seed), in the arguments' precision. Native only: it reads files.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn model(
+    ctx: &roformer_wgpu::Context,
+    data: &TaskData,
+    size: &ModelSize,
+    args: &roformer_wgpu::train::TrainingArguments,
+    checkpoint: Option<&std::path::Path>,
+) -> Result<roformer_wgpu::model::RoFormer> {
+    let (config, weights) = match checkpoint {
+        Some(dir) => (
+            RoFormerConfig::from_file(dir.join("config.json"))?,
+            Some(roformer_wgpu::io::read_checkpoint(
+                dir.join("model.safetensors"),
+            )?),
+        ),
+        None => (model_config(data, size, args.pad_to_multiple_of)?, None),
+    };
+    let task = roformer_wgpu::train::Task::TextClassification;
+    let (model, _) =
+        roformer_wgpu::train::model_for(ctx, config, task, &data.labels, args, weights.as_ref())?;
+    Ok(model)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -594,7 +594,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .find_map(|e| e.get("eval_accuracy"))
         .ok_or("no validation accuracy was recorded")?;
     let test_accuracy = test.get("test_accuracy").ok_or("no test accuracy")?;
-    let tokens_per_s = speeds.iter().sum::<f64>() / speeds.len().max(1) as f64;
+    // (0 when this process ran no update: an empty sum of f64 is -0, printed "-0".)
+    let tokens_per_s = match speeds.len() {
+        0 => 0.0,
+        n => speeds.iter().sum::<f64>() / n as f64,
+    };
     let (majority_label, baseline) = data.majority;
     println!(
         "\nsummary   {} steps in {:.0} s of training, {tokens_per_s:.0} tokens/s",

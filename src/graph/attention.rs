@@ -141,6 +141,46 @@ impl Graph {
         Ok(out)
     }
 
+    /// What a row-wise attention stage (fused or local: one pass over a query's keys, no
+    /// `[B, H, T, T]` tensor) writes: its output, the rotated q and k (and v), and
+    /// `stats_width` f32 statistics per query row, with v shaped like q. Returns the heads'
+    /// shape, those tensors and the list of them the stage writes; counts the mask and
+    /// RoPE table among the inputs.
+    #[allow(clippy::type_complexity)]
+    fn row_attention_buffers(
+        &mut self,
+        op: &'static str,
+        name: &str,
+        [q, k, v]: [TensorId; 3],
+        spec: &AttentionSpec,
+        stats_width: usize,
+    ) -> Result<(
+        Vec<usize>,
+        TensorId,
+        [Option<TensorId>; 3],
+        TensorId,
+        Vec<TensorId>,
+    )> {
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        if qh != vh {
+            return Err(Error::shape(
+                op,
+                "v",
+                format!("{:?} (like q)", self.shape(q)),
+                self.shape(v),
+            ));
+        }
+        let vshape = self.shape(v).to_vec();
+        let out = self.output(name, &vshape, &[q, k, v]);
+        let rot = self.rotated(name, "", spec, &qh, &qh);
+        let stats = self.pooled_f32(format!("{name}.stats"), &[qh[0], qh[2], qh[1], stats_width]);
+        let mut writes = vec![out, stats];
+        writes.extend(rot.iter().flatten());
+        self.input_bytes += spec.mask.as_ref().map_or(0, Tensor::byte_size)
+            + spec.rope.as_ref().map_or(0, Tensor::byte_size);
+        Ok((qh, out, rot, stats, writes))
+    }
+
     /// Softmax attention like [`Graph::attention`], fused (no `[B, H, T, T]` tensor).
     pub fn fused_attention(
         &mut self,
@@ -150,23 +190,8 @@ impl Graph {
         v: TensorId,
         spec: AttentionSpec,
     ) -> Result<TensorId> {
-        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
-        if qh != vh {
-            return Err(Error::shape(
-                "fused attention",
-                "v",
-                format!("{:?} (like q)", self.shape(q)),
-                self.shape(v),
-            ));
-        }
-        let vshape = self.shape(v).to_vec();
-        let out = self.output(name, &vshape, &[q, k, v]);
-        let rot = self.rotated(name, "", &spec, &qh, &qh);
-        let stats = self.pooled_f32(format!("{name}.stats"), &[qh[0], qh[2], qh[1], 2]);
-        let mut writes = vec![out, stats];
-        writes.extend(rot.iter().flatten());
-        self.input_bytes += spec.mask.as_ref().map_or(0, Tensor::byte_size)
-            + spec.rope.as_ref().map_or(0, Tensor::byte_size);
+        let (qh, out, rot, stats, writes) =
+            self.row_attention_buffers("fused attention", name, [q, k, v], &spec, 2)?;
         let sp = spec.clone();
         self.call(
             false,
@@ -208,23 +233,8 @@ impl Graph {
         spec: AttentionSpec,
         window: LocalWindow,
     ) -> Result<TensorId> {
-        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
-        if qh != vh {
-            return Err(Error::shape(
-                "local attention",
-                "v",
-                format!("{:?} (like q)", self.shape(q)),
-                self.shape(v),
-            ));
-        }
-        let vshape = self.shape(v).to_vec();
-        let out = self.output(name, &vshape, &[q, k, v]);
-        let rot = self.rotated(name, "", &spec, &qh, &qh);
-        let stats = self.pooled_f32(format!("{name}.stats"), &[qh[0], qh[2], qh[1], 3]);
-        let mut writes = vec![out, stats];
-        writes.extend(rot.iter().flatten());
-        self.input_bytes += spec.mask.as_ref().map_or(0, Tensor::byte_size)
-            + spec.rope.as_ref().map_or(0, Tensor::byte_size);
+        let (qh, out, rot, stats, writes) =
+            self.row_attention_buffers("local attention", name, [q, k, v], &spec, 3)?;
         let sp = spec.clone();
         self.call(
             false,

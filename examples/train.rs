@@ -189,6 +189,9 @@ struct Cli {
     /// Test examples.
     #[arg(long, help_heading = "Data")]
     test: Option<usize>,
+    /// Pathfinder and Path-X: paddles per target path, LRA's split (6 easy, 9, 14 hard).
+    #[arg(long, help_heading = "Data")]
+    contour_length: Option<usize>,
 
     /// Encoder layers.
     #[arg(long, help_heading = "Model")]
@@ -324,6 +327,9 @@ fn configure(cli: &Cli, cpu: bool) -> Result<Run, String> {
     set(&mut p.train, cli.train);
     set(&mut p.valid, cli.valid);
     set(&mut p.test, cli.test);
+    if let Some(n) = cli.contour_length {
+        *p = p.with_contour_length(n)?;
+    }
     let m = &mut c.model;
     set(&mut m.layers, cli.layers);
     set(&mut m.hidden, cli.hidden);

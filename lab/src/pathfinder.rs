@@ -191,6 +191,27 @@ impl PathfinderConfig {
         }
     }
 
+    /// The same images with LRA's split of `contour_length` paddles per target path: 6
+    /// (`curv_baseline`, the easy split), 9 (`curv_contour_length_9`) or 14
+    /// (`curv_contour_length_14`, the hard one LRA reports). As LRA's `pathfinder.py`,
+    /// distractors have a third of the paddles and their number keeps the clutter constant
+    /// (`20 / distractor_length` at 32 × 32, `35 / distractor_length` at 128 × 128).
+    pub fn with_contour_length(self, contour_length: usize) -> Result<Self, String> {
+        if ![6, 9, 14].contains(&contour_length) {
+            return Err(format!(
+                "contour length {contour_length}: LRA's splits have 6, 9 or 14 paddles"
+            ));
+        }
+        let clutter = if self.side >= 128 { 35 } else { 20 };
+        let distractor_length = contour_length / 3;
+        Ok(PathfinderConfig {
+            contour_length,
+            distractor_length,
+            distractors: clutter / distractor_length,
+            ..self
+        })
+    }
+
     /// Tokens per example: `side²` (CLS not included).
     pub fn seq_len(&self) -> usize {
         self.side * self.side
@@ -1039,6 +1060,31 @@ mod tests {
             test,
             ..PathfinderConfig::pathfinder()
         }
+    }
+
+    #[test]
+    fn lra_splits_keep_the_clutter_of_lra_pathfinder_py() {
+        // LRA's pathfinder.py: distractor_length = contour_length / 3 (integer division),
+        // num_distractor_snakes = 20 (32 x 32) or 35 (128 x 128) / distractor_length.
+        let easy = PathfinderConfig::pathfinder()
+            .with_contour_length(6)
+            .unwrap();
+        assert_eq!((easy.distractor_length, easy.distractors), (2, 10));
+        let mid = PathfinderConfig::path_x().with_contour_length(9).unwrap();
+        assert_eq!((mid.distractor_length, mid.distractors), (3, 11));
+        let hard = PathfinderConfig::pathfinder()
+            .with_contour_length(14)
+            .unwrap();
+        assert_eq!((hard.distractor_length, hard.distractors), (4, 5));
+        assert_eq!(hard, PathfinderConfig::pathfinder());
+        let path_x = PathfinderConfig::path_x();
+        assert_eq!(path_x.with_contour_length(14).unwrap(), path_x);
+        let err = PathfinderConfig::pathfinder()
+            .with_contour_length(7)
+            .unwrap_err();
+        assert!(err.contains("6, 9 or 14"), "{err}");
+        let easy_images = Pathfinder::generate(small(6, 2, 2).with_contour_length(6).unwrap(), 3);
+        assert_eq!(easy_images.unwrap().train.len(), 6);
     }
 
     #[test]

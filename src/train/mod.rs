@@ -26,14 +26,23 @@
 //! ```
 
 mod args;
+mod batches;
 #[cfg(feature = "text")]
 pub mod data;
 mod dataset;
 pub mod metrics;
+mod prefetch;
+#[cfg(feature = "text")]
+mod stream;
 mod trainer;
 
 pub use args::{Precision, SchedulerType, TrainingArguments};
+pub use batches::StreamPosition;
 pub use dataset::{Columns, DataOptions, Dataset, Example, LabelNames, Masking, Task};
+#[cfg(feature = "text")]
+pub use stream::{TextStream, DEFAULT_SHUFFLE_BUFFER_SIZE};
 #[cfg(not(target_arch = "wasm32"))]
 pub use trainer::{checkpoints, model_for};
-pub use trainer::{model_for_async, read_state, LogEntry, TrainEvent, Trainer, TrainerState};
+pub use trainer::{
+    model_for_async, read_state, LogEntry, TrainData, TrainEvent, Trainer, TrainerState,
+};

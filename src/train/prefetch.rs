@@ -6,7 +6,7 @@
 //! decides what they hold, not the thread.
 
 use super::batches::{Source, Window};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Windows prepared ahead of the update that takes them.
 #[cfg(not(target_arch = "wasm32"))]
@@ -46,7 +46,9 @@ impl Feed {
                         break;
                     }
                 })
-                .map_err(|e| Error::invalid(format!("starting the batch thread: {e}")))?;
+                .map_err(|e| {
+                    crate::error::Error::invalid(format!("starting the batch thread: {e}"))
+                })?;
             return Ok(Feed::Thread(Worker { windows }));
         }
         let _ = background;
@@ -59,7 +61,7 @@ impl Feed {
             Feed::InPlace(source) => source.next_window(),
             #[cfg(not(target_arch = "wasm32"))]
             Feed::Thread(worker) => worker.windows.recv().unwrap_or_else(|_| {
-                Err(Error::invalid(
+                Err(crate::error::Error::invalid(
                     "the thread preparing batches stopped (it panicked, or an error ended it)",
                 ))
             }),

@@ -53,10 +53,14 @@ pub const DEFAULT_SHUFFLE_BUFFER_SIZE: usize = 1000;
 /// fill-mask or text-generation (see the module documentation). Give it to
 /// [`super::Trainer::new`] in place of a [`super::Dataset`].
 #[derive(Clone, Debug)]
-pub struct TextStream {
+pub struct TextStream(Arc<Spec>);
+
+/// What a [`TextStream`] reads, and how (shared by its clones: the trainer's, its thread's).
+#[derive(Debug)]
+struct Spec {
     path: PathBuf,
     options: DataOptions,
-    tokenizer: Arc<Tokenizer>,
+    tokenizer: Tokenizer,
     masking: Option<Masking>,
     buffer_size: usize,
     bytes: u64,
@@ -114,34 +118,34 @@ impl TextStream {
                 message: "no records: the file is empty".into(),
             });
         }
-        Ok(TextStream {
+        Ok(TextStream(Arc::new(Spec {
             path: path.to_path_buf(),
             options: options.clone(),
-            tokenizer: Arc::new(tokenizer.clone()),
+            tokenizer: tokenizer.clone(),
             masking,
             buffer_size: shuffle_buffer_size,
             bytes: lines.length,
-        })
+        })))
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.0.path
     }
 
     /// The task its examples are for.
     pub fn task(&self) -> Task {
-        self.options.task
+        self.0.options.task
     }
 
     /// Fill-mask: how examples are masked at batch time.
     pub fn masking(&self) -> Option<&Masking> {
-        self.masking.as_ref()
+        self.0.masking.as_ref()
     }
 
     /// Examples in the shuffle buffer.
     pub fn shuffle_buffer_size(&self) -> usize {
-        self.buffer_size
+        self.0.buffer_size
     }
 
     /// The example an item makes.
@@ -152,9 +156,10 @@ impl TextStream {
                 line,
                 text,
             } => {
-                let e = self
-                    .tokenizer
-                    .encode_with(&text, None, &encode_options(&self.options))?;
+                let e =
+                    self.0
+                        .tokenizer
+                        .encode_with(&text, None, &encode_options(&self.0.options))?;
                 Ok((example_of(e, Vec::new(), line), ordinal))
             }
             Item::Block { ordinal, ids } => Ok((block_example(&ids), ordinal)),
@@ -269,7 +274,7 @@ struct Pass {
 impl Pass {
     fn open(stream: &TextStream, buffer_size: usize, rng: StdRng) -> Result<Pass> {
         Ok(Pass {
-            lines: Lines::open(&stream.path)?,
+            lines: Lines::open(&stream.0.path)?,
             carry: Vec::new(),
             carry_start: 0,
             entered: 0,
@@ -285,9 +290,9 @@ impl Pass {
     /// The next item in file order, `None` at the end of the file.
     fn read(&mut self, stream: &TextStream) -> Result<Option<Item>> {
         let ordinal = self.entered;
-        let item = match stream.options.task {
+        let item = match stream.0.options.task {
             Task::TextGeneration => {
-                let block = stream.options.max_length;
+                let block = stream.0.options.max_length;
                 while self.carry.len() - self.carry_start < block {
                     let Some((_, text)) = self.lines.next_text()? else {
                         // The remainder, shorter than a block, is dropped.
@@ -297,7 +302,8 @@ impl Pass {
                         self.carry.drain(..self.carry_start);
                         self.carry_start = 0;
                     }
-                    self.carry.extend(stream.tokenizer.encode(&text)?.input_ids);
+                    self.carry
+                        .extend(stream.0.tokenizer.encode(&text)?.input_ids);
                 }
                 let ids = self.carry[self.carry_start..self.carry_start + block].to_vec();
                 self.carry_start += block;
@@ -365,7 +371,7 @@ pub(crate) struct StreamWindows {
     /// The pass being read, and the updates taken from it.
     epoch: u64,
     updates: u64,
-    pass: Option<Pass>,
+    pass: Option<Box<Pass>>,
     next_step: u64,
     /// Updates of the current pass to skip first (a resumed run).
     skip: u64,
@@ -409,12 +415,12 @@ impl StreamWindows {
     fn pass(&mut self) -> Result<&mut Pass> {
         if self.pass.is_none() {
             let size = if self.shuffle {
-                self.stream.buffer_size
+                self.stream.0.buffer_size
             } else {
                 1
             };
             let rng = example_rng(self.layout.seed, self.epoch, usize::MAX);
-            self.pass = Some(Pass::open(&self.stream, size, rng)?);
+            self.pass = Some(Box::new(Pass::open(&self.stream, size, rng)?));
         }
         Ok(self.pass.as_mut().expect("opened above"))
     }
@@ -447,7 +453,7 @@ impl StreamWindows {
                     .map(|item| stream.example(item))
                     .collect::<Result<Vec<_>>>()?;
                 let rows: Vec<(&Example, usize)> = examples.iter().map(|(e, i)| (e, *i)).collect();
-                batches.push(self.layout.collate(&rows, stream.masking.as_ref(), epoch));
+                batches.push(self.layout.collate(&rows, stream.0.masking.as_ref(), epoch));
             }
             if pass.ended(stream) {
                 break;
@@ -455,12 +461,12 @@ impl StreamWindows {
         }
         if count == 0 {
             return Err(Error::Format {
-                path: stream.path.display().to_string(),
+                path: stream.0.path.display().to_string(),
                 message: "no examples (for text generation: fewer tokens than one block)".into(),
             });
         }
         let ended = pass.ended(stream);
-        let read = pass.lines.read as f64 / stream.bytes.max(1) as f64;
+        let read = pass.lines.read as f64 / stream.0.bytes.max(1) as f64;
         self.updates += 1;
         let progress = if ended {
             self.epoch += 1;
@@ -620,7 +626,7 @@ mod tests {
         while windows.epoch == 0 {
             let w = windows.next_window().unwrap();
             rows += w.batches.iter().map(|b| b.rows).sum::<usize>();
-            let held = windows.pass.as_ref().map_or(0, Pass::held);
+            let held = windows.pass.as_ref().map_or(0, |p| p.held());
             assert!(held <= 51, "{held}");
         }
         assert_eq!(rows, order.len());

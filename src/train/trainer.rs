@@ -7,11 +7,16 @@
 //! `pad_to_multiple_of` (8 by default), planned once and kept. Every `logging_steps`
 //! updates a log entry (transformers' `log_history` keys: `loss`, `grad_norm`,
 //! `learning_rate`, `epoch`, `step`), every `eval_steps` an evaluation (`eval_loss` and
-//! the task's metrics), every `save_steps` a checkpoint.
+//! the task's metrics), every `save_steps` a checkpoint. A corpus streamed from its file
+//! ([`TrainData::Stream`]) is visited pass after pass through a shuffle buffer instead (see
+//! [`super::TextStream`]). Natively each update's batches are prepared (masked, padded;
+//! streamed text read and tokenized) on a background thread while the update before runs
+//! (`dataloader_num_workers`).
 //!
-//! Everything an update does is a function of the arguments and its number, and the
-//! optimizer state is saved with the weights, so a run resumed from a checkpoint computes
-//! the same losses as the uninterrupted run, bit for bit, on the same adapter.
+//! Everything an update does is a function of the arguments and its number (with streamed
+//! data, and the updates before it in its pass), and the optimizer state is saved with the
+//! weights (and the stream's position), so a run resumed from a checkpoint computes the same
+//! losses as the uninterrupted run, bit for bit, on the same adapter.
 //!
 //! Where transformers' own conventions are odd, this follows them, so that the two agree
 //! step for step: a RoFormer's forward takes `**kwargs`, so transformers' Trainer hands it

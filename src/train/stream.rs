@@ -24,10 +24,16 @@
 //!   and tokenizing, not masking or collating), as transformers' Trainer skips the batches
 //!   already consumed: the same batches as the uninterrupted run, at the cost of reading
 //!   that part of the file again.
+//! - **Progress**: the `epoch` of the log entries is the passes done plus the share of the
+//!   file's bytes read (transformers logs `step / max_steps` for a dataset without a
+//!   length, which says nothing of the file).
 //! - **Errors**: a line that is not UTF-8 is an error naming file and line when the
-//!   stream reaches it (an in-memory dataset finds it before training).
+//!   reader reaches it, which is up to a buffer ahead of the update it would be in: that
+//!   update fails (an in-memory dataset finds it before training).
 //!
-//! The file must not change during a run (nor between a run and its resumption).
+//! Memory: the buffer's examples, the next updates' batches (two ahead, on the background
+//! thread) and the longest line, whatever the file's length. The file must not change
+//! during a run (nor between a run and its resumption).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

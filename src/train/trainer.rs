@@ -374,7 +374,8 @@ impl<'m> Trainer<'m> {
     /// Continues the run saved in `checkpoint` (a folder [`Trainer::save_checkpoint`]
     /// wrote): the model must have been loaded from it (its weights, and its precision);
     /// this restores the optimizer moments, the loss scale and the run's state. The data
-    /// and arguments must be the run's.
+    /// and arguments must be the run's (streamed data: the same file, which the resumed run
+    /// reads from the start of the pass it stopped in, skipping the updates already taken).
     #[allow(clippy::too_many_arguments)]
     pub fn resume(
         ctx: &'m Context,

@@ -547,6 +547,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             loss,
             accuracy,
             tokens_per_s,
+            ..
         } => {
             let ema = |e: Option<f64>, x: f64| e.map_or(x, |e| e * 0.95 + x * 0.05);
             loss_ema = Some(ema(loss_ema, loss));

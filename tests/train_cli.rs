@@ -14,7 +14,8 @@ use common::ctx;
 use roformer_wgpu::model::{RoFormer, RoFormerConfig};
 use roformer_wgpu::text::Tokenizer;
 use roformer_wgpu::train::{
-    model_for, DataOptions, Dataset, LabelNames, Task, Trainer, TrainingArguments,
+    model_for, DataOptions, Dataset, LabelNames, Task, TextStream, TrainData, Trainer,
+    TrainingArguments,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -144,6 +145,194 @@ fn a_resumed_run_continues_bit_for_bit() {
     let uninterrupted: Vec<u64> = whole.iter().map(|l| l.to_bits()).collect();
     assert_eq!(resumed, uninterrupted);
     labels.names.clear();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A run that streams its corpus from the file: in file order it is the in-memory run,
+/// loss for loss (masks drawn at batch time, gradient accumulation, the batches prepared on
+/// a background thread against on the training thread); shuffled in a buffer, a run
+/// resumed from a checkpoint in its second pass continues as the uninterrupted one, bit for
+/// bit.
+#[test]
+fn a_streamed_run_is_the_in_memory_run_and_resumes_bit_for_bit() {
+    let ctx = &ctx();
+    let dir = temp("stream");
+    let corpus = corpus(&dir);
+    let initial = fixture("fill_mask").join("initial");
+    let tokenizer = Tokenizer::from_dir(&initial).unwrap();
+    let options = DataOptions {
+        whole_word_mask: true,
+        ..DataOptions::new(Task::FillMask, 64)
+    };
+    let labels = LabelNames::default();
+    // 40 texts, batches of 4, 2 an update: 5 updates a pass.
+    let args = TrainingArguments {
+        learning_rate: 2e-3,
+        warmup_steps: 2,
+        per_device_train_batch_size: 4,
+        gradient_accumulation_steps: 2,
+        max_steps: Some(10),
+        logging_steps: 1,
+        seed: 3,
+        ..TrainingArguments::default()
+    };
+    let config = RoFormerConfig::from_file(initial.join("config.json")).unwrap();
+    let weights = roformer_wgpu::io::read_checkpoint(initial.join("model.safetensors")).unwrap();
+    let stream = |buffer| TextStream::open(&corpus, &options, &tokenizer, buffer).unwrap();
+    let run = |data: TrainData, args: &TrainingArguments, out: &Path, steps| {
+        let (model, _) = model_for(
+            ctx,
+            config.clone(),
+            Task::FillMask,
+            &labels,
+            args,
+            Some(&weights),
+        )
+        .unwrap();
+        let mut t = Trainer::new(
+            ctx,
+            &model,
+            Task::FillMask,
+            args.clone(),
+            data,
+            None,
+            &labels,
+            out,
+            Vec::new(),
+        )
+        .unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..steps {
+            ctx.block_on(t.step()).unwrap();
+            losses.push(t.log().get("loss").unwrap().to_bits());
+        }
+        let saved = (steps < 10).then(|| t.save_checkpoint().unwrap());
+        (losses, saved)
+    };
+    let in_order = TrainingArguments {
+        shuffle: false,
+        ..args.clone()
+    };
+    let memory = Dataset::load(&corpus, &options, &tokenizer, &mut LabelNames::default()).unwrap();
+    let on_thread = TrainingArguments {
+        dataloader_num_workers: 0,
+        ..in_order.clone()
+    };
+    let (from_memory, _) = run(memory.into(), &on_thread, &dir.join("memory"), 10);
+    let (streamed, _) = run(stream(8).into(), &in_order, &dir.join("streamed"), 10);
+    assert_eq!(streamed, from_memory, "file order: the in-memory run");
+
+    let (whole, _) = run(stream(8).into(), &args, &dir.join("whole"), 10);
+    assert_ne!(whole, streamed, "shuffled in the buffer");
+    let (first, checkpoint) = run(stream(8).into(), &args, &dir.join("parts"), 6);
+    let checkpoint = checkpoint.unwrap();
+    let state = roformer_wgpu::train::read_state(&checkpoint).unwrap();
+    let position = state.stream.unwrap();
+    assert_eq!((position.epoch, position.updates), (1, 1), "{position:?}");
+    let model = RoFormer::from_pretrained(
+        ctx,
+        checkpoint.join("config.json"),
+        checkpoint.join("model.safetensors"),
+    )
+    .unwrap();
+    let mut t = Trainer::resume(
+        ctx,
+        &model,
+        stream(8),
+        None,
+        &checkpoint,
+        dir.join("parts"),
+        Vec::new(),
+    )
+    .unwrap();
+    let mut resumed = first;
+    for _ in 6..10 {
+        ctx.block_on(t.step()).unwrap();
+        resumed.push(t.log().get("loss").unwrap().to_bits());
+    }
+    assert_eq!(resumed, whole);
+    // A streamed run's checkpoint does not resume with the data in memory.
+    let memory = Dataset::load(&corpus, &options, &tokenizer, &mut LabelNames::default()).unwrap();
+    let err = Trainer::resume(
+        ctx,
+        &model,
+        memory,
+        None,
+        &checkpoint,
+        dir.join("x"),
+        vec![],
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("streamed"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `roformer train --streaming` on a corpus with a line that is not UTF-8 far into it:
+/// the updates before it are trained and checkpointed, then an error naming file and line,
+/// status 1, no half-written checkpoint and no final model.
+#[test]
+fn a_bad_line_mid_stream_is_an_error_naming_file_and_line() {
+    let dir = temp("stream-bad");
+    let mut text = std::fs::read(corpus(&dir)).unwrap();
+    text.extend(b"one more line\ncaf\xe9 au lait\nand more\n");
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, &text).unwrap();
+    let initial = fixture("fill_mask").join("initial");
+    let out = dir.join("out");
+    let train = |file: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--task",
+            "fill-mask",
+            "--model",
+            initial.to_str().unwrap(),
+            "--train",
+            file.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--per-device-train-batch-size",
+            "4",
+            "--save-steps",
+            "3",
+            "--logging-steps",
+            "1",
+            "--json",
+        ];
+        args.extend(extra);
+        roformer(&args)
+    };
+    let o = train(&bad, &["--streaming", "--no-shuffle", "--max-steps", "40"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bad.txt:42: not UTF-8 (byte 3)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The 40 good texts and the next: 10 updates, then the error while reading update 11.
+    let logged = String::from_utf8_lossy(&o.stdout).lines().count();
+    assert_eq!(logged, 10, "{}", String::from_utf8_lossy(&o.stdout));
+    let mut left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["checkpoint-3", "checkpoint-6", "checkpoint-9"]);
+    let state = roformer_wgpu::train::read_state(out.join("checkpoint-9")).unwrap();
+    assert_eq!(state.global_step, 9);
+    // What the command line refuses before training.
+    let csv = fixture("text_classification").join("train.csv");
+    let o = train(&csv, &["--streaming", "--max-steps", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("streaming reads plain text"));
+    for extra in [
+        &["--streaming"][..],
+        &["--streaming", "--max-steps", "2", "--group-by-length"],
+    ] {
+        assert_eq!(train(&bad, extra).status.code(), Some(2), "{extra:?}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

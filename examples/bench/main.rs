@@ -26,6 +26,12 @@
 //! `infer` runs the inference encoder (weights only, masked-LM head) on one request of that
 //! shape: its memory report beside the device's own count of buffer memory, and the time of
 //! a request from submission to results on the host.
+//!
+//!     cargo run --release --example bench -- train-data --config C --tokenizer DIR --train FILE.txt
+//!         [--task fill-mask] [--streaming] [--max-length 32] [--batch 32] [--steps 10] [--rounds 3]
+//!
+//! `train-data` times the trainer's updates with their batches prepared on the training
+//! thread and on a background thread, in alternating rounds (`train_data.rs`).
 
 use roformer_lab::args;
 use roformer_lab::fonts;
@@ -45,6 +51,8 @@ use roformer_wgpu::{Context, DType};
 mod kernels;
 #[cfg(feature = "text")]
 mod text;
+#[cfg(feature = "text")]
+mod train_data;
 
 /// Benchmarks: kernels (the default), a training step, an inference request.
 #[derive(Parser)]
@@ -72,6 +80,10 @@ enum Command {
     /// Sentence embeddings of texts of mixed lengths, batched in order and sorted by length.
     #[cfg(feature = "text")]
     Embed(text::EmbedArgs),
+    /// The trainer's time per update with batches prepared on the training thread and on a
+    /// background thread, interleaved.
+    #[cfg(feature = "text")]
+    TrainData(train_data::TrainDataArgs),
 }
 
 #[derive(Args)]
@@ -374,6 +386,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(Command::Generate(g)) => text::generate(&g),
         #[cfg(feature = "text")]
         Some(Command::Embed(e)) => text::embed(&e),
+        #[cfg(feature = "text")]
+        Some(Command::TrainData(t)) => train_data::run(&t),
         None => kernels::run(&cli.kernels),
     }
 }

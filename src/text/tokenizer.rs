@@ -190,7 +190,9 @@ pub struct SpecialTokens {
     pub mask_token: Option<String>,
 }
 
-/// A text tokenizer. See the module documentation.
+/// A text tokenizer. See the module documentation. (Cloning copies its vocabulary: a
+/// training stream's background thread holds its own.)
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: Backend,
     kind: TokenizerKind,

@@ -120,6 +120,12 @@ pub struct TrainingArguments {
     /// session, so a coarser multiple means fewer sessions (less memory and planning) and
     /// more padding.
     pub pad_to_multiple_of: usize,
+    /// Threads preparing batches (reading and tokenizing streamed text, masking,
+    /// collating) ahead of the update that takes them: 1 (the default here, where
+    /// transformers' is 0), a background thread; 0, each batch prepared when its update
+    /// starts, on the training thread. The batches are the same either way. A browser tab
+    /// has no threads: there batches are always prepared in place.
+    pub dataloader_num_workers: usize,
 }
 
 impl Default for TrainingArguments {
@@ -152,6 +158,7 @@ impl Default for TrainingArguments {
             shuffle: true,
             group_by_length: false,
             pad_to_multiple_of: 8,
+            dataloader_num_workers: 1,
         }
     }
 }
@@ -217,6 +224,12 @@ impl TrainingArguments {
         if self.max_length == Some(0) {
             return bad("max_length", "must be at least 1");
         }
+        if self.dataloader_num_workers > 1 {
+            return bad(
+                "dataloader_num_workers",
+                "0 (batches prepared on the training thread) or 1 (on a background thread)",
+            );
+        }
         Ok(())
     }
 
@@ -274,6 +287,7 @@ mod tests {
         assert!(with(&|a| a.gradient_accumulation_steps = 0).contains("gradient_accumulation"));
         assert!(with(&|a| a.max_steps = Some(0)).starts_with("max_steps"));
         assert!(with(&|a| a.adam_beta2 = 1.0).contains("adam_beta"));
+        assert!(with(&|a| a.dataloader_num_workers = 4).starts_with("dataloader_num_workers"));
         let err = with(&|a| {
             a.load_best_model_at_end = true;
             a.eval_steps = Some(3);

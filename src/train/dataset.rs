@@ -308,17 +308,7 @@ impl Dataset {
         }
         let masking = (options.task == Task::FillMask
             && examples.iter().all(|e| e.labels.is_empty()))
-        .then(|| -> Result<Masking> {
-            let mask_id = tokenizer.special_tokens().mask.ok_or_else(|| {
-                Error::invalid("fill-mask training needs a tokenizer with a mask token")
-            })?;
-            Ok(Masking {
-                probability: options.mlm_probability,
-                whole_word: options.whole_word_mask,
-                mask_id,
-                vocab_size: tokenizer.vocab_size() as u32,
-            })
-        })
+        .then(|| Masking::of(options, tokenizer))
         .transpose()?;
         Ok(Dataset {
             source,
@@ -409,7 +399,7 @@ fn token_ids(records: &Records, r: &Record, options: &DataOptions) -> Result<Exa
 }
 
 #[cfg(feature = "text")]
-fn encode_options(options: &DataOptions) -> EncodeOptions {
+pub(crate) fn encode_options(options: &DataOptions) -> EncodeOptions {
     EncodeOptions {
         truncation: Some(Truncation::LongestFirst),
         max_length: Some(options.max_length),
@@ -418,7 +408,7 @@ fn encode_options(options: &DataOptions) -> EncodeOptions {
 }
 
 #[cfg(feature = "text")]
-fn example_of(e: crate::text::Encoding, labels: Vec<i32>, line: usize) -> Example {
+pub(crate) fn example_of(e: crate::text::Encoding, labels: Vec<i32>, line: usize) -> Example {
     Example {
         input_ids: e.input_ids,
         token_type_ids: e.token_type_ids,
@@ -640,19 +630,42 @@ fn blocks(records: &Records, options: &DataOptions, tokenizer: &Tokenizer) -> Re
             stream.extend(tokenizer.encode(&t)?.input_ids);
         }
     }
-    let size = options.max_length;
     Ok(stream
-        .chunks_exact(size)
-        .map(|block| Example {
-            input_ids: block.to_vec(),
-            token_type_ids: vec![0; size],
-            labels: block.iter().map(|&i| i as i32).collect(),
-            float_labels: Vec::new(),
-            word_ids: (0..size as u32).map(Some).collect(),
-            special: vec![0; size],
-            line: 0,
-        })
+        .chunks_exact(options.max_length)
+        .map(block_example)
         .collect())
+}
+
+#[cfg(feature = "text")]
+/// A causal-LM block of the concatenated token stream: its own labels, no special tokens,
+/// no line (a block spans lines).
+pub(crate) fn block_example(block: &[u32]) -> Example {
+    let size = block.len();
+    Example {
+        input_ids: block.to_vec(),
+        token_type_ids: vec![0; size],
+        labels: block.iter().map(|&i| i as i32).collect(),
+        float_labels: Vec::new(),
+        word_ids: (0..size as u32).map(Some).collect(),
+        special: vec![0; size],
+        line: 0,
+    }
+}
+
+#[cfg(feature = "text")]
+impl Masking {
+    /// The masking `options` ask for, with `tokenizer`'s mask token and vocabulary.
+    pub(crate) fn of(options: &DataOptions, tokenizer: &Tokenizer) -> Result<Masking> {
+        let mask_id = tokenizer.special_tokens().mask.ok_or_else(|| {
+            Error::invalid("fill-mask training needs a tokenizer with a mask token")
+        })?;
+        Ok(Masking {
+            probability: options.mlm_probability,
+            whole_word: options.whole_word_mask,
+            mask_id,
+            vocab_size: tokenizer.vocab_size() as u32,
+        })
+    }
 }
 
 impl Masking {

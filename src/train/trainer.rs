@@ -7,11 +7,16 @@
 //! `pad_to_multiple_of` (8 by default), planned once and kept. Every `logging_steps`
 //! updates a log entry (transformers' `log_history` keys: `loss`, `grad_norm`,
 //! `learning_rate`, `epoch`, `step`), every `eval_steps` an evaluation (`eval_loss` and
-//! the task's metrics), every `save_steps` a checkpoint.
+//! the task's metrics), every `save_steps` a checkpoint. A corpus streamed from its file
+//! ([`TrainData::Stream`]) is visited pass after pass through a shuffle buffer instead (see
+//! [`super::TextStream`]). Natively each update's batches are prepared (masked, padded;
+//! streamed text read and tokenized) on a background thread while the update before runs
+//! (`dataloader_num_workers`).
 //!
-//! Everything an update does is a function of the arguments and its number, and the
-//! optimizer state is saved with the weights, so a run resumed from a checkpoint computes
-//! the same losses as the uninterrupted run, bit for bit, on the same adapter.
+//! Everything an update does is a function of the arguments and its number (with streamed
+//! data, and the updates before it in its pass), and the optimizer state is saved with the
+//! weights (and the stream's position), so a run resumed from a checkpoint computes the same
+//! losses as the uninterrupted run, bit for bit, on the same adapter.
 //!
 //! Where transformers' own conventions are odd, this follows them, so that the two agree
 //! step for step: a RoFormer's forward takes `**kwargs`, so transformers' Trainer hands it
@@ -28,13 +33,16 @@ use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
 use super::args::{Precision, TrainingArguments};
-use super::dataset::{example_rng, Dataset, Example, LabelNames, Task};
+use super::batches::{
+    updates_per_epoch, Layout, MemoryWindows, PreparedBatch, Source, StreamPosition, Window,
+};
+use super::dataset::{Dataset, Example, LabelNames, Task};
 use super::metrics::{self, Predictions};
+use super::prefetch::Feed;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::io::{self, HostTensor};
-use crate::model::{Batch, Mode, RoFormer, Session, StepMetrics};
-use crate::ops::cross_entropy::IGNORE_INDEX;
+use crate::model::{Mode, RoFormer, Session, StepMetrics};
 use crate::ops::elementwise;
 use crate::optim::{LossScaling, Optimizer};
 use crate::tensor::{DType, Tensor};
@@ -99,6 +107,10 @@ pub struct TrainerState {
     pub skipped_updates: u64,
     /// Skipped updates since the last one taken.
     pub overflows_in_a_row: usize,
+    /// Training data that streams: where the stream stands (`None` for data in memory,
+    /// where the update's number says it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamPosition>,
 }
 
 /// What the trainer reports as it goes.
@@ -115,8 +127,11 @@ pub enum TrainEvent<'a> {
         /// The share of its labelled rows or tokens predicted right (as the loss kernel
         /// counts them; `None` with gradient accumulation).
         accuracy: Option<f64>,
-        /// Padded tokens per second of wall time.
+        /// Padded tokens per second of wall time (from the moment its batches were there).
         tokens_per_s: f64,
+        /// Seconds the update waited for its batches: their preparation on the training
+        /// thread, or what the background thread had not yet prepared.
+        data_wait_s: f64,
     },
     /// A training log entry.
     Log(&'a LogEntry),
@@ -126,12 +141,48 @@ pub enum TrainEvent<'a> {
     Checkpoint(&'a Path),
 }
 
+/// The training data of a run: examples held in memory, or a text file read as training
+/// goes. [`Trainer::new`] takes either (`Dataset` and `TextStream` convert into it).
+#[derive(Clone, Debug)]
+pub enum TrainData {
+    /// A dataset held in memory.
+    Memory(Arc<Dataset>),
+    /// A plain-text corpus streamed from its file.
+    #[cfg(feature = "text")]
+    Stream(super::stream::TextStream),
+}
+
+impl From<Dataset> for TrainData {
+    fn from(d: Dataset) -> TrainData {
+        TrainData::Memory(Arc::new(d))
+    }
+}
+
+impl From<Arc<Dataset>> for TrainData {
+    fn from(d: Arc<Dataset>) -> TrainData {
+        TrainData::Memory(d)
+    }
+}
+
+#[cfg(feature = "text")]
+impl From<super::stream::TextStream> for TrainData {
+    fn from(s: super::stream::TextStream) -> TrainData {
+        TrainData::Stream(s)
+    }
+}
+
+impl TrainData {
+    fn streams(&self) -> bool {
+        !matches!(self, TrainData::Memory(_))
+    }
+}
+
 /// Trains a model on a dataset (see the module documentation).
 pub struct Trainer<'m> {
     ctx: &'m Context,
     model: &'m RoFormer,
     /// (Shared, so an evaluation can hold its dataset while it borrows the trainer.)
-    train: Arc<Dataset>,
+    train: TrainData,
     eval: Option<Arc<Dataset>>,
     // (A browser tab saves nothing itself: see `model_files`.)
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
@@ -140,8 +191,10 @@ pub struct Trainer<'m> {
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     extra_files: Vec<PathBuf>,
     state: TrainerState,
-    /// Updates per epoch.
-    updates_per_epoch: u64,
+    /// How examples become batches.
+    layout: Layout,
+    /// The windows of the next updates (started at the first update taken).
+    feed: Option<Feed>,
     /// Sessions by batch shape `(rows, length)`, planned once and kept.
     train_sessions: HashMap<(usize, usize), Session<'m>>,
     eval_sessions: HashMap<(usize, usize), Session<'m>>,
@@ -153,7 +206,7 @@ pub struct Trainer<'m> {
     last_grad_norm: Option<f64>,
     last_lr: f64,
     last_accuracy: Option<f64>,
-    epoch_order: Option<(u64, Vec<usize>)>,
+    last_data_wait: f64,
 }
 
 struct Accumulation<'m> {
@@ -163,34 +216,52 @@ struct Accumulation<'m> {
     optimizer: Optimizer,
 }
 
-/// The session length for a batch whose longest example has `n` tokens: a multiple of
-/// `multiple` (at most `max`, unless the example is longer).
-fn bucket(n: usize, multiple: usize, max: usize) -> usize {
-    n.next_multiple_of(multiple.max(1)).min(max).max(n)
-}
-
 impl<'m> Trainer<'m> {
     /// A new run of `task` on `model` (built for it: its head and, for classification, one
     /// label per name in `labels`), writing to `output_dir`. `extra_files` (the tokenizer's)
-    /// are copied beside every saved model.
+    /// are copied beside every saved model. The training data is a [`Dataset`] or a
+    /// [`TextStream`](super::TextStream) (a run that streams needs `max_steps`, and cannot
+    /// `group_by_length`); the evaluation data is held in memory.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ctx: &'m Context,
         model: &'m RoFormer,
         task: Task,
         args: TrainingArguments,
-        train: Dataset,
+        train: impl Into<TrainData>,
         eval: Option<Dataset>,
         labels: &LabelNames,
         output_dir: impl AsRef<Path>,
         extra_files: Vec<PathBuf>,
     ) -> Result<Trainer<'m>> {
         args.check()?;
-        for (role, data) in [("training", Some(&train)), ("evaluation", eval.as_ref())] {
+        let train = train.into();
+        let in_memory = match &train {
+            TrainData::Memory(d) => Some(d.as_ref()),
+            #[cfg(feature = "text")]
+            TrainData::Stream(_) => None,
+        };
+        for (role, data) in [("training", in_memory), ("evaluation", eval.as_ref())] {
             if let Some(d) = data.filter(|d| d.examples.is_empty()) {
                 return Err(Error::invalid(format!(
                     "the {role} data ({}) has no examples",
                     d.source
+                )));
+            }
+        }
+        #[cfg(feature = "text")]
+        if let TrainData::Stream(stream) = &train {
+            let path = stream.path().display();
+            if stream.task() != task {
+                return Err(Error::invalid(format!(
+                    "{path} was opened for {:?}, and the run is {task:?}",
+                    stream.task()
+                )));
+            }
+            if args.group_by_length {
+                return Err(Error::invalid(format!(
+                    "group_by_length sorts the whole training set by length, and a streamed \
+                     one ({path}) is never held whole: train without one of them"
                 )));
             }
         }
@@ -220,16 +291,34 @@ impl<'m> Trainer<'m> {
                 "gradient_accumulation_steps above 1 trains in f32 only, for now",
             ));
         }
-        let batches = train
-            .examples
-            .len()
-            .div_ceil(args.per_device_train_batch_size) as u64;
-        let updates_per_epoch = batches
-            .div_ceil(args.gradient_accumulation_steps as u64)
-            .max(1);
-        let max_steps = args
-            .max_steps
-            .unwrap_or_else(|| (args.num_train_epochs * updates_per_epoch as f64).ceil() as u64);
+        let max_steps = match (args.max_steps, in_memory) {
+            (Some(steps), _) => steps,
+            (None, Some(d)) => {
+                let per_epoch = updates_per_epoch(
+                    d.examples.len(),
+                    args.per_device_train_batch_size,
+                    args.gradient_accumulation_steps,
+                );
+                (args.num_train_epochs * per_epoch as f64).ceil() as u64
+            }
+            (None, None) => {
+                return Err(Error::invalid(
+                    "max_steps: a run that streams its training data does not know how many \
+                     updates an epoch has before reading the file through: set max_steps (as \
+                     transformers' Trainer asks of a dataset without a length)",
+                ))
+            }
+        };
+        let positions = model.config().max_position_embeddings;
+        let layout = Layout {
+            pad: model.config().pad_token_id.unwrap_or(0),
+            task,
+            seed: args.seed,
+            pad_to_multiple_of: args.pad_to_multiple_of,
+            max_len: args.max_length.map_or(positions, |m| m.min(positions)),
+            batch_size: args.per_device_train_batch_size,
+            accumulation: args.gradient_accumulation_steps,
+        };
         let accumulation = (args.gradient_accumulation_steps > 1)
             .then(|| -> Result<Accumulation<'m>> {
                 let store = model.params();
@@ -259,16 +348,18 @@ impl<'m> Trainer<'m> {
             loss_scale: None,
             skipped_updates: 0,
             overflows_in_a_row: 0,
+            stream: train.streams().then(StreamPosition::default),
         };
         Ok(Trainer {
             ctx,
             model,
-            train: Arc::new(train),
+            train,
             eval: eval.map(Arc::new),
             output_dir: output_dir.as_ref().to_path_buf(),
             extra_files,
             state,
-            updates_per_epoch,
+            layout,
+            feed: None,
             train_sessions: HashMap::new(),
             eval_sessions: HashMap::new(),
             accumulation,
@@ -276,19 +367,20 @@ impl<'m> Trainer<'m> {
             last_grad_norm: None,
             last_lr: 0.0,
             last_accuracy: None,
-            epoch_order: None,
+            last_data_wait: 0.0,
         })
     }
 
     /// Continues the run saved in `checkpoint` (a folder [`Trainer::save_checkpoint`]
     /// wrote): the model must have been loaded from it (its weights, and its precision);
     /// this restores the optimizer moments, the loss scale and the run's state. The data
-    /// and arguments must be the run's.
+    /// and arguments must be the run's (streamed data: the same file, which the resumed run
+    /// reads from the start of the pass it stopped in, skipping the updates already taken).
     #[allow(clippy::too_many_arguments)]
     pub fn resume(
         ctx: &'m Context,
         model: &'m RoFormer,
-        train: Dataset,
+        train: impl Into<TrainData>,
         eval: Option<Dataset>,
         checkpoint: impl AsRef<Path>,
         output_dir: impl AsRef<Path>,
@@ -296,6 +388,17 @@ impl<'m> Trainer<'m> {
     ) -> Result<Trainer<'m>> {
         let dir = checkpoint.as_ref();
         let state = read_state(dir)?;
+        let train = train.into();
+        if state.stream.is_some() != train.streams() {
+            let (was, is) = match state.stream {
+                Some(_) => ("streamed", "is held in memory"),
+                None => ("was held in memory", "streams"),
+            };
+            return Err(Error::invalid(format!(
+                "{}: the run's training data {was}, and the data given to resume it {is}",
+                dir.display()
+            )));
+        }
         let labels = LabelNames {
             names: state.labels.clone(),
             from_model: true,
@@ -336,112 +439,43 @@ impl<'m> Trainer<'m> {
         &self.state
     }
 
-    /// The longest sequence a session takes.
-    fn max_len(&self) -> usize {
-        let positions = self.model.config().max_position_embeddings;
-        self.state
-            .args
-            .max_length
-            .map_or(positions, |m| m.min(positions))
-    }
-
-    /// The example indices of epoch `epoch` in visiting order.
-    fn order(&mut self, epoch: u64) -> &[usize] {
-        if self.epoch_order.as_ref().map(|o| o.0) != Some(epoch) {
-            let mut order: Vec<usize> = (0..self.train.examples.len()).collect();
-            if self.state.args.shuffle {
-                use rand::seq::SliceRandom;
-                let mut rng = example_rng(self.state.args.seed, epoch, usize::MAX);
-                order.shuffle(&mut rng);
-            }
-            if self.state.args.group_by_length {
-                // As transformers' LengthGroupedSampler: groups of 50 batches, each sorted
-                // longest first.
-                let group = 50 * self.state.args.per_device_train_batch_size;
-                let examples = &self.train.examples;
-                for chunk in order.chunks_mut(group) {
-                    chunk.sort_by_key(|&i| std::cmp::Reverse(examples[i].len()));
-                }
-            }
-            self.epoch_order = Some((epoch, order));
-        }
-        &self.epoch_order.as_ref().expect("set above").1
-    }
-
-    /// The batches (example indices) of update `step` (1-based).
-    fn window(&mut self, step: u64) -> (u64, Vec<Vec<usize>>) {
-        let epoch = (step - 1) / self.updates_per_epoch;
-        let index = ((step - 1) % self.updates_per_epoch) as usize;
-        let (b, g) = (
-            self.state.args.per_device_train_batch_size,
-            self.state.args.gradient_accumulation_steps,
-        );
-        let order = self.order(epoch);
-        let start = (index * g * b).min(order.len());
-        let window = order[start..]
-            .chunks(b)
-            .take(g)
-            .map(<[usize]>::to_vec)
-            .collect();
-        (epoch, window)
-    }
-
-    /// A batch of `rows` rows of length `seq` from the examples (masked at batch time for
-    /// fill-mask data without labels), padded with empty rows.
-    fn batch(
-        &self,
-        dataset: &Dataset,
-        indices: &[usize],
-        rows: usize,
-        seq: usize,
-        epoch: u64,
-    ) -> Batch {
-        let pad = self.model.config().pad_token_id.unwrap_or(0);
-        let per_sequence = self.state.task == Task::TextClassification;
-        let mut b = Batch::default();
-        for row in 0..rows {
-            let Some(&i) = indices.get(row) else {
-                // (Float labels have no "ignored" value: their batches are never padded.)
-                b.input_ids.extend(std::iter::repeat_n(pad, seq));
-                b.token_type_ids.extend(std::iter::repeat_n(0, seq));
-                b.attention_mask.extend(std::iter::repeat_n(0, seq));
-                b.labels.extend(std::iter::repeat_n(
-                    IGNORE_INDEX,
-                    if per_sequence { 1 } else { seq },
-                ));
-                continue;
+    /// The window of update `step`, from the feed (started from where the run stands when
+    /// there is none).
+    fn next_window(&mut self, step: u64) -> Result<Window> {
+        if self.feed.is_none() {
+            let source = match &self.train {
+                TrainData::Memory(d) => Source::Memory(MemoryWindows::new(
+                    Arc::clone(d),
+                    self.layout.clone(),
+                    self.state.args.shuffle,
+                    self.state.args.group_by_length,
+                    step,
+                )),
+                #[cfg(feature = "text")]
+                TrainData::Stream(s) => Source::Stream(super::stream::StreamWindows::new(
+                    s.clone(),
+                    self.layout.clone(),
+                    self.state.args.shuffle,
+                    self.state.stream.unwrap_or_default(),
+                    step,
+                )),
             };
-            let e: &Example = &dataset.examples[i];
-            let (ids, labels) = match &dataset.masking {
-                Some(m) => m.apply(e, &mut example_rng(self.state.args.seed, epoch, i)),
-                None => (e.input_ids.clone(), e.labels.clone()),
-            };
-            let n = ids.len().min(seq);
-            b.input_ids.extend(&ids[..n]);
-            b.input_ids.extend(std::iter::repeat_n(pad, seq - n));
-            b.token_type_ids.extend(&e.token_type_ids[..n]);
-            b.token_type_ids.extend(std::iter::repeat_n(0, seq - n));
-            b.attention_mask.extend(std::iter::repeat_n(1, n));
-            b.attention_mask.extend(std::iter::repeat_n(0, seq - n));
-            if !e.float_labels.is_empty() {
-                b.float_labels.extend(&e.float_labels);
-            } else if per_sequence {
-                b.labels.push(labels[0]);
-            } else {
-                b.labels.extend(&labels[..n]);
-                b.labels.extend(std::iter::repeat_n(IGNORE_INDEX, seq - n));
-            }
+            let background = self.state.args.dataloader_num_workers > 0;
+            self.feed = Some(Feed::start(source, background)?);
         }
-        b
+        let window = self.feed.as_mut().expect("started above").next_window()?;
+        if window.step != step {
+            return Err(Error::invalid(format!(
+                "the batches prepared were update {}'s, and update {step} is next",
+                window.step
+            )));
+        }
+        Ok(window)
     }
 
-    fn seq_of(&self, dataset: &Dataset, indices: &[usize]) -> usize {
-        let longest = indices
-            .iter()
-            .map(|&i| dataset.examples[i].len())
-            .max()
-            .unwrap_or(1);
-        bucket(longest, self.state.args.pad_to_multiple_of, self.max_len())
+    /// Seconds the last update waited for its batches (see [`TrainEvent::Step`]).
+    pub fn last_data_wait(&self) -> f64 {
+        self.last_data_wait
     }
 
     /// The share of the last update's labelled rows or tokens predicted right, as
@@ -452,18 +486,39 @@ impl<'m> Trainer<'m> {
     }
 
     /// Runs update `global_step + 1`: its batches, forward, backward, clipping and AdamW.
+    /// Returns padded tokens per second.
     pub async fn step(&mut self) -> Result<f64> {
         let step = self.state.global_step + 1;
-        let (epoch, window) = self.window(step);
+        let waiting = Instant::now();
+        let result = match self.next_window(step) {
+            Ok(window) => {
+                self.last_data_wait = waiting.elapsed().as_secs_f64();
+                self.update(step, window).await
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // The feed ran ahead of the failed update: a later one starts a new feed from
+            // where the run stands.
+            self.feed = None;
+        }
+        result
+    }
+
+    async fn update(&mut self, step: u64, window: Window) -> Result<f64> {
         let start = Instant::now();
         let mut tokens = 0;
         let loss;
+        let position = window.position;
         if self.accumulation.is_none() {
-            let batch_indices = &window[0];
+            let PreparedBatch {
+                batch, rows, seq, ..
+            } = window
+                .batches
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::invalid(format!("update {step} has no batch")))?;
             // A session per batch shape: the last batch of an epoch may be smaller.
-            let rows = batch_indices.len();
-            let seq = self.seq_of(&self.train, batch_indices);
-            let batch = self.batch(&self.train, batch_indices, rows, seq, epoch);
             tokens += rows * seq;
             let (ctx, model) = (self.ctx, self.model);
             let options = self.state.args.train_options(self.state.max_steps);
@@ -512,11 +567,14 @@ impl<'m> Trainer<'m> {
             }
         } else {
             loss = self
-                .accumulated_step(step, epoch, &window, &mut tokens)
+                .accumulated_step(step, &window.batches, &mut tokens)
                 .await?;
         }
         let seconds = start.elapsed().as_secs_f64();
         self.state.global_step = step;
+        if position.is_some() {
+            self.state.stream = position;
+        }
         self.state.seconds += seconds;
         self.since_log.push(loss);
         Ok(tokens as f64 / seconds)
@@ -546,36 +604,22 @@ impl<'m> Trainer<'m> {
     async fn accumulated_step(
         &mut self,
         step: u64,
-        epoch: u64,
-        window: &[Vec<usize>],
+        window: &[PreparedBatch],
         tokens: &mut usize,
     ) -> Result<f64> {
         let (ctx, model) = (self.ctx, self.model);
         let causal = self.state.task == Task::TextGeneration;
         // transformers' count of the window's labelled tokens (a causal LM's shifted).
-        let counts: Vec<usize> = window
-            .iter()
-            .map(|indices| {
-                indices
-                    .iter()
-                    .map(|&i| {
-                        let labels = &self.train.examples[i].labels;
-                        let from = usize::from(causal);
-                        labels
-                            .iter()
-                            .skip(from)
-                            .filter(|&&l| l != IGNORE_INDEX)
-                            .count()
-                    })
-                    .sum()
-            })
-            .collect();
-        let total: usize = counts.iter().sum::<usize>().max(1);
+        let total: usize = window.iter().map(|b| b.labelled).sum::<usize>().max(1);
         let mut loss = 0.0;
-        for (k, indices) in window.iter().enumerate() {
-            let rows = indices.len();
-            let seq = self.seq_of(&self.train, indices);
-            let batch = self.batch(&self.train, indices, rows, seq, epoch);
+        for (k, prepared) in window.iter().enumerate() {
+            let PreparedBatch {
+                batch,
+                rows,
+                seq,
+                labelled,
+            } = prepared;
+            let (rows, seq) = (*rows, *seq);
             *tokens += rows * seq;
             let acc = self.accumulation.as_mut().expect("accumulating");
             let session = match acc.sessions.entry((rows, seq)) {
@@ -584,12 +628,12 @@ impl<'m> Trainer<'m> {
                     v.insert(model.session(ctx, rows, seq, Mode::Gradients)?)
                 }
             };
-            session.set_batch(ctx, &batch)?;
+            session.set_batch(ctx, batch)?;
             let pending = session.step(ctx)?;
             // This batch's share: the causal LM's loss is over the window's tokens, the
             // others' is each batch's mean (summed over the window, as transformers).
             let factor = if causal {
-                counts[k] as f32 / total as f32
+                *labelled as f32 / total as f32
             } else {
                 1.0
             };
@@ -667,19 +711,23 @@ impl<'m> Trainer<'m> {
     /// batches (with gradient accumulation the last window of an epoch may be shorter).
     fn epoch(&self) -> f64 {
         let step = self.state.global_step;
+        let data = match (&self.state.stream, &self.train) {
+            (Some(position), _) => return position.progress,
+            (None, TrainData::Memory(d)) => d,
+            #[cfg(feature = "text")]
+            (None, TrainData::Stream(_)) => return 0.0,
+        };
         if step == 0 {
             return 0.0;
         }
-        let batches = self
-            .train
-            .examples
-            .len()
-            .div_ceil(self.state.args.per_device_train_batch_size) as u64;
-        let g = self.state.args.gradient_accumulation_steps as u64;
-        let (epoch, window) = (
-            (step - 1) / self.updates_per_epoch,
-            (step - 1) % self.updates_per_epoch,
+        let (b, g) = (
+            self.state.args.per_device_train_batch_size,
+            self.state.args.gradient_accumulation_steps,
         );
+        let per_epoch = updates_per_epoch(data.examples.len(), b, g);
+        let batches = data.examples.len().div_ceil(b) as u64;
+        let g = g as u64;
+        let (epoch, window) = ((step - 1) / per_epoch, (step - 1) % per_epoch);
         let done = ((window + 1) * g).min(batches);
         epoch as f64 + done as f64 / batches as f64
     }
@@ -688,7 +736,18 @@ impl<'m> Trainer<'m> {
     /// (the batches' mean losses weighted by their sequences, as transformers averages) and
     /// the task's metrics ([`super::metrics`]), recorded in the history.
     pub async fn evaluate(&mut self) -> Result<LogEntry> {
-        let dataset = Arc::clone(self.eval.as_ref().unwrap_or(&self.train));
+        let dataset = match (&self.eval, &self.train) {
+            (Some(eval), _) => Arc::clone(eval),
+            (None, TrainData::Memory(train)) => Arc::clone(train),
+            #[cfg(feature = "text")]
+            (None, TrainData::Stream(s)) => {
+                return Err(Error::invalid(format!(
+                    "nothing to evaluate: no evaluation data, and the training data streams \
+                     from {} (evaluation data is held in memory: give an evaluation file)",
+                    s.path().display()
+                )))
+            }
+        };
         self.evaluate_on(&dataset, "eval").await
     }
 
@@ -711,10 +770,14 @@ impl<'m> Trainer<'m> {
         let mut float_correct = 0usize;
         let width = self.model.head().classes(self.model.config());
         for indices in order.chunks(self.state.args.per_device_eval_batch_size) {
-            let rows = indices.len();
-            let seq = self.seq_of(dataset, indices);
+            let examples: Vec<(&Example, usize)> =
+                indices.iter().map(|&i| (&dataset.examples[i], i)).collect();
             // Fill-mask evaluation masks the same way every time (a fixed epoch).
-            let batch = self.batch(dataset, indices, rows, seq, u64::MAX);
+            let PreparedBatch {
+                batch, rows, seq, ..
+            } = self
+                .layout
+                .collate(&examples, dataset.masking.as_ref(), u64::MAX);
             let (ctx, model) = (self.ctx, self.model);
             let session = match self.eval_sessions.entry((rows, seq)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -920,6 +983,7 @@ impl<'m> Trainer<'m> {
                 loss: *self.since_log.last().unwrap_or(&f64::NAN),
                 accuracy: self.last_accuracy,
                 tokens_per_s,
+                data_wait_s: self.last_data_wait,
             });
             if step % args.logging_steps == 0 || step == last {
                 let entry = self.log();

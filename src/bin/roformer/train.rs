@@ -11,7 +11,8 @@ use roformer_wgpu::model::{RoFormer, RoFormerConfig};
 use roformer_wgpu::text::Tokenizer;
 use roformer_wgpu::train::{
     checkpoints, model_for, Columns, DataOptions, Dataset, LabelNames, LogEntry, Precision,
-    SchedulerType, Task, TrainEvent, Trainer, TrainingArguments,
+    SchedulerType, Task, TextStream, TrainData, TrainEvent, Trainer, TrainingArguments,
+    DEFAULT_SHUFFLE_BUFFER_SIZE,
 };
 use roformer_wgpu::Context;
 
@@ -38,9 +39,18 @@ pub struct TrainArgs {
     /// .conll.
     #[arg(long)]
     train: PathBuf,
-    /// An evaluation file, in the same kinds.
+    /// An evaluation file, in the same kinds (held in memory, also when training streams).
     #[arg(long)]
     eval: Option<PathBuf>,
+    /// Read and tokenize the training file as training goes, a shuffle buffer in memory
+    /// rather than the whole file (datasets' streaming=True): for fill-mask and
+    /// text-generation on a .txt corpus, of any size; needs --max-steps.
+    #[arg(long, requires = "max_steps", conflicts_with = "group_by_length")]
+    streaming: bool,
+    /// --streaming: examples in the shuffle buffer (1: file order).
+    #[arg(long, default_value_t = DEFAULT_SHUFFLE_BUFFER_SIZE as u64, requires = "streaming",
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    shuffle_buffer_size: u64,
     /// Where checkpoints and the trained model go.
     #[arg(long)]
     output_dir: PathBuf,
@@ -151,6 +161,10 @@ pub struct TrainArgs {
     /// planned once, so a larger N plans fewer sessions and pads more.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pad_to_multiple_of: u64,
+    /// 1: batches are read, tokenized, masked and padded on a background thread while the
+    /// GPU runs the update before; 0: on the training thread (the same batches).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=1))]
+    dataloader_num_workers: u64,
 }
 
 fn parse_task(s: &str) -> Result<Task, String> {
@@ -242,6 +256,7 @@ impl TrainArgs {
             shuffle: !self.no_shuffle,
             group_by_length: self.group_by_length,
             pad_to_multiple_of: count(self.pad_to_multiple_of),
+            dataloader_num_workers: count(self.dataloader_num_workers),
             ..TrainingArguments::default()
         }
     }
@@ -308,11 +323,17 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
     } else {
         LabelNames::default()
     };
-    let train = Dataset::load(&a.train, &options, &tokenizer, &mut labels)?;
-    if problem_type == "regression" && a.task == Task::TextClassification {
-        // Regression's width is the data's targets.
-        config.num_labels = Some(train.examples[0].float_labels.len());
-    }
+    let train: TrainData = if a.streaming {
+        let buffer = usize::try_from(a.shuffle_buffer_size).unwrap_or(usize::MAX);
+        TextStream::open(&a.train, &options, &tokenizer, buffer)?.into()
+    } else {
+        let train = Dataset::load(&a.train, &options, &tokenizer, &mut labels)?;
+        if problem_type == "regression" && a.task == Task::TextClassification {
+            // Regression's width is the data's targets.
+            config.num_labels = Some(train.examples[0].float_labels.len());
+        }
+        train.into()
+    };
     let eval = a
         .eval
         .as_ref()

@@ -29,11 +29,13 @@ mod args;
 #[cfg(feature = "text")]
 pub mod data;
 mod dataset;
+pub mod distributed;
 pub mod metrics;
 mod trainer;
 
 pub use args::{Precision, SchedulerType, TrainingArguments};
 pub use dataset::{Columns, DataOptions, Dataset, Example, LabelNames, Masking, Task};
+pub use distributed::Distributed;
 #[cfg(not(target_arch = "wasm32"))]
 pub use trainer::{checkpoints, model_for};
 pub use trainer::{model_for_async, read_state, LogEntry, TrainEvent, Trainer, TrainerState};

@@ -29,6 +29,7 @@ use web_time::Instant;
 
 use super::args::{Precision, TrainingArguments};
 use super::dataset::{example_rng, Dataset, Example, LabelNames, Task};
+use super::distributed::{self, Distributed};
 use super::metrics::{self, Predictions};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -99,6 +100,14 @@ pub struct TrainerState {
     pub skipped_updates: u64,
     /// Skipped updates since the last one taken.
     pub overflows_in_a_row: usize,
+    /// Data-parallel ranks the run trains on (1: one process); a resumed run must have as
+    /// many.
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// What the trainer reports as it goes.
@@ -154,6 +163,8 @@ pub struct Trainer<'m> {
     last_lr: f64,
     last_accuracy: Option<f64>,
     epoch_order: Option<(u64, Vec<usize>)>,
+    /// Data-parallel training: this rank's place and communicator (`None`: one process).
+    distributed: Option<&'m Distributed>,
 }
 
 struct Accumulation<'m> {
@@ -161,6 +172,19 @@ struct Accumulation<'m> {
     /// The window's gradients so far, chunk by chunk as the store lays them out.
     sums: Vec<Tensor>,
     optimizer: Optimizer,
+}
+
+/// Updates per epoch and in all, for `examples` training examples over `ranks`
+/// data-parallel ranks.
+fn updates(args: &TrainingArguments, examples: usize, ranks: usize) -> (u64, u64) {
+    let batches = distributed::batches_per_epoch(examples, args.per_device_train_batch_size, ranks);
+    let per_epoch = batches
+        .div_ceil(args.gradient_accumulation_steps as u64)
+        .max(1);
+    let max_steps = args
+        .max_steps
+        .unwrap_or_else(|| (args.num_train_epochs * per_epoch as f64).ceil() as u64);
+    (per_epoch, max_steps)
 }
 
 /// The session length for a batch whose longest example has `n` tokens: a multiple of
@@ -220,16 +244,7 @@ impl<'m> Trainer<'m> {
                 "gradient_accumulation_steps above 1 trains in f32 only, for now",
             ));
         }
-        let batches = train
-            .examples
-            .len()
-            .div_ceil(args.per_device_train_batch_size) as u64;
-        let updates_per_epoch = batches
-            .div_ceil(args.gradient_accumulation_steps as u64)
-            .max(1);
-        let max_steps = args
-            .max_steps
-            .unwrap_or_else(|| (args.num_train_epochs * updates_per_epoch as f64).ceil() as u64);
+        let (updates_per_epoch, max_steps) = updates(&args, train.examples.len(), 1);
         let accumulation = (args.gradient_accumulation_steps > 1)
             .then(|| -> Result<Accumulation<'m>> {
                 let store = model.params();
@@ -259,6 +274,7 @@ impl<'m> Trainer<'m> {
             loss_scale: None,
             skipped_updates: 0,
             overflows_in_a_row: 0,
+            world_size: 1,
         };
         Ok(Trainer {
             ctx,
@@ -277,7 +293,107 @@ impl<'m> Trainer<'m> {
             last_lr: 0.0,
             last_accuracy: None,
             epoch_order: None,
+            distributed: None,
         })
+    }
+
+    /// Makes this trainer rank `d.rank()` of a data-parallel run (see
+    /// [`super::distributed`]): each update runs this rank's shard of a global batch of
+    /// `d.size() × per_device_train_batch_size` and averages the gradients over the ranks;
+    /// rank 0 alone logs, evaluates and saves. Call it on every rank, before the first
+    /// update, after [`Trainer::new`] or [`Trainer::resume`]: the ranks compare their
+    /// adapters, configurations and arguments, weights (and optimizer state) and training
+    /// data, and fail alike, naming what differs; a resumed run must have the checkpoint's
+    /// count of ranks. A run in f32 without gradient accumulation, for now.
+    pub fn distributed(mut self, d: &'m Distributed) -> Result<Trainer<'m>> {
+        let args = &self.state.args;
+        if !self.train_sessions.is_empty() {
+            return Err(Error::invalid(
+                "Trainer::distributed must come before the first update",
+            ));
+        }
+        if self.state.global_step > 0 && self.state.world_size != d.size() {
+            return Err(Error::invalid(format!(
+                "the checkpoint's run trained on {} ranks of per_device_train_batch_size {}                  (a global batch of {}); this one has {} ranks: resume with mpirun -np {}",
+                self.state.world_size,
+                args.per_device_train_batch_size,
+                self.state.world_size * args.per_device_train_batch_size,
+                d.size(),
+                self.state.world_size
+            )));
+        }
+        if args.gradient_accumulation_steps > 1 {
+            return Err(Error::invalid(
+                "data-parallel training with gradient_accumulation_steps above 1 is not                  supported yet: raise per_device_train_batch_size or the count of ranks",
+            ));
+        }
+        // Everything that decides the updates must be the same on every rank.
+        let caps = self.ctx.capabilities();
+        let adapter = format!("{} {:?} {}", caps.adapter_name, caps.backend, caps.driver);
+        d.agree(
+            "adapter",
+            distributed::Fnv::default().bytes(adapter.as_bytes()).finish(),
+            &format!(
+                "this rank has {adapter}; give every rank the same kind of GPU and driver                  (WGPU_ADAPTER_NAME)"
+            ),
+        )?;
+        let setup = serde_json::to_string(&(
+            self.model.config(),
+            &self.state,
+            self.model.head().architecture(),
+        ))
+        .map_err(|e| Error::invalid(format!("the run's settings: {e}")))?;
+        d.agree(
+            "model configuration, arguments and run state",
+            distributed::Fnv::default().bytes(setup.as_bytes()).finish(),
+            "start every rank with the same command line, model and checkpoint",
+        )?;
+        let mut weights = distributed::Fnv::default();
+        for (name, shape, values) in self.model.params().read_values(self.ctx)?.wait(self.ctx)? {
+            weights.bytes(name.as_bytes()).words(&shape).words(&values);
+        }
+        let (m, v) = self.model.params().download_moments(self.ctx)?;
+        weights.words(&m).words(&v);
+        d.agree(
+            "initial weights and optimizer state",
+            weights.finish(),
+            "every rank must load the same model or checkpoint (and the same seed)",
+        )?;
+        let mut data = distributed::Fnv::default();
+        data.bytes(format!("{:?}", self.train.masking).as_bytes());
+        for e in &self.train.examples {
+            data.words(&e.input_ids)
+                .words(&e.token_type_ids)
+                .words(&e.labels)
+                .words(&e.float_labels);
+        }
+        d.agree(
+            "training data",
+            data.finish(),
+            "every rank must read the same training file with the same tokenizer",
+        )?;
+        if self.state.global_step == 0 {
+            (self.updates_per_epoch, self.state.max_steps) =
+                updates(&self.state.args, self.train.examples.len(), d.size());
+            self.state.world_size = d.size();
+        } else {
+            self.updates_per_epoch =
+                updates(&self.state.args, self.train.examples.len(), d.size()).0;
+        }
+        self.epoch_order = None;
+        self.distributed = Some(d);
+        Ok(self)
+    }
+
+    /// Whether this process logs, evaluates and saves: rank 0 of a data-parallel run, or
+    /// the one process.
+    pub fn is_main(&self) -> bool {
+        self.distributed.is_none_or(|d| d.is_main())
+    }
+
+    /// `(rank, ranks)`: this process's place in a data-parallel run, `(0, 1)` alone.
+    fn ranks(&self) -> (usize, usize) {
+        self.distributed.map_or((0, 1), |d| (d.rank(), d.size()))
     }
 
     /// Continues the run saved in `checkpoint` (a folder [`Trainer::save_checkpoint`]
@@ -357,23 +473,26 @@ impl<'m> Trainer<'m> {
             if self.state.args.group_by_length {
                 // As transformers' LengthGroupedSampler: groups of 50 batches, each sorted
                 // longest first.
-                let group = 50 * self.state.args.per_device_train_batch_size;
+                let group = 50 * self.state.args.per_device_train_batch_size * self.ranks().1;
                 let examples = &self.train.examples;
                 for chunk in order.chunks_mut(group) {
                     chunk.sort_by_key(|&i| std::cmp::Reverse(examples[i].len()));
                 }
             }
+            distributed::pad_order(&mut order, self.ranks().1);
             self.epoch_order = Some((epoch, order));
         }
         &self.epoch_order.as_ref().expect("set above").1
     }
 
-    /// The batches (example indices) of update `step` (1-based).
+    /// The batches (example indices) of update `step` (1-based): in a data-parallel run,
+    /// this rank's shards of the global batches.
     fn window(&mut self, step: u64) -> (u64, Vec<Vec<usize>>) {
         let epoch = (step - 1) / self.updates_per_epoch;
         let index = ((step - 1) % self.updates_per_epoch) as usize;
+        let (rank, ranks) = self.ranks();
         let (b, g) = (
-            self.state.args.per_device_train_batch_size,
+            self.state.args.per_device_train_batch_size * ranks,
             self.state.args.gradient_accumulation_steps,
         );
         let order = self.order(epoch);
@@ -381,7 +500,7 @@ impl<'m> Trainer<'m> {
         let window = order[start..]
             .chunks(b)
             .take(g)
-            .map(<[usize]>::to_vec)
+            .map(|global| distributed::shard(global, rank, ranks))
             .collect();
         (epoch, window)
     }
@@ -453,6 +572,13 @@ impl<'m> Trainer<'m> {
 
     /// Runs update `global_step + 1`: its batches, forward, backward, clipping and AdamW.
     pub async fn step(&mut self) -> Result<f64> {
+        if self.state.world_size != self.ranks().1 {
+            return Err(Error::invalid(format!(
+                "the checkpoint's run trained on {} data-parallel ranks; resume it with \
+                 mpirun -np {} (and the `mpi` feature)",
+                self.state.world_size, self.state.world_size
+            )));
+        }
         let step = self.state.global_step + 1;
         let (epoch, window) = self.window(step);
         let start = Instant::now();
@@ -482,7 +608,14 @@ impl<'m> Trainer<'m> {
                 .optimizer()
                 .expect("a training session")
                 .set_step(step - 1 - skipped);
-            let m: StepMetrics = session.step(ctx)?.await?;
+            let m: StepMetrics = match self.distributed {
+                None => session.step(ctx)?.await?,
+                Some(d) => {
+                    let (m, all_tokens) = d.step(ctx, session, tokens)?;
+                    tokens = all_tokens;
+                    m
+                }
+            };
             let overflowed = m.skipped && m.loss.is_finite() && m.loss_scale.is_some();
             if !overflowed && (!m.loss.is_finite() || !m.grad_norm.is_none_or(f32::is_finite)) {
                 // AdamW skipped the update: replay the step call by call to name the
@@ -670,11 +803,11 @@ impl<'m> Trainer<'m> {
         if step == 0 {
             return 0.0;
         }
-        let batches = self
-            .train
-            .examples
-            .len()
-            .div_ceil(self.state.args.per_device_train_batch_size) as u64;
+        let batches = distributed::batches_per_epoch(
+            self.train.examples.len(),
+            self.state.args.per_device_train_batch_size,
+            self.ranks().1,
+        );
         let g = self.state.args.gradient_accumulation_steps as u64;
         let (epoch, window) = (
             (step - 1) / self.updates_per_epoch,
@@ -910,6 +1043,13 @@ impl<'m> Trainer<'m> {
     pub fn train(&mut self, mut on_event: impl FnMut(TrainEvent<'_>)) -> Result<()> {
         let args = self.state.args.clone();
         let last = self.state.max_steps;
+        // A data-parallel run's rank 0 alone reports, evaluates and saves.
+        let main = self.is_main();
+        let mut on_event = |e: TrainEvent<'_>| {
+            if main {
+                on_event(e)
+            }
+        };
         let mut stop = false;
         while self.state.global_step < last && !stop {
             let tokens_per_s = self.ctx.block_on(self.step())?;
@@ -930,12 +1070,12 @@ impl<'m> Trainer<'m> {
                 && args.eval_steps.is_some_and(|e| step % e == 0)
                 && step < last;
             let mut entry = None;
-            if evaluate {
+            if evaluate && main {
                 let e = self.ctx.block_on(self.evaluate())?;
                 on_event(TrainEvent::Eval(&e));
                 entry = Some(e);
             }
-            if args.save_steps > 0 && step % args.save_steps == 0 && step < last {
+            if args.save_steps > 0 && step % args.save_steps == 0 && step < last && main {
                 let path = self.save_checkpoint()?;
                 if let Some(e) = &entry {
                     stop = self.judge(e, Some(&path));
@@ -946,6 +1086,17 @@ impl<'m> Trainer<'m> {
             } else if let Some(e) = &entry {
                 stop = self.judge(e, None);
             }
+            if let (true, Some(d)) = (evaluate, self.distributed) {
+                // Early stopping is rank 0's call.
+                stop = d.broadcast_flag("the early-stopping decision", stop)?;
+            }
+        }
+        if !main {
+            // Done when rank 0 has evaluated and saved (or the run ends with its error).
+            if let Some(d) = self.distributed {
+                d.barrier("waiting for rank 0 to save the model")?;
+            }
+            return Ok(());
         }
         // The last update's evaluation when there is evaluation data (as transformers'
         // Trainer, none without), unless the loop did it (early stopping) or the run was
@@ -980,7 +1131,11 @@ impl<'m> Trainer<'m> {
         self.save_model(self.output_dir.clone())?;
         let text = serde_json::to_string_pretty(&self.state)
             .map_err(|e| Error::invalid(format!("writing trainer_state.json: {e}")))?;
-        io::write_atomic(self.output_dir.join("trainer_state.json"), text.as_bytes())
+        io::write_atomic(self.output_dir.join("trainer_state.json"), text.as_bytes())?;
+        if let Some(d) = self.distributed {
+            d.barrier("waiting for rank 0 to save the model")?;
+        }
+        Ok(())
     }
 
     #[cfg(not(target_arch = "wasm32"))]

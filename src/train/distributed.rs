@@ -263,6 +263,7 @@ impl Distributed {
 
 #[cfg(feature = "mpi")]
 mod with_mpi {
+    use std::io::Write;
     use std::sync::{Arc, Condvar, Mutex};
     use std::time::{Duration, Instant};
 
@@ -316,7 +317,7 @@ mod with_mpi {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
                 previous(info);
-                eprintln!("rank {rank}: panicked; ending the run");
+                let _ = writeln!(std::io::stderr(), "rank {rank}: panicked; ending the run");
                 std::process::exit(101);
             }));
             Ok(Some(Distributed {
@@ -425,7 +426,8 @@ mod with_mpi {
                     };
                     let now = Instant::now();
                     if now >= d.at {
-                        eprintln!(
+                        let _ = writeln!(
+                            std::io::stderr(),
                             "rank {rank}: error: {} waited {:.0} s for the other ranks (one has \
                              died, hangs or failed): ending the run",
                             d.what,

@@ -304,7 +304,7 @@ impl<'m> Trainer<'m> {
     /// update, after [`Trainer::new`] or [`Trainer::resume`]: the ranks compare their
     /// adapters, configurations and arguments, weights (and optimizer state) and training
     /// data, and fail alike, naming what differs; a resumed run must have the checkpoint's
-    /// count of ranks. A run in f32 without gradient accumulation, for now.
+    /// count of ranks. Without gradient accumulation, for now.
     pub fn distributed(mut self, d: &'m Distributed) -> Result<Trainer<'m>> {
         let args = &self.state.args;
         if !self.train_sessions.is_empty() {
@@ -312,19 +312,10 @@ impl<'m> Trainer<'m> {
                 "Trainer::distributed must come before the first update",
             ));
         }
-        if self.state.global_step > 0 && self.state.world_size != d.size() {
-            return Err(Error::invalid(format!(
-                "the checkpoint's run trained on {} ranks of per_device_train_batch_size {}                  (a global batch of {}); this one has {} ranks: resume with mpirun -np {}",
-                self.state.world_size,
-                args.per_device_train_batch_size,
-                self.state.world_size * args.per_device_train_batch_size,
-                d.size(),
-                self.state.world_size
-            )));
-        }
         if args.gradient_accumulation_steps > 1 {
             return Err(Error::invalid(
-                "data-parallel training with gradient_accumulation_steps above 1 is not                  supported yet: raise per_device_train_batch_size or the count of ranks",
+                "data-parallel training with gradient_accumulation_steps above 1 is not \
+                 supported yet: raise per_device_train_batch_size or the count of ranks",
             ));
         }
         // Everything that decides the updates must be the same on every rank.
@@ -332,9 +323,12 @@ impl<'m> Trainer<'m> {
         let adapter = format!("{} {:?} {}", caps.adapter_name, caps.backend, caps.driver);
         d.agree(
             "adapter",
-            distributed::Fnv::default().bytes(adapter.as_bytes()).finish(),
+            distributed::Fnv::default()
+                .bytes(adapter.as_bytes())
+                .finish(),
             &format!(
-                "this rank has {adapter}; give every rank the same kind of GPU and driver                  (WGPU_ADAPTER_NAME)"
+                "this rank has {adapter}; give every rank the same kind of GPU and driver \
+                 (WGPU_ADAPTER_NAME)"
             ),
         )?;
         let setup = serde_json::to_string(&(
@@ -377,6 +371,8 @@ impl<'m> Trainer<'m> {
                 updates(&self.state.args, self.train.examples.len(), d.size());
             self.state.world_size = d.size();
         } else {
+            self.distributed = Some(d);
+            self.check_world_size()?;
             self.updates_per_epoch =
                 updates(&self.state.args, self.train.examples.len(), d.size()).0;
         }
@@ -389,6 +385,25 @@ impl<'m> Trainer<'m> {
     /// the one process.
     pub fn is_main(&self) -> bool {
         self.distributed.is_none_or(|d| d.is_main())
+    }
+
+    /// A run resumed from a data-parallel run's checkpoint must have its count of ranks.
+    fn check_world_size(&self) -> Result<()> {
+        let (saved, now) = (self.state.world_size, self.ranks().1);
+        if saved == now {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "the checkpoint's run trained on {saved} data-parallel rank(s) of \
+             per_device_train_batch_size {}; this one has {now}: resume it with \
+             mpirun -np {saved}{}",
+            self.state.args.per_device_train_batch_size,
+            if now == 1 {
+                " (and the `mpi` feature)"
+            } else {
+                ""
+            }
+        )))
     }
 
     /// `(rank, ranks)`: this process's place in a data-parallel run, `(0, 1)` alone.
@@ -572,13 +587,7 @@ impl<'m> Trainer<'m> {
 
     /// Runs update `global_step + 1`: its batches, forward, backward, clipping and AdamW.
     pub async fn step(&mut self) -> Result<f64> {
-        if self.state.world_size != self.ranks().1 {
-            return Err(Error::invalid(format!(
-                "the checkpoint's run trained on {} data-parallel ranks; resume it with \
-                 mpirun -np {} (and the `mpi` feature)",
-                self.state.world_size, self.state.world_size
-            )));
-        }
+        self.check_world_size()?;
         let step = self.state.global_step + 1;
         let (epoch, window) = self.window(step);
         let start = Instant::now();
@@ -1041,6 +1050,7 @@ impl<'m> Trainer<'m> {
     /// saved into `output_dir` (native only, blocking).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn train(&mut self, mut on_event: impl FnMut(TrainEvent<'_>)) -> Result<()> {
+        self.check_world_size()?;
         let args = self.state.args.clone();
         let last = self.state.max_steps;
         // A data-parallel run's rank 0 alone reports, evaluates and saves.

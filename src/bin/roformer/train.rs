@@ -162,6 +162,11 @@ pub struct TrainArgs {
     #[cfg(feature = "mpi")]
     #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
     ddp_timeout: u64,
+    /// Data-parallel runs: megabytes of gradients read back and averaged together (a
+    /// fraction is allowed); smaller buckets start averaging earlier in the backward pass.
+    #[cfg(feature = "mpi")]
+    #[arg(long, default_value_t = 25.0, value_parser = positive)]
+    ddp_bucket_cap_mb: f64,
 }
 
 fn parse_task(s: &str) -> Result<Task, String> {
@@ -279,7 +284,8 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
     #[cfg(feature = "mpi")]
     {
         let timeout = std::time::Duration::from_secs(a.ddp_timeout);
-        if let Some(d) = Distributed::from_launcher(timeout)? {
+        if let Some(mut d) = Distributed::from_launcher(timeout)? {
+            d.set_bucket_bytes((a.ddp_bucket_cap_mb * (1 << 20) as f64) as usize);
             return match train(a, Some(&d)) {
                 Ok(()) => Ok(()),
                 Err(e) => {

@@ -512,7 +512,7 @@ mod tests {
 
     #[test]
     fn batches_per_epoch_are_those_of_one_process_with_the_global_batch() {
-        for examples in [1, 7, 33, 40, 129] {
+        for examples in [1usize, 7, 33, 40, 129] {
             for ranks in [1, 2, 3, 8] {
                 for b in [1, 4, 5] {
                     // len(DataLoader) on each rank: ceil(ceil(n / ranks) / b).

@@ -28,7 +28,7 @@
 //!   under a watchdog: a rank that waits longer than the timeout (a rank died or hangs)
 //!   prints so and exits with an error, and `mpirun` ends the others. A rank that dies is
 //!   noticed by `mpirun`, which ends the job. A rank that fails must end the job with
-//!   [`Distributed::abort`] (never by returning normally: MPI's finalisation would wait for
+//!   `Distributed::abort` (never by returning normally: MPI's finalisation would wait for
 //!   the others).
 //!
 //! The communication is MPI's (the `mpi` crate over the system's MPI library, the `mpi`
@@ -113,7 +113,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 
 /// This process's place in a data-parallel run, and its communicator (see the module
-/// documentation). Made by [`Distributed::from_launcher`] (the `mpi` feature); handed to
+/// documentation). Made by `Distributed::from_launcher` (the `mpi` feature); handed to
 /// [`super::Trainer::distributed`].
 pub struct Distributed {
     rank: usize,
@@ -191,11 +191,8 @@ impl Distributed {
         session: &mut Session<'_>,
         tokens: usize,
     ) -> Result<(StepMetrics, usize)> {
-        let ranks = self.size as f32;
         let mut m = session.step_reduced(ctx, self.bucket_bytes, &mut |grads| {
-            self.sum_f32("the gradients' all-reduce", grads)?;
-            grads.iter_mut().for_each(|g| *g /= ranks);
-            Ok(())
+            self.all_reduce_mean("the gradients' all-reduce", grads)
         })?;
         let mut totals = [
             m.loss as f64,
@@ -208,6 +205,15 @@ impl Distributed {
         m.counted = totals[1] as u32;
         m.correct = totals[2] as u32;
         Ok((m, totals[3] as usize))
+    }
+
+    /// Replaces `values` on every rank with their mean over the ranks (`MPI_Allreduce`, then
+    /// a division); `what` names it if the watchdog ends the run.
+    pub fn all_reduce_mean(&self, what: &str, values: &mut [f32]) -> Result<()> {
+        self.sum_f32(what, values)?;
+        let ranks = self.size as f32;
+        values.iter_mut().for_each(|v| *v /= ranks);
+        Ok(())
     }
 
     /// Fails on every rank unless every rank's `value` is the same, naming `what` and the

@@ -19,6 +19,9 @@
 //! loss by `gradient_accumulation_steps`; the causal LM's loss uses that count (the window's
 //! tokens weigh equally), the other heads' losses ignore it (each batch's mean loss is
 //! summed over the window). The loss logged for an update is that sum.
+//!
+//! [`Trainer::distributed`] makes the trainer one rank of a data-parallel run (see
+//! [`super::distributed`]): the same updates over a global batch of every rank's batches.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -23,7 +23,6 @@
 use roformer_lab::args;
 use roformer_lab::fonts;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -393,6 +392,7 @@ fn main() -> std::process::ExitCode {
     let cli: Cli = args::parse_args();
     #[cfg(feature = "mpi")]
     {
+        use std::io::Write;
         let timeout = roformer_wgpu::train::distributed::DEFAULT_TIMEOUT;
         match Distributed::from_launcher(timeout) {
             Ok(Some(d)) => {

@@ -322,6 +322,7 @@ impl ParamStore {
 
     /// The flat gradient buffer, whole (data-parallel training copies ranges of it out and
     /// back, never binding it).
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn flat_grads(&self) -> Result<&Tensor> {
         Ok(&self.training()?.grads)
     }

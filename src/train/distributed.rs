@@ -40,8 +40,10 @@ use std::time::Duration;
 #[cfg(feature = "mpi")]
 pub use with_mpi::LAUNCHER_VARIABLES;
 
+#[cfg(not(target_arch = "wasm32"))]
 use crate::context::Context;
 use crate::error::{Error, Result};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::model::{Session, StepMetrics};
 
 /// The examples of a global batch that rank `rank` of `ranks` runs (as PyTorch's
@@ -76,8 +78,9 @@ pub fn batches_per_epoch(examples: usize, per_device: usize, ranks: usize) -> u6
 }
 
 /// FNV-1a, 64 bits: a hash every rank computes alike whatever its build (std's hasher may
-/// differ between builds), to compare what the ranks hold.
+/// differ between builds), to compare what the ranks hold (natively: no MPI in a browser).
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(super) struct Fnv(u64);
 
 impl Default for Fnv {
@@ -86,6 +89,7 @@ impl Default for Fnv {
     }
 }
 
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 impl Fnv {
     pub(super) fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
         for &b in bytes {
@@ -184,7 +188,8 @@ impl Distributed {
     /// A training step of `session` with its gradients averaged over the ranks (in buckets,
     /// overlapping the backward pass), and its metrics those of the global batch: the mean
     /// of the ranks' losses, their labelled and correct counts summed; `tokens` (this
-    /// rank's) summed too and returned beside them.
+    /// rank's) summed too and returned beside them. Native only (a browser has no MPI).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn step(
         &self,
         ctx: &Context,
@@ -248,6 +253,7 @@ impl Distributed {
         Self::no_mpi()
     }
 
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     fn sum_f64(&self, _what: &str, _values: &mut [f64]) -> Result<()> {
         Self::no_mpi()
     }

@@ -307,7 +307,8 @@ impl<'m> Trainer<'m> {
     /// update, after [`Trainer::new`] or [`Trainer::resume`]: the ranks compare their
     /// adapters, configurations and arguments, weights (and optimizer state) and training
     /// data, and fail alike, naming what differs; a resumed run must have the checkpoint's
-    /// count of ranks. Without gradient accumulation, for now.
+    /// count of ranks. Without gradient accumulation, for now. Native only (it waits).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn distributed(mut self, d: &'m Distributed) -> Result<Trainer<'m>> {
         let args = &self.state.args;
         if !self.train_sessions.is_empty() {
@@ -621,12 +622,14 @@ impl<'m> Trainer<'m> {
                 .expect("a training session")
                 .set_step(step - 1 - skipped);
             let m: StepMetrics = match self.distributed {
-                None => session.step(ctx)?.await?,
+                // (Never in a browser: `distributed` is native only.)
+                #[cfg(not(target_arch = "wasm32"))]
                 Some(d) => {
                     let (m, all_tokens) = d.step(ctx, session, tokens)?;
                     tokens = all_tokens;
                     m
                 }
+                _ => session.step(ctx)?.await?,
             };
             let overflowed = m.skipped && m.loss.is_finite() && m.loss_scale.is_some();
             if !overflowed && (!m.loss.is_finite() || !m.grad_norm.is_none_or(f32::is_finite)) {

@@ -12,6 +12,13 @@
 //! task. Writes to `--out` (default `runs/listops`): `run.json` (the settings),
 //! `checkpoint-N` folders (transformers' layout, the optimizer state and
 //! `trainer_state.json`), the trained model, `curves.png` and `summary.json`.
+//!
+//! Built with the `mpi` feature, `mpirun -np N` runs it data-parallel, a rank per adapter
+//! (`roformer_wgpu::train::distributed`): the preset's batch is per rank, rank 0 prints and
+//! saves.
+//!
+//!     cargo build --release --features mpi --example train
+//!     mpirun -np 2 target/release/examples/train --preset lra
 
 use roformer_lab::args;
 use roformer_lab::fonts;
@@ -26,7 +33,8 @@ use roformer_lab::lra::{self, ModelSize};
 use roformer_lab::pathfinder::PathfinderConfig;
 use roformer_wgpu::model::AttentionKind;
 use roformer_wgpu::train::{
-    checkpoints, LogEntry, Precision, SchedulerType, Task, TrainEvent, Trainer, TrainingArguments,
+    checkpoints, Distributed, LogEntry, Precision, SchedulerType, Task, TrainEvent, Trainer,
+    TrainingArguments,
 };
 use roformer_wgpu::Context;
 use serde::{Deserialize, Serialize};
@@ -387,20 +395,51 @@ fn configure(cli: &Cli, cpu: bool) -> Result<Run, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    args::exit_code(run())
+    let cli: Cli = args::parse_args();
+    #[cfg(feature = "mpi")]
+    {
+        use std::io::Write;
+        let timeout = roformer_wgpu::train::distributed::DEFAULT_TIMEOUT;
+        match Distributed::from_launcher(timeout) {
+            Ok(Some(d)) => {
+                return match run(cli, Some(&d)) {
+                    Ok(()) => std::process::ExitCode::SUCCESS,
+                    Err(e) => {
+                        let _ = writeln!(std::io::stderr(), "rank {}: error: {e}", d.rank());
+                        // Returning would finalise MPI, which waits for the other ranks.
+                        d.abort(1)
+                    }
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return args::exit_code(Err(e.into())),
+        }
+    }
+    args::exit_code(run(cli, None))
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let cli: Cli = args::parse_args();
+fn run(cli: Cli, distributed: Option<&Distributed>) -> Result<(), Box<dyn std::error::Error>> {
+    // A data-parallel run's rank 0 alone prints and writes.
+    let main = distributed.is_none_or(Distributed::is_main);
+    macro_rules! say {
+        ($($t:tt)*) => {
+            if main {
+                println!($($t)*)
+            }
+        };
+    }
     let out = cli
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("{:?}", cli.task).to_lowercase()));
 
-    let ctx = Context::new()?;
+    let ctx = match distributed {
+        Some(d) => Context::with_options(d.context_options())?,
+        None => Context::new()?,
+    };
     let caps = ctx.capabilities();
     let mut config = configure(&cli, caps.is_cpu())?;
-    println!(
+    say!(
         "adapter   {} ({:?}{})",
         caps.adapter_name,
         caps.backend,
@@ -417,7 +456,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         None
     };
     if cli.resume && checkpoint.is_none() {
-        println!(
+        say!(
             "resume    no checkpoint in {}: starting a new run",
             out.display()
         );
@@ -429,10 +468,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let saved: Run =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", run_file.display()))?;
         if saved != config {
-            println!("resume    using the run's saved settings (command-line settings ignored)");
+            say!("resume    using the run's saved settings (command-line settings ignored)");
         }
         config = saved;
-    } else {
+    } else if main {
         // A new run: the last run's checkpoints would be mistaken for this one's.
         for (_, old) in checkpoints(&out)? {
             std::fs::remove_dir_all(&old)?;
@@ -466,15 +505,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .sum::<usize>() as f64
             / data.train.examples.len() as f64;
         let l = &config.listops;
-        println!(
+        say!(
             "data      ListOps depth {}, 2-{} args, {} < length < {} (mean {mean_len:.0}): {sizes}",
-            l.max_depth, l.max_args, l.min_length, l.max_length,
+            l.max_depth,
+            l.max_args,
+            l.min_length,
+            l.max_length,
         );
     } else {
         let side = config.pathfinder.side;
-        println!(
+        say!(
             "data      {} {side} x {side} ({} tokens with CLS): {sizes}",
-            data.name, data.longest
+            data.name,
+            data.longest
         );
     }
 
@@ -488,7 +531,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ),
         None => String::new(),
     };
-    println!(
+    say!(
         "model     RoFormer {} layers, hidden {}, {} heads, ffn {}, {:?} attention{window}: {} parameters",
         m.layers,
         m.hidden,
@@ -497,7 +540,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         m.attention,
         model.params().count()
     );
-    println!(
+    say!(
         "training  {} steps of {} sequences, AdamW lr {} ({} warm-up, {:?}), weight decay {}, clip {}, {:?} precision",
         args.max_steps.unwrap_or(0),
         args.per_device_train_batch_size,
@@ -523,8 +566,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             vec![],
         )?,
     };
+    if let Some(d) = distributed {
+        trainer = trainer.distributed(d)?;
+        say!(
+            "ranks     {} (one adapter each; {} sequences per update)",
+            d.size(),
+            d.size() * args.per_device_train_batch_size
+        );
+    }
     if let Some(dir) = &checkpoint {
-        println!(
+        say!(
             "resume    from {} (step {})",
             dir.display(),
             trainer.state().global_step
@@ -532,7 +583,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let total = trainer.state().max_steps;
-    let bar = ProgressBar::new(total);
+    let bar = match main {
+        true => ProgressBar::new(total),
+        false => ProgressBar::hidden(),
+    };
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta}]",
     )?);
@@ -562,14 +616,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 100.0 * acc_ema.unwrap_or(f64::NAN),
             );
             if bar.is_hidden() && last_line.elapsed().as_secs() >= 10 {
-                println!("step {step:>6}/{of}  {msg}");
+                say!("step {step:>6}/{of}  {msg}");
                 last_line = Instant::now();
             }
             bar.set_message(msg);
         }
         TrainEvent::Log(_) => {}
         TrainEvent::Eval(e) => bar.suspend(|| {
-            println!(
+            say!(
                 "eval      step {:>6} valid loss {:.4} accuracy {:.2}%",
                 e.step,
                 e.get("eval_loss").unwrap_or(f64::NAN),
@@ -577,7 +631,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             )
         }),
         TrainEvent::Checkpoint(path) => bar.suspend(|| {
-            println!(
+            say!(
                 "saved     step {:>6} {}",
                 trainer_step(path),
                 path.display()
@@ -585,9 +639,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }),
     })?;
     bar.finish_and_clear();
+    if !main {
+        return Ok(());
+    }
 
     let test = ctx.block_on(trainer.evaluate_on(&data.test, "test"))?;
-    println!(
+    say!(
         "eval      step {:>6} test  loss {:.4} accuracy {:.2}%",
         test.step,
         test.get("test_loss").unwrap_or(f64::NAN),
@@ -607,22 +664,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         n => speeds.iter().sum::<f64>() / n as f64,
     };
     let (majority_label, baseline) = data.majority;
-    println!(
+    say!(
         "\nsummary   {} steps in {:.0} s of training, {tokens_per_s:.0} tokens/s",
-        state.global_step, state.seconds
+        state.global_step,
+        state.seconds
     );
     if args.precision == Precision::Mixed {
-        println!(
+        say!(
             "          mixed precision: {} updates skipped (f16 overflow)",
             state.skipped_updates
         );
     }
-    println!(
+    say!(
         "          validation accuracy {:.2}%, test accuracy {:.2}%",
         100.0 * valid,
         100.0 * test_accuracy
     );
-    println!(
+    say!(
         "          majority-class baseline (always {majority_label}) {:.2}% on test: {:+.2} points{}",
         100.0 * baseline,
         100.0 * (test_accuracy - baseline),
@@ -656,12 +714,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         total,
         baseline,
     ) {
-        Ok(()) => println!(
+        Ok(()) => say!(
             "          curves in {}, the model and checkpoints in {}",
             out.join("curves.png").display(),
             out.display()
         ),
-        Err(e) => println!("          (no plot: {e})"),
+        Err(e) => say!("          (no plot: {e})"),
     }
     Ok(())
 }

@@ -320,6 +320,13 @@ impl ParamStore {
         self.view(ctx, &self.training()?.grads, i)
     }
 
+    /// The flat gradient buffer, whole (data-parallel training copies ranges of it out and
+    /// back, never binding it).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn flat_grads(&self) -> Result<&Tensor> {
+        Ok(&self.training()?.grads)
+    }
+
     /// The flat buffers cut into ranges that each fit a storage binding:
     /// `(values, grads, m, v)` per range.
     pub fn chunk_views(&self, ctx: &Context) -> Result<Vec<[Tensor; 4]>> {

@@ -5,6 +5,7 @@
 //!         [--intermediate 3072] [--vocab 32000] [--batch 8] [--seq 512] [--steps 5]
 //!         [--attention softmax|fused|linear] [--precision f32|fast|mixed] [--profile]
 //!         [--model h200|rtx4090|m3-max|local] [--profile-reps 5] [--profile-csv FILE]
+//!         [--ranks 1,8,64]
 //!
 //! `kernels` (the default) measures the adapter's FP32 rate and copy bandwidth, then every
 //! kernel family at a representative shape (large on a GPU, small on a CPU adapter), and
@@ -19,7 +20,10 @@
 //! time to encode and submit a step, the GPU time per step and tokens per second. `--model`
 //! predicts the step with the cost model (`roformer_lab::cost_model`) on a named GPU, or on
 //! this CPU adapter from its measured figures (`local`); with `--profile` as well, each
-//! dispatch's prediction is held against its measured time.
+//! dispatch's prediction is held against its measured time. `--ranks` adds data-parallel
+//! training's prediction for those counts of GPUs: the gradients' ring all-reduce over NVLink
+//! and over InfiniBand, GPU to GPU and staged through the host as this library's MPI
+//! reduction does it, the step and the scaling efficiency (`cost_model::data_parallel`).
 //!
 //!     cargo run --release --example bench -- infer [the model options of step] [--batch 8] [--seq 512]
 //!
@@ -170,6 +174,10 @@ struct ModelArgs {
     /// time (µs) here, as CSV.
     #[arg(long, value_name = "FILE")]
     profile_csv: Option<std::path::PathBuf>,
+    /// With --model: predict data-parallel training on these counts of GPUs (e.g. 1,8,64),
+    /// each with this step's batch.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    ranks: Vec<u32>,
 }
 
 fn gpu_name(name: &str) -> Result<String, String> {
@@ -392,6 +400,28 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
+/// The predicted step cut where data parallelism treats it differently: the weight casts
+/// and forward pass, the backward pass, the optimizer (`Session::dispatches`' order).
+fn step_parts(
+    session: &mut roformer_wgpu::model::Session<'_>,
+    p: &cost_model::StepPrediction,
+) -> cost_model::StepParts {
+    let forward_calls = session.call_counts().0;
+    let plan = session.plan();
+    let forward = plan.calls()[..forward_calls]
+        .last()
+        .map_or(0, |c| c.dispatches.end);
+    let graph = plan.dispatches().len();
+    let optimizer = session.optimizer().map_or(0, |o| o.dispatches().count());
+    let before = p.dispatches.len() - graph - optimizer;
+    let sum = |r: std::ops::Range<usize>| p.dispatches[r].iter().map(|d| d.time_us).sum();
+    cost_model::StepParts {
+        forward_us: sum(0..before + forward),
+        backward_us: sum(before + forward..before + graph),
+        optimizer_us: sum(before + graph..p.dispatches.len()),
+    }
+}
+
 fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (layers, hidden, heads) = (args.layers, args.hidden, args.heads);
     let intermediate = args.intermediate.unwrap_or(4 * hidden);
@@ -484,6 +514,14 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         let gpu = m.gpu();
         let p = cost_model::StepPrediction::of(&gpu, session.dispatches());
         print!("{}", p.report(&gpu, batch * seq));
+        if !args.ranks.is_empty() {
+            let parts = step_parts(&mut session, &p);
+            let bytes = 4 * model.params().count() as u64;
+            print!(
+                "{}",
+                cost_model::scaling_report(&parts, bytes, &args.ranks, batch * seq)
+            );
+        }
         if !args.profile {
             return Ok(());
         }

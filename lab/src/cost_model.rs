@@ -426,6 +426,194 @@ impl StepPrediction {
     }
 }
 
+/// A link between GPUs, over which data-parallel training all-reduces the gradients.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Link {
+    /// Short name.
+    pub name: Cow<'static, str>,
+    /// What it is, and where its figures come from.
+    pub description: Cow<'static, str>,
+    /// What one GPU sends (and at the same time receives) over it, GB/s, each way.
+    pub bandwidth_gbs: f64,
+    /// One message's latency, µs (a ring all-reduce has 2(N - 1) steps in a row).
+    pub latency_us: f64,
+}
+
+/// The links the scaling prediction knows (vendor figures).
+pub const LINKS: [Link; 2] = [
+    Link {
+        name: Cow::Borrowed("NVLink"),
+        description: Cow::Borrowed(
+            "NVLink 4 between the 8 H200s of an HGX board: 900 GB/s per GPU both ways \
+             (NVIDIA's H200 datasheet), 450 GB/s each way; 2 µs a message (beyond 8 GPUs: \
+             an NVLink Switch system, as if)",
+        ),
+        bandwidth_gbs: 450.0,
+        latency_us: 2.0,
+    },
+    Link {
+        name: Cow::Borrowed("InfiniBand"),
+        description: Cow::Borrowed(
+            "InfiniBand NDR, a 400 Gb/s ConnectX-7 port per GPU (as DGX H200 has): 50 GB/s \
+             each way; 5 µs a message",
+        ),
+        bandwidth_gbs: 50.0,
+        latency_us: 5.0,
+    },
+];
+
+/// The host link of an H200 SXM, GB/s each way: PCIe Gen5 x16 (128 GB/s both ways, NVIDIA's
+/// datasheet). This library's all-reduce reads the gradients back through it and writes them
+/// back (its MPI works on host memory, so NVLink carries none of it).
+pub const PCIE_GEN5_GBS: f64 = 64.0;
+
+/// A ring all-reduce of `bytes` over `ranks` GPUs, µs: each sends and receives
+/// 2(N - 1)/N of the bytes (N - 1 steps of reduce-scatter, N - 1 of all-gather, each a
+/// message of bytes / N), each step paying the link's latency. 0 for one GPU.
+pub fn ring_all_reduce_us(bytes: u64, ranks: u32, link: &Link) -> f64 {
+    if ranks <= 1 {
+        return 0.0;
+    }
+    let n = ranks as f64;
+    let steps = 2.0 * (n - 1.0);
+    steps / n * bytes as f64 / (link.bandwidth_gbs * 1e3) + steps * link.latency_us
+}
+
+/// A step's predicted time in the parts data parallelism treats differently, µs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepParts {
+    /// The forward pass (and mixed precision's weight casts before it).
+    pub forward_us: f64,
+    /// The backward pass: the gradients' reduction can run beside it.
+    pub backward_us: f64,
+    /// Clipping and AdamW, after the reduction.
+    pub optimizer_us: f64,
+}
+
+impl StepParts {
+    /// The step alone, µs.
+    pub fn total_us(&self) -> f64 {
+        self.forward_us + self.backward_us + self.optimizer_us
+    }
+}
+
+/// A data-parallel step's prediction (the per-GPU batch fixed: N times the tokens).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DataParallel {
+    /// GPUs.
+    pub ranks: u32,
+    /// The ring all-reduce, µs.
+    pub all_reduce_us: f64,
+    /// Reading the gradients back to the host and writing them back, µs (host-staged
+    /// reduction only).
+    pub staging_us: f64,
+    /// The step, µs: the reduction overlapping the backward pass as buckets allow (the
+    /// read-back and the ring beside it; the write-back after).
+    pub step_us: f64,
+    /// The step with nothing overlapped, µs.
+    pub serial_us: f64,
+    /// One GPU's step over this step: the share of N GPUs' throughput that is kept.
+    pub efficiency: f64,
+}
+
+/// Predicts a data-parallel step of `ranks` GPUs from one GPU's step: `gradient_bytes`
+/// all-reduced over `link` each step, staged through the host at `staged_gbs` (this
+/// library's reduction: read back, MPI, written back) or GPU to GPU (`None`: NCCL's way).
+pub fn data_parallel(
+    step: &StepParts,
+    gradient_bytes: u64,
+    ranks: u32,
+    link: &Link,
+    staged_gbs: Option<f64>,
+) -> DataParallel {
+    let alone = step.total_us();
+    if ranks <= 1 {
+        return DataParallel {
+            ranks,
+            all_reduce_us: 0.0,
+            staging_us: 0.0,
+            step_us: alone,
+            serial_us: alone,
+            efficiency: 1.0,
+        };
+    }
+    let all_reduce_us = ring_all_reduce_us(gradient_bytes, ranks, link);
+    let copy_us = staged_gbs.map_or(0.0, |g| gradient_bytes as f64 / (g * 1e3));
+    let step_us = step.forward_us
+        + step.backward_us.max(copy_us + all_reduce_us)
+        + copy_us
+        + step.optimizer_us;
+    DataParallel {
+        ranks,
+        all_reduce_us,
+        staging_us: 2.0 * copy_us,
+        step_us,
+        serial_us: alone + all_reduce_us + 2.0 * copy_us,
+        efficiency: alone / step_us,
+    }
+}
+
+/// The table `bench step --model GPU --ranks ...` prints: per link and way of reducing, the
+/// all-reduce, the step and the scaling efficiency at each count of GPUs.
+pub fn scaling_report(
+    step: &StepParts,
+    gradient_bytes: u64,
+    ranks: &[u32],
+    tokens: usize,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "data-parallel: {:.1} MB of f32 gradients all-reduced per step (ring: 2(N-1)/N x bytes \
+         / link bandwidth + 2(N-1) x latency); one GPU's step {:.2} ms (forward {:.2}, \
+         backward {:.2}, optimizer {:.2}); N x {tokens} tokens per step",
+        gradient_bytes as f64 / 1e6,
+        step.total_us() / 1e3,
+        step.forward_us / 1e3,
+        step.backward_us / 1e3,
+        step.optimizer_us / 1e3
+    );
+    for link in &LINKS {
+        let _ = writeln!(out, "  {}: {}", link.name, link.description);
+    }
+    let _ = writeln!(
+        out,
+        "  host-staged (this library): + read-back and write-back over PCIe Gen5, {PCIE_GEN5_GBS} \
+         GB/s each way"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<34} {:>5} {:>12} {:>10} {:>10} {:>11} {:>12} {:>12}",
+        "reduction", "N", "all-reduce", "staging", "step", "efficiency", "no overlap", "tokens/s"
+    );
+    let ways: Vec<(String, &Link, Option<f64>)> = LINKS
+        .iter()
+        .map(|l| (format!("{}, GPU to GPU", l.name), l, None))
+        .chain(std::iter::once((
+            "InfiniBand, host-staged (ours)".to_string(),
+            &LINKS[1],
+            Some(PCIE_GEN5_GBS),
+        )))
+        .collect();
+    for (name, link, staged) in ways {
+        for &n in ranks {
+            let p = data_parallel(step, gradient_bytes, n, link, staged);
+            let _ = writeln!(
+                out,
+                "  {name:<34} {n:>5} {:>9.2} ms {:>7.2} ms {:>7.2} ms {:>10.1}% {:>11.1}% {:>12.0}",
+                p.all_reduce_us / 1e3,
+                p.staging_us / 1e3,
+                p.step_us / 1e3,
+                100.0 * p.efficiency,
+                100.0 * step.total_us() / p.serial_us,
+                n as f64 * tokens as f64 / (p.step_us * 1e-6)
+            );
+        }
+    }
+    out
+}
+
 /// How predicted times compare with measured ones, dispatch by dispatch: the ratio
 /// predicted / measured (a lower bound's is at most 1) and whether the order agrees.
 #[derive(Clone, Debug, PartialEq)]
@@ -554,6 +742,44 @@ mod tests {
             p.time_us
         );
         assert!(p.underfill.is_empty());
+    }
+
+    #[test]
+    fn a_ring_all_reduce_moves_2_n_minus_1_over_n_of_the_bytes() {
+        let link = Link {
+            name: Cow::Borrowed("test"),
+            description: Cow::Borrowed(""),
+            bandwidth_gbs: 100.0,
+            latency_us: 3.0,
+        };
+        // 8 GPUs, 1 GB: each sends 7/4 GB at 100 GB/s (17.5 ms), 14 steps of 3 µs.
+        let t = ring_all_reduce_us(1_000_000_000, 8, &link);
+        assert!((t - (17_500.0 + 42.0)).abs() < 1e-6, "{t}");
+        // Two GPUs: each sends half and receives half, twice: the bytes once.
+        let t2 = ring_all_reduce_us(1_000_000_000, 2, &link);
+        assert!((t2 - (10_000.0 + 6.0)).abs() < 1e-6, "{t2}");
+        assert_eq!(ring_all_reduce_us(1_000_000_000, 1, &link), 0.0);
+        // A step of 10 ms forward, 20 backward, 1 optimizer: a 17.5 ms reduction hides in
+        // the backward pass; a staged one adds its read-back to the reduction's side and its
+        // write-back after (1 GB at 50 GB/s: 20 ms each).
+        let step = StepParts {
+            forward_us: 10_000.0,
+            backward_us: 20_000.0,
+            optimizer_us: 1_000.0,
+        };
+        let direct = data_parallel(&step, 1_000_000_000, 8, &link, None);
+        assert!((direct.step_us - 31_000.0).abs() < 1e-6);
+        assert!((direct.efficiency - 1.0).abs() < 1e-12);
+        assert!((direct.serial_us - (31_000.0 + t)).abs() < 1e-6);
+        let staged = data_parallel(&step, 1_000_000_000, 8, &link, Some(50.0));
+        assert!((staged.staging_us - 40_000.0).abs() < 1e-6);
+        let want = 10_000.0 + (20_000.0 + t) + 20_000.0 + 1_000.0;
+        assert!((staged.step_us - want).abs() < 1e-6, "{}", staged.step_us);
+        assert!((staged.efficiency - 31_000.0 / want).abs() < 1e-12);
+        assert_eq!(
+            data_parallel(&step, 1 << 30, 1, &link, Some(50.0)).efficiency,
+            1.0
+        );
     }
 
     #[test]

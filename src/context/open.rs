@@ -15,6 +15,11 @@ pub struct ContextOptions {
     pub adapter_name: Option<String>,
     /// `None`: `WGPU_POWER_PREF` if set, else high performance.
     pub power_preference: Option<wgpu::PowerPreference>,
+    /// Which of the equally ranked best adapters to take (those of the preferred kind and
+    /// backend, among the ones `adapter_name` admits): the one at this index, modulo their
+    /// count, in the order the system lists them. The ranks of a data-parallel run on one
+    /// machine pass their local rank, so that each takes a GPU of its own. 0: the first.
+    pub adapter_turn: usize,
     /// Ask for wgpu's experimental cooperative-matrix feature when the adapter offers it.
     pub cooperative_matrix: bool,
     /// Longest a blocking wait (a read-back, `Context::wait`) may take before it fails.
@@ -32,6 +37,7 @@ impl Default for ContextOptions {
             backends: None,
             adapter_name: None,
             power_preference: None,
+            adapter_turn: 0,
             cooperative_matrix: true,
             wait_timeout: Some(Duration::from_secs(600)),
             plan_only: false,
@@ -178,7 +184,7 @@ impl Context {
                 format!("{} ({:?})", i.name, i.backend)
             })
             .collect();
-        let adapter = adapters
+        let suitable: Vec<wgpu::Adapter> = adapters
             .into_iter()
             .filter(|a| {
                 let info = a.get_info();
@@ -191,7 +197,20 @@ impl Context {
                     .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
                 name_ok && compute_ok
             })
-            .min_by_key(|a| adapter_rank(&a.get_info(), pref));
+            .collect();
+        // The best kind, then its adapters in turn.
+        let best = suitable
+            .iter()
+            .map(|a| adapter_rank(&a.get_info(), pref))
+            .min();
+        let mut equals: Vec<wgpu::Adapter> = suitable
+            .into_iter()
+            .filter(|a| Some(adapter_rank(&a.get_info(), pref)) == best)
+            .collect();
+        let adapter = match equals.len() {
+            0 => None,
+            n => Some(equals.swap_remove(options.adapter_turn % n)),
+        };
         let adapter = match adapter {
             Some(a) => a,
             None => {

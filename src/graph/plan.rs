@@ -67,6 +67,9 @@ pub struct PlannedCall {
 pub struct Plan {
     dispatches: Vec<Dispatch>,
     calls: Vec<PlannedCall>,
+    /// Per parameter of the store: the end of the dispatches after which its gradient is
+    /// final (the last call that writes it), or `None` when no call does.
+    gradients_final: Vec<Option<usize>>,
     names: Vec<String>,
     resolved: Resolved,
     assignments: Vec<Assignment>,
@@ -223,6 +226,7 @@ impl Graph {
         let resolved = Resolved(resolved);
         let mut dispatches = Vec::new();
         let mut planned = Vec::new();
+        let mut gradients_final = vec![None; store.specs().len()];
         for call in calls {
             let d = (call.build)(ctx, &resolved).map_err(|e| match e {
                 Error::InvalidArgument(m) => Error::InvalidArgument(format!("{}: {m}", call.label)),
@@ -230,6 +234,11 @@ impl Graph {
             })?;
             let start = dispatches.len();
             dispatches.extend(d);
+            for w in &call.writes {
+                if let Storage::Grad(p) = self.tensors[w.0].storage {
+                    gradients_final[p] = Some(dispatches.len());
+                }
+            }
             planned.push(PlannedCall {
                 label: call.label.clone(),
                 dispatches: start..dispatches.len(),
@@ -239,6 +248,7 @@ impl Graph {
         Ok(Plan {
             dispatches,
             calls: planned,
+            gradients_final,
             names: self.tensors.iter().map(|t| t.name.clone()).collect(),
             resolved,
             memory: MemoryReport {
@@ -264,6 +274,14 @@ impl Plan {
     /// The calls in order, each with its dispatches and the tensors it writes.
     pub fn calls(&self) -> &[PlannedCall] {
         &self.calls
+    }
+
+    /// Per parameter of the store (by index): how many of [`Plan::dispatches`] must have
+    /// run for its gradient to be final (the end of the last call that writes it), or
+    /// `None` when nothing writes it. Data-parallel training reads a gradient back as soon
+    /// as it is final, while the rest of the backward pass runs.
+    pub fn gradients_final(&self) -> &[Option<usize>] {
+        &self.gradients_final
     }
 
     /// Name of a graph tensor.

@@ -24,6 +24,9 @@ use crate::optim::{Optimizer, TrainOptions};
 use crate::readback::Pending;
 use crate::timing::PassTimer;
 
+#[cfg(not(target_arch = "wasm32"))]
+mod data_parallel;
+
 /// What a session computes per step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mode {
@@ -117,6 +120,9 @@ pub struct Session<'m> {
     calls: (usize, usize),
     /// Timestamps at the start and end of the step's pass, when the device offers them.
     timer: Option<PassTimer>,
+    /// Data-parallel training: the gradient buckets, for the bucket size they were cut for.
+    #[cfg(not(target_arch = "wasm32"))]
+    buckets: Option<(usize, data_parallel::GradientBuckets)>,
 }
 
 impl<'m> Session<'m> {
@@ -202,6 +208,8 @@ impl<'m> Session<'m> {
             unscale,
             calls: g.call_counts(),
             timer,
+            #[cfg(not(target_arch = "wasm32"))]
+            buckets: None,
         })
     }
 
@@ -297,6 +305,24 @@ impl<'m> Session<'m> {
             .map(|o| o.prepare(ctx))
             .transpose()?;
         let start = Instant::now();
+        let pending = self.submit_with_metrics(ctx, self.dispatches(), true, lr)?;
+        let encode = start.elapsed();
+        Ok(pending.then(move |mut metrics| {
+            metrics.encode = encode;
+            metrics
+        }))
+    }
+
+    /// Submits `dispatches` in one compute pass (timed, when `timed` and the device has
+    /// timestamps), then copies the step's metrics out of the loss, the optimizer's
+    /// statistics and the loss scale: the end of every step, whole or split.
+    fn submit_with_metrics<'a>(
+        &'a self,
+        ctx: &Context,
+        dispatches: impl Iterator<Item = &'a Dispatch>,
+        timed: bool,
+        lr: Option<f64>,
+    ) -> Result<Pending<StepMetrics>> {
         let loss = self.plan.tensor(self.loss)?;
         let training = self.optimizer.is_some();
         let scale_state = self
@@ -306,11 +332,12 @@ impl<'m> Session<'m> {
             .map(|(state, _)| state);
         let scale_state_read = scale_state.is_some();
         let skip_counter = self.optimizer.as_ref().map(Optimizer::skip_counter);
-        let timed = self.timer.is_some();
+        let timer = self.timer.as_ref().filter(|_| timed);
+        let timed = timer.is_some();
         let period = ctx.queue().get_timestamp_period();
         // The metrics buffer: the loss block's 4 floats, the optimizer's 2 at 16, the loss
         // scale used and the skipped flag at 24, the pass's two timestamps at 32.
-        let pending = Pending::submit(
+        Pending::submit(
             ctx,
             "training step",
             48,
@@ -318,9 +345,9 @@ impl<'m> Session<'m> {
                 {
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("step"),
-                        timestamp_writes: self.timer.as_ref().map(|t| t.writes(0)),
+                        timestamp_writes: timer.map(|t| t.writes(0)),
                     });
-                    for d in self.dispatches() {
+                    for d in dispatches {
                         d.encode(&mut pass);
                     }
                 }
@@ -343,7 +370,7 @@ impl<'m> Session<'m> {
                         8,
                     );
                 }
-                if let Some(timer) = &self.timer {
+                if let Some(timer) = timer {
                     timer.copy_to(encoder, readback, 32);
                 }
             },
@@ -366,12 +393,7 @@ impl<'m> Session<'m> {
                     gpu: timed.then(|| PassTimer::elapsed(period, [ticks[0], ticks[1]])),
                 })
             },
-        )?;
-        let encode = start.elapsed();
-        Ok(pending.then(move |mut metrics| {
-            metrics.encode = encode;
-            metrics
-        }))
+        )
     }
 
     /// [`Session::step`], waiting for its metrics (native only).

@@ -48,6 +48,12 @@ pub(crate) struct Layout {
     pub batch_size: usize,
     /// Batches per update.
     pub accumulation: usize,
+    /// Data-parallel training: this rank and the count of ranks (`0, 1`: one process). Each
+    /// batch is this rank's shard of a global batch of `ranks × batch_size`, as PyTorch's
+    /// `DistributedSampler` deals it (see [`super::distributed`]).
+    pub rank: usize,
+    /// The count of ranks.
+    pub ranks: usize,
 }
 
 /// One batch, ready for a session of shape `(rows, seq)`.
@@ -135,10 +141,16 @@ impl Layout {
     }
 }
 
-/// Updates in an epoch of `examples` examples: batches of `batch_size` (the last one
-/// smaller), `accumulation` of them an update (the last window of an epoch shorter).
-pub(crate) fn updates_per_epoch(examples: usize, batch_size: usize, accumulation: usize) -> u64 {
-    (examples.div_ceil(batch_size) as u64)
+/// Updates in an epoch of `examples` examples: global batches of `ranks × batch_size` (the
+/// last one smaller), `accumulation` of them an update (the last window of an epoch
+/// shorter).
+pub(crate) fn updates_per_epoch(
+    examples: usize,
+    batch_size: usize,
+    accumulation: usize,
+    ranks: usize,
+) -> u64 {
+    super::distributed::batches_per_epoch(examples, batch_size, ranks)
         .div_ceil(accumulation as u64)
         .max(1)
 }
@@ -187,12 +199,13 @@ impl MemoryWindows {
             if self.group_by_length {
                 // As transformers' LengthGroupedSampler: groups of 50 batches, each sorted
                 // longest first.
-                let group = 50 * self.layout.batch_size;
+                let group = 50 * self.layout.batch_size * self.layout.ranks;
                 let examples = &self.data.examples;
                 for chunk in order.chunks_mut(group) {
                     chunk.sort_by_key(|&i| std::cmp::Reverse(examples[i].len()));
                 }
             }
+            super::distributed::pad_order(&mut order, self.layout.ranks);
             self.order = Some((epoch, order));
         }
         &self.order.as_ref().expect("set above").1
@@ -202,8 +215,11 @@ impl MemoryWindows {
     pub fn next_window(&mut self) -> Window {
         let step = self.next_step;
         self.next_step += 1;
+        let (rank, ranks) = (self.layout.rank, self.layout.ranks);
         let (b, g) = (self.layout.batch_size, self.layout.accumulation);
-        let per_epoch = updates_per_epoch(self.data.examples.len(), b, g);
+        let per_epoch = updates_per_epoch(self.data.examples.len(), b, g, ranks);
+        // (A global batch; one process's when `ranks` is 1.)
+        let b = b * ranks;
         let epoch = (step - 1) / per_epoch;
         let index = ((step - 1) % per_epoch) as usize;
         let data = Arc::clone(&self.data);
@@ -213,7 +229,8 @@ impl MemoryWindows {
         let batches = order[start..]
             .chunks(b)
             .take(g)
-            .map(|indices| {
+            .map(|global| {
+                let indices = super::distributed::shard(global, rank, ranks);
                 let rows: Vec<(&Example, usize)> =
                     indices.iter().map(|&i| (&data.examples[i], i)).collect();
                 layout.collate(&rows, data.masking.as_ref(), epoch)
@@ -270,6 +287,8 @@ mod tests {
             max_len: 8,
             batch_size: 2,
             accumulation: 1,
+            rank: 0,
+            ranks: 1,
         }
     }
 
@@ -309,6 +328,8 @@ mod tests {
         });
         let layout = Layout {
             accumulation: 3,
+            rank: 0,
+            ranks: 1,
             ..layout(Task::TokenClassification)
         };
         for shuffle in [false, true] {

@@ -43,6 +43,7 @@ mod batches;
 #[cfg(feature = "text")]
 pub mod data;
 mod dataset;
+pub mod distributed;
 pub mod metrics;
 mod prefetch;
 #[cfg(feature = "text")]
@@ -52,6 +53,7 @@ mod trainer;
 pub use args::{Precision, SchedulerType, TrainingArguments};
 pub use batches::StreamPosition;
 pub use dataset::{Columns, DataOptions, Dataset, Example, LabelNames, Masking, Task};
+pub use distributed::Distributed;
 #[cfg(feature = "text")]
 pub use stream::{TextStream, DEFAULT_SHUFFLE_BUFFER_SIZE};
 #[cfg(not(target_arch = "wasm32"))]

@@ -99,6 +99,8 @@ mod tests {
             max_len: 16,
             batch_size: 4,
             accumulation: 2,
+            rank: 0,
+            ranks: 1,
         };
         let source = || {
             Source::Memory(MemoryWindows::new(

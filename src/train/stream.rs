@@ -545,6 +545,8 @@ mod tests {
             max_len: 16,
             batch_size,
             accumulation,
+            rank: 0,
+            ranks: 1,
         }
     }
 

@@ -24,6 +24,9 @@
 //! loss by `gradient_accumulation_steps`; the causal LM's loss uses that count (the window's
 //! tokens weigh equally), the other heads' losses ignore it (each batch's mean loss is
 //! summed over the window). The loss logged for an update is that sum.
+//!
+//! [`Trainer::distributed`] makes the trainer one rank of a data-parallel run (see
+//! [`super::distributed`]): the same updates over a global batch of every rank's batches.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,7 @@ use super::batches::{
     updates_per_epoch, Layout, MemoryWindows, PreparedBatch, Source, StreamPosition, Window,
 };
 use super::dataset::{Dataset, Example, LabelNames, Task};
+use super::distributed::{self, Distributed};
 use super::metrics::{self, Predictions};
 use super::prefetch::Feed;
 use crate::context::Context;
@@ -111,6 +115,14 @@ pub struct TrainerState {
     /// where the update's number says it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamPosition>,
+    /// Data-parallel ranks the run trains on (1: one process); a resumed run must have as
+    /// many.
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// What the trainer reports as it goes.
@@ -207,6 +219,8 @@ pub struct Trainer<'m> {
     last_lr: f64,
     last_accuracy: Option<f64>,
     last_data_wait: f64,
+    /// Data-parallel training: this rank's place and communicator (`None`: one process).
+    distributed: Option<&'m Distributed>,
 }
 
 struct Accumulation<'m> {
@@ -298,6 +312,7 @@ impl<'m> Trainer<'m> {
                     d.examples.len(),
                     args.per_device_train_batch_size,
                     args.gradient_accumulation_steps,
+                    1,
                 );
                 (args.num_train_epochs * per_epoch as f64).ceil() as u64
             }
@@ -318,6 +333,8 @@ impl<'m> Trainer<'m> {
             max_len: args.max_length.map_or(positions, |m| m.min(positions)),
             batch_size: args.per_device_train_batch_size,
             accumulation: args.gradient_accumulation_steps,
+            rank: 0,
+            ranks: 1,
         };
         let accumulation = (args.gradient_accumulation_steps > 1)
             .then(|| -> Result<Accumulation<'m>> {
@@ -349,6 +366,7 @@ impl<'m> Trainer<'m> {
             skipped_updates: 0,
             overflows_in_a_row: 0,
             stream: train.streams().then(StreamPosition::default),
+            world_size: 1,
         };
         Ok(Trainer {
             ctx,
@@ -368,7 +386,142 @@ impl<'m> Trainer<'m> {
             last_lr: 0.0,
             last_accuracy: None,
             last_data_wait: 0.0,
+            distributed: None,
         })
+    }
+
+    /// Makes this trainer rank `d.rank()` of a data-parallel run (see
+    /// [`super::distributed`]): each update runs this rank's shard of a global batch of
+    /// `d.size() × per_device_train_batch_size` and averages the gradients over the ranks;
+    /// rank 0 alone logs, evaluates and saves. Call it on every rank, before the first
+    /// update, after [`Trainer::new`] or [`Trainer::resume`]: the ranks compare their
+    /// adapters, configurations and arguments, weights (and optimizer state) and training
+    /// data, and fail alike, naming what differs; a resumed run must have the checkpoint's
+    /// count of ranks. Without gradient accumulation, for now. Native only (it waits).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn distributed(mut self, d: &'m Distributed) -> Result<Trainer<'m>> {
+        let args = &self.state.args;
+        if !self.train_sessions.is_empty() {
+            return Err(Error::invalid(
+                "Trainer::distributed must come before the first update",
+            ));
+        }
+        if args.gradient_accumulation_steps > 1 {
+            return Err(Error::invalid(
+                "data-parallel training with gradient_accumulation_steps above 1 is not \
+                 supported yet: raise per_device_train_batch_size or the count of ranks",
+            ));
+        }
+        // Everything that decides the updates must be the same on every rank.
+        let caps = self.ctx.capabilities();
+        let adapter = format!("{} {:?} {}", caps.adapter_name, caps.backend, caps.driver);
+        d.agree(
+            "adapter",
+            distributed::Fnv::default()
+                .bytes(adapter.as_bytes())
+                .finish(),
+            &format!(
+                "this rank has {adapter}; give every rank the same kind of GPU and driver \
+                 (WGPU_ADAPTER_NAME)"
+            ),
+        )?;
+        let setup = serde_json::to_string(&(
+            self.model.config(),
+            &self.state,
+            self.model.head().architecture(),
+        ))
+        .map_err(|e| Error::invalid(format!("the run's settings: {e}")))?;
+        d.agree(
+            "model configuration, arguments and run state",
+            distributed::Fnv::default().bytes(setup.as_bytes()).finish(),
+            "start every rank with the same command line, model and checkpoint",
+        )?;
+        let mut weights = distributed::Fnv::default();
+        for (name, shape, values) in self.model.params().read_values(self.ctx)?.wait(self.ctx)? {
+            weights.bytes(name.as_bytes()).words(&shape).words(&values);
+        }
+        let (m, v) = self.model.params().download_moments(self.ctx)?;
+        weights.words(&m).words(&v);
+        d.agree(
+            "initial weights and optimizer state",
+            weights.finish(),
+            "every rank must load the same model or checkpoint (and the same seed)",
+        )?;
+        let data = match &self.train {
+            TrainData::Memory(data) => Arc::clone(data),
+            #[cfg(feature = "text")]
+            TrainData::Stream(s) => {
+                return Err(Error::invalid(format!(
+                    "{} streams, and data-parallel training reads its training data in \
+                     memory for now: train without --streaming, or on one process",
+                    s.path().display()
+                )))
+            }
+        };
+        let mut hash = distributed::Fnv::default();
+        hash.bytes(format!("{:?}", data.masking).as_bytes());
+        for e in &data.examples {
+            hash.words(&e.input_ids)
+                .words(&e.token_type_ids)
+                .words(&e.labels)
+                .words(&e.float_labels);
+        }
+        d.agree(
+            "training data",
+            hash.finish(),
+            "every rank must read the same training file with the same tokenizer",
+        )?;
+        self.distributed = Some(d);
+        if self.state.global_step == 0 {
+            if self.state.args.max_steps.is_none() {
+                let args = &self.state.args;
+                let per_epoch = updates_per_epoch(
+                    data.examples.len(),
+                    args.per_device_train_batch_size,
+                    args.gradient_accumulation_steps,
+                    d.size(),
+                );
+                self.state.max_steps = (args.num_train_epochs * per_epoch as f64).ceil() as u64;
+            }
+            self.state.world_size = d.size();
+        } else {
+            self.check_world_size()?;
+        }
+        (self.layout.rank, self.layout.ranks) = (d.rank(), d.size());
+        // Windows prepared before this call were one process's.
+        self.feed = None;
+        self.distributed = Some(d);
+        Ok(self)
+    }
+
+    /// Whether this process logs, evaluates and saves: rank 0 of a data-parallel run, or
+    /// the one process.
+    pub fn is_main(&self) -> bool {
+        self.distributed.is_none_or(|d| d.is_main())
+    }
+
+    /// A run resumed from a data-parallel run's checkpoint must have its count of ranks.
+    fn check_world_size(&self) -> Result<()> {
+        let (saved, now) = (self.state.world_size, self.ranks().1);
+        if saved == now {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "the checkpoint's run trained on {saved} data-parallel rank(s) of \
+             per_device_train_batch_size {}; this one has {now}: resume it with \
+             mpirun -np {saved}{}",
+            self.state.args.per_device_train_batch_size,
+            if now == 1 {
+                " (and the `mpi` feature)"
+            } else {
+                ""
+            }
+        )))
+    }
+
+    /// `(rank, ranks)`: this process's place in a data-parallel run, `(0, 1)` alone.
+    fn ranks(&self) -> (usize, usize) {
+        self.distributed.map_or((0, 1), |d| (d.rank(), d.size()))
     }
 
     /// Continues the run saved in `checkpoint` (a folder [`Trainer::save_checkpoint`]
@@ -488,6 +641,7 @@ impl<'m> Trainer<'m> {
     /// Runs update `global_step + 1`: its batches, forward, backward, clipping and AdamW.
     /// Returns padded tokens per second.
     pub async fn step(&mut self) -> Result<f64> {
+        self.check_world_size()?;
         let step = self.state.global_step + 1;
         let waiting = Instant::now();
         let result = match self.next_window(step) {
@@ -537,7 +691,16 @@ impl<'m> Trainer<'m> {
                 .optimizer()
                 .expect("a training session")
                 .set_step(step - 1 - skipped);
-            let m: StepMetrics = session.step(ctx)?.await?;
+            let m: StepMetrics = match self.distributed {
+                // (Never in a browser: `distributed` is native only.)
+                #[cfg(not(target_arch = "wasm32"))]
+                Some(d) => {
+                    let (m, all_tokens) = d.step(ctx, session, tokens)?;
+                    tokens = all_tokens;
+                    m
+                }
+                _ => session.step(ctx)?.await?,
+            };
             let overflowed = m.skipped && m.loss.is_finite() && m.loss_scale.is_some();
             if !overflowed && (!m.loss.is_finite() || !m.grad_norm.is_none_or(f32::is_finite)) {
                 // AdamW skipped the update: replay the step call by call to name the
@@ -720,12 +883,13 @@ impl<'m> Trainer<'m> {
         if step == 0 {
             return 0.0;
         }
+        let ranks = self.ranks().1;
         let (b, g) = (
             self.state.args.per_device_train_batch_size,
             self.state.args.gradient_accumulation_steps,
         );
-        let per_epoch = updates_per_epoch(data.examples.len(), b, g);
-        let batches = data.examples.len().div_ceil(b) as u64;
+        let per_epoch = updates_per_epoch(data.examples.len(), b, g, ranks);
+        let batches = distributed::batches_per_epoch(data.examples.len(), b, ranks);
         let g = g as u64;
         let (epoch, window) = ((step - 1) / per_epoch, (step - 1) % per_epoch);
         let done = ((window + 1) * g).min(batches);
@@ -971,8 +1135,16 @@ impl<'m> Trainer<'m> {
     /// saved into `output_dir` (native only, blocking).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn train(&mut self, mut on_event: impl FnMut(TrainEvent<'_>)) -> Result<()> {
+        self.check_world_size()?;
         let args = self.state.args.clone();
         let last = self.state.max_steps;
+        // A data-parallel run's rank 0 alone reports, evaluates and saves.
+        let main = self.is_main();
+        let mut on_event = |e: TrainEvent<'_>| {
+            if main {
+                on_event(e)
+            }
+        };
         let mut stop = false;
         while self.state.global_step < last && !stop {
             let tokens_per_s = self.ctx.block_on(self.step())?;
@@ -994,12 +1166,12 @@ impl<'m> Trainer<'m> {
                 && args.eval_steps.is_some_and(|e| step % e == 0)
                 && step < last;
             let mut entry = None;
-            if evaluate {
+            if evaluate && main {
                 let e = self.ctx.block_on(self.evaluate())?;
                 on_event(TrainEvent::Eval(&e));
                 entry = Some(e);
             }
-            if args.save_steps > 0 && step % args.save_steps == 0 && step < last {
+            if args.save_steps > 0 && step % args.save_steps == 0 && step < last && main {
                 let path = self.save_checkpoint()?;
                 if let Some(e) = &entry {
                     stop = self.judge(e, Some(&path));
@@ -1010,6 +1182,17 @@ impl<'m> Trainer<'m> {
             } else if let Some(e) = &entry {
                 stop = self.judge(e, None);
             }
+            if let (true, Some(d)) = (evaluate, self.distributed) {
+                // Early stopping is rank 0's call.
+                stop = d.broadcast_flag("the early-stopping decision", stop)?;
+            }
+        }
+        if !main {
+            // Done when rank 0 has evaluated and saved (or the run ends with its error).
+            if let Some(d) = self.distributed {
+                d.barrier("waiting for rank 0 to save the model")?;
+            }
+            return Ok(());
         }
         // The last update's evaluation when there is evaluation data (as transformers'
         // Trainer, none without), unless the loop did it (early stopping) or the run was
@@ -1044,7 +1227,11 @@ impl<'m> Trainer<'m> {
         self.save_model(self.output_dir.clone())?;
         let text = serde_json::to_string_pretty(&self.state)
             .map_err(|e| Error::invalid(format!("writing trainer_state.json: {e}")))?;
-        io::write_atomic(self.output_dir.join("trainer_state.json"), text.as_bytes())
+        io::write_atomic(self.output_dir.join("trainer_state.json"), text.as_bytes())?;
+        if let Some(d) = self.distributed {
+            d.barrier("waiting for rank 0 to save the model")?;
+        }
+        Ok(())
     }
 
     #[cfg(not(target_arch = "wasm32"))]

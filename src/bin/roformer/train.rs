@@ -1,5 +1,10 @@
 //! `roformer train`: a model trained on the user's files with the library's trainer
 //! (`roformer_wgpu::train`), transformers' `TrainingArguments` as options in kebab case.
+//!
+//! Built with the `mpi` feature and started by an MPI launcher (`mpirun -np N roformer
+//! train ...`), each process is a rank of a data-parallel run on its own adapter
+//! (`roformer_wgpu::train::distributed`): rank 0 prints and saves, a rank that fails ends
+//! the whole run.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -10,8 +15,8 @@ use roformer_wgpu::io::read_checkpoint;
 use roformer_wgpu::model::{RoFormer, RoFormerConfig};
 use roformer_wgpu::text::Tokenizer;
 use roformer_wgpu::train::{
-    checkpoints, model_for, Columns, DataOptions, Dataset, LabelNames, LogEntry, Precision,
-    SchedulerType, Task, TextStream, TrainData, TrainEvent, Trainer, TrainingArguments,
+    checkpoints, model_for, Columns, DataOptions, Dataset, Distributed, LabelNames, LogEntry,
+    Precision, SchedulerType, Task, TextStream, TrainData, TrainEvent, Trainer, TrainingArguments,
     DEFAULT_SHUFFLE_BUFFER_SIZE,
 };
 use roformer_wgpu::Context;
@@ -106,9 +111,10 @@ pub struct TrainArgs {
     /// linear, cosine, constant or constant_with_warmup.
     #[arg(long, default_value = "linear", value_parser = parse_scheduler)]
     lr_scheduler_type: SchedulerType,
-    /// Sequences per batch, 1 to 4096.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    per_device_train_batch_size: u64,
+    /// Sequences per batch (per rank, in a data-parallel run), 1 to 4096 [default: 8]. A
+    /// resumed run keeps its checkpoint's, and refuses another.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    per_device_train_batch_size: Option<u64>,
     /// Sequences per evaluation batch, 1 to 4096.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
     per_device_eval_batch_size: u64,
@@ -165,6 +171,16 @@ pub struct TrainArgs {
     /// GPU runs the update before; 0: on the training thread (the same batches).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=1))]
     dataloader_num_workers: u64,
+    /// Data-parallel runs: seconds a rank waits for the others in a collective (while rank
+    /// 0 evaluates and saves, too) before it ends the run with an error.
+    #[cfg(feature = "mpi")]
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    ddp_timeout: u64,
+    /// Data-parallel runs: megabytes of gradients read back and averaged together (a
+    /// fraction is allowed); smaller buckets start averaging earlier in the backward pass.
+    #[cfg(feature = "mpi")]
+    #[arg(long, default_value_t = 25.0, value_parser = positive)]
+    ddp_bucket_cap_mb: f64,
 }
 
 fn parse_task(s: &str) -> Result<Task, String> {
@@ -237,7 +253,7 @@ impl TrainArgs {
             warmup_steps: self.warmup_steps,
             warmup_ratio: self.warmup_ratio,
             lr_scheduler_type: self.lr_scheduler_type,
-            per_device_train_batch_size: count(self.per_device_train_batch_size),
+            per_device_train_batch_size: count(self.per_device_train_batch_size.unwrap_or(8)),
             per_device_eval_batch_size: count(self.per_device_eval_batch_size),
             gradient_accumulation_steps: count(self.gradient_accumulation_steps),
             num_train_epochs: self.num_train_epochs,
@@ -276,7 +292,29 @@ fn tokenizer_files(dir: &Path) -> Vec<PathBuf> {
     .collect()
 }
 
+/// Trains alone, or as a rank of a data-parallel run when an MPI launcher started this
+/// process (the `mpi` feature): then a rank that fails prints its error and ends the run
+/// on every rank (returning would finalise MPI, which waits for the others).
 pub fn run(a: TrainArgs) -> Result<(), Failure> {
+    #[cfg(feature = "mpi")]
+    {
+        let timeout = std::time::Duration::from_secs(a.ddp_timeout);
+        if let Some(mut d) = Distributed::from_launcher(timeout)? {
+            d.set_bucket_bytes((a.ddp_bucket_cap_mb * (1 << 20) as f64) as usize);
+            return match train(a, Some(&d)) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = writeln!(io::stderr(), "rank {}: error: {e}", d.rank());
+                    d.abort(1)
+                }
+            };
+        }
+    }
+    train(a, None)
+}
+
+fn train(a: TrainArgs, distributed: Option<&Distributed>) -> Result<(), Failure> {
+    let main = distributed.is_none_or(Distributed::is_main);
     let args = a.training_arguments();
     args.check()?;
     let (config_path, tokenizer_dir) = match (&a.model, &a.config, &a.tokenizer) {
@@ -346,7 +384,22 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
             Dataset::load(path, &options, &tokenizer, &mut fixed)
         })
         .transpose()?;
-    let ctx = Context::new()?;
+    let ctx = match distributed {
+        Some(d) => {
+            let ctx = Context::with_options(d.context_options())?;
+            let _ = writeln!(
+                io::stderr(),
+                "rank {} of {} (pid {}, local rank {}): {}",
+                d.rank(),
+                d.size(),
+                std::process::id(),
+                d.local_rank(),
+                ctx.capabilities().adapter_name
+            );
+            ctx
+        }
+        None => Context::new()?,
+    };
     let extra = tokenizer_files(&tokenizer_dir);
     let resume_from = if a.resume {
         let found = checkpoints(&a.output_dir)?;
@@ -371,7 +424,7 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
             model_for(&ctx, config, a.task, &labels, &args, weights.as_ref())?
         }
     };
-    if a.model.is_some() && !fresh.is_empty() && resume_from.is_none() {
+    if a.model.is_some() && !fresh.is_empty() && resume_from.is_none() && main {
         // As transformers warns when it initialises what a checkpoint lacks.
         super::warn(&format!(
             "{} weights are not in the checkpoint and were newly initialised: {}",
@@ -393,9 +446,24 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
             extra,
         )?,
     };
+    let saved_batch = trainer.state().args.per_device_train_batch_size;
+    if let (Some(dir), Some(given)) = (&resume_from, a.per_device_train_batch_size) {
+        if given as usize != saved_batch {
+            return Err(format!(
+                "--per-device-train-batch-size {given}: the checkpoint {} trained with {saved_batch} \
+                 (on {} rank(s)); resume with the same, or leave the option out",
+                dir.display(),
+                trainer.state().world_size
+            )
+            .into());
+        }
+    }
+    if let Some(d) = distributed {
+        trainer = trainer.distributed(d)?;
+    }
     let mut out = io::stdout().lock();
     let total = trainer.state().max_steps;
-    let bar = if a.json {
+    let bar = if a.json || !main {
         ProgressBar::hidden()
     } else {
         let bar = ProgressBar::new(total);
@@ -437,7 +505,7 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
     if let Some(e) = failed {
         return Err(e.into());
     }
-    if !a.json {
+    if !a.json && main {
         let curves = a.output_dir.join("curves.png");
         match plot(&curves, &trainer.state().log_history) {
             Ok(()) => println!("curves    {}", curves.display()),

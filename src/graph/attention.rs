@@ -684,6 +684,7 @@ fn linear_options(spec: &AttentionSpec) -> LinearAttentionOptions<'_> {
         rope: spec.rope.as_ref(),
         key_mask: spec.mask.as_ref(),
         eps: linear::EPS,
+        feature_map: linear::FeatureMap::EluPlusOne,
     }
 }
 

@@ -6,7 +6,9 @@
 //
 // so that E[phi(q) . phi(k)] = exp(q . k / sqrt(d)), softmax attention's kernel. The
 // products w_i . x' come from a matmul (the host runs it into `feat`, which these kernels
-// then map in place); the features feed the linear attention kernels as they are.
+// then map in place). Causal, the features feed the chunked linear attention kernels as
+// they are; non-causal, matmuls take the sums, and the last three entry points here are
+// their elementwise parts (see `augment`).
 //
 // Stabilisers. exp overflows long before the features mean anything, so each is scaled by a
 // constant that cancels exactly in the attention, out_m = phi(q_m) S / phi(q_m) . z:
@@ -34,7 +36,8 @@
 struct Params {
     batch: u32, heads: u32, seq: u32, dim: u32,
     features: u32, rb: u32, rh: u32, rt: u32,
-    has_mask: u32, scale: f32, ratio: f32, _pad: u32,
+    has_mask: u32, scale: f32, ratio: f32, dim_v: u32,
+    eps: f32, _pad0: u32, _pad1: u32, _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -51,6 +54,16 @@ struct Params {
 // Backward: [rows, features] dL/dphi, turned into g phi in place; [rows, dim] dL/dx's part.
 @group(0) @binding(6) var<storage, read_write> grad_feat: array<f32>;
 @group(0) @binding(7) var<storage, read_write> grad_x: array<f32>;
+// Non-causal: v, out and its gradient (rows of dim_v, like x's), and [batch, heads, seq,
+// w] arrays, w = dim_v + 1 rounded up to a multiple of 4 (so the matmuls read vec4s; the
+// columns past dim_v + 1 are 0): v with a column of ones (`values`), and phi(q) [S | z],
+// each query's numerators and normaliser (`sums`; the backward pass overwrites them with
+// their gradients).
+@group(0) @binding(8) var<storage, read> v: array<f32>;
+@group(0) @binding(9) var<storage, read_write> out: array<f32>;
+@group(0) @binding(10) var<storage, read> grad_out: array<f32>;
+@group(0) @binding(11) var<storage, read_write> values: array<f32>;
+@group(0) @binding(12) var<storage, read_write> sums: array<f32>;
 
 // f32::MAX in hex (see lib/rows.wgsl).
 const F32_MAX: f32 = 0x1.fffffep+127f;
@@ -194,5 +207,75 @@ fn feature_grads(@builtin(workgroup_id) wid: vec3<u32>,
     let k = -p.scale * p.scale * s;
     for (var j = 0u; j < p.dim; j++) {
         grad_x[row * p.dim + j] = k * x[row * p.dim + j];
+    }
+}
+
+// Non-causal attention over the features is three matmuls per direction on [v | 1]:
+//     [S | z] = phi(k)^T [v | 1],   [num | den] = phi(q) [S | z],   out = num / (den + eps)
+// ([v | 1] padded with zero columns, which stay zero throughout)
+// and backward, from G = [g / den | -(g . out) / den] (`grad_sums`, over `sums`):
+//     dphi(q) = G [S | z]^T,   d[S | z] = phi(q)^T G,   dphi(k) = [v | 1] d[S | z]^T,
+//     dv = phi(k) dS.
+// Padding keys have features 0, so they add nothing and get no gradient.
+
+// The width of the non-causal arrays' rows.
+fn sums_width() -> u32 {
+    return (p.dim_v + 4u) / 4u * 4u;
+}
+
+// values = [v | 1 | 0 ...], one invocation per element.
+@compute @workgroup_size(256)
+fn augment(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = flat_id(wid, nwg, lid);
+    let w = sums_width();
+    if (e >= p.batch * p.heads * p.seq * w) {
+        return;
+    }
+    let c = e % w;
+    var x = select(0.0, 1.0, c == p.dim_v);
+    if (c < p.dim_v) {
+        x = v[row_of(bht(e / w)) * p.dim_v + c];
+    }
+    values[e] = x;
+}
+
+// out = num / (den + eps), one invocation per element of out.
+@compute @workgroup_size(256)
+fn normalise(@builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = flat_id(wid, nwg, lid);
+    if (e >= p.batch * p.heads * p.seq * p.dim_v) {
+        return;
+    }
+    let idx = e / p.dim_v;
+    let c = e % p.dim_v;
+    let at = idx * sums_width();
+    out[row_of(bht(idx)) * p.dim_v + c] = sums[at + c] / (sums[at + p.dim_v] + p.eps);
+}
+
+// sums = [g / den | -(g . out) / den | 0 ...] (den with eps), one invocation per query.
+@compute @workgroup_size(256)
+fn grad_sums(@builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let idx = flat_id(wid, nwg, lid);
+    if (idx >= p.batch * p.heads * p.seq) {
+        return;
+    }
+    let row = row_of(bht(idx)) * p.dim_v;
+    let at = idx * sums_width();
+    let den = sums[at + p.dim_v] + p.eps;
+    var s = 0.0;
+    for (var c = 0u; c < p.dim_v; c++) {
+        let g = grad_out[row + c];
+        s += g * out[row + c];
+        sums[at + c] = g / den;
+    }
+    sums[at + p.dim_v] = -s / den;
+    for (var c = p.dim_v + 1u; c < sums_width(); c++) {
+        sums[at + c] = 0.0;
     }
 }

@@ -10,7 +10,7 @@ use crate::ops::attention::heads::HeadLayout;
 use crate::ops::attention::linear::{self, LinearAttentionOptions};
 use crate::ops::attention::local::{self as local_attn, LocalSaved, LocalScratch, LocalWindow};
 use crate::ops::attention::performer::{
-    self, LinearSaved, PerformerOptions, PerformerSaved, PerformerScratch,
+    self, LinearSaved, PerformerOptions, PerformerSaved, PerformerScratch, Sums,
 };
 use crate::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
 use crate::tensor::{DType, Tensor};
@@ -25,8 +25,10 @@ pub(super) struct PerformerTensors {
     features: [TensorId; 2],
     key_rows: TensorId,
     key_max: TensorId,
-    /// Non-causal: the tokens; causal: the chunked form's features, states, tokens.
-    linear: Vec<TensorId>,
+    causal: bool,
+    /// Non-causal: the sums' values, state, rows; causal: the chunked form's features,
+    /// states, tokens. Either way the backward pass's states are shaped like the second.
+    linear: [TensorId; 3],
 }
 
 /// Settings of a softmax or linear attention stage.
@@ -414,15 +416,20 @@ impl Graph {
             ],
             key_rows: self.pooled_f32(format!("{name}.key_rows"), &sizes.key_rows()),
             key_max: self.pooled_f32(format!("{name}.key_max"), &sizes.key_max()),
+            causal: spec.causal,
             linear: if spec.causal {
                 let [features, states, tokens] = sizes.chunked()?;
-                vec![
+                [
                     self.pooled_f32(format!("{name}.chunk_features"), &features),
                     self.pooled_f32(format!("{name}.states"), &states),
                     self.pooled_f32(format!("{name}.tokens"), &tokens),
                 ]
             } else {
-                vec![self.pooled_f32(format!("{name}.tokens"), &sizes.tokens())]
+                [
+                    self.pooled_f32(format!("{name}.values"), &sizes.sums()),
+                    self.pooled_f32(format!("{name}.state"), &sizes.state()),
+                    self.pooled_f32(format!("{name}.sums"), &sizes.sums()),
+                ]
             },
         };
         let mut writes = vec![
@@ -799,18 +806,12 @@ impl Graph {
             self.pooled_f32(format!("{label}.dk_features"), &features),
         ];
         let [dq_rot, dk_rot, _] = self.rotated(label, "d", spec, &qh, &vh);
-        let reverse = match saved.linear.get(1) {
-            Some(&states) => {
-                let shape = self.shape(states).to_vec();
-                Some(self.pooled_f32(format!("{label}.reverse_states"), &shape))
-            }
-            None => None,
-        };
+        let states_shape = self.shape(saved.linear[1]).to_vec();
+        let states = self.pooled_f32(format!("{label}.backward_states"), &states_shape);
         let mut reads = vec![q, k, v, y, dy, saved.features[0], saved.features[1]];
         reads.extend(saved.rot.iter().flatten());
         reads.extend(&saved.linear);
-        // The kernels update the linear attention's saved tokens and the features (g·φ
-        // written over dφ, which is scratch) in place.
+        // The kernels update the saved denominators (or sums) in place.
         let mut writes = vec![
             dq,
             dk,
@@ -821,7 +822,8 @@ impl Graph {
             saved.features[1],
         ];
         writes.extend(&saved.linear);
-        writes.extend(dq_rot.iter().chain(&dk_rot).chain(&reverse));
+        writes.push(states);
+        writes.extend(dq_rot.iter().chain(&dk_rot));
         let (sp, proj, ids) = (spec.clone(), projection.clone(), saved.clone());
         self.call(
             true,
@@ -835,7 +837,7 @@ impl Graph {
                     dk_features: t.get(dfeatures[1])?.clone(),
                     dq_rot: opt(dq_rot)?,
                     dk_rot: opt(dk_rot)?,
-                    reverse: opt(reverse)?,
+                    states: t.get(states)?.clone(),
                 };
                 let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
                 let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &vh)?;
@@ -884,14 +886,17 @@ fn performer_saved(t: &Resolved, ids: &PerformerTensors) -> Result<PerformerSave
         k_features: get(ids.features[1])?,
         key_rows: get(ids.key_rows)?,
         key_max: get(ids.key_max)?,
-        linear: match ids.linear[..] {
-            [tokens] => LinearSaved::NonCausal(get(tokens)?),
-            [features, states, tokens] => LinearSaved::Causal(ChunkedSaved {
+        linear: match (ids.causal, ids.linear) {
+            (true, [features, states, tokens]) => LinearSaved::Causal(ChunkedSaved {
                 features: get(features)?,
                 states: get(states)?,
                 tokens: get(tokens)?,
             }),
-            _ => return Err(Error::invalid("performer attention: saved tensors missing")),
+            (false, [values, state, rows]) => LinearSaved::NonCausal(Sums {
+                values: get(values)?,
+                state: get(state)?,
+                rows: get(rows)?,
+            }),
         },
     })
 }

@@ -266,7 +266,12 @@ fn projections_are_saved_never_trained_and_drawn_only_when_asked() {
     // Other kinds have none to draw.
     let softmax = RoFormer::new(
         ctx,
-        RoFormerConfig::from_json(r#"{"vocab_size": 23, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 24}"#, "t").unwrap(),
+        RoFormerConfig::from_json(
+            r#"{"vocab_size": 23, "hidden_size": 16, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "intermediate_size": 24}"#,
+            "t",
+        )
+        .unwrap(),
         head,
     )
     .unwrap();

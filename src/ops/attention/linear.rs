@@ -927,6 +927,73 @@ mod tests {
         }
     }
 
+    /// Given features (`FeatureMap::Given`) are used as they are: elu+1 of q and k mapped on
+    /// the host gives the elu+1 reference's output and dv, and dq, dk are the gradients of
+    /// the features (the reference's divided by elu+1's derivative), causal and not.
+    #[test]
+    fn given_features_are_used_as_they_are() {
+        let ctx = &ctx();
+        let mut rng = rng(17);
+        let (b, h, t, d, dv) = (2, 2, 9, 6, 5);
+        let (q, k) = (
+            randn(&mut rng, b * h * t * d),
+            randn(&mut rng, b * h * t * d),
+        );
+        let (v, g) = (
+            randn(&mut rng, b * h * t * dv),
+            randn(&mut rng, b * h * t * dv),
+        );
+        let phi = |x: &[f32]| -> Vec<f32> {
+            x.iter()
+                .map(|&a| if a > 0.0 { a + 1.0 } else { a.exp() })
+                .collect()
+        };
+        let dphi = |a: f32| if a > 0.0 { 1.0 } else { (a as f64).exp() };
+        let (qs, vs) = ([b, h, t, d], [b, h, t, dv]);
+        let (tq, tk) = (upload(ctx, &phi(&q), &qs), upload(ctx, &phi(&k), &qs));
+        let (tv, tg) = (upload(ctx, &v, &vs), upload(ctx, &g, &vs));
+        let mask: Vec<f32> = (0..b * t)
+            .map(|i| if i >= 2 * t - 2 { 0.0 } else { 1.0 })
+            .collect();
+        let tmask = upload(ctx, &mask, &[b, t]);
+        for causal in [false, true] {
+            let opts = LinearAttentionOptions {
+                causal,
+                key_mask: Some(&tmask),
+                feature_map: FeatureMap::Given,
+                ..Default::default()
+            };
+            let layout = HeadLayout::Bhtd;
+            let (out, saved) = forward(ctx, &tq, &tk, &tv, layout, &opts).unwrap();
+            let (dq, dk, dvt) =
+                backward(ctx, &tq, &tk, &tv, layout, &opts, &out, &saved, &tg).unwrap();
+            let m64 = to_f64(&mask);
+            let problem = reference::Problem {
+                q: &to_f64(&q),
+                k: &to_f64(&k),
+                v: &to_f64(&v),
+                dims: (b, h, t, d, dv),
+                causal,
+                rope: false,
+                mask: Some(&m64),
+                eps: EPS as f64,
+            };
+            let (wo, wq, wk, wv) = reference::forward_backward(&problem, &to_f64(&g));
+            let chain = |grad: &Tensor, x: &[f32]| -> Vec<f32> {
+                download(ctx, grad)
+                    .iter()
+                    .zip(x)
+                    .map(|(gf, &a)| (*gf as f64 * dphi(a)) as f32)
+                    .collect()
+            };
+            let what = format!("given features causal={causal}");
+            assert_close(&format!("{what} out"), &download(ctx, &out), &wo, 1e-5);
+            assert_close(&format!("{what} dv"), &download(ctx, &dvt), &wv, 1e-4);
+            assert_close(&format!("{what} dq"), &chain(&dq, &q), &wq, 1e-4);
+            assert_close(&format!("{what} dk"), &chain(&dk, &k), &wk, 1e-4);
+        }
+    }
+
     #[test]
     fn reference_gradients_match_finite_differences() {
         // Keeps the reference honest: d(Σ out·g)/dq by central differences.

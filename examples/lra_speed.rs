@@ -1,10 +1,11 @@
 //! Training speed and memory against sequence length, as the Long Range Arena paper's
 //! Table 2 measures them: byte-level input (vocabulary 256), 4 layers, hidden 256, 4 heads,
-//! feed-forward 1024, batch 32, for materialised softmax, fused softmax, linear attention and
-//! sliding-window local attention.
+//! feed-forward 1024, batch 32, for materialised softmax, fused softmax, linear attention,
+//! sliding-window local attention and Performer's random features.
 //!
 //!     cargo run --release --example lra_speed [-- --lengths 1024,2048,4096 --batch 32 --steps 5
-//!         --kinds softmax,fused,linear,local --window 128 --globals 1 --out runs/lra_speed]
+//!         --kinds softmax,fused,linear,local,performer --window 128 --globals 1 --features 256
+//!         --out runs/lra_speed]
 //!
 //! Where a batch does not fit (the adapter's binding or memory limits), it is halved until it
 //! does, and the table says so. Speed is training examples per second (steps/s × batch), GPU
@@ -52,6 +53,9 @@ struct Cli {
     /// Local attention's global tokens g.
     #[arg(long, default_value_t = 1)]
     globals: usize,
+    /// Performer attention's random features m.
+    #[arg(long, default_value_t = 256)]
+    features: usize,
     /// Output folder.
     #[arg(long, default_value = "runs/lra_speed")]
     out: std::path::PathBuf,
@@ -67,6 +71,8 @@ enum Kind {
     Linear,
     /// Sliding-window softmax attention with global tokens (`--window`, `--globals`).
     Local,
+    /// Performer's FAVOR+ random features (`--features`).
+    Performer,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -86,6 +92,7 @@ fn kind_of(kind: Kind) -> (AttentionKind, &'static str) {
         Kind::Fused => (AttentionKind::FusedSoftmax, "fused softmax"),
         Kind::Linear => (AttentionKind::Linear, "linear (eq. 19)"),
         Kind::Local => (AttentionKind::Local, "local window"),
+        Kind::Performer => (AttentionKind::Performer, "performer"),
     }
 }
 
@@ -190,12 +197,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let out = cli.out.clone();
     std::fs::create_dir_all(&out)?;
     println!(
-        "adapter {} ({:?}); model: byte-level, {layers} layers, hidden {hidden}, {heads} heads, ffn {ffn}; batch {batch}; median of {steps} steps ({}); local: window {}, {} global tokens",
+        "adapter {} ({:?}); model: byte-level, {layers} layers, hidden {hidden}, {heads} heads, ffn {ffn}; batch {batch}; median of {steps} steps ({}); local: window {}, {} global tokens; performer: {} features",
         caps.adapter_name,
         caps.backend,
         if caps.timestamp_query { "GPU time from timestamps" } else { "wall time" },
         cli.window,
-        cli.globals
+        cli.globals,
+        cli.features
     );
     let mut results: Vec<Measurement> = Vec::new();
     for &kind in &kinds {
@@ -211,6 +219,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                         AttentionKind::FusedSoftmax => "fused_softmax",
                         AttentionKind::Linear => "linear",
                         AttentionKind::Local => "local",
+                        AttentionKind::Performer => "performer",
                     },
                     if attention == AttentionKind::Local {
                         format!(
@@ -218,6 +227,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                             cli.window.clamp(1, length),
                             cli.globals.min(length)
                         )
+                    } else if attention == AttentionKind::Performer {
+                        format!(r#", "performer_features": {}"#, cli.features)
                     } else {
                         String::new()
                     }

@@ -21,6 +21,9 @@
 // parallel).
 // Memory per head: the features (6 T d), one state per chunk (T/C (d dv + d)), no T x T.
 //
+// With `mapped` set, q and k are already features (Performer's random features, say): phi
+// is the identity and there is no RoPE (the host checks).
+//
 // q, k, v, out and their gradients are T (f32, or f16 in the f16 variant); the RoPE table,
 // mask, features, states and all arithmetic are f32.
 
@@ -30,7 +33,7 @@ struct Params {
     batch: u32, heads: u32, seq: u32, dim: u32,
     dim_v: u32, qb: u32, qh: u32, qt: u32,
     vb: u32, vh: u32, vt: u32, chunks: u32,
-    has_mask: u32, has_rope: u32, eps: f32, _pad: u32,
+    has_mask: u32, has_rope: u32, eps: f32, mapped: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -73,11 +76,18 @@ var<workgroup> sh_p: array<f32, C * C>;
 var<workgroup> sh_r: array<f32, C * C>;
 var<workgroup> sh_t: array<f32, 2u * C>;
 
+// The feature map: elu(x) + 1, or the identity for features mapped already.
 fn phi(x: f32) -> f32 {
+    if (p.mapped != 0u) {
+        return x;
+    }
     return select(exp(x), x + 1.0, x > 0.0);
 }
 
 fn dphi(x: f32) -> f32 {
+    if (p.mapped != 0u) {
+        return 1.0;
+    }
     return select(exp(x), 1.0, x > 0.0);
 }
 

@@ -28,6 +28,10 @@
 // zero-padded to a multiple of 4. The chunked causal form for long sequences is tested
 // against this one.
 //
+// With `mapped` set, q and k are already features (Performer's random features, say):
+// phi is the identity and there is no RoPE (the host checks), so the kernels compute the
+// same sums over them as they are.
+//
 // q, k, v, out and their gradients are T (f32, or f16 in the f16 variant); the RoPE table,
 // mask, features, states and all arithmetic are f32.
 
@@ -36,7 +40,7 @@ alias T = f32;
 struct Params {
     batch: u32, heads: u32, seq: u32, dim: u32,
     dim_v: u32, qb: u32, qh: u32, qt: u32,
-    vb: u32, vh: u32, vt: u32, _pad: u32,
+    vb: u32, vh: u32, vt: u32, mapped: u32,
     has_mask: u32, has_rope: u32, eps: f32, chunk_len: u32,
 }
 
@@ -63,11 +67,12 @@ struct Params {
 @group(0) @binding(13) var<storage, read> state: array<f32>;
 @group(0) @binding(14) var<storage, read_write> state_out: array<f32>;
 
-// Largest head dimension of this variant (32, 64 or 128), also the workgroup size.
+// Largest head dimension of this variant (32, 64, 128 or 256), also the workgroup size.
 const MAX_D: u32 = 128u; // variant
 const MAX_D4: u32 = MAX_D / 4u;
-// Tokens staged per block.
-const BT: u32 = 8u;
+// Tokens staged per block (4 in the widest variant, so its staging fits as much workgroup
+// memory as the 128-wide one's).
+const BT: u32 = 8u; // variant
 
 var<workgroup> sh_a: array<f32, BT * MAX_D>;
 var<workgroup> sh_b: array<f32, BT * MAX_D>;
@@ -83,11 +88,18 @@ var<workgroup> sh_tok: array<f32, BT>;
 var<private> st: array<vec4<f32>, MAX_D4>;
 var<private> st_z: array<vec4<f32>, MAX_D4>;
 
+// The feature map: elu(x) + 1, or the identity for features mapped already.
 fn phi(x: f32) -> f32 {
+    if (p.mapped != 0u) {
+        return x;
+    }
     return select(exp(x), x + 1.0, x > 0.0);
 }
 
 fn dphi(x: f32) -> f32 {
+    if (p.mapped != 0u) {
+        return 1.0;
+    }
     return select(exp(x), 1.0, x > 0.0);
 }
 

@@ -3,7 +3,8 @@
 //!     cargo run --release --example bench [-- kernels] [--out runs/bench] [--torch FILE]
 //!     cargo run --release --example bench -- step [--layers 12] [--hidden 768] [--heads 12]
 //!         [--intermediate 3072] [--vocab 32000] [--batch 8] [--seq 512] [--steps 5]
-//!         [--attention softmax|fused|linear] [--precision f32|fast|mixed] [--profile]
+//!         [--attention softmax|fused|linear|performer] [--features 256]
+//!         [--precision f32|fast|mixed] [--profile]
 //!         [--model h200|rtx4090|m3-max|local] [--profile-reps 5] [--profile-csv FILE]
 //!         [--ranks 1,8,64]
 //!
@@ -143,6 +144,9 @@ struct ModelArgs {
     steps: Option<u64>,
     #[arg(long, value_enum, default_value_t = AttentionArg::Softmax)]
     attention: AttentionArg,
+    /// Performer attention's random features m.
+    #[arg(long, default_value_t = 256)]
+    features: usize,
     /// Arithmetic: f32; fast (f32 tensors, matmuls on tensor cores where the adapter has
     /// them); f16 (`infer`: f16 weights and activations); mixed (`step`: f16 passes with
     /// f32 master weights and loss scaling). f16 and mixed need SHADER_F16 and put the
@@ -201,6 +205,7 @@ enum AttentionArg {
     Softmax,
     Fused,
     Linear,
+    Performer,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -224,6 +229,15 @@ impl ModelArgs {
             AttentionArg::Softmax => "softmax",
             AttentionArg::Fused => "fused_softmax",
             AttentionArg::Linear => "linear",
+            AttentionArg::Performer => "performer",
+        }
+    }
+
+    /// The config keys the attention kind needs besides `attention_kind`.
+    fn attention_keys(&self) -> String {
+        match self.attention {
+            AttentionArg::Performer => format!(r#", "performer_features": {}"#, self.features),
+            _ => String::new(),
         }
     }
 }
@@ -432,6 +446,7 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.steps.unwrap_or(5) as usize,
     );
     let attention = args.attention();
+    let keys = args.attention_keys();
     let precision = match args.precision {
         PrecisionArg::Fast | PrecisionArg::Mixed => MatmulPrecision::Fast,
         PrecisionArg::F32 => MatmulPrecision::F32,
@@ -489,7 +504,7 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
         &format!(
             r#"{{"vocab_size": {vocab}, "hidden_size": {hidden}, "num_hidden_layers": {layers},
                 "num_attention_heads": {heads}, "intermediate_size": {intermediate},
-                "max_position_embeddings": {}, "attention_kind": "{attention}"}}"#,
+                "max_position_embeddings": {}, "attention_kind": "{attention}"{keys}}}"#,
             seq.max(512)
         ),
         "bench",
@@ -617,11 +632,12 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
 fn model_config(args: &ModelArgs) -> Result<RoFormerConfig, Box<dyn std::error::Error>> {
     let hidden = args.hidden;
     let attention = args.attention();
+    let keys = args.attention_keys();
     Ok(RoFormerConfig::from_json(
         &format!(
             r#"{{"vocab_size": {}, "hidden_size": {hidden}, "num_hidden_layers": {},
                 "num_attention_heads": {}, "intermediate_size": {},
-                "max_position_embeddings": {}, "attention_kind": "{attention}"}}"#,
+                "max_position_embeddings": {}, "attention_kind": "{attention}"{keys}}}"#,
             args.vocab,
             args.layers,
             args.heads,

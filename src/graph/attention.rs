@@ -1,6 +1,7 @@
-//! Attention in its five forms (softmax with the `[B, H, T, T]` probabilities, fused
+//! Attention in its six forms (softmax with the `[B, H, T, T]` probabilities, fused
 //! softmax, sliding-window local softmax, linear attention as a scan, causal linear attention
-//! in chunks), each with RoPE: forward builders and backward rules.
+//! in chunks, Performer's random features), each with RoPE: forward builders and backward
+//! rules.
 
 use crate::error::{Error, Result};
 use crate::ops::attention::chunked_linear::{self as chunked, ChunkedSaved};
@@ -8,10 +9,27 @@ use crate::ops::attention::flash::{self, FlashSaved, FlashScratch};
 use crate::ops::attention::heads::HeadLayout;
 use crate::ops::attention::linear::{self, LinearAttentionOptions};
 use crate::ops::attention::local::{self as local_attn, LocalSaved, LocalScratch, LocalWindow};
+use crate::ops::attention::performer::{
+    self, LinearSaved, PerformerOptions, PerformerSaved, PerformerScratch, Sums,
+};
 use crate::ops::attention::{self, AttentionOptions, BackwardBuffers, BufferShapes, Saved};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 use super::{layout_check, Graph, Resolved, StageKind, TensorId};
+
+/// The graph tensors a performer attention stage saves for its backward pass (see
+/// [`PerformerSaved`]).
+#[derive(Clone, Debug)]
+pub(super) struct PerformerTensors {
+    rot: [Option<TensorId>; 2],
+    features: [TensorId; 2],
+    key_rows: TensorId,
+    key_max: TensorId,
+    causal: bool,
+    /// Non-causal: the sums' values, state, rows; causal: the chunked form's features,
+    /// states, tokens. Either way the backward pass's states are shaped like the second.
+    linear: [TensorId; 3],
+}
 
 /// Settings of a softmax or linear attention stage.
 #[derive(Clone, Debug)]
@@ -360,6 +378,105 @@ impl Graph {
         Ok(out)
     }
 
+    /// Performer attention ([`crate::ops::attention::performer`]: FAVOR+ random features
+    /// of RoPE-rotated q and k through `projection`, `[m, head_dim]`; causal per `spec`, its
+    /// mask the `[B, T]` key weights) on `[B, T, H]` projections. f32 only.
+    pub fn performer_attention(
+        &mut self,
+        name: &str,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        spec: AttentionSpec,
+        projection: &Tensor,
+    ) -> Result<TensorId> {
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        if self.activation_dtype() != DType::F32 {
+            return Err(Error::invalid(format!(
+                "{name}: performer attention runs in f32 only (its random features span \
+                 orders of magnitude that f16 does not hold), not {:?} activations",
+                self.activation_dtype()
+            )));
+        }
+        if spec.rotary_value {
+            return Err(Error::invalid(format!(
+                "{name}: rotary_value is not defined for performer attention"
+            )));
+        }
+        let m = projection.shape().first().copied().unwrap_or(0);
+        let sizes = performer::Sizes::new(&qh, &vh, HeadLayout::Bthd, m, spec.causal)?;
+        let vshape = self.shape(v).to_vec();
+        let out = self.output(name, &vshape, &[q, k, v]);
+        let [q_rot, k_rot, _] = self.rotated(name, "", &spec, &qh, &vh);
+        let saved = PerformerTensors {
+            rot: [q_rot, k_rot],
+            features: [
+                self.pooled_f32(format!("{name}.q_features"), &sizes.features()),
+                self.pooled_f32(format!("{name}.k_features"), &sizes.features()),
+            ],
+            key_rows: self.pooled_f32(format!("{name}.key_rows"), &sizes.key_rows()),
+            key_max: self.pooled_f32(format!("{name}.key_max"), &sizes.key_max()),
+            causal: spec.causal,
+            linear: if spec.causal {
+                let [features, states, tokens] = sizes.chunked()?;
+                [
+                    self.pooled_f32(format!("{name}.chunk_features"), &features),
+                    self.pooled_f32(format!("{name}.states"), &states),
+                    self.pooled_f32(format!("{name}.tokens"), &tokens),
+                ]
+            } else {
+                [
+                    self.pooled_f32(format!("{name}.values"), &sizes.sums()),
+                    self.pooled_f32(format!("{name}.state"), &sizes.state()),
+                    self.pooled_f32(format!("{name}.sums"), &sizes.sums()),
+                ]
+            },
+        };
+        let mut writes = vec![
+            out,
+            saved.features[0],
+            saved.features[1],
+            saved.key_rows,
+            saved.key_max,
+        ];
+        writes.extend(saved.rot.iter().flatten());
+        writes.extend(&saved.linear);
+        self.input_bytes += spec.mask.as_ref().map_or(0, Tensor::byte_size)
+            + spec.rope.as_ref().map_or(0, Tensor::byte_size)
+            + projection.byte_size();
+        let (sp, proj, ids) = (spec.clone(), projection.clone(), saved.clone());
+        self.call(
+            false,
+            format!("{name}: performer attention"),
+            vec![q, k, v],
+            writes,
+            Box::new(move |ctx, t| {
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
+                performer::plan_forward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &proj,
+                    &performer_options(&sp),
+                    &performer_saved(t, &ids)?,
+                    &t.get(out)?.reshape(&vh)?,
+                )
+            }),
+        );
+        self.stage(
+            StageKind::PerformerAttention {
+                spec,
+                projection: projection.clone(),
+                saved,
+            },
+            vec![q, k, v],
+            out,
+        );
+        Ok(out)
+    }
+
     /// Destinations for dq, dk, dv, and the gradients to add them to afterwards.
     #[allow(clippy::type_complexity)]
     fn qkv_targets(
@@ -668,6 +785,122 @@ impl Graph {
     }
 }
 
+impl Graph {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn performer_attention_backward(
+        &mut self,
+        label: &str,
+        inputs: &[TensorId],
+        y: TensorId,
+        dy: TensorId,
+        spec: &AttentionSpec,
+        projection: &Tensor,
+        saved: &PerformerTensors,
+    ) -> Result<()> {
+        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
+        let features = self.shape(saved.features[0]).to_vec();
+        let dfeatures = [
+            self.pooled_f32(format!("{label}.dq_features"), &features),
+            self.pooled_f32(format!("{label}.dk_features"), &features),
+        ];
+        let [dq_rot, dk_rot, _] = self.rotated(label, "d", spec, &qh, &vh);
+        let states_shape = self.shape(saved.linear[1]).to_vec();
+        let states = self.pooled_f32(format!("{label}.backward_states"), &states_shape);
+        let mut reads = vec![q, k, v, y, dy, saved.features[0], saved.features[1]];
+        reads.extend(saved.rot.iter().flatten());
+        reads.extend(&saved.linear);
+        // The kernels update the saved denominators (or sums) in place.
+        let mut writes = vec![
+            dq,
+            dk,
+            dv,
+            dfeatures[0],
+            dfeatures[1],
+            saved.features[0],
+            saved.features[1],
+        ];
+        writes.extend(&saved.linear);
+        writes.push(states);
+        writes.extend(dq_rot.iter().chain(&dk_rot));
+        let (sp, proj, ids) = (spec.clone(), projection.clone(), saved.clone());
+        self.call(
+            true,
+            format!("{label}: performer attention backward"),
+            reads,
+            writes,
+            Box::new(move |ctx, t| {
+                let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
+                let scratch = PerformerScratch {
+                    dq_features: t.get(dfeatures[0])?.clone(),
+                    dk_features: t.get(dfeatures[1])?.clone(),
+                    dq_rot: opt(dq_rot)?,
+                    dk_rot: opt(dk_rot)?,
+                    states: t.get(states)?.clone(),
+                };
+                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
+                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &vh)?;
+                let (out, g) = (t.get(y)?.reshape(&vh)?, t.get(dy)?.reshape(&vh)?);
+                performer::plan_backward(
+                    ctx,
+                    &qv,
+                    &kv,
+                    &vv,
+                    HeadLayout::Bthd,
+                    &proj,
+                    &performer_options(&sp),
+                    &performer_saved(t, &ids)?,
+                    &out,
+                    &g,
+                    &scratch,
+                    &dqv,
+                    &dkv,
+                    &dvv,
+                )
+            }),
+        );
+        for (part, g) in adds {
+            self.add_into(label, part, g);
+        }
+        Ok(())
+    }
+}
+
+fn performer_options(spec: &AttentionSpec) -> PerformerOptions<'_> {
+    PerformerOptions {
+        causal: spec.causal,
+        rope: spec.rope.as_ref(),
+        key_mask: spec.mask.as_ref(),
+    }
+}
+
+/// The saved tensors of a performer attention stage.
+fn performer_saved(t: &Resolved, ids: &PerformerTensors) -> Result<PerformerSaved> {
+    let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
+    let get = |i: TensorId| t.get(i).cloned();
+    Ok(PerformerSaved {
+        q_rot: opt(ids.rot[0])?,
+        k_rot: opt(ids.rot[1])?,
+        q_features: get(ids.features[0])?,
+        k_features: get(ids.features[1])?,
+        key_rows: get(ids.key_rows)?,
+        key_max: get(ids.key_max)?,
+        linear: match (ids.causal, ids.linear) {
+            (true, [features, states, tokens]) => LinearSaved::Causal(ChunkedSaved {
+                features: get(features)?,
+                states: get(states)?,
+                tokens: get(tokens)?,
+            }),
+            (false, [values, state, rows]) => LinearSaved::NonCausal(Sums {
+                values: get(values)?,
+                state: get(state)?,
+                rows: get(rows)?,
+            }),
+        },
+    })
+}
+
 fn attention_options(spec: &AttentionSpec) -> AttentionOptions<'_> {
     AttentionOptions {
         causal: spec.causal,
@@ -684,6 +917,7 @@ fn linear_options(spec: &AttentionSpec) -> LinearAttentionOptions<'_> {
         rope: spec.rope.as_ref(),
         key_mask: spec.mask.as_ref(),
         eps: linear::EPS,
+        feature_map: linear::FeatureMap::EluPlusOne,
     }
 }
 

@@ -18,7 +18,7 @@
 //!
 //! Where things are: each kind of stage has one file holding its forward builder and its
 //! backward rule (`embedding.rs`, `linear.rs`, `layer_norm.rs`, `elementwise.rs` for GELU,
-//! add and first token, `attention.rs` for the four attention forms, `loss.rs`,
+//! add and first token, `attention.rs` for the attention forms, `loss.rs`,
 //! `custom.rs`); `planner.rs` is the buffer assignment (a pure function of the call list);
 //! `plan.rs` is the executable [`Plan`].
 
@@ -135,6 +135,12 @@ enum StageKind {
         spec: AttentionSpec,
         /// Features, chunk states, per-token denominators.
         saved: [TensorId; 3],
+    },
+    PerformerAttention {
+        spec: AttentionSpec,
+        /// The layer's random projection `[m, head_dim]` (not a graph tensor: never trained).
+        projection: Tensor,
+        saved: attention::PerformerTensors,
     },
     CrossEntropy {
         labels: Labels,
@@ -427,6 +433,11 @@ impl Graph {
             StageKind::ChunkedLinearAttention { spec, saved } => {
                 self.chunked_attention_backward(&label, inputs, y, dy, spec, *saved)
             }
+            StageKind::PerformerAttention {
+                spec,
+                projection,
+                saved,
+            } => self.performer_attention_backward(&label, inputs, y, dy, spec, projection, saved),
             StageKind::Custom { backward } => {
                 self.custom_backward(&label, inputs, y, dy, backward.clone())
             }

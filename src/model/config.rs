@@ -23,6 +23,11 @@ pub enum AttentionKind {
     /// Softmax attention over a sliding window with global tokens (Longformer's pattern;
     /// `attention_window`, `global_tokens`): time and memory linear in the length.
     Local,
+    /// Performer's FAVOR+: softmax attention estimated with `performer_features` positive
+    /// orthogonal random features of RoPE-rotated q and k (RoFormer section 3.3), in time
+    /// and memory linear in the length. Each layer's random projection is stored with the
+    /// weights (see [`crate::model::performer_projection_name`]).
+    Performer,
 }
 
 mod defaults {
@@ -129,7 +134,8 @@ pub struct RoFormerConfig {
     /// decide from the labels (regression when `num_labels` is 1).
     #[serde(default)]
     pub problem_type: Option<String>,
-    /// This library's option: softmax (HF, materialised or fused), linear or local attention.
+    /// This library's option: softmax (HF, materialised or fused), linear, local or
+    /// performer attention.
     #[serde(default, rename = "attention_kind")]
     pub attention: AttentionKind,
     /// This library's option: causal attention, as `is_decoder` (either turns it on).
@@ -144,6 +150,16 @@ pub struct RoFormerConfig {
     /// `[CLS]`; in a causal model they are only seen). Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_tokens: Option<usize>,
+    /// This library's option, for `attention_kind` `performer`: `m`, the random features
+    /// per head (1 to 256, the kernels' range; Performer's paper uses about `d·ln d`, 266
+    /// for heads of 64). Required there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performer_features: Option<usize>,
+    /// This library's option, for `attention_kind` `performer`: the seed a new model draws
+    /// its random projections from (layer `l` from `seed + l`; default 0). A checkpoint
+    /// stores the projections themselves, so loading one does not draw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performer_seed: Option<u64>,
     /// Every other field, kept as it was.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -235,6 +251,7 @@ impl RoFormerConfig {
             );
         }
         self.validate_local()?;
+        self.validate_performer()?;
         if self.add_cross_attention {
             return Err(
                 "add_cross_attention: cross-attention layers (an encoder-decoder RoFormer) are not implemented"
@@ -311,6 +328,51 @@ impl RoFormerConfig {
             Some(_) if self.global_tokens.unwrap_or(0) > n => Err(format!(
                 "global_tokens {} is over max_position_embeddings {n}",
                 self.global_tokens.unwrap_or(0)
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The performer keys: set only with `attention_kind` `performer`, which needs
+    /// `performer_features` in the kernels' range and heads no wider than it takes values.
+    fn validate_performer(&self) -> std::result::Result<(), String> {
+        use crate::ops::attention::performer::MAX_FEATURES;
+        if self.attention != AttentionKind::Performer {
+            for (key, set) in [
+                ("performer_features", self.performer_features.is_some()),
+                ("performer_seed", self.performer_seed.is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{key} is for attention_kind \"performer\", not {:?}",
+                        self.attention
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if self.rotary_value {
+            return Err(
+                "rotary_value is not defined for performer attention (RoPE rotates q and k \
+                 before the feature map)"
+                    .into(),
+            );
+        }
+        if self.head_dim() > MAX_FEATURES {
+            return Err(format!(
+                "performer attention takes heads up to {MAX_FEATURES} wide, not {}",
+                self.head_dim()
+            ));
+        }
+        match self.performer_features {
+            None => Err(format!(
+                "attention_kind \"performer\" needs performer_features (m, the random \
+                 features per head: 1 to {MAX_FEATURES}; about d·ln d = {} for these heads)",
+                (self.head_dim() as f64 * (self.head_dim() as f64).ln()).round()
+            )),
+            Some(m) if m == 0 || m > MAX_FEATURES => Err(format!(
+                "performer_features {m} is outside 1 to {MAX_FEATURES}, what the performer \
+                 kernels take"
             )),
             Some(_) => Ok(()),
         }
@@ -433,8 +495,58 @@ mod tests {
             c
         );
         assert!(RoFormerConfig::base().local_window().is_none());
+        assert!(err(
+            r#"{"attention_kind": "local", "attention_window": 4, "performer_features": 8}"#
+        )
+        .contains("performer_features is for"));
         assert!(!RoFormerConfig::base()
             .to_json()
             .contains("attention_window"));
+    }
+
+    #[test]
+    fn performer_keys_are_checked() {
+        let err = |j: &str| {
+            RoFormerConfig::from_json(j, "c.json")
+                .unwrap_err()
+                .to_string()
+        };
+        let performer = |extra: &str| {
+            format!(
+                r#"{{"attention_kind": "performer", "hidden_size": 64, "num_attention_heads": 4{extra}}}"#
+            )
+        };
+        let e = err(&performer(""));
+        assert!(
+            e.contains("needs performer_features") && e.contains("44"),
+            "{e}"
+        );
+        assert!(err(&performer(r#", "performer_features": 0"#)).contains("outside 1 to 256"));
+        assert!(err(&performer(r#", "performer_features": 257"#)).contains("outside 1 to 256"));
+        assert!(err(&performer(r#", "performer_features": -1"#)).contains("performer_features"));
+        assert!(err(&performer(
+            r#", "performer_features": 8, "rotary_value": true"#
+        ))
+        .contains("rotary_value"));
+        assert!(err(r#"{"attention_kind": "performer", "hidden_size": 600, "num_attention_heads": 2, "performer_features": 8}"#)
+            .contains("heads up to 256"));
+        assert!(err(r#"{"performer_features": 8}"#).contains("is for attention_kind"));
+        assert!(
+            err(r#"{"attention_kind": "linear", "performer_seed": 3}"#).contains("performer_seed")
+        );
+        let c = RoFormerConfig::from_json(
+            &performer(r#", "performer_features": 256, "performer_seed": 9"#),
+            "c.json",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.performer_features, c.performer_seed),
+            (Some(256), Some(9))
+        );
+        assert_eq!(
+            RoFormerConfig::from_json(&c.to_json(), "c.json").unwrap(),
+            c
+        );
+        assert!(!RoFormerConfig::base().to_json().contains("performer"));
     }
 }

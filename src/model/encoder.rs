@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::graph::{self, GraphInputs, GraphOutputs};
+use super::performer::Projections;
 use super::{
-    load_weights, param_shapes, parse_pretrained, prepare, read_pretrained, with_path, Head,
-    RoFormerConfig,
+    load_weights, param_shapes, parse_pretrained, prepare, read_pretrained, with_path,
+    AttentionKind, Head, RoFormerConfig,
 };
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -324,6 +325,8 @@ pub struct Encoder {
     head: Head,
     store: ParamStore,
     table: Tensor,
+    /// Performer attention's random projections (none for other kinds).
+    projections: Projections,
     options: EncoderOptions,
     /// Held from planning through submission, so two threads never interleave their
     /// inputs.
@@ -351,14 +354,19 @@ impl Encoder {
                 options.precision
             )));
         }
+        if config.attention == AttentionKind::Performer && options.precision != DType::F32 {
+            return Err(Error::invalid(super::PERFORMER_F32));
+        }
         let table = prepare(ctx, &config, head)?;
         let store =
             ParamStore::weights_only_as(ctx, &param_shapes(&config, head), options.precision)?;
+        let projections = Projections::new(ctx, &config)?;
         Ok(Encoder {
             config,
             head,
             store,
             table,
+            projections,
             options,
             plans: Mutex::default(),
             generations: Arc::default(),
@@ -405,7 +413,12 @@ impl Encoder {
 
     /// Uploads every weight from HF-named tensors (see [`super::RoFormer::load_tensors`]).
     pub fn load_tensors(&self, ctx: &Context, tensors: &HostTensors) -> Result<()> {
-        load_weights(ctx, &self.store, &self.config, tensors)
+        load_weights(ctx, &self.store, &self.projections, &self.config, tensors)
+    }
+
+    /// A performer model's random projections.
+    pub(super) fn projections(&self) -> &Projections {
+        &self.projections
     }
 
     /// Its weights.
@@ -423,14 +436,15 @@ impl Encoder {
         self.head
     }
 
-    /// GPU memory held: the weights; the pool all plans share for activations (buffer i as
-    /// large as the largest plan's buffer i, for the buckets planned so far); the inputs of
+    /// GPU memory held: the weights (a performer model's projections included); the pool
+    /// all plans share for activations (buffer i as large as the largest plan's buffer i,
+    /// for the buckets planned so far); the inputs of
     /// every cached plan; the key/value caches and activations of the generations in
     /// progress ([`Encoder::generate`]). Transient read-back buffers are not counted.
     pub fn memory(&self) -> MemoryReport {
         let plans = self.plans.lock().unwrap();
         MemoryReport {
-            params: self.store.memory(),
+            params: self.store.memory() + self.projections.memory(),
             pooled: plans.pool.iter().map(Tensor::byte_size).sum(),
             buffers: plans.pool.len(),
             unpooled: plans
@@ -656,7 +670,15 @@ impl Encoder {
         let c = &self.config;
         let inputs = GraphInputs::new(ctx, c, self.head, key.rows, key.seq, false)?;
         let mut g = Graph::with_activations(self.store.dtype());
-        let outputs = graph::build(c, self.head, &self.store, &self.table, &mut g, &inputs)?;
+        let outputs = graph::build(
+            c,
+            self.head,
+            &self.store,
+            &self.table,
+            &self.projections,
+            &mut g,
+            &inputs,
+        )?;
         let kept = wanted(&outputs, key.want);
         for &id in &kept {
             g.keep(id);

@@ -126,11 +126,14 @@ impl Encoder {
                 self.head().architecture()
             )));
         }
-        if matches!(c.attention, AttentionKind::Linear | AttentionKind::Local) {
+        if matches!(
+            c.attention,
+            AttentionKind::Linear | AttentionKind::Local | AttentionKind::Performer
+        ) {
             return Err(Error::invalid(
                 "generation with a key/value cache needs softmax attention (attention_kind \
-                 softmax or fused_softmax); a linear- or local-attention model generates by \
-                 recomputing each step (pipelines::generate does so)",
+                 softmax or fused_softmax); a linear-, local- or performer-attention model \
+                 generates by recomputing each step (pipelines::generate does so)",
             ));
         }
         let head_dim = c.hidden_size / c.num_attention_heads;

@@ -2,6 +2,7 @@
 //! loss. Training sessions and the inference encoder build the same graph; they differ in
 //! what they keep, whether there is a loss, and where the weights and activations live.
 
+use super::performer::Projections;
 use super::{Head, RoFormerConfig, TrainingLoss, WORDS};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -133,10 +134,11 @@ pub(crate) fn build(
     head: Head,
     store: &ParamStore,
     table: &Tensor,
+    projections: &Projections,
     g: &mut Graph,
     inputs: &GraphInputs,
 ) -> Result<GraphOutputs> {
-    let hidden = encoder(c, store, table, g, inputs)?;
+    let hidden = encoder(c, store, table, projections, g, inputs)?;
     let last = hidden[hidden.len() - 1]; // the embeddings' output at least
     let logits = head_logits(c, head, store, g, inputs, last)?;
     let loss = match (&inputs.labels, logits) {
@@ -160,6 +162,7 @@ fn encoder(
     c: &RoFormerConfig,
     s: &ParamStore,
     table: &Tensor,
+    projections: &Projections,
     g: &mut Graph,
     inputs: &GraphInputs,
 ) -> Result<Vec<TensorId>> {
@@ -172,11 +175,11 @@ fn encoder(
             AttentionKind::Softmax | AttentionKind::FusedSoftmax | AttentionKind::Local => {
                 inputs.additive_mask.clone()
             }
-            AttentionKind::Linear => inputs.key_mask.clone(),
+            AttentionKind::Linear | AttentionKind::Performer => inputs.key_mask.clone(),
         }),
         rope: Some(table.clone()),
     };
-    let mut attend = |g: &mut Graph, _layer: usize, name: &str, q, k, v| match c.attention {
+    let mut attend = |g: &mut Graph, layer: usize, name: &str, q, k, v| match c.attention {
         AttentionKind::Softmax => g.attention(name, q, k, v, spec.clone()),
         AttentionKind::FusedSoftmax => g.fused_attention(name, q, k, v, spec.clone()),
         AttentionKind::Linear => g.linear_attention(name, q, k, v, spec.clone()),
@@ -185,6 +188,14 @@ fn encoder(
                 crate::Error::invalid("local attention without its window (attention_window)")
             })?;
             g.local_attention(name, q, k, v, spec.clone(), window)
+        }
+        AttentionKind::Performer => {
+            let projection = projections.layer(layer).ok_or_else(|| {
+                crate::Error::invalid(format!(
+                    "performer attention without layer {layer}'s projection"
+                ))
+            })?;
+            g.performer_attention(name, q, k, v, spec.clone(), projection)
         }
     };
     let mut hidden = vec![h];

@@ -13,6 +13,7 @@ mod config;
 mod encoder;
 mod generation;
 mod graph;
+mod performer;
 pub mod reference;
 mod session;
 
@@ -23,6 +24,7 @@ use rand::{Rng, SeedableRng};
 pub use config::{AttentionKind, RoFormerConfig};
 pub use encoder::{Array, Encoder, EncoderOptions, Request, Results, Sequence, Want};
 pub use generation::{Generation, NextLogits};
+pub use performer::performer_projection_name;
 pub use session::{Batch, Mode, Session, StepMetrics};
 
 use crate::context::Context;
@@ -34,6 +36,7 @@ use crate::ops::loss_scale::LossScaling;
 use crate::ops::rope;
 use crate::params::ParamStore;
 use crate::tensor::Tensor;
+use performer::Projections;
 
 /// The loss a head trains with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +209,11 @@ impl Head {
     }
 }
 
+/// Why performer attention refuses half precision.
+const PERFORMER_F32: &str = "performer attention runs in f32 only: its random features span \
+                             orders of magnitude that f16 does not hold (train without mixed \
+                             precision, run the encoder in f32)";
+
 /// The HF name of the sinusoidal position table (not a trained parameter).
 pub const POSITION_TABLE: &str = "roformer.encoder.embed_positions.weight";
 const WORDS: &str = "roformer.embeddings.word_embeddings.weight";
@@ -325,13 +333,15 @@ fn prepare(ctx: &Context, config: &RoFormerConfig, head: Head) -> Result<Tensor>
     rope::table(ctx, config.max_position_embeddings, config.head_dim())
 }
 
-/// Uploads every parameter of `store` from HF-named tensors, whether the checkpoint names
-/// the encoder with the `roformer.` prefix (a model with a head) or without (a
-/// `RoFormerModel`). A missing tensor, a shape that does not match the config or a
-/// non-finite value is an error naming the tensor.
+/// Uploads every parameter of `store` and every performer projection from HF-named
+/// tensors, whether the checkpoint names the encoder with the `roformer.` prefix (a model
+/// with a head) or without (a `RoFormerModel`). A missing tensor, a shape that does not
+/// match the config or a non-finite value is an error naming the tensor, and then nothing
+/// is written.
 fn load_weights(
     ctx: &Context,
     store: &ParamStore,
+    projections: &Projections,
     config: &RoFormerConfig,
     tensors: &HostTensors,
 ) -> Result<()> {
@@ -352,7 +362,9 @@ fn load_weights(
             });
         }
     }
-    store.load_by(ctx, lookup)
+    let drawn = projections.read(lookup)?;
+    store.load_by(ctx, lookup)?;
+    projections.write(ctx, drawn)
 }
 
 /// Reads a config and a checkpoint (a `.safetensors` file, or the
@@ -393,18 +405,24 @@ pub struct RoFormer {
     store: ParamStore,
     /// RoPE sin/cos table `[max_position_embeddings, head_dim]`.
     table: Tensor,
+    /// Performer attention's random projections (none for other kinds).
+    projections: Projections,
 }
 
 impl RoFormer {
-    /// A model with zeroed parameters (see [`RoFormer::init_random`] and [`RoFormer::load_tensors`]).
+    /// A model with zeroed parameters (see [`RoFormer::init_random`] and
+    /// [`RoFormer::load_tensors`]); a performer model's random projections are drawn from
+    /// its config's `performer_seed`.
     pub fn new(ctx: &Context, config: RoFormerConfig, head: Head) -> Result<RoFormer> {
         let table = prepare(ctx, &config, head)?;
         let store = ParamStore::new(ctx, &param_shapes(&config, head))?;
+        let projections = Projections::new(ctx, &config)?;
         Ok(RoFormer {
             config,
             head,
             store,
             table,
+            projections,
         })
     }
 
@@ -434,15 +452,38 @@ impl RoFormer {
         Ok(model)
     }
 
-    /// Uploads every parameter from HF-named tensors (extra tensors are ignored). A missing
-    /// tensor, a shape that does not match the config, or a NaN or infinite value is an
-    /// error naming the tensor.
+    /// Uploads every parameter from HF-named tensors (extra tensors are ignored), and a
+    /// performer model's random projections ([`performer_projection_name`]). A missing
+    /// tensor (a performer checkpoint without its projections included), a shape that does
+    /// not match the config, or a NaN or infinite value is an error naming the tensor, and
+    /// leaves the model as it was.
     pub fn load_tensors(&self, ctx: &Context, tensors: &HostTensors) -> Result<()> {
-        load_weights(ctx, &self.store, &self.config, tensors)
+        load_weights(ctx, &self.store, &self.projections, &self.config, tensors)
+    }
+
+    /// Draws a performer model's random projections again (layer `l` from `seed + l`), as
+    /// Performer's training may every so many steps; nothing else draws them after the
+    /// model is made. Sessions planned before keep working and use the new ones from their
+    /// next step. An error for a model whose attention is not performer.
+    pub fn redraw_performer_projections(&self, ctx: &Context, seed: u64) -> Result<()> {
+        if self.config.attention != AttentionKind::Performer {
+            return Err(Error::invalid(format!(
+                "{:?} attention has no random projections to draw",
+                self.config.attention
+            )));
+        }
+        self.projections.draw(ctx, seed)
+    }
+
+    /// A performer model's random projections, per layer (`[performer_features,
+    /// head_dim]` row-major; empty for other attention kinds), as saved.
+    pub fn performer_projections(&self) -> Vec<Vec<f32>> {
+        self.projections.values()
     }
 
     /// HF's initialisation: weights ~ N(0, initializer_range), biases 0, LayerNorm (1, 0),
-    /// the padding token's embedding row 0. Deterministic from `seed`.
+    /// the padding token's embedding row 0. Deterministic from `seed`. A performer model's
+    /// random projections are left as they are (drawn from `performer_seed`).
     pub fn init_random(&self, ctx: &Context, seed: u64) -> Result<()> {
         init_random(ctx, &self.store, &self.config, seed)
     }
@@ -475,6 +516,7 @@ impl RoFormer {
 
     /// `config.json` and `model.safetensors` of these parameter values.
     fn files_of(&self, mut tensors: Vec<io::NamedTensor>) -> Result<Vec<(String, Vec<u8>)>> {
+        tensors.extend(self.projections.named());
         tensors.push((
             POSITION_TABLE.into(),
             vec![self.config.max_position_embeddings, self.config.head_dim()],
@@ -516,6 +558,9 @@ impl RoFormer {
     /// before cannot exist (they borrow the model). Needs `SHADER_F16` (an `Unsupported`
     /// error names it where the adapter lacks it).
     pub fn use_mixed_precision(&mut self, ctx: &Context, scaling: LossScaling) -> Result<()> {
+        if self.config.attention == AttentionKind::Performer {
+            return Err(Error::invalid(PERFORMER_F32));
+        }
         self.store.use_mixed_precision(ctx, scaling)
     }
 
@@ -569,6 +614,9 @@ impl RoFormer {
     pub fn to_encoder(&self, ctx: &Context, options: EncoderOptions) -> Result<Encoder> {
         let encoder = Encoder::new(ctx, self.config.clone(), self.head, options)?;
         encoder.params().copy_values_from(ctx, &self.store)?;
+        encoder
+            .projections()
+            .write(ctx, self.projections.values())?;
         Ok(encoder)
     }
 }

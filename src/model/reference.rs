@@ -11,7 +11,8 @@ use crate::ops::{
     layernorm, matmul, rope,
 };
 
-/// Parameters by HF name, in f64.
+/// Parameters by HF name, in f64 (with a performer model's random projections, by
+/// [`super::performer_projection_name`]).
 pub type Weights = HashMap<String, Vec<f64>>;
 
 fn get<'a>(w: &'a Weights, name: &str) -> Result<&'a [f64]> {
@@ -184,6 +185,19 @@ pub fn loss(
                     eps: linear_attention::EPS as f64,
                 };
                 linear_attention::reference::forward_backward(&p, &zeros).0
+            }
+            AttentionKind::Performer => {
+                let p = attention::performer::reference::Problem {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    projection: get(w, &super::performer_projection_name(l))?,
+                    dims: (b, nh, t, d, d),
+                    causal: c.is_causal(),
+                    rope: true,
+                    mask: Some(&keys),
+                };
+                attention::performer::reference::forward_backward(&p, &zeros).0
             }
         };
         let a = swap_heads(&a, b, t, nh, d, false);

@@ -162,7 +162,15 @@ impl<'m> Session<'m> {
         if let Some(state) = loss_scale {
             g.scale_loss(state)?;
         }
-        let outputs = graph::build(c, model.head, store, &model.table, &mut g, &inputs)?;
+        let outputs = graph::build(
+            c,
+            model.head,
+            store,
+            &model.table,
+            &model.projections,
+            &mut g,
+            &inputs,
+        )?;
         let loss = outputs
             .loss
             .ok_or_else(|| Error::invalid("a training session needs a loss"))?;

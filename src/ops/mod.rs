@@ -53,13 +53,14 @@ pub(crate) fn factors_or(
 /// Every kernel family of the library, once: what the translation test compiles for every
 /// backend, what the layout test holds to the WGSL, and what the dispatches are built from.
 /// Adding a family is adding its module's `FAMILY` here.
-pub static FAMILIES: [&KernelFamily; 19] = [
+pub static FAMILIES: [&KernelFamily; 20] = [
     &adamw::FAMILY,
     &attention::cached::FAMILY,
     &attention::flash::FAMILY,
     &attention::linear::FAMILY,
     &attention::chunked_linear::FAMILY,
     &attention::local::FAMILY,
+    &attention::performer::FAMILY,
     &bce_mse::FAMILY,
     &clip::FAMILY,
     &cross_entropy::FAMILY,

@@ -11,7 +11,7 @@ use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::family::{KernelFamily, ParamBlock, Variant};
 use crate::ops::attention::heads::{HeadLayout, Heads};
-use crate::ops::attention::linear::{self, LinearAttentionOptions};
+use crate::ops::attention::linear::{self, FeatureMap, LinearAttentionOptions};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -29,8 +29,9 @@ pub static FAMILY: KernelFamily = KernelFamily {
 };
 
 /// Head-dimension variants: (largest head dimension = threads per workgroup, chunk length),
-/// sized so a chunk's staged rows fit 32 KiB of workgroup memory.
-pub const VARIANTS: [(usize, usize); 3] = [(32, 32), (64, 16), (128, 8)];
+/// sized so a chunk's staged rows fit 32 KiB of workgroup memory. The widest is for
+/// Performer's feature counts ([`crate::ops::attention::performer`]).
+pub const VARIANTS: [(usize, usize); 4] = [(32, 32), (64, 16), (128, 8), (256, 4)];
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -50,7 +51,7 @@ struct Params {
     has_mask: u32,
     has_rope: u32,
     eps: f32,
-    _pad: u32,
+    mapped: u32,
 }
 
 /// Sizes of one call.
@@ -116,7 +117,7 @@ pub fn shapes(
     let &(max_d, chunk) = VARIANTS.iter().find(|v| widest <= v.0).ok_or_else(|| {
         Error::invalid(format!(
             "{op}: head dimension {widest} is over the {} this kernel supports",
-            VARIANTS[2].0
+            VARIANTS[VARIANTS.len() - 1].0
         ))
     })?;
     let caps = ctx.capabilities();
@@ -204,7 +205,7 @@ fn builder<'a>(
             has_mask: opts.key_mask.is_some() as u32,
             has_rope: opts.rope.is_some() as u32,
             eps: opts.eps,
-            _pad: 0,
+            mapped: (opts.feature_map == FeatureMap::Given) as u32,
         })
 }
 
@@ -344,7 +345,7 @@ fn param_blocks() -> Vec<ParamBlock> {
             has_mask,
             has_rope,
             eps,
-            _pad
+            mapped
         }),
     }]
 }
@@ -367,6 +368,8 @@ mod tests {
             (1, 2, 33, 6, 10, HeadLayout::Bhtd),
             (2, 1, 70, 40, 40, HeadLayout::Bthd),
             (1, 1, 19, 100, 70, HeadLayout::Bhtd),
+            // the widest variant (Performer's feature counts), values narrower
+            (1, 1, 10, 200, 24, HeadLayout::Bthd),
         ];
         for &(b, h, t, d, dv, layout) in &cases {
             let qs = Heads::new(b, h, t, d, layout).shape();
@@ -402,6 +405,7 @@ mod tests {
                     rope: use_rope.then_some(&table),
                     key_mask: masked.then_some(&tmask),
                     eps: linear::EPS,
+                    feature_map: FeatureMap::EluPlusOne,
                 };
                 // Reference: the scan.
                 let (ro, rsaved) = linear::forward(ctx, &tq, &tk, &tv, layout, &opts).unwrap();

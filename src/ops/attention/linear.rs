@@ -31,14 +31,26 @@ pub static FAMILY: KernelFamily = KernelFamily {
     params: param_blocks,
 };
 
-/// Largest head dimension the kernels take (one thread per feature).
-pub const MAX_HEAD_DIM: usize = 128;
-const BT: usize = 8;
+/// Largest head dimension (or feature count, see [`FeatureMap::Given`]) the kernels take
+/// (one thread per feature).
+pub const MAX_HEAD_DIM: usize = 256;
 /// Workgroup arrays of `BT · MAX_D` floats an entry point uses at most.
 const STAGED_ARRAYS: usize = 6;
 
 /// The normaliser's epsilon in RoFormer eq. (19) and the fixtures.
 pub const EPS: f32 = 1e-6;
+
+/// The feature map the kernels apply to q and k.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FeatureMap {
+    /// `elu(x) + 1` (Katharopoulos et al.; RoFormer eq. 19).
+    #[default]
+    EluPlusOne,
+    /// None: q and k are features mapped already (non-negative, e.g. Performer's random
+    /// features, [`crate::ops::attention::performer`]) and are used as they are. RoPE is
+    /// refused with it: rotate before mapping.
+    Given,
+}
 
 /// What a linear attention computes besides the plain `elu+1` form.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +63,8 @@ pub struct LinearAttentionOptions<'a> {
     pub key_mask: Option<&'a Tensor>,
     /// Added to the normaliser ([`EPS`] in RoFormer and the fixtures).
     pub eps: f32,
+    /// The feature map of q and k.
+    pub feature_map: FeatureMap,
 }
 
 impl Default for LinearAttentionOptions<'_> {
@@ -60,6 +74,7 @@ impl Default for LinearAttentionOptions<'_> {
             rope: None,
             key_mask: None,
             eps: EPS,
+            feature_map: FeatureMap::EluPlusOne,
         }
     }
 }
@@ -78,7 +93,7 @@ struct Params {
     vb: u32,
     vh: u32,
     vt: u32,
-    _pad: u32,
+    mapped: u32,
     has_mask: u32,
     has_rope: u32,
     eps: f32,
@@ -89,7 +104,8 @@ struct Params {
 struct Shapes {
     qk: Heads,
     v: Heads,
-    max_d: usize,
+    /// The variant: `(max_d, tokens staged per block)`.
+    max_d: (usize, usize),
     /// q, k, v, the output and the gradients: f32 or f16.
     dtype: DType,
 }
@@ -119,12 +135,9 @@ fn shapes(
             "{op}: head dimension {widest} is over the {MAX_HEAD_DIM} this kernel supports"
         )));
     }
-    let max_d = HEAD_DIM_VARIANTS
-        .into_iter()
-        .find(|&m| widest <= m)
-        .unwrap();
+    let (max_d, bt) = VARIANTS.into_iter().find(|&(m, _)| widest <= m).unwrap();
     let caps = ctx.capabilities();
-    let shared = (STAGED_ARRAYS * BT * max_d + BT) * 4;
+    let shared = (STAGED_ARRAYS * bt * max_d + bt) * 4;
     if shared > caps.max_workgroup_storage as usize
         || max_d > caps.max_invocations_per_workgroup as usize
     {
@@ -139,18 +152,23 @@ fn shapes(
     Ok(Shapes {
         qk,
         v: hv,
-        max_d,
+        max_d: (max_d, bt),
         dtype: q.dtype(),
     })
 }
 
-/// The options fit q's heads: the RoPE table (as `rope` checks it) and the key mask
-/// (f32 `[B, T]`). Shared with the chunked form.
+/// The options fit q's heads: the RoPE table (as `rope` checks it; none with given
+/// features) and the key mask (f32 `[B, T]`). Shared with the chunked form.
 pub(crate) fn check_options(
     op: &'static str,
     opts: &LinearAttentionOptions<'_>,
     qk: &Heads,
 ) -> Result<()> {
+    if opts.feature_map == FeatureMap::Given && opts.rope.is_some() {
+        return Err(Error::invalid(format!(
+            "{op}: RoPE with given features: rotate q and k before mapping them"
+        )));
+    }
     if let Some(table) = opts.rope {
         crate::ops::rope::check_table(op, table, qk)?;
     }
@@ -183,7 +201,7 @@ fn params(s: &Shapes, opts: &LinearAttentionOptions<'_>) -> Params {
         vb: u(vb),
         vh: u(vh),
         vt: u(vt),
-        _pad: 0,
+        mapped: (opts.feature_map == FeatureMap::Given) as u32,
         has_mask: opts.key_mask.is_some() as u32,
         has_rope: opts.rope.is_some() as u32,
         eps: opts.eps,
@@ -251,17 +269,21 @@ fn emit_grid(ctx: &Context, s: &Shapes, opts: &LinearAttentionOptions<'_>) -> Re
     Ok([x, y, chunks(s, opts) as u32])
 }
 
-/// The head-dimension variants the kernel is compiled in.
-pub(crate) const HEAD_DIM_VARIANTS: [usize; 3] = [32, 64, MAX_HEAD_DIM];
+/// The variants the kernel is compiled in: (largest head dimension = threads per
+/// workgroup, tokens staged per block), the widest staging fewer tokens so its workgroup
+/// memory is no more than the 128-wide one's.
+pub(crate) const VARIANTS: [(usize, usize); 4] = [(32, 8), (64, 8), (128, 8), (MAX_HEAD_DIM, 4)];
 
-/// The variant sized for heads up to `max_d` wide.
-fn variant(max_d: usize) -> Variant {
-    Variant::default().size("MAX_D", max_d as u32)
+/// The variant sized for heads up to `max_d` wide, staging `bt` tokens at a time.
+fn variant((max_d, bt): (usize, usize)) -> Variant {
+    Variant::default()
+        .size("MAX_D", max_d as u32)
+        .size("BT", bt as u32)
 }
 
 /// Every variant: each head-dimension size.
 fn variants() -> Vec<Variant> {
-    HEAD_DIM_VARIANTS.iter().map(|&d| variant(d)).collect()
+    VARIANTS.iter().map(|&v| variant(v)).collect()
 }
 
 fn builder<'a>(
@@ -665,6 +687,7 @@ impl F16Case {
             rope: rope.then_some(&self.table),
             key_mask: masked.then_some(&self.mask),
             eps: EPS,
+            feature_map: FeatureMap::EluPlusOne,
         }
     }
 
@@ -709,7 +732,7 @@ fn param_blocks() -> Vec<ParamBlock> {
             vb,
             vh,
             vt,
-            _pad,
+            mapped,
             has_mask,
             has_rope,
             eps,
@@ -746,6 +769,8 @@ mod tests {
             (1, 2, 33, 6, 5, HeadLayout::Bthd),
             (2, 1, 19, 40, 40, HeadLayout::Bthd),
             (1, 1, 9, 128, 70, HeadLayout::Bhtd),
+            // the widest variant (Performer's feature counts), values narrower
+            (1, 1, 11, 200, 24, HeadLayout::Bthd),
             // non-causal in 2 and 4 chunks of the sequence (the last one short)
             (1, 2, 199, 16, 12, HeadLayout::Bthd),
             (2, 1, 290, 8, 8, HeadLayout::Bhtd),
@@ -780,6 +805,7 @@ mod tests {
                             rope: use_rope.then_some(&table),
                             key_mask: masked.then_some(&tmask),
                             eps: EPS,
+                            feature_map: FeatureMap::EluPlusOne,
                         };
                         let out = poisoned(ctx, &v_shape);
                         let saved = poisoned(ctx, &[b, h, t, 2]);
@@ -901,6 +927,73 @@ mod tests {
         }
     }
 
+    /// Given features (`FeatureMap::Given`) are used as they are: elu+1 of q and k mapped on
+    /// the host gives the elu+1 reference's output and dv, and dq, dk are the gradients of
+    /// the features (the reference's divided by elu+1's derivative), causal and not.
+    #[test]
+    fn given_features_are_used_as_they_are() {
+        let ctx = &ctx();
+        let mut rng = rng(17);
+        let (b, h, t, d, dv) = (2, 2, 9, 6, 5);
+        let (q, k) = (
+            randn(&mut rng, b * h * t * d),
+            randn(&mut rng, b * h * t * d),
+        );
+        let (v, g) = (
+            randn(&mut rng, b * h * t * dv),
+            randn(&mut rng, b * h * t * dv),
+        );
+        let phi = |x: &[f32]| -> Vec<f32> {
+            x.iter()
+                .map(|&a| if a > 0.0 { a + 1.0 } else { a.exp() })
+                .collect()
+        };
+        let dphi = |a: f32| if a > 0.0 { 1.0 } else { (a as f64).exp() };
+        let (qs, vs) = ([b, h, t, d], [b, h, t, dv]);
+        let (tq, tk) = (upload(ctx, &phi(&q), &qs), upload(ctx, &phi(&k), &qs));
+        let (tv, tg) = (upload(ctx, &v, &vs), upload(ctx, &g, &vs));
+        let mask: Vec<f32> = (0..b * t)
+            .map(|i| if i >= 2 * t - 2 { 0.0 } else { 1.0 })
+            .collect();
+        let tmask = upload(ctx, &mask, &[b, t]);
+        for causal in [false, true] {
+            let opts = LinearAttentionOptions {
+                causal,
+                key_mask: Some(&tmask),
+                feature_map: FeatureMap::Given,
+                ..Default::default()
+            };
+            let layout = HeadLayout::Bhtd;
+            let (out, saved) = forward(ctx, &tq, &tk, &tv, layout, &opts).unwrap();
+            let (dq, dk, dvt) =
+                backward(ctx, &tq, &tk, &tv, layout, &opts, &out, &saved, &tg).unwrap();
+            let m64 = to_f64(&mask);
+            let problem = reference::Problem {
+                q: &to_f64(&q),
+                k: &to_f64(&k),
+                v: &to_f64(&v),
+                dims: (b, h, t, d, dv),
+                causal,
+                rope: false,
+                mask: Some(&m64),
+                eps: EPS as f64,
+            };
+            let (wo, wq, wk, wv) = reference::forward_backward(&problem, &to_f64(&g));
+            let chain = |grad: &Tensor, x: &[f32]| -> Vec<f32> {
+                download(ctx, grad)
+                    .iter()
+                    .zip(x)
+                    .map(|(gf, &a)| (*gf as f64 * dphi(a)) as f32)
+                    .collect()
+            };
+            let what = format!("given features causal={causal}");
+            assert_close(&format!("{what} out"), &download(ctx, &out), &wo, 1e-5);
+            assert_close(&format!("{what} dv"), &download(ctx, &dvt), &wv, 1e-4);
+            assert_close(&format!("{what} dq"), &chain(&dq, &q), &wq, 1e-4);
+            assert_close(&format!("{what} dk"), &chain(&dk, &k), &wk, 1e-4);
+        }
+    }
+
     #[test]
     fn reference_gradients_match_finite_differences() {
         // Keeps the reference honest: d(Σ out·g)/dq by central differences.
@@ -965,7 +1058,15 @@ mod tests {
             ..Default::default()
         };
         assert!(forward(ctx, &q, &q, &q, HeadLayout::Bhtd, &opts).is_err());
-        let wide = upload(ctx, &vec![0.0; 130], &[1, 1, 1, 130]);
+        let table = rope::table(ctx, 3, 4).unwrap();
+        let given_rotated = LinearAttentionOptions {
+            rope: Some(&table),
+            feature_map: FeatureMap::Given,
+            ..Default::default()
+        };
+        let e = forward(ctx, &q, &q, &q, HeadLayout::Bhtd, &given_rotated).unwrap_err();
+        assert!(e.to_string().contains("rotate q and k before"), "{e}");
+        let wide = upload(ctx, &vec![0.0; 258], &[1, 1, 1, 258]);
         assert!(forward(
             ctx,
             &wide,

@@ -9,6 +9,8 @@
 //!   pattern), in time and memory linear in the length;
 //! - [`linear`]: linear attention with RoPE (RoFormer eq. 19), the scan form;
 //! - [`chunked_linear`]: causal linear attention in chunks (flash-linear-attention's);
+//! - [`performer`]: Performer's FAVOR+ random features (with RoPE) over the linear
+//!   attention kernels: softmax attention estimated in time and memory linear in the length;
 //! - [`cached`]: over a key/value cache, for generation (a token at a time);
 //! - [`heads`]: how their 4-D tensors are laid out.
 
@@ -18,6 +20,7 @@ pub mod flash;
 pub mod heads;
 pub mod linear;
 pub mod local;
+pub mod performer;
 
 use crate::context::Context;
 use crate::dispatch::Dispatch;

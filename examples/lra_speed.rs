@@ -1,35 +1,102 @@
 //! Training speed and memory against sequence length, as the Long Range Arena paper's
-//! Table 2 measures them: byte-level input (vocabulary 256), 4 layers, hidden 256, 4 heads,
-//! feed-forward 1024, batch 32, for materialised softmax, fused softmax, linear attention and
-//! sliding-window local attention.
+//! Table 2 measures them: its byte-level text classification model (vocabulary 256, 4 layers,
+//! hidden 256, 4 heads, feed-forward 1024), batch 32, lengths 1K to 4K (here up to 16K), for
+//! every attention kind the library has ([`KINDS`]).
 //!
 //!     cargo run --release --example lra_speed [-- --lengths 1024,2048,4096 --batch 32 --steps 5
-//!         --kinds softmax,fused,linear,local --window 128 --globals 1 --out runs/lra_speed]
+//!         --kinds softmax,fused,linear,local --window 128 --globals 1 --rounds 1
+//!         --out runs/lra_speed --plot FILE.png]
 //!
 //! Where a batch does not fit (the adapter's binding or memory limits), it is halved until it
 //! does, and the table says so. Speed is training examples per second (steps/s × batch), GPU
 //! time from timestamp queries when the adapter has them; memory is the planned step's peak
-//! (parameters, gradients, optimizer state, activations). Prints markdown tables with each
-//! column's ratio to materialised softmax, and writes `results.json` and `speed_memory.png`.
-//! On a CPU adapter the default lengths and model are small.
+//! (parameters, gradients, optimizer state, activations). With `--rounds N` every kind is
+//! measured N times, interleaved (kind by kind, round by round), and the median is reported:
+//! on a shared machine only ratios within one run mean anything. Prints markdown tables with
+//! each value's ratio to materialised softmax and how memory and time grow with the length,
+//! and writes `results.json` and a plot. On a CPU adapter the model is small (2 layers,
+//! hidden 64) and the batch 2.
 
 use roformer_lab::args;
 use roformer_lab::fonts;
 
 use std::time::Instant;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-use roformer_wgpu::model::{AttentionKind, Batch, Head, Mode, RoFormer, RoFormerConfig};
+use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
+use roformer_wgpu::ops::attention::flash::{self, FlashKernels};
 use roformer_wgpu::optim::TrainOptions;
 use roformer_wgpu::Context;
+
+/// One attention kind the benchmark measures.
+struct Kind {
+    /// Its name on the command line.
+    name: &'static str,
+    /// Its label in the tables and the plot.
+    label: &'static str,
+    /// The config's keys for it (`attention_kind` and what that kind adds), at a length.
+    config: fn(&Cli, usize) -> String,
+    /// The fused attention kernels it runs with: every kind but `fused-tiled` lets the
+    /// adapter choose.
+    kernels: FlashKernels,
+}
+
+/// Every kind, in table order; the first is the baseline of the ratios. A kind joins here.
+const KINDS: &[Kind] = &[
+    Kind {
+        name: "softmax",
+        label: "materialised softmax",
+        config: |_, _| r#""attention_kind": "softmax""#.into(),
+        kernels: FlashKernels::Auto,
+    },
+    Kind {
+        name: "fused",
+        label: "fused softmax",
+        config: |_, _| r#""attention_kind": "fused_softmax""#.into(),
+        kernels: FlashKernels::Auto,
+    },
+    Kind {
+        name: "linear",
+        label: "linear (eq. 19)",
+        config: |_, _| r#""attention_kind": "linear""#.into(),
+        kernels: FlashKernels::Auto,
+    },
+    Kind {
+        name: "local",
+        label: "local window",
+        config: |cli, length| {
+            format!(
+                r#""attention_kind": "local", "attention_window": {}, "global_tokens": {}"#,
+                cli.window.clamp(1, length),
+                cli.globals.min(length)
+            )
+        },
+        kernels: FlashKernels::Auto,
+    },
+    // Not in the default list: fused softmax on the tiled kernels whatever the adapter (a
+    // GPU's choice; on a CPU adapter the kernels it ran before issue 32), to compare.
+    Kind {
+        name: "fused-tiled",
+        label: "fused softmax, tiled kernels",
+        config: |_, _| r#""attention_kind": "fused_softmax""#.into(),
+        kernels: FlashKernels::Tiled,
+    },
+];
+
+fn kind_named(name: &str) -> &'static Kind {
+    KINDS
+        .iter()
+        .find(|k| k.name == name)
+        .expect("clap checked the name")
+}
 
 /// Training speed and peak memory against sequence length (LRA Table 2's setting).
 /// Defaults are small on a CPU adapter.
 #[derive(Parser)]
 #[command(name = "lra_speed")]
 struct Cli {
-    /// Sequence lengths [default: 1024,2048,3072,4096,8192,16384; 64,128,256 on a CPU].
+    /// Sequence lengths [default: 1024,2048,3072,4096,8192,16384; 1024,2048,4096 on a CPU].
     #[arg(long, value_delimiter = ',')]
     lengths: Option<Vec<usize>>,
     /// Sequences per step (halved where it does not fit) [default: 32; 2 on a CPU].
@@ -38,41 +105,31 @@ struct Cli {
     /// Timed steps per point (the median is reported) [default: 5; 2 on a CPU].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     steps: Option<u64>,
-    /// Attention kinds to measure.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "softmax,fused,linear"
-    )]
-    kinds: Vec<Kind>,
+    /// Attention kinds to measure [default: every kind but fused-tiled].
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(KINDS.iter().map(|k| k.name)))]
+    kinds: Option<Vec<String>>,
+    /// Times each kind is measured, interleaved; the median is reported.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// Local attention's window w (each side of a query).
     #[arg(long, default_value_t = 128)]
     window: usize,
     /// Local attention's global tokens g.
     #[arg(long, default_value_t = 1)]
     globals: usize,
-    /// Output folder.
+    /// Output folder (results.json; the plot unless --plot says where).
     #[arg(long, default_value = "runs/lra_speed")]
     out: std::path::PathBuf,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Kind {
-    /// Materialised softmax (HF's).
-    Softmax,
-    /// Fused softmax.
-    Fused,
-    /// Linear attention (RoFormer eq. 19).
-    Linear,
-    /// Sliding-window softmax attention with global tokens (`--window`, `--globals`).
-    Local,
+    /// Where to write the plot (PNG) [default: OUT/speed_memory.png].
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
 struct Measurement {
     kind: &'static str,
     length: usize,
+    round: usize,
     batch: usize,
     examples_per_s: Option<f64>,
     step_ms: Option<f64>,
@@ -80,31 +137,24 @@ struct Measurement {
     error: Option<String>,
 }
 
-fn kind_of(kind: Kind) -> (AttentionKind, &'static str) {
-    match kind {
-        Kind::Softmax => (AttentionKind::Softmax, "materialised softmax"),
-        Kind::Fused => (AttentionKind::FusedSoftmax, "fused softmax"),
-        Kind::Linear => (AttentionKind::Linear, "linear (eq. 19)"),
-        Kind::Local => (AttentionKind::Local, "local window"),
-    }
-}
-
 fn measure(
     ctx: &Context,
     config: &RoFormerConfig,
-    kind: &'static str,
-    length: usize,
+    kind: &'static Kind,
+    (length, round): (usize, usize),
     batch: usize,
     steps: usize,
 ) -> Measurement {
+    flash::set_kernels(ctx, kind.kernels);
     let mut b = batch;
     let mut last_error = None;
     while b >= 1 {
         match run_one(ctx, config, length, b, steps) {
             Ok((ms, peak)) => {
                 return Measurement {
-                    kind,
+                    kind: kind.label,
                     length,
+                    round,
                     batch: b,
                     examples_per_s: Some(b as f64 / ms * 1e3),
                     step_ms: Some(ms),
@@ -119,8 +169,9 @@ fn measure(
         }
     }
     Measurement {
-        kind,
+        kind: kind.label,
         length,
+        round,
         batch: 0,
         examples_per_s: None,
         step_ms: None,
@@ -159,8 +210,38 @@ fn run_one(
                 .map_or(t0.elapsed().as_secs_f64() * 1e3, |g| g.as_secs_f64() * 1e3),
         );
     }
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    Ok((times[times.len() / 2], session.memory().peak()))
+    Ok((median(&mut times), session.memory().peak()))
+}
+
+/// The median (of an even count, the mean of the middle two); sorts `xs`.
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    (xs[(n - 1) / 2] + xs[n / 2]) / 2.0
+}
+
+/// One kind at one length over the rounds: the median speed, the batch and peak memory
+/// (the same every round), the rounds' range of speeds.
+struct Point {
+    examples_per_s: Option<f64>,
+    range: Option<(f64, f64)>,
+    batch: usize,
+    peak_bytes: Option<u64>,
+}
+
+fn point(results: &[Measurement], label: &str, length: usize) -> Point {
+    let runs: Vec<&Measurement> = results
+        .iter()
+        .filter(|m| m.kind == label && m.length == length)
+        .collect();
+    let mut speeds: Vec<f64> = runs.iter().filter_map(|m| m.examples_per_s).collect();
+    let fitted = runs.iter().find(|m| m.examples_per_s.is_some());
+    Point {
+        examples_per_s: (!speeds.is_empty()).then(|| median(&mut speeds)),
+        range: (speeds.len() > 1).then(|| (speeds[0], speeds[speeds.len() - 1])),
+        batch: fitted.map_or(0, |m| m.batch),
+        peak_bytes: fitted.and_then(|m| m.peak_bytes),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -174,7 +255,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cpu = caps.is_cpu();
     let lengths = cli.lengths.clone().unwrap_or_else(|| {
         if cpu {
-            vec![64, 128, 256]
+            vec![1024, 2048, 4096]
         } else {
             vec![1024, 2048, 3072, 4096, 8192, 16384]
         }
@@ -186,108 +267,145 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         (4, 256, 4, 1024)
     };
-    let kinds = cli.kinds.clone();
+    let kinds: Vec<&'static Kind> = match &cli.kinds {
+        Some(names) => {
+            let mut kinds: Vec<&'static Kind> = Vec::new();
+            for name in names {
+                let kind = kind_named(name);
+                if !kinds.iter().any(|k| k.name == kind.name) {
+                    kinds.push(kind);
+                }
+            }
+            kinds
+        }
+        None => KINDS
+            .iter()
+            .filter(|k| k.kernels == FlashKernels::Auto)
+            .collect(),
+    };
+    let rounds = cli.rounds as usize;
     let out = cli.out.clone();
     std::fs::create_dir_all(&out)?;
     println!(
-        "adapter {} ({:?}); model: byte-level, {layers} layers, hidden {hidden}, {heads} heads, ffn {ffn}; batch {batch}; median of {steps} steps ({}); local: window {}, {} global tokens",
+        "adapter {} ({:?}); model: byte-level, {layers} layers, hidden {hidden}, {heads} heads, ffn {ffn}; batch {batch}; median of {steps} steps ({}){}; local: window {}, {} global tokens",
         caps.adapter_name,
         caps.backend,
         if caps.timestamp_query { "GPU time from timestamps" } else { "wall time" },
+        if rounds > 1 { format!(", median of {rounds} interleaved rounds") } else { String::new() },
         cli.window,
         cli.globals
     );
     let mut results: Vec<Measurement> = Vec::new();
-    for &kind in &kinds {
-        let (attention, label) = kind_of(kind);
-        for &length in &lengths {
-            let config = RoFormerConfig::from_json(
-                &format!(
-                    r#"{{"vocab_size": 256, "hidden_size": {hidden}, "num_hidden_layers": {layers}, "num_attention_heads": {heads},
-                        "intermediate_size": {ffn}, "max_position_embeddings": {length}, "num_labels": 2,
-                        "attention_kind": "{}"{}}}"#,
-                    match attention {
-                        AttentionKind::Softmax => "softmax",
-                        AttentionKind::FusedSoftmax => "fused_softmax",
-                        AttentionKind::Linear => "linear",
-                        AttentionKind::Local => "local",
-                    },
-                    if attention == AttentionKind::Local {
-                        format!(
-                            r#", "attention_window": {}, "global_tokens": {}"#,
-                            cli.window.clamp(1, length),
-                            cli.globals.min(length)
-                        )
-                    } else {
-                        String::new()
-                    }
-                ),
-                "lra_speed",
-            )?;
-            let m = measure(&ctx, &config, label, length, batch, steps);
-            match (&m.examples_per_s, &m.error) {
-                (Some(e), _) => eprintln!(
-                    "{label:22} T={length:>6} batch {:>3}: {e:.2} examples/s, peak {:.1} MiB",
-                    m.batch,
-                    m.peak_bytes.unwrap() as f64 / 1048576.0
-                ),
-                (None, err) => eprintln!(
-                    "{label:22} T={length:>6}: does not run ({})",
-                    err.as_deref().unwrap_or("?")
-                ),
+    for &length in &lengths {
+        for round in 0..rounds {
+            for &kind in &kinds {
+                let config = RoFormerConfig::from_json(
+                    &format!(
+                        r#"{{"vocab_size": 256, "hidden_size": {hidden}, "num_hidden_layers": {layers}, "num_attention_heads": {heads},
+                            "intermediate_size": {ffn}, "max_position_embeddings": {length}, "num_labels": 2, {}}}"#,
+                        (kind.config)(&cli, length)
+                    ),
+                    "lra_speed",
+                )?;
+                // A shape that did not fit in round 0 does not fit later either.
+                let refused = results
+                    .iter()
+                    .any(|m| m.kind == kind.label && m.length == length && m.batch == 0);
+                if refused {
+                    continue;
+                }
+                let m = measure(&ctx, &config, kind, (length, round), batch, steps);
+                let label = kind.label;
+                match (&m.examples_per_s, &m.error) {
+                    (Some(e), _) => eprintln!(
+                        "{label:30} T={length:>6} round {round} batch {:>3}: {e:.3} examples/s, peak {:.1} MiB",
+                        m.batch,
+                        m.peak_bytes.unwrap() as f64 / 1048576.0
+                    ),
+                    (None, err) => eprintln!(
+                        "{label:30} T={length:>6}: does not run ({})",
+                        err.as_deref().unwrap_or("?")
+                    ),
+                }
+                results.push(m);
             }
-            results.push(m);
         }
     }
-    // Tables, LRA style: each value with its ratio to materialised softmax.
-    let baseline = |length: usize| {
-        results
-            .iter()
-            .find(|m| m.kind == "materialised softmax" && m.length == length)
-    };
+    flash::set_kernels(&ctx, FlashKernels::Auto);
+    println!("\n{}", tables(&results, &kinds, &lengths, batch));
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "adapter": caps.adapter_name, "backend": format!("{:?}", caps.backend), "batch": batch, "steps": steps,
+            "rounds": rounds,
+            "model": {"layers": layers, "hidden": hidden, "heads": heads, "ffn": ffn, "vocab": 256},
+            "timestamps": caps.timestamp_query, "results": results,
+        }))?,
+    )?;
+    let plot_path = cli.plot.clone().unwrap_or(out.join("speed_memory.png"));
+    plot(&plot_path, &results, &kinds, &lengths)?;
+    println!(
+        "wrote {} and {}",
+        out.join("results.json").display(),
+        plot_path.display()
+    );
+    Ok(())
+}
+
+fn length_name(l: usize) -> String {
+    if l % 1024 == 0 {
+        format!("{}K", l / 1024)
+    } else {
+        l.to_string()
+    }
+}
+
+/// The speed and memory tables, LRA style (each value with its ratio to the first kind's at
+/// that length), and how each kind's memory and time grow with the length.
+fn tables(
+    results: &[Measurement],
+    kinds: &[&'static Kind],
+    lengths: &[usize],
+    batch: usize,
+) -> String {
+    let baseline = KINDS[0].label;
     let header: String = lengths
         .iter()
-        .map(|l| {
-            format!(
-                " {} |",
-                if l % 1024 == 0 {
-                    format!("{}K", l / 1024)
-                } else {
-                    l.to_string()
-                }
-            )
-        })
+        .map(|&l| format!(" {} |", length_name(l)))
         .collect();
     let rule: String = lengths.iter().map(|_| "---|").collect();
-    let mut speed = format!("| examples/s (ratio) |{header}\n|---|{rule}\n");
+    let mut speed = format!("| examples/s (ratio to {baseline}) |{header}\n|---|{rule}\n");
     let mut memory = format!("| peak memory MiB (ratio) |{header}\n|---|{rule}\n");
-    for &kind in &kinds {
-        let label = kind_of(kind).1;
+    let mut growth = String::from(
+        "| growth with the length (log-log slope: 1 linear, 2 quadratic) | memory | time per example |\n|---|---|---|\n",
+    );
+    for kind in kinds {
+        let label = kind.label;
         speed.push_str(&format!("| {label} |"));
         memory.push_str(&format!("| {label} |"));
-        for &length in &lengths {
-            let m = results
-                .iter()
-                .find(|m| m.kind == label && m.length == length)
-                .unwrap();
-            let base = baseline(length);
-            let note = if m.batch != batch && m.batch > 0 {
-                format!(" (batch {})", m.batch)
+        for &length in lengths {
+            let p = point(results, label, length);
+            let base = point(results, baseline, length);
+            let note = if p.batch != batch && p.batch > 0 {
+                format!(" (batch {})", p.batch)
             } else {
                 String::new()
             };
-            match (m.examples_per_s, m.peak_bytes) {
-                (Some(e), Some(p)) => {
+            match (p.examples_per_s, p.peak_bytes) {
+                (Some(e), Some(bytes)) => {
                     let rs = base
-                        .and_then(|b| b.examples_per_s)
+                        .examples_per_s
                         .map_or("-".to_string(), |b| format!("{:.2}x", e / b));
-                    let rm = base
-                        .and_then(|b| b.peak_bytes)
-                        .map_or("-".to_string(), |b| format!("{:.2}x", p as f64 / b as f64));
-                    speed.push_str(&format!(" {} ({rs}){note} |", three_digits(e)));
+                    let rm = base.peak_bytes.map_or("-".to_string(), |b| {
+                        format!("{:.2}x", bytes as f64 / b as f64)
+                    });
+                    let range = p.range.map_or(String::new(), |(lo, hi)| {
+                        format!(" [{}-{}]", three_digits(lo), three_digits(hi))
+                    });
+                    speed.push_str(&format!(" {}{range} ({rs}){note} |", three_digits(e)));
                     memory.push_str(&format!(
                         " {} ({rm}){note} |",
-                        three_digits(p as f64 / 1048576.0)
+                        three_digits(bytes as f64 / 1048576.0)
                     ));
                 }
                 _ => {
@@ -298,29 +416,36 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         speed.push('\n');
         memory.push('\n');
+        // The slope between the shortest and the longest length that ran at the full batch.
+        let fitted: Vec<(usize, Point)> = lengths
+            .iter()
+            .map(|&l| (l, point(results, label, l)))
+            .filter(|(_, p)| p.batch == batch && p.examples_per_s.is_some())
+            .collect();
+        if let (Some((l0, p0)), Some((l1, p1))) = (fitted.first(), fitted.last()) {
+            if l1 > l0 {
+                let x = (*l1 as f64 / *l0 as f64).ln();
+                let slope = |a: f64, b: f64| format!("{:.2}", (b / a).ln() / x);
+                growth.push_str(&format!(
+                    "| {label}, {}-{} | {} | {} |\n",
+                    length_name(*l0),
+                    length_name(*l1),
+                    slope(p0.peak_bytes.unwrap() as f64, p1.peak_bytes.unwrap() as f64),
+                    slope(
+                        1.0 / p0.examples_per_s.unwrap(),
+                        1.0 / p1.examples_per_s.unwrap()
+                    ),
+                ));
+            }
+        }
     }
-    println!("\n{speed}\n{memory}");
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "adapter": caps.adapter_name, "backend": format!("{:?}", caps.backend), "batch": batch, "steps": steps,
-            "model": {"layers": layers, "hidden": hidden, "heads": heads, "ffn": ffn, "vocab": 256},
-            "timestamps": caps.timestamp_query, "results": results,
-        }))?,
-    )?;
-    plot(&out.join("speed_memory.png"), &results, &kinds, &lengths)?;
-    println!(
-        "wrote {} and {}",
-        out.join("results.json").display(),
-        out.join("speed_memory.png").display()
-    );
-    Ok(())
+    format!("{speed}\n{memory}\n{growth}")
 }
 
 fn plot(
     path: &std::path::Path,
     results: &[Measurement],
-    kinds: &[Kind],
+    kinds: &[&'static Kind],
     lengths: &[usize],
 ) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
@@ -332,19 +457,35 @@ fn plot(
         *lengths.iter().min().unwrap() as f64,
         *lengths.iter().max().unwrap() as f64,
     );
-    let colours = [RED, BLUE, GREEN];
+    let colours = [
+        RGBColor(228, 26, 28),
+        RGBColor(55, 126, 184),
+        RGBColor(77, 175, 74),
+        RGBColor(152, 78, 163),
+        RGBColor(255, 127, 0),
+        RGBColor(166, 86, 40),
+        RGBColor(80, 80, 80),
+    ];
     for (area, title, value) in [
         (
             &left,
-            "ms per example",
-            &(|m: &Measurement| m.examples_per_s.map(|e| 1e3 / e))
-                as &dyn Fn(&Measurement) -> Option<f64>,
+            "ms per training example",
+            &(|p: &Point| p.examples_per_s.map(|e| 1e3 / e)) as &dyn Fn(&Point) -> Option<f64>,
         ),
-        (&right, "peak memory (MiB)", &|m: &Measurement| {
-            m.peak_bytes.map(|p| p as f64 / 1048576.0)
+        (&right, "peak memory (MiB)", &|p: &Point| {
+            p.peak_bytes.map(|b| b as f64 / 1048576.0)
         }),
     ] {
-        let ys: Vec<f64> = results.iter().filter_map(value).collect();
+        let series: Vec<Vec<(f64, f64)>> = kinds
+            .iter()
+            .map(|k| {
+                lengths
+                    .iter()
+                    .filter_map(|&l| value(&point(results, k.label, l)).map(|v| (l as f64, v)))
+                    .collect()
+            })
+            .collect();
+        let ys: Vec<f64> = series.iter().flatten().map(|p| p.1).collect();
         let (ymin, ymax) = (
             ys.iter().cloned().fold(f64::MAX, f64::min).max(1e-6),
             ys.iter().cloned().fold(0.0, f64::max).max(1e-5),
@@ -367,17 +508,11 @@ fn plot(
             mesh.disable_x_axis().disable_y_axis();
         }
         mesh.draw()?;
-        for (i, &kind) in kinds.iter().enumerate() {
-            let label = kind_of(kind).1;
-            let pts: Vec<(f64, f64)> = results
-                .iter()
-                .filter(|m| m.kind == label)
-                .filter_map(|m| value(m).map(|v| (m.length as f64, v)))
-                .collect();
-            let c = colours[i % 3];
+        for (i, (kind, pts)) in kinds.iter().zip(&series).enumerate() {
+            let c = colours[i % colours.len()];
             let s = chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
             if text {
-                s.label(label)
+                s.label(kind.label)
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
             }
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))?;
@@ -385,6 +520,7 @@ fn plot(
         if text {
             chart
                 .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()?;

@@ -123,6 +123,9 @@ struct Cli {
     /// Where to write the plot (PNG) [default: OUT/speed_memory.png].
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// Measure nothing: the tables and plot of an earlier run's results.json.
+    #[arg(long)]
+    from: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -250,6 +253,9 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cli: Cli = args::parse_args();
+    if let Some(file) = &cli.from {
+        return replot(&cli, file);
+    }
     let ctx = Context::new()?;
     let caps = ctx.capabilities().clone();
     let cpu = caps.is_cpu();
@@ -352,6 +358,45 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The tables and plot of an earlier run, from its results.json.
+fn replot(cli: &Cli, file: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    let bad = || format!("{}: not an lra_speed results.json", file.display());
+    let batch = json["batch"].as_u64().ok_or_else(bad)? as usize;
+    let (mut kinds, mut lengths, mut results) =
+        (Vec::<&'static Kind>::new(), Vec::new(), Vec::new());
+    for m in json["results"].as_array().ok_or_else(bad)? {
+        let label = m["kind"].as_str().ok_or_else(bad)?;
+        let kind = KINDS
+            .iter()
+            .find(|k| k.label == label)
+            .ok_or_else(|| format!("{}: unknown kind {label:?}", file.display()))?;
+        let length = m["length"].as_u64().ok_or_else(bad)? as usize;
+        if !kinds.iter().any(|k| k.name == kind.name) {
+            kinds.push(kind);
+        }
+        if !lengths.contains(&length) {
+            lengths.push(length);
+        }
+        results.push(Measurement {
+            kind: kind.label,
+            length,
+            round: m["round"].as_u64().unwrap_or(0) as usize,
+            batch: m["batch"].as_u64().ok_or_else(bad)? as usize,
+            examples_per_s: m["examples_per_s"].as_f64(),
+            step_ms: m["step_ms"].as_f64(),
+            peak_bytes: m["peak_bytes"].as_u64(),
+            error: m["error"].as_str().map(str::to_string),
+        });
+    }
+    println!("{}", tables(&results, &kinds, &lengths, batch));
+    let plot_path = cli.plot.clone().unwrap_or(cli.out.join("speed_memory.png"));
+    plot(&plot_path, &results, &kinds, &lengths)?;
+    println!("wrote {}", plot_path.display());
+    Ok(())
+}
+
 fn length_name(l: usize) -> String {
     if l % 1024 == 0 {
         format!("{}K", l / 1024)
@@ -439,7 +484,11 @@ fn tables(
             }
         }
     }
-    format!("{speed}\n{memory}\n{growth}")
+    if growth.lines().count() > 2 {
+        format!("{speed}\n{memory}\n{growth}")
+    } else {
+        format!("{speed}\n{memory}")
+    }
 }
 
 fn plot(
@@ -453,9 +502,10 @@ fn plot(
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);
+    // x is log2 of the length, so each doubling is one tick.
     let (lo, hi) = (
-        *lengths.iter().min().unwrap() as f64,
-        *lengths.iter().max().unwrap() as f64,
+        (*lengths.iter().min().unwrap() as f64).log2(),
+        (*lengths.iter().max().unwrap() as f64).log2(),
     );
     let colours = [
         RGBColor(228, 26, 28),
@@ -481,7 +531,9 @@ fn plot(
             .map(|k| {
                 lengths
                     .iter()
-                    .filter_map(|&l| value(&point(results, k.label, l)).map(|v| (l as f64, v)))
+                    .filter_map(|&l| {
+                        value(&point(results, k.label, l)).map(|v| ((l as f64).log2(), v))
+                    })
                     .collect()
             })
             .collect();
@@ -497,13 +549,28 @@ fn plot(
                 .x_label_area_size(35)
                 .y_label_area_size(55);
         }
-        let mut chart = b.build_cartesian_2d(
-            (lo * 0.9..hi * 1.1).log_scale(),
-            (ymin * 0.8..ymax * 1.25).log_scale(),
-        )?;
+        let mut chart =
+            b.build_cartesian_2d(lo - 0.3..hi + 0.3, (ymin * 0.8..ymax * 1.25).log_scale())?;
+        let ticks = |x: &f64| {
+            if (x - x.round()).abs() < 1e-6 {
+                length_name(2f64.powf(x.round()) as usize)
+            } else {
+                String::new()
+            }
+        };
+        let values = |y: &f64| {
+            if *y >= 100.0 {
+                format!("{y:.0}")
+            } else {
+                three_digits(*y)
+            }
+        };
         let mut mesh = chart.configure_mesh();
+        mesh.light_line_style(WHITE).y_label_formatter(&values);
         if text {
-            mesh.x_desc("sequence length");
+            mesh.x_desc("sequence length")
+                .x_labels((hi - lo).round() as usize + 1)
+                .x_label_formatter(&ticks);
         } else {
             mesh.disable_x_axis().disable_y_axis();
         }
@@ -520,7 +587,7 @@ fn plot(
         if text {
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(SeriesLabelPosition::LowerRight)
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()?;

@@ -35,53 +35,68 @@ struct Kind {
     name: &'static str,
     /// Its label in the tables and the plot.
     label: &'static str,
-    /// The config's keys for it (`attention_kind` and what that kind adds), at a length.
-    config: fn(&Cli, usize) -> String,
+    /// The config's `attention_kind`.
+    attention_kind: &'static str,
+    /// Further config keys the kind takes, at a length (`, "key": value` each).
+    keys: fn(&Cli, usize) -> String,
     /// The fused attention kernels it runs with: every kind but `fused-tiled` lets the
     /// adapter choose.
     kernels: FlashKernels,
 }
 
-/// Every kind, in table order; the first is the baseline of the ratios. A kind joins here.
+impl Kind {
+    const fn new(name: &'static str, label: &'static str, attention_kind: &'static str) -> Kind {
+        Kind {
+            name,
+            label,
+            attention_kind,
+            keys: |_, _| String::new(),
+            kernels: FlashKernels::Auto,
+        }
+    }
+
+    const fn with_keys(self, keys: fn(&Cli, usize) -> String) -> Kind {
+        Kind { keys, ..self }
+    }
+
+    const fn with_kernels(self, kernels: FlashKernels) -> Kind {
+        Kind { kernels, ..self }
+    }
+
+    /// The config's keys for this kind at `length`.
+    fn config(&self, cli: &Cli, length: usize) -> String {
+        format!(
+            r#""attention_kind": "{}"{}"#,
+            self.attention_kind,
+            (self.keys)(cli, length)
+        )
+    }
+}
+
+/// Local attention's window and global tokens, as the command line sets them.
+fn local_keys(cli: &Cli, length: usize) -> String {
+    format!(
+        r#", "attention_window": {}, "global_tokens": {}"#,
+        cli.window.clamp(1, length),
+        cli.globals.min(length)
+    )
+}
+
+/// Every kind, in table order; the first is the baseline of the ratios. A kind joins here,
+/// with one line.
 const KINDS: &[Kind] = &[
-    Kind {
-        name: "softmax",
-        label: "materialised softmax",
-        config: |_, _| r#""attention_kind": "softmax""#.into(),
-        kernels: FlashKernels::Auto,
-    },
-    Kind {
-        name: "fused",
-        label: "fused softmax",
-        config: |_, _| r#""attention_kind": "fused_softmax""#.into(),
-        kernels: FlashKernels::Auto,
-    },
-    Kind {
-        name: "linear",
-        label: "linear (eq. 19)",
-        config: |_, _| r#""attention_kind": "linear""#.into(),
-        kernels: FlashKernels::Auto,
-    },
-    Kind {
-        name: "local",
-        label: "local window",
-        config: |cli, length| {
-            format!(
-                r#""attention_kind": "local", "attention_window": {}, "global_tokens": {}"#,
-                cli.window.clamp(1, length),
-                cli.globals.min(length)
-            )
-        },
-        kernels: FlashKernels::Auto,
-    },
+    Kind::new("softmax", "materialised softmax", "softmax"),
+    Kind::new("fused", "fused softmax", "fused_softmax"),
+    Kind::new("linear", "linear (eq. 19)", "linear"),
+    Kind::new("local", "local window", "local").with_keys(local_keys),
     // Not in the default list: fused softmax on the tiled kernels whatever the adapter (a
     // GPU's choice; on a CPU adapter the kernels it ran before issue 32), to compare.
-    Kind {
-        name: "fused-tiled",
-        label: "fused softmax, tiled kernels",
-        config: |_, _| r#""attention_kind": "fused_softmax""#.into(),
-        kernels: FlashKernels::Tiled,
-    },
+    Kind::new(
+        "fused-tiled",
+        "fused softmax, tiled kernels",
+        "fused_softmax",
+    )
+    .with_kernels(FlashKernels::Tiled),
 ];
 
 fn kind_named(name: &str) -> &'static Kind {
@@ -309,7 +324,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     &format!(
                         r#"{{"vocab_size": 256, "hidden_size": {hidden}, "num_hidden_layers": {layers}, "num_attention_heads": {heads},
                             "intermediate_size": {ffn}, "max_position_embeddings": {length}, "num_labels": 2, {}}}"#,
-                        (kind.config)(&cli, length)
+                        kind.config(&cli, length)
                     ),
                     "lra_speed",
                 )?;

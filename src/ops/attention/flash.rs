@@ -1,7 +1,8 @@
 //! Softmax attention without the `[B, H, T, T]` matrix (FlashAttention-2's scheme), forward
 //! and backward: the same function as [`crate::ops::attention`] (RoPE, padding mask, causal
 //! option, `rotary_value`), in memory linear in the sequence length. The forward pass keeps
-//! one log-sum-exp per query; the backward pass recomputes the probabilities from it.
+//! each query's score maximum and softmax sum; the backward pass recomputes the
+//! probabilities from them.
 //! q, k, v, the output and the gradients are f32 or f16 (one type for all; f32 inside).
 //!
 //! Two sets of kernels compute it ([`FlashKernels`]), chosen from the adapter: on a GPU this

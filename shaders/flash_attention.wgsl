@@ -5,9 +5,10 @@
 //
 // forward:   one workgroup per (batch, head, block of BLK queries); the key blocks stream
 //            through workgroup memory with an online softmax (running max m, running sum l);
-//            only lse = m + log(l) per query is saved (stats[.., 0]).
-// bwd_prep:  D = sum_c dout * out per query (stats[.., 1]).
-// bwd_dq:    per query block: recompute P = exp(S - lse), dP = dout v^T,
+//            only m and l per query are saved (stats[.., 0..2]; not m + log(l), which
+//            rounds to m when every key a row sees is padded, -3.4e38).
+// bwd_prep:  D = sum_c dout * out per query (stats[.., 2]).
+// bwd_dq:    per query block: recompute P = exp(S - m) / l, dP = dout v^T,
 //            dS = P (dP - D), dq = scale dS k.
 // bwd_dkdv:  per key block: the same P and dS, transposed: dv = P^T dout, dk = scale dS^T q.
 // No float atomics: each gradient row is owned by one workgroup.
@@ -32,7 +33,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v: array<T>;
 // [batch, seq] additive mask.
 @group(0) @binding(4) var<storage, read> mask: array<f32>;
-// [batch, heads, seq, 2]: lse (written by forward), D (written by bwd_prep).
+// [batch, heads, seq, 3]: m and l (written by forward), D (written by bwd_prep).
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 // forward's result; bwd_prep reads it back.
 @group(0) @binding(6) var<storage, read_write> out: array<T>;
@@ -63,14 +64,14 @@ var<workgroup> sh_d: array<f32, BLK * SD>;
 var<workgroup> sh_p: array<f32, BLK * SB>;
 var<workgroup> sh_s: array<f32, BLK * SB>;
 var<workgroup> sh_red: array<f32, BLK * 4u>;
-var<workgroup> sh_row: array<f32, BLK * 2u>;
+var<workgroup> sh_row: array<f32, BLK * 3u>;
 
 fn at(b: u32, h: u32, t: u32, c: u32) -> u32 {
     return b * p.sb + h * p.sh + t * p.st + c;
 }
 
 fn stat_at(b: u32, h: u32, t: u32) -> u32 {
-    return ((b * p.heads + h) * p.seq + t) * 2u;
+    return ((b * p.heads + h) * p.seq + t) * 3u;
 }
 
 // Whether query i may attend to key j.
@@ -237,7 +238,8 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
             }
         }
         if (part == 0u) {
-            stats[stat_at(b, h, i)] = m + log(l);
+            stats[stat_at(b, h, i)] = m;
+            stats[stat_at(b, h, i) + 1u] = l;
         }
     }
 }
@@ -258,7 +260,7 @@ fn bwd_prep(@builtin(workgroup_id) wid: vec3<u32>,
     for (var c = 0u; c < p.dim; c++) {
         s += f32(grad_out[at(b, h, t, c)]) * f32(out_saved[at(b, h, t, c)]);
     }
-    stats[stat_at(b, h, t) + 1u] = s;
+    stats[stat_at(b, h, t) + 2u] = s;
 }
 
 @compute @workgroup_size(BLK * 4u)
@@ -277,11 +279,13 @@ fn bwd_dq(@builtin(workgroup_id) wid: vec3<u32>,
     let i = q0 + r;
     stage_q(b, h, q0, li);
     stage_dout(b, h, q0, li);
-    var lse = 0.0;
+    var m = 0.0;
+    var inv_l = 0.0;
     var dd = 0.0;
     if (i < p.seq) {
-        lse = stats[stat_at(b, h, i)];
-        dd = stats[stat_at(b, h, i) + 1u];
+        m = stats[stat_at(b, h, i)];
+        inv_l = 1.0 / stats[stat_at(b, h, i) + 1u];
+        dd = stats[stat_at(b, h, i) + 2u];
     }
     var acc: array<f32, COLS>;
     var k_end = p.seq;
@@ -302,7 +306,7 @@ fn bwd_dq(@builtin(workgroup_id) wid: vec3<u32>,
                     s += sh_a[r * SD + c] * sh_b[j * SD + c];
                     dp += sh_d[r * SD + c] * sh_c[j * SD + c];
                 }
-                let pr = exp(p.scale * s + mask_of(b, k0 + j) - lse);
+                let pr = exp(p.scale * s + mask_of(b, k0 + j) - m) * inv_l;
                 ds = pr * (dp - dd);
             }
             sh_s[r * SB + j] = ds;
@@ -354,14 +358,17 @@ fn bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>,
         stage_q(b, h, q0, li);
         stage_dout(b, h, q0, li);
         if (li < BLK) {
-            var lse = 0.0;
+            var m = 0.0;
+            var inv_l = 0.0;
             var dd = 0.0;
             if (q0 + li < p.seq) {
-                lse = stats[stat_at(b, h, q0 + li)];
-                dd = stats[stat_at(b, h, q0 + li) + 1u];
+                m = stats[stat_at(b, h, q0 + li)];
+                inv_l = 1.0 / stats[stat_at(b, h, q0 + li) + 1u];
+                dd = stats[stat_at(b, h, q0 + li) + 2u];
             }
-            sh_row[li * 2u] = lse;
-            sh_row[li * 2u + 1u] = dd;
+            sh_row[li * 3u] = m;
+            sh_row[li * 3u + 1u] = inv_l;
+            sh_row[li * 3u + 2u] = dd;
         }
         workgroupBarrier();
         // Transposed tiles: sh_p[r][i] = P[q0 + i][k0 + r], sh_s[r][i] = dS.
@@ -375,8 +382,8 @@ fn bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>,
                     s += sh_a[ii * SD + c] * sh_b[r * SD + c];
                     dp += sh_d[ii * SD + c] * sh_c[r * SD + c];
                 }
-                pr = exp(p.scale * s + mask_of(b, j) - sh_row[ii * 2u]);
-                ds = pr * (dp - sh_row[ii * 2u + 1u]);
+                pr = exp(p.scale * s + mask_of(b, j) - sh_row[ii * 3u]) * sh_row[ii * 3u + 1u];
+                ds = pr * (dp - sh_row[ii * 3u + 2u]);
             }
             sh_p[r * SB + ii] = pr;
             sh_s[r * SB + ii] = ds;

@@ -191,12 +191,24 @@ pub fn one_form() -> Vec<Variant> {
 }
 
 impl KernelFamily {
-    /// The element-type aliases its WGSL declares (`alias T = f32;` gives `T`).
+    /// The element-type aliases its WGSL declares (`alias T = f32;` gives `T`), outside
+    /// its variant blocks (an alias inside one is that block's own type, which another form
+    /// of the block declares otherwise).
     pub fn element_aliases(&self) -> Vec<&'static str> {
+        let mut in_block = false;
         self.shader
             .source
             .lines()
-            .filter_map(|l| l.trim().strip_prefix("alias ")?.strip_suffix(" = f32;"))
+            .filter_map(|l| {
+                let l = l.trim();
+                if l.starts_with("// variant ") {
+                    in_block = l.ends_with(" begin");
+                }
+                if in_block {
+                    return None;
+                }
+                l.strip_prefix("alias ")?.strip_suffix(" = f32;")
+            })
             .collect()
     }
 

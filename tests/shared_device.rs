@@ -12,6 +12,7 @@ use common::*;
 use roformer_wgpu::model::{
     Encoder, EncoderOptions, Head, Request, RoFormerConfig, Sequence, Want,
 };
+use roformer_wgpu::ops::attention::flash::{self, FlashKernels};
 use roformer_wgpu::ops::matmul::{self, TilingChoice};
 use roformer_wgpu::wgpu;
 use roformer_wgpu::{Context, Error};
@@ -141,17 +142,33 @@ fn webgpu_default_limits_run_what_fits_and_name_the_limit_otherwise() {
     let err = roformer_wgpu::check::rel_l2(&a.logits(0).unwrap().data, &b.logits(0).unwrap().data);
     assert!(err < 1e-6, "{err:e}");
 
-    // Fused attention stages its tiles in more workgroup memory than the defaults allow.
+    // Fused attention's tiled kernels stage more workgroup memory than the defaults allow:
+    // the adapter's choice is then the row kernels (none), with softmax attention's results;
+    // forced tiles name the limit.
     let mut fused = RoFormerConfig::from_file(&config).unwrap();
     fused.attention = roformer_wgpu::model::AttentionKind::FusedSoftmax;
-    let encoder = Encoder::new(&ctx, fused, Head::MaskedLm, EncoderOptions::default()).unwrap();
-    encoder
-        .load_tensors(
+    let fused_logits = |kernels: FlashKernels| {
+        flash::set_kernels(&ctx, kernels);
+        let encoder = Encoder::new(
             &ctx,
-            &roformer_wgpu::io::read_safetensors(&weights).unwrap(),
+            fused.clone(),
+            Head::MaskedLm,
+            EncoderOptions::default(),
         )
         .unwrap();
-    match encoder.run(&ctx, &request) {
+        encoder
+            .load_tensors(
+                &ctx,
+                &roformer_wgpu::io::read_safetensors(&weights).unwrap(),
+            )
+            .unwrap();
+        encoder.run_blocking(&ctx, &request)
+    };
+    let rows = fused_logits(FlashKernels::Auto).unwrap();
+    let err =
+        roformer_wgpu::check::rel_l2(&rows.logits(0).unwrap().data, &b.logits(0).unwrap().data);
+    assert!(err < 1e-5, "fused attention on the row kernels: {err:e}");
+    match fused_logits(FlashKernels::Tiled) {
         Err(Error::OverLimit { limit_name, .. }) => {
             assert_eq!(limit_name, "max_compute_workgroup_storage_size")
         }

@@ -381,31 +381,49 @@ pub fn run(args: &super::KernelArgs) -> Result<(), Box<dyn std::error::Error>> {
             0.0,
         )?;
         // Forward and backward, as a training step runs them (what PyTorch's SDPA is timed on).
-        let o = zeros_as(&ctx, &shape, dt);
-        let mut fb = flash::plan_forward(&ctx, &q, &k, &v, HeadLayout::Bhtd, &opts, &saved, &o)?;
-        fb.extend(flash::plan_backward(
-            &ctx,
-            &q,
-            &k,
-            &v,
-            HeadLayout::Bhtd,
-            &opts,
-            &saved,
-            &o,
-            &filled_as(&ctx, &shape, dt),
-            &flash::FlashScratch::new(&ctx, &q, &opts)?,
-            &zeros_as(&ctx, &shape, dt),
-            &zeros_as(&ctx, &shape, dt),
-            &zeros_as(&ctx, &shape, dt),
-        )?);
+        let forward_backward = || -> roformer_wgpu::Result<Vec<Dispatch>> {
+            let o = zeros_as(&ctx, &shape, dt);
+            let mut fb =
+                flash::plan_forward(&ctx, &q, &k, &v, HeadLayout::Bhtd, &opts, &saved, &o)?;
+            fb.extend(flash::plan_backward(
+                &ctx,
+                &q,
+                &k,
+                &v,
+                HeadLayout::Bhtd,
+                &opts,
+                &saved,
+                &o,
+                &filled_as(&ctx, &shape, dt),
+                &flash::FlashScratch::new(&ctx, &q, &opts)?,
+                &zeros_as(&ctx, &shape, dt),
+                &zeros_as(&ctx, &shape, dt),
+                &zeros_as(&ctx, &shape, dt),
+            )?);
+            Ok(fb)
+        };
+        // forward 2 products, backward 5 (QKᵀ recomputed, dV, dP, dQ, dK): 2 T² d each
+        let fb_flops = 14.0 * 8.0 * (t * t * 64) as f64;
         add(
             &format!("fused softmax attention forward+backward{}", tag(dt)),
             format!("B1 H8 T{t} d64"),
-            fb,
-            // forward 2 products, backward 5 (QKᵀ recomputed, dV, dP, dQ, dK): 2 T² d each
-            14.0 * 8.0 * (t * t * 64) as f64,
+            forward_backward()?,
+            fb_flops,
             0.0,
         )?;
+        if cpu {
+            // A CPU adapter runs the row kernels; the tiled ones (a GPU's) beside them.
+            flash::set_kernels(&ctx, flash::FlashKernels::Tiled);
+            let tiled = forward_backward();
+            flash::set_kernels(&ctx, flash::FlashKernels::Auto);
+            add(
+                &format!("fused softmax attention fwd+bwd, tiled{}", tag(dt)),
+                format!("B1 H8 T{t} d64"),
+                tiled?,
+                fb_flops,
+                0.0,
+            )?;
+        }
         let lopts = LinearAttentionOptions::default();
         let lsaved = zeros(&ctx, &linear::saved_shape(&q, HeadLayout::Bhtd)?);
         let d = linear::plan_forward(

@@ -209,7 +209,7 @@ impl Graph {
         spec: AttentionSpec,
     ) -> Result<TensorId> {
         let (qh, out, rot, stats, writes) =
-            self.row_attention_buffers("fused attention", name, [q, k, v], &spec, 2)?;
+            self.row_attention_buffers("fused attention", name, [q, k, v], &spec, 3)?;
         let sp = spec.clone();
         self.call(
             false,

@@ -1,8 +1,17 @@
 //! Softmax attention without the `[B, H, T, T]` matrix (FlashAttention-2's scheme), forward
 //! and backward: the same function as [`crate::ops::attention`] (RoPE, padding mask, causal
 //! option, `rotary_value`), in memory linear in the sequence length. The forward pass keeps
-//! one log-sum-exp per query; the backward pass recomputes the probabilities from it.
+//! each query's score maximum and softmax sum; the backward pass recomputes the
+//! probabilities from them.
 //! q, k, v, the output and the gradients are f32 or f16 (one type for all; f32 inside).
+//!
+//! Two sets of kernels compute it ([`FlashKernels`]), chosen from the adapter: on a GPU this
+//! family's tiled kernels (query and key blocks staged in workgroup memory, rows reduced
+//! across threads with barriers); on a CPU adapter, where a barrier is a thread switch and
+//! every load from workgroup memory a loop over the SIMD lanes, the barrier-free kernels of
+//! [`crate::ops::attention::local`] with a window over the whole sequence (each invocation
+//! owns rows and walks every key with an online softmax). Both keep the same statistics, so
+//! [`FlashSaved`] is one shape for both.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -11,6 +20,7 @@ use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::family::{KernelFamily, ParamBlock, Variant};
 use crate::ops::attention::heads::{HeadLayout, Heads};
+use crate::ops::attention::local::{self, LocalSaved, LocalScratch, LocalWindow};
 use crate::ops::attention::AttentionOptions;
 use crate::ops::rope;
 use crate::shader::Shader;
@@ -32,6 +42,56 @@ pub static FAMILY: KernelFamily = KernelFamily {
 /// Head-dimension variants: (largest head dimension, rows per block in the forward pass,
 /// rows per block in the backward passes), sized so the staged blocks fit 32 KiB.
 pub const VARIANTS: [(usize, usize, usize); 3] = [(32, 32, 32), (64, 32, 16), (128, 16, 8)];
+
+/// Which kernels a context's fused softmax attention runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlashKernels {
+    /// By the adapter: [`FlashKernels::Rows`] on a CPU adapter (llvmpipe, SwiftShader, WARP)
+    /// and where the tiled kernels' blocks do not fit the workgroup memory or invocation
+    /// limits; [`FlashKernels::Tiled`] elsewhere.
+    #[default]
+    Auto,
+    /// This family's kernels: query and key blocks staged in workgroup memory (for GPUs).
+    Tiled,
+    /// [`crate::ops::attention::local`]'s kernels with a window over the whole sequence: no
+    /// workgroup memory, no barrier (for CPU adapters).
+    Rows,
+}
+
+#[derive(Default)]
+struct FlashState {
+    kernels: std::sync::Mutex<FlashKernels>,
+}
+
+/// Sets which kernels this context's fused softmax attention runs (default
+/// [`FlashKernels::Auto`]). Plans made before keep theirs.
+pub fn set_kernels(ctx: &Context, kernels: FlashKernels) {
+    *ctx.op_state::<FlashState>().kernels.lock().unwrap() = kernels;
+}
+
+/// Which kernels this context's fused softmax attention runs, as set.
+pub fn kernels(ctx: &Context) -> FlashKernels {
+    *ctx.op_state::<FlashState>().kernels.lock().unwrap()
+}
+
+/// The kernels a call runs: the tiled ones with their block sizes, or the row kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chosen {
+    Tiled {
+        max_d: usize,
+        fwd: usize,
+        bwd: usize,
+    },
+    Rows,
+}
+
+/// The window that makes local attention softmax attention over all `seq` positions.
+fn whole(seq: usize) -> LocalWindow {
+    LocalWindow {
+        window: seq,
+        globals: 0,
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -59,7 +119,8 @@ pub struct FlashSaved {
     pub k_rot: Option<Tensor>,
     /// Rotated v (with `rotary_value`).
     pub v_rot: Option<Tensor>,
-    /// `[B, H, T, 2]`: log-sum-exp of each query's scores; the backward pass adds its D.
+    /// `[B, H, T, 3]`: each query's score maximum and softmax sum; the backward pass adds
+    /// its `D = dout · out`.
     pub stats: Tensor,
 }
 
@@ -109,13 +170,13 @@ impl FlashScratch {
     }
 }
 
-/// `[B, H, T, 2]` for q.
+/// `[B, H, T, 3]` for q (the same for both sets of kernels).
 pub fn stats_shape(q: &Tensor, layout: HeadLayout) -> Result<[usize; 4]> {
     let h = Heads::of("flash attention", "q", q, layout)?;
-    Ok([h.batch, h.heads, h.seq, 2])
+    Ok([h.batch, h.heads, h.seq, 3])
 }
 
-/// Checks shapes and picks the variant: (heads, max_d, forward block, backward block).
+/// Checks shapes and picks the kernels (see [`FlashKernels`]).
 fn setup(
     ctx: &Context,
     op: &'static str,
@@ -124,7 +185,7 @@ fn setup(
     v: &Tensor,
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
-) -> Result<(Heads, usize, usize, usize)> {
+) -> Result<(Heads, Chosen)> {
     if !q.dtype().is_float() {
         q.expect_dtype(op, "q", DType::F32)?;
     }
@@ -140,25 +201,29 @@ fn setup(
             h.dim, VARIANTS[2].0
         ))
     })?;
+    if let Some(mask) = opts.mask {
+        mask.expect_shape(op, "mask", &[h.batch, h.seq])?;
+    }
     let caps = ctx.capabilities();
     // The staged tiles, their rows padded by one (see the shader), and the row statistics.
     let shared = 4
-        * (4 * bwd * (max_d + 1) + 2 * bwd * (bwd + 1) + 6 * bwd)
+        * (4 * bwd * (max_d + 1) + 2 * bwd * (bwd + 1) + 7 * bwd)
             .max(3 * fwd * (max_d + 1) + fwd * (fwd + 1) + 4 * fwd);
-    if shared > caps.max_workgroup_storage as usize
-        || 4 * fwd.max(bwd) > caps.max_invocations_per_workgroup as usize
-    {
-        return Err(Error::OverLimit {
+    let tiled_fits = shared <= caps.max_workgroup_storage as usize
+        && 4 * fwd.max(bwd) <= caps.max_invocations_per_workgroup as usize;
+    let tiled = Chosen::Tiled { max_d, fwd, bwd };
+    match kernels(ctx) {
+        FlashKernels::Auto if caps.is_cpu() || !tiled_fits => Ok((h, Chosen::Rows)),
+        FlashKernels::Auto => Ok((h, tiled)),
+        FlashKernels::Rows => Ok((h, Chosen::Rows)),
+        FlashKernels::Tiled if tiled_fits => Ok((h, tiled)),
+        FlashKernels::Tiled => Err(Error::OverLimit {
             what: format!("{op} with head dimension {}", h.dim),
             needed: shared as u64,
             limit: caps.max_workgroup_storage as u64,
             limit_name: "max_compute_workgroup_storage_size",
-        });
+        }),
     }
-    if let Some(mask) = opts.mask {
-        mask.expect_shape(op, "mask", &[h.batch, h.seq])?;
-    }
-    Ok((h, max_d, fwd, bwd))
 }
 
 /// The variant sized for heads up to `max_d` wide and `blk` rows per block.
@@ -223,11 +288,20 @@ pub fn plan_forward(
     out: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let op = "flash attention";
-    let (h, max_d, fwd, _) = setup(ctx, op, q, k, v, layout, opts)?;
+    let (h, chosen) = setup(ctx, op, q, k, v, layout, opts)?;
     out.expect_shape(op, "out", q.shape())?;
     saved
         .stats
         .expect_shape(op, "stats", &stats_shape(q, layout)?)?;
+    let Chosen::Tiled { max_d, fwd, .. } = chosen else {
+        let saved = LocalSaved {
+            q_rot: saved.q_rot.clone(),
+            k_rot: saved.k_rot.clone(),
+            v_rot: saved.v_rot.clone(),
+            stats: saved.stats.clone(),
+        };
+        return local::plan_forward(ctx, q, k, v, layout, opts, whole(h.seq), &saved, out);
+    };
     let mut plan = Vec::new();
     let mut rotated = |x: &Tensor, slot: &Option<Tensor>, on: bool| -> Result<Tensor> {
         match (opts.rope, slot, on) {
@@ -276,7 +350,7 @@ pub fn plan_backward(
     dv: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let op = "flash attention backward";
-    let (h, max_d, _, bwd) = setup(ctx, op, q, k, v, layout, opts)?;
+    let (h, chosen) = setup(ctx, op, q, k, v, layout, opts)?;
     for (what, t) in [
         ("out", out),
         ("grad_out", grad_out),
@@ -286,6 +360,35 @@ pub fn plan_backward(
     ] {
         t.expect_shape(op, what, q.shape())?;
     }
+    let Chosen::Tiled { max_d, bwd, .. } = chosen else {
+        let saved = LocalSaved {
+            q_rot: saved.q_rot.clone(),
+            k_rot: saved.k_rot.clone(),
+            v_rot: saved.v_rot.clone(),
+            stats: saved.stats.clone(),
+        };
+        let scratch = LocalScratch {
+            dq_rot: scratch.dq_rot.clone(),
+            dk_rot: scratch.dk_rot.clone(),
+            dv_rot: scratch.dv_rot.clone(),
+        };
+        return local::plan_backward(
+            ctx,
+            q,
+            k,
+            v,
+            layout,
+            opts,
+            whole(h.seq),
+            &saved,
+            out,
+            grad_out,
+            &scratch,
+            dq,
+            dk,
+            dv,
+        );
+    };
     let rot = opts.rope.is_some();
     let pick = |saved: &Option<Tensor>, plain: &Tensor, on: bool| -> Result<Tensor> {
         match (saved, on) {
@@ -383,10 +486,22 @@ mod tests {
     use crate::ops::attention::{self, BackwardBuffers, BufferShapes, Saved};
     use crate::testing::*;
 
-    /// The fused kernels against the materialised attention, which the fixtures check.
+    /// Both sets of kernels, each set on the context in turn.
+    const KERNELS: [FlashKernels; 2] = [FlashKernels::Tiled, FlashKernels::Rows];
+
+    /// The fused kernels, tiled and rows, against the materialised attention, which the
+    /// fixtures check.
     #[test]
     fn matches_the_materialised_attention() {
         let ctx = &ctx();
+        for kernels in KERNELS {
+            set_kernels(ctx, kernels);
+            check_against_the_materialised_attention(ctx, kernels);
+        }
+        set_kernels(ctx, FlashKernels::Auto);
+    }
+
+    fn check_against_the_materialised_attention(ctx: &Context, kernels: FlashKernels) {
         let mut rng = rng(31);
         let cases = [
             (1, 1, 1, 2, HeadLayout::Bhtd),
@@ -410,9 +525,11 @@ mod tests {
                 upload(ctx, &v, &shape),
                 upload(ctx, &g, &shape),
             );
+            // Sequence 0 padded on the left (causal, its first rows see only padded keys:
+            // uniform, as HF's softmax makes them), sequence 1 on the right.
             let mask: Vec<f32> = (0..b * t)
                 .map(|i| {
-                    if i / t == 1 && i % t >= t.saturating_sub(3) {
+                    if (i / t == 0 && i % t < 2) || (i / t == 1 && i % t >= t.saturating_sub(3)) {
                         -f32::MAX
                     } else {
                         0.0
@@ -479,7 +596,7 @@ mod tests {
                     .unwrap(),
                 )
                 .unwrap();
-                let what = format!("flash [{b},{h},{t},{d}] {layout:?} causal={causal} rope={use_rope} mask={masked} rotv={rotary_value}");
+                let what = format!("flash {kernels:?} [{b},{h},{t},{d}] {layout:?} causal={causal} rope={use_rope} mask={masked} rotv={rotary_value}");
                 for (name, ours, reference, tol) in [
                     ("out", &fo, &ro, 1e-5),
                     ("dq", &fq, &rq, 1e-4),
@@ -509,6 +626,14 @@ mod tests {
         if !has_f16(ctx, "f16 flash attention") {
             return;
         }
+        for kernels in KERNELS {
+            set_kernels(ctx, kernels);
+            check_f16_against_the_f64_reference(ctx, kernels);
+        }
+        set_kernels(ctx, FlashKernels::Auto);
+    }
+
+    fn check_f16_against_the_f64_reference(ctx: &Context, kernels: FlashKernels) {
         let mut rng = rng(37);
         let h16 = DType::F16;
         for (b, h, t, d) in [(1, 1, 1, 4), (2, 3, 7, 8), (1, 2, 33, 16), (1, 1, 129, 40)] {
@@ -570,7 +695,9 @@ mod tests {
                     use_rope,
                     mask64.as_deref(),
                 );
-                let what = format!("f16 flash [{b},{h},{t},{d}] causal={causal} rope={use_rope}");
+                let what = format!(
+                    "f16 flash {kernels:?} [{b},{h},{t},{d}] causal={causal} rope={use_rope}"
+                );
                 for (name, ours, want, tol) in [
                     ("out", fo, &ro, 1e-3),
                     ("dq", fq, &rq, 2e-3),
@@ -587,6 +714,71 @@ mod tests {
                     assert_close(&format!("{what} {name}"), &got, want, tol);
                 }
             }
+        }
+    }
+
+    /// What a context picks follows the adapter's capabilities, not its name: the row
+    /// kernels (four rows per invocation) on a CPU adapter, the tiled kernels on a GPU,
+    /// the row kernels where the GPU's workgroup memory is too small for the tiles; a
+    /// forced choice holds, and forced tiles that do not fit are an error.
+    #[test]
+    fn the_kernels_follow_the_adapter() {
+        let _turn = ctx(); // a second device must not race the shared one
+        let mut planner = Context::with_options(crate::context::ContextOptions {
+            plan_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let (b, h, t, d) = (2, 3, 37, 16);
+        let q = Tensor::zeros(&planner, &[b, h, t, d], DType::F32).unwrap();
+        let out = Tensor::zeros(&planner, &[b, h, t, d], DType::F32).unwrap();
+        let opts = AttentionOptions::default();
+        let kernel_and_groups = |ctx: &Context| -> Result<(&'static str, u64)> {
+            let saved = FlashSaved::new(ctx, &q, HeadLayout::Bhtd, &opts)?;
+            let plan = plan_forward(ctx, &q, &q, &q, HeadLayout::Bhtd, &opts, &saved, &out)?;
+            let last = plan.last().unwrap();
+            Ok((last.kernel().0, last.workgroup_count()))
+        };
+        let cpu = planner.capabilities().clone();
+        let mut gpu = cpu.clone();
+        gpu.device_type = wgpu::DeviceType::DiscreteGpu;
+        let mut small_gpu = gpu.clone();
+        small_gpu.max_workgroup_storage = 8 << 10;
+        // 64 invocations a workgroup, each owning four rows on a CPU, one on a GPU; the
+        // tiled kernels run a workgroup per 32 queries here.
+        let four_rows = (b * h * t.div_ceil(4)).div_ceil(64) as u64;
+        let one_row = (b * h * t).div_ceil(64) as u64;
+        let tiles = (b * h * t.div_ceil(32)) as u64;
+        let cpu_caps = crate::context::Capabilities {
+            device_type: wgpu::DeviceType::Cpu,
+            ..cpu
+        };
+        for (caps, set, want) in [
+            (
+                &cpu_caps,
+                FlashKernels::Auto,
+                Ok(("local_attention", four_rows)),
+            ),
+            (&gpu, FlashKernels::Auto, Ok(("flash_attention", tiles))),
+            (
+                &small_gpu,
+                FlashKernels::Auto,
+                Ok(("local_attention", one_row)),
+            ),
+            (
+                &cpu_caps,
+                FlashKernels::Tiled,
+                Ok(("flash_attention", tiles)),
+            ),
+            (&gpu, FlashKernels::Rows, Ok(("local_attention", one_row))),
+            (&small_gpu, FlashKernels::Tiled, Err(())),
+        ] {
+            planner.plan_as(caps.clone()).unwrap();
+            set_kernels(&planner, set);
+            let got = kernel_and_groups(&planner).map_err(|e| {
+                assert!(matches!(e, Error::OverLimit { .. }), "{e}");
+            });
+            assert_eq!(got, want, "{:?} {set:?}", caps.device_type);
         }
     }
 

@@ -10,10 +10,14 @@
 //! which the tests hold it to. The forward pass keeps each query's running maximum and sum;
 //! the backward pass recomputes the probabilities from them.
 //!
-//! The kernels give each query (forward, dq) or key (dk, dv) one invocation that keeps its
-//! row in registers and walks its neighbours: no workgroup memory and no barrier, which
+//! The kernels give each query (forward, dq) or key (dk, dv) to one invocation that keeps
+//! its row in registers and walks its neighbours: no workgroup memory and no barrier, which
 //! suits a CPU adapter (where a barrier is a thread switch) and is a plain gather on a GPU.
-//! Where the head dimension and strides are multiples of 4 the tensors are read as vec4s.
+//! On a CPU adapter an invocation owns four consecutive rows and walks the union of their
+//! neighbours, so that each neighbour's loads (there a loop over the SIMD lanes each) serve
+//! four rows ([`RowsPerInvocation`]). Where the head dimension and strides are multiples of 4
+//! the tensors are read as vec4s. With a window over the whole sequence these are softmax
+//! attention's kernels on CPU adapters ([`crate::ops::attention::flash::FlashKernels`]).
 //! q, k, v, the output and the gradients are f32 or f16 (one type for all; f32 inside).
 
 use bytemuck::{Pod, Zeroable};
@@ -47,8 +51,42 @@ pub const MAX_DIMS: [usize; 4] = [16, 32, 64, 128];
 /// The `ACCESS` block of the vec4 variant.
 const VEC4_ACCESS: &str = include_str!("../../../shaders/lib/local_attention_vec4.wgsl");
 
+/// The `ROWS` block of the four-rows variant.
+const FOUR_ROWS: &str = include_str!("../../../shaders/lib/local_attention_four_rows.wgsl");
+
 /// Invocations per workgroup (the shader's `WG`).
 const WORKGROUP: u64 = 64;
+
+/// How many rows (queries; keys in the dk/dv pass) one invocation of the kernels owns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RowsPerInvocation {
+    /// By the adapter: [`RowsPerInvocation::Four`] on a CPU adapter (llvmpipe, SwiftShader,
+    /// WARP), where every load from a buffer is a loop over the SIMD lanes and so the loads
+    /// per row are what costs; [`RowsPerInvocation::One`] on a GPU, where four rows' registers
+    /// (8 floats per feature) would spill at wide heads.
+    #[default]
+    Auto,
+    /// One row per invocation.
+    One,
+    /// Four consecutive rows per invocation, each neighbour's loads shared by the four.
+    Four,
+}
+
+#[derive(Default)]
+struct LocalState {
+    rows: std::sync::Mutex<RowsPerInvocation>,
+}
+
+/// Sets how this context's local (and, on CPU adapters, fused) attention kernels split the
+/// rows (default [`RowsPerInvocation::Auto`]). Plans made before keep theirs.
+pub fn set_rows_per_invocation(ctx: &Context, rows: RowsPerInvocation) {
+    *ctx.op_state::<LocalState>().rows.lock().unwrap() = rows;
+}
+
+/// How this context's local attention kernels split the rows.
+pub fn rows_per_invocation(ctx: &Context) -> RowsPerInvocation {
+    *ctx.op_state::<LocalState>().rows.lock().unwrap()
+}
 
 /// Which keys each query sees besides itself: the window and the global tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -166,16 +204,19 @@ pub fn stats_shape(q: &Tensor, layout: HeadLayout) -> Result<[usize; 4]> {
 struct Form {
     max_d: usize,
     vec4: bool,
+    rows: usize,
 }
 
 impl Form {
     fn variant(self) -> Variant {
-        let v = Variant::default().size("MAX_D", self.max_d as u32);
+        let mut v = Variant::default().size("MAX_D", self.max_d as u32);
         if self.vec4 {
-            v.block("ACCESS", VEC4_ACCESS)
-        } else {
-            v
+            v = v.block("ACCESS", VEC4_ACCESS);
         }
+        if self.rows == 4 {
+            v = v.block("ROWS", FOUR_ROWS);
+        }
+        v
     }
 }
 
@@ -183,12 +224,17 @@ impl Form {
 fn variants() -> Vec<Variant> {
     MAX_DIMS
         .iter()
-        .flat_map(|&max_d| [false, true].map(|vec4| Form { max_d, vec4 }.variant()))
+        .flat_map(|&max_d| {
+            [false, true]
+                .into_iter()
+                .flat_map(move |vec4| [1, 4].map(move |rows| Form { max_d, vec4, rows }.variant()))
+        })
         .collect()
 }
 
 /// Checks shapes and the window, and picks the form.
 fn setup(
+    ctx: &Context,
     op: &'static str,
     q: &Tensor,
     k: &Tensor,
@@ -222,7 +268,12 @@ fn setup(
         mask.expect_shape(op, "mask", &[h.batch, h.seq])?;
     }
     let vec4 = h.dim % 4 == 0 && h.strides().iter().all(|s| s % 4 == 0);
-    Ok((h, Form { max_d, vec4 }))
+    let rows = match rows_per_invocation(ctx) {
+        RowsPerInvocation::Auto if ctx.capabilities().is_cpu() => 4,
+        RowsPerInvocation::Auto | RowsPerInvocation::One => 1,
+        RowsPerInvocation::Four => 4,
+    };
+    Ok((h, Form { max_d, vec4, rows }))
 }
 
 fn builder<'a>(
@@ -253,11 +304,12 @@ fn builder<'a>(
             window: u(win.window.min(h.seq)),
             globals: u(win.globals.min(h.seq)),
         })
-        .serial_steps(win.keys_per_query(h.seq) as u64)
+        .serial_steps((win.keys_per_query(h.seq) + form.rows - 1).min(h.seq) as u64)
 }
 
-fn rows(ctx: &Context, h: &Heads) -> Result<[u32; 3]> {
-    ctx.grid_1d(((h.batch * h.heads * h.seq) as u64).div_ceil(WORKGROUP))
+fn rows(ctx: &Context, h: &Heads, form: Form) -> Result<[u32; 3]> {
+    let invocations = h.batch * h.heads * h.seq.div_ceil(form.rows);
+    ctx.grid_1d((invocations as u64).div_ceil(WORKGROUP))
 }
 
 /// Multiply-adds of one pass over every (query, key) pair the window allows, times `per`.
@@ -279,7 +331,7 @@ pub fn plan_forward(
     out: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let op = "local attention";
-    let (h, form) = setup(op, q, k, v, layout, opts)?;
+    let (h, form) = setup(ctx, op, q, k, v, layout, opts)?;
     out.expect_shape(op, "out", q.shape())?;
     out.expect_dtype(op, "out", q.dtype())?;
     saved
@@ -310,7 +362,7 @@ pub fn plan_forward(
             .write("stats", &saved.stats)
             .write("out", out)
             .flops(pair_flops(&h, win, 4))
-            .build(rows(ctx, &h)?)?,
+            .build(rows(ctx, &h, form)?)?,
     );
     Ok(plan)
 }
@@ -334,7 +386,7 @@ pub fn plan_backward(
     dv: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let op = "local attention backward";
-    let (h, form) = setup(op, q, k, v, layout, opts)?;
+    let (h, form) = setup(ctx, op, q, k, v, layout, opts)?;
     for (what, t) in [
         ("out", out),
         ("grad_out", grad_out),
@@ -375,7 +427,7 @@ pub fn plan_backward(
             .write("stats", &saved.stats)
             .write("grad_q", &dqr)
             .flops(pair_flops(&h, win, 6))
-            .build(rows(ctx, &h)?)?,
+            .build(rows(ctx, &h, form)?)?,
         builder(ctx, "bwd_dkdv", q.dtype(), &h, form, opts, win)
             .read("q", &qr)
             .read("k", &kr)
@@ -386,7 +438,7 @@ pub fn plan_backward(
             .write("grad_k", &dkr)
             .write("grad_v", &dvr)
             .flops(pair_flops(&h, win, 8))
-            .build(rows(ctx, &h)?)?,
+            .build(rows(ctx, &h, form)?)?,
     ];
     if let Some(table) = opts.rope {
         plan.push(rope::plan(ctx, &dqr, layout, table, dq, layout, true)?);
@@ -577,12 +629,24 @@ mod tests {
         }
     }
 
+    /// Both forms of the kernels, each set on the context in turn.
+    const FORMS: [RowsPerInvocation; 2] = [RowsPerInvocation::One, RowsPerInvocation::Four];
+
     /// Windows small and past the length, no, one and three global tokens, causal and not,
     /// RoPE and padding, both layouts, odd lengths and head dimensions (scalar access)
-    /// and multiples of 4 (vec4 access): the GPU against the f64 reference.
+    /// and multiples of 4 (vec4 access), one and four rows per invocation (lengths that are
+    /// not multiples of 4 included): the GPU against the f64 reference.
     #[test]
     fn matches_the_f64_reference() {
         let ctx = &ctx();
+        for rows in FORMS {
+            set_rows_per_invocation(ctx, rows);
+            check_against_the_f64_reference(ctx, rows);
+        }
+        set_rows_per_invocation(ctx, RowsPerInvocation::Auto);
+    }
+
+    fn check_against_the_f64_reference(ctx: &Context, rows: RowsPerInvocation) {
         let mut rng = rng(41);
         let cases = [
             (1, 1, 1, 4, HeadLayout::Bhtd),
@@ -639,7 +703,7 @@ mod tests {
                     );
                     let what = format!(
                         "local [{b},{h},{t},{d}] {layout:?} w={window} g={globals} \
-                         causal={causal} rope={use_rope} mask={masked}"
+                         causal={causal} rope={use_rope} mask={masked} {rows:?}"
                     );
                     let back = |x: &[f32]| hd.relayout(x, HeadLayout::Bhtd);
                     for (name, ours, want) in [
@@ -670,8 +734,16 @@ mod tests {
     /// softmax) computes what the local kernels do.
     #[test]
     fn equals_materialised_softmax_with_the_equivalent_mask() {
-        use crate::ops::{matmul, softmax};
         let ctx = &ctx();
+        for rows in FORMS {
+            set_rows_per_invocation(ctx, rows);
+            check_against_materialised_softmax(ctx, rows);
+        }
+        set_rows_per_invocation(ctx, RowsPerInvocation::Auto);
+    }
+
+    fn check_against_materialised_softmax(ctx: &Context, rows: RowsPerInvocation) {
+        use crate::ops::{matmul, softmax};
         let mut rng = rng(43);
         for &(b, h, t, d, window, globals, causal) in &[
             (2, 2, 9, 8, 1, 0, false),
@@ -793,7 +865,8 @@ mod tests {
             ];
             ctx.run(&plan).unwrap();
             let what = format!(
-                "local vs materialised [{b},{h},{t},{d}] w={window} g={globals} causal={causal}"
+                "local vs materialised [{b},{h},{t},{d}] w={window} g={globals} causal={causal} \
+                 {rows:?}"
             );
             for (name, got, reference) in [
                 ("out", &ours.out, &outs[0]),
@@ -834,6 +907,14 @@ mod tests {
         if !has_f16(ctx, "f16 local attention") {
             return;
         }
+        for rows in FORMS {
+            set_rows_per_invocation(ctx, rows);
+            check_f16_against_the_f64_reference(ctx, rows);
+        }
+        set_rows_per_invocation(ctx, RowsPerInvocation::Auto);
+    }
+
+    fn check_f16_against_the_f64_reference(ctx: &Context, rows: RowsPerInvocation) {
         let mut rng = rng(47);
         let h16 = DType::F16;
         for (b, h, t, d) in [(1, 1, 1, 4), (2, 3, 7, 6), (2, 2, 33, 16), (1, 1, 129, 40)] {
@@ -876,7 +957,8 @@ mod tests {
                     masked.then_some(&m64[..]),
                     win,
                 );
-                let what = format!("f16 local [{b},{h},{t},{d}] causal={causal} rope={use_rope}");
+                let what =
+                    format!("f16 local [{b},{h},{t},{d}] causal={causal} rope={use_rope} {rows:?}");
                 for (name, got, want, tol) in [
                     ("out", &r.out, &wo, 1e-3),
                     ("dq", &r.dq, &wq, 2e-3),

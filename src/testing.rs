@@ -65,6 +65,33 @@ pub fn download(ctx: &Context, t: &Tensor) -> Vec<f32> {
     t.to_vec::<f32>(ctx).unwrap()
 }
 
+/// Checks an f64 reference's gradients of q, k and v (`grads`) against central finite
+/// differences of `objective(q, k, v)` (step 1e-6), within 1e-6 relative; `what` names the
+/// case in a failure.
+pub fn assert_qkv_gradients_match_finite_differences(
+    what: &str,
+    [q, k, v]: [&[f64]; 3],
+    grads: [&[f64]; 3],
+    objective: impl Fn(&[f64], &[f64], &[f64]) -> f64,
+) {
+    let eps = 1e-6;
+    for (which, grad) in grads.iter().enumerate() {
+        for (i, &g) in grad.iter().enumerate() {
+            let mut plus = [q.to_vec(), k.to_vec(), v.to_vec()];
+            let mut minus = plus.clone();
+            plus[which][i] += eps;
+            minus[which][i] -= eps;
+            let fd = (objective(&plus[0], &plus[1], &plus[2])
+                - objective(&minus[0], &minus[1], &minus[2]))
+                / (2.0 * eps);
+            assert!(
+                (fd - g).abs() < 1e-6 * (1.0 + fd.abs()),
+                "{what}tensor {which} [{i}]: fd {fd} vs {g}"
+            );
+        }
+    }
+}
+
 #[track_caller]
 pub fn assert_close(what: &str, ours: &[f32], reference: &[f64], tol: f64) {
     let err = rel_l2(ours, reference);

@@ -1339,24 +1339,12 @@ mod tests {
             let objective = |q: &[f64], k: &[f64], v: &[f64]| -> f64 {
                 run(q, k, v).0.iter().zip(&g).map(|(o, g)| o * g).sum()
             };
-            for (which, grad) in [(0, &dq), (1, &dk), (2, &dvv)] {
-                let base = [&q, &k, &v][which];
-                for i in 0..base.len() {
-                    let eps = 1e-6;
-                    let mut plus = [q.clone(), k.clone(), v.clone()];
-                    let mut minus = plus.clone();
-                    plus[which][i] += eps;
-                    minus[which][i] -= eps;
-                    let fd = (objective(&plus[0], &plus[1], &plus[2])
-                        - objective(&minus[0], &minus[1], &minus[2]))
-                        / (2.0 * eps);
-                    assert!(
-                        (fd - grad[i]).abs() < 1e-6 * (1.0 + fd.abs()),
-                        "causal={causal} rope={use_rope} tensor {which} [{i}]: fd {fd} vs {}",
-                        grad[i]
-                    );
-                }
-            }
+            crate::testing::assert_qkv_gradients_match_finite_differences(
+                &format!("causal={causal} rope={use_rope} "),
+                [&q, &k, &v],
+                [&dq, &dk, &dvv],
+                objective,
+            );
         }
     }
 

@@ -302,22 +302,16 @@ impl Running {
         }
     }
 
-    /// The pid of rank `rank`, which it prints at the start.
-    fn pid_of(&self, rank: usize) -> u32 {
+    /// The pid of rank `rank`, from the line it prints at the start ("rank 1 of 2 (pid
+    /// 1234, ..."), once `mpirun` has passed that line on (at most `limit`).
+    fn pid_of(&mut self, rank: usize, limit: Duration) -> u32 {
         let tag = format!("rank {rank} of ");
-        let line = self
-            .seen_err
-            .iter()
-            .find(|l| l.starts_with(&tag))
-            .expect("the rank's line");
-        let pid = line
-            .split("(pid ")
-            .nth(1)
-            .unwrap()
-            .split(',')
-            .next()
-            .unwrap();
-        pid.parse().unwrap()
+        let pid = |line: &String| -> Option<u32> {
+            let rest = &line[line.find(&tag)?..];
+            rest.split("(pid ").nth(1)?.split(',').next()?.parse().ok()
+        };
+        self.wait_for(limit, |_, err| err.iter().any(|l| pid(l).is_some()));
+        self.seen_err.iter().find_map(pid).unwrap()
     }
 
     /// Its exit status, when it ends within `limit` (else it is killed and the test fails).
@@ -395,7 +389,7 @@ fn a_killed_rank_ends_the_run_with_an_error() {
     let dir = temp("killed");
     let mut run = Running::start(long_run(&dir, &[]));
     run.wait_for(Duration::from_secs(120), |out, _| out.len() >= 5);
-    let victim = run.pid_of(1);
+    let victim = run.pid_of(1, Duration::from_secs(30));
     signal(victim, "KILL");
     let status = run.end_within(Duration::from_secs(60));
     let err = run.seen_err.join("\n");
@@ -413,7 +407,7 @@ fn a_hung_rank_ends_the_run_after_the_timeout() {
     let dir = temp("hung");
     let mut run = Running::start(long_run(&dir, &["--ddp-timeout", "3"]));
     run.wait_for(Duration::from_secs(120), |out, _| out.len() >= 5);
-    let victim = run.pid_of(1);
+    let victim = run.pid_of(1, Duration::from_secs(30));
     signal(victim, "STOP");
     let stopped = Instant::now();
     let status = run.end_within(Duration::from_secs(60));

@@ -297,6 +297,12 @@ mod with_mpi {
         "MPI_LOCALNRANKS",
     ];
 
+    /// One line on stderr in one write, so that the line of one rank never interleaves with
+    /// another's in the launcher's output (`writeln!` writes each piece of its format apart).
+    fn stderr_line(text: &str) {
+        let _ = std::io::stderr().write_all(format!("{text}\n").as_bytes());
+    }
+
     pub(super) struct Mpi {
         world: SimpleCommunicator,
         watchdog: Watchdog,
@@ -329,7 +335,7 @@ mod with_mpi {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
                 previous(info);
-                let _ = writeln!(std::io::stderr(), "rank {rank}: panicked; ending the run");
+                stderr_line(&format!("rank {rank}: panicked; ending the run"));
                 std::process::exit(101);
             }));
             Ok(Some(Distributed {
@@ -438,13 +444,12 @@ mod with_mpi {
                     };
                     let now = Instant::now();
                     if now >= d.at {
-                        let _ = writeln!(
-                            std::io::stderr(),
+                        stderr_line(&format!(
                             "rank {rank}: error: {} waited {:.0} s for the other ranks (one has \
                              died, hangs or failed): ending the run",
                             d.what,
                             timeout.as_secs_f64()
-                        );
+                        ));
                         std::process::exit(1);
                     }
                     let left = d.at - now;

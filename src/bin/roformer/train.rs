@@ -304,7 +304,7 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
             return match train(a, Some(&d)) {
                 Ok(()) => Ok(()),
                 Err(e) => {
-                    let _ = writeln!(io::stderr(), "rank {}: error: {e}", d.rank());
+                    stderr_line(&format!("rank {}: error: {e}", d.rank()));
                     d.abort(1)
                 }
             };
@@ -387,15 +387,14 @@ fn train(a: TrainArgs, distributed: Option<&Distributed>) -> Result<(), Failure>
     let ctx = match distributed {
         Some(d) => {
             let ctx = Context::with_options(d.context_options())?;
-            let _ = writeln!(
-                io::stderr(),
+            stderr_line(&format!(
                 "rank {} of {} (pid {}, local rank {}): {}",
                 d.rank(),
                 d.size(),
                 std::process::id(),
                 d.local_rank(),
                 ctx.capabilities().adapter_name
-            );
+            ));
             ctx
         }
         None => Context::new()?,
@@ -620,4 +619,10 @@ fn register_sans_serif() -> bool {
             .is_ok(),
             Err(_) => false,
         })
+}
+
+/// One line on stderr in one write, so that the line of one rank never interleaves with
+/// another's in the launcher's output (`writeln!` writes each piece of its format apart).
+fn stderr_line(text: &str) {
+    let _ = io::stderr().write_all(format!("{text}\n").as_bytes());
 }

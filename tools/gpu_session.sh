@@ -15,6 +15,10 @@
 #   bash tools/gpu_session.sh listops linear|softmax [SECONDS]
 #                                      # a longer ListOps run; carry $OUT/listops-ATTN back as
 #                                      # runs/listops-ATTN to go on with --resume next call
+#   bash tools/gpu_session.sh pathfinder local|fused|linear|softmax [SECONDS]
+#                                      # the same for Pathfinder at LRA's setting, easy split
+#                                      # (issue 32: above chance needs far more updates than
+#                                      # a CPU gives); carry back runs/pathfinder-ATTN
 #
 # Rehearsal, on llvmpipe with small shapes, the very same steps (stage included):
 #   REHEARSE=1 bash tools/gpu_session.sh stage && REHEARSE=1 bash tools/gpu_session.sh run \
@@ -24,6 +28,13 @@
 # line per step with its exit status and seconds; a failed step does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+stage | run | run2 | listops | pathfinder) ;;
+*)
+  sed -n '2,28p' "$0"
+  exit 2
+  ;;
+esac
 REHEARSE="${REHEARSE:-}"
 if [ -n "$REHEARSE" ]; then
   OUT="${OUT:-runs/rehearsal}"
@@ -67,12 +78,14 @@ if [ -n "$REHEARSE" ]; then
   STEP="--layers 1 --hidden 64 --heads 4 --intermediate 128 --vocab 100 --batch 2 --seq 32 --steps 2"
   LRA="--lengths 64,128 --batch 2 --steps 1"
   LISTOPS="--preset cpu --steps 20"
+  PATHFINDER="--preset cpu --contour-length 6 --steps 4 --train 64 --valid 16 --test 16 --eval-every 4"
   LISTOPS_SECONDS=60
   TEST_ARGS=""
 else
   STEP="--steps 5"
   LRA="--lengths 1024,2048,3072,4096,8192,16384 --batch 32 --steps 3"
   LISTOPS="--preset lra"
+  PATHFINDER="--preset lra --contour-length 6"
   LISTOPS_SECONDS=180
   # The cooperative-matrix test is ignored off NVIDIA; there it must run (and it fails when
   # the adapter has no cooperative matrices).
@@ -173,21 +186,25 @@ run2() {
   cat "$SUMMARY"
 }
 
+# long TASK ATTN SECONDS ARGS...: a run of the main job that goes on across calls: one carried
+# back from an earlier call (runs/TASK-ATTN) continues, otherwise a new one starts.
+long() {
+  local task="$1" attn="$2" seconds="$3"; shift 3
+  local dir="$OUT/$task-$attn"
+  mkdir -p "$dir"
+  [ -d "runs/$task-$attn" ] && cp -r "runs/$task-$attn/." "$dir/"
+  on_for "$seconds" $bin/train --task "$task" "$@" --attention "$attn" --out "$dir" --resume > "$OUT/$task-$attn.txt" 2>&1
+  tail -n 20 "$OUT/$task-$attn.txt"
+}
+
 case "${1:-}" in
 stage) stage ;;
 run) run ;;
 run2) run2 ;;
-listops)
-  attn="${2:?listops needs linear or softmax}"
-  dir="$OUT/listops-$attn"
-  mkdir -p "$dir"
-  # A run carried back from an earlier call continues; otherwise a new one starts.
-  [ -d "runs/listops-$attn" ] && cp -r "runs/listops-$attn/." "$dir/"
-  on_for "${3:-500}" $bin/train $LISTOPS --attention "$attn" --out "$dir" --resume > "$OUT/listops-$attn.txt" 2>&1
-  tail -n 20 "$OUT/listops-$attn.txt"
-  ;;
+listops) long listops "${2:?listops needs linear or softmax}" "${3:-500}" $LISTOPS ;;
+pathfinder) long pathfinder "${2:?pathfinder needs local, fused, linear or softmax}" "${3:-500}" $PATHFINDER ;;
 *)
-  sed -n '2,25p' "$0"
+  sed -n '2,28p' "$0"
   exit 2
   ;;
 esac

@@ -3,6 +3,8 @@
 //! in chunks, Performer's random features), each with RoPE: forward builders and backward
 //! rules.
 
+use crate::context::Context;
+use crate::dispatch::Dispatch;
 use crate::error::{Error, Result};
 use crate::ops::attention::chunked_linear::{self as chunked, ChunkedSaved};
 use crate::ops::attention::flash::{self, FlashSaved, FlashScratch};
@@ -44,6 +46,52 @@ pub struct AttentionSpec {
     pub mask: Option<Tensor>,
     /// RoPE sin/cos table `[positions, head_dim]`.
     pub rope: Option<Tensor>,
+}
+
+/// What an attention backward kernel works on, each as a `[B, T, heads, d]` view: q, k, v,
+/// the stage's output `y` (`None` where the kernel does not read it) and its gradient `dy`,
+/// and where dq, dk, dv go.
+struct BackwardViews {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    y: Option<Tensor>,
+    dy: Tensor,
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+}
+
+impl BackwardViews {
+    /// The views of the plan's tensors.
+    #[allow(clippy::too_many_arguments)]
+    fn of(
+        t: &Resolved,
+        [q, k, v]: [TensorId; 3],
+        y: Option<TensorId>,
+        dy: TensorId,
+        [dq, dk, dv]: [TensorId; 3],
+        qh: &[usize],
+        vh: &[usize],
+    ) -> Result<BackwardViews> {
+        Ok(BackwardViews {
+            q: t.get(q)?.reshape(qh)?,
+            k: t.get(k)?.reshape(qh)?,
+            v: t.get(v)?.reshape(vh)?,
+            y: y.map(|y| t.get(y)?.reshape(vh)).transpose()?,
+            dy: t.get(dy)?.reshape(vh)?,
+            dq: t.get(dq)?.reshape(qh)?,
+            dk: t.get(dk)?.reshape(qh)?,
+            dv: t.get(dv)?.reshape(vh)?,
+        })
+    }
+
+    /// The output, for the kernels that read it.
+    fn y(&self) -> Result<&Tensor> {
+        self.y
+            .as_ref()
+            .ok_or_else(|| Error::invalid("attention backward: the output is not read here"))
+    }
 }
 
 impl Graph {
@@ -504,6 +552,46 @@ impl Graph {
         Ok((dst, adds))
     }
 
+    /// The call every attention backward rule adds: it reads q, k, v, `y` (where given),
+    /// `dy` and `reads`, writes dq, dk, dv (see [`Graph::qkv_targets`]) and `writes`, and
+    /// plans `kernel` on the views; then the gradients computed apart are added in.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward_call(
+        &mut self,
+        label: &str,
+        what: &str,
+        inputs: &[TensorId],
+        y: Option<TensorId>,
+        dy: TensorId,
+        spec: &AttentionSpec,
+        reads: Vec<TensorId>,
+        writes: Vec<TensorId>,
+        kernel: impl Fn(&Context, &Resolved, &BackwardViews) -> Result<Vec<Dispatch>> + 'static,
+    ) -> Result<()> {
+        let qkv = [inputs[0], inputs[1], inputs[2]];
+        let (qh, vh) = self.head_shapes(qkv[0], qkv[1], qkv[2], spec.heads)?;
+        let (grads, adds) = self.qkv_targets(inputs)?;
+        let mut all_reads = qkv.to_vec();
+        all_reads.extend(y);
+        all_reads.push(dy);
+        all_reads.extend(reads);
+        let mut all_writes = grads.to_vec();
+        all_writes.extend(writes);
+        self.call(
+            true,
+            format!("{label}: {what}"),
+            all_reads,
+            all_writes,
+            Box::new(move |ctx, t| {
+                kernel(ctx, t, &BackwardViews::of(t, qkv, y, dy, grads, &qh, &vh)?)
+            }),
+        );
+        for (part, g) in adds {
+            self.add_into(label, part, g);
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_backward(
         &mut self,
@@ -514,26 +602,27 @@ impl Graph {
         [q_rot, k_rot, v_rot]: [Option<TensorId>; 3],
         probs: TensorId,
     ) -> Result<()> {
-        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
+        let (qh, vh) = self.head_shapes(inputs[0], inputs[1], inputs[2], spec.heads)?;
         let shapes = BufferShapes::new(&qh, &vh, HeadLayout::Bthd, &attention_options(spec))?;
-        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
         let dprobs = self.pooled(format!("{label}.dprobs"), &shapes.square, false);
         let dscores = self.pooled(format!("{label}.dscores"), &shapes.square, false);
         let [dq_rot, dk_rot, dv_rot] = self.rotated(label, "d", spec, &qh, &vh);
-        let mut reads = vec![q, k, v, probs, dy];
+        let mut reads = vec![probs];
         reads.extend(q_rot.iter().chain(&k_rot).chain(&v_rot));
-        let mut writes = vec![dq, dk, dv, dprobs, dscores];
+        let mut writes = vec![dprobs, dscores];
         writes.extend(dq_rot.iter().chain(&dk_rot).chain(&dv_rot));
         let sp = spec.clone();
-        self.call(
-            true,
-            format!("{label}: softmax attention backward"),
+        self.attention_backward_call(
+            label,
+            "softmax attention backward",
+            inputs,
+            None,
+            dy,
+            spec,
             reads,
             writes,
-            Box::new(move |ctx, t| {
+            move |ctx, t, x| {
                 let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
-                let saved = saved_of(t, [q_rot, k_rot, v_rot], probs)?;
                 let bwd = BackwardBuffers {
                     dprobs: t.get(dprobs)?.clone(),
                     dscores: t.get(dscores)?.clone(),
@@ -541,29 +630,22 @@ impl Graph {
                     dk_rot: opt(dk_rot)?,
                     dv_rot: opt(dv_rot)?,
                 };
-                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
-                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &vh)?;
-                let g = t.get(dy)?.reshape(&vh)?;
                 attention::plan_backward(
                     ctx,
-                    &qv,
-                    &kv,
-                    &vv,
+                    &x.q,
+                    &x.k,
+                    &x.v,
                     HeadLayout::Bthd,
                     &attention_options(&sp),
-                    &saved,
+                    &saved_of(t, [q_rot, k_rot, v_rot], probs)?,
                     &bwd,
-                    &g,
-                    &dqv,
-                    &dkv,
-                    &dvv,
+                    &x.dy,
+                    &x.dq,
+                    &x.dk,
+                    &x.dv,
                 )
-            }),
-        );
-        for (part, g) in adds {
-            self.add_into(label, part, g);
-        }
-        Ok(())
+            },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -577,52 +659,46 @@ impl Graph {
         rot: [Option<TensorId>; 3],
         stats: TensorId,
     ) -> Result<()> {
-        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-        let (qh, _) = self.head_shapes(q, k, v, spec.heads)?;
-        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
+        let (qh, _) = self.head_shapes(inputs[0], inputs[1], inputs[2], spec.heads)?;
         let scratch = self.rotated(label, "d", spec, &qh, &qh);
-        let mut reads = vec![q, k, v, y, stats, dy];
+        let mut reads = vec![stats];
         reads.extend(rot.iter().flatten());
-        let mut writes = vec![stats, dq, dk, dv];
+        let mut writes = vec![stats];
         writes.extend(scratch.iter().flatten());
         let sp = spec.clone();
-        self.call(
-            true,
-            format!("{label}: fused attention backward"),
+        self.attention_backward_call(
+            label,
+            "fused attention backward",
+            inputs,
+            Some(y),
+            dy,
+            spec,
             reads,
             writes,
-            Box::new(move |ctx, t| {
+            move |ctx, t, x| {
                 let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
-                let saved = flash_saved(t, rot, stats)?;
                 let scr = FlashScratch {
                     dq_rot: opt(scratch[0])?,
                     dk_rot: opt(scratch[1])?,
                     dv_rot: opt(scratch[2])?,
                 };
-                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
-                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &qh)?;
-                let (out, g) = (t.get(y)?.reshape(&qh)?, t.get(dy)?.reshape(&qh)?);
                 flash::plan_backward(
                     ctx,
-                    &qv,
-                    &kv,
-                    &vv,
+                    &x.q,
+                    &x.k,
+                    &x.v,
                     HeadLayout::Bthd,
                     &attention_options(&sp),
-                    &saved,
-                    &out,
-                    &g,
+                    &flash_saved(t, rot, stats)?,
+                    x.y()?,
+                    &x.dy,
                     &scr,
-                    &dqv,
-                    &dkv,
-                    &dvv,
+                    &x.dq,
+                    &x.dk,
+                    &x.dv,
                 )
-            }),
-        );
-        for (part, g) in adds {
-            self.add_into(label, part, g);
-        }
-        Ok(())
+            },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -637,53 +713,47 @@ impl Graph {
         rot: [Option<TensorId>; 3],
         stats: TensorId,
     ) -> Result<()> {
-        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-        let (qh, _) = self.head_shapes(q, k, v, spec.heads)?;
-        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
+        let (qh, _) = self.head_shapes(inputs[0], inputs[1], inputs[2], spec.heads)?;
         let scratch = self.rotated(label, "d", spec, &qh, &qh);
-        let mut reads = vec![q, k, v, y, stats, dy];
+        let mut reads = vec![stats];
         reads.extend(rot.iter().flatten());
-        let mut writes = vec![stats, dq, dk, dv];
+        let mut writes = vec![stats];
         writes.extend(scratch.iter().flatten());
         let sp = spec.clone();
-        self.call(
-            true,
-            format!("{label}: local attention backward"),
+        self.attention_backward_call(
+            label,
+            "local attention backward",
+            inputs,
+            Some(y),
+            dy,
+            spec,
             reads,
             writes,
-            Box::new(move |ctx, t| {
+            move |ctx, t, x| {
                 let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
-                let saved = local_saved(t, rot, stats)?;
                 let scr = LocalScratch {
                     dq_rot: opt(scratch[0])?,
                     dk_rot: opt(scratch[1])?,
                     dv_rot: opt(scratch[2])?,
                 };
-                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
-                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &qh)?;
-                let (out, g) = (t.get(y)?.reshape(&qh)?, t.get(dy)?.reshape(&qh)?);
                 local_attn::plan_backward(
                     ctx,
-                    &qv,
-                    &kv,
-                    &vv,
+                    &x.q,
+                    &x.k,
+                    &x.v,
                     HeadLayout::Bthd,
                     &attention_options(&sp),
                     window,
-                    &saved,
-                    &out,
-                    &g,
+                    &local_saved(t, rot, stats)?,
+                    x.y()?,
+                    &x.dy,
                     &scr,
-                    &dqv,
-                    &dkv,
-                    &dvv,
+                    &x.dq,
+                    &x.dk,
+                    &x.dv,
                 )
-            }),
-        );
-        for (part, g) in adds {
-            self.add_into(label, part, g);
-        }
-        Ok(())
+            },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -696,40 +766,33 @@ impl Graph {
         spec: &AttentionSpec,
         saved: TensorId,
     ) -> Result<()> {
-        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
-        let (d, adds) = self.qkv_targets(inputs)?;
-        let [dq, dk, dv] = d;
         let sp = spec.clone();
-        self.call(
-            true,
-            format!("{label}: linear attention backward"),
-            vec![q, k, v, y, saved, dy],
-            vec![saved, dq, dk, dv],
-            Box::new(move |ctx, t| {
-                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
-                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &vh)?;
-                let (out, g) = (t.get(y)?.reshape(&vh)?, t.get(dy)?.reshape(&vh)?);
+        self.attention_backward_call(
+            label,
+            "linear attention backward",
+            inputs,
+            Some(y),
+            dy,
+            spec,
+            vec![saved],
+            vec![saved],
+            move |ctx, t, x| {
                 linear::plan_backward(
                     ctx,
-                    &qv,
-                    &kv,
-                    &vv,
+                    &x.q,
+                    &x.k,
+                    &x.v,
                     HeadLayout::Bthd,
                     &linear_options(&sp),
-                    &out,
+                    x.y()?,
                     t.get(saved)?,
-                    &g,
-                    &dqv,
-                    &dkv,
-                    &dvv,
+                    &x.dy,
+                    &x.dq,
+                    &x.dk,
+                    &x.dv,
                 )
-            }),
-        );
-        for (part, g) in adds {
-            self.add_into(label, part, g);
-        }
-        Ok(())
+            },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -742,46 +805,36 @@ impl Graph {
         spec: &AttentionSpec,
         saved: [TensorId; 3],
     ) -> Result<()> {
-        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
-        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
         let states_shape = self.shape(saved[1]).to_vec();
         let reverse = self.pooled_f32(format!("{label}.reverse_states"), &states_shape);
-        let mut reads = vec![q, k, v, y, dy];
-        reads.extend(saved);
-        let writes = vec![saved[0], saved[1], saved[2], reverse, dq, dk, dv];
         let sp = spec.clone();
-        self.call(
-            true,
-            format!("{label}: chunked linear attention backward"),
-            reads,
-            writes,
-            Box::new(move |ctx, t| {
-                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
-                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &vh)?;
-                let (out, g) = (t.get(y)?.reshape(&vh)?, t.get(dy)?.reshape(&vh)?);
-                let s = chunked_saved(t, saved)?;
+        self.attention_backward_call(
+            label,
+            "chunked linear attention backward",
+            inputs,
+            Some(y),
+            dy,
+            spec,
+            saved.to_vec(),
+            vec![saved[0], saved[1], saved[2], reverse],
+            move |ctx, t, x| {
                 chunked::plan_backward(
                     ctx,
-                    &qv,
-                    &kv,
-                    &vv,
+                    &x.q,
+                    &x.k,
+                    &x.v,
                     HeadLayout::Bthd,
                     &linear_options(&sp),
-                    &s,
-                    &out,
-                    &g,
+                    &chunked_saved(t, saved)?,
+                    x.y()?,
+                    &x.dy,
                     t.get(reverse)?,
-                    &dqv,
-                    &dkv,
-                    &dvv,
+                    &x.dq,
+                    &x.dk,
+                    &x.dv,
                 )
-            }),
-        );
-        for (part, g) in adds {
-            self.add_into(label, part, g);
-        }
-        Ok(())
+            },
+        )
     }
 }
 
@@ -797,9 +850,7 @@ impl Graph {
         projection: &Tensor,
         saved: &PerformerTensors,
     ) -> Result<()> {
-        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-        let (qh, vh) = self.head_shapes(q, k, v, spec.heads)?;
-        let ([dq, dk, dv], adds) = self.qkv_targets(inputs)?;
+        let (qh, vh) = self.head_shapes(inputs[0], inputs[1], inputs[2], spec.heads)?;
         let features = self.shape(saved.features[0]).to_vec();
         let dfeatures = [
             self.pooled_f32(format!("{label}.dq_features"), &features),
@@ -808,14 +859,11 @@ impl Graph {
         let [dq_rot, dk_rot, _] = self.rotated(label, "d", spec, &qh, &vh);
         let states_shape = self.shape(saved.linear[1]).to_vec();
         let states = self.pooled_f32(format!("{label}.backward_states"), &states_shape);
-        let mut reads = vec![q, k, v, y, dy, saved.features[0], saved.features[1]];
+        let mut reads = vec![saved.features[0], saved.features[1]];
         reads.extend(saved.rot.iter().flatten());
         reads.extend(&saved.linear);
         // The kernels update the saved denominators (or sums) in place.
         let mut writes = vec![
-            dq,
-            dk,
-            dv,
             dfeatures[0],
             dfeatures[1],
             saved.features[0],
@@ -825,12 +873,16 @@ impl Graph {
         writes.push(states);
         writes.extend(dq_rot.iter().chain(&dk_rot));
         let (sp, proj, ids) = (spec.clone(), projection.clone(), saved.clone());
-        self.call(
-            true,
-            format!("{label}: performer attention backward"),
+        self.attention_backward_call(
+            label,
+            "performer attention backward",
+            inputs,
+            Some(y),
+            dy,
+            spec,
             reads,
             writes,
-            Box::new(move |ctx, t| {
+            move |ctx, t, x| {
                 let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
                 let scratch = PerformerScratch {
                     dq_features: t.get(dfeatures[0])?.clone(),
@@ -839,31 +891,24 @@ impl Graph {
                     dk_rot: opt(dk_rot)?,
                     states: t.get(states)?.clone(),
                 };
-                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &vh)?;
-                let (dqv, dkv, dvv) = heads_views(t, dq, dk, dv, &qh, &vh)?;
-                let (out, g) = (t.get(y)?.reshape(&vh)?, t.get(dy)?.reshape(&vh)?);
                 performer::plan_backward(
                     ctx,
-                    &qv,
-                    &kv,
-                    &vv,
+                    &x.q,
+                    &x.k,
+                    &x.v,
                     HeadLayout::Bthd,
                     &proj,
                     &performer_options(&sp),
                     &performer_saved(t, &ids)?,
-                    &out,
-                    &g,
+                    x.y()?,
+                    &x.dy,
                     &scratch,
-                    &dqv,
-                    &dkv,
-                    &dvv,
+                    &x.dq,
+                    &x.dk,
+                    &x.dv,
                 )
-            }),
-        );
-        for (part, g) in adds {
-            self.add_into(label, part, g);
-        }
-        Ok(())
+            },
+        )
     }
 }
 

@@ -24,6 +24,7 @@ use roformer_lab::fonts;
 
 use std::time::Instant;
 
+use clap::builder::TypedValueParser;
 use clap::Parser;
 
 use roformer_wgpu::model::{Batch, Head, Mode, RoFormer, RoFormerConfig};
@@ -134,6 +135,12 @@ struct Cli {
     /// Times each kind is measured, interleaved; the median is reported.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
+    /// Attention heads, a power of two that divides the hidden size [default: 4, as LRA's
+    /// model]. Fewer heads make materialised softmax's `[B, H, T, T]` tensors smaller: one
+    /// head of 4K fits a 128 MiB binding.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["1", "2", "4", "8", "16"])
+        .map(|s| s.parse::<usize>().unwrap_or(4)))]
+    heads: Option<usize>,
     /// Local attention's window w (each side of a query).
     #[arg(long, default_value_t = 128)]
     window: usize,
@@ -299,6 +306,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         (4, 256, 4, 1024)
     };
+    let heads = cli.heads.unwrap_or(heads);
     let kinds: Vec<&'static Kind> = match &cli.kinds {
         Some(names) => {
             let mut kinds: Vec<&'static Kind> = Vec::new();

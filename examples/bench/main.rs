@@ -3,7 +3,7 @@
 //!     cargo run --release --example bench [-- kernels] [--out runs/bench] [--torch FILE]
 //!     cargo run --release --example bench -- step [--layers 12] [--hidden 768] [--heads 12]
 //!         [--intermediate 3072] [--vocab 32000] [--batch 8] [--seq 512] [--steps 5]
-//!         [--attention softmax|fused|linear|performer] [--features 256]
+//!         [--attention softmax|fused|linear|performer] [--features 256] [--causal]
 //!         [--precision f32|fast|mixed] [--profile]
 //!         [--model h200|rtx4090|m3-max|local] [--profile-reps 5] [--profile-csv FILE]
 //!         [--ranks 1,8,64]
@@ -147,6 +147,10 @@ struct ModelArgs {
     /// Performer attention's random features m.
     #[arg(long, default_value_t = 256)]
     features: usize,
+    /// Causal attention (`is_decoder`, a causal LM's head): linear and performer attention
+    /// then run their chunked causal kernels.
+    #[arg(long)]
+    causal: bool,
     /// Arithmetic: f32; fast (f32 tensors, matmuls on tensor cores where the adapter has
     /// them); f16 (`infer`: f16 weights and activations); mixed (`step`: f16 passes with
     /// f32 master weights and loss scaling). f16 and mixed need SHADER_F16 and put the
@@ -233,11 +237,27 @@ impl ModelArgs {
         }
     }
 
-    /// The config keys the attention kind needs besides `attention_kind`.
+    /// The config keys the attention kind needs besides `attention_kind`, and
+    /// `is_decoder` where causal.
     fn attention_keys(&self) -> String {
-        match self.attention {
+        let features = match self.attention {
             AttentionArg::Performer => format!(r#", "performer_features": {}"#, self.features),
             _ => String::new(),
+        };
+        let causal = if self.causal {
+            r#", "is_decoder": true"#
+        } else {
+            ""
+        };
+        format!("{features}{causal}")
+    }
+
+    /// The head the model is built with: a causal LM's where causal, else the masked LM's.
+    fn head(&self) -> Head {
+        if self.causal {
+            Head::CausalLm
+        } else {
+            Head::MaskedLm
         }
     }
 }
@@ -511,13 +531,14 @@ fn step(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // The first step is timed from here: model, plan (compilation, tuning), step 1.
     let first_from = Instant::now();
-    let mut model = RoFormer::new(&ctx, config, Head::MaskedLm)?;
+    let mut model = RoFormer::new(&ctx, config, args.head())?;
     model.init_random(&ctx, 0)?;
     if mixed {
         model.use_mixed_precision(&ctx, Default::default())?;
     }
     println!(
-        "model     {layers} layers, hidden {hidden}, {heads} heads, {attention} attention, {} parameters{}",
+        "model     {layers} layers, hidden {hidden}, {heads} heads, {}{attention} attention, {} parameters{}",
+        if args.causal { "causal " } else { "" },
         model.params().count(),
         if mixed { ", mixed precision" } else { "" }
     );
@@ -684,7 +705,7 @@ fn infer(args: &ModelArgs) -> Result<(), Box<dyn std::error::Error>> {
     let encoder = Encoder::new(
         &ctx,
         config,
-        Head::MaskedLm,
+        args.head(),
         EncoderOptions {
             max_batch: batch,
             precision: dtype,

@@ -10,7 +10,10 @@
 //          or as it is (rotate = 0); positions at or past the capacity are not written.
 //          One thread per pair of features.
 // attend:  out[b, t, h] = softmax(scale · q kᵀ) v over the keys at positions
-//          0 ..= starts[b] + t, with q (x) rotated at its position on load. One workgroup
+//          0 ..= starts[b] + t, with q (x) rotated at its position on load; for local
+//          attention only the last `window` + 1 of them and the first `globals` (the keys
+//          visited in that order: the globals below the window, then the window), so a
+//          step's work stays flat however long the sequence. One workgroup
 //          of WG threads per (b, t, h): the keys stream through in tiles of TILE, each
 //          thread scoring one in WG, with an online softmax across tiles (running max m,
 //          running sum l); thread i owns the output features i and i + WG.
@@ -21,7 +24,11 @@ alias T = f32;
 
 struct Params {
     batch: u32, new_tokens: u32, heads: u32, dim: u32,
-    capacity: u32, rotate: u32, scale: f32, _p0: u32,
+    capacity: u32, rotate: u32, scale: f32,
+    // Local attention: keys at most `window` before the query, and the first `globals`
+    // (0xffffffff and 0: every key before it).
+    window: u32,
+    globals: u32, _p0: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -86,9 +93,11 @@ fn append(@builtin(workgroup_id) wid: vec3<u32>,
 }
 
 var<workgroup> q_sh: array<f32, MAX_D>;
-// The last key position, loaded so every thread sees it as uniform (the loop over key tiles
-// holds barriers).
+// The last key position, the first of the window and the keys visited, loaded so every
+// thread sees them as uniform (the loop over key tiles holds barriers).
 var<workgroup> last_sh: u32;
+var<workgroup> first_sh: u32;
+var<workgroup> count_sh: u32;
 var<workgroup> red: array<f32, WG>;
 // One tile's scores, then its probabilities.
 var<workgroup> probs: array<f32, TILE>;
@@ -112,6 +121,12 @@ fn reduce(kind: u32, v: f32, li: u32) -> f32 {
     return r;
 }
 
+// The position of the n-th key a query visits: the `below` globals under its window, then
+// the window from `first` on.
+fn key_position(n: u32, below: u32, first: u32) -> u32 {
+    return select(first + n - below, n, n < below);
+}
+
 @compute @workgroup_size(64)
 fn attend(@builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>,
@@ -127,9 +142,17 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>,
     let b = g / (p.heads * p.new_tokens);
     let position = starts[b] + t;
     if (li == 0u) {
-        last_sh = min(position, p.capacity - 1u);
+        let last = min(position, p.capacity - 1u);
+        // The window's first key; below it only the globals are seen.
+        let first = last - min(last, p.window);
+        last_sh = last;
+        first_sh = first;
+        count_sh = min(p.globals, first) + last + 1u - first;
     }
     let last = workgroupUniformLoad(&last_sh);
+    let first = workgroupUniformLoad(&first_sh);
+    let count = workgroupUniformLoad(&count_sh);
+    let below = count - (last + 1u - first);
     let half = p.dim / 2u;
     let qi = ((b * p.new_tokens + t) * p.heads + h) * p.dim;
     // The query, rotated at its position, in workgroup memory.
@@ -146,12 +169,12 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>,
     let base = b * p.capacity * row_stride + h * p.dim;
     // Tiles of TILE keys: two reductions (max, sum) per tile, whatever its length, so a
     // query over a few hundred keys waits at a handful of barriers.
-    for (var tile = 0u; tile <= last; tile += TILE) {
-        let in_tile = min(TILE, last + 1u - tile);
+    for (var tile = 0u; tile < count; tile += TILE) {
+        let in_tile = min(TILE, count - tile);
         // Each thread scores its keys (one in WG) into workgroup memory.
         var tile_max = -F32_MAX;
         for (var jj = li; jj < in_tile; jj += WG) {
-            let kj = base + (tile + jj) * row_stride;
+            let kj = base + key_position(tile + jj, below, first) * row_stride;
             var dot = 0.0;
             for (var c = 0u; c < p.dim; c++) {
                 dot += q_sh[c] * f32(keys[kj + c]);
@@ -172,7 +195,7 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>,
         l = l * alpha + reduce(1u, tile_sum, li);
         acc *= alpha;
         for (var jj = 0u; jj < in_tile; jj++) {
-            let vj = base + (tile + jj) * row_stride;
+            let vj = base + key_position(tile + jj, below, first) * row_stride;
             let w = probs[jj];
             if (li < p.dim) {
                 acc.x += w * f32(values[vj + li]);

@@ -195,6 +195,44 @@ fn cached_generation_in_f16() {
 
 /// A step is the same planned pass at every position: its dispatches do not grow with the
 /// sequence, and the encoder's memory report counts the caches while the generation lives.
+/// A local-attention model (the fixture's weights, a window of 3 and one global token, far
+/// shorter than the sequences) generates over its cache: each step reads only its window
+/// and the global token, and its logits are those of the encoder run on the whole sequence
+/// with local attention at every step.
+#[test]
+fn a_local_attention_model_generates_over_its_cache() {
+    let ctx = &ctx();
+    let (dir, expected) = fixture();
+    let prompts = ids(&expected["prompt_ids"]);
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config["attention_kind"] = "local".into();
+    config["attention_window"] = 3.into();
+    config["global_tokens"] = 1.into();
+    let path = std::env::temp_dir().join(format!("roformer-local-gen-{}.json", std::process::id()));
+    std::fs::write(&path, config.to_string()).unwrap();
+    let e = Encoder::from_pretrained(ctx, &path, &dir, EncoderOptions::default()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let new = 12;
+    let (_, cached) = greedy_cached(ctx, &e, &prompts, new);
+    let softmax = encoder(ctx, DType::F32);
+    let (_, full) = greedy_cached(ctx, &softmax, &prompts, new);
+    for (i, p) in prompts.iter().enumerate() {
+        assert!(p.len() + new > 5, "prompt {i}: the window must be shorter");
+        let recomputed = greedy_recomputed(ctx, &e, p, new);
+        for (step, want) in recomputed.iter().enumerate() {
+            let err = rel_l2(&cached[step][i], want);
+            assert!(err < 1e-5, "prompt {i} step {step}: relative error {err}");
+        }
+        // Not softmax over every key by mistake: past the window the logits differ.
+        let last = new - 1;
+        assert!(
+            rel_l2(&cached[last][i], &full[last][i]) > 1e-3,
+            "prompt {i}"
+        );
+    }
+}
+
 #[test]
 fn a_step_does_not_grow_with_the_position_and_its_cache_is_reported() {
     let ctx = &ctx();
@@ -333,7 +371,7 @@ fn a_linear_attention_model_generates_by_recomputing() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("softmax attention"), "{err}");
+    assert!(err.contains("softmax or local attention"), "{err}");
     let options = GenerateOptions {
         max_new_tokens: 6,
         eos_token_ids: Some(Vec::new()),

@@ -42,6 +42,13 @@ pub struct GenerateArgs {
     /// Alternating rounds of the two.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Local attention with this window (each step then reads the window and the global
+    /// tokens of the cache) instead of softmax attention.
+    #[arg(long)]
+    window: Option<usize>,
+    /// Local attention's global tokens (with --window).
+    #[arg(long, default_value_t = 1, requires = "window")]
+    globals: usize,
 }
 
 /// The texts of `bench embed`.
@@ -72,17 +79,19 @@ pub fn generate(args: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     let ctx = Context::new()?;
     let longest = args.positions.iter().max().copied().unwrap_or(16);
     let capacity = longest + args.tokens.max(args.recomputed_tokens) + 1;
-    let config = RoFormerConfig::from_json(
-        &serde_json::json!({
-            "vocab_size": args.vocab, "hidden_size": args.hidden,
-            "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
-            "intermediate_size": 4 * args.hidden,
-            "max_position_embeddings": capacity.next_power_of_two(),
-            "is_decoder": true, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-        })
-        .to_string(),
-        "bench generate",
-    )?;
+    let mut json = serde_json::json!({
+        "vocab_size": args.vocab, "hidden_size": args.hidden,
+        "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
+        "intermediate_size": 4 * args.hidden,
+        "max_position_embeddings": capacity.next_power_of_two(),
+        "is_decoder": true, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+    });
+    if let Some(w) = args.window {
+        json["attention_kind"] = "local".into();
+        json["attention_window"] = w.into();
+        json["global_tokens"] = args.globals.into();
+    }
+    let config = RoFormerConfig::from_json(&json.to_string(), "bench generate")?;
     let encoder = Encoder::new(
         &ctx,
         config.clone(),
@@ -91,8 +100,13 @@ pub fn generate(args: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     encoder.init_random(&ctx, 0)?;
     println!("adapter   {}", ctx.capabilities().adapter_name);
+    let attention = match args.window {
+        Some(w) => format!("local attention (window {w}, {} global)", args.globals),
+        None => "softmax attention".to_string(),
+    };
     println!(
-        "model     causal RoFormer {} layers × {}, {} heads, vocabulary {}; greedy, one sequence",
+        "model     causal RoFormer {} layers × {}, {} heads, vocabulary {}, {attention}; greedy, \
+         one sequence",
         args.layers, args.hidden, args.heads, args.vocab
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);

@@ -112,7 +112,8 @@ impl Encoder {
     /// `capacity` tokens per sequence, prompt included (at most `max_position_embeddings`):
     /// plans the passes, runs the prompts, and returns the generation and the logits of each
     /// prompt's last token. Needs a causal language model (`RoFormerForCausalLM`) with
-    /// softmax attention (materialised or fused: the cache is the same).
+    /// softmax attention (materialised or fused: the cache is the same) or local attention
+    /// (each step then reads only its window and the global tokens of the cache).
     pub fn generate(
         &self,
         ctx: &Context,
@@ -128,12 +129,13 @@ impl Encoder {
         }
         if matches!(
             c.attention,
-            AttentionKind::Linear | AttentionKind::Local | AttentionKind::Performer
+            AttentionKind::Linear | AttentionKind::Performer
         ) {
             return Err(Error::invalid(
-                "generation with a key/value cache needs softmax attention (attention_kind \
-                 softmax or fused_softmax); a linear-, local- or performer-attention model \
-                 generates by recomputing each step (pipelines::generate does so)",
+                "generation with a key/value cache needs softmax or local attention \
+                 (attention_kind softmax, fused_softmax or local); a linear- or \
+                 performer-attention model generates by recomputing each step \
+                 (pipelines::generate does so)",
             ));
         }
         let head_dim = c.hidden_size / c.num_attention_heads;

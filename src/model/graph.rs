@@ -413,8 +413,8 @@ impl CachedInputs {
 
 /// A causal LM stepping over key/value caches (one per layer): the new tokens' keys and
 /// values join the caches at their positions, their queries attend to the cached positions
-/// up to their own, and the LM head runs on each row's `last` new token only. Returns the
-/// logits, `[B, vocab]`.
+/// up to their own (local attention: those in its window, and the global tokens), and the
+/// LM head runs on each row's `last` new token only. Returns the logits, `[B, vocab]`.
 pub(crate) fn build_cached(
     c: &RoFormerConfig,
     s: &ParamStore,
@@ -430,7 +430,7 @@ pub(crate) fn build_cached(
     let h = embeddings(c, s, g, &inputs.ids, &inputs.types)?;
     let mut attend = |g: &mut Graph, layer: usize, name: &str, q, k, v| {
         let (cache, table, starts) = (caches[layer].clone(), table.clone(), inputs.starts.clone());
-        let rotary_value = c.rotary_value;
+        let (rotary_value, local) = (c.rotary_value, c.local_window());
         g.custom(name, &[q, k, v], &shape, move |ctx, ins, out| {
             let [q, k, v] = [ins[0], ins[1], ins[2]].map(|t| t.reshape(&heads_shape));
             let (q, k, v) = (q?, k?, v?);
@@ -438,7 +438,7 @@ pub(crate) fn build_cached(
             Ok(vec![
                 cached::plan_append(ctx, &k, &table, &starts, &cache.keys, true)?,
                 cached::plan_append(ctx, &v, &table, &starts, &cache.values, rotary_value)?,
-                cached::plan_attend(ctx, &q, &table, &starts, &cache, &out)?,
+                cached::plan_attend(ctx, &q, &table, &starts, &cache, local, &out)?,
             ])
         })
     };

@@ -298,7 +298,7 @@ pub fn stream<'a>(
     let (stepper, first) = if !options.use_cache
         || matches!(
             model.config().attention,
-            AttentionKind::Linear | AttentionKind::Local | AttentionKind::Performer
+            AttentionKind::Linear | AttentionKind::Performer
         ) {
         (Stepper::Recompute, None)
     } else {

@@ -1,9 +1,11 @@
 //! Attention over a key/value cache, for generation with a causal model
 //! (`shaders/cached_attention.wgsl`): a prompt's tokens, then one new token at a time, are
 //! appended to each layer's cache of keys and values, rotated once by RoPE at their true
-//! positions, and attend to every cached position up to their own. Each step's cost grows
-//! with the tokens it adds, not with the tokens before them (those cost one dot product and
-//! one weighted add per key, read from the cache).
+//! positions, and attend to every cached position up to their own (local attention: to the
+//! last `window` + 1 and the global tokens only). Each step's cost grows with the tokens it
+//! adds, not with the tokens before them (those cost one dot product and one weighted add
+//! per key, read from the cache; with local attention, per key of the window, so a step's
+//! cost stays flat).
 //!
 //! Rows of a batch may be at different lengths: row b's new tokens start at `starts[b]`, a
 //! `[B]` u32 tensor read when the dispatch runs, so one planned step serves every position.
@@ -15,6 +17,7 @@ use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::family::{one_form, KernelFamily, ParamBlock};
+use crate::ops::attention::local::LocalWindow;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -44,7 +47,11 @@ struct Params {
     capacity: u32,
     rotate: u32,
     scale: f32,
+    window: u32,
+    globals: u32,
     _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 /// One layer's cache: keys and values `[batch, capacity, heads, dim]`, RoPE applied.
@@ -144,7 +151,12 @@ fn check(
         capacity: capacity as u32,
         rotate: 0,
         scale: 1.0 / (dim as f32).sqrt(),
+        // Every key up to the query's position.
+        window: u32::MAX,
+        globals: 0,
         _p0: 0,
+        _p1: 0,
+        _p2: 0,
     })
 }
 
@@ -177,17 +189,25 @@ pub fn plan_append(
 
 /// `out = softmax(qkᵀ/√d) v` for the queries `q` (`[batch, new, heads, dim]`, not yet
 /// rotated: the kernel rotates each at its position `starts[b] + t`) over the cached
-/// positions `0 ..= starts[b] + t`.
+/// positions `0 ..= starts[b] + t`; with a `local` window, over those the query sees
+/// (causal: the last `window` + 1 and the first `globals`), so that a step's work does not
+/// grow with the position.
 pub fn plan_attend(
     ctx: &Context,
     q: &Tensor,
     table: &Tensor,
     starts: &Tensor,
     cache: &KvCache,
+    local: Option<LocalWindow>,
     out: &Tensor,
 ) -> Result<Dispatch> {
     let op = "cached attention";
-    let p = check(op, q, table, starts, &cache.keys)?;
+    let mut p = check(op, q, table, starts, &cache.keys)?;
+    if let Some(w) = local {
+        // (Windows past the capacity see every key: the same as u32::MAX.)
+        p.window = w.window.min(p.capacity as usize) as u32;
+        p.globals = w.globals.min(p.capacity as usize) as u32;
+    }
     cache
         .values
         .expect_shape(op, "values", cache.keys.shape())?;
@@ -195,8 +215,10 @@ pub fn plan_attend(
     out.expect_shape(op, "out", q.shape())?;
     out.expect_dtype(op, "out", q.dtype())?;
     let rows = (p.batch * p.new_tokens * p.heads) as u64;
-    // Each query reads up to `capacity` keys and values.
-    let keys = p.capacity as u64;
+    // Each query reads up to `capacity` keys and values (local: its window and globals).
+    let keys = local.map_or(p.capacity as usize, |w| {
+        (w.window.saturating_add(1).saturating_add(w.globals)).min(p.capacity as usize)
+    }) as u64;
     DispatchBuilder::family(ctx, &FAMILY, "attend")
         .element_type("T", q.dtype())
         .params(&p)
@@ -223,7 +245,11 @@ fn param_blocks() -> Vec<ParamBlock> {
             capacity,
             rotate,
             scale,
-            _p0
+            window,
+            globals,
+            _p0,
+            _p1,
+            _p2
         }),
     }]
 }
@@ -252,8 +278,14 @@ mod tests {
 
     /// Sequences fed to the cache as a ragged prompt block, then a token at a time, give
     /// each token the output of causal attention with RoPE over its whole sequence (the
-    /// f64 reference of the materialised form, which knows nothing of caches).
-    fn check_against_full_attention(dtype: DType, rotary_value: bool, tol: f64) {
+    /// f64 reference of the materialised form, or of local attention with `local`'s
+    /// window, which know nothing of caches).
+    fn check_against_full_attention(
+        dtype: DType,
+        rotary_value: bool,
+        local: Option<LocalWindow>,
+        tol: f64,
+    ) {
         let ctx = &ctx();
         if dtype == DType::F16 && !has_f16(ctx, "cached attention f16") {
             return;
@@ -293,16 +325,29 @@ mod tests {
                 vr = rope::reference::rotate(&vr, dim, |i| i % total, 1.0);
             }
             let zeros = vec![0.0; n];
-            let (want, ..) = reference::forward_backward(
-                &bhtd(&q),
-                &bhtd(&k),
-                &vr,
-                &zeros,
-                (batch, heads, total, dim),
-                true,
-                true,
-                None,
-            );
+            let (want, ..) = match local {
+                None => reference::forward_backward(
+                    &bhtd(&q),
+                    &bhtd(&k),
+                    &vr,
+                    &zeros,
+                    (batch, heads, total, dim),
+                    true,
+                    true,
+                    None,
+                ),
+                Some(w) => crate::ops::attention::local::reference::forward_backward(
+                    &bhtd(&q),
+                    &bhtd(&k),
+                    &vr,
+                    &zeros,
+                    (batch, heads, total, dim),
+                    true,
+                    true,
+                    None,
+                    w,
+                ),
+            };
             let want = swap_th(&want, (batch, heads, total, dim));
 
             let table = rope::table(ctx, total, dim).unwrap();
@@ -334,7 +379,7 @@ mod tests {
                 ctx.run(&[
                     plan_append(ctx, &tk, &table, &st, &cache.keys, true).unwrap(),
                     plan_append(ctx, &tv, &table, &st, &cache.values, rotary_value).unwrap(),
-                    plan_attend(ctx, &tq, &table, &st, &cache, &out).unwrap(),
+                    plan_attend(ctx, &tq, &table, &st, &cache, local, &out).unwrap(),
                 ])
                 .unwrap();
                 download_f32(ctx, &out)
@@ -368,7 +413,7 @@ mod tests {
                 }
             }
             assert_close(
-                &format!("cached attention {dtype:?} B{batch} H{heads} d{dim} T{total}"),
+                &format!("cached attention {dtype:?} B{batch} H{heads} d{dim} T{total} {local:?}"),
                 &got,
                 &want,
                 tol,
@@ -378,13 +423,29 @@ mod tests {
 
     #[test]
     fn cached_attention_equals_causal_attention_over_the_whole_sequence() {
-        check_against_full_attention(DType::F32, false, 1e-5);
-        check_against_full_attention(DType::F32, true, 1e-5);
+        check_against_full_attention(DType::F32, false, None, 1e-5);
+        check_against_full_attention(DType::F32, true, None, 1e-5);
+    }
+
+    /// Local attention over the cache: a query sees the last `window` + 1 keys and the first
+    /// `globals` (the 1100-token case crosses the kernel's tiles of 1024 keys with the
+    /// window far from the globals); a window as long as the sequence is softmax's.
+    #[test]
+    fn cached_local_attention_sees_its_window_and_globals() {
+        for (window, globals) in [(0, 0), (3, 1), (5, 2), (40, 3), (2000, 0)] {
+            let w = LocalWindow { window, globals };
+            check_against_full_attention(DType::F32, true, Some(w), 1e-5);
+        }
     }
 
     #[test]
     fn cached_attention_in_f16() {
-        check_against_full_attention(DType::F16, true, 3e-3);
+        check_against_full_attention(DType::F16, true, None, 3e-3);
+        let w = LocalWindow {
+            window: 4,
+            globals: 1,
+        };
+        check_against_full_attention(DType::F16, true, Some(w), 3e-3);
     }
 
     #[test]
@@ -395,15 +456,15 @@ mod tests {
         let starts = Tensor::from_slice(ctx, &[0u32, 0], &[2]).unwrap();
         let x = Tensor::zeros(ctx, &[2, 3, 1, 4], DType::F32).unwrap();
         let out = Tensor::zeros(ctx, &[2, 3, 1, 4], DType::F32).unwrap();
-        plan_attend(ctx, &x, &table, &starts, &cache, &out).unwrap();
+        plan_attend(ctx, &x, &table, &starts, &cache, None, &out).unwrap();
         let wrong_batch = Tensor::zeros(ctx, &[3, 3, 1, 4], DType::F32).unwrap();
         assert!(plan_append(ctx, &wrong_batch, &table, &starts, &cache.keys, true).is_err());
         let short_table = rope::table(ctx, 4, 4).unwrap();
-        assert!(plan_attend(ctx, &x, &short_table, &starts, &cache, &out).is_err());
+        assert!(plan_attend(ctx, &x, &short_table, &starts, &cache, None, &out).is_err());
         let odd = KvCache::new(ctx, 2, 8, 1, 3, DType::F32).unwrap();
         let x3 = Tensor::zeros(ctx, &[2, 3, 1, 3], DType::F32).unwrap();
-        assert!(plan_attend(ctx, &x3, &table, &starts, &odd, &x3).is_err());
+        assert!(plan_attend(ctx, &x3, &table, &starts, &odd, None, &x3).is_err());
         let f_starts = Tensor::zeros(ctx, &[2], DType::F32).unwrap();
-        assert!(plan_attend(ctx, &x, &table, &f_starts, &cache, &out).is_err());
+        assert!(plan_attend(ctx, &x, &table, &f_starts, &cache, None, &out).is_err());
     }
 }

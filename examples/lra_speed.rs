@@ -136,8 +136,9 @@ struct Cli {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
     /// Attention heads, a power of two that divides the hidden size [default: 4, as LRA's
-    /// model]. Fewer heads make materialised softmax's `[B, H, T, T]` tensors smaller: one
-    /// head of 4K fits a 128 MiB binding.
+    /// model]. Fewer heads make materialised softmax's `[B, H, T, T]` tensors smaller: on a
+    /// CPU adapter (hidden 64) one head of 4K fits a 128 MiB binding. The fused and local
+    /// kernels take heads up to 128 wide (hidden 256 on a GPU: at least 2 heads).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["1", "2", "4", "8", "16"])
         .map(|s| s.parse::<usize>().unwrap_or(4)))]
     heads: Option<usize>,

@@ -193,8 +193,6 @@ fn cached_generation_in_f16() {
     assert!(worst < 1e-2, "{worst}");
 }
 
-/// A step is the same planned pass at every position: its dispatches do not grow with the
-/// sequence, and the encoder's memory report counts the caches while the generation lives.
 /// A local-attention model (the fixture's weights, a window of 3 and one global token, far
 /// shorter than the sequences) generates over its cache: each step reads only its window
 /// and the global token, and its logits are those of the encoder run on the whole sequence
@@ -233,6 +231,8 @@ fn a_local_attention_model_generates_over_its_cache() {
     }
 }
 
+/// A step is the same planned pass at every position: its dispatches do not grow with the
+/// sequence, and the encoder's memory report counts the caches while the generation lives.
 #[test]
 fn a_step_does_not_grow_with_the_position_and_its_cache_is_reported() {
     let ctx = &ctx();

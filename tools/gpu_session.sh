@@ -27,7 +27,6 @@
 # unpacks the carried loaders over the system's.) Each part writes $OUT/summary-PART.txt: one
 # line per step with its exit status and seconds; a failed step does not stop the others.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 case "${1:-}" in
 stage | run | run2 | listops | pathfinder) ;;
 *)
@@ -35,6 +34,7 @@ stage | run | run2 | listops | pathfinder) ;;
   exit 2
   ;;
 esac
+cd "$(dirname "$0")/.."
 REHEARSE="${REHEARSE:-}"
 if [ -n "$REHEARSE" ]; then
   OUT="${OUT:-runs/rehearsal}"

@@ -28,7 +28,8 @@
 //!
 //!     cargo run --release --example bench -- infer [the model options of step] [--batch 8] [--seq 512]
 //!
-//! `infer` runs the inference encoder (weights only, masked-LM head) on one request of that
+//! `infer` runs the inference encoder (weights only, masked-LM head; causal-LM with
+//! `--causal`) on one request of that
 //! shape: its memory report beside the device's own count of buffer memory, and the time of
 //! a request from submission to results on the host.
 //!

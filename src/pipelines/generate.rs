@@ -6,9 +6,10 @@
 //! tokenized with its special tokens, as there. Defaults come from the model folder's
 //! `generation_config.json` ([`GenerationConfig`]).
 //!
-//! Softmax-attention models generate over a key/value cache ([`Encoder::generate`]): the
-//! prompts run once, then each step runs one token per sequence. A linear-attention model
-//! runs its whole sequence again at each step. Either way every prompt of a call steps
+//! Softmax- and local-attention models generate over a key/value cache
+//! ([`Encoder::generate`]): the prompts run once, then each step runs one token per sequence
+//! (a local model's reading only its window and global tokens of the cache). A linear- or
+//! performer-attention model runs its whole sequence again at each step. Either way every prompt of a call steps
 //! together, and [`stream`] hands out each step's tokens as they come.
 //!
 //! [`Encoder::generate`]: crate::model::Encoder::generate

@@ -428,11 +428,12 @@ mod tests {
     }
 
     /// Local attention over the cache: a query sees the last `window` + 1 keys and the first
-    /// `globals` (the 1100-token case crosses the kernel's tiles of 1024 keys with the
-    /// window far from the globals); a window as long as the sequence is softmax's.
+    /// `globals` (in the 1100-token case a window of 1030 and 3 globals cross the kernel's
+    /// tiles of 1024 keys, the globals visited first); a window as long as the sequence is
+    /// softmax's.
     #[test]
     fn cached_local_attention_sees_its_window_and_globals() {
-        for (window, globals) in [(0, 0), (3, 1), (5, 2), (40, 3), (2000, 0)] {
+        for (window, globals) in [(0, 0), (3, 1), (5, 2), (40, 3), (1030, 3), (2000, 0)] {
             let w = LocalWindow { window, globals };
             check_against_full_attention(DType::F32, true, Some(w), 1e-5);
         }

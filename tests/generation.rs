@@ -343,11 +343,14 @@ fn the_pipeline_follows_transformers_generation_settings() {
     assert_eq!(from_folder.max_length, Some(48));
 }
 
-/// A linear-attention model has no key/value cache: the pipeline recomputes each step, and
-/// its tokens are the greedy ones of the encoder run on the whole sequence each time.
+/// A linear-attention model generates over a recurrent state per layer instead of a
+/// key/value cache (RoFormer eq. 19 as a recurrence): its logits, all prompts in one batch at
+/// their own lengths, are those of the encoder run on the whole sequence (the chunked causal
+/// kernels) at every step, and the pipeline's tokens are the greedy ones of that. The state
+/// does not grow: `layers × sequences × heads × (d² + d)` f32 whatever the capacity.
 #[cfg(feature = "text")]
 #[test]
-fn a_linear_attention_model_generates_by_recomputing() {
+fn a_linear_attention_model_generates_over_a_recurrent_state() {
     use roformer_wgpu::pipelines::generate::{self, GenerateOptions};
     use roformer_wgpu::pipelines::{TextModel, TextOptions};
     let ctx = &ctx();
@@ -365,13 +368,25 @@ fn a_linear_attention_model_generates_by_recomputing() {
     config["rotary_value"] = false.into();
     std::fs::write(linear.join("config.json"), config.to_string()).unwrap();
     let model = TextModel::load(ctx, &linear, TextOptions::default()).unwrap();
-    let err = model
-        .encoder()
-        .generate(ctx, &[vec![2, 3]], 8)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("softmax or local attention"), "{err}");
+    let e = model.encoder();
+    let (_, expected) = fixture();
+    let prompts = ids(&expected["prompt_ids"]);
+    let new = 12;
+    let (_, cached) = greedy_cached(ctx, e, &prompts, new);
+    for (i, p) in prompts.iter().enumerate() {
+        let recomputed = greedy_recomputed(ctx, e, p, new);
+        for (step, want) in recomputed.iter().enumerate() {
+            let err = rel_l2(&cached[step][i], want);
+            assert!(err < 1e-5, "prompt {i} step {step}: relative error {err}");
+        }
+    }
+    let c = e.config().clone();
+    let d = c.hidden_size / c.num_attention_heads;
+    for capacity in [16, 64] {
+        let (g, _) = e.generate(ctx, &[vec![2, 3], vec![4]], capacity).unwrap();
+        let state = c.num_hidden_layers * 2 * c.num_attention_heads * (d * d + d) * 4;
+        assert_eq!(g.cache_bytes(), state as u64, "capacity {capacity}");
+    }
     let options = GenerateOptions {
         max_new_tokens: 6,
         eos_token_ids: Some(Vec::new()),

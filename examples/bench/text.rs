@@ -49,6 +49,10 @@ pub struct GenerateArgs {
     /// Local attention's global tokens (with --window).
     #[arg(long, default_value_t = 1, requires = "window")]
     globals: usize,
+    /// Linear attention (RoFormer eq. 19; each step then updates a recurrent state) instead
+    /// of softmax attention.
+    #[arg(long, conflicts_with = "window")]
+    linear: bool,
 }
 
 /// The texts of `bench embed`.
@@ -91,6 +95,9 @@ pub fn generate(args: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         json["attention_window"] = w.into();
         json["global_tokens"] = args.globals.into();
     }
+    if args.linear {
+        json["attention_kind"] = "linear".into();
+    }
     let config = RoFormerConfig::from_json(&json.to_string(), "bench generate")?;
     let encoder = Encoder::new(
         &ctx,
@@ -100,9 +107,10 @@ pub fn generate(args: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     encoder.init_random(&ctx, 0)?;
     println!("adapter   {}", ctx.capabilities().adapter_name);
-    let attention = match args.window {
-        Some(w) => format!("local attention (window {w}, {} global)", args.globals),
-        None => "softmax attention".to_string(),
+    let attention = match (args.window, args.linear) {
+        (Some(w), _) => format!("local attention (window {w}, {} global)", args.globals),
+        (None, true) => "linear attention (a recurrent state)".to_string(),
+        (None, false) => "softmax attention".to_string(),
     };
     println!(
         "model     causal RoFormer {} layers × {}, {} heads, vocabulary {}, {attention}; greedy, \
@@ -163,6 +171,20 @@ pub fn generate(args: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     let before = encoder.memory().generation;
     let (g, first) = encoder.generate(&ctx, &[vec![5u32; 4]], capacity)?;
     first.wait(&ctx)?;
+    if args.linear {
+        let d = args.hidden / args.heads;
+        let formula = args.layers * args.heads * (d * d + d) * 4;
+        println!(
+            "\nstate     {} bytes at any position (formula {} layers × 1 sequence × {} heads × \
+             ({d}² + {d}) × 4 bytes = {formula}); the encoder reports {} bytes for the \
+             generation (states and step activations)",
+            g.cache_bytes(),
+            args.layers,
+            args.heads,
+            encoder.memory().generation - before
+        );
+        return Ok(());
+    }
     let formula = 2 * args.layers * capacity * args.hidden * 4;
     println!(
         "\ncache     {} bytes for {capacity} positions (formula 2 × {} layers × 1 sequence × \

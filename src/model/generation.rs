@@ -2,10 +2,13 @@
 //! pass that fills each layer's cache), then each step runs one new token per sequence,
 //! attending to the cached keys and values, RoPE at each token's true position. A step's
 //! cost does not grow with the tokens before it beyond one dot product and one weighted add
-//! per cached key; its dispatches are the same at every position.
+//! per cached key (local attention: per key of its window and its global tokens); its
+//! dispatches are the same at every position. A linear-attention model keeps instead each
+//! layer's recurrent state (`Σ R φ(k) vᵀ` and `Σ φ(k)`, RoFormer eq. 19), whose size and
+//! cost per token do not grow at all.
 //!
 //! A [`Generation`] holds its caches (`[sequences, capacity, heads, head dim]` per layer,
-//! keys and values, in the encoder's precision) and two plans: the prefill, sized to the
+//! keys and values, in the encoder's precision; or the f32 states) and two plans: the prefill, sized to the
 //! longest prompt, and the one-token step. Sequences may have prompts of different lengths
 //! and finish at different times; each sits at its own position. Only the logits of each
 //! sequence's newest token come back. Choosing the next token (greedy, sampling, penalties,
@@ -19,7 +22,8 @@ use super::{AttentionKind, Encoder, Head};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Plan, TensorId};
-use crate::ops::attention::cached::{KvCache, MAX_HEAD_DIM};
+use crate::ops::attention::cached::{self, KvCache};
+use crate::ops::attention::recurrent::{self, LinearState};
 use crate::readback::Pending;
 use crate::tensor::Tensor;
 
@@ -29,7 +33,7 @@ pub type NextLogits = Vec<Vec<f32>>;
 /// A generation in progress (see the module documentation). Made by [`Encoder::generate`].
 pub struct Generation<'a> {
     encoder: &'a Encoder,
-    caches: Vec<KvCache>,
+    caches: Vec<LayerCache>,
     capacity: usize,
     /// Each sequence's length so far (prompt and generated tokens in its cache).
     lengths: Vec<usize>,
@@ -38,6 +42,26 @@ pub struct Generation<'a> {
     /// generation lives.
     bytes: u64,
     live: Arc<AtomicU64>,
+}
+
+/// What one layer keeps of the tokens before: softmax and local attention their keys and
+/// values; linear attention its recurrent state, which does not grow.
+#[derive(Clone, Debug)]
+pub(crate) enum LayerCache {
+    /// Keys and values, `[sequences, capacity, heads, head dim]` each.
+    KeysValues(KvCache),
+    /// `Σ R φ(k) vᵀ` and `Σ φ(k)` per sequence and head.
+    Linear(LinearState),
+}
+
+impl LayerCache {
+    /// Bytes held.
+    fn byte_size(&self) -> u64 {
+        match self {
+            LayerCache::KeysValues(c) => c.byte_size(),
+            LayerCache::Linear(s) => s.byte_size(),
+        }
+    }
 }
 
 /// One planned pass: its inputs, its plan, its logits.
@@ -51,7 +75,7 @@ impl Planned {
     fn new(
         ctx: &Context,
         encoder: &Encoder,
-        caches: &[KvCache],
+        caches: &[LayerCache],
         batch: usize,
         new_tokens: usize,
         pool: &mut Vec<Tensor>,
@@ -75,11 +99,13 @@ impl Planned {
         ctx: &Context,
         ids: &[u32],
         starts: &[u32],
+        counts: &[u32],
         last: &[u32],
         rows: usize,
     ) -> Result<Pending<NextLogits>> {
         self.inputs.ids.write(ctx, ids)?;
         self.inputs.starts.write(ctx, starts)?;
+        self.inputs.counts.write(ctx, counts)?;
         self.inputs.last.write(ctx, last)?;
         let logits = self.plan.tensor(self.logits)?.clone();
         let vocab = logits.shape()[1];
@@ -112,8 +138,9 @@ impl Encoder {
     /// `capacity` tokens per sequence, prompt included (at most `max_position_embeddings`):
     /// plans the passes, runs the prompts, and returns the generation and the logits of each
     /// prompt's last token. Needs a causal language model (`RoFormerForCausalLM`) with
-    /// softmax attention (materialised or fused: the cache is the same) or local attention
-    /// (each step then reads only its window and the global tokens of the cache).
+    /// softmax attention (materialised or fused: the cache is the same), local attention
+    /// (each step then reads only its window and the global tokens of the cache) or linear
+    /// attention (a recurrent state per layer instead of the cache).
     pub fn generate(
         &self,
         ctx: &Context,
@@ -127,22 +154,23 @@ impl Encoder {
                 self.head().architecture()
             )));
         }
-        if matches!(
-            c.attention,
-            AttentionKind::Linear | AttentionKind::Performer
-        ) {
+        if c.attention == AttentionKind::Performer {
             return Err(Error::invalid(
-                "generation with a key/value cache needs softmax or local attention \
-                 (attention_kind softmax, fused_softmax or local); a linear- or \
+                "generation over a cache needs softmax, local or linear attention \
+                 (attention_kind softmax, fused_softmax, local or linear); a \
                  performer-attention model generates by recomputing each step \
                  (pipelines::generate does so)",
             ));
         }
         let head_dim = c.hidden_size / c.num_attention_heads;
-        if head_dim > MAX_HEAD_DIM {
+        let widest = match c.attention {
+            AttentionKind::Linear => recurrent::MAX_HEAD_DIM,
+            _ => cached::MAX_HEAD_DIM,
+        };
+        if head_dim > widest {
             return Err(Error::invalid(format!(
-                "generation with a key/value cache takes heads up to {MAX_HEAD_DIM} wide, \
-                 this model's are {head_dim}"
+                "generation over a cache takes heads up to {widest} wide with this model's \
+                 attention, its are {head_dim}"
             )));
         }
         if prompts.is_empty() {
@@ -178,7 +206,13 @@ impl Encoder {
         let dtype = store.dtype();
         let heads = c.num_attention_heads;
         let caches = (0..c.num_hidden_layers)
-            .map(|_| KvCache::new(ctx, rows, capacity, heads, head_dim, dtype))
+            .map(|_| match c.attention {
+                AttentionKind::Linear => {
+                    LinearState::new(ctx, rows, heads, head_dim, head_dim).map(LayerCache::Linear)
+                }
+                _ => KvCache::new(ctx, rows, capacity, heads, head_dim, dtype)
+                    .map(LayerCache::KeysValues),
+            })
             .collect::<Result<Vec<_>>>()?;
         // The prefill first: planned after it, the step may take over its buffers.
         let block = *lengths.iter().max().unwrap_or(&1);
@@ -190,9 +224,10 @@ impl Encoder {
             ids[r * block..r * block + p.len()].copy_from_slice(p);
         }
         let last: Vec<u32> = lengths.iter().map(|&n| (n - 1) as u32).collect();
-        let first = prefill.run(ctx, &ids, &vec![0; rows], &last, rows)?;
+        let counts: Vec<u32> = lengths.iter().map(|&n| n as u32).collect();
+        let first = prefill.run(ctx, &ids, &vec![0; rows], &counts, &last, rows)?;
         let step = Planned::new(ctx, self, &caches, rows, 1, &mut pool)?;
-        let bytes = caches.iter().map(KvCache::byte_size).sum::<u64>()
+        let bytes = caches.iter().map(LayerCache::byte_size).sum::<u64>()
             + pool.iter().map(Tensor::byte_size).sum::<u64>();
         let live = self.generation_bytes();
         live.fetch_add(bytes, Ordering::SeqCst);
@@ -252,7 +287,11 @@ impl Generation<'_> {
                 }
             }
         }
-        let pending = self.step.run(ctx, &ids, &starts, &vec![0; rows], rows)?;
+        // A finished sequence's token does not count: its state stays as it is.
+        let counts: Vec<u32> = tokens.iter().map(|t| u32::from(t.is_some())).collect();
+        let pending = self
+            .step
+            .run(ctx, &ids, &starts, &counts, &vec![0; rows], rows)?;
         for (r, token) in tokens.iter().enumerate() {
             if token.is_some() {
                 self.lengths[r] += 1;
@@ -271,9 +310,10 @@ impl Generation<'_> {
         self.capacity
     }
 
-    /// Bytes of the key/value caches (`2 × layers × sequences × capacity × hidden` values).
+    /// Bytes of the key/value caches (`2 × layers × sequences × capacity × hidden` values), or
+    /// of a linear-attention model's states (`layers × sequences × heads × (d² + d)` f32).
     pub fn cache_bytes(&self) -> u64 {
-        self.caches.iter().map(KvCache::byte_size).sum()
+        self.caches.iter().map(LayerCache::byte_size).sum()
     }
 
     /// The dispatches of one step (the same at every position).

@@ -2,13 +2,14 @@
 //! loss. Training sessions and the inference encoder build the same graph; they differ in
 //! what they keep, whether there is a loss, and where the weights and activations live.
 
+use super::generation::LayerCache;
 use super::performer::Projections;
 use super::{Head, RoFormerConfig, TrainingLoss, WORDS};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::graph::{AttentionSpec, Graph, TensorId};
 use crate::model::AttentionKind;
-use crate::ops::attention::cached::{self, KvCache};
+use crate::ops::attention::{cached, linear, recurrent};
 use crate::ops::bce_mse::Targets;
 use crate::ops::cross_entropy::{Labels, IGNORE_INDEX};
 use crate::ops::elementwise;
@@ -382,6 +383,9 @@ pub(crate) struct CachedInputs {
     pub types: TokenIds,
     /// `[B]` (u32): each row's position of its first new token.
     pub starts: Tensor,
+    /// `[B]` (u32): how many of each row's new tokens count (a linear-attention model's
+    /// state takes those only; key/value caches are overwritten past a row's length).
+    pub counts: Tensor,
     /// `[B]` (u32): which new token of each row the logits are wanted for.
     pub last: Tensor,
 }
@@ -406,6 +410,7 @@ impl CachedInputs {
                 config.type_vocab_size,
             )?,
             starts: Tensor::from_slice(ctx, &vec![0u32; batch], &[batch])?,
+            counts: Tensor::from_slice(ctx, &vec![0u32; batch], &[batch])?,
             last: Tensor::from_slice(ctx, &vec![0u32; batch], &[batch])?,
         })
     }
@@ -414,14 +419,16 @@ impl CachedInputs {
 /// A causal LM stepping over key/value caches (one per layer): the new tokens' keys and
 /// values join the caches at their positions, their queries attend to the cached positions
 /// up to their own (local attention: those in its window, and the global tokens), and the
-/// LM head runs on each row's `last` new token only. Returns the logits, `[B, vocab]`.
+/// LM head runs on each row's `last` new token only. A linear-attention model's layers
+/// instead add each row's counted new tokens to their recurrent state and read it. Returns
+/// the logits, `[B, vocab]`.
 pub(crate) fn build_cached(
     c: &RoFormerConfig,
     s: &ParamStore,
     table: &Tensor,
     g: &mut Graph,
     inputs: &CachedInputs,
-    caches: &[KvCache],
+    caches: &[LayerCache],
 ) -> Result<TensorId> {
     let (batch, new) = (inputs.batch, inputs.new_tokens);
     let heads = c.num_attention_heads;
@@ -429,17 +436,32 @@ pub(crate) fn build_cached(
     let heads_shape = [batch, new, heads, c.hidden_size / heads];
     let h = embeddings(c, s, g, &inputs.ids, &inputs.types)?;
     let mut attend = |g: &mut Graph, layer: usize, name: &str, q, k, v| {
-        let (cache, table, starts) = (caches[layer].clone(), table.clone(), inputs.starts.clone());
+        let (cache, table) = (caches[layer].clone(), table.clone());
+        let (starts, counts) = (inputs.starts.clone(), inputs.counts.clone());
         let (rotary_value, local) = (c.rotary_value, c.local_window());
         g.custom(name, &[q, k, v], &shape, move |ctx, ins, out| {
             let [q, k, v] = [ins[0], ins[1], ins[2]].map(|t| t.reshape(&heads_shape));
             let (q, k, v) = (q?, k?, v?);
             let out = out.reshape(&heads_shape)?;
-            Ok(vec![
-                cached::plan_append(ctx, &k, &table, &starts, &cache.keys, true)?,
-                cached::plan_append(ctx, &v, &table, &starts, &cache.values, rotary_value)?,
-                cached::plan_attend(ctx, &q, &table, &starts, &cache, local, &out)?,
-            ])
+            Ok(match &cache {
+                LayerCache::KeysValues(cache) => vec![
+                    cached::plan_append(ctx, &k, &table, &starts, &cache.keys, true)?,
+                    cached::plan_append(ctx, &v, &table, &starts, &cache.values, rotary_value)?,
+                    cached::plan_attend(ctx, &q, &table, &starts, cache, local, &out)?,
+                ],
+                LayerCache::Linear(state) => vec![recurrent::plan_step(
+                    ctx,
+                    &q,
+                    &k,
+                    &v,
+                    &table,
+                    &starts,
+                    &counts,
+                    state,
+                    linear::EPS,
+                    &out,
+                )?],
+            })
         })
     };
     let hidden = layers(c, s, g, h, &mut attend)?;

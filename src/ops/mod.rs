@@ -53,7 +53,7 @@ pub(crate) fn factors_or(
 /// Every kernel family of the library, once: what the translation test compiles for every
 /// backend, what the layout test holds to the WGSL, and what the dispatches are built from.
 /// Adding a family is adding its module's `FAMILY` here.
-pub static FAMILIES: [&KernelFamily; 20] = [
+pub static FAMILIES: [&KernelFamily; 21] = [
     &adamw::FAMILY,
     &attention::cached::FAMILY,
     &attention::flash::FAMILY,
@@ -61,6 +61,7 @@ pub static FAMILIES: [&KernelFamily; 20] = [
     &attention::chunked_linear::FAMILY,
     &attention::local::FAMILY,
     &attention::performer::FAMILY,
+    &attention::recurrent::FAMILY,
     &bce_mse::FAMILY,
     &clip::FAMILY,
     &cross_entropy::FAMILY,

@@ -6,10 +6,11 @@
 //! tokenized with its special tokens, as there. Defaults come from the model folder's
 //! `generation_config.json` ([`GenerationConfig`]).
 //!
-//! Softmax- and local-attention models generate over a key/value cache
+//! Softmax-, local- and linear-attention models generate over a cache
 //! ([`Encoder::generate`]): the prompts run once, then each step runs one token per sequence
-//! (a local model's reading only its window and global tokens of the cache). A linear- or
-//! performer-attention model runs its whole sequence again at each step. Either way every prompt of a call steps
+//! (a local model's reading only its window and global tokens of the cache; a linear model
+//! keeping a recurrent state instead). A performer-attention model runs its whole sequence
+//! again at each step. Either way every prompt of a call steps
 //! together, and [`stream`] hands out each step's tokens as they come.
 //!
 //! [`Encoder::generate`]: crate::model::Encoder::generate
@@ -296,16 +297,13 @@ pub fn stream<'a>(
     }
     let sequences: Vec<Vec<u32>> = encodings.into_iter().map(|e| e.input_ids).collect();
     let capacity = *limits.iter().max().unwrap_or(&1);
-    let (stepper, first) = if !options.use_cache
-        || matches!(
-            model.config().attention,
-            AttentionKind::Linear | AttentionKind::Performer
-        ) {
-        (Stepper::Recompute, None)
-    } else {
-        let (g, first) = model.encoder().generate(ctx, &sequences, capacity)?;
-        (Stepper::Cached(Box::new(g)), Some(first))
-    };
+    let (stepper, first) =
+        if !options.use_cache || model.config().attention == AttentionKind::Performer {
+            (Stepper::Recompute, None)
+        } else {
+            let (g, first) = model.encoder().generate(ctx, &sequences, capacity)?;
+            (Stepper::Cached(Box::new(g)), Some(first))
+        };
     let rng = match options.decoding {
         Decoding::Sample { seed, .. } => Some(StdRng::seed_from_u64(seed)),
         Decoding::Greedy => None,

@@ -12,6 +12,8 @@
 //! - [`performer`]: Performer's FAVOR+ random features (with RoPE) over the linear
 //!   attention kernels: softmax attention estimated in time and memory linear in the length;
 //! - [`cached`]: over a key/value cache, for generation (a token at a time);
+//! - [`recurrent`]: causal linear attention as a recurrence, for generation with a
+//!   linear-attention model (a state that does not grow);
 //! - [`heads`]: how their 4-D tensors are laid out.
 
 pub mod cached;
@@ -21,6 +23,7 @@ pub mod heads;
 pub mod linear;
 pub mod local;
 pub mod performer;
+pub mod recurrent;
 
 use crate::context::Context;
 use crate::dispatch::Dispatch;

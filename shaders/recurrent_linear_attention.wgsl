@@ -10,7 +10,9 @@
 // step: one workgroup per (sequence b, head h) walks that sequence's first counts[b] new
 // tokens in order, the first at position starts[b]; the rest of the block (padding past a
 // shorter prompt, a finished sequence's step) leaves the state as it is. Thread i owns the
-// state's columns i, i + WG, ... and the normaliser's rows i, i + WG, ...
+// state's columns i, i + WG, ... (read and written by it alone, in storage) and the
+// normaliser's rows i, i + WG, ...; z, which every thread reads, is held in workgroup memory
+// for the walk (a workgroup barrier orders that, not storage), then stored back.
 // q, k, v and out are T (f32, or f16 in the f16 variant); the state, the RoPE table and all
 // arithmetic are f32. Forward only: generation trains nothing.
 
@@ -45,6 +47,8 @@ var<workgroup> fq: array<f32, MAX_D>;
 var<workgroup> fk: array<f32, MAX_D>;
 var<workgroup> rq: array<f32, MAX_D>;
 var<workgroup> rk: array<f32, MAX_D>;
+// z, for the walk.
+var<workgroup> zs: array<f32, MAX_D>;
 // The row's count of new tokens, loaded so every thread sees it as uniform (the loop over
 // tokens holds barriers).
 var<workgroup> count_sh: u32;
@@ -83,6 +87,9 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>,
     let half = p.dim / 2u;
     let state_base = g * p.dim * p.dim_v;
     let norm_base = g * p.dim;
+    for (var r = li; r < p.dim; r += WG) {
+        zs[r] = norm[norm_base + r];
+    }
     for (var t = 0u; t < count; t++) {
         let position = starts[b] + t;
         let qk = ((b * p.new_tokens + t) * p.heads + h) * p.dim;
@@ -107,7 +114,7 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>,
         // The normaliser with this token's key, read before any thread adds it to z.
         var den = p.eps;
         for (var r = 0u; r < p.dim; r++) {
-            den += fq[r] * (norm[norm_base + r] + fk[r]);
+            den += fq[r] * (zs[r] + fk[r]);
         }
         // Each owned column of S gains the token's term; the output reads the new column.
         for (var c = li; c < p.dim_v; c += WG) {
@@ -124,10 +131,14 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>,
         // Every thread has read z: now it gains the token's key.
         workgroupBarrier();
         for (var r = li; r < p.dim; r += WG) {
-            norm[norm_base + r] += fk[r];
+            zs[r] += fk[r];
         }
         // z and the shared features are the next token's to use.
         workgroupBarrier();
+    }
+    // (Each thread stores the rows of z it loaded and updated.)
+    for (var r = li; r < p.dim; r += WG) {
+        norm[norm_base + r] = zs[r];
     }
     // The tokens that do not count read zeros downstream, not what the buffer held.
     for (var t = count; t < p.new_tokens; t++) {

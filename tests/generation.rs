@@ -380,6 +380,20 @@ fn a_linear_attention_model_generates_over_a_recurrent_state() {
             assert!(err < 1e-5, "prompt {i} step {step}: relative error {err}");
         }
     }
+    // A sequence that sits a step out (None) keeps its state: resumed, its logits are those
+    // of its whole sequence.
+    let (mut g, first) = e.generate(ctx, &prompts[..2], 32).unwrap();
+    let first = first.wait(ctx).unwrap();
+    let (t0, t1) = (argmax(&first[0]), argmax(&first[1]));
+    g.append(ctx, &[Some(t0), None]).unwrap().wait(ctx).unwrap();
+    let resumed = g.append(ctx, &[None, Some(t1)]).unwrap().wait(ctx).unwrap();
+    let mut seq = prompts[1].clone();
+    seq.push(t1);
+    let want = &greedy_recomputed(ctx, e, &seq, 1)[0];
+    let err = rel_l2(&resumed[1], want);
+    assert!(err < 1e-5, "the resumed sequence: relative error {err}");
+    assert_eq!(g.lengths(), [prompts[0].len() + 1, prompts[1].len() + 1]);
+    drop(g);
     let c = e.config().clone();
     let d = c.hidden_size / c.num_attention_heads;
     for capacity in [16, 64] {

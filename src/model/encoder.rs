@@ -331,7 +331,8 @@ pub struct Encoder {
     /// Held from planning through submission, so two threads never interleave their
     /// inputs.
     plans: Mutex<Plans>,
-    /// Bytes held by the generations in progress (key/value caches and their activations).
+    /// Bytes held by the generations in progress (key/value caches or recurrent states, and
+    /// their activations).
     generations: Arc<AtomicU64>,
 }
 

@@ -1,4 +1,5 @@
-//! Generation with a causal RoFormer over a key/value cache: the prompts run once (a prefill
+//! Generation with a causal RoFormer over a key/value cache (or, for linear attention, a
+//! recurrent state): the prompts run once (a prefill
 //! pass that fills each layer's cache), then each step runs one new token per sequence,
 //! attending to the cached keys and values, RoPE at each token's true position. A step's
 //! cost does not grow with the tokens before it beyond one dot product and one weighted add

@@ -372,8 +372,8 @@ fn lm_head(c: &RoFormerConfig, s: &ParamStore, g: &mut Graph, h: TensorId) -> Re
     g.linear("cls.predictions.decoder", x, decoder, Some(bias))
 }
 
-/// Per-step inputs of a planned generation step over a key/value cache: `batch` sequences
-/// of `new_tokens` new tokens each, written before each run.
+/// Per-step inputs of a planned generation step over a key/value cache or recurrent state:
+/// `batch` sequences of `new_tokens` new tokens each, written before each run.
 pub(crate) struct CachedInputs {
     pub batch: usize,
     pub new_tokens: usize,

@@ -223,6 +223,8 @@ mod tests {
             (1, 1, 256, 8, 7),
             (2, 3, 6, 10, 129),
             (1, 2, 2, 1, 1),
+            // Two of the state's columns and two rows of z per thread.
+            (2, 1, 256, 256, 9),
         ] {
             let prompts: Vec<usize> = (0..batch).map(|b| 1 + (b * 5 + 3) % total).collect();
             let n = batch * total * heads * dim;
@@ -326,10 +328,15 @@ mod tests {
                     .collect();
                 let out = run(1, &starts, &counts, &|b, _| starts[b]);
                 for b in 0..batch {
+                    let o = &out[b * row_v..][..row_v];
                     if counts[b] == 1 {
-                        got[(b * total + lengths[b]) * row_v..][..row_v]
-                            .copy_from_slice(&out[b * row_v..][..row_v]);
+                        got[(b * total + lengths[b]) * row_v..][..row_v].copy_from_slice(o);
                         lengths[b] += 1;
+                    } else {
+                        assert!(
+                            o.iter().all(|&x| x == 0.0),
+                            "row {b} sitting out step {step}"
+                        );
                     }
                 }
                 step += 1;

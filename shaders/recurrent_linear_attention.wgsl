@@ -33,10 +33,10 @@ struct Params {
 // [batch]: the position of each row's first new token, and how many of its new tokens count.
 @group(0) @binding(5) var<storage, read> starts: array<u32>;
 @group(0) @binding(6) var<storage, read> counts: array<u32>;
-// [batch, heads, dim, dim_v] and [batch, heads, dim]: S and z.
+// [batch, heads, dim · dim_v + dim]: each sequence and head's S (row-major [dim, dim_v]),
+// then its z (one buffer: eight storage bindings at most).
 @group(0) @binding(7) var<storage, read_write> state: array<f32>;
-@group(0) @binding(8) var<storage, read_write> norm: array<f32>;
-@group(0) @binding(9) var<storage, read_write> out: array<T>;
+@group(0) @binding(8) var<storage, read_write> out: array<T>;
 
 const WG: u32 = 128u;
 // Head dimensions up to MAX_D (the linear attention kernels' widest).
@@ -85,10 +85,10 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let count = workgroupUniformLoad(&count_sh);
     let half = p.dim / 2u;
-    let state_base = g * p.dim * p.dim_v;
-    let norm_base = g * p.dim;
+    let state_base = g * (p.dim * p.dim_v + p.dim);
+    let norm_base = state_base + p.dim * p.dim_v;
     for (var r = li; r < p.dim; r += WG) {
-        zs[r] = norm[norm_base + r];
+        zs[r] = state[norm_base + r];
     }
     for (var t = 0u; t < count; t++) {
         let position = starts[b] + t;
@@ -138,7 +138,7 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>,
     }
     // (Each thread stores the rows of z it loaded and updated.)
     for (var r = li; r < p.dim; r += WG) {
-        norm[norm_base + r] = zs[r];
+        state[norm_base + r] = zs[r];
     }
     // The tokens that do not count read zeros downstream, not what the buffer held.
     for (var t = count; t < p.new_tokens; t++) {

@@ -48,14 +48,16 @@ struct Params {
     _p1: u32,
 }
 
-/// One layer's recurrent state: `S` (`[batch, heads, dim, dim_v]`) and `z`
-/// (`[batch, heads, dim]`), f32, zero before a sequence's first token.
+/// One layer's recurrent state, f32, zero before a sequence's first token: per sequence and
+/// head `S = Σ R_n φ(k_n) v_nᵀ` (`[dim, dim_v]`, row-major) then the normaliser's
+/// `z = Σ φ(k_n)` (`[dim]`), in one `[batch, heads, dim · dim_v + dim]` tensor (the kernel
+/// binds eight storage buffers, the most any kernel here may).
 #[derive(Clone, Debug)]
 pub struct LinearState {
-    /// `Σ R_n φ(k_n) v_nᵀ`.
+    /// `S` and `z`.
     pub state: Tensor,
-    /// `Σ φ(k_n)`, the normaliser's.
-    pub norm: Tensor,
+    dim: usize,
+    dim_v: usize,
 }
 
 impl LinearState {
@@ -69,14 +71,15 @@ impl LinearState {
         dim_v: usize,
     ) -> Result<LinearState> {
         Ok(LinearState {
-            state: Tensor::zeros(ctx, &[batch, heads, dim, dim_v], DType::F32)?,
-            norm: Tensor::zeros(ctx, &[batch, heads, dim], DType::F32)?,
+            state: Tensor::zeros(ctx, &[batch, heads, dim * dim_v + dim], DType::F32)?,
+            dim,
+            dim_v,
         })
     }
 
     /// Bytes held.
     pub fn byte_size(&self) -> u64 {
-        self.state.byte_size() + self.norm.byte_size()
+        self.state.byte_size()
     }
 }
 
@@ -126,12 +129,16 @@ pub fn plan_step(
              to {MAX_HEAD_DIM}"
         )));
     }
+    if (state.dim, state.dim_v) != (dim, dim_v) {
+        return Err(Error::invalid(format!(
+            "{op}: the state is for heads of {} (values {}), the tokens' are {dim} ({dim_v})",
+            state.dim, state.dim_v
+        )));
+    }
     state
         .state
-        .expect_shape(op, "state", &[batch, heads, dim, dim_v])?;
+        .expect_shape(op, "state", &[batch, heads, dim * dim_v + dim])?;
     state.state.expect_dtype(op, "state", DType::F32)?;
-    state.norm.expect_shape(op, "norm", &[batch, heads, dim])?;
-    state.norm.expect_dtype(op, "norm", DType::F32)?;
     for (what, t) in [("starts", starts), ("counts", counts)] {
         t.expect_dtype(op, what, DType::U32)?;
         t.expect_shape(op, what, &[batch])?;
@@ -162,7 +169,6 @@ pub fn plan_step(
         .read("starts", starts)
         .read("counts", counts)
         .write("state", &state.state)
-        .write("norm", &state.norm)
         .write("out", out)
         .flops(4 * rows * new_tokens as u64 * (dim * dim_v) as u64)
         .serial_steps(new_tokens as u64 * dim as u64)

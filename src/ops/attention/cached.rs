@@ -261,21 +261,6 @@ mod tests {
     use crate::ops::rope;
     use crate::testing::*;
 
-    /// `[B, T, H, d]` ↔ `[B, H, T, d]`.
-    fn swap_th(x: &[f64], (b, t, h, d): (usize, usize, usize, usize)) -> Vec<f64> {
-        let mut y = vec![0.0; x.len()];
-        for bi in 0..b {
-            for ti in 0..t {
-                for hi in 0..h {
-                    let from = ((bi * t + ti) * h + hi) * d;
-                    let to = ((bi * h + hi) * t + ti) * d;
-                    y[to..to + d].copy_from_slice(&x[from..from + d]);
-                }
-            }
-        }
-        y
-    }
-
     /// Sequences fed to the cache as a ragged prompt block, then a token at a time, give
     /// each token the output of causal attention with RoPE over its whole sequence (the
     /// f64 reference of the materialised form, or of local attention with `local`'s

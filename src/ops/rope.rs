@@ -86,6 +86,49 @@ pub(crate) fn check_table(op: &'static str, table: &Tensor, heads: &Heads) -> Re
     Ok(())
 }
 
+/// What an attention kernel reads for `x` (q, k or v) in the forward pass: with `table` and
+/// `on`, `x` rotated into `slot` (the dispatch appended to `dispatches`); otherwise `x` itself. An
+/// error when rotation is asked for and `slot` is missing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rotate_into(
+    ctx: &Context,
+    op: &'static str,
+    table: Option<&Tensor>,
+    on: bool,
+    x: &Tensor,
+    layout: HeadLayout,
+    slot: &Option<Tensor>,
+    dispatches: &mut Vec<Dispatch>,
+) -> Result<Tensor> {
+    match (table, slot, on) {
+        (Some(table), Some(r), true) => {
+            dispatches.push(plan(ctx, x, layout, table, r, layout, false)?);
+            Ok(r.clone())
+        }
+        (Some(_), None, true) => Err(Error::invalid(format!(
+            "{op}: RoPE needs the rotation buffers"
+        ))),
+        _ => Ok(x.clone()),
+    }
+}
+
+/// What a backward pass uses for `plain` (an input or a gradient): the rotated copy in
+/// `slot` when `rotating`, `plain` otherwise. An error when `slot` is missing then.
+pub(crate) fn rotated_or(
+    op: &'static str,
+    rotating: bool,
+    slot: &Option<Tensor>,
+    plain: &Tensor,
+) -> Result<Tensor> {
+    match (slot, rotating) {
+        (Some(t), true) => Ok(t.clone()),
+        (None, true) => Err(Error::invalid(format!(
+            "{op}: RoPE needs the rotation buffers"
+        ))),
+        _ => Ok(plain.clone()),
+    }
+}
+
 /// Rotates `x` (a 4-D tensor in `x_layout`) into `out` (same sizes, `out_layout`).
 /// `inverse` rotates by −θ: the backward pass, since the rotation is orthogonal.
 pub fn plan(

@@ -3,7 +3,7 @@
 //! directly, while HuggingFace and the fixtures use `[B, H, T, d]`.
 
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// How a per-head tensor `[batch, heads, seq, dim]` is laid out in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,4 +130,27 @@ impl Heads {
         }
         Ok(())
     }
+}
+
+/// The checks every attention kernel makes of its inputs: q of a float type (f32 or f16), k
+/// and v of q's type, k shaped like q, and v with q's batch, heads and length (its head
+/// width may differ). Returns q's heads and v's.
+pub(crate) fn qkv_heads(
+    op: &'static str,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: HeadLayout,
+) -> Result<(Heads, Heads)> {
+    if !q.dtype().is_float() {
+        q.expect_dtype(op, "q", DType::F32)?;
+    }
+    for (what, t) in [("k", k), ("v", v)] {
+        t.expect_dtype(op, what, q.dtype())?;
+    }
+    let qk = Heads::of(op, "q", q, layout)?;
+    k.expect_shape(op, "k", q.shape())?;
+    let hv = Heads::of(op, "v", v, layout)?;
+    qk.expect_same_bht(op, "v", &hv)?;
+    Ok((qk, hv))
 }

@@ -14,7 +14,7 @@ use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::family::{KernelFamily, ParamBlock, Variant};
-use crate::ops::attention::heads::{HeadLayout, Heads};
+use crate::ops::attention::heads::{qkv_heads, HeadLayout, Heads};
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -119,16 +119,7 @@ fn shapes(
     layout: HeadLayout,
     opts: &LinearAttentionOptions<'_>,
 ) -> Result<Shapes> {
-    if !q.dtype().is_float() {
-        q.expect_dtype(op, "q", DType::F32)?;
-    }
-    for (what, t) in [("k", k), ("v", v)] {
-        t.expect_dtype(op, what, q.dtype())?;
-    }
-    let qk = Heads::of(op, "q", q, layout)?;
-    k.expect_shape(op, "k", q.shape())?;
-    let hv = Heads::of(op, "v", v, layout)?;
-    qk.expect_same_bht(op, "v", &hv)?;
+    let (qk, hv) = qkv_heads(op, q, k, v, layout)?;
     let widest = qk.dim.max(hv.dim);
     if widest > MAX_HEAD_DIM {
         return Err(Error::invalid(format!(

@@ -611,20 +611,9 @@ pub fn plan_forward(
     out.expect_dtype(op, "out", DType::F32)?;
     check_saved(op, &s, saved)?;
     let mut plan = Vec::new();
-    let mut rotated = |x: &Tensor, slot: &Option<Tensor>| -> Result<Tensor> {
-        match (opts.rope, slot) {
-            (Some(table), Some(r)) => {
-                plan.push(rope::plan(ctx, x, layout, table, r, layout, false)?);
-                Ok(r.clone())
-            }
-            (Some(_), None) => Err(Error::invalid(format!(
-                "{op}: RoPE needs the rotation buffers"
-            ))),
-            (None, _) => Ok(x.clone()),
-        }
-    };
-    let qr = rotated(q, &saved.q_rot)?;
-    let kr = rotated(k, &saved.k_rot)?;
+    let table = opts.rope;
+    let qr = rope::rotate_into(ctx, op, table, true, q, layout, &saved.q_rot, &mut plan)?;
+    let kr = rope::rotate_into(ctx, op, table, true, k, layout, &saved.k_rot, &mut plan)?;
     plan_features(ctx, &s, &qr, projection, &saved.q_features, None, &mut plan)?;
     plan_features(
         ctx,
@@ -742,18 +731,11 @@ pub fn plan_backward(
     scratch
         .states
         .expect_shape(op, "states", &s.backward_states()?)?;
-    let rope_on = opts.rope.is_some();
-    let pick = |saved: &Option<Tensor>, plain: &Tensor| -> Result<Tensor> {
-        match (saved, rope_on) {
-            (Some(t), true) => Ok(t.clone()),
-            (None, true) => Err(Error::invalid(format!(
-                "{op}: RoPE needs the rotation buffers"
-            ))),
-            (_, false) => Ok(plain.clone()),
-        }
-    };
-    let (qr, kr) = (pick(&saved.q_rot, q)?, pick(&saved.k_rot, k)?);
-    let (dqr, dkr) = (pick(&scratch.dq_rot, dq)?, pick(&scratch.dk_rot, dk)?);
+    let rot = opts.rope.is_some();
+    let qr = rope::rotated_or(op, rot, &saved.q_rot, q)?;
+    let kr = rope::rotated_or(op, rot, &saved.k_rot, k)?;
+    let dqr = rope::rotated_or(op, rot, &scratch.dq_rot, dq)?;
+    let dkr = rope::rotated_or(op, rot, &scratch.dk_rot, dk)?;
     // dφ(q), dφ(k) and dv from the attention over the features.
     let (fq, fk) = (&saved.q_features, &saved.k_features);
     let (gq, gk) = (&scratch.dq_features, &scratch.dk_features);

@@ -10,7 +10,7 @@ use crate::ops::attention::chunked_linear::{self as chunked, ChunkedSaved};
 use crate::ops::attention::flash::{self, FlashSaved, FlashScratch};
 use crate::ops::attention::heads::HeadLayout;
 use crate::ops::attention::linear::{self, LinearAttentionOptions};
-use crate::ops::attention::local::{self as local_attn, LocalSaved, LocalScratch, LocalWindow};
+use crate::ops::attention::local::{self as local_attn, LocalWindow};
 use crate::ops::attention::performer::{
     self, LinearSaved, PerformerOptions, PerformerSaved, PerformerScratch, Sums,
 };
@@ -256,35 +256,7 @@ impl Graph {
         v: TensorId,
         spec: AttentionSpec,
     ) -> Result<TensorId> {
-        let (qh, out, rot, stats, writes) =
-            self.row_attention_buffers("fused attention", name, [q, k, v], &spec, 3)?;
-        let sp = spec.clone();
-        self.call(
-            false,
-            format!("{name}: fused attention"),
-            vec![q, k, v],
-            writes,
-            Box::new(move |ctx, t| {
-                let saved = flash_saved(t, rot, stats)?;
-                let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
-                flash::plan_forward(
-                    ctx,
-                    &qv,
-                    &kv,
-                    &vv,
-                    HeadLayout::Bthd,
-                    &attention_options(&sp),
-                    &saved,
-                    &t.get(out)?.reshape(&qh)?,
-                )
-            }),
-        );
-        self.stage(
-            StageKind::FusedAttention { spec, rot, stats },
-            vec![q, k, v],
-            out,
-        );
-        Ok(out)
+        self.row_attention(name, [q, k, v], spec, None)
     }
 
     /// Softmax attention like [`Graph::fused_attention`] over a sliding window with global
@@ -299,32 +271,46 @@ impl Graph {
         spec: AttentionSpec,
         window: LocalWindow,
     ) -> Result<TensorId> {
+        self.row_attention(name, [q, k, v], spec, Some(window))
+    }
+
+    /// The fused stage over every key (`window` None) or a local window: both save the
+    /// same tensors and differ only in their kernels' plan functions.
+    fn row_attention(
+        &mut self,
+        name: &str,
+        [q, k, v]: [TensorId; 3],
+        spec: AttentionSpec,
+        window: Option<LocalWindow>,
+    ) -> Result<TensorId> {
+        let what = if window.is_some() {
+            "local attention"
+        } else {
+            "fused attention"
+        };
         let (qh, out, rot, stats, writes) =
-            self.row_attention_buffers("local attention", name, [q, k, v], &spec, 3)?;
+            self.row_attention_buffers(what, name, [q, k, v], &spec, 3)?;
         let sp = spec.clone();
         self.call(
             false,
-            format!("{name}: local attention"),
+            format!("{name}: {what}"),
             vec![q, k, v],
             writes,
             Box::new(move |ctx, t| {
-                let saved = local_saved(t, rot, stats)?;
+                let saved = flash_saved(t, rot, stats)?;
                 let (qv, kv, vv) = heads_views(t, q, k, v, &qh, &qh)?;
-                local_attn::plan_forward(
-                    ctx,
-                    &qv,
-                    &kv,
-                    &vv,
-                    HeadLayout::Bthd,
-                    &attention_options(&sp),
-                    window,
-                    &saved,
-                    &t.get(out)?.reshape(&qh)?,
-                )
+                let (opts, out) = (attention_options(&sp), t.get(out)?.reshape(&qh)?);
+                let layout = HeadLayout::Bthd;
+                match window {
+                    None => flash::plan_forward(ctx, &qv, &kv, &vv, layout, &opts, &saved, &out),
+                    Some(w) => {
+                        local_attn::plan_forward(ctx, &qv, &kv, &vv, layout, &opts, w, &saved, &out)
+                    }
+                }
             }),
         );
         self.stage(
-            StageKind::LocalAttention {
+            StageKind::FusedAttention {
                 spec,
                 window,
                 rot,
@@ -648,6 +634,8 @@ impl Graph {
         )
     }
 
+    /// The backward rule of [`Graph::fused_attention`] and [`Graph::local_attention`]
+    /// (`window`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fused_attention_backward(
         &mut self,
@@ -656,6 +644,7 @@ impl Graph {
         y: TensorId,
         dy: TensorId,
         spec: &AttentionSpec,
+        window: Option<LocalWindow>,
         rot: [Option<TensorId>; 3],
         stats: TensorId,
     ) -> Result<()> {
@@ -666,9 +655,14 @@ impl Graph {
         let mut writes = vec![stats];
         writes.extend(scratch.iter().flatten());
         let sp = spec.clone();
+        let what = if window.is_some() {
+            "local attention backward"
+        } else {
+            "fused attention backward"
+        };
         self.attention_backward_call(
             label,
-            "fused attention backward",
+            what,
             inputs,
             Some(y),
             dy,
@@ -682,76 +676,18 @@ impl Graph {
                     dk_rot: opt(scratch[1])?,
                     dv_rot: opt(scratch[2])?,
                 };
-                flash::plan_backward(
-                    ctx,
-                    &x.q,
-                    &x.k,
-                    &x.v,
-                    HeadLayout::Bthd,
-                    &attention_options(&sp),
-                    &flash_saved(t, rot, stats)?,
-                    x.y()?,
-                    &x.dy,
-                    &scr,
-                    &x.dq,
-                    &x.dk,
-                    &x.dv,
-                )
-            },
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn local_attention_backward(
-        &mut self,
-        label: &str,
-        inputs: &[TensorId],
-        y: TensorId,
-        dy: TensorId,
-        spec: &AttentionSpec,
-        window: LocalWindow,
-        rot: [Option<TensorId>; 3],
-        stats: TensorId,
-    ) -> Result<()> {
-        let (qh, _) = self.head_shapes(inputs[0], inputs[1], inputs[2], spec.heads)?;
-        let scratch = self.rotated(label, "d", spec, &qh, &qh);
-        let mut reads = vec![stats];
-        reads.extend(rot.iter().flatten());
-        let mut writes = vec![stats];
-        writes.extend(scratch.iter().flatten());
-        let sp = spec.clone();
-        self.attention_backward_call(
-            label,
-            "local attention backward",
-            inputs,
-            Some(y),
-            dy,
-            spec,
-            reads,
-            writes,
-            move |ctx, t, x| {
-                let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
-                let scr = LocalScratch {
-                    dq_rot: opt(scratch[0])?,
-                    dk_rot: opt(scratch[1])?,
-                    dv_rot: opt(scratch[2])?,
-                };
-                local_attn::plan_backward(
-                    ctx,
-                    &x.q,
-                    &x.k,
-                    &x.v,
-                    HeadLayout::Bthd,
-                    &attention_options(&sp),
-                    window,
-                    &local_saved(t, rot, stats)?,
-                    x.y()?,
-                    &x.dy,
-                    &scr,
-                    &x.dq,
-                    &x.dk,
-                    &x.dv,
-                )
+                let (opts, saved) = (attention_options(&sp), flash_saved(t, rot, stats)?);
+                let layout = HeadLayout::Bthd;
+                let (q, k, v, y, dy) = (&x.q, &x.k, &x.v, x.y()?, &x.dy);
+                let (dq, dk, dv) = (&x.dq, &x.dk, &x.dv);
+                match window {
+                    None => flash::plan_backward(
+                        ctx, q, k, v, layout, &opts, &saved, y, dy, &scr, dq, dk, dv,
+                    ),
+                    Some(w) => local_attn::plan_backward(
+                        ctx, q, k, v, layout, &opts, w, &saved, y, dy, &scr, dq, dk, dv,
+                    ),
+                }
             },
         )
     }
@@ -990,7 +926,7 @@ fn chunked_saved(t: &Resolved, [features, states, tokens]: [TensorId; 3]) -> Res
     })
 }
 
-/// The saved tensors of a fused attention stage.
+/// The saved tensors of a fused (or local) attention stage.
 fn flash_saved(
     t: &Resolved,
     [q_rot, k_rot, v_rot]: [Option<TensorId>; 3],
@@ -998,21 +934,6 @@ fn flash_saved(
 ) -> Result<FlashSaved> {
     let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
     Ok(FlashSaved {
-        q_rot: opt(q_rot)?,
-        k_rot: opt(k_rot)?,
-        v_rot: opt(v_rot)?,
-        stats: t.get(stats)?.clone(),
-    })
-}
-
-/// The saved tensors of a local attention stage.
-fn local_saved(
-    t: &Resolved,
-    [q_rot, k_rot, v_rot]: [Option<TensorId>; 3],
-    stats: TensorId,
-) -> Result<LocalSaved> {
-    let opt = |i: Option<TensorId>| i.map(|i| t.get(i).cloned()).transpose();
-    Ok(LocalSaved {
         q_rot: opt(q_rot)?,
         k_rot: opt(k_rot)?,
         v_rot: opt(v_rot)?,

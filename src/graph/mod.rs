@@ -116,14 +116,10 @@ enum StageKind {
         v_rot: Option<TensorId>,
         probs: TensorId,
     },
+    /// Fused softmax attention over every key (`window` None) or a local window.
     FusedAttention {
         spec: AttentionSpec,
-        rot: [Option<TensorId>; 3],
-        stats: TensorId,
-    },
-    LocalAttention {
-        spec: AttentionSpec,
-        window: crate::ops::attention::local::LocalWindow,
+        window: Option<crate::ops::attention::local::LocalWindow>,
         rot: [Option<TensorId>; 3],
         stats: TensorId,
     },
@@ -418,15 +414,12 @@ impl Graph {
             } => {
                 self.attention_backward(&label, inputs, dy, spec, [*q_rot, *k_rot, *v_rot], *probs)
             }
-            StageKind::FusedAttention { spec, rot, stats } => {
-                self.fused_attention_backward(&label, inputs, y, dy, spec, *rot, *stats)
-            }
-            StageKind::LocalAttention {
+            StageKind::FusedAttention {
                 spec,
                 window,
                 rot,
                 stats,
-            } => self.local_attention_backward(&label, inputs, y, dy, spec, *window, *rot, *stats),
+            } => self.fused_attention_backward(&label, inputs, y, dy, spec, *window, *rot, *stats),
             StageKind::LinearAttention { spec, saved } => {
                 self.linear_attention_backward(&label, inputs, y, dy, spec, *saved)
             }

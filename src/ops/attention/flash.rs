@@ -19,8 +19,8 @@ use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::family::{KernelFamily, ParamBlock, Variant};
-use crate::ops::attention::heads::{HeadLayout, Heads};
-use crate::ops::attention::local::{self, LocalSaved, LocalScratch, LocalWindow};
+use crate::ops::attention::heads::{qkv_heads, HeadLayout, Heads};
+use crate::ops::attention::local::{self, LocalWindow};
 use crate::ops::attention::AttentionOptions;
 use crate::ops::rope;
 use crate::shader::Shader;
@@ -110,7 +110,8 @@ struct Params {
     _p1: u32,
 }
 
-/// What the forward pass writes and the backward pass reads.
+/// What the forward pass writes and the backward pass reads (local attention's too,
+/// [`crate::ops::attention::local`]).
 #[derive(Clone, Debug)]
 pub struct FlashSaved {
     /// Rotated q and k (and v with `rotary_value`), in the input layout, when RoPE is on.
@@ -124,7 +125,8 @@ pub struct FlashSaved {
     pub stats: Tensor,
 }
 
-/// Scratch of the backward pass: gradients of the rotated tensors before rotating back.
+/// Scratch of the backward pass (local attention's too): gradients of the rotated tensors
+/// before rotating back.
 #[derive(Clone, Debug, Default)]
 pub struct FlashScratch {
     /// Gradient of the rotated q.
@@ -186,14 +188,7 @@ fn setup(
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
 ) -> Result<(Heads, Chosen)> {
-    if !q.dtype().is_float() {
-        q.expect_dtype(op, "q", DType::F32)?;
-    }
-    for (what, t) in [("k", k), ("v", v)] {
-        t.expect_dtype(op, what, q.dtype())?;
-    }
-    let h = Heads::of(op, "q", q, layout)?;
-    k.expect_shape(op, "k", q.shape())?;
+    let (h, _) = qkv_heads(op, q, k, v, layout)?;
     v.expect_shape(op, "v (the fused kernel needs v shaped like q)", q.shape())?;
     let &(max_d, fwd, bwd) = VARIANTS.iter().find(|v| h.dim <= v.0).ok_or_else(|| {
         Error::invalid(format!(
@@ -294,30 +289,14 @@ pub fn plan_forward(
         .stats
         .expect_shape(op, "stats", &stats_shape(q, layout)?)?;
     let Chosen::Tiled { max_d, fwd, .. } = chosen else {
-        let saved = LocalSaved {
-            q_rot: saved.q_rot.clone(),
-            k_rot: saved.k_rot.clone(),
-            v_rot: saved.v_rot.clone(),
-            stats: saved.stats.clone(),
-        };
-        return local::plan_forward(ctx, q, k, v, layout, opts, whole(h.seq), &saved, out);
+        return local::plan_forward(ctx, q, k, v, layout, opts, whole(h.seq), saved, out);
     };
     let mut plan = Vec::new();
-    let mut rotated = |x: &Tensor, slot: &Option<Tensor>, on: bool| -> Result<Tensor> {
-        match (opts.rope, slot, on) {
-            (Some(table), Some(r), true) => {
-                plan.push(rope::plan(ctx, x, layout, table, r, layout, false)?);
-                Ok(r.clone())
-            }
-            (Some(_), None, true) => Err(Error::invalid(format!(
-                "{op}: RoPE needs the rotation buffers"
-            ))),
-            _ => Ok(x.clone()),
-        }
-    };
-    let qr = rotated(q, &saved.q_rot, true)?;
-    let kr = rotated(k, &saved.k_rot, true)?;
-    let vr = rotated(v, &saved.v_rot, opts.rotary_value)?;
+    let table = opts.rope;
+    let qr = rope::rotate_into(ctx, op, table, true, q, layout, &saved.q_rot, &mut plan)?;
+    let kr = rope::rotate_into(ctx, op, table, true, k, layout, &saved.k_rot, &mut plan)?;
+    let rv = opts.rotary_value;
+    let vr = rope::rotate_into(ctx, op, table, rv, v, layout, &saved.v_rot, &mut plan)?;
     plan.push(
         builder(ctx, "forward", q.dtype(), &h, max_d, fwd, opts)
             .read("q", &qr)
@@ -361,17 +340,6 @@ pub fn plan_backward(
         t.expect_shape(op, what, q.shape())?;
     }
     let Chosen::Tiled { max_d, bwd, .. } = chosen else {
-        let saved = LocalSaved {
-            q_rot: saved.q_rot.clone(),
-            k_rot: saved.k_rot.clone(),
-            v_rot: saved.v_rot.clone(),
-            stats: saved.stats.clone(),
-        };
-        let scratch = LocalScratch {
-            dq_rot: scratch.dq_rot.clone(),
-            dk_rot: scratch.dk_rot.clone(),
-            dv_rot: scratch.dv_rot.clone(),
-        };
         return local::plan_backward(
             ctx,
             q,
@@ -380,31 +348,25 @@ pub fn plan_backward(
             layout,
             opts,
             whole(h.seq),
-            &saved,
+            saved,
             out,
             grad_out,
-            &scratch,
+            scratch,
             dq,
             dk,
             dv,
         );
     };
-    let rot = opts.rope.is_some();
-    let pick = |saved: &Option<Tensor>, plain: &Tensor, on: bool| -> Result<Tensor> {
-        match (saved, on) {
-            (Some(t), true) => Ok(t.clone()),
-            (None, true) => Err(Error::invalid(format!(
-                "{op}: RoPE needs the rotation buffers"
-            ))),
-            _ => Ok(plain.clone()),
-        }
-    };
-    let qr = pick(&saved.q_rot, q, rot)?;
-    let kr = pick(&saved.k_rot, k, rot)?;
-    let vr = pick(&saved.v_rot, v, rot && opts.rotary_value)?;
-    let dqr = pick(&scratch.dq_rot, dq, rot)?;
-    let dkr = pick(&scratch.dk_rot, dk, rot)?;
-    let dvr = pick(&scratch.dv_rot, dv, rot && opts.rotary_value)?;
+    let (rot, rot_v) = (
+        opts.rope.is_some(),
+        opts.rope.is_some() && opts.rotary_value,
+    );
+    let qr = rope::rotated_or(op, rot, &saved.q_rot, q)?;
+    let kr = rope::rotated_or(op, rot, &saved.k_rot, k)?;
+    let vr = rope::rotated_or(op, rot_v, &saved.v_rot, v)?;
+    let dqr = rope::rotated_or(op, rot, &scratch.dq_rot, dq)?;
+    let dkr = rope::rotated_or(op, rot, &scratch.dk_rot, dk)?;
+    let dvr = rope::rotated_or(op, rot_v, &scratch.dv_rot, dv)?;
     let tokens = (h.batch * h.heads * h.seq) as u64;
     let mut plan = vec![
         builder(ctx, "bwd_prep", q.dtype(), &h, max_d, bwd, opts)

@@ -8,7 +8,8 @@
 //! holds. Otherwise it is [`crate::ops::attention`]'s function (RoPE, additive padding mask,
 //! `rotary_value`, scale): softmax attention with the equivalent additive `[T, T]` mask,
 //! which the tests hold it to. The forward pass keeps each query's running maximum and sum;
-//! the backward pass recomputes the probabilities from them.
+//! the backward pass recomputes the probabilities from them. What it saves and the backward
+//! pass's scratch are fused attention's ([`FlashSaved`], [`FlashScratch`]).
 //!
 //! The kernels give each query (forward, dq) or key (dk, dv) to one invocation that keeps
 //! its row in registers and walks its neighbours: no workgroup memory and no barrier, which
@@ -26,7 +27,8 @@ use crate::context::Context;
 use crate::dispatch::{Dispatch, DispatchBuilder};
 use crate::error::{Error, Result};
 use crate::family::{KernelFamily, ParamBlock, Variant};
-use crate::ops::attention::heads::{HeadLayout, Heads};
+use crate::ops::attention::flash::{FlashSaved, FlashScratch};
+use crate::ops::attention::heads::{qkv_heads, HeadLayout, Heads};
 use crate::ops::attention::AttentionOptions;
 use crate::ops::rope;
 use crate::shader::Shader;
@@ -132,72 +134,6 @@ struct Params {
     globals: u32,
 }
 
-/// What the forward pass writes and the backward pass reads.
-#[derive(Clone, Debug)]
-pub struct LocalSaved {
-    /// Rotated q, in the input layout, when RoPE is on.
-    pub q_rot: Option<Tensor>,
-    /// Rotated k.
-    pub k_rot: Option<Tensor>,
-    /// Rotated v (with `rotary_value`).
-    pub v_rot: Option<Tensor>,
-    /// `[B, H, T, 3]`: each query's score maximum and softmax sum; the backward pass adds
-    /// its `D = dout · out`.
-    pub stats: Tensor,
-}
-
-/// Scratch of the backward pass: gradients of the rotated tensors before rotating back.
-#[derive(Clone, Debug, Default)]
-pub struct LocalScratch {
-    /// Gradient of the rotated q.
-    pub dq_rot: Option<Tensor>,
-    /// Gradient of the rotated k.
-    pub dk_rot: Option<Tensor>,
-    /// Gradient of the rotated v.
-    pub dv_rot: Option<Tensor>,
-}
-
-fn zeros_if(ctx: &Context, on: bool, like: &Tensor) -> Result<Option<Tensor>> {
-    on.then(|| Tensor::zeros(ctx, like.shape(), like.dtype()))
-        .transpose()
-}
-
-impl LocalSaved {
-    /// Zeroed tensors for q of this shape and these options.
-    pub fn new(
-        ctx: &Context,
-        q: &Tensor,
-        layout: HeadLayout,
-        opts: &AttentionOptions<'_>,
-    ) -> Result<Self> {
-        let rope = opts.rope.is_some();
-        Ok(LocalSaved {
-            q_rot: zeros_if(ctx, rope, q)?,
-            k_rot: zeros_if(ctx, rope, q)?,
-            v_rot: zeros_if(ctx, rope && opts.rotary_value, q)?,
-            stats: Tensor::zeros(ctx, &stats_shape(q, layout)?, DType::F32)?,
-        })
-    }
-}
-
-impl LocalScratch {
-    /// Zeroed tensors for q of this shape and these options.
-    pub fn new(ctx: &Context, q: &Tensor, opts: &AttentionOptions<'_>) -> Result<Self> {
-        let rope = opts.rope.is_some();
-        Ok(LocalScratch {
-            dq_rot: zeros_if(ctx, rope, q)?,
-            dk_rot: zeros_if(ctx, rope, q)?,
-            dv_rot: zeros_if(ctx, rope && opts.rotary_value, q)?,
-        })
-    }
-}
-
-/// `[B, H, T, 3]` for q.
-pub fn stats_shape(q: &Tensor, layout: HeadLayout) -> Result<[usize; 4]> {
-    let h = Heads::of("local attention", "q", q, layout)?;
-    Ok([h.batch, h.heads, h.seq, 3])
-}
-
 /// The form a launch is compiled in: registers for heads up to `max_d` wide, and vec4 or
 /// scalar access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,14 +178,7 @@ fn setup(
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
 ) -> Result<(Heads, Form)> {
-    if !q.dtype().is_float() {
-        q.expect_dtype(op, "q", DType::F32)?;
-    }
-    for (what, t) in [("k", k), ("v", v)] {
-        t.expect_dtype(op, what, q.dtype())?;
-    }
-    let h = Heads::of(op, "q", q, layout)?;
-    k.expect_shape(op, "k", q.shape())?;
+    let (h, _) = qkv_heads(op, q, k, v, layout)?;
     v.expect_shape(op, "v (local attention needs v shaped like q)", q.shape())?;
     let max_d = *MAX_DIMS.iter().find(|&&m| h.dim <= m).ok_or_else(|| {
         Error::invalid(format!(
@@ -327,7 +256,7 @@ pub fn plan_forward(
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
     win: LocalWindow,
-    saved: &LocalSaved,
+    saved: &FlashSaved,
     out: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let op = "local attention";
@@ -336,23 +265,13 @@ pub fn plan_forward(
     out.expect_dtype(op, "out", q.dtype())?;
     saved
         .stats
-        .expect_shape(op, "stats", &stats_shape(q, layout)?)?;
+        .expect_shape(op, "stats", &[h.batch, h.heads, h.seq, 3])?;
     let mut plan = Vec::new();
-    let mut rotated = |x: &Tensor, slot: &Option<Tensor>, on: bool| -> Result<Tensor> {
-        match (opts.rope, slot, on) {
-            (Some(table), Some(r), true) => {
-                plan.push(rope::plan(ctx, x, layout, table, r, layout, false)?);
-                Ok(r.clone())
-            }
-            (Some(_), None, true) => Err(Error::invalid(format!(
-                "{op}: RoPE needs the rotation buffers"
-            ))),
-            _ => Ok(x.clone()),
-        }
-    };
-    let qr = rotated(q, &saved.q_rot, true)?;
-    let kr = rotated(k, &saved.k_rot, true)?;
-    let vr = rotated(v, &saved.v_rot, opts.rotary_value)?;
+    let table = opts.rope;
+    let qr = rope::rotate_into(ctx, op, table, true, q, layout, &saved.q_rot, &mut plan)?;
+    let kr = rope::rotate_into(ctx, op, table, true, k, layout, &saved.k_rot, &mut plan)?;
+    let rv = opts.rotary_value;
+    let vr = rope::rotate_into(ctx, op, table, rv, v, layout, &saved.v_rot, &mut plan)?;
     plan.push(
         builder(ctx, "forward", q.dtype(), &h, form, opts, win)
             .read("q", &qr)
@@ -377,10 +296,10 @@ pub fn plan_backward(
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
     win: LocalWindow,
-    saved: &LocalSaved,
+    saved: &FlashSaved,
     out: &Tensor,
     grad_out: &Tensor,
-    scratch: &LocalScratch,
+    scratch: &FlashScratch,
     dq: &Tensor,
     dk: &Tensor,
     dv: &Tensor,
@@ -399,23 +318,17 @@ pub fn plan_backward(
     }
     saved
         .stats
-        .expect_shape(op, "stats", &stats_shape(q, layout)?)?;
-    let rot = opts.rope.is_some();
-    let pick = |saved: &Option<Tensor>, plain: &Tensor, on: bool| -> Result<Tensor> {
-        match (saved, on) {
-            (Some(t), true) => Ok(t.clone()),
-            (None, true) => Err(Error::invalid(format!(
-                "{op}: RoPE needs the rotation buffers"
-            ))),
-            _ => Ok(plain.clone()),
-        }
-    };
-    let qr = pick(&saved.q_rot, q, rot)?;
-    let kr = pick(&saved.k_rot, k, rot)?;
-    let vr = pick(&saved.v_rot, v, rot && opts.rotary_value)?;
-    let dqr = pick(&scratch.dq_rot, dq, rot)?;
-    let dkr = pick(&scratch.dk_rot, dk, rot)?;
-    let dvr = pick(&scratch.dv_rot, dv, rot && opts.rotary_value)?;
+        .expect_shape(op, "stats", &[h.batch, h.heads, h.seq, 3])?;
+    let (rot, rot_v) = (
+        opts.rope.is_some(),
+        opts.rope.is_some() && opts.rotary_value,
+    );
+    let qr = rope::rotated_or(op, rot, &saved.q_rot, q)?;
+    let kr = rope::rotated_or(op, rot, &saved.k_rot, k)?;
+    let vr = rope::rotated_or(op, rot_v, &saved.v_rot, v)?;
+    let dqr = rope::rotated_or(op, rot, &scratch.dq_rot, dq)?;
+    let dkr = rope::rotated_or(op, rot, &scratch.dk_rot, dk)?;
+    let dvr = rope::rotated_or(op, rot_v, &scratch.dv_rot, dv)?;
     let mut plan = vec![
         builder(ctx, "bwd_dq", q.dtype(), &h, form, opts, win)
             .read("q", &qr)
@@ -459,8 +372,8 @@ pub fn forward(
     layout: HeadLayout,
     opts: &AttentionOptions<'_>,
     win: LocalWindow,
-) -> Result<(Tensor, LocalSaved)> {
-    let saved = LocalSaved::new(ctx, q, layout, opts)?;
+) -> Result<(Tensor, FlashSaved)> {
+    let saved = FlashSaved::new(ctx, q, layout, opts)?;
     let out = Tensor::zeros(ctx, q.shape(), q.dtype())?;
     ctx.submit(&plan_forward(
         ctx, q, k, v, layout, opts, win, &saved, &out,
@@ -606,9 +519,9 @@ mod tests {
     ) -> Run {
         let shape = q.shape().to_vec();
         let dt = q.dtype();
-        let saved = LocalSaved::new(ctx, q, layout, opts).unwrap();
+        let saved = FlashSaved::new(ctx, q, layout, opts).unwrap();
         crate::ops::elementwise::fill(ctx, &saved.stats, f32::NAN).unwrap();
-        let scratch = LocalScratch::new(ctx, q, opts).unwrap();
+        let scratch = FlashScratch::new(ctx, q, opts).unwrap();
         let outs: Vec<Tensor> = (0..4).map(|_| poisoned_as(ctx, &shape, dt)).collect();
         let (o, dq, dk, dv) = (&outs[0], &outs[1], &outs[2], &outs[3]);
         ctx.run(&plan_forward(ctx, q, k, v, layout, opts, win, &saved, o).unwrap())

@@ -8,11 +8,9 @@
 
 mod common;
 
+use common::reference_model::*;
 use common::*;
-use rand::{Rng, SeedableRng};
-use roformer_wgpu::check::rel_l2;
-use roformer_wgpu::io::{HostTensor, HostTensors};
-use roformer_wgpu::model::reference::{self, Weights};
+use rand::SeedableRng;
 use roformer_wgpu::model::{
     performer_projection_name, Batch, Encoder, EncoderOptions, Head, Mode, RoFormer, RoFormerConfig,
 };
@@ -20,76 +18,10 @@ use roformer_wgpu::optim::TrainOptions;
 use roformer_wgpu::{DType, Error};
 
 fn config(causal: bool, seed: u64) -> RoFormerConfig {
-    let json = format!(
-        r#"{{"vocab_size": 23, "embedding_size": 12, "hidden_size": 16, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "intermediate_size": 24, "max_position_embeddings": 16,
-            "num_labels": 3, "attention_kind": "performer", "performer_features": 12,
-            "performer_seed": {seed}, "causal": {causal}}}"#
-    );
-    RoFormerConfig::from_json(&json, "test").unwrap()
-}
-
-/// Random weights, LayerNorm and biases included, so every path carries signal.
-fn random_weights(model: &RoFormer, rng: &mut impl Rng) -> HostTensors {
-    let mut tensors = HostTensors::new();
-    for s in model.params().specs() {
-        let base = if s.name.contains("LayerNorm.weight") {
-            1.0
-        } else {
-            0.0
-        };
-        let data = (0..s.numel())
-            .map(|_| base + rng.random_range(-0.4f32..0.4))
-            .collect();
-        tensors.insert(s.name.clone(), HostTensor::f32(&s.shape, data));
-    }
-    for (l, values) in model.performer_projections().into_iter().enumerate() {
-        let shape = [values.len() / 8, 8];
-        tensors.insert(
-            performer_projection_name(l),
-            HostTensor::f32(&shape, values),
-        );
-    }
-    tensors
-}
-
-fn batch(head: Head, rng: &mut impl Rng, b: usize, t: usize) -> Batch {
-    Batch {
-        input_ids: (0..b * t).map(|_| rng.random_range(0..23)).collect(),
-        attention_mask: (0..b * t).map(|i| u32::from(i < t + 5)).collect(),
-        token_type_ids: (0..b * t).map(|_| rng.random_range(0..2)).collect(),
-        labels: match head {
-            Head::MaskedLm => (0..b * t)
-                .map(|i| {
-                    if i % 3 == 0 && i < t + 5 {
-                        rng.random_range(0..23)
-                    } else {
-                        -100
-                    }
-                })
-                .collect(),
-            _ => vec![2, 0],
-        },
-        ..Default::default()
-    }
-}
-
-/// The parameters and the projections, in f64 by name, as the reference model takes them.
-fn reference_weights(ctx: &roformer_wgpu::Context, model: &RoFormer) -> Weights {
-    let mut w: Weights = model
-        .params()
-        .download(ctx)
-        .unwrap()
-        .into_iter()
-        .map(|(n, _, v)| (n, v.iter().map(|&x| x as f64).collect()))
-        .collect();
-    for (l, p) in model.performer_projections().into_iter().enumerate() {
-        w.insert(
-            performer_projection_name(l),
-            p.iter().map(|&x| x as f64).collect(),
-        );
-    }
-    w
+    tiny_config(&format!(
+        r#""attention_kind": "performer", "performer_features": 12,
+            "performer_seed": {seed}, "causal": {causal}"#
+    ))
 }
 
 fn loss(ctx: &roformer_wgpu::Context, model: &RoFormer, batch: &Batch) -> f32 {
@@ -100,49 +32,13 @@ fn loss(ctx: &roformer_wgpu::Context, model: &RoFormer, batch: &Batch) -> f32 {
 
 fn check(head: Head, causal: bool, seed: u64) {
     let ctx = &ctx();
-    let c = config(causal, seed);
-    let model = RoFormer::new(ctx, c.clone(), head).unwrap();
+    let model = RoFormer::new(ctx, config(causal, seed), head).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     model
         .load_tensors(ctx, &random_weights(&model, &mut rng))
         .unwrap();
-    let (b, t) = (2, 7);
-    let batch = batch(head, &mut rng, b, t);
-    let mut session = model.session(ctx, b, t, Mode::Gradients).unwrap();
-    session.set_batch(ctx, &batch).unwrap();
-    let gpu_loss = session.run(ctx).unwrap().loss;
-    let grads = model.params().download_grads(ctx).unwrap();
-
-    let weights = reference_weights(ctx, &model);
-    let cpu_loss = reference::loss(&c, head, &weights, &batch, b, t).unwrap();
-    assert!(
-        ((gpu_loss as f64 - cpu_loss) / cpu_loss).abs() < 1e-5,
-        "loss: GPU {gpu_loss} vs CPU {cpu_loss}"
-    );
-    let (mut ours, mut fd) = (Vec::new(), Vec::new());
-    let h = 1e-5;
-    for (name, _, g) in &grads {
-        for _ in 0..4 {
-            let i = rng.random_range(0..g.len());
-            let mut w = weights.clone();
-            w.get_mut(name).unwrap()[i] += h;
-            let plus = reference::loss(&c, head, &w, &batch, b, t).unwrap();
-            w.get_mut(name).unwrap()[i] -= 2.0 * h;
-            let minus = reference::loss(&c, head, &w, &batch, b, t).unwrap();
-            ours.push(g[i] as f64);
-            fd.push((plus - minus) / (2.0 * h));
-        }
-    }
-    let err = rel_l2(&ours, &fd);
-    eprintln!(
-        "performer {head:?} causal={causal}: loss {gpu_loss:.6} (CPU {cpu_loss:.6}), {} sampled \
-         gradients, relative L2 {err:.2e}",
-        ours.len()
-    );
-    assert!(
-        err < 1e-3,
-        "{head:?} causal={causal}: gradients vs finite differences: relative L2 {err:.3e}"
-    );
+    let what = format!("performer {head:?} causal={causal}");
+    check_against_reference(ctx, &model, head, &mut rng, (1e-5, 1e-3), &what);
 }
 
 #[test]
@@ -173,7 +69,7 @@ fn projections_are_saved_never_trained_and_drawn_only_when_asked() {
     assert_eq!(drawn.len(), 2);
     assert_eq!(drawn[0].len(), 12 * 8);
     assert_ne!(drawn[0], drawn[1], "each layer draws its own");
-    let batch = batch(head, &mut rng, 2, 7);
+    let batch = random_batch(head, &mut rng, 2, 7);
     let mut train = model
         .session(ctx, 2, 7, Mode::Train(TrainOptions::default()))
         .unwrap();

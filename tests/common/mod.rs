@@ -10,6 +10,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use roformer_wgpu::{ops::elementwise, Context, DType, Tensor};
 
+pub mod reference_model;
+
 /// The test binary's context, held exclusively for the guard's lifetime (wgpu's GL backend
 /// cannot share a device between threads that wait on long submissions). Use as
 /// `let ctx = &ctx();`.

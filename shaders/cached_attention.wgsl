@@ -1,13 +1,18 @@
 // Attention over a key/value cache, for generation with a causal model: each sequence's new
 // tokens (a prompt's, then one at a time) attend to every cached position up to their own.
 //
-// The cache holds each sequence's keys and values `[batch, capacity, heads, dim]`, RoPE
+// The cache holds each sequence's keys and values `[batch, slots, heads, dim]`, RoPE
 // already applied (to values too with `rotary_value`), so a token's key is computed and
 // rotated once, at its true position. Row b's new tokens sit at positions starts[b],
-// starts[b] + 1, ... (sequences of a batch may be at different lengths).
+// starts[b] + 1, ... (sequences of a batch may be at different lengths), up to `positions`.
+// Position n has slot n below `ring_from`; from there on positions take the remaining slots
+// in turn (a ring: local attention keeps its global tokens, then only its last window), so
+// slot(n) = ring_from + (n - ring_from) % (slots - ring_from). A full cache has
+// ring_from = slots = positions: every position its own slot.
 //
-// append:  cache[b, starts[b] + t] = x[b, t] rotated by RoPE at that position (rotate = 1)
-//          or as it is (rotate = 0); positions at or past the capacity are not written.
+// append:  cache[b, slot(starts[b] + t)] = x[b, t] rotated by RoPE at that position
+//          (rotate = 1) or as it is (rotate = 0); positions at or past `positions` are not
+//          written.
 //          One thread per pair of features.
 // attend:  out[b, t, h] = softmax(scale · q kᵀ) v over the keys at positions
 //          0 ..= starts[b] + t, with q (x) rotated at its position on load; for local
@@ -24,11 +29,13 @@ alias T = f32;
 
 struct Params {
     batch: u32, new_tokens: u32, heads: u32, dim: u32,
-    capacity: u32, rotate: u32, scale: f32,
+    slots: u32, rotate: u32, scale: f32,
     // Local attention: keys at most `window` before the query, and the first `globals`
     // (0xffffffff and 0: every key before it).
     window: u32,
-    globals: u32, _p0: u32, _p1: u32, _p2: u32,
+    globals: u32,
+    // Positions the cache serves, and the first that shares the ring of slots.
+    positions: u32, ring_from: u32, _p0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,7 +45,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> table: array<f32>;
 // [batch]: the position of each row's first new token.
 @group(0) @binding(3) var<storage, read> starts: array<u32>;
-// [batch, capacity, heads, dim]: the cache append writes.
+// [batch, slots, heads, dim]: the cache append writes.
 @group(0) @binding(4) var<storage, read_write> cache: array<T>;
 // The caches attend reads.
 @group(0) @binding(5) var<storage, read> keys: array<T>;
@@ -54,11 +61,19 @@ const MAX_D: u32 = 128u;
 // f32::MAX in hex: Tint (Chromium) rejects the decimal 3.40282347e38 as not representable.
 const F32_MAX: f32 = 0x1.fffffep+127f;
 
+// The slot of position n (see the top).
+fn slot(n: u32) -> u32 {
+    if (n < p.ring_from) {
+        return n;
+    }
+    return p.ring_from + (n - p.ring_from) % max(p.slots - p.ring_from, 1u);
+}
+
 // The pair (x0, x1) of features (2i, 2i + 1) rotated by RoPE at `position`.
 fn rotated(x0: f32, x1: f32, position: u32, i: u32) -> vec2<f32> {
     let half = p.dim / 2u;
     // A position past the table's end cannot happen (the host sizes the table to the
-    // capacity); clamped, it reads a valid row rather than out of bounds.
+    // positions); clamped, it reads a valid row rather than out of bounds.
     let row = min(position, arrayLength(&table) / p.dim - 1u);
     let s = table[row * p.dim + i];
     let c = table[row * p.dim + half + i];
@@ -79,7 +94,7 @@ fn append(@builtin(workgroup_id) wid: vec3<u32>,
     let t = (idx / (half * p.heads)) % p.new_tokens;
     let b = idx / (half * p.heads * p.new_tokens);
     let position = starts[b] + t;
-    if (position >= p.capacity) {
+    if (position >= p.positions) {
         return;
     }
     let xi = ((b * p.new_tokens + t) * p.heads + h) * p.dim + 2u * i;
@@ -87,7 +102,7 @@ fn append(@builtin(workgroup_id) wid: vec3<u32>,
     if (p.rotate != 0u) {
         pair = rotated(pair.x, pair.y, position, i);
     }
-    let ci = ((b * p.capacity + position) * p.heads + h) * p.dim + 2u * i;
+    let ci = ((b * p.slots + slot(position)) * p.heads + h) * p.dim + 2u * i;
     cache[ci] = T(pair.x);
     cache[ci + 1u] = T(pair.y);
 }
@@ -142,7 +157,7 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>,
     let b = g / (p.heads * p.new_tokens);
     let position = starts[b] + t;
     if (li == 0u) {
-        let last = min(position, p.capacity - 1u);
+        let last = min(position, p.positions - 1u);
         // The window's first key; below it only the globals are seen.
         let first = last - min(last, p.window);
         last_sh = last;
@@ -166,7 +181,7 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>,
     var l = 0.0;
     var acc = vec2<f32>(0.0, 0.0);
     let row_stride = p.heads * p.dim;
-    let base = b * p.capacity * row_stride + h * p.dim;
+    let base = b * p.slots * row_stride + h * p.dim;
     // Tiles of TILE keys: two reductions (max, sum) per tile, whatever its length, so a
     // query over a few hundred keys waits at a handful of barriers.
     for (var tile = 0u; tile < count; tile += TILE) {
@@ -174,7 +189,7 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>,
         // Each thread scores its keys (one in WG) into workgroup memory.
         var tile_max = -F32_MAX;
         for (var jj = li; jj < in_tile; jj += WG) {
-            let kj = base + key_position(tile + jj, below, first) * row_stride;
+            let kj = base + slot(key_position(tile + jj, below, first)) * row_stride;
             var dot = 0.0;
             for (var c = 0u; c < p.dim; c++) {
                 dot += q_sh[c] * f32(keys[kj + c]);
@@ -195,7 +210,7 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>,
         l = l * alpha + reduce(1u, tile_sum, li);
         acc *= alpha;
         for (var jj = 0u; jj < in_tile; jj++) {
-            let vj = base + key_position(tile + jj, below, first) * row_stride;
+            let vj = base + slot(key_position(tile + jj, below, first)) * row_stride;
             let w = probs[jj];
             if (li < p.dim) {
                 acc.x += w * f32(values[vj + li]);

@@ -185,11 +185,15 @@ pub fn generate(args: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
         return Ok(());
     }
-    let formula = 2 * args.layers * capacity * args.hidden * 4;
+    // A local model keeps its globals and a ring for the window and the 4-token prompt.
+    let slots = args
+        .window
+        .map_or(capacity, |w| capacity.min(args.globals + w + 4));
+    let formula = 2 * args.layers * slots * args.hidden * 4;
     println!(
-        "\ncache     {} bytes for {capacity} positions (formula 2 × {} layers × 1 sequence × \
-         {capacity} × {} × 4 bytes = {formula}); the encoder reports {} bytes for the \
-         generation (caches and step activations)",
+        "\ncache     {} bytes for {capacity} positions in {slots} slots (formula 2 × {} layers × \
+         1 sequence × {slots} × {} × 4 bytes = {formula}); the encoder reports {} bytes for \
+         the generation (caches and step activations)",
         g.cache_bytes(),
         args.layers,
         args.hidden,

@@ -9,8 +9,11 @@
 //! cost per token do not grow at all.
 //!
 //! A [`Generation`] holds its caches (`[sequences, capacity, heads, head dim]` per layer,
-//! keys and values, in the encoder's precision; or the f32 states) and two plans: the prefill, sized to the
-//! longest prompt, and the one-token step. Sequences may have prompts of different lengths
+//! keys and values, in the encoder's precision; or the f32 states) and two plans: the
+//! prefill, sized to the longest prompt, and the one-token step. A local-attention model's
+//! cache keeps only its global tokens and a ring of `window` + [`PREFILL_CHUNK`] slots
+//! (fewer for shorter prompts), which later positions take in turn, so its memory too stays
+//! flat; its prompts then run in chunks of that many tokens. Sequences may have prompts of different lengths
 //! and finish at different times; each sits at its own position. Only the logits of each
 //! sequence's newest token come back. Choosing the next token (greedy, sampling, penalties,
 //! stopping) is the caller's: see `pipelines::generate`.
@@ -30,6 +33,10 @@ use crate::tensor::Tensor;
 
 /// The logits of each sequence's newest token, `[vocab]` each, in the order of the prompts.
 pub type NextLogits = Vec<Vec<f32>>;
+
+/// Prompt tokens a local-attention model's prefill runs at a time: its cache's ring holds the
+/// window and one such chunk.
+pub const PREFILL_CHUNK: usize = 256;
 
 /// A generation in progress (see the module documentation). Made by [`Encoder::generate`].
 pub struct Generation<'a> {
@@ -94,6 +101,44 @@ impl Planned {
         })
     }
 
+    /// Writes the inputs of the next pass (a write is ordered before later submissions, after
+    /// earlier ones).
+    fn write(
+        &self,
+        ctx: &Context,
+        ids: &[u32],
+        starts: &[u32],
+        counts: &[u32],
+        last: &[u32],
+    ) -> Result<()> {
+        self.inputs.ids.write(ctx, ids)?;
+        self.inputs.starts.write(ctx, starts)?;
+        self.inputs.counts.write(ctx, counts)?;
+        self.inputs.last.write(ctx, last)
+    }
+
+    /// Writes the inputs and submits the pass, reading nothing back (a prompt's chunk before
+    /// its last).
+    fn submit(&self, ctx: &Context, ids: &[u32], starts: &[u32], counts: &[u32]) -> Result<()> {
+        ctx.refuse_if_plan_only("generation prefill")?;
+        self.write(ctx, ids, starts, counts, &vec![0; starts.len()])?;
+        ctx.scoped("generation prefill", || {
+            let mut encoder =
+                ctx.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("generation prefill"),
+                    });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("generation prefill"),
+                    timestamp_writes: None,
+                });
+                self.plan.encode(&mut pass);
+            }
+            ctx.queue().submit([encoder.finish()]);
+        })
+    }
+
     /// Writes the inputs, submits the pass and reads back the wanted rows' logits.
     fn run(
         &self,
@@ -104,10 +149,7 @@ impl Planned {
         last: &[u32],
         rows: usize,
     ) -> Result<Pending<NextLogits>> {
-        self.inputs.ids.write(ctx, ids)?;
-        self.inputs.starts.write(ctx, starts)?;
-        self.inputs.counts.write(ctx, counts)?;
-        self.inputs.last.write(ctx, last)?;
+        self.write(ctx, ids, starts, counts, last)?;
         let logits = self.plan.tensor(self.logits)?.clone();
         let vocab = logits.shape()[1];
         let dtype = logits.dtype();
@@ -147,6 +189,17 @@ impl Encoder {
         ctx: &Context,
         prompts: &[Vec<u32>],
         capacity: usize,
+    ) -> Result<(Generation<'_>, Pending<NextLogits>)> {
+        self.generate_in_chunks(ctx, prompts, capacity, PREFILL_CHUNK)
+    }
+
+    /// [`Encoder::generate`] with a local model's prompts run `chunk` tokens at a time.
+    fn generate_in_chunks(
+        &self,
+        ctx: &Context,
+        prompts: &[Vec<u32>],
+        capacity: usize,
+        chunk: usize,
     ) -> Result<(Generation<'_>, Pending<NextLogits>)> {
         let (c, store, _) = self.parts();
         if self.head() != Head::CausalLm {
@@ -206,27 +259,35 @@ impl Encoder {
         let rows = prompts.len();
         let dtype = store.dtype();
         let heads = c.num_attention_heads;
+        let longest = *lengths.iter().max().unwrap_or(&1);
+        // A local model's cache: the globals, then a ring for the window and a prompt chunk,
+        // where that is smaller than the capacity.
+        let ring = c.local_window().and_then(|w| {
+            let chunk = longest.min(chunk.max(1));
+            let slots = w.globals.saturating_add(w.window).saturating_add(chunk);
+            (slots < capacity).then_some((w, chunk))
+        });
         let caches = (0..c.num_hidden_layers)
-            .map(|_| match c.attention {
-                AttentionKind::Linear => {
+            .map(|_| match (c.attention, ring) {
+                (AttentionKind::Linear, _) => {
                     LinearState::new(ctx, rows, heads, head_dim, head_dim).map(LayerCache::Linear)
+                }
+                (_, Some((w, chunk))) => {
+                    let slots = w.window + chunk;
+                    KvCache::ring(
+                        ctx, rows, capacity, w.globals, slots, heads, head_dim, dtype,
+                    )
+                    .map(LayerCache::KeysValues)
                 }
                 _ => KvCache::new(ctx, rows, capacity, heads, head_dim, dtype)
                     .map(LayerCache::KeysValues),
             })
             .collect::<Result<Vec<_>>>()?;
         // The prefill first: planned after it, the step may take over its buffers.
-        let block = *lengths.iter().max().unwrap_or(&1);
+        let block = ring.map_or(longest, |(_, chunk)| chunk);
         let mut pool = Vec::new();
         let prefill = Planned::new(ctx, self, &caches, rows, block, &mut pool)?;
-        let pad = c.pad_token_id.unwrap_or(0);
-        let mut ids = vec![pad; rows * block];
-        for (r, p) in prompts.iter().enumerate() {
-            ids[r * block..r * block + p.len()].copy_from_slice(p);
-        }
-        let last: Vec<u32> = lengths.iter().map(|&n| (n - 1) as u32).collect();
-        let counts: Vec<u32> = lengths.iter().map(|&n| n as u32).collect();
-        let first = prefill.run(ctx, &ids, &vec![0; rows], &counts, &last, rows)?;
+        let first = prefill_prompts(ctx, &prefill, prompts, block, c.pad_token_id.unwrap_or(0))?;
         let step = Planned::new(ctx, self, &caches, rows, 1, &mut pool)?;
         let bytes = caches.iter().map(LayerCache::byte_size).sum::<u64>()
             + pool.iter().map(Tensor::byte_size).sum::<u64>();
@@ -243,6 +304,47 @@ impl Encoder {
         };
         Ok((generation, first))
     }
+}
+
+/// Runs the prompts through `prefill` in blocks of `block` tokens (one block unless the
+/// cache is a ring) and returns the logits of each prompt's last token. A prompt that has
+/// ended runs its last token again at its position (the same key and value, the same
+/// logits) in the blocks after, so the last block's logits are every prompt's; the padding
+/// behind a prompt lands past its end, where the next tokens overwrite it.
+fn prefill_prompts(
+    ctx: &Context,
+    prefill: &Planned,
+    prompts: &[Vec<u32>],
+    block: usize,
+    pad: u32,
+) -> Result<Pending<NextLogits>> {
+    let rows = prompts.len();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+    let blocks = longest.div_ceil(block);
+    for n in 0..blocks {
+        let from = n * block;
+        let mut ids = vec![pad; rows * block];
+        let (mut starts, mut counts, mut last) = (vec![0; rows], vec![0; rows], vec![0; rows]);
+        for (r, p) in prompts.iter().enumerate() {
+            let row = &mut ids[r * block..][..block];
+            if from < p.len() {
+                let part = &p[from..p.len().min(from + block)];
+                row[..part.len()].copy_from_slice(part);
+                (starts[r], counts[r], last[r]) = (from, part.len(), part.len() - 1);
+            } else {
+                row[0] = p[p.len() - 1];
+                starts[r] = p.len() - 1;
+            }
+        }
+        let u32s = |v: Vec<usize>| -> Vec<u32> { v.into_iter().map(|x| x as u32).collect() };
+        let (starts, counts) = (u32s(starts), u32s(counts));
+        if n + 1 < blocks {
+            prefill.submit(ctx, &ids, &starts, &counts)?;
+        } else {
+            return prefill.run(ctx, &ids, &starts, &counts, &u32s(last), rows);
+        }
+    }
+    Err(Error::invalid("generation needs at least one prompt"))
 }
 
 impl Generation<'_> {
@@ -311,8 +413,10 @@ impl Generation<'_> {
         self.capacity
     }
 
-    /// Bytes of the key/value caches (`2 × layers × sequences × capacity × hidden` values), or
-    /// of a linear-attention model's states (`layers × sequences × heads × (d² + d)` f32).
+    /// Bytes of the key/value caches (`2 × layers × sequences × capacity × hidden` values;
+    /// a local model's ring: `globals + window + min(longest prompt, PREFILL_CHUNK)` slots
+    /// in place of the capacity, when fewer), or of a linear-attention model's states
+    /// (`layers × sequences × heads × (d² + d)` f32).
     pub fn cache_bytes(&self) -> u64 {
         self.caches.iter().map(LayerCache::byte_size).sum()
     }
@@ -326,5 +430,65 @@ impl Generation<'_> {
 impl Drop for Generation<'_> {
     fn drop(&mut self) {
         self.live.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::rel_l2;
+    use crate::model::{EncoderOptions, Request, RoFormerConfig, Sequence, Want};
+    use crate::testing::ctx;
+
+    /// A local model whose prompts (11, 4 and 9 tokens) run in chunks of 4 into a ring of
+    /// 1 global + 3 window + 4 slots, then 20 steps around it: every step's logits are the
+    /// encoder's over the whole sequence so far (which knows nothing of caches).
+    #[test]
+    fn a_ring_cache_and_chunked_prompts_give_the_whole_sequences_logits() {
+        let ctx = &ctx();
+        let config = RoFormerConfig::from_json(
+            r#"{"vocab_size": 23, "embedding_size": 16, "hidden_size": 16,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 24,
+                "max_position_embeddings": 64, "is_decoder": true, "attention_kind": "local",
+                "attention_window": 3, "global_tokens": 1}"#,
+            "test",
+        )
+        .unwrap();
+        let e = Encoder::new(ctx, config, Head::CausalLm, EncoderOptions::default()).unwrap();
+        e.init_random(ctx, 7).unwrap();
+        let mut seqs: Vec<Vec<u32>> = [11usize, 4, 9]
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| (0..n).map(|i| ((i * 5 + r * 3 + 1) % 23) as u32).collect())
+            .collect();
+        let (mut g, first) = e.generate_in_chunks(ctx, &seqs, 40, 4).unwrap();
+        let slots = 1 + 3 + 4;
+        let kv_bytes = 2 * 2 * 3 * slots * 16 * 4;
+        assert_eq!(g.cache_bytes(), kv_bytes as u64);
+        let mut logits = first.wait(ctx).unwrap();
+        for step in 0..=20 {
+            for (r, seq) in seqs.iter().enumerate() {
+                let request = Request::new(vec![Sequence::new(seq.clone())], Want::logits());
+                let all = e.run_blocking(ctx, &request).unwrap();
+                let all = &all.logits(0).unwrap().data;
+                let want = &all[all.len() - 23..];
+                let err = rel_l2(&logits[r], want);
+                assert!(
+                    err < 1e-5,
+                    "step {step}, sequence {r}: relative error {err:.2e}"
+                );
+            }
+            if step == 20 {
+                break;
+            }
+            let next: Vec<u32> = (0..3)
+                .map(|r| ((step * 7 + r * 2 + 5) % 23) as u32)
+                .collect();
+            for (seq, &t) in seqs.iter_mut().zip(&next) {
+                seq.push(t);
+            }
+            let tokens: Vec<Option<u32>> = next.into_iter().map(Some).collect();
+            logits = g.append(ctx, &tokens).unwrap().wait(ctx).unwrap();
+        }
     }
 }

@@ -444,11 +444,14 @@ pub(crate) fn build_cached(
             let (q, k, v) = (q?, k?, v?);
             let out = out.reshape(&heads_shape)?;
             Ok(match &cache {
-                LayerCache::KeysValues(cache) => vec![
-                    cached::plan_append(ctx, &k, &table, &starts, &cache.keys, true)?,
-                    cached::plan_append(ctx, &v, &table, &starts, &cache.values, rotary_value)?,
-                    cached::plan_attend(ctx, &q, &table, &starts, cache, local, &out)?,
-                ],
+                LayerCache::KeysValues(cache) => {
+                    let mut plan =
+                        cached::plan_append(ctx, &k, &v, &table, &starts, cache, rotary_value)?;
+                    plan.push(cached::plan_attend(
+                        ctx, &q, &table, &starts, cache, local, &out,
+                    )?);
+                    plan
+                }
                 LayerCache::Linear(state) => vec![recurrent::plan_step(
                     ctx,
                     &q,

@@ -10,6 +10,10 @@
 //! Rows of a batch may be at different lengths: row b's new tokens start at `starts[b]`, a
 //! `[B]` u32 tensor read when the dispatch runs, so one planned step serves every position.
 //! Forward only (generation trains nothing); f32 or f16 tensors, f32 arithmetic.
+//!
+//! A cache holds every position ([`KvCache::new`]), or, for local attention, its global
+//! tokens and a ring of slots that the later positions take in turn ([`KvCache::ring`]):
+//! its memory then stays flat however long the sequence, as the step's cost does.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -44,28 +48,32 @@ struct Params {
     new_tokens: u32,
     heads: u32,
     dim: u32,
-    capacity: u32,
+    slots: u32,
     rotate: u32,
     scale: f32,
     window: u32,
     globals: u32,
+    positions: u32,
+    ring_from: u32,
     _p0: u32,
-    _p1: u32,
-    _p2: u32,
 }
 
-/// One layer's cache: keys and values `[batch, capacity, heads, dim]`, RoPE applied.
+/// One layer's cache: keys and values `[batch, slots, heads, dim]`, RoPE applied. Position
+/// `n` is kept in slot `n` below [`KvCache::ring_from`], and from there on in the ring of
+/// the remaining slots ([`KvCache::slot`]).
 #[derive(Clone, Debug)]
 pub struct KvCache {
     /// Each position's rotated key.
     pub keys: Tensor,
     /// Each position's value (rotated with `rotary_value`).
     pub values: Tensor,
+    positions: usize,
+    ring_from: usize,
 }
 
 impl KvCache {
-    /// A zeroed cache for `batch` sequences of up to `capacity` tokens, `heads` heads of
-    /// `dim` features, stored as `dtype` (f32 or f16).
+    /// A zeroed cache for `batch` sequences of up to `capacity` tokens, each position in its
+    /// own slot, `heads` heads of `dim` features, stored as `dtype` (f32 or f16).
     pub fn new(
         ctx: &Context,
         batch: usize,
@@ -74,17 +82,85 @@ impl KvCache {
         dim: usize,
         dtype: DType,
     ) -> Result<KvCache> {
-        let shape = [batch, capacity, heads, dim];
+        KvCache::with_slots(
+            ctx,
+            [batch, capacity, heads, dim],
+            capacity,
+            capacity,
+            dtype,
+        )
+    }
+
+    /// A zeroed cache for local attention over sequences of up to `positions` tokens that
+    /// keeps the first `kept` positions (the global tokens) and a ring of `ring` slots for
+    /// the others: enough for a window of `w` keys and blocks of `n` new tokens when
+    /// `ring ≥ w + n` ([`plan_attend`] checks it). As [`KvCache::new`] when the ring would
+    /// not be smaller.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ring(
+        ctx: &Context,
+        batch: usize,
+        positions: usize,
+        kept: usize,
+        ring: usize,
+        heads: usize,
+        dim: usize,
+        dtype: DType,
+    ) -> Result<KvCache> {
+        if ring == 0 {
+            return Err(Error::invalid(
+                "a key/value cache's ring needs at least one slot",
+            ));
+        }
+        let slots = kept.saturating_add(ring);
+        if slots >= positions {
+            return KvCache::new(ctx, batch, positions, heads, dim, dtype);
+        }
+        KvCache::with_slots(ctx, [batch, slots, heads, dim], positions, kept, dtype)
+    }
+
+    fn with_slots(
+        ctx: &Context,
+        shape: [usize; 4],
+        positions: usize,
+        ring_from: usize,
+        dtype: DType,
+    ) -> Result<KvCache> {
         Ok(KvCache {
             keys: Tensor::zeros(ctx, &shape, dtype)?,
             values: Tensor::zeros(ctx, &shape, dtype)?,
+            positions,
+            ring_from,
         })
     }
 
-    /// `[batch, capacity, heads, dim]`.
+    /// `[batch, slots, heads, dim]`.
     pub fn shape(&self) -> [usize; 4] {
         let s = self.keys.shape();
         [s[0], s[1], s[2], s[3]]
+    }
+
+    /// Positions each sequence may reach (`0 .. positions`).
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+
+    /// The first position that shares the ring (the number of slots for a full cache).
+    pub fn ring_from(&self) -> usize {
+        self.ring_from
+    }
+
+    /// Slots in the ring: 0 for a full cache.
+    pub fn ring_slots(&self) -> usize {
+        self.shape()[1] - self.ring_from.min(self.shape()[1])
+    }
+
+    /// The slot that holds position `n`.
+    pub fn slot(&self, n: usize) -> usize {
+        match n.checked_sub(self.ring_from) {
+            Some(past) if self.ring_slots() > 0 => self.ring_from + past % self.ring_slots(),
+            _ => n,
+        }
     }
 
     /// Bytes held (keys and values).
@@ -99,12 +175,17 @@ fn check(
     x: &Tensor,
     table: &Tensor,
     starts: &Tensor,
-    cache: &Tensor,
+    cache: &KvCache,
 ) -> Result<Params> {
     x.expect_float(op, "x")?;
-    cache.expect_dtype(op, "cache", x.dtype())?;
+    for (what, t) in [("keys", &cache.keys), ("values", &cache.values)] {
+        t.expect_dtype(op, what, x.dtype())?;
+    }
+    cache
+        .values
+        .expect_shape(op, "values", cache.keys.shape())?;
     let xs = x.shape();
-    let cs = cache.shape();
+    let cs = cache.keys.shape();
     if xs.len() != 4 || cs.len() != 4 {
         return Err(Error::shape(op, "x", "[batch, new tokens, heads, dim]", xs));
     }
@@ -122,12 +203,12 @@ fn check(
             "{op}: heads of {dim} features; the kernel takes even widths up to {MAX_HEAD_DIM}"
         )));
     }
-    let capacity = cs[1];
-    if new_tokens > capacity {
+    let (slots, positions) = (cs[1], cache.positions);
+    if new_tokens > positions {
         return Err(Error::shape(
             op,
             "x",
-            format!("at most the cache's {capacity} new tokens"),
+            format!("at most the cache's {positions} new tokens"),
             xs,
         ));
     }
@@ -135,11 +216,11 @@ fn check(
     starts.expect_shape(op, "starts", &[batch])?;
     table.expect_dtype(op, "table", DType::F32)?;
     let ts = table.shape();
-    if ts.len() != 2 || ts[1] != dim || ts[0] < capacity {
+    if ts.len() != 2 || ts[1] != dim || ts[0] < positions {
         return Err(Error::shape(
             op,
             "table",
-            format!("[positions >= {capacity}, {dim}]"),
+            format!("[positions >= {positions}, {dim}]"),
             ts,
         ));
     }
@@ -148,50 +229,59 @@ fn check(
         new_tokens: new_tokens as u32,
         heads: heads as u32,
         dim: dim as u32,
-        capacity: capacity as u32,
+        slots: slots as u32,
         rotate: 0,
         scale: 1.0 / (dim as f32).sqrt(),
         // Every key up to the query's position.
         window: u32::MAX,
         globals: 0,
+        positions: positions as u32,
+        ring_from: cache.ring_from.min(slots) as u32,
         _p0: 0,
-        _p1: 0,
-        _p2: 0,
     })
 }
 
-/// Writes the new keys or values `x` (`[batch, new, heads, dim]`) into `cache` (one of a
-/// [`KvCache`]'s tensors) at positions `starts[b] + t`, rotated by RoPE there when
-/// `rotate`. Positions past the capacity are not written: the caller keeps
-/// `starts[b] + new ≤ capacity` for the rows it reads.
+/// Writes the new keys `k` and values `v` (`[batch, new, heads, dim]`) into `cache` at
+/// positions `starts[b] + t` (their slots), keys rotated by RoPE there, values too with
+/// `rotary_value`. Positions past the cache's are not written: the caller keeps
+/// `starts[b] + new ≤ positions` for the rows it reads.
 pub fn plan_append(
     ctx: &Context,
-    x: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
     table: &Tensor,
     starts: &Tensor,
-    cache: &Tensor,
-    rotate: bool,
-) -> Result<Dispatch> {
-    let p = Params {
-        rotate: rotate as u32,
-        ..check("cached attention append", x, table, starts, cache)?
-    };
-    let pairs = x.numel() as u64 / 2;
-    DispatchBuilder::family(ctx, &FAMILY, "append")
-        .element_type("T", x.dtype())
-        .params(&p)
-        .read("x", x)
-        .read("table", table)
-        .read("starts", starts)
-        .write("cache", cache)
-        .build(ctx.grid_1d(pairs.div_ceil(256))?)
+    cache: &KvCache,
+    rotary_value: bool,
+) -> Result<Vec<Dispatch>> {
+    let op = "cached attention append";
+    let p = check(op, k, table, starts, cache)?;
+    v.expect_shape(op, "v", k.shape())?;
+    let pairs = k.numel() as u64 / 2;
+    [(k, &cache.keys, true), (v, &cache.values, rotary_value)]
+        .into_iter()
+        .map(|(x, into, rotate)| {
+            DispatchBuilder::family(ctx, &FAMILY, "append")
+                .element_type("T", x.dtype())
+                .params(&Params {
+                    rotate: rotate as u32,
+                    ..p
+                })
+                .read("x", x)
+                .read("table", table)
+                .read("starts", starts)
+                .write("cache", into)
+                .build(ctx.grid_1d(pairs.div_ceil(256))?)
+        })
+        .collect()
 }
 
 /// `out = softmax(qkᵀ/√d) v` for the queries `q` (`[batch, new, heads, dim]`, not yet
 /// rotated: the kernel rotates each at its position `starts[b] + t`) over the cached
 /// positions `0 ..= starts[b] + t`; with a `local` window, over those the query sees
 /// (causal: the last `window` + 1 and the first `globals`), so that a step's work does not
-/// grow with the position.
+/// grow with the position. A ring cache ([`KvCache::ring`]) needs `local`, its globals
+/// among the kept positions, and `window` + new tokens within the ring.
 pub fn plan_attend(
     ctx: &Context,
     q: &Tensor,
@@ -202,22 +292,35 @@ pub fn plan_attend(
     out: &Tensor,
 ) -> Result<Dispatch> {
     let op = "cached attention";
-    let mut p = check(op, q, table, starts, &cache.keys)?;
+    let mut p = check(op, q, table, starts, cache)?;
     if let Some(w) = local {
-        // (Windows past the capacity see every key: the same as u32::MAX.)
-        p.window = w.window.min(p.capacity as usize) as u32;
-        p.globals = w.globals.min(p.capacity as usize) as u32;
+        // (Windows past the positions see every key: the same as u32::MAX.)
+        p.window = w.window.min(cache.positions) as u32;
+        p.globals = w.globals.min(cache.positions) as u32;
     }
-    cache
-        .values
-        .expect_shape(op, "values", cache.keys.shape())?;
-    cache.values.expect_dtype(op, "values", q.dtype())?;
+    let ring = cache.ring_slots();
+    if ring > 0 {
+        // The ring must hold every key a block's queries see past the kept positions.
+        let needed = local.map(|w| (w.globals, w.window.saturating_add(q.shape()[1])));
+        match needed {
+            Some((globals, keys)) if globals <= cache.ring_from && keys <= ring => {}
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{op}: a cache that keeps {} positions and a ring of {ring} slots serves \
+                     local attention with at most that many globals and window + new tokens \
+                     ({local:?}, {} new tokens)",
+                    cache.ring_from,
+                    q.shape()[1]
+                )))
+            }
+        }
+    }
     out.expect_shape(op, "out", q.shape())?;
     out.expect_dtype(op, "out", q.dtype())?;
     let rows = (p.batch * p.new_tokens * p.heads) as u64;
-    // Each query reads up to `capacity` keys and values (local: its window and globals).
-    let keys = local.map_or(p.capacity as usize, |w| {
-        (w.window.saturating_add(1).saturating_add(w.globals)).min(p.capacity as usize)
+    // Each query reads up to `positions` keys and values (local: its window and globals).
+    let keys = local.map_or(cache.positions, |w| {
+        (w.window.saturating_add(1).saturating_add(w.globals)).min(cache.positions)
     }) as u64;
     DispatchBuilder::family(ctx, &FAMILY, "attend")
         .element_type("T", q.dtype())
@@ -242,14 +345,14 @@ fn param_blocks() -> Vec<ParamBlock> {
             new_tokens,
             heads,
             dim,
-            capacity,
+            slots,
             rotate,
             scale,
             window,
             globals,
-            _p0,
-            _p1,
-            _p2
+            positions,
+            ring_from,
+            _p0
         }),
     }]
 }
@@ -264,11 +367,14 @@ mod tests {
     /// Sequences fed to the cache as a ragged prompt block, then a token at a time, give
     /// each token the output of causal attention with RoPE over its whole sequence (the
     /// f64 reference of the materialised form, or of local attention with `local`'s
-    /// window, which know nothing of caches).
+    /// window, which know nothing of caches). With `ring`, a local cache keeps the globals
+    /// and a ring of `window` + prompt block slots (the fewest it may), which the longer
+    /// sequences wrap around many times.
     fn check_against_full_attention(
         dtype: DType,
         rotary_value: bool,
         local: Option<LocalWindow>,
+        ring: bool,
         tol: f64,
     ) {
         let ctx = &ctx();
@@ -336,11 +442,18 @@ mod tests {
             let want = swap_th(&want, (batch, heads, total, dim));
 
             let table = rope::table(ctx, total, dim).unwrap();
-            let cache = KvCache::new(ctx, batch, total, heads, dim, dtype).unwrap();
-            let mut got = vec![f32::NAN; n];
-            let row = heads * dim;
             // The prompt block: as many tokens as the longest prompt, from position 0.
             let block = *prompts.iter().max().unwrap();
+            let cache = match local {
+                Some(w) if ring => {
+                    let slots = w.window + block;
+                    KvCache::ring(ctx, batch, total, w.globals, slots, heads, dim, dtype)
+                }
+                _ => KvCache::new(ctx, batch, total, heads, dim, dtype),
+            }
+            .unwrap();
+            let mut got = vec![f32::NAN; n];
+            let row = heads * dim;
             let run = |new: usize, starts: &[usize], pick: &dyn Fn(usize, usize) -> usize| {
                 let take = |x: &[f32]| -> Vec<f32> {
                     let mut out = Vec::with_capacity(batch * new * row);
@@ -361,12 +474,10 @@ mod tests {
                     upload_as(ctx, &take(&v), &shape, dtype),
                 );
                 let out = poisoned_as(ctx, &shape, dtype);
-                ctx.run(&[
-                    plan_append(ctx, &tk, &table, &st, &cache.keys, true).unwrap(),
-                    plan_append(ctx, &tv, &table, &st, &cache.values, rotary_value).unwrap(),
-                    plan_attend(ctx, &tq, &table, &st, &cache, local, &out).unwrap(),
-                ])
-                .unwrap();
+                let mut plan = plan_append(ctx, &tk, &tv, &table, &st, &cache, rotary_value);
+                let plan = plan.as_mut().unwrap();
+                plan.push(plan_attend(ctx, &tq, &table, &st, &cache, local, &out).unwrap());
+                ctx.run(plan).unwrap();
                 download_f32(ctx, &out)
             };
             // Past a row's prompt the block holds other tokens: padding the cache must not keep.
@@ -398,7 +509,11 @@ mod tests {
                 }
             }
             assert_close(
-                &format!("cached attention {dtype:?} B{batch} H{heads} d{dim} T{total} {local:?}"),
+                &format!(
+                    "cached attention {dtype:?} B{batch} H{heads} d{dim} T{total} {local:?} \
+                     slots {}",
+                    cache.shape()[1]
+                ),
                 &got,
                 &want,
                 tol,
@@ -408,8 +523,8 @@ mod tests {
 
     #[test]
     fn cached_attention_equals_causal_attention_over_the_whole_sequence() {
-        check_against_full_attention(DType::F32, false, None, 1e-5);
-        check_against_full_attention(DType::F32, true, None, 1e-5);
+        check_against_full_attention(DType::F32, false, None, false, 1e-5);
+        check_against_full_attention(DType::F32, true, None, false, 1e-5);
     }
 
     /// Local attention over the cache: a query sees the last `window` + 1 keys and the first
@@ -420,18 +535,73 @@ mod tests {
     fn cached_local_attention_sees_its_window_and_globals() {
         for (window, globals) in [(0, 0), (3, 1), (5, 2), (40, 3), (1030, 3), (2000, 0)] {
             let w = LocalWindow { window, globals };
-            check_against_full_attention(DType::F32, true, Some(w), 1e-5);
+            check_against_full_attention(DType::F32, true, Some(w), false, 1e-5);
         }
     }
 
+    /// The same over a ring cache: the globals kept, then `window` + prompt block slots
+    /// that later positions take in turn (129 positions through 14 slots: nine times round).
     #[test]
-    fn cached_attention_in_f16() {
-        check_against_full_attention(DType::F16, true, None, 3e-3);
+    fn a_ring_cache_serves_local_attention_as_a_full_one() {
+        for (window, globals) in [(0, 0), (3, 1), (5, 2), (40, 3)] {
+            let w = LocalWindow { window, globals };
+            check_against_full_attention(DType::F32, true, Some(w), true, 1e-5);
+        }
         let w = LocalWindow {
             window: 4,
             globals: 1,
         };
-        check_against_full_attention(DType::F16, true, Some(w), 3e-3);
+        check_against_full_attention(DType::F16, true, Some(w), true, 3e-3);
+    }
+
+    /// A ring holds only what local attention sees: softmax attention over it, more globals
+    /// than it keeps, or a window and block wider than its ring are refused.
+    #[test]
+    fn a_ring_cache_refuses_what_it_cannot_hold() {
+        let ctx = &ctx();
+        let table = rope::table(ctx, 64, 4).unwrap();
+        let cache = KvCache::ring(ctx, 1, 64, 2, 8, 1, 4, DType::F32).unwrap();
+        assert_eq!(cache.shape(), [1, 10, 1, 4]);
+        assert_eq!(
+            (cache.slot(1), cache.slot(2), cache.slot(9), cache.slot(10)),
+            (1, 2, 9, 2)
+        );
+        let starts = Tensor::from_slice(ctx, &[20u32], &[1]).unwrap();
+        let x = Tensor::zeros(ctx, &[1, 3, 1, 4], DType::F32).unwrap();
+        let out = Tensor::zeros(ctx, &[1, 3, 1, 4], DType::F32).unwrap();
+        let fits = LocalWindow {
+            window: 5,
+            globals: 2,
+        };
+        plan_attend(ctx, &x, &table, &starts, &cache, Some(fits), &out).unwrap();
+        for local in [
+            None,
+            Some(LocalWindow {
+                window: 6,
+                globals: 2,
+            }),
+            Some(LocalWindow {
+                window: 5,
+                globals: 3,
+            }),
+        ] {
+            let e = plan_attend(ctx, &x, &table, &starts, &cache, local, &out).unwrap_err();
+            assert!(e.to_string().contains("ring of 8 slots"), "{e}");
+        }
+        // A ring as large as the positions is a full cache.
+        let full = KvCache::ring(ctx, 1, 10, 2, 8, 1, 4, DType::F32).unwrap();
+        assert_eq!((full.shape()[1], full.ring_slots()), (10, 0));
+        assert!(KvCache::ring(ctx, 1, 64, 2, 0, 1, 4, DType::F32).is_err());
+    }
+
+    #[test]
+    fn cached_attention_in_f16() {
+        check_against_full_attention(DType::F16, true, None, false, 3e-3);
+        let w = LocalWindow {
+            window: 4,
+            globals: 1,
+        };
+        check_against_full_attention(DType::F16, true, Some(w), false, 3e-3);
     }
 
     #[test]
@@ -444,7 +614,8 @@ mod tests {
         let out = Tensor::zeros(ctx, &[2, 3, 1, 4], DType::F32).unwrap();
         plan_attend(ctx, &x, &table, &starts, &cache, None, &out).unwrap();
         let wrong_batch = Tensor::zeros(ctx, &[3, 3, 1, 4], DType::F32).unwrap();
-        assert!(plan_append(ctx, &wrong_batch, &table, &starts, &cache.keys, true).is_err());
+        assert!(plan_append(ctx, &wrong_batch, &x, &table, &starts, &cache, true).is_err());
+        assert!(plan_append(ctx, &x, &wrong_batch, &table, &starts, &cache, true).is_err());
         let short_table = rope::table(ctx, 4, 4).unwrap();
         assert!(plan_attend(ctx, &x, &short_table, &starts, &cache, None, &out).is_err());
         let odd = KvCache::new(ctx, 2, 8, 1, 3, DType::F32).unwrap();

@@ -1,6 +1,6 @@
 //! Generation with a causal RoFormer over a key/value cache (or, for linear attention, a
-//! recurrent state): the prompts run once (a prefill
-//! pass that fills each layer's cache), then each step runs one new token per sequence,
+//! recurrent state): the prompts run once (a prefill pass that fills each layer's cache; for
+//! a local model with a ring, in chunks), then each step runs one new token per sequence,
 //! attending to the cached keys and values, RoPE at each token's true position. A step's
 //! cost does not grow with the tokens before it beyond one dot product and one weighted add
 //! per cached key (local attention: per key of its window and its global tokens); its
@@ -8,13 +8,14 @@
 //! layer's recurrent state (`Σ R φ(k) vᵀ` and `Σ φ(k)`, RoFormer eq. 19), whose size and
 //! cost per token do not grow at all.
 //!
-//! A [`Generation`] holds its caches (`[sequences, capacity, heads, head dim]` per layer,
-//! keys and values, in the encoder's precision; or the f32 states) and two plans: the
-//! prefill, sized to the longest prompt, and the one-token step. A local-attention model's
-//! cache keeps only its global tokens and a ring of `window` + [`PREFILL_CHUNK`] slots
-//! (fewer for shorter prompts), which later positions take in turn, so its memory too stays
-//! flat; its prompts then run in chunks of that many tokens. Sequences may have prompts of different lengths
-//! and finish at different times; each sits at its own position. Only the logits of each
+//! A [`Generation`] holds its caches (`[sequences, slots, heads, head dim]` per layer, keys
+//! and values, in the encoder's precision; or the f32 states) and two plans: the prefill,
+//! sized to the longest prompt (or to a chunk), and the one-token step. A cache has a slot
+//! per position up to the capacity, except a local-attention model's where fewer do: it
+//! keeps the global tokens and a ring of `window + chunk` slots that later positions take in
+//! turn, `chunk` being the longest prompt or [`PREFILL_CHUNK`] if less, and its prompts then
+//! run `chunk` tokens at a time. Its memory too then stays flat. Sequences may have prompts
+//! of different lengths and finish at different times; each sits at its own position. Only the logits of each
 //! sequence's newest token come back. Choosing the next token (greedy, sampling, penalties,
 //! stopping) is the caller's: see `pipelines::generate`.
 
@@ -56,7 +57,7 @@ pub struct Generation<'a> {
 /// values; linear attention its recurrent state, which does not grow.
 #[derive(Clone, Debug)]
 pub(crate) enum LayerCache {
-    /// Keys and values, `[sequences, capacity, heads, head dim]` each.
+    /// Keys and values, `[sequences, slots, heads, head dim]` each.
     KeysValues(KvCache),
     /// `Σ R φ(k) vᵀ` and `Σ φ(k)` per sequence and head.
     Linear(LinearState),
@@ -440,34 +441,39 @@ mod tests {
     use crate::model::{EncoderOptions, Request, RoFormerConfig, Sequence, Want};
     use crate::testing::ctx;
 
-    /// A local model whose prompts (11, 4 and 9 tokens) run in chunks of 4 into a ring of
-    /// 1 global + 3 window + 4 slots, then 20 steps around it: every step's logits are the
-    /// encoder's over the whole sequence so far (which knows nothing of caches).
-    #[test]
-    fn a_ring_cache_and_chunked_prompts_give_the_whole_sequences_logits() {
+    /// A local model (`window`, `globals`) whose prompts run in chunks of `chunk` into a
+    /// ring of `window + chunk` slots after the globals, then steps until `capacity`, some
+    /// rows sitting steps out (`None`): every active row's logits at every step are the
+    /// encoder's over its whole sequence so far (which knows nothing of caches). Returns the
+    /// cache's slots.
+    fn check_ring(
+        window: usize,
+        globals: usize,
+        chunk: usize,
+        prompts: &[usize],
+        capacity: usize,
+    ) -> usize {
         let ctx = &ctx();
-        let config = RoFormerConfig::from_json(
-            r#"{"vocab_size": 23, "embedding_size": 16, "hidden_size": 16,
+        let json = format!(
+            r#"{{"vocab_size": 23, "embedding_size": 16, "hidden_size": 16,
                 "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 24,
                 "max_position_embeddings": 64, "is_decoder": true, "attention_kind": "local",
-                "attention_window": 3, "global_tokens": 1}"#,
-            "test",
-        )
-        .unwrap();
+                "attention_window": {window}, "global_tokens": {globals}}}"#
+        );
+        let config = RoFormerConfig::from_json(&json, "test").unwrap();
         let e = Encoder::new(ctx, config, Head::CausalLm, EncoderOptions::default()).unwrap();
         e.init_random(ctx, 7).unwrap();
-        let mut seqs: Vec<Vec<u32>> = [11usize, 4, 9]
+        let mut seqs: Vec<Vec<u32>> = prompts
             .iter()
             .enumerate()
             .map(|(r, &n)| (0..n).map(|i| ((i * 5 + r * 3 + 1) % 23) as u32).collect())
             .collect();
-        let (mut g, first) = e.generate_in_chunks(ctx, &seqs, 40, 4).unwrap();
-        let slots = 1 + 3 + 4;
-        let kv_bytes = 2 * 2 * 3 * slots * 16 * 4;
-        assert_eq!(g.cache_bytes(), kv_bytes as u64);
+        let (mut g, first) = e.generate_in_chunks(ctx, &seqs, capacity, chunk).unwrap();
+        let slots = g.cache_bytes() as usize / (2 * 2 * prompts.len() * 16 * 4);
         let mut logits = first.wait(ctx).unwrap();
-        for step in 0..=20 {
-            for (r, seq) in seqs.iter().enumerate() {
+        let mut active = vec![true; prompts.len()];
+        for step in 0.. {
+            for (r, seq) in seqs.iter().enumerate().filter(|&(r, _)| active[r]) {
                 let request = Request::new(vec![Sequence::new(seq.clone())], Want::logits());
                 let all = e.run_blocking(ctx, &request).unwrap();
                 let all = &all.logits(0).unwrap().data;
@@ -475,20 +481,41 @@ mod tests {
                 let err = rel_l2(&logits[r], want);
                 assert!(
                     err < 1e-5,
-                    "step {step}, sequence {r}: relative error {err:.2e}"
+                    "window {window}, globals {globals}, chunk {chunk}, step {step}, sequence \
+                     {r} at {}: relative error {err:.2e}",
+                    seq.len()
                 );
             }
-            if step == 20 {
+            // Every third row sits out every third step; a full row stops.
+            let tokens: Vec<Option<u32>> = (0..seqs.len())
+                .map(|r| {
+                    let sits = (r + step) % 3 == 2 || seqs[r].len() >= capacity;
+                    (!sits).then_some(((step * 7 + r * 2 + 5) % 23) as u32)
+                })
+                .collect();
+            if seqs.iter().all(|s| s.len() >= capacity) {
                 break;
             }
-            let next: Vec<u32> = (0..3)
-                .map(|r| ((step * 7 + r * 2 + 5) % 23) as u32)
-                .collect();
-            for (seq, &t) in seqs.iter_mut().zip(&next) {
-                seq.push(t);
+            for (r, t) in tokens.iter().enumerate() {
+                active[r] = t.is_some();
+                if let Some(t) = *t {
+                    seqs[r].push(t);
+                }
             }
-            let tokens: Vec<Option<u32>> = next.into_iter().map(Some).collect();
             logits = g.append(ctx, &tokens).unwrap().wait(ctx).unwrap();
         }
+        slots
+    }
+
+    /// A prompt that ends in an earlier chunk re-runs its last token in the later ones; in
+    /// the second case chunks of 4 cross the ring's wrap (slots 3..9 take positions 3 on, so
+    /// position 9 lands in slot 3 inside the chunk 8..12: an append that offset the block's
+    /// first slot fails here), with more globals than the window and a prompt shorter than
+    /// the globals; the third has the smallest window and a one-token prompt.
+    #[test]
+    fn a_ring_cache_and_chunked_prompts_give_the_whole_sequences_logits() {
+        assert_eq!(check_ring(4, 2, 3, &[11, 4, 9], 30), 2 + 4 + 3);
+        assert_eq!(check_ring(2, 3, 4, &[2, 13, 6], 28), 3 + 2 + 4);
+        assert_eq!(check_ring(1, 1, 2, &[5, 1], 16), 1 + 1 + 2);
     }
 }

@@ -194,7 +194,7 @@ fn check(
         return Err(Error::shape(
             op,
             "cache",
-            format!("[{batch}, capacity, {heads}, {dim}]"),
+            format!("[{batch}, slots, {heads}, {dim}]"),
             cs,
         ));
     }
@@ -257,6 +257,14 @@ pub fn plan_append(
     let op = "cached attention append";
     let p = check(op, k, table, starts, cache)?;
     v.expect_shape(op, "v", k.shape())?;
+    let ring = cache.ring_slots();
+    if ring > 0 && k.shape()[1] > ring {
+        // Two of the block's tokens would share a slot, written at once.
+        return Err(Error::invalid(format!(
+            "{op}: {} new tokens into a ring of {ring} slots",
+            k.shape()[1]
+        )));
+    }
     let pairs = k.numel() as u64 / 2;
     [(k, &cache.keys, true), (v, &cache.values, rotary_value)]
         .into_iter()
@@ -555,7 +563,8 @@ mod tests {
     }
 
     /// A ring holds only what local attention sees: softmax attention over it, more globals
-    /// than it keeps, or a window and block wider than its ring are refused.
+    /// than it keeps, a window and block wider than its ring, or a block longer than the ring
+    /// (two tokens in one slot) are refused.
     #[test]
     fn a_ring_cache_refuses_what_it_cannot_hold() {
         let ctx = &ctx();
@@ -588,6 +597,12 @@ mod tests {
             let e = plan_attend(ctx, &x, &table, &starts, &cache, local, &out).unwrap_err();
             assert!(e.to_string().contains("ring of 8 slots"), "{e}");
         }
+        let nine = Tensor::zeros(ctx, &[1, 9, 1, 4], DType::F32).unwrap();
+        let e = plan_append(ctx, &nine, &nine, &table, &starts, &cache, true).unwrap_err();
+        assert!(
+            e.to_string().contains("9 new tokens into a ring of 8"),
+            "{e}"
+        );
         // A ring as large as the positions is a full cache.
         let full = KvCache::ring(ctx, 1, 10, 2, 8, 1, 4, DType::F32).unwrap();
         assert_eq!((full.shape()[1], full.ring_slots()), (10, 0));

@@ -3,7 +3,8 @@
 //! generate: new tokens per second at several positions, over the key/value cache against
 //! the whole sequence run again at every step with every position's logits read back (what
 //! generation did before the cache), interleaved; and the caches' memory against
-//! `2 × layers × sequences × capacity × hidden × bytes`.
+//! `2 × layers × sequences × slots × hidden × bytes` (slots: the capacity; with `--window`,
+//! the globals, the window and the 4-token prompt, when fewer).
 //!
 //! embed: sentence embeddings of texts of mixed lengths through the pipeline, batched in
 //! the inputs' order against sorted by length, interleaved.

@@ -172,6 +172,98 @@ impl FlashScratch {
     }
 }
 
+impl FlashSaved {
+    /// What the kernels read for q, k and v: with RoPE, q and k (and v with
+    /// `rotary_value`) rotated into this struct's buffers, the dispatches appended to
+    /// `plan`; without, the inputs themselves.
+    pub(crate) fn rotate_inputs(
+        &self,
+        ctx: &Context,
+        op: &'static str,
+        opts: &AttentionOptions<'_>,
+        layout: HeadLayout,
+        [q, k, v]: [&Tensor; 3],
+        plan: &mut Vec<Dispatch>,
+    ) -> Result<[Tensor; 3]> {
+        let (table, rv) = (opts.rope, opts.rotary_value);
+        Ok([
+            rope::rotate_into(ctx, op, table, true, q, layout, &self.q_rot, plan)?,
+            rope::rotate_into(ctx, op, table, true, k, layout, &self.k_rot, plan)?,
+            rope::rotate_into(ctx, op, table, rv, v, layout, &self.v_rot, plan)?,
+        ])
+    }
+
+    /// What the backward kernels read for q, k and v: the rotated copies the forward pass
+    /// left with RoPE, the inputs themselves without.
+    pub(crate) fn rotated_inputs(
+        &self,
+        op: &'static str,
+        opts: &AttentionOptions<'_>,
+        [q, k, v]: [&Tensor; 3],
+    ) -> Result<[Tensor; 3]> {
+        let (rot, rot_v) = rotations(opts);
+        Ok([
+            rope::rotated_or(op, rot, &self.q_rot, q)?,
+            rope::rotated_or(op, rot, &self.k_rot, k)?,
+            rope::rotated_or(op, rot_v, &self.v_rot, v)?,
+        ])
+    }
+}
+
+impl FlashScratch {
+    /// Where the backward kernels write the gradients of q, k and v: with RoPE this
+    /// struct's buffers (the gradients of the rotated tensors, rotated back by
+    /// [`FlashScratch::plan_rotate_back`]), without it the gradients themselves.
+    pub(crate) fn targets(
+        &self,
+        op: &'static str,
+        opts: &AttentionOptions<'_>,
+        [dq, dk, dv]: [&Tensor; 3],
+    ) -> Result<[Tensor; 3]> {
+        let (rot, rot_v) = rotations(opts);
+        Ok([
+            rope::rotated_or(op, rot, &self.dq_rot, dq)?,
+            rope::rotated_or(op, rot, &self.dk_rot, dk)?,
+            rope::rotated_or(op, rot_v, &self.dv_rot, dv)?,
+        ])
+    }
+
+    /// The dispatches that rotate the `targets` back into dq, dk and dv (none without RoPE).
+    pub(crate) fn plan_rotate_back(
+        ctx: &Context,
+        opts: &AttentionOptions<'_>,
+        layout: HeadLayout,
+        targets: &[Tensor; 3],
+        [dq, dk, dv]: [&Tensor; 3],
+    ) -> Result<Vec<Dispatch>> {
+        let Some(table) = opts.rope else {
+            return Ok(Vec::new());
+        };
+        let mut plan = vec![
+            rope::plan(ctx, &targets[0], layout, table, dq, layout, true)?,
+            rope::plan(ctx, &targets[1], layout, table, dk, layout, true)?,
+        ];
+        if opts.rotary_value {
+            plan.push(rope::plan(
+                ctx,
+                &targets[2],
+                layout,
+                table,
+                dv,
+                layout,
+                true,
+            )?);
+        }
+        Ok(plan)
+    }
+}
+
+/// Whether q and k are rotated, and whether v is.
+fn rotations(opts: &AttentionOptions<'_>) -> (bool, bool) {
+    let rot = opts.rope.is_some();
+    (rot, rot && opts.rotary_value)
+}
+
 /// `[B, H, T, 3]` for q (the same for both sets of kernels).
 pub fn stats_shape(q: &Tensor, layout: HeadLayout) -> Result<[usize; 4]> {
     let h = Heads::of("flash attention", "q", q, layout)?;
@@ -292,11 +384,7 @@ pub fn plan_forward(
         return local::plan_forward(ctx, q, k, v, layout, opts, whole(h.seq), saved, out);
     };
     let mut plan = Vec::new();
-    let table = opts.rope;
-    let qr = rope::rotate_into(ctx, op, table, true, q, layout, &saved.q_rot, &mut plan)?;
-    let kr = rope::rotate_into(ctx, op, table, true, k, layout, &saved.k_rot, &mut plan)?;
-    let rv = opts.rotary_value;
-    let vr = rope::rotate_into(ctx, op, table, rv, v, layout, &saved.v_rot, &mut plan)?;
+    let [qr, kr, vr] = saved.rotate_inputs(ctx, op, opts, layout, [q, k, v], &mut plan)?;
     plan.push(
         builder(ctx, "forward", q.dtype(), &h, max_d, fwd, opts)
             .read("q", &qr)
@@ -357,16 +445,9 @@ pub fn plan_backward(
             dv,
         );
     };
-    let (rot, rot_v) = (
-        opts.rope.is_some(),
-        opts.rope.is_some() && opts.rotary_value,
-    );
-    let qr = rope::rotated_or(op, rot, &saved.q_rot, q)?;
-    let kr = rope::rotated_or(op, rot, &saved.k_rot, k)?;
-    let vr = rope::rotated_or(op, rot_v, &saved.v_rot, v)?;
-    let dqr = rope::rotated_or(op, rot, &scratch.dq_rot, dq)?;
-    let dkr = rope::rotated_or(op, rot, &scratch.dk_rot, dk)?;
-    let dvr = rope::rotated_or(op, rot_v, &scratch.dv_rot, dv)?;
+    let [qr, kr, vr] = saved.rotated_inputs(op, opts, [q, k, v])?;
+    let targets = scratch.targets(op, opts, [dq, dk, dv])?;
+    let [dqr, dkr, dvr] = &targets;
     let tokens = (h.batch * h.heads * h.seq) as u64;
     let mut plan = vec![
         builder(ctx, "bwd_prep", q.dtype(), &h, max_d, bwd, opts)
@@ -381,7 +462,7 @@ pub fn plan_backward(
             .read_opt("mask", opts.mask)
             .read("grad_out", grad_out)
             .write("stats", &saved.stats)
-            .write("grad_q", &dqr)
+            .write("grad_q", dqr)
             .flops((6 * h.batch * h.heads * h.seq * h.seq * h.dim) as u64)
             .build(blocks(ctx, &h, bwd)?)?,
         builder(ctx, "bwd_dkdv", q.dtype(), &h, max_d, bwd, opts)
@@ -391,18 +472,18 @@ pub fn plan_backward(
             .read_opt("mask", opts.mask)
             .read("grad_out", grad_out)
             .write("stats", &saved.stats)
-            .write("grad_k", &dkr)
-            .write("grad_v", &dvr)
+            .write("grad_k", dkr)
+            .write("grad_v", dvr)
             .flops((8 * h.batch * h.heads * h.seq * h.seq * h.dim) as u64)
             .build(blocks(ctx, &h, bwd)?)?,
     ];
-    if let Some(table) = opts.rope {
-        plan.push(rope::plan(ctx, &dqr, layout, table, dq, layout, true)?);
-        plan.push(rope::plan(ctx, &dkr, layout, table, dk, layout, true)?);
-        if opts.rotary_value {
-            plan.push(rope::plan(ctx, &dvr, layout, table, dv, layout, true)?);
-        }
-    }
+    plan.extend(FlashScratch::plan_rotate_back(
+        ctx,
+        opts,
+        layout,
+        &targets,
+        [dq, dk, dv],
+    )?);
     Ok(plan)
 }
 

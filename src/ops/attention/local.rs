@@ -30,7 +30,6 @@ use crate::family::{KernelFamily, ParamBlock, Variant};
 use crate::ops::attention::flash::{FlashSaved, FlashScratch};
 use crate::ops::attention::heads::{qkv_heads, HeadLayout, Heads};
 use crate::ops::attention::AttentionOptions;
-use crate::ops::rope;
 use crate::shader::Shader;
 use crate::tensor::{DType, Tensor};
 
@@ -267,11 +266,7 @@ pub fn plan_forward(
         .stats
         .expect_shape(op, "stats", &[h.batch, h.heads, h.seq, 3])?;
     let mut plan = Vec::new();
-    let table = opts.rope;
-    let qr = rope::rotate_into(ctx, op, table, true, q, layout, &saved.q_rot, &mut plan)?;
-    let kr = rope::rotate_into(ctx, op, table, true, k, layout, &saved.k_rot, &mut plan)?;
-    let rv = opts.rotary_value;
-    let vr = rope::rotate_into(ctx, op, table, rv, v, layout, &saved.v_rot, &mut plan)?;
+    let [qr, kr, vr] = saved.rotate_inputs(ctx, op, opts, layout, [q, k, v], &mut plan)?;
     plan.push(
         builder(ctx, "forward", q.dtype(), &h, form, opts, win)
             .read("q", &qr)
@@ -319,16 +314,9 @@ pub fn plan_backward(
     saved
         .stats
         .expect_shape(op, "stats", &[h.batch, h.heads, h.seq, 3])?;
-    let (rot, rot_v) = (
-        opts.rope.is_some(),
-        opts.rope.is_some() && opts.rotary_value,
-    );
-    let qr = rope::rotated_or(op, rot, &saved.q_rot, q)?;
-    let kr = rope::rotated_or(op, rot, &saved.k_rot, k)?;
-    let vr = rope::rotated_or(op, rot_v, &saved.v_rot, v)?;
-    let dqr = rope::rotated_or(op, rot, &scratch.dq_rot, dq)?;
-    let dkr = rope::rotated_or(op, rot, &scratch.dk_rot, dk)?;
-    let dvr = rope::rotated_or(op, rot_v, &scratch.dv_rot, dv)?;
+    let [qr, kr, vr] = saved.rotated_inputs(op, opts, [q, k, v])?;
+    let targets = scratch.targets(op, opts, [dq, dk, dv])?;
+    let [dqr, dkr, dvr] = &targets;
     let mut plan = vec![
         builder(ctx, "bwd_dq", q.dtype(), &h, form, opts, win)
             .read("q", &qr)
@@ -338,7 +326,7 @@ pub fn plan_backward(
             .read("out_saved", out)
             .read("grad_out", grad_out)
             .write("stats", &saved.stats)
-            .write("grad_q", &dqr)
+            .write("grad_q", dqr)
             .flops(pair_flops(&h, win, 6))
             .build(rows(ctx, &h, form)?)?,
         builder(ctx, "bwd_dkdv", q.dtype(), &h, form, opts, win)
@@ -348,18 +336,18 @@ pub fn plan_backward(
             .read_opt("mask", opts.mask)
             .read("grad_out", grad_out)
             .write("stats", &saved.stats)
-            .write("grad_k", &dkr)
-            .write("grad_v", &dvr)
+            .write("grad_k", dkr)
+            .write("grad_v", dvr)
             .flops(pair_flops(&h, win, 8))
             .build(rows(ctx, &h, form)?)?,
     ];
-    if let Some(table) = opts.rope {
-        plan.push(rope::plan(ctx, &dqr, layout, table, dq, layout, true)?);
-        plan.push(rope::plan(ctx, &dkr, layout, table, dk, layout, true)?);
-        if opts.rotary_value {
-            plan.push(rope::plan(ctx, &dvr, layout, table, dv, layout, true)?);
-        }
-    }
+    plan.extend(FlashScratch::plan_rotate_back(
+        ctx,
+        opts,
+        layout,
+        &targets,
+        [dq, dk, dv],
+    )?);
     Ok(plan)
 }
 
@@ -486,6 +474,7 @@ pub mod reference {
 mod tests {
     use super::*;
     use crate::ops::attention::{self, reference as full};
+    use crate::ops::rope;
     use crate::testing::*;
 
     /// `[B, T]` padding: the last `pad` positions of sequence 1.

@@ -15,9 +15,9 @@
 //! keeps the global tokens and a ring of `window + chunk` slots that later positions take in
 //! turn, `chunk` being the longest prompt or [`PREFILL_CHUNK`] if less, and its prompts then
 //! run `chunk` tokens at a time. Its memory too then stays flat. Sequences may have prompts
-//! of different lengths and finish at different times; each sits at its own position. Only the logits of each
-//! sequence's newest token come back. Choosing the next token (greedy, sampling, penalties,
-//! stopping) is the caller's: see `pipelines::generate`.
+//! of different lengths and finish at different times; each sits at its own position. Only
+//! the logits of each sequence's newest token come back. Choosing the next token (greedy,
+//! sampling, penalties, stopping) is the caller's: see `pipelines::generate`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

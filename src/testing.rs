@@ -50,22 +50,6 @@ pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-/// `[B, T, H, d]` ↔ `[B, H, T, d]` (`dims` as `(b, t, h, d)` of `x`): the generation
-/// kernels' token-major layout against the f64 references' head-major one.
-pub fn swap_th(x: &[f64], (b, t, h, d): (usize, usize, usize, usize)) -> Vec<f64> {
-    let mut y = vec![0.0; x.len()];
-    for bi in 0..b {
-        for ti in 0..t {
-            for hi in 0..h {
-                let from = ((bi * t + ti) * h + hi) * d;
-                let to = ((bi * h + hi) * t + ti) * d;
-                y[to..to + d].copy_from_slice(&x[from..from + d]);
-            }
-        }
-    }
-    y
-}
-
 pub fn upload(ctx: &Context, data: &[f32], shape: &[usize]) -> Tensor {
     Tensor::from_slice(ctx, data, shape).unwrap()
 }

@@ -368,6 +368,7 @@ fn param_blocks() -> Vec<ParamBlock> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::attention::heads::{HeadLayout, Heads};
     use crate::ops::attention::reference;
     use crate::ops::rope;
     use crate::testing::*;
@@ -417,8 +418,8 @@ mod tests {
                 round(randn(&mut rng, n)),
             );
             // The reference: every sequence whole, causal, RoPE on q and k (and v).
-            let dims = (batch, total, heads, dim);
-            let bhtd = |x: &[f32]| swap_th(&to_f64(x), dims);
+            let heads_of = Heads::new(batch, heads, total, dim, HeadLayout::Bthd);
+            let bhtd = |x: &[f32]| heads_of.relayout(&to_f64(x), HeadLayout::Bhtd);
             let mut vr = bhtd(&v);
             if rotary_value {
                 vr = rope::reference::rotate(&vr, dim, |i| i % total, 1.0);
@@ -447,7 +448,8 @@ mod tests {
                     w,
                 ),
             };
-            let want = swap_th(&want, (batch, heads, total, dim));
+            let want = Heads::new(batch, heads, total, dim, HeadLayout::Bhtd)
+                .relayout(&want, HeadLayout::Bthd);
 
             let table = rope::table(ctx, total, dim).unwrap();
             // The prompt block: as many tokens as the longest prompt, from position 0.

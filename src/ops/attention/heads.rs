@@ -87,11 +87,11 @@ impl Heads {
     }
 
     /// `x`, stored in this layout, rearranged into `layout` (for tests, whose references
-    /// are `[B, H, T, d]`).
+    /// are `[B, H, T, d]`): f32 inputs, or their f64 references.
     #[cfg(test)]
-    pub(crate) fn relayout(&self, x: &[f32], layout: HeadLayout) -> Vec<f32> {
+    pub(crate) fn relayout<T: Copy + Default>(&self, x: &[T], layout: HeadLayout) -> Vec<T> {
         let to = Heads { layout, ..*self };
-        let mut y = vec![0.0; x.len()];
+        let mut y = vec![T::default(); x.len()];
         for b in 0..self.batch {
             for h in 0..self.heads {
                 for t in 0..self.seq {

@@ -195,6 +195,7 @@ fn param_blocks() -> Vec<ParamBlock> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::attention::heads::{HeadLayout, Heads};
     use crate::ops::attention::linear::{reference, EPS};
     use crate::ops::rope;
     use crate::testing::*;
@@ -232,11 +233,10 @@ mod tests {
                 round(randn(&mut rng, n)),
                 round(randn(&mut rng, nv)),
             );
-            let (q64, k64) = (
-                swap_th(&to_f64(&q), (batch, total, heads, dim)),
-                swap_th(&to_f64(&k), (batch, total, heads, dim)),
-            );
-            let v64 = swap_th(&to_f64(&v), (batch, total, heads, dim_v));
+            let tokens = Heads::new(batch, heads, total, dim, HeadLayout::Bthd);
+            let bhtd = |x: &[f32], h: Heads| h.relayout(&to_f64(x), HeadLayout::Bhtd);
+            let (q64, k64) = (bhtd(&q, tokens), bhtd(&k, tokens));
+            let v64 = bhtd(&v, tokens.with_dim(dim_v));
             let zeros = vec![0.0; nv];
             let problem = reference::Problem {
                 q: &q64,
@@ -249,7 +249,8 @@ mod tests {
                 eps: EPS as f64,
             };
             let (want, ..) = reference::forward_backward(&problem, &zeros);
-            let want = swap_th(&want, (batch, heads, total, dim_v));
+            let want = Heads::new(batch, heads, total, dim_v, HeadLayout::Bhtd)
+                .relayout(&want, HeadLayout::Bthd);
 
             let table = rope::table(ctx, total, dim).unwrap();
             let state = LinearState::new(ctx, batch, heads, dim, dim_v).unwrap();

@@ -201,12 +201,7 @@ impl FlashSaved {
         opts: &AttentionOptions<'_>,
         [q, k, v]: [&Tensor; 3],
     ) -> Result<[Tensor; 3]> {
-        let (rot, rot_v) = rotations(opts);
-        Ok([
-            rope::rotated_or(op, rot, &self.q_rot, q)?,
-            rope::rotated_or(op, rot, &self.k_rot, k)?,
-            rope::rotated_or(op, rot_v, &self.v_rot, v)?,
-        ])
+        rotated_or(op, opts, [&self.q_rot, &self.k_rot, &self.v_rot], [q, k, v])
     }
 }
 
@@ -220,12 +215,12 @@ impl FlashScratch {
         opts: &AttentionOptions<'_>,
         [dq, dk, dv]: [&Tensor; 3],
     ) -> Result<[Tensor; 3]> {
-        let (rot, rot_v) = rotations(opts);
-        Ok([
-            rope::rotated_or(op, rot, &self.dq_rot, dq)?,
-            rope::rotated_or(op, rot, &self.dk_rot, dk)?,
-            rope::rotated_or(op, rot_v, &self.dv_rot, dv)?,
-        ])
+        rotated_or(
+            op,
+            opts,
+            [&self.dq_rot, &self.dk_rot, &self.dv_rot],
+            [dq, dk, dv],
+        )
     }
 
     /// The dispatches that rotate the `targets` back into dq, dk and dv (none without RoPE).
@@ -258,10 +253,21 @@ impl FlashScratch {
     }
 }
 
-/// Whether q and k are rotated, and whether v is.
-fn rotations(opts: &AttentionOptions<'_>) -> (bool, bool) {
+/// For the q, k and v sides (inputs or gradients): the rotated copy in `slots` where RoPE
+/// rotates that side (q and k with RoPE, v also with `rotary_value`), `plain` otherwise.
+fn rotated_or(
+    op: &'static str,
+    opts: &AttentionOptions<'_>,
+    slots: [&Option<Tensor>; 3],
+    plain: [&Tensor; 3],
+) -> Result<[Tensor; 3]> {
     let rot = opts.rope.is_some();
-    (rot, rot && opts.rotary_value)
+    let on = [rot, rot, rot && opts.rotary_value];
+    Ok([
+        rope::rotated_or(op, on[0], slots[0], plain[0])?,
+        rope::rotated_or(op, on[1], slots[1], plain[1])?,
+        rope::rotated_or(op, on[2], slots[2], plain[2])?,
+    ])
 }
 
 /// `[B, H, T, 3]` for q (the same for both sets of kernels).

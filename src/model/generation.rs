@@ -129,15 +129,18 @@ impl Planned {
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                         label: Some("generation prefill"),
                     });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("generation prefill"),
-                    timestamp_writes: None,
-                });
-                self.plan.encode(&mut pass);
-            }
+            self.encode(&mut encoder);
             ctx.queue().submit([encoder.finish()]);
         })
+    }
+
+    /// The pass, in one compute pass of `encoder`.
+    fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("generation"),
+            timestamp_writes: None,
+        });
+        self.plan.encode(&mut pass);
     }
 
     /// Writes the inputs, submits the pass and reads back the wanted rows' logits.
@@ -160,13 +163,7 @@ impl Planned {
             "generation",
             size,
             |encoder, readback| {
-                {
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("generation"),
-                        timestamp_writes: None,
-                    });
-                    self.plan.encode(&mut pass);
-                }
+                self.encode(encoder);
                 encoder.copy_buffer_to_buffer(logits.buffer(), logits.offset(), readback, 0, size);
             },
             move |bytes| {

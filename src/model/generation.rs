@@ -260,18 +260,16 @@ impl Encoder {
         let longest = *lengths.iter().max().unwrap_or(&1);
         // A local model's cache: the globals, then a ring for the window and a prompt chunk,
         // where that is smaller than the capacity.
-        let ring = c.local_window().and_then(|w| {
-            let chunk = longest.min(chunk.max(1));
-            let slots = w.globals.saturating_add(w.window).saturating_add(chunk);
-            (slots < capacity).then_some((w, chunk))
-        });
+        // A local model's cache: the globals, then a ring for the window and a prompt chunk
+        // (KvCache::ring keeps every position instead where that is no larger).
+        let chunk = longest.min(chunk.max(1));
         let caches = (0..c.num_hidden_layers)
-            .map(|_| match (c.attention, ring) {
+            .map(|_| match (c.attention, c.local_window()) {
                 (AttentionKind::Linear, _) => {
                     LinearState::new(ctx, rows, heads, head_dim, head_dim).map(LayerCache::Linear)
                 }
-                (_, Some((w, chunk))) => {
-                    let slots = w.window + chunk;
+                (_, Some(w)) => {
+                    let slots = w.window.saturating_add(chunk);
                     KvCache::ring(
                         ctx, rows, capacity, w.globals, slots, heads, head_dim, dtype,
                     )
@@ -281,8 +279,12 @@ impl Encoder {
                     .map(LayerCache::KeysValues),
             })
             .collect::<Result<Vec<_>>>()?;
-        // The prefill first: planned after it, the step may take over its buffers.
-        let block = ring.map_or(longest, |(_, chunk)| chunk);
+        // The prefill first: planned after it, the step may take over its buffers. Prompts
+        // run in chunks only into a ring.
+        let ring = caches
+            .iter()
+            .any(|c| matches!(c, LayerCache::KeysValues(kv) if kv.ring_slots() > 0));
+        let block = if ring { chunk } else { longest };
         let mut pool = Vec::new();
         let prefill = Planned::new(ctx, self, &caches, rows, block, &mut pool)?;
         let first = prefill_prompts(ctx, &prefill, prompts, block, c.pad_token_id.unwrap_or(0))?;

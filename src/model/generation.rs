@@ -258,8 +258,6 @@ impl Encoder {
         let dtype = store.dtype();
         let heads = c.num_attention_heads;
         let longest = *lengths.iter().max().unwrap_or(&1);
-        // A local model's cache: the globals, then a ring for the window and a prompt chunk,
-        // where that is smaller than the capacity.
         // A local model's cache: the globals, then a ring for the window and a prompt chunk
         // (KvCache::ring keeps every position instead where that is no larger).
         let chunk = longest.min(chunk.max(1));

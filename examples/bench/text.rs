@@ -170,7 +170,8 @@ pub fn generate(args: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     // The caches' memory against the formula, for one sequence at this capacity.
     let before = encoder.memory().generation;
-    let (g, first) = encoder.generate(&ctx, &[vec![5u32; 4]], capacity)?;
+    let prompt = vec![5u32; 4];
+    let (g, first) = encoder.generate(&ctx, std::slice::from_ref(&prompt), capacity)?;
     first.wait(&ctx)?;
     if args.linear {
         let d = args.hidden / args.heads;
@@ -186,10 +187,10 @@ pub fn generate(args: &GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
         return Ok(());
     }
-    // A local model keeps its globals and a ring for the window and the 4-token prompt.
+    // A local model keeps its globals and a ring for the window and the prompt.
     let slots = args
         .window
-        .map_or(capacity, |w| capacity.min(args.globals + w + 4));
+        .map_or(capacity, |w| capacity.min(args.globals + w + prompt.len()));
     let formula = 2 * args.layers * slots * args.hidden * 4;
     println!(
         "\ncache     {} bytes for {capacity} positions in {slots} slots (formula 2 × {} layers × \
